@@ -1,0 +1,79 @@
+/**
+ * Errors raised by `@lora/tensor`. Each names what was wrong and what to do about it.
+ */
+
+/** Where in a safetensors file a problem was found. */
+export interface SafetensorsErrorDetail {
+  /** File path or label of the buffer being read (`<memory>` for in-memory bytes). */
+  file: string;
+  /** Tensor name, when the problem belongs to one tensor. */
+  tensor?: string;
+  /** The header field or part of the file at fault: `header_length`, `header`, `dtype`, `shape`, `data_offsets`, `__metadata__`, `name`, `data`, `weight_map`. */
+  field: string;
+}
+
+/**
+ * A safetensors file (or buffer, or sharded index) is malformed or cannot be represented.
+ *
+ * @example
+ * ```ts
+ * try { parseSafetensors(bytes); } catch (e) {
+ *   if (e instanceof SafetensorsError) console.error(e.file, e.tensor, e.field);
+ * }
+ * ```
+ */
+export class SafetensorsError extends Error {
+  override readonly name = 'SafetensorsError';
+  readonly file: string;
+  readonly tensor: string | undefined;
+  readonly field: string;
+
+  constructor(detail: SafetensorsErrorDetail, message: string) {
+    const where = detail.tensor === undefined ? '' : ` tensor '${detail.tensor}'`;
+    super(`${detail.file}:${where} ${detail.field}: ${message}`);
+    this.file = detail.file;
+    this.tensor = detail.tensor;
+    this.field = detail.field;
+  }
+}
+
+/**
+ * A backend was asked for but cannot start here. `hint` says what to install or set.
+ *
+ * @example
+ * ```ts
+ * try { await initBackend('webgpu'); } catch (e) {
+ *   if (e instanceof BackendUnavailableError) console.error(e.hint);
+ * }
+ * ```
+ */
+export class BackendUnavailableError extends Error {
+  override readonly name = 'BackendUnavailableError';
+  readonly backend: string;
+  readonly reason: string;
+  readonly hint: string;
+
+  constructor(backend: string, reason: string, hint: string) {
+    super(`backend '${backend}' is not available: ${reason}. ${hint}`);
+    this.backend = backend;
+    this.reason = reason;
+    this.hint = hint;
+  }
+}
+
+/** A function leaked (or freed someone else's) tensors; see {@link assertNoLeaks}. */
+export class TensorLeakError extends Error {
+  override readonly name = 'TensorLeakError';
+  readonly before: number;
+  readonly after: number;
+
+  constructor(label: string, before: number, after: number) {
+    const diff = after - before;
+    super(
+      `${label}: tf.memory().numTensors went from ${before} to ${after} (${diff > 0 ? '+' : ''}${diff}). ` +
+        'Wrap intermediates in tf.tidy() or dispose them, and return only what the caller owns.',
+    );
+    this.before = before;
+    this.after = after;
+  }
+}

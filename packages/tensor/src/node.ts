@@ -1,0 +1,151 @@
+/**
+ * File-system helpers for Node: load (single or sharded) and save safetensors, atomically.
+ * Import from `@lora/tensor/node`; the main entry stays browser-safe.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, normalize } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { SafetensorsError } from './errors';
+import { type ParsedSafetensors, parseSafetensors } from './safetensors-reader';
+import { type RawTensor, type SerializeOptions, serializeSafetensors } from './safetensors-writer';
+
+/** What {@link loadSafetensors} returns. The caller owns (and disposes) the tensors. */
+export interface LoadedSafetensors extends ParsedSafetensors {
+  /** The files read, in order (one, or every shard of a sharded checkpoint). */
+  files: string[];
+  /** The `metadata` object of a sharded checkpoint's index (e.g. `total_size`), if there was an index. */
+  indexMetadata?: Record<string, unknown>;
+}
+
+/**
+ * Writes bytes to `path` atomically: a temporary file beside it, then a rename. On failure the
+ * temporary file is removed and any existing file at `path` is left as it was.
+ *
+ * @example
+ * ```ts
+ * await writeFileAtomic('out/adapter_config.json', new TextEncoder().encode(json));
+ * ```
+ */
+export async function writeFileAtomic(path: string, bytes: Uint8Array | string): Promise<void> {
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    await writeFile(tmp, bytes, { flag: 'wx' });
+    await rename(tmp, path);
+  } catch (e) {
+    await unlink(tmp).catch(() => undefined);
+    throw e;
+  }
+}
+
+async function readSingle(path: string): Promise<ParsedSafetensors> {
+  const bytes = await readFile(path);
+  return parseSafetensors(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), { file: path });
+}
+
+function indexError(file: string, message: string): never {
+  throw new SafetensorsError({ file, field: 'weight_map' }, message);
+}
+
+async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
+  let index: unknown;
+  try {
+    index = JSON.parse(await readFile(indexPath, 'utf8'));
+  } catch (e) {
+    throw new SafetensorsError({ file: indexPath, field: 'header' }, `index is not valid JSON (${(e as Error).message})`);
+  }
+  const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap)) {
+    indexError(indexPath, 'index has no "weight_map" object mapping tensor names to shard files');
+  }
+  const byShard = new Map<string, string[]>();
+  for (const [name, shard] of Object.entries(weightMap)) {
+    if (typeof shard !== 'string' || shard.length === 0) indexError(indexPath, `shard for '${name}' is ${JSON.stringify(shard)}, not a file name`);
+    // An index is untrusted input: its shard names must stay inside the checkpoint's directory.
+    if (isAbsolute(shard) || normalize(shard).split(/[\\/]/).includes('..')) {
+      indexError(indexPath, `shard '${shard}' for '${name}' points outside the checkpoint directory`);
+    }
+    byShard.set(shard, [...(byShard.get(shard) ?? []), name]);
+  }
+  const dir = dirname(indexPath);
+  const tensors: Record<string, tf.Tensor> = {};
+  const files: string[] = [];
+  let metadata: Record<string, string> = {};
+  try {
+    for (const [shard, names] of byShard) {
+      const file = join(dir, shard);
+      const part = await readSingle(file);
+      files.push(file);
+      if (files.length === 1) metadata = part.metadata;
+      for (const name of names) {
+        const t = part.tensors[name];
+        if (t === undefined) {
+          tf.dispose(Object.values(part.tensors));
+          throw new SafetensorsError({ file, tensor: name, field: 'weight_map' }, `the index ${indexPath} puts '${name}' in this shard, which does not contain it`);
+        }
+        tensors[name] = t;
+      }
+      // Tensors a shard holds beyond what the index lists are not part of the checkpoint.
+      for (const [name, t] of Object.entries(part.tensors)) if (tensors[name] !== t) t.dispose();
+    }
+  } catch (e) {
+    tf.dispose(Object.values(tensors));
+    throw e;
+  }
+  const indexMetadata = (index as { metadata?: unknown }).metadata;
+  return {
+    tensors,
+    metadata,
+    files,
+    ...(typeof indexMetadata === 'object' && indexMetadata !== null ? { indexMetadata: indexMetadata as Record<string, unknown> } : {}),
+  };
+}
+
+/**
+ * Loads a safetensors checkpoint: a `.safetensors` file, a sharded checkpoint's
+ * `*.safetensors.index.json`, or a directory holding either (`model.safetensors.index.json`,
+ * then `model.safetensors`, then a single `*.safetensors` file).
+ *
+ * @example
+ * ```ts
+ * import { loadSafetensors } from '@lora/tensor/node';
+ * const { tensors, metadata } = await loadSafetensors('SmolLM-135M/');
+ * ```
+ */
+export async function loadSafetensors(path: string): Promise<LoadedSafetensors> {
+  const info = await stat(path);
+  if (info.isDirectory()) {
+    const entries = await readdir(path);
+    if (entries.includes('model.safetensors.index.json')) return readSharded(join(path, 'model.safetensors.index.json'));
+    if (entries.includes('model.safetensors')) return loadSafetensors(join(path, 'model.safetensors'));
+    const indexes = entries.filter((e) => e.endsWith('.safetensors.index.json'));
+    if (indexes.length === 1) return readSharded(join(path, indexes[0] as string));
+    const singles = entries.filter((e) => e.endsWith('.safetensors'));
+    if (singles.length === 1 && indexes.length === 0) return loadSafetensors(join(path, singles[0] as string));
+    throw new SafetensorsError(
+      { file: path, field: 'name' },
+      `directory holds ${singles.length} .safetensors files and ${indexes.length} indexes; pass the file or the *.safetensors.index.json to load`,
+    );
+  }
+  if (path.endsWith('.index.json')) return readSharded(path);
+  const single = await readSingle(path);
+  return { ...single, files: [path] };
+}
+
+/**
+ * Saves tensors as a safetensors file, atomically (a temporary file, then a rename).
+ *
+ * @example
+ * ```ts
+ * import { saveSafetensors } from '@lora/tensor/node';
+ * await saveSafetensors('adapter_model.safetensors', tensors, { metadata: { format: 'pt' } });
+ * ```
+ */
+export async function saveSafetensors(
+  path: string,
+  tensors: Record<string, tf.Tensor | RawTensor>,
+  options: SerializeOptions = {},
+): Promise<void> {
+  const bytes = await serializeSafetensors(tensors, options);
+  await writeFileAtomic(path, bytes);
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env node
+// Fails when a package imports, or depends on, an @lora package that is not below it in the
+// layer table of DESIGN.md (mirrored in LAYERS below). Run by `npm test` and `npm run lint`.
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
+
+const LAYERS = {
+  '@lora/tensor': 0,
+  '@lora/linalg': 1,
+  '@lora/nn': 1,
+  '@lora/models': 2,
+  '@lora/core': 2,
+  '@lora/loftq': 3,
+  '@lora/eva': 3,
+  '@lora/loraga': 3,
+  '@lora/arrow': 3,
+  '@lora/intruders': 3,
+  '@lora/cli': 4,
+};
+// Sideways edges DESIGN.md allows within a layer (none yet).
+const ALLOWED_SIDEWAYS = new Set([]);
+
+const root = process.argv[2] ?? join(import.meta.dirname, '..');
+const problems = [];
+
+function* sourceFiles(dir) {
+  for (const entry of readdirSync(dir)) {
+    const p = join(dir, entry);
+    if (statSync(p).isDirectory()) yield* sourceFiles(p);
+    else if (/\.(c|m)?[jt]sx?$/.test(entry)) yield p;
+  }
+}
+
+function check(from, to, where) {
+  if (from === to) return;
+  const a = LAYERS[from];
+  const b = LAYERS[to];
+  if (b === undefined) problems.push(`${where}: '${to}' is not in the layer table; add it to DESIGN.md and scripts/check-layers.mjs`);
+  else if (b > a || (b === a && !ALLOWED_SIDEWAYS.has(`${from}->${to}`))) {
+    problems.push(`${where}: ${from} (layer ${a}) must not use ${to} (layer ${b}); a package may use only lower layers`);
+  }
+}
+
+const pkgsDir = join(root, 'packages');
+for (const dir of readdirSync(pkgsDir)) {
+  const manifestPath = join(pkgsDir, dir, 'package.json');
+  let manifest;
+  try {
+    manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
+  } catch {
+    continue;
+  }
+  const name = manifest.name;
+  if (LAYERS[name] === undefined) {
+    problems.push(`packages/${dir}: package '${name}' is not in the layer table; add it to DESIGN.md and scripts/check-layers.mjs`);
+    continue;
+  }
+  for (const field of ['dependencies', 'peerDependencies', 'devDependencies', 'optionalDependencies']) {
+    for (const dep of Object.keys(manifest[field] ?? {})) {
+      if (dep.startsWith('@lora/')) check(name, dep, `packages/${dir}/package.json ${field}`);
+    }
+  }
+  const src = join(pkgsDir, dir, 'src');
+  let files = [];
+  try {
+    files = [...sourceFiles(src)];
+  } catch {
+    continue;
+  }
+  const importRe = /(?:import|export)\s[^'"]*?from\s*['"](@lora\/[^/'"]+)|import\(\s*['"](@lora\/[^/'"]+)|require\(\s*['"](@lora\/[^/'"]+)/g;
+  for (const file of files) {
+    const text = readFileSync(file, 'utf8');
+    for (const m of text.matchAll(importRe)) {
+      const target = m[1] ?? m[2] ?? m[3];
+      check(name, target, relative(root, file));
+    }
+  }
+}
+
+if (problems.length) {
+  console.error(`check-layers: ${problems.length} problem(s)\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+  process.exit(1);
+}
+console.log('check-layers: every package uses only packages below it');
