@@ -7,7 +7,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "..", "packages", "tensor", "__fixtures__")
+OUT = os.environ.get("ORACLE_OUT") or os.path.join(os.path.dirname(__file__), "..", "..", "packages", "tensor", "__fixtures__")
 os.makedirs(os.path.join(OUT, "sharded"), exist_ok=True)
 
 

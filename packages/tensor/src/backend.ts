@@ -34,6 +34,26 @@ export interface InitBackendOptions {
   };
   /** Silence tfjs's Node banner and deprecation warnings (sets the `PROD` flag). Default true. */
   quiet?: boolean;
+  /**
+   * How to import the optional packages. By default they are imported by name at run time, which
+   * bundlers leave alone; a bundled app passes literal imports so that its bundler includes them:
+   * `{ importers: { '@tensorflow/tfjs-backend-wasm': () => import('@tensorflow/tfjs-backend-wasm') } }`.
+   */
+  importers?: Partial<Record<OptionalPackage, () => Promise<unknown>>>;
+}
+
+/** The optional peer packages {@link initBackend} may import. */
+export type OptionalPackage =
+  | '@tensorflow/tfjs-backend-cpu'
+  | '@tensorflow/tfjs-backend-wasm'
+  | '@tensorflow/tfjs-backend-webgpu'
+  | '@tensorflow/tfjs-node'
+  | '@tensorflow/tfjs-node-gpu'
+  | 'webgpu';
+
+function load<T>(pkg: OptionalPackage, options: InitBackendOptions): Promise<T | null> {
+  const importer = options.importers?.[pkg];
+  return importer ? (importer() as Promise<T>) : importOptional<T>(pkg);
 }
 
 /** What {@link initBackend} chose. */
@@ -74,9 +94,9 @@ async function setTfBackend(name: BackendName): Promise<void> {
   await tf.ready();
 }
 
-async function ensurePackage(backend: BackendName, pkg: string): Promise<Probe | null> {
+async function ensurePackage(backend: BackendName, pkg: OptionalPackage, options: InitBackendOptions): Promise<Probe | null> {
   if (tf.findBackendFactory(backend) !== null) return null;
-  const mod = await importOptional(pkg).catch((e: unknown) => e as Error);
+  const mod = await load(pkg, options).catch((e: unknown) => e as Error);
   if (mod === null) return { ok: false, reason: `${pkg} is not installed`, hint: `Install it: npm install ${pkg}@${TFJS}` };
   if (mod instanceof Error) return { ok: false, reason: `${pkg} failed to load: ${mod.message}`, hint: `Reinstall ${pkg}@${TFJS}.` };
   if (tf.findBackendFactory(backend) === null) {
@@ -85,8 +105,8 @@ async function ensurePackage(backend: BackendName, pkg: string): Promise<Probe |
   return null;
 }
 
-async function probeCpu(): Promise<Probe> {
-  const missing = await ensurePackage('cpu', '@tensorflow/tfjs-backend-cpu');
+async function probeCpu(options: InitBackendOptions): Promise<Probe> {
+  const missing = await ensurePackage('cpu', '@tensorflow/tfjs-backend-cpu', options);
   if (missing) return missing;
   return {
     ok: true,
@@ -109,8 +129,8 @@ async function probeWasm(options: InitBackendOptions): Promise<Probe> {
   let wasm: WasmModule | null = null;
   const registered = tf.findBackendFactory('wasm') !== null;
   if (!registered) {
-    const pkg = '@tensorflow/tfjs-backend-wasm';
-    const loaded = await importOptional<WasmModule>(pkg).catch((e: unknown) => e as Error);
+    const pkg = '@tensorflow/tfjs-backend-wasm' as const;
+    const loaded = await load<WasmModule>(pkg, options).catch((e: unknown) => e as Error);
     if (loaded === null) return { ok: false, reason: `${pkg} is not installed`, hint: `Install it: npm install ${pkg}@${TFJS}` };
     if (loaded instanceof Error) return { ok: false, reason: `${pkg} failed to load: ${loaded.message}`, hint: `Reinstall ${pkg}@${TFJS}.` };
     wasm = loaded;
@@ -138,15 +158,15 @@ interface TfjsNodeModule {
   backend?: unknown;
 }
 
-async function probeTensorflow(): Promise<Probe> {
+async function probeTensorflow(options: InitBackendOptions): Promise<Probe> {
   const hint =
     'Install @tensorflow/tfjs-node (CPU) or @tensorflow/tfjs-node-gpu (CUDA). Where its installer cannot download libtensorflow, ' +
     'install with --ignore-scripts and build the addon against the tensorflow-cpu wheel (see the @lora/tensor README).';
   if (!isNode()) return { ok: false, reason: 'the tensorflow backend exists only in Node', hint: 'Use webgpu or wasm in a browser.' };
   const failures: string[] = [];
-  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'] as const) {
     if (tf.findBackendFactory('tensorflow') !== null) break;
-    const mod = await importOptional<TfjsNodeModule>(pkg).catch((e: unknown) => e as Error);
+    const mod = await load<TfjsNodeModule>(pkg, options).catch((e: unknown) => e as Error);
     if (mod instanceof Error) failures.push(`${pkg} is installed but failed to load: ${mod.message.split('\n')[0]}`);
   }
   if (tf.findBackendFactory('tensorflow') === null) {
@@ -218,11 +238,11 @@ function withAdapterDefaults(gpu: GPULike, defaults: Record<string, unknown>): G
   });
 }
 
-async function nodeGpu(dawnOptions: string[]): Promise<GPULike | Probe> {
+async function nodeGpu(dawnOptions: string[], options: InitBackendOptions): Promise<GPULike | Probe> {
   const key = dawnOptions.join(' ');
   const cached = dawnInstances.get(key);
   if (cached) return cached;
-  const dawn = await importOptional<DawnModule>('webgpu').catch((e: unknown) => e as Error);
+  const dawn = await load<DawnModule>('webgpu', options).catch((e: unknown) => e as Error);
   if (dawn === null) {
     return { ok: false, reason: "Dawn's 'webgpu' package is not installed", hint: 'Install it: npm install webgpu@0.6.2' };
   }
@@ -249,7 +269,7 @@ async function probeWebgpu(options: InitBackendOptions, allowSoftware: boolean):
   if (settings.powerPreference) defaults.powerPreference = settings.powerPreference;
   let base: GPULike;
   if (isNode()) {
-    const gpu = await nodeGpu(settings.dawnOptions);
+    const gpu = await nodeGpu(settings.dawnOptions, options);
     if ('ok' in gpu) return gpu;
     base = gpu;
   } else {
@@ -288,7 +308,7 @@ async function probeWebgpu(options: InitBackendOptions, allowSoftware: boolean):
       // tfjs-backend-webgpu registers itself at import time only if navigator.gpu already exists.
       setNavigatorGpu(gpu);
       if (webgpuFactory === null && tf.findBackendFactory('webgpu') === null) {
-        const mod = await importOptional('@tensorflow/tfjs-backend-webgpu');
+        const mod = await load('@tensorflow/tfjs-backend-webgpu', options);
         if (mod === null) {
           throw new BackendUnavailableError('webgpu', '@tensorflow/tfjs-backend-webgpu is not installed', `Install it: npm install @tensorflow/tfjs-backend-webgpu@${TFJS}`);
         }
@@ -316,11 +336,11 @@ async function probeWebgpu(options: InitBackendOptions, allowSoftware: boolean):
 async function probe(name: BackendName, options: InitBackendOptions, allowSoftware: boolean): Promise<Probe> {
   switch (name) {
     case 'cpu':
-      return probeCpu();
+      return probeCpu(options);
     case 'wasm':
       return probeWasm(options);
     case 'tensorflow':
-      return probeTensorflow();
+      return probeTensorflow(options);
     case 'webgpu':
       return probeWebgpu(options, allowSoftware);
   }

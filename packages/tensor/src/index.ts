@@ -1,5 +1,5 @@
 export { autoOrder, describeAdapter, getBackendInfo, initBackend, listBackends } from './backend';
-export type { BackendAvailability, BackendInfo, BackendName, InitBackendOptions, WebGPUOptions } from './backend';
+export type { BackendAvailability, BackendInfo, BackendName, InitBackendOptions, OptionalPackage, WebGPUOptions } from './backend';
 export { BackendUnavailableError, SafetensorsError, TensorLeakError } from './errors';
 export type { SafetensorsErrorDetail } from './errors';
 export { bf16ToFloat32, f16BitsToNumber, f16ToFloat32, float32ToBf16, float32ToF16, numberToF16Bits } from './half';
