@@ -81,7 +81,9 @@ for seed in [0, 42, 2**32 + 5]:
         w = torch.empty(n).uniform_(-0.3, 0.7)
         torch.manual_seed(seed)
         m = torch.empty(n).normal_(2.0, 0.5)
-        random.append({"seed": seed, "n": n, "rand": u.tolist(), "randn": z.tolist(), "uniform_-0.3_0.7": w.tolist(), "normal_2_0.5": m.tolist()})
+        torch.manual_seed(seed)
+        z64 = torch.randn(n, dtype=torch.float64)
+        random.append({"seed": seed, "n": n, "rand": u.tolist(), "randn": z.tolist(), "uniform_-0.3_0.7": w.tolist(), "normal_2_0.5": m.tolist(), "randn_float64": z64.tolist()})
 # a sequence of calls on one generator: the state carries over between them
 torch.manual_seed(3)
 seq = [torch.rand(7).tolist(), torch.randn(20).tolist(), torch.randn(3).tolist(), torch.rand(2).tolist()]

@@ -102,6 +102,26 @@ export class Generator {
     return out;
   }
 
+  /**
+   * Fills a Float64Array with normals as PyTorch's CPU `normal_` does for float64 tensors: for 16 or
+   * more values, 53-bit uniforms paired by Box–Muller in blocks of 16 in double precision; for fewer,
+   * the same scalar path as {@link fillNormal}.
+   */
+  fillNormal64(out: Float64Array, mean = 0, std = 1): Float64Array {
+    const n = out.length;
+    if (n < 16) {
+      for (let i = 0; i < n; i++) out[i] = this.normalScalar() * std + mean;
+      return out;
+    }
+    for (let i = 0; i < n; i++) out[i] = this.nextFloat53();
+    for (let i = 0; i + 16 <= n; i += 16) normal16Double(out, i, mean, std);
+    if (n % 16 !== 0) {
+      for (let i = n - 16; i < n; i++) out[i] = this.nextFloat53();
+      normal16Double(out, n - 16, mean, std);
+    }
+    return out;
+  }
+
   private normalScalar(): number {
     if (this.nextNormal !== null) {
       const v = this.nextNormal;
@@ -160,5 +180,17 @@ function normal16(data: Float32Array, at: number, mean: number, std: number): vo
     const theta = f(f(2 * Math.PI) * u2);
     data[at + j] = f(f(radius * f(Math.cos(theta))) * f(std)) + mean;
     data[at + j + 8] = f(f(radius * f(Math.sin(theta))) * f(std)) + mean;
+  }
+}
+
+/** Box–Muller over one block of 16 uniforms in double precision (PyTorch's float64 path). */
+function normal16Double(data: Float64Array, at: number, mean: number, std: number): void {
+  for (let j = 0; j < 8; j++) {
+    const u1 = 1 - (data[at + j] as number);
+    const u2 = data[at + j + 8] as number;
+    const radius = Math.sqrt(-2 * Math.log(u1));
+    const theta = 2 * Math.PI * u2;
+    data[at + j] = radius * Math.cos(theta) * std + mean;
+    data[at + j + 8] = radius * Math.sin(theta) * std + mean;
   }
 }

@@ -1,0 +1,17 @@
+export { LinalgError } from './errors';
+export { eye64, isMatrix64, matmul64, matrix64, transpose64 } from './matrix64';
+export type { Matrix64 } from './matrix64';
+export { qr } from './qr';
+export type { Qr64, QrOptions, QrTensors } from './qr';
+export { svd } from './svd';
+export type { Svd64, SvdOptions, SvdTensors } from './svd';
+export { eigh } from './eigh';
+export type { Eigh64, EighTensors } from './eigh';
+export { cholesky, solveTriangular } from './cholesky';
+export type { SolveTriangularOptions } from './cholesky';
+export { norm } from './norm';
+export { svdFlip } from './svd-flip';
+export { svdLowRank } from './svd-low-rank';
+export type { SvdLowRank64, SvdLowRankOptions, SvdLowRankTensors } from './svd-low-rank';
+export { IncrementalPCA } from './incremental-pca';
+export type { IncrementalPCAOptions } from './incremental-pca';

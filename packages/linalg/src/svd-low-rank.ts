@@ -1,0 +1,143 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { Generator } from '@lora/tensor';
+import { LinalgError } from './errors';
+import { type Matrix64, assertFinite, fromColumnMajor, isMatrix64, matmul64, matrix64ToTensor, tensorToMatrix64, toColumnMajor } from './matrix64';
+import { householderQr } from './qr';
+import { svd64 } from './svd';
+
+/** Options for {@link svdLowRank}, as `torch.svd_lowrank(A, q, niter)`. */
+export interface SvdLowRankOptions {
+  /** Columns of the random sketch: a slight overestimate of the rank wanted. Default `min(6, m, n)`, as torch. */
+  q?: number;
+  /** Subspace (power) iterations. Default 2, as torch. */
+  niter?: number;
+  /**
+   * Seed for the sketch `randn(n, q)`, drawn as `torch.manual_seed(seed); torch.randn(n, q)` would
+   * on the CPU (so results are reproducible, and equal torch's CPU results up to rounding). Default 0.
+   */
+  seed?: number;
+  /**
+   * Precision of the sketch's normals, as torch draws them for an input of that dtype: `'float32'`
+   * (default for tensors) or `'float64'` (default for Matrix64s). The two give different numbers.
+   */
+  sketchDtype?: 'float32' | 'float64';
+}
+
+/** Result of {@link svdLowRank} on a Matrix64: `a ≈ U·diag(S)·Vᵀ` (V, not Vh, as torch). */
+export interface SvdLowRank64 {
+  U: Matrix64;
+  S: Float64Array;
+  V: Matrix64;
+}
+
+/** Result of {@link svdLowRank} on a tensor. The caller owns all three tensors. */
+export interface SvdLowRankTensors {
+  U: tf.Tensor2D;
+  S: tf.Tensor1D;
+  V: tf.Tensor2D;
+}
+
+function settings(m: number, n: number, o: SvdLowRankOptions) {
+  const q = o.q ?? Math.min(6, m, n);
+  const niter = o.niter ?? 2;
+  if (!Number.isInteger(q) || q < 1) throw new LinalgError(`svdLowRank: q = ${q} must be a positive integer`);
+  if (m === 0 || n === 0) throw new LinalgError(`svdLowRank: the matrix is empty (${m}x${n})`);
+  if (!Number.isInteger(niter) || niter < 0) throw new LinalgError(`svdLowRank: niter = ${niter} must be a non-negative integer`);
+  // torch works on a tall matrix: it sketches aᵀ when a is wide, and swaps U and V at the end.
+  return { q, niter, transposed: m < n, seed: o.seed ?? 0 };
+}
+
+/**
+ * Orthonormal basis of the columns of a row-major rows×c matrix, row-major rows×min(rows, c):
+ * as torch's reduced QR, a sketch wider than the matrix is tall keeps only `rows` columns.
+ */
+function orthonormalBasis(x: Matrix64): Matrix64 {
+  const { q, k } = householderQr(toColumnMajor(x), x.rows, x.cols, false);
+  return fromColumnMajor(q, x.rows, k);
+}
+
+/**
+ * Randomized low-rank SVD (Halko, Martinsson & Tropp 2009, Algorithm 5.1) with torch.svd_lowrank's
+ * semantics: a Gaussian sketch of `q` columns, `niter` subspace iterations with re-orthonormalisation,
+ * then an exact SVD of the small projected matrix. Returns V, not Vh.
+ *
+ * For tensors, the products with `a` run on the active backend (the expensive part), while each
+ * thin QR and the small SVD run in float64 on the CPU.
+ *
+ * @example
+ * ```ts
+ * const { U, S, V } = await svdLowRank(grad as tf.Tensor2D, { q: 32, niter: 4, seed: 0 }); // LoRA-GA
+ * ```
+ */
+export function svdLowRank(a: Matrix64, options?: SvdLowRankOptions): SvdLowRank64;
+export function svdLowRank(a: tf.Tensor2D, options?: SvdLowRankOptions): Promise<SvdLowRankTensors>;
+export function svdLowRank(a: Matrix64 | tf.Tensor2D, options: SvdLowRankOptions = {}): SvdLowRank64 | Promise<SvdLowRankTensors> {
+  return isMatrix64(a) ? lowRank64(a, options) : lowRankTensor(a, options);
+}
+
+function lowRank64(a: Matrix64, options: SvdLowRankOptions): SvdLowRank64 {
+  assertFinite(a, 'svdLowRank');
+  const { rows: m, cols: n } = a;
+  const { q, niter, transposed, seed } = settings(m, n, options);
+  // Work on M = aᵀ when torch does; M is rows×cols.
+  const M = transposed ? { rows: n, cols: m, data: toColumnMajor(a) } : a;
+  const g = new Generator(seed);
+  const R: Matrix64 = {
+    rows: M.cols,
+    cols: q,
+    data: (options.sketchDtype ?? 'float64') === 'float64' ? g.fillNormal64(new Float64Array(M.cols * q)) : Float64Array.from(g.fillNormal(new Float32Array(M.cols * q))),
+  };
+  let Q = orthonormalBasis(matmul64(M, R));
+  for (let i = 0; i < niter; i++) {
+    Q = orthonormalBasis(matmul64(M, Q, { transposeA: true }));
+    Q = orthonormalBasis(matmul64(M, Q));
+  }
+  // The projection of a onto the basis, kept tall: a·Q (m×k) when sketching aᵀ, (Qᵀ·a)ᵀ (n×k) otherwise.
+  const tall = transposed ? matmul64(a, Q) : matmul64(a, Q, { transposeA: true });
+  const small = svd64(tall, false, 'svdLowRank'); // tall = U'·S·V'ᵀ
+  const lifted = matmul64(Q, small.Vh, { transposeB: true }); // Q·V'
+  // sketching aᵀ: a ≈ U'·S·(Q·V')ᵀ; otherwise aᵀ ≈ U'·S·(Q·V')ᵀ, i.e. a ≈ (Q·V')·S·U'ᵀ
+  return transposed ? { U: small.U, S: small.S, V: lifted } : { U: lifted, S: small.S, V: small.U };
+}
+
+async function lowRankTensor(a: tf.Tensor2D, options: SvdLowRankOptions): Promise<SvdLowRankTensors> {
+  if (a.rank !== 2) throw new LinalgError(`svdLowRank: expected a 2-D tensor, got shape [${a.shape.join(', ')}]`);
+  const [m, n] = a.shape;
+  const { q, niter, transposed, seed } = settings(m, n, options);
+  const cols = transposed ? m : n; // columns of M (= aᵀ when transposed)
+  // aᵀ·x as (xᵀ·a)ᵀ with explicit transposes of the thin factors: matMul's transpose flags are
+  // slow on some backends (11× on wasm for a 4096² operand), while transposing n×q is cheap.
+  const aTimes = (x: tf.Tensor2D, aT: boolean) =>
+    (aT ? tf.tidy(() => tf.transpose(tf.matMul(tf.transpose(x), a))) : tf.matMul(a, x)) as tf.Tensor2D;
+  // M·X and Mᵀ·X without forming M = aᵀ (transposed) or a.
+  const times = (x: tf.Tensor2D, mT: boolean) => aTimes(x, transposed !== mT);
+  // Each thin QR runs in float64 on the CPU: the sketch is small (rows×q) and this keeps Q orthonormal.
+  const basis = async (x: tf.Tensor2D): Promise<tf.Tensor2D> => {
+    const [r, c] = x.shape;
+    const values = await x.data();
+    x.dispose();
+    const qm = orthonormalBasis({ rows: r, cols: c, data: Float64Array.from(values as Float32Array) });
+    return tf.tensor2d(Float32Array.from(qm.data), [qm.rows, qm.cols]);
+  };
+  const g = new Generator(seed);
+  const normals = (options.sketchDtype ?? 'float32') === 'float32' ? g.fillNormal(new Float32Array(cols * q)) : Float32Array.from(g.fillNormal64(new Float64Array(cols * q)));
+  const R = tf.tensor2d(normals, [cols, q]);
+  let Q = await basis(times(R, false));
+  R.dispose();
+  for (let i = 0; i < niter; i++) {
+    const Qt = await basis(times(Q, true));
+    Q.dispose();
+    Q = await basis(times(Qt, false));
+    Qt.dispose();
+  }
+  // The projection of a onto the basis, kept tall: a·Q (m×k) when sketching aᵀ, (Qᵀ·a)ᵀ = aᵀ·Q (n×k) otherwise.
+  const projected = aTimes(Q, !transposed);
+  const small = svd64(await tensorToMatrix64(projected, 'svdLowRank'), false, 'svdLowRank');
+  projected.dispose();
+  const left = matrix64ToTensor(small.U);
+  const vh = matrix64ToTensor(small.Vh);
+  const S = tf.tensor1d(Float32Array.from(small.S));
+  const lifted = tf.tidy(() => tf.matMul(Q, tf.transpose(vh))) as tf.Tensor2D; // Q·V'
+  tf.dispose([Q, vh]);
+  return transposed ? { U: left, S, V: lifted } : { U: lifted, S, V: left };
+}
