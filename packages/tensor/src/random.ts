@@ -73,11 +73,16 @@ export class Generator {
     return ((hi & 0x1fffff) * 2 ** 32 + lo) * 2 ** -53;
   }
 
-  /** Fills `out` with uniforms in [low, high), in PyTorch's order and float32 arithmetic. */
+  /**
+   * Fills `out` with uniforms in [low, high), in PyTorch's order and arithmetic: the bounds are
+   * float32, `high − low` is a float32 difference, and `u·(high − low) + low` is computed in double
+   * and rounded once (PyTorch's CPU accumulation type for float).
+   */
   fillUniform(out: Float32Array, low = 0, high = 1): Float32Array {
     const f = Math.fround;
-    const range = f(f(high) - f(low));
-    for (let i = 0; i < out.length; i++) out[i] = f(f(this.nextFloat24() * range) + f(low));
+    const lo = f(low);
+    const range = f(f(high) - lo);
+    for (let i = 0; i < out.length; i++) out[i] = f(this.nextFloat24() * range + lo);
     return out;
   }
 

@@ -1,0 +1,14 @@
+export { Module, makeParameter } from './module';
+export type { ForwardHook, ForwardPreHook, LoadStateDictResult, Parameter, RemovableHandle } from './module';
+export { defaultRng, kaimingUniformDefault, manualSeed, uniformInit } from './init';
+export { Dropout, Embedding, GELU, LayerNorm, Linear, RMSNorm, SiLU, embedding, gelu, linear } from './layers';
+export { Conv1d, Conv2d, conv } from './conv';
+export type { ConvOptions } from './conv';
+export { ModuleDict, ModuleList, Sequential } from './containers';
+export { AdamW, SGD, clipGradNorm } from './optim';
+export type { AdamWOptions, Optimizer, SGDOptions } from './optim';
+export { crossEntropy } from './loss';
+export { constantWarmupSchedule, cosineWarmupSchedule, linearWarmupSchedule } from './schedule';
+export type { Schedule } from './schedule';
+export { checkpointCallback, gradientsFor, train } from './train';
+export type { BatchSource, TrainCallbacks, TrainLogs, TrainOptions, TrainResult } from './train';

@@ -1,0 +1,43 @@
+import type * as tf from '@tensorflow/tfjs-core';
+import { Generator } from '@lora/tensor';
+
+/**
+ * The random source layers initialise from. A module built after `manualSeed(s)` gets the same
+ * initial weights as the PyTorch module built after `torch.manual_seed(s)`, because
+ * `@lora/tensor`'s Generator reproduces torch's CPU generator and the draws happen in torch's order.
+ */
+let defaultGenerator = new Generator(0);
+
+/**
+ * Reseeds the generator layer initialisers use (PyTorch's `torch.manual_seed`).
+ *
+ * @example
+ * ```ts
+ * manualSeed(0);
+ * const lin = new Linear(16, 8); // same weights as torch.manual_seed(0); nn.Linear(16, 8)
+ * ```
+ */
+export function manualSeed(seed: number): Generator {
+  defaultGenerator = new Generator(seed);
+  return defaultGenerator;
+}
+
+/** The generator layer initialisers draw from. */
+export function defaultRng(): Generator {
+  return defaultGenerator;
+}
+
+/** A tensor drawn uniform in [-bound, bound) (PyTorch's `uniform_(-bound, bound)`). */
+export function uniformInit(shape: number[], bound: number, g = defaultGenerator): tf.Tensor {
+  return g.rand(shape, -bound, bound);
+}
+
+/** `kaiming_uniform_(w, a=√5)`, PyTorch's default for Linear and Conv weights: bound = 1/√fan_in. */
+export function kaimingUniformDefault(shape: number[], fanIn: number, g = defaultGenerator): tf.Tensor {
+  // gain = √(2 / (1 + a²)) with a = √5; bound = √3 · gain / √fan_in (≈ 1/√fan_in). Computed in the
+  // same order as torch.nn.init so that the float32 bound, and so every draw, is bit-identical.
+  const a = Math.sqrt(5);
+  const gain = Math.sqrt(2 / (1 + a ** 2));
+  const std = gain / Math.sqrt(fanIn);
+  return uniformInit(shape, Math.sqrt(3) * std, g);
+}

@@ -1,0 +1,195 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { Parameter } from './module';
+
+/** An optimizer over an explicit list of parameters, stepping with gradients given by name or position. */
+export interface Optimizer {
+  /** Learning rate of the next step (schedulers set it). */
+  lr: number;
+  /** Applies one update. `grads` maps each parameter's variable name to its gradient. */
+  step(grads: Record<string, tf.Tensor>): void;
+  /** Frees the optimizer's state tensors. */
+  dispose(): void;
+  /** The step count so far. */
+  readonly steps: number;
+}
+
+/** Options of {@link AdamW}, with PyTorch's defaults. */
+export interface AdamWOptions {
+  lr?: number;
+  betas?: [number, number];
+  eps?: number;
+  weightDecay?: number;
+}
+
+/**
+ * AdamW exactly as `torch.optim.AdamW` (the default, non-amsgrad, single-tensor path): decoupled
+ * weight decay `p ← p·(1 − lr·wd)`, then `p ← p − lr/bc1 · m / (√v/√bc2 + eps)` with bias
+ * corrections `bc = 1 − βᵗ`. Parameters without a gradient in a step are left alone, as torch does.
+ *
+ * @example
+ * ```ts
+ * const opt = new AdamW(model.trainableParameters(), { lr: 2e-4, weightDecay: 0 });
+ * const { grads } = tf.variableGrads(() => loss(), model.trainableParameters());
+ * opt.step(grads); tf.dispose(grads);
+ * ```
+ */
+export class AdamW implements Optimizer {
+  lr: number;
+  readonly betas: [number, number];
+  readonly eps: number;
+  readonly weightDecay: number;
+  private readonly params: Parameter[];
+  private readonly state = new Map<Parameter, { m: tf.Variable; v: tf.Variable; t: number }>();
+  private count = 0;
+
+  constructor(params: Parameter[], options: AdamWOptions = {}) {
+    this.params = params;
+    this.lr = options.lr ?? 1e-3;
+    this.betas = options.betas ?? [0.9, 0.999];
+    this.eps = options.eps ?? 1e-8;
+    this.weightDecay = options.weightDecay ?? 1e-2;
+    if (!(this.lr >= 0)) throw new Error(`Invalid learning rate: ${this.lr}`);
+    if (!(this.eps >= 0)) throw new Error(`Invalid epsilon value: ${this.eps}`);
+    if (!(this.betas[0] >= 0 && this.betas[0] < 1)) throw new Error(`Invalid beta parameter at index 0: ${this.betas[0]}`);
+    if (!(this.betas[1] >= 0 && this.betas[1] < 1)) throw new Error(`Invalid beta parameter at index 1: ${this.betas[1]}`);
+    if (!(this.weightDecay >= 0)) throw new Error(`Invalid weight_decay value: ${this.weightDecay}`);
+  }
+
+  get steps(): number {
+    return this.count;
+  }
+
+  step(grads: Record<string, tf.Tensor>): void {
+    this.count++;
+    const [b1, b2] = this.betas;
+    for (const p of this.params) {
+      const g = grads[p.name];
+      if (!g) continue;
+      let s = this.state.get(p);
+      if (!s) {
+        // tidy frees the zeros once the variables hold their data
+        s = tf.tidy(() => ({ m: tf.variable(tf.zerosLike(p), false), v: tf.variable(tf.zerosLike(p), false), t: 0 }));
+        this.state.set(p, s);
+      }
+      const st = s;
+      st.t++;
+      const bc1 = 1 - b1 ** st.t;
+      const bc2 = 1 - b2 ** st.t;
+      const stepSize = this.lr / bc1;
+      const bc2Sqrt = Math.sqrt(bc2);
+      tf.tidy(() => {
+        const decayed = this.weightDecay !== 0 ? tf.mul(p, 1 - this.lr * this.weightDecay) : p;
+        // torch: exp_avg.lerp_(grad, 1 − β1), i.e. m + (1 − β1)(g − m)
+        const m = tf.add(st.m, tf.mul(tf.sub(g, st.m), 1 - b1));
+        const v = tf.add(tf.mul(st.v, b2), tf.mul(tf.mul(g, g), 1 - b2));
+        const denom = tf.add(tf.div(tf.sqrt(v), bc2Sqrt), this.eps);
+        st.m.assign(m);
+        st.v.assign(v);
+        p.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), stepSize)));
+      });
+    }
+  }
+
+  dispose(): void {
+    for (const s of this.state.values()) tf.dispose([s.m, s.v]);
+    this.state.clear();
+  }
+}
+
+/** Options of {@link SGD}, with PyTorch's defaults. */
+export interface SGDOptions {
+  lr?: number;
+  momentum?: number;
+  dampening?: number;
+  weightDecay?: number;
+  nesterov?: boolean;
+}
+
+/**
+ * Stochastic gradient descent as `torch.optim.SGD`: L2 weight decay added to the gradient, momentum
+ * buffer initialised to the first gradient, dampening, optional Nesterov.
+ *
+ * @example
+ * ```ts
+ * const opt = new SGD(params, { lr: 0.1, momentum: 0.9 });
+ * ```
+ */
+export class SGD implements Optimizer {
+  lr: number;
+  readonly momentum: number;
+  readonly dampening: number;
+  readonly weightDecay: number;
+  readonly nesterov: boolean;
+  private readonly params: Parameter[];
+  private readonly buffers = new Map<Parameter, tf.Variable>();
+  private count = 0;
+
+  constructor(params: Parameter[], options: SGDOptions = {}) {
+    this.params = params;
+    this.lr = options.lr ?? 1e-3;
+    this.momentum = options.momentum ?? 0;
+    this.dampening = options.dampening ?? 0;
+    this.weightDecay = options.weightDecay ?? 0;
+    this.nesterov = options.nesterov ?? false;
+    if (this.nesterov && (this.momentum <= 0 || this.dampening !== 0)) throw new Error('Nesterov momentum requires a momentum and zero dampening');
+  }
+
+  get steps(): number {
+    return this.count;
+  }
+
+  step(grads: Record<string, tf.Tensor>): void {
+    this.count++;
+    for (const p of this.params) {
+      const g0 = grads[p.name];
+      if (!g0) continue;
+      tf.tidy(() => {
+        let g = this.weightDecay !== 0 ? tf.add(g0, tf.mul(p, this.weightDecay)) : g0;
+        if (this.momentum !== 0) {
+          const buf = this.buffers.get(p);
+          let next: tf.Tensor;
+          if (!buf) {
+            next = tf.clone(g);
+            this.buffers.set(p, tf.variable(next, false));
+          } else {
+            next = tf.add(tf.mul(buf, this.momentum), tf.mul(g, 1 - this.dampening));
+            buf.assign(next);
+          }
+          g = this.nesterov ? tf.add(g, tf.mul(next, this.momentum)) : next;
+        }
+        p.assign(tf.sub(p, tf.mul(g, this.lr)));
+      });
+    }
+  }
+
+  dispose(): void {
+    tf.dispose([...this.buffers.values()]);
+    this.buffers.clear();
+  }
+}
+
+/**
+ * Scales gradients so that their global L2 norm is at most `maxNorm`, as
+ * `torch.nn.utils.clip_grad_norm_` (coefficient `maxNorm / (norm + 1e-6)`, applied only when below 1).
+ * Returns the new gradients (the old ones are disposed when replaced) and the total norm before clipping.
+ *
+ * @example
+ * ```ts
+ * const { grads: clipped, totalNorm } = await clipGradNorm(grads, 1.0);
+ * ```
+ */
+export async function clipGradNorm(grads: Record<string, tf.Tensor>, maxNorm: number): Promise<{ grads: Record<string, tf.Tensor>; totalNorm: number }> {
+  const names = Object.keys(grads);
+  if (names.length === 0) return { grads, totalNorm: 0 };
+  const total = tf.tidy(() => tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(grads[n] as tf.Tensor))))));
+  const totalNorm = (await total.data())[0] as number;
+  total.dispose();
+  const coef = maxNorm / (totalNorm + 1e-6);
+  if (coef >= 1) return { grads, totalNorm };
+  const out: Record<string, tf.Tensor> = {};
+  for (const n of names) {
+    out[n] = tf.mul(grads[n] as tf.Tensor, coef);
+    (grads[n] as tf.Tensor).dispose();
+  }
+  return { grads: out, totalNorm };
+}
