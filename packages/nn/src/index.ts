@@ -1,6 +1,6 @@
 export { Module, makeParameter } from './module';
 export type { ForwardHook, ForwardPreHook, LoadStateDictResult, Parameter, RemovableHandle } from './module';
-export { defaultRng, kaimingUniformDefault, manualSeed, uniformInit } from './init';
+export { defaultRng, initSkipped, kaimingUniformDefault, manualSeed, normalInit, uniformInit, withoutInit } from './init';
 export { Dropout, Embedding, GELU, LayerNorm, Linear, RMSNorm, SiLU, embedding, gelu, linear } from './layers';
 export { Conv1d, Conv2d, conv } from './conv';
 export type { ConvOptions } from './conv';

@@ -1,4 +1,4 @@
-import type * as tf from '@tensorflow/tfjs-core';
+import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
 
 /**
@@ -27,9 +27,41 @@ export function defaultRng(): Generator {
   return defaultGenerator;
 }
 
+let skipInit = 0;
+
+/**
+ * Builds modules without drawing initial weights: parameters start as zeros (as PyTorch's
+ * `init_empty_weights` or the meta device). For models about to load a checkpoint, where random
+ * initialisation would only cost time.
+ *
+ * @example
+ * ```ts
+ * const model = withoutInit(() => new LlamaForCausalLM(config));
+ * model.loadStateDict(weights);
+ * ```
+ */
+export function withoutInit<T>(build: () => T): T {
+  skipInit++;
+  try {
+    return build();
+  } finally {
+    skipInit--;
+  }
+}
+
+/** True inside {@link withoutInit}: initialisers return zeros. */
+export function initSkipped(): boolean {
+  return skipInit > 0;
+}
+
 /** A tensor drawn uniform in [-bound, bound) (PyTorch's `uniform_(-bound, bound)`). */
 export function uniformInit(shape: number[], bound: number, g = defaultGenerator): tf.Tensor {
-  return g.rand(shape, -bound, bound);
+  return skipInit > 0 ? tf.zeros(shape) : g.rand(shape, -bound, bound);
+}
+
+/** A tensor drawn N(mean, std²) (PyTorch's `normal_(mean, std)`). */
+export function normalInit(shape: number[], std = 1, mean = 0, g = defaultGenerator): tf.Tensor {
+  return skipInit > 0 ? tf.zeros(shape) : g.randn(shape, mean, std);
 }
 
 /** `kaiming_uniform_(w, a=√5)`, PyTorch's default for Linear and Conv weights: bound = 1/√fan_in. */

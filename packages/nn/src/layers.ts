@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
-import { defaultRng, kaimingUniformDefault, uniformInit } from './init';
+import { defaultRng, kaimingUniformDefault, normalInit, uniformInit } from './init';
 import { Module, type Parameter } from './module';
 
 function checkPositiveInt(value: number, what: string, layer: string): void {
@@ -83,9 +83,14 @@ export class Embedding extends Module {
       if (!Number.isInteger(pad) || pad < 0 || pad >= numEmbeddings) throw new Error(`Embedding: paddingIdx ${options.paddingIdx} must be within num_embeddings (${numEmbeddings})`);
     }
     this.paddingIdx = pad;
-    const w = defaultRng().fillNormal(new Float32Array(numEmbeddings * embeddingDim));
-    if (pad !== null) w.fill(0, pad * embeddingDim, (pad + 1) * embeddingDim);
-    this.weight = this.registerParameter('weight', tf.tensor2d(w, [numEmbeddings, embeddingDim]));
+    let w = normalInit([numEmbeddings, embeddingDim]);
+    if (pad !== null) {
+      const keep = tf.tidy(() => tf.sub(1, tf.reshape(tf.oneHot(tf.tensor1d([pad as number], 'int32'), numEmbeddings), [numEmbeddings, 1])));
+      const zeroed = tf.mul(w, keep);
+      tf.dispose([w, keep]);
+      w = zeroed;
+    }
+    this.weight = this.registerParameter('weight', w);
   }
 
   forward(ids: tf.Tensor): tf.Tensor {

@@ -108,3 +108,16 @@ describe('Module', () => {
     lin.dispose();
   });
 });
+
+it('setParameter re-points the layer field, so a tied weight is the one used', () => {
+  const a = new Linear(3, 2, { bias: false });
+  const b = new Linear(3, 2, { bias: false });
+  a.setParameter('weight', b.weight);
+  expect(a.weight).toBe(b.weight);
+  const x = tf.ones([1, 3]);
+  const ya = a.call(x) as tf.Tensor;
+  const yb = b.call(x) as tf.Tensor;
+  expect(ya.arraySync()).toEqual(yb.arraySync());
+  tf.dispose([x, ya, yb]);
+  b.dispose();
+});

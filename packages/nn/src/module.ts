@@ -151,6 +151,8 @@ export abstract class Module {
     const p = value instanceof tf.Variable ? value : makeParameter(value, options.trainable ?? old?.trainable ?? true);
     if (old && old !== p && options.dispose !== false) old.dispose();
     this.params.set(name, p);
+    // Layers keep typed fields for their parameters (`linear.weight`): keep those pointing at the new one.
+    if (old) for (const key of Object.keys(this)) if ((this as unknown as Record<string, unknown>)[key] === old) (this as unknown as Record<string, unknown>)[key] = p;
     return p;
   }
 

@@ -1,0 +1,343 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { Generator } from '@lora/tensor';
+import { Embedding, Linear, Module, ModuleList, RMSNorm, crossEntropy, normalInit, withoutInit } from '@lora/nn';
+import { type ModelFiles, openFiles, readCheckpoint } from './files';
+import { type LlamaConfig, parseLlamaConfig } from './llama-config';
+import { applyRope, ropeInverseFrequencies, ropeTables } from './rope';
+
+/** Keys and values of earlier positions, per layer, for incremental decoding. */
+export class KVCache {
+  layers: { k: tf.Tensor4D; v: tf.Tensor4D }[] = [];
+  /** Positions held. */
+  get length(): number {
+    return this.layers[0]?.k.shape[2] ?? 0;
+  }
+  dispose(): void {
+    for (const l of this.layers) tf.dispose([l.k, l.v]);
+    this.layers = [];
+  }
+}
+
+interface AttentionContext {
+  cos: tf.Tensor;
+  sin: tf.Tensor;
+  /** Additive mask [B, 1, T, S]: 0 where a query may attend, the float32 minimum elsewhere. */
+  mask: tf.Tensor;
+  cache: KVCache | null;
+  layerIdx: number;
+}
+
+/** Multi-head attention with grouped-query heads and RoPE (Hugging Face's `LlamaAttention`). */
+export class LlamaAttention extends Module {
+  readonly config: LlamaConfig;
+  qProj: Linear;
+  kProj: Linear;
+  vProj: Linear;
+  oProj: Linear;
+
+  constructor(config: LlamaConfig) {
+    super();
+    this.config = config;
+    const { hiddenSize: h, numAttentionHeads: nh, numKeyValueHeads: nkv, headDim: d, attentionBias } = config;
+    this.qProj = this.registerModule('q_proj', new Linear(h, nh * d, { bias: attentionBias }));
+    this.kProj = this.registerModule('k_proj', new Linear(h, nkv * d, { bias: attentionBias }));
+    this.vProj = this.registerModule('v_proj', new Linear(h, nkv * d, { bias: attentionBias }));
+    // Qwen2 puts a bias on q, k and v only
+    this.oProj = this.registerModule('o_proj', new Linear(nh * d, h, { bias: attentionBias && config.modelType === 'llama' }));
+  }
+
+  forward(x: tf.Tensor, ctx: AttentionContext): tf.Tensor {
+    const [b, t] = x.shape as [number, number, number];
+    const { numAttentionHeads: nh, numKeyValueHeads: nkv, headDim: d } = this.config;
+    const rep = nh / nkv;
+    const heads = (y: tf.Tensor, n: number) => tf.transpose(tf.reshape(y, [b, t, n, d]), [0, 2, 1, 3]);
+    const q = applyRope(heads(this.qProj.call(x), nh), ctx.cos, ctx.sin);
+    let k = applyRope(heads(this.kProj.call(x), nkv), ctx.cos, ctx.sin) as tf.Tensor4D;
+    let v = heads(this.vProj.call(x), nkv) as tf.Tensor4D;
+    if (ctx.cache) {
+      const past = ctx.cache.layers[ctx.layerIdx];
+      if (past) {
+        k = tf.concat([past.k, k], 2);
+        v = tf.concat([past.v, v], 2);
+      }
+      ctx.cache.layers[ctx.layerIdx] = { k: tf.keep(k), v: tf.keep(v) };
+      if (past) tf.dispose([past.k, past.v]);
+    }
+    // Grouped-query attention without repeating k and v: the `rep` query heads that share a kv head
+    // are stacked along the query axis ([B, nkv, rep·T, d]), which keeps every tensor 4-d.
+    const qg = tf.reshape(q, [b, nkv, rep * t, d]);
+    let scores = tf.mul(tf.matMul(qg, k, false, true), 1 / Math.sqrt(d));
+    scores = tf.add(scores, rep === 1 ? ctx.mask : tf.tile(ctx.mask, [1, 1, rep, 1]));
+    const probs = tf.softmax(scores, -1);
+    const out = tf.reshape(tf.matMul(probs, v), [b, nh, t, d]);
+    const merged = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, nh * d]);
+    return this.oProj.call(merged);
+  }
+}
+
+/** SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`. */
+export class LlamaMLP extends Module {
+  gateProj: Linear;
+  upProj: Linear;
+  downProj: Linear;
+
+  constructor(config: LlamaConfig) {
+    super();
+    const bias = config.mlpBias;
+    this.gateProj = this.registerModule('gate_proj', new Linear(config.hiddenSize, config.intermediateSize, { bias }));
+    this.upProj = this.registerModule('up_proj', new Linear(config.hiddenSize, config.intermediateSize, { bias }));
+    this.downProj = this.registerModule('down_proj', new Linear(config.intermediateSize, config.hiddenSize, { bias }));
+  }
+
+  forward(x: tf.Tensor): tf.Tensor {
+    const gate = this.gateProj.call(x) as tf.Tensor;
+    return this.downProj.call(tf.mul(tf.mul(gate, tf.sigmoid(gate)), this.upProj.call(x)));
+  }
+}
+
+/** One pre-norm transformer block. */
+export class LlamaDecoderLayer extends Module {
+  selfAttn: LlamaAttention;
+  mlp: LlamaMLP;
+  inputLayernorm: RMSNorm;
+  postAttentionLayernorm: RMSNorm;
+
+  constructor(config: LlamaConfig) {
+    super();
+    this.selfAttn = this.registerModule('self_attn', new LlamaAttention(config));
+    this.mlp = this.registerModule('mlp', new LlamaMLP(config));
+    this.inputLayernorm = this.registerModule('input_layernorm', new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }));
+    this.postAttentionLayernorm = this.registerModule('post_attention_layernorm', new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }));
+  }
+
+  forward(x: tf.Tensor, ctx: AttentionContext): tf.Tensor {
+    const h = tf.add(x, this.selfAttn.call(this.inputLayernorm.call(x), ctx));
+    return tf.add(h, this.mlp.call(this.postAttentionLayernorm.call(h)));
+  }
+}
+
+/** The decoder stack: `embed_tokens`, `layers`, `norm` (Hugging Face's `LlamaModel`). */
+export class LlamaModel extends Module {
+  readonly config: LlamaConfig;
+  embedTokens: Embedding;
+  layers: ModuleList<LlamaDecoderLayer>;
+  norm: RMSNorm;
+  private readonly invFreq: Float32Array;
+
+  constructor(config: LlamaConfig) {
+    super();
+    this.config = config;
+    this.embedTokens = this.registerModule('embed_tokens', new Embedding(config.vocabSize, config.hiddenSize));
+    this.layers = this.registerModule('layers', new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new LlamaDecoderLayer(config))));
+    this.norm = this.registerModule('norm', new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }));
+    this.invFreq = ropeInverseFrequencies(config.headDim, config.rope);
+  }
+
+  forward(inputIds: tf.Tensor2D, options: { attentionMask?: tf.Tensor | number[][]; cache?: KVCache | null } = {}): tf.Tensor {
+    const [b, t] = inputIds.shape;
+    const past = options.cache?.length ?? 0;
+    const mask = buildMask(b, t, past, options.attentionMask);
+    const { cos, sin } = ropeTables(this.invFreq, past, t);
+    try {
+      let h = this.embedTokens.call(inputIds) as tf.Tensor;
+      const ctx: AttentionContext = { cos, sin, mask, cache: options.cache ?? null, layerIdx: 0 };
+      for (let i = 0; i < this.layers.length; i++) {
+        ctx.layerIdx = i;
+        h = this.layers.at(i).call(h, ctx);
+      }
+      return this.norm.call(h);
+    } finally {
+      tf.dispose([mask, cos, sin]);
+    }
+  }
+}
+
+const FLOAT32_MIN = -3.4028234663852886e38;
+
+/** Causal + padding mask [B, 1, T, S] as transformers' eager attention adds it. */
+function buildMask(b: number, t: number, past: number, attentionMask: tf.Tensor | number[][] | undefined): tf.Tensor {
+  const s = past + t;
+  let keep: ArrayLike<number> | null = null;
+  if (attentionMask !== undefined) {
+    const rows = Array.isArray(attentionMask) ? attentionMask : (attentionMask.arraySync() as number[][]);
+    if (rows.length !== b || rows.some((r) => r.length !== s)) {
+      throw new Error(`attentionMask must be [${b}, ${s}] (batch × past+new positions), got [${rows.length}, ${rows[0]?.length}]`);
+    }
+    keep = rows.flat();
+  }
+  const m = new Float32Array(b * t * s);
+  for (let bi = 0; bi < b; bi++)
+    for (let i = 0; i < t; i++)
+      for (let j = 0; j < s; j++) {
+        const allowed = j <= past + i && (keep === null || keep[bi * s + j] !== 0);
+        m[(bi * t + i) * s + j] = allowed ? 0 : FLOAT32_MIN;
+      }
+  return tf.tensor4d(m, [b, 1, t, s]);
+}
+
+/** Options of {@link LlamaForCausalLM.generate}, with transformers' defaults. */
+export interface GenerateOptions {
+  maxNewTokens?: number;
+  /** 0 or unset: greedy decoding. Above 0: sampling at this temperature. */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  /** Seed of the sampler (sampling only). */
+  seed?: number;
+  /** Token ids that end a sequence. Default: the config's `eos_token_id`. */
+  eosTokenId?: number | number[];
+  /** Called with each new token of the first sequence, as it is produced. */
+  onToken?: (token: number) => void;
+}
+
+/**
+ * A Llama-family causal language model with Hugging Face's module names and weights
+ * (`model.layers.0.self_attn.q_proj.weight`, `lm_head.weight`): Llama 2/3, SmolLM, TinyLlama, Qwen2.
+ *
+ * @example
+ * ```ts
+ * const model = await LlamaForCausalLM.fromPretrained('SmolLM-135M');  // or in-memory files
+ * const { logits, loss } = model.forward(ids, { labels: ids });
+ * const out = await model.generate(ids, { maxNewTokens: 20 });
+ * ```
+ */
+export class LlamaForCausalLM extends Module {
+  readonly config: LlamaConfig;
+  model: LlamaModel;
+  lmHead: Linear;
+
+  /** Builds a model with transformers' initialisation (normal(0, initializer_range), zero biases). */
+  constructor(config: LlamaConfig, options: { init?: boolean } = {}) {
+    super();
+    this.config = config;
+    this.model = this.registerModule('model', new LlamaModel(config));
+    this.lmHead = this.registerModule('lm_head', new Linear(config.hiddenSize, config.vocabSize, { bias: false }));
+    if (options.init !== false) this.initWeights();
+    if (config.tieWordEmbeddings) this.lmHead.setParameter('weight', this.model.embedTokens.weight);
+  }
+
+  private initWeights(): void {
+    const std = this.config.initializerRange;
+    for (const [name, p] of this.namedParameters()) {
+      if (name.endsWith('layernorm.weight') || name === 'model.norm.weight') continue;
+      p.assign(name.endsWith('.bias') ? tf.zerosLike(p) : normalInit(p.shape, std));
+    }
+  }
+
+  /**
+   * Loads a checkpoint directory (Node) or its files (anywhere): `config.json` plus
+   * `model.safetensors` or a sharded `model.safetensors.index.json`, by Hugging Face's names.
+   */
+  static async fromPretrained(files: ModelFiles): Promise<LlamaForCausalLM> {
+    const source = await openFiles(files);
+    const config = parseLlamaConfig(JSON.parse(await source.text('config.json')));
+    const tensors = await readCheckpoint(source);
+    const model = withoutInit(() => new LlamaForCausalLM(config, { init: false }));
+    try {
+      // Old checkpoints may carry RoPE buffers; tied checkpoints may or may not carry lm_head.
+      const ignored = new Set(Object.keys(tensors).filter((k) => k.endsWith('rotary_emb.inv_freq') || (config.tieWordEmbeddings && k === 'lm_head.weight')));
+      const weights = Object.fromEntries(Object.entries(tensors).filter(([k]) => !ignored.has(k)));
+      model.loadStateDict(weights, { strict: true });
+      return model;
+    } catch (e) {
+      model.dispose();
+      throw new Error(`${source.label}: ${(e as Error).message}`);
+    } finally {
+      tf.dispose(Object.values(tensors));
+    }
+  }
+
+  /**
+   * Logits `[B, T, vocab]` and, with `labels`, the mean next-token cross-entropy (labels shifted
+   * by one inside, −100 ignored), as transformers' `LlamaForCausalLM.forward`.
+   */
+  forward(inputIds: tf.Tensor2D, options: { attentionMask?: tf.Tensor | number[][]; labels?: tf.Tensor2D; cache?: KVCache | null } = {}): { logits: tf.Tensor3D; loss?: tf.Scalar } {
+    if (inputIds.dtype !== 'int32') throw new Error(`inputIds must be int32, got ${inputIds.dtype}`);
+    return tf.tidy(() => {
+      const h = this.model.call(inputIds, { attentionMask: options.attentionMask, cache: options.cache ?? null }) as tf.Tensor;
+      const logits = this.lmHead.call(h) as tf.Tensor3D;
+      if (!options.labels) return { logits };
+      const [b, t] = inputIds.shape;
+      const shifted = tf.concat([tf.slice(options.labels, [0, 1], [b, t - 1]), tf.fill([b, 1], -100, 'int32')], 1);
+      return { logits, loss: crossEntropy(logits, shifted) as tf.Scalar };
+    });
+  }
+
+  /**
+   * Continues each sequence by up to `maxNewTokens` tokens with a KV cache: greedy by default,
+   * sampling with temperature / top-k / top-p when `temperature > 0`. Stops a sequence at an
+   * end-of-sequence token. Returns prompt + new tokens, as transformers' `generate`.
+   */
+  async generate(inputIds: tf.Tensor2D | number[][], options: GenerateOptions = {}): Promise<number[][]> {
+    const prompt = Array.isArray(inputIds) ? inputIds : ((await inputIds.array()) as number[][]);
+    const maxNew = options.maxNewTokens ?? 20;
+    const eos = new Set(options.eosTokenId === undefined ? this.config.eosTokenId : [options.eosTokenId].flat());
+    const sample = (options.temperature ?? 0) > 0;
+    const rng = new Generator(options.seed ?? 0);
+    const seqs = prompt.map((r) => [...r]);
+    const done = seqs.map(() => false);
+    const cache = new KVCache();
+    const wasTraining = this.training;
+    this.eval();
+    try {
+      let next: number[][] = seqs.map((s) => s);
+      for (let step = 0; step < maxNew && !done.every(Boolean); step++) {
+        const ids = tf.tensor2d(next, [next.length, (next[0] as number[]).length], 'int32');
+        const last = tf.tidy(() => {
+          const { logits } = this.forward(ids, { cache });
+          const t = logits.shape[1];
+          return tf.reshape(tf.slice(logits, [0, t - 1, 0], [-1, 1, -1]), [logits.shape[0], logits.shape[2]]);
+        });
+        ids.dispose();
+        const rows = (await last.array()) as number[][];
+        last.dispose();
+        const chosen = rows.map((row) => (sample ? sampleToken(row, options, rng) : argmax(row)));
+        chosen.forEach((tok, i) => {
+          if (done[i]) return;
+          seqs[i]?.push(tok);
+          if (eos.has(tok)) done[i] = true;
+        });
+        if (!done[0] || eos.has(chosen[0] as number)) options.onToken?.(chosen[0] as number);
+        // Finished rows keep feeding their last token; their output is no longer read.
+        next = chosen.map((tok) => [tok]);
+      }
+      return seqs;
+    } finally {
+      cache.dispose();
+      this.train(wasTraining);
+    }
+  }
+}
+
+function argmax(row: number[]): number {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if ((row[i] as number) > (row[best] as number)) best = i;
+  return best;
+}
+
+/** Temperature, then top-k, then top-p (transformers' warper order), then one draw. */
+function sampleToken(row: number[], o: GenerateOptions, rng: Generator): number {
+  const temp = o.temperature as number;
+  let idx = row.map((_, i) => i).sort((a, b) => (row[b] as number) - (row[a] as number));
+  if (o.topK !== undefined && o.topK > 0) idx = idx.slice(0, o.topK);
+  const max = row[idx[0] as number] as number;
+  let probs = idx.map((i) => Math.exp(((row[i] as number) - max) / temp));
+  let sum = probs.reduce((a, b) => a + b, 0);
+  probs = probs.map((p) => p / sum);
+  if (o.topP !== undefined && o.topP < 1) {
+    // keep the smallest prefix whose mass reaches top_p (at least one token)
+    let acc = 0;
+    let keep = 0;
+    while (keep < probs.length && (keep === 0 || acc < o.topP)) acc += probs[keep++] as number;
+    idx = idx.slice(0, keep);
+    probs = probs.slice(0, keep);
+    sum = probs.reduce((a, b) => a + b, 0);
+    probs = probs.map((p) => p / sum);
+  }
+  let u = rng.nextFloat53();
+  for (let k = 0; k < probs.length; k++) {
+    u -= probs[k] as number;
+    if (u < 0) return idx[k] as number;
+  }
+  return idx[probs.length - 1] as number;
+}
