@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
-import { Embedding, Linear, Module, ModuleList, RMSNorm, crossEntropy, normalInit, withoutInit } from '@lora/nn';
+import { Embedding, Linear, Module, ModuleList, RMSNorm, crossEntropy, matmul, normalInit, transposeLast, withoutInit } from '@lora/nn';
 import { type ModelFiles, openFiles, readCheckpoint } from './files';
 import { type LlamaConfig, parseLlamaConfig } from './llama-config';
 import { applyRope, ropeInverseFrequencies, ropeTables } from './rope';
@@ -21,7 +21,7 @@ export class KVCache {
 interface AttentionContext {
   cos: tf.Tensor;
   sin: tf.Tensor;
-  /** Additive mask [B, 1, T, S]: 0 where a query may attend, the float32 minimum elsewhere. */
+  /** Additive mask [B, 1, rep·T, S] (rep = query heads per kv head): 0 where a query may attend, the float32 minimum elsewhere. */
   mask: tf.Tensor;
   cache: KVCache | null;
   layerIdx: number;
@@ -66,10 +66,11 @@ export class LlamaAttention extends Module {
     // Grouped-query attention without repeating k and v: the `rep` query heads that share a kv head
     // are stacked along the query axis ([B, nkv, rep·T, d]), which keeps every tensor 4-d.
     const qg = tf.reshape(q, [b, nkv, rep * t, d]);
-    let scores = tf.mul(tf.matMul(qg, k, false, true), 1 / Math.sqrt(d));
-    scores = tf.add(scores, rep === 1 ? ctx.mask : tf.tile(ctx.mask, [1, 1, rep, 1]));
+    // matmul with explicit transposes: tfjs's transpose flags are slow on wasm
+    let scores = tf.mul(matmul(qg, transposeLast(k)), 1 / Math.sqrt(d));
+    scores = tf.add(scores, ctx.mask); // built already repeated for the grouped query rows
     const probs = tf.softmax(scores, -1);
-    const out = tf.reshape(tf.matMul(probs, v), [b, nh, t, d]);
+    const out = tf.reshape(matmul(probs, v), [b, nh, t, d]);
     const merged = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, nh * d]);
     return this.oProj.call(merged);
   }
@@ -136,7 +137,7 @@ export class LlamaModel extends Module {
   forward(inputIds: tf.Tensor2D, options: { attentionMask?: tf.Tensor | number[][]; cache?: KVCache | null } = {}): tf.Tensor {
     const [b, t] = inputIds.shape;
     const past = options.cache?.length ?? 0;
-    const mask = buildMask(b, t, past, options.attentionMask);
+    const mask = buildMask(b, t, past, options.attentionMask, this.config.numAttentionHeads / this.config.numKeyValueHeads);
     const { cos, sin } = ropeTables(this.invFreq, past, t);
     try {
       let h = this.embedTokens.call(inputIds) as tf.Tensor;
@@ -154,8 +155,12 @@ export class LlamaModel extends Module {
 
 const FLOAT32_MIN = -3.4028234663852886e38;
 
-/** Causal + padding mask [B, 1, T, S] as transformers' eager attention adds it. */
-function buildMask(b: number, t: number, past: number, attentionMask: tf.Tensor | number[][] | undefined): tf.Tensor {
+/**
+ * Causal + padding mask as transformers' eager attention adds it, laid out [B, 1, rep·T, S]: the
+ * T query rows repeated for each of the `rep` query heads that share a kv head (see LlamaAttention).
+ * Built once per forward in JavaScript, rather than tiled on the backend in every layer.
+ */
+function buildMask(b: number, t: number, past: number, attentionMask: tf.Tensor | number[][] | undefined, rep: number): tf.Tensor {
   const s = past + t;
   let keep: ArrayLike<number> | null = null;
   if (attentionMask !== undefined) {
@@ -165,14 +170,14 @@ function buildMask(b: number, t: number, past: number, attentionMask: tf.Tensor 
     }
     keep = rows.flat();
   }
-  const m = new Float32Array(b * t * s);
+  const m = new Float32Array(b * rep * t * s);
   for (let bi = 0; bi < b; bi++)
     for (let i = 0; i < t; i++)
       for (let j = 0; j < s; j++) {
         const allowed = j <= past + i && (keep === null || keep[bi * s + j] !== 0);
-        m[(bi * t + i) * s + j] = allowed ? 0 : FLOAT32_MIN;
+        for (let r = 0; r < rep; r++) m[((bi * rep + r) * t + i) * s + j] = allowed ? 0 : FLOAT32_MIN;
       }
-  return tf.tensor4d(m, [b, 1, t, s]);
+  return tf.tensor4d(m, [b, 1, rep * t, s]);
 }
 
 /** Options of {@link LlamaForCausalLM.generate}, with transformers' defaults. */
