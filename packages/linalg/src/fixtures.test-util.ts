@@ -18,7 +18,7 @@ export function readFixture(file: string): { get(name: string): Matrix64; vector
   };
   const get = (name: string): Matrix64 => {
     const e = byName.get(name);
-    if (!e || e.shape.length !== 2) throw new Error(`${file}: '${name}' is not a matrix`);
+    if (e?.shape.length !== 2) throw new Error(`${file}: '${name}' is not a matrix`);
     return { rows: e.shape[0] as number, cols: e.shape[1] as number, data: vector(name) };
   };
   return { get, vector, metadata: header.metadata };

@@ -15,7 +15,11 @@ await describeEachBackend('Embedding gradient', () => {
     const w = (await weights.array()) as number[][][];
     const want = Array.from({ length: 5 }, () => [0, 0, 0]);
     const idv = (await ids.array()) as number[][];
-    idv.forEach((row, b) => row.forEach((id, t) => w[b]![t]!.forEach((v, d) => (want[id]![d]! += v))));
+    for (const [b, row] of idv.entries()) {
+      for (const [t, id] of row.entries()) {
+        for (const [d, v] of w[b]![t]!.entries()) want[id]![d]! += v;
+      }
+    }
     expect(g).toEqual(want);
     tf.dispose([value, ...Object.values(grads)]);
     expect(tf.memory().numTensors).toBe(before);
