@@ -105,10 +105,12 @@ async function lowRankTensor(a: tf.Tensor2D, options: SvdLowRankOptions): Promis
   const [m, n] = a.shape;
   const { q, niter, transposed, seed } = settings(m, n, options);
   const cols = transposed ? m : n; // columns of M (= aᵀ when transposed)
-  // aᵀ·x as (xᵀ·a)ᵀ with explicit transposes of the thin factors: matMul's transpose flags are
-  // slow on some backends (11× on wasm for a 4096² operand), while transposing n×q is cheap.
+  // aᵀ·x: on wasm as (xᵀ·a)ᵀ with explicit transposes of the thin factors, because its matMul with a
+  // transpose flag is ~11× slower for a 4096² operand; elsewhere (webgpu, cpu, tensorflow) the flag is
+  // the fast path (on the H200 the explicit form cost 30 ms more per svdLowRank).
+  const flagsAreSlow = tf.getBackend() === 'wasm';
   const aTimes = (x: tf.Tensor2D, aT: boolean) =>
-    (aT ? tf.tidy(() => tf.transpose(tf.matMul(tf.transpose(x), a))) : tf.matMul(a, x)) as tf.Tensor2D;
+    (aT ? (flagsAreSlow ? tf.tidy(() => tf.transpose(tf.matMul(tf.transpose(x), a))) : tf.matMul(a, x, true, false)) : tf.matMul(a, x)) as tf.Tensor2D;
   // M·X and Mᵀ·X without forming M = aᵀ (transposed) or a.
   const times = (x: tf.Tensor2D, mT: boolean) => aTimes(x, transposed !== mT);
   // Each thin QR runs in float64 on the CPU: the sketch is small (rows×q) and this keeps Q orthonormal.

@@ -1,6 +1,6 @@
 /**
  * The GPU-machine half of the models bench: the ~10M Llama on webgpu (the H200 through Dawn).
- * Bundle with ../shared/device/pack packages/models/bench/gpu.ts; run next to bench/peer.py there.
+ * Bundle with ../shared/device/pack packages/models/bench/models-gpu.ts; run next to bench/peer.py there.
  */
 import { initBackend } from '@lora/tensor';
 import { benchLlama } from './cases';
