@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { describe, expect, it } from 'vitest';
-import { IncrementalPCA, matrix64, svdFlip, svdLowRank, transpose64 } from '@lora/linalg';
+import { IncrementalPCA, matmul64, matrix64, svdFlip, svdLowRank, transpose64 } from '@lora/linalg';
 import { describeEachBackend } from '@lora/tensor/testing';
 import { readFixture, reconstruct, relFro } from './fixtures.test-util';
 
@@ -41,6 +41,32 @@ await describeEachBackend('svdLowRank on tensors', () => {
     const V = matrix64(a.cols, c.q, v);
     expect(relFro(reconstruct(U, Float64Array.from(s), transpose64(V)), a.data)).toBeLessThan(1e-5);
     expect(relFro(Float64Array.from(s), low.vector(`${c.name}.s`))).toBeLessThan(1e-5);
+    tf.dispose([at, r.U, r.S, r.V]);
+  });
+
+  it('falls back to Householder when the sketch is rank-deficient (CholeskyQR cannot factor it)', async () => {
+    const g = new Float64Array(60 * 3).map((_, i) => Math.sin(i * 1.7));
+    const h = new Float64Array(3 * 50).map((_, i) => Math.cos(i * 0.9));
+    const a = matmul64(matrix64(60, 3, g), matrix64(3, 50, h)); // exact rank 3, sketched with q = 6
+    const at = tf.tensor2d(Float32Array.from(a.data), [60, 50]);
+    const r = await svdLowRank(at, { q: 6, niter: 1, seed: 2 });
+    const [u, s, v] = await Promise.all([r.U.data(), r.S.data(), r.V.data()]);
+    expect(relFro(reconstruct(matrix64(60, 6, u), Float64Array.from(s), transpose64(matrix64(50, 6, v))), a.data)).toBeLessThan(1e-5);
+    tf.dispose([at, r.U, r.S, r.V]);
+  });
+
+  it('stays accurate when power iterations make the sketch ill-conditioned (condition ~1e5)', async () => {
+    // singular values 1 … 1e-6: after two power iterations the sketch's condition number is ~1e5
+    const battery = readFixture('lapack-battery.safetensors');
+    const a = battery.get('cond_1e6_60x50.a');
+    const a32 = matrix64(a.rows, a.cols, Float64Array.from(Float32Array.from(a.data)));
+    const want = svdLowRank(a32, { q: 10, niter: 2, seed: 4, sketchDtype: 'float32' });
+    const at = tf.tensor2d(Float32Array.from(a.data), [a.rows, a.cols]);
+    const r = await svdLowRank(at, { q: 10, niter: 2, seed: 4 });
+    const [u, s, v] = await Promise.all([r.U.data(), r.S.data(), r.V.data()]);
+    const got = reconstruct(matrix64(a.rows, 10, u), Float64Array.from(s), transpose64(matrix64(a.cols, 10, v)));
+    expect(relFro(got, reconstruct(want.U, want.S, transpose64(want.V)))).toBeLessThan(1e-5);
+    expect(relFro(Float64Array.from(s), want.S)).toBeLessThan(1e-5);
     tf.dispose([at, r.U, r.S, r.V]);
   });
 });

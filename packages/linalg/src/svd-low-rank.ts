@@ -75,6 +75,76 @@ export function svdLowRank(a: Matrix64 | tf.Tensor2D, options: SvdLowRankOptions
   return isMatrix64(a) ? lowRank64(a, options) : lowRankTensor(a, options);
 }
 
+/** Upper-triangular R with Rᵀ·R = G (Cholesky in float64), or null when G is not positive definite. */
+function choleskyUpper(g: Float64Array, k: number): Float64Array | null {
+  const r = new Float64Array(k * k);
+  for (let j = 0; j < k; j++) {
+    let d = g[j * k + j] as number;
+    for (let p = 0; p < j; p++) d -= (r[p * k + j] as number) ** 2;
+    if (!(d > 0)) return null;
+    const rjj = Math.sqrt(d);
+    r[j * k + j] = rjj;
+    for (let i = j + 1; i < k; i++) {
+      let v = g[j * k + i] as number;
+      for (let p = 0; p < j; p++) v -= (r[p * k + j] as number) * (r[p * k + i] as number);
+      r[j * k + i] = v / rjj;
+    }
+  }
+  return r;
+}
+
+/** Inverse of an upper-triangular k×k matrix (row-major, float64). */
+function invertUpper(r: Float64Array, k: number): Float64Array {
+  const inv = new Float64Array(k * k);
+  for (let j = 0; j < k; j++) {
+    inv[j * k + j] = 1 / (r[j * k + j] as number);
+    for (let i = j - 1; i >= 0; i--) {
+      let s = 0;
+      for (let p = i + 1; p <= j; p++) s += (r[i * k + p] as number) * (inv[p * k + j] as number);
+      inv[i * k + j] = -s / (r[i * k + i] as number);
+    }
+  }
+  return inv;
+}
+
+/**
+ * CholeskyQR2 on the backend: Q = X·R⁻¹ with RᵀR = XᵀX, twice. Only k×k Gram matrices travel to
+ * the CPU (for a float64 Cholesky), so a GPU keeps the tall sketch. In float32 this is reliable up to
+ * a condition number of about 10³; beyond (Cholesky fails, or QᵀQ strays from I by more than 1e-5)
+ * it returns null and the caller falls back to Householder. The caller keeps ownership of x.
+ */
+async function choleskyQr2(x: tf.Tensor2D, explicitTranspose: boolean): Promise<tf.Tensor2D | null> {
+  const [m, k] = x.shape;
+  if (k > m) return null;
+  const gram = async (q: tf.Tensor2D) => {
+    const g = tf.tidy(() => (explicitTranspose ? tf.matMul(tf.transpose(q), q) : tf.matMul(q, q, true, false)));
+    const values = Float64Array.from((await g.data()) as Float32Array);
+    g.dispose();
+    return values;
+  };
+  let q: tf.Tensor2D = x;
+  for (let pass = 0; pass < 2; pass++) {
+    const r = choleskyUpper(await gram(q), k);
+    if (!r || !r.every(Number.isFinite)) {
+      if (q !== x) q.dispose();
+      return null;
+    }
+    const rInv = tf.tensor2d(Float32Array.from(invertUpper(r, k)), [k, k]);
+    const next = tf.matMul(q, rInv) as tf.Tensor2D;
+    rInv.dispose();
+    if (q !== x) q.dispose();
+    q = next;
+  }
+  const g = await gram(q);
+  let dev = 0;
+  for (let i = 0; i < k; i++) for (let j = 0; j < k; j++) dev = Math.max(dev, Math.abs((g[i * k + j] as number) - (i === j ? 1 : 0)));
+  if (!(dev < 1e-5)) {
+    q.dispose();
+    return null;
+  }
+  return q;
+}
+
 function lowRank64(a: Matrix64, options: SvdLowRankOptions): SvdLowRank64 {
   assertFinite(a, 'svdLowRank');
   const { rows: m, cols: n } = a;
@@ -113,8 +183,14 @@ async function lowRankTensor(a: tf.Tensor2D, options: SvdLowRankOptions): Promis
     (aT ? (flagsAreSlow ? tf.tidy(() => tf.transpose(tf.matMul(tf.transpose(x), a))) : tf.matMul(a, x, true, false)) : tf.matMul(a, x)) as tf.Tensor2D;
   // M·X and Mᵀ·X without forming M = aᵀ (transposed) or a.
   const times = (x: tf.Tensor2D, mT: boolean) => aTimes(x, transposed !== mT);
-  // Each thin QR runs in float64 on the CPU: the sketch is small (rows×q) and this keeps Q orthonormal.
+  // Each thin QR: CholeskyQR2 with the Gram matrices on the backend (no large read-back), or, when
+  // the sketch is too ill-conditioned for that in float32, Householder in float64 on the CPU.
   const basis = async (x: tf.Tensor2D): Promise<tf.Tensor2D> => {
+    const fast = await choleskyQr2(x, flagsAreSlow);
+    if (fast) {
+      x.dispose();
+      return fast;
+    }
     const [r, c] = x.shape;
     const values = await x.data();
     x.dispose();
