@@ -1,5 +1,4 @@
-export { openFiles, readCheckpoint } from './files';
-export type { FileContent, FileSource, ModelFiles } from './files';
+export { readCheckpoint } from './files';
 export { parseLlamaConfig } from './llama-config';
 export type { LlamaConfig, RopeParameters } from './llama-config';
 export { KVCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP, LlamaModel } from './llama';

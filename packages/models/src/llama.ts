@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Generator } from '@lora/tensor';
+import { Generator, type ModelFiles, openFiles } from '@lora/tensor';
 import { Embedding, Linear, Module, ModuleList, RMSNorm, crossEntropy, matmul, normalInit, transposeLast, withoutInit } from '@lora/nn';
-import { type ModelFiles, openFiles, readCheckpoint } from './files';
+import { readCheckpoint } from './files';
 import { type LlamaConfig, parseLlamaConfig } from './llama-config';
 import { applyRope, ropeInverseFrequencies, ropeTables } from './rope';
 

@@ -1,5 +1,5 @@
 import { Tokenizer } from '@huggingface/tokenizers';
-import { type ModelFiles, openFiles } from './files';
+import { type ModelFiles, openFiles } from '@lora/tensor';
 
 /**
  * Loads a Hugging Face tokenizer (`tokenizer.json`, and `tokenizer_config.json` when present) with

@@ -80,6 +80,17 @@ export class ModuleDict<M extends Module = Module> extends Module {
     return [...this.names];
   }
 
+  has(name: string): boolean {
+    return this.names.includes(name);
+  }
+
+  /** Removes the module under `name` (without disposing it) and returns it. */
+  delete(name: string): M | null {
+    if (!this.names.includes(name)) return null;
+    this.names.splice(this.names.indexOf(name), 1);
+    return this.removeModule(name) as M | null;
+  }
+
   forward(): never {
     throw new Error('ModuleDict is a container and has no forward; call its modules');
   }

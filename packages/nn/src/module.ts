@@ -139,6 +139,13 @@ export abstract class Module {
     return module;
   }
 
+  /** Unregisters a child module (it is not disposed). */
+  protected removeModule(name: string): Module | null {
+    const m = this.children.get(name) ?? null;
+    this.children.delete(name);
+    return m;
+  }
+
   /** The parameter registered as `name`, or undefined. */
   getParameter(name: string): Parameter | null | undefined {
     return this.params.get(name);

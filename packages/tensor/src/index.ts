@@ -11,3 +11,5 @@ export { decodeEntry, parseSafetensors } from './safetensors-reader';
 export type { DecodedTensor, ParsedSafetensors } from './safetensors-reader';
 export { serializeSafetensors } from './safetensors-writer';
 export type { RawTensor, SerializeOptions, WritableDtype } from './safetensors-writer';
+export { openFiles } from './file-source';
+export type { FileContent, FileSource, ModelFiles } from './file-source';

@@ -1,0 +1,209 @@
+/**
+ * PEFT's `LoraConfig`, in camelCase, with PEFT's defaults, validation and JSON form
+ * (`adapter_config.json`, snake_case).
+ */
+
+/** `init_lora_weights` values. `'loftq' | 'eva' | 'lora_ga'` come from the method packages' registry. */
+export type InitLoraWeights = boolean | 'gaussian' | 'pissa' | `pissa_niter_${number}` | 'olora' | 'orthogonal' | 'loftq' | 'eva' | 'lora_ga';
+
+/** A LoRA configuration. Every field has PEFT 0.21's default. */
+export interface LoraConfig {
+  peftType: 'LORA';
+  taskType: string | null;
+  baseModelNameOrPath: string | null;
+  revision: string | null;
+  inferenceMode: boolean;
+  r: number;
+  /** A list: suffix match on module paths. A string: a regular expression matched against the full path. `'all-linear'`: every Linear but the output layer. */
+  targetModules: string[] | string | null;
+  excludeModules: string[] | string | null;
+  loraAlpha: number;
+  loraDropout: number;
+  fanInFanOut: boolean;
+  bias: 'none' | 'all' | 'lora_only';
+  useRslora: boolean;
+  modulesToSave: string[] | null;
+  initLoraWeights: InitLoraWeights;
+  layersToTransform: number[] | number | null;
+  layersPattern: string[] | string | null;
+  rankPattern: Record<string, number>;
+  alphaPattern: Record<string, number>;
+  useDora: boolean;
+  loraBias: boolean;
+  trainableTokenIndices: number[] | Record<string, number[]> | null;
+  /** Keys read from a file that this version does not know: kept and written back. */
+  extra: Record<string, unknown>;
+}
+
+const TASK_TYPES = ['SEQ_CLS', 'SEQ_2_SEQ_LM', 'CAUSAL_LM', 'TOKEN_CLS', 'QUESTION_ANS', 'FEATURE_EXTRACTION'];
+
+/** PEFT's field names in adapter_config.json, for each of ours. */
+const SNAKE: Record<Exclude<keyof LoraConfig, 'extra'>, string> = {
+  peftType: 'peft_type',
+  taskType: 'task_type',
+  baseModelNameOrPath: 'base_model_name_or_path',
+  revision: 'revision',
+  inferenceMode: 'inference_mode',
+  r: 'r',
+  targetModules: 'target_modules',
+  excludeModules: 'exclude_modules',
+  loraAlpha: 'lora_alpha',
+  loraDropout: 'lora_dropout',
+  fanInFanOut: 'fan_in_fan_out',
+  bias: 'bias',
+  useRslora: 'use_rslora',
+  modulesToSave: 'modules_to_save',
+  initLoraWeights: 'init_lora_weights',
+  layersToTransform: 'layers_to_transform',
+  layersPattern: 'layers_pattern',
+  rankPattern: 'rank_pattern',
+  alphaPattern: 'alpha_pattern',
+  useDora: 'use_dora',
+  loraBias: 'lora_bias',
+  trainableTokenIndices: 'trainable_token_indices',
+};
+
+/** Fields PEFT 0.21 writes that this port keeps at their defaults (written back as PEFT writes them). */
+const PEFT_DEFAULTS: Record<string, unknown> = {
+  alora_invocation_tokens: null,
+  arrow_config: null,
+  corda_config: null,
+  ensure_weight_tying: false,
+  eva_config: null,
+  kasa_config: null,
+  layer_replication: null,
+  loftq_config: {},
+  lora_ga_config: null,
+  megatron_config: null,
+  megatron_core: 'megatron.core',
+  monteclora_config: null,
+  qalora_group_size: 16,
+  target_parameters: null,
+  use_bdlora: null,
+  use_qalora: false,
+  velora_config: null,
+};
+
+/** A configuration error, worded as PEFT words it. */
+export class LoraConfigError extends Error {
+  override readonly name = 'LoraConfigError';
+}
+
+/**
+ * Makes a complete, validated LoraConfig from the fields given (PEFT's defaults for the rest).
+ *
+ * @example
+ * ```ts
+ * const config = loraConfig({ r: 16, loraAlpha: 32, targetModules: ['q_proj', 'v_proj'], loraDropout: 0.05 });
+ * ```
+ */
+export function loraConfig(fields: Partial<LoraConfig> = {}): LoraConfig {
+  const c: LoraConfig = {
+    peftType: 'LORA',
+    taskType: null,
+    baseModelNameOrPath: null,
+    revision: null,
+    inferenceMode: false,
+    r: 8,
+    targetModules: null,
+    excludeModules: null,
+    loraAlpha: 8,
+    loraDropout: 0,
+    fanInFanOut: false,
+    bias: 'none',
+    useRslora: false,
+    modulesToSave: null,
+    initLoraWeights: true,
+    layersToTransform: null,
+    layersPattern: null,
+    rankPattern: {},
+    alphaPattern: {},
+    useDora: false,
+    loraBias: false,
+    trainableTokenIndices: null,
+    extra: {},
+    ...fields,
+  };
+  validate(c);
+  return c;
+}
+
+function validate(c: LoraConfig): void {
+  if (c.taskType !== null && !TASK_TYPES.includes(c.taskType)) {
+    throw new LoraConfigError(`Invalid task type: '${c.taskType}'. Must be one of the following task types: ${TASK_TYPES.join(', ')}.`);
+  }
+  if (!Number.isInteger(c.r) || c.r <= 0) throw new LoraConfigError(`\`r\` should be a positive integer value but the value passed is ${c.r}`);
+  if (!(c.loraDropout >= 0 && c.loraDropout < 1)) throw new LoraConfigError(`lora_dropout must be in [0, 1), got ${c.loraDropout}`);
+  if (!['none', 'all', 'lora_only'].includes(c.bias)) throw new LoraConfigError(`Requested bias: ${c.bias}, is not implemented.`);
+  if (typeof c.targetModules === 'string' && c.layersToTransform !== null) throw new LoraConfigError('`layers_to_transform` cannot be used when `target_modules` is a str.');
+  if (typeof c.targetModules === 'string' && c.layersPattern !== null) throw new LoraConfigError('`layers_pattern` cannot be used when `target_modules` is a str.');
+  if (c.layersPattern && c.layersToTransform === null) throw new LoraConfigError('When `layers_pattern` is specified, `layers_to_transform` must also be specified. ');
+  if (c.loraBias && c.initLoraWeights !== true && c.initLoraWeights !== false) {
+    throw new LoraConfigError(`The argument lora_bias=True is only supported with init_lora_weights=True or False, got init_lora_weights=${String(c.initLoraWeights)} instead.`);
+  }
+  if (c.loraBias && c.useDora) throw new LoraConfigError('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
+  const init = c.initLoraWeights;
+  if (typeof init === 'string' && !/^(gaussian|pissa|pissa_niter_\d+|olora|orthogonal|loftq|eva|lora_ga)$/i.test(init)) {
+    throw new LoraConfigError(`Unknown initialization init_lora_weights='${init}'`);
+  }
+  for (const [k, v] of Object.entries(c.rankPattern)) if (!Number.isInteger(v) || v <= 0) throw new LoraConfigError(`rank_pattern['${k}'] = ${v} must be a positive integer`);
+}
+
+/**
+ * Reads `adapter_config.json`. Keys this version does not know are kept in `extra` (and written
+ * back on save) with a warning, never an error. `peft_type` must be `'LORA'`.
+ *
+ * @example
+ * ```ts
+ * const config = loraConfigFromJson(JSON.parse(await readFile('adapter/adapter_config.json', 'utf8')));
+ * ```
+ */
+export function loraConfigFromJson(json: Record<string, unknown>, options: { warn?: (message: string) => void } = {}): LoraConfig {
+  if (json.peft_type === undefined) throw new LoraConfigError("The LoraConfig config that is trying to be loaded is missing required keys: {'peft_type'}.");
+  if (json.peft_type !== 'LORA') throw new LoraConfigError(`adapter_config.json has peft_type '${String(json.peft_type)}'; only LORA adapters are supported`);
+  const fields: Partial<LoraConfig> = {};
+  const byJson = new Map(Object.entries(SNAKE).map(([camel, snake]) => [snake, camel as keyof LoraConfig]));
+  // Kept verbatim and written back: keys newer PEFT versions add, auto_mapping, and PEFT fields this
+  // port does not act on when they hold something other than PEFT's default.
+  const extra: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(json)) {
+    const camel = byJson.get(k);
+    if (camel) (fields as Record<string, unknown>)[camel] = v;
+    else if (k === 'peft_version' || k === 'runtime_config') continue;
+    else if (k === 'auto_mapping' || !(k in PEFT_DEFAULTS) || JSON.stringify(v) !== JSON.stringify(PEFT_DEFAULTS[k])) extra[k] = v;
+  }
+  const unknown = Object.keys(extra).filter((k) => !(k in PEFT_DEFAULTS) && k !== 'auto_mapping');
+  if (unknown.length) (options.warn ?? console.warn)(`adapter_config.json has keys this version does not know; they are kept and written back: ${unknown.join(', ')}`);
+  return loraConfig({ ...fields, extra });
+}
+
+function sortKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.keys(v as object).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]));
+  return v;
+}
+
+/**
+ * The config as PEFT writes `adapter_config.json`: snake_case, keys sorted, 2-space indent,
+ * `inference_mode: true`, PEFT's other fields at their defaults, unknown keys read earlier written back.
+ *
+ * @example
+ * ```ts
+ * await writeFile('adapter_config.json', loraConfigToJson(config));
+ * ```
+ */
+export function loraConfigToJson(c: LoraConfig): string {
+  const out: Record<string, unknown> = { ...PEFT_DEFAULTS, peft_version: '0.21.0' };
+  for (const [camel, snake] of Object.entries(SNAKE)) out[snake] = c[camel as keyof LoraConfig];
+  out.inference_mode = true;
+  if (Array.isArray(c.targetModules)) out.target_modules = [...c.targetModules].sort();
+  if (Array.isArray(c.excludeModules)) out.exclude_modules = [...c.excludeModules].sort();
+  Object.assign(out, c.extra);
+  if (c.taskType === null && out.auto_mapping === undefined) out.auto_mapping = null;
+  return JSON.stringify(sortKeys(out), null, 2);
+}
+
+/** Scaling α/r, or α/√r with rsLoRA. */
+export function loraScaling(alpha: number, r: number, useRslora: boolean): number {
+  return useRslora ? alpha / Math.sqrt(r) : alpha / r;
+}

@@ -1,0 +1,174 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { Dropout, Linear, Module, ModuleDict, kaimingUniformDefault, normalInit } from '@lora/nn';
+import { loraScaling } from './lora-config';
+
+/** Per-adapter settings of a LoRA layer. */
+export interface AdapterSettings {
+  r: number;
+  loraAlpha: number;
+  loraDropout: number;
+  useRslora: boolean;
+  initLoraWeights: boolean | string;
+  loraBias: boolean;
+  fanInFanOut: boolean;
+}
+
+/** Identity (PEFT uses nn.Identity when lora_dropout is 0). */
+class Identity extends Module {
+  forward(x: tf.Tensor): tf.Tensor {
+    return x;
+  }
+}
+
+/**
+ * A Linear wrapped with LoRA adapters, as PEFT's `lora.Linear`: the original layer as `base_layer`,
+ * per-adapter `lora_A` ([r, in]) and `lora_B` ([out, r]) Linears and `lora_dropout`, and
+ * `y = base(x) + Σ_active s·B(A(dropout(x)))` with `s = α/r` (or `α/√r` with rsLoRA).
+ *
+ * @example
+ * ```ts
+ * const layer = new LoraLinear(new Linear(64, 64), 'default', { r: 8, loraAlpha: 16, loraDropout: 0, useRslora: false, initLoraWeights: true, loraBias: false, fanInFanOut: false });
+ * ```
+ */
+export class LoraLinear extends Module {
+  baseLayer: Linear;
+  loraA: ModuleDict<Linear>;
+  loraB: ModuleDict<Linear>;
+  loraDropout: ModuleDict;
+  readonly settings = new Map<string, AdapterSettings>();
+  readonly scaling = new Map<string, number>();
+  activeAdapters: string[] = [];
+  disableAdapters = false;
+  readonly mergedAdapters: string[] = [];
+
+  constructor(base: Linear, adapterName: string, settings: AdapterSettings) {
+    super();
+    this.baseLayer = this.registerModule('base_layer', base);
+    this.loraA = this.registerModule('lora_A', new ModuleDict<Linear>());
+    this.loraB = this.registerModule('lora_B', new ModuleDict<Linear>());
+    this.loraDropout = this.registerModule('lora_dropout', new ModuleDict());
+    this.updateLayer(adapterName, settings);
+    this.activeAdapters = [adapterName];
+  }
+
+  get inFeatures(): number {
+    return this.baseLayer.inFeatures;
+  }
+
+  get outFeatures(): number {
+    return this.baseLayer.outFeatures;
+  }
+
+  /**
+   * Adds (or replaces) an adapter. Construction draws A, then B, with PyTorch's default Linear
+   * initialisation, then re-initialises as `initLoraWeights` says, in PEFT's order: after the same
+   * `manualSeed`, A equals PEFT's.
+   */
+  updateLayer(name: string, s: AdapterSettings): void {
+    if (!Number.isInteger(s.r) || s.r <= 0) throw new Error(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
+    if (this.settings.has(name)) this.deleteAdapter(name);
+    const a = new Linear(this.inFeatures, s.r, { bias: false });
+    const b = new Linear(s.r, this.outFeatures, { bias: s.loraBias });
+    const init = s.initLoraWeights;
+    if (init === true || init === 'gaussian' || init === 'eva' || init === 'lora_ga') {
+      // A: kaiming-uniform (default) or N(0, 1/r) (gaussian); B (and its bias): zeros, so the adapter starts as a no-op
+      if (init === 'gaussian') a.setParameter('weight', normalInit([s.r, this.inFeatures], 1 / s.r));
+      else if (init === true) a.setParameter('weight', kaimingUniformDefault([s.r, this.inFeatures], this.inFeatures));
+      b.setParameter('weight', tf.zeros([this.outFeatures, s.r]));
+      if (b.bias) b.setParameter('bias', tf.zeros([this.outFeatures]));
+    } else if (init !== false) {
+      a.dispose();
+      b.dispose();
+      throw new Error(`init_lora_weights='${String(init)}' is not available in @lora/core yet for Linear layers; use true, false or 'gaussian'`);
+    }
+    this.loraA.set(name, a);
+    this.loraB.set(name, b);
+    this.loraDropout.set(name, s.loraDropout > 0 ? new Dropout(s.loraDropout) : new Identity());
+    this.settings.set(name, { ...s });
+    this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
+  }
+
+  /** Removes an adapter and frees its weights. */
+  deleteAdapter(name: string): void {
+    if (!this.settings.has(name)) return;
+    for (const dict of [this.loraA, this.loraB]) dict.get(name).dispose();
+    this.loraA.delete(name);
+    this.loraB.delete(name);
+    this.loraDropout.delete(name);
+    this.settings.delete(name);
+    this.scaling.delete(name);
+    this.activeAdapters = this.activeAdapters.filter((a) => a !== name);
+  }
+
+  forward(x: tf.Tensor): tf.Tensor {
+    if (this.disableAdapters) {
+      if (this.mergedAdapters.length) this.unmerge();
+      return this.baseLayer.call(x);
+    }
+    if (this.mergedAdapters.length) return this.baseLayer.call(x);
+    return tf.tidy(() => {
+      let result = this.baseLayer.call(x) as tf.Tensor;
+      for (const name of this.activeAdapters) {
+        if (!this.settings.has(name)) continue;
+        const dropped = this.loraDropout.get(name).call(x) as tf.Tensor;
+        const lora = this.loraB.get(name).call(this.loraA.get(name).call(dropped)) as tf.Tensor;
+        result = tf.add(result, tf.mul(lora, this.scaling.get(name) as number));
+      }
+      return result;
+    });
+  }
+
+  /**
+   * ΔW = s·B·A in the base weight's layout (transposed for fan_in_fan_out), PEFT's `get_delta_weight`.
+   * The caller owns the tensor.
+   */
+  getDeltaWeight(name: string): tf.Tensor2D {
+    const s = this.settings.get(name);
+    if (!s) throw new Error(`adapter '${name}' is not on this layer; it has ${[...this.settings.keys()].join(', ')}`);
+    return tf.tidy(() => {
+      const ba = tf.mul(tf.matMul(this.loraB.get(name).weight, this.loraA.get(name).weight), this.scaling.get(name) as number);
+      return (s.fanInFanOut ? tf.transpose(ba) : ba) as tf.Tensor2D;
+    });
+  }
+
+  /** Adds the adapters' ΔW into the base weight (PEFT's `merge`); with `safeMerge`, NaN/Inf leaves it untouched. */
+  merge(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void {
+    const names = (options.adapterNames ?? this.activeAdapters).filter((n) => this.settings.has(n) && !this.mergedAdapters.includes(n));
+    for (const name of names) {
+      const w = this.baseLayer.weight;
+      const merged = tf.tidy(() => {
+        const delta = this.getDeltaWeight(name);
+        return tf.add(w, delta);
+      });
+      if (options.safeMerge) {
+        const finite = tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0]);
+        if (!finite) {
+          merged.dispose();
+          throw new Error(`NaNs detected in the merged weights. The adapter ${name} seems to be broken`);
+        }
+      }
+      w.assign(merged);
+      merged.dispose();
+      const s = this.settings.get(name) as AdapterSettings;
+      if (s.loraBias) {
+        const bias = this.baseLayer.bias;
+        if (!bias) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
+        tf.tidy(() => bias.assign(tf.add(bias, tf.mul(this.loraB.get(name).bias as tf.Tensor, this.scaling.get(name) as number))));
+      }
+      this.mergedAdapters.push(name);
+    }
+  }
+
+  /** Subtracts merged adapters' ΔW again, last merged first (PEFT's `unmerge`). */
+  unmerge(): void {
+    while (this.mergedAdapters.length) {
+      const name = this.mergedAdapters.pop() as string;
+      const w = this.baseLayer.weight;
+      tf.tidy(() => w.assign(tf.sub(w, this.getDeltaWeight(name))));
+      if (this.settings.get(name)?.loraBias && this.baseLayer.bias) {
+        const bias = this.baseLayer.bias;
+        tf.tidy(() => bias.assign(tf.sub(bias, tf.mul(this.loraB.get(name).bias as tf.Tensor, this.scaling.get(name) as number))));
+      }
+    }
+  }
+}

@@ -1,0 +1,190 @@
+import { Linear, Module } from '@lora/nn';
+import { type LoraConfig, loraConfig } from './lora-config';
+import { LoraLinear } from './lora-linear';
+import { resolveTargets } from './targets';
+
+/** First pattern p (insertion order) whose regex `(.*\.)?(p)$` matches the module path, as PEFT's `get_pattern_key`. */
+export function patternKey(patterns: string[], key: string): string | undefined {
+  return patterns.find((p) => new RegExp(`^(.*\\.)?(${p})$`).test(key));
+}
+
+/** PEFT's `LoraModel`: holds the user's model as `model` (so paths read `base_model.model.…`). */
+export class LoraModel extends Module {
+  model: Module;
+  constructor(model: Module) {
+    super();
+    this.model = this.registerModule('model', model);
+  }
+  forward(...args: unknown[]): unknown {
+    return this.model.call(...args);
+  }
+}
+
+/**
+ * A model with LoRA adapters, as PEFT's `PeftModel`: parameters are named
+ * `base_model.model.<path>.lora_A.<adapter>.weight`, the user's model is changed in place (targets
+ * replaced by LoRA layers), and `call(...)` runs the user's model.
+ */
+export class PeftModel extends Module {
+  baseModel: LoraModel;
+  readonly peftConfig = new Map<string, LoraConfig>();
+  activeAdapter: string;
+
+  constructor(model: Module, config: LoraConfig, adapterName: string) {
+    super();
+    this.baseModel = this.registerModule('base_model', new LoraModel(model));
+    this.activeAdapter = adapterName;
+    this.addAdapter(adapterName, config);
+  }
+
+  forward(...args: unknown[]): unknown {
+    return this.baseModel.call(...args);
+  }
+
+  /** The user's model (with LoRA layers in it). */
+  get model(): Module {
+    return this.baseModel.model;
+  }
+
+  /** Every LoRA layer with its path in the user's model. */
+  *loraLayers(): IterableIterator<[string, LoraLinear]> {
+    for (const [path, m] of this.model.namedModules()) if (m instanceof LoraLinear) yield [path, m];
+  }
+
+  /**
+   * Adds an adapter with its own config (PEFT's `add_adapter`). It is created but not activated,
+   * as in PEFT; `setAdapter` activates it.
+   */
+  addAdapter(name: string, config: LoraConfig): void {
+    if (this.peftConfig.has(name)) throw new Error(`Adapter with name ${name} already exists.`);
+    if (config.useDora || config.fanInFanOut || config.modulesToSave || config.trainableTokenIndices || config.bias !== 'none') {
+      throw new Error('useDora, fanInFanOut, modulesToSave, trainableTokenIndices and bias other than "none" are not implemented in @lora/core yet');
+    }
+    const isFirst = this.peftConfig.size === 0;
+    // Wrapped layers' own sub-paths (lora_A, base_layer…) are never targets themselves.
+    const lora = new Set([...this.loraLayers()].map(([p]) => p));
+    const { targeted } = resolveTargets(this.model, config);
+    const paths = targeted.filter((p) => ![...lora].some((l) => p.startsWith(`${l}.`)));
+    const rankKeys = Object.keys(config.rankPattern);
+    const alphaKeys = Object.keys(config.alphaPattern);
+    for (const path of paths) {
+      const module = this.model.getSubmodule(path);
+      const rKey = patternKey(rankKeys, path);
+      const aKey = patternKey(alphaKeys, path);
+      const settings = {
+        r: rKey === undefined ? config.r : (config.rankPattern[rKey] as number),
+        loraAlpha: aKey === undefined ? config.loraAlpha : (config.alphaPattern[aKey] as number),
+        loraDropout: config.loraDropout,
+        useRslora: config.useRslora,
+        initLoraWeights: config.initLoraWeights,
+        loraBias: config.loraBias,
+        fanInFanOut: config.fanInFanOut,
+      };
+      if (module instanceof LoraLinear) module.updateLayer(name, settings);
+      else if (module instanceof Linear) this.model.setSubmodule(path, new LoraLinear(module, name, settings));
+      else {
+        throw new Error(`Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear (Embedding and Conv layers are not implemented in @lora/core yet).`);
+      }
+    }
+    this.peftConfig.set(name, config);
+    if (isFirst) this.setAdapter(name);
+    else this.markTrainable();
+  }
+
+  /** Makes `name` the active (and only trainable) adapter (PEFT's `set_adapter`). */
+  setAdapter(name: string): void {
+    if (!this.peftConfig.has(name)) throw new Error(`Adapter ${name} not found.`);
+    this.activeAdapter = name;
+    for (const [, layer] of this.loraLayers()) layer.activeAdapters = layer.settings.has(name) ? [name] : [];
+    this.markTrainable();
+  }
+
+  /** Adapter names, in the order they were added. */
+  get adapters(): string[] {
+    return [...this.peftConfig.keys()];
+  }
+
+  private markTrainable(): void {
+    const config = this.peftConfig.get(this.activeAdapter) as LoraConfig;
+    for (const [name, p] of this.namedParameters()) {
+      const isActiveLora = /\.lora_[AB]\./.test(name) && name.split('.').includes(this.activeAdapter);
+      p.trainable = isActiveLora && !config.inferenceMode;
+    }
+  }
+
+  /** Turns every LoRA layer off (the base model alone), PEFT's `disable_adapter`. */
+  disableAdapters(): void {
+    for (const [, l] of this.loraLayers()) l.disableAdapters = true;
+  }
+
+  enableAdapters(): void {
+    for (const [, l] of this.loraLayers()) l.disableAdapters = false;
+  }
+
+  /** Merges the active adapter into the base weights (PEFT's `merge_adapter`). */
+  mergeAdapter(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void {
+    for (const [, l] of this.loraLayers()) l.merge(options);
+  }
+
+  unmergeAdapter(): void {
+    for (const [, l] of this.loraLayers()) l.unmerge();
+  }
+
+  /**
+   * Merges the active adapter and puts the base layers back (PEFT's `merge_and_unload`): returns
+   * the user's model with plain Linear layers holding W + ΔW. LoRA weights are freed.
+   */
+  mergeAndUnload(options: { safeMerge?: boolean } = {}): Module {
+    return this.unloadLayers(true, options.safeMerge ?? false);
+  }
+
+  /** Removes every LoRA layer without merging (PEFT's `unload`). */
+  unload(): Module {
+    return this.unloadLayers(false, false);
+  }
+
+  private unloadLayers(merge: boolean, safeMerge: boolean): Module {
+    for (const [path, layer] of [...this.loraLayers()]) {
+      if (merge) layer.merge({ safeMerge });
+      for (const name of [...layer.settings.keys()]) layer.deleteAdapter(name);
+      this.model.setSubmodule(path, layer.baseLayer);
+    }
+    this.peftConfig.clear();
+    return this.model;
+  }
+
+  /** Trainable and total parameter counts (PEFT's `get_nb_trainable_parameters`). */
+  getNbTrainableParameters(): { trainable: number; all: number } {
+    let trainable = 0;
+    let all = 0;
+    for (const p of this.parameters()) {
+      all += p.size;
+      if (p.trainable) trainable += p.size;
+    }
+    return { trainable, all };
+  }
+
+  /** Prints PEFT's one-line summary. */
+  printTrainableParameters(): string {
+    const { trainable, all } = this.getNbTrainableParameters();
+    const line = `trainable params: ${trainable.toLocaleString('en-US')} || all params: ${all.toLocaleString('en-US')} || trainable%: ${((100 * trainable) / all).toFixed(4)}`;
+    console.log(line);
+    return line;
+  }
+}
+
+/**
+ * Wraps `model`'s target layers with LoRA (PEFT's `get_peft_model`). The model is changed in place
+ * and held by the returned PeftModel; only the adapter's parameters stay trainable.
+ *
+ * @example
+ * ```ts
+ * const peft = getPeftModel(model, loraConfig({ r: 8, loraAlpha: 16, targetModules: ['q_proj', 'v_proj'] }));
+ * peft.printTrainableParameters();
+ * ```
+ */
+export function getPeftModel(model: Module, config: LoraConfig | Partial<LoraConfig>, options: { adapterName?: string } = {}): PeftModel {
+  const full = 'peftType' in config && config.peftType === 'LORA' && 'extra' in config ? (config as LoraConfig) : loraConfig(config);
+  return new PeftModel(model, full, options.adapterName ?? 'default');
+}
+

@@ -1,0 +1,114 @@
+import { Linear, type Module } from '@lora/nn';
+import type { LoraConfig } from './lora-config';
+
+/** A target module that matched no module, or a configuration that matched nothing: PEFT's `NoMatchingPeftModuleError`. */
+export class TargetModuleError extends Error {
+  override readonly name = 'TargetModuleError';
+}
+
+function fullMatch(pattern: string, key: string): boolean {
+  return new RegExp(`^(?:${pattern})$`).test(key);
+}
+
+function suffixMatch(list: string[], key: string): boolean {
+  return list.some((t) => key === t || key.endsWith(`.${t}`));
+}
+
+/** The layer index in a module path, as PEFT extracts it for `layers_to_transform`. */
+function layerIndex(key: string, pattern: string[] | string | null): number | null {
+  const patterns = pattern === null || pattern.length === 0 ? null : typeof pattern === 'string' ? [pattern] : pattern;
+  if (!patterns) {
+    const m = /^.*?\.[^.]*\.(\d+)\./.exec(key);
+    return m ? Number.parseInt(m[1] as string, 10) : null;
+  }
+  for (const p of patterns) {
+    // PEFT 0.21: (?:^|.*?\.)pattern\.(\d+)\. — the first index after the pattern, which may start the path
+    const m = new RegExp(`^(?:.*?\\.)?${p}\\.(\\d+)\\.`).exec(key);
+    if (m) return Number.parseInt(m[1] as string, 10);
+  }
+  return null;
+}
+
+/** Why a module path is or is not a target (PEFT's `check_target_module_exists`). */
+export function matchModule(config: LoraConfig, key: string): 'targeted' | 'excluded' | 'unmatched' {
+  const ex = config.excludeModules;
+  if (ex !== null) {
+    if (typeof ex === 'string' ? fullMatch(ex, key) : suffixMatch(ex, key)) return 'excluded';
+  }
+  if (config.modulesToSave?.some((m) => new RegExp(`(^|.*\\.)${m}($|\\..*)`).test(key))) return 'excluded';
+  const t = config.targetModules;
+  if (t === null) return 'unmatched';
+  if (typeof t === 'string') return fullMatch(t, key) ? 'targeted' : 'unmatched';
+  if (t.includes(key)) return 'targeted';
+  if (!t.some((s) => key.endsWith(`.${s}`))) return 'unmatched';
+  const ltt = config.layersToTransform;
+  if (ltt === null || (Array.isArray(ltt) && ltt.length === 0)) return 'targeted';
+  const idx = layerIndex(key, config.layersPattern);
+  if (idx === null) return 'unmatched';
+  return (typeof ltt === 'number' ? idx === ltt : ltt.includes(idx)) ? 'targeted' : 'unmatched';
+}
+
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array(b.length).fill(0)] as number[]);
+  for (let j = 1; j <= b.length; j++) (d[0] as number[])[j] = j;
+  for (let i = 1; i <= a.length; i++)
+    for (let j = 1; j <= b.length; j++) {
+      const row = d[i] as number[];
+      const prev = d[i - 1] as number[];
+      row[j] = Math.min((prev[j] as number) + 1, (row[j - 1] as number) + 1, (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+  return (d[a.length] as number[])[b.length] as number;
+}
+
+/** What {@link resolveTargets} found. */
+export interface ResolvedTargets {
+  /** Paths of the modules that would be wrapped, in `namedModules()` order. */
+  targeted: string[];
+  excluded: string[];
+}
+
+/**
+ * A dry run of target selection: the module paths a config wraps in `model`, with PEFT's rules
+ * (list = suffix match on dot boundaries, string = full regex match, `'all-linear'`, excludes,
+ * `layers_to_transform`/`layers_pattern`). Fails as PEFT does when nothing matches, naming the
+ * closest module names.
+ *
+ * @example
+ * ```ts
+ * resolveTargets(model, loraConfig({ targetModules: ['q_proj', 'v_proj'] })).targeted;
+ * // ['model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.v_proj', …]
+ * ```
+ */
+export function resolveTargets(model: Module, config: LoraConfig): ResolvedTargets {
+  const modules = [...model.namedModules()].filter(([k]) => k !== '');
+  let effective = config;
+  if (typeof config.targetModules === 'string' && config.targetModules.toLowerCase() === 'all-linear') {
+    // every Linear except the output layer (the model's last Linear named lm_head, as transformers' output embeddings)
+    const linears = modules.filter(([, m]) => m instanceof Linear).map(([k]) => k);
+    effective = { ...config, targetModules: linears.filter((k) => k !== 'lm_head' && !k.endsWith('.lm_head')) };
+  }
+  const targeted: string[] = [];
+  const excluded: string[] = [];
+  for (const [key] of modules) {
+    const r = matchModule(effective, key);
+    if (r === 'targeted') targeted.push(key);
+    else if (r === 'excluded') excluded.push(key);
+  }
+  if (targeted.length === 0) {
+    const t = config.targetModules;
+    if (excluded.length > 0 && modules.length === excluded.length) {
+      throw new TargetModuleError('All modules were excluded. This is likely unintended. Check your `target_modules`, `exclude_modules` and `modules_to_save` configuration.');
+    }
+    if (!t || (Array.isArray(t) && t.length === 0)) throw new TargetModuleError('No `target_modules` passed but also no `target_parameters` found. Please check the values for these arguments.');
+    const names = [...new Set(modules.map(([k]) => k.split('.').at(-1) as string))].filter((n) => !/^\d+$/.test(n));
+    const wanted = typeof t === 'string' ? [t] : t;
+    const close = wanted.flatMap((w) => names.map((n) => [n, editDistance(w, n)] as const).sort((a, b) => a[1] - b[1]).slice(0, 3).map(([n]) => n));
+    throw new TargetModuleError(
+      `Target modules ${JSON.stringify(wanted)} not found in the base model. Please check the target modules and try again.` +
+        (config.layersToTransform !== null ? ` Note: You specified 'layers_to_transform': ${JSON.stringify(config.layersToTransform)}.` : '') +
+        (config.layersPattern !== null ? ` You also specified 'layers_pattern': ${JSON.stringify(config.layersPattern)}.` : '') +
+        ` Close matches: ${[...new Set(close)].join(', ')}. Set targetModules to names from model.namedModules().`,
+    );
+  }
+  return { targeted, excluded };
+}

@@ -1,0 +1,64 @@
+/**
+ * Where a model's or adapter's files come from: a directory path (Node), or the files themselves, by name,
+ * as bytes, strings, Blobs/Files (a browser file input) or a Map of those.
+ */
+export type ModelFiles = string | Map<string, FileContent> | Record<string, FileContent> | File[];
+export type FileContent = Uint8Array | ArrayBuffer | string | Blob;
+
+/** Reads named files from a {@link ModelFiles}. */
+export interface FileSource {
+  /** A label for error messages (the directory, or `<memory>`). */
+  label: string;
+  has(name: string): Promise<boolean>;
+  bytes(name: string): Promise<Uint8Array>;
+  text(name: string): Promise<string>;
+  list(): Promise<string[]>;
+}
+
+async function toBytes(c: FileContent): Promise<Uint8Array> {
+  if (c instanceof Uint8Array) return c;
+  if (c instanceof ArrayBuffer) return new Uint8Array(c);
+  if (typeof c === 'string') return new TextEncoder().encode(c);
+  return new Uint8Array(await c.arrayBuffer());
+}
+
+/** Opens a {@link ModelFiles} for reading. Directory paths need Node. */
+export async function openFiles(files: ModelFiles): Promise<FileSource> {
+  if (typeof files === 'string') {
+    // A variable specifier keeps browser bundlers from pulling node:fs in.
+    const fsName = 'node:fs/promises';
+    const pathName = 'node:path';
+    const fs = (await import(/* @vite-ignore */ fsName)) as typeof import('node:fs/promises');
+    const path = (await import(/* @vite-ignore */ pathName)) as typeof import('node:path');
+    const dir = files;
+    const stat = await fs.stat(dir).catch(() => null);
+    if (!stat?.isDirectory()) throw new Error(`model directory '${dir}' does not exist or is not a directory`);
+    return {
+      label: dir,
+      has: async (n) => (await fs.stat(path.join(dir, n)).catch(() => null))?.isFile() ?? false,
+      bytes: async (n) => new Uint8Array(await fs.readFile(path.join(dir, n))),
+      text: (n) => fs.readFile(path.join(dir, n), 'utf8'),
+      list: () => fs.readdir(dir),
+    };
+  }
+  const map = new Map<string, FileContent>();
+  if (Array.isArray(files)) for (const f of files) map.set(f.name, f);
+  else if (files instanceof Map) for (const [k, v] of files) map.set(k, v);
+  else for (const [k, v] of Object.entries(files)) map.set(k, v);
+  const get = (n: string) => {
+    const c = map.get(n);
+    if (c === undefined) throw new Error(`<memory>: no file named '${n}' among ${[...map.keys()].join(', ') || 'none'}`);
+    return c;
+  };
+  return {
+    label: '<memory>',
+    has: async (n) => map.has(n),
+    bytes: async (n) => toBytes(get(n)),
+    text: async (n) => {
+      const c = get(n);
+      return typeof c === 'string' ? c : new TextDecoder().decode(await toBytes(c));
+    },
+    list: async () => [...map.keys()],
+  };
+}
+

@@ -1,0 +1,67 @@
+"""PEFT 0.21 fixtures for @lora/core on a small custom model (the same `Net` is written in the TS
+test): a base checkpoint, adapters saved by PEFT (several configs), their outputs, merged weights,
+and initial LoRA weights after torch.manual_seed. Writes packages/core/__fixtures__/."""
+import os
+import shutil
+import sys
+
+import numpy as np
+import peft
+import torch
+import torch.nn as nn
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import save_file
+
+OUT = os.environ.get("ORACLE_OUT") or os.path.join(os.path.dirname(__file__), "..", "..", "packages", "core", "__fixtures__")
+os.makedirs(OUT, exist_ok=True)
+
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peft_fixtures_net import Net  # noqa: E402
+
+torch.manual_seed(0)
+base = Net().eval()
+base_sd = {k: v.clone().contiguous() for k, v in base.state_dict().items()}
+save_file(base_sd, os.path.join(OUT, "base.safetensors"))
+x = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+expected = {"x": x, "base_out": base(x).detach()}
+
+cases = {
+    "peft-qv": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    "peft-patterns": dict(r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "mlp", "out"], rank_pattern={"mlp": 2}, alpha_pattern={"out": 3},
+                          lora_dropout=0.1, layers_to_transform=[1], layers_pattern="layers", init_lora_weights=False),
+    "peft-regex-bias": dict(r=3, lora_alpha=6, target_modules=r"layers\.0\..*proj", lora_bias=True, init_lora_weights=False),
+}
+for name, kwargs in cases.items():
+    model = Net()
+    model.load_state_dict(base_sd)
+    torch.manual_seed(10)
+    pm = get_peft_model(model, LoraConfig(**kwargs)).eval()
+    if kwargs.get("lora_bias"):
+        with torch.no_grad():  # lora_B biases start at random under init False; make them clearly non-zero
+            for n, p in pm.named_parameters():
+                if n.endswith("lora_B.default.bias"):
+                    p.add_(0.3)
+    d = os.path.join(OUT, name)
+    shutil.rmtree(d, ignore_errors=True)
+    pm.save_pretrained(d)
+    with torch.no_grad():
+        expected[f"{name}.out"] = pm(x)
+        merged = pm.merge_and_unload()
+        for k, v in merged.state_dict().items():
+            if "layers.1.mlp" in k or "layers.0.q_proj" in k:
+                expected[f"{name}.merged.{k}"] = v.clone()
+    for f in os.listdir(d):
+        if f.endswith(".md"):
+            os.remove(os.path.join(d, f))
+
+# initial LoRA weights after torch.manual_seed (default init: A kaiming-uniform, B zero)
+model = Net()
+model.load_state_dict(base_sd)
+torch.manual_seed(5)
+pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "mlp"]))
+for n, p in pm.named_parameters():
+    if "lora_" in n:
+        expected[f"init.{n}"] = p.detach().clone()
+save_file({k: v.contiguous().float() for k, v in expected.items()}, os.path.join(OUT, "expected.safetensors"), metadata={"peft": peft.__version__, "torch": torch.__version__})
+print("peft fixtures written with peft", peft.__version__)
