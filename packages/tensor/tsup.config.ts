@@ -1,14 +1,8 @@
-import { defineConfig } from 'tsup';
+import { loraBuild } from '../../tsup.shared.js';
 
-export default defineConfig({
-  entry: ['src/index.ts', 'src/node.ts', 'src/testing.ts', 'src/register-gradients.ts'],
-  format: ['esm'],
-  dts: true,
-  sourcemap: true,
-  clean: true,
-  target: 'node20',
-  // tfjs-core registers no gradients by itself and its ESM files use extensionless
-  // imports that plain Node cannot load: bundle the gradient registrations (their
-  // registries are global, so this second copy of the code registers into the same engine).
+export default loraBuild(['src/index.ts', 'src/node.ts', 'src/testing.ts', 'src/register-gradients.ts'], {
+  // tfjs-core registers no gradients by itself and its ESM files use extensionless imports that
+  // plain Node cannot load: bundle the gradient registrations (their registries are global, so this
+  // second copy of the code registers into the same engine).
   noExternal: [/^@tensorflow\/tfjs-core\/dist\//],
 });

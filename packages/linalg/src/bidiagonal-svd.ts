@@ -4,21 +4,11 @@
  * Column-major U (m×n) and V (n×n) are updated in place so that A = U·B·Vᵀ stays true.
  */
 import { LinalgError } from './errors';
+import { rotateColumns } from './rotations';
 
 const EPS = 2 ** -52;
 const TINY = 2 ** -966;
 
-/** Rotates columns i and j of a column-major array: (ci, cj) ← (c·ci + s·cj, −s·ci + c·cj). */
-function rotateColumns(x: Float64Array, ld: number, i: number, j: number, c: number, s: number): void {
-  const oi = i * ld;
-  const oj = j * ld;
-  for (let r = 0; r < ld; r++) {
-    const a = x[oi + r] as number;
-    const b = x[oj + r] as number;
-    x[oi + r] = c * a + s * b;
-    x[oj + r] = c * b - s * a;
-  }
-}
 
 /**
  * Diagonalises the bidiagonal (d, e) in place: on return d holds the singular values, descending

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { LinalgError } from './errors';
+import { rotateColumns } from './rotations';
 import { applyReflectorLeft, makeReflector } from './householder';
 import { type Matrix64, assertFinite, fromColumnMajor, isMatrix64, matrix64ToTensor, tensorToMatrix64 } from './matrix64';
 
@@ -17,16 +18,6 @@ export interface EighTensors {
 
 const EPS = 2 ** -52;
 
-function rotateColumns(x: Float64Array, ld: number, i: number, j: number, c: number, s: number): void {
-  const oi = i * ld;
-  const oj = j * ld;
-  for (let r = 0; r < ld; r++) {
-    const a = x[oi + r] as number;
-    const b = x[oj + r] as number;
-    x[oi + r] = c * a + s * b;
-    x[oj + r] = c * b - s * a;
-  }
-}
 
 /**
  * Symmetric eigendecomposition of a column-major n×n matrix (only its lower triangle is read):

@@ -77,3 +77,21 @@ export function applyReflectorRight(v: Float64Array, len: number, tau: number, y
     for (let i = 0; i < rows; i++) y[o + i] = (y[o + i] as number) - f * (scratch[i] as number);
   }
 }
+
+/**
+ * Forms Q = H₀·H₁·…·H₍ₖ₋₁₎ applied to the first `qCols` columns of the m×m identity (column-major
+ * m×qCols), from reflectors stored below the diagonal of the column-major m×k array `w` (v[0] = 1
+ * implicit) with factors `taus`. Backward accumulation, so each reflector touches only its trailing block.
+ */
+export function accumulateReflectors(w: Float64Array, m: number, taus: Float64Array, qCols: number): Float64Array {
+  const q = new Float64Array(m * qCols);
+  for (let i = 0; i < qCols; i++) q[i * m + i] = 1;
+  for (let j = taus.length - 1; j >= 0; j--) {
+    const off = j * m + j;
+    const saved = w[off] as number;
+    w[off] = 1;
+    applyReflectorLeft(w, off, m - j, taus[j] as number, q, j * m + j, m, qCols - j);
+    w[off] = saved;
+  }
+  return q;
+}

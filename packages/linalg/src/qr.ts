@@ -1,6 +1,6 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { LinalgError } from './errors';
-import { applyReflectorLeft, makeReflector } from './householder';
+import { accumulateReflectors, applyReflectorLeft, makeReflector } from './householder';
 import { type Matrix64, assertFinite, fromColumnMajor, isMatrix64, matrix64ToTensor, tensorToMatrix64, toColumnMajor } from './matrix64';
 
 /** Options for {@link qr}. */
@@ -45,16 +45,7 @@ export function householderQr(a: Float64Array, m: number, n: number, complete: b
   const rRows = qCols;
   const r = new Float64Array(rRows * n);
   for (let j = 0; j < n; j++) for (let i = 0; i <= Math.min(j, rRows - 1); i++) r[j * rRows + i] = w[j * m + i] as number;
-  // Q = H0·H1·…·H(k−1)·I, accumulated backwards so each reflector touches only its trailing block.
-  const q = new Float64Array(m * qCols);
-  for (let i = 0; i < qCols; i++) q[i * m + i] = 1;
-  for (let j = k - 1; j >= 0; j--) {
-    const off = j * m + j;
-    const saved = w[off] as number;
-    w[off] = 1;
-    applyReflectorLeft(w, off, m - j, taus[j] as number, q, j * m + j, m, qCols - j);
-    w[off] = saved;
-  }
+  const q = accumulateReflectors(w, m, taus, qCols);
   return { q, r, k };
 }
 

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { bidiagonalSvd } from './bidiagonal-svd';
 import { LinalgError } from './errors';
-import { applyReflectorLeft, applyReflectorRight, makeReflector } from './householder';
+import { accumulateReflectors, applyReflectorLeft, applyReflectorRight, makeReflector } from './householder';
 import { type Matrix64, assertFinite, fromColumnMajor, isMatrix64, matrix64ToTensor, tensorToMatrix64, toColumnMajor } from './matrix64';
 import { householderQr } from './qr';
 
@@ -79,15 +79,7 @@ export function svdTall(a: Float64Array, m: number, n: number, full: boolean, fn
     }
   }
   const uCols = full ? m : n;
-  const u = new Float64Array(m * uCols);
-  for (let i = 0; i < uCols; i++) u[i * m + i] = 1;
-  for (let k = n - 1; k >= 0; k--) {
-    const off = k * m + k;
-    const saved = w[off] as number;
-    w[off] = 1;
-    applyReflectorLeft(w, off, m - k, tauL[k] as number, u, k * m + k, m, uCols - k);
-    w[off] = saved;
-  }
+  const u = accumulateReflectors(w, m, tauL, uCols);
   const v = new Float64Array(n * n);
   for (let i = 0; i < n; i++) v[i * n + i] = 1;
   for (let k = n - 2; k >= 0; k--) {
