@@ -31,12 +31,18 @@ cases = {
     "peft-patterns": dict(r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "mlp", "out"], rank_pattern={"mlp": 2}, alpha_pattern={"out": 3},
                           lora_dropout=0.1, layers_to_transform=[1], layers_pattern="layers", init_lora_weights=False),
     "peft-regex-bias": dict(r=3, lora_alpha=6, target_modules=r"layers\.0\..*proj", lora_bias=True, init_lora_weights=False),
+    "peft-dora": dict(r=4, lora_alpha=8, target_modules=["q_proj", "mlp", "head"], use_dora=True, init_lora_weights=False),
 }
 for name, kwargs in cases.items():
     model = Net()
     model.load_state_dict(base_sd)
     torch.manual_seed(10)
     pm = get_peft_model(model, LoraConfig(**kwargs)).eval()
+    if kwargs.get("use_dora"):
+        with torch.no_grad():  # move the magnitudes away from their init so that the test sees them
+            for n, p in pm.named_parameters():
+                if "lora_magnitude_vector" in n:
+                    p.mul_(1.0 + 0.1 * torch.arange(p.numel()).float() / p.numel())
     if kwargs.get("lora_bias"):
         with torch.no_grad():  # lora_B biases start at random under init False; make them clearly non-zero
             for n, p in pm.named_parameters():

@@ -27,6 +27,8 @@ export function adapterStateDict(model: PeftModel, adapterName = 'default'): Rec
     out[`${PREFIX}${path}.lora_A.weight`] = a.weight;
     out[`${PREFIX}${path}.lora_B.weight`] = b.weight;
     if (b.bias) out[`${PREFIX}${path}.lora_B.bias`] = b.bias;
+    // DoRA: PEFT saves the magnitude without its in-memory `.weight` suffix
+    if (layer.loraMagnitudeVector.has(adapterName)) out[`${PREFIX}${path}.lora_magnitude_vector`] = layer.loraMagnitudeVector.get(adapterName).weight;
   }
   return out;
 }

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Dropout, Linear, Module, ModuleDict, kaimingUniformDefault, normalInit } from '@lora/nn';
+import { Dropout, Linear, Module, ModuleDict, kaimingUniformDefault, linear, normalInit } from '@lora/nn';
 import { loraScaling } from './lora-config';
 
 /** Per-adapter settings of a LoRA layer. */
@@ -11,6 +11,33 @@ export interface AdapterSettings {
   initLoraWeights: boolean | string;
   loraBias: boolean;
   fanInFanOut: boolean;
+  /** Weight-decomposed LoRA: a trained magnitude per output unit (PEFT's `use_dora`). */
+  useDora?: boolean;
+}
+
+/** DoRA's magnitude vector, held as `lora_magnitude_vector.<adapter>.weight` as in PEFT. */
+class Magnitude extends Module {
+  weight: tf.Variable;
+  constructor(value: tf.Tensor) {
+    super();
+    this.weight = this.registerParameter('weight', value);
+  }
+  forward(): never {
+    throw new Error('a magnitude vector is a parameter holder');
+  }
+}
+
+/** The value of x with no gradient flowing back through it (torch's `.detach()`). */
+const detach = tf.customGrad(((x: tf.Tensor) => ({ value: tf.clone(x), gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy) })) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
+
+/** Per-row L2 norm of W + s·B·A ([out]), DoRA's weight norm. */
+function rowNorms(w: tf.Tensor, delta: tf.Tensor): tf.Tensor {
+  return tf.tidy(() => tf.sqrt(tf.sum(tf.square(tf.add(w, delta)), 1)));
+}
+
+/** x·Wᵀ without bias. */
+function linearNoBias(x: tf.Tensor, w: tf.Tensor): tf.Tensor {
+  return linear(x, w, null);
 }
 
 /** Identity (PEFT uses nn.Identity when lora_dropout is 0). */
@@ -35,6 +62,9 @@ export class LoraLinear extends Module {
   loraA: ModuleDict<Linear>;
   loraB: ModuleDict<Linear>;
   loraDropout: ModuleDict;
+  loraMagnitudeVector: ModuleDict<Magnitude>;
+  /** Row norms cached by a DoRA merge, consumed by unmerge (as PEFT). */
+  private readonly mergeNorms = new Map<string, tf.Tensor>();
   readonly settings = new Map<string, AdapterSettings>();
   readonly scaling = new Map<string, number>();
   activeAdapters: string[] = [];
@@ -47,6 +77,7 @@ export class LoraLinear extends Module {
     this.loraA = this.registerModule('lora_A', new ModuleDict<Linear>());
     this.loraB = this.registerModule('lora_B', new ModuleDict<Linear>());
     this.loraDropout = this.registerModule('lora_dropout', new ModuleDict());
+    this.loraMagnitudeVector = this.registerModule('lora_magnitude_vector', new ModuleDict<Magnitude>());
     this.updateLayer(adapterName, settings);
     this.activeAdapters = [adapterName];
   }
@@ -86,6 +117,14 @@ export class LoraLinear extends Module {
     this.loraDropout.set(name, s.loraDropout > 0 ? new Dropout(s.loraDropout) : new Identity());
     this.settings.set(name, { ...s });
     this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
+    if (s.useDora) {
+      if (s.loraBias) throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
+      // m starts as the row norms of W + s·B·A, so DoRA is a no-op at init when B = 0
+      const delta = this.getDeltaWeight(name);
+      const m = rowNorms(this.baseLayer.weight, s.fanInFanOut ? tf.transpose(delta) : delta);
+      delta.dispose();
+      this.loraMagnitudeVector.set(name, new Magnitude(m));
+    }
   }
 
   /** Removes an adapter and frees its weights. */
@@ -95,6 +134,11 @@ export class LoraLinear extends Module {
     this.loraA.delete(name);
     this.loraB.delete(name);
     this.loraDropout.delete(name);
+    this.loraMagnitudeVector.delete(name)?.dispose();
+    this.mergeNorms.get(name)?.dispose();
+    this.mergeNorms.delete(name);
+    const merged = this.mergedAdapters.indexOf(name);
+    if (merged >= 0) this.mergedAdapters.splice(merged, 1);
     this.settings.delete(name);
     this.scaling.delete(name);
     this.activeAdapters = this.activeAdapters.filter((a) => a !== name);
@@ -109,10 +153,23 @@ export class LoraLinear extends Module {
     return tf.tidy(() => {
       let result = this.baseLayer.call(x) as tf.Tensor;
       for (const name of this.activeAdapters) {
-        if (!this.settings.has(name)) continue;
+        const settings = this.settings.get(name);
+        if (!settings) continue;
+        const scale = this.scaling.get(name) as number;
         const dropped = this.loraDropout.get(name).call(x) as tf.Tensor;
         const lora = this.loraB.get(name).call(this.loraA.get(name).call(dropped)) as tf.Tensor;
-        result = tf.add(result, tf.mul(lora, this.scaling.get(name) as number));
+        if (!settings.useDora) {
+          result = tf.add(result, tf.mul(lora, scale));
+          continue;
+        }
+        // DoRA (PEFT's DoraLinearLayer): f = m / ‖W + s·B·A‖ (the norm detached); the running result
+        // minus the bias stands for the base output unless dropout is active in training.
+        const w = this.baseLayer.weight;
+        const norm = detach(rowNorms(w, tf.mul(tf.matMul(this.loraB.get(name).weight, this.loraA.get(name).weight), scale)));
+        const f = tf.div(this.loraMagnitudeVector.get(name).weight, norm);
+        const noDropout = settings.loraDropout === 0 || !this.training;
+        const base = noDropout ? (this.baseLayer.bias ? tf.sub(result, this.baseLayer.bias) : result) : linearNoBias(dropped, w);
+        result = tf.add(result, tf.add(tf.mul(tf.sub(f, 1), base), tf.mul(tf.mul(f, lora), scale)));
       }
       return result;
     });
@@ -136,9 +193,15 @@ export class LoraLinear extends Module {
     const names = (options.adapterNames ?? this.activeAdapters).filter((n) => this.settings.has(n) && !this.mergedAdapters.includes(n));
     for (const name of names) {
       const w = this.baseLayer.weight;
+      const dora = this.settings.get(name)?.useDora === true;
       const merged = tf.tidy(() => {
-        const delta = this.getDeltaWeight(name);
-        return tf.add(w, delta);
+        const sum = tf.add(w, this.getDeltaWeight(name));
+        if (!dora) return sum;
+        // DoRA: W' = (m / ‖W + ΔW‖) ⊙ (W + ΔW), per output row; the norm is kept for unmerge
+        const norm = tf.keep(tf.sqrt(tf.sum(tf.square(sum), 1)));
+        this.mergeNorms.get(name)?.dispose();
+        this.mergeNorms.set(name, norm);
+        return tf.mul(sum, tf.expandDims(tf.div(this.loraMagnitudeVector.get(name).weight, norm), 1));
       });
       if (options.safeMerge) {
         const finite = tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0]);
@@ -164,7 +227,13 @@ export class LoraLinear extends Module {
     while (this.mergedAdapters.length) {
       const name = this.mergedAdapters.pop() as string;
       const w = this.baseLayer.weight;
-      tf.tidy(() => w.assign(tf.sub(w, this.getDeltaWeight(name))));
+      const norm = this.mergeNorms.get(name);
+      if (norm) {
+        // DoRA: W = W' / f − ΔW with the norm cached at merge time
+        tf.tidy(() => w.assign(tf.sub(tf.div(w, tf.expandDims(tf.div(this.loraMagnitudeVector.get(name).weight, norm), 1)), this.getDeltaWeight(name))));
+        norm.dispose();
+        this.mergeNorms.delete(name);
+      } else tf.tidy(() => w.assign(tf.sub(w, this.getDeltaWeight(name))));
       if (this.settings.get(name)?.loraBias && this.baseLayer.bias) {
         const bias = this.baseLayer.bias;
         tf.tidy(() => bias.assign(tf.sub(bias, tf.mul(this.loraB.get(name).bias as tf.Tensor, this.scaling.get(name) as number))));

@@ -57,8 +57,8 @@ export class PeftModel extends Module {
    */
   addAdapter(name: string, config: LoraConfig): void {
     if (this.peftConfig.has(name)) throw new Error(`Adapter with name ${name} already exists.`);
-    if (config.useDora || config.fanInFanOut || config.modulesToSave || config.trainableTokenIndices || config.bias !== 'none') {
-      throw new Error('useDora, fanInFanOut, modulesToSave, trainableTokenIndices and bias other than "none" are not implemented in @lora/core yet');
+    if (config.fanInFanOut || config.modulesToSave || config.trainableTokenIndices || config.bias !== 'none') {
+      throw new Error('fanInFanOut, modulesToSave, trainableTokenIndices and bias other than "none" are not implemented in @lora/core yet');
     }
     const isFirst = this.peftConfig.size === 0;
     // Wrapped layers' own sub-paths (lora_A, base_layer…) are never targets themselves.
@@ -79,6 +79,7 @@ export class PeftModel extends Module {
         initLoraWeights: config.initLoraWeights,
         loraBias: config.loraBias,
         fanInFanOut: config.fanInFanOut,
+        useDora: config.useDora,
       };
       if (module instanceof LoraLinear) module.updateLayer(name, settings);
       else if (module instanceof Linear) this.model.setSubmodule(path, new LoraLinear(module, name, settings));
@@ -107,7 +108,7 @@ export class PeftModel extends Module {
   private markTrainable(): void {
     const config = this.peftConfig.get(this.activeAdapter) as LoraConfig;
     for (const [name, p] of this.namedParameters()) {
-      const isActiveLora = /\.lora_[AB]\./.test(name) && name.split('.').includes(this.activeAdapter);
+      const isActiveLora = /\.lora_(A|B|magnitude_vector)\./.test(name) && name.split('.').includes(this.activeAdapter);
       p.trainable = isActiveLora && !config.inferenceMode;
     }
   }

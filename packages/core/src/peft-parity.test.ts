@@ -49,7 +49,7 @@ const want = (k: string) => {
 };
 
 await describeEachBackend('PEFT adapters', () => {
-  for (const name of ['peft-qv', 'peft-patterns', 'peft-regex-bias']) {
+  for (const name of ['peft-qv', 'peft-patterns', 'peft-regex-bias', 'peft-dora']) {
     it(`${name}: a PEFT-saved adapter loads and gives PEFT's outputs and merged weights`, async () => {
       const before = tf.memory().numTensors;
       const { model: peft, missingKeys, unexpectedKeys } = await loadAdapter(baseNet(), join(FIX, name));
@@ -62,6 +62,7 @@ await describeEachBackend('PEFT adapters', () => {
       const merged = peft.mergeAndUnload();
       const sd = merged.stateDict();
       for (const k of ['layers.1.mlp.weight', 'layers.0.q_proj.weight', 'layers.0.q_proj.bias']) {
+        if (!(`${name}.merged.${k}` in (expected ?? {}))) want(`${name}.merged.${k}`);
         expect(maxRelativeError(await sd[k]!.data(), await want(`${name}.merged.${k}`).data()), k).toBeLessThan(1e-5);
       }
       const fresh = baseNet();
@@ -121,7 +122,7 @@ describe('saving in PEFT format', () => {
     // LORA_KEEP_ADAPTER=<dir> keeps the files for the Python check (PEFT loads them and must give this output).
     const out = process.env.LORA_KEEP_ADAPTER ?? mkdtempSync(join(tmpdir(), 'lora-ours-'));
     manualSeed(21);
-    const peft = getPeftModel(baseNet(), { r: 4, loraAlpha: 16, useRslora: true, targetModules: ['q_proj', 'mlp', 'head'], initLoraWeights: false, rankPattern: { head: 2 } });
+    const peft = getPeftModel(baseNet(), { r: 4, loraAlpha: 16, useRslora: true, useDora: true, targetModules: ['q_proj', 'mlp', 'head'], initLoraWeights: false, rankPattern: { head: 2 } });
     peft.eval();
     const y = peft.call(want('x')) as tf.Tensor;
     await saveAdapter(peft, out);
@@ -167,6 +168,32 @@ describe('configuration and targets', () => {
     expect(() => t({ targetModules: ['q_prj'] })).toThrow(/Target modules \["q_prj"\] not found in the base model.*Close matches: q_proj/);
     net.dispose();
   });
+});
+
+it('DoRA: merge then unmerge restores the base weights, and training moves the magnitudes', async () => {
+  await initBackend('cpu');
+  const { AdamW, train } = await import('@lora/nn');
+  manualSeed(2);
+  const peft = getPeftModel(baseNet(), { r: 4, loraAlpha: 8, targetModules: ['mlp'], useDora: true, initLoraWeights: false });
+  const layer = peft.model.getSubmodule('layers.0.mlp') as LoraLinear;
+  const w0 = Array.from(await layer.baseLayer.weight.data());
+  const x = tf.randomNormal([6, 8], 0, 1, 'float32', 7);
+  const before = peft.call(x) as tf.Tensor;
+  peft.mergeAdapter();
+  const merged = peft.call(x) as tf.Tensor;
+  expect(maxRelativeError(await merged.data(), await before.data())).toBeLessThan(1e-5);
+  peft.unmergeAdapter();
+  expect(maxRelativeError(await layer.baseLayer.weight.data(), w0)).toBeLessThan(1e-6);
+  const w1 = Array.from(await layer.baseLayer.weight.data());
+  const m0 = Array.from(await layer.loraMagnitudeVector.get('default').weight.data());
+  const opt = new AdamW(peft.trainableParameters(), { lr: 1e-2 });
+  const y = tf.zeros([6, 4]);
+  await train(peft, [{ x, y }, { x, y }], { optimizer: opt, loss: (b) => tf.mean(tf.square(tf.sub(peft.call(b.x) as tf.Tensor, b.y))) as tf.Scalar, progressBar: false });
+  expect(Array.from(await layer.loraMagnitudeVector.get('default').weight.data())).not.toEqual(m0);
+  expect(Array.from(await layer.baseLayer.weight.data())).toEqual(w1); // frozen while training
+  opt.dispose();
+  tf.dispose([x, y, before, merged]);
+  peft.dispose();
 });
 
 it('trains only the LoRA weights: the loss falls, base weights never change', async () => {
