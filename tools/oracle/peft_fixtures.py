@@ -71,3 +71,46 @@ for n, p in pm.named_parameters():
         expected[f"init.{n}"] = p.detach().clone()
 save_file({k: v.contiguous().float() for k, v in expected.items()}, os.path.join(OUT, "expected.safetensors"), metadata={"peft": peft.__version__, "torch": torch.__version__})
 print("peft fixtures written with peft", peft.__version__)
+
+# add_weighted_adapter: two adapters saved by PEFT, then each combination type's delta weights and output
+combos = {
+    "linear": dict(combination_type="linear"),
+    "cat": dict(combination_type="cat"),
+    "svd": dict(combination_type="svd", svd_rank=3),
+    "ties": dict(combination_type="ties", density=0.5),
+    "ties_frequency": dict(combination_type="ties", density=0.5, majority_sign_method="frequency"),
+    "magnitude_prune": dict(combination_type="magnitude_prune", density=0.6),
+    "ties_svd": dict(combination_type="ties_svd", density=0.5, svd_rank=4),
+    "magnitude_prune_svd": dict(combination_type="magnitude_prune_svd", density=0.6, svd_rank=2),
+}
+weighted = {}
+model = Net()
+model.load_state_dict(base_sd)
+torch.manual_seed(30)
+pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "mlp"], init_lora_weights=False), adapter_name="a")
+torch.manual_seed(31)
+pm.add_adapter("b", LoraConfig(r=4, lora_alpha=12, use_rslora=True, target_modules=["q_proj", "mlp"], init_lora_weights=False))
+for adapter in ["a", "b"]:
+    d = os.path.join(OUT, f"weighted-{adapter}")
+    shutil.rmtree(d, ignore_errors=True)
+    pm.save_pretrained(d, selected_adapters=[adapter])
+    # save_pretrained puts a non-default adapter in a sub-folder; flatten it
+    sub = os.path.join(d, adapter)
+    if os.path.isdir(sub):
+        for f in os.listdir(sub):
+            shutil.move(os.path.join(sub, f), os.path.join(d, f))
+        os.rmdir(sub)
+    for f in os.listdir(d):
+        if f.endswith(".md"):
+            os.remove(os.path.join(d, f))
+pm.eval()
+for label, kw in combos.items():
+    pm.add_weighted_adapter(["a", "b"], [0.5, 1.5], label, **kw)
+    pm.set_adapter(label)
+    with torch.no_grad():
+        weighted[f"{label}.out"] = pm(x)
+        for path in ["layers.0.q_proj", "layers.1.mlp"]:
+            layer = pm.base_model.model.get_submodule(path)
+            weighted[f"{label}.delta.{path}"] = layer.get_delta_weight(label).clone()
+save_file({k: v.contiguous().float() for k, v in weighted.items()}, os.path.join(OUT, "weighted.safetensors"), metadata={"peft": peft.__version__})
+print("weighted-adapter fixtures written")

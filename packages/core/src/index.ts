@@ -7,3 +7,5 @@ export type { AdapterSettings } from './lora-linear';
 export { LoraModel, PeftModel, getPeftModel, patternKey } from './peft-model';
 export { adapterStateDict, loadAdapter, saveAdapter, serializeAdapter } from './adapter-io';
 export type { LoadAdapterResult } from './adapter-io';
+export { addWeightedAdapter } from './weighted-adapter';
+export type { CombinationType, WeightedAdapterOptions } from './weighted-adapter';

@@ -1,0 +1,99 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { initBackend, parseSafetensors } from '@lora/tensor';
+import { maxRelativeError } from '@lora/tensor/testing';
+import { Linear, Module, ModuleList, withoutInit } from '@lora/nn';
+import { type CombinationType, type LoraLinear, addWeightedAdapter, loadAdapter } from '@lora/core';
+
+const FIX = join(import.meta.dirname, '..', '__fixtures__');
+
+class Block extends Module {
+  q_proj = this.registerModule('q_proj', new Linear(8, 8));
+  v_proj = this.registerModule('v_proj', new Linear(8, 8));
+  mlp = this.registerModule('mlp', new Linear(8, 16));
+  out = this.registerModule('out', new Linear(16, 8));
+  forward(h: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => tf.add(tf.add(tf.add(h, this.out.call(tf.relu(this.mlp.call(h)))), tf.mul(this.q_proj.call(h), 0.5)), this.v_proj.call(h)));
+  }
+}
+class Net extends Module {
+  layers = this.registerModule('layers', new ModuleList([new Block(), new Block()]));
+  head = this.registerModule('head', new Linear(8, 4));
+  forward(x: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => {
+      let h = x;
+      for (const l of this.layers) h = l.call(h);
+      return this.head.call(h);
+    });
+  }
+}
+
+const combos: [string, CombinationType, Record<string, unknown>][] = [
+  ['linear', 'linear', {}],
+  ['cat', 'cat', {}],
+  ['svd', 'svd', { svdRank: 3 }],
+  ['ties', 'ties', { density: 0.5 }],
+  ['ties_frequency', 'ties', { density: 0.5, majoritySignMethod: 'frequency' }],
+  ['magnitude_prune', 'magnitude_prune', { density: 0.6 }],
+  ['ties_svd', 'ties_svd', { density: 0.5, svdRank: 4 }],
+  ['magnitude_prune_svd', 'magnitude_prune_svd', { density: 0.6, svdRank: 2 }],
+];
+
+describe('addWeightedAdapter against PEFT 0.21', () => {
+  beforeAll(async () => {
+    await initBackend('cpu');
+  });
+
+  it("gives PEFT's delta weights and outputs for every deterministic combination type", async () => {
+    const net = withoutInit(() => new Net());
+    const base = parseSafetensors(new Uint8Array(readFileSync(join(FIX, 'base.safetensors')))).tensors;
+    net.loadStateDict(base);
+    const want = parseSafetensors(new Uint8Array(readFileSync(join(FIX, 'weighted.safetensors')))).tensors;
+    const x = parseSafetensors(new Uint8Array(readFileSync(join(FIX, 'expected.safetensors')))).tensors;
+    const { model: peft } = await loadAdapter(net, join(FIX, 'weighted-a'), { adapterName: 'a' });
+    await loadAdapter(peft, join(FIX, 'weighted-b'), { adapterName: 'b' });
+    peft.eval();
+    for (const [label, type, extra] of combos) {
+      const before = tf.memory().numTensors;
+      await addWeightedAdapter(peft, ['a', 'b'], [0.5, 1.5], label, { combinationType: type, ...extra });
+      expect(tf.memory().numTensors - before, `${label} leaves only its A and B on four layers`).toBe(8);
+      peft.setAdapter(label);
+      for (const path of ['layers.0.q_proj', 'layers.1.mlp']) {
+        const delta = (peft.model.getSubmodule(path) as LoraLinear).getDeltaWeight(label);
+        // SVD factors carry arbitrary signs; their product, the delta, does not
+        expect(maxRelativeError(await delta.data(), await want[`${label}.delta.${path}`]!.data()), `${label} ${path}`).toBeLessThan(1e-4);
+        delta.dispose();
+      }
+      const y = peft.call(x.x) as tf.Tensor;
+      expect(maxRelativeError(await y.data(), await want[`${label}.out`]!.data()), label).toBeLessThan(1e-4);
+      y.dispose();
+    }
+    // DARE prunes at random (seeded here; torch's masks cannot be reproduced): check shape and memory only
+    for (const type of ['dare_linear', 'dare_ties', 'dare_linear_svd', 'dare_ties_svd'] as const) {
+      const before = tf.memory().numTensors;
+      await addWeightedAdapter(peft, ['a', 'b'], [0.5, 1.5], type, { combinationType: type, density: 0.5, svdRank: 4, seed: 1 });
+      expect(tf.memory().numTensors - before, type).toBe(8);
+      const delta = (peft.model.getSubmodule('layers.1.mlp') as LoraLinear).getDeltaWeight(type);
+      expect(delta.shape).toEqual([16, 8]);
+      expect(Array.from(await delta.data()).some((v) => v !== 0)).toBe(true);
+      delta.dispose();
+    }
+    // the combined adapters are created frozen, as PEFT does
+    expect(peft.trainableParameters().length).toBe(0);
+    await expect(addWeightedAdapter(peft, ['a', 'nope'], [1, 1], 'z')).rejects.toThrow('Adapter nope does not exist');
+    tf.dispose([...Object.values(base), ...Object.values(want), ...Object.values(x)]);
+    peft.dispose();
+  });
+
+  it('rejects linear combinations of different ranks, as PEFT does', async () => {
+    const net = withoutInit(() => new Net());
+    const { model: peft } = await loadAdapter(net, join(FIX, 'weighted-a'), { adapterName: 'a' });
+    await loadAdapter(peft, join(FIX, 'peft-regex-bias'), { adapterName: 'c' });
+    await expect(addWeightedAdapter(peft, ['a', 'c'], [1, 1], 'mix', { combinationType: 'linear' })).rejects.toThrow(
+      'All adapters must have the same r value when using combination_type linear, ties, dare_ties or dare_linear.',
+    );
+    peft.dispose();
+  });
+});
