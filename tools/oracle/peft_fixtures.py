@@ -114,3 +114,35 @@ for label, kw in combos.items():
             weighted[f"{label}.delta.{path}"] = layer.get_delta_weight(label).clone()
 save_file({k: v.contiguous().float() for k, v in weighted.items()}, os.path.join(OUT, "weighted.safetensors"), metadata={"peft": peft.__version__})
 print("weighted-adapter fixtures written")
+
+# LoRA on an Embedding (lora_embedding_A/B), with a Linear beside it
+from peft_fixtures_net import EmbNet  # noqa: E402
+
+torch.manual_seed(40)
+emb_base = EmbNet().eval()
+emb_sd = {k: v.clone().contiguous() for k, v in emb_base.state_dict().items()}
+save_file(emb_sd, os.path.join(OUT, "emb-base.safetensors"))
+ids = torch.tensor([[1, 5, 19, 0], [7, 7, 3, 12]])
+emb_expected = {"ids": ids.to(torch.int32), "base_out": emb_base(ids).detach()}
+m = EmbNet()
+m.load_state_dict(emb_sd)
+torch.manual_seed(41)
+pm = get_peft_model(m, LoraConfig(r=3, lora_alpha=6, target_modules=["embed", "lin"], init_lora_weights=False)).eval()
+d = os.path.join(OUT, "peft-embedding")
+shutil.rmtree(d, ignore_errors=True)
+pm.save_pretrained(d)
+for f in os.listdir(d):
+    if f.endswith(".md"):
+        os.remove(os.path.join(d, f))
+with torch.no_grad():
+    emb_expected["out"] = pm(ids)
+    emb_expected["merged.embed.weight"] = pm.merge_and_unload().embed.weight.clone()
+m = EmbNet()
+m.load_state_dict(emb_sd)
+torch.manual_seed(42)
+pm = get_peft_model(m, LoraConfig(r=3, lora_alpha=6, target_modules=["embed"]))
+for n, p in pm.named_parameters():
+    if "lora_" in n:
+        emb_expected[f"init.{n}"] = p.detach().clone()
+save_file({k: v.contiguous() for k, v in emb_expected.items()}, os.path.join(OUT, "emb-expected.safetensors"))
+print("embedding fixtures written")

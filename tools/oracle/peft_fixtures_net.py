@@ -25,3 +25,15 @@ class Net(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.head(x)
+
+
+class EmbNet(nn.Module):
+    """An embedding followed by a linear layer, for LoRA on Embedding targets."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.lin = nn.Linear(8, 4)
+
+    def forward(self, ids):
+        return self.lin(self.embed(ids))

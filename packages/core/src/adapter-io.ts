@@ -22,13 +22,7 @@ export function adapterStateDict(model: PeftModel, adapterName = 'default'): Rec
   const out: Record<string, tf.Tensor> = {};
   for (const [path, layer] of model.loraLayers()) {
     if (!layer.settings.has(adapterName)) continue;
-    const a = layer.loraA.get(adapterName);
-    const b = layer.loraB.get(adapterName);
-    out[`${PREFIX}${path}.lora_A.weight`] = a.weight;
-    out[`${PREFIX}${path}.lora_B.weight`] = b.weight;
-    if (b.bias) out[`${PREFIX}${path}.lora_B.bias`] = b.bias;
-    // DoRA: PEFT saves the magnitude without its in-memory `.weight` suffix
-    if (layer.loraMagnitudeVector.has(adapterName)) out[`${PREFIX}${path}.lora_magnitude_vector`] = layer.loraMagnitudeVector.get(adapterName).weight;
+    for (const [suffix, t] of Object.entries(layer.savedTensors(adapterName))) out[`${PREFIX}${path}.${suffix}`] = t;
   }
   return out;
 }

@@ -188,6 +188,25 @@ export class LoraLinear extends Module {
     });
   }
 
+  /** A of an adapter ([r, in]). */
+  factorA(name: string): tf.Variable {
+    return this.loraA.get(name).weight;
+  }
+
+  /** B of an adapter ([out, r]). */
+  factorB(name: string): tf.Variable {
+    return this.loraB.get(name).weight;
+  }
+
+  /** The adapter's tensors by the key suffix PEFT saves them under (DoRA's magnitude without `.weight`). */
+  savedTensors(name: string): Record<string, tf.Variable> {
+    const out: Record<string, tf.Variable> = { 'lora_A.weight': this.loraA.get(name).weight, 'lora_B.weight': this.loraB.get(name).weight };
+    const bias = this.loraB.get(name).bias;
+    if (bias) out['lora_B.bias'] = bias;
+    if (this.loraMagnitudeVector.has(name)) out.lora_magnitude_vector = this.loraMagnitudeVector.get(name).weight;
+    return out;
+  }
+
   /** Adds the adapters' ΔW into the base weight (PEFT's `merge`); with `safeMerge`, NaN/Inf leaves it untouched. */
   merge(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void {
     const names = (options.adapterNames ?? this.activeAdapters).filter((n) => this.settings.has(n) && !this.mergedAdapters.includes(n));

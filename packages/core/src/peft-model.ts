@@ -1,6 +1,10 @@
-import { Linear, Module } from '@lora/nn';
+import { Embedding, Linear, Module } from '@lora/nn';
 import { type LoraConfig, loraConfig } from './lora-config';
+import { LoraEmbedding } from './lora-embedding';
 import { LoraLinear } from './lora-linear';
+
+/** A layer with LoRA adapters. */
+export type LoraLayer = LoraLinear | LoraEmbedding;
 import { resolveTargets } from './targets';
 
 /** First pattern p (insertion order) whose regex `(.*\.)?(p)$` matches the module path, as PEFT's `get_pattern_key`. */
@@ -47,8 +51,8 @@ export class PeftModel extends Module {
   }
 
   /** Every LoRA layer with its path in the user's model. */
-  *loraLayers(): IterableIterator<[string, LoraLinear]> {
-    for (const [path, m] of this.model.namedModules()) if (m instanceof LoraLinear) yield [path, m];
+  *loraLayers(): IterableIterator<[string, LoraLayer]> {
+    for (const [path, m] of this.model.namedModules()) if (m instanceof LoraLinear || m instanceof LoraEmbedding) yield [path, m];
   }
 
   /**
@@ -81,10 +85,11 @@ export class PeftModel extends Module {
         fanInFanOut: config.fanInFanOut,
         useDora: config.useDora,
       };
-      if (module instanceof LoraLinear) module.updateLayer(name, settings);
+      if (module instanceof LoraLinear || module instanceof LoraEmbedding) module.updateLayer(name, settings);
       else if (module instanceof Linear) this.model.setSubmodule(path, new LoraLinear(module, name, settings));
+      else if (module instanceof Embedding) this.model.setSubmodule(path, new LoraEmbedding(module, name, settings));
       else {
-        throw new Error(`Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear (Embedding and Conv layers are not implemented in @lora/core yet).`);
+        throw new Error(`Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear, Embedding (Conv layers are not implemented in @lora/core yet).`);
       }
     }
     this.peftConfig.set(name, config);
@@ -108,7 +113,7 @@ export class PeftModel extends Module {
   private markTrainable(): void {
     const config = this.peftConfig.get(this.activeAdapter) as LoraConfig;
     for (const [name, p] of this.namedParameters()) {
-      const isActiveLora = /\.lora_(A|B|magnitude_vector)\./.test(name) && name.split('.').includes(this.activeAdapter);
+      const isActiveLora = /\.lora_(A|B|magnitude_vector|embedding_A|embedding_B)\./.test(name) && name.split('.').includes(this.activeAdapter);
       p.trainable = isActiveLora && !config.inferenceMode;
     }
   }

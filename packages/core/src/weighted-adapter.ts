@@ -2,8 +2,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
 import { matrix64, svd } from '@lora/linalg';
 import type { LoraConfig } from './lora-config';
-import type { LoraLinear } from './lora-linear';
-import type { PeftModel } from './peft-model';
+import { LoraEmbedding } from './lora-embedding';
+import type { LoraLayer, PeftModel } from './peft-model';
 
 /** Combination types of PEFT's `add_weighted_adapter`. */
 export type CombinationType =
@@ -116,8 +116,8 @@ export async function addWeightedAdapter(model: PeftModel, adapters: string[], w
   for (const [, layer] of model.loraLayers()) {
     if (!layer.settings.has(name)) continue;
     const present = adapters.map((a, i) => [a, weights[i] as number] as const).filter(([a]) => layer.settings.has(a));
-    const A = layer.loraA.get(name).weight;
-    const B = layer.loraB.get(name).weight;
+    const A = layer.factorA(name);
+    const B = layer.factorB(name);
     if (present.length === 0) {
       tf.tidy(() => {
         A.assign(tf.zerosLike(A));
@@ -127,16 +127,16 @@ export async function addWeightedAdapter(model: PeftModel, adapters: string[], w
     }
     if (kind === 'cat') {
       tf.tidy(() => {
-        const as = present.map(([a, w]) => tf.mul(layer.loraA.get(a).weight, w * (layer.scaling.get(a) as number)));
-        const bs = present.map(([a]) => layer.loraB.get(a).weight);
+        const as = present.map(([a, w]) => tf.mul(layer.factorA(a), w * (layer.scaling.get(a) as number)));
+        const bs = present.map(([a]) => layer.factorB(a));
         const used = as.reduce((s, t) => s + (t.shape[0] as number), 0);
         A.assign(tf.concat([...as, tf.zeros([newRank - used, A.shape[1] as number])], 0));
         B.assign(tf.concat([...bs, tf.zeros([B.shape[0] as number, newRank - used])], 1));
       });
     } else if (!kind.endsWith('svd')) {
       const c = present.map(([a, w]) => w * (layer.scaling.get(a) as number));
-      const newA = combine(present.map(([a]) => layer.loraA.get(a).weight), c.map((v) => Math.sign(v) * Math.sqrt(Math.abs(v))), kind, options, g);
-      const newB = combine(present.map(([a]) => layer.loraB.get(a).weight), c.map((v) => Math.sqrt(Math.abs(v))), kind, options, g);
+      const newA = combine(present.map(([a]) => layer.factorA(a)), c.map((v) => Math.sign(v) * Math.sqrt(Math.abs(v))), kind, options, g);
+      const newB = combine(present.map(([a]) => layer.factorB(a)), c.map((v) => Math.sqrt(Math.abs(v))), kind, options, g);
       A.assign(newA);
       B.assign(newB);
       tf.dispose([newA, newB]);
@@ -152,8 +152,9 @@ export async function addWeightedAdapter(model: PeftModel, adapters: string[], w
   }
 }
 
-async function setFromSvd(layer: LoraLinear, name: string, delta: tf.Tensor, rank: number, clamp: number | undefined): Promise<void> {
-  const transposed = layer.settings.get(name)?.fanInFanOut ?? false;
+async function setFromSvd(layer: LoraLayer, name: string, delta: tf.Tensor, rank: number, clamp: number | undefined): Promise<void> {
+  // PEFT decomposes (out, in): embeddings' deltas are [vocab, dim] and fan-in-fan-out ones [in, out]
+  const transposed = layer instanceof LoraEmbedding || (layer.settings.get(name)?.fanInFanOut ?? false);
   const [m, n] = delta.shape as [number, number];
   const values = Float64Array.from((await delta.data()) as Float32Array);
   let d = matrix64(m, n, values);
@@ -170,7 +171,7 @@ async function setFromSvd(layer: LoraLinear, name: string, delta: tf.Tensor, ran
     for (const arr of [u, v]) for (let i = 0; i < arr.length; i++) arr[i] = Math.min(hi, Math.max(-hi, arr[i] as number));
   }
   tf.tidy(() => {
-    layer.loraB.get(name).weight.assign(tf.tensor2d(Float32Array.from(u), [d.rows, rank]));
-    layer.loraA.get(name).weight.assign(tf.tensor2d(Float32Array.from(v), [rank, d.cols]));
+    layer.factorB(name).assign(tf.tensor2d(Float32Array.from(u), [d.rows, rank]));
+    layer.factorA(name).assign(tf.tensor2d(Float32Array.from(v), [rank, d.cols]));
   });
 }

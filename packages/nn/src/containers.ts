@@ -122,3 +122,46 @@ export class Sequential extends Module {
     return y;
   }
 }
+
+/**
+ * Parameters by name (PyTorch's `nn.ParameterDict`): `<path>.<name>` in state dicts, no `.weight`.
+ *
+ * @example
+ * ```ts
+ * const d = new ParameterDict(); d.set('default', tf.zeros([4, 8]));
+ * ```
+ */
+export class ParameterDict extends Module {
+  private readonly names: string[] = [];
+
+  set(name: string, value: tf.Tensor): tf.Variable {
+    if (this.names.includes(name)) return this.setParameter(name, value);
+    this.names.push(name);
+    return this.registerParameter(name, value);
+  }
+
+  get(name: string): tf.Variable {
+    const p = this.getParameter(name);
+    if (!p) throw new Error(`ParameterDict has no key '${name}'; keys are: ${this.names.join(', ') || 'none'}`);
+    return p;
+  }
+
+  has(name: string): boolean {
+    return this.names.includes(name);
+  }
+
+  keys(): string[] {
+    return [...this.names];
+  }
+
+  /** Removes and disposes the parameter under `name`. */
+  delete(name: string): void {
+    if (!this.names.includes(name)) return;
+    this.names.splice(this.names.indexOf(name), 1);
+    this.removeParameter(name)?.dispose();
+  }
+
+  forward(): never {
+    throw new Error('ParameterDict is a container and has no forward');
+  }
+}

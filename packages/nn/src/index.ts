@@ -5,7 +5,7 @@ export { Dropout, Embedding, GELU, LayerNorm, Linear, RMSNorm, SiLU, embedding, 
 export { matmul, transposeLast } from './ops';
 export { Conv1d, Conv2d, conv } from './conv';
 export type { ConvOptions } from './conv';
-export { ModuleDict, ModuleList, Sequential } from './containers';
+export { ModuleDict, ModuleList, ParameterDict, Sequential } from './containers';
 export { AdamW, SGD, clipGradNorm } from './optim';
 export type { AdamWOptions, Optimizer, SGDOptions } from './optim';
 export { crossEntropy } from './loss';

@@ -139,6 +139,13 @@ export abstract class Module {
     return module;
   }
 
+  /** Unregisters a parameter (it is not disposed) and returns it. */
+  protected removeParameter(name: string): Parameter | null {
+    const p = this.params.get(name) ?? null;
+    this.params.delete(name);
+    return p;
+  }
+
   /** Unregisters a child module (it is not disposed). */
   protected removeModule(name: string): Module | null {
     const m = this.children.get(name) ?? null;

@@ -1,0 +1,56 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { expect, it } from 'vitest';
+import { parseSafetensors } from '@lora/tensor';
+import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
+import { Embedding, Linear, Module, manualSeed, withoutInit } from '@lora/nn';
+import { adapterStateDict, getPeftModel, loadAdapter } from '@lora/core';
+
+const FIX = join(import.meta.dirname, '..', '__fixtures__');
+
+/** The EmbNet of tools/oracle/peft_fixtures_net.py. */
+class EmbNet extends Module {
+  embed = this.registerModule('embed', new Embedding(20, 8));
+  lin = this.registerModule('lin', new Linear(8, 4));
+  forward(ids: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => this.lin.call(this.embed.call(ids)));
+  }
+}
+
+function base(): EmbNet {
+  const net = withoutInit(() => new EmbNet());
+  const { tensors } = parseSafetensors(new Uint8Array(readFileSync(join(FIX, 'emb-base.safetensors'))));
+  net.loadStateDict(tensors);
+  tf.dispose(Object.values(tensors));
+  return net;
+}
+
+await describeEachBackend('LoRA on Embedding', () => {
+  it("loads PEFT's lora_embedding_A/B, gives its output and merged table, and initialises as PEFT after the same seed", async () => {
+    const want = parseSafetensors(new Uint8Array(readFileSync(join(FIX, 'emb-expected.safetensors')))).tensors;
+    const before = tf.memory().numTensors;
+    const { model: peft, missingKeys, unexpectedKeys } = await loadAdapter(base(), join(FIX, 'peft-embedding'));
+    expect([missingKeys, unexpectedKeys]).toEqual([[], []]);
+    expect(Object.keys(adapterStateDict(peft)).sort()).toEqual([
+      'base_model.model.embed.lora_embedding_A', 'base_model.model.embed.lora_embedding_B', 'base_model.model.lin.lora_A.weight', 'base_model.model.lin.lora_B.weight',
+    ]);
+    const y = peft.call(want.ids) as tf.Tensor;
+    expect(maxRelativeError(await y.data(), await want.out!.data())).toBeLessThan(1e-5);
+    y.dispose();
+    const merged = peft.mergeAndUnload() as EmbNet;
+    expect(maxRelativeError(await merged.embed.weight.data(), await want['merged.embed.weight']!.data())).toBeLessThan(1e-5);
+    merged.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+
+    manualSeed(42);
+    const fresh = getPeftModel(base(), { r: 3, loraAlpha: 6, targetModules: ['embed'] });
+    for (const [n, p] of fresh.namedParameters()) {
+      if (!n.includes('lora_')) continue;
+      // A is zero; B is N(0, 1) drawn after the constructor's draws, as PEFT does (normals to float32 rounding)
+      expect(maxRelativeError(await p.data(), await want[`init.${n}`]!.data()), n).toBeLessThan(1e-6);
+    }
+    fresh.dispose();
+    tf.dispose(Object.values(want));
+  });
+});
