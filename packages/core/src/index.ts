@@ -11,3 +11,5 @@ export { adapterStateDict, loadAdapter, saveAdapter, serializeAdapter } from './
 export type { LoadAdapterResult } from './adapter-io';
 export { addWeightedAdapter } from './weighted-adapter';
 export type { CombinationType, WeightedAdapterOptions } from './weighted-adapter';
+export { adapterTargets, mergeAdapterWeights } from './merge-weights';
+export type { AdapterFiles } from './merge-weights';
