@@ -78,7 +78,10 @@ async function readAdapter(dir: string, name?: string) {
 
 async function inspect(args: string[], io: Io): Promise<number> {
   const { positionals, values } = parseArgs({ args, allowPositionals: true, options: { help: { type: 'boolean' }, 'adapter-name': { type: 'string' } } });
-  if (values.help) return io.out(HELP.inspect as string), 0;
+  if (values.help) {
+    io.out(HELP.inspect as string);
+    return 0;
+  }
   if (positionals.length !== 1) throw new UsageError('inspect takes one adapter directory; see lora inspect --help');
   await startBackend();
   const { config, tensors, root } = await readAdapter(positionals[0] as string, values['adapter-name']);
@@ -125,7 +128,10 @@ async function merge(args: string[], io: Io): Promise<number> {
     args,
     options: { help: { type: 'boolean' }, base: { type: 'string' }, adapter: { type: 'string' }, out: { type: 'string' }, 'adapter-name': { type: 'string' }, 'safe-merge': { type: 'boolean' } },
   });
-  if (values.help) return io.out(HELP.merge as string), 0;
+  if (values.help) {
+    io.out(HELP.merge as string);
+    return 0;
+  }
   for (const k of ['base', 'adapter', 'out'] as const) if (!values[k]) throw new UsageError(`merge needs --${k}; see lora merge --help`);
   const base = values.base as string;
   const out = values.out as string;
@@ -183,7 +189,10 @@ async function merge(args: string[], io: Io): Promise<number> {
 export async function runCli(argv: string[], io: Io): Promise<number> {
   const [command, ...rest] = argv;
   try {
-    if (!command || command === '--help' || command === '-h') return io.out(HELP.main as string), command ? 0 : 2;
+    if (!command || command === '--help' || command === '-h') {
+      io.out(HELP.main as string);
+      return command ? 0 : 2;
+    }
     if (command === 'inspect') return await inspect(rest, io);
     if (command === 'merge') return await merge(rest, io);
     throw new UsageError(`unknown command '${command}'; commands are inspect and merge (lora --help)`);
