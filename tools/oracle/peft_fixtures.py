@@ -104,6 +104,9 @@ for adapter in ["a", "b"]:
         if f.endswith(".md"):
             os.remove(os.path.join(d, f))
 pm.eval()
+# mixed batch: each row through its own adapter ("__base__" = no adapter), as PEFT's adapter_names
+with torch.no_grad():
+    weighted["mixed.out"] = pm(x, adapter_names=["a", "b", "__base__", "a", "b"])
 for label, kw in combos.items():
     pm.add_weighted_adapter(["a", "b"], [0.5, 1.5], label, **kw)
     pm.set_adapter(label)

@@ -22,6 +22,8 @@ export class LoraEmbedding extends Module {
   activeAdapters: string[] = [];
   disableAdapters = false;
   readonly mergedAdapters: string[] = [];
+  /** Per-row adapter names for the call in progress (PEFT's `adapter_names`), set by PeftModel. */
+  batchAdapterNames: string[] | null = null;
 
   constructor(base: Embedding, adapterName: string, settings: AdapterSettings) {
     super();
@@ -74,14 +76,18 @@ export class LoraEmbedding extends Module {
       if (this.mergedAdapters.length) this.unmerge();
       return this.baseLayer.call(ids);
     }
-    if (this.mergedAdapters.length) return this.baseLayer.call(ids);
+    if (this.mergedAdapters.length && !this.batchAdapterNames) return this.baseLayer.call(ids);
+    const names = this.batchAdapterNames;
+    if (names && names.length !== ids.shape[0]) throw new Error(`adapter_names has ${names.length} entries for a batch of ${ids.shape[0]}`);
     return tf.tidy(() => {
       let result = this.baseLayer.call(ids) as tf.Tensor;
-      for (const name of this.activeAdapters) {
+      for (const name of names ? new Set(names) : this.activeAdapters) {
         if (!this.settings.has(name)) continue;
         const afterA = embedding(ids, tf.transpose(this.loraEmbeddingA.get(name)));
         const lora = tf.matMul(tf.reshape(afterA, [-1, afterA.shape.at(-1) as number]), this.loraEmbeddingB.get(name), false, true);
-        result = tf.add(result, tf.mul(tf.reshape(lora, result.shape), this.scaling.get(name) as number));
+        let contribution = tf.mul(tf.reshape(lora, result.shape), this.scaling.get(name) as number);
+        if (names) contribution = tf.mul(contribution, tf.tensor(names.map((n) => (n === name ? 1 : 0)), [names.length, ...new Array(result.rank - 1).fill(1)]));
+        result = tf.add(result, contribution);
       }
       return result;
     });

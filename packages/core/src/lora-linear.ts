@@ -70,6 +70,8 @@ export class LoraLinear extends Module {
   activeAdapters: string[] = [];
   disableAdapters = false;
   readonly mergedAdapters: string[] = [];
+  /** Per-row adapter names for the call in progress (PEFT's `adapter_names`), set by PeftModel. */
+  batchAdapterNames: string[] | null = null;
 
   constructor(base: Linear, adapterName: string, settings: AdapterSettings) {
     super();
@@ -149,6 +151,7 @@ export class LoraLinear extends Module {
       if (this.mergedAdapters.length) this.unmerge();
       return this.baseLayer.call(x);
     }
+    if (this.batchAdapterNames) return this.mixedBatchForward(x, this.batchAdapterNames);
     if (this.mergedAdapters.length) return this.baseLayer.call(x);
     return tf.tidy(() => {
       let result = this.baseLayer.call(x) as tf.Tensor;
@@ -170,6 +173,27 @@ export class LoraLinear extends Module {
         const noDropout = settings.loraDropout === 0 || !this.training;
         const base = noDropout ? (this.baseLayer.bias ? tf.sub(result, this.baseLayer.bias) : result) : linearNoBias(dropped, w);
         result = tf.add(result, tf.add(tf.mul(tf.sub(f, 1), base), tf.mul(tf.mul(f, lora), scale)));
+      }
+      return result;
+    });
+  }
+
+  /**
+   * Each row of the batch through its own adapter (`'__base__'`: none), as PEFT's mixed-batch forward.
+   * Rows are selected with a mask, so every adapter sees the whole batch and keeps only its rows.
+   */
+  private mixedBatchForward(x: tf.Tensor, names: string[]): tf.Tensor {
+    if (names.length !== x.shape[0]) throw new Error(`adapter_names has ${names.length} entries for a batch of ${x.shape[0]}`);
+    if (this.mergedAdapters.length) throw new Error('Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.');
+    return tf.tidy(() => {
+      let result = this.baseLayer.call(x) as tf.Tensor;
+      for (const name of new Set(names)) {
+        const settings = this.settings.get(name);
+        if (name === '__base__' || !settings) continue;
+        if (settings.useDora) throw new Error('Cannot pass `adapter_names` with DoRA adapters.');
+        const rows = tf.tensor(names.map((n) => (n === name ? 1 : 0)), [names.length, ...new Array(x.rank - 1).fill(1)]);
+        const lora = this.loraB.get(name).call(this.loraA.get(name).call(this.loraDropout.get(name).call(x))) as tf.Tensor;
+        result = tf.add(result, tf.mul(tf.mul(lora, this.scaling.get(name) as number), rows));
       }
       return result;
     });

@@ -45,6 +45,37 @@ export class PeftModel extends Module {
     return this.baseModel.call(...args);
   }
 
+  /**
+   * Runs a mixed batch: row i goes through adapter `adapterNames[i]` (`'__base__'` for none), as
+   * PEFT's `model(x, adapter_names=[...])`. Adapters must be unmerged; DoRA is not supported here (as PEFT).
+   *
+   * @example
+   * ```ts
+   * const y = peft.forwardMixed(['sql', 'chat', '__base__'], x);
+   * ```
+   */
+  forwardMixed(adapterNames: string[], ...args: unknown[]): unknown {
+    for (const n of new Set(adapterNames)) if (n !== '__base__' && !this.peftConfig.has(n)) throw new Error(`Trying to infer with non-existing adapter(s): ${n}`);
+    const layers = [...this.loraLayers()].map(([, l]) => l);
+    for (const l of layers) l.batchAdapterNames = adapterNames;
+    try {
+      return this.baseModel.call(...args);
+    } finally {
+      for (const l of layers) l.batchAdapterNames = null;
+    }
+  }
+
+  /** Removes an adapter everywhere and frees its weights (PEFT's `delete_adapter`). */
+  deleteAdapter(name: string): void {
+    if (!this.peftConfig.has(name)) throw new Error(`Adapter ${name} does not exist`);
+    for (const [, l] of this.loraLayers()) l.deleteAdapter(name);
+    this.peftConfig.delete(name);
+    if (this.activeAdapter === name) {
+      const next = this.adapters[0];
+      if (next !== undefined) this.setAdapter(next);
+    }
+  }
+
   /** The user's model (with LoRA layers in it). */
   get model(): Module {
     return this.baseModel.model;

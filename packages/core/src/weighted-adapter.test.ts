@@ -55,6 +55,11 @@ describe('addWeightedAdapter against PEFT 0.21', () => {
     const { model: peft } = await loadAdapter(net, join(FIX, 'weighted-a'), { adapterName: 'a' });
     await loadAdapter(peft, join(FIX, 'weighted-b'), { adapterName: 'b' });
     peft.eval();
+    // mixed batch: rows through a, b, no adapter, a, b — PEFT's adapter_names
+    const mixed = peft.forwardMixed(['a', 'b', '__base__', 'a', 'b'], x.x) as tf.Tensor;
+    expect(maxRelativeError(await mixed.data(), await want['mixed.out']!.data())).toBeLessThan(1e-5);
+    mixed.dispose();
+    expect(() => peft.forwardMixed(['a', 'zzz', 'a', 'a', 'a'], x.x)).toThrow('Trying to infer with non-existing adapter(s): zzz');
     for (const [label, type, extra] of combos) {
       const before = tf.memory().numTensors;
       await addWeightedAdapter(peft, ['a', 'b'], [0.5, 1.5], label, { combinationType: type, ...extra });
@@ -83,6 +88,10 @@ describe('addWeightedAdapter against PEFT 0.21', () => {
     // the combined adapters are created frozen, as PEFT does
     expect(peft.trainableParameters().length).toBe(0);
     await expect(addWeightedAdapter(peft, ['a', 'nope'], [1, 1], 'z')).rejects.toThrow('Adapter nope does not exist');
+    const before = tf.memory().numTensors;
+    peft.deleteAdapter('linear');
+    expect(peft.adapters).not.toContain('linear');
+    expect(tf.memory().numTensors).toBe(before - 8);
     tf.dispose([...Object.values(base), ...Object.values(want), ...Object.values(x)]);
     peft.dispose();
   });
