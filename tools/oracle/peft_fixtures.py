@@ -149,3 +149,38 @@ for n, p in pm.named_parameters():
         emb_expected[f"init.{n}"] = p.detach().clone()
 save_file({k: v.contiguous() for k, v in emb_expected.items()}, os.path.join(OUT, "emb-expected.safetensors"))
 print("embedding fixtures written")
+
+# LoRA on Conv2d and Conv1d
+from peft_fixtures_net import ConvNet  # noqa: E402
+
+torch.manual_seed(50)
+conv_base = ConvNet().eval()
+conv_sd = {k: v.clone().contiguous() for k, v in conv_base.state_dict().items()}
+save_file(conv_sd, os.path.join(OUT, "conv-base.safetensors"))
+cx = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(51))
+conv_expected = {"x": cx}
+m = ConvNet()
+m.load_state_dict(conv_sd)
+torch.manual_seed(52)
+pm = get_peft_model(m, LoraConfig(r=2, lora_alpha=4, target_modules=["conv", "conv1d"], lora_bias=True, init_lora_weights=False)).eval()
+d = os.path.join(OUT, "peft-conv")
+shutil.rmtree(d, ignore_errors=True)
+pm.save_pretrained(d)
+for f in os.listdir(d):
+    if f.endswith(".md"):
+        os.remove(os.path.join(d, f))
+with torch.no_grad():
+    conv_expected["out"] = pm(cx)
+    merged = pm.merge_and_unload()
+    conv_expected["merged.conv.weight"] = merged.conv.weight.clone()
+    conv_expected["merged.conv1d.weight"] = merged.conv1d.weight.clone()
+    conv_expected["merged.conv1d.bias"] = merged.conv1d.bias.clone()
+m = ConvNet()
+m.load_state_dict(conv_sd)
+torch.manual_seed(53)
+pm = get_peft_model(m, LoraConfig(r=2, lora_alpha=4, target_modules=["conv"]))
+for n, p in pm.named_parameters():
+    if "lora_" in n:
+        conv_expected[f"init.{n}"] = p.detach().clone()
+save_file({k: v.contiguous() for k, v in conv_expected.items()}, os.path.join(OUT, "conv-expected.safetensors"))
+print("conv fixtures written")

@@ -37,3 +37,16 @@ class EmbNet(nn.Module):
 
     def forward(self, ids):
         return self.lin(self.embed(ids))
+
+
+class ConvNet(nn.Module):
+    """A Conv2d then a Conv1d, for LoRA on convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, (3, 3), stride=2, padding=1)
+        self.conv1d = nn.Conv1d(6, 5, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.conv1d(h.flatten(2))

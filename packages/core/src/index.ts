@@ -2,6 +2,7 @@ export { LoraConfigError, loraConfig, loraConfigFromJson, loraConfigToJson, lora
 export type { InitLoraWeights, LoraConfig } from './lora-config';
 export { TargetModuleError, matchModule, resolveTargets } from './targets';
 export type { ResolvedTargets } from './targets';
+export { LoraConv } from './lora-conv';
 export { LoraEmbedding } from './lora-embedding';
 export { LoraLinear } from './lora-linear';
 export type { AdapterSettings } from './lora-linear';

@@ -64,9 +64,15 @@ export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: Ad
         if (kind === 'embedding') {
           return tf.add(w, tf.transpose(tf.mul(tf.matMul(need(tensors, `${p}.lora_embedding_B`), need(tensors, `${p}.lora_embedding_A`)), s)));
         }
-        const sum = tf.add(w, tf.mul(tf.matMul(need(tensors, `${p}.lora_B.weight`), need(tensors, `${p}.lora_A.weight`)), s));
+        // convolutions: ΔW = reshape(B[out, r] · A[r, in·∏k]) in the kernel's shape
+        const a = need(tensors, `${p}.lora_A.weight`);
+        const b = need(tensors, `${p}.lora_B.weight`);
+        const r = a.shape[0] as number;
+        const delta = tf.reshape(tf.mul(tf.matMul(tf.reshape(b, [-1, r]), tf.reshape(a, [r, -1])), s), w.shape);
+        const sum = tf.add(w, delta);
         const magnitude = tensors[`${p}.lora_magnitude_vector`];
         if (!magnitude) return sum;
+        if (w.rank !== 2) throw new Error(`DoRA on '${path}' (a ${w.rank}-d weight) cannot be merged by name yet`);
         const norm = tf.sqrt(tf.sum(tf.square(sum), 1));
         return tf.mul(sum, tf.expandDims(tf.div(magnitude, norm), 1));
       });

@@ -1,10 +1,11 @@
-import { Embedding, Linear, Module } from '@lora/nn';
+import { Conv1d, Conv2d, Embedding, Linear, Module } from '@lora/nn';
+import { LoraConv } from './lora-conv';
 import { type LoraConfig, loraConfig } from './lora-config';
 import { LoraEmbedding } from './lora-embedding';
 import { LoraLinear } from './lora-linear';
 
 /** A layer with LoRA adapters. */
-export type LoraLayer = LoraLinear | LoraEmbedding;
+export type LoraLayer = LoraLinear | LoraEmbedding | LoraConv;
 import { resolveTargets } from './targets';
 
 /** First pattern p (insertion order) whose regex `(.*\.)?(p)$` matches the module path, as PEFT's `get_pattern_key`. */
@@ -83,7 +84,7 @@ export class PeftModel extends Module {
 
   /** Every LoRA layer with its path in the user's model. */
   *loraLayers(): IterableIterator<[string, LoraLayer]> {
-    for (const [path, m] of this.model.namedModules()) if (m instanceof LoraLinear || m instanceof LoraEmbedding) yield [path, m];
+    for (const [path, m] of this.model.namedModules()) if (m instanceof LoraLinear || m instanceof LoraEmbedding || m instanceof LoraConv) yield [path, m];
   }
 
   /**
@@ -116,11 +117,12 @@ export class PeftModel extends Module {
         fanInFanOut: config.fanInFanOut,
         useDora: config.useDora,
       };
-      if (module instanceof LoraLinear || module instanceof LoraEmbedding) module.updateLayer(name, settings);
+      if (module instanceof LoraLinear || module instanceof LoraEmbedding || module instanceof LoraConv) module.updateLayer(name, settings);
       else if (module instanceof Linear) this.model.setSubmodule(path, new LoraLinear(module, name, settings));
       else if (module instanceof Embedding) this.model.setSubmodule(path, new LoraEmbedding(module, name, settings));
+      else if (module instanceof Conv1d || module instanceof Conv2d) this.model.setSubmodule(path, new LoraConv(module, name, settings));
       else {
-        throw new Error(`Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear, Embedding (Conv layers are not implemented in @lora/core yet).`);
+        throw new Error(`Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear, Embedding, Conv1d, Conv2d.`);
       }
     }
     this.peftConfig.set(name, config);

@@ -116,6 +116,7 @@ export async function addWeightedAdapter(model: PeftModel, adapters: string[], w
   for (const [, layer] of model.loraLayers()) {
     if (!layer.settings.has(name)) continue;
     const present = adapters.map((a, i) => [a, weights[i] as number] as const).filter(([a]) => layer.settings.has(a));
+    if (layer.factorA(name).rank !== 2) throw new Error('addWeightedAdapter on convolution layers is not implemented in @lora/core yet');
     const A = layer.factorA(name);
     const B = layer.factorB(name);
     if (present.length === 0) {
