@@ -184,3 +184,18 @@ for n, p in pm.named_parameters():
         conv_expected[f"init.{n}"] = p.detach().clone()
 save_file({k: v.contiguous() for k, v in conv_expected.items()}, os.path.join(OUT, "conv-expected.safetensors"))
 print("conv fixtures written")
+
+# PiSSA and OLoRA: the residual base weights and the products B·A (factors' signs are arbitrary)
+init_expected = {}
+for label, init in {"pissa": "pissa", "olora": "olora"}.items():
+    m = Net()
+    m.load_state_dict(base_sd)
+    pm = get_peft_model(m, LoraConfig(r=3, lora_alpha=6, target_modules=["q_proj", "mlp"], init_lora_weights=init)).eval()
+    for path in ["layers.0.q_proj", "layers.1.mlp"]:
+        layer = pm.base_model.model.get_submodule(path)
+        init_expected[f"{label}.{path}.residual"] = layer.base_layer.weight.detach().clone()
+        init_expected[f"{label}.{path}.ba"] = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight).detach().clone()
+    with torch.no_grad():
+        init_expected[f"{label}.out"] = pm(x)
+save_file({k: v.contiguous() for k, v in init_expected.items()}, os.path.join(OUT, "init-expected.safetensors"))
+print("pissa/olora fixtures written")

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Dropout, Linear, Module, ModuleDict, kaimingUniformDefault, linear, normalInit } from '@lora/nn';
+import { Dropout, Linear, Module, ModuleDict, defaultRng, kaimingUniformDefault, linear, normalInit } from '@lora/nn';
+import { matrix64, qr, svd, svdLowRank } from '@lora/linalg';
 import { loraScaling } from './lora-config';
 
 /** Per-adapter settings of a LoRA layer. */
@@ -109,10 +110,12 @@ export class LoraLinear extends Module {
       else if (init === true) a.setParameter('weight', kaimingUniformDefault([s.r, this.inFeatures], this.inFeatures));
       b.setParameter('weight', tf.zeros([this.outFeatures, s.r]));
       if (b.bias) b.setParameter('bias', tf.zeros([this.outFeatures]));
+    } else if (typeof init === 'string' && (init.startsWith('pissa') || init.toLowerCase() === 'olora')) {
+      this.decompositionInit(init, s, a, b);
     } else if (init !== false) {
       a.dispose();
       b.dispose();
-      throw new Error(`init_lora_weights='${String(init)}' is not available in @lora/core yet for Linear layers; use true, false or 'gaussian'`);
+      throw new Error(`init_lora_weights='${String(init)}' is not available in @lora/core yet for Linear layers; use true, false, 'gaussian', 'pissa', 'pissa_niter_K' or 'olora'`);
     }
     this.loraA.set(name, a);
     this.loraB.set(name, b);
@@ -127,6 +130,57 @@ export class LoraLinear extends Module {
       delta.dispose();
       this.loraMagnitudeVector.set(name, new Magnitude(m));
     }
+  }
+
+  /**
+   * PiSSA (`'pissa'`: full SVD; `'pissa_niter_K'`: randomized SVD with K subspace iterations) and
+   * OLoRA (QR), as PEFT: A and B from the top-r part of W, and W ← W − s·B·A so that the model is
+   * unchanged at init. Reads the weight synchronously (a CPU-side backend, or webgpu in a browser).
+   */
+  private decompositionInit(init: string, s: AdapterSettings, a: Linear, b: Linear): void {
+    const w = this.baseLayer.weight;
+    const [out, inF] = w.shape as [number, number];
+    const scale = loraScaling(s.loraAlpha, s.r, s.useRslora);
+    let values: Float32Array;
+    try {
+      values = w.dataSync() as Float32Array;
+    } catch (e) {
+      throw new Error(`init_lora_weights='${init}' reads the base weight synchronously, which this backend (${tf.getBackend()}) cannot do (${(e as Error).message}); build the LoRA model on the cpu or wasm backend, then switch`);
+    }
+    const m = matrix64(out, inF, Float64Array.from(values));
+    const r = s.r;
+    const bData = new Float64Array(out * r);
+    const aData = new Float64Array(r * inF);
+    if (init.toLowerCase() === 'olora') {
+      // W = Q·R; B = Q[:, :r], A = R[:r] (no rescaling by s, as PEFT)
+      const { Q, R } = qr(m);
+      for (let i = 0; i < out; i++) for (let j = 0; j < r; j++) bData[i * r + j] = Q.data[i * Q.cols + j] ?? 0;
+      for (let j = 0; j < r; j++) for (let c = 0; c < inF; c++) aData[j * inF + c] = j < R.rows ? (R.data[j * inF + c] as number) : 0;
+    } else {
+      const parts = init.split('_niter_');
+      let U: { rows: number; cols: number; data: Float64Array };
+      let S: Float64Array;
+      let Vh: { rows: number; cols: number; data: Float64Array };
+      if (init === 'pissa') ({ U, S, Vh } = svd(m));
+      else {
+        const niter = Number(parts[1]);
+        if (parts.length !== 2 || !Number.isInteger(niter) || niter < 0) throw new Error(`init_lora_weights should be 'pissa' or 'pissa_niter_[number of iters]', got ${init} instead.`);
+        const low = svdLowRank(m, { q: r, niter, seed: defaultRng().nextUint32(), sketchDtype: 'float32' });
+        U = low.U;
+        S = low.S;
+        Vh = { rows: low.V.cols, cols: low.V.rows, data: Float64Array.from({ length: low.V.data.length }, (_, i) => low.V.data[(i % low.V.rows) * low.V.cols + Math.floor(i / low.V.rows)] as number) };
+      }
+      // A = diag(√(S/s))·Vh[:r], B = U[:, :r]·diag(√(S/s))
+      for (let j = 0; j < Math.min(r, S.length); j++) {
+        const root = Math.sqrt((S[j] as number) / scale);
+        for (let i = 0; i < out; i++) bData[i * r + j] = (U.data[i * U.cols + j] as number) * root;
+        for (let c = 0; c < inF; c++) aData[j * inF + c] = (Vh.data[j * Vh.cols + c] as number) * root;
+      }
+    }
+    a.setParameter('weight', tf.tensor2d(Float32Array.from(aData), [r, inF]));
+    b.setParameter('weight', tf.tensor2d(Float32Array.from(bData), [out, r]));
+    if (b.bias) b.setParameter('bias', tf.zeros([out]));
+    tf.tidy(() => w.assign(tf.sub(w, tf.mul(tf.matMul(b.weight, a.weight), scale))));
   }
 
   /** Removes an adapter and frees its weights. */

@@ -1,0 +1,72 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, expect, it } from 'vitest';
+import { initBackend, parseSafetensors } from '@lora/tensor';
+import { maxRelativeError } from '@lora/tensor/testing';
+import { Linear, Module, ModuleList, withoutInit } from '@lora/nn';
+import { type LoraLinear, getPeftModel } from '@lora/core';
+
+const FIX = join(import.meta.dirname, '..', '__fixtures__');
+const read = (f: string) => parseSafetensors(new Uint8Array(readFileSync(join(FIX, f)))).tensors;
+
+class Block extends Module {
+  q_proj = this.registerModule('q_proj', new Linear(8, 8));
+  v_proj = this.registerModule('v_proj', new Linear(8, 8));
+  mlp = this.registerModule('mlp', new Linear(8, 16));
+  out = this.registerModule('out', new Linear(16, 8));
+  forward(h: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => tf.add(tf.add(tf.add(h, this.out.call(tf.relu(this.mlp.call(h)))), tf.mul(this.q_proj.call(h), 0.5)), this.v_proj.call(h)));
+  }
+}
+class Net extends Module {
+  layers = this.registerModule('layers', new ModuleList([new Block(), new Block()]));
+  head = this.registerModule('head', new Linear(8, 4));
+  forward(x: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => {
+      let h = x;
+      for (const l of this.layers) h = l.call(h);
+      return this.head.call(h);
+    });
+  }
+}
+
+beforeAll(async () => {
+  await initBackend('cpu');
+});
+
+for (const init of ['pissa', 'olora'] as const) {
+  it(`${init}: residual base weights and B·A as PEFT's (through an ${init === 'pissa' ? 'SVD' : 'QR'}), the model unchanged at init`, async () => {
+    const net = withoutInit(() => new Net());
+    const base = read('base.safetensors');
+    net.loadStateDict(base);
+    const want = read('init-expected.safetensors');
+    const expected = read('expected.safetensors');
+    const peft = getPeftModel(net, { r: 3, loraAlpha: 6, targetModules: ['q_proj', 'mlp'], initLoraWeights: init });
+    for (const path of ['layers.0.q_proj', 'layers.1.mlp']) {
+      const layer = peft.model.getSubmodule(path) as LoraLinear;
+      expect(maxRelativeError(await layer.baseLayer.weight.data(), await want[`${init}.${path}.residual`]!.data()), `${path} residual`).toBeLessThan(1e-4);
+      const ba = tf.matMul(layer.factorB('default'), layer.factorA('default'));
+      expect(maxRelativeError(await ba.data(), await want[`${init}.${path}.ba`]!.data()), `${path} B·A`).toBeLessThan(1e-4);
+      ba.dispose();
+    }
+    const y = peft.call(expected.x) as tf.Tensor;
+    expect(maxRelativeError(await y.data(), await want[`${init}.out`]!.data())).toBeLessThan(1e-5);
+    expect(maxRelativeError(await y.data(), await expected.base_out!.data())).toBeLessThan(1e-5);
+    tf.dispose([y, ...Object.values(base), ...Object.values(want), ...Object.values(expected)]);
+    peft.dispose();
+  });
+}
+
+it('pissa_niter_K: a randomized SVD of W that still leaves the model unchanged at init', async () => {
+  const net = withoutInit(() => new Net());
+  const base = read('base.safetensors');
+  net.loadStateDict(base);
+  const expected = read('expected.safetensors');
+  const peft = getPeftModel(net, { r: 3, loraAlpha: 6, targetModules: ['mlp'], initLoraWeights: 'pissa_niter_4' });
+  const y = peft.call(expected.x) as tf.Tensor;
+  expect(maxRelativeError(await y.data(), await expected.base_out!.data())).toBeLessThan(1e-5);
+  expect(() => getPeftModel(withoutInit(() => new Net()), { r: 3, targetModules: ['mlp'], initLoraWeights: 'pissa_niter_x' as 'pissa' })).toThrow(/Unknown initialization|pissa_niter/);
+  tf.dispose([y, ...Object.values(base), ...Object.values(expected)]);
+  peft.dispose();
+});
