@@ -14,3 +14,5 @@ export { addWeightedAdapter } from './weighted-adapter';
 export type { CombinationType, WeightedAdapterOptions } from './weighted-adapter';
 export { adapterTargets, mergeAdapterWeights } from './merge-weights';
 export type { AdapterFiles } from './merge-weights';
+export { lookupLoraInit, registerLoraInit } from './init-registry';
+export type { LoraInitContext, LoraInitializer } from './init-registry';

@@ -70,3 +70,24 @@ it('pissa_niter_K: a randomized SVD of W that still leaves the model unchanged a
   tf.dispose([y, ...Object.values(base), ...Object.values(expected)]);
   peft.dispose();
 });
+
+it("'loftq', 'eva' and 'lora_ga' come from their packages: a clear error until registered, then the registered init runs", async () => {
+  const { registerLoraInit } = await import('@lora/core');
+  const make = (init: 'eva' | 'loftq' | 'lora_ga') => getPeftModel(withoutInit(() => new Net()), { r: 2, targetModules: ['mlp'], initLoraWeights: init });
+  expect(() => make('loftq')).toThrow("init_lora_weights='loftq' is provided by @lora/loftq: npm install @lora/loftq and import it before creating the LoRA model");
+  expect(() => make('lora_ga')).toThrow(/provided by @lora\/loraga/);
+  const net = withoutInit(() => new Net());
+  const before = tf.memory().numTensors;
+  expect(() => getPeftModel(net, { r: 2, targetModules: ['mlp'], initLoraWeights: 'eva' })).toThrow(/provided by @lora\/eva/);
+  expect(tf.memory().numTensors).toBe(before);
+  expect(net.getSubmodule('layers.0.mlp')).toBeInstanceOf(Linear); // nothing was wrapped
+  net.dispose();
+  registerLoraInit('eva', (ctx) => {
+    ctx.loraA.assign(tf.onesLike(ctx.loraA));
+    ctx.loraB.assign(tf.zerosLike(ctx.loraB));
+  });
+  const peft = make('eva');
+  const layer = peft.model.getSubmodule('layers.0.mlp') as LoraLinear;
+  expect(Array.from(await layer.factorA('default').data()).every((v) => v === 1)).toBe(true);
+  peft.dispose();
+});

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Dropout, Linear, Module, ModuleDict, defaultRng, kaimingUniformDefault, linear, normalInit } from '@lora/nn';
 import { matrix64, qr, svd, svdLowRank } from '@lora/linalg';
+import { lookupLoraInit } from './init-registry';
 import { loraScaling } from './lora-config';
 
 /** Per-adapter settings of a LoRA layer. */
@@ -104,7 +105,7 @@ export class LoraLinear extends Module {
     const a = new Linear(this.inFeatures, s.r, { bias: false });
     const b = new Linear(s.r, this.outFeatures, { bias: s.loraBias });
     const init = s.initLoraWeights;
-    if (init === true || init === 'gaussian' || init === 'eva' || init === 'lora_ga') {
+    if (init === true || init === 'gaussian') {
       // A: kaiming-uniform (default) or N(0, 1/r) (gaussian); B (and its bias): zeros, so the adapter starts as a no-op
       if (init === 'gaussian') a.setParameter('weight', normalInit([s.r, this.inFeatures], 1 / s.r));
       else if (init === true) a.setParameter('weight', kaimingUniformDefault([s.r, this.inFeatures], this.inFeatures));
@@ -112,6 +113,17 @@ export class LoraLinear extends Module {
       if (b.bias) b.setParameter('bias', tf.zeros([this.outFeatures]));
     } else if (typeof init === 'string' && (init.startsWith('pissa') || init.toLowerCase() === 'olora')) {
       this.decompositionInit(init, s, a, b);
+    } else if (init === 'loftq' || init === 'eva' || init === 'lora_ga') {
+      // pluggable: the method package registered an initialiser (or this names the package to install)
+      let registered: ReturnType<typeof lookupLoraInit>;
+      try {
+        registered = lookupLoraInit(init);
+      } catch (e) {
+        a.dispose();
+        b.dispose();
+        throw e;
+      }
+      registered({ path: '', adapterName: name, settings: s, baseWeight: this.baseLayer.weight, loraA: a.weight, loraB: b.weight, scaling: loraScaling(s.loraAlpha, s.r, s.useRslora) });
     } else if (init !== false) {
       a.dispose();
       b.dispose();

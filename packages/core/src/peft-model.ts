@@ -1,4 +1,5 @@
 import { Conv1d, Conv2d, Embedding, Linear, Module } from '@lora/nn';
+import { lookupLoraInit } from './init-registry';
 import { LoraConv } from './lora-conv';
 import { type LoraConfig, loraConfig } from './lora-config';
 import { LoraEmbedding } from './lora-embedding';
@@ -96,6 +97,8 @@ export class PeftModel extends Module {
     if (config.fanInFanOut || config.modulesToSave || config.trainableTokenIndices || config.bias !== 'none') {
       throw new Error('fanInFanOut, modulesToSave, trainableTokenIndices and bias other than "none" are not implemented in @lora/core yet');
     }
+    // A pluggable init that is not registered fails here, before any layer is wrapped.
+    if (config.initLoraWeights === 'loftq' || config.initLoraWeights === 'eva' || config.initLoraWeights === 'lora_ga') lookupLoraInit(config.initLoraWeights);
     const isFirst = this.peftConfig.size === 0;
     // Wrapped layers' own sub-paths (lora_A, base_layer…) are never targets themselves.
     const lora = new Set([...this.loraLayers()].map(([p]) => p));
