@@ -1,35 +1,13 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, expect, it } from 'vitest';
-import { initBackend, parseSafetensors } from '@lora/tensor';
+import { initBackend, } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
-import { Linear, Module, ModuleList, withoutInit } from '@lora/nn';
+import { Linear, withoutInit } from '@lora/nn';
+import { Net, readFixture as read } from './fixture-nets.test-util';
 import { type LoraLinear, getPeftModel } from '@lora/core';
 
-const FIX = join(import.meta.dirname, '..', '__fixtures__');
-const read = (f: string) => parseSafetensors(new Uint8Array(readFileSync(join(FIX, f)))).tensors;
 
-class Block extends Module {
-  q_proj = this.registerModule('q_proj', new Linear(8, 8));
-  v_proj = this.registerModule('v_proj', new Linear(8, 8));
-  mlp = this.registerModule('mlp', new Linear(8, 16));
-  out = this.registerModule('out', new Linear(16, 8));
-  forward(h: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => tf.add(tf.add(tf.add(h, this.out.call(tf.relu(this.mlp.call(h)))), tf.mul(this.q_proj.call(h), 0.5)), this.v_proj.call(h)));
-  }
-}
-class Net extends Module {
-  layers = this.registerModule('layers', new ModuleList([new Block(), new Block()]));
-  head = this.registerModule('head', new Linear(8, 4));
-  forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      let h = x;
-      for (const l of this.layers) h = l.call(h);
-      return this.head.call(h);
-    });
-  }
-}
 
 beforeAll(async () => {
   await initBackend('cpu');

@@ -1,15 +1,11 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Conv1d, Conv2d, Dropout, Module, ModuleDict, kaimingUniformDefault, normalInit } from '@lora/nn';
+import { Conv1d, Conv2d, Dropout, ModuleDict, kaimingUniformDefault, normalInit } from '@lora/nn';
 import { loraScaling } from './lora-config';
+import { Identity, LoraLayerBase } from './lora-layer';
 import type { AdapterSettings } from './lora-linear';
 
 type Conv = Conv1d | Conv2d;
 
-class Identity extends Module {
-  forward(x: tf.Tensor): tf.Tensor {
-    return x;
-  }
-}
 
 /**
  * A Conv1d or Conv2d wrapped with LoRA adapters, as PEFT's `lora.Conv1d` / `lora.Conv2d`: `lora_A`
@@ -22,17 +18,11 @@ class Identity extends Module {
  * const layer = new LoraConv(new Conv2d(3, 64, 3, { padding: 1 }), 'default', settings);
  * ```
  */
-export class LoraConv extends Module {
+export class LoraConv extends LoraLayerBase<Conv> {
   baseLayer: Conv;
   loraA: ModuleDict<Conv>;
   loraB: ModuleDict<Conv>;
   loraDropout: ModuleDict;
-  readonly settings = new Map<string, AdapterSettings>();
-  readonly scaling = new Map<string, number>();
-  activeAdapters: string[] = [];
-  disableAdapters = false;
-  readonly mergedAdapters: string[] = [];
-  batchAdapterNames: string[] | null = null;
 
   constructor(base: Conv, adapterName: string, settings: AdapterSettings) {
     super();
@@ -75,36 +65,20 @@ export class LoraConv extends Module {
     this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
   }
 
-  deleteAdapter(name: string): void {
-    if (!this.settings.has(name)) return;
+  protected removeAdapterWeights(name: string): void {
     this.loraA.delete(name)?.dispose();
     this.loraB.delete(name)?.dispose();
     this.loraDropout.delete(name);
-    this.settings.delete(name);
-    this.scaling.delete(name);
-    this.activeAdapters = this.activeAdapters.filter((a) => a !== name);
-    const merged = this.mergedAdapters.indexOf(name);
-    if (merged >= 0) this.mergedAdapters.splice(merged, 1);
   }
 
-  forward(x: tf.Tensor): tf.Tensor {
-    if (this.disableAdapters) {
-      if (this.mergedAdapters.length) this.unmerge();
-      return this.baseLayer.call(x);
-    }
-    if (this.mergedAdapters.length && !this.batchAdapterNames) return this.baseLayer.call(x);
-    const names = this.batchAdapterNames;
-    return tf.tidy(() => {
-      let result = this.baseLayer.call(x) as tf.Tensor;
-      for (const name of names ? new Set(names) : this.activeAdapters) {
-        if (!this.settings.has(name)) continue;
-        const lora = this.loraB.get(name).call(this.loraA.get(name).call(this.loraDropout.get(name).call(x))) as tf.Tensor;
-        let contribution = tf.mul(lora, this.scaling.get(name) as number);
-        if (names) contribution = tf.mul(contribution, tf.tensor(names.map((n) => (n === name ? 1 : 0)), [names.length, ...new Array(result.rank - 1).fill(1)]));
-        result = tf.add(result, contribution);
-      }
-      return result;
-    });
+  protected addAdapterOutput(result: tf.Tensor, x: tf.Tensor, name: string, rows: tf.Tensor | null): tf.Tensor {
+    const lora = this.loraB.get(name).call(this.loraA.get(name).call(this.loraDropout.get(name).call(x))) as tf.Tensor;
+    const contribution = tf.mul(lora, this.scaling.get(name) as number);
+    return tf.add(result, rows ? tf.mul(contribution, rows) : contribution);
+  }
+
+  protected override loraBias(name: string): tf.Tensor | null {
+    return this.loraB.get(name).bias;
   }
 
   factorA(name: string): tf.Variable {
@@ -131,39 +105,5 @@ export class LoraConv extends Module {
     const bias = this.loraB.get(name).bias;
     if (bias) out['lora_B.bias'] = bias;
     return out;
-  }
-
-  merge(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void {
-    const names = (options.adapterNames ?? this.activeAdapters).filter((n) => this.settings.has(n) && !this.mergedAdapters.includes(n));
-    for (const name of names) {
-      const w = this.baseLayer.weight;
-      const merged = tf.tidy(() => tf.add(w, this.getDeltaWeight(name)));
-      if (options.safeMerge && !tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0])) {
-        merged.dispose();
-        throw new Error(`NaNs detected in the merged weights. The adapter ${name} seems to be broken`);
-      }
-      w.assign(merged);
-      merged.dispose();
-      const loraBias = this.loraB.get(name).bias;
-      if (loraBias) {
-        const bias = this.baseLayer.bias;
-        if (!bias) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
-        tf.tidy(() => bias.assign(tf.add(bias, tf.mul(loraBias, this.scaling.get(name) as number))));
-      }
-      this.mergedAdapters.push(name);
-    }
-  }
-
-  unmerge(): void {
-    while (this.mergedAdapters.length) {
-      const name = this.mergedAdapters.pop() as string;
-      const w = this.baseLayer.weight;
-      tf.tidy(() => w.assign(tf.sub(w, this.getDeltaWeight(name))));
-      const loraBias = this.loraB.get(name).bias;
-      if (loraBias && this.baseLayer.bias) {
-        const bias = this.baseLayer.bias;
-        tf.tidy(() => bias.assign(tf.sub(bias, tf.mul(loraBias, this.scaling.get(name) as number))));
-      }
-    }
   }
 }

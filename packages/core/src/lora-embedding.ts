@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { type Embedding, Module, ParameterDict, embedding, normalInit } from '@lora/nn';
+import { type Embedding, ParameterDict, embedding, normalInit } from '@lora/nn';
 import { loraScaling } from './lora-config';
+import { LoraLayerBase } from './lora-layer';
 import type { AdapterSettings } from './lora-linear';
 
 /**
@@ -13,17 +14,10 @@ import type { AdapterSettings } from './lora-linear';
  * const layer = new LoraEmbedding(new Embedding(32000, 512), 'default', settings);
  * ```
  */
-export class LoraEmbedding extends Module {
+export class LoraEmbedding extends LoraLayerBase<Embedding> {
   baseLayer: Embedding;
   loraEmbeddingA: ParameterDict;
   loraEmbeddingB: ParameterDict;
-  readonly settings = new Map<string, AdapterSettings>();
-  readonly scaling = new Map<string, number>();
-  activeAdapters: string[] = [];
-  disableAdapters = false;
-  readonly mergedAdapters: string[] = [];
-  /** Per-row adapter names for the call in progress (PEFT's `adapter_names`), set by PeftModel. */
-  batchAdapterNames: string[] | null = null;
 
   constructor(base: Embedding, adapterName: string, settings: AdapterSettings) {
     super();
@@ -60,37 +54,17 @@ export class LoraEmbedding extends Module {
     this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
   }
 
-  deleteAdapter(name: string): void {
-    if (!this.settings.has(name)) return;
+  protected removeAdapterWeights(name: string): void {
     this.loraEmbeddingA.delete(name);
     this.loraEmbeddingB.delete(name);
-    this.settings.delete(name);
-    this.scaling.delete(name);
-    this.activeAdapters = this.activeAdapters.filter((a) => a !== name);
-    const merged = this.mergedAdapters.indexOf(name);
-    if (merged >= 0) this.mergedAdapters.splice(merged, 1);
   }
 
-  forward(ids: tf.Tensor): tf.Tensor {
-    if (this.disableAdapters) {
-      if (this.mergedAdapters.length) this.unmerge();
-      return this.baseLayer.call(ids);
-    }
-    if (this.mergedAdapters.length && !this.batchAdapterNames) return this.baseLayer.call(ids);
-    const names = this.batchAdapterNames;
-    if (names && names.length !== ids.shape[0]) throw new Error(`adapter_names has ${names.length} entries for a batch of ${ids.shape[0]}`);
-    return tf.tidy(() => {
-      let result = this.baseLayer.call(ids) as tf.Tensor;
-      for (const name of names ? new Set(names) : this.activeAdapters) {
-        if (!this.settings.has(name)) continue;
-        const afterA = embedding(ids, tf.transpose(this.loraEmbeddingA.get(name)));
-        const lora = tf.matMul(tf.reshape(afterA, [-1, afterA.shape.at(-1) as number]), this.loraEmbeddingB.get(name), false, true);
-        let contribution = tf.mul(tf.reshape(lora, result.shape), this.scaling.get(name) as number);
-        if (names) contribution = tf.mul(contribution, tf.tensor(names.map((n) => (n === name ? 1 : 0)), [names.length, ...new Array(result.rank - 1).fill(1)]));
-        result = tf.add(result, contribution);
-      }
-      return result;
-    });
+  /** No dropout on this path, as PEFT. */
+  protected addAdapterOutput(result: tf.Tensor, ids: tf.Tensor, name: string, rows: tf.Tensor | null): tf.Tensor {
+    const afterA = embedding(ids, tf.transpose(this.loraEmbeddingA.get(name)));
+    const lora = tf.matMul(tf.reshape(afterA, [-1, afterA.shape.at(-1) as number]), this.loraEmbeddingB.get(name), false, true);
+    const contribution = tf.mul(tf.reshape(lora, result.shape), this.scaling.get(name) as number);
+    return tf.add(result, rows ? tf.mul(contribution, rows) : contribution);
   }
 
   /** ΔW = s·(B·A)ᵀ, shaped like the embedding table [vocab, dim]. The caller owns it. */
@@ -112,28 +86,5 @@ export class LoraEmbedding extends Module {
   /** The adapter's tensors by the key suffix PEFT saves them under. */
   savedTensors(name: string): Record<string, tf.Variable> {
     return { lora_embedding_A: this.loraEmbeddingA.get(name), lora_embedding_B: this.loraEmbeddingB.get(name) };
-  }
-
-  merge(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void {
-    const names = (options.adapterNames ?? this.activeAdapters).filter((n) => this.settings.has(n) && !this.mergedAdapters.includes(n));
-    for (const name of names) {
-      const w = this.baseLayer.weight;
-      const merged = tf.tidy(() => tf.add(w, this.getDeltaWeight(name)));
-      if (options.safeMerge && !tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0])) {
-        merged.dispose();
-        throw new Error(`NaNs detected in the merged weights. The adapter ${name} seems to be broken`);
-      }
-      w.assign(merged);
-      merged.dispose();
-      this.mergedAdapters.push(name);
-    }
-  }
-
-  unmerge(): void {
-    while (this.mergedAdapters.length) {
-      const name = this.mergedAdapters.pop() as string;
-      const w = this.baseLayer.weight;
-      tf.tidy(() => w.assign(tf.sub(w, this.getDeltaWeight(name))));
-    }
   }
 }

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Dropout, Linear, Module, ModuleDict, defaultRng, kaimingUniformDefault, linear, normalInit } from '@lora/nn';
 import { matrix64, qr, svd, svdLowRank } from '@lora/linalg';
 import { lookupLoraInit } from './init-registry';
+import { Identity, LoraLayerBase } from './lora-layer';
 import { loraScaling } from './lora-config';
 
 /** Per-adapter settings of a LoRA layer. */
@@ -42,12 +43,6 @@ function linearNoBias(x: tf.Tensor, w: tf.Tensor): tf.Tensor {
   return linear(x, w, null);
 }
 
-/** Identity (PEFT uses nn.Identity when lora_dropout is 0). */
-class Identity extends Module {
-  forward(x: tf.Tensor): tf.Tensor {
-    return x;
-  }
-}
 
 /**
  * A Linear wrapped with LoRA adapters, as PEFT's `lora.Linear`: the original layer as `base_layer`,
@@ -59,7 +54,7 @@ class Identity extends Module {
  * const layer = new LoraLinear(new Linear(64, 64), 'default', { r: 8, loraAlpha: 16, loraDropout: 0, useRslora: false, initLoraWeights: true, loraBias: false, fanInFanOut: false });
  * ```
  */
-export class LoraLinear extends Module {
+export class LoraLinear extends LoraLayerBase<Linear> {
   baseLayer: Linear;
   loraA: ModuleDict<Linear>;
   loraB: ModuleDict<Linear>;
@@ -67,13 +62,6 @@ export class LoraLinear extends Module {
   loraMagnitudeVector: ModuleDict<Magnitude>;
   /** Row norms cached by a DoRA merge, consumed by unmerge (as PEFT). */
   private readonly mergeNorms = new Map<string, tf.Tensor>();
-  readonly settings = new Map<string, AdapterSettings>();
-  readonly scaling = new Map<string, number>();
-  activeAdapters: string[] = [];
-  disableAdapters = false;
-  readonly mergedAdapters: string[] = [];
-  /** Per-row adapter names for the call in progress (PEFT's `adapter_names`), set by PeftModel. */
-  batchAdapterNames: string[] | null = null;
 
   constructor(base: Linear, adapterName: string, settings: AdapterSettings) {
     super();
@@ -195,74 +183,30 @@ export class LoraLinear extends Module {
     tf.tidy(() => w.assign(tf.sub(w, tf.mul(tf.matMul(b.weight, a.weight), scale))));
   }
 
-  /** Removes an adapter and frees its weights. */
-  deleteAdapter(name: string): void {
-    if (!this.settings.has(name)) return;
-    for (const dict of [this.loraA, this.loraB]) dict.get(name).dispose();
-    this.loraA.delete(name);
-    this.loraB.delete(name);
+  protected removeAdapterWeights(name: string): void {
+    this.loraA.delete(name)?.dispose();
+    this.loraB.delete(name)?.dispose();
     this.loraDropout.delete(name);
     this.loraMagnitudeVector.delete(name)?.dispose();
     this.mergeNorms.get(name)?.dispose();
     this.mergeNorms.delete(name);
-    const merged = this.mergedAdapters.indexOf(name);
-    if (merged >= 0) this.mergedAdapters.splice(merged, 1);
-    this.settings.delete(name);
-    this.scaling.delete(name);
-    this.activeAdapters = this.activeAdapters.filter((a) => a !== name);
   }
 
-  forward(x: tf.Tensor): tf.Tensor {
-    if (this.disableAdapters) {
-      if (this.mergedAdapters.length) this.unmerge();
-      return this.baseLayer.call(x);
-    }
-    if (this.batchAdapterNames) return this.mixedBatchForward(x, this.batchAdapterNames);
-    if (this.mergedAdapters.length) return this.baseLayer.call(x);
-    return tf.tidy(() => {
-      let result = this.baseLayer.call(x) as tf.Tensor;
-      for (const name of this.activeAdapters) {
-        const settings = this.settings.get(name);
-        if (!settings) continue;
-        const scale = this.scaling.get(name) as number;
-        const dropped = this.loraDropout.get(name).call(x) as tf.Tensor;
-        const lora = this.loraB.get(name).call(this.loraA.get(name).call(dropped)) as tf.Tensor;
-        if (!settings.useDora) {
-          result = tf.add(result, tf.mul(lora, scale));
-          continue;
-        }
-        // DoRA (PEFT's DoraLinearLayer): f = m / ‖W + s·B·A‖ (the norm detached); the running result
-        // minus the bias stands for the base output unless dropout is active in training.
-        const w = this.baseLayer.weight;
-        const norm = detach(rowNorms(w, tf.mul(tf.matMul(this.loraB.get(name).weight, this.loraA.get(name).weight), scale)));
-        const f = tf.div(this.loraMagnitudeVector.get(name).weight, norm);
-        const noDropout = settings.loraDropout === 0 || !this.training;
-        const base = noDropout ? (this.baseLayer.bias ? tf.sub(result, this.baseLayer.bias) : result) : linearNoBias(dropped, w);
-        result = tf.add(result, tf.add(tf.mul(tf.sub(f, 1), base), tf.mul(tf.mul(f, lora), scale)));
-      }
-      return result;
-    });
-  }
-
-  /**
-   * Each row of the batch through its own adapter (`'__base__'`: none), as PEFT's mixed-batch forward.
-   * Rows are selected with a mask, so every adapter sees the whole batch and keeps only its rows.
-   */
-  private mixedBatchForward(x: tf.Tensor, names: string[]): tf.Tensor {
-    if (names.length !== x.shape[0]) throw new Error(`adapter_names has ${names.length} entries for a batch of ${x.shape[0]}`);
-    if (this.mergedAdapters.length) throw new Error('Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.');
-    return tf.tidy(() => {
-      let result = this.baseLayer.call(x) as tf.Tensor;
-      for (const name of new Set(names)) {
-        const settings = this.settings.get(name);
-        if (name === '__base__' || !settings) continue;
-        if (settings.useDora) throw new Error('Cannot pass `adapter_names` with DoRA adapters.');
-        const rows = tf.tensor(names.map((n) => (n === name ? 1 : 0)), [names.length, ...new Array(x.rank - 1).fill(1)]);
-        const lora = this.loraB.get(name).call(this.loraA.get(name).call(this.loraDropout.get(name).call(x))) as tf.Tensor;
-        result = tf.add(result, tf.mul(tf.mul(lora, this.scaling.get(name) as number), rows));
-      }
-      return result;
-    });
+  protected addAdapterOutput(result: tf.Tensor, x: tf.Tensor, name: string, rows: tf.Tensor | null): tf.Tensor {
+    const settings = this.settings.get(name) as AdapterSettings;
+    const scale = this.scaling.get(name) as number;
+    const dropped = this.loraDropout.get(name).call(x) as tf.Tensor;
+    const lora = this.loraB.get(name).call(this.loraA.get(name).call(dropped)) as tf.Tensor;
+    if (!settings.useDora) return tf.add(result, rows ? tf.mul(tf.mul(lora, scale), rows) : tf.mul(lora, scale));
+    if (rows) throw new Error('Cannot pass `adapter_names` with DoRA adapters.');
+    // DoRA (PEFT's DoraLinearLayer): f = m / ‖W + s·B·A‖ (the norm detached); the running result
+    // minus the bias stands for the base output unless dropout is active in training.
+    const w = this.baseLayer.weight;
+    const norm = detach(rowNorms(w, tf.mul(tf.matMul(this.loraB.get(name).weight, this.loraA.get(name).weight), scale)));
+    const f = tf.div(this.loraMagnitudeVector.get(name).weight, norm);
+    const noDropout = settings.loraDropout === 0 || !this.training;
+    const base = noDropout ? (this.baseLayer.bias ? tf.sub(result, this.baseLayer.bias) : result) : linearNoBias(dropped, w);
+    return tf.add(result, tf.add(tf.mul(tf.sub(f, 1), base), tf.mul(tf.mul(f, lora), scale)));
   }
 
   /**
@@ -297,56 +241,27 @@ export class LoraLinear extends Module {
     return out;
   }
 
-  /** Adds the adapters' ΔW into the base weight (PEFT's `merge`); with `safeMerge`, NaN/Inf leaves it untouched. */
-  merge(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void {
-    const names = (options.adapterNames ?? this.activeAdapters).filter((n) => this.settings.has(n) && !this.mergedAdapters.includes(n));
-    for (const name of names) {
-      const w = this.baseLayer.weight;
-      const dora = this.settings.get(name)?.useDora === true;
-      const merged = tf.tidy(() => {
-        const sum = tf.add(w, this.getDeltaWeight(name));
-        if (!dora) return sum;
-        // DoRA: W' = (m / ‖W + ΔW‖) ⊙ (W + ΔW), per output row; the norm is kept for unmerge
-        const norm = tf.keep(tf.sqrt(tf.sum(tf.square(sum), 1)));
-        this.mergeNorms.get(name)?.dispose();
-        this.mergeNorms.set(name, norm);
-        return tf.mul(sum, tf.expandDims(tf.div(this.loraMagnitudeVector.get(name).weight, norm), 1));
-      });
-      if (options.safeMerge) {
-        const finite = tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0]);
-        if (!finite) {
-          merged.dispose();
-          throw new Error(`NaNs detected in the merged weights. The adapter ${name} seems to be broken`);
-        }
-      }
-      w.assign(merged);
-      merged.dispose();
-      const s = this.settings.get(name) as AdapterSettings;
-      if (s.loraBias) {
-        const bias = this.baseLayer.bias;
-        if (!bias) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
-        tf.tidy(() => bias.assign(tf.add(bias, tf.mul(this.loraB.get(name).bias as tf.Tensor, this.scaling.get(name) as number))));
-      }
-      this.mergedAdapters.push(name);
-    }
+  protected override loraBias(name: string): tf.Tensor | null {
+    return this.loraB.get(name).bias;
   }
 
-  /** Subtracts merged adapters' ΔW again, last merged first (PEFT's `unmerge`). */
-  unmerge(): void {
-    while (this.mergedAdapters.length) {
-      const name = this.mergedAdapters.pop() as string;
-      const w = this.baseLayer.weight;
-      const norm = this.mergeNorms.get(name);
-      if (norm) {
-        // DoRA: W = W' / f − ΔW with the norm cached at merge time
-        tf.tidy(() => w.assign(tf.sub(tf.div(w, tf.expandDims(tf.div(this.loraMagnitudeVector.get(name).weight, norm), 1)), this.getDeltaWeight(name))));
-        norm.dispose();
-        this.mergeNorms.delete(name);
-      } else tf.tidy(() => w.assign(tf.sub(w, this.getDeltaWeight(name))));
-      if (this.settings.get(name)?.loraBias && this.baseLayer.bias) {
-        const bias = this.baseLayer.bias;
-        tf.tidy(() => bias.assign(tf.sub(bias, tf.mul(this.loraB.get(name).bias as tf.Tensor, this.scaling.get(name) as number))));
-      }
-    }
+  protected override mergedWeight(name: string, w: tf.Tensor): tf.Tensor {
+    const sum = tf.add(w, this.getDeltaWeight(name));
+    if (!this.settings.get(name)?.useDora) return sum;
+    // DoRA: W' = (m / ‖W + ΔW‖) ⊙ (W + ΔW), per output row; the norm is kept for unmerge
+    const norm = tf.keep(tf.sqrt(tf.sum(tf.square(sum), 1)));
+    this.mergeNorms.get(name)?.dispose();
+    this.mergeNorms.set(name, norm);
+    return tf.mul(sum, tf.expandDims(tf.div(this.loraMagnitudeVector.get(name).weight, norm), 1));
+  }
+
+  protected override unmergedWeight(name: string, w: tf.Tensor): tf.Tensor {
+    const norm = this.mergeNorms.get(name);
+    if (!norm) return tf.sub(w, this.getDeltaWeight(name));
+    // DoRA: W = W' / f − ΔW with the norm cached at merge time
+    this.mergeNorms.delete(name);
+    const restored = tf.sub(tf.div(w, tf.expandDims(tf.div(this.loraMagnitudeVector.get(name).weight, norm), 1)), this.getDeltaWeight(name));
+    norm.dispose();
+    return restored;
   }
 }

@@ -5,40 +5,12 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, parseSafetensors, readSafetensorsHeader } from '@lora/tensor';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
-import { Linear, Module, ModuleList, manualSeed, withoutInit } from '@lora/nn';
+import { manualSeed, withoutInit } from '@lora/nn';
+import { FIX, Net, baseNet } from './fixture-nets.test-util';
 import { LoraLinear, PeftModel, TargetModuleError, adapterStateDict, getPeftModel, loadAdapter, loraConfig, loraConfigFromJson, loraConfigToJson, resolveTargets, saveAdapter } from '@lora/core';
 
-const FIX = join(import.meta.dirname, '..', '__fixtures__');
 
-/** The same Net as tools/oracle/peft_fixtures.py. */
-class Block extends Module {
-  q_proj = this.registerModule('q_proj', new Linear(8, 8));
-  v_proj = this.registerModule('v_proj', new Linear(8, 8));
-  mlp = this.registerModule('mlp', new Linear(8, 16));
-  out = this.registerModule('out', new Linear(16, 8));
-  forward(h: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => tf.add(tf.add(tf.add(h, this.out.call(tf.relu(this.mlp.call(h)))), tf.mul(this.q_proj.call(h), 0.5)), this.v_proj.call(h)));
-  }
-}
-class Net extends Module {
-  layers = this.registerModule('layers', new ModuleList([new Block(), new Block()]));
-  head = this.registerModule('head', new Linear(8, 4));
-  forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      let h = x;
-      for (const l of this.layers) h = l.call(h);
-      return this.head.call(h);
-    });
-  }
-}
 
-function baseNet(): Net {
-  const net = withoutInit(() => new Net());
-  const { tensors } = parseSafetensors(new Uint8Array(readFileSync(join(FIX, 'base.safetensors'))));
-  net.loadStateDict(tensors);
-  tf.dispose(Object.values(tensors));
-  return net.eval() as Net;
-}
 
 let expected: Record<string, tf.Tensor> | null = null;
 const want = (k: string) => {

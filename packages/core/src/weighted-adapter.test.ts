@@ -4,31 +4,11 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, parseSafetensors } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
-import { Linear, Module, ModuleList, withoutInit } from '@lora/nn';
+import { withoutInit } from '@lora/nn';
+import { FIX, Net } from './fixture-nets.test-util';
 import { type CombinationType, type LoraLinear, addWeightedAdapter, loadAdapter } from '@lora/core';
 
-const FIX = join(import.meta.dirname, '..', '__fixtures__');
 
-class Block extends Module {
-  q_proj = this.registerModule('q_proj', new Linear(8, 8));
-  v_proj = this.registerModule('v_proj', new Linear(8, 8));
-  mlp = this.registerModule('mlp', new Linear(8, 16));
-  out = this.registerModule('out', new Linear(16, 8));
-  forward(h: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => tf.add(tf.add(tf.add(h, this.out.call(tf.relu(this.mlp.call(h)))), tf.mul(this.q_proj.call(h), 0.5)), this.v_proj.call(h)));
-  }
-}
-class Net extends Module {
-  layers = this.registerModule('layers', new ModuleList([new Block(), new Block()]));
-  head = this.registerModule('head', new Linear(8, 4));
-  forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      let h = x;
-      for (const l of this.layers) h = l.call(h);
-      return this.head.call(h);
-    });
-  }
-}
 
 const combos: [string, CombinationType, Record<string, unknown>][] = [
   ['linear', 'linear', {}],

@@ -1,0 +1,125 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { Module } from '@lora/nn';
+import type { AdapterSettings } from './lora-linear';
+
+/** Identity (PEFT uses nn.Identity when lora_dropout is 0). */
+export class Identity extends Module {
+  forward(x: tf.Tensor): tf.Tensor {
+    return x;
+  }
+}
+
+interface BaseWithWeight extends Module {
+  weight: tf.Variable;
+  bias?: tf.Variable | null;
+}
+
+/**
+ * What every LoRA layer shares, as PEFT's `LoraLayer`: per-adapter settings and scalings, the active
+ * adapters, enable/disable, merge bookkeeping (LIFO unmerge, safe merge), mixed batches, deletion.
+ * Subclasses own their factors and say how an adapter adds to the output and to the weight.
+ */
+export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
+  abstract baseLayer: B;
+  readonly settings = new Map<string, AdapterSettings>();
+  readonly scaling = new Map<string, number>();
+  activeAdapters: string[] = [];
+  disableAdapters = false;
+  readonly mergedAdapters: string[] = [];
+  /** Per-row adapter names for the call in progress (PEFT's `adapter_names`), set by PeftModel. */
+  batchAdapterNames: string[] | null = null;
+
+  /** Adds (or replaces) an adapter. */
+  abstract updateLayer(name: string, settings: AdapterSettings): void;
+  /** ΔW in the base weight's layout (the caller owns it). */
+  abstract getDeltaWeight(name: string): tf.Tensor;
+  abstract factorA(name: string): tf.Variable;
+  abstract factorB(name: string): tf.Variable;
+  /** The adapter's tensors by the key suffix PEFT saves them under. */
+  abstract savedTensors(name: string): Record<string, tf.Variable>;
+  /** Frees and unregisters the adapter's own weights. */
+  protected abstract removeAdapterWeights(name: string): void;
+  /**
+   * `result` plus adapter `name`'s contribution for input x; `rows`, when given, is a [B, 1, …] mask
+   * of the batch rows this adapter serves (mixed batches).
+   */
+  protected abstract addAdapterOutput(result: tf.Tensor, x: tf.Tensor, name: string, rows: tf.Tensor | null): tf.Tensor;
+  /** The lora_B bias of an adapter, merged into the base bias (lora_bias). */
+  protected loraBias(_name: string): tf.Tensor | null {
+    return null;
+  }
+  /** W after merging `name` (W + ΔW; DoRA rescales). */
+  protected mergedWeight(name: string, w: tf.Tensor): tf.Tensor {
+    return tf.add(w, this.getDeltaWeight(name));
+  }
+  /** W after unmerging `name` (W − ΔW; DoRA undoes its rescaling). */
+  protected unmergedWeight(name: string, w: tf.Tensor): tf.Tensor {
+    return tf.sub(w, this.getDeltaWeight(name));
+  }
+
+  /** Removes an adapter and frees its weights. */
+  deleteAdapter(name: string): void {
+    if (!this.settings.has(name)) return;
+    this.removeAdapterWeights(name);
+    this.settings.delete(name);
+    this.scaling.delete(name);
+    this.activeAdapters = this.activeAdapters.filter((a) => a !== name);
+    const merged = this.mergedAdapters.indexOf(name);
+    if (merged >= 0) this.mergedAdapters.splice(merged, 1);
+  }
+
+  forward(x: tf.Tensor): tf.Tensor {
+    if (this.disableAdapters) {
+      if (this.mergedAdapters.length) this.unmerge();
+      return this.baseLayer.call(x);
+    }
+    const names = this.batchAdapterNames;
+    if (names) {
+      if (names.length !== x.shape[0]) throw new Error(`adapter_names has ${names.length} entries for a batch of ${x.shape[0]}`);
+      if (this.mergedAdapters.length) throw new Error('Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.');
+    } else if (this.mergedAdapters.length) return this.baseLayer.call(x);
+    return tf.tidy(() => {
+      let result = this.baseLayer.call(x) as tf.Tensor;
+      for (const name of names ? new Set(names) : this.activeAdapters) {
+        if (!this.settings.has(name)) continue;
+        const rows = names ? tf.tensor(names.map((n) => (n === name ? 1 : 0)), [names.length, ...new Array(x.rank - 1).fill(1)]) : null;
+        result = this.addAdapterOutput(result, x, name, rows);
+      }
+      return result;
+    });
+  }
+
+  /** Adds the adapters' ΔW into the base weight (PEFT's `merge`); with `safeMerge`, NaN/Inf leaves it untouched. */
+  merge(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void {
+    const names = (options.adapterNames ?? this.activeAdapters).filter((n) => this.settings.has(n) && !this.mergedAdapters.includes(n));
+    for (const name of names) {
+      const w = this.baseLayer.weight;
+      const merged = tf.tidy(() => this.mergedWeight(name, w));
+      if (options.safeMerge && !tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0])) {
+        merged.dispose();
+        throw new Error(`NaNs detected in the merged weights. The adapter ${name} seems to be broken`);
+      }
+      w.assign(merged);
+      merged.dispose();
+      const loraBias = this.loraBias(name);
+      if (loraBias) {
+        const bias = this.baseLayer.bias;
+        if (!bias) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
+        tf.tidy(() => bias.assign(tf.add(bias, tf.mul(loraBias, this.scaling.get(name) as number))));
+      }
+      this.mergedAdapters.push(name);
+    }
+  }
+
+  /** Subtracts merged adapters again, last merged first (PEFT's `unmerge`). */
+  unmerge(): void {
+    while (this.mergedAdapters.length) {
+      const name = this.mergedAdapters.pop() as string;
+      const w = this.baseLayer.weight;
+      tf.tidy(() => w.assign(this.unmergedWeight(name, w)));
+      const loraBias = this.loraBias(name);
+      const bias = this.baseLayer.bias;
+      if (loraBias && bias) tf.tidy(() => bias.assign(tf.sub(bias, tf.mul(loraBias, this.scaling.get(name) as number))));
+    }
+  }
+}
