@@ -19,6 +19,16 @@ os.makedirs(OUT, exist_ok=True)
 sys.path.insert(0, os.path.dirname(__file__))
 from peft_fixtures_net import Net  # noqa: E402
 
+
+def save_adapter(model, directory, **kwargs):
+    """save_pretrained into a clean directory, without the model card."""
+    shutil.rmtree(directory, ignore_errors=True)
+    model.save_pretrained(directory, **kwargs)
+    for f in os.listdir(directory):
+        if f.endswith(".md"):
+            os.remove(os.path.join(directory, f))
+
+
 torch.manual_seed(0)
 base = Net().eval()
 base_sd = {k: v.clone().contiguous() for k, v in base.state_dict().items()}
@@ -49,17 +59,13 @@ for name, kwargs in cases.items():
                 if n.endswith("lora_B.default.bias"):
                     p.add_(0.3)
     d = os.path.join(OUT, name)
-    shutil.rmtree(d, ignore_errors=True)
-    pm.save_pretrained(d)
+    save_adapter(pm, d)
     with torch.no_grad():
         expected[f"{name}.out"] = pm(x)
         merged = pm.merge_and_unload()
         for k, v in merged.state_dict().items():
             if "layers.1.mlp" in k or "layers.0.q_proj" in k:
                 expected[f"{name}.merged.{k}"] = v.clone()
-    for f in os.listdir(d):
-        if f.endswith(".md"):
-            os.remove(os.path.join(d, f))
 
 # initial LoRA weights after torch.manual_seed (default init: A kaiming-uniform, B zero)
 model = Net()
@@ -131,12 +137,7 @@ m = EmbNet()
 m.load_state_dict(emb_sd)
 torch.manual_seed(41)
 pm = get_peft_model(m, LoraConfig(r=3, lora_alpha=6, target_modules=["embed", "lin"], init_lora_weights=False)).eval()
-d = os.path.join(OUT, "peft-embedding")
-shutil.rmtree(d, ignore_errors=True)
-pm.save_pretrained(d)
-for f in os.listdir(d):
-    if f.endswith(".md"):
-        os.remove(os.path.join(d, f))
+save_adapter(pm, os.path.join(OUT, "peft-embedding"))
 with torch.no_grad():
     emb_expected["out"] = pm(ids)
     emb_expected["merged.embed.weight"] = pm.merge_and_unload().embed.weight.clone()
@@ -163,12 +164,7 @@ m = ConvNet()
 m.load_state_dict(conv_sd)
 torch.manual_seed(52)
 pm = get_peft_model(m, LoraConfig(r=2, lora_alpha=4, target_modules=["conv", "conv1d"], lora_bias=True, init_lora_weights=False)).eval()
-d = os.path.join(OUT, "peft-conv")
-shutil.rmtree(d, ignore_errors=True)
-pm.save_pretrained(d)
-for f in os.listdir(d):
-    if f.endswith(".md"):
-        os.remove(os.path.join(d, f))
+save_adapter(pm, os.path.join(OUT, "peft-conv"))
 with torch.no_grad():
     conv_expected["out"] = pm(cx)
     merged = pm.merge_and_unload()

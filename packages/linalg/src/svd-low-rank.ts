@@ -125,7 +125,7 @@ async function choleskyQr2(x: tf.Tensor2D, explicitTranspose: boolean): Promise<
   let q: tf.Tensor2D = x;
   for (let pass = 0; pass < 2; pass++) {
     const r = choleskyUpper(await gram(q), k);
-    if (!r || !r.every(Number.isFinite)) {
+    if (!r?.every(Number.isFinite)) {
       if (q !== x) q.dispose();
       return null;
     }
