@@ -195,3 +195,16 @@ for label, init in {"pissa": "pissa", "olora": "olora"}.items():
         init_expected[f"{label}.out"] = pm(x)
 save_file({k: v.contiguous() for k, v in init_expected.items()}, os.path.join(OUT, "init-expected.safetensors"))
 print("pissa/olora fixtures written")
+
+# bias modes: which parameters PEFT trains and which keys it saves
+import json  # noqa: E402
+from peft.utils import get_peft_model_state_dict  # noqa: E402
+
+bias_modes = {}
+for bias in ["lora_only", "all"]:
+    m = Net()
+    pm = get_peft_model(m, LoraConfig(r=2, target_modules=["q_proj"], bias=bias))
+    bias_modes[bias] = {"saved": sorted(get_peft_model_state_dict(pm).keys()), "trainable": sorted(n for n, p in pm.named_parameters() if p.requires_grad)}
+with open(os.path.join(OUT, "bias-modes.json"), "w") as f:
+    json.dump(bias_modes, f, indent=1)
+print("bias-mode fixtures written")

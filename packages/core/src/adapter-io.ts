@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { type ModelFiles, SafetensorsError, openFiles, parseSafetensors, serializeSafetensors } from '@lora/tensor';
 import type { Module } from '@lora/nn';
 import { type LoraConfig, loraConfigFromJson, loraConfigToJson } from './lora-config';
+import { baseBias } from './lora-layer';
 
 import { PeftModel } from './peft-model';
 
@@ -23,6 +24,16 @@ export function adapterStateDict(model: PeftModel, adapterName = 'default'): Rec
   for (const [path, layer] of model.loraLayers()) {
     if (!layer.settings.has(adapterName)) continue;
     for (const [suffix, t] of Object.entries(layer.savedTensors(adapterName))) out[`${PREFIX}${path}.${suffix}`] = t;
+  }
+  // biases trained with the adapter travel with it (PEFT's bias 'lora_only' / 'all')
+  const bias = (model.peftConfig.get(adapterName) as LoraConfig).bias;
+  if (bias === 'lora_only') {
+    for (const [path, layer] of model.loraLayers()) {
+      const b = baseBias(layer);
+      if (layer.settings.has(adapterName) && b) out[`${PREFIX}${path}.base_layer.bias`] = b;
+    }
+  } else if (bias === 'all') {
+    for (const [name, p] of model.model.namedParameters()) if (name.endsWith('.bias') && !name.includes('.lora_')) out[`${PREFIX}${name}`] = p;
   }
   return out;
 }

@@ -123,3 +123,8 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
     }
   }
 }
+
+/** The base layer's bias, if it has one (embeddings have none). */
+export function baseBias(layer: { baseLayer: Module }): tf.Variable | null {
+  return (layer.baseLayer as { bias?: tf.Variable | null }).bias ?? null;
+}

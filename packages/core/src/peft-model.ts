@@ -1,5 +1,6 @@
 import { Conv1d, Conv2d, Embedding, Linear, Module } from '@lora/nn';
 import { lookupLoraInit } from './init-registry';
+import { baseBias } from './lora-layer';
 import { LoraConv } from './lora-conv';
 import { type LoraConfig, loraConfig } from './lora-config';
 import { LoraEmbedding } from './lora-embedding';
@@ -94,8 +95,11 @@ export class PeftModel extends Module {
    */
   addAdapter(name: string, config: LoraConfig): void {
     if (this.peftConfig.has(name)) throw new Error(`Adapter with name ${name} already exists.`);
-    if (config.fanInFanOut || config.modulesToSave || config.trainableTokenIndices || config.bias !== 'none') {
-      throw new Error('fanInFanOut, modulesToSave, trainableTokenIndices and bias other than "none" are not implemented in @lora/core yet');
+    if (config.fanInFanOut || config.modulesToSave || config.trainableTokenIndices) {
+      throw new Error('fanInFanOut, modulesToSave and trainableTokenIndices are not implemented in @lora/core yet');
+    }
+    if (config.bias !== 'none' && [...this.peftConfig.values()].some((c) => c.bias !== 'none')) {
+      throw new Error("LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all adapters.");
     }
     // A pluggable init that is not registered fails here, before any layer is wrapped.
     if (config.initLoraWeights === 'loftq' || config.initLoraWeights === 'eva' || config.initLoraWeights === 'lora_ga') lookupLoraInit(config.initLoraWeights);
@@ -148,9 +152,15 @@ export class PeftModel extends Module {
 
   private markTrainable(): void {
     const config = this.peftConfig.get(this.activeAdapter) as LoraConfig;
+    // bias 'lora_only': the base biases of layers holding the adapter; 'all': every bias (as PEFT)
+    const loraOnlyBiases = new Set<unknown>();
+    if (config.bias === 'lora_only') {
+      for (const [, l] of this.loraLayers()) if (l.settings.has(this.activeAdapter) && baseBias(l)) loraOnlyBiases.add(baseBias(l));
+    }
     for (const [name, p] of this.namedParameters()) {
       const isActiveLora = /\.lora_(A|B|magnitude_vector|embedding_A|embedding_B)\./.test(name) && name.split('.').includes(this.activeAdapter);
-      p.trainable = isActiveLora && !config.inferenceMode;
+      const isBias = (config.bias === 'all' && name.endsWith('.bias') && !name.includes('.lora_')) || loraOnlyBiases.has(p);
+      p.trainable = (isActiveLora || isBias) && !config.inferenceMode;
     }
   }
 
