@@ -208,3 +208,19 @@ for bias in ["lora_only", "all"]:
 with open(os.path.join(OUT, "bias-modes.json"), "w") as f:
     json.dump(bias_modes, f, indent=1)
 print("bias-mode fixtures written")
+
+# modules_to_save: a trained copy of `head` travels in the adapter file under the module's own names
+m = Net()
+m.load_state_dict(base_sd)
+torch.manual_seed(60)
+pm = get_peft_model(m, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["head"], init_lora_weights=False)).eval()
+with torch.no_grad():
+    pm.base_model.model.head.modules_to_save["default"].weight.add_(0.25)
+    pm.base_model.model.head.modules_to_save["default"].bias.sub_(0.5)
+save_adapter(pm, os.path.join(OUT, "peft-modules-to-save"))
+with torch.no_grad():
+    mts = {"out": pm(x), "head.weight": pm.base_model.model.head.modules_to_save["default"].weight.clone()}
+    with pm.disable_adapter():
+        mts["disabled_out"] = pm(x)
+save_file({k: v.contiguous() for k, v in mts.items()}, os.path.join(OUT, "mts-expected.safetensors"))
+print("modules_to_save fixtures written")

@@ -25,6 +25,11 @@ export function adapterStateDict(model: PeftModel, adapterName = 'default'): Rec
     if (!layer.settings.has(adapterName)) continue;
     for (const [suffix, t] of Object.entries(layer.savedTensors(adapterName))) out[`${PREFIX}${path}.${suffix}`] = t;
   }
+  // modules_to_save: the adapter's copy, under the module's own names
+  for (const [path, w] of model.modulesToSaveWrappers()) {
+    if (!w.modulesToSave.has(adapterName)) continue;
+    for (const [k, t] of w.modulesToSave.get(adapterName).namedParameters()) out[`${PREFIX}${path}.${k}`] = t;
+  }
   // biases trained with the adapter travel with it (PEFT's bias 'lora_only' / 'all')
   const bias = (model.peftConfig.get(adapterName) as LoraConfig).bias;
   if (bias === 'lora_only') {

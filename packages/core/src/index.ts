@@ -16,3 +16,4 @@ export { adapterTargets, mergeAdapterWeights } from './merge-weights';
 export type { AdapterFiles } from './merge-weights';
 export { lookupLoraInit, registerLoraInit } from './init-registry';
 export type { LoraInitContext, LoraInitializer } from './init-registry';
+export { ModulesToSaveWrapper } from './modules-to-save';

@@ -2,6 +2,7 @@ import { Conv1d, Conv2d, Embedding, Linear, Module } from '@lora/nn';
 import { lookupLoraInit } from './init-registry';
 import { baseBias } from './lora-layer';
 import { LoraConv } from './lora-conv';
+import { ModulesToSaveWrapper } from './modules-to-save';
 import { type LoraConfig, loraConfig } from './lora-config';
 import { LoraEmbedding } from './lora-embedding';
 import { LoraLinear } from './lora-linear';
@@ -72,6 +73,7 @@ export class PeftModel extends Module {
   deleteAdapter(name: string): void {
     if (!this.peftConfig.has(name)) throw new Error(`Adapter ${name} does not exist`);
     for (const [, l] of this.loraLayers()) l.deleteAdapter(name);
+    for (const [, w] of this.modulesToSaveWrappers()) w.deleteAdapter(name);
     this.peftConfig.delete(name);
     if (this.activeAdapter === name) {
       const next = this.adapters[0];
@@ -95,8 +97,8 @@ export class PeftModel extends Module {
    */
   addAdapter(name: string, config: LoraConfig): void {
     if (this.peftConfig.has(name)) throw new Error(`Adapter with name ${name} already exists.`);
-    if (config.fanInFanOut || config.modulesToSave || config.trainableTokenIndices) {
-      throw new Error('fanInFanOut, modulesToSave and trainableTokenIndices are not implemented in @lora/core yet');
+    if (config.fanInFanOut || config.trainableTokenIndices) {
+      throw new Error('fanInFanOut and trainableTokenIndices are not implemented in @lora/core yet');
     }
     if (config.bias !== 'none' && [...this.peftConfig.values()].some((c) => c.bias !== 'none')) {
       throw new Error("LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all adapters.");
@@ -132,9 +134,26 @@ export class PeftModel extends Module {
         throw new Error(`Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear, Embedding, Conv1d, Conv2d.`);
       }
     }
+    // modules_to_save: a trainable copy per adapter of each module whose path ends with a listed name
+    for (const m of config.modulesToSave ?? []) {
+      for (const [path, module] of [...this.model.namedModules()]) {
+        if (path === '' || !path.endsWith(m) || path.split('.').some((s) => s === 'original_module' || s === 'modules_to_save')) continue;
+        if (module instanceof ModulesToSaveWrapper) module.addAdapter(name);
+        else if (!(module instanceof LoraLinear || module instanceof LoraEmbedding || module instanceof LoraConv)) {
+          const wrapper = new ModulesToSaveWrapper(module);
+          this.model.setSubmodule(path, wrapper);
+          wrapper.addAdapter(name);
+        }
+      }
+    }
     this.peftConfig.set(name, config);
     if (isFirst) this.setAdapter(name);
     else this.markTrainable();
+  }
+
+  /** Every modules_to_save wrapper with its path in the user's model. */
+  *modulesToSaveWrappers(): IterableIterator<[string, ModulesToSaveWrapper]> {
+    for (const [path, m] of this.model.namedModules()) if (m instanceof ModulesToSaveWrapper) yield [path, m];
   }
 
   /** Makes `name` the active (and only trainable) adapter (PEFT's `set_adapter`). */
@@ -142,6 +161,7 @@ export class PeftModel extends Module {
     if (!this.peftConfig.has(name)) throw new Error(`Adapter ${name} not found.`);
     this.activeAdapter = name;
     for (const [, layer] of this.loraLayers()) layer.activeAdapters = layer.settings.has(name) ? [name] : [];
+    for (const [, w] of this.modulesToSaveWrappers()) w.activeAdapter = w.modulesToSave.has(name) ? name : null;
     this.markTrainable();
   }
 
@@ -160,17 +180,20 @@ export class PeftModel extends Module {
     for (const [name, p] of this.namedParameters()) {
       const isActiveLora = /\.lora_(A|B|magnitude_vector|embedding_A|embedding_B)\./.test(name) && name.split('.').includes(this.activeAdapter);
       const isBias = (config.bias === 'all' && name.endsWith('.bias') && !name.includes('.lora_')) || loraOnlyBiases.has(p);
-      p.trainable = (isActiveLora || isBias) && !config.inferenceMode;
+      const isSavedModule = name.includes(`.modules_to_save.${this.activeAdapter}.`);
+      p.trainable = (isActiveLora || isBias || isSavedModule) && !config.inferenceMode;
     }
   }
 
   /** Turns every LoRA layer off (the base model alone), PEFT's `disable_adapter`. */
   disableAdapters(): void {
     for (const [, l] of this.loraLayers()) l.disableAdapters = true;
+    for (const [, w] of this.modulesToSaveWrappers()) w.disabled = true;
   }
 
   enableAdapters(): void {
     for (const [, l] of this.loraLayers()) l.disableAdapters = false;
+    for (const [, w] of this.modulesToSaveWrappers()) w.disabled = false;
   }
 
   /** Merges the active adapter into the base weights (PEFT's `merge_adapter`). */
@@ -200,6 +223,13 @@ export class PeftModel extends Module {
       if (merge) layer.merge({ safeMerge });
       for (const name of [...layer.settings.keys()]) layer.deleteAdapter(name);
       this.model.setSubmodule(path, layer.baseLayer);
+    }
+    // merged: the active adapter's trained copy takes the module's place; unloaded: the original does
+    for (const [path, w] of [...this.modulesToSaveWrappers()]) {
+      const keep = merge && w.activeAdapter !== null ? w.modulesToSave.get(w.activeAdapter) : w.originalModule;
+      for (const n of w.modulesToSave.keys()) if (w.modulesToSave.get(n) !== keep) w.modulesToSave.delete(n)?.dispose();
+      if (keep !== w.originalModule) w.originalModule.dispose();
+      this.model.setSubmodule(path, keep);
     }
     this.peftConfig.clear();
     return this.model;
