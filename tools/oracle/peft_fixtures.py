@@ -224,3 +224,12 @@ with torch.no_grad():
         mts["disabled_out"] = pm(x)
 save_file({k: v.contiguous() for k, v in mts.items()}, os.path.join(OUT, "mts-expected.safetensors"))
 print("modules_to_save fixtures written")
+
+# the orthogonal init after torch.manual_seed (B·A = 0 with non-zero factors)
+m = Net()
+m.load_state_dict(base_sd)
+torch.manual_seed(70)
+pm = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights="orthogonal"))
+orth = {n: p.detach().clone() for n, p in pm.named_parameters() if "lora_" in n}
+save_file({k: v.contiguous() for k, v in orth.items()}, os.path.join(OUT, "orthogonal-expected.safetensors"))
+print("orthogonal fixtures written")

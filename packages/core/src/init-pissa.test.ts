@@ -69,3 +69,20 @@ it("'loftq', 'eva' and 'lora_ga' come from their packages: a clear error until r
   expect(Array.from(await layer.factorA('default').data()).every((v) => v === 1)).toBe(true);
   peft.dispose();
 });
+
+it('orthogonal: A and B as PEFT draws them after the same seed, with B·A = 0', async () => {
+  const { manualSeed } = await import('@lora/nn');
+  const want = read('orthogonal-expected.safetensors');
+  manualSeed(70);
+  const net = withoutInit(() => new Net());
+  const peft = getPeftModel(net, { r: 4, loraAlpha: 8, targetModules: ['q_proj'], initLoraWeights: 'orthogonal' });
+  for (const [n, p] of peft.namedParameters()) {
+    if (n.includes('lora_')) expect(maxRelativeError(await p.data(), await want[n]!.data()), n).toBeLessThan(1e-5);
+  }
+  const layer = peft.model.getSubmodule('layers.0.q_proj') as LoraLinear;
+  const ba = tf.matMul(layer.factorB('default'), layer.factorA('default'));
+  expect(Math.max(...Array.from(await ba.data(), Math.abs))).toBeLessThan(1e-6);
+  expect(() => getPeftModel(withoutInit(() => new Net()), { r: 3, targetModules: ['q_proj'], initLoraWeights: 'orthogonal' })).toThrow('Orthogonal initialization requires the LoRA rank to be even, got 3 instead.');
+  tf.dispose([ba, ...Object.values(want)]);
+  peft.dispose();
+});

@@ -99,6 +99,35 @@ export class LoraLinear extends LoraLayerBase<Linear> {
       else if (init === true) a.setParameter('weight', kaimingUniformDefault([s.r, this.inFeatures], this.inFeatures));
       b.setParameter('weight', tf.zeros([this.outFeatures, s.r]));
       if (b.bias) b.setParameter('bias', tf.zeros([this.outFeatures]));
+    } else if (init === 'orthogonal') {
+      if (s.r % 2 !== 0) {
+        a.dispose();
+        b.dispose();
+        throw new Error(`Orthogonal initialization requires the LoRA rank to be even, got ${s.r} instead.`);
+      }
+      // PEFT: Q from the QR of an r×r Gaussian; A from its even-indexed rows, B from its odd ones, so
+      // that B·A = 0 while both are non-zero. Draws in PEFT's order (X, then A's, then B's Gaussian).
+      const g = defaultRng();
+      const q = qr(matrix64(s.r, s.r, Float64Array.from(g.fillNormal(new Float32Array(s.r * s.r))))).Q;
+      const half = s.r / 2;
+      const ga = g.fillNormal(new Float32Array(this.inFeatures * half)); // [in, r/2]
+      const gb = g.fillNormal(new Float32Array(half * this.outFeatures)); // [r/2, out]
+      const aData = new Float32Array(s.r * this.inFeatures);
+      const bData = new Float32Array(this.outFeatures * s.r);
+      for (let j = 0; j < s.r; j++)
+        for (let i = 0; i < this.inFeatures; i++) {
+          let v = 0; // (ga · q_odd)[i, j], q_odd = rows 0, 2, 4… of Q
+          for (let k = 0; k < half; k++) v += (ga[i * half + k] as number) * (q.data[2 * k * s.r + j] as number);
+          aData[j * this.inFeatures + i] = v / 10;
+        }
+      for (let o = 0; o < this.outFeatures; o++)
+        for (let j = 0; j < s.r; j++) {
+          let v = 0; // (gbᵀ · q_even)[o, j], q_even = rows 1, 3, 5… of Q
+          for (let k = 0; k < half; k++) v += (gb[k * this.outFeatures + o] as number) * (q.data[(2 * k + 1) * s.r + j] as number);
+          bData[o * s.r + j] = v / 10;
+        }
+      a.setParameter('weight', tf.tensor2d(aData, [s.r, this.inFeatures]));
+      b.setParameter('weight', tf.tensor2d(bData, [this.outFeatures, s.r]));
     } else if (typeof init === 'string' && (init.startsWith('pissa') || init.toLowerCase() === 'olora')) {
       this.decompositionInit(init, s, a, b);
     } else if (init === 'loftq' || init === 'eva' || init === 'lora_ga') {
@@ -115,7 +144,7 @@ export class LoraLinear extends LoraLayerBase<Linear> {
     } else if (init !== false) {
       a.dispose();
       b.dispose();
-      throw new Error(`init_lora_weights='${String(init)}' is not available in @lora/core yet for Linear layers; use true, false, 'gaussian', 'pissa', 'pissa_niter_K' or 'olora'`);
+      throw new Error(`init_lora_weights='${String(init)}' is not available in @lora/core yet for Linear layers; use true, false, 'gaussian', 'pissa', 'pissa_niter_K', 'olora' or 'orthogonal'`);
     }
     this.loraA.set(name, a);
     this.loraB.set(name, b);
