@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type ModelFiles, SafetensorsError, openFiles, parseSafetensors, serializeSafetensors } from '@lora/tensor';
-import type { Module } from '@lora/nn';
+import { type Module, withoutInit } from '@lora/nn';
 import { type LoraConfig, loraConfigFromJson, loraConfigToJson } from './lora-config';
 import { baseBias } from './lora-layer';
 
@@ -120,10 +120,11 @@ export async function loadAdapter(model: Module | PeftModel, files: ModelFiles, 
     let peft: PeftModel;
     // The file's weights replace the initial ones, so skip random initialisation.
     const initless = { ...config, initLoraWeights: false as const };
+    // withoutInit: the layers' constructors would draw random weights only for the file to replace them
     if (model instanceof PeftModel) {
-      model.addAdapter(name, initless);
+      withoutInit(() => model.addAdapter(name, initless));
       peft = model;
-    } else peft = new PeftModel(model, initless, name);
+    } else peft = withoutInit(() => new PeftModel(model, initless, name));
     peft.peftConfig.set(name, config);
     const own = adapterStateDict(peft, name);
     const missingKeys = Object.keys(own).filter((k) => !(k in tensors));

@@ -3,9 +3,16 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { parseSafetensors } from '@lora/tensor';
 import { Linear, Module, ModuleList, withoutInit } from '@lora/nn';
+import { loraConfigFromJson } from '@lora/core';
 
 /** Where the PEFT fixtures live. */
 export const FIX = join(import.meta.dirname, '..', '__fixtures__');
+
+/** Reads a PEFT-saved adapter directory as `{ config, tensors }` (the caller disposes the tensors). */
+export const readAdapterFiles = (dir: string) => ({
+  config: loraConfigFromJson(JSON.parse(readFileSync(join(FIX, dir, 'adapter_config.json'), 'utf8'))),
+  tensors: readFixture(`${dir}/adapter_model.safetensors`),
+});
 
 /** Reads a fixture file's tensors (the caller disposes them). */
 export const readFixture = (file: string): Record<string, tf.Tensor> => parseSafetensors(new Uint8Array(readFileSync(join(FIX, file)))).tensors;

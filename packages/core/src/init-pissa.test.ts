@@ -1,7 +1,7 @@
 
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, expect, it } from 'vitest';
-import { initBackend, } from '@lora/tensor';
+import { initBackend } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
 import { Linear, withoutInit } from '@lora/nn';
 import { Net, readFixture as read } from './fixture-nets.test-util';

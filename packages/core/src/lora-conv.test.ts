@@ -1,14 +1,13 @@
-import { readFileSync } from 'node:fs';
+
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { expect, it } from 'vitest';
-import { parseSafetensors } from '@lora/tensor';
+import { FIX, readAdapterFiles, readFixture } from './fixture-nets.test-util';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
 import { Conv1d, Conv2d, Module, manualSeed, withoutInit } from '@lora/nn';
-import { getPeftModel, loadAdapter, loraConfigFromJson, mergeAdapterWeights } from '@lora/core';
+import { getPeftModel, loadAdapter, mergeAdapterWeights } from '@lora/core';
 
-const FIX = join(import.meta.dirname, '..', '__fixtures__');
-const read = (f: string) => parseSafetensors(new Uint8Array(readFileSync(join(FIX, f)))).tensors;
+const read = readFixture;
 
 /** The ConvNet of tools/oracle/peft_fixtures_net.py. */
 class ConvNet extends Module {
@@ -48,7 +47,7 @@ await describeEachBackend('LoRA on Conv2d and Conv1d', () => {
 
     // the same merge on weight files, by name
     const baseFile = read('conv-base.safetensors');
-    const adapter = { config: loraConfigFromJson(JSON.parse(readFileSync(join(FIX, 'peft-conv', 'adapter_config.json'), 'utf8'))), tensors: read('peft-conv/adapter_model.safetensors') };
+    const adapter = readAdapterFiles('peft-conv');
     const byName = mergeAdapterWeights(baseFile, adapter).merged;
     expect(maxRelativeError(await byName['conv.weight']!.data(), await want['merged.conv.weight']!.data())).toBeLessThan(1e-5);
     expect(maxRelativeError(await byName['conv1d.bias']!.data(), await want['merged.conv1d.bias']!.data())).toBeLessThan(1e-5);

@@ -1,13 +1,12 @@
-import { readFileSync } from 'node:fs';
+
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { expect, it } from 'vitest';
-import { parseSafetensors } from '@lora/tensor';
+import { FIX, readFixture } from './fixture-nets.test-util';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
 import { Embedding, Linear, Module, manualSeed, withoutInit } from '@lora/nn';
 import { adapterStateDict, getPeftModel, loadAdapter } from '@lora/core';
 
-const FIX = join(import.meta.dirname, '..', '__fixtures__');
 
 /** The EmbNet of tools/oracle/peft_fixtures_net.py. */
 class EmbNet extends Module {
@@ -20,7 +19,7 @@ class EmbNet extends Module {
 
 function base(): EmbNet {
   const net = withoutInit(() => new EmbNet());
-  const { tensors } = parseSafetensors(new Uint8Array(readFileSync(join(FIX, 'emb-base.safetensors'))));
+  const tensors = readFixture('emb-base.safetensors');
   net.loadStateDict(tensors);
   tf.dispose(Object.values(tensors));
   return net;
@@ -28,7 +27,7 @@ function base(): EmbNet {
 
 await describeEachBackend('LoRA on Embedding', () => {
   it("loads PEFT's lora_embedding_A/B, gives its output and merged table, and initialises as PEFT after the same seed", async () => {
-    const want = parseSafetensors(new Uint8Array(readFileSync(join(FIX, 'emb-expected.safetensors')))).tensors;
+    const want = readFixture('emb-expected.safetensors');
     const before = tf.memory().numTensors;
     const { model: peft, missingKeys, unexpectedKeys } = await loadAdapter(base(), join(FIX, 'peft-embedding'));
     expect([missingKeys, unexpectedKeys]).toEqual([[], []]);

@@ -38,11 +38,6 @@ function rowNorms(w: tf.Tensor, delta: tf.Tensor): tf.Tensor {
   return tf.tidy(() => tf.sqrt(tf.sum(tf.square(tf.add(w, delta)), 1)));
 }
 
-/** x·Wᵀ without bias. */
-function linearNoBias(x: tf.Tensor, w: tf.Tensor): tf.Tensor {
-  return linear(x, w, null);
-}
-
 
 /**
  * A Linear wrapped with LoRA adapters, as PEFT's `lora.Linear`: the original layer as `base_layer`,
@@ -234,7 +229,7 @@ export class LoraLinear extends LoraLayerBase<Linear> {
     const norm = detach(rowNorms(w, tf.mul(tf.matMul(this.loraB.get(name).weight, this.loraA.get(name).weight), scale)));
     const f = tf.div(this.loraMagnitudeVector.get(name).weight, norm);
     const noDropout = settings.loraDropout === 0 || !this.training;
-    const base = noDropout ? (this.baseLayer.bias ? tf.sub(result, this.baseLayer.bias) : result) : linearNoBias(dropped, w);
+    const base = noDropout ? (this.baseLayer.bias ? tf.sub(result, this.baseLayer.bias) : result) : linear(dropped, w, null);
     return tf.add(result, tf.add(tf.mul(tf.sub(f, 1), base), tf.mul(tf.mul(f, lora), scale)));
   }
 

@@ -1,17 +1,12 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, expect, it } from 'vitest';
-import { initBackend, parseSafetensors } from '@lora/tensor';
+import { initBackend } from '@lora/tensor';
+import { readAdapterFiles, readFixture } from './fixture-nets.test-util';
 import { maxRelativeError } from '@lora/tensor/testing';
-import { loraConfigFromJson, mergeAdapterWeights } from '@lora/core';
+import { mergeAdapterWeights } from '@lora/core';
 
-const FIX = join(import.meta.dirname, '..', '__fixtures__');
-const read = (f: string) => parseSafetensors(new Uint8Array(readFileSync(join(FIX, f)))).tensors;
-const adapter = (dir: string) => ({
-  config: loraConfigFromJson(JSON.parse(readFileSync(join(FIX, dir, 'adapter_config.json'), 'utf8'))),
-  tensors: read(`${dir}/adapter_model.safetensors`),
-});
+const adapter = readAdapterFiles;
+const read = readFixture;
 
 beforeAll(async () => {
   await initBackend('cpu');

@@ -1,11 +1,11 @@
-import { readFileSync } from 'node:fs';
+
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { initBackend, parseSafetensors } from '@lora/tensor';
+import { initBackend } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
 import { withoutInit } from '@lora/nn';
-import { FIX, Net } from './fixture-nets.test-util';
+import { FIX, Net, readFixture } from './fixture-nets.test-util';
 import { type CombinationType, type LoraLinear, addWeightedAdapter, loadAdapter } from '@lora/core';
 
 
@@ -28,10 +28,10 @@ describe('addWeightedAdapter against PEFT 0.21', () => {
 
   it("gives PEFT's delta weights and outputs for every deterministic combination type", async () => {
     const net = withoutInit(() => new Net());
-    const base = parseSafetensors(new Uint8Array(readFileSync(join(FIX, 'base.safetensors')))).tensors;
+    const base = readFixture('base.safetensors');
     net.loadStateDict(base);
-    const want = parseSafetensors(new Uint8Array(readFileSync(join(FIX, 'weighted.safetensors')))).tensors;
-    const x = parseSafetensors(new Uint8Array(readFileSync(join(FIX, 'expected.safetensors')))).tensors;
+    const want = readFixture('weighted.safetensors');
+    const x = readFixture('expected.safetensors');
     const { model: peft } = await loadAdapter(net, join(FIX, 'weighted-a'), { adapterName: 'a' });
     await loadAdapter(peft, join(FIX, 'weighted-b'), { adapterName: 'b' });
     peft.eval();

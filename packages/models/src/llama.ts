@@ -158,26 +158,25 @@ const FLOAT32_MIN = -3.4028234663852886e38;
 /**
  * Causal + padding mask as transformers' eager attention adds it, laid out [B, 1, rep·T, S]: the
  * T query rows repeated for each of the `rep` query heads that share a kv head (see LlamaAttention).
- * Built once per forward in JavaScript, rather than tiled on the backend in every layer.
+ * The causal part is built here; a padding mask given as a tensor is combined on the backend, so it
+ * is never read back (synchronous reads fail on webgpu in Node).
  */
 function buildMask(b: number, t: number, past: number, attentionMask: tf.Tensor | number[][] | undefined, rep: number): tf.Tensor {
   const s = past + t;
-  let keep: ArrayLike<number> | null = null;
-  if (attentionMask !== undefined) {
-    const rows = Array.isArray(attentionMask) ? attentionMask : (attentionMask.arraySync() as number[][]);
-    if (rows.length !== b || rows.some((r) => r.length !== s)) {
-      throw new Error(`attentionMask must be [${b}, ${s}] (batch × past+new positions), got [${rows.length}, ${rows[0]?.length}]`);
-    }
-    keep = rows.flat();
-  }
-  const m = new Float32Array(b * rep * t * s);
-  for (let bi = 0; bi < b; bi++)
-    for (let i = 0; i < t; i++)
-      for (let j = 0; j < s; j++) {
-        const allowed = j <= past + i && (keep === null || keep[bi * s + j] !== 0);
-        for (let r = 0; r < rep; r++) m[((bi * rep + r) * t + i) * s + j] = allowed ? 0 : FLOAT32_MIN;
+  const causal = new Float32Array(rep * t * s);
+  for (let r = 0; r < rep; r++) for (let i = 0; i < t; i++) for (let j = 0; j <= past + i; j++) causal[(r * t + i) * s + j] = 1;
+  return tf.tidy(() => {
+    let allowed: tf.Tensor = tf.tensor4d(causal, [1, 1, rep * t, s]);
+    if (attentionMask !== undefined) {
+      const keep = Array.isArray(attentionMask) ? tf.tensor2d(attentionMask.flat(), [attentionMask.length, attentionMask[0]?.length ?? 0]) : attentionMask;
+      if (keep.rank !== 2 || keep.shape[0] !== b || keep.shape[1] !== s) {
+        throw new Error(`attentionMask must be [${b}, ${s}] (batch × past+new positions), got [${keep.shape.join(', ')}]`);
       }
-  return tf.tensor4d(m, [b, 1, rep * t, s]);
+      allowed = tf.mul(allowed, tf.reshape(tf.cast(tf.notEqual(keep, 0), 'float32'), [b, 1, 1, s]));
+    } else if (b > 1) allowed = tf.tile(allowed, [b, 1, 1, 1]);
+    // 0 where a query may attend, the float32 minimum elsewhere
+    return tf.mul(tf.sub(1, allowed), FLOAT32_MIN);
+  });
 }
 
 /** Options of {@link LlamaForCausalLM.generate}, with transformers' defaults. */
