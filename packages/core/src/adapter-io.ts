@@ -99,7 +99,7 @@ export interface LoadAdapterResult {
 /**
  * Loads a PEFT adapter (a directory in Node, or the files in memory) onto `model`: a plain model is
  * wrapped as a PeftModel, a PeftModel gains the adapter. With `isTrainable: false` (PEFT's default)
- * the adapter is frozen. Keys the model lacks, or lacks in the file, are reported (an error with
+ * the adapter is frozen and the model is put in eval mode (as PEFT). Keys the model lacks, or lacks in the file, are reported (an error with
  * `strict`); shapes must match.
  *
  * @example
@@ -141,6 +141,8 @@ export async function loadAdapter(model: Module | PeftModel, files: ModelFiles, 
       tf.tidy(() => (target as tf.Variable).assign(t));
     }
     peft.setAdapter(peft.activeAdapter);
+    // as PEFT's load_adapter: an adapter loaded for inference puts the model in eval mode (no dropout)
+    if (!(options.isTrainable ?? false)) peft.eval();
     return { model: peft, missingKeys, unexpectedKeys };
   } finally {
     tf.dispose(Object.values(tensors));
