@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { initBackend, parseSafetensors, serializeSafetensors } from '@lora/tensor';
+import { initBackend, parseSafetensors, readSafetensorsHeader, serializeSafetensors } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
 import { runCli } from '@lora/cli';
 
@@ -44,6 +44,31 @@ describe('lora merge', () => {
     const want = read(join(FIX, 'expected.safetensors'));
     for (const k of ['layers.1.mlp.weight', 'layers.0.q_proj.weight']) expect(maxRelativeError(await merged[k]!.data(), await want[`peft-dora.merged.${k}`]!.data()), k).toBeLessThan(1e-5);
     tf.dispose([...Object.values(merged), ...Object.values(want)]);
+  });
+
+  it('streams a bf16 checkpoint: stays bf16, untouched tensors keep their bytes, lora_bias merges weight and bias', async () => {
+    const base = read(join(FIX, 'base.safetensors'));
+    const dir = mkdtempSync(join(tmpdir(), 'lora-cli-bf16-'));
+    const src = join(dir, 'model.safetensors');
+    writeFileSync(src, await serializeSafetensors(base, { metadata: { format: 'pt' }, dtype: 'BF16' }));
+    const out = join(dir, 'merged.safetensors');
+    const r = await run('merge', '--base', src, '--adapter', join(FIX, 'peft-regex-bias'), '--out', out);
+    expect(r.code, r.err).toBe(0);
+    const before = new Uint8Array(readFileSync(src));
+    const after = new Uint8Array(readFileSync(out));
+    const header = readSafetensorsHeader(before);
+    expect(after.length).toBe(before.length);
+    expect(Buffer.compare(after.subarray(0, header.dataStart), before.subarray(0, header.dataStart))).toBe(0);
+    const changed = header.entries.filter((e) => Buffer.compare(after.subarray(e.begin, e.end), before.subarray(e.begin, e.end)) !== 0).map((e) => e.name);
+    // regex target layers.0.*proj: q_proj and v_proj, each weight and bias (lora_bias)
+    expect(changed.sort()).toEqual(['layers.0.q_proj.bias', 'layers.0.q_proj.weight', 'layers.0.v_proj.bias', 'layers.0.v_proj.weight']);
+    const merged = read(out);
+    const want = read(join(FIX, 'expected.safetensors'));
+    for (const k of ['layers.0.q_proj.weight', 'layers.0.q_proj.bias']) {
+      // PEFT merged the float32 base; this base was rounded to bf16 first, and so is the result
+      expect(maxRelativeError(await merged[k]!.data(), await want[`peft-regex-bias.merged.${k}`]!.data()), k).toBeLessThan(1e-2);
+    }
+    tf.dispose([...Object.values(base), ...Object.values(merged), ...Object.values(want)]);
   });
 
   it('merges a sharded directory shard by shard, copying the other files, and leaves nothing on failure', async () => {

@@ -3,8 +3,8 @@ import { basename, dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { adapterTargets, loraConfigFromJson, loraScaling, mergeAdapterWeights, patternKey } from '@lora/core';
-import { initBackend, parseSafetensors, serializeSafetensors } from '@lora/tensor';
-import { writeFileAtomic } from '@lora/tensor/node';
+import { initBackend, parseSafetensors } from '@lora/tensor';
+import { rewriteSafetensors } from '@lora/tensor/node';
 
 /** Where the command writes: stdout for results, stderr for progress and errors. */
 export interface Io {
@@ -28,8 +28,10 @@ adapted module with its kind, rank, alpha and scaling, and the parameter counts.
 
 Merges the adapter into the base weights by name, as PEFT's merge_and_unload, without building a model:
 Linear (and DoRA) and Embedding adapters, rank/alpha patterns, rsLoRA, lora_bias. A directory base may be
-sharded (model.safetensors.index.json); shards are merged one at a time and written atomically, and the
-directory's other files (config.json, tokenizer files) are copied.
+sharded (model.safetensors.index.json). Files are streamed: tensors the adapter does not touch are copied
+byte for byte, each adapted weight is merged and written back in its own dtype (bf16 stays bf16), so memory
+stays near one layer; output is written atomically, and a directory's other files (config.json, tokenizer
+files) are copied. Progress goes to stderr.
 
 Options:
   --adapter-name NAME   the sub-folder of a multi-adapter directory (PEFT saves non-default adapters there)
@@ -107,20 +109,62 @@ async function inspect(args: string[], io: Io): Promise<number> {
   }
 }
 
-async function mergeFile(input: string, output: string, adapter: { config: ReturnType<typeof loraConfigFromJson>; tensors: Record<string, tf.Tensor> }, safeMerge: boolean): Promise<{ changed: number; missing: string[] }> {
-  const bytes = await readFile(input);
-  const { tensors, metadata } = parseSafetensors(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), { file: input });
-  try {
-    const { merged, missing } = mergeAdapterWeights(tensors, adapter, { safeMerge });
-    try {
-      await writeFileAtomic(output, await serializeSafetensors({ ...tensors, ...merged }, { metadata }));
-      return { changed: Object.keys(merged).length, missing };
-    } finally {
-      tf.dispose(Object.values(merged));
-    }
-  } finally {
-    tf.dispose(Object.values(tensors));
-  }
+/**
+ * Merges the adapter into one safetensors file, streaming: tensors the adapter does not touch are copied
+ * as bytes, each adapted module's weight (and bias, with lora_bias) is read, merged and written back in
+ * its own dtype, so memory stays near one module and a bf16 checkpoint stays bf16.
+ */
+async function mergeFile(input: string, output: string, adapter: { config: ReturnType<typeof loraConfigFromJson>; tensors: Record<string, tf.Tensor> }, safeMerge: boolean, io: Io): Promise<{ changed: number; missing: string[] }> {
+  const modules = [...adapterTargets(adapter.tensors).keys()];
+  const moduleOf = new Map<string, string>();
+  for (const p of modules) for (const k of [`${p}.weight`, `${p}.bias`]) moduleOf.set(k, p);
+  const pending = new Map<string, Float32Array>();
+  let present: Set<string> | null = null;
+  let changed = 0;
+  let lastReport = Date.now();
+  await rewriteSafetensors(
+    input,
+    output,
+    async (name, file) => {
+      present ??= new Set(file.header.entries.map((e) => e.name));
+      const ready = pending.get(name);
+      if (ready) {
+        pending.delete(name);
+        return ready;
+      }
+      const path = moduleOf.get(name);
+      if (path === undefined || (name.endsWith('.bias') && !adapter.tensors[`base_model.model.${path}.lora_B.bias`])) return undefined;
+      // this module's weight (and bias) as tensors; the adapter's tensors for this module alone
+      const base: Record<string, tf.Tensor> = {};
+      const own: Record<string, tf.Tensor> = {};
+      for (const [k, t] of Object.entries(adapter.tensors)) if (k.startsWith(`base_model.model.${path}.`)) own[k] = t;
+      try {
+        for (const k of [`${path}.weight`, `${path}.bias`]) {
+          if (!present.has(k)) continue;
+          const d = await file.read(k);
+          base[k] = tf.tensor(d.values, d.shape, d.dtype);
+        }
+        const { merged } = mergeAdapterWeights(base, { config: adapter.config, tensors: own }, { safeMerge });
+        for (const [k, t] of Object.entries(merged)) pending.set(k, (await t.data()) as Float32Array);
+        tf.dispose(Object.values(merged));
+        changed++;
+      } finally {
+        tf.dispose(Object.values(base));
+      }
+      const mine = pending.get(name);
+      pending.delete(name);
+      return mine;
+    },
+    {
+      onProgress: (done, total) => {
+        if (Date.now() - lastReport < 2000) return;
+        lastReport = Date.now();
+        io.err(`  ${basename(input)}: ${((100 * done) / total).toFixed(0)}% (${(done / 2 ** 20).toFixed(0)} of ${(total / 2 ** 20).toFixed(0)} MiB)`);
+      },
+    },
+  );
+  const found = present ?? new Set<string>();
+  return { changed, missing: modules.map((p) => `${p}.weight`).filter((k) => !found.has(k)) };
 }
 
 async function merge(args: string[], io: Io): Promise<number> {
@@ -151,7 +195,7 @@ async function merge(args: string[], io: Io): Promise<number> {
       try {
         for (const [i, shard] of shards.entries()) {
           io.err(`merging ${shard} (${i + 1}/${shards.length})`);
-          const { missing } = await mergeFile(join(base, shard), join(tmp, shard), adapter, values['safe-merge'] ?? false);
+          const { missing } = await mergeFile(join(base, shard), join(tmp, shard), adapter, values['safe-merge'] ?? false, io);
           for (const w of wanted) if (!missing.includes(w)) found.add(w);
         }
         for (const f of files) if (!f.endsWith('.safetensors') && !(await isDir(join(base, f)))) await copyFile(join(base, f), join(tmp, f));
@@ -164,7 +208,7 @@ async function merge(args: string[], io: Io): Promise<number> {
       }
     } else {
       io.err(`merging ${base}`);
-      const { missing } = await mergeFile(base, out, adapter, values['safe-merge'] ?? false);
+      const { missing } = await mergeFile(base, out, adapter, values['safe-merge'] ?? false, io);
       if (missing.length) {
         await rm(out, { force: true });
         throw new UsageError(`the base has no ${missing.slice(0, 3).join(', ')}: is this the adapter's base model?`);

@@ -9,7 +9,7 @@ export { MAX_HEADER_BYTES, READABLE_DTYPES, SAFETENSORS_DTYPE_SIZES, readSafeten
 export type { SafetensorsDtype, SafetensorsEntry, SafetensorsHeader } from './safetensors-format';
 export { decodeEntry, parseSafetensors } from './safetensors-reader';
 export type { DecodedTensor, ParsedSafetensors } from './safetensors-reader';
-export { serializeSafetensors } from './safetensors-writer';
+export { encodeValues, serializeSafetensors } from './safetensors-writer';
 export type { RawTensor, SerializeOptions, WritableDtype } from './safetensors-writer';
 export { openFiles } from './file-source';
 export type { FileContent, FileSource, ModelFiles } from './file-source';

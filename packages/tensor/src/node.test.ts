@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { SafetensorsError , initBackend } from '@lora/tensor';
-import { loadSafetensors, saveSafetensors, writeFileAtomic } from '@lora/tensor/node';
+import { SafetensorsError, decodeEntry, initBackend, readSafetensorsHeader, serializeSafetensors } from '@lora/tensor';
+import { loadSafetensors, rewriteSafetensors, saveSafetensors, writeFileAtomic } from '@lora/tensor/node';
 
 const FIXTURES = join(import.meta.dirname, '..', '__fixtures__');
 const shardedExpected = JSON.parse(readFileSync(join(FIXTURES, 'sharded.expected.json'), 'utf8')) as Record<string, number[]>;
@@ -83,5 +83,72 @@ describe('saveSafetensors', () => {
     mkdirSync(join(dir, 'occupied', 'x'));
     await expect(writeFileAtomic(join(dir, 'occupied'), 'data')).rejects.toThrow();
     expect(readdirSync(dir)).toEqual(['occupied']);
+  });
+});
+
+describe('rewriteSafetensors', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'lora-rewrite-'));
+  const input = join(dir, 'in.safetensors');
+
+  beforeAll(async () => {
+    const bytes = await serializeSafetensors(
+      {
+        a: { dtype: 'float32', shape: [2, 3], values: Float32Array.from([1, 2, 3, 4, 5, 6]) },
+        b: { dtype: 'float32', shape: [3], values: Float32Array.from([0.1, 0.2, 0.3]) },
+        c: { dtype: 'int32', shape: [2], values: Int32Array.from([7, -8]) },
+      },
+      { metadata: { format: 'pt' }, dtype: { a: 'BF16', b: 'F32', c: 'I64' } },
+    );
+    writeFileSync(input, bytes);
+  });
+
+  it('keeps the header and untouched tensors byte for byte, and re-encodes replaced ones in their own dtype', async () => {
+    const out = join(dir, 'out.safetensors');
+    const seen: string[] = [];
+    let last = 0;
+    const { replaced, bytes } = await rewriteSafetensors(
+      input,
+      out,
+      async (name, file) => {
+        seen.push(name);
+        if (name !== 'a') return undefined;
+        const a = await file.read('a');
+        const b = await file.read('b'); // another tensor of the same file, e.g. a bias
+        return a.values.map((v, i) => v * 2 + (b.values[i % 3] as number));
+      },
+      { onProgress: (done) => (last = done) },
+    );
+    const before = new Uint8Array(readFileSync(input));
+    const after = new Uint8Array(readFileSync(out));
+    expect(replaced).toEqual(['a']);
+    expect([bytes, last, after.length]).toEqual([before.length, before.length, before.length]);
+    expect(seen.sort()).toEqual(['a', 'b', 'c']);
+    const header = readSafetensorsHeader(before);
+    expect(Array.from(after.subarray(0, header.dataStart))).toEqual(Array.from(before.subarray(0, header.dataStart)));
+    const entry = (n: string) => header.entries.find((e) => e.name === n)!;
+    for (const n of ['b', 'c']) expect(Array.from(after.subarray(entry(n).begin, entry(n).end))).toEqual(Array.from(before.subarray(entry(n).begin, entry(n).end)));
+    // a is still BF16: 2·v + b, rounded to bf16 (every value here is exact in bf16 but for the 0.1-steps)
+    const a = decodeEntry(after, entry('a'));
+    const want = [1, 2, 3, 4, 5, 6].map((v, i) => Math.fround(v * 2 + Math.fround([0.1, 0.2, 0.3][i % 3] as number)));
+    expect(entry('a').dtype).toBe('BF16');
+    for (const [i, v] of Array.from(a.values).entries()) expect(Math.abs(v - (want[i] as number))).toBeLessThan(Math.abs(want[i] as number) * 2 ** -8);
+    // replacing nothing gives the same bytes (a Python-written file)
+    const py = join(FIXTURES, 'sharded', readdirSync(join(FIXTURES, 'sharded')).find((f) => f.endsWith('.safetensors'))!);
+    await rewriteSafetensors(py, join(dir, 'same.safetensors'), async () => undefined);
+    expect(Buffer.compare(readFileSync(py), readFileSync(join(dir, 'same.safetensors')))).toBe(0);
+  });
+
+  it('leaves nothing behind when the replacement is wrong or fails, and names the tensor', async () => {
+    const out = join(dir, 'bad.safetensors');
+    await expect(rewriteSafetensors(input, out, async (n) => (n === 'b' ? new Float32Array(2) : undefined))).rejects.toThrow(/tensor 'b'.*2 values; the tensor's shape \[3\] holds 3/);
+    await expect(
+      rewriteSafetensors(input, out, async (n) => {
+        if (n === 'c') throw new Error('merge failed');
+        return undefined;
+      }),
+    ).rejects.toThrow('merge failed');
+    expect(readdirSync(dir).filter((f) => f.startsWith('bad') || f.startsWith('.bad'))).toEqual([]);
+    writeFileSync(join(dir, 'trunc.safetensors'), readFileSync(input).subarray(0, 40));
+    await expect(rewriteSafetensors(join(dir, 'trunc.safetensors'), out, async () => undefined)).rejects.toThrow(SafetensorsError);
   });
 });

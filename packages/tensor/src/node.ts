@@ -3,12 +3,13 @@
  * Import from `@lora/tensor/node`; the main entry stays browser-safe.
  */
 import { randomBytes } from 'node:crypto';
-import { readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { open, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { SafetensorsError } from './errors';
-import { type ParsedSafetensors, parseSafetensors } from './safetensors-reader';
-import { type RawTensor, type SerializeOptions, serializeSafetensors } from './safetensors-writer';
+import { type SafetensorsEntry, type SafetensorsHeader, parseHeader, readHeaderLength } from './safetensors-format';
+import { type DecodedTensor, type ParsedSafetensors, decodeEntry, parseSafetensors } from './safetensors-reader';
+import { type RawTensor, type SerializeOptions, type WritableDtype, encodeValues, serializeSafetensors } from './safetensors-writer';
 
 /** What {@link loadSafetensors} returns. The caller owns (and disposes) the tensors. */
 export interface LoadedSafetensors extends ParsedSafetensors {
@@ -148,4 +149,110 @@ export async function saveSafetensors(
 ): Promise<void> {
   const bytes = await serializeSafetensors(tensors, options);
   await writeFileAtomic(path, bytes);
+}
+
+/** The input file of {@link rewriteSafetensors}, as its replace function sees it. */
+export interface SafetensorsFileReader {
+  /** The input's path. */
+  path: string;
+  /** The validated header (entries in data order). */
+  header: SafetensorsHeader;
+  /** Reads and decodes one tensor of the file (half and 64-bit types widen or narrow as `decodeEntry` does). */
+  read(name: string): Promise<DecodedTensor>;
+}
+
+/** What {@link rewriteSafetensors} returns. */
+export interface RewriteResult {
+  /** Names of the tensors whose data was replaced. */
+  replaced: string[];
+  /** Bytes written. */
+  bytes: number;
+}
+
+const REWRITABLE: readonly string[] = ['F32', 'F16', 'BF16', 'F64', 'I32', 'I64'];
+
+/**
+ * Copies a safetensors file tensor by tensor, replacing the data of the tensors `replace` returns new
+ * values for, with memory near one tensor: the header is kept byte for byte (names, dtypes, shapes,
+ * offsets and metadata do not change), untouched tensors are copied as bytes, replaced ones are encoded
+ * back into their own dtype (a bf16 checkpoint stays bf16). The output is written atomically; on any
+ * error nothing is left at `output`. Replacements for F32, F16, BF16, F64, I32 and I64 tensors only.
+ *
+ * @example
+ * ```ts
+ * import { rewriteSafetensors } from '@lora/tensor/node';
+ * // halve every weight of one layer, keeping the rest of a checkpoint untouched
+ * await rewriteSafetensors('model.safetensors', 'out.safetensors', async (name, file) =>
+ *   name === 'lm_head.weight' ? (await file.read(name)).values.map((v) => v / 2) : undefined);
+ * ```
+ */
+export async function rewriteSafetensors(
+  input: string,
+  output: string,
+  replace: (name: string, file: SafetensorsFileReader) => Promise<DecodedTensor['values'] | undefined>,
+  options: { onProgress?: (bytesDone: number, bytesTotal: number) => void } = {},
+): Promise<RewriteResult> {
+  const source = await open(input, 'r');
+  const tmp = join(dirname(output), `.${basename(output)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  let target: Awaited<ReturnType<typeof open>> | null = null;
+  try {
+    const { size } = await source.stat();
+    const prefix = new Uint8Array(8);
+    await source.read(prefix, 0, 8, 0);
+    const headerLength = readHeaderLength(prefix, size, input);
+    const head = new Uint8Array(8 + headerLength);
+    await source.read(head, 0, head.length, 0);
+    const header = parseHeader(head.subarray(8), size, input);
+    const byName = new Map<string, SafetensorsEntry>(header.entries.map((e) => [e.name, e]));
+    const readBytes = async (entry: SafetensorsEntry): Promise<Uint8Array> => {
+      const buf = new Uint8Array(entry.end - entry.begin);
+      if (buf.length) await source.read(buf, 0, buf.length, entry.begin);
+      return buf;
+    };
+    const file: SafetensorsFileReader = {
+      path: input,
+      header,
+      async read(name) {
+        const entry = byName.get(name);
+        if (!entry) throw new SafetensorsError({ file: input, tensor: name, field: 'name' }, `no tensor '${name}' in this file`);
+        return decodeEntry(await readBytes(entry), { ...entry, begin: 0, end: entry.end - entry.begin }, input);
+      },
+    };
+    target = await open(tmp, 'wx');
+    await target.write(head, 0, head.length, 0);
+    let written = head.length;
+    const replaced: string[] = [];
+    for (const entry of header.entries) {
+      const values = await replace(entry.name, file);
+      let bytes: Uint8Array;
+      if (values === undefined) bytes = await readBytes(entry);
+      else {
+        const numel = entry.shape.reduce((a, b) => a * b, 1);
+        if (values.length !== numel) {
+          throw new SafetensorsError({ file: output, tensor: entry.name, field: 'shape' }, `the replacement has ${values.length} values; the tensor's shape [${entry.shape.join(', ')}] holds ${numel}`);
+        }
+        if (!REWRITABLE.includes(entry.dtype)) {
+          throw new SafetensorsError({ file: output, tensor: entry.name, field: 'dtype' }, `a ${entry.dtype} tensor cannot be rewritten; only ${REWRITABLE.join(', ')} can`);
+        }
+        // floats into float dtypes, integers into integer ones, whatever typed array the caller returned
+        const isFloat = entry.dtype.startsWith('F') || entry.dtype === 'BF16';
+        const typed = isFloat ? (values instanceof Float32Array ? values : Float32Array.from(values)) : values instanceof Int32Array ? values : Int32Array.from(values);
+        bytes = entry.dtype === 'F64' ? new Uint8Array(Float64Array.from(typed).buffer) : encodeValues(typed, entry.dtype as WritableDtype);
+        replaced.push(entry.name);
+      }
+      await target.write(bytes, 0, bytes.length, written);
+      written += bytes.length;
+      options.onProgress?.(written, size);
+    }
+    await target.close();
+    target = null;
+    await rename(tmp, output);
+    return { replaced, bytes: written };
+  } catch (e) {
+    await target?.close().catch(() => undefined);
+    await unlink(tmp).catch(() => undefined);
+    throw e;
+  } finally {
+    await source.close();
+  }
 }

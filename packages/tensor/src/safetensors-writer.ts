@@ -33,7 +33,16 @@ const ALLOWED: Record<RawTensor['dtype'], readonly WritableDtype[]> = {
 };
 const DEFAULT: Record<RawTensor['dtype'], WritableDtype> = { float32: 'F32', int32: 'I32', bool: 'BOOL' };
 
-function encode(values: RawTensor['values'], dtype: WritableDtype): Uint8Array {
+/**
+ * Encodes values as a safetensors dtype's little-endian bytes (floats to F32/F16/BF16, rounding to
+ * nearest even; int32 to I32/I64). A view on `values` where no conversion is needed.
+ *
+ * @example
+ * ```ts
+ * const bytes = encodeValues(new Float32Array([1, 2]), 'BF16'); // 4 bytes
+ * ```
+ */
+export function encodeValues(values: RawTensor['values'], dtype: WritableDtype): Uint8Array {
   switch (dtype) {
     case 'F32':
     case 'I32':
@@ -110,7 +119,7 @@ export async function serializeSafetensors(
       throw new SafetensorsError({ file: '<output>', tensor: name, field: 'shape' }, `shape ${JSON.stringify(raw.shape)} has ${numel} elements but ${raw.values.length} values were given`);
     }
     const dtype = chooseDtype(name, raw.dtype, options.dtype);
-    const data = encode(raw.values, dtype);
+    const data = encodeValues(raw.values, dtype);
     header[name] = { dtype, shape: [...raw.shape], data_offsets: [offset, offset + numel * DTYPE_BYTES[dtype]] };
     chunks.push(data);
     offset += data.length;
