@@ -17,6 +17,15 @@ export const readAdapterFiles = (dir: string) => ({
 /** Reads a fixture file's tensors (the caller disposes them). */
 export const readFixture = (file: string): Record<string, tf.Tensor> => parseSafetensors(new Uint8Array(readFileSync(join(FIX, file)))).tensors;
 
+/** A model built without random init, holding a fixture file's weights. */
+export function withFixtureWeights<M extends Module>(build: () => M, file: string): M {
+  const net = withoutInit(build);
+  const tensors = readFixture(file);
+  net.loadStateDict(tensors);
+  tf.dispose(Object.values(tensors));
+  return net;
+}
+
 /** The Block of tools/oracle/peft_fixtures_net.py. */
 export class Block extends Module {
   q_proj = this.registerModule('q_proj', new Linear(8, 8));

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { type Embedding, ParameterDict, embedding, normalInit } from '@lora/nn';
+import { type Embedding, ModuleDict, ParameterDict, embedding, normalInit } from '@lora/nn';
+import { Magnitude, detach, normExcept } from './dora';
 import { loraScaling } from './lora-config';
 import { LoraLayerBase } from './lora-layer';
 import type { AdapterSettings } from './lora-linear';
@@ -8,6 +9,9 @@ import type { AdapterSettings } from './lora-linear';
  * An Embedding wrapped with LoRA adapters, as PEFT's `lora.Embedding`: `lora_embedding_A[adapter]`
  * [r, vocab] and `lora_embedding_B[adapter]` [dim, r] (parameters, no `.weight`), and
  * `y = base(ids) + s·(Aᵀ[ids]·Bᵀ)`. No dropout on this path (as PEFT). ΔW = s·(B·A)ᵀ, [vocab, dim].
+ * With `useDora`, a magnitude [dim] rescales each embedding dimension by m / ‖W + ΔW‖ (the norm
+ * over the vocabulary), base output included: `y = f·(base(ids) + s·Aᵀ[ids]·Bᵀ)`, as PEFT's
+ * `DoraEmbeddingLayer`.
  *
  * @example
  * ```ts
@@ -18,31 +22,36 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
   baseLayer: Embedding;
   loraEmbeddingA: ParameterDict;
   loraEmbeddingB: ParameterDict;
+  loraMagnitudeVector: ModuleDict<Magnitude>;
 
   constructor(base: Embedding, adapterName: string, settings: AdapterSettings) {
     super();
     this.baseLayer = this.registerModule('base_layer', base);
     this.loraEmbeddingA = this.registerModule('lora_embedding_A', new ParameterDict());
     this.loraEmbeddingB = this.registerModule('lora_embedding_B', new ParameterDict());
+    this.loraMagnitudeVector = this.registerModule('lora_magnitude_vector', new ModuleDict<Magnitude>());
     this.updateLayer(adapterName, settings);
     this.activeAdapters = [adapterName];
   }
 
   /**
    * Adds an adapter. PEFT draws A ~ N(0, 1) then B ~ N(0, 1) at construction; the default init then
-   * zeroes A and redraws B, so after the same seed the weights equal PEFT's.
+   * zeroes A and redraws B, so after the same seed the weights equal PEFT's. A DoRA magnitude starts
+   * as ‖W + ΔW‖ per embedding dimension.
    */
   updateLayer(name: string, s: AdapterSettings): void {
     if (!Number.isInteger(s.r) || s.r <= 0) throw new Error(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
     if (s.loraBias) throw new Error('lora_bias=True is not supported for Embedding.');
-    if (s.useDora) throw new Error('DoRA on Embedding layers is not implemented in @lora/core yet');
+    if (s.initLoraWeights === 'loftq') {
+      throw new Error("init_lora_weights='loftq' is not supported on Embedding layers (PEFT 0.21 fails there too: LoraLayer.loftq_init() missing 1 required positional argument: 'config'); leave this layer out of target_modules");
+    }
     if (this.settings.has(name)) this.deleteAdapter(name);
     const vocab = this.baseLayer.numEmbeddings;
     const dim = this.baseLayer.embeddingDim;
     let a = normalInit([s.r, vocab]);
     let b = normalInit([dim, s.r]);
     if (s.initLoraWeights !== false) {
-      // true and every other init: A ← 0, B ← N(0, 1) (PEFT treats the others as true on embeddings)
+      // true and every other init: A ← 0, B ← N(0, 1) (PEFT treats the others as true on embeddings; loftq fails above)
       a.dispose();
       a = tf.zeros([s.r, vocab]);
       b.dispose();
@@ -52,11 +61,18 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
     this.loraEmbeddingB.set(name, b);
     this.settings.set(name, { ...s });
     this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
+    if (s.useDora) this.loraMagnitudeVector.set(name, new Magnitude(tf.tidy(() => tf.reshape(this.doraNorm(name), [this.baseLayer.embeddingDim]))));
+  }
+
+  /** ‖W + ΔW‖ per embedding dimension ([1, dim], over the vocabulary) for the current weights. */
+  private doraNorm(name: string): tf.Tensor {
+    return tf.tidy(() => this.doraWeightNorm(name, tf.add(this.baseLayer.weight, this.getDeltaWeight(name))));
   }
 
   protected removeAdapterWeights(name: string): void {
     this.loraEmbeddingA.delete(name);
     this.loraEmbeddingB.delete(name);
+    this.loraMagnitudeVector.delete(name)?.dispose();
   }
 
   /** No dropout on this path, as PEFT. */
@@ -64,7 +80,21 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
     const afterA = embedding(ids, tf.transpose(this.loraEmbeddingA.get(name)));
     const lora = tf.matMul(tf.reshape(afterA, [-1, afterA.shape.at(-1) as number]), this.loraEmbeddingB.get(name), false, true);
     const contribution = tf.mul(tf.reshape(lora, result.shape), this.scaling.get(name) as number);
-    return tf.add(result, rows ? tf.mul(contribution, rows) : contribution);
+    if (!this.settings.get(name)?.useDora) return tf.add(result, rows ? tf.mul(contribution, rows) : contribution);
+    // DoRA (PEFT's DoraEmbeddingLayer): f = m / ‖W + ΔW‖ per dimension, the norm detached, scales
+    // the running result as well as the adapter's part
+    const m = this.loraMagnitudeVector.get(name).weight;
+    const f = tf.div(m, tf.reshape(detach(this.doraNorm(name)), m.shape));
+    return tf.add(tf.mul(f, result), tf.mul(f, contribution));
+  }
+
+  /** One norm per embedding dimension, over the vocabulary: [1, dim]. */
+  protected override doraWeightNorm(_name: string, weight: tf.Tensor): tf.Tensor {
+    return normExcept(weight, 1);
+  }
+
+  protected override doraMagnitude(name: string): tf.Tensor {
+    return tf.reshape(this.loraMagnitudeVector.get(name).weight, [1, -1]);
   }
 
   /** ΔW = s·(B·A)ᵀ, shaped like the embedding table [vocab, dim]. The caller owns it. */
@@ -83,8 +113,10 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
     return this.loraEmbeddingB.get(name);
   }
 
-  /** The adapter's tensors by the key suffix PEFT saves them under. */
+  /** The adapter's tensors by the key suffix PEFT saves them under (DoRA's magnitude without `.weight`). */
   savedTensors(name: string): Record<string, tf.Variable> {
-    return { lora_embedding_A: this.loraEmbeddingA.get(name), lora_embedding_B: this.loraEmbeddingB.get(name) };
+    const out: Record<string, tf.Variable> = { lora_embedding_A: this.loraEmbeddingA.get(name), lora_embedding_B: this.loraEmbeddingB.get(name) };
+    if (this.loraMagnitudeVector.has(name)) out.lora_magnitude_vector = this.loraMagnitudeVector.get(name).weight;
+    return out;
   }
 }

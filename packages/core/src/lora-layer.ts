@@ -28,6 +28,8 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
   readonly mergedAdapters: string[] = [];
   /** Per-row adapter names for the call in progress (PEFT's `adapter_names`), set by PeftModel. */
   batchAdapterNames: string[] | null = null;
+  /** Weight norms cached by DoRA merges for unmerge (PEFT's `<adapter>-weight_norm` cache). */
+  private readonly doraMergeNorms = new Map<string, tf.Tensor>();
 
   /** Adds (or replaces) an adapter. */
   abstract updateLayer(name: string, settings: AdapterSettings): void;
@@ -48,13 +50,45 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
   protected loraBias(_name: string): tf.Tensor | null {
     return null;
   }
-  /** W after merging `name` (W + ΔW; DoRA rescales). */
-  protected mergedWeight(name: string, w: tf.Tensor): tf.Tensor {
-    return tf.add(w, this.getDeltaWeight(name));
+  /**
+   * DoRA: ‖W₀ + ΔW‖ for `weight` = W₀ + ΔW, one norm per magnitude entry, shaped to scale the base
+   * weight by broadcasting. Layers that take DoRA adapters override this and {@link doraMagnitude}.
+   */
+  protected doraWeightNorm(_name: string, _weight: tf.Tensor): tf.Tensor {
+    throw new Error(`DoRA is not supported on ${this.constructor.name}`);
   }
-  /** W after unmerging `name` (W − ΔW; DoRA undoes its rescaling). */
+  /** DoRA: the adapter's magnitude, shaped as {@link doraWeightNorm}'s result. */
+  protected doraMagnitude(_name: string): tf.Tensor {
+    throw new Error(`DoRA is not supported on ${this.constructor.name}`);
+  }
+
+  /**
+   * W after merging `name`: W + ΔW, or for DoRA (m / ‖W₀ + ΔW‖) ⊙ (W + ΔW). As PEFT 0.21, the norm
+   * is taken on W₀, the base weight with the adapters merged before taken out again (what forward
+   * sees), and kept for unmerge.
+   */
+  protected mergedWeight(name: string, w: tf.Tensor): tf.Tensor {
+    const delta = this.getDeltaWeight(name);
+    if (!this.settings.get(name)?.useDora) return tf.add(w, delta);
+    const w0 = this.mergedAdapters.reduceRight((acc, merged) => this.unmergedWeight(merged, acc), w);
+    const norm = tf.keep(this.doraWeightNorm(name, tf.add(w0, delta)));
+    this.doraMergeNorms.get(name)?.dispose();
+    this.doraMergeNorms.set(name, norm);
+    return tf.mul(tf.div(this.doraMagnitude(name), norm), tf.add(w, delta));
+  }
+  /** W after unmerging `name`: W − ΔW, or for DoRA W / (m / ‖W₀ + ΔW‖) − ΔW with the norm kept at merge time. */
   protected unmergedWeight(name: string, w: tf.Tensor): tf.Tensor {
-    return tf.sub(w, this.getDeltaWeight(name));
+    const norm = this.doraMergeNorms.get(name);
+    if (!norm) return tf.sub(w, this.getDeltaWeight(name));
+    return tf.sub(tf.div(w, tf.div(this.doraMagnitude(name), norm)), this.getDeltaWeight(name));
+  }
+  /** Frees the DoRA merge norms of adapters that are no longer merged. */
+  private dropDoraMergeNorms(): void {
+    for (const [name, norm] of this.doraMergeNorms) {
+      if (this.mergedAdapters.includes(name)) continue;
+      norm.dispose();
+      this.doraMergeNorms.delete(name);
+    }
   }
 
   /** Removes an adapter and frees its weights. */
@@ -66,6 +100,7 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
     this.activeAdapters = this.activeAdapters.filter((a) => a !== name);
     const merged = this.mergedAdapters.indexOf(name);
     if (merged >= 0) this.mergedAdapters.splice(merged, 1);
+    this.dropDoraMergeNorms();
   }
 
   forward(x: tf.Tensor): tf.Tensor {
@@ -77,6 +112,7 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
     if (names) {
       if (names.length !== x.shape[0]) throw new Error(`adapter_names has ${names.length} entries for a batch of ${x.shape[0]}`);
       if (this.mergedAdapters.length) throw new Error('Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.');
+      if (names.some((n) => this.settings.get(n)?.useDora)) throw new Error('Cannot pass `adapter_names` when DoRA is enabled.');
     } else if (this.mergedAdapters.length) return this.baseLayer.call(x);
     return tf.tidy(() => {
       let result = this.baseLayer.call(x) as tf.Tensor;
@@ -97,6 +133,7 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
       const merged = tf.tidy(() => this.mergedWeight(name, w));
       if (options.safeMerge && !tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0])) {
         merged.dispose();
+        this.dropDoraMergeNorms();
         throw new Error(`NaNs detected in the merged weights. The adapter ${name} seems to be broken`);
       }
       w.assign(merged);
@@ -121,6 +158,7 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
       const bias = this.baseLayer.bias;
       if (loraBias && bias) tf.tidy(() => bias.assign(tf.sub(bias, tf.mul(loraBias, this.scaling.get(name) as number))));
     }
+    this.dropDoraMergeNorms();
   }
 }
 

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Dropout, Linear, Module, ModuleDict, defaultRng, kaimingUniformDefault, linear, normalInit } from '@lora/nn';
+import { Dropout, Linear, ModuleDict, defaultRng, kaimingUniformDefault, linear, normalInit } from '@lora/nn';
 import { matrix64, qr, svd, svdLowRank } from '@lora/linalg';
+import { Magnitude, detach } from './dora';
 import { lookupLoraInit } from './init-registry';
 import { Identity, LoraLayerBase } from './lora-layer';
 import { loraScaling } from './lora-config';
@@ -17,21 +18,6 @@ export interface AdapterSettings {
   /** Weight-decomposed LoRA: a trained magnitude per output unit (PEFT's `use_dora`). */
   useDora?: boolean;
 }
-
-/** DoRA's magnitude vector, held as `lora_magnitude_vector.<adapter>.weight` as in PEFT. */
-class Magnitude extends Module {
-  weight: tf.Variable;
-  constructor(value: tf.Tensor) {
-    super();
-    this.weight = this.registerParameter('weight', value);
-  }
-  forward(): never {
-    throw new Error('a magnitude vector is a parameter holder');
-  }
-}
-
-/** The value of x with no gradient flowing back through it (torch's `.detach()`). */
-const detach = tf.customGrad(((x: tf.Tensor) => ({ value: tf.clone(x), gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy) })) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
 
 /** Per-row L2 norm of W + s·B·A ([out]), DoRA's weight norm. */
 function rowNorms(w: tf.Tensor, delta: tf.Tensor): tf.Tensor {

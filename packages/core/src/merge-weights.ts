@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { normExcept } from './dora';
 import { type LoraConfig, loraScaling } from './lora-config';
 import { patternKey } from './peft-model';
 
@@ -10,14 +11,32 @@ export interface AdapterFiles {
   tensors: Record<string, tf.Tensor>;
 }
 
-/** The LoRA-wrapped module paths an adapter file holds, with the kind of layer each is. */
-export function adapterTargets(tensors: Record<string, tf.Tensor>): Map<string, 'linear' | 'embedding'> {
-  const out = new Map<string, 'linear' | 'embedding'>();
-  for (const key of Object.keys(tensors)) {
+/** The kind of layer an adapter wraps, as its tensors tell: convolutions by their kernel's rank. */
+export type AdapterTargetKind = 'linear' | 'embedding' | 'conv1d' | 'conv2d' | 'conv3d';
+
+/**
+ * The LoRA-wrapped module paths an adapter file holds, with the kind of layer each is (`lora_A` of
+ * rank 2: Linear; 3, 4, 5: Conv1d, Conv2d, Conv3d; `lora_embedding_A`: Embedding).
+ *
+ * @example
+ * ```ts
+ * adapterTargets(tensors); // Map { 'embed' => 'embedding', 'conv' => 'conv2d', 'lin' => 'linear' }
+ * ```
+ */
+export function adapterTargets(tensors: Record<string, tf.Tensor>): Map<string, AdapterTargetKind> {
+  const out = new Map<string, AdapterTargetKind>();
+  const convs: Record<number, AdapterTargetKind> = { 3: 'conv1d', 4: 'conv2d', 5: 'conv3d' };
+  for (const [key, t] of Object.entries(tensors)) {
     const m = /^base_model\.model\.(.+)\.(lora_A\.weight|lora_embedding_A)$/.exec(key);
-    if (m) out.set(m[1] as string, m[2] === 'lora_embedding_A' ? 'embedding' : 'linear');
+    if (m) out.set(m[1] as string, m[2] === 'lora_embedding_A' ? 'embedding' : (convs[t.rank] ?? 'linear'));
   }
   return out;
+}
+
+/** DoRA's merged weight (m / ‖W + ΔW‖) ⊙ (W + ΔW), the norm over every axis but `keep` of `sum` = W + ΔW. */
+function doraRescaled(sum: tf.Tensor, magnitude: tf.Tensor, keep: number): tf.Tensor {
+  const norm = normExcept(sum, keep);
+  return tf.mul(sum, tf.div(tf.reshape(magnitude, norm.shape), norm));
 }
 
 function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
@@ -29,7 +48,9 @@ function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
 /**
  * Merges one adapter into base weights without building a model (what `lora merge` does, shard by
  * shard): for every wrapped module P, `P.weight ← P.weight + s·B·A` (Linear; DoRA rescales each row
- * to the magnitude), `P.weight ← P.weight + s·(B·A)ᵀ` (Embedding), and with `lora_bias`
+ * to the magnitude), `P.weight ← P.weight + s·(B·A)ᵀ` (Embedding; DoRA rescales each dimension),
+ * `P.weight ← P.weight + s·reshape(B·A)` (convolutions; DoRA rescales each output channel; grouped
+ * convolutions cannot be merged, as PEFT), and with `lora_bias`
  * `P.bias ← P.bias + s·b`. Scalings follow the config (α/r or α/√r, rank and alpha patterns).
  * Returns new tensors for the keys of `base` it changed (the caller owns them); modules the adapter
  * has but `base` lacks are listed in `missing` (they may live in another shard).
@@ -62,17 +83,24 @@ export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: Ad
       const p = `${PREFIX}${path}`;
       merged[weightKey] = tf.tidy(() => {
         if (kind === 'embedding') {
-          return tf.add(w, tf.transpose(tf.mul(tf.matMul(need(tensors, `${p}.lora_embedding_B`), need(tensors, `${p}.lora_embedding_A`)), s)));
+          const sum = tf.add(w, tf.transpose(tf.mul(tf.matMul(need(tensors, `${p}.lora_embedding_B`), need(tensors, `${p}.lora_embedding_A`)), s)));
+          const magnitude = tensors[`${p}.lora_magnitude_vector`];
+          // DoRA: one magnitude per embedding dimension, the norm over the vocabulary
+          return magnitude ? doraRescaled(sum, magnitude, 1) : sum;
         }
         // convolutions: ΔW = reshape(B[out, r] · A[r, in·∏k]) in the kernel's shape
         const a = need(tensors, `${p}.lora_A.weight`);
         const b = need(tensors, `${p}.lora_B.weight`);
         const r = a.shape[0] as number;
+        // a grouped kernel is [out, in/groups, …k] while A reads all `in` channels
+        const groups = (a.shape[1] as number) / (w.shape[1] as number);
+        if (kind !== 'linear' && Number.isInteger(groups) && groups > 1) throw new Error(`'${path}' is a grouped convolution (groups=${groups}): Merging is not supported for _ConvNd layers with groups > 1!`);
         const delta = tf.reshape(tf.mul(tf.matMul(tf.reshape(b, [-1, r]), tf.reshape(a, [r, -1])), s), w.shape);
         const sum = tf.add(w, delta);
         const magnitude = tensors[`${p}.lora_magnitude_vector`];
         if (!magnitude) return sum;
-        if (w.rank !== 2) throw new Error(`DoRA on '${path}' (a ${w.rank}-d weight) cannot be merged by name yet`);
+        // DoRA on a convolution: one magnitude per output channel, the norm over the rest of the kernel
+        if (kind !== 'linear') return doraRescaled(sum, magnitude, 0);
         const norm = tf.sqrt(tf.sum(tf.square(sum), 1));
         return tf.mul(sum, tf.expandDims(tf.div(magnitude, norm), 1));
       });

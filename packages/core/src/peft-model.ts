@@ -103,13 +103,16 @@ export class PeftModel extends Module {
     if (config.bias !== 'none' && [...this.peftConfig.values()].some((c) => c.bias !== 'none')) {
       throw new Error("LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all adapters.");
     }
-    // A pluggable init that is not registered fails here, before any layer is wrapped.
-    if (config.initLoraWeights === 'loftq' || config.initLoraWeights === 'eva' || config.initLoraWeights === 'lora_ga') lookupLoraInit(config.initLoraWeights);
     const isFirst = this.peftConfig.size === 0;
     // Wrapped layers' own sub-paths (lora_A, base_layer…) are never targets themselves.
     const lora = new Set([...this.loraLayers()].map(([p]) => p));
     const { targeted } = resolveTargets(this.model, config);
     const paths = targeted.filter((p) => ![...lora].some((l) => p.startsWith(`${l}.`)));
+    // A pluggable init that is not registered fails here, before any layer is wrapped. Only Linear
+    // layers run it: PEFT's Embedding and convolutions fall back to the default init or refuse it.
+    const pluggable = config.initLoraWeights === 'loftq' || config.initLoraWeights === 'eva' || config.initLoraWeights === 'lora_ga';
+    const isLinear = (m: Module) => m instanceof Linear || m instanceof LoraLinear;
+    if (pluggable && paths.some((p) => isLinear(this.model.getSubmodule(p)))) lookupLoraInit(config.initLoraWeights as string);
     const rankKeys = Object.keys(config.rankPattern);
     const alphaKeys = Object.keys(config.alphaPattern);
     for (const path of paths) {
