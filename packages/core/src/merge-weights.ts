@@ -20,6 +20,18 @@ export function adapterTargets(tensors: Record<string, tf.Tensor>): Map<string, 
   return out;
 }
 
+/**
+ * Whether a 2-d base weight is stored [in, out] (transformers' Conv1D, PEFT's fan_in_fan_out) for a
+ * ΔW of shape [out, in]. The shapes tell unless the weight is square; then `fanInFanOut` does (PEFT
+ * decides by the module's class, which weight files do not record).
+ */
+function storedTransposed(path: string, weight: [number, number], delta: [number, number], fanInFanOut: boolean): boolean {
+  const [out, inF] = delta;
+  if (weight[0] === out && weight[1] === inF) return out === inF ? fanInFanOut : false;
+  if (weight[0] === inF && weight[1] === out) return true;
+  throw new Error(`the adapter's update for '${path}' is [${out}, ${inF}] (out, in) but the weight is [${weight.join(', ')}]; was the adapter trained on another base model?`);
+}
+
 function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
   const t = tensors[key];
   if (!t) throw new Error(`the adapter has no '${key}'; it is incomplete`);
@@ -29,7 +41,10 @@ function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
 /**
  * Merges one adapter into base weights without building a model (what `lora merge` does, shard by
  * shard): for every wrapped module P, `P.weight ← P.weight + s·B·A` (Linear; DoRA rescales each row
- * to the magnitude), `P.weight ← P.weight + s·(B·A)ᵀ` (Embedding), and with `lora_bias`
+ * to the magnitude), `P.weight ← P.weight + s·(B·A)ᵀ` (Embedding, and fan_in_fan_out layers such as
+ * transformers' Conv1D, whose weight is [in, out]: told by the shapes; for a square weight by
+ * `options.fanInFanOut(path)`, by default the config's `fan_in_fan_out`, which PEFT saves as it was
+ * after the last layer it wrapped; DoRA rescales each column), and with `lora_bias`
  * `P.bias ← P.bias + s·b`. Scalings follow the config (α/r or α/√r, rank and alpha patterns).
  * Returns new tensors for the keys of `base` it changed (the caller owns them); modules the adapter
  * has but `base` lacks are listed in `missing` (they may live in another shard).
@@ -39,9 +54,8 @@ function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
  * const { merged } = mergeAdapterWeights(shardTensors, { config, tensors: adapterTensors });
  * ```
  */
-export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: { safeMerge?: boolean } = {}): { merged: Record<string, tf.Tensor>; missing: string[] } {
+export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: { safeMerge?: boolean; fanInFanOut?: (path: string) => boolean } = {}): { merged: Record<string, tf.Tensor>; missing: string[] } {
   const { config, tensors } = adapter;
-  if (config.fanInFanOut) throw new Error('fan_in_fan_out adapters cannot be merged by name yet');
   const merged: Record<string, tf.Tensor> = {};
   const missing: string[] = [];
   const rankKeys = Object.keys(config.rankPattern);
@@ -68,10 +82,14 @@ export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: Ad
         const a = need(tensors, `${p}.lora_A.weight`);
         const b = need(tensors, `${p}.lora_B.weight`);
         const r = a.shape[0] as number;
-        const delta = tf.reshape(tf.mul(tf.matMul(tf.reshape(b, [-1, r]), tf.reshape(a, [r, -1])), s), w.shape);
+        const ba = tf.mul(tf.matMul(tf.reshape(b, [-1, r]), tf.reshape(a, [r, -1])), s);
+        const fifo = w.rank === 2 && storedTransposed(path, w.shape as [number, number], ba.shape as [number, number], options.fanInFanOut?.(path) ?? config.fanInFanOut);
+        const delta = fifo ? tf.transpose(ba) : tf.reshape(ba, w.shape);
         const sum = tf.add(w, delta);
         const magnitude = tensors[`${p}.lora_magnitude_vector`];
         if (!magnitude) return sum;
+        // fan_in_fan_out: an output unit's weights are a column of the [in, out] weight
+        if (fifo) return tf.mul(sum, tf.div(magnitude, tf.sqrt(tf.sum(tf.square(sum), 0))));
         if (w.rank !== 2) throw new Error(`DoRA on '${path}' (a ${w.rank}-d weight) cannot be merged by name yet`);
         const norm = tf.sqrt(tf.sum(tf.square(sum), 1));
         return tf.mul(sum, tf.expandDims(tf.div(magnitude, norm), 1));
