@@ -125,7 +125,8 @@ export async function loadAdapter(model: Module | PeftModel, files: ModelFiles, 
       withoutInit(() => model.addAdapter(name, initless));
       peft = model;
     } else peft = withoutInit(() => new PeftModel(model, initless, name));
-    peft.peftConfig.set(name, config);
+    // fan_in_fan_out as corrected while wrapping (PEFT corrects the loaded config in place)
+    peft.peftConfig.set(name, { ...config, fanInFanOut: (peft.peftConfig.get(name) as LoraConfig).fanInFanOut });
     const own = adapterStateDict(peft, name);
     const missingKeys = Object.keys(own).filter((k) => !(k in tensors));
     const unexpectedKeys = Object.keys(tensors).filter((k) => !(k in own));

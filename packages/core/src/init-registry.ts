@@ -7,7 +7,10 @@ export interface LoraInitContext {
   path: string;
   adapterName: string;
   settings: AdapterSettings;
-  /** The base layer's weight ([out, in] for Linear); an initialiser may replace its value (`assign`). */
+  /**
+   * The base layer's weight ([out, in] for Linear; [in, out] for a TransposedLinear, when
+   * `settings.fanInFanOut`); an initialiser may replace its value (`assign`).
+   */
   baseWeight: tf.Variable;
   loraA: tf.Variable;
   loraB: tf.Variable;

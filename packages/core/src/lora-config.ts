@@ -14,7 +14,7 @@ export interface LoraConfig {
   revision: string | null;
   inferenceMode: boolean;
   r: number;
-  /** A list: suffix match on module paths. A string: a regular expression matched against the full path. `'all-linear'`: every Linear but the output layer. */
+  /** A list: suffix match on module paths. A string: a regular expression matched against the full path. `'all-linear'`: every Linear and TransposedLinear (transformers' Conv1D) but the output layer. */
   targetModules: string[] | string | null;
   excludeModules: string[] | string | null;
   loraAlpha: number;

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Dropout, Linear, ModuleDict, defaultRng, kaimingUniformDefault, linear, normalInit } from '@lora/nn';
+import { Dropout, Linear, ModuleDict, TransposedLinear, defaultRng, kaimingUniformDefault, linear, normalInit, transposedLinear } from '@lora/nn';
 import { matrix64, qr, svd, svdLowRank } from '@lora/linalg';
-import { Magnitude, detach } from './dora';
+import { Magnitude, detach, normExcept } from './dora';
 import { lookupLoraInit } from './init-registry';
 import { Identity, LoraLayerBase } from './lora-layer';
 import { loraScaling } from './lora-config';
@@ -14,37 +14,44 @@ export interface AdapterSettings {
   useRslora: boolean;
   initLoraWeights: boolean | string;
   loraBias: boolean;
+  /**
+   * The base weight is stored `[in, out]` (PEFT's `fan_in_fan_out`): true exactly when the base layer is
+   * a `TransposedLinear` (transformers' `Conv1D`). `PeftModel` sets it as PEFT does, with PEFT's warning
+   * when the config says otherwise.
+   */
   fanInFanOut: boolean;
   /** Weight-decomposed LoRA: a trained magnitude per output unit (PEFT's `use_dora`). */
   useDora?: boolean;
 }
 
-/** Per-row L2 norm of W + s·B·A ([out]), DoRA's weight norm. */
-function rowNorms(w: tf.Tensor, delta: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => tf.sqrt(tf.sum(tf.square(tf.add(w, delta)), 1)));
+/**
+ * DoRA's weight norm ([out]): the L2 norm of each output unit's weights in W + ΔW, where `sum` is
+ * W + ΔW in the base weight's layout: rows of `[out, in]`, or columns of a fan_in_fan_out `[in, out]`.
+ */
+function outputNorms(sum: tf.Tensor, fanInFanOut: boolean): tf.Tensor {
+  return tf.tidy(() => tf.reshape(normExcept(sum, fanInFanOut ? 1 : 0), [-1]));
 }
-
 
 /**
  * A Linear wrapped with LoRA adapters, as PEFT's `lora.Linear`: the original layer as `base_layer`,
  * per-adapter `lora_A` ([r, in]) and `lora_B` ([out, r]) Linears and `lora_dropout`, and
  * `y = base(x) + Σ_active s·B(A(dropout(x)))` with `s = α/r` (or `α/√r` with rsLoRA).
+ * The base may also be a {@link TransposedLinear} (transformers' `Conv1D`, weight `[in, out]`): PEFT's
+ * `fan_in_fan_out`, where A and B keep their layouts and ΔW is transposed into the base's.
  *
  * @example
  * ```ts
  * const layer = new LoraLinear(new Linear(64, 64), 'default', { r: 8, loraAlpha: 16, loraDropout: 0, useRslora: false, initLoraWeights: true, loraBias: false, fanInFanOut: false });
  * ```
  */
-export class LoraLinear extends LoraLayerBase<Linear> {
-  baseLayer: Linear;
+export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
+  baseLayer: Linear | TransposedLinear;
   loraA: ModuleDict<Linear>;
   loraB: ModuleDict<Linear>;
   loraDropout: ModuleDict;
   loraMagnitudeVector: ModuleDict<Magnitude>;
-  /** Row norms cached by a DoRA merge, consumed by unmerge (as PEFT). */
-  private readonly mergeNorms = new Map<string, tf.Tensor>();
 
-  constructor(base: Linear, adapterName: string, settings: AdapterSettings) {
+  constructor(base: Linear | TransposedLinear, adapterName: string, settings: AdapterSettings) {
     super();
     this.baseLayer = this.registerModule('base_layer', base);
     this.loraA = this.registerModule('lora_A', new ModuleDict<Linear>());
@@ -63,6 +70,11 @@ export class LoraLinear extends LoraLayerBase<Linear> {
     return this.baseLayer.outFeatures;
   }
 
+  /** The base weight is `[in, out]` (a TransposedLinear, transformers' Conv1D): PEFT's `fan_in_fan_out`. */
+  get fanInFanOut(): boolean {
+    return this.baseLayer instanceof TransposedLinear;
+  }
+
   /**
    * Adds (or replaces) an adapter. Construction draws A, then B, with PyTorch's default Linear
    * initialisation, then re-initialises as `initLoraWeights` says, in PEFT's order: after the same
@@ -70,6 +82,12 @@ export class LoraLinear extends LoraLayerBase<Linear> {
    */
   updateLayer(name: string, s: AdapterSettings): void {
     if (!Number.isInteger(s.r) || s.r <= 0) throw new Error(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
+    if (s.fanInFanOut !== this.fanInFanOut) {
+      throw new Error(
+        `fanInFanOut is ${s.fanInFanOut} but the base layer is a ${this.baseLayer.constructor.name}, whose weight is stored ${this.fanInFanOut ? '[in, out]' : '[out, in]'}; ` +
+          `set fanInFanOut to ${this.fanInFanOut} (getPeftModel corrects it with PEFT's warning)`,
+      );
+    }
     if (this.settings.has(name)) this.deleteAdapter(name);
     const a = new Linear(this.inFeatures, s.r, { bias: false });
     const b = new Linear(s.r, this.outFeatures, { bias: s.loraBias });
@@ -110,7 +128,13 @@ export class LoraLinear extends LoraLayerBase<Linear> {
       a.setParameter('weight', tf.tensor2d(aData, [s.r, this.inFeatures]));
       b.setParameter('weight', tf.tensor2d(bData, [this.outFeatures, s.r]));
     } else if (typeof init === 'string' && (init.startsWith('pissa') || init.toLowerCase() === 'olora')) {
-      this.decompositionInit(init, s, a, b);
+      try {
+        this.decompositionInit(init, s, a, b);
+      } catch (e) {
+        a.dispose();
+        b.dispose();
+        throw e;
+      }
     } else if (init === 'loftq' || init === 'eva' || init === 'lora_ga') {
       // pluggable: the method package registered an initialiser (or this names the package to install)
       let registered: ReturnType<typeof lookupLoraInit>;
@@ -134,10 +158,8 @@ export class LoraLinear extends LoraLayerBase<Linear> {
     this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
     if (s.useDora) {
       if (s.loraBias) throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
-      // m starts as the row norms of W + s·B·A, so DoRA is a no-op at init when B = 0
-      const delta = this.getDeltaWeight(name);
-      const m = rowNorms(this.baseLayer.weight, s.fanInFanOut ? tf.transpose(delta) : delta);
-      delta.dispose();
+      // m starts as the output units' norms of W + s·B·A, so DoRA is a no-op at init when B = 0
+      const m = tf.tidy(() => outputNorms(tf.add(this.baseLayer.weight, this.getDeltaWeight(name)), s.fanInFanOut));
       this.loraMagnitudeVector.set(name, new Magnitude(m));
     }
   }
@@ -145,11 +167,22 @@ export class LoraLinear extends LoraLayerBase<Linear> {
   /**
    * PiSSA (`'pissa'`: full SVD; `'pissa_niter_K'`: randomized SVD with K subspace iterations) and
    * OLoRA (QR), as PEFT: A and B from the top-r part of W, and W ← W − s·B·A so that the model is
-   * unchanged at init. Reads the weight synchronously (a CPU-side backend, or webgpu in a browser).
+   * unchanged at init. PiSSA on a fan_in_fan_out base decomposes Wᵀ, as PEFT. Reads the weight
+   * synchronously (a CPU-side backend, or webgpu in a browser).
    */
   private decompositionInit(init: string, s: AdapterSettings, a: Linear, b: Linear): void {
+    const fifo = this.fanInFanOut;
+    if (fifo && init.toLowerCase() === 'olora') {
+      // PEFT 0.21's olora_init factors the stored [in, out] weight as it is (pissa_init transposes it
+      // first): lora_A gets the shape [r, out], the forward pass fails unless in = out, and then the
+      // model is not preserved at init. Nothing to match, so refuse.
+      throw new Error(
+        `init_lora_weights='olora' does not work on a fan_in_fan_out layer (${this.baseLayer.constructor.name}, weight [${this.baseLayer.weight.shape.join(', ')}] stored [in, out]): ` +
+          "PEFT 0.21 factors the weight without transposing it and builds lora_A of the wrong shape. Use 'pissa' (which PEFT transposes) or another initialisation",
+      );
+    }
     const w = this.baseLayer.weight;
-    const [out, inF] = w.shape as [number, number];
+    const [out, inF] = (fifo ? [...w.shape].reverse() : w.shape) as [number, number];
     const scale = loraScaling(s.loraAlpha, s.r, s.useRslora);
     let values: Float32Array;
     try {
@@ -157,7 +190,8 @@ export class LoraLinear extends LoraLayerBase<Linear> {
     } catch (e) {
       throw new Error(`init_lora_weights='${init}' reads the base weight synchronously, which this backend (${tf.getBackend()}) cannot do (${(e as Error).message}); build the LoRA model on the cpu or wasm backend, then switch`);
     }
-    const m = matrix64(out, inF, Float64Array.from(values));
+    // W as [out, in]: a fan_in_fan_out weight is read transposed
+    const m = fifo ? matrix64(out, inF, Float64Array.from({ length: values.length }, (_, i) => values[(i % inF) * out + Math.floor(i / inF)] as number)) : matrix64(out, inF, Float64Array.from(values));
     const r = s.r;
     const bData = new Float64Array(out * r);
     const aData = new Float64Array(r * inF);
@@ -190,7 +224,10 @@ export class LoraLinear extends LoraLayerBase<Linear> {
     a.setParameter('weight', tf.tensor2d(Float32Array.from(aData), [r, inF]));
     b.setParameter('weight', tf.tensor2d(Float32Array.from(bData), [out, r]));
     if (b.bias) b.setParameter('bias', tf.zeros([out]));
-    tf.tidy(() => w.assign(tf.sub(w, tf.mul(tf.matMul(b.weight, a.weight), scale))));
+    tf.tidy(() => {
+      const ba = tf.mul(tf.matMul(b.weight, a.weight), scale);
+      w.assign(tf.sub(w, fifo ? tf.transpose(ba) : ba));
+    });
   }
 
   protected removeAdapterWeights(name: string): void {
@@ -198,8 +235,6 @@ export class LoraLinear extends LoraLayerBase<Linear> {
     this.loraB.delete(name)?.dispose();
     this.loraDropout.delete(name);
     this.loraMagnitudeVector.delete(name)?.dispose();
-    this.mergeNorms.get(name)?.dispose();
-    this.mergeNorms.delete(name);
   }
 
   protected addAdapterOutput(result: tf.Tensor, x: tf.Tensor, name: string, rows: tf.Tensor | null): tf.Tensor {
@@ -208,14 +243,13 @@ export class LoraLinear extends LoraLayerBase<Linear> {
     const dropped = this.loraDropout.get(name).call(x) as tf.Tensor;
     const lora = this.loraB.get(name).call(this.loraA.get(name).call(dropped)) as tf.Tensor;
     if (!settings.useDora) return tf.add(result, rows ? tf.mul(tf.mul(lora, scale), rows) : tf.mul(lora, scale));
-    if (rows) throw new Error('Cannot pass `adapter_names` with DoRA adapters.');
-    // DoRA (PEFT's DoraLinearLayer): f = m / ‖W + s·B·A‖ (the norm detached); the running result
+        // DoRA (PEFT's DoraLinearLayer): f = m / ‖W + s·B·A‖ (the norm detached); the running result
     // minus the bias stands for the base output unless dropout is active in training.
     const w = this.baseLayer.weight;
-    const norm = detach(rowNorms(w, tf.mul(tf.matMul(this.loraB.get(name).weight, this.loraA.get(name).weight), scale)));
+    const norm = detach(outputNorms(tf.add(w, this.getDeltaWeight(name)), settings.fanInFanOut));
     const f = tf.div(this.loraMagnitudeVector.get(name).weight, norm);
     const noDropout = settings.loraDropout === 0 || !this.training;
-    const base = noDropout ? (this.baseLayer.bias ? tf.sub(result, this.baseLayer.bias) : result) : linear(dropped, w, null);
+    const base = noDropout ? (this.baseLayer.bias ? tf.sub(result, this.baseLayer.bias) : result) : settings.fanInFanOut ? transposedLinear(dropped, w) : linear(dropped, w);
     return tf.add(result, tf.add(tf.mul(tf.sub(f, 1), base), tf.mul(tf.mul(f, lora), scale)));
   }
 
@@ -255,23 +289,13 @@ export class LoraLinear extends LoraLayerBase<Linear> {
     return this.loraB.get(name).bias;
   }
 
-  protected override mergedWeight(name: string, w: tf.Tensor): tf.Tensor {
-    const sum = tf.add(w, this.getDeltaWeight(name));
-    if (!this.settings.get(name)?.useDora) return sum;
-    // DoRA: W' = (m / ‖W + ΔW‖) ⊙ (W + ΔW), per output row; the norm is kept for unmerge
-    const norm = tf.keep(tf.sqrt(tf.sum(tf.square(sum), 1)));
-    this.mergeNorms.get(name)?.dispose();
-    this.mergeNorms.set(name, norm);
-    return tf.mul(sum, tf.expandDims(tf.div(this.loraMagnitudeVector.get(name).weight, norm), 1));
+  /** DoRA's norm per output unit, shaped to scale W in its layout (rows, or columns with fan_in_fan_out). */
+  protected override doraWeightNorm(_name: string, weight: tf.Tensor): tf.Tensor {
+    return normExcept(weight, this.fanInFanOut ? 1 : 0);
   }
 
-  protected override unmergedWeight(name: string, w: tf.Tensor): tf.Tensor {
-    const norm = this.mergeNorms.get(name);
-    if (!norm) return tf.sub(w, this.getDeltaWeight(name));
-    // DoRA: W = W' / f − ΔW with the norm cached at merge time
-    this.mergeNorms.delete(name);
-    const restored = tf.sub(tf.div(w, tf.expandDims(tf.div(this.loraMagnitudeVector.get(name).weight, norm), 1)), this.getDeltaWeight(name));
-    norm.dispose();
-    return restored;
+  protected override doraMagnitude(name: string): tf.Tensor {
+    const m = this.loraMagnitudeVector.get(name).weight;
+    return tf.expandDims(m, this.fanInFanOut ? 0 : 1);
   }
 }

@@ -39,6 +39,18 @@ function doraRescaled(sum: tf.Tensor, magnitude: tf.Tensor, keep: number): tf.Te
   return tf.mul(sum, tf.div(tf.reshape(magnitude, norm.shape), norm));
 }
 
+/**
+ * Whether a 2-d base weight is stored [in, out] (transformers' Conv1D, PEFT's fan_in_fan_out) for a
+ * ΔW of shape [out, in]. The shapes tell unless the weight is square; then `fanInFanOut` does (PEFT
+ * decides by the module's class, which weight files do not record).
+ */
+function storedTransposed(path: string, weight: [number, number], delta: [number, number], fanInFanOut: boolean): boolean {
+  const [out, inF] = delta;
+  if (weight[0] === out && weight[1] === inF) return out === inF ? fanInFanOut : false;
+  if (weight[0] === inF && weight[1] === out) return true;
+  throw new Error(`the adapter's update for '${path}' is [${out}, ${inF}] (out, in) but the weight is [${weight.join(', ')}]; was the adapter trained on another base model?`);
+}
+
 function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
   const t = tensors[key];
   if (!t) throw new Error(`the adapter has no '${key}'; it is incomplete`);
@@ -48,9 +60,12 @@ function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
 /**
  * Merges one adapter into base weights without building a model (what `lora merge` does, shard by
  * shard): for every wrapped module P, `P.weight ← P.weight + s·B·A` (Linear; DoRA rescales each row
- * to the magnitude), `P.weight ← P.weight + s·(B·A)ᵀ` (Embedding; DoRA rescales each dimension),
- * `P.weight ← P.weight + s·reshape(B·A)` (convolutions; DoRA rescales each output channel; grouped
- * convolutions cannot be merged, as PEFT), and with `lora_bias`
+ * to the magnitude), `P.weight ← P.weight + s·(B·A)ᵀ` (Embedding, DoRA rescaling each dimension; and
+ * fan_in_fan_out layers such as transformers' Conv1D, whose weight is [in, out]: told by the shapes, for a
+ * square weight by `options.fanInFanOut(path)`, by default the config's `fan_in_fan_out`, which PEFT saves
+ * as it was after the last layer it wrapped; DoRA rescales each column), `P.weight ← P.weight +
+ * s·reshape(B·A)` (convolutions; DoRA rescales each output channel; grouped convolutions cannot be
+ * merged, as PEFT), and with `lora_bias`
  * `P.bias ← P.bias + s·b`. Scalings follow the config (α/r or α/√r, rank and alpha patterns).
  * Returns new tensors for the keys of `base` it changed (the caller owns them); modules the adapter
  * has but `base` lacks are listed in `missing` (they may live in another shard).
@@ -60,9 +75,8 @@ function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
  * const { merged } = mergeAdapterWeights(shardTensors, { config, tensors: adapterTensors });
  * ```
  */
-export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: { safeMerge?: boolean } = {}): { merged: Record<string, tf.Tensor>; missing: string[] } {
+export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: { safeMerge?: boolean; fanInFanOut?: (path: string) => boolean } = {}): { merged: Record<string, tf.Tensor>; missing: string[] } {
   const { config, tensors } = adapter;
-  if (config.fanInFanOut) throw new Error('fan_in_fan_out adapters cannot be merged by name yet');
   const merged: Record<string, tf.Tensor> = {};
   const missing: string[] = [];
   const rankKeys = Object.keys(config.rankPattern);
@@ -95,14 +109,15 @@ export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: Ad
         // a grouped kernel is [out, in/groups, …k] while A reads all `in` channels
         const groups = (a.shape[1] as number) / (w.shape[1] as number);
         if (kind !== 'linear' && Number.isInteger(groups) && groups > 1) throw new Error(`'${path}' is a grouped convolution (groups=${groups}): Merging is not supported for _ConvNd layers with groups > 1!`);
-        const delta = tf.reshape(tf.mul(tf.matMul(tf.reshape(b, [-1, r]), tf.reshape(a, [r, -1])), s), w.shape);
+        const ba = tf.mul(tf.matMul(tf.reshape(b, [-1, r]), tf.reshape(a, [r, -1])), s);
+        const fifo = kind === 'linear' && storedTransposed(path, w.shape as [number, number], ba.shape as [number, number], options.fanInFanOut?.(path) ?? config.fanInFanOut);
+        const delta = fifo ? tf.transpose(ba) : tf.reshape(ba, w.shape);
         const sum = tf.add(w, delta);
         const magnitude = tensors[`${p}.lora_magnitude_vector`];
         if (!magnitude) return sum;
-        // DoRA on a convolution: one magnitude per output channel, the norm over the rest of the kernel
-        if (kind !== 'linear') return doraRescaled(sum, magnitude, 0);
-        const norm = tf.sqrt(tf.sum(tf.square(sum), 1));
-        return tf.mul(sum, tf.expandDims(tf.div(magnitude, norm), 1));
+        // DoRA: one magnitude per output unit: a row of [out, in], a column of a fan_in_fan_out [in, out],
+        // an output channel of a kernel (the norm over the rest of it)
+        return doraRescaled(sum, magnitude, fifo ? 1 : 0);
       });
       const loraBias = tensors[`${p}.lora_B.bias`];
       if (loraBias) {

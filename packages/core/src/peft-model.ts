@@ -1,4 +1,4 @@
-import { Conv1d, Conv2d, Embedding, Linear, Module } from '@lora/nn';
+import { Conv1d, Conv2d, Embedding, Linear, Module, TransposedLinear } from '@lora/nn';
 import { lookupLoraInit } from './init-registry';
 import { baseBias } from './lora-layer';
 import { LoraConv } from './lora-conv';
@@ -14,6 +14,23 @@ import { resolveTargets } from './targets';
 /** First pattern p (insertion order) whose regex `(.*\.)?(p)$` matches the module path, as PEFT's `get_pattern_key`. */
 export function patternKey(patterns: string[], key: string): string | undefined {
   return patterns.find((p) => new RegExp(`^(.*\\.)?(${p})$`).test(key));
+}
+
+/**
+ * The fan_in_fan_out a new LoRA layer on `base` gets, as PEFT's `dispatch_default`: a Linear never
+ * has it, a TransposedLinear (transformers' `Conv1D`) always does; a config that says otherwise is
+ * corrected with PEFT's warning.
+ */
+function correctFanInFanOut(base: Linear | TransposedLinear, fanInFanOut: boolean): boolean {
+  if (base instanceof Linear && fanInFanOut) {
+    console.warn('fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False.');
+    return false;
+  }
+  if (base instanceof TransposedLinear && !fanInFanOut) {
+    console.warn('fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.');
+    return true;
+  }
+  return fanInFanOut;
 }
 
 /** PEFT's `LoraModel`: holds the user's model as `model` (so paths read `base_model.model.…`). */
@@ -97,8 +114,8 @@ export class PeftModel extends Module {
    */
   addAdapter(name: string, config: LoraConfig): void {
     if (this.peftConfig.has(name)) throw new Error(`Adapter with name ${name} already exists.`);
-    if (config.fanInFanOut || config.trainableTokenIndices) {
-      throw new Error('fanInFanOut and trainableTokenIndices are not implemented in @lora/core yet');
+    if (config.trainableTokenIndices) {
+      throw new Error('trainableTokenIndices is not implemented in @lora/core yet');
     }
     if (config.bias !== 'none' && [...this.peftConfig.values()].some((c) => c.bias !== 'none')) {
       throw new Error("LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all adapters.");
@@ -115,6 +132,9 @@ export class PeftModel extends Module {
     if (pluggable && paths.some((p) => isLinear(this.model.getSubmodule(p)))) lookupLoraInit(config.initLoraWeights as string);
     const rankKeys = Object.keys(config.rankPattern);
     const alphaKeys = Object.keys(config.alphaPattern);
+    // PEFT corrects fan_in_fan_out on the config itself as it wraps each new layer, so a correction
+    // carries over to the layers after it and is what the adapter's config says in the end
+    let fanInFanOut = config.fanInFanOut;
     for (const path of paths) {
       const module = this.model.getSubmodule(path);
       const rKey = patternKey(rankKeys, path);
@@ -126,15 +146,18 @@ export class PeftModel extends Module {
         useRslora: config.useRslora,
         initLoraWeights: config.initLoraWeights,
         loraBias: config.loraBias,
-        fanInFanOut: config.fanInFanOut,
+        fanInFanOut,
         useDora: config.useDora,
       };
-      if (module instanceof LoraLinear || module instanceof LoraEmbedding || module instanceof LoraConv) module.updateLayer(name, settings);
-      else if (module instanceof Linear) this.model.setSubmodule(path, new LoraLinear(module, name, settings));
-      else if (module instanceof Embedding) this.model.setSubmodule(path, new LoraEmbedding(module, name, settings));
+      if (module instanceof LoraLinear) module.updateLayer(name, { ...settings, fanInFanOut: module.fanInFanOut });
+      else if (module instanceof LoraEmbedding || module instanceof LoraConv) module.updateLayer(name, settings);
+      else if (module instanceof Linear || module instanceof TransposedLinear) {
+        fanInFanOut = correctFanInFanOut(module, fanInFanOut);
+        this.model.setSubmodule(path, new LoraLinear(module, name, { ...settings, fanInFanOut }));
+      } else if (module instanceof Embedding) this.model.setSubmodule(path, new LoraEmbedding(module, name, settings));
       else if (module instanceof Conv1d || module instanceof Conv2d) this.model.setSubmodule(path, new LoraConv(module, name, settings));
       else {
-        throw new Error(`Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear, Embedding, Conv1d, Conv2d.`);
+        throw new Error(`Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear, Embedding, Conv1d, Conv2d, TransposedLinear (transformers' Conv1D).`);
       }
     }
     // modules_to_save: a trainable copy per adapter of each module whose path ends with a listed name
@@ -149,7 +172,7 @@ export class PeftModel extends Module {
         }
       }
     }
-    this.peftConfig.set(name, config);
+    this.peftConfig.set(name, fanInFanOut === config.fanInFanOut ? config : { ...config, fanInFanOut });
     if (isFirst) this.setAdapter(name);
     else this.markTrainable();
   }

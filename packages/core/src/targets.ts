@@ -1,5 +1,7 @@
-import { Linear, type Module } from '@lora/nn';
+import { Linear, type Module, TransposedLinear } from '@lora/nn';
 import type { LoraConfig } from './lora-config';
+import { LoraLayerBase } from './lora-layer';
+import { LoraLinear } from './lora-linear';
 
 /** A target module that matched no module, or a configuration that matched nothing: PEFT's `NoMatchingPeftModuleError`. */
 export class TargetModuleError extends Error {
@@ -83,8 +85,14 @@ export function resolveTargets(model: Module, config: LoraConfig): ResolvedTarge
   const modules = [...model.namedModules()].filter(([k]) => k !== '');
   let effective = config;
   if (typeof config.targetModules === 'string' && config.targetModules.toLowerCase() === 'all-linear') {
-    // every Linear except the output layer (the model's last Linear named lm_head, as transformers' output embeddings)
-    const linears = modules.filter(([, m]) => m instanceof Linear).map(([k]) => k);
+    // as PEFT's _maybe_include_all_linear_layers: every Linear and TransposedLinear (transformers' Conv1D),
+    // and LoRA layers over them (a second adapter), except the output layer (the one named lm_head, as
+    // transformers' output embeddings) and the modules inside LoRA layers (their base_layer, lora_A, …)
+    const lora = modules.filter(([, m]) => m instanceof LoraLayerBase).map(([k]) => k);
+    const linears = modules
+      .filter(([, m]) => m instanceof Linear || m instanceof TransposedLinear || m instanceof LoraLinear)
+      .map(([k]) => k)
+      .filter((k) => !lora.some((l) => k.startsWith(`${l}.`)));
     effective = { ...config, targetModules: linears.filter((k) => k !== 'lm_head' && !k.endsWith('.lm_head')) };
   }
   const targeted: string[] = [];

@@ -4,6 +4,7 @@ export { defaultRng, initSkipped, kaimingUniformDefault, manualSeed, normalInit,
 export { Dropout, Embedding, GELU, LayerNorm, Linear, RMSNorm, SiLU, embedding, gelu, linear } from './layers';
 export { matmul, transposeLast } from './ops';
 export { Conv1d, Conv2d, conv } from './conv';
+export { TransposedLinear, transposedLinear } from './transposed-linear';
 export type { ConvOptions } from './conv';
 export { ModuleDict, ModuleList, ParameterDict, Sequential } from './containers';
 export { AdamW, SGD, clipGradNorm } from './optim';
