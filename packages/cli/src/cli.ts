@@ -144,7 +144,7 @@ async function mergeFile(input: string, output: string, adapter: { config: Retur
           const d = await file.read(k);
           base[k] = tf.tensor(d.values, d.shape, d.dtype);
         }
-        const { merged } = mergeAdapterWeights(base, { config: adapter.config, tensors: own }, { safeMerge });
+        const { merged } = await mergeAdapterWeights(base, { config: adapter.config, tensors: own }, { safeMerge });
         for (const [k, t] of Object.entries(merged)) pending.set(k, (await t.data()) as Float32Array);
         tf.dispose(Object.values(merged));
         changed++;

@@ -13,7 +13,7 @@ export type { LoadAdapterResult } from './adapter-io';
 export { addWeightedAdapter } from './weighted-adapter';
 export type { CombinationType, WeightedAdapterOptions } from './weighted-adapter';
 export { adapterTargets, mergeAdapterWeights } from './merge-weights';
-export type { AdapterFiles } from './merge-weights';
+export type { AdapterFiles, MergeWeightsOptions, MergedWeights } from './merge-weights';
 export { lookupLoraInit, registerLoraInit } from './init-registry';
 export type { LoraInitContext, LoraInitializer } from './init-registry';
 export { ModulesToSaveWrapper } from './modules-to-save';

@@ -125,27 +125,49 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
     });
   }
 
-  /** Adds the adapters' ΔW into the base weight (PEFT's `merge`); with `safeMerge`, NaN/Inf leaves it untouched. */
-  merge(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void {
+  /**
+   * Adds the adapters' ΔW into the base weight (PEFT's `merge`). With `safeMerge`, each merged weight
+   * is checked for NaN/Inf before it replaces the base weight (a broken adapter throws PEFT's error and
+   * leaves the weight untouched); the check reads the backend, so a safe merge returns a Promise,
+   * which works on every backend, webgpu in Node included.
+   */
+  merge(options?: { adapterNames?: string[]; safeMerge?: false }): void;
+  merge(options: { adapterNames?: string[]; safeMerge: true }): Promise<void>;
+  merge(options: { adapterNames?: string[]; safeMerge?: boolean }): void | Promise<void>;
+  merge(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void | Promise<void> {
     const names = (options.adapterNames ?? this.activeAdapters).filter((n) => this.settings.has(n) && !this.mergedAdapters.includes(n));
-    for (const name of names) {
-      const w = this.baseLayer.weight;
-      const merged = tf.tidy(() => this.mergedWeight(name, w));
-      if (options.safeMerge && !tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0])) {
-        merged.dispose();
-        this.dropDoraMergeNorms();
-        throw new Error(`NaNs detected in the merged weights. The adapter ${name} seems to be broken`);
-      }
-      w.assign(merged);
-      merged.dispose();
-      const loraBias = this.loraBias(name);
-      if (loraBias) {
-        const bias = this.baseLayer.bias;
-        if (!bias) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
-        tf.tidy(() => bias.assign(tf.add(bias, tf.mul(loraBias, this.scaling.get(name) as number))));
-      }
-      this.mergedAdapters.push(name);
+    if (!options.safeMerge) {
+      for (const name of names) this.commitMerge(name, tf.tidy(() => this.mergedWeight(name, this.baseLayer.weight)));
+      return;
     }
+    return (async () => {
+      for (const name of names) {
+        const merged = tf.tidy(() => this.mergedWeight(name, this.baseLayer.weight));
+        const finite = tf.tidy(() => tf.all(tf.isFinite(merged)));
+        const ok = (await finite.data())[0];
+        finite.dispose();
+        if (!ok) {
+          merged.dispose();
+          this.dropDoraMergeNorms();
+          throw new Error(`NaNs detected in the merged weights. The adapter ${name} seems to be broken`);
+        }
+        this.commitMerge(name, merged);
+      }
+    })();
+  }
+
+  /** Puts a merged weight in place (freeing it), merges the lora_B bias, and records the adapter as merged. */
+  private commitMerge(name: string, merged: tf.Tensor): void {
+    const w = this.baseLayer.weight;
+    w.assign(merged);
+    merged.dispose();
+    const loraBias = this.loraBias(name);
+    if (loraBias) {
+      const bias = this.baseLayer.bias;
+      if (!bias) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
+      tf.tidy(() => bias.assign(tf.add(bias, tf.mul(loraBias, this.scaling.get(name) as number))));
+    }
+    this.mergedAdapters.push(name);
   }
 
   /** Subtracts merged adapters again, last merged first (PEFT's `unmerge`). */

@@ -57,6 +57,20 @@ function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
   return t;
 }
 
+/** Options of {@link mergeAdapterWeights}. */
+export interface MergeWeightsOptions {
+  /** Check the merged weights for NaN/Inf (PEFT's `safe_merge`); the function then returns a Promise. */
+  safeMerge?: boolean;
+  /** Whether a square 2-d weight at `path` is stored [in, out] (fan_in_fan_out); default: the config's `fan_in_fan_out`. */
+  fanInFanOut?: (path: string) => boolean;
+}
+
+/** What {@link mergeAdapterWeights} returns: the changed tensors (the caller owns them) and the weights `base` lacked. */
+export interface MergedWeights {
+  merged: Record<string, tf.Tensor>;
+  missing: string[];
+}
+
 /**
  * Merges one adapter into base weights without building a model (what `lora merge` does, shard by
  * shard): for every wrapped module P, `P.weight ← P.weight + s·B·A` (Linear; DoRA rescales each row
@@ -75,7 +89,28 @@ function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
  * const { merged } = mergeAdapterWeights(shardTensors, { config, tensors: adapterTensors });
  * ```
  */
-export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: { safeMerge?: boolean; fanInFanOut?: (path: string) => boolean } = {}): { merged: Record<string, tf.Tensor>; missing: string[] } {
+export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options?: MergeWeightsOptions & { safeMerge?: false }): MergedWeights;
+export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: MergeWeightsOptions & { safeMerge: true }): Promise<MergedWeights>;
+export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: MergeWeightsOptions): MergedWeights | Promise<MergedWeights>;
+export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: MergeWeightsOptions = {}): MergedWeights | Promise<MergedWeights> {
+  const result = mergeByName(base, adapter, options);
+  if (!options.safeMerge) return result;
+  return (async () => {
+    // PEFT's safe_merge: refuse weights that came out NaN or infinite (read from the backend, hence async)
+    for (const [k, t] of Object.entries(result.merged)) {
+      const finite = tf.tidy(() => tf.all(tf.isFinite(t)));
+      const ok = (await finite.data())[0];
+      finite.dispose();
+      if (!ok) {
+        tf.dispose(Object.values(result.merged));
+        throw new Error(`NaNs detected in the merged weights. The adapter seems to be broken (${k})`);
+      }
+    }
+    return result;
+  })();
+}
+
+function mergeByName(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: MergeWeightsOptions): MergedWeights {
   const { config, tensors } = adapter;
   const merged: Record<string, tf.Tensor> = {};
   const missing: string[] = [];
@@ -124,12 +159,6 @@ export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: Ad
         const b = base[`${path}.bias`];
         if (!b) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
         merged[`${path}.bias`] = tf.tidy(() => tf.add(b, tf.mul(loraBias, s)));
-      }
-      if (options.safeMerge) {
-        for (const k of [weightKey, `${path}.bias`]) {
-          const t = merged[k];
-          if (t && !tf.tidy(() => tf.all(tf.isFinite(t)).dataSync()[0])) throw new Error(`NaNs detected in the merged weights. The adapter seems to be broken (${k})`);
-        }
       }
     }
   } catch (e) {

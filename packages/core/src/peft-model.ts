@@ -222,9 +222,29 @@ export class PeftModel extends Module {
     for (const [, w] of this.modulesToSaveWrappers()) w.disabled = false;
   }
 
-  /** Merges the active adapter into the base weights (PEFT's `merge_adapter`). */
-  mergeAdapter(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void {
-    for (const [, l] of this.loraLayers()) l.merge(options);
+  /**
+   * Merges the active adapter into the base weights (PEFT's `merge_adapter`). With `safeMerge`, every
+   * merged weight is checked for NaN/Inf first (PEFT's error names the broken adapter); that check
+   * reads the backend, so a safe merge returns a Promise.
+   *
+   * @example
+   * ```ts
+   * peft.mergeAdapter();                           // fast, synchronous
+   * await peft.mergeAdapter({ safeMerge: true });   // refuses a broken adapter
+   * ```
+   */
+  mergeAdapter(options?: { adapterNames?: string[]; safeMerge?: false }): void;
+  mergeAdapter(options: { adapterNames?: string[]; safeMerge: true }): Promise<void>;
+  mergeAdapter(options: { adapterNames?: string[]; safeMerge?: boolean }): void | Promise<void>;
+  mergeAdapter(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void | Promise<void> {
+    const layers = [...this.loraLayers()].map(([, l]) => l);
+    if (!options.safeMerge) {
+      for (const l of layers) l.merge({ adapterNames: options.adapterNames });
+      return;
+    }
+    return (async () => {
+      for (const l of layers) await l.merge({ adapterNames: options.adapterNames, safeMerge: true });
+    })();
   }
 
   unmergeAdapter(): void {
@@ -233,20 +253,35 @@ export class PeftModel extends Module {
 
   /**
    * Merges the active adapter and puts the base layers back (PEFT's `merge_and_unload`): returns
-   * the user's model with plain Linear layers holding W + ΔW. LoRA weights are freed.
+   * the user's model with plain Linear layers holding W + ΔW. LoRA weights are freed. With
+   * `safeMerge`, the merged weights are checked for NaN/Inf first and a Promise is returned.
+   *
+   * @example
+   * ```ts
+   * const merged = peft.mergeAndUnload();
+   * const checked = await peft.mergeAndUnload({ safeMerge: true });
+   * ```
    */
-  mergeAndUnload(options: { safeMerge?: boolean } = {}): Module {
-    return this.unloadLayers(true, options.safeMerge ?? false);
+  mergeAndUnload(options?: { safeMerge?: false }): Module;
+  mergeAndUnload(options: { safeMerge: true }): Promise<Module>;
+  mergeAndUnload(options: { safeMerge?: boolean }): Module | Promise<Module>;
+  mergeAndUnload(options: { safeMerge?: boolean } = {}): Module | Promise<Module> {
+    if (!options.safeMerge) {
+      this.mergeAdapter();
+      return this.unloadLayers(true);
+    }
+    // every layer checked and merged before any is unloaded: a broken adapter leaves the PeftModel usable
+    return this.mergeAdapter({ safeMerge: true }).then(() => this.unloadLayers(true));
   }
 
   /** Removes every LoRA layer without merging (PEFT's `unload`). */
   unload(): Module {
-    return this.unloadLayers(false, false);
+    return this.unloadLayers(false);
   }
 
-  private unloadLayers(merge: boolean, safeMerge: boolean): Module {
+  /** Puts the base layers back (their adapters merged already, or dropped); `merged` picks the modules_to_save copy. */
+  private unloadLayers(merge: boolean): Module {
     for (const [path, layer] of [...this.loraLayers()]) {
-      if (merge) layer.merge({ safeMerge });
       for (const name of [...layer.settings.keys()]) layer.deleteAdapter(name);
       this.model.setSubmodule(path, layer.baseLayer);
     }

@@ -1,0 +1,59 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { expect, it } from 'vitest';
+import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
+import { manualSeed } from '@lora/nn';
+import { type LoraLinear, adapterStateDict, getPeftModel, mergeAdapterWeights } from '@lora/core';
+import { type Net, baseNet } from './fixture-nets.test-util';
+
+/** A PeftModel on the fixture Net whose adapter is trained-looking, with one NaN in layers.1.mlp's B when `broken`. */
+function model(broken: boolean) {
+  manualSeed(3);
+  const peft = getPeftModel(baseNet(), { r: 2, loraAlpha: 4, targetModules: ['q_proj', 'mlp'], initLoraWeights: false });
+  if (broken) {
+    const b = (peft.model.getSubmodule('layers.1.mlp') as LoraLinear).factorB('default');
+    tf.tidy(() => b.assign(tf.where(tf.equal(tf.reshape(tf.range(0, b.size), b.shape), 5), tf.fill(b.shape, Number.NaN), b)));
+  }
+  return peft;
+}
+
+const weights = async (net: Net, path: string) => Array.from(await (net.getSubmodule(path) as unknown as { weight: tf.Tensor }).weight.data());
+
+await describeEachBackend('safe merge (PEFT safe_merge)', () => {
+  it('merges a sound adapter as the plain merge does, asynchronously, on every backend', async () => {
+    const before = tf.memory().numTensors;
+    const plain = model(false).mergeAndUnload() as Net;
+    const safePeft = model(false);
+    const pending = safePeft.mergeAndUnload({ safeMerge: true });
+    expect(pending).toBeInstanceOf(Promise);
+    const safe = (await pending) as Net;
+    for (const p of ['layers.0.q_proj', 'layers.1.mlp']) expect(maxRelativeError(await weights(safe, p), await weights(plain, p)), p).toBe(0);
+    plain.dispose();
+    safe.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it("refuses a broken adapter with PEFT's error and leaves the base weights untouched; the plain merge does not check", async () => {
+    const before = tf.memory().numTensors;
+    const peft = model(true);
+    const original = await weights(peft.model as Net, 'layers.1.mlp.base_layer');
+    await expect(peft.mergeAdapter({ safeMerge: true })).rejects.toThrow('NaNs detected in the merged weights. The adapter default seems to be broken');
+    expect(await weights(peft.model as Net, 'layers.1.mlp.base_layer')).toEqual(original);
+    await expect(peft.mergeAndUnload({ safeMerge: true })).rejects.toThrow(/NaNs detected/);
+    // still a PeftModel with its LoRA layers: nothing was unloaded
+    expect(peft.model.getSubmodule('layers.1.mlp').constructor.name).toBe('LoraLinear');
+    peft.mergeAdapter();
+    expect((await weights(peft.model as Net, 'layers.1.mlp.base_layer')).some(Number.isNaN)).toBe(true);
+    peft.unmergeAdapter();
+
+    // the same check on weight files, by name
+    const base = peft.model.stateDict();
+    const files = Object.fromEntries(Object.entries(base).filter(([k]) => k.endsWith('base_layer.weight')).map(([k, t]) => [k.replace('.base_layer', ''), t]));
+    const adapter = { config: peft.peftConfig.get('default')!, tensors: adapterStateDict(peft) };
+    await expect(mergeAdapterWeights(files, adapter, { safeMerge: true })).rejects.toThrow(/NaNs detected .*\(layers\.1\.mlp\.weight\)/);
+    const unchecked = mergeAdapterWeights(files, adapter);
+    expect(Object.keys(unchecked.merged).sort()).toEqual(['layers.0.mlp.weight', 'layers.0.q_proj.weight', 'layers.1.mlp.weight', 'layers.1.q_proj.weight']);
+    tf.dispose(Object.values(unchecked.merged));
+    peft.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
