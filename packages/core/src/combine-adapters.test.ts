@@ -339,6 +339,10 @@ describe('combineAdapters errors', () => {
     wrong.tensors['base_model.model.lin.lora_A.weight'].dispose();
     await expect(combineAdapters([{ ...a, config: { ...a.config, bias: 'all' } }, ab[1]!], [1, 1])).rejects.toThrow('LoraModel supports only 1 adapter with bias.');
     await expect(combineAdapters([a, { ...c, config: { ...c.config, targetModules: 'lin' } }], [1, 1])).rejects.toThrow('all adapter configs should follow the same target modules type.');
+    const saving = (x: AdapterFiles) => ({ ...x, config: { ...x.config, modulesToSave: ['head'] } });
+    await expect(combineAdapters([a, saving(c), saving(c)], [1, 1, 1])).rejects.toThrow(
+      'Cannot add weighted adapters if they target the same module with modules_to_save, but found 1 such instance(s). (head)',
+    );
     expect(tf.memory().numTensors).toBe(before);
     tf.dispose([...ab, ...abc].flatMap((x) => Object.values(x.tensors)));
   });

@@ -50,10 +50,10 @@ export async function combineAdapters(adapters: AdapterFiles[], weights: number[
   const first = configs[0] as AdapterFiles['config'];
   if (first.bias !== 'none') throw new Error(`LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all adapters. (${label(0)} has bias '${first.bias}', which the combined adapter would copy)`);
   if (first.trainableTokenIndices) throw new Error(`${label(0)} has trainable_token_indices; combining trainable tokens is not supported`);
-  const withSaved = configs.map((c, i) => [i, c.modulesToSave ?? []] as const).filter(([, m]) => m.length);
-  if (withSaved.some(([i, m]) => withSaved.some(([j, n]) => j !== i && m.some((x) => n.includes(x))))) {
-    throw new Error('Cannot add weighted adapters if they target the same module with modules_to_save, but found 1 or more such instance(s).');
-  }
+  // PEFT counts the wrapped modules; without the model, the names listed by more than one adapter
+  const saved = configs.flatMap((c) => [...new Set(c.modulesToSave ?? [])]);
+  const shared = new Set(saved.filter((m, i) => saved.indexOf(m) !== i));
+  if (shared.size) throw new Error(`Cannot add weighted adapters if they target the same module with modules_to_save, but found ${shared.size} such instance(s). (${[...shared].join(', ')})`);
   if (first.modulesToSave?.length) {
     warn(`modules_to_save ${JSON.stringify(first.modulesToSave)} of ${label(0)} are left out: PEFT's combined adapter would hold untrained copies of those base modules there`);
     plan.config.modulesToSave = null;
