@@ -1,10 +1,11 @@
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, parseSafetensors, readSafetensorsHeader, serializeSafetensors } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
+import { combineAdapters, loraConfigFromJson, loraConfigToJson } from '@lora/core';
 import { runCli } from '@lora/cli';
 
 // The PEFT fixtures of @lora/core: a base checkpoint, PEFT-saved adapters, and PEFT's merged weights.
@@ -105,9 +106,82 @@ describe('lora merge', () => {
   it('explains missing arguments and unknown commands in one line, with --help on each command', async () => {
     const r = await run('merge', '--base', 'x');
     expect([r.code, r.err]).toEqual([2, 'lora merge: merge needs --adapter; see lora merge --help']);
-    expect((await run('frobnicate')).err).toBe("lora frobnicate: unknown command 'frobnicate'; commands are inspect and merge (lora --help)");
+    expect((await run('frobnicate')).err).toBe("lora frobnicate: unknown command 'frobnicate'; commands are inspect, merge and combine (lora --help)");
     expect((await run('merge', '--help')).out).toMatch(/^lora merge --base/);
     expect((await run('inspect', '--help')).out).toMatch(/^lora inspect/);
     expect((await run('--help')).code).toBe(0);
+  });
+});
+
+describe('lora combine', () => {
+  const adapterFiles = (name: string) => ({
+    config: loraConfigFromJson(JSON.parse(readFileSync(join(FIX, name, 'adapter_config.json'), 'utf8'))),
+    tensors: read(join(FIX, name, 'adapter_model.safetensors')),
+  });
+
+  it('writes what combineAdapters gives, in PEFT\'s layout, with progress on stderr', async () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'lora-cli-combine-')), 'mix');
+    const r = await run('combine', '--adapter', join(FIX, 'combine-a'), '--adapter', join(FIX, 'combine-b'), '--weights', '0.7,-0.4', '--type', 'ties_svd', '--density', '0.5', '--svd-rank', '3', '--out', out);
+    expect(r.code, r.err).toBe(0);
+    expect(readdirSync(out).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
+    expect(r.err).toMatch(/read .*combine-a \(1\/2\)/);
+    expect(r.err).toMatch(/combined module 5\/5 /);
+    expect(r.err.split('\n').at(-1)).toMatch(/^wrote .*mix \(ties_svd, r 3, 5 modules\)$/);
+    const sources = [adapterFiles('combine-a'), adapterFiles('combine-b')];
+    const want = await combineAdapters(sources, [0.7, -0.4], { combinationType: 'ties_svd', density: 0.5, svdRank: 3 });
+    expect(readFileSync(join(out, 'adapter_config.json'), 'utf8')).toBe(loraConfigToJson(want.config));
+    const got = read(join(out, 'adapter_model.safetensors'));
+    expect(Object.keys(got).sort()).toEqual(Object.keys(want.tensors).sort());
+    for (const [k, t] of Object.entries(want.tensors)) expect(maxRelativeError(await got[k]!.data(), await t.data()), k).toBe(0);
+    // one adapter: PEFT's linear rescale; rsLoRA and rank patterns come from the adapter's config
+    const solo = join(mkdtempSync(join(tmpdir(), 'lora-cli-combine-')), 'solo');
+    const r2 = await run('combine', '--adapter', join(FIX, 'combine-a'), '--weights', '1.5', '--out', solo);
+    expect(r2.code, r2.err).toBe(0);
+    const peft = read(join(FIX, 'combine-solo', 'adapter_model.safetensors'));
+    const ours = read(join(solo, 'adapter_model.safetensors'));
+    const k = 'base_model.model.conv.lora_A.weight';
+    expect(maxRelativeError(await ours[k]!.data(), await peft[k]!.data())).toBeLessThan(1e-5);
+    tf.dispose([...Object.values(got), ...Object.values(want.tensors), ...Object.values(peft), ...Object.values(ours), ...sources.flatMap((s) => Object.values(s.tensors))]);
+  });
+
+  it('fails with one line and a non-zero exit on every bad input, leaving no output or temporary directory', async () => {
+    const a = join(FIX, 'combine-a');
+    const b = join(FIX, 'combine-b');
+    const c = join(FIX, 'combine-c');
+    const parent = mkdtempSync(join(tmpdir(), 'lora-cli-combine-bad-'));
+    const out = join(parent, 'mix');
+    const cases: [string[], RegExp][] = [
+      [['--adapter', a, '--adapter', b, '--weights', '0.7', '--out', out], /^lora combine: --weights has 1 value\(s\) for 2 adapter\(s\); give one weight per --adapter$/],
+      [['--adapter', a, '--adapter', b, '--weights', '0.7,x', '--out', out], /^lora combine: --weights value "x" is not a number$/],
+      [['--adapter', a, '--adapter', b, '--weights', '1,1', '--type', 'average', '--out', out], /^lora combine: unknown --type 'average'; types are svd, linear, cat, /],
+      [['--adapter', a, '--adapter', c, '--weights', '1,1', '--type', 'linear', '--out', out], /^lora combine: All adapters must have the same r value when using combination_type linear/],
+      [['--adapter', a, '--adapter', join(parent, 'nope'), '--weights', '1,1', '--out', out], /^lora combine: .*nope: no adapter_config\.json/],
+      [['--adapter', a, '--adapter', b, '--weights', '1,1', '--type', 'ties', '--out', out], /^lora combine: combination_type 'ties' prunes and needs a density in \[0, 1\]/],
+      [['--adapter', a, '--adapter', b, '--weights', '1,1', '--type', 'ties', '--density', '1.5', '--out', out], /^lora combine: --density "1\.5" is not a fraction in \[0, 1\]$/],
+      [['--adapter', a, '--adapter', b, '--weights', '1,1', '--svd-rank', '0', '--out', out], /^lora combine: --svd-rank "0" is not a positive integer$/],
+      [['--adapter', a, '--adapter', b, '--weights', '1,1', '--type', 'ties', '--density', '0.5', '--majority-sign', 'mean', '--out', out], /^lora combine: --majority-sign 'mean' is not total or frequency$/],
+      [['--adapter', a, '--adapter', b, '--weights', '1,1'], /^lora combine: combine needs --out; see lora combine --help$/],
+      [['--weights', '1', '--out', out], /^lora combine: combine needs --adapter/],
+      [['--adapter', a, '--adapter', b, '--weights', '1,1', '--out', a], /^lora combine: --out .* is one of the --adapter directories/],
+    ];
+    for (const [args, message] of cases) {
+      const r = await run('combine', ...args);
+      expect(r.code, args.join(' ')).not.toBe(0);
+      expect(r.err.split('\n').at(-1), args.join(' ')).toMatch(message);
+      expect(r.err.split('\n').filter((l) => l.startsWith('lora combine:')), args.join(' ')).toHaveLength(1);
+      expect(readdirSync(parent), args.join(' ')).toEqual([]);
+    }
+    // an existing --out is kept unless --force
+    mkdirSync(out);
+    writeFileSync(join(out, 'keep.txt'), 'x');
+    const r = await run('combine', '--adapter', a, '--adapter', b, '--weights', '1,1', '--out', out);
+    expect([r.code, r.err]).toEqual([2, `lora combine: --out ${out} exists; choose a new directory or pass --force to replace it`]);
+    expect(readdirSync(out)).toEqual(['keep.txt']);
+    const forced = await run('combine', '--adapter', a, '--adapter', b, '--weights', '1,1', '--out', out, '--force');
+    expect(forced.code, forced.err).toBe(0);
+    expect(readdirSync(out).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
+    expect(readdirSync(parent)).toEqual(['mix']);
+    expect((await run('combine', '--help')).out).toMatch(/^lora combine --adapter <dir>/);
+    expect((await run('--help')).out).toMatch(/lora combine --adapter <dir> --adapter <dir> \.\.\. --weights/);
   });
 });

@@ -1,9 +1,9 @@
-import { mkdir, readFile, readdir, rename, rm, stat, copyFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdir, readFile, readdir, rename, rm, stat, copyFile, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
-import { adapterTargets, loraConfigFromJson, loraScaling, mergeAdapterWeights, patternKey } from '@lora/core';
-import { initBackend, parseSafetensors } from '@lora/tensor';
+import { COMBINATION_TYPES, type CombinationType, adapterTargets, combineAdapters, loraConfigFromJson, loraConfigToJson, mergeAdapterWeights, moduleScaling } from '@lora/core';
+import { initBackend, parseSafetensors, serializeSafetensors } from '@lora/tensor';
 import { rewriteSafetensors } from '@lora/tensor/node';
 
 /** Where the command writes: stdout for results, stderr for progress and errors. */
@@ -19,6 +19,8 @@ Usage:
   lora inspect <adapter dir>                 config, targets, ranks and parameter counts
   lora merge --base <file|dir> --adapter <dir> --out <file|dir> [--adapter-name NAME] [--safe-merge]
                                              merge an adapter into a safetensors checkpoint
+  lora combine --adapter <dir> --adapter <dir> ... --weights W1,W2,... --type TYPE --out <dir> [options]
+                                             combine adapters into one (PEFT's add_weighted_adapter), no model needed
   lora <command> --help                      help for one command`,
   inspect: `lora inspect <adapter dir>
 
@@ -36,6 +38,30 @@ files) are copied. Progress goes to stderr.
 Options:
   --adapter-name NAME   the sub-folder of a multi-adapter directory (PEFT saves non-default adapters there)
   --safe-merge          refuse to write weights that came out NaN or infinite`,
+  combine: `lora combine --adapter <dir> --adapter <dir> ... --weights W1,W2,... [--type TYPE] --out <dir> [options]
+
+Combines PEFT adapters into one, as PEFT's add_weighted_adapter followed by save_pretrained of the new
+adapter, from the adapter files alone (no base model): Linear, Embedding, Conv1d and Conv2d modules,
+rank/alpha patterns, rsLoRA, fan_in_fan_out. Writes adapter_config.json and adapter_model.safetensors in
+PEFT's layout (PeftModel.from_pretrained loads it) into a temporary directory, then moves it into place.
+
+Options:
+  --adapter DIR           an adapter directory; repeat for each adapter (one adapter: a linear rescale)
+  --weights W1,W2,...     one weight per adapter, in the same order; negative weights subtract (write
+                          --weights=-0.5,1 when the first one is negative)
+  --type TYPE             ${COMBINATION_TYPES.join(', ')}
+                          (default svd). linear, ties, dare_* and magnitude_prune need equal ranks; cat
+                          sums the ranks; the *svd types re-decompose the combined update at --svd-rank
+  --svd-rank N            rank of the *svd types' result (default: the largest rank of the adapters)
+  --svd-clamp Q           clamp the SVD factors to their Q-quantile (0..1)
+  --density D             fraction of values kept by ties, magnitude_prune, dare_* and their svd forms (0..1)
+  --majority-sign M       total (default) or frequency: how ties elects each entry's sign
+  --seed N                seed of dare_*'s random pruning (default 0; PyTorch's masks cannot be reproduced)
+  --force                 replace --out if it exists
+
+The pruned svd types (ties_svd, dare_*_svd, magnitude_prune_svd) decompose each full update matrix in
+float64 JavaScript: about 20 s per 1024x1024 module, far longer at 4096x4096. svd decomposes through the
+adapters' factors and stays fast.`,
 };
 
 class UsageError extends Error {}
@@ -94,13 +120,10 @@ async function inspect(args: string[], io: Io): Promise<number> {
     let total = 0;
     const targets = adapterTargets(tensors);
     for (const [path, kind] of targets) {
-      const rKey = patternKey(Object.keys(config.rankPattern), path);
-      const aKey = patternKey(Object.keys(config.alphaPattern), path);
-      const r = rKey === undefined ? config.r : (config.rankPattern[rKey] as number);
-      const alpha = aKey === undefined ? config.loraAlpha : (config.alphaPattern[aKey] as number);
+      const { r, alpha, scaling } = moduleScaling(config, path);
       const params = Object.entries(tensors).filter(([k]) => k.startsWith(`base_model.model.${path}.`)).reduce((s, [, t]) => s + t.size, 0);
       total += params;
-      io.out(`  ${path}  ${kind}  r ${r}  alpha ${alpha}  scaling ${loraScaling(alpha, r, config.useRslora).toPrecision(4)}  ${params} params`);
+      io.out(`  ${path}  ${kind}  r ${r}  alpha ${alpha}  scaling ${scaling.toPrecision(4)}  ${params} params`);
     }
     io.out(`  ${targets.size} modules, ${total} parameters in ${Object.keys(tensors).length} tensors`);
     return 0;
@@ -221,6 +244,93 @@ async function merge(args: string[], io: Io): Promise<number> {
   }
 }
 
+/** A number from an option, checked: `what` names the option in the error. */
+function numberOption(value: string | undefined, what: string, check: (n: number) => boolean, expected: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (value.trim() === '' || !check(n)) throw new UsageError(`${what} ${JSON.stringify(value)} is not ${expected}`);
+  return n;
+}
+
+async function combine(args: string[], io: Io): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      help: { type: 'boolean' },
+      adapter: { type: 'string', multiple: true },
+      weights: { type: 'string' },
+      type: { type: 'string' },
+      'svd-rank': { type: 'string' },
+      'svd-clamp': { type: 'string' },
+      density: { type: 'string' },
+      'majority-sign': { type: 'string' },
+      seed: { type: 'string' },
+      out: { type: 'string' },
+      force: { type: 'boolean' },
+    },
+  });
+  if (values.help) {
+    io.out(HELP.combine as string);
+    return 0;
+  }
+  const dirs = values.adapter ?? [];
+  if (dirs.length === 0) throw new UsageError('combine needs --adapter (once per adapter); see lora combine --help');
+  if (values.weights === undefined) throw new UsageError('combine needs --weights (one per adapter, comma-separated); see lora combine --help');
+  if (!values.out) throw new UsageError('combine needs --out; see lora combine --help');
+  const weights = values.weights.split(',').map((w) => numberOption(w, '--weights value', Number.isFinite, 'a number') as number);
+  if (weights.length !== dirs.length) throw new UsageError(`--weights has ${weights.length} value(s) for ${dirs.length} adapter(s); give one weight per --adapter`);
+  const type = (values.type ?? 'svd') as CombinationType;
+  if (!COMBINATION_TYPES.includes(type)) throw new UsageError(`unknown --type '${type}'; types are ${COMBINATION_TYPES.join(', ')}`);
+  const majority = values['majority-sign'];
+  if (majority !== undefined && majority !== 'total' && majority !== 'frequency') throw new UsageError(`--majority-sign '${majority}' is not total or frequency`);
+  const options = {
+    combinationType: type,
+    svdRank: numberOption(values['svd-rank'], '--svd-rank', (n) => Number.isInteger(n) && n > 0, 'a positive integer'),
+    svdClamp: numberOption(values['svd-clamp'], '--svd-clamp', (n) => n >= 0 && n <= 1, 'a quantile in [0, 1]'),
+    density: numberOption(values.density, '--density', (n) => n >= 0 && n <= 1, 'a fraction in [0, 1]'),
+    majoritySignMethod: majority as 'total' | 'frequency' | undefined,
+    seed: numberOption(values.seed, '--seed', Number.isSafeInteger, 'an integer'),
+  };
+  const out = resolve(values.out);
+  if (dirs.some((d) => resolve(d) === out)) throw new UsageError(`--out ${values.out} is one of the --adapter directories; write the combination elsewhere`);
+  if ((await stat(out).catch(() => null)) && !values.force) throw new UsageError(`--out ${values.out} exists; choose a new directory or pass --force to replace it`);
+  await startBackend();
+  const adapters: Awaited<ReturnType<typeof readAdapter>>[] = [];
+  try {
+    for (const [i, dir] of dirs.entries()) {
+      adapters.push(await readAdapter(dir));
+      io.err(`read ${dir} (${i + 1}/${dirs.length})`);
+    }
+    const mix = await combineAdapters(adapters, weights, {
+      ...options,
+      names: dirs,
+      warn: (m) => io.err(`warning: ${m}`),
+      onProgress: (done, total, path) => io.err(`combined module ${done}/${total} ${path}`),
+    });
+    try {
+      // write into a temporary directory, then move it into place: nothing half-written on failure
+      const tmp = join(dirname(out), `.${basename(out)}.tmp-${process.pid}`);
+      await rm(tmp, { recursive: true, force: true });
+      try {
+        await mkdir(tmp, { recursive: true });
+        await writeFile(join(tmp, 'adapter_model.safetensors'), await serializeSafetensors(mix.tensors, { metadata: { format: 'pt' } }));
+        await writeFile(join(tmp, 'adapter_config.json'), loraConfigToJson(mix.config));
+        await rm(out, { recursive: true, force: true });
+        await rename(tmp, out);
+      } catch (e) {
+        await rm(tmp, { recursive: true, force: true });
+        throw e;
+      }
+      io.err(`wrote ${values.out} (${dirs.length === 1 ? 'linear' : type}, r ${mix.config.r}, ${Object.keys(mix.tensors).length / 2} modules)`);
+    } finally {
+      tf.dispose(Object.values(mix.tensors));
+    }
+    return 0;
+  } finally {
+    tf.dispose(adapters.flatMap((a) => Object.values(a.tensors)));
+  }
+}
+
 /**
  * Runs the `lora` command with `argv` (without the node and script paths). Returns the exit code;
  * any error is one line on stderr and a non-zero code.
@@ -239,7 +349,8 @@ export async function runCli(argv: string[], io: Io): Promise<number> {
     }
     if (command === 'inspect') return await inspect(rest, io);
     if (command === 'merge') return await merge(rest, io);
-    throw new UsageError(`unknown command '${command}'; commands are inspect and merge (lora --help)`);
+    if (command === 'combine') return await combine(rest, io);
+    throw new UsageError(`unknown command '${command}'; commands are inspect, merge and combine (lora --help)`);
   } catch (e) {
     io.err(`lora ${command ?? ''}: ${(e as Error).message.split('\n')[0]}`);
     return e instanceof UsageError ? 2 : 1;

@@ -51,6 +51,23 @@ function storedTransposed(path: string, weight: [number, number], delta: [number
   throw new Error(`the adapter's update for '${path}' is [${out}, ${inF}] (out, in) but the weight is [${weight.join(', ')}]; was the adapter trained on another base model?`);
 }
 
+/**
+ * An adapter's rank, alpha and scaling on one module: the first matching key of `rank_pattern` /
+ * `alpha_pattern` (PEFT's `get_pattern_key`), else `r` / `lora_alpha`; scaling α/r or α/√r (rsLoRA).
+ *
+ * @example
+ * ```ts
+ * moduleScaling(loraConfig({ r: 4, loraAlpha: 8, rankPattern: { mlp: 2 } }), 'layers.0.mlp'); // { r: 2, alpha: 8, scaling: 4 }
+ * ```
+ */
+export function moduleScaling(config: LoraConfig, path: string): { r: number; alpha: number; scaling: number } {
+  const rKey = patternKey(Object.keys(config.rankPattern), path);
+  const aKey = patternKey(Object.keys(config.alphaPattern), path);
+  const r = rKey === undefined ? config.r : (config.rankPattern[rKey] as number);
+  const alpha = aKey === undefined ? config.loraAlpha : (config.alphaPattern[aKey] as number);
+  return { r, alpha, scaling: loraScaling(alpha, r, config.useRslora) };
+}
+
 function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
   const t = tensors[key];
   if (!t) throw new Error(`the adapter has no '${key}'; it is incomplete`);
@@ -114,8 +131,6 @@ function mergeByName(base: Record<string, tf.Tensor>, adapter: AdapterFiles, opt
   const { config, tensors } = adapter;
   const merged: Record<string, tf.Tensor> = {};
   const missing: string[] = [];
-  const rankKeys = Object.keys(config.rankPattern);
-  const alphaKeys = Object.keys(config.alphaPattern);
   try {
     for (const [path, kind] of adapterTargets(tensors)) {
       const weightKey = `${path}.weight`;
@@ -124,11 +139,7 @@ function mergeByName(base: Record<string, tf.Tensor>, adapter: AdapterFiles, opt
         missing.push(weightKey);
         continue;
       }
-      const rKey = patternKey(rankKeys, path);
-      const aKey = patternKey(alphaKeys, path);
-      const r = rKey === undefined ? config.r : (config.rankPattern[rKey] as number);
-      const alpha = aKey === undefined ? config.loraAlpha : (config.alphaPattern[aKey] as number);
-      const s = loraScaling(alpha, r, config.useRslora);
+      const s = moduleScaling(config, path).scaling;
       const p = `${PREFIX}${path}`;
       merged[weightKey] = tf.tidy(() => {
         if (kind === 'embedding') {
