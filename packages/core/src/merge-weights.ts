@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type LoraConfig, loraScaling } from './lora-config';
 import { patternKey } from './peft-model';
+import { replaceRows } from './trainable-tokens';
 
 const PREFIX = 'base_model.model.';
 
@@ -20,6 +21,15 @@ export function adapterTargets(tensors: Record<string, tf.Tensor>): Map<string, 
   return out;
 }
 
+/** The rows an adapter's trainable tokens at `path` replace: the list, or the entry of the record naming the path. */
+function tokenIndicesFor(config: LoraConfig, path: string): number[] {
+  const tti = config.trainableTokenIndices;
+  if (Array.isArray(tti)) return tti;
+  const key = tti ? Object.keys(tti).find((k) => path.endsWith(k)) : undefined;
+  if (!tti || key === undefined) throw new Error(`the adapter has trainable tokens for '${path}' but its trainable_token_indices (${JSON.stringify(tti)}) name no such module`);
+  return tti[key] as number[];
+}
+
 function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
   const t = tensors[key];
   if (!t) throw new Error(`the adapter has no '${key}'; it is incomplete`);
@@ -31,6 +41,7 @@ function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
  * shard): for every wrapped module P, `P.weight ← P.weight + s·B·A` (Linear; DoRA rescales each row
  * to the magnitude), `P.weight ← P.weight + s·(B·A)ᵀ` (Embedding), and with `lora_bias`
  * `P.bias ← P.bias + s·b`. Scalings follow the config (α/r or α/√r, rank and alpha patterns).
+ * Trainable tokens (`P.token_adapter.trainable_tokens_delta`) replace their rows of `P.weight`.
  * Returns new tensors for the keys of `base` it changed (the caller owns them); modules the adapter
  * has but `base` lacks are listed in `missing` (they may live in another shard).
  *
@@ -88,6 +99,21 @@ export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: Ad
           if (t && !tf.tidy(() => tf.all(tf.isFinite(t)).dataSync()[0])) throw new Error(`NaNs detected in the merged weights. The adapter seems to be broken (${k})`);
         }
       }
+    }
+    // trainable tokens: the adapter's rows replace the base rows (PEFT's TrainableTokensLayer.merge)
+    for (const [key, rows] of Object.entries(tensors)) {
+      const path = /^base_model\.model\.(.+)\.token_adapter\.trainable_tokens_delta$/.exec(key)?.[1];
+      if (path === undefined) continue;
+      const weightKey = `${path}.weight`;
+      const w = merged[weightKey] ?? base[weightKey];
+      if (!w) {
+        missing.push(weightKey);
+        continue;
+      }
+      const next = replaceRows(w, tokenIndicesFor(config, path), rows);
+      merged[weightKey]?.dispose();
+      merged[weightKey] = next;
+      if (options.safeMerge && !tf.tidy(() => tf.all(tf.isFinite(next)).dataSync()[0])) throw new Error(`NaNs detected in the merged weights. The adapter seems to be broken (${weightKey})`);
     }
   } catch (e) {
     tf.dispose(Object.values(merged));
