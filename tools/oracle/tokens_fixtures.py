@@ -1,6 +1,6 @@
 """PEFT 0.21 fixtures for @lora/core's trainable tokens, save_embedding_layers and the PiSSA/OLoRA →
 LoRA conversion on save. Writes packages/core/__fixtures__/ (tokens-*, peft-tokens-*, peft-embed-layers,
-pissa-convert-*). The TokNet here is written again in packages/core/src/token-nets.test-util.ts."""
+pissa-convert-*). The TokNet (tokens_net.py) is written again in packages/core/src/token-nets.test-util.ts."""
 import json
 import os
 import shutil
@@ -9,7 +9,6 @@ import warnings
 
 import peft
 import torch
-import torch.nn as nn
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
@@ -17,37 +16,7 @@ OUT = os.environ.get("ORACLE_OUT") or os.path.join(os.path.dirname(__file__), ".
 os.makedirs(OUT, exist_ok=True)
 sys.path.insert(0, os.path.dirname(__file__))
 from peft_fixtures_net import Net  # noqa: E402
-
-
-class ModelConfig(dict):
-    """What PEFT reads from a transformers model's config: here only tie_word_embeddings."""
-
-    def to_dict(self):
-        return dict(self)
-
-
-class TokNet(nn.Module):
-    """An input embedding, a hidden Linear and an output layer over the vocabulary, optionally tied to the
-    embedding as transformers ties lm_head (get_input_embeddings, _tied_weights_keys, tie_word_embeddings)."""
-
-    def __init__(self, tied=False):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(20, 8)
-        self.lin = nn.Linear(8, 8)
-        self.lm_head = nn.Linear(8, 20, bias=False)
-        if tied:
-            self.lm_head.weight = self.embed_tokens.weight
-            self._tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
-        self.config = ModelConfig(tie_word_embeddings=tied, model_type="custom")
-
-    def get_input_embeddings(self):
-        return self.embed_tokens
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def forward(self, ids):
-        return self.lm_head(torch.tanh(self.lin(self.embed_tokens(ids))))
+from tokens_net import TokNet  # noqa: E402
 
 
 def save_adapter(model, directory, **kwargs):

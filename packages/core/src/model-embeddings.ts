@@ -10,6 +10,15 @@ import type { Module } from '@lora/nn';
  *    Hugging Face's decoder models (and `@lora/models`' Llama) use.
  *
  * A model that needs another rule defines the method.
+ *
+ * @example
+ * ```ts
+ * class Gpt2 extends Module implements ModelWithEmbeddings {
+ *   wte = this.registerModule('wte', new Embedding(50257, 768));
+ *   getInputEmbeddings() { return this.wte; }
+ *   // …
+ * }
+ * ```
  */
 export interface ModelWithEmbeddings extends Module {
   getInputEmbeddings?(): Module;
@@ -27,14 +36,29 @@ function pathNamed(model: Module, name: string): string | null {
   return null;
 }
 
-/** The path of the model's input embedding by the rule above, or null. */
+/**
+ * The path of the model's input embedding by the rule of {@link ModelWithEmbeddings}, or null.
+ *
+ * @example
+ * ```ts
+ * inputEmbeddingsPath(llama); // 'model.embed_tokens'
+ * ```
+ */
 export function inputEmbeddingsPath(model: Module): string | null {
   const m = model as ModelWithEmbeddings;
   if (typeof m.getInputEmbeddings === 'function') return pathOf(model, m.getInputEmbeddings());
   return pathNamed(model, 'embed_tokens');
 }
 
-/** The path of the model's output embedding (the layer over the vocabulary) by the rule above, or null. */
+/**
+ * The path of the model's output embedding (the layer over the vocabulary) by the rule of
+ * {@link ModelWithEmbeddings}, or null.
+ *
+ * @example
+ * ```ts
+ * outputEmbeddingsPath(llama); // 'lm_head'
+ * ```
+ */
 export function outputEmbeddingsPath(model: Module): string | null {
   const m = model as ModelWithEmbeddings;
   if (typeof m.getOutputEmbeddings === 'function') return pathOf(model, m.getOutputEmbeddings());

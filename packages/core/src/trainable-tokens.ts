@@ -60,6 +60,13 @@ export function replaceRows(weight: tf.Tensor, indices: number[], rows: tf.Tenso
  * but holding the rows' values, initialised from the original rows) — while the rest of the table
  * stays frozen. A layer tied to another (an lm_head sharing the embedding's weight) shares that
  * layer's rows, indices and originals and saves nothing of its own.
+ *
+ * @example
+ * ```ts
+ * const layer = (peft.model.getSubmodule('model.embed_tokens') as TrainableTokensWrapper).tokenAdapter;
+ * layer.tokenIndices.get('default');              // [32000, 32001]
+ * layer.trainableTokensDelta.get('default').shape; // [2, hidden]
+ * ```
  */
 export class TrainableTokensLayer extends Module {
   baseLayer: Embedding | Linear;

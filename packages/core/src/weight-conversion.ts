@@ -72,6 +72,11 @@ export function convertToLoraTensors(trained: Record<string, tf.Tensor>, initial
 /**
  * The config PEFT writes for a converted adapter: `init_lora_weights: true`, r doubled, α doubled
  * (×√2 with rsLoRA, which keeps α/√r), every rank and alpha pattern doubled.
+ *
+ * @example
+ * ```ts
+ * loraConfigToJson(convertedLoraConfig(peft.peftConfig.get('default')!)); // r 16 → 32, lora_alpha 32 → 64
+ * ```
  */
 export function convertedLoraConfig(config: LoraConfig): LoraConfig {
   const double = (p: Record<string, number>) => Object.fromEntries(Object.entries(p).map(([k, v]) => [k, 2 * v]));
