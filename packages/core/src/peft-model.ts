@@ -111,8 +111,8 @@ export class PeftModel extends Module {
     // A pluggable init that is not registered fails here, before any layer is wrapped.
     if (config.initLoraWeights === 'loftq' || config.initLoraWeights === 'eva' || config.initLoraWeights === 'lora_ga') lookupLoraInit(config.initLoraWeights);
     const isFirst = this.peftConfig.size === 0;
-    // Wrapped layers' own sub-paths (lora_A, base_layer…) are never targets themselves.
-    const lora = new Set([...this.loraLayers()].map(([p]) => p));
+    // Wrapped layers' own sub-paths (lora_A, base_layer, token_adapter…) are never targets themselves.
+    const lora = new Set([...this.loraLayers(), ...this.tokenWrappers()].map(([p]) => p));
     const { targeted } = resolveTargets(this.model, config);
     const paths = targeted.filter((p) => ![...lora].some((l) => p.startsWith(`${l}.`)));
     const rankKeys = Object.keys(config.rankPattern);

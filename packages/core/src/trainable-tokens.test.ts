@@ -22,6 +22,11 @@ const close = async (got: tf.Tensor, key: string, tol = 1e-5) => expect(maxRelat
 beforeEach(() => {
   want = readFixture('tokens-expected.safetensors');
 });
+/** Suites below the backend loop run on cpu, whichever suite ran before them. */
+const onCpu = () =>
+  beforeAll(async () => {
+    await initBackend('cpu');
+  });
 afterEach(() => tf.dispose(Object.values(want)));
 
 const cases = { 'tokens-list': false, 'tokens-dict': false, 'tokens-tied': true, 'tokens-tied-dict': true } as const;
@@ -83,9 +88,7 @@ await describeEachBackend("PEFT-saved trainable-token adapters", () => {
 });
 
 describe('several trainable-token adapters', () => {
-  beforeAll(async () => {
-    await initBackend('cpu');
-  });
+  onCpu();
 
   const loadBoth = async () => {
     const { model: peft } = await loadAdapter(tokNet(), join(FIX, 'peft-tokens-multi'));
@@ -126,6 +129,7 @@ describe('several trainable-token adapters', () => {
 });
 
 describe('files PEFT reads', () => {
+  onCpu();
   it('adapters made here are saved with their outputs, for tools/oracle/check_peft_loads_tokens.py', async () => {
     // LORA_KEEP_DIR=<dir> keeps the files for the Python check (PEFT loads them and must give these outputs).
     const root = process.env.LORA_KEEP_DIR ?? mkdtempSync(join(tmpdir(), 'lora-ours-'));
@@ -158,6 +162,7 @@ describe('files PEFT reads', () => {
 });
 
 describe('training trainable tokens', () => {
+  onCpu();
   it('only the listed rows change: the deltas train, the base table and the other rows stay as they were', async () => {
     const peft = getPeftModel(tokNet(true), { r: 2, targetModules: ['lin'], trainableTokenIndices: [1, 3, 5] }) as PeftModel;
     peft.train();
@@ -182,6 +187,7 @@ describe('training trainable tokens', () => {
 });
 
 describe('choosing the layers', () => {
+  onCpu();
   it("errors as PEFT's: a LoRA target, a modules_to_save module, a missing module, tied layers with other rows under ensure_weight_tying", () => {
     const make = (fields: Parameters<typeof loraConfig>[0]) => () => getPeftModel(tokNet(true), loraConfig({ r: 2, ...fields }));
     expect(make({ targetModules: ['embed_tokens', 'lin'], trainableTokenIndices: [1] })).toThrow(/^trainable_token_indices cannot be applied to modules of type LoraEmbedding/);
@@ -189,6 +195,15 @@ describe('choosing the layers', () => {
     expect(make({ targetModules: ['lin'], trainableTokenIndices: { wte: [1] } })).toThrow(notes.not_found.replace(/^ValueError: /, ''));
     expect(make({ targetModules: ['lin'], trainableTokenIndices: { embed_tokens: [1], lm_head: [2] }, extra: { ensure_weight_tying: true } })).toThrow(notes.ensure_tying_mismatch.replace(/^ValueError: /, ''));
     expect(make({ targetModules: ['lin'], trainableTokenIndices: [1, 20] })).toThrow('trainable_token_indices: token index 20 is out of range for a layer of 20 rows; use indices in [0, 20)');
+  });
+
+  it("a later adapter's targets never reach inside a token wrapper (all-linear leaves the wrapped lm_head alone)", () => {
+    const peft = getPeftModel(tokNet(true), { r: 2, targetModules: ['lin'], trainableTokenIndices: [1, 3] });
+    peft.addAdapter('second', loraConfig({ r: 2, targetModules: 'all-linear' }));
+    const wrapped = [...peft.loraLayers()].map(([p]) => p);
+    expect(wrapped).toEqual(['lin']);
+    expect((peft.model.getSubmodule('lm_head') as TrainableTokensWrapper).tokenAdapter.baseLayer).toBeInstanceOf(Linear);
+    peft.dispose();
   });
 
   it('a tied lm_head given other rows trains them on its own (not tied), as PEFT without ensure_weight_tying', () => {
@@ -223,16 +238,19 @@ describe('choosing the layers', () => {
   });
 });
 
-it('mergeAdapterWeights writes the rows into weight files by name, as PEFT merges them', async () => {
-  const base = readFixture('tokens-base.safetensors');
-  const before = tf.memory().numTensors;
-  for (const name of ['tokens-list', 'tokens-dict']) {
-    const adapter = readAdapterFiles(`peft-${name}`);
-    const { merged, missing } = mergeAdapterWeights(base, adapter);
-    expect(missing).toEqual([]);
-    for (const k of ['embed_tokens.weight', 'lm_head.weight']) await close(merged[k] ?? (base[k] as tf.Tensor), `${name}.merged.${k}`);
-    tf.dispose([...Object.values(merged), ...Object.values(adapter.tensors)]);
-  }
-  expect(tf.memory().numTensors).toBe(before);
-  tf.dispose(Object.values(base));
+describe('merging by name', () => {
+  onCpu();
+  it('mergeAdapterWeights writes the rows into weight files by name, as PEFT merges them', async () => {
+    const base = readFixture('tokens-base.safetensors');
+    const before = tf.memory().numTensors;
+    for (const name of ['tokens-list', 'tokens-dict']) {
+      const adapter = readAdapterFiles(`peft-${name}`);
+      const { merged, missing } = mergeAdapterWeights(base, adapter);
+      expect(missing).toEqual([]);
+      for (const k of ['embed_tokens.weight', 'lm_head.weight']) await close(merged[k] ?? (base[k] as tf.Tensor), `${name}.merged.${k}`);
+      tf.dispose([...Object.values(merged), ...Object.values(adapter.tensors)]);
+    }
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose(Object.values(base));
+  });
 });
