@@ -121,8 +121,13 @@ async function baseVocabSize(fs: typeof import('node:fs/promises'), base: string
     warn(`Could not find a config file in ${base} - will assume that the vocabulary was not modified.`);
     return undefined;
   }
-  const vocab = (JSON.parse(text) as { vocab_size?: unknown }).vocab_size;
-  return typeof vocab === 'number' ? vocab : undefined;
+  let json: { vocab_size?: unknown };
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${base}/config.json (baseModelNameOrPath) is not valid JSON: ${(e as Error).message}`);
+  }
+  return typeof json.vocab_size === 'number' ? json.vocab_size : undefined;
 }
 
 /**
@@ -196,7 +201,8 @@ export interface LoadAdapterResult {
  * Loads a PEFT adapter (a directory in Node, or the files in memory) onto `model`: a plain model is
  * wrapped as a PeftModel, a PeftModel gains the adapter. With `isTrainable: false` (PEFT's default)
  * the adapter is frozen. Keys the model lacks, or lacks in the file, are reported (an error with
- * `strict`); shapes must match.
+ * `strict`); shapes must match. Weights of the base model saved with the adapter (PEFT's
+ * `save_embedding_layers`) are loaded into the base model, as PEFT does.
  *
  * @example
  * ```ts
