@@ -3,8 +3,9 @@ import { type ModelFiles, SafetensorsError, openFiles, parseSafetensors, seriali
 import { type Module, withoutInit } from '@lora/nn';
 import { type LoraConfig, loraConfigFromJson, loraConfigToJson } from './lora-config';
 import { baseBias } from './lora-layer';
-
+import { type EmbeddingLayersOptions, type SaveEmbeddingLayers, embeddingIsTargeted, embeddingLayersStateDict, peftNamedWeights } from './embedding-layers';
 import { PeftModel } from './peft-model';
+import { type InitialAdapter, checkWeightConversion, convertToLoraTensors, convertedLoraConfig } from './weight-conversion';
 
 const PREFIX = 'base_model.model.';
 
@@ -30,6 +31,11 @@ export function adapterStateDict(model: PeftModel, adapterName = 'default'): Rec
     if (!w.modulesToSave.has(adapterName)) continue;
     for (const [k, t] of w.modulesToSave.get(adapterName).namedParameters()) out[`${PREFIX}${path}.${k}`] = t;
   }
+  // trainable tokens: the rows of each token layer that owns them (a tied layer's are its owner's)
+  for (const [path, w] of model.tokenWrappers()) {
+    const t = w.tokenAdapter;
+    if (!t.tiedAdapter && t.tokenIndices.has(adapterName)) out[`${PREFIX}${path}.token_adapter.trainable_tokens_delta`] = t.trainableTokensDelta.get(adapterName);
+  }
   // biases trained with the adapter travel with it (PEFT's bias 'lora_only' / 'all')
   const bias = (model.peftConfig.get(adapterName) as LoraConfig).bias;
   if (bias === 'lora_only') {
@@ -43,31 +49,104 @@ export function adapterStateDict(model: PeftModel, adapterName = 'default'): Rec
   return out;
 }
 
+/** Options of {@link serializeAdapter}. */
+export interface SerializeAdapterOptions extends EmbeddingLayersOptions {
+  /**
+   * Converts a PiSSA/OLoRA adapter into a plain LoRA on the unchanged base model (PEFT's
+   * `path_initial_model_for_weight_conversion`, in memory): the adapter as serialized right after
+   * `getPeftModel`, before training.
+   */
+  initialAdapter?: InitialAdapter;
+}
+
+async function encodeAdapter(model: PeftModel, adapterName: string, options: SerializeAdapterOptions, checked: boolean): Promise<{ config: string; weights: Uint8Array }> {
+  const config = model.peftConfig.get(adapterName);
+  if (!config) throw new Error(`adapter '${adapterName}' does not exist; adapters: ${model.adapters.join(', ')}`);
+  const warn = options.warn ?? console.warn;
+  const tensors = { ...adapterStateDict(model, adapterName), ...embeddingLayersStateDict(model, adapterName, options) };
+  if (!options.initialAdapter) return { config: loraConfigToJson(config), weights: await serializeSafetensors(tensors, { metadata: { format: 'pt' } }) };
+  if (!checked) checkWeightConversion(config, warn);
+  const initial = parseSafetensors(options.initialAdapter.weights, { file: 'initial adapter' }).tensors;
+  let converted: Record<string, tf.Tensor> = {};
+  try {
+    converted = convertToLoraTensors(tensors, initial, warn);
+    const weights = await serializeSafetensors(converted, { metadata: { format: 'pt' } });
+    return { config: loraConfigToJson(convertedLoraConfig(config)), weights };
+  } finally {
+    tf.dispose([...Object.values(initial), ...Object.values(converted)]);
+  }
+}
+
 /**
  * One adapter as the two files PEFT writes (`adapter_config.json`, `adapter_model.safetensors`),
- * in memory: what a browser saves or uploads.
+ * in memory: what a browser saves or uploads. `saveEmbeddingLayers` (default `'auto'`) adds the
+ * full embedding weights as PEFT's `save_embedding_layers`; `initialAdapter` converts a
+ * PiSSA/OLoRA adapter to a plain LoRA (rank doubled) as PEFT's `path_initial_model_for_weight_conversion`.
  *
  * @example
  * ```ts
  * const { config, weights } = await serializeAdapter(peft);
+ * // PiSSA: keep the adapter as it was before training, then convert after training
+ * const initial = await serializeAdapter(pissa);
+ * // … train …
+ * const lora = await serializeAdapter(pissa, 'default', { initialAdapter: initial });
  * ```
  */
-export async function serializeAdapter(model: PeftModel, adapterName = 'default'): Promise<{ config: string; weights: Uint8Array }> {
-  const config = model.peftConfig.get(adapterName) as LoraConfig;
-  const weights = await serializeSafetensors(adapterStateDict(model, adapterName), { metadata: { format: 'pt' } });
-  return { config: loraConfigToJson(config), weights };
+export function serializeAdapter(model: PeftModel, adapterName = 'default', options: SerializeAdapterOptions = {}): Promise<{ config: string; weights: Uint8Array }> {
+  return encodeAdapter(model, adapterName, options, false);
+}
+
+/** Options of {@link saveAdapter}. */
+export interface SaveAdapterOptions {
+  /** Adapters to save (default: all). */
+  selectedAdapters?: string[];
+  /** PEFT's `save_embedding_layers` (default `'auto'`); the vocabulary check reads `<baseModelNameOrPath>/config.json`. */
+  saveEmbeddingLayers?: SaveEmbeddingLayers;
+  /**
+   * PEFT's `path_initial_model_for_weight_conversion`: the directory where the PiSSA/OLoRA adapter
+   * was saved before training. The saved adapter becomes a plain LoRA for the unchanged base model,
+   * and (as PEFT) the initial directory's `adapter_config.json` is rewritten with
+   * `init_lora_weights: true`, so that loading it never re-decomposes the base weights.
+   */
+  pathInitialModelForWeightConversion?: string;
+  warn?: (message: string) => void;
+}
+
+/** `vocab_size` of the base checkpoint's config.json, or undefined (with PEFT's warning) when there is none to read. */
+async function baseVocabSize(fs: typeof import('node:fs/promises'), base: string, warn: (message: string) => void): Promise<number | undefined> {
+  let text: string;
+  try {
+    text = await fs.readFile(`${base}/config.json`, 'utf8');
+  } catch {
+    warn(`Could not find a config file in ${base} - will assume that the vocabulary was not modified.`);
+    return undefined;
+  }
+  let json: { vocab_size?: unknown };
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${base}/config.json (baseModelNameOrPath) is not valid JSON: ${(e as Error).message}`);
+  }
+  return typeof json.vocab_size === 'number' ? json.vocab_size : undefined;
 }
 
 /**
  * Saves adapters in PEFT's layout: the default adapter in `dir`, others in `dir/<name>/`; each as
  * `adapter_config.json` + `adapter_model.safetensors`, written atomically. Node only.
  *
+ * `saveEmbeddingLayers` and `pathInitialModelForWeightConversion` are PEFT's `save_embedding_layers`
+ * and `path_initial_model_for_weight_conversion` (see {@link SaveAdapterOptions}).
+ *
  * @example
  * ```ts
  * await saveAdapter(peft, 'out/my-adapter');   // then in Python: PeftModel.from_pretrained(base, 'out/my-adapter')
+ * // PiSSA / OLoRA: save the initial adapter before training, convert to a plain LoRA when saving after
+ * await saveAdapter(pissa, 'out/pissa-init');
+ * // … train …
+ * await saveAdapter(pissa, 'out/pissa-lora', { pathInitialModelForWeightConversion: 'out/pissa-init' });
  * ```
  */
-export async function saveAdapter(model: PeftModel, dir: string, options: { selectedAdapters?: string[] } = {}): Promise<string[]> {
+export async function saveAdapter(model: PeftModel, dir: string, options: SaveAdapterOptions = {}): Promise<string[]> {
   const names = options.selectedAdapters ?? model.adapters;
   const unknown = names.filter((n) => !model.peftConfig.has(n));
   if (unknown.length) {
@@ -77,11 +156,33 @@ export async function saveAdapter(model: PeftModel, dir: string, options: { sele
   const fsName = 'node:fs/promises';
   const { writeFileAtomic } = (await import(/* @vite-ignore */ nodeName)) as typeof import('@lora/tensor/node');
   const fs = (await import(/* @vite-ignore */ fsName)) as typeof import('node:fs/promises');
+  const warn = options.warn ?? console.warn;
   const written: string[] = [];
   for (const name of names) {
     const target = name === 'default' ? dir : `${dir}/${name}`;
+    const adapterConfig = model.peftConfig.get(name) as LoraConfig;
+    const encodeOptions: SerializeAdapterOptions = { saveEmbeddingLayers: options.saveEmbeddingLayers ?? 'auto', warn };
+    const byTargets = embeddingIsTargeted(model.model, adapterConfig) && adapterConfig.trainableTokenIndices === null;
+    if (encodeOptions.saveEmbeddingLayers === 'auto' && !byTargets && adapterConfig.baseModelNameOrPath) {
+      encodeOptions.baseVocabSize = await baseVocabSize(fs, adapterConfig.baseModelNameOrPath, warn);
+    }
+    const initialDir = options.pathInitialModelForWeightConversion;
+    if (initialDir !== undefined) {
+      checkWeightConversion(adapterConfig, warn);
+      let weights: Uint8Array;
+      try {
+        weights = new Uint8Array(await fs.readFile(`${initialDir}/adapter_model.safetensors`));
+      } catch (e) {
+        throw new Error(`${initialDir}/adapter_model.safetensors cannot be read (${(e as Error).message}): save the PiSSA/OLoRA adapter there right after getPeftModel, before training (await saveAdapter(peft, '${initialDir}'))`);
+      }
+      // as PEFT: the initial directory gets the trained adapter's config with init_lora_weights true
+      const initialConfig = JSON.parse(loraConfigToJson({ ...adapterConfig, initLoraWeights: true })) as Record<string, unknown>;
+      initialConfig.inference_mode = adapterConfig.inferenceMode;
+      await writeFileAtomic(`${initialDir}/adapter_config.json`, JSON.stringify(initialConfig, null, 2));
+      encodeOptions.initialAdapter = { weights };
+    }
     await fs.mkdir(target, { recursive: true });
-    const { config, weights } = await serializeAdapter(model, name);
+    const { config, weights } = await encodeAdapter(model, name, encodeOptions, true);
     await writeFileAtomic(`${target}/adapter_model.safetensors`, weights);
     await writeFileAtomic(`${target}/adapter_config.json`, config);
     written.push(target);
@@ -99,8 +200,9 @@ export interface LoadAdapterResult {
 /**
  * Loads a PEFT adapter (a directory in Node, or the files in memory) onto `model`: a plain model is
  * wrapped as a PeftModel, a PeftModel gains the adapter. With `isTrainable: false` (PEFT's default)
- * the adapter is frozen and the model is put in eval mode (as PEFT). Keys the model lacks, or lacks in the file, are reported (an error with
- * `strict`); shapes must match.
+ * the adapter is frozen and the model is put in eval mode (as PEFT). Keys the model lacks, or lacks in
+ * the file, are reported (an error with `strict`); shapes must match. Weights of the base model saved
+ * with the adapter (PEFT's `save_embedding_layers`) are loaded into the base model, as PEFT does.
  *
  * @example
  * ```ts
@@ -128,14 +230,16 @@ export async function loadAdapter(model: Module | PeftModel, files: ModelFiles, 
     // fan_in_fan_out as corrected while wrapping (PEFT corrects the loaded config in place)
     peft.peftConfig.set(name, { ...config, fanInFanOut: (peft.peftConfig.get(name) as LoraConfig).fanInFanOut });
     const own = adapterStateDict(peft, name);
+    // other keys PEFT would load into the model: embedding layers saved with the adapter (save_embedding_layers)
+    const modelWeights = peftNamedWeights(peft, name);
     const missingKeys = Object.keys(own).filter((k) => !(k in tensors));
-    const unexpectedKeys = Object.keys(tensors).filter((k) => !(k in own));
+    const unexpectedKeys = Object.keys(tensors).filter((k) => !(k in own) && !(k in modelWeights));
     if ((options.strict ?? false) && (missingKeys.length || unexpectedKeys.length)) {
       throw new Error(`adapter ${source.label}: missing keys ${JSON.stringify(missingKeys)}, unexpected keys ${JSON.stringify(unexpectedKeys)}`);
     }
-    for (const [k, target] of Object.entries(own)) {
-      const t = tensors[k];
-      if (!t) continue;
+    for (const [k, t] of Object.entries(tensors)) {
+      const target = own[k] ?? modelWeights[k];
+      if (!target) continue;
       if (t.shape.join(',') !== target.shape.join(',')) {
         throw new SafetensorsError({ file: `${source.label}/adapter_model.safetensors`, tensor: k, field: 'shape' }, `shape [${t.shape.join(', ')}] does not fit the model's [${target.shape.join(', ')}]; was the adapter trained on another base model or rank?`);
       }

@@ -9,7 +9,7 @@ export type { AdapterSettings } from './lora-linear';
 export { LoraModel, PeftModel, getPeftModel, patternKey } from './peft-model';
 export type { LoraLayer } from './peft-model';
 export { adapterStateDict, loadAdapter, saveAdapter, serializeAdapter } from './adapter-io';
-export type { LoadAdapterResult } from './adapter-io';
+export type { LoadAdapterResult, SaveAdapterOptions, SerializeAdapterOptions } from './adapter-io';
 export { addWeightedAdapter } from './weighted-adapter';
 export { COMBINATION_TYPES } from './adapter-combination';
 export type { CombinationType, WeightedAdapterOptions } from './adapter-combination';
@@ -20,3 +20,9 @@ export type { AdapterFiles, AdapterTargetKind, MergeWeightsOptions, MergedWeight
 export { lookupLoraInit, registerLoraInit } from './init-registry';
 export type { LoraInitContext, LoraInitializer } from './init-registry';
 export { ModulesToSaveWrapper } from './modules-to-save';
+export { TrainableTokensLayer, TrainableTokensWrapper } from './trainable-tokens';
+export { inputEmbeddingsPath, outputEmbeddingsPath } from './model-embeddings';
+export type { ModelWithEmbeddings } from './model-embeddings';
+export type { SaveEmbeddingLayers } from './embedding-layers';
+export { convertToLoraTensors, convertedLoraConfig } from './weight-conversion';
+export type { InitialAdapter } from './weight-conversion';

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { normExcept } from './dora';
 import { type LoraConfig, loraScaling } from './lora-config';
 import { patternKey } from './peft-model';
+import { replaceRows } from './trainable-tokens';
 
 const PREFIX = 'base_model.model.';
 
@@ -68,6 +69,15 @@ export function moduleScaling(config: LoraConfig, path: string): { r: number; al
   return { r, alpha, scaling: loraScaling(alpha, r, config.useRslora) };
 }
 
+/** The rows an adapter's trainable tokens at `path` replace: the list, or the entry of the record naming the path. */
+function tokenIndicesFor(config: LoraConfig, path: string): number[] {
+  const tti = config.trainableTokenIndices;
+  if (Array.isArray(tti)) return tti;
+  const key = tti ? Object.keys(tti).find((k) => path.endsWith(k)) : undefined;
+  if (!tti || key === undefined) throw new Error(`the adapter has trainable tokens for '${path}' but its trainable_token_indices (${JSON.stringify(tti)}) name no such module`);
+  return tti[key] as number[];
+}
+
 function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
   const t = tensors[key];
   if (!t) throw new Error(`the adapter has no '${key}'; it is incomplete`);
@@ -98,6 +108,7 @@ export interface MergedWeights {
  * s·reshape(B·A)` (convolutions; DoRA rescales each output channel; grouped convolutions cannot be
  * merged, as PEFT), and with `lora_bias`
  * `P.bias ← P.bias + s·b`. Scalings follow the config (α/r or α/√r, rank and alpha patterns).
+ * Trainable tokens (`P.token_adapter.trainable_tokens_delta`) replace their rows of `P.weight`.
  * Returns new tensors for the keys of `base` it changed (the caller owns them); modules the adapter
  * has but `base` lacks are listed in `missing` (they may live in another shard).
  *
@@ -171,6 +182,21 @@ function mergeByName(base: Record<string, tf.Tensor>, adapter: AdapterFiles, opt
         if (!b) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
         merged[`${path}.bias`] = tf.tidy(() => tf.add(b, tf.mul(loraBias, s)));
       }
+    }
+    // trainable tokens: the adapter's rows replace the base rows (PEFT's TrainableTokensLayer.merge)
+    for (const [key, rows] of Object.entries(tensors)) {
+      const path = /^base_model\.model\.(.+)\.token_adapter\.trainable_tokens_delta$/.exec(key)?.[1];
+      if (path === undefined) continue;
+      const weightKey = `${path}.weight`;
+      const w = merged[weightKey] ?? base[weightKey];
+      if (!w) {
+        missing.push(weightKey);
+        continue;
+      }
+      const next = replaceRows(w, tokenIndicesFor(config, path), rows);
+      merged[weightKey]?.dispose();
+      merged[weightKey] = next;
+      if (options.safeMerge && !tf.tidy(() => tf.all(tf.isFinite(next)).dataSync()[0])) throw new Error(`NaNs detected in the merged weights. The adapter seems to be broken (${weightKey})`);
     }
   } catch (e) {
     tf.dispose(Object.values(merged));

@@ -6,6 +6,7 @@ import { ModulesToSaveWrapper } from './modules-to-save';
 import { type LoraConfig, loraConfig } from './lora-config';
 import { LoraEmbedding } from './lora-embedding';
 import { LoraLinear } from './lora-linear';
+import { type TrainableTokensLayer, TrainableTokensWrapper, addTrainableTokens } from './trainable-tokens';
 
 /** A layer with LoRA adapters. */
 export type LoraLayer = LoraLinear | LoraEmbedding | LoraConv;
@@ -77,7 +78,8 @@ export class PeftModel extends Module {
    */
   forwardMixed(adapterNames: string[], ...args: unknown[]): unknown {
     for (const n of new Set(adapterNames)) if (n !== '__base__' && !this.peftConfig.has(n)) throw new Error(`Trying to infer with non-existing adapter(s): ${n}`);
-    const layers = [...this.loraLayers()].map(([, l]) => l);
+    const layers: { batchAdapterNames: string[] | null }[] = [...this.loraLayers()].map(([, l]) => l);
+    for (const [, t] of this.tokenLayers()) layers.push(t);
     for (const l of layers) l.batchAdapterNames = adapterNames;
     try {
       return this.baseModel.call(...args);
@@ -89,7 +91,10 @@ export class PeftModel extends Module {
   /** Removes an adapter everywhere and frees its weights (PEFT's `delete_adapter`). */
   deleteAdapter(name: string): void {
     if (!this.peftConfig.has(name)) throw new Error(`Adapter ${name} does not exist`);
+    const layers = [...[...this.loraLayers()].map(([, l]) => l), ...[...this.tokenLayers()].map(([, t]) => t)];
+    if (layers.some((l) => l.mergedAdapters.includes(name))) throw new Error(`Cannot delete adapter(s) ['${name}'] while they are merged. Please unmerge them first.`);
     for (const [, l] of this.loraLayers()) l.deleteAdapter(name);
+    for (const [, t] of this.tokenLayers()) t.deleteAdapter(name);
     for (const [, w] of this.modulesToSaveWrappers()) w.deleteAdapter(name);
     this.peftConfig.delete(name);
     if (this.activeAdapter === name) {
@@ -114,15 +119,12 @@ export class PeftModel extends Module {
    */
   addAdapter(name: string, config: LoraConfig): void {
     if (this.peftConfig.has(name)) throw new Error(`Adapter with name ${name} already exists.`);
-    if (config.trainableTokenIndices) {
-      throw new Error('trainableTokenIndices is not implemented in @lora/core yet');
-    }
     if (config.bias !== 'none' && [...this.peftConfig.values()].some((c) => c.bias !== 'none')) {
       throw new Error("LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all adapters.");
     }
     const isFirst = this.peftConfig.size === 0;
-    // Wrapped layers' own sub-paths (lora_A, base_layer…) are never targets themselves.
-    const lora = new Set([...this.loraLayers()].map(([p]) => p));
+    // Wrapped layers' own sub-paths (lora_A, base_layer, token_adapter…) are never targets themselves.
+    const lora = new Set([...this.loraLayers(), ...this.tokenWrappers()].map(([p]) => p));
     const { targeted } = resolveTargets(this.model, config);
     const paths = targeted.filter((p) => ![...lora].some((l) => p.startsWith(`${l}.`)));
     // A pluggable init that is not registered fails here, before any layer is wrapped. Only Linear
@@ -172,6 +174,8 @@ export class PeftModel extends Module {
         }
       }
     }
+    // trainable_token_indices: chosen rows of the embedding (and of tied output layers), after modules_to_save as in PEFT
+    addTrainableTokens(this.model, name, config);
     this.peftConfig.set(name, fanInFanOut === config.fanInFanOut ? config : { ...config, fanInFanOut });
     if (isFirst) this.setAdapter(name);
     else this.markTrainable();
@@ -182,12 +186,23 @@ export class PeftModel extends Module {
     for (const [path, m] of this.model.namedModules()) if (m instanceof ModulesToSaveWrapper) yield [path, m];
   }
 
+  /** Every trainable-tokens wrapper with its path in the user's model. */
+  *tokenWrappers(): IterableIterator<[string, TrainableTokensWrapper]> {
+    for (const [path, m] of this.model.namedModules()) if (m instanceof TrainableTokensWrapper) yield [path, m];
+  }
+
+  /** The token layers of {@link tokenWrappers} (tied ones included), by their wrapper's path. */
+  *tokenLayers(): IterableIterator<[string, TrainableTokensLayer]> {
+    for (const [path, w] of this.tokenWrappers()) yield [path, w.tokenAdapter];
+  }
+
   /** Makes `name` the active (and only trainable) adapter (PEFT's `set_adapter`). */
   setAdapter(name: string): void {
     if (!this.peftConfig.has(name)) throw new Error(`Adapter ${name} not found.`);
     this.activeAdapter = name;
     for (const [, layer] of this.loraLayers()) layer.activeAdapters = layer.settings.has(name) ? [name] : [];
     for (const [, w] of this.modulesToSaveWrappers()) w.activeAdapter = w.modulesToSave.has(name) ? name : null;
+    for (const [, t] of this.tokenLayers()) t.activeAdapters = t.tokenIndices.has(name) ? [name] : [];
     this.markTrainable();
   }
 
@@ -204,7 +219,7 @@ export class PeftModel extends Module {
       for (const [, l] of this.loraLayers()) if (l.settings.has(this.activeAdapter) && baseBias(l)) loraOnlyBiases.add(baseBias(l));
     }
     for (const [name, p] of this.namedParameters()) {
-      const isActiveLora = /\.lora_(A|B|magnitude_vector|embedding_A|embedding_B)\./.test(name) && name.split('.').includes(this.activeAdapter);
+      const isActiveLora = /\.(lora_(A|B|magnitude_vector|embedding_A|embedding_B)|token_adapter\.trainable_tokens_delta)\./.test(name) && name.split('.').includes(this.activeAdapter);
       const isBias = (config.bias === 'all' && name.endsWith('.bias') && !name.includes('.lora_')) || loraOnlyBiases.has(p);
       const isSavedModule = name.includes(`.modules_to_save.${this.activeAdapter}.`);
       p.trainable = (isActiveLora || isBias || isSavedModule) && !config.inferenceMode;
@@ -215,11 +230,13 @@ export class PeftModel extends Module {
   disableAdapters(): void {
     for (const [, l] of this.loraLayers()) l.disableAdapters = true;
     for (const [, w] of this.modulesToSaveWrappers()) w.disabled = true;
+    for (const [, t] of this.tokenLayers()) t.disableAdapters = true;
   }
 
   enableAdapters(): void {
     for (const [, l] of this.loraLayers()) l.disableAdapters = false;
     for (const [, w] of this.modulesToSaveWrappers()) w.disabled = false;
+    for (const [, t] of this.tokenLayers()) t.disableAdapters = false;
   }
 
   /**
@@ -237,7 +254,8 @@ export class PeftModel extends Module {
   mergeAdapter(options: { adapterNames?: string[]; safeMerge: true }): Promise<void>;
   mergeAdapter(options: { adapterNames?: string[]; safeMerge?: boolean }): void | Promise<void>;
   mergeAdapter(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void | Promise<void> {
-    const layers = [...this.loraLayers()].map(([, l]) => l);
+    // LoRA layers, then trainable-token rows (all merged before any is unloaded: a tied layer reads its owner's rows)
+    const layers = [...[...this.loraLayers()].map(([, l]) => l), ...[...this.tokenLayers()].map(([, t]) => t)];
     if (!options.safeMerge) {
       for (const l of layers) l.merge({ adapterNames: options.adapterNames });
       return;
@@ -249,6 +267,7 @@ export class PeftModel extends Module {
 
   unmergeAdapter(): void {
     for (const [, l] of this.loraLayers()) l.unmerge();
+    for (const [, t] of this.tokenLayers()) t.unmerge();
   }
 
   /**
@@ -291,6 +310,11 @@ export class PeftModel extends Module {
       for (const n of w.modulesToSave.keys()) if (w.modulesToSave.get(n) !== keep) w.modulesToSave.delete(n)?.dispose();
       if (keep !== w.originalModule) w.originalModule.dispose();
       this.model.setSubmodule(path, keep);
+    }
+    // token wrappers (their rows merged already by mergeAdapter when merging)
+    for (const [path, w] of [...this.tokenWrappers()]) {
+      for (const name of w.tokenAdapter.adapters) w.tokenAdapter.deleteAdapter(name);
+      this.model.setSubmodule(path, w.tokenAdapter.baseLayer);
     }
     this.peftConfig.clear();
     return this.model;
