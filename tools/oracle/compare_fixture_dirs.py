@@ -2,7 +2,8 @@
 the committed ones: every .safetensors tensor and every .json file present in both directories.
 Usage: python tools/oracle/compare_fixture_dirs.py <committed dir> <regenerated dir> [tolerance]
 Prints one line per file and exits 1 when a tensor differs by more than the relative tolerance
-(default 1e-6; max |a - b| / max(max |a|, 1e-30)), shapes or names differ, or a JSON file differs."""
+(default 1e-6; max |a - b| / max(max |a|, 1e-30)), shapes or names differ, or a JSON file differs
+(version records such as "torch" or "transformers_version" aside)."""
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
+VERSION_KEYS = ("torch", "transformers_version", "peft", "peft_version")
 committed, fresh = sys.argv[1], sys.argv[2]
 tol = float(sys.argv[3]) if len(sys.argv) > 3 else 1e-6
 bad = 0
@@ -29,6 +31,9 @@ for dirpath, _, files in os.walk(fresh):
                     for d in (a, b):
                         if isinstance(d.get(key), list):
                             d[key] = sorted(d[key])
+                for key in VERSION_KEYS:  # which versions wrote a file is a record, not a result
+                    a.pop(key, None)
+                    b.pop(key, None)
             ok = a == b
             bad += not ok
             print(f"{'ok  ' if ok else 'DIFF'} {rel}")
