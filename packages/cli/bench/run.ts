@@ -1,9 +1,12 @@
 /**
  * `npm run bench -w @lora/cli`: (1) forward and training-step overhead of LoRA (r 16 on q/k/v/o) over
  * the bare ~10M Llama, on this machine's best backend; (2) `lora merge` throughput against reading
- * and writing the same bytes (the floor any merge has to pay).
+ * and writing the same bytes (the floor any merge has to pay); (3) the memory a merge of a larger
+ * (384 MiB, float32) checkpoint takes: the peak RSS of a process running it, against a process that
+ * only reads the adapter (a merge that loaded the file would need at least the file's size more).
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -12,6 +15,23 @@ import { AdamW, manualSeed } from '@lora/nn';
 import { LlamaForCausalLM, parseLlamaConfig } from '@lora/models';
 import { initBackend, serializeSafetensors } from '@lora/tensor';
 import { runCli } from '../src/cli';
+
+// child mode: run one `lora` command in a fresh process and report its peak resident memory
+if (process.argv[2] === '--child') {
+  const code = await runCli(process.argv.slice(3), { out: () => undefined, err: () => undefined });
+  // VmHWM: this process's own peak (getrusage's maxRSS is carried over from the parent across fork/exec)
+  const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
+  console.log(JSON.stringify({ code, maxRssKiB: Number(hwm) }));
+  process.exit(0);
+}
+
+/** Runs `lora <args>` in a child process (this bench file in child mode); returns its peak RSS in MiB. */
+function childPeakMiB(args: string[]): number {
+  const out = execFileSync(process.execPath, [process.argv[1] as string, '--child', ...args], { encoding: 'utf8' });
+  const { code, maxRssKiB } = JSON.parse(out.trim().split('\n').at(-1) as string) as { code: number; maxRssKiB: number };
+  if (code !== 0) throw new Error(`lora ${args[0]} failed in the child process`);
+  return maxRssKiB / 1024;
+}
 
 const CONFIG = { model_type: 'llama', vocab_size: 8192, hidden_size: 256, intermediate_size: 688, num_hidden_layers: 8, num_attention_heads: 8, num_key_value_heads: 4, max_position_embeddings: 512, rms_norm_eps: 1e-5 };
 
@@ -77,4 +97,29 @@ console.log('| | bare model | with LoRA | overhead |');
 console.log('| --- | --- | --- | --- |');
 console.log(`| forward ms (tokens/s) | ${bareFwd.toFixed(1)} (${((tok / bareFwd) * 1000).toFixed(0)}) | ${loraFwd.toFixed(1)} (${((tok / loraFwd) * 1000).toFixed(0)}) | ${((loraFwd / bareFwd - 1) * 100).toFixed(0)}% |`);
 console.log(`| training step ms (tokens/s) | ${bareTrain.toFixed(1)} (${((tok / bareTrain) * 1000).toFixed(0)}) — all weights | ${loraTrain.toFixed(1)} (${((tok / loraTrain) * 1000).toFixed(0)}) — adapters only | ${((loraTrain / bareTrain - 1) * 100).toFixed(0)}% |`);
+// (3) memory of a streaming merge: 24 weights of 2048², an adapter (r 16) on 8 of them
+const big = mkdtempSync(join(tmpdir(), 'lora-bench-big-'));
+const n = 2048;
+const weights: Record<string, { dtype: 'float32'; shape: number[]; values: Float32Array }> = {};
+for (let i = 0; i < 24; i++) weights[`layers.${i}.proj.weight`] = { dtype: 'float32', shape: [n, n], values: new Float32Array(n * n).fill(0.01 * i) };
+writeFileSync(join(big, 'model.safetensors'), await serializeSafetensors(weights));
+for (const k of Object.keys(weights)) delete weights[k];
+const adapterTensors: Record<string, tf.Tensor> = {};
+for (let i = 0; i < 24; i += 3) {
+  adapterTensors[`base_model.model.layers.${i}.proj.lora_A.weight`] = tf.randomNormal([16, n]);
+  adapterTensors[`base_model.model.layers.${i}.proj.lora_B.weight`] = tf.randomNormal([n, 16]);
+}
+mkdirSync(join(big, 'adapter'));
+writeFileSync(join(big, 'adapter', 'adapter_model.safetensors'), await serializeSafetensors(adapterTensors));
+writeFileSync(join(big, 'adapter', 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 16, lora_alpha: 32, target_modules: ['proj'] }));
+tf.dispose(Object.values(adapterTensors));
+const bigBytes = statSync(join(big, 'model.safetensors')).size;
+const t0 = performance.now();
+const mergePeak = childPeakMiB(['merge', '--base', join(big, 'model.safetensors'), '--adapter', join(big, 'adapter'), '--out', join(big, 'merged.safetensors')]);
+const bigMs = performance.now() - t0;
+// the same process reading the adapter only: Node, tfjs and the backend, the floor of any command
+const floorPeak = childPeakMiB(['inspect', join(big, 'adapter')]);
+rmSync(big, { recursive: true, force: true });
+
 console.log(`\n| lora merge of a ${(bytes / 2 ** 20).toFixed(1)} MiB checkpoint | ${mergeMs.toFixed(0)} ms (${(bytes / 2 ** 20 / (mergeMs / 1000)).toFixed(0)} MiB/s) | read + write the same bytes: ${copyMs.toFixed(0)} ms (${(bytes / 2 ** 20 / (copyMs / 1000)).toFixed(0)} MiB/s) |`);
+console.log(`| lora merge of a ${(bigBytes / 2 ** 20).toFixed(0)} MiB checkpoint (8 of 24 weights adapted) | ${bigMs.toFixed(0)} ms (${(bigBytes / 2 ** 20 / (bigMs / 1000)).toFixed(0)} MiB/s) | peak RSS of the merge process ${mergePeak.toFixed(0)} MiB vs ${floorPeak.toFixed(0)} MiB for \`lora inspect\` of the adapter: +${(mergePeak - floorPeak).toFixed(0)} MiB (one weight: ${((n * n * 4) / 2 ** 20).toFixed(0)} MiB) |`);
