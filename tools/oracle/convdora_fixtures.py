@@ -1,35 +1,26 @@
 """PEFT 0.21 fixtures for DoRA on Embedding / Conv1d / Conv2d and for LoRA on grouped convolutions
-(@lora/core's src/dora-conv-embedding.test.ts). One tiny model (ConvDoraNet, written again in the TS
-test) chains all four layer kinds; PEFT adapters are saved next to their outputs, merged weights,
-gradients, a training-mode output through fixed dropout masks, and the initial weights after
-torch.manual_seed. Writes packages/core/__fixtures__/convdora-*."""
+(@lora/core's src/dora-conv-embedding.test.ts). One tiny model (ConvDoraNet of peft_fixtures_net.py,
+written again in src/fixture-nets.test-util.ts) chains all four layer kinds; PEFT adapters are saved
+next to their outputs, merged weights, gradients, a training-mode output through fixed dropout
+masks, and the initial weights after torch.manual_seed. Writes packages/core/__fixtures__/convdora-*."""
 import os
 import shutil
+import sys
 
 import torch
 import torch.nn as nn
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 
+sys.path.insert(0, os.path.dirname(__file__))
+from peft_fixtures_net import ConvDoraNet  # noqa: E402
+
+# PEFT writes the model class's module into adapter_config.json (auto_mapping.parent_library); the
+# committed fixtures were made while the class lived in this script, so keep naming it that way
+ConvDoraNet.__module__ = "__main__"
+
 OUT = os.environ.get("ORACLE_OUT") or os.path.join(os.path.dirname(__file__), "..", "..", "packages", "core", "__fixtures__")
 os.makedirs(OUT, exist_ok=True)
-
-
-class ConvDoraNet(nn.Module):
-    """ids [B, 6, 6] -> Embedding -> strided, padded Conv2d -> grouped Conv2d -> Conv1d -> [B, 5, 9]."""
-
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(20, 6)
-        self.conv = nn.Conv2d(6, 8, (3, 3), stride=2, padding=1)
-        self.gconv = nn.Conv2d(8, 8, 3, padding=1, groups=2)
-        self.conv1d = nn.Conv1d(8, 5, 3, padding=1)
-
-    def forward(self, ids):
-        h = self.embed(ids).permute(0, 3, 1, 2)
-        h = torch.relu(self.conv(h))
-        h = torch.relu(self.gconv(h))
-        return self.conv1d(h.flatten(2))
 
 
 class FixedMask(nn.Module):

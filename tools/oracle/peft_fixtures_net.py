@@ -1,4 +1,4 @@
-"""The small model of the @lora/core fixtures (written again in packages/core/src/peft-parity.test.ts)."""
+"""The small models of the @lora/core fixtures (written again in packages/core/src/fixture-nets.test-util.ts)."""
 import torch
 import torch.nn as nn
 
@@ -49,4 +49,21 @@ class ConvNet(nn.Module):
 
     def forward(self, x):
         h = torch.relu(self.conv(x))
+        return self.conv1d(h.flatten(2))
+
+
+class ConvDoraNet(nn.Module):
+    """ids [B, 6, 6] -> Embedding -> strided, padded Conv2d -> grouped Conv2d -> Conv1d -> [B, 5, 9]."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 6)
+        self.conv = nn.Conv2d(6, 8, (3, 3), stride=2, padding=1)
+        self.gconv = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.conv1d = nn.Conv1d(8, 5, 3, padding=1)
+
+    def forward(self, ids):
+        h = self.embed(ids).permute(0, 3, 1, 2)
+        h = torch.relu(self.conv(h))
+        h = torch.relu(self.gconv(h))
         return self.conv1d(h.flatten(2))

@@ -4,8 +4,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, serializeSafetensors } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
-import { Conv1d, Conv2d, Embedding, Linear, Module, withoutInit } from '@lora/nn';
-import { FIX, readAdapterFiles, readFixture } from './fixture-nets.test-util';
+import { FIX, combineNet, readAdapterFiles, readFixture } from './fixture-nets.test-util';
 import {
   type AdapterFiles,
   type CombinationType,
@@ -18,23 +17,6 @@ import {
   loraConfig,
   loraConfigToJson,
 } from '@lora/core';
-
-/** The CombineNet of tools/oracle/combine_fixtures.py. */
-class CombineNet extends Module {
-  embed = this.registerModule('embed', new Embedding(12, 6));
-  lin = this.registerModule('lin', new Linear(6, 6));
-  conv = this.registerModule('conv', new Conv2d(2, 4, [3, 3], { padding: 1 }));
-  pw = this.registerModule('pw', new Conv2d(4, 4, 1));
-  conv1d = this.registerModule('conv1d', new Conv1d(4, 5, 3, { padding: 1 }));
-  forward(ids: tf.Tensor, img: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      const t = tf.mean(this.lin.call(this.embed.call(ids)) as tf.Tensor, 1);
-      const c = this.pw.call(tf.relu(this.conv.call(img) as tf.Tensor)) as tf.Tensor;
-      const d = this.conv1d.call(tf.reshape(c, [c.shape[0] as number, c.shape[1] as number, -1])) as tf.Tensor;
-      return tf.concat([t, tf.mean(d, 2)], 1);
-    });
-  }
-}
 
 // the combinations of tools/oracle/combine_fixtures.py: label → adapters, weights, options
 const AB: [string[], number[]] = [['a', 'b'], [0.7, -0.4]];
@@ -56,14 +38,6 @@ const COMBOS: [string, string[], number[], WeightedAdapterOptions][] = [
   ['solo', ['a'], [1.5], { combinationType: 'svd' }],
 ];
 const isSvd = (o: WeightedAdapterOptions) => (o.combinationType ?? 'svd').endsWith('svd');
-
-function baseNet(): CombineNet {
-  const net = withoutInit(() => new CombineNet());
-  const t = readFixture('combine-base.safetensors');
-  net.loadStateDict(Object.fromEntries(Object.entries(t).filter(([k]) => k.startsWith('base.')).map(([k, v]) => [k.slice(5), v])));
-  tf.dispose(Object.values(t));
-  return net.eval() as CombineNet;
-}
 
 /** B·A of one module, both flattened to 2-D (the ΔW before scaling, in PEFT's (out, in) orientation). */
 async function product(tensors: Record<string, tf.Tensor>, aKey: string, bKey: string): Promise<Float32Array> {
@@ -119,7 +93,7 @@ async function expectPeftCombination(label: string, options: WeightedAdapterOpti
 async function outputWith(files: AdapterFiles): Promise<tf.Tensor> {
   const inputs = readFixture('combine-base.safetensors');
   const weights = await serializeSafetensors(files.tensors, { metadata: { format: 'pt' } });
-  const { model, missingKeys, unexpectedKeys } = await loadAdapter(baseNet(), { 'adapter_config.json': loraConfigToJson(files.config), 'adapter_model.safetensors': weights });
+  const { model, missingKeys, unexpectedKeys } = await loadAdapter(combineNet(), { 'adapter_config.json': loraConfigToJson(files.config), 'adapter_model.safetensors': weights });
   expect([missingKeys, unexpectedKeys]).toEqual([[], []]);
   const y = model.call(inputs.ids, inputs.img) as tf.Tensor;
   model.dispose();
@@ -170,7 +144,7 @@ describe('combineAdapters against PEFT 0.21 (Linear, Embedding, Conv2d 3×3 and 
 
 async function modelWith(names: string[]): Promise<PeftModel> {
   let model: PeftModel | undefined;
-  for (const n of names) model = (await loadAdapter(model ?? baseNet(), join(FIX, `combine-${n}`), { adapterName: n })).model;
+  for (const n of names) model = (await loadAdapter(model ?? combineNet(), join(FIX, `combine-${n}`), { adapterName: n })).model;
   return model as PeftModel;
 }
 

@@ -5,25 +5,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { initBackend, readSafetensorsHeader } from '@lora/tensor';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
-import { AdamW, Conv1d, Conv2d, Embedding, Module, manualSeed, train } from '@lora/nn';
+import { AdamW, Conv1d, Module, manualSeed, train } from '@lora/nn';
 import { type LoraConv, type LoraEmbedding, type PeftModel, adapterStateDict, adapterTargets, getPeftModel, loadAdapter, mergeAdapterWeights, saveAdapter } from '@lora/core';
-import { FIX, readAdapterFiles, readFixture, withFixtureWeights } from './fixture-nets.test-util';
-
-/** The ConvDoraNet of tools/oracle/convdora_fixtures.py. */
-class ConvDoraNet extends Module {
-  embed = this.registerModule('embed', new Embedding(20, 6));
-  conv = this.registerModule('conv', new Conv2d(6, 8, [3, 3], { stride: 2, padding: 1 }));
-  gconv = this.registerModule('gconv', new Conv2d(8, 8, 3, { padding: 1, groups: 2 }));
-  conv1d = this.registerModule('conv1d', new Conv1d(8, 5, 3, { padding: 1 }));
-  forward(ids: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      let h = tf.transpose(this.embed.call(ids) as tf.Tensor, [0, 3, 1, 2]);
-      h = tf.relu(this.conv.call(h) as tf.Tensor);
-      h = tf.relu(this.gconv.call(h) as tf.Tensor);
-      return this.conv1d.call(tf.reshape(h, [h.shape[0] as number, h.shape[1] as number, -1])) as tf.Tensor;
-    });
-  }
-}
+import { type ConvDoraNet, FIX, convDoraNet, readAdapterFiles, readFixture } from './fixture-nets.test-util';
 
 /** Stands in for lora_dropout in training mode with a known mask (as the oracle's FixedMask). */
 class FixedMask extends Module {
@@ -34,8 +18,6 @@ class FixedMask extends Module {
     return tf.mul(x, this.mask);
   }
 }
-
-const base = () => withFixtureWeights(() => new ConvDoraNet(), 'convdora-base.safetensors');
 
 const GROUPED_MERGE = 'Merging is not supported for _ConvNd layers with groups > 1!';
 const close = async (got: tf.Tensor, want: tf.Tensor | undefined, label: string, tol = 1e-5) => {
@@ -55,7 +37,7 @@ await describeEachBackend('DoRA on Embedding, Conv2d and Conv1d', () => {
   it("a PEFT-saved adapter loads and gives PEFT's outputs (eval, and training through fixed dropout masks), merged weights and an exact unmerge", async () => {
     const want = readFixture('convdora-expected.safetensors');
     const before = tf.memory().numTensors;
-    const { model: peft, missingKeys, unexpectedKeys } = await loadAdapter(base(), join(FIX, 'convdora-dora'));
+    const { model: peft, missingKeys, unexpectedKeys } = await loadAdapter(convDoraNet(), join(FIX, 'convdora-dora'));
     expect([missingKeys, unexpectedKeys]).toEqual([[], []]);
     peft.eval();
     const y = peft.call(want.ids) as tf.Tensor;
@@ -95,7 +77,7 @@ await describeEachBackend('DoRA on Embedding, Conv2d and Conv1d', () => {
   it("two DoRA adapters merged together take each norm on the unmerged base weight, as PEFT 0.21", async () => {
     const want = readFixture('convdora-expected.safetensors');
     const before = tf.memory().numTensors;
-    const { model: peft } = await loadAdapter(base(), join(FIX, 'convdora-dora'));
+    const { model: peft } = await loadAdapter(convDoraNet(), join(FIX, 'convdora-dora'));
     await loadAdapter(peft, join(FIX, 'convdora-dora-second'), { adapterName: 'second' });
     const original = Object.fromEntries(['embed', 'conv'].map((p) => [p, tf.clone((peft.model.getSubmodule(p) as LoraConv).baseLayer.weight)]));
     peft.mergeAdapter({ adapterNames: ['default', 'second'] });
@@ -112,7 +94,7 @@ await describeEachBackend('DoRA on Embedding, Conv2d and Conv1d', () => {
     const want = readFixture('convdora-expected.safetensors');
     const before = tf.memory().numTensors;
     for (const [dir, key] of [['convdora-grouped', 'grouped.out'], ['convdora-grouped-dora', 'grouped_dora.out']] as const) {
-      const { model: peft, missingKeys, unexpectedKeys } = await loadAdapter(base(), join(FIX, dir));
+      const { model: peft, missingKeys, unexpectedKeys } = await loadAdapter(convDoraNet(), join(FIX, dir));
       expect([missingKeys, unexpectedKeys]).toEqual([[], []]);
       peft.eval();
       const layer = peft.model.getSubmodule('gconv') as LoraConv;
@@ -155,7 +137,7 @@ describe('DoRA and grouped convolutions without a backend sweep', () => {
 
   it("gradients equal PEFT's (the weight norm detached), and training moves the magnitudes, not the base (cpu: wasm has no conv filter gradient)", async () => {
     const want = readFixture('convdora-expected.safetensors');
-    const { model: peft } = await loadAdapter(base(), join(FIX, 'convdora-dora'), { isTrainable: true });
+    const { model: peft } = await loadAdapter(convDoraNet(), join(FIX, 'convdora-dora'), { isTrainable: true });
     peft.eval();
     const params = [...peft.namedParameters()].filter(([, p]) => p.trainable);
     expect(params.map(([n]) => n).filter((n) => n.includes('lora_magnitude_vector'))).toHaveLength(3);
@@ -183,7 +165,7 @@ describe('DoRA and grouped convolutions without a backend sweep', () => {
   it("saves DoRA conv and embedding adapters under PEFT's keys and shapes, and reads them back", async () => {
     const want = readFixture('convdora-expected.safetensors');
     const peftDir = join(FIX, 'convdora-dora');
-    const { model: peft } = await loadAdapter(base(), peftDir);
+    const { model: peft } = await loadAdapter(convDoraNet(), peftDir);
     peft.eval();
     const out = mkdtempSync(join(tmpdir(), 'lora-convdora-'));
     await saveAdapter(peft, out);
@@ -192,7 +174,7 @@ describe('DoRA and grouped convolutions without a backend sweep', () => {
     expect(ours).toEqual(shapes(join(peftDir, 'adapter_model.safetensors')));
     expect(ours['base_model.model.conv.lora_magnitude_vector']).toEqual(['F32', [1, 8, 1, 1]]);
     expect(ours['base_model.model.embed.lora_magnitude_vector']).toEqual(['F32', [6]]);
-    const { model: again } = await loadAdapter(base(), out, { strict: true });
+    const { model: again } = await loadAdapter(convDoraNet(), out, { strict: true });
     again.eval();
     const y = again.call(want.ids) as tf.Tensor;
     await close(y, want['dora.out'], 'reloaded output');
@@ -214,7 +196,7 @@ describe('DoRA and grouped convolutions without a backend sweep', () => {
       const want = readFixture('convdora-expected.safetensors');
       manualSeed(seed);
       // 'lora_ga' needs no @lora/loraga here: PEFT falls back to the default init on convolutions and embeddings
-      const peft = getPeftModel(base(), { r: 2, loraAlpha: 4, targetModules: ['embed', 'conv', 'conv1d', 'gconv'], useDora: true, initLoraWeights: init });
+      const peft = getPeftModel(convDoraNet(), { r: 2, loraAlpha: 4, targetModules: ['embed', 'conv', 'conv1d', 'gconv'], useDora: true, initLoraWeights: init });
       const lora = [...peft.namedParameters()].filter(([n]) => n.includes('lora_'));
       expect(lora).toHaveLength(12);
       for (const [n, p] of lora) await close(p, want[`${label}.${n}`], n, 1e-6);
@@ -224,10 +206,10 @@ describe('DoRA and grouped convolutions without a backend sweep', () => {
   }
 
   it('grouped convolutions: PEFT warns, the rank must be divisible by groups (PEFT wording); lora_bias without a base bias warns', () => {
-    const peft = getPeftModel(base(), { r: 4, targetModules: ['gconv'] });
+    const peft = getPeftModel(convDoraNet(), { r: 4, targetModules: ['gconv'] });
     expect(warn).toHaveBeenCalledWith('LoRA adapter added to ConvNd layer with groups > 1. Merging is not supported.');
     const message = 'Targeting a Conv2d with groups=2 and rank 3. Currently, support is limited to conv layers where the rank is divisible by groups. Either choose a different rank or do not target this specific layer.';
-    expect(() => getPeftModel(base(), { r: 3, targetModules: ['gconv'] })).toThrow(message);
+    expect(() => getPeftModel(convDoraNet(), { r: 3, targetModules: ['gconv'] })).toThrow(message);
     // a second adapter of a rank the groups do not divide (PEFT: torch's "in_channels must be divisible by groups")
     const before = tf.memory().numTensors;
     expect(() => peft.addAdapter('odd', { ...peft.peftConfig.get('default')!, r: 3 })).toThrow(message);
@@ -246,18 +228,18 @@ describe('DoRA and grouped convolutions without a backend sweep', () => {
 
   it("init values PEFT refuses on convolutions fail with its wording; embeddings take them as the default init; DoRA refuses mixed batches", async () => {
     for (const init of ['pissa', 'pissa_niter_2', 'olora', 'orthogonal', 'eva'] as const) {
-      expect(() => getPeftModel(base(), { r: 2, targetModules: ['conv'], initLoraWeights: init })).toThrow(`Unknown initialization init_lora_weights='${init}'`);
+      expect(() => getPeftModel(convDoraNet(), { r: 2, targetModules: ['conv'], initLoraWeights: init })).toThrow(`Unknown initialization init_lora_weights='${init}'`);
     }
     for (const target of ['conv', 'embed']) {
-      expect(() => getPeftModel(base(), { r: 2, targetModules: [target], initLoraWeights: 'loftq' })).toThrow(/init_lora_weights='loftq' is not supported on (Conv2d|Embedding) layers/);
+      expect(() => getPeftModel(convDoraNet(), { r: 2, targetModules: [target], initLoraWeights: 'loftq' })).toThrow(/init_lora_weights='loftq' is not supported on (Conv2d|Embedding) layers/);
     }
     for (const init of ['pissa', 'olora', 'orthogonal', 'eva'] as const) {
-      const peft = getPeftModel(base(), { r: 2, targetModules: ['embed'], initLoraWeights: init });
+      const peft = getPeftModel(convDoraNet(), { r: 2, targetModules: ['embed'], initLoraWeights: init });
       const layer = peft.model.getSubmodule('embed') as LoraEmbedding;
       expect(Array.from(await layer.factorA('default').data()).every((v) => v === 0)).toBe(true);
       peft.dispose();
     }
-    const { model: peft } = await loadAdapter(base(), join(FIX, 'convdora-dora'));
+    const { model: peft } = await loadAdapter(convDoraNet(), join(FIX, 'convdora-dora'));
     const ids = tf.zeros([2, 6, 6], 'int32');
     expect(() => (peft as PeftModel).forwardMixed(['default', '__base__'], ids)).toThrow('Cannot pass `adapter_names` when DoRA is enabled.');
     ids.dispose();

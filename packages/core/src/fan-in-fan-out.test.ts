@@ -1,73 +1,13 @@
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { initBackend, readSafetensorsHeader } from '@lora/tensor';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
-import { LayerNorm, Linear, Module, ModuleList, TransposedLinear, gelu, manualSeed, withoutInit } from '@lora/nn';
-import { FIX, readAdapterFiles, readFixture } from './fixture-nets.test-util';
+import { TransposedLinear, manualSeed, withoutInit } from '@lora/nn';
+import { FIX, GPT_D as D, GptNet, gptNet, readAdapterFiles, readFixture } from './fixture-nets.test-util';
 import { LoraLinear, type PeftModel, addWeightedAdapter, adapterStateDict, getPeftModel, loadAdapter, mergeAdapterWeights, resolveTargets, loraConfig, saveAdapter } from '@lora/core';
-
-const D = 8;
-
-/** The GPT-2-like net of tools/oracle/fifo_fixtures.py: transformers' Conv1D layers, one causal head. */
-class Attention extends Module {
-  c_attn = this.registerModule('c_attn', new TransposedLinear(3 * D, D));
-  c_proj = this.registerModule('c_proj', new TransposedLinear(D, D));
-  forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      const [q, k, v] = tf.split(this.c_attn.call(x) as tf.Tensor, 3, -1) as [tf.Tensor, tf.Tensor, tf.Tensor];
-      const t = x.shape[1] as number;
-      const scores = tf.div(tf.matMul(q, k, false, true), Math.sqrt(D));
-      const future = tf.sub(1, tf.linalg.bandPart(tf.ones([t, t]), -1, 0)); // 1 above the diagonal
-      const masked = tf.add(scores, tf.mul(future, -1e30));
-      return this.c_proj.call(tf.matMul(tf.softmax(masked), v));
-    });
-  }
-}
-
-class Mlp extends Module {
-  c_fc = this.registerModule('c_fc', new TransposedLinear(4 * D, D));
-  c_proj = this.registerModule('c_proj', new TransposedLinear(D, 4 * D));
-  forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => this.c_proj.call(gelu(this.c_fc.call(x) as tf.Tensor, 'tanh')));
-  }
-}
-
-class Block extends Module {
-  ln_1 = this.registerModule('ln_1', new LayerNorm(D));
-  attn = this.registerModule('attn', new Attention());
-  ln_2 = this.registerModule('ln_2', new LayerNorm(D));
-  mlp = this.registerModule('mlp', new Mlp());
-  forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      const h = tf.add(x, this.attn.call(this.ln_1.call(x)) as tf.Tensor);
-      return tf.add(h, this.mlp.call(this.ln_2.call(h)) as tf.Tensor);
-    });
-  }
-}
-
-class GptNet extends Module {
-  h = this.registerModule('h', new ModuleList([new Block(), new Block()]));
-  ln_f = this.registerModule('ln_f', new LayerNorm(D));
-  head = this.registerModule('head', new Linear(D, 4));
-  forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      let h = x;
-      for (const b of this.h) h = b.call(h);
-      return this.head.call(this.ln_f.call(h));
-    });
-  }
-}
-
-function baseNet(): GptNet {
-  const net = withoutInit(() => new GptNet());
-  const t = readFixture('fifo-base.safetensors');
-  net.loadStateDict(t);
-  tf.dispose(Object.values(t));
-  return net.eval() as GptNet;
-}
 
 interface CaseRecord {
   warnings: string[];
@@ -125,7 +65,7 @@ await describeEachBackend('LoRA on TransposedLinear (fan_in_fan_out) against PEF
   for (const name of CASES) {
     it(`${name}: PEFT's adapter loads with PEFT's warnings and gives its outputs and merged weights`, async () => {
       const before = tf.memory().numTensors;
-      const { result, warnings } = await warningsOf(() => loadAdapter(baseNet(), join(FIX, name)));
+      const { result, warnings } = await warningsOf(() => loadAdapter(gptNet(), join(FIX, name)));
       const { model: peft, missingKeys, unexpectedKeys } = result;
       peft.eval();
       expect([missingKeys, unexpectedKeys]).toEqual([[], []]);
@@ -152,7 +92,7 @@ await describeEachBackend('LoRA on TransposedLinear (fan_in_fan_out) against PEF
 
   it('merge then unmerge gives the outputs back and restores the [in, out] weights (DoRA, lora_bias)', async () => {
     for (const name of ['fifo-dora', 'fifo-bias']) {
-      const { model: peft } = await loadAdapter(baseNet(), join(FIX, name));
+      const { model: peft } = await loadAdapter(gptNet(), join(FIX, name));
       peft.eval();
       const layer = peft.model.getSubmodule('h.0.attn.c_attn') as LoraLinear;
       const w0 = Array.from(await layer.baseLayer.weight.data());
@@ -177,7 +117,7 @@ await describeEachBackend('LoRA on TransposedLinear (fan_in_fan_out) against PEF
 
   it("gives PEFT's gradients for the adapters' parameters (A, B, lora_B's bias, DoRA's magnitude)", async () => {
     for (const name of CASES) {
-      const { model: peft } = await warningsOf(() => loadAdapter(baseNet(), join(FIX, name), { isTrainable: true })).then((r) => r.result);
+      const { model: peft } = await warningsOf(() => loadAdapter(gptNet(), join(FIX, name), { isTrainable: true })).then((r) => r.result);
       peft.eval(); // dropout off, as in the oracle
       w('x');
       const before = tf.memory().numTensors;
@@ -197,7 +137,7 @@ await describeEachBackend('LoRA on TransposedLinear (fan_in_fan_out) against PEF
 
   it("initialises as PEFT after the same seed: A (kaiming over [r, in]), B = 0, DoRA's magnitude (column norms), orthogonal", async () => {
     const before = tf.memory().numTensors;
-    const net = baseNet();
+    const net = gptNet();
     manualSeed(20);
     const dora = getPeftModel(net, { r: 4, loraAlpha: 8, fanInFanOut: true, useDora: true, targetModules: ['c_attn', 'c_fc'] });
     let seen = 0;
@@ -210,7 +150,7 @@ await describeEachBackend('LoRA on TransposedLinear (fan_in_fan_out) against PEF
     expect(seen).toBe(4 * 3);
     dora.dispose();
     manualSeed(21);
-    const orth = getPeftModel(baseNet(), { r: 4, loraAlpha: 8, fanInFanOut: true, targetModules: ['c_attn', 'c_fc'], initLoraWeights: 'orthogonal' });
+    const orth = getPeftModel(gptNet(), { r: 4, loraAlpha: 8, fanInFanOut: true, targetModules: ['c_attn', 'c_fc'], initLoraWeights: 'orthogonal' });
     for (const [n, p] of orth.namedParameters()) {
       if (n.includes('lora_')) expect(maxRelativeError(await p.data(), await w(`orthogonal.${n}`).data()), n).toBeLessThan(1e-5);
     }
@@ -269,7 +209,7 @@ describe('fan_in_fan_out on the cpu backend', () => {
   it('PiSSA decomposes Wᵀ as PEFT does: the residual [in, out] weights and B·A, the model unchanged', async () => {
     const want = readFixture('fifo-expected.safetensors');
     const before = tf.memory().numTensors;
-    const peft = getPeftModel(baseNet(), { r: 3, loraAlpha: 6, fanInFanOut: true, targetModules: ['c_attn', 'mlp.c_proj'], initLoraWeights: 'pissa' });
+    const peft = getPeftModel(gptNet(), { r: 3, loraAlpha: 6, fanInFanOut: true, targetModules: ['c_attn', 'mlp.c_proj'], initLoraWeights: 'pissa' });
     for (const path of ['h.0.attn.c_attn', 'h.1.mlp.c_proj']) {
       const layer = peft.model.getSubmodule(path) as LoraLinear;
       expect(maxRelativeError(await layer.baseLayer.weight.data(), await want[`pissa.${path}.residual`]!.data()), `${path} residual`).toBeLessThan(1e-4);
@@ -291,7 +231,7 @@ describe('fan_in_fan_out on the cpu backend', () => {
     // what PEFT does (recorded by the oracle): A gets [r, out] and the forward pass fails
     expect(record.olora.lora_A_shape).toEqual([2, 4 * D]);
     expect(record.olora.forward).toMatch(/shapes cannot be multiplied/);
-    const net = baseNet();
+    const net = gptNet();
     const before = tf.memory().numTensors;
     expect(() => getPeftModel(net, { r: 2, fanInFanOut: true, targetModules: ['c_fc'], initLoraWeights: 'olora' })).toThrow(
       /init_lora_weights='olora' does not work on a fan_in_fan_out layer \(TransposedLinear, weight \[8, 32\] stored \[in, out\]\)/,
@@ -327,7 +267,7 @@ describe('fan_in_fan_out on the cpu backend', () => {
   it("saves fan_in_fan_out adapters with PEFT's keys, shapes and config, and reads them back", async () => {
     for (const name of ['fifo-dora', 'fifo-bias', 'fifo-corrected']) {
       const peftDir = join(FIX, name);
-      const { model: peft } = await warningsOf(() => loadAdapter(baseNet(), peftDir)).then((r) => r.result);
+      const { model: peft } = await warningsOf(() => loadAdapter(gptNet(), peftDir)).then((r) => r.result);
       const out = mkdtempSync(join(tmpdir(), 'lora-fifo-'));
       await saveAdapter(peft, out);
       expect(readdirSync(out).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
@@ -339,7 +279,7 @@ describe('fan_in_fan_out on the cpu backend', () => {
       expect(Object.keys(ours).sort()).toEqual(Object.keys(theirs).sort());
       for (const k of Object.keys(theirs)) if (k !== 'target_modules' && k !== 'auto_mapping') expect(ours[k], `${name} ${k}`).toEqual(theirs[k]);
       expect([...ours.target_modules].sort()).toEqual([...theirs.target_modules].sort());
-      const again = await loadAdapter(baseNet(), out, { strict: true });
+      const again = await loadAdapter(gptNet(), out, { strict: true });
       const a = adapterStateDict(peft);
       const b = adapterStateDict(again.model);
       for (const k of Object.keys(a)) expect(maxRelativeError(await b[k]!.data(), await a[k]!.data()), k).toBe(0);
@@ -348,7 +288,7 @@ describe('fan_in_fan_out on the cpu backend', () => {
     }
     // PEFT corrected fan_in_fan_out=False to True on the Conv1D layers and saved True; so do we
     expect(record['conv1d-false']!.saved_fan_in_fan_out).toBe(true);
-    const { result: made } = await warningsOf(() => getPeftModel(baseNet(), { r: 2, fanInFanOut: false, targetModules: ['c_fc'] }));
+    const { result: made } = await warningsOf(() => getPeftModel(gptNet(), { r: 2, fanInFanOut: false, targetModules: ['c_fc'] }));
     const out = mkdtempSync(join(tmpdir(), 'lora-fifo-'));
     await saveAdapter(made, out);
     expect(JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8')).fan_in_fan_out).toBe(true);
@@ -357,7 +297,7 @@ describe('fan_in_fan_out on the cpu backend', () => {
 
   it("addWeightedAdapter on fan_in_fan_out layers gives PEFT's delta weights and outputs (svd on ΔWᵀ, cat)", async () => {
     const want = readFixture('fifo-expected.safetensors');
-    const { model: peft } = await loadAdapter(baseNet(), join(FIX, 'fifo-weighted', 'a'), { adapterName: 'a' });
+    const { model: peft } = await loadAdapter(gptNet(), join(FIX, 'fifo-weighted', 'a'), { adapterName: 'a' });
     await loadAdapter(peft, join(FIX, 'fifo-weighted', 'b'), { adapterName: 'b' });
     peft.eval();
     for (const [label, options] of [['svd', { combinationType: 'svd', svdRank: 3 }], ['cat', { combinationType: 'cat' }]] as const) {
@@ -381,7 +321,7 @@ describe('fan_in_fan_out on the cpu backend', () => {
   it('trains LoRA on TransposedLinear layers: the loss falls, the [in, out] base weights never change', async () => {
     const { AdamW, train } = await import('@lora/nn');
     manualSeed(3);
-    const peft: PeftModel = getPeftModel(baseNet(), { r: 4, loraAlpha: 8, fanInFanOut: true, useDora: true, targetModules: ['c_attn', 'c_fc'] });
+    const peft: PeftModel = getPeftModel(gptNet(), { r: 4, loraAlpha: 8, fanInFanOut: true, useDora: true, targetModules: ['c_attn', 'c_fc'] });
     peft.train();
     const frozen = Object.fromEntries(await Promise.all([...peft.namedParameters()].filter(([n]) => !n.includes('lora_')).map(async ([n, p]) => [n, Array.from(await p.data())] as const)));
     const x = tf.randomNormal([4, 5, D], 0, 1, 'float32', 5);
@@ -393,25 +333,5 @@ describe('fan_in_fan_out on the cpu backend', () => {
     opt.dispose();
     tf.dispose([x, y]);
     peft.dispose();
-  });
-
-  it('an adapter made here is saved with its output, for tools/oracle/check_fifo_loads_ours.py', async () => {
-    // LORA_KEEP_FIFO_ADAPTER=<dir> keeps the files for the Python check (PEFT loads them and must give this output).
-    const out = process.env.LORA_KEEP_FIFO_ADAPTER ?? mkdtempSync(join(tmpdir(), 'lora-fifo-ours-'));
-    const want = readFixture('fifo-expected.safetensors');
-    manualSeed(31);
-    const { result: peft } = await warningsOf(() =>
-      getPeftModel(baseNet(), { r: 4, loraAlpha: 16, useRslora: true, useDora: true, fanInFanOut: true, targetModules: ['c_attn', 'c_proj', 'head'], initLoraWeights: false, rankPattern: { 'mlp.c_proj': 2 } }),
-    );
-    peft.eval();
-    const y = peft.call(want.x) as tf.Tensor;
-    await saveAdapter(peft, out);
-    writeFileSync(join(out, 'lora-output.json'), JSON.stringify(await y.array()));
-    const { model: back } = await warningsOf(() => loadAdapter(baseNet(), out, { strict: true })).then((r) => r.result);
-    const y2 = back.call(want.x) as tf.Tensor;
-    expect(maxRelativeError(await y2.data(), await y.data())).toBe(0);
-    tf.dispose([y, y2, ...Object.values(want)]);
-    peft.dispose();
-    back.dispose();
   });
 });

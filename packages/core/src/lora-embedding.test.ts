@@ -2,34 +2,17 @@
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { expect, it } from 'vitest';
-import { FIX, readFixture } from './fixture-nets.test-util';
+import { type EmbNet, FIX, embNet, readFixture } from './fixture-nets.test-util';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
-import { Embedding, Linear, Module, manualSeed, withoutInit } from '@lora/nn';
+import { manualSeed } from '@lora/nn';
 import { adapterStateDict, getPeftModel, loadAdapter } from '@lora/core';
 
-
-/** The EmbNet of tools/oracle/peft_fixtures_net.py. */
-class EmbNet extends Module {
-  embed = this.registerModule('embed', new Embedding(20, 8));
-  lin = this.registerModule('lin', new Linear(8, 4));
-  forward(ids: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => this.lin.call(this.embed.call(ids)));
-  }
-}
-
-function base(): EmbNet {
-  const net = withoutInit(() => new EmbNet());
-  const tensors = readFixture('emb-base.safetensors');
-  net.loadStateDict(tensors);
-  tf.dispose(Object.values(tensors));
-  return net;
-}
 
 await describeEachBackend('LoRA on Embedding', () => {
   it("loads PEFT's lora_embedding_A/B, gives its output and merged table, and initialises as PEFT after the same seed", async () => {
     const want = readFixture('emb-expected.safetensors');
     const before = tf.memory().numTensors;
-    const { model: peft, missingKeys, unexpectedKeys } = await loadAdapter(base(), join(FIX, 'peft-embedding'));
+    const { model: peft, missingKeys, unexpectedKeys } = await loadAdapter(embNet(), join(FIX, 'peft-embedding'));
     expect([missingKeys, unexpectedKeys]).toEqual([[], []]);
     expect(Object.keys(adapterStateDict(peft)).sort()).toEqual([
       'base_model.model.embed.lora_embedding_A', 'base_model.model.embed.lora_embedding_B', 'base_model.model.lin.lora_A.weight', 'base_model.model.lin.lora_B.weight',
@@ -43,7 +26,7 @@ await describeEachBackend('LoRA on Embedding', () => {
     expect(tf.memory().numTensors).toBe(before);
 
     manualSeed(42);
-    const fresh = getPeftModel(base(), { r: 3, loraAlpha: 6, targetModules: ['embed'] });
+    const fresh = getPeftModel(embNet(), { r: 3, loraAlpha: 6, targetModules: ['embed'] });
     for (const [n, p] of fresh.namedParameters()) {
       if (!n.includes('lora_')) continue;
       // A is zero; B is N(0, 1) drawn after the constructor's draws, as PEFT does (normals to float32 rounding)
