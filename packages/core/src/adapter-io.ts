@@ -44,7 +44,8 @@ export function adapterStateDict(model: PeftModel, adapterName = 'default'): Rec
       if (layer.settings.has(adapterName) && b) out[`${PREFIX}${path}.base_layer.bias`] = b;
     }
   } else if (bias === 'all') {
-    for (const [name, p] of model.model.namedParameters()) if (name.endsWith('.bias') && !name.includes('.lora_')) out[`${PREFIX}${name}`] = p;
+    // every bias under PEFT's state-dict names: other adapters' copies left out, this adapter's name removed
+    for (const [k, p] of Object.entries(peftNamedWeights(model, adapterName))) if (k.endsWith('.bias') && !k.includes('.lora_')) out[k] = p;
   }
   return out;
 }
