@@ -11,7 +11,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-VERSION_KEYS = ("torch", "transformers_version", "peft", "peft_version")
+VERSION_KEYS = ("torch", "transformers", "transformers_version", "peft", "peft_version")
 committed, fresh = sys.argv[1], sys.argv[2]
 tol = float(sys.argv[3]) if len(sys.argv) > 3 else 1e-6
 bad = 0

@@ -63,7 +63,25 @@ export class PeftModel extends Module {
     this.addAdapter(adapterName, config);
   }
 
+  /**
+   * Runs the user's model. As PEFT's `model(x, adapter_names=[...])`, a last argument that is a plain
+   * object with `adapterNames` runs a mixed batch ({@link forwardMixed}); the key is removed and the
+   * rest of the object, if anything is left, is passed on.
+   *
+   * @example
+   * ```ts
+   * const y = peft.call(x);
+   * const mixed = peft.call(ids, { adapterNames: ['sql', '__base__'] });
+   * const withLoss = peft.call(ids, { labels: ids, adapterNames: ['sql', 'chat'] }); // { labels } reaches the model
+   * ```
+   */
   forward(...args: unknown[]): unknown {
+    const last = args.at(-1);
+    if (last && typeof last === 'object' && Object.getPrototypeOf(last) === Object.prototype && 'adapterNames' in last) {
+      const { adapterNames, ...rest } = last as { adapterNames: string[] };
+      const head = args.slice(0, -1);
+      return this.forwardMixed(adapterNames, ...(Object.keys(rest).length ? [...head, rest] : head));
+    }
     return this.baseModel.call(...args);
   }
 

@@ -4,9 +4,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
-import { withoutInit } from '@lora/nn';
+import { Linear, Module, manualSeed, withoutInit } from '@lora/nn';
 import { FIX, Net, readFixture } from './fixture-nets.test-util';
-import { type CombinationType, type LoraLinear, addWeightedAdapter, loadAdapter } from '@lora/core';
+import { type CombinationType, type LoraLinear, addWeightedAdapter, getPeftModel, loadAdapter } from '@lora/core';
 
 
 
@@ -38,7 +38,10 @@ describe('addWeightedAdapter against PEFT 0.21', () => {
     // mixed batch: rows through a, b, no adapter, a, b — PEFT's adapter_names
     const mixed = peft.forwardMixed(['a', 'b', '__base__', 'a', 'b'], x.x) as tf.Tensor;
     expect(maxRelativeError(await mixed.data(), await want['mixed.out']!.data())).toBeLessThan(1e-5);
-    mixed.dispose();
+    // the same through call(x, { adapterNames }), PEFT's keyword
+    const viaCall = peft.call(x.x, { adapterNames: ['a', 'b', '__base__', 'a', 'b'] }) as tf.Tensor;
+    expect(Array.from(await viaCall.data())).toEqual(Array.from(await mixed.data()));
+    tf.dispose([mixed, viaCall]);
     expect(() => peft.forwardMixed(['a', 'zzz', 'a', 'a', 'a'], x.x)).toThrow('Trying to infer with non-existing adapter(s): zzz');
     for (const [label, type, extra] of combos) {
       const before = tf.memory().numTensors;
@@ -85,4 +88,23 @@ describe('addWeightedAdapter against PEFT 0.21', () => {
     );
     peft.dispose();
   });
+});
+
+it('call(x, { adapterNames, ...rest }) runs a mixed batch and passes the rest of the options to the model', async () => {
+  class WithOptions extends Module {
+    lin = this.registerModule('lin', new Linear(2, 2));
+    forward(x: tf.Tensor, options?: { scale?: number }): tf.Tensor {
+      return tf.tidy(() => tf.mul(this.lin.call(x) as tf.Tensor, options?.scale ?? 1));
+    }
+  }
+  manualSeed(1);
+  const peft = getPeftModel(new WithOptions(), { r: 1, targetModules: ['lin'], initLoraWeights: false });
+  const x = tf.ones([2, 2]);
+  const plain = peft.forwardMixed(['default', '__base__'], x, { scale: 3 }) as tf.Tensor;
+  const viaCall = peft.call(x, { scale: 3, adapterNames: ['default', '__base__'] }) as tf.Tensor;
+  const unscaled = peft.call(x, { adapterNames: ['default', '__base__'] }) as tf.Tensor;
+  expect(Array.from(await viaCall.data())).toEqual(Array.from(await plain.data()));
+  expect(maxRelativeError(Float32Array.from(await unscaled.data(), (v) => v * 3), await plain.data())).toBeLessThan(1e-6);
+  tf.dispose([x, plain, viaCall, unscaled]);
+  peft.dispose();
 });
