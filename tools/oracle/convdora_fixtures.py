@@ -4,7 +4,6 @@ written again in src/fixture-nets.test-util.ts) chains all four layer kinds; PEF
 next to their outputs, merged weights, gradients, a training-mode output through fixed dropout
 masks, and the initial weights after torch.manual_seed. Writes packages/core/__fixtures__/convdora-*."""
 import os
-import shutil
 import sys
 
 import torch
@@ -13,14 +12,15 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
+from oracle_common import CORE_FIXTURES as OUT, save_adapter  # noqa: E402
+
+os.makedirs(OUT, exist_ok=True)
 from peft_fixtures_net import ConvDoraNet  # noqa: E402
 
 # PEFT writes the model class's module into adapter_config.json (auto_mapping.parent_library); the
 # committed fixtures were made while the class lived in this script, so keep naming it that way
 ConvDoraNet.__module__ = "__main__"
 
-OUT = os.environ.get("ORACLE_OUT") or os.path.join(os.path.dirname(__file__), "..", "..", "packages", "core", "__fixtures__")
-os.makedirs(OUT, exist_ok=True)
 
 
 class FixedMask(nn.Module):
@@ -34,13 +34,6 @@ class FixedMask(nn.Module):
         return x * self.mask
 
 
-def save_adapter(model, directory):
-    """save_pretrained into a clean directory, without the model card."""
-    shutil.rmtree(directory, ignore_errors=True)
-    model.save_pretrained(directory)
-    for f in os.listdir(directory):
-        if f.endswith(".md"):
-            os.remove(os.path.join(directory, f))
 
 
 def perturb_magnitudes(pm):

@@ -13,19 +13,13 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 
-OUT = os.environ.get("ORACLE_OUT") or os.path.join(os.path.dirname(__file__), "..", "..", "packages", "core", "__fixtures__")
-os.makedirs(OUT, exist_ok=True)
 sys.path.insert(0, os.path.dirname(__file__))
+from oracle_common import CORE_FIXTURES as OUT, save_adapter  # noqa: E402
+
+os.makedirs(OUT, exist_ok=True)
 from fifo_fixtures_net import D, GptNet  # noqa: E402
 
 
-def save_adapter(model, directory):
-    """save_pretrained into a clean directory, without the model card."""
-    shutil.rmtree(directory, ignore_errors=True)
-    model.save_pretrained(directory)
-    for f in os.listdir(directory):
-        if f.endswith(".md"):
-            os.remove(os.path.join(directory, f))
 
 
 def fresh():

@@ -170,6 +170,8 @@ export interface RewriteResult {
 }
 
 const REWRITABLE: readonly string[] = ['F32', 'F16', 'BF16', 'F64', 'I32', 'I64'];
+/** Bytes copied per read/write when a tensor is passed through unchanged. */
+const COPY_CHUNK = 4 * 2 ** 20;
 
 /**
  * Copies a safetensors file tensor by tensor, replacing the data of the tensors `replace` returns new
@@ -222,24 +224,34 @@ export async function rewriteSafetensors(
     await target.write(head, 0, head.length, 0);
     let written = head.length;
     const replaced: string[] = [];
+    // untouched tensors are copied through one reused buffer, so that copying allocates nothing per tensor
+    const chunk = new Uint8Array(Math.min(COPY_CHUNK, Math.max(1, size)));
     for (const entry of header.entries) {
       const values = await replace(entry.name, file);
-      let bytes: Uint8Array;
-      if (values === undefined) bytes = await readBytes(entry);
-      else {
-        const numel = entry.shape.reduce((a, b) => a * b, 1);
-        if (values.length !== numel) {
-          throw new SafetensorsError({ file: output, tensor: entry.name, field: 'shape' }, `the replacement has ${values.length} values; the tensor's shape [${entry.shape.join(', ')}] holds ${numel}`);
+      if (values === undefined) {
+        for (let at = entry.begin; at < entry.end; ) {
+          const n = Math.min(chunk.length, entry.end - at);
+          const { bytesRead } = await source.read(chunk, 0, n, at);
+          if (bytesRead !== n) throw new SafetensorsError({ file: input, tensor: entry.name, field: 'data' }, `the file ended while reading it (changed while being read?)`);
+          await target.write(chunk, 0, n, written);
+          written += n;
+          at += n;
         }
-        if (!REWRITABLE.includes(entry.dtype)) {
-          throw new SafetensorsError({ file: output, tensor: entry.name, field: 'dtype' }, `a ${entry.dtype} tensor cannot be rewritten; only ${REWRITABLE.join(', ')} can`);
-        }
-        // floats into float dtypes, integers into integer ones, whatever typed array the caller returned
-        const isFloat = entry.dtype.startsWith('F') || entry.dtype === 'BF16';
-        const typed = isFloat ? (values instanceof Float32Array ? values : Float32Array.from(values)) : values instanceof Int32Array ? values : Int32Array.from(values);
-        bytes = entry.dtype === 'F64' ? new Uint8Array(Float64Array.from(typed).buffer) : encodeValues(typed, entry.dtype as WritableDtype);
-        replaced.push(entry.name);
+        options.onProgress?.(written, size);
+        continue;
       }
+      const numel = entry.shape.reduce((a, b) => a * b, 1);
+      if (values.length !== numel) {
+        throw new SafetensorsError({ file: output, tensor: entry.name, field: 'shape' }, `the replacement has ${values.length} values; the tensor's shape [${entry.shape.join(', ')}] holds ${numel}`);
+      }
+      if (!REWRITABLE.includes(entry.dtype)) {
+        throw new SafetensorsError({ file: output, tensor: entry.name, field: 'dtype' }, `a ${entry.dtype} tensor cannot be rewritten; only ${REWRITABLE.join(', ')} can`);
+      }
+      // floats into float dtypes, integers into integer ones, whatever typed array the caller returned
+      const isFloat = entry.dtype.startsWith('F') || entry.dtype === 'BF16';
+      const typed = isFloat ? (values instanceof Float32Array ? values : Float32Array.from(values)) : values instanceof Int32Array ? values : Int32Array.from(values);
+      const bytes = entry.dtype === 'F64' ? new Uint8Array(Float64Array.from(typed).buffer) : encodeValues(typed, entry.dtype as WritableDtype);
+      replaced.push(entry.name);
       await target.write(bytes, 0, bytes.length, written);
       written += bytes.length;
       options.onProgress?.(written, size);
