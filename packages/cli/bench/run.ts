@@ -67,12 +67,26 @@ const ids = tf.tidy(() => tf.cast(tf.mul(tf.randomUniform([4, 128]), 8191), 'int
 manualSeed(0);
 const bare = new LlamaForCausalLM(parseLlamaConfig(CONFIG));
 const bareOpt = new AdamW(bare.trainableParameters(), { lr: 1e-4 });
-const bareFwd = await median(() => step(bare, ids, true, null));
 const bareTrain = await median(() => step(bare, ids, false, bareOpt));
 bareOpt.dispose();
 const peft = getPeftModel(bare, { r: 16, loraAlpha: 32, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] });
 const loraOpt = new AdamW(peft.trainableParameters(), { lr: 1e-4 });
-const loraFwd = await median(() => step(peft, ids, true, null));
+// forward: the same model with its adapters disabled (the base layers alone) and enabled, alternating
+// run by run so that the machine's drift falls on both sides alike
+const fwdTimes: { bare: number[]; lora: number[] } = { bare: [], lora: [] };
+for (let i = 0; i < 8; i++) {
+  for (const kind of ['bare', 'lora'] as const) {
+    if (kind === 'bare') peft.disableAdapters();
+    else peft.enableAdapters();
+    const t0 = performance.now();
+    await step(peft, ids, true, null);
+    if (i > 0) fwdTimes[kind].push(performance.now() - t0); // the first pair warms up
+  }
+}
+peft.enableAdapters();
+const mid = (t: number[]) => [...t].sort((a, b) => a - b)[Math.floor(t.length / 2)] as number;
+const bareFwd = mid(fwdTimes.bare);
+const loraFwd = mid(fwdTimes.lora);
 const loraTrain = await median(() => step(peft, ids, false, loraOpt));
 loraOpt.dispose();
 
@@ -97,29 +111,34 @@ console.log('| | bare model | with LoRA | overhead |');
 console.log('| --- | --- | --- | --- |');
 console.log(`| forward ms (tokens/s) | ${bareFwd.toFixed(1)} (${((tok / bareFwd) * 1000).toFixed(0)}) | ${loraFwd.toFixed(1)} (${((tok / loraFwd) * 1000).toFixed(0)}) | ${((loraFwd / bareFwd - 1) * 100).toFixed(0)}% |`);
 console.log(`| training step ms (tokens/s) | ${bareTrain.toFixed(1)} (${((tok / bareTrain) * 1000).toFixed(0)}) — all weights | ${loraTrain.toFixed(1)} (${((tok / loraTrain) * 1000).toFixed(0)}) — adapters only | ${((loraTrain / bareTrain - 1) * 100).toFixed(0)}% |`);
-// (3) memory of a streaming merge: 24 weights of 2048², an adapter (r 16) on 8 of them
-const big = mkdtempSync(join(tmpdir(), 'lora-bench-big-'));
+// (3) memory of a streaming merge: checkpoints of `layers` weights of 2048², an adapter (r 16) on every third
 const n = 2048;
-const weights: Record<string, { dtype: 'float32'; shape: number[]; values: Float32Array }> = {};
-for (let i = 0; i < 24; i++) weights[`layers.${i}.proj.weight`] = { dtype: 'float32', shape: [n, n], values: new Float32Array(n * n).fill(0.01 * i) };
-writeFileSync(join(big, 'model.safetensors'), await serializeSafetensors(weights));
-for (const k of Object.keys(weights)) delete weights[k];
-const adapterTensors: Record<string, tf.Tensor> = {};
-for (let i = 0; i < 24; i += 3) {
-  adapterTensors[`base_model.model.layers.${i}.proj.lora_A.weight`] = tf.randomNormal([16, n]);
-  adapterTensors[`base_model.model.layers.${i}.proj.lora_B.weight`] = tf.randomNormal([n, 16]);
+async function mergeMemory(layers: number): Promise<{ mib: number; ms: number; peak: number; floor: number }> {
+  const big = mkdtempSync(join(tmpdir(), 'lora-bench-big-'));
+  const weights: Record<string, { dtype: 'float32'; shape: number[]; values: Float32Array }> = {};
+  for (let i = 0; i < layers; i++) weights[`layers.${i}.proj.weight`] = { dtype: 'float32', shape: [n, n], values: new Float32Array(n * n).fill(0.01 * i) };
+  writeFileSync(join(big, 'model.safetensors'), await serializeSafetensors(weights));
+  const adapterTensors: Record<string, tf.Tensor> = {};
+  for (let i = 0; i < layers; i += 3) {
+    adapterTensors[`base_model.model.layers.${i}.proj.lora_A.weight`] = tf.randomNormal([16, n]);
+    adapterTensors[`base_model.model.layers.${i}.proj.lora_B.weight`] = tf.randomNormal([n, 16]);
+  }
+  mkdirSync(join(big, 'adapter'));
+  writeFileSync(join(big, 'adapter', 'adapter_model.safetensors'), await serializeSafetensors(adapterTensors));
+  writeFileSync(join(big, 'adapter', 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 16, lora_alpha: 32, target_modules: ['proj'] }));
+  tf.dispose(Object.values(adapterTensors));
+  const mib = statSync(join(big, 'model.safetensors')).size / 2 ** 20;
+  const t0 = performance.now();
+  const peak = childPeakMiB(['merge', '--base', join(big, 'model.safetensors'), '--adapter', join(big, 'adapter'), '--out', join(big, 'merged.safetensors')]);
+  const ms = performance.now() - t0;
+  // the same process reading the adapter only: Node, tfjs and the backend, the floor of any command
+  const floor = childPeakMiB(['inspect', join(big, 'adapter')]);
+  rmSync(big, { recursive: true, force: true });
+  return { mib, ms, peak, floor };
 }
-mkdirSync(join(big, 'adapter'));
-writeFileSync(join(big, 'adapter', 'adapter_model.safetensors'), await serializeSafetensors(adapterTensors));
-writeFileSync(join(big, 'adapter', 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 16, lora_alpha: 32, target_modules: ['proj'] }));
-tf.dispose(Object.values(adapterTensors));
-const bigBytes = statSync(join(big, 'model.safetensors')).size;
-const t0 = performance.now();
-const mergePeak = childPeakMiB(['merge', '--base', join(big, 'model.safetensors'), '--adapter', join(big, 'adapter'), '--out', join(big, 'merged.safetensors')]);
-const bigMs = performance.now() - t0;
-// the same process reading the adapter only: Node, tfjs and the backend, the floor of any command
-const floorPeak = childPeakMiB(['inspect', join(big, 'adapter')]);
-rmSync(big, { recursive: true, force: true });
+const memory = [await mergeMemory(12), await mergeMemory(36)];
 
 console.log(`\n| lora merge of a ${(bytes / 2 ** 20).toFixed(1)} MiB checkpoint | ${mergeMs.toFixed(0)} ms (${(bytes / 2 ** 20 / (mergeMs / 1000)).toFixed(0)} MiB/s) | read + write the same bytes: ${copyMs.toFixed(0)} ms (${(bytes / 2 ** 20 / (copyMs / 1000)).toFixed(0)} MiB/s) |`);
-console.log(`| lora merge of a ${(bigBytes / 2 ** 20).toFixed(0)} MiB checkpoint (8 of 24 weights adapted) | ${bigMs.toFixed(0)} ms (${(bigBytes / 2 ** 20 / (bigMs / 1000)).toFixed(0)} MiB/s) | peak RSS of the merge process ${mergePeak.toFixed(0)} MiB vs ${floorPeak.toFixed(0)} MiB for \`lora inspect\` of the adapter: +${(mergePeak - floorPeak).toFixed(0)} MiB (one weight: ${((n * n * 4) / 2 ** 20).toFixed(0)} MiB) |`);
+for (const m of memory) {
+  console.log(`| lora merge of a ${m.mib.toFixed(0)} MiB checkpoint (a third of its ${n}² weights adapted) | ${m.ms.toFixed(0)} ms (${(m.mib / (m.ms / 1000)).toFixed(0)} MiB/s) | peak RSS of the merge process ${m.peak.toFixed(0)} MiB, ${m.floor.toFixed(0)} MiB for \`lora inspect\`: +${(m.peak - m.floor).toFixed(0)} MiB (one weight: ${((n * n * 4) / 2 ** 20).toFixed(0)} MiB) |`);
+}
