@@ -50,6 +50,8 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
   loraB: ModuleDict<Linear>;
   loraDropout: ModuleDict;
   loraMagnitudeVector: ModuleDict<Magnitude>;
+  /** The base weight's data that the `dora_base_norm_sq` buffer (‖W‖² per output unit) was computed from. */
+  private baseNormSource: object | null = null;
 
   constructor(base: Linear | TransposedLinear, adapterName: string, settings: AdapterSettings) {
     super();
@@ -58,6 +60,8 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
     this.loraB = this.registerModule('lora_B', new ModuleDict<Linear>());
     this.loraDropout = this.registerModule('lora_dropout', new ModuleDict());
     this.loraMagnitudeVector = this.registerModule('lora_magnitude_vector', new ModuleDict<Magnitude>());
+    // DoRA's cached ‖W‖² (not state: it is rebuilt from the weight whenever that changes)
+    this.registerBuffer('dora_base_norm_sq', null, false);
     this.updateLayer(adapterName, settings);
     this.activeAdapters = [adapterName];
   }
@@ -161,6 +165,7 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
       // m starts as the output units' norms of W + s·B·A, so DoRA is a no-op at init when B = 0
       const m = tf.tidy(() => outputNorms(tf.add(this.baseLayer.weight, this.getDeltaWeight(name)), s.fanInFanOut));
       this.loraMagnitudeVector.set(name, new Magnitude(m));
+      this.baseNormSquared(); // held from here on, so that forward passes allocate nothing that outlives them
     }
   }
 
@@ -235,6 +240,41 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
     this.loraB.delete(name)?.dispose();
     this.loraDropout.delete(name);
     this.loraMagnitudeVector.delete(name)?.dispose();
+    if (![...this.settings].some(([n, s]) => n !== name && s.useDora)) this.setBuffer('dora_base_norm_sq', null);
+  }
+
+  /** ‖W‖² per output unit, recomputed when the base weight's data changed since it was cached. */
+  private baseNormSquared(): tf.Tensor {
+    const w = this.baseLayer.weight;
+    const cached = this.getBuffer('dora_base_norm_sq');
+    if (cached && this.baseNormSource === w.dataId) return cached;
+    const fifo = this.fanInFanOut;
+    this.setBuffer('dora_base_norm_sq', tf.tidy(() => tf.sum(tf.square(w), fifo ? 0 : 1)));
+    this.baseNormSource = w.dataId;
+    return this.getBuffer('dora_base_norm_sq') as tf.Tensor;
+  }
+
+  /**
+   * DoRA's weight norm ‖W + s·B·A‖ per output unit ([out]) without building the [out, in] matrices:
+   * ‖Wᵢ‖² + 2s·(W·Aᵀ)ᵢ·Bᵢ + s²·(B·A·Aᵀ)ᵢ·Bᵢ, with ‖Wᵢ‖² cached while the base weight stays the same
+   * tensor (a merge, an unmerge or any assign gives the variable new data, which drops the cache).
+   * Equal to the direct norm to float32 rounding relative to ‖W‖ (PEFT's fixtures hold at 1e-5).
+   */
+  private doraNormFactored(name: string): tf.Tensor {
+    const w = this.baseLayer.weight;
+    const fifo = this.fanInFanOut;
+    const a = this.loraA.get(name).weight; // [r, in]
+    const b = this.loraB.get(name).weight; // [out, r]
+    const s = this.scaling.get(name) as number;
+    // computed inside a custom gradient of zeros, so that none of it is recorded for backprop (the norm is detached)
+    const norm = tf.customGrad(((wt: tf.Tensor, sq: tf.Tensor, at: tf.Tensor, bt: tf.Tensor) => {
+      const wa = fifo ? tf.matMul(wt, at, true, true) : tf.matMul(wt, at, false, true); // W·Aᵀ, [out, r]
+      const cross = tf.sum(tf.mul(wa, bt), 1);
+      const quad = tf.sum(tf.mul(tf.matMul(bt, tf.matMul(at, at, false, true)), bt), 1);
+      const value = tf.sqrt(tf.relu(tf.add(sq, tf.add(tf.mul(cross, 2 * s), tf.mul(quad, s * s)))));
+      return { value, gradFunc: () => [wt, sq, at, bt].map((t) => tf.zerosLike(t)) };
+    }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (...t: tf.Tensor[]) => tf.Tensor;
+    return norm(w, this.baseNormSquared(), a, b);
   }
 
   protected addAdapterOutput(result: tf.Tensor, x: tf.Tensor, name: string, rows: tf.Tensor | null): tf.Tensor {
@@ -243,10 +283,10 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
     const dropped = this.loraDropout.get(name).call(x) as tf.Tensor;
     const lora = this.loraB.get(name).call(this.loraA.get(name).call(dropped)) as tf.Tensor;
     if (!settings.useDora) return tf.add(result, rows ? tf.mul(tf.mul(lora, scale), rows) : tf.mul(lora, scale));
-        // DoRA (PEFT's DoraLinearLayer): f = m / ‖W + s·B·A‖ (the norm detached); the running result
+    // DoRA (PEFT's DoraLinearLayer): f = m / ‖W + s·B·A‖ (the norm detached); the running result
     // minus the bias stands for the base output unless dropout is active in training.
     const w = this.baseLayer.weight;
-    const norm = detach(outputNorms(tf.add(w, this.getDeltaWeight(name)), settings.fanInFanOut));
+    const norm = this.doraNormFactored(name);
     const f = tf.div(this.loraMagnitudeVector.get(name).weight, norm);
     const noDropout = settings.loraDropout === 0 || !this.training;
     const base = noDropout ? (this.baseLayer.bias ? tf.sub(result, this.baseLayer.bias) : result) : settings.fanInFanOut ? transposedLinear(dropped, w) : linear(dropped, w);

@@ -121,3 +121,30 @@ it('setParameter re-points the layer field, so a tied weight is the one used', (
   tf.dispose([x, ya, yb]);
   b.dispose();
 });
+
+it('setBuffer replaces a buffer (freeing the old tensor), keeps non-persistent ones out of the state dict, and dispose frees it', () => {
+  class Cached extends Module {
+    lin = this.registerModule('lin', new Linear(2, 2));
+    constructor() {
+      super();
+      this.registerBuffer('cache', null, false);
+    }
+    refresh(): void {
+      this.setBuffer('cache', tf.tidy(() => tf.sum(this.lin.weight, 1)));
+    }
+    forward(x: tf.Tensor): tf.Tensor {
+      return this.lin.call(x) as tf.Tensor;
+    }
+  }
+  const before = tf.memory().numTensors;
+  const m = new Cached();
+  const withParams = tf.memory().numTensors;
+  m.refresh();
+  m.refresh();
+  expect(tf.memory().numTensors).toBe(withParams + 1);
+  expect(Object.keys(m.stateDict()).sort()).toEqual(['lin.bias', 'lin.weight']);
+  expect([...m.namedBuffers()].map(([n]) => n)).toEqual(['cache']);
+  expect(() => (m as unknown as { setBuffer: (n: string, v: null) => void }).setBuffer('nope', null)).toThrow("Cached has no buffer 'nope'");
+  m.dispose();
+  expect(tf.memory().numTensors).toBe(before);
+});

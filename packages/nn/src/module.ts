@@ -170,6 +170,18 @@ export abstract class Module {
     return p;
   }
 
+  /**
+   * Replaces the value of a registered buffer (the old tensor is disposed, the new one kept), e.g. a
+   * cache a layer refreshes; `null` empties it.
+   */
+  protected setBuffer(name: string, value: tf.Tensor | null): void {
+    const b = this.buffers.get(name);
+    if (!b) throw new Error(`${this.constructor.name} has no buffer '${name}'`);
+    if (b.tensor && b.tensor !== value) b.tensor.dispose();
+    if (value) tf.keep(value);
+    b.tensor = value;
+  }
+
   /** The buffer registered as `name`, or undefined. */
   getBuffer(name: string): tf.Tensor | null | undefined {
     return this.buffers.get(name)?.tensor;
