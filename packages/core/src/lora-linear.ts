@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Dropout, Linear, ModuleDict, TransposedLinear, defaultRng, kaimingUniformDefault, linear, normalInit, transposedLinear } from '@lora/nn';
 import { matrix64, qr, svd, svdLowRank } from '@lora/linalg';
-import { Magnitude, detach, normExcept } from './dora';
+import { Magnitude, normExcept } from './dora';
 import { lookupLoraInit } from './init-registry';
 import { Identity, LoraLayerBase } from './lora-layer';
 import { loraScaling } from './lora-config';
