@@ -72,6 +72,28 @@ describe('lora merge', () => {
     tf.dispose([...Object.values(base), ...Object.values(merged), ...Object.values(want)]);
   });
 
+  it("merges trainable-token rows as PEFT's merge_and_unload, and refuses to write over the base", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lora-cli-tokens-'));
+    const out = join(dir, 'merged.safetensors');
+    const r = await run('merge', '--base', join(FIX, 'tokens-base.safetensors'), '--adapter', join(FIX, 'peft-tokens-dict'), '--out', out);
+    expect(r.code, r.err).toBe(0);
+    const merged = read(out);
+    const want = read(join(FIX, 'tokens-expected.safetensors'));
+    for (const k of ['embed_tokens.weight', 'lm_head.weight']) expect(maxRelativeError(await merged[k]!.data(), await want[`tokens-dict.merged.${k}`]!.data()), k).toBeLessThan(1e-6);
+    tf.dispose([...Object.values(merged), ...Object.values(want)]);
+
+    const base = join(dir, 'base.safetensors');
+    writeFileSync(base, readFileSync(join(FIX, 'tokens-base.safetensors')));
+    const same = await run('merge', '--base', base, '--adapter', join(FIX, 'peft-tokens-dict'), '--out', base);
+    expect([same.code, same.err]).toEqual([2, 'lora merge: --out is --base: write the merged model somewhere else (the base is read while the output is written)']);
+    expect(Buffer.compare(readFileSync(base), readFileSync(join(FIX, 'tokens-base.safetensors')))).toBe(0);
+    // an adapter for another model: refused from the headers, before anything is written
+    const wrong = await run('merge', '--base', base, '--adapter', join(FIX, 'peft-qv'), '--out', join(dir, 'wrong.safetensors'));
+    expect(wrong.code).toBe(2);
+    expect(wrong.err).toMatch(/^lora merge: the base has no layers\.0\.q_proj\.weight/);
+    expect(readdirSync(dir).sort()).toEqual(['base.safetensors', 'merged.safetensors']);
+  });
+
   it('merges a sharded directory shard by shard, copying the other files, and leaves nothing on failure', async () => {
     const base = read(join(FIX, 'base.safetensors'));
     const names = Object.keys(base).sort();

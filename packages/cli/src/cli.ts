@@ -1,10 +1,10 @@
-import { mkdir, readFile, readdir, rename, rm, stat, copyFile, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { COMBINATION_TYPES, type CombinationType, adapterTargets, combineAdapters, loraConfigFromJson, loraConfigToJson, mergeAdapterWeights, moduleScaling } from '@lora/core';
 import { initBackend, parseSafetensors, serializeSafetensors } from '@lora/tensor';
-import { rewriteSafetensors } from '@lora/tensor/node';
+import { readSafetensorsFileHeader, rewriteSafetensors } from '@lora/tensor/node';
 
 /** Where the command writes: stdout for results, stderr for progress and errors. */
 export interface Io {
@@ -137,8 +137,14 @@ async function inspect(args: string[], io: Io): Promise<number> {
  * as bytes, each adapted module's weight (and bias, with lora_bias) is read, merged and written back in
  * its own dtype, so memory stays near one module and a bf16 checkpoint stays bf16.
  */
-async function mergeFile(input: string, output: string, adapter: { config: ReturnType<typeof loraConfigFromJson>; tensors: Record<string, tf.Tensor> }, safeMerge: boolean, io: Io): Promise<{ changed: number; missing: string[] }> {
-  const modules = [...adapterTargets(adapter.tensors).keys()];
+/** Every module path whose weight an adapter changes: LoRA targets and trainable-token layers. */
+function mergedModules(tensors: Record<string, tf.Tensor>): string[] {
+  const tokens = Object.keys(tensors).flatMap((k) => /^base_model\.model\.(.+)\.token_adapter\.trainable_tokens_delta$/.exec(k)?.[1] ?? []);
+  return [...new Set([...adapterTargets(tensors).keys(), ...tokens])];
+}
+
+async function mergeFile(input: string, output: string, adapter: { config: ReturnType<typeof loraConfigFromJson>; tensors: Record<string, tf.Tensor> }, safeMerge: boolean, io: Io): Promise<{ changed: number }> {
+  const modules = mergedModules(adapter.tensors);
   const moduleOf = new Map<string, string>();
   for (const p of modules) for (const k of [`${p}.weight`, `${p}.bias`]) moduleOf.set(k, p);
   const pending = new Map<string, Float32Array>();
@@ -186,8 +192,7 @@ async function mergeFile(input: string, output: string, adapter: { config: Retur
       },
     },
   );
-  const found = present ?? new Set<string>();
-  return { changed, missing: modules.map((p) => `${p}.weight`).filter((k) => !found.has(k)) };
+  return { changed };
 }
 
 async function merge(args: string[], io: Io): Promise<number> {
@@ -202,15 +207,21 @@ async function merge(args: string[], io: Io): Promise<number> {
   for (const k of ['base', 'adapter', 'out'] as const) if (!values[k]) throw new UsageError(`merge needs --${k}; see lora merge --help`);
   const base = values.base as string;
   const out = values.out as string;
+  if (resolve(out) === resolve(base)) throw new UsageError('--out is --base: write the merged model somewhere else (the base is read while the output is written)');
   await startBackend();
   const adapter = await readAdapter(values.adapter as string, values['adapter-name']);
   try {
-    const wanted = new Set([...adapterTargets(adapter.tensors).keys()].map((p) => `${p}.weight`));
+    const wanted = new Set(mergedModules(adapter.tensors).map((p) => `${p}.weight`));
+    const baseIsDir = await isDir(base);
+    const files = baseIsDir ? await readdir(base) : [];
+    const shards = baseIsDir ? files.filter((f) => f.endsWith('.safetensors')) : [basename(base)];
+    const dir = baseIsDir ? base : dirname(base);
+    if (shards.length === 0) throw new UsageError(`${base}: no .safetensors files`);
+    // every adapted weight must be in the base, checked on the headers before anything is written
     const found = new Set<string>();
-    if (await isDir(base)) {
-      const files = await readdir(base);
-      const shards = files.filter((f) => f.endsWith('.safetensors'));
-      if (shards.length === 0) throw new UsageError(`${base}: no .safetensors files`);
+    for (const shard of shards) for (const e of (await readSafetensorsFileHeader(join(dir, shard))).entries) if (wanted.has(e.name)) found.add(e.name);
+    if (found.size !== wanted.size) throw new UsageError(`the base has no ${[...wanted].filter((w) => !found.has(w)).slice(0, 3).join(', ')}: is this the adapter's base model?`);
+    if (baseIsDir) {
       // write into a temporary directory, then move it into place: no half-merged checkpoint on failure
       const tmp = join(dirname(out), `.${basename(out)}.tmp-${process.pid}`);
       await rm(tmp, { recursive: true, force: true });
@@ -218,11 +229,10 @@ async function merge(args: string[], io: Io): Promise<number> {
       try {
         for (const [i, shard] of shards.entries()) {
           io.err(`merging ${shard} (${i + 1}/${shards.length})`);
-          const { missing } = await mergeFile(join(base, shard), join(tmp, shard), adapter, values['safe-merge'] ?? false, io);
-          for (const w of wanted) if (!missing.includes(w)) found.add(w);
+          await mergeFile(join(base, shard), join(tmp, shard), adapter, values['safe-merge'] ?? false, io);
         }
-        for (const f of files) if (!f.endsWith('.safetensors') && !(await isDir(join(base, f)))) await copyFile(join(base, f), join(tmp, f));
-        if (found.size !== wanted.size) throw new UsageError(`the base has no ${[...wanted].filter((w) => !found.has(w)).slice(0, 3).join(', ')}: is this the adapter's base model?`);
+        // the checkpoint's other files and folders (config.json, tokenizer files) come along
+        for (const f of files) if (!f.endsWith('.safetensors')) await cp(join(base, f), join(tmp, f), { recursive: true });
         await rm(out, { recursive: true, force: true });
         await rename(tmp, out);
       } catch (e) {
@@ -231,11 +241,7 @@ async function merge(args: string[], io: Io): Promise<number> {
       }
     } else {
       io.err(`merging ${base}`);
-      const { missing } = await mergeFile(base, out, adapter, values['safe-merge'] ?? false, io);
-      if (missing.length) {
-        await rm(out, { force: true });
-        throw new UsageError(`the base has no ${missing.slice(0, 3).join(', ')}: is this the adapter's base model?`);
-      }
+      await mergeFile(base, out, adapter, values['safe-merge'] ?? false, io);
     }
     io.err(`wrote ${out} (${wanted.size} modules merged)`);
     return 0;

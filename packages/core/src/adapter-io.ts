@@ -70,7 +70,7 @@ async function encodeAdapter(model: PeftModel, adapterName: string, options: Ser
   const initial = parseSafetensors(options.initialAdapter.weights, { file: 'initial adapter' }).tensors;
   let converted: Record<string, tf.Tensor> = {};
   try {
-    converted = convertToLoraTensors(tensors, initial, warn);
+    converted = convertToLoraTensors(tensors, initial, { warn });
     const weights = await serializeSafetensors(converted, { metadata: { format: 'pt' } });
     return { config: loraConfigToJson(convertedLoraConfig(config)), weights };
   } finally {
@@ -176,14 +176,17 @@ export async function saveAdapter(model: PeftModel, dir: string, options: SaveAd
       } catch (e) {
         throw new Error(`${initialDir}/adapter_model.safetensors cannot be read (${(e as Error).message}): save the PiSSA/OLoRA adapter there right after getPeftModel, before training (await saveAdapter(peft, '${initialDir}'))`);
       }
+      encodeOptions.initialAdapter = { weights };
+    }
+    // everything is computed before the first file is written: a failed conversion writes nothing
+    const { config, weights } = await encodeAdapter(model, name, encodeOptions, true);
+    if (initialDir !== undefined) {
       // as PEFT: the initial directory gets the trained adapter's config with init_lora_weights true
       const initialConfig = JSON.parse(loraConfigToJson({ ...adapterConfig, initLoraWeights: true })) as Record<string, unknown>;
       initialConfig.inference_mode = adapterConfig.inferenceMode;
       await writeFileAtomic(`${initialDir}/adapter_config.json`, JSON.stringify(initialConfig, null, 2));
-      encodeOptions.initialAdapter = { weights };
     }
     await fs.mkdir(target, { recursive: true });
-    const { config, weights } = await encodeAdapter(model, name, encodeOptions, true);
     await writeFileAtomic(`${target}/adapter_model.safetensors`, weights);
     await writeFileAtomic(`${target}/adapter_config.json`, config);
     written.push(target);
@@ -228,28 +231,40 @@ export async function loadAdapter(model: Module | PeftModel, files: ModelFiles, 
       withoutInit(() => model.addAdapter(name, initless));
       peft = model;
     } else peft = withoutInit(() => new PeftModel(model, initless, name));
-    // fan_in_fan_out as corrected while wrapping (PEFT corrects the loaded config in place)
-    peft.peftConfig.set(name, { ...config, fanInFanOut: (peft.peftConfig.get(name) as LoraConfig).fanInFanOut });
-    const own = adapterStateDict(peft, name);
-    // other keys PEFT would load into the model: embedding layers saved with the adapter (save_embedding_layers)
-    const modelWeights = peftNamedWeights(peft, name);
-    const missingKeys = Object.keys(own).filter((k) => !(k in tensors));
-    const unexpectedKeys = Object.keys(tensors).filter((k) => !(k in own) && !(k in modelWeights));
-    if ((options.strict ?? false) && (missingKeys.length || unexpectedKeys.length)) {
-      throw new Error(`adapter ${source.label}: missing keys ${JSON.stringify(missingKeys)}, unexpected keys ${JSON.stringify(unexpectedKeys)}`);
-    }
-    for (const [k, t] of Object.entries(tensors)) {
-      const target = own[k] ?? modelWeights[k];
-      if (!target) continue;
-      if (t.shape.join(',') !== target.shape.join(',')) {
-        throw new SafetensorsError({ file: `${source.label}/adapter_model.safetensors`, tensor: k, field: 'shape' }, `shape [${t.shape.join(', ')}] does not fit the model's [${target.shape.join(', ')}]; was the adapter trained on another base model or rank?`);
+    let result: { missingKeys: string[]; unexpectedKeys: string[] };
+    try {
+      // fan_in_fan_out as corrected while wrapping (PEFT corrects the loaded config in place)
+      peft.peftConfig.set(name, { ...config, fanInFanOut: (peft.peftConfig.get(name) as LoraConfig).fanInFanOut });
+      const own = adapterStateDict(peft, name);
+      // other keys PEFT would load into the model: embedding layers saved with the adapter (save_embedding_layers)
+      const modelWeights = peftNamedWeights(peft, name);
+      const missingKeys = Object.keys(own).filter((k) => !(k in tensors));
+      const unexpectedKeys = Object.keys(tensors).filter((k) => !(k in own) && !(k in modelWeights));
+      if ((options.strict ?? false) && (missingKeys.length || unexpectedKeys.length)) {
+        throw new Error(`adapter ${source.label}: missing keys ${JSON.stringify(missingKeys)}, unexpected keys ${JSON.stringify(unexpectedKeys)}`);
       }
-      tf.tidy(() => (target as tf.Variable).assign(t));
+      // every shape checked before the first weight is written
+      const writes: [tf.Variable, tf.Tensor][] = [];
+      for (const [k, t] of Object.entries(tensors)) {
+        const target = own[k] ?? modelWeights[k];
+        if (!target) continue;
+        if (t.shape.join(',') !== target.shape.join(',')) {
+          throw new SafetensorsError({ file: `${source.label}/adapter_model.safetensors`, tensor: k, field: 'shape' }, `shape [${t.shape.join(', ')}] does not fit the model's [${target.shape.join(', ')}]; was the adapter trained on another base model or rank?`);
+        }
+        writes.push([target as tf.Variable, t]);
+      }
+      for (const [target, t] of writes) tf.tidy(() => target.assign(t));
+      result = { missingKeys, unexpectedKeys };
+    } catch (e) {
+      // nothing of the failed adapter stays: its layers leave the user's model (or the PeftModel)
+      if (model instanceof PeftModel) model.deleteAdapter(name);
+      else peft.unload();
+      throw e;
     }
     peft.setAdapter(peft.activeAdapter);
     // as PEFT's load_adapter: an adapter loaded for inference puts the model in eval mode (no dropout)
     if (!(options.isTrainable ?? false)) peft.eval();
-    return { model: peft, missingKeys, unexpectedKeys };
+    return { model: peft, ...result };
   } finally {
     tf.dispose(Object.values(tensors));
   }

@@ -72,6 +72,7 @@ export class LoraConv extends LoraLayerBase<Conv> {
   updateLayer(name: string, s: AdapterSettings): void {
     const base = this.baseLayer;
     this.checkRank(base, s.r);
+    if (s.useDora && s.loraBias) throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
     const init = s.initLoraWeights;
     if (init === 'loftq') {
       throw new Error(`init_lora_weights='loftq' is not supported on ${base.constructor.name} layers (PEFT 0.21 fails there too: LoraLayer.loftq_init() missing 1 required positional argument: 'config'); leave this layer out of target_modules`);
@@ -98,7 +99,6 @@ export class LoraConv extends LoraLayerBase<Conv> {
     this.settings.set(name, { ...s });
     this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
     if (s.useDora) {
-      if (s.loraBias) throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
       // PEFT keeps the norm's keepdim shape, channels second: [1, out, 1(, 1)]
       const m = tf.tidy(() => tf.reshape(this.doraNorm(name), [1, base.outChannels, ...k.map(() => 1)]));
       this.loraMagnitudeVector.set(name, new Magnitude(m));

@@ -137,35 +137,46 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
   merge(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void | Promise<void> {
     const names = (options.adapterNames ?? this.activeAdapters).filter((n) => this.settings.has(n) && !this.mergedAdapters.includes(n));
     if (!options.safeMerge) {
-      for (const name of names) this.commitMerge(name, tf.tidy(() => this.mergedWeight(name, this.baseLayer.weight)));
+      for (const name of names) this.commitMerge(name, this.prepareMerge(name));
       return;
     }
     return (async () => {
       for (const name of names) {
-        const merged = tf.tidy(() => this.mergedWeight(name, this.baseLayer.weight));
-        const finite = tf.tidy(() => tf.all(tf.isFinite(merged)));
+        const next = this.prepareMerge(name);
+        // PEFT's safe_merge: the merged weight (and bias) checked before anything is written
+        const finite = tf.tidy(() => tf.all(tf.stack(next.map((t) => tf.all(tf.isFinite(t))))));
         const ok = (await finite.data())[0];
         finite.dispose();
         if (!ok) {
-          merged.dispose();
+          tf.dispose(next);
           this.dropDoraMergeNorms();
           throw new Error(`NaNs detected in the merged weights. The adapter ${name} seems to be broken`);
         }
-        this.commitMerge(name, merged);
+        this.commitMerge(name, next);
       }
     })();
   }
 
-  /** Puts a merged weight in place (freeing it), merges the lora_B bias, and records the adapter as merged. */
-  private commitMerge(name: string, merged: tf.Tensor): void {
-    const w = this.baseLayer.weight;
-    w.assign(merged);
-    merged.dispose();
+  /**
+   * The merged weight, and the merged bias when the adapter has a lora_B bias, without writing them:
+   * every error (no base bias for lora_bias, a grouped convolution) comes before the weights change.
+   */
+  private prepareMerge(name: string): tf.Tensor[] {
     const loraBias = this.loraBias(name);
-    if (loraBias) {
-      const bias = this.baseLayer.bias;
-      if (!bias) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
-      tf.tidy(() => bias.assign(tf.add(bias, tf.mul(loraBias, this.scaling.get(name) as number))));
+    const bias = this.baseLayer.bias;
+    if (loraBias && !bias) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
+    const weight = tf.tidy(() => this.mergedWeight(name, this.baseLayer.weight));
+    if (!loraBias || !bias) return [weight];
+    return [weight, tf.tidy(() => tf.add(bias, tf.mul(loraBias, this.scaling.get(name) as number)))];
+  }
+
+  /** Puts the merged weight (and bias) in place, freeing them, and records the adapter as merged. */
+  private commitMerge(name: string, [weight, bias]: tf.Tensor[]): void {
+    this.baseLayer.weight.assign(weight as tf.Tensor);
+    weight?.dispose();
+    if (bias) {
+      this.baseLayer.bias?.assign(bias);
+      bias.dispose();
     }
     this.mergedAdapters.push(name);
   }

@@ -86,6 +86,7 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
    */
   updateLayer(name: string, s: AdapterSettings): void {
     if (!Number.isInteger(s.r) || s.r <= 0) throw new Error(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
+    if (s.useDora && s.loraBias) throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
     if (s.fanInFanOut !== this.fanInFanOut) {
       throw new Error(
         `fanInFanOut is ${s.fanInFanOut} but the base layer is a ${this.baseLayer.constructor.name}, whose weight is stored ${this.fanInFanOut ? '[in, out]' : '[out, in]'}; ` +
@@ -161,7 +162,6 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
     this.settings.set(name, { ...s });
     this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
     if (s.useDora) {
-      if (s.loraBias) throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
       // m starts as the output units' norms of W + s·B·A, so DoRA is a no-op at init when B = 0
       const m = tf.tidy(() => outputNorms(tf.add(this.baseLayer.weight, this.getDeltaWeight(name)), s.fanInFanOut));
       this.loraMagnitudeVector.set(name, new Magnitude(m));

@@ -12,7 +12,15 @@ import { type TrainableTokensLayer, TrainableTokensWrapper, addTrainableTokens }
 export type LoraLayer = LoraLinear | LoraEmbedding | LoraConv;
 import { resolveTargets } from './targets';
 
-/** First pattern p (insertion order) whose regex `(.*\.)?(p)$` matches the module path, as PEFT's `get_pattern_key`. */
+/**
+ * First pattern p (insertion order) whose regex `(.*\.)?(p)$` matches the module path, as PEFT's `get_pattern_key`.
+ *
+ * @example
+ * ```ts
+ * patternKey(['mlp', 'layers.1.out'], 'layers.1.out'); // 'layers.1.out'
+ * patternKey(['mlp'], 'layers.0.q_proj');             // undefined: the config's r / lora_alpha apply
+ * ```
+ */
 export function patternKey(patterns: string[], key: string): string | undefined {
   return patterns.find((p) => new RegExp(`^(.*\\.)?(${p})$`).test(key));
 }
@@ -34,7 +42,16 @@ function correctFanInFanOut(base: Linear | TransposedLinear, fanInFanOut: boolea
   return fanInFanOut;
 }
 
-/** PEFT's `LoraModel`: holds the user's model as `model` (so paths read `base_model.model.…`). */
+/**
+ * PEFT's `LoraModel`: holds the user's model as `model` (so paths read `base_model.model.…`). Made by
+ * {@link getPeftModel}; rarely used directly.
+ *
+ * @example
+ * ```ts
+ * const peft = getPeftModel(model, { targetModules: ['q_proj'] });
+ * peft.baseModel instanceof LoraModel; // true; peft.baseModel.model === model
+ * ```
+ */
 export class LoraModel extends Module {
   model: Module;
   constructor(model: Module) {
@@ -50,6 +67,14 @@ export class LoraModel extends Module {
  * A model with LoRA adapters, as PEFT's `PeftModel`: parameters are named
  * `base_model.model.<path>.lora_A.<adapter>.weight`, the user's model is changed in place (targets
  * replaced by LoRA layers), and `call(...)` runs the user's model.
+ *
+ * @example
+ * ```ts
+ * const peft = getPeftModel(model, { r: 8, targetModules: ['q_proj', 'v_proj'] }); // a PeftModel
+ * peft.addAdapter('chat', loraConfig({ r: 16, targetModules: ['q_proj'] }));
+ * peft.setAdapter('chat');
+ * const y = peft.call(x);
+ * ```
  */
 export class PeftModel extends Module {
   baseModel: LoraModel;
@@ -214,9 +239,15 @@ export class PeftModel extends Module {
     for (const [path, w] of this.tokenWrappers()) yield [path, w.tokenAdapter];
   }
 
-  /** Makes `name` the active (and only trainable) adapter (PEFT's `set_adapter`). */
+  /** Makes `name` the active (and only trainable) adapter (PEFT's `set_adapter`); merged layers are unmerged first, with PEFT's warning. */
   setAdapter(name: string): void {
     if (!this.peftConfig.has(name)) throw new Error(`Adapter ${name} not found.`);
+    // as PEFT's set_adapter: merged layers are unmerged first (the merged adapter would otherwise stay in the weights)
+    const merged = [...[...this.loraLayers()].map(([, l]) => l), ...[...this.tokenLayers()].map(([, t]) => t)].filter((l) => l.mergedAdapters.length);
+    if (merged.length) {
+      console.warn('Adapter cannot be set when the model is merged. Unmerging the model first.');
+      for (const l of merged) l.unmerge();
+    }
     this.activeAdapter = name;
     for (const [, layer] of this.loraLayers()) layer.activeAdapters = layer.settings.has(name) ? [name] : [];
     for (const [, w] of this.modulesToSaveWrappers()) w.activeAdapter = w.modulesToSave.has(name) ? name : null;

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { expect, it } from 'vitest';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
-import { manualSeed } from '@lora/nn';
-import { type LoraLinear, adapterStateDict, getPeftModel, mergeAdapterWeights } from '@lora/core';
+import { Linear, manualSeed } from '@lora/nn';
+import { LoraLinear, adapterStateDict, getPeftModel, mergeAdapterWeights } from '@lora/core';
 import { type Net, baseNet } from './fixture-nets.test-util';
 
 /** A PeftModel on the fixture Net whose adapter is trained-looking, with one NaN in layers.1.mlp's B when `broken`. */
@@ -56,4 +56,22 @@ await describeEachBackend('safe merge (PEFT safe_merge)', () => {
     peft.dispose();
     expect(tf.memory().numTensors).toBe(before);
   });
+});
+
+it('lora_bias on a base without bias: the merge fails before writing anything, and a NaN bias fails the safe merge', async () => {
+  manualSeed(4);
+  const noBias = new LoraLinear(new Linear(4, 4, { bias: false }), 'a', { r: 2, loraAlpha: 2, loraDropout: 0, useRslora: false, initLoraWeights: false, loraBias: true, fanInFanOut: false });
+  const w0 = Array.from(await noBias.baseLayer.weight.data());
+  for (let i = 0; i < 2; i++) expect(() => noBias.merge()).toThrow('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
+  expect(Array.from(await noBias.baseLayer.weight.data())).toEqual(w0);
+  expect(noBias.mergedAdapters).toEqual([]);
+  noBias.dispose();
+
+  const withBias = new LoraLinear(new Linear(4, 4), 'a', { r: 2, loraAlpha: 2, loraDropout: 0, useRslora: false, initLoraWeights: false, loraBias: true, fanInFanOut: false });
+  const b = withBias.loraB.get('a').bias as tf.Variable;
+  tf.tidy(() => b.assign(tf.fill(b.shape, Number.POSITIVE_INFINITY)));
+  const before = [Array.from(await withBias.baseLayer.weight.data()), Array.from(await withBias.baseLayer.bias!.data())];
+  await expect(withBias.merge({ safeMerge: true })).rejects.toThrow('NaNs detected in the merged weights. The adapter a seems to be broken');
+  expect([Array.from(await withBias.baseLayer.weight.data()), Array.from(await withBias.baseLayer.bias!.data())]).toEqual(before);
+  withBias.dispose();
 });

@@ -39,7 +39,8 @@ export function checkWeightConversion(config: LoraConfig, warn: (message: string
  * const lora = convertToLoraTensors(adapterStateDict(peft), initialTensors);
  * ```
  */
-export function convertToLoraTensors(trained: Record<string, tf.Tensor>, initial: Record<string, tf.Tensor>, warn: (message: string) => void = console.warn): Record<string, tf.Tensor> {
+export function convertToLoraTensors(trained: Record<string, tf.Tensor>, initial: Record<string, tf.Tensor>, options: { warn?: (message: string) => void } = {}): Record<string, tf.Tensor> {
+  const warn = options.warn ?? console.warn;
   const out: Record<string, tf.Tensor> = {};
   const dropped: string[] = [];
   try {

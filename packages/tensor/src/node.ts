@@ -151,6 +151,31 @@ export async function saveSafetensors(
   await writeFileAtomic(path, bytes);
 }
 
+/**
+ * Reads and validates a safetensors file's header without reading its data (the 8-byte length and the
+ * JSON header only): names, dtypes, shapes, offsets and metadata of a file of any size.
+ *
+ * @example
+ * ```ts
+ * import { readSafetensorsFileHeader } from '@lora/tensor/node';
+ * const { entries } = await readSafetensorsFileHeader('model-00001-of-00004.safetensors');
+ * ```
+ */
+export async function readSafetensorsFileHeader(path: string): Promise<SafetensorsHeader> {
+  const file = await open(path, 'r');
+  try {
+    const { size } = await file.stat();
+    const prefix = new Uint8Array(8);
+    await file.read(prefix, 0, 8, 0);
+    const headerLength = readHeaderLength(prefix, size, path);
+    const head = new Uint8Array(headerLength);
+    await file.read(head, 0, headerLength, 8);
+    return parseHeader(head, size, path);
+  } finally {
+    await file.close();
+  }
+}
+
 /** The input file of {@link rewriteSafetensors}, as its replace function sees it. */
 export interface SafetensorsFileReader {
   /** The input's path. */

@@ -1,0 +1,53 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, expect, it, vi } from 'vitest';
+import { initBackend } from '@lora/tensor';
+import { maxRelativeError } from '@lora/tensor/testing';
+import { manualSeed } from '@lora/nn';
+import { type LoraLinear, getPeftModel, loadAdapter, loraConfig } from '@lora/core';
+import { FIX, baseNet, readFixture } from './fixture-nets.test-util';
+
+beforeAll(async () => {
+  await initBackend('cpu');
+});
+
+it('setAdapter on a merged model unmerges first, with PEFT\'s warning, so the new adapter runs alone', async () => {
+  const fixture = readFixture('expected.safetensors');
+  const x = fixture.x as tf.Tensor;
+  manualSeed(8);
+  const peft = getPeftModel(baseNet(), { r: 2, targetModules: ['q_proj', 'mlp'], initLoraWeights: false });
+  peft.addAdapter('b', loraConfig({ r: 2, targetModules: ['q_proj'], initLoraWeights: false }));
+  peft.setAdapter('b');
+  const yB = peft.call(x) as tf.Tensor;
+  peft.setAdapter('default');
+  peft.mergeAdapter();
+  const warn = vi.spyOn(console, 'warn').mockImplementation(() => undefined);
+  peft.setAdapter('b');
+  expect(warn).toHaveBeenCalledWith('Adapter cannot be set when the model is merged. Unmerging the model first.');
+  warn.mockRestore();
+  for (const [, l] of peft.loraLayers()) expect(l.mergedAdapters).toEqual([]);
+  const y = peft.call(x) as tf.Tensor;
+  expect(maxRelativeError(await y.data(), await yB.data())).toBeLessThan(1e-6);
+  expect((peft.model.getSubmodule('layers.0.mlp') as LoraLinear).activeAdapters).toEqual([]);
+  tf.dispose([...Object.values(fixture), yB, y]);
+  peft.dispose();
+});
+
+it('loadAdapter that fails (a shape mismatch) leaves the model as it was: no adapter, no LoRA layers, weights untouched', async () => {
+  const before = tf.memory().numTensors;
+  const config = JSON.parse(readFileSync(join(FIX, 'peft-qv', 'adapter_config.json'), 'utf8'));
+  const files = { 'adapter_config.json': JSON.stringify({ ...config, r: 2 }), 'adapter_model.safetensors': new Uint8Array(readFileSync(join(FIX, 'peft-qv', 'adapter_model.safetensors'))) };
+  const net = baseNet();
+  const w0 = Array.from(await net.layers.at(0).getSubmodule('q_proj').getParameter('weight')!.data());
+  await expect(loadAdapter(net, files)).rejects.toThrow(/shape \[4, 8\] does not fit the model's \[2, 8\]; was the adapter trained on another base model or rank\?/);
+  expect(net.getSubmodule('layers.0.q_proj').constructor.name).toBe('Linear');
+  expect(Array.from(await net.getSubmodule('layers.0.q_proj').getParameter('weight')!.data())).toEqual(w0);
+
+  const { model: peft } = await loadAdapter(net, join(FIX, 'peft-qv'));
+  await expect(loadAdapter(peft, files, { adapterName: 'bad' })).rejects.toThrow(/does not fit/);
+  expect(peft.adapters).toEqual(['default']);
+  for (const [, l] of peft.loraLayers()) expect([...l.settings.keys()]).toEqual(['default']);
+  peft.dispose();
+  expect(tf.memory().numTensors).toBe(before);
+});
