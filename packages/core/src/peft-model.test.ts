@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, expect, it, vi } from 'vitest';
 import { initBackend } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
-import { manualSeed } from '@lora/nn';
+import { LayerNorm, Linear, Module, manualSeed } from '@lora/nn';
 import { type LoraLinear, getPeftModel, loadAdapter, loraConfig } from '@lora/core';
 import { FIX, baseNet, readFixture } from './fixture-nets.test-util';
 
@@ -48,6 +48,31 @@ it('loadAdapter that fails (a shape mismatch) leaves the model as it was: no ada
   await expect(loadAdapter(peft, files, { adapterName: 'bad' })).rejects.toThrow(/does not fit/);
   expect(peft.adapters).toEqual(['default']);
   for (const [, l] of peft.loraLayers()) expect([...l.settings.keys()]).toEqual(['default']);
+  peft.dispose();
+  expect(tf.memory().numTensors).toBe(before);
+});
+
+it('addAdapter that fails on a later target leaves no trace: earlier layers unwrapped, other adapters untouched', () => {
+  class WithNorm extends Module {
+    lin = this.registerModule('lin', new Linear(4, 4));
+    norm = this.registerModule('norm', new LayerNorm(4));
+    head = this.registerModule('head', new Linear(4, 2));
+    forward(x: tf.Tensor): tf.Tensor {
+      return this.head.call(this.norm.call(this.lin.call(x))) as tf.Tensor;
+    }
+  }
+  const before = tf.memory().numTensors;
+  const model = new WithNorm();
+  const withWeights = tf.memory().numTensors;
+  expect(() => getPeftModel(model, { targetModules: ['lin', 'norm'], modulesToSave: ['head'] })).toThrow(/Target module norm \(LayerNorm\) is not supported/);
+  expect([model.lin.constructor.name, model.getSubmodule('head').constructor.name]).toEqual(['Linear', 'Linear']);
+  expect(tf.memory().numTensors).toBe(withWeights);
+
+  const peft = getPeftModel(model, { targetModules: ['lin'], modulesToSave: ['head'] });
+  expect(() => peft.addAdapter('b', loraConfig({ targetModules: ['lin', 'norm'], modulesToSave: ['head'] }))).toThrow(/not supported/);
+  expect(peft.adapters).toEqual(['default']);
+  for (const [, l] of peft.loraLayers()) expect([...l.settings.keys()]).toEqual(['default']);
+  for (const [, w] of peft.modulesToSaveWrappers()) expect(w.modulesToSave.keys()).toEqual(['default']);
   peft.dispose();
   expect(tf.memory().numTensors).toBe(before);
 });

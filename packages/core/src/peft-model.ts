@@ -180,48 +180,72 @@ export class PeftModel extends Module {
     // PEFT corrects fan_in_fan_out on the config itself as it wraps each new layer, so a correction
     // carries over to the layers after it and is what the adapter's config says in the end
     let fanInFanOut = config.fanInFanOut;
-    for (const path of paths) {
-      const module = this.model.getSubmodule(path);
-      const rKey = patternKey(rankKeys, path);
-      const aKey = patternKey(alphaKeys, path);
-      const settings = {
-        r: rKey === undefined ? config.r : (config.rankPattern[rKey] as number),
-        loraAlpha: aKey === undefined ? config.loraAlpha : (config.alphaPattern[aKey] as number),
-        loraDropout: config.loraDropout,
-        useRslora: config.useRslora,
-        initLoraWeights: config.initLoraWeights,
-        loraBias: config.loraBias,
-        fanInFanOut,
-        useDora: config.useDora,
-      };
-      if (module instanceof LoraLinear) module.updateLayer(name, { ...settings, fanInFanOut: module.fanInFanOut });
-      else if (module instanceof LoraEmbedding || module instanceof LoraConv) module.updateLayer(name, settings);
-      else if (module instanceof Linear || module instanceof TransposedLinear) {
-        fanInFanOut = correctFanInFanOut(module, fanInFanOut);
-        this.model.setSubmodule(path, new LoraLinear(module, name, { ...settings, fanInFanOut }));
-      } else if (module instanceof Embedding) this.model.setSubmodule(path, new LoraEmbedding(module, name, settings));
-      else if (module instanceof Conv1d || module instanceof Conv2d) this.model.setSubmodule(path, new LoraConv(module, name, settings));
-      else {
-        throw new Error(`Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear, Embedding, Conv1d, Conv2d, TransposedLinear (transformers' Conv1D).`);
-      }
-    }
-    // modules_to_save: a trainable copy per adapter of each module whose path ends with a listed name
-    for (const m of config.modulesToSave ?? []) {
-      for (const [path, module] of [...this.model.namedModules()]) {
-        if (path === '' || !path.endsWith(m) || path.split('.').some((s) => s === 'original_module' || s === 'modules_to_save')) continue;
-        if (module instanceof ModulesToSaveWrapper) module.addAdapter(name);
-        else if (!(module instanceof LoraLinear || module instanceof LoraEmbedding || module instanceof LoraConv)) {
-          const wrapper = new ModulesToSaveWrapper(module);
-          this.model.setSubmodule(path, wrapper);
-          wrapper.addAdapter(name);
+    try {
+      for (const path of paths) {
+        const module = this.model.getSubmodule(path);
+        const rKey = patternKey(rankKeys, path);
+        const aKey = patternKey(alphaKeys, path);
+        const settings = {
+          r: rKey === undefined ? config.r : (config.rankPattern[rKey] as number),
+          loraAlpha: aKey === undefined ? config.loraAlpha : (config.alphaPattern[aKey] as number),
+          loraDropout: config.loraDropout,
+          useRslora: config.useRslora,
+          initLoraWeights: config.initLoraWeights,
+          loraBias: config.loraBias,
+          fanInFanOut,
+          useDora: config.useDora,
+        };
+        if (module instanceof LoraLinear) module.updateLayer(name, { ...settings, fanInFanOut: module.fanInFanOut });
+        else if (module instanceof LoraEmbedding || module instanceof LoraConv) module.updateLayer(name, settings);
+        else if (module instanceof Linear || module instanceof TransposedLinear) {
+          fanInFanOut = correctFanInFanOut(module, fanInFanOut);
+          this.model.setSubmodule(path, new LoraLinear(module, name, { ...settings, fanInFanOut }));
+        } else if (module instanceof Embedding) this.model.setSubmodule(path, new LoraEmbedding(module, name, settings));
+        else if (module instanceof Conv1d || module instanceof Conv2d) this.model.setSubmodule(path, new LoraConv(module, name, settings));
+        else {
+          throw new Error(`Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear, Embedding, Conv1d, Conv2d, TransposedLinear (transformers' Conv1D).`);
         }
       }
+      // modules_to_save: a trainable copy per adapter of each module whose path ends with a listed name
+      for (const m of config.modulesToSave ?? []) {
+        for (const [path, module] of [...this.model.namedModules()]) {
+          if (path === '' || !path.endsWith(m) || path.split('.').some((s) => s === 'original_module' || s === 'modules_to_save')) continue;
+          if (module instanceof ModulesToSaveWrapper) module.addAdapter(name);
+          else if (!(module instanceof LoraLinear || module instanceof LoraEmbedding || module instanceof LoraConv)) {
+            const wrapper = new ModulesToSaveWrapper(module);
+            this.model.setSubmodule(path, wrapper);
+            wrapper.addAdapter(name);
+          }
+        }
+      }
+      // trainable_token_indices: chosen rows of the embedding (and of tied output layers), after modules_to_save as in PEFT
+      addTrainableTokens(this.model, name, config);
+    } catch (e) {
+      this.removePartialAdapter(name);
+      throw e;
     }
-    // trainable_token_indices: chosen rows of the embedding (and of tied output layers), after modules_to_save as in PEFT
-    addTrainableTokens(this.model, name, config);
     this.peftConfig.set(name, fanInFanOut === config.fanInFanOut ? config : { ...config, fanInFanOut });
     if (isFirst) this.setAdapter(name);
     else this.markTrainable();
+  }
+
+  /**
+   * Undoes a failed `addAdapter`: the adapter leaves every layer and wrapper it reached, and layers or
+   * wrappers left holding no adapter give their place back to the module they wrapped.
+   */
+  private removePartialAdapter(name: string): void {
+    for (const [path, layer] of [...this.loraLayers()]) {
+      layer.deleteAdapter(name);
+      if (layer.settings.size === 0) this.model.setSubmodule(path, layer.baseLayer);
+    }
+    for (const [path, w] of [...this.modulesToSaveWrappers()]) {
+      w.deleteAdapter(name);
+      if (w.modulesToSave.keys().length === 0) this.model.setSubmodule(path, w.originalModule);
+    }
+    for (const [path, w] of [...this.tokenWrappers()]) {
+      w.tokenAdapter.deleteAdapter(name);
+      if (w.tokenAdapter.adapters.length === 0) this.model.setSubmodule(path, w.tokenAdapter.baseLayer);
+    }
   }
 
   /** Every modules_to_save wrapper with its path in the user's model. */
