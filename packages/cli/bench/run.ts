@@ -62,7 +62,15 @@ async function step(model: LlamaForCausalLM | ReturnType<typeof getPeftModel>, i
   tf.dispose([value, ...Object.values(grads)]);
 }
 
-const info = await initBackend((process.env.LORA_BACKEND ?? 'auto') as 'auto');
+// LORA_BENCH_BACKEND picks the backend of the overhead part (the merges run in `lora`'s own default);
+// the importers let a bundled copy (../shared/device/pack) reach the backends it carries
+const info = await initBackend((process.env.LORA_BENCH_BACKEND ?? process.env.LORA_BACKEND ?? 'auto') as 'auto', {
+  importers: {
+    '@tensorflow/tfjs-backend-cpu': () => import('@tensorflow/tfjs-backend-cpu'),
+    '@tensorflow/tfjs-backend-wasm': () => import('@tensorflow/tfjs-backend-wasm'),
+    '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu'),
+  },
+});
 const ids = tf.tidy(() => tf.cast(tf.mul(tf.randomUniform([4, 128]), 8191), 'int32')) as tf.Tensor2D;
 manualSeed(0);
 const bare = new LlamaForCausalLM(parseLlamaConfig(CONFIG));
@@ -90,6 +98,14 @@ const loraFwd = mid(fwdTimes.lora);
 const loraTrain = await median(() => step(peft, ids, false, loraOpt));
 loraOpt.dispose();
 
+const tok = 4 * 128;
+console.log(`\n${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ${info.name} (${info.adapter}); Llama ~10M, batch 4 × 128; LoRA r 16 on q/k/v/o\n`);
+console.log('| | bare model | with LoRA | overhead |');
+console.log('| --- | --- | --- | --- |');
+console.log(`| forward ms (tokens/s) | ${bareFwd.toFixed(1)} (${((tok / bareFwd) * 1000).toFixed(0)}) | ${loraFwd.toFixed(1)} (${((tok / loraFwd) * 1000).toFixed(0)}) | ${((loraFwd / bareFwd - 1) * 100).toFixed(0)}% |`);
+console.log(`| training step ms (tokens/s) | ${bareTrain.toFixed(1)} (${((tok / bareTrain) * 1000).toFixed(0)}) — all weights | ${loraTrain.toFixed(1)} (${((tok / loraTrain) * 1000).toFixed(0)}) — adapters only | ${((loraTrain / bareTrain - 1) * 100).toFixed(0)}% |`);
+if (process.env.LORA_BENCH_ONLY === 'overhead') process.exit(0);
+
 // lora merge against plain read + write of the same checkpoint
 const dir = mkdtempSync(join(tmpdir(), 'lora-bench-'));
 const base = join(dir, 'model.safetensors');
@@ -105,12 +121,6 @@ const copyMs = await median(async () => {
   writeFileSync(join(dir, 'copy.safetensors'), readFileSync(base));
 }, 3);
 rmSync(dir, { recursive: true, force: true });
-const tok = 4 * 128;
-console.log(`\n${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ${info.name} (${info.adapter}); Llama ~10M, batch 4 × 128; LoRA r 16 on q/k/v/o\n`);
-console.log('| | bare model | with LoRA | overhead |');
-console.log('| --- | --- | --- | --- |');
-console.log(`| forward ms (tokens/s) | ${bareFwd.toFixed(1)} (${((tok / bareFwd) * 1000).toFixed(0)}) | ${loraFwd.toFixed(1)} (${((tok / loraFwd) * 1000).toFixed(0)}) | ${((loraFwd / bareFwd - 1) * 100).toFixed(0)}% |`);
-console.log(`| training step ms (tokens/s) | ${bareTrain.toFixed(1)} (${((tok / bareTrain) * 1000).toFixed(0)}) — all weights | ${loraTrain.toFixed(1)} (${((tok / loraTrain) * 1000).toFixed(0)}) — adapters only | ${((loraTrain / bareTrain - 1) * 100).toFixed(0)}% |`);
 // (3) memory of a streaming merge: checkpoints of `layers` weights of 2048², an adapter (r 16) on every third
 const n = 2048;
 async function mergeMemory(layers: number): Promise<{ mib: number; ms: number; peak: number; floor: number }> {

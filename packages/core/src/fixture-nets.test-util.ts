@@ -6,7 +6,7 @@ import { Conv1d, Conv2d, Embedding, LayerNorm, Linear, Module, ModuleList, Trans
 import { loraConfigFromJson } from '@lora/core';
 
 /** Where the PEFT fixtures live. */
-export const FIX = join(import.meta.dirname, '..', '__fixtures__');
+export const FIX = process.env.LORA_CORE_FIXTURES ?? join(import.meta.dirname, '..', '__fixtures__');
 
 /** Reads a PEFT-saved adapter directory as `{ config, tensors }` (the caller disposes the tensors). */
 export const readAdapterFiles = (dir: string) => ({
