@@ -1,5 +1,6 @@
 /**
  * Test helpers for packages built on `@lora/tensor` (needs vitest). Import from `@lora/tensor/testing`.
+ * `runInChromium` also needs `esbuild`, `playwright-core` and a Chromium binary.
  */
 import { beforeAll, describe } from 'vitest';
 import { type BackendInfo, type BackendName, type InitBackendOptions, initBackend, listBackends } from './backend';
@@ -93,3 +94,6 @@ export async function describeEachBackend(title: string, fn: (backend: { name: B
 }
 
 export { maxRelativeError } from './parity';
+
+export { chromiumPath, haveChromium, runInChromium } from './browser-testing';
+export type { ChromiumRunOptions } from './browser-testing';
