@@ -5,7 +5,7 @@
  * back from those bytes and gives the same output. Per backend (cpu, webgpu); results in `window.__lora`.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend, parseSafetensors } from '@lora/tensor';
+import { initBackend, maxRelativeError, parseSafetensors } from '@lora/tensor';
 import { AdamW, type Module, manualSeed, withoutInit } from '@lora/nn';
 import { getPeftModel, loadAdapter, serializeAdapter } from '@lora/core';
 import { Net } from '../src/fixture-net.test-util';
@@ -22,15 +22,6 @@ interface Result {
 }
 
 const bytes = async (url: string) => new Uint8Array(await (await fetch(url)).arrayBuffer());
-const rel = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs((a[i] as number) - (b[i] as number)));
-    m = Math.max(m, Math.abs(b[i] as number));
-  }
-  return d / m;
-};
 
 async function run(backend: 'cpu' | 'webgpu'): Promise<Result> {
   const info = await initBackend(backend, {
@@ -53,9 +44,9 @@ async function run(backend: 'cpu' | 'webgpu'): Promise<Result> {
   const files = { 'adapter_config.json': await bytes('/fixtures/peft-dora/adapter_config.json'), 'adapter_model.safetensors': await bytes('/fixtures/peft-dora/adapter_model.safetensors') };
   const { model: peft } = await loadAdapter(base(), files);
   const y = peft.call(want.x) as tf.Tensor;
-  const outputRelErr = rel(await y.data(), await (want['peft-dora.out'] as tf.Tensor).data());
+  const outputRelErr = maxRelativeError(await y.data(), await (want['peft-dora.out'] as tf.Tensor).data());
   const merged = (await peft.mergeAndUnload({ safeMerge: true })) as Module;
-  const mergedRelErr = rel(await (merged.stateDict()['layers.1.mlp.weight'] as tf.Tensor).data(), await (want['peft-dora.merged.layers.1.mlp.weight'] as tf.Tensor).data());
+  const mergedRelErr = maxRelativeError(await (merged.stateDict()['layers.1.mlp.weight'] as tf.Tensor).data(), await (want['peft-dora.merged.layers.1.mlp.weight'] as tf.Tensor).data());
   merged.dispose();
   // an adapter trained here, serialized in memory and loaded back from those bytes
   manualSeed(1);
@@ -75,7 +66,7 @@ async function run(backend: 'cpu' | 'webgpu'): Promise<Result> {
   const saved = await serializeAdapter(fresh);
   const { model: back } = await loadAdapter(base(), { 'adapter_config.json': saved.config, 'adapter_model.safetensors': saved.weights });
   const yBack = back.call(want.x) as tf.Tensor;
-  const reloadRelErr = rel(await yBack.data(), await yFresh.data());
+  const reloadRelErr = maxRelativeError(await yBack.data(), await yFresh.data());
   tf.dispose([y, yFresh, yBack, target, ...Object.values(want)]);
   opt.dispose();
   fresh.dispose();

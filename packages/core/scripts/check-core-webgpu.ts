@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { type BackendName, initBackend } from '@lora/tensor';
+import { type BackendName, initBackend, maxRelativeError } from '@lora/tensor';
 import { AdamW, type Module, manualSeed } from '@lora/nn';
 import { type PeftModel, getPeftModel, loadAdapter } from '@lora/core';
 import { FIX, baseNet, convDoraNet, gptNet, readFixture } from '../src/fixture-nets.test-util';
@@ -16,19 +16,10 @@ const name = (process.argv[2] ?? 'webgpu') as BackendName;
 const info = await initBackend(name, { importers: { '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu'), '@tensorflow/tfjs-backend-cpu': () => import('@tensorflow/tfjs-backend-cpu') } });
 console.log(`backend ${info.name} on ${info.adapter}; fixtures ${FIX}`);
 
-const rel = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs((a[i] as number) - (b[i] as number)));
-    m = Math.max(m, Math.abs(b[i] as number));
-  }
-  return d / m;
-};
 let failed = 0;
 async function check(label: string, got: tf.Tensor, want: tf.Tensor | undefined, tol = 1e-5): Promise<void> {
   if (!want) throw new Error(`no expected tensor for ${label}`);
-  const err = rel(await got.data(), await want.data());
+  const err = maxRelativeError(await got.data(), await want.data());
   const ok = err < tol;
   if (!ok) failed++;
   console.log(`  ${ok ? 'ok  ' : 'FAIL'}  ${label}: rel err ${err.toExponential(2)}`);
@@ -103,7 +94,7 @@ for (let i = 0; i < 20; i++) {
   tf.dispose([value, ...Object.values(grads)]);
 }
 const baseAfter = await (peft.model.stateDict()['layers.0.q_proj.base_layer.weight'] as tf.Tensor).data();
-const trained = (losses.at(-1) as number) < (losses[0] as number) * 0.9 && rel(baseAfter, baseBefore) === 0;
+const trained = (losses.at(-1) as number) < (losses[0] as number) * 0.9 && maxRelativeError(baseAfter, baseBefore) === 0;
 if (!trained) failed++;
 console.log(`  ${trained ? 'ok  ' : 'FAIL'}  DoRA training: loss ${losses[0]?.toFixed(4)} → ${losses.at(-1)?.toFixed(4)} in 20 AdamW steps, base weights unchanged`);
 opt.dispose();

@@ -6,7 +6,7 @@
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { type BackendName, initBackend, parseSafetensors } from '@lora/tensor';
+import { type BackendName, initBackend, maxRelativeError, parseSafetensors } from '@lora/tensor';
 import { LlamaForCausalLM } from '../src/index';
 
 const name = (process.argv[2] ?? 'webgpu') as BackendName;
@@ -14,22 +14,13 @@ const root = process.argv[3] ?? join(process.cwd(), 'packages', 'models', '__fix
 const info = await initBackend(name, { importers: { '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu'), '@tensorflow/tfjs-backend-cpu': () => import('@tensorflow/tfjs-backend-cpu') } });
 console.log(`backend ${info.name} on ${info.adapter}`);
 const summary = JSON.parse(readFileSync(join(root, 'expected.json'), 'utf8'));
-const rel = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs((a[i] as number) - (b[i] as number)));
-    m = Math.max(m, Math.abs(b[i] as number));
-  }
-  return d / m;
-};
 let failed = 0;
 for (const dir of readdirSync(root).filter((d) => statSync(join(root, d)).isDirectory() && d !== 'tokenizer')) {
   const model = await LlamaForCausalLM.fromPretrained(join(root, dir));
   model.eval();
   const { tensors: want } = parseSafetensors(new Uint8Array(readFileSync(join(root, dir, 'expected.safetensors'))));
   const { logits, loss } = model.forward(want.input_ids as tf.Tensor2D, { attentionMask: (await want.attention_mask!.array()) as number[][], labels: want.labels as tf.Tensor2D });
-  const logitErr = rel(await logits.data(), await want.logits!.data());
+  const logitErr = maxRelativeError(await logits.data(), await want.logits!.data());
   const lossErr = Math.abs(((await loss!.data())[0] as number) - summary.cases[dir].loss) / summary.cases[dir].loss;
   const prompt = ((await want.input_ids!.array()) as number[][])[0]!.slice(0, 5);
   const gen = await model.generate([prompt], { maxNewTokens: 10 });

@@ -13,3 +13,4 @@ export { encodeValues, serializeSafetensors } from './safetensors-writer';
 export type { RawTensor, SerializeOptions, WritableDtype } from './safetensors-writer';
 export { openFiles } from './file-source';
 export type { FileContent, FileSource, ModelFiles } from './file-source';
+export { maxRelativeError } from './parity';
