@@ -32,6 +32,15 @@ describe('lora inspect', () => {
     expect(r.out).toMatch(/layers\.1\.out {2}linear {2}r 4 {2}alpha 3 {2}scaling 1\.500/);
     expect(r.out).toMatch(/3 modules, \d+ parameters in 6 tensors/);
   });
+
+  it('names each module\'s layer kind: embedding, conv1d, conv2d (DoRA adapters too)', async () => {
+    const r = await run('inspect', join(FIX, 'convdora-dora'));
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/dora true/);
+    expect(r.out).toMatch(/^ {2}embed {2}embedding {2}r \d+/m);
+    expect(r.out).toMatch(/^ {2}conv {2}conv2d {2}r \d+/m);
+    expect(r.out).toMatch(/^ {2}conv1d {2}conv1d {2}r \d+/m);
+  });
 });
 
 describe('lora merge', () => {
