@@ -49,7 +49,8 @@ const after = await model.generate([prompt], { maxNewTokens: ids.length - 3 });
 const text = tokenizer.decode(after[0] ?? []);
 console.log(`after training:  "${text}"`);
 const out = join(here, '..', 'out', 'adapter');
-await saveAdapter(peft, out);
+// lm_head is a target, so PEFT's 'auto' would also save the (unchanged) base embedding tables; the base model has them
+await saveAdapter(peft, out, { saveEmbeddingLayers: false });
 console.log(`loss ${result.losses[0]?.toFixed(3)} -> ${result.losses.at(-1)?.toFixed(3)}; adapter saved in PEFT's format to ${out}`);
 tf.dispose([x]);
 optimizer.dispose();
