@@ -21,5 +21,5 @@ run safetensors_fixtures.py tensor
 run linalg_fixtures.py linalg
 run nn_fixtures.py nn
 run llama_fixtures.py models
-for s in peft_fixtures.py fifo_fixtures.py convdora_fixtures.py combine_fixtures.py tokens_fixtures.py; do run "$s" core; done
+for s in peft_fixtures.py fifo_fixtures.py convdora_fixtures.py combine_fixtures.py tokens_fixtures.py multi_active_fixtures.py; do run "$s" core; done
 exit $status

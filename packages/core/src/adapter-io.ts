@@ -261,7 +261,7 @@ export async function loadAdapter(model: Module | PeftModel, files: ModelFiles, 
       else peft.unload();
       throw e;
     }
-    peft.setAdapter(peft.activeAdapter);
+    peft.setAdapter(peft.activeAdapters);
     // as PEFT's load_adapter: an adapter loaded for inference puts the model in eval mode (no dropout)
     if (!(options.isTrainable ?? false)) peft.eval();
     return { model: peft, ...result };

@@ -76,3 +76,41 @@ it('addAdapter that fails on a later target leaves no trace: earlier layers unwr
   peft.dispose();
   expect(tf.memory().numTensors).toBe(before);
 });
+
+it("several adapters active at once add up as PEFT's set_adapter([...]): output, trainable parameters, merge", async () => {
+  const before = tf.memory().numTensors;
+  const want = readFixture('multi-active-expected.safetensors');
+  const peftSays = JSON.parse(readFileSync(join(FIX, 'multi-active.json'), 'utf8')) as { active_adapters: string[]; trainable: string[] };
+  const { model: peft } = await loadAdapter(baseNet(), join(FIX, 'weighted-a'), { adapterName: 'a', isTrainable: true });
+  await loadAdapter(peft, join(FIX, 'weighted-b'), { adapterName: 'b', isTrainable: true });
+  peft.setAdapter(['a', 'b']);
+  peft.eval();
+  expect(peft.activeAdapters).toEqual(peftSays.active_adapters);
+  expect([...peft.namedParameters()].filter(([, p]) => p.trainable).map(([n]) => n).sort()).toEqual(peftSays.trainable);
+  const y = peft.call(want.x) as tf.Tensor;
+  expect(maxRelativeError(await y.data(), await want['both.out']!.data())).toBeLessThan(1e-5);
+  y.dispose();
+  // deleting one keeps the other active, as PEFT
+  const copy = await loadAdapter(baseNet(), join(FIX, 'weighted-a'), { adapterName: 'a' });
+  await loadAdapter(copy.model, join(FIX, 'weighted-b'), { adapterName: 'b' });
+  copy.model.setAdapter(['a', 'b']);
+  copy.model.deleteAdapter('a');
+  expect(copy.model.activeAdapters).toEqual(['b']);
+  copy.model.dispose();
+  const merged = peft.mergeAndUnload() as Module;
+  for (const k of ['layers.0.q_proj.weight', 'layers.1.mlp.weight']) {
+    expect(maxRelativeError(await (merged.stateDict()[k] as tf.Tensor).data(), await want[`both.merged.${k}`]!.data()), k).toBeLessThan(1e-5);
+  }
+  merged.dispose();
+  tf.dispose(Object.values(want));
+  expect(tf.memory().numTensors).toBe(before);
+});
+
+it('a modules_to_save module serves one adapter at a time, as PEFT', () => {
+  const peft = getPeftModel(baseNet(), { targetModules: ['q_proj'], modulesToSave: ['head'] });
+  peft.addAdapter('b', loraConfig({ targetModules: ['q_proj'], modulesToSave: ['head'] }));
+  expect(() => peft.setAdapter(['default', 'b'])).toThrow('Attempted to set multiple (["default","b"]) adapters at once for modules_to_save (head).');
+  expect(peft.activeAdapters).toEqual(['default']);
+  expect(() => peft.setAdapter(['default', 'nope'])).toThrow('Adapter nope not found.');
+  peft.dispose();
+});

@@ -79,12 +79,13 @@ export class LoraModel extends Module {
 export class PeftModel extends Module {
   baseModel: LoraModel;
   readonly peftConfig = new Map<string, LoraConfig>();
-  activeAdapter: string;
+  /** The active adapters (see {@link setAdapter}). */
+  private active: string[];
 
   constructor(model: Module, config: LoraConfig, adapterName: string) {
     super();
     this.baseModel = this.registerModule('base_model', new LoraModel(model));
-    this.activeAdapter = adapterName;
+    this.active = [adapterName];
     this.addAdapter(adapterName, config);
   }
 
@@ -140,9 +141,11 @@ export class PeftModel extends Module {
     for (const [, t] of this.tokenLayers()) t.deleteAdapter(name);
     for (const [, w] of this.modulesToSaveWrappers()) w.deleteAdapter(name);
     this.peftConfig.delete(name);
-    if (this.activeAdapter === name) {
-      const next = this.adapters[0];
-      if (next !== undefined) this.setAdapter(next);
+    // as PEFT: the other active adapters stay active; with none left, the first adapter becomes active
+    if (this.active.includes(name)) {
+      const rest = this.active.filter((n) => n !== name);
+      const next = rest.length ? rest : this.adapters.slice(0, 1);
+      if (next.length) this.setAdapter(next);
     }
   }
 
@@ -263,20 +266,48 @@ export class PeftModel extends Module {
     for (const [path, w] of this.tokenWrappers()) yield [path, w.tokenAdapter];
   }
 
-  /** Makes `name` the active (and only trainable) adapter (PEFT's `set_adapter`); merged layers are unmerged first, with PEFT's warning. */
-  setAdapter(name: string): void {
-    if (!this.peftConfig.has(name)) throw new Error(`Adapter ${name} not found.`);
+  /**
+   * Makes `name` the active (and trainable) adapter (PEFT's `set_adapter`), or several at once: a list
+   * activates every adapter in it, and their contributions add up in each layer (PEFT's
+   * `base_model.set_adapter([...])`). Merged layers are unmerged first, with PEFT's warning; a
+   * modules_to_save module may serve one adapter only, as in PEFT.
+   *
+   * @example
+   * ```ts
+   * peft.setAdapter('sql');
+   * peft.setAdapter(['sql', 'style']);   // both at once
+   * peft.activeAdapters;                 // ['sql', 'style']
+   * ```
+   */
+  setAdapter(name: string | string[]): void {
+    const names = typeof name === 'string' ? [name] : [...new Set(name)];
+    if (names.length === 0) throw new Error('setAdapter needs at least one adapter name');
+    for (const n of names) if (!this.peftConfig.has(n)) throw new Error(`Adapter ${n} not found.`);
+    for (const [path, w] of this.modulesToSaveWrappers()) {
+      const held = names.filter((n) => w.modulesToSave.has(n));
+      if (held.length > 1) throw new Error(`Attempted to set multiple (${JSON.stringify(held)}) adapters at once for modules_to_save (${path}).`);
+    }
     // as PEFT's set_adapter: merged layers are unmerged first (the merged adapter would otherwise stay in the weights)
     const merged = [...[...this.loraLayers()].map(([, l]) => l), ...[...this.tokenLayers()].map(([, t]) => t)].filter((l) => l.mergedAdapters.length);
     if (merged.length) {
       console.warn('Adapter cannot be set when the model is merged. Unmerging the model first.');
       for (const l of merged) l.unmerge();
     }
-    this.activeAdapter = name;
-    for (const [, layer] of this.loraLayers()) layer.activeAdapters = layer.settings.has(name) ? [name] : [];
-    for (const [, w] of this.modulesToSaveWrappers()) w.activeAdapter = w.modulesToSave.has(name) ? name : null;
-    for (const [, t] of this.tokenLayers()) t.activeAdapters = t.tokenIndices.has(name) ? [name] : [];
+    this.active = names;
+    for (const [, layer] of this.loraLayers()) layer.activeAdapters = names.filter((n) => layer.settings.has(n));
+    for (const [, w] of this.modulesToSaveWrappers()) w.activeAdapter = names.find((n) => w.modulesToSave.has(n)) ?? null;
+    for (const [, t] of this.tokenLayers()) t.activeAdapters = names.filter((n) => t.tokenIndices.has(n));
     this.markTrainable();
+  }
+
+  /** The active adapters (PEFT's `active_adapters`); one unless {@link setAdapter} was given a list. */
+  get activeAdapters(): string[] {
+    return [...this.active];
+  }
+
+  /** The (first) active adapter (PEFT's `active_adapter`). */
+  get activeAdapter(): string {
+    return this.active[0] as string;
   }
 
   /** Adapter names, in the order they were added. */
@@ -285,17 +316,23 @@ export class PeftModel extends Module {
   }
 
   private markTrainable(): void {
-    const config = this.peftConfig.get(this.activeAdapter) as LoraConfig;
-    // bias 'lora_only': the base biases of layers holding the adapter; 'all': every bias (as PEFT)
-    const loraOnlyBiases = new Set<unknown>();
-    if (config.bias === 'lora_only') {
-      for (const [, l] of this.loraLayers()) if (l.settings.has(this.activeAdapter) && baseBias(l)) loraOnlyBiases.add(baseBias(l));
+    // per active adapter, as PEFT's _mark_only_adapters_as_trainable: its LoRA weights, its modules_to_save
+    // copies, and the biases its bias mode trains ('lora_only': of layers holding it; 'all': every bias)
+    const biases = new Set<unknown>();
+    let allBiases = false;
+    for (const n of this.active) {
+      const c = this.peftConfig.get(n) as LoraConfig;
+      if (c.inferenceMode) continue;
+      if (c.bias === 'all') allBiases = true;
+      if (c.bias === 'lora_only') for (const [, l] of this.loraLayers()) if (l.settings.has(n) && baseBias(l)) biases.add(baseBias(l));
     }
+    const training = this.active.filter((n) => !(this.peftConfig.get(n) as LoraConfig).inferenceMode);
     for (const [name, p] of this.namedParameters()) {
-      const isActiveLora = /\.(lora_(A|B|magnitude_vector|embedding_A|embedding_B)|token_adapter\.trainable_tokens_delta)\./.test(name) && name.split('.').includes(this.activeAdapter);
-      const isBias = (config.bias === 'all' && name.endsWith('.bias') && !name.includes('.lora_')) || loraOnlyBiases.has(p);
-      const isSavedModule = name.includes(`.modules_to_save.${this.activeAdapter}.`);
-      p.trainable = (isActiveLora || isBias || isSavedModule) && !config.inferenceMode;
+      const parts = name.split('.');
+      const isActiveLora = /\.(lora_(A|B|magnitude_vector|embedding_A|embedding_B)|token_adapter\.trainable_tokens_delta)\./.test(name) && training.some((n) => parts.includes(n));
+      const isBias = (allBiases && name.endsWith('.bias') && !name.includes('.lora_')) || biases.has(p);
+      const isSavedModule = training.some((n) => name.includes(`.modules_to_save.${n}.`));
+      p.trainable = isActiveLora || isBias || isSavedModule;
     }
   }
 
