@@ -2,6 +2,8 @@
 import os
 import shutil
 
+import torch
+
 CORE_FIXTURES = os.environ.get("ORACLE_OUT") or os.path.join(os.path.dirname(__file__), "..", "..", "packages", "core", "__fixtures__")
 
 
@@ -13,3 +15,15 @@ def save_adapter(model, directory, **kwargs):
         for f in files:
             if f.endswith(".md"):
                 os.remove(os.path.join(root, f))
+
+
+def seeded_lora_init(model_cls, state_dict, seed, config):
+    """The LoRA weights get_peft_model draws for `config` on a fresh `model_cls` holding `state_dict`,
+    after torch.manual_seed(seed), by parameter name: what tests compare their own seeded init with."""
+    from peft import get_peft_model
+
+    model = model_cls()
+    model.load_state_dict(state_dict)
+    torch.manual_seed(seed)
+    pm = get_peft_model(model, config)
+    return {n: p.detach().clone() for n, p in pm.named_parameters() if "lora_" in n}

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 
 sys.path.insert(0, os.path.dirname(__file__))
-from oracle_common import CORE_FIXTURES as OUT, save_adapter  # noqa: E402
+from oracle_common import CORE_FIXTURES as OUT, save_adapter, seeded_lora_init  # noqa: E402
 
 os.makedirs(OUT, exist_ok=True)
 from peft_fixtures_net import Net  # noqa: E402
@@ -62,13 +62,8 @@ for name, kwargs in cases.items():
                 expected[f"{name}.merged.{k}"] = v.clone()
 
 # initial LoRA weights after torch.manual_seed (default init: A kaiming-uniform, B zero)
-model = Net()
-model.load_state_dict(base_sd)
-torch.manual_seed(5)
-pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "mlp"]))
-for n, p in pm.named_parameters():
-    if "lora_" in n:
-        expected[f"init.{n}"] = p.detach().clone()
+for n, t in seeded_lora_init(Net, base_sd, 5, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "mlp"])).items():
+    expected[f"init.{n}"] = t
 save_file({k: v.contiguous().float() for k, v in expected.items()}, os.path.join(OUT, "expected.safetensors"), metadata={"peft": peft.__version__, "torch": torch.__version__})
 print("peft fixtures written with peft", peft.__version__)
 
@@ -135,13 +130,8 @@ save_adapter(pm, os.path.join(OUT, "peft-embedding"))
 with torch.no_grad():
     emb_expected["out"] = pm(ids)
     emb_expected["merged.embed.weight"] = pm.merge_and_unload().embed.weight.clone()
-m = EmbNet()
-m.load_state_dict(emb_sd)
-torch.manual_seed(42)
-pm = get_peft_model(m, LoraConfig(r=3, lora_alpha=6, target_modules=["embed"]))
-for n, p in pm.named_parameters():
-    if "lora_" in n:
-        emb_expected[f"init.{n}"] = p.detach().clone()
+for n, t in seeded_lora_init(EmbNet, emb_sd, 42, LoraConfig(r=3, lora_alpha=6, target_modules=["embed"])).items():
+    emb_expected[f"init.{n}"] = t
 save_file({k: v.contiguous() for k, v in emb_expected.items()}, os.path.join(OUT, "emb-expected.safetensors"))
 print("embedding fixtures written")
 
@@ -165,13 +155,8 @@ with torch.no_grad():
     conv_expected["merged.conv.weight"] = merged.conv.weight.clone()
     conv_expected["merged.conv1d.weight"] = merged.conv1d.weight.clone()
     conv_expected["merged.conv1d.bias"] = merged.conv1d.bias.clone()
-m = ConvNet()
-m.load_state_dict(conv_sd)
-torch.manual_seed(53)
-pm = get_peft_model(m, LoraConfig(r=2, lora_alpha=4, target_modules=["conv"]))
-for n, p in pm.named_parameters():
-    if "lora_" in n:
-        conv_expected[f"init.{n}"] = p.detach().clone()
+for n, t in seeded_lora_init(ConvNet, conv_sd, 53, LoraConfig(r=2, lora_alpha=4, target_modules=["conv"])).items():
+    conv_expected[f"init.{n}"] = t
 save_file({k: v.contiguous() for k, v in conv_expected.items()}, os.path.join(OUT, "conv-expected.safetensors"))
 print("conv fixtures written")
 

@@ -10,7 +10,8 @@ import { AdamW, type Module, manualSeed, withoutInit } from '@lora/nn';
 import { getPeftModel, loadAdapter, serializeAdapter } from '@lora/core';
 import { Net } from '../src/fixture-net.test-util';
 
-interface Result {
+/** What the page reports per backend (read by src/browser.test.ts). */
+export interface SmokeResult {
   backend: string;
   adapter: string;
   outputRelErr: number;
@@ -23,7 +24,7 @@ interface Result {
 
 const bytes = async (url: string) => new Uint8Array(await (await fetch(url)).arrayBuffer());
 
-async function run(backend: 'cpu' | 'webgpu'): Promise<Result> {
+async function run(backend: 'cpu' | 'webgpu'): Promise<SmokeResult> {
   const info = await initBackend(backend, {
     importers: {
       '@tensorflow/tfjs-backend-cpu': () => import('@tensorflow/tfjs-backend-cpu'),
@@ -74,7 +75,7 @@ async function run(backend: 'cpu' | 'webgpu'): Promise<Result> {
   return { backend: info.name, adapter: info.adapter, outputRelErr, mergedRelErr, lossFirst: losses[0] as number, lossLast: losses.at(-1) as number, reloadRelErr, leaked: tf.memory().numTensors - before };
 }
 
-const state: { done: boolean; results: Result[]; errors: string[] } = { done: false, results: [], errors: [] };
+const state: { done: boolean; results: SmokeResult[]; errors: string[] } = { done: false, results: [], errors: [] };
 (window as unknown as { __lora: typeof state }).__lora = state;
 for (const backend of ['cpu', 'webgpu'] as const) {
   try {

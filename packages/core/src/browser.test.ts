@@ -1,23 +1,14 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { chromiumPath, haveChromium, runInChromium } from '@lora/tensor/testing';
+import type { SmokeResult } from '../browser/smoke';
 
 const here = import.meta.dirname;
 if (!haveChromium()) console.warn(`[browser test] skipped: no Chromium at ${chromiumPath()} (apt-get install chromium, or set LORA_CHROMIUM)`);
 
-interface Result {
-  backend: string;
-  outputRelErr: number;
-  mergedRelErr: number;
-  lossFirst: number;
-  lossLast: number;
-  reloadRelErr: number;
-  leaked: number;
-}
-
 describe.skipIf(!haveChromium())('@lora/core in a browser bundle (headless Chromium)', () => {
   it("loads a PEFT adapter from in-memory files with PEFT's output, merges safely, trains, and round-trips in memory, on cpu and webgpu", async () => {
-    const { result, logs } = await runInChromium<{ results: Result[]; errors: string[] }>({ entry: join(here, '..', 'browser', 'smoke.ts'), serve: { '/fixtures/': join(here, '..', '__fixtures__') } });
+    const { result, logs } = await runInChromium<{ results: SmokeResult[]; errors: string[] }>({ entry: join(here, '..', 'browser', 'smoke.ts'), serve: { '/fixtures/': join(here, '..', '__fixtures__') } });
     console.log(JSON.stringify(result.results.map((r) => ({ backend: r.backend, output: r.outputRelErr, merged: r.mergedRelErr }))));
     expect(result.results.find((r) => r.backend === 'cpu'), `${result.errors.join('; ')}\n${logs.join('\n')}`).toBeDefined();
     for (const r of result.results) {

@@ -1,8 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Conv1d, Conv2d, Dropout, ModuleDict, conv, kaimingUniformDefault, normalInit } from '@lora/nn';
+import { Conv1d, Conv2d, ModuleDict, conv, kaimingUniformDefault, normalInit } from '@lora/nn';
 import { Magnitude, detach, normExcept } from './dora';
-import { loraScaling } from './lora-config';
-import { Identity, LoraLayerBase } from './lora-layer';
+import { LoraLayerBase, loraDropoutModule } from './lora-layer';
 import type { AdapterSettings } from './lora-linear';
 
 type Conv = Conv1d | Conv2d;
@@ -95,9 +94,8 @@ export class LoraConv extends LoraLayerBase<Conv> {
     }
     this.loraA.set(name, a);
     this.loraB.set(name, b);
-    this.loraDropout.set(name, s.loraDropout > 0 ? new Dropout(s.loraDropout) : new Identity());
-    this.settings.set(name, { ...s });
-    this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
+    this.loraDropout.set(name, loraDropoutModule(s.loraDropout));
+    this.storeSettings(name, s);
     if (s.useDora) {
       // PEFT keeps the norm's keepdim shape, channels second: [1, out, 1(, 1)]
       const m = tf.tidy(() => tf.reshape(this.doraNorm(name), [1, base.outChannels, ...k.map(() => 1)]));

@@ -1,7 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type Embedding, ModuleDict, ParameterDict, embedding, normalInit } from '@lora/nn';
 import { Magnitude, detach, normExcept } from './dora';
-import { loraScaling } from './lora-config';
 import { LoraLayerBase } from './lora-layer';
 import type { AdapterSettings } from './lora-linear';
 
@@ -59,8 +58,7 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
     }
     this.loraEmbeddingA.set(name, a);
     this.loraEmbeddingB.set(name, b);
-    this.settings.set(name, { ...s });
-    this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
+    this.storeSettings(name, s);
     if (s.useDora) this.loraMagnitudeVector.set(name, new Magnitude(tf.tidy(() => tf.reshape(this.doraNorm(name), [this.baseLayer.embeddingDim]))));
   }
 

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Module } from '@lora/nn';
+import { Dropout, Module } from '@lora/nn';
+import { loraScaling } from './lora-config';
 import type { AdapterSettings } from './lora-linear';
 
 /** Identity (PEFT uses nn.Identity when lora_dropout is 0). */
@@ -7,6 +8,11 @@ export class Identity extends Module {
   forward(x: tf.Tensor): tf.Tensor {
     return x;
   }
+}
+
+/** An adapter's `lora_dropout` module: Dropout(p), or Identity when p is 0 (as PEFT). */
+export function loraDropoutModule(p: number): Module {
+  return p > 0 ? new Dropout(p) : new Identity();
 }
 
 interface BaseWithWeight extends Module {
@@ -30,6 +36,12 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
   batchAdapterNames: string[] | null = null;
   /** Weight norms cached by DoRA merges for unmerge (PEFT's `<adapter>-weight_norm` cache). */
   private readonly doraMergeNorms = new Map<string, tf.Tensor>();
+
+  /** Records an adapter's settings and its scaling (α/r, or α/√r with rsLoRA); the last step of every `updateLayer`. */
+  protected storeSettings(name: string, s: AdapterSettings): void {
+    this.settings.set(name, { ...s });
+    this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
+  }
 
   /** Adds (or replaces) an adapter. */
   abstract updateLayer(name: string, settings: AdapterSettings): void;

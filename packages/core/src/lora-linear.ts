@@ -1,9 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Dropout, Linear, ModuleDict, TransposedLinear, defaultRng, kaimingUniformDefault, linear, normalInit, transposedLinear } from '@lora/nn';
+import { Linear, ModuleDict, TransposedLinear, defaultRng, kaimingUniformDefault, linear, normalInit, transposedLinear } from '@lora/nn';
 import { matrix64, qr, svd, svdLowRank } from '@lora/linalg';
 import { Magnitude, normExcept } from './dora';
 import { lookupLoraInit } from './init-registry';
-import { Identity, LoraLayerBase } from './lora-layer';
+import { LoraLayerBase, loraDropoutModule } from './lora-layer';
 import { loraScaling } from './lora-config';
 
 /** Per-adapter settings of a LoRA layer. */
@@ -158,9 +158,8 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
     }
     this.loraA.set(name, a);
     this.loraB.set(name, b);
-    this.loraDropout.set(name, s.loraDropout > 0 ? new Dropout(s.loraDropout) : new Identity());
-    this.settings.set(name, { ...s });
-    this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
+    this.loraDropout.set(name, loraDropoutModule(s.loraDropout));
+    this.storeSettings(name, s);
     if (s.useDora) {
       // m starts as the output units' norms of W + s·B·A, so DoRA is a no-op at init when B = 0
       const m = tf.tidy(() => outputNorms(tf.add(this.baseLayer.weight, this.getDeltaWeight(name)), s.fanInFanOut));

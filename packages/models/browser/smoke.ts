@@ -8,7 +8,8 @@ import { initBackend, parseSafetensors } from '@lora/tensor';
 import { AdamW, train } from '@lora/nn';
 import { LlamaForCausalLM, loadTokenizer } from '@lora/models';
 
-interface Result {
+/** What the page reports per backend (read by src/browser.test.ts). */
+export interface SmokeResult {
   backend: string;
   adapter: string;
   logitsRelErr: number;
@@ -26,7 +27,7 @@ async function fetchFiles(base: string, names: string[]): Promise<Record<string,
   return Object.fromEntries(entries);
 }
 
-async function run(backend: 'cpu' | 'webgpu'): Promise<Result> {
+async function run(backend: 'cpu' | 'webgpu'): Promise<SmokeResult> {
   const info = await initBackend(backend, {
     importers: {
       '@tensorflow/tfjs-backend-cpu': () => import('@tensorflow/tfjs-backend-cpu'),
@@ -77,7 +78,7 @@ async function run(backend: 'cpu' | 'webgpu'): Promise<Result> {
   };
 }
 
-const w = window as unknown as { __lora: { results: Result[]; errors: string[]; done: boolean } };
+const w = window as unknown as { __lora: { results: SmokeResult[]; errors: string[]; done: boolean } };
 w.__lora = { results: [], errors: [], done: false };
 for (const backend of ['cpu', 'webgpu'] as const) {
   try {

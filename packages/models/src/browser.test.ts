@@ -1,26 +1,14 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { chromiumPath, haveChromium, runInChromium } from '@lora/tensor/testing';
+import type { SmokeResult } from '../browser/smoke';
 
 const here = import.meta.dirname;
 if (!haveChromium()) console.warn(`[browser test] skipped: no Chromium at ${chromiumPath()} (apt-get install chromium, or set LORA_CHROMIUM)`);
 
-interface Result {
-  backend: string;
-  adapter: string;
-  logitsRelErr: number;
-  generated: number[];
-  expectedGenerated: number[];
-  lossFirst: number;
-  lossLast: number;
-  tokens: number[];
-  expectedTokens: number[];
-  leaked: number;
-}
-
 describe.skipIf(!haveChromium())('in a browser bundle (headless Chromium)', () => {
   it('loads a checkpoint from in-memory files, matches transformers, trains and tokenizes, on cpu and webgpu', async () => {
-    const { result, logs } = await runInChromium<{ results: Result[]; errors: string[] }>({ entry: join(here, '..', 'browser', 'smoke.ts'), serve: { '/fixtures/': join(here, '..', '__fixtures__') } });
+    const { result, logs } = await runInChromium<{ results: SmokeResult[]; errors: string[] }>({ entry: join(here, '..', 'browser', 'smoke.ts'), serve: { '/fixtures/': join(here, '..', '__fixtures__') } });
     console.log(JSON.stringify(result.results.map((r) => ({ backend: r.backend, adapter: r.adapter, logitsRelErr: r.logitsRelErr }))));
     const cpu = result.results.find((r) => r.backend === 'cpu');
     expect(cpu, `${result.errors.join('; ')} ${logs.join('\n')}`).toBeDefined();
