@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type SourceFactors, type WeightedAdapterOptions, combineModuleFactors, planCombination } from './adapter-combination';
-import { type AdapterFiles, type AdapterTargetKind, adapterTargets, moduleScaling } from './merge-weights';
+import { moduleScaling } from './lora-config';
+import { type AdapterFiles, type AdapterTargetKind, adapterTargets } from './merge-weights';
 import { matchModule } from './targets';
 
 const PREFIX = 'base_model.model.';

@@ -207,3 +207,33 @@ export function loraConfigToJson(c: LoraConfig): string {
 export function loraScaling(alpha: number, r: number, useRslora: boolean): number {
   return useRslora ? alpha / Math.sqrt(r) : alpha / r;
 }
+
+/**
+ * First pattern p (insertion order) whose regex `(.*\.)?(p)$` matches the module path, as PEFT's `get_pattern_key`.
+ *
+ * @example
+ * ```ts
+ * patternKey(['mlp', 'layers.1.out'], 'layers.1.out'); // 'layers.1.out'
+ * patternKey(['mlp'], 'layers.0.q_proj');             // undefined: the config's r / lora_alpha apply
+ * ```
+ */
+export function patternKey(patterns: string[], key: string): string | undefined {
+  return patterns.find((p) => new RegExp(`^(.*\\.)?(${p})$`).test(key));
+}
+
+/**
+ * An adapter's rank, alpha and scaling on one module: the first matching key of `rank_pattern` /
+ * `alpha_pattern` (PEFT's `get_pattern_key`), else `r` / `lora_alpha`; scaling α/r or α/√r (rsLoRA).
+ *
+ * @example
+ * ```ts
+ * moduleScaling(loraConfig({ r: 4, loraAlpha: 8, rankPattern: { mlp: 2 } }), 'layers.0.mlp'); // { r: 2, alpha: 8, scaling: 4 }
+ * ```
+ */
+export function moduleScaling(config: LoraConfig, path: string): { r: number; alpha: number; scaling: number } {
+  const rKey = patternKey(Object.keys(config.rankPattern), path);
+  const aKey = patternKey(Object.keys(config.alphaPattern), path);
+  const r = rKey === undefined ? config.r : (config.rankPattern[rKey] as number);
+  const alpha = aKey === undefined ? config.loraAlpha : (config.alphaPattern[aKey] as number);
+  return { r, alpha, scaling: loraScaling(alpha, r, config.useRslora) };
+}

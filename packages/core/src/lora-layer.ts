@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Dropout, Module } from '@lora/nn';
+import { allFinite } from './all-finite';
 import { loraScaling } from './lora-config';
 import type { AdapterSettings } from './lora-linear';
 
@@ -156,10 +157,7 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
       for (const name of names) {
         const next = this.prepareMerge(name);
         // PEFT's safe_merge: the merged weight (and bias) checked before anything is written
-        const finite = tf.tidy(() => tf.all(tf.stack(next.map((t) => tf.all(tf.isFinite(t))))));
-        const ok = (await finite.data())[0];
-        finite.dispose();
-        if (!ok) {
+        if (!(await allFinite(next))) {
           tf.dispose(next);
           this.dropDoraMergeNorms();
           throw new Error(`NaNs detected in the merged weights. The adapter ${name} seems to be broken`);

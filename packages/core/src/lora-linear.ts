@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Linear, ModuleDict, TransposedLinear, defaultRng, kaimingUniformDefault, linear, normalInit, transposedLinear } from '@lora/nn';
-import { matrix64, qr, svd, svdLowRank } from '@lora/linalg';
+import { type Matrix64, matrix64, qr, svd, svdLowRank, transpose64 } from '@lora/linalg';
 import { Magnitude, normExcept } from './dora';
 import { lookupLoraInit } from './init-registry';
 import { LoraLayerBase, loraDropoutModule } from './lora-layer';
@@ -195,7 +195,8 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
       throw new Error(`init_lora_weights='${init}' reads the base weight synchronously, which this backend (${tf.getBackend()}) cannot do (${(e as Error).message}); build the LoRA model on the cpu or wasm backend, then switch`);
     }
     // W as [out, in]: a fan_in_fan_out weight is read transposed
-    const m = fifo ? matrix64(out, inF, Float64Array.from({ length: values.length }, (_, i) => values[(i % inF) * out + Math.floor(i / inF)] as number)) : matrix64(out, inF, Float64Array.from(values));
+    const stored = fifo ? matrix64(inF, out, Float64Array.from(values)) : matrix64(out, inF, Float64Array.from(values));
+    const m = fifo ? transpose64(stored) : stored;
     const r = s.r;
     const bData = new Float64Array(out * r);
     const aData = new Float64Array(r * inF);
@@ -206,9 +207,9 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
       for (let j = 0; j < r; j++) for (let c = 0; c < inF; c++) aData[j * inF + c] = j < R.rows ? (R.data[j * inF + c] as number) : 0;
     } else {
       const parts = init.split('_niter_');
-      let U: { rows: number; cols: number; data: Float64Array };
+      let U: Matrix64;
       let S: Float64Array;
-      let Vh: { rows: number; cols: number; data: Float64Array };
+      let Vh: Matrix64;
       if (init === 'pissa') ({ U, S, Vh } = svd(m));
       else {
         const niter = Number(parts[1]);
@@ -216,7 +217,7 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
         const low = svdLowRank(m, { q: r, niter, seed: defaultRng().nextUint32(), sketchDtype: 'float32' });
         U = low.U;
         S = low.S;
-        Vh = { rows: low.V.cols, cols: low.V.rows, data: Float64Array.from({ length: low.V.data.length }, (_, i) => low.V.data[(i % low.V.rows) * low.V.cols + Math.floor(i / low.V.rows)] as number) };
+        Vh = transpose64(low.V);
       }
       // A = diag(√(S/s))·Vh[:r], B = U[:, :r]·diag(√(S/s))
       for (let j = 0; j < Math.min(r, S.length); j++) {

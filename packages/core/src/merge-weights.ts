@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { allFinite } from './all-finite';
 import { normExcept } from './dora';
-import { type LoraConfig, loraScaling } from './lora-config';
-import { patternKey } from './peft-model';
+import { type LoraConfig, moduleScaling } from './lora-config';
 import { replaceRows } from './trainable-tokens';
 
 const PREFIX = 'base_model.model.';
@@ -52,22 +52,6 @@ function storedTransposed(path: string, weight: [number, number], delta: [number
   throw new Error(`the adapter's update for '${path}' is [${out}, ${inF}] (out, in) but the weight is [${weight.join(', ')}]; was the adapter trained on another base model?`);
 }
 
-/**
- * An adapter's rank, alpha and scaling on one module: the first matching key of `rank_pattern` /
- * `alpha_pattern` (PEFT's `get_pattern_key`), else `r` / `lora_alpha`; scaling α/r or α/√r (rsLoRA).
- *
- * @example
- * ```ts
- * moduleScaling(loraConfig({ r: 4, loraAlpha: 8, rankPattern: { mlp: 2 } }), 'layers.0.mlp'); // { r: 2, alpha: 8, scaling: 4 }
- * ```
- */
-export function moduleScaling(config: LoraConfig, path: string): { r: number; alpha: number; scaling: number } {
-  const rKey = patternKey(Object.keys(config.rankPattern), path);
-  const aKey = patternKey(Object.keys(config.alphaPattern), path);
-  const r = rKey === undefined ? config.r : (config.rankPattern[rKey] as number);
-  const alpha = aKey === undefined ? config.loraAlpha : (config.alphaPattern[aKey] as number);
-  return { r, alpha, scaling: loraScaling(alpha, r, config.useRslora) };
-}
 
 /** The rows an adapter's trainable tokens at `path` replace: the list, or the entry of the record naming the path. */
 function tokenIndicesFor(config: LoraConfig, path: string): number[] {
@@ -126,10 +110,7 @@ export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: Ad
   return (async () => {
     // PEFT's safe_merge: refuse weights that came out NaN or infinite (read from the backend, hence async)
     for (const [k, t] of Object.entries(result.merged)) {
-      const finite = tf.tidy(() => tf.all(tf.isFinite(t)));
-      const ok = (await finite.data())[0];
-      finite.dispose();
-      if (!ok) {
+      if (!(await allFinite([t]))) {
         tf.dispose(Object.values(result.merged));
         throw new Error(`NaNs detected in the merged weights. The adapter seems to be broken (${k})`);
       }

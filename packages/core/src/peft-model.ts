@@ -3,7 +3,7 @@ import { lookupLoraInit } from './init-registry';
 import { baseBias } from './lora-layer';
 import { LoraConv } from './lora-conv';
 import { ModulesToSaveWrapper } from './modules-to-save';
-import { type LoraConfig, loraConfig } from './lora-config';
+import { type LoraConfig, loraConfig, moduleScaling } from './lora-config';
 import { LoraEmbedding } from './lora-embedding';
 import { LoraLinear } from './lora-linear';
 import { type TrainableTokensLayer, TrainableTokensWrapper, addTrainableTokens } from './trainable-tokens';
@@ -12,18 +12,6 @@ import { type TrainableTokensLayer, TrainableTokensWrapper, addTrainableTokens }
 export type LoraLayer = LoraLinear | LoraEmbedding | LoraConv;
 import { resolveTargets } from './targets';
 
-/**
- * First pattern p (insertion order) whose regex `(.*\.)?(p)$` matches the module path, as PEFT's `get_pattern_key`.
- *
- * @example
- * ```ts
- * patternKey(['mlp', 'layers.1.out'], 'layers.1.out'); // 'layers.1.out'
- * patternKey(['mlp'], 'layers.0.q_proj');             // undefined: the config's r / lora_alpha apply
- * ```
- */
-export function patternKey(patterns: string[], key: string): string | undefined {
-  return patterns.find((p) => new RegExp(`^(.*\\.)?(${p})$`).test(key));
-}
 
 /**
  * The fan_in_fan_out a new LoRA layer on `base` gets, as PEFT's `dispatch_default`: a Linear never
@@ -178,19 +166,16 @@ export class PeftModel extends Module {
     const pluggable = config.initLoraWeights === 'loftq' || config.initLoraWeights === 'eva' || config.initLoraWeights === 'lora_ga';
     const isLinear = (m: Module) => m instanceof Linear || m instanceof LoraLinear;
     if (pluggable && paths.some((p) => isLinear(this.model.getSubmodule(p)))) lookupLoraInit(config.initLoraWeights as string);
-    const rankKeys = Object.keys(config.rankPattern);
-    const alphaKeys = Object.keys(config.alphaPattern);
     // PEFT corrects fan_in_fan_out on the config itself as it wraps each new layer, so a correction
     // carries over to the layers after it and is what the adapter's config says in the end
     let fanInFanOut = config.fanInFanOut;
     try {
       for (const path of paths) {
         const module = this.model.getSubmodule(path);
-        const rKey = patternKey(rankKeys, path);
-        const aKey = patternKey(alphaKeys, path);
+        const { r, alpha } = moduleScaling(config, path);
         const settings = {
-          r: rKey === undefined ? config.r : (config.rankPattern[rKey] as number),
-          loraAlpha: aKey === undefined ? config.loraAlpha : (config.alphaPattern[aKey] as number),
+          r,
+          loraAlpha: alpha,
           loraDropout: config.loraDropout,
           useRslora: config.useRslora,
           initLoraWeights: config.initLoraWeights,

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Embedding, Linear, Module, ModuleDict, ParameterDict, embedding, linear } from '@lora/nn';
+import { allFinite } from './all-finite';
 import type { LoraConfig } from './lora-config';
 import { inputEmbeddingsPath, tiedModulePaths } from './model-embeddings';
 
@@ -176,10 +177,7 @@ export class TrainableTokensLayer extends Module {
     };
     if (!options.safeMerge) return commit();
     return (async () => {
-      const finite = tf.tidy(() => tf.all(tf.isFinite(merged)));
-      const ok = (await finite.data())[0];
-      finite.dispose();
-      if (!ok) {
+      if (!(await allFinite([merged]))) {
         merged.dispose();
         throw new Error(`NaNs detected in the merged weights. The adapter ${names.join(', ')} seems to be broken`);
       }

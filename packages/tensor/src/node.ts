@@ -3,7 +3,7 @@
  * Import from `@lora/tensor/node`; the main entry stays browser-safe.
  */
 import { randomBytes } from 'node:crypto';
-import { open, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { type FileHandle, open, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { SafetensorsError } from './errors';
@@ -19,6 +19,11 @@ export interface LoadedSafetensors extends ParsedSafetensors {
   indexMetadata?: Record<string, unknown>;
 }
 
+/** A fresh temporary name beside `path` (same folder, so that a rename onto `path` is atomic). */
+function tmpPathFor(path: string): string {
+  return join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+}
+
 /**
  * Writes bytes to `path` atomically: a temporary file beside it, then a rename. On failure the
  * temporary file is removed and any existing file at `path` is left as it was.
@@ -29,7 +34,7 @@ export interface LoadedSafetensors extends ParsedSafetensors {
  * ```
  */
 export async function writeFileAtomic(path: string, bytes: Uint8Array | string): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  const tmp = tmpPathFor(path);
   try {
     await writeFile(tmp, bytes, { flag: 'wx' });
     await rename(tmp, path);
@@ -164,16 +169,20 @@ export async function saveSafetensors(
 export async function readSafetensorsFileHeader(path: string): Promise<SafetensorsHeader> {
   const file = await open(path, 'r');
   try {
-    const { size } = await file.stat();
-    const prefix = new Uint8Array(8);
-    await file.read(prefix, 0, 8, 0);
-    const headerLength = readHeaderLength(prefix, size, path);
-    const head = new Uint8Array(headerLength);
-    await file.read(head, 0, headerLength, 8);
-    return parseHeader(head, size, path);
+    return (await readOpenHeader(file, path)).header;
   } finally {
     await file.close();
   }
+}
+
+/** Reads and validates the header of an open file: the header, its raw bytes with the 8-byte prefix, and the file's size. */
+async function readOpenHeader(file: FileHandle, path: string): Promise<{ header: SafetensorsHeader; head: Uint8Array; size: number }> {
+  const { size } = await file.stat();
+  const prefix = new Uint8Array(8);
+  await file.read(prefix, 0, 8, 0);
+  const head = new Uint8Array(8 + readHeaderLength(prefix, size, path));
+  await file.read(head, 0, head.length, 0);
+  return { header: parseHeader(head.subarray(8), size, path), head, size };
 }
 
 /** The input file of {@link rewriteSafetensors}, as its replace function sees it. */
@@ -220,16 +229,10 @@ export async function rewriteSafetensors(
   options: { onProgress?: (bytesDone: number, bytesTotal: number) => void } = {},
 ): Promise<RewriteResult> {
   const source = await open(input, 'r');
-  const tmp = join(dirname(output), `.${basename(output)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  let target: Awaited<ReturnType<typeof open>> | null = null;
+  const tmp = tmpPathFor(output);
+  let target: FileHandle | null = null;
   try {
-    const { size } = await source.stat();
-    const prefix = new Uint8Array(8);
-    await source.read(prefix, 0, 8, 0);
-    const headerLength = readHeaderLength(prefix, size, input);
-    const head = new Uint8Array(8 + headerLength);
-    await source.read(head, 0, head.length, 0);
-    const header = parseHeader(head.subarray(8), size, input);
+    const { header, head, size } = await readOpenHeader(source, input);
     const byName = new Map<string, SafetensorsEntry>(header.entries.map((e) => [e.name, e]));
     const readBytes = async (entry: SafetensorsEntry): Promise<Uint8Array> => {
       const buf = new Uint8Array(entry.end - entry.begin);
