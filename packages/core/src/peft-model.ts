@@ -110,8 +110,7 @@ export class PeftModel extends Module {
    */
   forwardMixed(adapterNames: string[], ...args: unknown[]): unknown {
     for (const n of new Set(adapterNames)) if (n !== '__base__' && !this.peftConfig.has(n)) throw new Error(`Trying to infer with non-existing adapter(s): ${n}`);
-    const layers: { batchAdapterNames: string[] | null }[] = [...this.loraLayers()].map(([, l]) => l);
-    for (const [, t] of this.tokenLayers()) layers.push(t);
+    const layers = this.tunerLayers();
     for (const l of layers) l.batchAdapterNames = adapterNames;
     try {
       return this.baseModel.call(...args);
@@ -123,10 +122,9 @@ export class PeftModel extends Module {
   /** Removes an adapter everywhere and frees its weights (PEFT's `delete_adapter`). */
   deleteAdapter(name: string): void {
     if (!this.peftConfig.has(name)) throw new Error(`Adapter ${name} does not exist`);
-    const layers = [...[...this.loraLayers()].map(([, l]) => l), ...[...this.tokenLayers()].map(([, t]) => t)];
+    const layers = this.tunerLayers();
     if (layers.some((l) => l.mergedAdapters.includes(name))) throw new Error(`Cannot delete adapter(s) ['${name}'] while they are merged. Please unmerge them first.`);
-    for (const [, l] of this.loraLayers()) l.deleteAdapter(name);
-    for (const [, t] of this.tokenLayers()) t.deleteAdapter(name);
+    for (const l of layers) l.deleteAdapter(name);
     for (const [, w] of this.modulesToSaveWrappers()) w.deleteAdapter(name);
     this.peftConfig.delete(name);
     // as PEFT: the other active adapters stay active; with none left, the first adapter becomes active
@@ -252,6 +250,20 @@ export class PeftModel extends Module {
   }
 
   /**
+   * The layers that hold adapter weights and merge them (LoRA layers, then trainable-token layers), in
+   * one walk of the model: what merging, unmerging, enabling and mixed batches act on.
+   */
+  private tunerLayers(): (LoraLayer | TrainableTokensLayer)[] {
+    const lora: LoraLayer[] = [];
+    const tokens: TrainableTokensLayer[] = [];
+    for (const [, m] of this.model.namedModules()) {
+      if (m instanceof LoraLinear || m instanceof LoraEmbedding || m instanceof LoraConv) lora.push(m);
+      else if (m instanceof TrainableTokensWrapper) tokens.push(m.tokenAdapter);
+    }
+    return [...lora, ...tokens];
+  }
+
+  /**
    * Makes `name` the active (and trainable) adapter (PEFT's `set_adapter`), or several at once: a list
    * activates every adapter in it, and their contributions add up in each layer (PEFT's
    * `base_model.set_adapter([...])`). Merged layers are unmerged first, with PEFT's warning; a
@@ -273,7 +285,7 @@ export class PeftModel extends Module {
       if (held.length > 1) throw new Error(`Attempted to set multiple (${JSON.stringify(held)}) adapters at once for modules_to_save (${path}).`);
     }
     // as PEFT's set_adapter: merged layers are unmerged first (the merged adapter would otherwise stay in the weights)
-    const merged = [...[...this.loraLayers()].map(([, l]) => l), ...[...this.tokenLayers()].map(([, t]) => t)].filter((l) => l.mergedAdapters.length);
+    const merged = this.tunerLayers().filter((l) => l.mergedAdapters.length);
     if (merged.length) {
       console.warn('Adapter cannot be set when the model is merged. Unmerging the model first.');
       for (const l of merged) l.unmerge();
@@ -323,15 +335,13 @@ export class PeftModel extends Module {
 
   /** Turns every LoRA layer off (the base model alone), PEFT's `disable_adapter`. */
   disableAdapters(): void {
-    for (const [, l] of this.loraLayers()) l.disableAdapters = true;
+    for (const l of this.tunerLayers()) l.disableAdapters = true;
     for (const [, w] of this.modulesToSaveWrappers()) w.disabled = true;
-    for (const [, t] of this.tokenLayers()) t.disableAdapters = true;
   }
 
   enableAdapters(): void {
-    for (const [, l] of this.loraLayers()) l.disableAdapters = false;
+    for (const l of this.tunerLayers()) l.disableAdapters = false;
     for (const [, w] of this.modulesToSaveWrappers()) w.disabled = false;
-    for (const [, t] of this.tokenLayers()) t.disableAdapters = false;
   }
 
   /**
@@ -350,7 +360,7 @@ export class PeftModel extends Module {
   mergeAdapter(options: { adapterNames?: string[]; safeMerge?: boolean }): void | Promise<void>;
   mergeAdapter(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void | Promise<void> {
     // LoRA layers, then trainable-token rows (all merged before any is unloaded: a tied layer reads its owner's rows)
-    const layers = [...[...this.loraLayers()].map(([, l]) => l), ...[...this.tokenLayers()].map(([, t]) => t)];
+    const layers = this.tunerLayers();
     if (!options.safeMerge) {
       for (const l of layers) l.merge({ adapterNames: options.adapterNames });
       return;
@@ -361,8 +371,7 @@ export class PeftModel extends Module {
   }
 
   unmergeAdapter(): void {
-    for (const [, l] of this.loraLayers()) l.unmerge();
-    for (const [, t] of this.tokenLayers()) t.unmerge();
+    for (const l of this.tunerLayers()) l.unmerge();
   }
 
   /**
