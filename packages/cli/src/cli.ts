@@ -2,9 +2,9 @@ import { cp, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
-import { COMBINATION_TYPES, type CombinationType, adapterTargets, combineAdapters, loraConfigFromJson, loraConfigToJson, mergeAdapterWeights, moduleScaling } from '@lora/core';
-import { initBackend, parseSafetensors, serializeSafetensors } from '@lora/tensor';
-import { readSafetensorsFileHeader, rewriteSafetensors } from '@lora/tensor/node';
+import { COMBINATION_TYPES, type CombinationType, PEFT_KEY_PREFIX, adapterTargets, combineAdapters, mergedModulePaths, loraConfigFromJson, loraConfigToJson, mergeAdapterWeights, moduleScaling } from '@lora/core';
+import { initBackend, serializeSafetensors } from '@lora/tensor';
+import { loadSafetensors, readSafetensorsFileHeader, rewriteSafetensors } from '@lora/tensor/node';
 
 /** Where the command writes: stdout for results, stderr for progress and errors. */
 export interface Io {
@@ -91,16 +91,32 @@ async function isDir(p: string): Promise<boolean> {
   return (await stat(p).catch(() => null))?.isDirectory() ?? false;
 }
 
+/**
+ * Fills a temporary directory beside `out`, then moves it into place (replacing `out`): nothing
+ * half-written on failure, the temporary directory removed.
+ */
+async function writeDirAtomic(out: string, fill: (tmp: string) => Promise<void>): Promise<void> {
+  const tmp = join(dirname(out), `.${basename(out)}.tmp-${process.pid}`);
+  await rm(tmp, { recursive: true, force: true });
+  try {
+    await mkdir(tmp, { recursive: true });
+    await fill(tmp);
+    await rm(out, { recursive: true, force: true });
+    await rename(tmp, out);
+  } catch (e) {
+    await rm(tmp, { recursive: true, force: true });
+    throw e;
+  }
+}
+
 async function readAdapter(dir: string, name?: string) {
   const root = name && name !== 'default' ? join(dir, name) : dir;
   const configPath = join(root, 'adapter_config.json');
   const weightsPath = join(root, 'adapter_model.safetensors');
   if (!(await stat(configPath).catch(() => null))) throw new UsageError(`${root}: no adapter_config.json (is it a PEFT adapter directory? use --adapter-name for a sub-folder)`);
   const config = loraConfigFromJson(JSON.parse(await readFile(configPath, 'utf8')), { warn: () => undefined });
-  const bytes = await readFile(weightsPath).catch(() => {
-    throw new UsageError(`${root}: no adapter_model.safetensors`);
-  });
-  const { tensors } = parseSafetensors(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), { file: weightsPath });
+  if (!(await stat(weightsPath).catch(() => null))) throw new UsageError(`${root}: no adapter_model.safetensors`);
+  const { tensors } = await loadSafetensors(weightsPath);
   return { config, tensors, root };
 }
 
@@ -121,7 +137,7 @@ async function inspect(args: string[], io: Io): Promise<number> {
     const targets = adapterTargets(tensors);
     for (const [path, kind] of targets) {
       const { r, alpha, scaling } = moduleScaling(config, path);
-      const params = Object.entries(tensors).filter(([k]) => k.startsWith(`base_model.model.${path}.`)).reduce((s, [, t]) => s + t.size, 0);
+      const params = Object.entries(tensors).filter(([k]) => k.startsWith(`${PEFT_KEY_PREFIX}${path}.`)).reduce((s, [, t]) => s + t.size, 0);
       total += params;
       io.out(`  ${path}  ${kind}  r ${r}  alpha ${alpha}  scaling ${scaling.toPrecision(4)}  ${params} params`);
     }
@@ -137,14 +153,8 @@ async function inspect(args: string[], io: Io): Promise<number> {
  * as bytes, each adapted module's weight (and bias, with lora_bias) is read, merged and written back in
  * its own dtype, so memory stays near one module and a bf16 checkpoint stays bf16.
  */
-/** Every module path whose weight an adapter changes: LoRA targets and trainable-token layers. */
-function mergedModules(tensors: Record<string, tf.Tensor>): string[] {
-  const tokens = Object.keys(tensors).flatMap((k) => /^base_model\.model\.(.+)\.token_adapter\.trainable_tokens_delta$/.exec(k)?.[1] ?? []);
-  return [...new Set([...adapterTargets(tensors).keys(), ...tokens])];
-}
-
 async function mergeFile(input: string, output: string, adapter: { config: ReturnType<typeof loraConfigFromJson>; tensors: Record<string, tf.Tensor> }, safeMerge: boolean, io: Io): Promise<{ changed: number }> {
-  const modules = mergedModules(adapter.tensors);
+  const modules = mergedModulePaths(adapter.tensors);
   const moduleOf = new Map<string, string>();
   for (const p of modules) for (const k of [`${p}.weight`, `${p}.bias`]) moduleOf.set(k, p);
   const pending = new Map<string, Float32Array>();
@@ -162,11 +172,11 @@ async function mergeFile(input: string, output: string, adapter: { config: Retur
         return ready;
       }
       const path = moduleOf.get(name);
-      if (path === undefined || (name.endsWith('.bias') && !adapter.tensors[`base_model.model.${path}.lora_B.bias`])) return undefined;
+      if (path === undefined || (name.endsWith('.bias') && !adapter.tensors[`${PEFT_KEY_PREFIX}${path}.lora_B.bias`])) return undefined;
       // this module's weight (and bias) as tensors; the adapter's tensors for this module alone
       const base: Record<string, tf.Tensor> = {};
       const own: Record<string, tf.Tensor> = {};
-      for (const [k, t] of Object.entries(adapter.tensors)) if (k.startsWith(`base_model.model.${path}.`)) own[k] = t;
+      for (const [k, t] of Object.entries(adapter.tensors)) if (k.startsWith(`${PEFT_KEY_PREFIX}${path}.`)) own[k] = t;
       try {
         for (const k of [`${path}.weight`, `${path}.bias`]) {
           if (!present.has(k)) continue;
@@ -211,7 +221,7 @@ async function merge(args: string[], io: Io): Promise<number> {
   await startBackend();
   const adapter = await readAdapter(values.adapter as string, values['adapter-name']);
   try {
-    const wanted = new Set(mergedModules(adapter.tensors).map((p) => `${p}.weight`));
+    const wanted = new Set(mergedModulePaths(adapter.tensors).map((p) => `${p}.weight`));
     const baseIsDir = await isDir(base);
     const files = baseIsDir ? await readdir(base) : [];
     const shards = baseIsDir ? files.filter((f) => f.endsWith('.safetensors')) : [basename(base)];
@@ -222,23 +232,14 @@ async function merge(args: string[], io: Io): Promise<number> {
     for (const shard of shards) for (const e of (await readSafetensorsFileHeader(join(dir, shard))).entries) if (wanted.has(e.name)) found.add(e.name);
     if (found.size !== wanted.size) throw new UsageError(`the base has no ${[...wanted].filter((w) => !found.has(w)).slice(0, 3).join(', ')}: is this the adapter's base model?`);
     if (baseIsDir) {
-      // write into a temporary directory, then move it into place: no half-merged checkpoint on failure
-      const tmp = join(dirname(out), `.${basename(out)}.tmp-${process.pid}`);
-      await rm(tmp, { recursive: true, force: true });
-      await mkdir(tmp, { recursive: true });
-      try {
+      await writeDirAtomic(out, async (tmp) => {
         for (const [i, shard] of shards.entries()) {
           io.err(`merging ${shard} (${i + 1}/${shards.length})`);
           await mergeFile(join(base, shard), join(tmp, shard), adapter, values['safe-merge'] ?? false, io);
         }
         // the checkpoint's other files and folders (config.json, tokenizer files) come along
         for (const f of files) if (!f.endsWith('.safetensors')) await cp(join(base, f), join(tmp, f), { recursive: true });
-        await rm(out, { recursive: true, force: true });
-        await rename(tmp, out);
-      } catch (e) {
-        await rm(tmp, { recursive: true, force: true });
-        throw e;
-      }
+      });
     } else {
       io.err(`merging ${base}`);
       await mergeFile(base, out, adapter, values['safe-merge'] ?? false, io);
@@ -314,19 +315,10 @@ async function combine(args: string[], io: Io): Promise<number> {
       onProgress: (done, total, path) => io.err(`combined module ${done}/${total} ${path}`),
     });
     try {
-      // write into a temporary directory, then move it into place: nothing half-written on failure
-      const tmp = join(dirname(out), `.${basename(out)}.tmp-${process.pid}`);
-      await rm(tmp, { recursive: true, force: true });
-      try {
-        await mkdir(tmp, { recursive: true });
+      await writeDirAtomic(out, async (tmp) => {
         await writeFile(join(tmp, 'adapter_model.safetensors'), await serializeSafetensors(mix.tensors, { metadata: { format: 'pt' } }));
         await writeFile(join(tmp, 'adapter_config.json'), loraConfigToJson(mix.config));
-        await rm(out, { recursive: true, force: true });
-        await rename(tmp, out);
-      } catch (e) {
-        await rm(tmp, { recursive: true, force: true });
-        throw e;
-      }
+      });
       io.err(`wrote ${values.out} (${dirs.length === 1 ? 'linear' : type}, r ${mix.config.r}, ${Object.keys(mix.tensors).length / 2} modules)`);
     } finally {
       tf.dispose(Object.values(mix.tensors));

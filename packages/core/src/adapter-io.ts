@@ -3,11 +3,11 @@ import { type ModelFiles, SafetensorsError, openFiles, parseSafetensors, seriali
 import { type Module, withoutInit } from '@lora/nn';
 import { type LoraConfig, loraConfigFromJson, loraConfigToJson } from './lora-config';
 import { baseBias } from './lora-layer';
+import { PREFIX } from './merge-weights';
 import { type EmbeddingLayersOptions, type SaveEmbeddingLayers, embeddingIsTargeted, embeddingLayersStateDict, peftNamedWeights } from './embedding-layers';
 import { PeftModel } from './peft-model';
 import { type InitialAdapter, checkWeightConversion, convertToLoraTensors, convertedLoraConfig } from './weight-conversion';
 
-const PREFIX = 'base_model.model.';
 
 /**
  * The adapter's tensors under PEFT's saved names (`base_model.model.<path>.lora_A.weight`, the

@@ -1,10 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type SourceFactors, type WeightedAdapterOptions, combineModuleFactors, planCombination } from './adapter-combination';
 import { moduleScaling } from './lora-config';
-import { type AdapterFiles, type AdapterTargetKind, adapterTargets } from './merge-weights';
+import { type AdapterFiles, type AdapterTargetKind, PREFIX, adapterTargets } from './merge-weights';
 import { matchModule } from './targets';
 
-const PREFIX = 'base_model.model.';
 
 /** Options of {@link combineAdapters}: PEFT's combination options, plus labels, progress and warnings. */
 export interface CombineAdaptersOptions extends WeightedAdapterOptions {

@@ -15,7 +15,7 @@ export { COMBINATION_TYPES } from './adapter-combination';
 export type { CombinationType, WeightedAdapterOptions } from './adapter-combination';
 export { combineAdapters } from './combine-adapters';
 export type { CombineAdaptersOptions } from './combine-adapters';
-export { adapterTargets, mergeAdapterWeights } from './merge-weights';
+export { PREFIX as PEFT_KEY_PREFIX, adapterTargets, mergeAdapterWeights, mergedModulePaths } from './merge-weights';
 export type { AdapterFiles, AdapterTargetKind, MergeWeightsOptions, MergedWeights } from './merge-weights';
 export { lookupLoraInit, registerLoraInit } from './init-registry';
 export type { LoraInitContext, LoraInitializer } from './init-registry';

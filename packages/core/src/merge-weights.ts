@@ -4,7 +4,8 @@ import { normExcept } from './dora';
 import { type LoraConfig, moduleScaling } from './lora-config';
 import { replaceRows } from './trainable-tokens';
 
-const PREFIX = 'base_model.model.';
+/** How PEFT's saved adapter files name the user's model: `base_model.model.<path>…`. */
+export const PREFIX = 'base_model.model.';
 
 /** One adapter: its config and its tensors by PEFT's saved names. */
 export interface AdapterFiles {
@@ -32,6 +33,23 @@ export function adapterTargets(tensors: Record<string, tf.Tensor>): Map<string, 
     if (m) out.set(m[1] as string, m[2] === 'lora_embedding_A' ? 'embedding' : (convs[t.rank] ?? 'linear'));
   }
   return out;
+}
+
+/** The module paths an adapter file holds trainable-token rows for (`<path>.token_adapter.trainable_tokens_delta`). */
+export function tokenTargets(tensors: Record<string, unknown>): string[] {
+  return Object.keys(tensors).flatMap((k) => /^base_model\.model\.(.+)\.token_adapter\.trainable_tokens_delta$/.exec(k)?.[1] ?? []);
+}
+
+/**
+ * Every module path whose weight merging an adapter changes: its LoRA targets and its trainable-token layers.
+ *
+ * @example
+ * ```ts
+ * mergedModulePaths(adapter.tensors); // ['model.layers.0.self_attn.q_proj', …, 'model.embed_tokens']
+ * ```
+ */
+export function mergedModulePaths(tensors: Record<string, tf.Tensor>): string[] {
+  return [...new Set([...adapterTargets(tensors).keys(), ...tokenTargets(tensors)])];
 }
 
 /** DoRA's merged weight (m / ‖W + ΔW‖) ⊙ (W + ΔW), the norm over every axis but `keep` of `sum` = W + ΔW. */
@@ -165,9 +183,8 @@ function mergeByName(base: Record<string, tf.Tensor>, adapter: AdapterFiles, opt
       }
     }
     // trainable tokens: the adapter's rows replace the base rows (PEFT's TrainableTokensLayer.merge)
-    for (const [key, rows] of Object.entries(tensors)) {
-      const path = /^base_model\.model\.(.+)\.token_adapter\.trainable_tokens_delta$/.exec(key)?.[1];
-      if (path === undefined) continue;
+    for (const path of tokenTargets(tensors)) {
+      const rows = tensors[`${PREFIX}${path}.token_adapter.trainable_tokens_delta`] as tf.Tensor;
       const weightKey = `${path}.weight`;
       const w = merged[weightKey] ?? base[weightKey];
       if (!w) {
