@@ -14,7 +14,10 @@ also beside the others in one PeftModel (load_adapter, then set_adapter). One li
 relative difference max |theirs - ours| / max |theirs| of each, and whether the file holds the keys and
 shapes PEFT itself would save for the loaded adapter (get_peft_model_state_dict): `ok`, `FAIL` (an
 output differs by 1e-5 or more) or `KEYS` (the outputs agree but the file's keys or shapes are not
-PEFT's). Exit status 0 when every line is `ok`."""
+PEFT's). Exit status 0 when every line is `ok`.
+
+With `--write-expected FILE`, PEFT's outputs (`<case>.y.<adapter>`, the adapter alone) are also saved to FILE:
+committed as packages/core/__fixtures__/roundtrip-peft.safetensors, they let the test compare with PEFT on CI."""
 import importlib
 import inspect
 import json
@@ -25,7 +28,7 @@ import warnings
 import torch
 from peft import PeftModel
 from peft.utils import get_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 NET_MODULES = ["peft_fixtures_net", "fifo_fixtures_net", "combine_net", "tokens_net"]
@@ -74,8 +77,9 @@ def key_differences(model, adapter_dir, save_embedding_layers):
     return problems
 
 
-def main(root):
+def main(root, expected_file=None):
     classes = model_classes()
+    expected = {}
     failed = checked = 0
     for case in json.load(open(os.path.join(root, "index.json"))):
         d = os.path.join(root, case["name"])
@@ -104,7 +108,9 @@ def main(root):
                 warnings.simplefilter("ignore")  # PEFT's expected warnings (fan_in_fan_out corrected, grouped convolutions)
                 alone = PeftModel.from_pretrained(base_model(case, cls, d), adapter_dir(name)).eval()
             with torch.no_grad():
-                errors = [("alone", relative_difference(alone(*inputs), ours))]
+                theirs = alone(*inputs)
+                expected[f"{case['name']}.y.{name}"] = theirs.contiguous()
+                errors = [("alone", relative_difference(theirs, ours))]
                 if together is not None:
                     together.set_adapter(name)
                     errors.append(("beside the others", relative_difference(together(*inputs), ours)))
@@ -117,8 +123,13 @@ def main(root):
             print(f"{status} {case['name']}/{name} [{case['model']}]: max relative difference {said}; "
                   + ("keys and shapes as PEFT saves them" if not keys else "keys differ from PEFT's save: " + "; ".join(keys)))
     print(f"{failed} of {checked} adapters failed" if failed else f"all {checked} adapters made by @lora load in PEFT and give @lora's outputs")
+    if expected_file:
+        save_file(expected, expected_file)
+        print(f"PEFT's outputs written to {expected_file}")
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    args = sys.argv[1:]
+    out = args[args.index("--write-expected") + 1] if "--write-expected" in args else None
+    sys.exit(main(args[0], out))

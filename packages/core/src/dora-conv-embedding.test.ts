@@ -149,6 +149,7 @@ describe('DoRA and grouped convolutions without a backend sweep', () => {
 
     const magnitudes = await Promise.all(params.filter(([n]) => n.includes('magnitude')).map(async ([, p]) => Array.from(await p.data())));
     const frozen = await Promise.all([...peft.namedParameters()].filter(([, p]) => !p.trainable).map(async ([n, p]) => [n, Array.from(await p.data())] as const));
+    expect(frozen.length).toBeGreaterThan(0);
     const opt = new AdamW(peft.trainableParameters(), { lr: 1e-2 });
     const y = tf.zerosLike(want['dora.out'] as tf.Tensor);
     await train(peft, [{ x: want.ids, y }, { x: want.ids, y }], { optimizer: opt, loss: (b) => tf.mean(tf.square(tf.sub(peft.call(b.x) as tf.Tensor, b.y as tf.Tensor))) as tf.Scalar, progressBar: false });

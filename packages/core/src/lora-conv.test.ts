@@ -35,6 +35,8 @@ await describeEachBackend('LoRA on Conv2d and Conv1d', () => {
 
     manualSeed(53);
     const fresh = getPeftModel(convNet(), { r: 2, loraAlpha: 4, targetModules: ['conv'] });
+    const initNames = [...fresh.namedParameters()].map(([n]) => n).filter((n) => n.includes('lora_'));
+    expect(initNames.map((n) => `init.${n}`).sort()).toEqual(Object.keys(want).filter((k) => k.startsWith('init.')).sort());
     for (const [n, p] of fresh.namedParameters()) {
       if (n.includes('lora_')) expect(maxRelativeError(await p.data(), await want[`init.${n}`]!.data()), n).toBe(0);
     }

@@ -27,6 +27,8 @@ await describeEachBackend('LoRA on Embedding', () => {
 
     manualSeed(42);
     const fresh = getPeftModel(embNet(), { r: 3, loraAlpha: 6, targetModules: ['embed'] });
+    const initNames = [...fresh.namedParameters()].map(([n]) => n).filter((n) => n.includes('lora_'));
+    expect(initNames.map((n) => `init.${n}`).sort()).toEqual(Object.keys(want).filter((k) => k.startsWith('init.')).sort());
     for (const [n, p] of fresh.namedParameters()) {
       if (!n.includes('lora_')) continue;
       // A is zero; B is N(0, 1) drawn after the constructor's draws, as PEFT does (normals to float32 rounding)

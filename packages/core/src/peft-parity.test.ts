@@ -51,6 +51,8 @@ await describeEachBackend('PEFT adapters', () => {
     const net = baseNet();
     manualSeed(5);
     const peft = getPeftModel(net, { r: 4, loraAlpha: 8, targetModules: ['q_proj', 'mlp'] });
+    // two layers × (q_proj, mlp) × (A, B): every one of them is compared below
+    expect([...peft.namedParameters()].filter(([n]) => n.includes('lora_')).length).toBe(8);
     for (const [n, p] of peft.namedParameters()) {
       if (!n.includes('lora_')) continue;
       expect(maxRelativeError(await p.data(), await want(`init.${n}`).data()), n).toBe(0);
@@ -134,6 +136,9 @@ it('DoRA: merge then unmerge restores the base weights, and training moves the m
   const x = tf.randomNormal([6, 8], 0, 1, 'float32', 7);
   const before = peft.call(x) as tf.Tensor;
   peft.mergeAdapter();
+  // the merge did happen: the adapter is recorded as merged and the base weight moved
+  expect(layer.mergedAdapters).toEqual(['default']);
+  expect(maxRelativeError(await layer.baseLayer.weight.data(), w0)).toBeGreaterThan(1e-3);
   const merged = peft.call(x) as tf.Tensor;
   expect(maxRelativeError(await merged.data(), await before.data())).toBeLessThan(1e-5);
   peft.unmergeAdapter();

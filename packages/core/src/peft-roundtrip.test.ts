@@ -29,13 +29,16 @@ import { tokNet } from './token-nets.test-util';
 /**
  * Adapters made and trained here, saved in PEFT's layout for `tools/oracle/check_roundtrip.py`, which
  * loads each into PEFT 0.21 and compares PEFT's output with ours. `LORA_ROUNDTRIP_DIR=<dir>` keeps the
- * files; without it they go to a temporary directory and only the round trip through our own loader is
- * checked. Each case directory holds the adapter(s), `base.safetensors` (the base model's weights before
+ * files; without it they go to a temporary directory. Either way each output is compared with PEFT's
+ * own output for the same adapter, as `check_roundtrip.py --write-expected` recorded it
+ * (`__fixtures__/roundtrip-peft.safetensors`; the cases are seeded, so they are made identically each run),
+ * and with our own loader's output from the saved files. Each case directory holds the adapter(s), `base.safetensors` (the base model's weights before
  * wrapping), `io.safetensors` (the inputs by name, our output `y.<adapter>` per adapter); `index.json`
  * at the top names each case's Python model class, its constructor arguments, inputs and adapters.
  */
 const root = process.env.LORA_ROUNDTRIP_DIR ?? mkdtempSync(join(tmpdir(), 'lora-roundtrip-'));
 const index: Record<string, unknown>[] = [];
+let peftOutputs: Record<string, tf.Tensor> = {};
 
 interface Case {
   name: string;
@@ -258,9 +261,11 @@ describe('adapters made here, saved for PEFT (tools/oracle/check_roundtrip.py)',
   beforeAll(async () => {
     await initBackend('cpu');
     warn = vi.spyOn(console, 'warn').mockImplementation(() => undefined);
+    peftOutputs = readFixture('roundtrip-peft.safetensors');
   });
   afterAll(() => {
     warn.mockRestore();
+    tf.dispose(Object.values(peftOutputs));
     if (process.env.LORA_ROUNDTRIP_DIR) writeFileSync(join(root, 'index.json'), JSON.stringify(index, null, 2));
   });
 
@@ -286,6 +291,10 @@ describe('adapters made here, saved for PEFT (tools/oracle/check_roundtrip.py)',
       for (const n of names) {
         peft.setAdapter(n);
         io[`y.${n}`] = peft.call(...args) as tf.Tensor;
+        // what PEFT 0.21 gave for this adapter, loaded from the files this test saves
+        const theirs = peftOutputs[`${c.name}.y.${n}`];
+        expect(theirs, `no PEFT output recorded for ${c.name}/${n}; re-run tools/oracle/check_roundtrip.py --write-expected`).toBeDefined();
+        expect(maxRelativeError(await (io[`y.${n}`] as tf.Tensor).data(), await (theirs as tf.Tensor).data()), `${c.name}/${n} against PEFT`).toBeLessThan(1e-5);
       }
       await saveAdapter(peft, dir, { saveEmbeddingLayers: c.saveEmbeddingLayers, pathInitialModelForWeightConversion: c.convert ? initialDir : undefined });
       writeFileSync(join(dir, 'io.safetensors'), await serializeSafetensors(io));

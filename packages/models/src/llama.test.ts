@@ -98,6 +98,9 @@ await describeEachBackend('Llama training and sampling', () => {
     expect(a).toEqual(b);
     const greedy = await model.generate(prompt, { maxNewTokens: 6 });
     expect(await model.generate(prompt, { maxNewTokens: 6, temperature: 1.3, topK: 1, seed: 9 })).toEqual(greedy);
+    // sampling does sample: across a few seeds at a high temperature, some run leaves the greedy path
+    const sampled = await Promise.all([0, 1, 2, 3, 4].map((seed) => model.generate(prompt, { maxNewTokens: 6, temperature: 2, seed })));
+    expect(sampled.some((s) => JSON.stringify(s) !== JSON.stringify(greedy))).toBe(true);
     model.dispose();
   });
 });

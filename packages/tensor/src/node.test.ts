@@ -131,6 +131,7 @@ describe('rewriteSafetensors', () => {
     const a = decodeEntry(after, entry('a'));
     const want = [1, 2, 3, 4, 5, 6].map((v, i) => Math.fround(v * 2 + Math.fround([0.1, 0.2, 0.3][i % 3] as number)));
     expect(entry('a').dtype).toBe('BF16');
+    expect(a.values.length).toBe(6);
     for (const [i, v] of Array.from(a.values).entries()) expect(Math.abs(v - (want[i] as number))).toBeLessThan(Math.abs(want[i] as number) * 2 ** -8);
     // replacing nothing gives the same bytes (a Python-written file)
     const py = join(FIXTURES, 'sharded', readdirSync(join(FIXTURES, 'sharded')).find((f) => f.endsWith('.safetensors'))!);
