@@ -12,13 +12,17 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 from oracle_common import CORE_FIXTURES as OUT  # noqa: E402
+
+# the inputs are committed fixtures of peft_fixtures.py (read from the repository even when ORACLE_OUT points elsewhere)
+FIX = os.path.join(os.path.dirname(__file__), "..", "..", "packages", "core", "__fixtures__")
+os.makedirs(OUT, exist_ok=True)
 from peft_fixtures_net import Net  # noqa: E402
 
 net = Net()
-net.load_state_dict(load_file(os.path.join(OUT, "base.safetensors")))
-x = load_file(os.path.join(OUT, "expected.safetensors"))["x"]
-pm = PeftModel.from_pretrained(net.eval(), os.path.join(OUT, "weighted-a"), adapter_name="a", is_trainable=True)
-pm.load_adapter(os.path.join(OUT, "weighted-b"), adapter_name="b", is_trainable=True)
+net.load_state_dict(load_file(os.path.join(FIX, "base.safetensors")))
+x = load_file(os.path.join(FIX, "expected.safetensors"))["x"]
+pm = PeftModel.from_pretrained(net.eval(), os.path.join(FIX, "weighted-a"), adapter_name="a", is_trainable=True)
+pm.load_adapter(os.path.join(FIX, "weighted-b"), adapter_name="b", is_trainable=True)
 pm.base_model.set_adapter(["a", "b"])
 pm.eval()
 out = {"x": x}
