@@ -2,7 +2,6 @@
 // The main demo: a small Llama (embedded config, seeded weights, a byte-level BPE tokenizer shipped
 // here) gets LoRA adapters on every linear layer, learns one sentence, generates it back, and saves
 // the adapter in PEFT's format (adapter_config.json + adapter_model.safetensors).
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { getPeftModel, saveAdapter } from '@lora/core';
@@ -14,10 +13,7 @@ const here = import.meta.dirname;
 const info = await initBackend(/** @type {'auto'} */ (process.env.LORA_BACKEND ?? 'auto'));
 console.log(`backend: ${info.name} (${info.adapter})`);
 
-const tokenizer = await loadTokenizer({
-  'tokenizer.json': readFileSync(join(here, '..', 'assets', 'tokenizer.json')),
-  'tokenizer_config.json': readFileSync(join(here, '..', 'assets', 'tokenizer_config.json')),
-});
+const tokenizer = await loadTokenizer(join(here, '..', 'assets'));
 manualSeed(0);
 const model = new LlamaForCausalLM(
   parseLlamaConfig({

@@ -4,9 +4,8 @@
  * Column-major U (m×n) and V (n×n) are updated in place so that A = U·B·Vᵀ stays true.
  */
 import { LinalgError } from './errors';
-import { rotateColumns } from './rotations';
+import { EPS, rotateColumns, swapColumns } from './rotations';
 
-const EPS = 2 ** -52;
 const TINY = 2 ** -966;
 
 
@@ -146,10 +145,3 @@ export function bidiagonalSvd(d: Float64Array, e: Float64Array, u: Float64Array 
   }
 }
 
-function swapColumns(x: Float64Array, ld: number, i: number, j: number): void {
-  for (let r = 0; r < ld; r++) {
-    const t = x[i * ld + r] as number;
-    x[i * ld + r] = x[j * ld + r] as number;
-    x[j * ld + r] = t;
-  }
-}

@@ -1,6 +1,6 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { LinalgError } from './errors';
-import { type Matrix64, assertFinite, isMatrix64, matrix64ToTensor, tensorToMatrix64 } from './matrix64';
+import { type Matrix64, assertFinite, isMatrix64, matrix64ToTensor, tensorToMatrix64, transpose64 } from './matrix64';
 
 function cholesky64(a: Matrix64): Matrix64 {
   if (a.rows !== a.cols) throw new LinalgError(`cholesky: expected a square matrix, got ${a.rows}x${a.cols}`);
@@ -69,14 +69,7 @@ function solve64(a: Matrix64, b: Matrix64, o: SolveTriangularOptions): Matrix64 
   }
   // x·a = b  ⇔  aᵀ·xᵀ = bᵀ: solve the transposed system with the other triangle.
   if (!left) {
-    const at: Matrix64 = { rows: n, cols: n, data: new Float64Array(n * n) };
-    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) at.data[j * n + i] = a.data[i * n + j] as number;
-    const bt: Matrix64 = { rows: b.cols, cols: b.rows, data: new Float64Array(b.data.length) };
-    for (let i = 0; i < b.rows; i++) for (let j = 0; j < b.cols; j++) bt.data[j * b.rows + i] = b.data[i * b.cols + j] as number;
-    const xt = solve64(at, bt, { upper: !o.upper, left: true, unitriangular: o.unitriangular ?? false });
-    const x: Matrix64 = { rows: b.rows, cols: b.cols, data: new Float64Array(b.data.length) };
-    for (let i = 0; i < xt.rows; i++) for (let j = 0; j < xt.cols; j++) x.data[j * xt.rows + i] = xt.data[i * xt.cols + j] as number;
-    return x;
+    return transpose64(solve64(transpose64(a), transpose64(b), { upper: !o.upper, left: true, unitriangular: o.unitriangular ?? false }));
   }
   const m = b.cols;
   const x = Float64Array.from(b.data);

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { LinalgError } from './errors';
-import { rotateColumns } from './rotations';
+import { EPS, rotateColumns, swapColumns } from './rotations';
 import { applyReflectorLeft, makeReflector } from './householder';
 import { type Matrix64, assertFinite, fromColumnMajor, isMatrix64, matrix64ToTensor, tensorToMatrix64 } from './matrix64';
 
@@ -16,7 +16,6 @@ export interface EighTensors {
   vectors: tf.Tensor2D;
 }
 
-const EPS = 2 ** -52;
 
 
 /**
@@ -85,7 +84,7 @@ export function symmetricEigen(a: Float64Array, n: number, wantVectors: boolean,
   let q = n - 1;
   while (q > 0) {
     for (let i = 0; i < q; i++) {
-      if (Math.abs(off[i] as number) <= EPS * (Math.abs(diag[i] as number) + Math.abs(diag[i + 1] as number)) || off[i] === 0) off[i] = 0;
+      if (Math.abs(off[i] as number) <= EPS * (Math.abs(diag[i] as number) + Math.abs(diag[i + 1] as number))) off[i] = 0;
     }
     while (q > 0 && off[q - 1] === 0) q--;
     if (q === 0) break;
@@ -125,13 +124,7 @@ export function symmetricEigen(a: Float64Array, n: number, wantVectors: boolean,
       const t = diag[i] as number;
       diag[i] = diag[best] as number;
       diag[best] = t;
-      if (z) {
-        for (let r = 0; r < n; r++) {
-          const u = z[i * n + r] as number;
-          z[i * n + r] = z[best * n + r] as number;
-          z[best * n + r] = u;
-        }
-      }
+      if (z) swapColumns(z, n, i, best);
     }
   }
   return { values: diag, vectors: z };

@@ -1,6 +1,6 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { LinalgError } from './errors';
-import { type Matrix64, assertFinite, isMatrix64, matmul64, matrix64ToTensor, tensorToMatrix64 } from './matrix64';
+import { type Matrix64, assertFinite, isMatrix64, matmul64, matrix64ToTensor, tensorToMatrix64, transpose64 } from './matrix64';
 import { svd64 } from './svd';
 import { svdFlip } from './svd-flip';
 import { svdLowRank } from './svd-low-rank';
@@ -162,8 +162,7 @@ export class IncrementalPCA {
       const r = svdLowRank(stacked, { q: this.lowRankQ as number, niter: this.lowRankNiter, seed: this.lowRankSeed, sketchDtype });
       U = r.U;
       S = r.S;
-      Vh = { rows: r.V.cols, cols: r.V.rows, data: new Float64Array(r.V.data.length) };
-      for (let i = 0; i < r.V.rows; i++) for (let j = 0; j < r.V.cols; j++) Vh.data[j * r.V.rows + i] = r.V.data[i * r.V.cols + j] as number;
+      Vh = transpose64(r.V);
     } else {
       ({ U, S, Vh } = svd64(stacked, false, 'IncrementalPCA.partialFit'));
     }

@@ -112,15 +112,10 @@ export function matrix64ToTensor(m: Matrix64): tf.Tensor2D {
 
 /** Row-major → column-major copy (the decompositions work on contiguous columns). */
 export function toColumnMajor(a: Matrix64): Float64Array {
-  const { rows, cols, data } = a;
-  const out = new Float64Array(rows * cols);
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = data[i * cols + j] as number;
-  return out;
+  return transpose64(a).data;
 }
 
 /** Column-major (rows×cols) → row-major Matrix64. */
 export function fromColumnMajor(cm: Float64Array, rows: number, cols: number): Matrix64 {
-  const out = new Float64Array(rows * cols);
-  for (let j = 0; j < cols; j++) for (let i = 0; i < rows; i++) out[i * cols + j] = cm[j * rows + i] as number;
-  return { rows, cols, data: out };
+  return transpose64({ rows: cols, cols: rows, data: cm });
 }

@@ -42,9 +42,10 @@ function convNd(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | null, o: Requ
     input = nd === 1 ? tf.expandDims(tf.transpose(input, [0, 2, 1]), 1) : tf.transpose(input, [0, 2, 3, 1]);
     let w = nd === 1 ? tf.expandDims(weight, 2) : weight; // [out, in/g, kh, kw]
     const k2 = nd === 1 ? [1, kernel[0] as number] : kernel;
-    let s2 = nd === 1 ? [1, stride[0] as number] : stride;
+    const s2 = nd === 1 ? [1, stride[0] as number] : stride;
     let d2 = nd === 1 ? [1, dilation[0] as number] : dilation;
-    let effective = k2.map((k, i) => (d2[i] as number) * (k - 1) + 1);
+    // the kernel's extent with its dilation (what the spread kernel below also has)
+    const effective = k2.map((k, i) => (d2[i] as number) * (k - 1) + 1);
     if (s2.some((s) => s > 1) && d2.some((d) => d > 1)) {
       // Spread the kernel: zeros between taps, then convolve with dilation 1. Done one axis at a
       // time in at most 4 dimensions (tfjs-webgpu cannot index 6-d tensors).
@@ -58,7 +59,6 @@ function convNd(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | null, o: Requ
       spread = tf.pad(tf.reshape(spread, [outC * inG, kh2, kw, 1]), [[0, 0], [0, 0], [0, 0], [0, dw - 1]]);
       spread = tf.slice(tf.reshape(spread, [outC * inG, kh2, kw * dw]), [0, 0, 0], [-1, -1, kw2]);
       w = tf.reshape(spread, [outC, inG, kh2, kw2]);
-      effective = [(kh - 1) * dh + 1, (kw - 1) * dw + 1];
       d2 = [1, 1];
     }
     let pads: [number, number][];
@@ -70,7 +70,6 @@ function convNd(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | null, o: Requ
       const p = pair(o.padding, nd, 'padding', layer);
       pads = nd === 1 ? [[0, 0], [p[0] as number, p[0] as number]] : (p.map((v) => [v, v]) as [number, number][]);
     }
-    s2 = s2.map((v) => v);
     const filter = tf.transpose(w, [2, 3, 1, 0]); // [kh, kw, in/g, out]
     const explicit: [[0, 0], [number, number], [number, number], [0, 0]] = [[0, 0], pads[0] as [number, number], pads[1] as [number, number], [0, 0]];
     const run = (inp: tf.Tensor4D, f: tf.Tensor4D) =>

@@ -47,13 +47,18 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | null =
   if (x.shape.at(-1) !== inF) {
     throw new Error(`linear: input's last dimension is ${x.shape.at(-1)} but the weight expects ${inF} (weight shape [${weight.shape.join(', ')}])`);
   }
+  // An explicit transpose instead of matMul's transposeB flag: the flag is ~13× slower on wasm.
+  return tf.tidy(() => affine(x, tf.transpose(weight), bias));
+}
+
+/** `x·W + b` for x `[..., in]` and W `[in, out]`, through 2-d products (the shapes checked by the caller). */
+export function affine(x: tf.Tensor, weightInOut: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
   return tf.tidy(() => {
-    const lead = x.shape.slice(0, -1);
+    const [inF, outF] = weightInOut.shape as [number, number];
     const x2 = x.rank === 2 ? x : tf.reshape(x, [-1, inF]);
-    // An explicit transpose instead of matMul's transposeB flag: the flag is ~13× slower on wasm.
-    let y = matmul(x2, tf.transpose(weight));
+    let y = matmul(x2, weightInOut);
     if (bias) y = tf.add(y, bias);
-    return x.rank === 2 ? y : tf.reshape(y, [...lead, weight.shape[0] as number]);
+    return x.rank === 2 ? y : tf.reshape(y, [...x.shape.slice(0, -1), outF]);
   });
 }
 

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { normalInit } from './init';
 import { Module, type Parameter } from './module';
-import { matmul } from './ops';
+import { affine } from './layers';
 
 /**
  * transformers' `Conv1D` (`transformers.pytorch_utils.Conv1D`, the projection layer of GPT-2, GPT,
@@ -62,14 +62,9 @@ export class TransposedLinear extends Module {
  * ```
  */
 export function transposedLinear(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | null = null): tf.Tensor {
-  const [inF, outF] = weight.shape as [number, number];
+  const inF = weight.shape[0] as number;
   if (x.shape.at(-1) !== inF) {
     throw new Error(`TransposedLinear: input's last dimension is ${x.shape.at(-1)} but the weight expects ${inF} (weight shape [${weight.shape.join(', ')}], stored [in, out])`);
   }
-  return tf.tidy(() => {
-    const x2 = x.rank === 2 ? x : tf.reshape(x, [-1, inF]);
-    let y = matmul(x2, weight);
-    if (bias) y = tf.add(y, bias);
-    return x.rank === 2 ? y : tf.reshape(y, [...x.shape.slice(0, -1), outF]);
-  });
+  return affine(x, weight, bias);
 }
