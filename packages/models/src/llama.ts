@@ -293,9 +293,15 @@ export class LlamaForCausalLM extends Module {
           return tf.reshape(tf.slice(logits, [0, t - 1, 0], [-1, 1, -1]), [logits.shape[0], logits.shape[2]]);
         });
         ids.dispose();
-        const rows = (await last.array()) as number[][];
+        let chosen: number[];
+        if (sample) chosen = ((await last.array()) as number[][]).map((row) => sampleToken(row, options, rng));
+        else {
+          // greedy: the argmax on the backend, so that only one id per row is read back, not the vocabulary
+          const best = tf.argMax(last, -1);
+          chosen = Array.from(await best.data());
+          best.dispose();
+        }
         last.dispose();
-        const chosen = rows.map((row) => (sample ? sampleToken(row, options, rng) : argmax(row)));
         chosen.forEach((tok, i) => {
           if (done[i]) return;
           seqs[i]?.push(tok);
@@ -311,12 +317,6 @@ export class LlamaForCausalLM extends Module {
       this.train(wasTraining);
     }
   }
-}
-
-function argmax(row: number[]): number {
-  let best = 0;
-  for (let i = 1; i < row.length; i++) if ((row[i] as number) > (row[best] as number)) best = i;
-  return best;
 }
 
 /** Temperature, then top-k, then top-p (transformers' warper order), then one draw. */
