@@ -60,11 +60,15 @@ it("'loftq', 'eva' and 'lora_ga' come from their packages: a clear error until r
   expect(tf.memory().numTensors).toBe(before);
   expect(net.getSubmodule('layers.0.mlp')).toBeInstanceOf(Linear); // nothing was wrapped
   net.dispose();
+  const paths: string[] = [];
   registerLoraInit('eva', (ctx) => {
+    paths.push(ctx.path);
     ctx.loraA.assign(tf.onesLike(ctx.loraA));
     ctx.loraB.assign(tf.zerosLike(ctx.loraB));
   });
   const peft = make('eva');
+  // the initialiser learns where each layer sits (EVA keys its statistics by module path)
+  expect(paths).toEqual(['layers.0.mlp', 'layers.1.mlp']);
   const layer = peft.model.getSubmodule('layers.0.mlp') as LoraLinear;
   expect(Array.from(await layer.factorA('default').data()).every((v) => v === 1)).toBe(true);
   peft.dispose();

@@ -22,6 +22,8 @@ export interface AdapterSettings {
   fanInFanOut: boolean;
   /** Weight-decomposed LoRA: a trained magnitude per output unit (PEFT's `use_dora`). */
   useDora?: boolean;
+  /** The layer's path in the user's model (set by `PeftModel`; what a registered init such as EVA looks statistics up by). */
+  path?: string;
 }
 
 /**
@@ -150,7 +152,7 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
         b.dispose();
         throw e;
       }
-      registered({ path: '', adapterName: name, settings: s, baseWeight: this.baseLayer.weight, loraA: a.weight, loraB: b.weight, scaling: loraScaling(s.loraAlpha, s.r, s.useRslora) });
+      registered({ path: s.path ?? '', adapterName: name, settings: s, baseWeight: this.baseLayer.weight, loraA: a.weight, loraB: b.weight, scaling: loraScaling(s.loraAlpha, s.r, s.useRslora) });
     } else if (init !== false) {
       a.dispose();
       b.dispose();

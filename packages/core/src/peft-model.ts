@@ -180,6 +180,7 @@ export class PeftModel extends Module {
           loraBias: config.loraBias,
           fanInFanOut,
           useDora: config.useDora,
+          path,
         };
         if (module instanceof LoraLinear) module.updateLayer(name, { ...settings, fanInFanOut: module.fanInFanOut });
         else if (module instanceof LoraEmbedding || module instanceof LoraConv) module.updateLayer(name, settings);
