@@ -35,9 +35,12 @@ function check(from, to, where) {
   if (from === to) return;
   const a = LAYERS[from];
   const b = LAYERS[to];
-  if (b === undefined) problems.push(`${where}: '${to}' is not in the layer table; add it to DESIGN.md and scripts/check-layers.mjs`);
+  if (b === undefined)
+    problems.push(`${where}: '${to}' is not in the layer table; add it to DESIGN.md and scripts/check-layers.mjs`);
   else if (b > a || (b === a && !ALLOWED_SIDEWAYS.has(`${from}->${to}`))) {
-    problems.push(`${where}: ${from} (layer ${a}) must not use ${to} (layer ${b}); a package may use only lower layers`);
+    problems.push(
+      `${where}: ${from} (layer ${a}) must not use ${to} (layer ${b}); a package may use only lower layers`,
+    );
   }
 }
 
@@ -52,7 +55,9 @@ for (const dir of readdirSync(pkgsDir)) {
   }
   const name = manifest.name;
   if (LAYERS[name] === undefined) {
-    problems.push(`packages/${dir}: package '${name}' is not in the layer table; add it to DESIGN.md and scripts/check-layers.mjs`);
+    problems.push(
+      `packages/${dir}: package '${name}' is not in the layer table; add it to DESIGN.md and scripts/check-layers.mjs`,
+    );
     continue;
   }
   for (const field of ['dependencies', 'peerDependencies', 'devDependencies', 'optionalDependencies']) {
@@ -67,7 +72,8 @@ for (const dir of readdirSync(pkgsDir)) {
   } catch {
     continue;
   }
-  const importRe = /(?:import|export)\s[^'"]*?from\s*['"](@lora\/[^/'"]+)|import\(\s*['"](@lora\/[^/'"]+)|require\(\s*['"](@lora\/[^/'"]+)/g;
+  const importRe =
+    /(?:import|export)\s[^'"]*?from\s*['"](@lora\/[^/'"]+)|import\(\s*['"](@lora\/[^/'"]+)|require\(\s*['"](@lora\/[^/'"]+)/g;
   for (const file of files) {
     const text = readFileSync(file, 'utf8');
     for (const m of text.matchAll(importRe)) {

@@ -20,7 +20,8 @@ it('passes a package that uses only lower layers', () => {
   const root = tree({
     'packages/tensor/package.json': '{"name":"@lora/tensor"}',
     'packages/linalg/package.json': '{"name":"@lora/linalg","dependencies":{"@lora/tensor":"*"}}',
-    'packages/linalg/src/svd.ts': "import { initBackend } from '@lora/tensor';\nimport type { X } from '@lora/tensor/node';",
+    'packages/linalg/src/svd.ts':
+      "import { initBackend } from '@lora/tensor';\nimport type { X } from '@lora/tensor/node';",
   });
   expect(run(root).status).toBe(0);
 });
@@ -34,7 +35,11 @@ it('fails an upward import, a sideways dependency and an unknown package, naming
   });
   const r = run(root);
   expect(r.status).toBe(1);
-  expect(r.stderr).toMatch(/packages\/tensor\/src\/a.ts: @lora\/tensor \(layer 0\) must not use @lora\/core \(layer 2\)/);
-  expect(r.stderr).toMatch(/packages\/nn\/package.json devDependencies: @lora\/nn \(layer 1\) must not use @lora\/linalg \(layer 1\)/);
+  expect(r.stderr).toMatch(
+    /packages\/tensor\/src\/a.ts: @lora\/tensor \(layer 0\) must not use @lora\/core \(layer 2\)/,
+  );
+  expect(r.stderr).toMatch(
+    /packages\/nn\/package.json devDependencies: @lora\/nn \(layer 1\) must not use @lora\/linalg \(layer 1\)/,
+  );
   expect(r.stderr).toMatch(/package '@lora\/extra' is not in the layer table/);
 });

@@ -5,7 +5,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Generator, initBackend, listBackends } from '@lora/tensor';
 
 const N = 256;
-const SOFTWARE_WEBGPU = { webgpu: { dawnOptions: ['backend=opengles'], featureLevel: /** @type {const} */ ('compatibility') } };
+const SOFTWARE_WEBGPU = {
+  webgpu: { dawnOptions: ['backend=opengles'], featureLevel: /** @type {const} */ ('compatibility') },
+};
 
 /** @param {Float32Array} a @param {Float32Array} b */
 function reference(a, b) {
@@ -76,7 +78,11 @@ if (webgpu && !webgpu.available) {
       result: `${N}² matmul ${r.ms.toFixed(1)} ms, rel err ${r.relErr.toExponential(1)}; gradient ${r.gradOk ? 'ok' : 'WRONG'}`,
     });
   } catch (e) {
-    rows.push({ backend: 'webgpu', adapter: '-', result: `software adapter unavailable too: ${/** @type {Error} */ (e).message.split('. ')[0]}` });
+    rows.push({
+      backend: 'webgpu',
+      adapter: '-',
+      result: `software adapter unavailable too: ${/** @type {Error} */ (e).message.split('. ')[0]}`,
+    });
   }
 }
 

@@ -28,12 +28,25 @@ if (process.argv[2] === '--child') {
 /** Runs `lora <args>` in a child process (this bench file in child mode); returns its peak RSS in MiB. */
 function childPeakMiB(args: string[]): number {
   const out = execFileSync(process.execPath, [process.argv[1] as string, '--child', ...args], { encoding: 'utf8' });
-  const { code, maxRssKiB } = JSON.parse(out.trim().split('\n').at(-1) as string) as { code: number; maxRssKiB: number };
+  const { code, maxRssKiB } = JSON.parse(out.trim().split('\n').at(-1) as string) as {
+    code: number;
+    maxRssKiB: number;
+  };
   if (code !== 0) throw new Error(`lora ${args[0]} failed in the child process`);
   return maxRssKiB / 1024;
 }
 
-const CONFIG = { model_type: 'llama', vocab_size: 8192, hidden_size: 256, intermediate_size: 688, num_hidden_layers: 8, num_attention_heads: 8, num_key_value_heads: 4, max_position_embeddings: 512, rms_norm_eps: 1e-5 };
+const CONFIG = {
+  model_type: 'llama',
+  vocab_size: 8192,
+  hidden_size: 256,
+  intermediate_size: 688,
+  num_hidden_layers: 8,
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  max_position_embeddings: 512,
+  rms_norm_eps: 1e-5,
+};
 
 async function median(fn: () => Promise<void>, runs = 5): Promise<number> {
   await fn();
@@ -46,7 +59,12 @@ async function median(fn: () => Promise<void>, runs = 5): Promise<number> {
   return t.sort((a, b) => a - b)[Math.floor(t.length / 2)] as number;
 }
 
-async function step(model: LlamaForCausalLM | ReturnType<typeof getPeftModel>, ids: tf.Tensor2D, forwardOnly: boolean, opt: AdamW | null): Promise<void> {
+async function step(
+  model: LlamaForCausalLM | ReturnType<typeof getPeftModel>,
+  ids: tf.Tensor2D,
+  forwardOnly: boolean,
+  opt: AdamW | null,
+): Promise<void> {
   const run = (m: unknown) => (m as LlamaForCausalLM).forward(ids, { labels: ids });
   const target = 'baseModel' in model ? (model.model as LlamaForCausalLM) : model;
   if (forwardOnly) {
@@ -99,23 +117,38 @@ const loraTrain = await median(() => step(peft, ids, false, loraOpt));
 loraOpt.dispose();
 
 const tok = 4 * 128;
-console.log(`\n${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ${info.name} (${info.adapter}); Llama ~10M, batch 4 × 128; LoRA r 16 on q/k/v/o\n`);
+console.log(
+  `\n${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ${info.name} (${info.adapter}); Llama ~10M, batch 4 × 128; LoRA r 16 on q/k/v/o\n`,
+);
 console.log('| | bare model | with LoRA | overhead |');
 console.log('| --- | --- | --- | --- |');
-console.log(`| forward ms (tokens/s) | ${bareFwd.toFixed(1)} (${((tok / bareFwd) * 1000).toFixed(0)}) | ${loraFwd.toFixed(1)} (${((tok / loraFwd) * 1000).toFixed(0)}) | ${((loraFwd / bareFwd - 1) * 100).toFixed(0)}% |`);
-console.log(`| training step ms (tokens/s) | ${bareTrain.toFixed(1)} (${((tok / bareTrain) * 1000).toFixed(0)}) — all weights | ${loraTrain.toFixed(1)} (${((tok / loraTrain) * 1000).toFixed(0)}) — adapters only | ${((loraTrain / bareTrain - 1) * 100).toFixed(0)}% |`);
+console.log(
+  `| forward ms (tokens/s) | ${bareFwd.toFixed(1)} (${((tok / bareFwd) * 1000).toFixed(0)}) | ${loraFwd.toFixed(1)} (${((tok / loraFwd) * 1000).toFixed(0)}) | ${((loraFwd / bareFwd - 1) * 100).toFixed(0)}% |`,
+);
+console.log(
+  `| training step ms (tokens/s) | ${bareTrain.toFixed(1)} (${((tok / bareTrain) * 1000).toFixed(0)}) — all weights | ${loraTrain.toFixed(1)} (${((tok / loraTrain) * 1000).toFixed(0)}) — adapters only | ${((loraTrain / bareTrain - 1) * 100).toFixed(0)}% |`,
+);
 if (process.env.LORA_BENCH_ONLY === 'overhead') process.exit(0);
 
 // lora merge against plain read + write of the same checkpoint
 const dir = mkdtempSync(join(tmpdir(), 'lora-bench-'));
 const base = join(dir, 'model.safetensors');
-const { tensors } = { tensors: Object.fromEntries([...peft.model.namedParameters()].filter(([n]) => !n.includes('lora_')).map(([n, p]) => [n.replace('.base_layer', ''), p])) };
+const { tensors } = {
+  tensors: Object.fromEntries(
+    [...peft.model.namedParameters()]
+      .filter(([n]) => !n.includes('lora_'))
+      .map(([n, p]) => [n.replace('.base_layer', ''), p]),
+  ),
+};
 writeFileSync(base, await serializeSafetensors(tensors));
 await saveAdapter(peft, join(dir, 'adapter'));
 const bytes = readFileSync(base).length;
 const io = { out: () => undefined, err: () => undefined };
 const mergeMs = await median(async () => {
-  await runCli(['merge', '--base', base, '--adapter', join(dir, 'adapter'), '--out', join(dir, 'merged.safetensors')], io);
+  await runCli(
+    ['merge', '--base', base, '--adapter', join(dir, 'adapter'), '--out', join(dir, 'merged.safetensors')],
+    io,
+  );
 }, 3);
 const copyMs = await median(async () => {
   writeFileSync(join(dir, 'copy.safetensors'), readFileSync(base));
@@ -126,7 +159,12 @@ const n = 2048;
 async function mergeMemory(layers: number): Promise<{ mib: number; ms: number; peak: number; floor: number }> {
   const big = mkdtempSync(join(tmpdir(), 'lora-bench-big-'));
   const weights: Record<string, { dtype: 'float32'; shape: number[]; values: Float32Array }> = {};
-  for (let i = 0; i < layers; i++) weights[`layers.${i}.proj.weight`] = { dtype: 'float32', shape: [n, n], values: new Float32Array(n * n).fill(0.01 * i) };
+  for (let i = 0; i < layers; i++)
+    weights[`layers.${i}.proj.weight`] = {
+      dtype: 'float32',
+      shape: [n, n],
+      values: new Float32Array(n * n).fill(0.01 * i),
+    };
   writeFileSync(join(big, 'model.safetensors'), await serializeSafetensors(weights));
   const adapterTensors: Record<string, tf.Tensor> = {};
   for (let i = 0; i < layers; i += 3) {
@@ -135,11 +173,22 @@ async function mergeMemory(layers: number): Promise<{ mib: number; ms: number; p
   }
   mkdirSync(join(big, 'adapter'));
   writeFileSync(join(big, 'adapter', 'adapter_model.safetensors'), await serializeSafetensors(adapterTensors));
-  writeFileSync(join(big, 'adapter', 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 16, lora_alpha: 32, target_modules: ['proj'] }));
+  writeFileSync(
+    join(big, 'adapter', 'adapter_config.json'),
+    JSON.stringify({ peft_type: 'LORA', r: 16, lora_alpha: 32, target_modules: ['proj'] }),
+  );
   tf.dispose(Object.values(adapterTensors));
   const mib = statSync(join(big, 'model.safetensors')).size / 2 ** 20;
   const t0 = performance.now();
-  const peak = childPeakMiB(['merge', '--base', join(big, 'model.safetensors'), '--adapter', join(big, 'adapter'), '--out', join(big, 'merged.safetensors')]);
+  const peak = childPeakMiB([
+    'merge',
+    '--base',
+    join(big, 'model.safetensors'),
+    '--adapter',
+    join(big, 'adapter'),
+    '--out',
+    join(big, 'merged.safetensors'),
+  ]);
   const ms = performance.now() - t0;
   // the same process reading the adapter only: Node, tfjs and the backend, the floor of any command
   const floor = childPeakMiB(['inspect', join(big, 'adapter')]);
@@ -148,7 +197,11 @@ async function mergeMemory(layers: number): Promise<{ mib: number; ms: number; p
 }
 const memory = [await mergeMemory(12), await mergeMemory(36)];
 
-console.log(`\n| lora merge of a ${(bytes / 2 ** 20).toFixed(1)} MiB checkpoint | ${mergeMs.toFixed(0)} ms (${(bytes / 2 ** 20 / (mergeMs / 1000)).toFixed(0)} MiB/s) | read + write the same bytes: ${copyMs.toFixed(0)} ms (${(bytes / 2 ** 20 / (copyMs / 1000)).toFixed(0)} MiB/s) |`);
+console.log(
+  `\n| lora merge of a ${(bytes / 2 ** 20).toFixed(1)} MiB checkpoint | ${mergeMs.toFixed(0)} ms (${(bytes / 2 ** 20 / (mergeMs / 1000)).toFixed(0)} MiB/s) | read + write the same bytes: ${copyMs.toFixed(0)} ms (${(bytes / 2 ** 20 / (copyMs / 1000)).toFixed(0)} MiB/s) |`,
+);
 for (const m of memory) {
-  console.log(`| lora merge of a ${m.mib.toFixed(0)} MiB checkpoint (a third of its ${n}² weights adapted) | ${m.ms.toFixed(0)} ms (${(m.mib / (m.ms / 1000)).toFixed(0)} MiB/s) | peak RSS of the merge process ${m.peak.toFixed(0)} MiB, ${m.floor.toFixed(0)} MiB for \`lora inspect\`: +${(m.peak - m.floor).toFixed(0)} MiB (one weight: ${((n * n * 4) / 2 ** 20).toFixed(0)} MiB) |`);
+  console.log(
+    `| lora merge of a ${m.mib.toFixed(0)} MiB checkpoint (a third of its ${n}² weights adapted) | ${m.ms.toFixed(0)} ms (${(m.mib / (m.ms / 1000)).toFixed(0)} MiB/s) | peak RSS of the merge process ${m.peak.toFixed(0)} MiB, ${m.floor.toFixed(0)} MiB for \`lora inspect\`: +${(m.peak - m.floor).toFixed(0)} MiB (one weight: ${((n * n * 4) / 2 ** 20).toFixed(0)} MiB) |`,
+  );
 }

@@ -33,7 +33,7 @@ describe('lora inspect', () => {
     expect(r.out).toMatch(/3 modules, \d+ parameters in 6 tensors/);
   });
 
-  it('names each module\'s layer kind: embedding, conv1d, conv2d (DoRA adapters too)', async () => {
+  it("names each module's layer kind: embedding, conv1d, conv2d (DoRA adapters too)", async () => {
     const r = await run('inspect', join(FIX, 'convdora-dora'));
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(/dora true/);
@@ -47,12 +47,23 @@ describe('lora merge', () => {
   it("merges into a single file as PEFT's merge_and_unload (DoRA adapter)", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'lora-cli-'));
     const out = join(dir, 'merged.safetensors');
-    const r = await run('merge', '--base', join(FIX, 'base.safetensors'), '--adapter', join(FIX, 'peft-dora'), '--out', out);
+    const r = await run(
+      'merge',
+      '--base',
+      join(FIX, 'base.safetensors'),
+      '--adapter',
+      join(FIX, 'peft-dora'),
+      '--out',
+      out,
+    );
     expect(r.code, r.err).toBe(0);
     expect(r.err).toMatch(/wrote .*merged\.safetensors \(5 modules merged\)/);
     const merged = read(out);
     const want = read(join(FIX, 'expected.safetensors'));
-    for (const k of ['layers.1.mlp.weight', 'layers.0.q_proj.weight']) expect(maxRelativeError(await merged[k]!.data(), await want[`peft-dora.merged.${k}`]!.data()), k).toBeLessThan(1e-5);
+    for (const k of ['layers.1.mlp.weight', 'layers.0.q_proj.weight'])
+      expect(maxRelativeError(await merged[k]!.data(), await want[`peft-dora.merged.${k}`]!.data()), k).toBeLessThan(
+        1e-5,
+      );
     tf.dispose([...Object.values(merged), ...Object.values(want)]);
   });
 
@@ -69,14 +80,24 @@ describe('lora merge', () => {
     const header = readSafetensorsHeader(before);
     expect(after.length).toBe(before.length);
     expect(Buffer.compare(after.subarray(0, header.dataStart), before.subarray(0, header.dataStart))).toBe(0);
-    const changed = header.entries.filter((e) => Buffer.compare(after.subarray(e.begin, e.end), before.subarray(e.begin, e.end)) !== 0).map((e) => e.name);
+    const changed = header.entries
+      .filter((e) => Buffer.compare(after.subarray(e.begin, e.end), before.subarray(e.begin, e.end)) !== 0)
+      .map((e) => e.name);
     // regex target layers.0.*proj: q_proj and v_proj, each weight and bias (lora_bias)
-    expect(changed.sort()).toEqual(['layers.0.q_proj.bias', 'layers.0.q_proj.weight', 'layers.0.v_proj.bias', 'layers.0.v_proj.weight']);
+    expect(changed.sort()).toEqual([
+      'layers.0.q_proj.bias',
+      'layers.0.q_proj.weight',
+      'layers.0.v_proj.bias',
+      'layers.0.v_proj.weight',
+    ]);
     const merged = read(out);
     const want = read(join(FIX, 'expected.safetensors'));
     for (const k of ['layers.0.q_proj.weight', 'layers.0.q_proj.bias']) {
       // PEFT merged the float32 base; this base was rounded to bf16 first, and so is the result
-      expect(maxRelativeError(await merged[k]!.data(), await want[`peft-regex-bias.merged.${k}`]!.data()), k).toBeLessThan(1e-2);
+      expect(
+        maxRelativeError(await merged[k]!.data(), await want[`peft-regex-bias.merged.${k}`]!.data()),
+        k,
+      ).toBeLessThan(1e-2);
     }
     tf.dispose([...Object.values(base), ...Object.values(merged), ...Object.values(want)]);
   });
@@ -84,20 +105,42 @@ describe('lora merge', () => {
   it("merges trainable-token rows as PEFT's merge_and_unload, and refuses to write over the base", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'lora-cli-tokens-'));
     const out = join(dir, 'merged.safetensors');
-    const r = await run('merge', '--base', join(FIX, 'tokens-base.safetensors'), '--adapter', join(FIX, 'peft-tokens-dict'), '--out', out);
+    const r = await run(
+      'merge',
+      '--base',
+      join(FIX, 'tokens-base.safetensors'),
+      '--adapter',
+      join(FIX, 'peft-tokens-dict'),
+      '--out',
+      out,
+    );
     expect(r.code, r.err).toBe(0);
     const merged = read(out);
     const want = read(join(FIX, 'tokens-expected.safetensors'));
-    for (const k of ['embed_tokens.weight', 'lm_head.weight']) expect(maxRelativeError(await merged[k]!.data(), await want[`tokens-dict.merged.${k}`]!.data()), k).toBeLessThan(1e-6);
+    for (const k of ['embed_tokens.weight', 'lm_head.weight'])
+      expect(maxRelativeError(await merged[k]!.data(), await want[`tokens-dict.merged.${k}`]!.data()), k).toBeLessThan(
+        1e-6,
+      );
     tf.dispose([...Object.values(merged), ...Object.values(want)]);
 
     const base = join(dir, 'base.safetensors');
     writeFileSync(base, readFileSync(join(FIX, 'tokens-base.safetensors')));
     const same = await run('merge', '--base', base, '--adapter', join(FIX, 'peft-tokens-dict'), '--out', base);
-    expect([same.code, same.err]).toEqual([2, 'lora merge: --out is --base: write the merged model somewhere else (the base is read while the output is written)']);
+    expect([same.code, same.err]).toEqual([
+      2,
+      'lora merge: --out is --base: write the merged model somewhere else (the base is read while the output is written)',
+    ]);
     expect(Buffer.compare(readFileSync(base), readFileSync(join(FIX, 'tokens-base.safetensors')))).toBe(0);
     // an adapter for another model: refused from the headers, before anything is written
-    const wrong = await run('merge', '--base', base, '--adapter', join(FIX, 'peft-qv'), '--out', join(dir, 'wrong.safetensors'));
+    const wrong = await run(
+      'merge',
+      '--base',
+      base,
+      '--adapter',
+      join(FIX, 'peft-qv'),
+      '--out',
+      join(dir, 'wrong.safetensors'),
+    );
     expect(wrong.code).toBe(2);
     expect(wrong.err).toMatch(/^lora merge: the base has no layers\.0\.q_proj\.weight/);
     expect(readdirSync(dir).sort()).toEqual(['base.safetensors', 'merged.safetensors']);
@@ -112,7 +155,10 @@ describe('lora merge', () => {
     const weightMap: Record<string, string> = {};
     for (const [i, keys] of shards.entries()) {
       const file = `model-0000${i + 1}-of-00002.safetensors`;
-      writeFileSync(join(src, file), await serializeSafetensors(Object.fromEntries(keys.map((k) => [k, base[k]!])), { metadata: { format: 'pt' } }));
+      writeFileSync(
+        join(src, file),
+        await serializeSafetensors(Object.fromEntries(keys.map((k) => [k, base[k]!])), { metadata: { format: 'pt' } }),
+      );
       for (const k of keys) weightMap[k] = file;
     }
     writeFileSync(join(src, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
@@ -120,10 +166,23 @@ describe('lora merge', () => {
     const out = join(mkdtempSync(join(tmpdir(), 'lora-cli-out-')), 'merged');
     const r = await run('merge', '--base', src, '--adapter', join(FIX, 'peft-patterns'), '--out', out);
     expect(r.code, r.err).toBe(0);
-    expect(readdirSync(out).sort()).toEqual(['config.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']);
+    expect(readdirSync(out).sort()).toEqual([
+      'config.json',
+      'model-00001-of-00002.safetensors',
+      'model-00002-of-00002.safetensors',
+      'model.safetensors.index.json',
+    ]);
     const want = read(join(FIX, 'expected.safetensors'));
-    const merged = { ...read(join(out, 'model-00001-of-00002.safetensors')), ...read(join(out, 'model-00002-of-00002.safetensors')) };
-    expect(maxRelativeError(await merged['layers.1.mlp.weight']!.data(), await want['peft-patterns.merged.layers.1.mlp.weight']!.data())).toBeLessThan(1e-5);
+    const merged = {
+      ...read(join(out, 'model-00001-of-00002.safetensors')),
+      ...read(join(out, 'model-00002-of-00002.safetensors')),
+    };
+    expect(
+      maxRelativeError(
+        await merged['layers.1.mlp.weight']!.data(),
+        await want['peft-patterns.merged.layers.1.mlp.weight']!.data(),
+      ),
+    ).toBeLessThan(1e-5);
     // an adapter for another model: a one-line error, exit 1 or 2, and no output directory
     const bad = join(mkdtempSync(join(tmpdir(), 'lora-cli-bad-')), 'merged');
     const r2 = await run('merge', '--base', src, '--adapter', join(FIX, 'peft-embedding'), '--out', bad);
@@ -137,7 +196,9 @@ describe('lora merge', () => {
   it('explains missing arguments and unknown commands in one line, with --help on each command', async () => {
     const r = await run('merge', '--base', 'x');
     expect([r.code, r.err]).toEqual([2, 'lora merge: merge needs --adapter; see lora merge --help']);
-    expect((await run('frobnicate')).err).toBe("lora frobnicate: unknown command 'frobnicate'; commands are inspect, merge and combine (lora --help)");
+    expect((await run('frobnicate')).err).toBe(
+      "lora frobnicate: unknown command 'frobnicate'; commands are inspect, merge and combine (lora --help)",
+    );
     expect((await run('merge', '--help')).out).toMatch(/^lora merge --base/);
     expect((await run('inspect', '--help')).out).toMatch(/^lora inspect/);
     expect((await run('--help')).code).toBe(0);
@@ -150,9 +211,25 @@ describe('lora combine', () => {
     tensors: read(join(FIX, name, 'adapter_model.safetensors')),
   });
 
-  it('writes what combineAdapters gives, in PEFT\'s layout, with progress on stderr', async () => {
+  it("writes what combineAdapters gives, in PEFT's layout, with progress on stderr", async () => {
     const out = join(mkdtempSync(join(tmpdir(), 'lora-cli-combine-')), 'mix');
-    const r = await run('combine', '--adapter', join(FIX, 'combine-a'), '--adapter', join(FIX, 'combine-b'), '--weights', '0.7,-0.4', '--type', 'ties_svd', '--density', '0.5', '--svd-rank', '3', '--out', out);
+    const r = await run(
+      'combine',
+      '--adapter',
+      join(FIX, 'combine-a'),
+      '--adapter',
+      join(FIX, 'combine-b'),
+      '--weights',
+      '0.7,-0.4',
+      '--type',
+      'ties_svd',
+      '--density',
+      '0.5',
+      '--svd-rank',
+      '3',
+      '--out',
+      out,
+    );
     expect(r.code, r.err).toBe(0);
     expect(readdirSync(out).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
     expect(r.err).toMatch(/read .*combine-a \(1\/2\)/);
@@ -163,7 +240,8 @@ describe('lora combine', () => {
     expect(readFileSync(join(out, 'adapter_config.json'), 'utf8')).toBe(loraConfigToJson(want.config));
     const got = read(join(out, 'adapter_model.safetensors'));
     expect(Object.keys(got).sort()).toEqual(Object.keys(want.tensors).sort());
-    for (const [k, t] of Object.entries(want.tensors)) expect(maxRelativeError(await got[k]!.data(), await t.data()), k).toBe(0);
+    for (const [k, t] of Object.entries(want.tensors))
+      expect(maxRelativeError(await got[k]!.data(), await t.data()), k).toBe(0);
     // one adapter: PEFT's linear rescale; rsLoRA and rank patterns come from the adapter's config
     const solo = join(mkdtempSync(join(tmpdir(), 'lora-cli-combine-')), 'solo');
     const r2 = await run('combine', '--adapter', join(FIX, 'combine-a'), '--weights', '1.5', '--out', solo);
@@ -172,7 +250,13 @@ describe('lora combine', () => {
     const ours = read(join(solo, 'adapter_model.safetensors'));
     const k = 'base_model.model.conv.lora_A.weight';
     expect(maxRelativeError(await ours[k]!.data(), await peft[k]!.data())).toBeLessThan(1e-5);
-    tf.dispose([...Object.values(got), ...Object.values(want.tensors), ...Object.values(peft), ...Object.values(ours), ...sources.flatMap((s) => Object.values(s.tensors))]);
+    tf.dispose([
+      ...Object.values(got),
+      ...Object.values(want.tensors),
+      ...Object.values(peft),
+      ...Object.values(ours),
+      ...sources.flatMap((s) => Object.values(s.tensors)),
+    ]);
   });
 
   it('fails with one line and a non-zero exit on every bad input, leaving no output or temporary directory', async () => {
@@ -182,31 +266,85 @@ describe('lora combine', () => {
     const parent = mkdtempSync(join(tmpdir(), 'lora-cli-combine-bad-'));
     const out = join(parent, 'mix');
     const cases: [string[], RegExp][] = [
-      [['--adapter', a, '--adapter', b, '--weights', '0.7', '--out', out], /^lora combine: --weights has 1 value\(s\) for 2 adapter\(s\); give one weight per --adapter$/],
-      [['--adapter', a, '--adapter', b, '--weights', '0.7,x', '--out', out], /^lora combine: --weights value "x" is not a number$/],
-      [['--adapter', a, '--adapter', b, '--weights', '1,1', '--type', 'average', '--out', out], /^lora combine: unknown --type 'average'; types are svd, linear, cat, /],
-      [['--adapter', a, '--adapter', c, '--weights', '1,1', '--type', 'linear', '--out', out], /^lora combine: All adapters must have the same r value when using combination_type linear/],
-      [['--adapter', a, '--adapter', join(parent, 'nope'), '--weights', '1,1', '--out', out], /^lora combine: .*nope: no adapter_config\.json/],
-      [['--adapter', a, '--adapter', b, '--weights', '1,1', '--type', 'ties', '--out', out], /^lora combine: combination_type 'ties' prunes and needs a density in \[0, 1\]/],
-      [['--adapter', a, '--adapter', b, '--weights', '1,1', '--type', 'ties', '--density', '1.5', '--out', out], /^lora combine: --density "1\.5" is not a fraction in \[0, 1\]$/],
-      [['--adapter', a, '--adapter', b, '--weights', '1,1', '--svd-rank', '0', '--out', out], /^lora combine: --svd-rank "0" is not a positive integer$/],
-      [['--adapter', a, '--adapter', b, '--weights', '1,1', '--type', 'ties', '--density', '0.5', '--majority-sign', 'mean', '--out', out], /^lora combine: --majority-sign 'mean' is not total or frequency$/],
-      [['--adapter', a, '--adapter', b, '--weights', '1,1'], /^lora combine: combine needs --out; see lora combine --help$/],
+      [
+        ['--adapter', a, '--adapter', b, '--weights', '0.7', '--out', out],
+        /^lora combine: --weights has 1 value\(s\) for 2 adapter\(s\); give one weight per --adapter$/,
+      ],
+      [
+        ['--adapter', a, '--adapter', b, '--weights', '0.7,x', '--out', out],
+        /^lora combine: --weights value "x" is not a number$/,
+      ],
+      [
+        ['--adapter', a, '--adapter', b, '--weights', '1,1', '--type', 'average', '--out', out],
+        /^lora combine: unknown --type 'average'; types are svd, linear, cat, /,
+      ],
+      [
+        ['--adapter', a, '--adapter', c, '--weights', '1,1', '--type', 'linear', '--out', out],
+        /^lora combine: All adapters must have the same r value when using combination_type linear/,
+      ],
+      [
+        ['--adapter', a, '--adapter', join(parent, 'nope'), '--weights', '1,1', '--out', out],
+        /^lora combine: .*nope: no adapter_config\.json/,
+      ],
+      [
+        ['--adapter', a, '--adapter', b, '--weights', '1,1', '--type', 'ties', '--out', out],
+        /^lora combine: combination_type 'ties' prunes and needs a density in \[0, 1\]/,
+      ],
+      [
+        ['--adapter', a, '--adapter', b, '--weights', '1,1', '--type', 'ties', '--density', '1.5', '--out', out],
+        /^lora combine: --density "1\.5" is not a fraction in \[0, 1\]$/,
+      ],
+      [
+        ['--adapter', a, '--adapter', b, '--weights', '1,1', '--svd-rank', '0', '--out', out],
+        /^lora combine: --svd-rank "0" is not a positive integer$/,
+      ],
+      [
+        [
+          '--adapter',
+          a,
+          '--adapter',
+          b,
+          '--weights',
+          '1,1',
+          '--type',
+          'ties',
+          '--density',
+          '0.5',
+          '--majority-sign',
+          'mean',
+          '--out',
+          out,
+        ],
+        /^lora combine: --majority-sign 'mean' is not total or frequency$/,
+      ],
+      [
+        ['--adapter', a, '--adapter', b, '--weights', '1,1'],
+        /^lora combine: combine needs --out; see lora combine --help$/,
+      ],
       [['--weights', '1', '--out', out], /^lora combine: combine needs --adapter/],
-      [['--adapter', a, '--adapter', b, '--weights', '1,1', '--out', a], /^lora combine: --out .* is one of the --adapter directories/],
+      [
+        ['--adapter', a, '--adapter', b, '--weights', '1,1', '--out', a],
+        /^lora combine: --out .* is one of the --adapter directories/,
+      ],
     ];
     for (const [args, message] of cases) {
       const r = await run('combine', ...args);
       expect(r.code, args.join(' ')).not.toBe(0);
       expect(r.err.split('\n').at(-1), args.join(' ')).toMatch(message);
-      expect(r.err.split('\n').filter((l) => l.startsWith('lora combine:')), args.join(' ')).toHaveLength(1);
+      expect(
+        r.err.split('\n').filter((l) => l.startsWith('lora combine:')),
+        args.join(' '),
+      ).toHaveLength(1);
       expect(readdirSync(parent), args.join(' ')).toEqual([]);
     }
     // an existing --out is kept unless --force
     mkdirSync(out);
     writeFileSync(join(out, 'keep.txt'), 'x');
     const r = await run('combine', '--adapter', a, '--adapter', b, '--weights', '1,1', '--out', out);
-    expect([r.code, r.err]).toEqual([2, `lora combine: --out ${out} exists; choose a new directory or pass --force to replace it`]);
+    expect([r.code, r.err]).toEqual([
+      2,
+      `lora combine: --out ${out} exists; choose a new directory or pass --force to replace it`,
+    ]);
     expect(readdirSync(out)).toEqual(['keep.txt']);
     const forced = await run('combine', '--adapter', a, '--adapter', b, '--weights', '1,1', '--out', out, '--force');
     expect(forced.code, forced.err).toBe(0);

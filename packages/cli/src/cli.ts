@@ -2,7 +2,18 @@ import { cp, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
-import { COMBINATION_TYPES, type CombinationType, PEFT_KEY_PREFIX, adapterTargets, combineAdapters, mergedModulePaths, loraConfigFromJson, loraConfigToJson, mergeAdapterWeights, moduleScaling } from '@lora/core';
+import {
+  COMBINATION_TYPES,
+  type CombinationType,
+  PEFT_KEY_PREFIX,
+  adapterTargets,
+  combineAdapters,
+  mergedModulePaths,
+  loraConfigFromJson,
+  loraConfigToJson,
+  mergeAdapterWeights,
+  moduleScaling,
+} from '@lora/core';
 import { initBackend, serializeSafetensors } from '@lora/tensor';
 import { loadSafetensors, readSafetensorsFileHeader, rewriteSafetensors } from '@lora/tensor/node';
 
@@ -113,7 +124,10 @@ async function readAdapter(dir: string, name?: string) {
   const root = name && name !== 'default' ? join(dir, name) : dir;
   const configPath = join(root, 'adapter_config.json');
   const weightsPath = join(root, 'adapter_model.safetensors');
-  if (!(await stat(configPath).catch(() => null))) throw new UsageError(`${root}: no adapter_config.json (is it a PEFT adapter directory? use --adapter-name for a sub-folder)`);
+  if (!(await stat(configPath).catch(() => null)))
+    throw new UsageError(
+      `${root}: no adapter_config.json (is it a PEFT adapter directory? use --adapter-name for a sub-folder)`,
+    );
   const config = loraConfigFromJson(JSON.parse(await readFile(configPath, 'utf8')), { warn: () => undefined });
   if (!(await stat(weightsPath).catch(() => null))) throw new UsageError(`${root}: no adapter_model.safetensors`);
   const { tensors } = await loadSafetensors(weightsPath);
@@ -121,7 +135,11 @@ async function readAdapter(dir: string, name?: string) {
 }
 
 async function inspect(args: string[], io: Io): Promise<number> {
-  const { positionals, values } = parseArgs({ args, allowPositionals: true, options: { help: { type: 'boolean' }, 'adapter-name': { type: 'string' } } });
+  const { positionals, values } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { help: { type: 'boolean' }, 'adapter-name': { type: 'string' } },
+  });
   if (values.help) {
     io.out(HELP.inspect as string);
     return 0;
@@ -131,13 +149,19 @@ async function inspect(args: string[], io: Io): Promise<number> {
   const { config, tensors, root } = await readAdapter(positionals[0] as string, values['adapter-name']);
   try {
     io.out(`adapter ${root}`);
-    io.out(`  peft_type LORA, r ${config.r}, lora_alpha ${config.loraAlpha}, rslora ${config.useRslora}, dora ${config.useDora}, dropout ${config.loraDropout}`);
-    io.out(`  target_modules ${JSON.stringify(config.targetModules)}${config.baseModelNameOrPath ? `, base model ${config.baseModelNameOrPath}` : ''}`);
+    io.out(
+      `  peft_type LORA, r ${config.r}, lora_alpha ${config.loraAlpha}, rslora ${config.useRslora}, dora ${config.useDora}, dropout ${config.loraDropout}`,
+    );
+    io.out(
+      `  target_modules ${JSON.stringify(config.targetModules)}${config.baseModelNameOrPath ? `, base model ${config.baseModelNameOrPath}` : ''}`,
+    );
     let total = 0;
     const targets = adapterTargets(tensors);
     for (const [path, kind] of targets) {
       const { r, alpha, scaling } = moduleScaling(config, path);
-      const params = Object.entries(tensors).filter(([k]) => k.startsWith(`${PEFT_KEY_PREFIX}${path}.`)).reduce((s, [, t]) => s + t.size, 0);
+      const params = Object.entries(tensors)
+        .filter(([k]) => k.startsWith(`${PEFT_KEY_PREFIX}${path}.`))
+        .reduce((s, [, t]) => s + t.size, 0);
       total += params;
       io.out(`  ${path}  ${kind}  r ${r}  alpha ${alpha}  scaling ${scaling.toPrecision(4)}  ${params} params`);
     }
@@ -153,7 +177,13 @@ async function inspect(args: string[], io: Io): Promise<number> {
  * as bytes, each adapted module's weight (and bias, with lora_bias) is read, merged and written back in
  * its own dtype, so memory stays near one module and a bf16 checkpoint stays bf16.
  */
-async function mergeFile(input: string, output: string, adapter: { config: ReturnType<typeof loraConfigFromJson>; tensors: Record<string, tf.Tensor> }, safeMerge: boolean, io: Io): Promise<{ changed: number }> {
+async function mergeFile(
+  input: string,
+  output: string,
+  adapter: { config: ReturnType<typeof loraConfigFromJson>; tensors: Record<string, tf.Tensor> },
+  safeMerge: boolean,
+  io: Io,
+): Promise<{ changed: number }> {
   const modules = mergedModulePaths(adapter.tensors);
   const moduleOf = new Map<string, string>();
   for (const p of modules) for (const k of [`${p}.weight`, `${p}.bias`]) moduleOf.set(k, p);
@@ -172,7 +202,8 @@ async function mergeFile(input: string, output: string, adapter: { config: Retur
         return ready;
       }
       const path = moduleOf.get(name);
-      if (path === undefined || (name.endsWith('.bias') && !adapter.tensors[`${PEFT_KEY_PREFIX}${path}.lora_B.bias`])) return undefined;
+      if (path === undefined || (name.endsWith('.bias') && !adapter.tensors[`${PEFT_KEY_PREFIX}${path}.lora_B.bias`]))
+        return undefined;
       // this module's weight (and bias) as tensors; the adapter's tensors for this module alone
       const base: Record<string, tf.Tensor> = {};
       const own: Record<string, tf.Tensor> = {};
@@ -198,7 +229,9 @@ async function mergeFile(input: string, output: string, adapter: { config: Retur
       onProgress: (done, total) => {
         if (Date.now() - lastReport < 2000) return;
         lastReport = Date.now();
-        io.err(`  ${basename(input)}: ${((100 * done) / total).toFixed(0)}% (${(done / 2 ** 20).toFixed(0)} of ${(total / 2 ** 20).toFixed(0)} MiB)`);
+        io.err(
+          `  ${basename(input)}: ${((100 * done) / total).toFixed(0)}% (${(done / 2 ** 20).toFixed(0)} of ${(total / 2 ** 20).toFixed(0)} MiB)`,
+        );
       },
     },
   );
@@ -208,16 +241,27 @@ async function mergeFile(input: string, output: string, adapter: { config: Retur
 async function merge(args: string[], io: Io): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { help: { type: 'boolean' }, base: { type: 'string' }, adapter: { type: 'string' }, out: { type: 'string' }, 'adapter-name': { type: 'string' }, 'safe-merge': { type: 'boolean' } },
+    options: {
+      help: { type: 'boolean' },
+      base: { type: 'string' },
+      adapter: { type: 'string' },
+      out: { type: 'string' },
+      'adapter-name': { type: 'string' },
+      'safe-merge': { type: 'boolean' },
+    },
   });
   if (values.help) {
     io.out(HELP.merge as string);
     return 0;
   }
-  for (const k of ['base', 'adapter', 'out'] as const) if (!values[k]) throw new UsageError(`merge needs --${k}; see lora merge --help`);
+  for (const k of ['base', 'adapter', 'out'] as const)
+    if (!values[k]) throw new UsageError(`merge needs --${k}; see lora merge --help`);
   const base = values.base as string;
   const out = values.out as string;
-  if (resolve(out) === resolve(base)) throw new UsageError('--out is --base: write the merged model somewhere else (the base is read while the output is written)');
+  if (resolve(out) === resolve(base))
+    throw new UsageError(
+      '--out is --base: write the merged model somewhere else (the base is read while the output is written)',
+    );
   await startBackend();
   const adapter = await readAdapter(values.adapter as string, values['adapter-name']);
   try {
@@ -229,8 +273,16 @@ async function merge(args: string[], io: Io): Promise<number> {
     if (shards.length === 0) throw new UsageError(`${base}: no .safetensors files`);
     // every adapted weight must be in the base, checked on the headers before anything is written
     const found = new Set<string>();
-    for (const shard of shards) for (const e of (await readSafetensorsFileHeader(join(dir, shard))).entries) if (wanted.has(e.name)) found.add(e.name);
-    if (found.size !== wanted.size) throw new UsageError(`the base has no ${[...wanted].filter((w) => !found.has(w)).slice(0, 3).join(', ')}: is this the adapter's base model?`);
+    for (const shard of shards)
+      for (const e of (await readSafetensorsFileHeader(join(dir, shard))).entries)
+        if (wanted.has(e.name)) found.add(e.name);
+    if (found.size !== wanted.size)
+      throw new UsageError(
+        `the base has no ${[...wanted]
+          .filter((w) => !found.has(w))
+          .slice(0, 3)
+          .join(', ')}: is this the adapter's base model?`,
+      );
     if (baseIsDir) {
       await writeDirAtomic(out, async (tmp) => {
         for (const [i, shard] of shards.entries()) {
@@ -238,7 +290,8 @@ async function merge(args: string[], io: Io): Promise<number> {
           await mergeFile(join(base, shard), join(tmp, shard), adapter, values['safe-merge'] ?? false, io);
         }
         // the checkpoint's other files and folders (config.json, tokenizer files) come along
-        for (const f of files) if (!f.endsWith('.safetensors')) await cp(join(base, f), join(tmp, f), { recursive: true });
+        for (const f of files)
+          if (!f.endsWith('.safetensors')) await cp(join(base, f), join(tmp, f), { recursive: true });
       });
     } else {
       io.err(`merging ${base}`);
@@ -252,7 +305,12 @@ async function merge(args: string[], io: Io): Promise<number> {
 }
 
 /** A number from an option, checked: `what` names the option in the error. */
-function numberOption(value: string | undefined, what: string, check: (n: number) => boolean, expected: string): number | undefined {
+function numberOption(
+  value: string | undefined,
+  what: string,
+  check: (n: number) => boolean,
+  expected: string,
+): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
   if (value.trim() === '' || !check(n)) throw new UsageError(`${what} ${JSON.stringify(value)} is not ${expected}`);
@@ -282,14 +340,22 @@ async function combine(args: string[], io: Io): Promise<number> {
   }
   const dirs = values.adapter ?? [];
   if (dirs.length === 0) throw new UsageError('combine needs --adapter (once per adapter); see lora combine --help');
-  if (values.weights === undefined) throw new UsageError('combine needs --weights (one per adapter, comma-separated); see lora combine --help');
+  if (values.weights === undefined)
+    throw new UsageError('combine needs --weights (one per adapter, comma-separated); see lora combine --help');
   if (!values.out) throw new UsageError('combine needs --out; see lora combine --help');
-  const weights = values.weights.split(',').map((w) => numberOption(w, '--weights value', Number.isFinite, 'a number') as number);
-  if (weights.length !== dirs.length) throw new UsageError(`--weights has ${weights.length} value(s) for ${dirs.length} adapter(s); give one weight per --adapter`);
+  const weights = values.weights
+    .split(',')
+    .map((w) => numberOption(w, '--weights value', Number.isFinite, 'a number') as number);
+  if (weights.length !== dirs.length)
+    throw new UsageError(
+      `--weights has ${weights.length} value(s) for ${dirs.length} adapter(s); give one weight per --adapter`,
+    );
   const type = (values.type ?? 'svd') as CombinationType;
-  if (!COMBINATION_TYPES.includes(type)) throw new UsageError(`unknown --type '${type}'; types are ${COMBINATION_TYPES.join(', ')}`);
+  if (!COMBINATION_TYPES.includes(type))
+    throw new UsageError(`unknown --type '${type}'; types are ${COMBINATION_TYPES.join(', ')}`);
   const majority = values['majority-sign'];
-  if (majority !== undefined && majority !== 'total' && majority !== 'frequency') throw new UsageError(`--majority-sign '${majority}' is not total or frequency`);
+  if (majority !== undefined && majority !== 'total' && majority !== 'frequency')
+    throw new UsageError(`--majority-sign '${majority}' is not total or frequency`);
   const options = {
     combinationType: type,
     svdRank: numberOption(values['svd-rank'], '--svd-rank', (n) => Number.isInteger(n) && n > 0, 'a positive integer'),
@@ -299,8 +365,10 @@ async function combine(args: string[], io: Io): Promise<number> {
     seed: numberOption(values.seed, '--seed', Number.isSafeInteger, 'an integer'),
   };
   const out = resolve(values.out);
-  if (dirs.some((d) => resolve(d) === out)) throw new UsageError(`--out ${values.out} is one of the --adapter directories; write the combination elsewhere`);
-  if ((await stat(out).catch(() => null)) && !values.force) throw new UsageError(`--out ${values.out} exists; choose a new directory or pass --force to replace it`);
+  if (dirs.some((d) => resolve(d) === out))
+    throw new UsageError(`--out ${values.out} is one of the --adapter directories; write the combination elsewhere`);
+  if ((await stat(out).catch(() => null)) && !values.force)
+    throw new UsageError(`--out ${values.out} exists; choose a new directory or pass --force to replace it`);
   await startBackend();
   const adapters: Awaited<ReturnType<typeof readAdapter>>[] = [];
   try {
@@ -316,10 +384,15 @@ async function combine(args: string[], io: Io): Promise<number> {
     });
     try {
       await writeDirAtomic(out, async (tmp) => {
-        await writeFile(join(tmp, 'adapter_model.safetensors'), await serializeSafetensors(mix.tensors, { metadata: { format: 'pt' } }));
+        await writeFile(
+          join(tmp, 'adapter_model.safetensors'),
+          await serializeSafetensors(mix.tensors, { metadata: { format: 'pt' } }),
+        );
         await writeFile(join(tmp, 'adapter_config.json'), loraConfigToJson(mix.config));
       });
-      io.err(`wrote ${values.out} (${dirs.length === 1 ? 'linear' : type}, r ${mix.config.r}, ${Object.keys(mix.tensors).length / 2} modules)`);
+      io.err(
+        `wrote ${values.out} (${dirs.length === 1 ? 'linear' : type}, r ${mix.config.r}, ${Object.keys(mix.tensors).length / 2} modules)`,
+      );
     } finally {
       tf.dispose(Object.values(mix.tensors));
     }

@@ -42,12 +42,18 @@ async function run(backend: 'cpu' | 'webgpu'): Promise<SmokeResult> {
     return net.eval() as Net;
   };
   // a PEFT-saved adapter from in-memory files
-  const files = { 'adapter_config.json': await bytes('/fixtures/peft-dora/adapter_config.json'), 'adapter_model.safetensors': await bytes('/fixtures/peft-dora/adapter_model.safetensors') };
+  const files = {
+    'adapter_config.json': await bytes('/fixtures/peft-dora/adapter_config.json'),
+    'adapter_model.safetensors': await bytes('/fixtures/peft-dora/adapter_model.safetensors'),
+  };
   const { model: peft } = await loadAdapter(base(), files);
   const y = peft.call(want.x) as tf.Tensor;
   const outputRelErr = maxRelativeError(await y.data(), await (want['peft-dora.out'] as tf.Tensor).data());
   const merged = (await peft.mergeAndUnload({ safeMerge: true })) as Module;
-  const mergedRelErr = maxRelativeError(await (merged.stateDict()['layers.1.mlp.weight'] as tf.Tensor).data(), await (want['peft-dora.merged.layers.1.mlp.weight'] as tf.Tensor).data());
+  const mergedRelErr = maxRelativeError(
+    await (merged.stateDict()['layers.1.mlp.weight'] as tf.Tensor).data(),
+    await (want['peft-dora.merged.layers.1.mlp.weight'] as tf.Tensor).data(),
+  );
   merged.dispose();
   // an adapter trained here, serialized in memory and loaded back from those bytes
   manualSeed(1);
@@ -57,7 +63,10 @@ async function run(backend: 'cpu' | 'webgpu'): Promise<SmokeResult> {
   const target = tf.tidy(() => tf.neg(want.base_out as tf.Tensor));
   const losses: number[] = [];
   for (let i = 0; i < 8; i++) {
-    const { value, grads } = tf.variableGrads(() => tf.mean(tf.square(tf.sub(fresh.call(want.x) as tf.Tensor, target))) as tf.Scalar, fresh.trainableParameters());
+    const { value, grads } = tf.variableGrads(
+      () => tf.mean(tf.square(tf.sub(fresh.call(want.x) as tf.Tensor, target))) as tf.Scalar,
+      fresh.trainableParameters(),
+    );
     opt.step(grads);
     losses.push((await value.data())[0] as number);
     tf.dispose([value, ...Object.values(grads)]);
@@ -65,14 +74,26 @@ async function run(backend: 'cpu' | 'webgpu'): Promise<SmokeResult> {
   fresh.eval();
   const yFresh = fresh.call(want.x) as tf.Tensor;
   const saved = await serializeAdapter(fresh);
-  const { model: back } = await loadAdapter(base(), { 'adapter_config.json': saved.config, 'adapter_model.safetensors': saved.weights });
+  const { model: back } = await loadAdapter(base(), {
+    'adapter_config.json': saved.config,
+    'adapter_model.safetensors': saved.weights,
+  });
   const yBack = back.call(want.x) as tf.Tensor;
   const reloadRelErr = maxRelativeError(await yBack.data(), await yFresh.data());
   tf.dispose([y, yFresh, yBack, target, ...Object.values(want)]);
   opt.dispose();
   fresh.dispose();
   back.dispose();
-  return { backend: info.name, adapter: info.adapter, outputRelErr, mergedRelErr, lossFirst: losses[0] as number, lossLast: losses.at(-1) as number, reloadRelErr, leaked: tf.memory().numTensors - before };
+  return {
+    backend: info.name,
+    adapter: info.adapter,
+    outputRelErr,
+    mergedRelErr,
+    lossFirst: losses[0] as number,
+    lossLast: losses.at(-1) as number,
+    reloadRelErr,
+    leaked: tf.memory().numTensors - before,
+  };
 }
 
 const state: { done: boolean; results: SmokeResult[]; errors: string[] } = { done: false, results: [], errors: [] };

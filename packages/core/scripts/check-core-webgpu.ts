@@ -13,7 +13,12 @@ import { FIX, baseNet, convDoraNet, gptNet, readFixture } from '../src/fixture-n
 import { tokNet } from '../src/token-nets.test-util';
 
 const name = (process.argv[2] ?? 'webgpu') as BackendName;
-const info = await initBackend(name, { importers: { '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu'), '@tensorflow/tfjs-backend-cpu': () => import('@tensorflow/tfjs-backend-cpu') } });
+const info = await initBackend(name, {
+  importers: {
+    '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu'),
+    '@tensorflow/tfjs-backend-cpu': () => import('@tensorflow/tfjs-backend-cpu'),
+  },
+});
 console.log(`backend ${info.name} on ${info.adapter}; fixtures ${FIX}`);
 
 let failed = 0;
@@ -44,7 +49,11 @@ tf.dispose(Object.values(expected));
 
 // DoRA on Embedding and convolutions, LoRA on a grouped convolution
 const conv = readFixture('convdora-expected.safetensors');
-for (const [adapter, key] of [['convdora-dora', 'dora.out'], ['convdora-grouped', 'grouped.out'], ['convdora-grouped-dora', 'grouped_dora.out']] as const) {
+for (const [adapter, key] of [
+  ['convdora-dora', 'dora.out'],
+  ['convdora-grouped', 'grouped.out'],
+  ['convdora-grouped-dora', 'grouped_dora.out'],
+] as const) {
   const { model: peft } = await loadAdapter(convDoraNet(), join(FIX, adapter));
   const y = peft.call(conv.ids) as tf.Tensor;
   await check(`${adapter} output`, y, conv[key]);
@@ -66,7 +75,11 @@ tf.dispose(Object.values(fifo));
 
 // trainable tokens (plain and tied), merged
 const tokens = readFixture('tokens-expected.safetensors');
-for (const [adapter, tied] of [['tokens-list', false], ['tokens-dict', false], ['tokens-tied', true]] as const) {
+for (const [adapter, tied] of [
+  ['tokens-list', false],
+  ['tokens-dict', false],
+  ['tokens-tied', true],
+] as const) {
   const { model: peft } = await loadAdapter(tokNet(tied), join(FIX, `peft-${adapter}`));
   const y = peft.call(tokens.ids) as tf.Tensor;
   await check(`${adapter} output`, y, tokens[`${adapter}.out`]);
@@ -88,15 +101,21 @@ const baseBefore = await (peft.model.stateDict()['layers.0.q_proj.base_layer.wei
 const opt = new AdamW(peft.trainableParameters(), { lr: 1e-2 });
 const losses: number[] = [];
 for (let i = 0; i < 20; i++) {
-  const { value, grads } = tf.variableGrads(() => tf.mean(tf.square(tf.sub(peft.call(data.x) as tf.Tensor, target))) as tf.Scalar, peft.trainableParameters());
+  const { value, grads } = tf.variableGrads(
+    () => tf.mean(tf.square(tf.sub(peft.call(data.x) as tf.Tensor, target))) as tf.Scalar,
+    peft.trainableParameters(),
+  );
   opt.step(grads);
   losses.push((await value.data())[0] as number);
   tf.dispose([value, ...Object.values(grads)]);
 }
 const baseAfter = await (peft.model.stateDict()['layers.0.q_proj.base_layer.weight'] as tf.Tensor).data();
-const trained = (losses.at(-1) as number) < (losses[0] as number) * 0.9 && maxRelativeError(baseAfter, baseBefore) === 0;
+const trained =
+  (losses.at(-1) as number) < (losses[0] as number) * 0.9 && maxRelativeError(baseAfter, baseBefore) === 0;
 if (!trained) failed++;
-console.log(`  ${trained ? 'ok  ' : 'FAIL'}  DoRA training: loss ${losses[0]?.toFixed(4)} → ${losses.at(-1)?.toFixed(4)} in 20 AdamW steps, base weights unchanged`);
+console.log(
+  `  ${trained ? 'ok  ' : 'FAIL'}  DoRA training: loss ${losses[0]?.toFixed(4)} → ${losses.at(-1)?.toFixed(4)} in 20 AdamW steps, base weights unchanged`,
+);
 opt.dispose();
 peft.dispose();
 tf.dispose([target, ...Object.values(data)]);

@@ -16,7 +16,17 @@ import type { LoraConfig } from './lora-config';
 
 /** Combination types of PEFT's `add_weighted_adapter`. */
 export type CombinationType =
-  | 'svd' | 'linear' | 'cat' | 'ties' | 'ties_svd' | 'dare_linear' | 'dare_ties' | 'dare_linear_svd' | 'dare_ties_svd' | 'magnitude_prune' | 'magnitude_prune_svd';
+  | 'svd'
+  | 'linear'
+  | 'cat'
+  | 'ties'
+  | 'ties_svd'
+  | 'dare_linear'
+  | 'dare_ties'
+  | 'dare_linear_svd'
+  | 'dare_ties_svd'
+  | 'magnitude_prune'
+  | 'magnitude_prune_svd';
 
 /**
  * The eleven combination types, in PEFT's order.
@@ -27,7 +37,17 @@ export type CombinationType =
  * ```
  */
 export const COMBINATION_TYPES: readonly CombinationType[] = [
-  'svd', 'linear', 'cat', 'ties', 'ties_svd', 'dare_ties', 'dare_linear', 'dare_ties_svd', 'dare_linear_svd', 'magnitude_prune', 'magnitude_prune_svd',
+  'svd',
+  'linear',
+  'cat',
+  'ties',
+  'ties_svd',
+  'dare_ties',
+  'dare_linear',
+  'dare_ties_svd',
+  'dare_linear_svd',
+  'magnitude_prune',
+  'magnitude_prune_svd',
 ];
 
 /** Options of {@link addWeightedAdapter} and {@link combineAdapters}, with PEFT's defaults. */
@@ -83,33 +103,52 @@ function needsDensity(kind: CombinationType): boolean {
  * and `use_dora` are off (PEFT's combined adapter would keep the bias and magnitude at their
  * initial values; only A and B are combined).
  */
-export function planCombination(configs: LoraConfig[], weights: number[], options: WeightedAdapterOptions, label: (i: number) => string): CombinationPlan {
+export function planCombination(
+  configs: LoraConfig[],
+  weights: number[],
+  options: WeightedAdapterOptions,
+  label: (i: number) => string,
+): CombinationPlan {
   if (configs.length === 0) throw new Error('no adapters to combine; pass at least one');
-  if (weights.length !== configs.length) throw new Error(`${configs.length} adapters but ${weights.length} weights were given; pass one weight per adapter`);
-  for (const [i, w] of weights.entries()) if (typeof w !== 'number' || !Number.isFinite(w)) throw new Error(`the weight of ${label(i)} is ${String(w)}; weights must be finite numbers`);
+  if (weights.length !== configs.length)
+    throw new Error(`${configs.length} adapters but ${weights.length} weights were given; pass one weight per adapter`);
+  for (const [i, w] of weights.entries())
+    if (typeof w !== 'number' || !Number.isFinite(w))
+      throw new Error(`the weight of ${label(i)} is ${String(w)}; weights must be finite numbers`);
   const requested = options.combinationType ?? 'svd';
-  if (!COMBINATION_TYPES.includes(requested)) throw new Error(`Invalid combination_type: ${String(requested)}; use one of ${COMBINATION_TYPES.join(', ')}`);
+  if (!COMBINATION_TYPES.includes(requested))
+    throw new Error(`Invalid combination_type: ${String(requested)}; use one of ${COMBINATION_TYPES.join(', ')}`);
   const kind: CombinationType = configs.length === 1 ? 'linear' : requested;
   for (const [i, c] of configs.entries()) {
     const tp = c.extra.target_parameters;
-    if (tp !== undefined && tp !== null && !(Array.isArray(tp) && tp.length === 0)) throw new Error(`add_weighted_adapter does not support targeting nn.Parameter (problematic adapter '${label(i)}')`);
+    if (tp !== undefined && tp !== null && !(Array.isArray(tp) && tp.length === 0))
+      throw new Error(
+        `add_weighted_adapter does not support targeting nn.Parameter (problematic adapter '${label(i)}')`,
+      );
   }
   const { density, svdClamp, svdRank, seed } = options;
   const majority = options.majoritySignMethod ?? 'total';
-  if (majority !== 'total' && majority !== 'frequency') throw new Error(`Unimplemented mask method "${String(majority)}"; use 'total' or 'frequency'`);
+  if (majority !== 'total' && majority !== 'frequency')
+    throw new Error(`Unimplemented mask method "${String(majority)}"; use 'total' or 'frequency'`);
   if (needsDensity(kind)) {
-    if (density === undefined || density === null) throw new Error(`combination_type '${kind}' prunes and needs a density in [0, 1] (the fraction of values kept)`);
+    if (density === undefined || density === null)
+      throw new Error(`combination_type '${kind}' prunes and needs a density in [0, 1] (the fraction of values kept)`);
     if (!(density >= 0)) throw new Error(`Density should be >= 0, got ${density}`);
-    if (density === 0 && kind.startsWith('dare')) throw new Error(`density 0 makes DARE divide by zero (PEFT's result is NaN); use a density in (0, 1]`);
+    if (density === 0 && kind.startsWith('dare'))
+      throw new Error(`density 0 makes DARE divide by zero (PEFT's result is NaN); use a density in (0, 1]`);
   }
-  if (svdClamp !== undefined && !(svdClamp >= 0 && svdClamp <= 1)) throw new Error(`quantile() q must be in the range [0, 1] but got ${svdClamp} (svdClamp)`);
-  if (svdRank !== undefined && !(Number.isInteger(svdRank) && svdRank >= 0)) throw new Error(`svdRank must be a positive integer, got ${svdRank}`);
+  if (svdClamp !== undefined && !(svdClamp >= 0 && svdClamp <= 1))
+    throw new Error(`quantile() q must be in the range [0, 1] but got ${svdClamp} (svdClamp)`);
+  if (svdRank !== undefined && !(Number.isInteger(svdRank) && svdRank >= 0))
+    throw new Error(`svdRank must be a positive integer, got ${svdRank}`);
   if (seed !== undefined && !Number.isInteger(seed)) throw new Error(`seed must be an integer, got ${seed}`);
   const ranks = configs.map(maxRank);
   let rank: number;
   if (SAME_RANK.includes(kind)) {
     if (new Set(ranks).size !== 1) {
-      throw new Error(`All adapters must have the same r value when using combination_type linear, ties, dare_ties or dare_linear. (ranks ${ranks.join(', ')}; use cat or an svd type)`);
+      throw new Error(
+        `All adapters must have the same r value when using combination_type linear, ties, dare_ties or dare_linear. (ranks ${ranks.join(', ')}; use cat or an svd type)`,
+      );
     }
     rank = ranks[0] as number;
   } else if (kind === 'cat') rank = ranks.reduce((a, b) => a + b, 0);
@@ -118,10 +157,25 @@ export function planCombination(configs: LoraConfig[], weights: number[], option
   let targetModules: LoraConfig['targetModules'];
   if (targets.every((t) => typeof t === 'string')) targetModules = targets.map((t) => `(${t})`).join('|');
   else if (targets.every((t) => Array.isArray(t))) targetModules = [...new Set(targets.flat() as string[])];
-  else if (targets.some((t) => t === null)) throw new Error(`Invalid type <class 'NoneType'> found in target_modules (adapter ${label(targets.indexOf(null))} has no target_modules)`);
-  else throw new Error('all adapter configs should follow the same target modules type. Combining adapters with `target_modules` type being a mix of list/set and string is not supported.');
+  else if (targets.some((t) => t === null))
+    throw new Error(
+      `Invalid type <class 'NoneType'> found in target_modules (adapter ${label(targets.indexOf(null))} has no target_modules)`,
+    );
+  else
+    throw new Error(
+      'all adapter configs should follow the same target modules type. Combining adapters with `target_modules` type being a mix of list/set and string is not supported.',
+    );
   const first = configs[0] as LoraConfig;
-  const config: LoraConfig = { ...first, r: rank, loraAlpha: rank, rankPattern: {}, alphaPattern: {}, targetModules, loraBias: false, useDora: false };
+  const config: LoraConfig = {
+    ...first,
+    r: rank,
+    loraAlpha: rank,
+    rankPattern: {},
+    alphaPattern: {},
+    targetModules,
+    loraBias: false,
+    useDora: false,
+  };
   return { kind, rank, config, options: { ...options, majoritySignMethod: majority } };
 }
 
@@ -149,14 +203,31 @@ function magnitudePrune(t: tf.Tensor, density: number): tf.Tensor {
 function randomPrune(t: tf.Tensor, density: number, g: Generator): tf.Tensor {
   if (density >= 1) return tf.clone(t);
   const u = g.fillUniform(new Float32Array(t.size));
-  return tf.tidy(() => tf.div(tf.mul(t, tf.tensor(u.map((v) => (v < density ? 1 : 0)), t.shape)), density));
+  return tf.tidy(() =>
+    tf.div(
+      tf.mul(
+        t,
+        tf.tensor(
+          u.map((v) => (v < density ? 1 : 0)),
+          t.shape,
+        ),
+      ),
+      density,
+    ),
+  );
 }
 
 /**
  * PEFT's merge functions (`task_arithmetic`, `magnitude_prune`, `ties`, `dare_linear`, `dare_ties`)
  * over task tensors with per-task weights; `kind` names the merge (an `*_svd` type's merge is its prefix).
  */
-function mergeTaskTensors(tensors: tf.Tensor[], weights: number[], kind: CombinationType, o: WeightedAdapterOptions, g: Generator): tf.Tensor {
+function mergeTaskTensors(
+  tensors: tf.Tensor[],
+  weights: number[],
+  kind: CombinationType,
+  o: WeightedAdapterOptions,
+  g: Generator,
+): tf.Tensor {
   const density = o.density as number;
   const pruned = kind.startsWith('dare')
     ? tensors.map((t) => randomPrune(t, density, g))
@@ -218,7 +289,11 @@ async function toMatrix(t: tf.Tensor, rows: number, cols: number, scale = 1): Pr
  * [A₁; …; Ak]ᵀ = Qa·Ra, ΔW = Qb·(Rb·Raᵀ)·Qaᵀ, so the SVD of the small R×R middle gives ΔW's
  * nonzero singular triplets (R = Σ rᵢ). The same triplets as the full SVD, at the cost of the factors.
  */
-async function lowRankSvd(sources: SourceFactors[], out: number, inF: number): Promise<{ U: Matrix64; S: Float64Array; Vh: Matrix64 }> {
+async function lowRankSvd(
+  sources: SourceFactors[],
+  out: number,
+  inF: number,
+): Promise<{ U: Matrix64; S: Float64Array; Vh: Matrix64 }> {
   const R = sources.reduce((n, s) => n + (s.a.shape[0] as number), 0);
   const bc = new Float64Array(out * R);
   const ac = new Float64Array(R * inF);
@@ -238,7 +313,13 @@ async function lowRankSvd(sources: SourceFactors[], out: number, inF: number): P
 }
 
 /** PEFT's `_svd_generalized_task_arithmetic_weighted_adapter` on one module, in factor space. */
-async function svdCombination(sources: SourceFactors[], plan: CombinationPlan, g: Generator, aShape: number[], bShape: number[]): Promise<{ a: tf.Tensor; b: tf.Tensor }> {
+async function svdCombination(
+  sources: SourceFactors[],
+  plan: CombinationPlan,
+  g: Generator,
+  aShape: number[],
+  bShape: number[],
+): Promise<{ a: tf.Tensor; b: tf.Tensor }> {
   const { rank, kind } = plan;
   const out = bShape[0] as number;
   const inF = aShape.slice(1).reduce((x, y) => x * y, 1);
@@ -248,14 +329,25 @@ async function svdCombination(sources: SourceFactors[], plan: CombinationPlan, g
   let Vh: Matrix64;
   // ΔW has rank ≤ total: past it PEFT's extra singular vectors are arbitrary (S ≈ 0) and B·A is the same
   // with zero padding, unless svdClamp takes its quantile over them too
-  const viaFactors = kind === 'svd' && total <= Math.min(out, inF) && (rank <= total || plan.options.svdClamp === undefined);
+  const viaFactors =
+    kind === 'svd' && total <= Math.min(out, inF) && (rank <= total || plan.options.svdClamp === undefined);
   if (viaFactors) ({ U, S, Vh } = await lowRankSvd(sources, out, inF));
   else {
     // pruning acts on each ΔWᵢ = sᵢ·Bᵢ·Aᵢ, which holds its scaling: the weights are w alone (PEFT 0.21)
-    const deltas = sources.map((s) => tf.tidy(() => tf.mul(tf.matMul(tf.reshape(s.b, [out, -1]), tf.reshape(s.a, [s.a.shape[0] as number, inF])), s.scaling)));
+    const deltas = sources.map((s) =>
+      tf.tidy(() =>
+        tf.mul(tf.matMul(tf.reshape(s.b, [out, -1]), tf.reshape(s.a, [s.a.shape[0] as number, inF])), s.scaling),
+      ),
+    );
     let delta: tf.Tensor;
     try {
-      delta = mergeTaskTensors(deltas, sources.map((s) => s.weight), kind === 'svd' ? 'linear' : (kind.replace(/_svd$/, '') as CombinationType), plan.options, g);
+      delta = mergeTaskTensors(
+        deltas,
+        sources.map((s) => s.weight),
+        kind === 'svd' ? 'linear' : (kind.replace(/_svd$/, '') as CombinationType),
+        plan.options,
+        g,
+      );
     } finally {
       tf.dispose(deltas);
     }
@@ -272,7 +364,8 @@ async function svdCombination(sources: SourceFactors[], plan: CombinationPlan, g
   const k = Math.min(rank, S.length);
   const u = new Float64Array(out * rank);
   const v = new Float64Array(rank * inF);
-  for (let i = 0; i < out; i++) for (let j = 0; j < k; j++) u[i * rank + j] = (U.data[i * U.cols + j] as number) * (S[j] as number);
+  for (let i = 0; i < out; i++)
+    for (let j = 0; j < k; j++) u[i * rank + j] = (U.data[i * U.cols + j] as number) * (S[j] as number);
   for (let j = 0; j < k; j++) for (let c = 0; c < inF; c++) v[j * inF + c] = Vh.data[j * Vh.cols + c] as number;
   const clamp = plan.options.svdClamp;
   if (clamp !== undefined) {
@@ -280,9 +373,13 @@ async function svdCombination(sources: SourceFactors[], plan: CombinationPlan, g
     all.set(u);
     all.set(v, u.length);
     const hi = quantile(all, clamp);
-    for (const arr of [u, v]) for (let i = 0; i < arr.length; i++) arr[i] = Math.min(hi, Math.max(-hi, arr[i] as number));
+    for (const arr of [u, v])
+      for (let i = 0; i < arr.length; i++) arr[i] = Math.min(hi, Math.max(-hi, arr[i] as number));
   }
-  return { b: tf.tensor(Float32Array.from(u), [out, rank, ...bShape.slice(2)]), a: tf.tensor(Float32Array.from(v), [rank, ...aShape.slice(1)]) };
+  return {
+    b: tf.tensor(Float32Array.from(u), [out, rank, ...bShape.slice(2)]),
+    a: tf.tensor(Float32Array.from(v), [rank, ...aShape.slice(1)]),
+  };
 }
 
 /**
@@ -296,7 +393,11 @@ async function svdCombination(sources: SourceFactors[], plan: CombinationPlan, g
  * merged types where rank patterns give the module a smaller rank than the adapter's largest (PEFT
  * keeps the narrower tensors, which its own loader then rejects for their shape). The caller owns both tensors.
  */
-export async function combineModuleFactors(path: string, sources: SourceFactors[], plan: CombinationPlan): Promise<{ a: tf.Tensor; b: tf.Tensor }> {
+export async function combineModuleFactors(
+  path: string,
+  sources: SourceFactors[],
+  plan: CombinationPlan,
+): Promise<{ a: tf.Tensor; b: tf.Tensor }> {
   const first = sources[0];
   if (!first) throw new Error(`no adapter has module '${path}'`);
   const { kind, rank } = plan;
@@ -304,16 +405,32 @@ export async function combineModuleFactors(path: string, sources: SourceFactors[
   const bShape = first.b.shape;
   for (const s of sources) {
     const r = s.a.shape[0];
-    const fits = s.a.shape.slice(1).join() === aShape.slice(1).join() && s.b.shape[0] === bShape[0] && s.b.shape[1] === r && s.b.shape.slice(2).every((d) => d === 1) && s.b.rank === bShape.length;
+    const fits =
+      s.a.shape.slice(1).join() === aShape.slice(1).join() &&
+      s.b.shape[0] === bShape[0] &&
+      s.b.shape[1] === r &&
+      s.b.shape.slice(2).every((d) => d === 1) &&
+      s.b.rank === bShape.length;
     if (!fits) {
-      throw new Error(`the adapters disagree on the shape of '${path}' (lora_A [${aShape}] and [${s.a.shape}], lora_B [${bShape}] and [${s.b.shape}]); were they trained on the same base model?`);
+      throw new Error(
+        `the adapters disagree on the shape of '${path}' (lora_A [${aShape}] and [${s.a.shape}], lora_B [${bShape}] and [${s.b.shape}]); were they trained on the same base model?`,
+      );
     }
   }
   const g = new Generator(moduleSeed(plan.options.seed ?? 0, path));
   if (kind === 'cat') {
     const used = sources.reduce((n, s) => n + (s.a.shape[0] as number), 0);
     if (used > rank) throw new Error(`module '${path}' has rank ${used} in all, more than the combined rank ${rank}`);
-    const joined = tf.tidy(() => ({ a: tf.concat(sources.map((s) => tf.mul(s.a, s.weight * s.scaling)), 0), b: tf.concat(sources.map((s) => s.b), 1) }));
+    const joined = tf.tidy(() => ({
+      a: tf.concat(
+        sources.map((s) => tf.mul(s.a, s.weight * s.scaling)),
+        0,
+      ),
+      b: tf.concat(
+        sources.map((s) => s.b),
+        1,
+      ),
+    }));
     const padded = atRank(joined.a, joined.b, rank);
     if (padded.a !== joined.a) tf.dispose([joined.a, joined.b]);
     return padded;
@@ -321,14 +438,28 @@ export async function combineModuleFactors(path: string, sources: SourceFactors[
   if (!SAME_RANK.includes(kind)) return svdCombination(sources, plan, g, aShape, bShape);
   const ranks = sources.map((s) => s.a.shape[0] as number);
   if (new Set(ranks).size !== 1) {
-    throw new Error(`the adapters have different ranks on '${path}' (${ranks.join(', ')}, from their rank_pattern); combination_type '${kind}' needs equal ranks, use cat or an svd type`);
+    throw new Error(
+      `the adapters have different ranks on '${path}' (${ranks.join(', ')}, from their rank_pattern); combination_type '${kind}' needs equal ranks, use cat or an svd type`,
+    );
   }
   const c = sources.map((s) => s.weight * s.scaling);
   // the sign goes on A only, or two negative signs would cancel
-  const a = mergeTaskTensors(sources.map((s) => s.a), c.map((v) => (v >= 0 ? 1 : -1) * Math.sqrt(Math.abs(v))), kind, plan.options, g);
+  const a = mergeTaskTensors(
+    sources.map((s) => s.a),
+    c.map((v) => (v >= 0 ? 1 : -1) * Math.sqrt(Math.abs(v))),
+    kind,
+    plan.options,
+    g,
+  );
   let b: tf.Tensor;
   try {
-    b = mergeTaskTensors(sources.map((s) => s.b), c.map((v) => Math.sqrt(Math.abs(v))), kind, plan.options, g);
+    b = mergeTaskTensors(
+      sources.map((s) => s.b),
+      c.map((v) => Math.sqrt(Math.abs(v))),
+      kind,
+      plan.options,
+      g,
+    );
   } catch (e) {
     a.dispose();
     throw e;

@@ -4,10 +4,20 @@ import { type Module, withoutInit } from '@lora/nn';
 import { type LoraConfig, loraConfigFromJson, loraConfigToJson } from './lora-config';
 import { baseBias } from './lora-layer';
 import { PREFIX } from './merge-weights';
-import { type EmbeddingLayersOptions, type SaveEmbeddingLayers, embeddingIsTargeted, embeddingLayersStateDict, peftNamedWeights } from './embedding-layers';
+import {
+  type EmbeddingLayersOptions,
+  type SaveEmbeddingLayers,
+  embeddingIsTargeted,
+  embeddingLayersStateDict,
+  peftNamedWeights,
+} from './embedding-layers';
 import { PeftModel } from './peft-model';
-import { type InitialAdapter, checkWeightConversion, convertToLoraTensors, convertedLoraConfig } from './weight-conversion';
-
+import {
+  type InitialAdapter,
+  checkWeightConversion,
+  convertToLoraTensors,
+  convertedLoraConfig,
+} from './weight-conversion';
 
 /**
  * The adapter's tensors under PEFT's saved names (`base_model.model.<path>.lora_A.weight`, the
@@ -20,7 +30,8 @@ import { type InitialAdapter, checkWeightConversion, convertToLoraTensors, conve
  * ```
  */
 export function adapterStateDict(model: PeftModel, adapterName = 'default'): Record<string, tf.Tensor> {
-  if (!model.peftConfig.has(adapterName)) throw new Error(`adapter '${adapterName}' does not exist; adapters: ${model.adapters.join(', ')}`);
+  if (!model.peftConfig.has(adapterName))
+    throw new Error(`adapter '${adapterName}' does not exist; adapters: ${model.adapters.join(', ')}`);
   const out: Record<string, tf.Tensor> = {};
   for (const [path, layer] of model.loraLayers()) {
     if (!layer.settings.has(adapterName)) continue;
@@ -34,7 +45,8 @@ export function adapterStateDict(model: PeftModel, adapterName = 'default'): Rec
   // trainable tokens: the rows of each token layer that owns them (a tied layer's are its owner's)
   for (const [path, w] of model.tokenWrappers()) {
     const t = w.tokenAdapter;
-    if (!t.tiedAdapter && t.tokenIndices.has(adapterName)) out[`${PREFIX}${path}.token_adapter.trainable_tokens_delta`] = t.trainableTokensDelta.get(adapterName);
+    if (!t.tiedAdapter && t.tokenIndices.has(adapterName))
+      out[`${PREFIX}${path}.token_adapter.trainable_tokens_delta`] = t.trainableTokensDelta.get(adapterName);
   }
   // biases trained with the adapter travel with it (PEFT's bias 'lora_only' / 'all')
   const bias = (model.peftConfig.get(adapterName) as LoraConfig).bias;
@@ -45,7 +57,8 @@ export function adapterStateDict(model: PeftModel, adapterName = 'default'): Rec
     }
   } else if (bias === 'all') {
     // every bias under PEFT's state-dict names: other adapters' copies left out, this adapter's name removed
-    for (const [k, p] of Object.entries(peftNamedWeights(model, adapterName))) if (k.endsWith('.bias') && !k.includes('.lora_')) out[k] = p;
+    for (const [k, p] of Object.entries(peftNamedWeights(model, adapterName)))
+      if (k.endsWith('.bias') && !k.includes('.lora_')) out[k] = p;
   }
   return out;
 }
@@ -60,12 +73,21 @@ export interface SerializeAdapterOptions extends EmbeddingLayersOptions {
   initialAdapter?: InitialAdapter;
 }
 
-async function encodeAdapter(model: PeftModel, adapterName: string, options: SerializeAdapterOptions, checked: boolean): Promise<{ config: string; weights: Uint8Array }> {
+async function encodeAdapter(
+  model: PeftModel,
+  adapterName: string,
+  options: SerializeAdapterOptions,
+  checked: boolean,
+): Promise<{ config: string; weights: Uint8Array }> {
   const config = model.peftConfig.get(adapterName);
   if (!config) throw new Error(`adapter '${adapterName}' does not exist; adapters: ${model.adapters.join(', ')}`);
   const warn = options.warn ?? console.warn;
   const tensors = { ...adapterStateDict(model, adapterName), ...embeddingLayersStateDict(model, adapterName, options) };
-  if (!options.initialAdapter) return { config: loraConfigToJson(config), weights: await serializeSafetensors(tensors, { metadata: { format: 'pt' } }) };
+  if (!options.initialAdapter)
+    return {
+      config: loraConfigToJson(config),
+      weights: await serializeSafetensors(tensors, { metadata: { format: 'pt' } }),
+    };
   if (!checked) checkWeightConversion(config, warn);
   const initial = parseSafetensors(options.initialAdapter.weights, { file: 'initial adapter' }).tensors;
   let converted: Record<string, tf.Tensor> = {};
@@ -93,7 +115,11 @@ async function encodeAdapter(model: PeftModel, adapterName: string, options: Ser
  * const lora = await serializeAdapter(pissa, 'default', { initialAdapter: initial });
  * ```
  */
-export function serializeAdapter(model: PeftModel, adapterName = 'default', options: SerializeAdapterOptions = {}): Promise<{ config: string; weights: Uint8Array }> {
+export function serializeAdapter(
+  model: PeftModel,
+  adapterName = 'default',
+  options: SerializeAdapterOptions = {},
+): Promise<{ config: string; weights: Uint8Array }> {
   return encodeAdapter(model, adapterName, options, false);
 }
 
@@ -114,7 +140,11 @@ export interface SaveAdapterOptions {
 }
 
 /** `vocab_size` of the base checkpoint's config.json, or undefined (with PEFT's warning) when there is none to read. */
-async function baseVocabSize(fs: typeof import('node:fs/promises'), base: string, warn: (message: string) => void): Promise<number | undefined> {
+async function baseVocabSize(
+  fs: typeof import('node:fs/promises'),
+  base: string,
+  warn: (message: string) => void,
+): Promise<number | undefined> {
   let text: string;
   try {
     text = await fs.readFile(`${base}/config.json`, 'utf8');
@@ -151,7 +181,9 @@ export async function saveAdapter(model: PeftModel, dir: string, options: SaveAd
   const names = options.selectedAdapters ?? model.adapters;
   const unknown = names.filter((n) => !model.peftConfig.has(n));
   if (unknown.length) {
-    throw new Error(`You passed an invalid \`selected_adapters\` arguments, current supported adapter names are ${JSON.stringify(model.adapters)} - got ${JSON.stringify(names)}.`);
+    throw new Error(
+      `You passed an invalid \`selected_adapters\` arguments, current supported adapter names are ${JSON.stringify(model.adapters)} - got ${JSON.stringify(names)}.`,
+    );
   }
   const nodeName = '@lora/tensor/node';
   const fsName = 'node:fs/promises';
@@ -174,7 +206,9 @@ export async function saveAdapter(model: PeftModel, dir: string, options: SaveAd
       try {
         weights = new Uint8Array(await fs.readFile(`${initialDir}/adapter_model.safetensors`));
       } catch (e) {
-        throw new Error(`${initialDir}/adapter_model.safetensors cannot be read (${(e as Error).message}): save the PiSSA/OLoRA adapter there right after getPeftModel, before training (await saveAdapter(peft, '${initialDir}'))`);
+        throw new Error(
+          `${initialDir}/adapter_model.safetensors cannot be read (${(e as Error).message}): save the PiSSA/OLoRA adapter there right after getPeftModel, before training (await saveAdapter(peft, '${initialDir}'))`,
+        );
       }
       encodeOptions.initialAdapter = { weights };
     }
@@ -182,7 +216,10 @@ export async function saveAdapter(model: PeftModel, dir: string, options: SaveAd
     const { config, weights } = await encodeAdapter(model, name, encodeOptions, true);
     if (initialDir !== undefined) {
       // as PEFT: the initial directory gets the trained adapter's config with init_lora_weights true
-      const initialConfig = JSON.parse(loraConfigToJson({ ...adapterConfig, initLoraWeights: true })) as Record<string, unknown>;
+      const initialConfig = JSON.parse(loraConfigToJson({ ...adapterConfig, initLoraWeights: true })) as Record<
+        string,
+        unknown
+      >;
       initialConfig.inference_mode = adapterConfig.inferenceMode;
       await writeFileAtomic(`${initialDir}/adapter_config.json`, JSON.stringify(initialConfig, null, 2));
     }
@@ -213,15 +250,27 @@ export interface LoadAdapterResult {
  * const { model: peft } = await loadAdapter(base, 'adapters/sql-lora');
  * ```
  */
-export async function loadAdapter(model: Module | PeftModel, files: ModelFiles, options: { adapterName?: string; isTrainable?: boolean; strict?: boolean } = {}): Promise<LoadAdapterResult> {
+export async function loadAdapter(
+  model: Module | PeftModel,
+  files: ModelFiles,
+  options: { adapterName?: string; isTrainable?: boolean; strict?: boolean } = {},
+): Promise<LoadAdapterResult> {
   const name = options.adapterName ?? 'default';
   const source = await openFiles(files);
-  if (!(await source.has('adapter_config.json'))) throw new Error(`${source.label}: no adapter_config.json; is this a PEFT adapter directory?`);
-  const config: LoraConfig = { ...loraConfigFromJson(JSON.parse(await source.text('adapter_config.json'))), inferenceMode: !(options.isTrainable ?? false) };
+  if (!(await source.has('adapter_config.json')))
+    throw new Error(`${source.label}: no adapter_config.json; is this a PEFT adapter directory?`);
+  const config: LoraConfig = {
+    ...loraConfigFromJson(JSON.parse(await source.text('adapter_config.json'))),
+    inferenceMode: !(options.isTrainable ?? false),
+  };
   if (!(await source.has('adapter_model.safetensors'))) {
-    throw new Error(`${source.label}: no adapter_model.safetensors${(await source.has('adapter_model.bin')) ? ' (adapter_model.bin is a pickle; convert it to safetensors)' : ''}`);
+    throw new Error(
+      `${source.label}: no adapter_model.safetensors${(await source.has('adapter_model.bin')) ? ' (adapter_model.bin is a pickle; convert it to safetensors)' : ''}`,
+    );
   }
-  const { tensors } = parseSafetensors(await source.bytes('adapter_model.safetensors'), { file: `${source.label}/adapter_model.safetensors` });
+  const { tensors } = parseSafetensors(await source.bytes('adapter_model.safetensors'), {
+    file: `${source.label}/adapter_model.safetensors`,
+  });
   try {
     let peft: PeftModel;
     // The file's weights replace the initial ones, so skip random initialisation.
@@ -241,7 +290,9 @@ export async function loadAdapter(model: Module | PeftModel, files: ModelFiles, 
       const missingKeys = Object.keys(own).filter((k) => !(k in tensors));
       const unexpectedKeys = Object.keys(tensors).filter((k) => !(k in own) && !(k in modelWeights));
       if ((options.strict ?? false) && (missingKeys.length || unexpectedKeys.length)) {
-        throw new Error(`adapter ${source.label}: missing keys ${JSON.stringify(missingKeys)}, unexpected keys ${JSON.stringify(unexpectedKeys)}`);
+        throw new Error(
+          `adapter ${source.label}: missing keys ${JSON.stringify(missingKeys)}, unexpected keys ${JSON.stringify(unexpectedKeys)}`,
+        );
       }
       // every shape checked before the first weight is written
       const writes: [tf.Variable, tf.Tensor][] = [];
@@ -249,7 +300,10 @@ export async function loadAdapter(model: Module | PeftModel, files: ModelFiles, 
         const target = own[k] ?? modelWeights[k];
         if (!target) continue;
         if (t.shape.join(',') !== target.shape.join(',')) {
-          throw new SafetensorsError({ file: `${source.label}/adapter_model.safetensors`, tensor: k, field: 'shape' }, `shape [${t.shape.join(', ')}] does not fit the model's [${target.shape.join(', ')}]; was the adapter trained on another base model or rank?`);
+          throw new SafetensorsError(
+            { file: `${source.label}/adapter_model.safetensors`, tensor: k, field: 'shape' },
+            `shape [${t.shape.join(', ')}] does not fit the model's [${target.shape.join(', ')}]; was the adapter trained on another base model or rank?`,
+          );
         }
         writes.push([target as tf.Variable, t]);
       }

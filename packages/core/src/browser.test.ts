@@ -6,15 +6,28 @@ import type { SmokeResult } from '../browser/smoke';
 const here = import.meta.dirname;
 // .ci/run installs Chromium: on CI a missing one is a failure, elsewhere the test is skipped with this message
 if (!haveChromium()) {
-  if (process.env.CI) throw new Error(`no Chromium at ${chromiumPath()} on CI; .ci/run installs it (apt-get install chromium)`);
-  console.warn(`[browser test] skipped: no Chromium at ${chromiumPath()} (apt-get install chromium, or set LORA_CHROMIUM)`);
+  if (process.env.CI)
+    throw new Error(`no Chromium at ${chromiumPath()} on CI; .ci/run installs it (apt-get install chromium)`);
+  console.warn(
+    `[browser test] skipped: no Chromium at ${chromiumPath()} (apt-get install chromium, or set LORA_CHROMIUM)`,
+  );
 }
 
 describe.skipIf(!haveChromium())('@lora/core in a browser bundle (headless Chromium)', () => {
   it("loads a PEFT adapter from in-memory files with PEFT's output, merges safely, trains, and round-trips in memory, on cpu and webgpu", async () => {
-    const { result, logs } = await runInChromium<{ results: SmokeResult[]; errors: string[] }>({ entry: join(here, '..', 'browser', 'smoke.ts'), serve: { '/fixtures/': join(here, '..', '__fixtures__') } });
-    console.log(JSON.stringify(result.results.map((r) => ({ backend: r.backend, output: r.outputRelErr, merged: r.mergedRelErr }))));
-    expect(result.results.find((r) => r.backend === 'cpu'), `${result.errors.join('; ')}\n${logs.join('\n')}`).toBeDefined();
+    const { result, logs } = await runInChromium<{ results: SmokeResult[]; errors: string[] }>({
+      entry: join(here, '..', 'browser', 'smoke.ts'),
+      serve: { '/fixtures/': join(here, '..', '__fixtures__') },
+    });
+    console.log(
+      JSON.stringify(
+        result.results.map((r) => ({ backend: r.backend, output: r.outputRelErr, merged: r.mergedRelErr })),
+      ),
+    );
+    expect(
+      result.results.find((r) => r.backend === 'cpu'),
+      `${result.errors.join('; ')}\n${logs.join('\n')}`,
+    ).toBeDefined();
     for (const r of result.results) {
       expect(r.outputRelErr, r.backend).toBeLessThan(1e-5);
       expect(r.mergedRelErr, r.backend).toBeLessThan(1e-5);
@@ -23,8 +36,12 @@ describe.skipIf(!haveChromium())('@lora/core in a browser bundle (headless Chrom
       expect(r.leaked, r.backend).toBe(0);
     }
     // a backend that started must not fail; only webgpu may be missing (no adapter in this browser)
-    expect(result.errors.filter((e) => !e.startsWith("webgpu: backend 'webgpu' is not available")), logs.join('\n')).toEqual([]);
+    expect(
+      result.errors.filter((e) => !e.startsWith("webgpu: backend 'webgpu' is not available")),
+      logs.join('\n'),
+    ).toEqual([]);
     // webgpu needs an adapter (SwiftShader with --enable-unsafe-webgpu); it is reported, not required
-    if (!result.results.some((r) => r.backend === 'webgpu')) console.warn(`[browser test] webgpu did not run: ${result.errors.join('; ')}`);
+    if (!result.results.some((r) => r.backend === 'webgpu'))
+      console.warn(`[browser test] webgpu did not run: ${result.errors.join('; ')}`);
   }, 300_000);
 });

@@ -19,8 +19,14 @@ import {
 } from '@lora/core';
 
 // the combinations of tools/oracle/combine_fixtures.py: label → adapters, weights, options
-const AB: [string[], number[]] = [['a', 'b'], [0.7, -0.4]];
-const ABC: [string[], number[]] = [['a', 'b', 'c'], [0.7, -0.4, 1.2]];
+const AB: [string[], number[]] = [
+  ['a', 'b'],
+  [0.7, -0.4],
+];
+const ABC: [string[], number[]] = [
+  ['a', 'b', 'c'],
+  [0.7, -0.4, 1.2],
+];
 const COMBOS: [string, string[], number[], WeightedAdapterOptions][] = [
   ['linear', ...AB, { combinationType: 'linear' }],
   ['cat', ...AB, { combinationType: 'cat' }],
@@ -62,7 +68,12 @@ function configJson(text: string): Record<string, unknown> {
  * 1e-5 for the types without an SVD (where PEFT kept a narrower rank, ours holds the same factors
  * zero-padded); through B·A within 1e-4 for the svd types (SVD factors carry arbitrary signs).
  */
-async function expectPeftCombination(label: string, options: WeightedAdapterOptions, config: string, tensors: Record<string, tf.Tensor>): Promise<void> {
+async function expectPeftCombination(
+  label: string,
+  options: WeightedAdapterOptions,
+  config: string,
+  tensors: Record<string, tf.Tensor>,
+): Promise<void> {
   const peft = readAdapterFiles(`combine-${label}`);
   const peftConfig = readFileSync(join(FIX, `combine-${label}`, 'adapter_config.json'), 'utf8');
   expect(configJson(config), `${label} config`).toEqual(configJson(peftConfig));
@@ -72,10 +83,16 @@ async function expectPeftCombination(label: string, options: WeightedAdapterOpti
     if (key.endsWith('B.weight') || key.endsWith('embedding_B')) continue;
     const bKey = key.replace('lora_A', 'lora_B').replace('embedding_A', 'embedding_B');
     if (isSvd(options)) {
-      expect(maxRelativeError(await product(tensors, key, bKey), await product(peft.tensors, key, bKey)), `${label} ${key} B·A`).toBeLessThan(1e-4);
+      expect(
+        maxRelativeError(await product(tensors, key, bKey), await product(peft.tensors, key, bKey)),
+        `${label} ${key} B·A`,
+      ).toBeLessThan(1e-4);
       continue;
     }
-    for (const [k, w] of [[key, want], [bKey, peft.tensors[bKey] as tf.Tensor]] as const) {
+    for (const [k, w] of [
+      [key, want],
+      [bKey, peft.tensors[bKey] as tf.Tensor],
+    ] as const) {
       const ours = tensors[k] as tf.Tensor;
       const axis = k === key ? 0 : 1;
       const r = w.shape[axis] as number;
@@ -93,7 +110,10 @@ async function expectPeftCombination(label: string, options: WeightedAdapterOpti
 async function outputWith(files: AdapterFiles): Promise<tf.Tensor> {
   const inputs = readFixture('combine-base.safetensors');
   const weights = await serializeSafetensors(files.tensors, { metadata: { format: 'pt' } });
-  const { model, missingKeys, unexpectedKeys } = await loadAdapter(combineNet(), { 'adapter_config.json': loraConfigToJson(files.config), 'adapter_model.safetensors': weights });
+  const { model, missingKeys, unexpectedKeys } = await loadAdapter(combineNet(), {
+    'adapter_config.json': loraConfigToJson(files.config),
+    'adapter_model.safetensors': weights,
+  });
   expect([missingKeys, unexpectedKeys]).toEqual([[], []]);
   const y = model.call(inputs.ids, inputs.img) as tf.Tensor;
   model.dispose();
@@ -115,36 +135,56 @@ describe('combineAdapters against PEFT 0.21 (Linear, Embedding, Conv2d 3×3 and 
       const before = tf.memory().numTensors;
       const warnings: string[] = [];
       const mix = await combineAdapters(inputs, weights, { ...options, warn: (m) => warnings.push(m) });
-      expect(tf.memory().numTensors - before, `${label} returns only its tensors`).toBe(Object.keys(mix.tensors).length);
+      expect(tf.memory().numTensors - before, `${label} returns only its tensors`).toBe(
+        Object.keys(mix.tensors).length,
+      );
       expect(warnings, label).toEqual([]);
       await expectPeftCombination(label, options, loraConfigToJson(mix.config), mix.tensors);
       const y = await outputWith(mix);
-      expect(maxRelativeError(await y.data(), await want[`${label}.out`]!.data()), `${label} output`).toBeLessThan(isSvd(options) ? 1e-4 : 1e-5);
+      expect(maxRelativeError(await y.data(), await want[`${label}.out`]!.data()), `${label} output`).toBeLessThan(
+        isSvd(options) ? 1e-4 : 1e-5,
+      );
       tf.dispose([y, ...Object.values(mix.tensors), ...inputs.flatMap((a) => Object.values(a.tensors))]);
     }
     tf.dispose(Object.values(want));
   });
 
   it('combines fan_in_fan_out adapters (a GPT-2 Conv1D) as PEFT, whose svd types transpose ΔW there and back', async () => {
-    for (const [label, options] of [['svd', { combinationType: 'svd' }], ['linear', { combinationType: 'linear' }], ['ties_svd', { combinationType: 'ties_svd', density: 0.5 }]] as const) {
+    for (const [label, options] of [
+      ['svd', { combinationType: 'svd' }],
+      ['linear', { combinationType: 'linear' }],
+      ['ties_svd', { combinationType: 'ties_svd', density: 0.5 }],
+    ] as const) {
       const inputs = ['a', 'b'].map((n) => readAdapterFiles(`combine-fifo-${n}`));
       expect(inputs[0]!.config.fanInFanOut).toBe(true);
       const mix = await combineAdapters(inputs, [0.6, 0.9], options);
       const peft = readAdapterFiles(`combine-fifo-${label}`);
       expect(mix.config.fanInFanOut).toBe(true);
-      expect(configJson(loraConfigToJson(mix.config))).toEqual(configJson(readFileSync(join(FIX, `combine-fifo-${label}`, 'adapter_config.json'), 'utf8')));
+      expect(configJson(loraConfigToJson(mix.config))).toEqual(
+        configJson(readFileSync(join(FIX, `combine-fifo-${label}`, 'adapter_config.json'), 'utf8')),
+      );
       const [aKey, bKey] = ['base_model.model.c_attn.lora_A.weight', 'base_model.model.c_attn.lora_B.weight'];
       if (label === 'linear') {
-        for (const k of [aKey, bKey]) expect(maxRelativeError(await mix.tensors[k]!.data(), await peft.tensors[k]!.data()), k).toBeLessThan(1e-5);
-      } else expect(maxRelativeError(await product(mix.tensors, aKey, bKey), await product(peft.tensors, aKey, bKey)), label).toBeLessThan(1e-4);
-      tf.dispose([...Object.values(mix.tensors), ...Object.values(peft.tensors), ...inputs.flatMap((a) => Object.values(a.tensors))]);
+        for (const k of [aKey, bKey])
+          expect(maxRelativeError(await mix.tensors[k]!.data(), await peft.tensors[k]!.data()), k).toBeLessThan(1e-5);
+      } else
+        expect(
+          maxRelativeError(await product(mix.tensors, aKey, bKey), await product(peft.tensors, aKey, bKey)),
+          label,
+        ).toBeLessThan(1e-4);
+      tf.dispose([
+        ...Object.values(mix.tensors),
+        ...Object.values(peft.tensors),
+        ...inputs.flatMap((a) => Object.values(a.tensors)),
+      ]);
     }
   });
 });
 
 async function modelWith(names: string[]): Promise<PeftModel> {
   let model: PeftModel | undefined;
-  for (const n of names) model = (await loadAdapter(model ?? combineNet(), join(FIX, `combine-${n}`), { adapterName: n })).model;
+  for (const n of names)
+    model = (await loadAdapter(model ?? combineNet(), join(FIX, `combine-${n}`), { adapterName: n })).model;
   return model as PeftModel;
 }
 
@@ -161,10 +201,13 @@ describe('addWeightedAdapter on convolutions and embeddings, against PEFT 0.21',
       await expectPeftCombination(label, options, loraConfigToJson(model.peftConfig.get(label)!), saved);
       // the same factors as the model-free combination: one implementation
       const files = await combineAdapters(sources(names), weights, options);
-      for (const [k, t] of Object.entries(files.tensors)) expect(maxRelativeError(await saved[k]!.data(), await t.data()), `${label} ${k}`).toBe(0);
+      for (const [k, t] of Object.entries(files.tensors))
+        expect(maxRelativeError(await saved[k]!.data(), await t.data()), `${label} ${k}`).toBe(0);
       model.setAdapter(label);
       const y = model.call(inputs.ids, inputs.img) as tf.Tensor;
-      expect(maxRelativeError(await y.data(), await want[`${label}.out`]!.data()), `${label} output`).toBeLessThan(isSvd(options) ? 1e-4 : 1e-5);
+      expect(maxRelativeError(await y.data(), await want[`${label}.out`]!.data()), `${label} output`).toBeLessThan(
+        isSvd(options) ? 1e-4 : 1e-5,
+      );
       tf.dispose([y, ...Object.values(files.tensors)]);
     }
     expect(model.trainableParameters().length).toBe(0);
@@ -177,7 +220,14 @@ describe('addWeightedAdapter on convolutions and embeddings, against PEFT 0.21',
     // c's tensors under a config whose largest rank is 4, as a's: the plan passes, module 'lin' (ranks 4 and 3) does not
     const c = readAdapterFiles('combine-c');
     const config = { ...c.config, r: 4, rankPattern: { lin: 3, conv: 2, conv1d: 2 } };
-    await loadAdapter(model, { 'adapter_config.json': loraConfigToJson(config), 'adapter_model.safetensors': await serializeSafetensors(c.tensors) }, { adapterName: 'c4' });
+    await loadAdapter(
+      model,
+      {
+        'adapter_config.json': loraConfigToJson(config),
+        'adapter_model.safetensors': await serializeSafetensors(c.tensors),
+      },
+      { adapterName: 'c4' },
+    );
     tf.dispose(Object.values(c.tensors));
     const before = tf.memory().numTensors;
     await expect(addWeightedAdapter(model, ['a', 'c4'], [1, 1], 'mix', { combinationType: 'linear' })).rejects.toThrow(
@@ -193,13 +243,25 @@ describe('svd through the factors', () => {
   it('gives the factors of the full decomposition of ΔW (magnitude_prune_svd at density 1), also past the rank of ΔW', async () => {
     for (const svdRank of [3, 6]) {
       const viaFactors = await combineAdapters(sources(['a', 'b']), [0.7, -0.4], { combinationType: 'svd', svdRank });
-      const full = await combineAdapters(sources(['a', 'b']), [0.7, -0.4], { combinationType: 'magnitude_prune_svd', density: 1, svdRank });
+      const full = await combineAdapters(sources(['a', 'b']), [0.7, -0.4], {
+        combinationType: 'magnitude_prune_svd',
+        density: 1,
+        svdRank,
+      });
       for (const k of Object.keys(full.tensors)) {
         if (!k.includes('_A')) continue;
         const bk = k.replace('lora_A', 'lora_B').replace('embedding_A', 'embedding_B');
-        expect(maxRelativeError(await product(viaFactors.tensors, k, bk), await product(full.tensors, k, bk)), `rank ${svdRank} ${k}`).toBeLessThan(1e-5);
+        expect(
+          maxRelativeError(await product(viaFactors.tensors, k, bk), await product(full.tensors, k, bk)),
+          `rank ${svdRank} ${k}`,
+        ).toBeLessThan(1e-5);
         // with signs fixed as svd_flip, the factors themselves agree where ΔW has that many singular values
-        if (svdRank === 3) for (const key of [k, bk]) expect(maxRelativeError(await viaFactors.tensors[key]!.data(), await full.tensors[key]!.data()), key).toBeLessThan(1e-4);
+        if (svdRank === 3)
+          for (const key of [k, bk])
+            expect(
+              maxRelativeError(await viaFactors.tensors[key]!.data(), await full.tensors[key]!.data()),
+              key,
+            ).toBeLessThan(1e-4);
         expect(viaFactors.tensors[k]!.shape[0]).toBe(svdRank);
       }
       tf.dispose([...Object.values(viaFactors.tensors), ...Object.values(full.tensors)]);
@@ -210,7 +272,10 @@ describe('svd through the factors', () => {
 /** An adapter with one Linear module `lin` ([out, in]) whose factors are given. */
 function linearAdapter(a: tf.Tensor, b: tf.Tensor, fields: Parameters<typeof loraConfig>[0] = {}): AdapterFiles {
   const r = a.shape[0] as number;
-  return { config: loraConfig({ r, loraAlpha: r, targetModules: ['lin'], ...fields }), tensors: { 'base_model.model.lin.lora_A.weight': a, 'base_model.model.lin.lora_B.weight': b } };
+  return {
+    config: loraConfig({ r, loraAlpha: r, targetModules: ['lin'], ...fields }),
+    tensors: { 'base_model.model.lin.lora_A.weight': a, 'base_model.model.lin.lora_B.weight': b },
+  };
 }
 
 describe('DARE (random pruning): PyTorch masks cannot be reproduced, so statistics and seeded determinism', () => {
@@ -233,15 +298,23 @@ describe('DARE (random pruning): PyTorch masks cannot be reproduced, so statisti
         if (got[i] === 0) continue;
         kept++;
         // c = w·s = 4: A's weight √4 = 2 (dare_linear); TIES divides by the one agreeing task, so also 2·A/d
-        worst = Math.max(worst, Math.abs((got[i] as number) - (2 * (orig[i] as number)) / density) / Math.abs((2 * (orig[i] as number)) / density));
+        worst = Math.max(
+          worst,
+          Math.abs((got[i] as number) - (2 * (orig[i] as number)) / density) /
+            Math.abs((2 * (orig[i] as number)) / density),
+        );
       }
       // 32768 Bernoulli(0.3) draws: the kept fraction is within 5 standard deviations (0.0025 each) of 0.3
       expect(Math.abs(kept / got.length - density), type).toBeLessThan(0.0125);
       expect(worst, type).toBeLessThan(1e-6);
       const again = await combineAdapters([one, zero], [4, 1], { combinationType: type, density, seed: 7 });
       const other = await combineAdapters([one, zero], [4, 1], { combinationType: type, density, seed: 8 });
-      expect(Array.from((await again.tensors['base_model.model.lin.lora_A.weight']!.data()) as Float32Array)).toEqual(Array.from(got));
-      expect(maxRelativeError(await other.tensors['base_model.model.lin.lora_A.weight']!.data(), got)).toBeGreaterThan(0.1);
+      expect(Array.from((await again.tensors['base_model.model.lin.lora_A.weight']!.data()) as Float32Array)).toEqual(
+        Array.from(got),
+      );
+      expect(maxRelativeError(await other.tensors['base_model.model.lin.lora_A.weight']!.data(), got)).toBeGreaterThan(
+        0.1,
+      );
       tf.dispose([...Object.values(mix.tensors), ...Object.values(again.tensors), ...Object.values(other.tensors)]);
     }
     tf.dispose([a, b, ...Object.values(zero.tensors)]);
@@ -260,7 +333,10 @@ describe('DARE (random pruning): PyTorch masks cannot be reproduced, so statisti
       for (const k of Object.keys(y.tensors)) {
         if (!k.includes('_A')) continue;
         const bk = k.replace('lora_A', 'lora_B').replace('embedding_A', 'embedding_B');
-        expect(maxRelativeError(await product(x.tensors, k, bk), await product(y.tensors, k, bk)), `${dare} ${k}`).toBeLessThan(1e-5);
+        expect(
+          maxRelativeError(await product(x.tensors, k, bk), await product(y.tensors, k, bk)),
+          `${dare} ${k}`,
+        ).toBeLessThan(1e-5);
       }
       tf.dispose([...Object.values(x.tensors), ...Object.values(y.tensors)]);
     }
@@ -272,8 +348,12 @@ describe('DARE (random pruning): PyTorch masks cannot be reproduced, so statisti
       expect(tf.memory().numTensors - before, type).toBe(10);
       const files = await combineAdapters(sources(['a', 'b']), [0.7, -0.4], options);
       const saved = adapterStateDict(model, type);
-      for (const [k, t] of Object.entries(files.tensors)) expect(maxRelativeError(await saved[k]!.data(), await t.data()), `${type} ${k}`).toBe(0);
-      expect(Array.from(await saved['base_model.model.conv.lora_A.weight']!.data()).some((v) => v !== 0), type).toBe(true);
+      for (const [k, t] of Object.entries(files.tensors))
+        expect(maxRelativeError(await saved[k]!.data(), await t.data()), `${type} ${k}`).toBe(0);
+      expect(
+        Array.from(await saved['base_model.model.conv.lora_A.weight']!.data()).some((v) => v !== 0),
+        type,
+      ).toBe(true);
       tf.dispose(Object.values(files.tensors));
     }
     model.dispose();
@@ -288,31 +368,64 @@ describe('combineAdapters errors', () => {
     const cases: [AdapterFiles[], number[], WeightedAdapterOptions, string][] = [
       [ab, [1], {}, '2 adapters but 1 weights were given; pass one weight per adapter'],
       [ab, [1, Number.NaN], {}, 'the weight of adapter 2 is NaN'],
-      [ab, [1, 1], { combinationType: 'average' as CombinationType }, 'Invalid combination_type: average; use one of svd, linear, cat'],
-      [abc, [1, 1, 1], { combinationType: 'linear' }, 'All adapters must have the same r value when using combination_type linear, ties, dare_ties or dare_linear. (ranks 4, 4, 3'],
+      [
+        ab,
+        [1, 1],
+        { combinationType: 'average' as CombinationType },
+        'Invalid combination_type: average; use one of svd, linear, cat',
+      ],
+      [
+        abc,
+        [1, 1, 1],
+        { combinationType: 'linear' },
+        'All adapters must have the same r value when using combination_type linear, ties, dare_ties or dare_linear. (ranks 4, 4, 3',
+      ],
       [ab, [1, 1], { combinationType: 'ties' }, "combination_type 'ties' prunes and needs a density in [0, 1]"],
       [ab, [1, 1], { combinationType: 'magnitude_prune_svd', density: -0.1 }, 'Density should be >= 0, got -0.1'],
       [ab, [1, 1], { combinationType: 'dare_linear', density: 0 }, 'density 0 makes DARE divide by zero'],
       [ab, [1, 1], { combinationType: 'svd', svdClamp: 1.5 }, 'quantile() q must be in the range [0, 1] but got 1.5'],
       [ab, [1, 1], { combinationType: 'svd', svdRank: 2.5 }, 'svdRank must be a positive integer, got 2.5'],
-      [ab, [1, 1], { combinationType: 'ties', density: 0.5, majoritySignMethod: 'mean' as 'total' }, 'Unimplemented mask method "mean"'],
+      [
+        ab,
+        [1, 1],
+        { combinationType: 'ties', density: 0.5, majoritySignMethod: 'mean' as 'total' },
+        'Unimplemented mask method "mean"',
+      ],
       [[], [], {}, 'no adapters to combine'],
     ];
-    for (const [adapters, weights, options, message] of cases) await expect(combineAdapters(adapters, weights, options), message).rejects.toThrow(message);
+    for (const [adapters, weights, options, message] of cases)
+      await expect(combineAdapters(adapters, weights, options), message).rejects.toThrow(message);
     // equal largest ranks but different ranks on one module (rank_pattern): PEFT's torch.stack fails; here a clear error
     const c = abc[2] as AdapterFiles;
     const c4 = { config: { ...c.config, r: 4, rankPattern: { lin: 3 } }, tensors: c.tensors };
     const a = ab[0] as AdapterFiles;
-    await expect(combineAdapters([a, { config: { ...c4.config, rankPattern: { lin: 3, conv: 2, conv1d: 2 } }, tensors: c.tensors }], [1, 1], { combinationType: 'linear' })).rejects.toThrow(
+    await expect(
+      combineAdapters(
+        [a, { config: { ...c4.config, rankPattern: { lin: 3, conv: 2, conv1d: 2 } }, tensors: c.tensors }],
+        [1, 1],
+        { combinationType: 'linear' },
+      ),
+    ).rejects.toThrow(
       "the adapters have different ranks on 'conv' (4, 2, from their rank_pattern); combination_type 'linear' needs equal ranks, use cat or an svd type",
     );
-    await expect(combineAdapters([a, c4], [1, 1], { combinationType: 'svd' })).rejects.toThrow("adapter 2: 'base_model.model.conv.lora_A.weight' has rank 2 but its config gives 'conv' r=4");
+    await expect(combineAdapters([a, c4], [1, 1], { combinationType: 'svd' })).rejects.toThrow(
+      "adapter 2: 'base_model.model.conv.lora_A.weight' has rank 2 but its config gives 'conv' r=4",
+    );
     // adapters of different base models
-    const wrong = { config: a.config, tensors: { ...a.tensors, 'base_model.model.lin.lora_A.weight': tf.zeros([4, 7]) } };
-    await expect(combineAdapters([a, wrong], [1, 1], { combinationType: 'cat', names: ['x/', 'y/'] })).rejects.toThrow("the adapters disagree on the shape of 'lin' (lora_A [4,6] and [4,7]");
+    const wrong = {
+      config: a.config,
+      tensors: { ...a.tensors, 'base_model.model.lin.lora_A.weight': tf.zeros([4, 7]) },
+    };
+    await expect(combineAdapters([a, wrong], [1, 1], { combinationType: 'cat', names: ['x/', 'y/'] })).rejects.toThrow(
+      "the adapters disagree on the shape of 'lin' (lora_A [4,6] and [4,7]",
+    );
     wrong.tensors['base_model.model.lin.lora_A.weight'].dispose();
-    await expect(combineAdapters([{ ...a, config: { ...a.config, bias: 'all' } }, ab[1]!], [1, 1])).rejects.toThrow('LoraModel supports only 1 adapter with bias.');
-    await expect(combineAdapters([a, { ...c, config: { ...c.config, targetModules: 'lin' } }], [1, 1])).rejects.toThrow('all adapter configs should follow the same target modules type.');
+    await expect(combineAdapters([{ ...a, config: { ...a.config, bias: 'all' } }, ab[1]!], [1, 1])).rejects.toThrow(
+      'LoraModel supports only 1 adapter with bias.',
+    );
+    await expect(combineAdapters([a, { ...c, config: { ...c.config, targetModules: 'lin' } }], [1, 1])).rejects.toThrow(
+      'all adapter configs should follow the same target modules type.',
+    );
     const saving = (x: AdapterFiles) => ({ ...x, config: { ...x.config, modulesToSave: ['head'] } });
     await expect(combineAdapters([a, saving(c), saving(c)], [1, 1, 1])).rejects.toThrow(
       'Cannot add weighted adapters if they target the same module with modules_to_save, but found 1 such instance(s). (head)',
@@ -326,7 +439,11 @@ describe('combineAdapters errors', () => {
     const warnings: string[] = [];
     // the combined config copies the first adapter's layers_to_transform-free config but c's targets drop 'pw'
     const narrowed = { ...c, config: { ...c.config, excludeModules: ['pw'], useDora: true, modulesToSave: ['head'] } };
-    const mix = await combineAdapters([narrowed, a], [1, 1], { combinationType: 'cat', warn: (m) => warnings.push(m), names: ['c/', 'a/'] });
+    const mix = await combineAdapters([narrowed, a], [1, 1], {
+      combinationType: 'cat',
+      warn: (m) => warnings.push(m),
+      names: ['c/', 'a/'],
+    });
     expect(Object.keys(mix.tensors).some((k) => k.includes('.pw.'))).toBe(false);
     expect(mix.config.modulesToSave).toBeNull();
     expect(mix.config.useDora).toBe(false);

@@ -1,9 +1,13 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { type SourceFactors, type WeightedAdapterOptions, combineModuleFactors, planCombination } from './adapter-combination';
+import {
+  type SourceFactors,
+  type WeightedAdapterOptions,
+  combineModuleFactors,
+  planCombination,
+} from './adapter-combination';
 import { moduleScaling } from './lora-config';
 import { type AdapterFiles, type AdapterTargetKind, PREFIX, adapterTargets } from './merge-weights';
 import { matchModule } from './targets';
-
 
 /** Options of {@link combineAdapters}: PEFT's combination options, plus labels, progress and warnings. */
 export interface CombineAdaptersOptions extends WeightedAdapterOptions {
@@ -16,7 +20,9 @@ export interface CombineAdaptersOptions extends WeightedAdapterOptions {
 }
 
 function factorKeys(path: string, kind: AdapterTargetKind): [string, string] {
-  return kind === 'embedding' ? [`${PREFIX}${path}.lora_embedding_A`, `${PREFIX}${path}.lora_embedding_B`] : [`${PREFIX}${path}.lora_A.weight`, `${PREFIX}${path}.lora_B.weight`];
+  return kind === 'embedding'
+    ? [`${PREFIX}${path}.lora_embedding_A`, `${PREFIX}${path}.lora_embedding_B`]
+    : [`${PREFIX}${path}.lora_A.weight`, `${PREFIX}${path}.lora_B.weight`];
 }
 
 /**
@@ -42,24 +48,40 @@ function factorKeys(path: string, kind: AdapterTargetKind): [string, string] {
  * tf.dispose(Object.values(mix.tensors));
  * ```
  */
-export async function combineAdapters(adapters: AdapterFiles[], weights: number[], options: CombineAdaptersOptions = {}): Promise<AdapterFiles> {
+export async function combineAdapters(
+  adapters: AdapterFiles[],
+  weights: number[],
+  options: CombineAdaptersOptions = {},
+): Promise<AdapterFiles> {
   const label = (i: number) => options.names?.[i] ?? `adapter ${i + 1}`;
   const warn = options.warn ?? console.warn;
   const configs = adapters.map((a) => a.config);
   const plan = planCombination(configs, weights, options, label);
   const first = configs[0] as AdapterFiles['config'];
-  if (first.bias !== 'none') throw new Error(`LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all adapters. (${label(0)} has bias '${first.bias}', which the combined adapter would copy)`);
-  if (first.trainableTokenIndices) throw new Error(`${label(0)} has trainable_token_indices; combining trainable tokens is not supported`);
+  if (first.bias !== 'none')
+    throw new Error(
+      `LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all adapters. (${label(0)} has bias '${first.bias}', which the combined adapter would copy)`,
+    );
+  if (first.trainableTokenIndices)
+    throw new Error(`${label(0)} has trainable_token_indices; combining trainable tokens is not supported`);
   // PEFT counts the wrapped modules; without the model, the names listed by more than one adapter
   const saved = configs.flatMap((c) => [...new Set(c.modulesToSave ?? [])]);
   const shared = new Set(saved.filter((m, i) => saved.indexOf(m) !== i));
-  if (shared.size) throw new Error(`Cannot add weighted adapters if they target the same module with modules_to_save, but found ${shared.size} such instance(s). (${[...shared].join(', ')})`);
+  if (shared.size)
+    throw new Error(
+      `Cannot add weighted adapters if they target the same module with modules_to_save, but found ${shared.size} such instance(s). (${[...shared].join(', ')})`,
+    );
   if (first.modulesToSave?.length) {
-    warn(`modules_to_save ${JSON.stringify(first.modulesToSave)} of ${label(0)} are left out: PEFT's combined adapter would hold untrained copies of those base modules there`);
+    warn(
+      `modules_to_save ${JSON.stringify(first.modulesToSave)} of ${label(0)} are left out: PEFT's combined adapter would hold untrained copies of those base modules there`,
+    );
     plan.config.modulesToSave = null;
   }
   for (const [i, c] of configs.entries()) {
-    if (c.useDora) warn(`${label(i)} is a DoRA adapter: its magnitudes are not combined (PEFT combines A and B only); the result is plain LoRA`);
+    if (c.useDora)
+      warn(
+        `${label(i)} is a DoRA adapter: its magnitudes are not combined (PEFT combines A and B only); the result is plain LoRA`,
+      );
     if (c.loraBias) warn(`${label(i)} has lora_bias: its lora_B biases are not combined (PEFT combines A and B only)`);
   }
   // every module some adapter has, in the adapters' order, with its layer kind
@@ -67,14 +89,23 @@ export async function combineAdapters(adapters: AdapterFiles[], weights: number[
   for (const [i, a] of adapters.entries()) {
     for (const [path, kind] of adapterTargets(a.tensors)) {
       const seen = modules.get(path);
-      if (seen && seen !== kind) throw new Error(`'${path}' is a ${seen} layer in one adapter and a ${kind} layer in ${label(i)}; were they trained on the same base model?`);
+      if (seen && seen !== kind)
+        throw new Error(
+          `'${path}' is a ${seen} layer in one adapter and a ${kind} layer in ${label(i)}; were they trained on the same base model?`,
+        );
       modules.set(path, kind);
     }
   }
   const paths = [...modules.keys()].filter((p) => matchModule(plan.config, p) === 'targeted');
   const dropped = [...modules.keys()].filter((p) => !paths.includes(p));
-  if (dropped.length) warn(`the combined config (the first adapter's, target_modules ${JSON.stringify(plan.config.targetModules)}) does not target ${dropped.join(', ')}; left out, as PEFT leaves them out`);
-  if (paths.length === 0) throw new Error('the combined adapter targets none of the adapters\' modules; check the adapters\' target_modules, layers_to_transform and exclude_modules');
+  if (dropped.length)
+    warn(
+      `the combined config (the first adapter's, target_modules ${JSON.stringify(plan.config.targetModules)}) does not target ${dropped.join(', ')}; left out, as PEFT leaves them out`,
+    );
+  if (paths.length === 0)
+    throw new Error(
+      "the combined adapter targets none of the adapters' modules; check the adapters' target_modules, layers_to_transform and exclude_modules",
+    );
   const out: Record<string, tf.Tensor> = {};
   try {
     for (const [done, path] of paths.entries()) {
@@ -87,7 +118,10 @@ export async function combineAdapters(adapters: AdapterFiles[], weights: number[
         const b = adapter.tensors[bKey];
         if (!b) throw new Error(`${label(i)} has '${aKey}' but no '${bKey}'; it is incomplete`);
         const { r, scaling } = moduleScaling(adapter.config, path);
-        if (a.shape[0] !== r) throw new Error(`${label(i)}: '${aKey}' has rank ${a.shape[0]} but its config gives '${path}' r=${r}; the config does not belong to these tensors`);
+        if (a.shape[0] !== r)
+          throw new Error(
+            `${label(i)}: '${aKey}' has rank ${a.shape[0]} but its config gives '${path}' r=${r}; the config does not belong to these tensors`,
+          );
         sources.push({ a, b, scaling, weight: weights[i] as number });
       }
       const { a, b } = await combineModuleFactors(path, sources, plan);

@@ -18,9 +18,10 @@ export class Magnitude extends Module {
 }
 
 /** The value of x with no gradient flowing back through it (torch's `.detach()`). */
-export const detach = tf.customGrad(((x: tf.Tensor) => ({ value: tf.clone(x), gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy) })) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (
-  x: tf.Tensor,
-) => tf.Tensor;
+export const detach = tf.customGrad(((x: tf.Tensor) => ({
+  value: tf.clone(x),
+  gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy),
+})) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
 
 /**
  * The L2 norm of `t` over every axis but `keep`, with those axes kept as size 1 (so that it scales

@@ -17,9 +17,13 @@ interface KeysCase {
   keys: Record<string, number[]>;
   warnings: string[];
 }
-const cases = JSON.parse(readFileSync(join(FIX, 'tokens-notes.json'), 'utf8')).embedding_keys as Record<string, KeysCase>;
+const cases = JSON.parse(readFileSync(join(FIX, 'tokens-notes.json'), 'utf8')).embedding_keys as Record<
+  string,
+  KeysCase
+>;
 
-const keysOf = (weights: Uint8Array) => Object.fromEntries(readSafetensorsHeader(weights).entries.map((e) => [e.name, e.shape]));
+const keysOf = (weights: Uint8Array) =>
+  Object.fromEntries(readSafetensorsHeader(weights).entries.map((e) => [e.name, e.shape]));
 
 beforeAll(async () => {
   await initBackend('cpu');
@@ -31,11 +35,18 @@ describe('saveEmbeddingLayers', () => {
     // resolveTargets always leaves the output layer out, so that case has no counterpart here.
     if (label === 'all_linear_auto') continue;
     it(`${label}: the keys, shapes and warnings PEFT writes (save_embedding_layers=${String(c.save_embedding_layers)})`, async () => {
-      const fields: Partial<LoraConfig> = { r: 2, targetModules: c.config.target_modules, trainableTokenIndices: c.config.trainable_token_indices ?? null };
+      const fields: Partial<LoraConfig> = {
+        r: 2,
+        targetModules: c.config.target_modules,
+        trainableTokenIndices: c.config.trainable_token_indices ?? null,
+      };
       const peft = getPeftModel(tokNet(c.tied), fields);
       const warnings: string[] = [];
       const before = tf.memory().numTensors;
-      const { weights } = await serializeAdapter(peft, 'default', { saveEmbeddingLayers: c.save_embedding_layers, warn: (m) => warnings.push(m) });
+      const { weights } = await serializeAdapter(peft, 'default', {
+        saveEmbeddingLayers: c.save_embedding_layers,
+        warn: (m) => warnings.push(m),
+      });
       expect(tf.memory().numTensors).toBe(before);
       expect(keysOf(weights)).toEqual(c.keys);
       expect(warnings).toEqual(c.warnings);
@@ -50,7 +61,10 @@ describe('saveEmbeddingLayers', () => {
     const saved = parseSafetensors(weights).tensors;
     const base = readFixture('tokens-tied-base.safetensors');
     for (const k of ['embed_tokens.token_adapter.base_layer.weight', 'lm_head.token_adapter.base_layer.weight']) {
-      expect(maxRelativeError(await saved[`base_model.model.${k}`]!.data(), await base['embed_tokens.weight']!.data()), k).toBe(0);
+      expect(
+        maxRelativeError(await saved[`base_model.model.${k}`]!.data(), await base['embed_tokens.weight']!.data()),
+        k,
+      ).toBe(0);
     }
     tf.dispose([...Object.values(saved), ...Object.values(base)]);
     peft.dispose();
@@ -61,19 +75,38 @@ describe('saveEmbeddingLayers', () => {
     const out = mkdtempSync(join(tmpdir(), 'lora-adapter-'));
     const save = async (vocab: number | null) => {
       if (vocab !== null) writeFileSync(join(base, 'config.json'), JSON.stringify({ vocab_size: vocab }));
-      const peft = getPeftModel(tokNet(), { r: 2, targetModules: ['lin'], baseModelNameOrPath: vocab === null ? join(base, 'absent') : base });
+      const peft = getPeftModel(tokNet(), {
+        r: 2,
+        targetModules: ['lin'],
+        baseModelNameOrPath: vocab === null ? join(base, 'absent') : base,
+      });
       const warnings: string[] = [];
       await saveAdapter(peft, out, { warn: (m) => warnings.push(m) });
       peft.dispose();
-      return { keys: Object.keys(keysOf(new Uint8Array(readFileSync(join(out, 'adapter_model.safetensors'))))).sort(), warnings };
+      return {
+        keys: Object.keys(keysOf(new Uint8Array(readFileSync(join(out, 'adapter_model.safetensors'))))).sort(),
+        warnings,
+      };
     };
     const resized = await save(16);
-    expect(resized.keys).toEqual(['base_model.model.embed_tokens.weight', 'base_model.model.lin.lora_A.weight', 'base_model.model.lin.lora_B.weight', 'base_model.model.lm_head.weight']);
-    expect(resized.warnings).toEqual(['Setting `save_embedding_layers` to `True` as the embedding layer has been resized during finetuning.']);
-    expect(await save(20)).toEqual({ keys: ['base_model.model.lin.lora_A.weight', 'base_model.model.lin.lora_B.weight'], warnings: [] });
+    expect(resized.keys).toEqual([
+      'base_model.model.embed_tokens.weight',
+      'base_model.model.lin.lora_A.weight',
+      'base_model.model.lin.lora_B.weight',
+      'base_model.model.lm_head.weight',
+    ]);
+    expect(resized.warnings).toEqual([
+      'Setting `save_embedding_layers` to `True` as the embedding layer has been resized during finetuning.',
+    ]);
+    expect(await save(20)).toEqual({
+      keys: ['base_model.model.lin.lora_A.weight', 'base_model.model.lin.lora_B.weight'],
+      warnings: [],
+    });
     const absent = await save(null);
     expect(absent.keys).toHaveLength(2);
-    expect(absent.warnings).toEqual([`Could not find a config file in ${join(base, 'absent')} - will assume that the vocabulary was not modified.`]);
+    expect(absent.warnings).toEqual([
+      `Could not find a config file in ${join(base, 'absent')} - will assume that the vocabulary was not modified.`,
+    ]);
   });
 
   it('a model without a recognisable embedding: nothing extra saved, with a warning that names the rule', async () => {
@@ -83,11 +116,22 @@ describe('saveEmbeddingLayers', () => {
         return this.up.call(x);
       }
     }
-    const peft = getPeftModel(withoutInit(() => new Mlp()), { r: 2, targetModules: ['up'] });
+    const peft = getPeftModel(
+      withoutInit(() => new Mlp()),
+      { r: 2, targetModules: ['up'] },
+    );
     const warnings: string[] = [];
-    const { weights } = await serializeAdapter(peft, 'default', { saveEmbeddingLayers: true, warn: (m) => warnings.push(m) });
-    expect(Object.keys(keysOf(weights))).toEqual(['base_model.model.up.lora_A.weight', 'base_model.model.up.lora_B.weight']);
-    expect(warnings[0]).toMatch(/^Could not identify embedding layer\(s\) because the model is not a 🤗 transformers model\. .*getInputEmbeddings\(\)/);
+    const { weights } = await serializeAdapter(peft, 'default', {
+      saveEmbeddingLayers: true,
+      warn: (m) => warnings.push(m),
+    });
+    expect(Object.keys(keysOf(weights))).toEqual([
+      'base_model.model.up.lora_A.weight',
+      'base_model.model.up.lora_B.weight',
+    ]);
+    expect(warnings[0]).toMatch(
+      /^Could not identify embedding layer\(s\) because the model is not a 🤗 transformers model\. .*getInputEmbeddings\(\)/,
+    );
     peft.dispose();
   });
 });

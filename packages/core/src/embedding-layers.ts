@@ -47,7 +47,8 @@ export function peftNamedWeights(model: AdapterModel, adapterName: string): Reco
   for (const [path, m] of model.namedModules()) {
     for (const [k, p] of m.namedParameters(path, false)) add(k, p);
     if (m instanceof TrainableTokensLayer && m.tiedAdapter) {
-      for (const n of m.trainableTokensDelta.keys()) add(`${path}.trainable_tokens_delta.${n}`, m.trainableTokensDelta.get(n));
+      for (const n of m.trainableTokensDelta.keys())
+        add(`${path}.trainable_tokens_delta.${n}`, m.trainableTokensDelta.get(n));
     }
   }
   return out;
@@ -90,7 +91,11 @@ export function inputVocabSize(model: Module): number | undefined {
  * name `embed_tokens` or `lm_head` (not with `trainable_token_indices`, whose point is a small file),
  * or when the input embedding's vocabulary differs from `baseVocabSize` (resized while fine-tuning).
  */
-export function resolveSaveEmbeddingLayers(model: AdapterModel, adapterName: string, options: EmbeddingLayersOptions): boolean {
+export function resolveSaveEmbeddingLayers(
+  model: AdapterModel,
+  adapterName: string,
+  options: EmbeddingLayersOptions,
+): boolean {
   const option = options.saveEmbeddingLayers ?? 'auto';
   if (option !== 'auto') return option;
   const warn = options.warn ?? console.warn;
@@ -120,10 +125,16 @@ export function resolveSaveEmbeddingLayers(model: AdapterModel, adapterName: str
  * // ['base_model.model.model.embed_tokens.weight', 'base_model.model.lm_head.weight']
  * ```
  */
-export function embeddingLayersStateDict(model: AdapterModel, adapterName: string, options: EmbeddingLayersOptions = {}): Record<string, tf.Tensor> {
+export function embeddingLayersStateDict(
+  model: AdapterModel,
+  adapterName: string,
+  options: EmbeddingLayersOptions = {},
+): Record<string, tf.Tensor> {
   if (!resolveSaveEmbeddingLayers(model, adapterName, options)) return {};
   const config = model.peftConfig.get(adapterName) as LoraConfig;
-  const paths = [inputEmbeddingsPath(model.model), outputEmbeddingsPath(model.model)].filter((p): p is string => p !== null);
+  const paths = [inputEmbeddingsPath(model.model), outputEmbeddingsPath(model.model)].filter(
+    (p): p is string => p !== null,
+  );
   if (paths.length === 0) {
     (options.warn ?? console.warn)(
       'Could not identify embedding layer(s) because the model is not a 🤗 transformers model. (@lora looks for a getInputEmbeddings() / getOutputEmbeddings() method on the model, else modules named embed_tokens / lm_head.)',
@@ -135,7 +146,9 @@ export function embeddingLayersStateDict(model: AdapterModel, adapterName: strin
   const out: Record<string, tf.Tensor> = {};
   for (const path of new Set(paths)) {
     const layer = model.model.getSubmodule(path);
-    const wrapped = (layer instanceof LoraLinear || layer instanceof LoraEmbedding) && (layer.baseLayer instanceof Linear || layer.baseLayer instanceof Embedding);
+    const wrapped =
+      (layer instanceof LoraLinear || layer instanceof LoraEmbedding) &&
+      (layer.baseLayer instanceof Linear || layer.baseLayer instanceof Embedding);
     if (targeted && !wrapped) continue;
     const prefix = `base_model.model.${targeted ? `${path}.base_layer` : path}.`;
     for (const [k, t] of Object.entries(weights)) if (k.startsWith(prefix)) out[k] = t;

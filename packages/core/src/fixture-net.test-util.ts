@@ -12,7 +12,12 @@ export class Block extends Module {
   mlp = this.registerModule('mlp', new Linear(8, 16));
   out = this.registerModule('out', new Linear(16, 8));
   forward(h: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => tf.add(tf.add(tf.add(h, this.out.call(tf.relu(this.mlp.call(h)))), tf.mul(this.q_proj.call(h), 0.5)), this.v_proj.call(h)));
+    return tf.tidy(() =>
+      tf.add(
+        tf.add(tf.add(h, this.out.call(tf.relu(this.mlp.call(h)))), tf.mul(this.q_proj.call(h), 0.5)),
+        this.v_proj.call(h),
+      ),
+    );
   }
 }
 
@@ -28,4 +33,3 @@ export class Net extends Module {
     });
   }
 }
-

@@ -2,7 +2,18 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { parseSafetensors } from '@lora/tensor';
-import { Conv1d, Conv2d, Embedding, LayerNorm, Linear, Module, ModuleList, TransposedLinear, gelu, withoutInit } from '@lora/nn';
+import {
+  Conv1d,
+  Conv2d,
+  Embedding,
+  LayerNorm,
+  Linear,
+  Module,
+  ModuleList,
+  TransposedLinear,
+  gelu,
+  withoutInit,
+} from '@lora/nn';
 import { loraConfigFromJson } from '@lora/core';
 import { Net } from './fixture-net.test-util';
 
@@ -16,7 +27,8 @@ export const readAdapterFiles = (dir: string) => ({
 });
 
 /** Reads a fixture file's tensors (the caller disposes them). */
-export const readFixture = (file: string): Record<string, tf.Tensor> => parseSafetensors(new Uint8Array(readFileSync(join(FIX, file)))).tensors;
+export const readFixture = (file: string): Record<string, tf.Tensor> =>
+  parseSafetensors(new Uint8Array(readFileSync(join(FIX, file)))).tensors;
 
 /** A model built without random init, holding a fixture file's weights. */
 export function withFixtureWeights<M extends Module>(build: () => M, file: string): M {
@@ -164,7 +176,13 @@ export class CombineNet extends Module {
 export function combineNet(): CombineNet {
   const net = withoutInit(() => new CombineNet());
   const t = readFixture('combine-base.safetensors');
-  net.loadStateDict(Object.fromEntries(Object.entries(t).filter(([k]) => k.startsWith('base.')).map(([k, v]) => [k.slice(5), v])));
+  net.loadStateDict(
+    Object.fromEntries(
+      Object.entries(t)
+        .filter(([k]) => k.startsWith('base.'))
+        .map(([k, v]) => [k.slice(5), v]),
+    ),
+  );
   tf.dispose(Object.values(t));
   return net.eval();
 }

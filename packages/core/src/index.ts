@@ -1,4 +1,12 @@
-export { LoraConfigError, loraConfig, loraConfigFromJson, loraConfigToJson, loraScaling, moduleScaling, patternKey } from './lora-config';
+export {
+  LoraConfigError,
+  loraConfig,
+  loraConfigFromJson,
+  loraConfigToJson,
+  loraScaling,
+  moduleScaling,
+  patternKey,
+} from './lora-config';
 export type { InitLoraWeights, LoraConfig } from './lora-config';
 export { TargetModuleError, matchModule, resolveTargets } from './targets';
 export type { ResolvedTargets } from './targets';

@@ -4,7 +4,16 @@
  */
 
 /** `init_lora_weights` values. `'loftq' | 'eva' | 'lora_ga'` come from the method packages' registry. */
-export type InitLoraWeights = boolean | 'gaussian' | 'pissa' | `pissa_niter_${number}` | 'olora' | 'orthogonal' | 'loftq' | 'eva' | 'lora_ga';
+export type InitLoraWeights =
+  | boolean
+  | 'gaussian'
+  | 'pissa'
+  | `pissa_niter_${number}`
+  | 'olora'
+  | 'orthogonal'
+  | 'loftq'
+  | 'eva'
+  | 'lora_ga';
 
 /** A LoRA configuration. Every field has PEFT 0.21's default. */
 export interface LoraConfig {
@@ -130,23 +139,39 @@ export function loraConfig(fields: Partial<LoraConfig> = {}): LoraConfig {
 
 function validate(c: LoraConfig): void {
   if (c.taskType !== null && !TASK_TYPES.includes(c.taskType)) {
-    throw new LoraConfigError(`Invalid task type: '${c.taskType}'. Must be one of the following task types: ${TASK_TYPES.join(', ')}.`);
+    throw new LoraConfigError(
+      `Invalid task type: '${c.taskType}'. Must be one of the following task types: ${TASK_TYPES.join(', ')}.`,
+    );
   }
-  if (!Number.isInteger(c.r) || c.r <= 0) throw new LoraConfigError(`\`r\` should be a positive integer value but the value passed is ${c.r}`);
-  if (!(c.loraDropout >= 0 && c.loraDropout < 1)) throw new LoraConfigError(`lora_dropout must be in [0, 1), got ${c.loraDropout}`);
-  if (!['none', 'all', 'lora_only'].includes(c.bias)) throw new LoraConfigError(`Requested bias: ${c.bias}, is not implemented.`);
-  if (typeof c.targetModules === 'string' && c.layersToTransform !== null) throw new LoraConfigError('`layers_to_transform` cannot be used when `target_modules` is a str.');
-  if (typeof c.targetModules === 'string' && c.layersPattern !== null) throw new LoraConfigError('`layers_pattern` cannot be used when `target_modules` is a str.');
-  if (c.layersPattern && c.layersToTransform === null) throw new LoraConfigError('When `layers_pattern` is specified, `layers_to_transform` must also be specified. ');
+  if (!Number.isInteger(c.r) || c.r <= 0)
+    throw new LoraConfigError(`\`r\` should be a positive integer value but the value passed is ${c.r}`);
+  if (!(c.loraDropout >= 0 && c.loraDropout < 1))
+    throw new LoraConfigError(`lora_dropout must be in [0, 1), got ${c.loraDropout}`);
+  if (!['none', 'all', 'lora_only'].includes(c.bias))
+    throw new LoraConfigError(`Requested bias: ${c.bias}, is not implemented.`);
+  if (typeof c.targetModules === 'string' && c.layersToTransform !== null)
+    throw new LoraConfigError('`layers_to_transform` cannot be used when `target_modules` is a str.');
+  if (typeof c.targetModules === 'string' && c.layersPattern !== null)
+    throw new LoraConfigError('`layers_pattern` cannot be used when `target_modules` is a str.');
+  if (c.layersPattern && c.layersToTransform === null)
+    throw new LoraConfigError('When `layers_pattern` is specified, `layers_to_transform` must also be specified. ');
   if (c.loraBias && c.initLoraWeights !== true && c.initLoraWeights !== false) {
-    throw new LoraConfigError(`The argument lora_bias=True is only supported with init_lora_weights=True or False, got init_lora_weights=${String(c.initLoraWeights)} instead.`);
+    throw new LoraConfigError(
+      `The argument lora_bias=True is only supported with init_lora_weights=True or False, got init_lora_weights=${String(c.initLoraWeights)} instead.`,
+    );
   }
-  if (c.loraBias && c.useDora) throw new LoraConfigError('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
+  if (c.loraBias && c.useDora)
+    throw new LoraConfigError('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
   const init = c.initLoraWeights;
-  if (typeof init === 'string' && !/^(gaussian|pissa|pissa_niter_\d+|olora|orthogonal|loftq|eva|lora_ga)$/i.test(init)) {
+  if (
+    typeof init === 'string' &&
+    !/^(gaussian|pissa|pissa_niter_\d+|olora|orthogonal|loftq|eva|lora_ga)$/i.test(init)
+  ) {
     throw new LoraConfigError(`Unknown initialization init_lora_weights='${init}'`);
   }
-  for (const [k, v] of Object.entries(c.rankPattern)) if (!Number.isInteger(v) || v <= 0) throw new LoraConfigError(`rank_pattern['${k}'] = ${v} must be a positive integer`);
+  for (const [k, v] of Object.entries(c.rankPattern))
+    if (!Number.isInteger(v) || v <= 0)
+      throw new LoraConfigError(`rank_pattern['${k}'] = ${v} must be a positive integer`);
 }
 
 /**
@@ -158,9 +183,18 @@ function validate(c: LoraConfig): void {
  * const config = loraConfigFromJson(JSON.parse(await readFile('adapter/adapter_config.json', 'utf8')));
  * ```
  */
-export function loraConfigFromJson(json: Record<string, unknown>, options: { warn?: (message: string) => void } = {}): LoraConfig {
-  if (json.peft_type === undefined) throw new LoraConfigError("The LoraConfig config that is trying to be loaded is missing required keys: {'peft_type'}.");
-  if (json.peft_type !== 'LORA') throw new LoraConfigError(`adapter_config.json has peft_type '${String(json.peft_type)}'; only LORA adapters are supported`);
+export function loraConfigFromJson(
+  json: Record<string, unknown>,
+  options: { warn?: (message: string) => void } = {},
+): LoraConfig {
+  if (json.peft_type === undefined)
+    throw new LoraConfigError(
+      "The LoraConfig config that is trying to be loaded is missing required keys: {'peft_type'}.",
+    );
+  if (json.peft_type !== 'LORA')
+    throw new LoraConfigError(
+      `adapter_config.json has peft_type '${String(json.peft_type)}'; only LORA adapters are supported`,
+    );
   const fields: Partial<LoraConfig> = {};
   const byJson = new Map(Object.entries(SNAKE).map(([camel, snake]) => [snake, camel as keyof LoraConfig]));
   // Kept verbatim and written back: keys newer PEFT versions add, auto_mapping, and PEFT fields this
@@ -170,16 +204,25 @@ export function loraConfigFromJson(json: Record<string, unknown>, options: { war
     const camel = byJson.get(k);
     if (camel) (fields as Record<string, unknown>)[camel] = v;
     else if (k === 'peft_version' || k === 'runtime_config') continue;
-    else if (k === 'auto_mapping' || !(k in PEFT_DEFAULTS) || JSON.stringify(v) !== JSON.stringify(PEFT_DEFAULTS[k])) extra[k] = v;
+    else if (k === 'auto_mapping' || !(k in PEFT_DEFAULTS) || JSON.stringify(v) !== JSON.stringify(PEFT_DEFAULTS[k]))
+      extra[k] = v;
   }
   const unknown = Object.keys(extra).filter((k) => !(k in PEFT_DEFAULTS) && k !== 'auto_mapping');
-  if (unknown.length) (options.warn ?? console.warn)(`adapter_config.json has keys this version does not know; they are kept and written back: ${unknown.join(', ')}`);
+  if (unknown.length)
+    (options.warn ?? console.warn)(
+      `adapter_config.json has keys this version does not know; they are kept and written back: ${unknown.join(', ')}`,
+    );
   return loraConfig({ ...fields, extra });
 }
 
 function sortKeys(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(sortKeys);
-  if (v && typeof v === 'object') return Object.fromEntries(Object.keys(v as object).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]));
+  if (v && typeof v === 'object')
+    return Object.fromEntries(
+      Object.keys(v as object)
+        .sort()
+        .map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]),
+    );
   return v;
 }
 

@@ -48,7 +48,8 @@ export class LoraConv extends LoraLayerBase<Conv> {
 
   /** PEFT's rank checks: a positive integer, divisible by the base's groups (lora_B is grouped). */
   private checkRank(base: Conv, r: number): void {
-    if (!Number.isInteger(r) || r <= 0) throw new Error(`\`r\` should be a positive integer value but the value passed is ${r}`);
+    if (!Number.isInteger(r) || r <= 0)
+      throw new Error(`\`r\` should be a positive integer value but the value passed is ${r}`);
     const groups = base.options.groups;
     if (r % groups !== 0) {
       throw new Error(
@@ -57,8 +58,20 @@ export class LoraConv extends LoraLayerBase<Conv> {
     }
   }
 
-  private make(inC: number, outC: number, kernel: number[], options: { stride?: number | number[]; padding?: number | number[] | 'valid' | 'same'; groups?: number; bias: boolean }): Conv {
-    return this.baseLayer instanceof Conv2d ? new Conv2d(inC, outC, kernel, options) : new Conv1d(inC, outC, kernel, options);
+  private make(
+    inC: number,
+    outC: number,
+    kernel: number[],
+    options: {
+      stride?: number | number[];
+      padding?: number | number[] | 'valid' | 'same';
+      groups?: number;
+      bias: boolean;
+    },
+  ): Conv {
+    return this.baseLayer instanceof Conv2d
+      ? new Conv2d(inC, outC, kernel, options)
+      : new Conv1d(inC, outC, kernel, options);
   }
 
   /**
@@ -71,24 +84,43 @@ export class LoraConv extends LoraLayerBase<Conv> {
   updateLayer(name: string, s: AdapterSettings): void {
     const base = this.baseLayer;
     this.checkRank(base, s.r);
-    if (s.useDora && s.loraBias) throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
+    if (s.useDora && s.loraBias)
+      throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
     const init = s.initLoraWeights;
     if (init === 'loftq') {
-      throw new Error(`init_lora_weights='loftq' is not supported on ${base.constructor.name} layers (PEFT 0.21 fails there too: LoraLayer.loftq_init() missing 1 required positional argument: 'config'); leave this layer out of target_modules`);
+      throw new Error(
+        `init_lora_weights='loftq' is not supported on ${base.constructor.name} layers (PEFT 0.21 fails there too: LoraLayer.loftq_init() missing 1 required positional argument: 'config'); leave this layer out of target_modules`,
+      );
     }
     if (init !== true && init !== false && init !== 'gaussian' && init !== 'lora_ga') {
-      throw new Error(`Unknown initialization init_lora_weights='${String(init)}' (a ${base.constructor.name} takes true, false, 'gaussian' or 'lora_ga', as in PEFT)`);
+      throw new Error(
+        `Unknown initialization init_lora_weights='${String(init)}' (a ${base.constructor.name} takes true, false, 'gaussian' or 'lora_ga', as in PEFT)`,
+      );
     }
     if (s.loraBias && !base.bias) {
-      console.warn(`\`lora_bias=True\` was passed but the targeted layer of type ${base.constructor.name} has no bias. This means that merging LoRA weights won't be possible.`);
+      console.warn(
+        `\`lora_bias=True\` was passed but the targeted layer of type ${base.constructor.name} has no bias. This means that merging LoRA weights won't be possible.`,
+      );
     }
     if (this.settings.has(name)) this.deleteAdapter(name);
     const k = base.kernelSize;
-    const a = this.make(base.inChannels, s.r, k, { stride: base.options.stride, padding: base.options.padding, bias: false });
-    const b = this.make(s.r, base.outChannels, k.map(() => 1), { groups: base.options.groups, bias: s.loraBias });
+    const a = this.make(base.inChannels, s.r, k, {
+      stride: base.options.stride,
+      padding: base.options.padding,
+      bias: false,
+    });
+    const b = this.make(
+      s.r,
+      base.outChannels,
+      k.map(() => 1),
+      { groups: base.options.groups, bias: s.loraBias },
+    );
     if (init !== false) {
       const fanIn = base.inChannels * k.reduce((x, y) => x * y, 1);
-      a.setParameter('weight', init === 'gaussian' ? normalInit(a.weight.shape, 1 / s.r) : kaimingUniformDefault(a.weight.shape, fanIn));
+      a.setParameter(
+        'weight',
+        init === 'gaussian' ? normalInit(a.weight.shape, 1 / s.r) : kaimingUniformDefault(a.weight.shape, fanIn),
+      );
       b.setParameter('weight', tf.zeros(b.weight.shape));
       if (b.bias) b.setParameter('bias', tf.zeros(b.bias.shape));
     }
@@ -111,13 +143,21 @@ export class LoraConv extends LoraLayerBase<Conv> {
   private doraLoraWeight(name: string): tf.Tensor {
     return tf.tidy(() => {
       const r = this.settings.get(name)?.r as number;
-      return tf.reshape(tf.matMul(tf.reshape(this.factorB(name), [-1, r]), tf.reshape(this.factorA(name), [r, -1])), this.baseLayer.weight.shape);
+      return tf.reshape(
+        tf.matMul(tf.reshape(this.factorB(name), [-1, r]), tf.reshape(this.factorA(name), [r, -1])),
+        this.baseLayer.weight.shape,
+      );
     });
   }
 
   /** ‖W + s·B·A‖ per output channel, [out, 1, 1(, 1)], for the current weights. */
   private doraNorm(name: string): tf.Tensor {
-    return tf.tidy(() => this.doraWeightNorm(name, tf.add(this.baseLayer.weight, tf.mul(this.doraLoraWeight(name), this.scaling.get(name) as number))));
+    return tf.tidy(() =>
+      this.doraWeightNorm(
+        name,
+        tf.add(this.baseLayer.weight, tf.mul(this.doraLoraWeight(name), this.scaling.get(name) as number)),
+      ),
+    );
   }
 
   protected removeAdapterWeights(name: string): void {
@@ -143,7 +183,8 @@ export class LoraConv extends LoraLayerBase<Conv> {
     const m = this.loraMagnitudeVector.get(name).weight;
     const f = tf.div(m, tf.reshape(detach(this.doraNorm(name)), m.shape));
     let baseOut: tf.Tensor;
-    if (settings.loraDropout === 0 || !this.training) baseOut = base.bias ? tf.sub(result, tf.reshape(base.bias, m.shape)) : result;
+    if (settings.loraDropout === 0 || !this.training)
+      baseOut = base.bias ? tf.sub(result, tf.reshape(base.bias, m.shape)) : result;
     else baseOut = conv(dropped, base.weight, null, base.options);
     return tf.add(result, tf.add(tf.mul(tf.sub(f, 1), baseOut), tf.mul(tf.mul(f, lora), scale)));
   }
@@ -159,7 +200,10 @@ export class LoraConv extends LoraLayerBase<Conv> {
 
   protected override doraMagnitude(name: string): tf.Tensor {
     // [1, out, 1(, 1)] → [out, 1, 1(, 1)], one factor per output channel of the kernel
-    return tf.reshape(this.loraMagnitudeVector.get(name).weight, [-1, ...new Array(this.baseLayer.weight.rank - 1).fill(1)]);
+    return tf.reshape(this.loraMagnitudeVector.get(name).weight, [
+      -1,
+      ...new Array(this.baseLayer.weight.rank - 1).fill(1),
+    ]);
   }
 
   protected override mergedWeight(name: string, w: tf.Tensor): tf.Tensor {
@@ -183,14 +227,19 @@ export class LoraConv extends LoraLayerBase<Conv> {
     if (!this.settings.has(name)) throw new Error(`adapter '${name}' is not on this layer`);
     const groups = this.baseLayer.options.groups;
     if (groups > 1) {
-      throw new Error(`adapter '${name}' on a ${this.baseLayer.constructor.name} with groups=${groups} has no ΔW in the grouped kernel's shape [${this.baseLayer.weight.shape.join(', ')}]. ${GROUPED_MERGE}`);
+      throw new Error(
+        `adapter '${name}' on a ${this.baseLayer.constructor.name} with groups=${groups} has no ΔW in the grouped kernel's shape [${this.baseLayer.weight.shape.join(', ')}]. ${GROUPED_MERGE}`,
+      );
     }
     return tf.tidy(() => tf.mul(this.doraLoraWeight(name), this.scaling.get(name) as number));
   }
 
   /** The adapter's tensors by the key suffix PEFT saves them under (DoRA's magnitude without `.weight`). */
   savedTensors(name: string): Record<string, tf.Variable> {
-    const out: Record<string, tf.Variable> = { 'lora_A.weight': this.factorA(name), 'lora_B.weight': this.factorB(name) };
+    const out: Record<string, tf.Variable> = {
+      'lora_A.weight': this.factorA(name),
+      'lora_B.weight': this.factorB(name),
+    };
     const bias = this.loraB.get(name).bias;
     if (bias) out['lora_B.bias'] = bias;
     if (this.loraMagnitudeVector.has(name)) out.lora_magnitude_vector = this.loraMagnitudeVector.get(name).weight;

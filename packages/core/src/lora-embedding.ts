@@ -39,10 +39,13 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
    * as ‖W + ΔW‖ per embedding dimension.
    */
   updateLayer(name: string, s: AdapterSettings): void {
-    if (!Number.isInteger(s.r) || s.r <= 0) throw new Error(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
+    if (!Number.isInteger(s.r) || s.r <= 0)
+      throw new Error(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
     if (s.loraBias) throw new Error('lora_bias=True is not supported for Embedding.');
     if (s.initLoraWeights === 'loftq') {
-      throw new Error("init_lora_weights='loftq' is not supported on Embedding layers (PEFT 0.21 fails there too: LoraLayer.loftq_init() missing 1 required positional argument: 'config'); leave this layer out of target_modules");
+      throw new Error(
+        "init_lora_weights='loftq' is not supported on Embedding layers (PEFT 0.21 fails there too: LoraLayer.loftq_init() missing 1 required positional argument: 'config'); leave this layer out of target_modules",
+      );
     }
     if (this.settings.has(name)) this.deleteAdapter(name);
     const vocab = this.baseLayer.numEmbeddings;
@@ -59,7 +62,11 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
     this.loraEmbeddingA.set(name, a);
     this.loraEmbeddingB.set(name, b);
     this.storeSettings(name, s);
-    if (s.useDora) this.loraMagnitudeVector.set(name, new Magnitude(tf.tidy(() => tf.reshape(this.doraNorm(name), [this.baseLayer.embeddingDim]))));
+    if (s.useDora)
+      this.loraMagnitudeVector.set(
+        name,
+        new Magnitude(tf.tidy(() => tf.reshape(this.doraNorm(name), [this.baseLayer.embeddingDim]))),
+      );
   }
 
   /** ‖W + ΔW‖ per embedding dimension ([1, dim], over the vocabulary) for the current weights. */
@@ -76,7 +83,12 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
   /** No dropout on this path, as PEFT. */
   protected addAdapterOutput(result: tf.Tensor, ids: tf.Tensor, name: string, rows: tf.Tensor | null): tf.Tensor {
     const afterA = embedding(ids, tf.transpose(this.loraEmbeddingA.get(name)));
-    const lora = tf.matMul(tf.reshape(afterA, [-1, afterA.shape.at(-1) as number]), this.loraEmbeddingB.get(name), false, true);
+    const lora = tf.matMul(
+      tf.reshape(afterA, [-1, afterA.shape.at(-1) as number]),
+      this.loraEmbeddingB.get(name),
+      false,
+      true,
+    );
     const contribution = tf.mul(tf.reshape(lora, result.shape), this.scaling.get(name) as number);
     if (!this.settings.get(name)?.useDora) return tf.add(result, rows ? tf.mul(contribution, rows) : contribution);
     // DoRA (PEFT's DoraEmbeddingLayer): f = m / ‖W + ΔW‖ per dimension, the norm detached, scales
@@ -98,7 +110,15 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
   /** ΔW = s·(B·A)ᵀ, shaped like the embedding table [vocab, dim]. The caller owns it. */
   getDeltaWeight(name: string): tf.Tensor2D {
     if (!this.settings.has(name)) throw new Error(`adapter '${name}' is not on this layer`);
-    return tf.tidy(() => tf.transpose(tf.mul(tf.matMul(this.loraEmbeddingB.get(name), this.loraEmbeddingA.get(name)), this.scaling.get(name) as number)) as tf.Tensor2D);
+    return tf.tidy(
+      () =>
+        tf.transpose(
+          tf.mul(
+            tf.matMul(this.loraEmbeddingB.get(name), this.loraEmbeddingA.get(name)),
+            this.scaling.get(name) as number,
+          ),
+        ) as tf.Tensor2D,
+    );
   }
 
   /** A of an adapter ([r, vocab]). */
@@ -113,7 +133,10 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
 
   /** The adapter's tensors by the key suffix PEFT saves them under (DoRA's magnitude without `.weight`). */
   savedTensors(name: string): Record<string, tf.Variable> {
-    const out: Record<string, tf.Variable> = { lora_embedding_A: this.loraEmbeddingA.get(name), lora_embedding_B: this.loraEmbeddingB.get(name) };
+    const out: Record<string, tf.Variable> = {
+      lora_embedding_A: this.loraEmbeddingA.get(name),
+      lora_embedding_B: this.loraEmbeddingB.get(name),
+    };
     if (this.loraMagnitudeVector.has(name)) out.lora_magnitude_vector = this.loraMagnitudeVector.get(name).weight;
     return out;
   }

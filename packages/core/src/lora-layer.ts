@@ -123,15 +123,25 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
     }
     const names = this.batchAdapterNames;
     if (names) {
-      if (names.length !== x.shape[0]) throw new Error(`adapter_names has ${names.length} entries for a batch of ${x.shape[0]}`);
-      if (this.mergedAdapters.length) throw new Error('Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.');
-      if (names.some((n) => this.settings.get(n)?.useDora)) throw new Error('Cannot pass `adapter_names` when DoRA is enabled.');
+      if (names.length !== x.shape[0])
+        throw new Error(`adapter_names has ${names.length} entries for a batch of ${x.shape[0]}`);
+      if (this.mergedAdapters.length)
+        throw new Error(
+          'Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.',
+        );
+      if (names.some((n) => this.settings.get(n)?.useDora))
+        throw new Error('Cannot pass `adapter_names` when DoRA is enabled.');
     } else if (this.mergedAdapters.length) return this.baseLayer.call(x);
     return tf.tidy(() => {
       let result = this.baseLayer.call(x) as tf.Tensor;
       for (const name of names ? new Set(names) : this.activeAdapters) {
         if (!this.settings.has(name)) continue;
-        const rows = names ? tf.tensor(names.map((n) => (n === name ? 1 : 0)), [names.length, ...new Array(x.rank - 1).fill(1)]) : null;
+        const rows = names
+          ? tf.tensor(
+              names.map((n) => (n === name ? 1 : 0)),
+              [names.length, ...new Array(x.rank - 1).fill(1)],
+            )
+          : null;
         result = this.addAdapterOutput(result, x, name, rows);
       }
       return result;
@@ -148,7 +158,9 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
   merge(options: { adapterNames?: string[]; safeMerge: true }): Promise<void>;
   merge(options: { adapterNames?: string[]; safeMerge?: boolean }): void | Promise<void>;
   merge(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void | Promise<void> {
-    const names = (options.adapterNames ?? this.activeAdapters).filter((n) => this.settings.has(n) && !this.mergedAdapters.includes(n));
+    const names = (options.adapterNames ?? this.activeAdapters).filter(
+      (n) => this.settings.has(n) && !this.mergedAdapters.includes(n),
+    );
     if (!options.safeMerge) {
       for (const name of names) this.commitMerge(name, this.prepareMerge(name));
       return;
@@ -174,7 +186,8 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
   private prepareMerge(name: string): tf.Tensor[] {
     const loraBias = this.loraBias(name);
     const bias = this.baseLayer.bias;
-    if (loraBias && !bias) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
+    if (loraBias && !bias)
+      throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
     const weight = tf.tidy(() => this.mergedWeight(name, this.baseLayer.weight));
     if (!loraBias || !bias) return [weight];
     return [weight, tf.tidy(() => tf.add(bias, tf.mul(loraBias, this.scaling.get(name) as number)))];
@@ -199,7 +212,8 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
       tf.tidy(() => w.assign(this.unmergedWeight(name, w)));
       const loraBias = this.loraBias(name);
       const bias = this.baseLayer.bias;
-      if (loraBias && bias) tf.tidy(() => bias.assign(tf.sub(bias, tf.mul(loraBias, this.scaling.get(name) as number))));
+      if (loraBias && bias)
+        tf.tidy(() => bias.assign(tf.sub(bias, tf.mul(loraBias, this.scaling.get(name) as number))));
     }
     this.dropDoraMergeNorms();
   }

@@ -1,5 +1,14 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Linear, ModuleDict, TransposedLinear, defaultRng, kaimingUniformDefault, linear, normalInit, transposedLinear } from '@lora/nn';
+import {
+  Linear,
+  ModuleDict,
+  TransposedLinear,
+  defaultRng,
+  kaimingUniformDefault,
+  linear,
+  normalInit,
+  transposedLinear,
+} from '@lora/nn';
 import { type Matrix64, matrix64, qr, svd, svdLowRank, transpose64 } from '@lora/linalg';
 import { Magnitude, normExcept } from './dora';
 import { lookupLoraInit } from './init-registry';
@@ -87,8 +96,10 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
    * `manualSeed`, A equals PEFT's.
    */
   updateLayer(name: string, s: AdapterSettings): void {
-    if (!Number.isInteger(s.r) || s.r <= 0) throw new Error(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
-    if (s.useDora && s.loraBias) throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
+    if (!Number.isInteger(s.r) || s.r <= 0)
+      throw new Error(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
+    if (s.useDora && s.loraBias)
+      throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
     if (s.fanInFanOut !== this.fanInFanOut) {
       throw new Error(
         `fanInFanOut is ${s.fanInFanOut} but the base layer is a ${this.baseLayer.constructor.name}, whose weight is stored ${this.fanInFanOut ? '[in, out]' : '[out, in]'}; ` +
@@ -129,7 +140,8 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
       for (let o = 0; o < this.outFeatures; o++)
         for (let j = 0; j < s.r; j++) {
           let v = 0; // (gbᵀ · q_even)[o, j], q_even = rows 1, 3, 5… of Q
-          for (let k = 0; k < half; k++) v += (gb[k * this.outFeatures + o] as number) * (q.data[(2 * k + 1) * s.r + j] as number);
+          for (let k = 0; k < half; k++)
+            v += (gb[k * this.outFeatures + o] as number) * (q.data[(2 * k + 1) * s.r + j] as number);
           bData[o * s.r + j] = v / 10;
         }
       a.setParameter('weight', tf.tensor2d(aData, [s.r, this.inFeatures]));
@@ -152,11 +164,21 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
         b.dispose();
         throw e;
       }
-      registered({ path: s.path ?? '', adapterName: name, settings: s, baseWeight: this.baseLayer.weight, loraA: a.weight, loraB: b.weight, scaling: loraScaling(s.loraAlpha, s.r, s.useRslora) });
+      registered({
+        path: s.path ?? '',
+        adapterName: name,
+        settings: s,
+        baseWeight: this.baseLayer.weight,
+        loraA: a.weight,
+        loraB: b.weight,
+        scaling: loraScaling(s.loraAlpha, s.r, s.useRslora),
+      });
     } else if (init !== false) {
       a.dispose();
       b.dispose();
-      throw new Error(`init_lora_weights='${String(init)}' is not available in @lora/core yet for Linear layers; use true, false, 'gaussian', 'pissa', 'pissa_niter_K', 'olora' or 'orthogonal'`);
+      throw new Error(
+        `init_lora_weights='${String(init)}' is not available in @lora/core yet for Linear layers; use true, false, 'gaussian', 'pissa', 'pissa_niter_K', 'olora' or 'orthogonal'`,
+      );
     }
     this.loraA.set(name, a);
     this.loraB.set(name, b);
@@ -194,7 +216,9 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
     try {
       values = w.dataSync() as Float32Array;
     } catch (e) {
-      throw new Error(`init_lora_weights='${init}' reads the base weight synchronously, which this backend (${tf.getBackend()}) cannot do (${(e as Error).message}); build the LoRA model on the cpu or wasm backend, then switch`);
+      throw new Error(
+        `init_lora_weights='${init}' reads the base weight synchronously, which this backend (${tf.getBackend()}) cannot do (${(e as Error).message}); build the LoRA model on the cpu or wasm backend, then switch`,
+      );
     }
     // W as [out, in]: a fan_in_fan_out weight is read transposed
     const stored = fifo ? matrix64(inF, out, Float64Array.from(values)) : matrix64(out, inF, Float64Array.from(values));
@@ -206,7 +230,8 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
       // W = Q·R; B = Q[:, :r], A = R[:r] (no rescaling by s, as PEFT)
       const { Q, R } = qr(m);
       for (let i = 0; i < out; i++) for (let j = 0; j < r; j++) bData[i * r + j] = Q.data[i * Q.cols + j] ?? 0;
-      for (let j = 0; j < r; j++) for (let c = 0; c < inF; c++) aData[j * inF + c] = j < R.rows ? (R.data[j * inF + c] as number) : 0;
+      for (let j = 0; j < r; j++)
+        for (let c = 0; c < inF; c++) aData[j * inF + c] = j < R.rows ? (R.data[j * inF + c] as number) : 0;
     } else {
       const parts = init.split('_niter_');
       let U: Matrix64;
@@ -215,7 +240,10 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
       if (init === 'pissa') ({ U, S, Vh } = svd(m));
       else {
         const niter = Number(parts[1]);
-        if (parts.length !== 2 || !Number.isInteger(niter) || niter < 0) throw new Error(`init_lora_weights should be 'pissa' or 'pissa_niter_[number of iters]', got ${init} instead.`);
+        if (parts.length !== 2 || !Number.isInteger(niter) || niter < 0)
+          throw new Error(
+            `init_lora_weights should be 'pissa' or 'pissa_niter_[number of iters]', got ${init} instead.`,
+          );
         const low = svdLowRank(m, { q: r, niter, seed: defaultRng().nextUint32(), sketchDtype: 'float32' });
         U = low.U;
         S = low.S;
@@ -251,7 +279,10 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
     const cached = this.getBuffer('dora_base_norm_sq');
     if (cached && this.baseNormSource === w.dataId) return cached;
     const fifo = this.fanInFanOut;
-    this.setBuffer('dora_base_norm_sq', tf.tidy(() => tf.sum(tf.square(w), fifo ? 0 : 1)));
+    this.setBuffer(
+      'dora_base_norm_sq',
+      tf.tidy(() => tf.sum(tf.square(w), fifo ? 0 : 1)),
+    );
     this.baseNormSource = w.dataId;
     return this.getBuffer('dora_base_norm_sq') as tf.Tensor;
   }
@@ -291,7 +322,13 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
     const norm = this.doraNormFactored(name);
     const f = tf.div(this.loraMagnitudeVector.get(name).weight, norm);
     const noDropout = settings.loraDropout === 0 || !this.training;
-    const base = noDropout ? (this.baseLayer.bias ? tf.sub(result, this.baseLayer.bias) : result) : settings.fanInFanOut ? transposedLinear(dropped, w) : linear(dropped, w);
+    const base = noDropout
+      ? this.baseLayer.bias
+        ? tf.sub(result, this.baseLayer.bias)
+        : result
+      : settings.fanInFanOut
+        ? transposedLinear(dropped, w)
+        : linear(dropped, w);
     return tf.add(result, tf.add(tf.mul(tf.sub(f, 1), base), tf.mul(tf.mul(f, lora), scale)));
   }
 
@@ -303,7 +340,10 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
     const s = this.settings.get(name);
     if (!s) throw new Error(`adapter '${name}' is not on this layer; it has ${[...this.settings.keys()].join(', ')}`);
     return tf.tidy(() => {
-      const ba = tf.mul(tf.matMul(this.loraB.get(name).weight, this.loraA.get(name).weight), this.scaling.get(name) as number);
+      const ba = tf.mul(
+        tf.matMul(this.loraB.get(name).weight, this.loraA.get(name).weight),
+        this.scaling.get(name) as number,
+      );
       return (s.fanInFanOut ? tf.transpose(ba) : ba) as tf.Tensor2D;
     });
   }
@@ -320,7 +360,10 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
 
   /** The adapter's tensors by the key suffix PEFT saves them under (DoRA's magnitude without `.weight`). */
   savedTensors(name: string): Record<string, tf.Variable> {
-    const out: Record<string, tf.Variable> = { 'lora_A.weight': this.loraA.get(name).weight, 'lora_B.weight': this.loraB.get(name).weight };
+    const out: Record<string, tf.Variable> = {
+      'lora_A.weight': this.loraA.get(name).weight,
+      'lora_B.weight': this.loraB.get(name).weight,
+    };
     const bias = this.loraB.get(name).bias;
     if (bias) out['lora_B.bias'] = bias;
     if (this.loraMagnitudeVector.has(name)) out.lora_magnitude_vector = this.loraMagnitudeVector.get(name).weight;

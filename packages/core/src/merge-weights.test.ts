@@ -22,7 +22,10 @@ it("merges adapters into weight files by name as PEFT's merge_and_unload does (p
     expect(missing).toEqual([]);
     for (const k of ['layers.1.mlp.weight', 'layers.0.q_proj.weight', 'layers.0.q_proj.bias']) {
       const got = merged[k] ?? base[k]!;
-      expect(maxRelativeError(await got.data(), await want[`${name}.merged.${k}`]!.data()), `${name} ${k}`).toBeLessThan(1e-5);
+      expect(
+        maxRelativeError(await got.data(), await want[`${name}.merged.${k}`]!.data()),
+        `${name} ${k}`,
+      ).toBeLessThan(1e-5);
     }
     tf.dispose([...Object.values(merged), ...Object.values(a.tensors)]);
   }
@@ -30,7 +33,12 @@ it("merges adapters into weight files by name as PEFT's merge_and_unload does (p
   const emb = adapter('peft-embedding');
   const embBase = read('emb-base.safetensors');
   const { merged } = mergeAdapterWeights(embBase, emb);
-  expect(maxRelativeError(await merged['embed.weight']!.data(), await read('emb-expected.safetensors')['merged.embed.weight']!.data())).toBeLessThan(1e-5);
+  expect(
+    maxRelativeError(
+      await merged['embed.weight']!.data(),
+      await read('emb-expected.safetensors')['merged.embed.weight']!.data(),
+    ),
+  ).toBeLessThan(1e-5);
   // a shard without the adapter's modules reports them missing instead of failing
   expect(mergeAdapterWeights({}, emb).missing).toEqual(['embed.weight', 'lin.weight']);
 });

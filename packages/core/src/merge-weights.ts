@@ -37,7 +37,9 @@ export function adapterTargets(tensors: Record<string, tf.Tensor>): Map<string, 
 
 /** The module paths an adapter file holds trainable-token rows for (`<path>.token_adapter.trainable_tokens_delta`). */
 export function tokenTargets(tensors: Record<string, unknown>): string[] {
-  return Object.keys(tensors).flatMap((k) => /^base_model\.model\.(.+)\.token_adapter\.trainable_tokens_delta$/.exec(k)?.[1] ?? []);
+  return Object.keys(tensors).flatMap(
+    (k) => /^base_model\.model\.(.+)\.token_adapter\.trainable_tokens_delta$/.exec(k)?.[1] ?? [],
+  );
 }
 
 /**
@@ -63,20 +65,29 @@ function doraRescaled(sum: tf.Tensor, magnitude: tf.Tensor, keep: number): tf.Te
  * ΔW of shape [out, in]. The shapes tell unless the weight is square; then `fanInFanOut` does (PEFT
  * decides by the module's class, which weight files do not record).
  */
-function storedTransposed(path: string, weight: [number, number], delta: [number, number], fanInFanOut: boolean): boolean {
+function storedTransposed(
+  path: string,
+  weight: [number, number],
+  delta: [number, number],
+  fanInFanOut: boolean,
+): boolean {
   const [out, inF] = delta;
   if (weight[0] === out && weight[1] === inF) return out === inF ? fanInFanOut : false;
   if (weight[0] === inF && weight[1] === out) return true;
-  throw new Error(`the adapter's update for '${path}' is [${out}, ${inF}] (out, in) but the weight is [${weight.join(', ')}]; was the adapter trained on another base model?`);
+  throw new Error(
+    `the adapter's update for '${path}' is [${out}, ${inF}] (out, in) but the weight is [${weight.join(', ')}]; was the adapter trained on another base model?`,
+  );
 }
-
 
 /** The rows an adapter's trainable tokens at `path` replace: the list, or the entry of the record naming the path. */
 function tokenIndicesFor(config: LoraConfig, path: string): number[] {
   const tti = config.trainableTokenIndices;
   if (Array.isArray(tti)) return tti;
   const key = tti ? Object.keys(tti).find((k) => path.endsWith(k)) : undefined;
-  if (!tti || key === undefined) throw new Error(`the adapter has trainable tokens for '${path}' but its trainable_token_indices (${JSON.stringify(tti)}) name no such module`);
+  if (!tti || key === undefined)
+    throw new Error(
+      `the adapter has trainable tokens for '${path}' but its trainable_token_indices (${JSON.stringify(tti)}) name no such module`,
+    );
   return tti[key] as number[];
 }
 
@@ -119,10 +130,26 @@ export interface MergedWeights {
  * const { merged } = mergeAdapterWeights(shardTensors, { config, tensors: adapterTensors });
  * ```
  */
-export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options?: MergeWeightsOptions & { safeMerge?: false }): MergedWeights;
-export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: MergeWeightsOptions & { safeMerge: true }): Promise<MergedWeights>;
-export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: MergeWeightsOptions): MergedWeights | Promise<MergedWeights>;
-export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: MergeWeightsOptions = {}): MergedWeights | Promise<MergedWeights> {
+export function mergeAdapterWeights(
+  base: Record<string, tf.Tensor>,
+  adapter: AdapterFiles,
+  options?: MergeWeightsOptions & { safeMerge?: false },
+): MergedWeights;
+export function mergeAdapterWeights(
+  base: Record<string, tf.Tensor>,
+  adapter: AdapterFiles,
+  options: MergeWeightsOptions & { safeMerge: true },
+): Promise<MergedWeights>;
+export function mergeAdapterWeights(
+  base: Record<string, tf.Tensor>,
+  adapter: AdapterFiles,
+  options: MergeWeightsOptions,
+): MergedWeights | Promise<MergedWeights>;
+export function mergeAdapterWeights(
+  base: Record<string, tf.Tensor>,
+  adapter: AdapterFiles,
+  options: MergeWeightsOptions = {},
+): MergedWeights | Promise<MergedWeights> {
   const result = mergeByName(base, adapter, options);
   if (!options.safeMerge) return result;
   return (async () => {
@@ -137,7 +164,11 @@ export function mergeAdapterWeights(base: Record<string, tf.Tensor>, adapter: Ad
   })();
 }
 
-function mergeByName(base: Record<string, tf.Tensor>, adapter: AdapterFiles, options: MergeWeightsOptions): MergedWeights {
+function mergeByName(
+  base: Record<string, tf.Tensor>,
+  adapter: AdapterFiles,
+  options: MergeWeightsOptions,
+): MergedWeights {
   const { config, tensors } = adapter;
   const merged: Record<string, tf.Tensor> = {};
   const missing: string[] = [];
@@ -153,7 +184,12 @@ function mergeByName(base: Record<string, tf.Tensor>, adapter: AdapterFiles, opt
       const p = `${PREFIX}${path}`;
       merged[weightKey] = tf.tidy(() => {
         if (kind === 'embedding') {
-          const sum = tf.add(w, tf.transpose(tf.mul(tf.matMul(need(tensors, `${p}.lora_embedding_B`), need(tensors, `${p}.lora_embedding_A`)), s)));
+          const sum = tf.add(
+            w,
+            tf.transpose(
+              tf.mul(tf.matMul(need(tensors, `${p}.lora_embedding_B`), need(tensors, `${p}.lora_embedding_A`)), s),
+            ),
+          );
           const magnitude = tensors[`${p}.lora_magnitude_vector`];
           // DoRA: one magnitude per embedding dimension, the norm over the vocabulary
           return magnitude ? doraRescaled(sum, magnitude, 1) : sum;
@@ -164,9 +200,19 @@ function mergeByName(base: Record<string, tf.Tensor>, adapter: AdapterFiles, opt
         const r = a.shape[0] as number;
         // a grouped kernel is [out, in/groups, …k] while A reads all `in` channels
         const groups = (a.shape[1] as number) / (w.shape[1] as number);
-        if (kind !== 'linear' && Number.isInteger(groups) && groups > 1) throw new Error(`'${path}' is a grouped convolution (groups=${groups}): Merging is not supported for _ConvNd layers with groups > 1!`);
+        if (kind !== 'linear' && Number.isInteger(groups) && groups > 1)
+          throw new Error(
+            `'${path}' is a grouped convolution (groups=${groups}): Merging is not supported for _ConvNd layers with groups > 1!`,
+          );
         const ba = tf.mul(tf.matMul(tf.reshape(b, [-1, r]), tf.reshape(a, [r, -1])), s);
-        const fifo = kind === 'linear' && storedTransposed(path, w.shape as [number, number], ba.shape as [number, number], options.fanInFanOut?.(path) ?? config.fanInFanOut);
+        const fifo =
+          kind === 'linear' &&
+          storedTransposed(
+            path,
+            w.shape as [number, number],
+            ba.shape as [number, number],
+            options.fanInFanOut?.(path) ?? config.fanInFanOut,
+          );
         const delta = fifo ? tf.transpose(ba) : tf.reshape(ba, w.shape);
         const sum = tf.add(w, delta);
         const magnitude = tensors[`${p}.lora_magnitude_vector`];

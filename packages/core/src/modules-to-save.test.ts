@@ -19,9 +19,12 @@ it("modules_to_save: PEFT's trained copy loads, runs, disables, saves under the 
   expect([missingKeys, unexpectedKeys]).toEqual([[], []]);
   expect(peft.model.getSubmodule('head')).toBeInstanceOf(ModulesToSaveWrapper);
   expect(Object.keys(adapterStateDict(peft)).sort()).toEqual([
-    'base_model.model.head.bias', 'base_model.model.head.weight',
-    'base_model.model.layers.0.q_proj.lora_A.weight', 'base_model.model.layers.0.q_proj.lora_B.weight',
-    'base_model.model.layers.1.q_proj.lora_A.weight', 'base_model.model.layers.1.q_proj.lora_B.weight',
+    'base_model.model.head.bias',
+    'base_model.model.head.weight',
+    'base_model.model.layers.0.q_proj.lora_A.weight',
+    'base_model.model.layers.0.q_proj.lora_B.weight',
+    'base_model.model.layers.1.q_proj.lora_A.weight',
+    'base_model.model.layers.1.q_proj.lora_B.weight',
   ]);
   const y = peft.call(x.x) as tf.Tensor;
   expect(maxRelativeError(await y.data(), await want.out!.data())).toBeLessThan(1e-5);

@@ -1,19 +1,41 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Conv1d, Conv2d, Embedding, LayerNorm, Linear, Module, ModuleDict, RMSNorm, TransposedLinear, withoutInit } from '@lora/nn';
+import {
+  Conv1d,
+  Conv2d,
+  Embedding,
+  LayerNorm,
+  Linear,
+  Module,
+  ModuleDict,
+  RMSNorm,
+  TransposedLinear,
+  withoutInit,
+} from '@lora/nn';
 
 /** A fresh layer of the same kind and shape as `m`, with a copy of its weights. */
 function copyLayer(m: Module): Module {
   let copy: Module;
   if (m instanceof Linear) copy = withoutInit(() => new Linear(m.inFeatures, m.outFeatures, { bias: m.bias !== null }));
   else if (m instanceof TransposedLinear) copy = withoutInit(() => new TransposedLinear(m.nf, m.nx));
-  else if (m instanceof Embedding) copy = withoutInit(() => new Embedding(m.numEmbeddings, m.embeddingDim, m.paddingIdx === null ? {} : { paddingIdx: m.paddingIdx }));
-  else if (m instanceof LayerNorm) copy = withoutInit(() => new LayerNorm(m.normalizedShape, { eps: m.eps, elementwiseAffine: m.weight !== null, bias: m.bias !== null }));
+  else if (m instanceof Embedding)
+    copy = withoutInit(
+      () => new Embedding(m.numEmbeddings, m.embeddingDim, m.paddingIdx === null ? {} : { paddingIdx: m.paddingIdx }),
+    );
+  else if (m instanceof LayerNorm)
+    copy = withoutInit(
+      () =>
+        new LayerNorm(m.normalizedShape, { eps: m.eps, elementwiseAffine: m.weight !== null, bias: m.bias !== null }),
+    );
   else if (m instanceof RMSNorm) copy = withoutInit(() => new RMSNorm(m.weight.shape[0] as number, { eps: m.eps }));
   else if (m instanceof Conv2d || m instanceof Conv1d) {
     const Ctor = m instanceof Conv2d ? Conv2d : Conv1d;
-    copy = withoutInit(() => new Ctor(m.inChannels, m.outChannels, m.kernelSize, { ...m.options, bias: m.bias !== null }));
+    copy = withoutInit(
+      () => new Ctor(m.inChannels, m.outChannels, m.kernelSize, { ...m.options, bias: m.bias !== null }),
+    );
   } else {
-    throw new Error(`modules_to_save: a ${m.constructor.name} cannot be copied yet (Linear, TransposedLinear, Embedding, LayerNorm, RMSNorm, Conv1d and Conv2d can)`);
+    throw new Error(
+      `modules_to_save: a ${m.constructor.name} cannot be copied yet (Linear, TransposedLinear, Embedding, LayerNorm, RMSNorm, Conv1d and Conv2d can)`,
+    );
   }
   // loadStateDict shares the data (reference-counted), so the copy must get clones of its own
   const clones = Object.fromEntries(Object.entries(m.stateDict()).map(([k, t]) => [k, tf.clone(t)]));

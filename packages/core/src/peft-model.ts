@@ -12,7 +12,6 @@ import { type TrainableTokensLayer, TrainableTokensWrapper, addTrainableTokens }
 export type LoraLayer = LoraLinear | LoraEmbedding | LoraConv;
 import { resolveTargets } from './targets';
 
-
 /**
  * The fan_in_fan_out a new LoRA layer on `base` gets, as PEFT's `dispatch_default`: a Linear never
  * has it, a TransposedLinear (transformers' `Conv1D`) always does; a config that says otherwise is
@@ -20,7 +19,9 @@ import { resolveTargets } from './targets';
  */
 function correctFanInFanOut(base: Linear | TransposedLinear, fanInFanOut: boolean): boolean {
   if (base instanceof Linear && fanInFanOut) {
-    console.warn('fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False.');
+    console.warn(
+      'fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False.',
+    );
     return false;
   }
   if (base instanceof TransposedLinear && !fanInFanOut) {
@@ -91,7 +92,12 @@ export class PeftModel extends Module {
    */
   forward(...args: unknown[]): unknown {
     const last = args.at(-1);
-    if (last && typeof last === 'object' && Object.getPrototypeOf(last) === Object.prototype && 'adapterNames' in last) {
+    if (
+      last &&
+      typeof last === 'object' &&
+      Object.getPrototypeOf(last) === Object.prototype &&
+      'adapterNames' in last
+    ) {
       const { adapterNames, ...rest } = last as { adapterNames: string[] };
       const head = args.slice(0, -1);
       return this.forwardMixed(adapterNames, ...(Object.keys(rest).length ? [...head, rest] : head));
@@ -109,7 +115,9 @@ export class PeftModel extends Module {
    * ```
    */
   forwardMixed(adapterNames: string[], ...args: unknown[]): unknown {
-    for (const n of new Set(adapterNames)) if (n !== '__base__' && !this.peftConfig.has(n)) throw new Error(`Trying to infer with non-existing adapter(s): ${n}`);
+    for (const n of new Set(adapterNames))
+      if (n !== '__base__' && !this.peftConfig.has(n))
+        throw new Error(`Trying to infer with non-existing adapter(s): ${n}`);
     const layers = this.tunerLayers();
     for (const l of layers) l.batchAdapterNames = adapterNames;
     try {
@@ -123,7 +131,8 @@ export class PeftModel extends Module {
   deleteAdapter(name: string): void {
     if (!this.peftConfig.has(name)) throw new Error(`Adapter ${name} does not exist`);
     const layers = this.tunerLayers();
-    if (layers.some((l) => l.mergedAdapters.includes(name))) throw new Error(`Cannot delete adapter(s) ['${name}'] while they are merged. Please unmerge them first.`);
+    if (layers.some((l) => l.mergedAdapters.includes(name)))
+      throw new Error(`Cannot delete adapter(s) ['${name}'] while they are merged. Please unmerge them first.`);
     for (const l of layers) l.deleteAdapter(name);
     for (const [, w] of this.modulesToSaveWrappers()) w.deleteAdapter(name);
     this.peftConfig.delete(name);
@@ -142,7 +151,8 @@ export class PeftModel extends Module {
 
   /** Every LoRA layer with its path in the user's model. */
   *loraLayers(): IterableIterator<[string, LoraLayer]> {
-    for (const [path, m] of this.model.namedModules()) if (m instanceof LoraLinear || m instanceof LoraEmbedding || m instanceof LoraConv) yield [path, m];
+    for (const [path, m] of this.model.namedModules())
+      if (m instanceof LoraLinear || m instanceof LoraEmbedding || m instanceof LoraConv) yield [path, m];
   }
 
   /**
@@ -152,7 +162,9 @@ export class PeftModel extends Module {
   addAdapter(name: string, config: LoraConfig): void {
     if (this.peftConfig.has(name)) throw new Error(`Adapter with name ${name} already exists.`);
     if (config.bias !== 'none' && [...this.peftConfig.values()].some((c) => c.bias !== 'none')) {
-      throw new Error("LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all adapters.");
+      throw new Error(
+        "LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all adapters.",
+      );
     }
     const isFirst = this.peftConfig.size === 0;
     // Wrapped layers' own sub-paths (lora_A, base_layer, token_adapter…) are never targets themselves.
@@ -161,9 +173,11 @@ export class PeftModel extends Module {
     const paths = targeted.filter((p) => ![...lora].some((l) => p.startsWith(`${l}.`)));
     // A pluggable init that is not registered fails here, before any layer is wrapped. Only Linear
     // layers run it: PEFT's Embedding and convolutions fall back to the default init or refuse it.
-    const pluggable = config.initLoraWeights === 'loftq' || config.initLoraWeights === 'eva' || config.initLoraWeights === 'lora_ga';
+    const pluggable =
+      config.initLoraWeights === 'loftq' || config.initLoraWeights === 'eva' || config.initLoraWeights === 'lora_ga';
     const isLinear = (m: Module) => m instanceof Linear || m instanceof LoraLinear;
-    if (pluggable && paths.some((p) => isLinear(this.model.getSubmodule(p)))) lookupLoraInit(config.initLoraWeights as string);
+    if (pluggable && paths.some((p) => isLinear(this.model.getSubmodule(p))))
+      lookupLoraInit(config.initLoraWeights as string);
     // PEFT corrects fan_in_fan_out on the config itself as it wraps each new layer, so a correction
     // carries over to the layers after it and is what the adapter's config says in the end
     let fanInFanOut = config.fanInFanOut;
@@ -187,16 +201,25 @@ export class PeftModel extends Module {
         else if (module instanceof Linear || module instanceof TransposedLinear) {
           fanInFanOut = correctFanInFanOut(module, fanInFanOut);
           this.model.setSubmodule(path, new LoraLinear(module, name, { ...settings, fanInFanOut }));
-        } else if (module instanceof Embedding) this.model.setSubmodule(path, new LoraEmbedding(module, name, settings));
-        else if (module instanceof Conv1d || module instanceof Conv2d) this.model.setSubmodule(path, new LoraConv(module, name, settings));
+        } else if (module instanceof Embedding)
+          this.model.setSubmodule(path, new LoraEmbedding(module, name, settings));
+        else if (module instanceof Conv1d || module instanceof Conv2d)
+          this.model.setSubmodule(path, new LoraConv(module, name, settings));
         else {
-          throw new Error(`Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear, Embedding, Conv1d, Conv2d, TransposedLinear (transformers' Conv1D).`);
+          throw new Error(
+            `Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear, Embedding, Conv1d, Conv2d, TransposedLinear (transformers' Conv1D).`,
+          );
         }
       }
       // modules_to_save: a trainable copy per adapter of each module whose path ends with a listed name
       for (const m of config.modulesToSave ?? []) {
         for (const [path, module] of [...this.model.namedModules()]) {
-          if (path === '' || !path.endsWith(m) || path.split('.').some((s) => s === 'original_module' || s === 'modules_to_save')) continue;
+          if (
+            path === '' ||
+            !path.endsWith(m) ||
+            path.split('.').some((s) => s === 'original_module' || s === 'modules_to_save')
+          )
+            continue;
           if (module instanceof ModulesToSaveWrapper) module.addAdapter(name);
           else if (!(module instanceof LoraLinear || module instanceof LoraEmbedding || module instanceof LoraConv)) {
             const wrapper = new ModulesToSaveWrapper(module);
@@ -283,7 +306,10 @@ export class PeftModel extends Module {
     for (const n of names) if (!this.peftConfig.has(n)) throw new Error(`Adapter ${n} not found.`);
     for (const [path, w] of this.modulesToSaveWrappers()) {
       const held = names.filter((n) => w.modulesToSave.has(n));
-      if (held.length > 1) throw new Error(`Attempted to set multiple (${JSON.stringify(held)}) adapters at once for modules_to_save (${path}).`);
+      if (held.length > 1)
+        throw new Error(
+          `Attempted to set multiple (${JSON.stringify(held)}) adapters at once for modules_to_save (${path}).`,
+        );
     }
     // as PEFT's set_adapter: merged layers are unmerged first (the merged adapter would otherwise stay in the weights)
     const merged = this.tunerLayers().filter((l) => l.mergedAdapters.length);
@@ -293,7 +319,8 @@ export class PeftModel extends Module {
     }
     this.active = names;
     for (const [, layer] of this.loraLayers()) layer.activeAdapters = names.filter((n) => layer.settings.has(n));
-    for (const [, w] of this.modulesToSaveWrappers()) w.activeAdapter = names.find((n) => w.modulesToSave.has(n)) ?? null;
+    for (const [, w] of this.modulesToSaveWrappers())
+      w.activeAdapter = names.find((n) => w.modulesToSave.has(n)) ?? null;
     for (const [, t] of this.tokenLayers()) t.activeAdapters = names.filter((n) => t.tokenIndices.has(n));
     this.markTrainable();
   }
@@ -322,12 +349,15 @@ export class PeftModel extends Module {
       const c = this.peftConfig.get(n) as LoraConfig;
       if (c.inferenceMode) continue;
       if (c.bias === 'all') allBiases = true;
-      if (c.bias === 'lora_only') for (const [, l] of this.loraLayers()) if (l.settings.has(n) && baseBias(l)) biases.add(baseBias(l));
+      if (c.bias === 'lora_only')
+        for (const [, l] of this.loraLayers()) if (l.settings.has(n) && baseBias(l)) biases.add(baseBias(l));
     }
     const training = this.active.filter((n) => !(this.peftConfig.get(n) as LoraConfig).inferenceMode);
     for (const [name, p] of this.namedParameters()) {
       const parts = name.split('.');
-      const isActiveLora = /\.(lora_(A|B|magnitude_vector|embedding_A|embedding_B)|token_adapter\.trainable_tokens_delta)\./.test(name) && training.some((n) => parts.includes(n));
+      const isActiveLora =
+        /\.(lora_(A|B|magnitude_vector|embedding_A|embedding_B)|token_adapter\.trainable_tokens_delta)\./.test(name) &&
+        training.some((n) => parts.includes(n));
       const isBias = (allBiases && name.endsWith('.bias') && !name.includes('.lora_')) || biases.has(p);
       const isSavedModule = training.some((n) => name.includes(`.modules_to_save.${n}.`));
       p.trainable = isActiveLora || isBias || isSavedModule;
@@ -455,8 +485,14 @@ export class PeftModel extends Module {
  * peft.printTrainableParameters();
  * ```
  */
-export function getPeftModel(model: Module, config: LoraConfig | Partial<LoraConfig>, options: { adapterName?: string } = {}): PeftModel {
-  const full = 'peftType' in config && config.peftType === 'LORA' && 'extra' in config ? (config as LoraConfig) : loraConfig(config);
+export function getPeftModel(
+  model: Module,
+  config: LoraConfig | Partial<LoraConfig>,
+  options: { adapterName?: string } = {},
+): PeftModel {
+  const full =
+    'peftType' in config && config.peftType === 'LORA' && 'extra' in config
+      ? (config as LoraConfig)
+      : loraConfig(config);
   return new PeftModel(model, full, options.adapterName ?? 'default');
 }
-

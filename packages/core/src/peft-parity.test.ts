@@ -7,10 +7,19 @@ import { initBackend, parseSafetensors, readSafetensorsHeader } from '@lora/tens
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
 import { manualSeed, withoutInit } from '@lora/nn';
 import { FIX, Net, baseNet } from './fixture-nets.test-util';
-import { LoraLinear, PeftModel, TargetModuleError, adapterStateDict, getPeftModel, loadAdapter, loraConfig, loraConfigFromJson, loraConfigToJson, resolveTargets, saveAdapter } from '@lora/core';
-
-
-
+import {
+  LoraLinear,
+  PeftModel,
+  TargetModuleError,
+  adapterStateDict,
+  getPeftModel,
+  loadAdapter,
+  loraConfig,
+  loraConfigFromJson,
+  loraConfigToJson,
+  resolveTargets,
+  saveAdapter,
+} from '@lora/core';
 
 let expected: Record<string, tf.Tensor> | null = null;
 const want = (k: string) => {
@@ -47,7 +56,7 @@ await describeEachBackend('PEFT adapters', () => {
     });
   }
 
-  it("initialises A exactly as PEFT after the same seed (B zero)", async () => {
+  it('initialises A exactly as PEFT after the same seed (B zero)', async () => {
     const net = baseNet();
     manualSeed(5);
     const peft = getPeftModel(net, { r: 4, loraAlpha: 8, targetModules: ['q_proj', 'mlp'] });
@@ -94,7 +103,10 @@ describe('saving in PEFT format', () => {
 
   it('keeps unknown config keys from newer PEFT versions, with a warning', () => {
     const warnings: string[] = [];
-    const c = loraConfigFromJson({ peft_type: 'LORA', target_modules: ['q'], brand_new_option: { a: 1 } }, { warn: (m) => warnings.push(m) });
+    const c = loraConfigFromJson(
+      { peft_type: 'LORA', target_modules: ['q'], brand_new_option: { a: 1 } },
+      { warn: (m) => warnings.push(m) },
+    );
     expect(warnings[0]).toMatch(/brand_new_option/);
     expect(JSON.parse(loraConfigToJson(c)).brand_new_option).toEqual({ a: 1 });
     expect(() => loraConfigFromJson({ r: 8 })).toThrow(/missing required keys: \{'peft_type'\}/);
@@ -104,10 +116,18 @@ describe('saving in PEFT format', () => {
 describe('configuration and targets', () => {
   it('validates with PEFT wording', () => {
     expect(() => loraConfig({ r: 0 })).toThrow('`r` should be a positive integer value but the value passed is 0');
-    expect(() => loraConfig({ targetModules: 'q.*', layersToTransform: [0] })).toThrow('`layers_to_transform` cannot be used when `target_modules` is a str.');
-    expect(() => loraConfig({ layersPattern: 'layers' })).toThrow('When `layers_pattern` is specified, `layers_to_transform` must also be specified. ');
-    expect(() => loraConfig({ loraBias: true, initLoraWeights: 'gaussian' })).toThrow(/lora_bias=True is only supported with init_lora_weights=True or False/);
-    expect(() => loraConfig({ initLoraWeights: 'bogus' as 'gaussian' })).toThrow("Unknown initialization init_lora_weights='bogus'");
+    expect(() => loraConfig({ targetModules: 'q.*', layersToTransform: [0] })).toThrow(
+      '`layers_to_transform` cannot be used when `target_modules` is a str.',
+    );
+    expect(() => loraConfig({ layersPattern: 'layers' })).toThrow(
+      'When `layers_pattern` is specified, `layers_to_transform` must also be specified. ',
+    );
+    expect(() => loraConfig({ loraBias: true, initLoraWeights: 'gaussian' })).toThrow(
+      /lora_bias=True is only supported with init_lora_weights=True or False/,
+    );
+    expect(() => loraConfig({ initLoraWeights: 'bogus' as 'gaussian' })).toThrow(
+      "Unknown initialization init_lora_weights='bogus'",
+    );
   });
 
   it('matches suffixes, regexes, layer filters and excludes as PEFT; unmatched targets name close matches', () => {
@@ -116,12 +136,25 @@ describe('configuration and targets', () => {
     expect(t({ targetModules: ['q_proj'] })).toEqual(['layers.0.q_proj', 'layers.1.q_proj']);
     expect(t({ targetModules: ['1.mlp', 'head'] })).toEqual(['layers.1.mlp', 'head']);
     expect(t({ targetModules: 'layers\\.1\\.(q|v)_proj' })).toEqual(['layers.1.q_proj', 'layers.1.v_proj']);
-    expect(t({ targetModules: ['q_proj', 'out'], layersToTransform: 0, layersPattern: 'layers' })).toEqual(['layers.0.q_proj', 'layers.0.out']);
+    expect(t({ targetModules: ['q_proj', 'out'], layersToTransform: 0, layersPattern: 'layers' })).toEqual([
+      'layers.0.q_proj',
+      'layers.0.out',
+    ]);
     // without a pattern the index must follow a segment that follows another: a top-level list never matches
     expect(() => t({ targetModules: ['q_proj'], layersToTransform: [1] })).toThrow(TargetModuleError);
-    expect(t({ targetModules: 'all-linear', excludeModules: ['mlp'] })).toEqual(['layers.0.q_proj', 'layers.0.v_proj', 'layers.0.out', 'layers.1.q_proj', 'layers.1.v_proj', 'layers.1.out', 'head']);
+    expect(t({ targetModules: 'all-linear', excludeModules: ['mlp'] })).toEqual([
+      'layers.0.q_proj',
+      'layers.0.v_proj',
+      'layers.0.out',
+      'layers.1.q_proj',
+      'layers.1.v_proj',
+      'layers.1.out',
+      'head',
+    ]);
     expect(() => t({ targetModules: ['q_prj'] })).toThrow(TargetModuleError);
-    expect(() => t({ targetModules: ['q_prj'] })).toThrow(/Target modules \["q_prj"\] not found in the base model.*Close matches: q_proj/);
+    expect(() => t({ targetModules: ['q_prj'] })).toThrow(
+      /Target modules \["q_prj"\] not found in the base model.*Close matches: q_proj/,
+    );
     net.dispose();
   });
 });
@@ -130,7 +163,13 @@ it('DoRA: merge then unmerge restores the base weights, and training moves the m
   await initBackend('cpu');
   const { AdamW, train } = await import('@lora/nn');
   manualSeed(2);
-  const peft = getPeftModel(baseNet(), { r: 4, loraAlpha: 8, targetModules: ['mlp'], useDora: true, initLoraWeights: false });
+  const peft = getPeftModel(baseNet(), {
+    r: 4,
+    loraAlpha: 8,
+    targetModules: ['mlp'],
+    useDora: true,
+    initLoraWeights: false,
+  });
   const layer = peft.model.getSubmodule('layers.0.mlp') as LoraLinear;
   const w0 = Array.from(await layer.baseLayer.weight.data());
   const x = tf.randomNormal([6, 8], 0, 1, 'float32', 7);
@@ -147,7 +186,18 @@ it('DoRA: merge then unmerge restores the base weights, and training moves the m
   const m0 = Array.from(await layer.loraMagnitudeVector.get('default').weight.data());
   const opt = new AdamW(peft.trainableParameters(), { lr: 1e-2 });
   const y = tf.zeros([6, 4]);
-  await train(peft, [{ x, y }, { x, y }], { optimizer: opt, loss: (b) => tf.mean(tf.square(tf.sub(peft.call(b.x) as tf.Tensor, b.y))) as tf.Scalar, progressBar: false });
+  await train(
+    peft,
+    [
+      { x, y },
+      { x, y },
+    ],
+    {
+      optimizer: opt,
+      loss: (b) => tf.mean(tf.square(tf.sub(peft.call(b.x) as tf.Tensor, b.y))) as tf.Scalar,
+      progressBar: false,
+    },
+  );
   expect(Array.from(await layer.loraMagnitudeVector.get('default').weight.data())).not.toEqual(m0);
   expect(Array.from(await layer.baseLayer.weight.data())).toEqual(w1); // frozen while training
   opt.dispose();
@@ -161,15 +211,30 @@ it('trains only the LoRA weights: the loss falls, base weights never change', as
   const net = baseNet();
   manualSeed(1);
   const peft = getPeftModel(net, { r: 4, loraAlpha: 8, targetModules: ['q_proj', 'v_proj', 'mlp'] });
-  const base = Object.fromEntries(await Promise.all([...peft.namedParameters()].filter(([n]) => !n.includes('lora_')).map(async ([n, p]) => [n, Array.from(await p.data())] as const)));
+  const base = Object.fromEntries(
+    await Promise.all(
+      [...peft.namedParameters()]
+        .filter(([n]) => !n.includes('lora_'))
+        .map(async ([n, p]) => [n, Array.from(await p.data())] as const),
+    ),
+  );
   // two blocks × (q_proj and v_proj: A 4×8 + B 8×4; mlp: A 4×8 + B 16×4)
   expect(peft.getNbTrainableParameters().trainable).toBe(2 * (2 * (4 * 8 + 8 * 4) + (4 * 8 + 16 * 4)));
   const x = tf.randomNormal([16, 8], 0, 1, 'float32', 3);
   const y = tf.randomNormal([16, 4], 0, 1, 'float32', 4);
   const opt = new AdamW(peft.trainableParameters(), { lr: 1e-2 });
-  const r = await train(peft, Array.from({ length: 30 }, () => ({ x, y })), { optimizer: opt, loss: (b) => tf.mean(tf.square(tf.sub(peft.call(b.x) as tf.Tensor, b.y))) as tf.Scalar, progressBar: false });
+  const r = await train(
+    peft,
+    Array.from({ length: 30 }, () => ({ x, y })),
+    {
+      optimizer: opt,
+      loss: (b) => tf.mean(tf.square(tf.sub(peft.call(b.x) as tf.Tensor, b.y))) as tf.Scalar,
+      progressBar: false,
+    },
+  );
   expect(r.losses.at(-1)!).toBeLessThan(r.losses[0]! * 0.9);
-  for (const [n, p] of peft.namedParameters()) if (!n.includes('lora_')) expect(Array.from(await p.data()), n).toEqual(base[n]);
+  for (const [n, p] of peft.namedParameters())
+    if (!n.includes('lora_')) expect(Array.from(await p.data()), n).toEqual(base[n]);
   expect([...peft.loraLayers()].every(([, l]) => l instanceof LoraLinear)).toBe(true);
   expect(peft).toBeInstanceOf(PeftModel);
   opt.dispose();

@@ -71,7 +71,8 @@ function perturb(peft: PeftModel, seed: number): void {
   const seen = new Set<tf.Variable>();
   for (const [n, p] of peft.namedParameters()) {
     // every adapter's factors, magnitudes, token rows and module copies; base biases only where an adapter trains them (bias 'all')
-    const adapterWeight = n.includes('.lora_') || n.includes('.modules_to_save.') || n.includes('.trainable_tokens_delta.');
+    const adapterWeight =
+      n.includes('.lora_') || n.includes('.modules_to_save.') || n.includes('.trainable_tokens_delta.');
     if ((!adapterWeight && !p.trainable) || seen.has(p)) continue;
     seen.add(p);
     tf.tidy(() => p.assign(tf.add(p, tf.mul(tf.randomNormal(p.shape, 0, 1, 'float32', seed + p.size), 0.1))));
@@ -102,7 +103,20 @@ const cases: Case[] = [
     model: 'Net',
     build: baseNet,
     inputs: netInput,
-    adapters: [['default', { r: 4, loraAlpha: 16, useRslora: true, useDora: true, targetModules: ['q_proj', 'mlp', 'head'], initLoraWeights: false, rankPattern: { head: 2 } }]],
+    adapters: [
+      [
+        'default',
+        {
+          r: 4,
+          loraAlpha: 16,
+          useRslora: true,
+          useDora: true,
+          targetModules: ['q_proj', 'mlp', 'head'],
+          initLoraWeights: false,
+          rankPattern: { head: 2 },
+        },
+      ],
+    ],
   },
   {
     name: 'net-two-adapters',
@@ -119,7 +133,20 @@ const cases: Case[] = [
     model: 'Net',
     build: baseNet,
     inputs: netInput,
-    adapters: [['default', { r: 3, loraAlpha: 6, targetModules: ['mlp', 'out'], bias: 'all', modulesToSave: ['head'], layersToTransform: [0], layersPattern: 'layers' }]],
+    adapters: [
+      [
+        'default',
+        {
+          r: 3,
+          loraAlpha: 6,
+          targetModules: ['mlp', 'out'],
+          bias: 'all',
+          modulesToSave: ['head'],
+          layersToTransform: [0],
+          layersPattern: 'layers',
+        },
+      ],
+    ],
   },
   {
     name: 'net-all-linear-lora-bias',
@@ -147,7 +174,18 @@ const cases: Case[] = [
     model: 'Net',
     build: baseNet,
     inputs: netInput,
-    adapters: [['default', { r: 2, loraAlpha: 4, targetModules: ['q_proj', 'v_proj', 'mlp'], initLoraWeights: 'pissa', rankPattern: { mlp: 3 } }]],
+    adapters: [
+      [
+        'default',
+        {
+          r: 2,
+          loraAlpha: 4,
+          targetModules: ['q_proj', 'v_proj', 'mlp'],
+          initLoraWeights: 'pissa',
+          rankPattern: { mlp: 3 },
+        },
+      ],
+    ],
     convert: true,
     tolerance: 1e-5,
   },
@@ -156,7 +194,18 @@ const cases: Case[] = [
     model: 'Net',
     build: baseNet,
     inputs: netInput,
-    adapters: [['default', { r: 2, loraAlpha: 2, targetModules: ['q_proj', 'out', 'head'], initLoraWeights: 'olora', alphaPattern: { head: 5 } }]],
+    adapters: [
+      [
+        'default',
+        {
+          r: 2,
+          loraAlpha: 2,
+          targetModules: ['q_proj', 'out', 'head'],
+          initLoraWeights: 'olora',
+          alphaPattern: { head: 5 },
+        },
+      ],
+    ],
     convert: true,
     tolerance: 1e-5,
   },
@@ -165,14 +214,21 @@ const cases: Case[] = [
     model: 'EmbNet',
     build: embNet,
     inputs: fixtureInputs('emb-expected.safetensors', ['ids']),
-    adapters: [['default', { r: 3, loraAlpha: 6, useRslora: true, targetModules: ['embed', 'lin'], alphaPattern: { embed: 9 } }]],
+    adapters: [
+      ['default', { r: 3, loraAlpha: 6, useRslora: true, targetModules: ['embed', 'lin'], alphaPattern: { embed: 9 } }],
+    ],
   },
   {
     name: 'conv-lora-bias',
     model: 'ConvNet',
     build: convNet,
     inputs: fixtureInputs('conv-expected.safetensors', ['x']),
-    adapters: [['default', { r: 3, loraAlpha: 6, targetModules: ['conv', 'conv1d'], loraBias: true, rankPattern: { conv1d: 2 } }]],
+    adapters: [
+      [
+        'default',
+        { r: 3, loraAlpha: 6, targetModules: ['conv', 'conv1d'], loraBias: true, rankPattern: { conv1d: 2 } },
+      ],
+    ],
   },
   {
     name: 'convdora-grouped',
@@ -180,7 +236,17 @@ const cases: Case[] = [
     build: convDoraNet,
     inputs: fixtureInputs('convdora-expected.safetensors', ['ids']),
     adapters: [
-      ['default', { r: 4, loraAlpha: 8, useDora: true, targetModules: ['embed', 'conv', 'conv1d'], rankPattern: { conv1d: 2 }, alphaPattern: { embed: 4 } }],
+      [
+        'default',
+        {
+          r: 4,
+          loraAlpha: 8,
+          useDora: true,
+          targetModules: ['embed', 'conv', 'conv1d'],
+          rankPattern: { conv1d: 2 },
+          alphaPattern: { embed: 4 },
+        },
+      ],
       ['grouped', { r: 4, loraAlpha: 4, targetModules: ['gconv'] }],
       ['grouped_dora', { r: 2, loraAlpha: 4, useDora: true, targetModules: ['gconv'] }],
     ],
@@ -190,7 +256,20 @@ const cases: Case[] = [
     model: 'GptNet',
     build: gptNet,
     inputs: fixtureInputs('fifo-expected.safetensors', ['x']),
-    adapters: [['default', { r: 4, loraAlpha: 16, useRslora: true, useDora: true, fanInFanOut: true, targetModules: ['c_attn', 'c_proj', 'head'], rankPattern: { 'mlp.c_proj': 2 } }]],
+    adapters: [
+      [
+        'default',
+        {
+          r: 4,
+          loraAlpha: 16,
+          useRslora: true,
+          useDora: true,
+          fanInFanOut: true,
+          targetModules: ['c_attn', 'c_proj', 'head'],
+          rankPattern: { 'mlp.c_proj': 2 },
+        },
+      ],
+    ],
   },
   {
     name: 'tokens-list-tied',
@@ -206,7 +285,17 @@ const cases: Case[] = [
     model: 'TokNet',
     build: () => tokNet(false),
     inputs: tokenIds,
-    adapters: [['default', { r: 2, loraAlpha: 4, targetModules: ['lin'], trainableTokenIndices: { embed_tokens: [0, 2], lm_head: [4, 9] } }]],
+    adapters: [
+      [
+        'default',
+        {
+          r: 2,
+          loraAlpha: 4,
+          targetModules: ['lin'],
+          trainableTokenIndices: { embed_tokens: [0, 2], lm_head: [4, 9] },
+        },
+      ],
+    ],
   },
   {
     // a tied lm_head given rows of its own trains them apart from the embedding's
@@ -215,7 +304,12 @@ const cases: Case[] = [
     modelArgs: { tied: true },
     build: () => tokNet(true),
     inputs: tokenIds,
-    adapters: [['default', { r: 2, loraAlpha: 4, targetModules: ['lin'], trainableTokenIndices: { embed_tokens: [2, 4], lm_head: [6] } }]],
+    adapters: [
+      [
+        'default',
+        { r: 2, loraAlpha: 4, targetModules: ['lin'], trainableTokenIndices: { embed_tokens: [2, 4], lm_head: [6] } },
+      ],
+    ],
   },
   {
     // the embedding table is changed outside the adapter (as a resized vocabulary would be): PEFT has to
@@ -239,17 +333,34 @@ const cases: Case[] = [
     inputs: fixtureInputs('combine-base.safetensors', ['ids', 'img']),
     adapters: [
       ['a', { r: 4, loraAlpha: 8, targetModules: COMBINE_ALL, rankPattern: { conv1d: 2 } }],
-      ['b', { r: 4, loraAlpha: 6, useRslora: true, targetModules: COMBINE_ALL, rankPattern: { conv1d: 2 }, alphaPattern: { conv: 3 } }],
+      [
+        'b',
+        {
+          r: 4,
+          loraAlpha: 6,
+          useRslora: true,
+          targetModules: COMBINE_ALL,
+          rankPattern: { conv1d: 2 },
+          alphaPattern: { conv: 3 },
+        },
+      ],
     ],
     after: async (peft) => {
       // combineAdapters works on files, without the model; its result loads beside the others
       const files = [await adapterFiles(peft, 'a'), await adapterFiles(peft, 'b')];
       const mix = await combineAdapters(files, [0.7, -0.4], { combinationType: 'ties_svd', density: 0.5, svdRank: 3 });
       const weights = await serializeSafetensors(mix.tensors, { metadata: { format: 'pt' } });
-      await loadAdapter(peft, { 'adapter_config.json': loraConfigToJson(mix.config), 'adapter_model.safetensors': weights }, { adapterName: 'combined_ties_svd' });
+      await loadAdapter(
+        peft,
+        { 'adapter_config.json': loraConfigToJson(mix.config), 'adapter_model.safetensors': weights },
+        { adapterName: 'combined_ties_svd' },
+      );
       tf.dispose([...files.flatMap((f) => Object.values(f.tensors)), ...Object.values(mix.tensors)]);
       await addWeightedAdapter(peft, ['a', 'b'], [0.7, -0.4], 'weighted_cat', { combinationType: 'cat' });
-      await addWeightedAdapter(peft, ['a', 'b'], [1.2, 0.5], 'weighted_magnitude_prune', { combinationType: 'magnitude_prune', density: 0.6 });
+      await addWeightedAdapter(peft, ['a', 'b'], [1.2, 0.5], 'weighted_magnitude_prune', {
+        combinationType: 'magnitude_prune',
+        density: 0.6,
+      });
       return ['combined_ties_svd', 'weighted_cat', 'weighted_magnitude_prune'];
     },
   },
@@ -277,7 +388,10 @@ describe('adapters made here, saved for PEFT (tools/oracle/check_roundtrip.py)',
       const model = c.build();
       writeFileSync(join(dir, 'base.safetensors'), await serializeSafetensors(model.stateDict()));
       manualSeed(7);
-      const [[firstName, first], ...rest] = c.adapters as [[string, Partial<LoraConfig>], ...[string, Partial<LoraConfig>][]];
+      const [[firstName, first], ...rest] = c.adapters as [
+        [string, Partial<LoraConfig>],
+        ...[string, Partial<LoraConfig>][],
+      ];
       const peft = getPeftModel(model, first, { adapterName: firstName });
       for (const [name, config] of rest) peft.addAdapter(name, loraConfig(config));
       const initialDir = join(dir, 'initial');
@@ -293,16 +407,36 @@ describe('adapters made here, saved for PEFT (tools/oracle/check_roundtrip.py)',
         io[`y.${n}`] = peft.call(...args) as tf.Tensor;
         // what PEFT 0.21 gave for this adapter, loaded from the files this test saves
         const theirs = peftOutputs[`${c.name}.y.${n}`];
-        expect(theirs, `no PEFT output recorded for ${c.name}/${n}; re-run tools/oracle/check_roundtrip.py --write-expected`).toBeDefined();
-        expect(maxRelativeError(await (io[`y.${n}`] as tf.Tensor).data(), await (theirs as tf.Tensor).data()), `${c.name}/${n} against PEFT`).toBeLessThan(1e-5);
+        expect(
+          theirs,
+          `no PEFT output recorded for ${c.name}/${n}; re-run tools/oracle/check_roundtrip.py --write-expected`,
+        ).toBeDefined();
+        expect(
+          maxRelativeError(await (io[`y.${n}`] as tf.Tensor).data(), await (theirs as tf.Tensor).data()),
+          `${c.name}/${n} against PEFT`,
+        ).toBeLessThan(1e-5);
       }
-      await saveAdapter(peft, dir, { saveEmbeddingLayers: c.saveEmbeddingLayers, pathInitialModelForWeightConversion: c.convert ? initialDir : undefined });
+      await saveAdapter(peft, dir, {
+        saveEmbeddingLayers: c.saveEmbeddingLayers,
+        pathInitialModelForWeightConversion: c.convert ? initialDir : undefined,
+      });
       writeFileSync(join(dir, 'io.safetensors'), await serializeSafetensors(io));
-      index.push({ name: c.name, model: c.model, model_args: c.modelArgs ?? {}, inputs: Object.keys(inputs), adapters: names, save_embedding_layers: c.saveEmbeddingLayers ?? 'auto' });
+      index.push({
+        name: c.name,
+        model: c.model,
+        model_args: c.modelArgs ?? {},
+        inputs: Object.keys(inputs),
+        adapters: names,
+        save_embedding_layers: c.saveEmbeddingLayers ?? 'auto',
+      });
 
       // our own loader gives the same outputs from the saved files, adapter by adapter, on the base model as it was
       for (const n of names) {
-        const { model: back, missingKeys, unexpectedKeys } = await loadAdapter(c.build(), n === 'default' ? dir : join(dir, n), { strict: true });
+        const {
+          model: back,
+          missingKeys,
+          unexpectedKeys,
+        } = await loadAdapter(c.build(), n === 'default' ? dir : join(dir, n), { strict: true });
         expect([missingKeys, unexpectedKeys]).toEqual([[], []]);
         const y = back.call(...args) as tf.Tensor;
         const error = maxRelativeError(await y.data(), await (io[`y.${n}`] as tf.Tensor).data());

@@ -8,15 +8,23 @@ import { type Net, baseNet } from './fixture-nets.test-util';
 /** A PeftModel on the fixture Net whose adapter is trained-looking, with one NaN in layers.1.mlp's B when `broken`. */
 function model(broken: boolean) {
   manualSeed(3);
-  const peft = getPeftModel(baseNet(), { r: 2, loraAlpha: 4, targetModules: ['q_proj', 'mlp'], initLoraWeights: false });
+  const peft = getPeftModel(baseNet(), {
+    r: 2,
+    loraAlpha: 4,
+    targetModules: ['q_proj', 'mlp'],
+    initLoraWeights: false,
+  });
   if (broken) {
     const b = (peft.model.getSubmodule('layers.1.mlp') as LoraLinear).factorB('default');
-    tf.tidy(() => b.assign(tf.where(tf.equal(tf.reshape(tf.range(0, b.size), b.shape), 5), tf.fill(b.shape, Number.NaN), b)));
+    tf.tidy(() =>
+      b.assign(tf.where(tf.equal(tf.reshape(tf.range(0, b.size), b.shape), 5), tf.fill(b.shape, Number.NaN), b)),
+    );
   }
   return peft;
 }
 
-const weights = async (net: Net, path: string) => Array.from(await (net.getSubmodule(path) as unknown as { weight: tf.Tensor }).weight.data());
+const weights = async (net: Net, path: string) =>
+  Array.from(await (net.getSubmodule(path) as unknown as { weight: tf.Tensor }).weight.data());
 
 await describeEachBackend('safe merge (PEFT safe_merge)', () => {
   it('merges a sound adapter as the plain merge does, asynchronously, on every backend', async () => {
@@ -26,7 +34,8 @@ await describeEachBackend('safe merge (PEFT safe_merge)', () => {
     const pending = safePeft.mergeAndUnload({ safeMerge: true });
     expect(pending).toBeInstanceOf(Promise);
     const safe = (await pending) as Net;
-    for (const p of ['layers.0.q_proj', 'layers.1.mlp']) expect(maxRelativeError(await weights(safe, p), await weights(plain, p)), p).toBe(0);
+    for (const p of ['layers.0.q_proj', 'layers.1.mlp'])
+      expect(maxRelativeError(await weights(safe, p), await weights(plain, p)), p).toBe(0);
     plain.dispose();
     safe.dispose();
     expect(tf.memory().numTensors).toBe(before);
@@ -36,7 +45,9 @@ await describeEachBackend('safe merge (PEFT safe_merge)', () => {
     const before = tf.memory().numTensors;
     const peft = model(true);
     const original = await weights(peft.model as Net, 'layers.1.mlp.base_layer');
-    await expect(peft.mergeAdapter({ safeMerge: true })).rejects.toThrow('NaNs detected in the merged weights. The adapter default seems to be broken');
+    await expect(peft.mergeAdapter({ safeMerge: true })).rejects.toThrow(
+      'NaNs detected in the merged weights. The adapter default seems to be broken',
+    );
     expect(await weights(peft.model as Net, 'layers.1.mlp.base_layer')).toEqual(original);
     await expect(peft.mergeAndUnload({ safeMerge: true })).rejects.toThrow(/NaNs detected/);
     // still a PeftModel with its LoRA layers: nothing was unloaded
@@ -47,11 +58,22 @@ await describeEachBackend('safe merge (PEFT safe_merge)', () => {
 
     // the same check on weight files, by name
     const base = peft.model.stateDict();
-    const files = Object.fromEntries(Object.entries(base).filter(([k]) => k.endsWith('base_layer.weight')).map(([k, t]) => [k.replace('.base_layer', ''), t]));
+    const files = Object.fromEntries(
+      Object.entries(base)
+        .filter(([k]) => k.endsWith('base_layer.weight'))
+        .map(([k, t]) => [k.replace('.base_layer', ''), t]),
+    );
     const adapter = { config: peft.peftConfig.get('default')!, tensors: adapterStateDict(peft) };
-    await expect(mergeAdapterWeights(files, adapter, { safeMerge: true })).rejects.toThrow(/NaNs detected .*\(layers\.1\.mlp\.weight\)/);
+    await expect(mergeAdapterWeights(files, adapter, { safeMerge: true })).rejects.toThrow(
+      /NaNs detected .*\(layers\.1\.mlp\.weight\)/,
+    );
     const unchecked = mergeAdapterWeights(files, adapter);
-    expect(Object.keys(unchecked.merged).sort()).toEqual(['layers.0.mlp.weight', 'layers.0.q_proj.weight', 'layers.1.mlp.weight', 'layers.1.q_proj.weight']);
+    expect(Object.keys(unchecked.merged).sort()).toEqual([
+      'layers.0.mlp.weight',
+      'layers.0.q_proj.weight',
+      'layers.1.mlp.weight',
+      'layers.1.q_proj.weight',
+    ]);
     tf.dispose(Object.values(unchecked.merged));
     peft.dispose();
     expect(tf.memory().numTensors).toBe(before);
@@ -60,18 +82,45 @@ await describeEachBackend('safe merge (PEFT safe_merge)', () => {
 
 it('lora_bias on a base without bias: the merge fails before writing anything, and a NaN bias fails the safe merge', async () => {
   manualSeed(4);
-  const noBias = new LoraLinear(new Linear(4, 4, { bias: false }), 'a', { r: 2, loraAlpha: 2, loraDropout: 0, useRslora: false, initLoraWeights: false, loraBias: true, fanInFanOut: false });
+  const noBias = new LoraLinear(new Linear(4, 4, { bias: false }), 'a', {
+    r: 2,
+    loraAlpha: 2,
+    loraDropout: 0,
+    useRslora: false,
+    initLoraWeights: false,
+    loraBias: true,
+    fanInFanOut: false,
+  });
   const w0 = Array.from(await noBias.baseLayer.weight.data());
-  for (let i = 0; i < 2; i++) expect(() => noBias.merge()).toThrow('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
+  for (let i = 0; i < 2; i++)
+    expect(() => noBias.merge()).toThrow(
+      'Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.',
+    );
   expect(Array.from(await noBias.baseLayer.weight.data())).toEqual(w0);
   expect(noBias.mergedAdapters).toEqual([]);
   noBias.dispose();
 
-  const withBias = new LoraLinear(new Linear(4, 4), 'a', { r: 2, loraAlpha: 2, loraDropout: 0, useRslora: false, initLoraWeights: false, loraBias: true, fanInFanOut: false });
+  const withBias = new LoraLinear(new Linear(4, 4), 'a', {
+    r: 2,
+    loraAlpha: 2,
+    loraDropout: 0,
+    useRslora: false,
+    initLoraWeights: false,
+    loraBias: true,
+    fanInFanOut: false,
+  });
   const b = withBias.loraB.get('a').bias as tf.Variable;
   tf.tidy(() => b.assign(tf.fill(b.shape, Number.POSITIVE_INFINITY)));
-  const before = [Array.from(await withBias.baseLayer.weight.data()), Array.from(await withBias.baseLayer.bias!.data())];
-  await expect(withBias.merge({ safeMerge: true })).rejects.toThrow('NaNs detected in the merged weights. The adapter a seems to be broken');
-  expect([Array.from(await withBias.baseLayer.weight.data()), Array.from(await withBias.baseLayer.bias!.data())]).toEqual(before);
+  const before = [
+    Array.from(await withBias.baseLayer.weight.data()),
+    Array.from(await withBias.baseLayer.bias!.data()),
+  ];
+  await expect(withBias.merge({ safeMerge: true })).rejects.toThrow(
+    'NaNs detected in the merged weights. The adapter a seems to be broken',
+  );
+  expect([
+    Array.from(await withBias.baseLayer.weight.data()),
+    Array.from(await withBias.baseLayer.bias!.data()),
+  ]).toEqual(before);
   withBias.dispose();
 });

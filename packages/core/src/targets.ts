@@ -57,7 +57,11 @@ function editDistance(a: string, b: string): number {
     for (let j = 1; j <= b.length; j++) {
       const row = d[i] as number[];
       const prev = d[i - 1] as number[];
-      row[j] = Math.min((prev[j] as number) + 1, (row[j - 1] as number) + 1, (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1));
+      row[j] = Math.min(
+        (prev[j] as number) + 1,
+        (row[j - 1] as number) + 1,
+        (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
     }
   return (d[a.length] as number[])[b.length] as number;
 }
@@ -105,16 +109,31 @@ export function resolveTargets(model: Module, config: LoraConfig): ResolvedTarge
   if (targeted.length === 0) {
     const t = config.targetModules;
     if (excluded.length > 0 && modules.length === excluded.length) {
-      throw new TargetModuleError('All modules were excluded. This is likely unintended. Check your `target_modules`, `exclude_modules` and `modules_to_save` configuration.');
+      throw new TargetModuleError(
+        'All modules were excluded. This is likely unintended. Check your `target_modules`, `exclude_modules` and `modules_to_save` configuration.',
+      );
     }
-    if (!t || (Array.isArray(t) && t.length === 0)) throw new TargetModuleError('No `target_modules` passed but also no `target_parameters` found. Please check the values for these arguments.');
+    if (!t || (Array.isArray(t) && t.length === 0))
+      throw new TargetModuleError(
+        'No `target_modules` passed but also no `target_parameters` found. Please check the values for these arguments.',
+      );
     const names = [...new Set(modules.map(([k]) => k.split('.').at(-1) as string))].filter((n) => !/^\d+$/.test(n));
     const wanted = typeof t === 'string' ? [t] : t;
-    const close = wanted.flatMap((w) => names.map((n) => [n, editDistance(w, n)] as const).sort((a, b) => a[1] - b[1]).slice(0, 3).map(([n]) => n));
+    const close = wanted.flatMap((w) =>
+      names
+        .map((n) => [n, editDistance(w, n)] as const)
+        .sort((a, b) => a[1] - b[1])
+        .slice(0, 3)
+        .map(([n]) => n),
+    );
     throw new TargetModuleError(
       `Target modules ${JSON.stringify(wanted)} not found in the base model. Please check the target modules and try again.` +
-        (config.layersToTransform !== null ? ` Note: You specified 'layers_to_transform': ${JSON.stringify(config.layersToTransform)}.` : '') +
-        (config.layersPattern !== null ? ` You also specified 'layers_pattern': ${JSON.stringify(config.layersPattern)}.` : '') +
+        (config.layersToTransform !== null
+          ? ` Note: You specified 'layers_to_transform': ${JSON.stringify(config.layersToTransform)}.`
+          : '') +
+        (config.layersPattern !== null
+          ? ` You also specified 'layers_pattern': ${JSON.stringify(config.layersPattern)}.`
+          : '') +
         ` Close matches: ${[...new Set(close)].join(', ')}. Set targetModules to names from model.namedModules().`,
     );
   }

@@ -25,7 +25,10 @@ class OriginalRows extends Module {
 function selection(indices: number[], numRows: number): tf.Tensor2D {
   return tf.tidy(() => {
     const keep = indices.map((v, j) => (indices.indexOf(v, j + 1) === -1 ? 1 : 0));
-    const hits = tf.equal(tf.tensor2d(indices, [indices.length, 1], 'int32'), tf.reshape(tf.range(0, numRows, 1, 'int32'), [1, numRows]));
+    const hits = tf.equal(
+      tf.tensor2d(indices, [indices.length, 1], 'int32'),
+      tf.reshape(tf.range(0, numRows, 1, 'int32'), [1, numRows]),
+    );
     return tf.mul(tf.cast(hits, 'float32'), tf.tensor2d(keep, [indices.length, 1])) as tf.Tensor2D;
   });
 }
@@ -43,10 +46,15 @@ function selection(indices: number[], numRows: number): tf.Tensor2D {
 export function replaceRows(weight: tf.Tensor, indices: number[], rows: tf.Tensor): tf.Tensor2D {
   const numRows = weight.shape[0] as number;
   for (const i of indices) {
-    if (!Number.isInteger(i) || i < 0 || i >= numRows) throw new Error(`token index ${i} is out of range for a weight of ${numRows} rows; use indices in [0, ${numRows})`);
+    if (!Number.isInteger(i) || i < 0 || i >= numRows)
+      throw new Error(
+        `token index ${i} is out of range for a weight of ${numRows} rows; use indices in [0, ${numRows})`,
+      );
   }
   if (rows.shape[0] !== indices.length || rows.shape[1] !== weight.shape[1]) {
-    throw new Error(`replaceRows: ${indices.length} indices need rows of shape [${indices.length}, ${weight.shape[1]}], got [${rows.shape.join(', ')}]`);
+    throw new Error(
+      `replaceRows: ${indices.length} indices need rows of shape [${indices.length}, ${weight.shape[1]}], got [${rows.shape.join(', ')}]`,
+    );
   }
   return tf.tidy(() => {
     const sel = selection(indices, numRows);
@@ -106,10 +114,15 @@ export class TrainableTokensLayer extends Module {
   /** Adds an adapter training rows `indices`, starting from their current values. A tied layer follows its owner. */
   updateLayer(name: string, indices: number[]): void {
     if (this.tiedAdapter) return;
-    if (!Array.isArray(indices) || indices.length === 0) throw new Error(`trainable_token_indices for adapter '${name}' must be a non-empty list of token ids, got ${JSON.stringify(indices)}`);
+    if (!Array.isArray(indices) || indices.length === 0)
+      throw new Error(
+        `trainable_token_indices for adapter '${name}' must be a non-empty list of token ids, got ${JSON.stringify(indices)}`,
+      );
     for (const i of indices) {
       if (!Number.isInteger(i) || i < 0 || i >= this.numRows) {
-        throw new Error(`trainable_token_indices: token index ${i} is out of range for a layer of ${this.numRows} rows; use indices in [0, ${this.numRows})`);
+        throw new Error(
+          `trainable_token_indices: token index ${i} is out of range for a layer of ${this.numRows} rows; use indices in [0, ${this.numRows})`,
+        );
       }
     }
     if (this.tokenIndices.has(name)) return;
@@ -142,7 +155,9 @@ export class TrainableTokensLayer extends Module {
     for (const name of all) {
       const idx = this.tokenIndices.get(name) ?? [];
       if (idx.some((i) => seen.has(i))) {
-        throw new Error(`Token indices of adapter ${name} are already defined and would result in undefined merging behavior. Only disjunct token indices are currently supported.`);
+        throw new Error(
+          `Token indices of adapter ${name} are already defined and would result in undefined merging behavior. Only disjunct token indices are currently supported.`,
+        );
       }
       for (const i of idx) seen.add(i);
     }
@@ -152,7 +167,8 @@ export class TrainableTokensLayer extends Module {
   getMergedWeights(names: string[] = this.activeAdapters): tf.Tensor2D {
     return tf.tidy(() => {
       let w: tf.Tensor = this.baseLayer.weight;
-      for (const n of names.filter((a) => this.tokenIndices.has(a))) w = replaceRows(w, this.tokenIndices.get(n) as number[], this.trainableTokensDelta.get(n));
+      for (const n of names.filter((a) => this.tokenIndices.has(a)))
+        w = replaceRows(w, this.tokenIndices.get(n) as number[], this.trainableTokensDelta.get(n));
       return w === this.baseLayer.weight ? (tf.clone(w) as tf.Tensor2D) : (w as tf.Tensor2D);
     });
   }
@@ -166,7 +182,9 @@ export class TrainableTokensLayer extends Module {
   merge(options: { adapterNames?: string[]; safeMerge: true }): Promise<void>;
   merge(options: { adapterNames?: string[]; safeMerge?: boolean }): void | Promise<void>;
   merge(options: { adapterNames?: string[]; safeMerge?: boolean } = {}): void | Promise<void> {
-    const names = (options.adapterNames ?? this.activeAdapters).filter((n) => this.tokenIndices.has(n) && !this.mergedAdapters.includes(n));
+    const names = (options.adapterNames ?? this.activeAdapters).filter(
+      (n) => this.tokenIndices.has(n) && !this.mergedAdapters.includes(n),
+    );
     if (names.length === 0) return options.safeMerge ? Promise.resolve() : undefined;
     this.checkOverlappingTokens(names);
     const merged = this.getMergedWeights(names);
@@ -205,14 +223,26 @@ export class TrainableTokensLayer extends Module {
     const own = names.filter((n) => this.tokenIndices.has(n));
     if (own.length === 0) return this.baseLayer.call(x) as tf.Tensor;
     const indices = own.flatMap((n) => this.tokenIndices.get(n) as number[]);
-    const rows = own.length === 1 ? this.trainableTokensDelta.get(own[0] as string) : tf.concat(own.map((n) => this.trainableTokensDelta.get(n)), 0);
+    const rows =
+      own.length === 1
+        ? this.trainableTokensDelta.get(own[0] as string)
+        : tf.concat(
+            own.map((n) => this.trainableTokensDelta.get(n)),
+            0,
+          );
     const n = indices.length;
     const base = this.baseLayer;
     if (base instanceof Embedding) {
       const dim = base.embeddingDim;
       const looked = embedding(x, base.weight);
-      const keep = tf.tensor2d(indices.map((v, j) => (indices.indexOf(v, j + 1) === -1 ? 1 : 0)), [1, n]);
-      const hit = tf.mul(tf.cast(tf.equal(tf.reshape(x, [-1, 1]), tf.tensor2d(indices, [1, n], 'int32')), 'float32'), keep); // [tokens, n]
+      const keep = tf.tensor2d(
+        indices.map((v, j) => (indices.indexOf(v, j + 1) === -1 ? 1 : 0)),
+        [1, n],
+      );
+      const hit = tf.mul(
+        tf.cast(tf.equal(tf.reshape(x, [-1, 1]), tf.tensor2d(indices, [1, n], 'int32')), 'float32'),
+        keep,
+      ); // [tokens, n]
       const replaced = tf.sub(1, tf.sum(hit, 1, true));
       return tf.reshape(tf.add(tf.mul(tf.reshape(looked, [-1, dim]), replaced), tf.matMul(hit, rows)), looked.shape);
     }
@@ -235,13 +265,22 @@ export class TrainableTokensLayer extends Module {
       return this.baseLayer.call(x) as tf.Tensor;
     }
     if (names) {
-      if (names.length !== x.shape[0]) throw new Error(`Length of \`adapter_names\` should be the same as the number of inputs, but got ${names.length} and ${x.shape[0]} respectively.`);
-      if (this.mergedAdapters.length) throw new Error('Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.');
+      if (names.length !== x.shape[0])
+        throw new Error(
+          `Length of \`adapter_names\` should be the same as the number of inputs, but got ${names.length} and ${x.shape[0]} respectively.`,
+        );
+      if (this.mergedAdapters.length)
+        throw new Error(
+          'Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.',
+        );
       return tf.tidy(() => {
         let out: tf.Tensor | null = null;
         for (const name of new Set(names)) {
           const y = this.forwardWith(x, name === '__base__' ? [] : [name]);
-          const rows = tf.tensor(names.map((n) => (n === name ? 1 : 0)), [names.length, ...new Array(y.rank - 1).fill(1)]);
+          const rows = tf.tensor(
+            names.map((n) => (n === name ? 1 : 0)),
+            [names.length, ...new Array(y.rank - 1).fill(1)],
+          );
           out = out ? tf.add(out, tf.mul(y, rows)) : tf.mul(y, rows);
         }
         return out as tf.Tensor;
@@ -283,7 +322,14 @@ const quoted = (names: string[]) => `{${names.map((n) => `'${n}'`).join(', ')}}`
  * Wraps every module whose path ends with one of `names` (PEFT's `_set_trainable` with
  * `strict_module_check`) or adds the adapter to a wrapper already there.
  */
-function wrapMatching(model: Module, adapterName: string, names: string[], indices: number[], tiedAdapter: TrainableTokensLayer | null, hint: string): void {
+function wrapMatching(
+  model: Module,
+  adapterName: string,
+  names: string[],
+  indices: number[],
+  tiedAdapter: TrainableTokensLayer | null,
+  hint: string,
+): void {
   let found = false;
   for (const [path, m] of [...model.namedModules()]) {
     if (path === '' || !names.some((k) => path.endsWith(k))) continue;
@@ -295,13 +341,20 @@ function wrapMatching(model: Module, adapterName: string, names: string[], indic
       wrapper.tokenAdapter.updateLayer(adapterName, indices);
       model.setSubmodule(path, wrapper);
     } else if ('baseLayer' in m || 'originalModule' in m) {
-      throw new Error(`trainable_token_indices cannot be applied to modules of type ${m.constructor.name} ('${path}'); a module is either a LoRA target, in modules_to_save, or has trainable tokens`);
+      throw new Error(
+        `trainable_token_indices cannot be applied to modules of type ${m.constructor.name} ('${path}'); a module is either a LoRA target, in modules_to_save, or has trainable tokens`,
+      );
     } else {
-      throw new Error(`TrainableTokensLayer wraps an unknown layer type, maybe you are targeting the wrong layer? ('${path}' is a ${m.constructor.name}; trainable tokens need an Embedding or a Linear over the vocabulary)`);
+      throw new Error(
+        `TrainableTokensLayer wraps an unknown layer type, maybe you are targeting the wrong layer? ('${path}' is a ${m.constructor.name}; trainable tokens need an Embedding or a Linear over the vocabulary)`,
+      );
     }
     found = true;
   }
-  if (!found) throw new Error(`Target modules ${quoted(names)} not found in the base model. Please check the target modules and try again.${hint}`);
+  if (!found)
+    throw new Error(
+      `Target modules ${quoted(names)} not found in the base model. Please check the target modules and try again.${hint}`,
+    );
 }
 
 const sameIndices = (a: number[] | undefined, b: number[] | undefined) => JSON.stringify(a) === JSON.stringify(b);
@@ -317,21 +370,32 @@ const sameIndices = (a: number[] | undefined, b: number[] | undefined) => JSON.s
  *   `config.extra`, makes that an error).
  * New wrappers start inactive; the caller activates the adapter.
  */
-export function addTrainableTokens(model: Module, adapterName: string, config: LoraConfig, warn: (message: string) => void = console.warn): void {
+export function addTrainableTokens(
+  model: Module,
+  adapterName: string,
+  config: LoraConfig,
+  warn: (message: string) => void = console.warn,
+): void {
   const tti = config.trainableTokenIndices;
   if (tti === null || tti === undefined) return;
   let targets: Record<string, number[]>;
   let hint = '';
   if (Array.isArray(tti)) {
-    const key = typeof (model as { getInputEmbeddings?: unknown }).getInputEmbeddings === 'function' ? inputEmbeddingsPath(model) : null;
+    const key =
+      typeof (model as { getInputEmbeddings?: unknown }).getInputEmbeddings === 'function'
+        ? inputEmbeddingsPath(model)
+        : null;
     targets = { [key ?? 'embed_tokens']: tti };
-    hint = ' A list of trainable_token_indices trains the input embedding: the module returned by the model\'s getInputEmbeddings() method, else the module named embed_tokens. Add that method, or name the module: trainableTokenIndices: { "<module path>": [...] }.';
+    hint =
+      ' A list of trainable_token_indices trains the input embedding: the module returned by the model\'s getInputEmbeddings() method, else the module named embed_tokens. Add that method, or name the module: trainableTokenIndices: { "<module path>": [...] }.';
   } else {
     targets = tti;
   }
   for (const key of Object.keys(targets)) {
     if (config.modulesToSave?.includes(key)) {
-      throw new Error(`The embedding layer is already marked to be trained fully, either specify \`modules_to_save=[..., "${key}", ...]\` or \`trainable_tokens={'${key}': x}\` but not both.`);
+      throw new Error(
+        `The embedding layer is already marked to be trained fully, either specify \`modules_to_save=[..., "${key}", ...]\` or \`trainable_tokens={'${key}': x}\` but not both.`,
+      );
     }
   }
   const embeddingPath = inputEmbeddingsPath(model);
@@ -341,7 +405,9 @@ export function addTrainableTokens(model: Module, adapterName: string, config: L
   let mismatch = false;
   let skip = new Set<string>();
   if (keys.length > 1 && tied.length > 0 && embeddingPath !== null) {
-    const tiedKeys = keys.filter((k) => embeddingPath.endsWith(k) || tied.some((t) => t.endsWith(k) || t.split('.').includes(k)));
+    const tiedKeys = keys.filter(
+      (k) => embeddingPath.endsWith(k) || tied.some((t) => t.endsWith(k) || t.split('.').includes(k)),
+    );
     if (tiedKeys.length >= 2) {
       const first = targets[tiedKeys[0] as string];
       mismatch = !tiedKeys.slice(1).every((k) => sameIndices(targets[k], first));
@@ -353,9 +419,12 @@ export function addTrainableTokens(model: Module, adapterName: string, config: L
       if (!mismatch) skip = new Set(tiedKeys.filter((k) => tied.includes(k)));
     }
   }
-  for (const [key, indices] of Object.entries(targets)) if (!skip.has(key)) wrapMatching(model, adapterName, [key], indices, null, hint);
+  for (const [key, indices] of Object.entries(targets))
+    if (!skip.has(key)) wrapMatching(model, adapterName, [key], indices, null, hint);
   if (tied.length === 0 && ensureTying) {
-    warn('ensure_weight_tying=True but the model does not have tied weights (tie_word_embeddings=False). Weight tying will not be applied for trainable_token_indices.');
+    warn(
+      'ensure_weight_tying=True but the model does not have tied weights (tie_word_embeddings=False). Weight tying will not be applied for trainable_token_indices.',
+    );
   }
   const embedding = embeddingPath === null ? null : model.getSubmodule(embeddingPath);
   if (tied.length > 0 && embedding instanceof TrainableTokensWrapper && (ensureTying || !mismatch)) {

@@ -24,7 +24,9 @@ export function checkWeightConversion(config: LoraConfig, warn: (message: string
   }
   // PEFT 0.21 tests a copy whose init is already `true`, so its warning never shows; this tests the adapter's own init.
   if (!/^(pissa|corda|olora|lora_ga|true)/i.test(String(config.initLoraWeights))) {
-    warn('`path_initial_model_for_weight_conversion` only works for converting a PiSSA/CorDA/OLoRA/LoRA-GA adapter to a LoRA adapter');
+    warn(
+      '`path_initial_model_for_weight_conversion` only works for converting a PiSSA/CorDA/OLoRA/LoRA-GA adapter to a LoRA adapter',
+    );
   }
 }
 
@@ -39,7 +41,11 @@ export function checkWeightConversion(config: LoraConfig, warn: (message: string
  * const lora = convertToLoraTensors(adapterStateDict(peft), initialTensors);
  * ```
  */
-export function convertToLoraTensors(trained: Record<string, tf.Tensor>, initial: Record<string, tf.Tensor>, options: { warn?: (message: string) => void } = {}): Record<string, tf.Tensor> {
+export function convertToLoraTensors(
+  trained: Record<string, tf.Tensor>,
+  initial: Record<string, tf.Tensor>,
+  options: { warn?: (message: string) => void } = {},
+): Record<string, tf.Tensor> {
   const warn = options.warn ?? console.warn;
   const out: Record<string, tf.Tensor> = {};
   const dropped: string[] = [];
@@ -51,12 +57,19 @@ export function convertToLoraTensors(trained: Record<string, tf.Tensor>, initial
         continue;
       }
       if (t.rank < 2) {
-        throw new Error(`'${key}' (lora_bias) cannot be converted: a bias has no rank to double. Train PiSSA/OLoRA adapters with loraBias: false`);
+        throw new Error(
+          `'${key}' (lora_bias) cannot be converted: a bias has no rank to double. Train PiSSA/OLoRA adapters with loraBias: false`,
+        );
       }
       const init = initial[key];
-      if (!init) throw new Error(`the initial adapter has no '${key}': was it saved from this model, right after getPeftModel and before training?`);
+      if (!init)
+        throw new Error(
+          `the initial adapter has no '${key}': was it saved from this model, right after getPeftModel and before training?`,
+        );
       if (init.shape.join(',') !== t.shape.join(',')) {
-        throw new Error(`the initial adapter's '${key}' has shape [${init.shape.join(', ')}] but the trained one [${t.shape.join(', ')}]; the initial adapter must come from the same config`);
+        throw new Error(
+          `the initial adapter's '${key}' has shape [${init.shape.join(', ')}] but the trained one [${t.shape.join(', ')}]; the initial adapter must come from the same config`,
+        );
       }
       out[key] = tf.tidy(() => (isA ? tf.concat([t, init], 0) : tf.concat([t, tf.neg(init)], 1)));
     }
@@ -65,7 +78,9 @@ export function convertToLoraTensors(trained: Record<string, tf.Tensor>, initial
     throw e;
   }
   if (dropped.length > 0) {
-    warn(`The converted adapter holds only lora_A / lora_B weights, as PEFT's; left out: ${dropped.join(', ')}. The base model with the converted adapter does not reproduce those.`);
+    warn(
+      `The converted adapter holds only lora_A / lora_B weights, as PEFT's; left out: ${dropped.join(', ')}. The base model with the converted adapter does not reproduce those.`,
+    );
   }
   return out;
 }

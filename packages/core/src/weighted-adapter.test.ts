@@ -1,4 +1,3 @@
-
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -7,8 +6,6 @@ import { maxRelativeError } from '@lora/tensor/testing';
 import { Linear, Module, manualSeed, withoutInit } from '@lora/nn';
 import { FIX, Net, readFixture } from './fixture-nets.test-util';
 import { type CombinationType, type LoraLinear, addWeightedAdapter, getPeftModel, loadAdapter } from '@lora/core';
-
-
 
 const combos: [string, CombinationType, Record<string, unknown>][] = [
   ['linear', 'linear', {}],
@@ -42,7 +39,9 @@ describe('addWeightedAdapter against PEFT 0.21', () => {
     const viaCall = peft.call(x.x, { adapterNames: ['a', 'b', '__base__', 'a', 'b'] }) as tf.Tensor;
     expect(Array.from(await viaCall.data())).toEqual(Array.from(await mixed.data()));
     tf.dispose([mixed, viaCall]);
-    expect(() => peft.forwardMixed(['a', 'zzz', 'a', 'a', 'a'], x.x)).toThrow('Trying to infer with non-existing adapter(s): zzz');
+    expect(() => peft.forwardMixed(['a', 'zzz', 'a', 'a', 'a'], x.x)).toThrow(
+      'Trying to infer with non-existing adapter(s): zzz',
+    );
     for (const [label, type, extra] of combos) {
       const before = tf.memory().numTensors;
       await addWeightedAdapter(peft, ['a', 'b'], [0.5, 1.5], label, { combinationType: type, ...extra });
@@ -51,7 +50,10 @@ describe('addWeightedAdapter against PEFT 0.21', () => {
       for (const path of ['layers.0.q_proj', 'layers.1.mlp']) {
         const delta = (peft.model.getSubmodule(path) as LoraLinear).getDeltaWeight(label);
         // SVD factors carry arbitrary signs; their product, the delta, does not
-        expect(maxRelativeError(await delta.data(), await want[`${label}.delta.${path}`]!.data()), `${label} ${path}`).toBeLessThan(1e-4);
+        expect(
+          maxRelativeError(await delta.data(), await want[`${label}.delta.${path}`]!.data()),
+          `${label} ${path}`,
+        ).toBeLessThan(1e-4);
         delta.dispose();
       }
       const y = peft.call(x.x) as tf.Tensor;
@@ -61,7 +63,12 @@ describe('addWeightedAdapter against PEFT 0.21', () => {
     // DARE prunes at random (seeded here; torch's masks cannot be reproduced): check shape and memory only
     for (const type of ['dare_linear', 'dare_ties', 'dare_linear_svd', 'dare_ties_svd'] as const) {
       const before = tf.memory().numTensors;
-      await addWeightedAdapter(peft, ['a', 'b'], [0.5, 1.5], type, { combinationType: type, density: 0.5, svdRank: 4, seed: 1 });
+      await addWeightedAdapter(peft, ['a', 'b'], [0.5, 1.5], type, {
+        combinationType: type,
+        density: 0.5,
+        svdRank: 4,
+        seed: 1,
+      });
       expect(tf.memory().numTensors - before, type).toBe(8);
       const delta = (peft.model.getSubmodule('layers.1.mlp') as LoraLinear).getDeltaWeight(type);
       expect(delta.shape).toEqual([16, 8]);
@@ -104,7 +111,12 @@ it('call(x, { adapterNames, ...rest }) runs a mixed batch and passes the rest of
   const viaCall = peft.call(x, { scale: 3, adapterNames: ['default', '__base__'] }) as tf.Tensor;
   const unscaled = peft.call(x, { adapterNames: ['default', '__base__'] }) as tf.Tensor;
   expect(Array.from(await viaCall.data())).toEqual(Array.from(await plain.data()));
-  expect(maxRelativeError(Float32Array.from(await unscaled.data(), (v) => v * 3), await plain.data())).toBeLessThan(1e-6);
+  expect(
+    maxRelativeError(
+      Float32Array.from(await unscaled.data(), (v) => v * 3),
+      await plain.data(),
+    ),
+  ).toBeLessThan(1e-6);
   tf.dispose([x, plain, viaCall, unscaled]);
   peft.dispose();
 });

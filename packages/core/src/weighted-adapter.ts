@@ -1,9 +1,13 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { withoutInit } from '@lora/nn';
-import { type SourceFactors, type WeightedAdapterOptions, combineModuleFactors, planCombination } from './adapter-combination';
+import {
+  type SourceFactors,
+  type WeightedAdapterOptions,
+  combineModuleFactors,
+  planCombination,
+} from './adapter-combination';
 import type { LoraConfig } from './lora-config';
 import type { PeftModel } from './peft-model';
-
 
 /**
  * Adds an adapter that combines existing ones (PEFT's `add_weighted_adapter`) on Linear, Embedding,
@@ -24,12 +28,28 @@ import type { PeftModel } from './peft-model';
  * peft.setAdapter('mix');
  * ```
  */
-export async function addWeightedAdapter(model: PeftModel, adapters: string[], weights: number[], name: string, options: WeightedAdapterOptions = {}): Promise<void> {
+export async function addWeightedAdapter(
+  model: PeftModel,
+  adapters: string[],
+  weights: number[],
+  name: string,
+  options: WeightedAdapterOptions = {},
+): Promise<void> {
   if (model.peftConfig.has(name)) return; // PEFT returns silently
   for (const a of adapters) if (!model.peftConfig.has(a)) throw new Error(`Adapter ${a} does not exist`);
-  const shared = [...model.modulesToSaveWrappers()].filter(([, w]) => adapters.filter((a) => w.modulesToSave.has(a)).length > 1);
-  if (shared.length) throw new Error(`Cannot add weighted adapters if they target the same module with modules_to_save, but found ${shared.length} such instance(s).`);
-  const plan = planCombination(adapters.map((a) => model.peftConfig.get(a) as LoraConfig), weights, options, (i) => adapters[i] as string);
+  const shared = [...model.modulesToSaveWrappers()].filter(
+    ([, w]) => adapters.filter((a) => w.modulesToSave.has(a)).length > 1,
+  );
+  if (shared.length)
+    throw new Error(
+      `Cannot add weighted adapters if they target the same module with modules_to_save, but found ${shared.length} such instance(s).`,
+    );
+  const plan = planCombination(
+    adapters.map((a) => model.peftConfig.get(a) as LoraConfig),
+    weights,
+    options,
+    (i) => adapters[i] as string,
+  );
   // the layers are allocated at the new rank and overwritten below: no random initialisation
   withoutInit(() => model.addAdapter(name, { ...plan.config, initLoraWeights: false }));
   model.peftConfig.set(name, plan.config);
@@ -40,7 +60,13 @@ export async function addWeightedAdapter(model: PeftModel, adapters: string[], w
       const B = layer.factorB(name);
       const sources: SourceFactors[] = [];
       for (const [i, a] of adapters.entries()) {
-        if (layer.settings.has(a)) sources.push({ a: layer.factorA(a), b: layer.factorB(a), scaling: layer.scaling.get(a) as number, weight: weights[i] as number });
+        if (layer.settings.has(a))
+          sources.push({
+            a: layer.factorA(a),
+            b: layer.factorB(a),
+            scaling: layer.scaling.get(a) as number,
+            weight: weights[i] as number,
+          });
       }
       if (sources.length === 0) {
         // the combined config targets a module none of the adapters has (PEFT raises here): no change there

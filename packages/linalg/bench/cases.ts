@@ -40,28 +40,54 @@ export async function cpuRows(ml: MlMatrix | null, only?: RegExp): Promise<Row[]
     const row: Row = { name, ours: await time(ours) };
     if (peer) row.mlMatrix = await time(peer);
     rows.push(row);
-    console.error(`  ${name}: ${row.ours.toFixed(1)} ms${row.mlMatrix ? `, ml-matrix ${row.mlMatrix.toFixed(1)} ms` : ''}`);
+    console.error(
+      `  ${name}: ${row.ours.toFixed(1)} ms${row.mlMatrix ? `, ml-matrix ${row.mlMatrix.toFixed(1)} ms` : ''}`,
+    );
   };
-  const toMl = (m: Matrix64) => (ml ? new ml.Matrix(Array.from({ length: m.rows }, (_, i) => Array.from(m.data.subarray(i * m.cols, (i + 1) * m.cols)))) : null);
-  for (const [m, n] of [[256, 256], [512, 512], [1024, 1024], [512, 4096]] as const) {
+  const toMl = (m: Matrix64) =>
+    ml
+      ? new ml.Matrix(
+          Array.from({ length: m.rows }, (_, i) => Array.from(m.data.subarray(i * m.cols, (i + 1) * m.cols))),
+        )
+      : null;
+  for (const [m, n] of [
+    [256, 256],
+    [512, 512],
+    [1024, 1024],
+    [512, 4096],
+  ] as const) {
     const a = gaussian(m, n, m + n);
     const am = toMl(a);
-    await add(`thin SVD ${m}×${n}`, () => svd(a), am && ml ? () => new ml.SingularValueDecomposition(am, { autoTranspose: true }) : null);
+    await add(
+      `thin SVD ${m}×${n}`,
+      () => svd(a),
+      am && ml ? () => new ml.SingularValueDecomposition(am, { autoTranspose: true }) : null,
+    );
   }
   const tall = gaussian(4096, 64, 7);
   const tallMl = toMl(tall);
   await add('QR 4096×64', () => qr(tall), tallMl && ml ? () => new ml.QrDecomposition(tallMl) : null);
   const g = gaussian(512, 512, 9);
-  const sym: Matrix64 = { rows: 512, cols: 512, data: g.data.map((v, i) => (v + (g.data[(i % 512) * 512 + Math.floor(i / 512)] as number)) / 2) };
+  const sym: Matrix64 = {
+    rows: 512,
+    cols: 512,
+    data: g.data.map((v, i) => (v + (g.data[(i % 512) * 512 + Math.floor(i / 512)] as number)) / 2),
+  };
   const symMl = toMl(sym);
-  await add('eigh 512×512', () => eigh(sym), symMl && ml ? () => new ml.EigenvalueDecomposition(symMl, { assumeSymmetric: true }) : null);
+  await add(
+    'eigh 512×512',
+    () => eigh(sym),
+    symMl && ml ? () => new ml.EigenvalueDecomposition(symMl, { assumeSymmetric: true }) : null,
+  );
   return rows;
 }
 
 /** svdLowRank of a 4096² float32 tensor of rank 16 (plus noise) on the active backend. */
 export async function lowRankRow(n = 4096, rank = 16): Promise<Row> {
   const g = new Generator(11);
-  const a = tf.tidy(() => tf.add(tf.matMul(g.randn([n, rank]), g.randn([rank, n])), tf.mul(g.randn([n, n]), 1e-3))) as tf.Tensor2D;
+  const a = tf.tidy(() =>
+    tf.add(tf.matMul(g.randn([n, rank]), g.randn([rank, n])), tf.mul(g.randn([n, n]), 1e-3)),
+  ) as tf.Tensor2D;
   await a.data();
   const run = async () => {
     const r = await svdLowRank(a, { q: rank, niter: 2, seed: 0 });

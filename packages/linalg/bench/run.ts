@@ -23,7 +23,12 @@ if (!only || only.test('svdLowRank')) rows.push(await lowRankRow());
 let peers: Record<string, number | string> = {};
 const python = process.env.PYTHON ?? 'python3';
 console.error(`timing numpy/LAPACK (${python}, OPENBLAS_NUM_THREADS=1)…`);
-const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1', MKL_NUM_THREADS: '1' };
+const env: NodeJS.ProcessEnv = {
+  ...process.env,
+  OPENBLAS_NUM_THREADS: '1',
+  OMP_NUM_THREADS: '1',
+  MKL_NUM_THREADS: '1',
+};
 // The machine-wide OPENBLAS_CORETYPE pins an older kernel; numpy's own choice is the fair peer.
 delete env.OPENBLAS_CORETYPE;
 delete env.OPENBLAS_L2_SIZE;
@@ -32,12 +37,19 @@ if (res.status === 0) peers = JSON.parse(res.stdout.trim().split('\n').at(-1) as
 else console.error(`no numpy peer: ${res.error?.message ?? res.stderr.trim().split('\n').at(-1)}`);
 
 const fmt = (v: number | string | undefined) => (typeof v === 'number' ? v.toFixed(1) : '–');
-console.log(`\n${new Date().toISOString().slice(0, 10)}, Node ${process.version}, backend ${info.name} (${info.adapter}); numpy ${peers.numpy ?? '–'}${peers.torch ? `, torch ${peers.torch}` : ''}\n`);
+console.log(
+  `\n${new Date().toISOString().slice(0, 10)}, Node ${process.version}, backend ${info.name} (${info.adapter}); numpy ${peers.numpy ?? '–'}${peers.torch ? `, torch ${peers.torch}` : ''}\n`,
+);
 console.log('| case | @lora/linalg ms | ml-matrix ms | numpy/LAPACK 1 thread ms | torch ms | ours / LAPACK |');
 console.log('| --- | --- | --- | --- | --- | --- |');
 for (const r of rows) {
   const lapack = peers[r.name];
   const torch = r.name.startsWith('svdLowRank') ? peers['svdLowRank rank 16 of 4096² torch cpu'] : undefined;
-  const ratio = typeof lapack === 'number' ? (r.ours / lapack).toFixed(1) + '×' : typeof torch === 'number' ? `${(r.ours / torch).toFixed(1)}× torch` : '–';
+  const ratio =
+    typeof lapack === 'number'
+      ? (r.ours / lapack).toFixed(1) + '×'
+      : typeof torch === 'number'
+        ? `${(r.ours / torch).toFixed(1)}× torch`
+        : '–';
   console.log(`| ${r.name} | ${fmt(r.ours)} | ${fmt(r.mlMatrix)} | ${fmt(lapack)} | ${fmt(torch)} | ${ratio} |`);
 }

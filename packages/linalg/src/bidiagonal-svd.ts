@@ -8,13 +8,20 @@ import { EPS, rotateColumns, swapColumns } from './rotations';
 
 const TINY = 2 ** -966;
 
-
 /**
  * Diagonalises the bidiagonal (d, e) in place: on return d holds the singular values, descending
  * and non-negative, and U (m×n) and V (n×n) are rotated and permuted to match. `maxSteps` caps the
  * QR steps; exceeding it is an error, never a hang.
  */
-export function bidiagonalSvd(d: Float64Array, e: Float64Array, u: Float64Array | null, m: number, v: Float64Array | null, n: number, fn = 'svd'): void {
+export function bidiagonalSvd(
+  d: Float64Array,
+  e: Float64Array,
+  u: Float64Array | null,
+  m: number,
+  v: Float64Array | null,
+  n: number,
+  fn = 'svd',
+): void {
   const maxSteps = 75 * n + 100;
   let steps = 0;
   let q = n - 1;
@@ -28,7 +35,9 @@ export function bidiagonalSvd(d: Float64Array, e: Float64Array, u: Float64Array 
     let p = q - 1;
     while (p > 0 && e[p - 1] !== 0) p--;
     if (++steps > maxSteps) {
-      throw new LinalgError(`${fn}: the bidiagonal QR iteration did not converge in ${maxSteps} steps (block ${p}..${q} of ${n}); the input may be badly scaled`);
+      throw new LinalgError(
+        `${fn}: the bidiagonal QR iteration did not converge in ${maxSteps} steps (block ${p}..${q} of ${n}); the input may be badly scaled`,
+      );
     }
 
     // A zero on the diagonal: rotate its superdiagonal away instead of taking a QR step.
@@ -80,7 +89,8 @@ export function bidiagonalSvd(d: Float64Array, e: Float64Array, u: Float64Array 
     // Golub–Kahan step with the Wilkinson shift from the trailing 2×2 of BᵀB. The block is scaled
     // to unit size first so that squaring cannot overflow or underflow.
     let scale = 0;
-    for (let i = p; i <= q; i++) scale = Math.max(scale, Math.abs(d[i] as number), i < q ? Math.abs(e[i] as number) : 0);
+    for (let i = p; i <= q; i++)
+      scale = Math.max(scale, Math.abs(d[i] as number), i < q ? Math.abs(e[i] as number) : 0);
     const dq = (d[q] as number) / scale;
     const dq1 = (d[q - 1] as number) / scale;
     const eq1 = (e[q - 1] as number) / scale;
@@ -144,4 +154,3 @@ export function bidiagonalSvd(d: Float64Array, e: Float64Array, u: Float64Array 
     }
   }
 }
-

@@ -58,18 +58,23 @@ function solve64(a: Matrix64, b: Matrix64, o: SolveTriangularOptions): Matrix64 
   if (a.rows !== a.cols) throw new LinalgError(`solveTriangular: a must be square, got ${a.rows}x${a.cols}`);
   const left = o.left ?? true;
   if (left ? b.rows !== n : b.cols !== n) {
-    throw new LinalgError(`solveTriangular: a is ${n}x${n} but b is ${b.rows}x${b.cols}; b needs ${n} ${left ? 'rows' : 'columns'}`);
+    throw new LinalgError(
+      `solveTriangular: a is ${n}x${n} but b is ${b.rows}x${b.cols}; b needs ${n} ${left ? 'rows' : 'columns'}`,
+    );
   }
   assertFinite(a, 'solveTriangular');
   assertFinite(b, 'solveTriangular');
   if (!o.unitriangular) {
     for (let i = 0; i < n; i++) {
-      if (a.data[i * n + i] === 0) throw new LinalgError(`solveTriangular: a is singular (zero on the diagonal at ${i})`);
+      if (a.data[i * n + i] === 0)
+        throw new LinalgError(`solveTriangular: a is singular (zero on the diagonal at ${i})`);
     }
   }
   // x·a = b  ⇔  aᵀ·xᵀ = bᵀ: solve the transposed system with the other triangle.
   if (!left) {
-    return transpose64(solve64(transpose64(a), transpose64(b), { upper: !o.upper, left: true, unitriangular: o.unitriangular ?? false }));
+    return transpose64(
+      solve64(transpose64(a), transpose64(b), { upper: !o.upper, left: true, unitriangular: o.unitriangular ?? false }),
+    );
   }
   const m = b.cols;
   const x = Float64Array.from(b.data);
@@ -101,9 +106,18 @@ function solve64(a: Matrix64, b: Matrix64, o: SolveTriangularOptions): Matrix64 
  */
 export function solveTriangular(a: Matrix64, b: Matrix64, options: SolveTriangularOptions): Matrix64;
 export function solveTriangular(a: tf.Tensor2D, b: tf.Tensor2D, options: SolveTriangularOptions): Promise<tf.Tensor2D>;
-export function solveTriangular(a: Matrix64 | tf.Tensor2D, b: Matrix64 | tf.Tensor2D, options: SolveTriangularOptions): Matrix64 | Promise<tf.Tensor2D> {
-  if (typeof options?.upper !== 'boolean') throw new LinalgError('solveTriangular: options.upper (true or false) is required, as in torch');
+export function solveTriangular(
+  a: Matrix64 | tf.Tensor2D,
+  b: Matrix64 | tf.Tensor2D,
+  options: SolveTriangularOptions,
+): Matrix64 | Promise<tf.Tensor2D> {
+  if (typeof options?.upper !== 'boolean')
+    throw new LinalgError('solveTriangular: options.upper (true or false) is required, as in torch');
   if (isMatrix64(a) && isMatrix64(b)) return solve64(a, b, options);
-  if (isMatrix64(a) || isMatrix64(b)) throw new LinalgError('solveTriangular: pass two Matrix64s or two tensors, not one of each');
-  return (async () => matrix64ToTensor(solve64(await tensorToMatrix64(a, 'solveTriangular'), await tensorToMatrix64(b, 'solveTriangular'), options)))();
+  if (isMatrix64(a) || isMatrix64(b))
+    throw new LinalgError('solveTriangular: pass two Matrix64s or two tensors, not one of each');
+  return (async () =>
+    matrix64ToTensor(
+      solve64(await tensorToMatrix64(a, 'solveTriangular'), await tensorToMatrix64(b, 'solveTriangular'), options),
+    ))();
 }

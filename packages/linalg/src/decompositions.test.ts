@@ -1,5 +1,16 @@
 import { describe, expect, it } from 'vitest';
-import { LinalgError, cholesky, eigh, matmul64, matrix64, norm, qr, solveTriangular, svd, transpose64 } from '@lora/linalg';
+import {
+  LinalgError,
+  cholesky,
+  eigh,
+  matmul64,
+  matrix64,
+  norm,
+  qr,
+  solveTriangular,
+  svd,
+  transpose64,
+} from '@lora/linalg';
 import { orthogonalityError, readFixture, reconstruct, relFro } from './fixtures.test-util';
 
 const battery = readFixture('lapack-battery.safetensors');
@@ -41,7 +52,11 @@ describe('svd (float64) against LAPACK on the accuracy battery', () => {
       expect(orthogonalityError(U)).toBeLessThanOrEqual(TOL);
       expect(orthogonalityError(transpose64(Vh))).toBeLessThanOrEqual(TOL);
       const k = S.length;
-      const Uk = matrix64(a.rows, k, Array.from({ length: a.rows * k }, (_, i) => U.data[Math.floor(i / k) * a.rows + (i % k)] as number));
+      const Uk = matrix64(
+        a.rows,
+        k,
+        Array.from({ length: a.rows * k }, (_, i) => U.data[Math.floor(i / k) * a.rows + (i % k)] as number),
+      );
       const Vk = matrix64(k, a.cols, Vh.data.subarray(0, k * a.cols));
       expect(relFro(reconstruct(Uk, S, Vk), a.data)).toBeLessThanOrEqual(TOL);
     }
@@ -58,7 +73,8 @@ describe('qr (float64) against LAPACK', () => {
         expect([Q.rows, Q.cols, R.rows, R.cols]).toEqual([a.rows, k, k, a.cols]);
         expect(relFro(matmul64(Q, R).data, a.data)).toBeLessThanOrEqual(TOL);
         expect(orthogonalityError(Q)).toBeLessThanOrEqual(TOL);
-        for (let i = 0; i < R.rows; i++) for (let j = 0; j < Math.min(i, R.cols); j++) expect(R.data[i * R.cols + j]).toBe(0);
+        for (let i = 0; i < R.rows; i++)
+          for (let j = 0; j < Math.min(i, R.cols); j++) expect(R.data[i * R.cols + j]).toBe(0);
       }
       const { R } = qr(a);
       const want = battery.vector(`${name}.r_absdiag`);
@@ -86,7 +102,12 @@ describe('eigh (float64) against LAPACK', () => {
   }
 
   it('reads only the lower triangle, as torch does by default', () => {
-    const { values } = eigh(matrix64([[2, 100], [1, 2]]));
+    const { values } = eigh(
+      matrix64([
+        [2, 100],
+        [1, 2],
+      ]),
+    );
     expect(values[0]).toBeCloseTo(1, 14);
     expect(values[1]).toBeCloseTo(3, 14);
   });
@@ -94,7 +115,11 @@ describe('eigh (float64) against LAPACK', () => {
 
 describe('cholesky, solveTriangular and norm', () => {
   const spd = battery.get('spd_cond_1e10_40.sym');
-  const shifted = matrix64(spd.rows, spd.cols, spd.data.map((v, i) => v + (i % (spd.cols + 1) === 0 ? 1 : 0)));
+  const shifted = matrix64(
+    spd.rows,
+    spd.cols,
+    spd.data.map((v, i) => v + (i % (spd.cols + 1) === 0 ? 1 : 0)),
+  );
 
   it('cholesky gives L·Lᵀ = A with a positive diagonal', () => {
     const L = cholesky(shifted);
@@ -128,13 +153,24 @@ describe('cholesky, solveTriangular and norm', () => {
     for (const v of a.data) fro += (v / 1e30) ** 2;
     expect(Math.abs(norm(a) / (Math.sqrt(fro) * 1e30) - 1)).toBeLessThan(1e-14);
     expect(Math.abs(norm(a, 2) / (battery.vector('huge_30x20.s')[0] as number) - 1)).toBeLessThan(1e-13);
-    expect(norm(matrix64([[3, 0], [0, 4]]), 2)).toBeCloseTo(4, 14);
+    expect(
+      norm(
+        matrix64([
+          [3, 0],
+          [0, 4],
+        ]),
+        2,
+      ),
+    ).toBeCloseTo(4, 14);
   });
 });
 
 describe('bad input', () => {
   it('rejects NaN and Inf with the position', () => {
-    const a = matrix64([[1, 2], [Number.NaN, 4]]);
+    const a = matrix64([
+      [1, 2],
+      [Number.NaN, 4],
+    ]);
     for (const f of [() => svd(a), () => qr(a), () => eigh(a), () => cholesky(a), () => norm(a, 2)]) {
       expect(f).toThrow(LinalgError);
       expect(f).toThrow(/has NaN at \(1, 0\)/);

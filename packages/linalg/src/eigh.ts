@@ -2,7 +2,14 @@ import * as tf from '@tensorflow/tfjs-core';
 import { LinalgError } from './errors';
 import { EPS, rotateColumns, swapColumns } from './rotations';
 import { applyReflectorLeft, makeReflector } from './householder';
-import { type Matrix64, assertFinite, fromColumnMajor, isMatrix64, matrix64ToTensor, tensorToMatrix64 } from './matrix64';
+import {
+  type Matrix64,
+  assertFinite,
+  fromColumnMajor,
+  isMatrix64,
+  matrix64ToTensor,
+  tensorToMatrix64,
+} from './matrix64';
 
 /** Result of {@link eigh} on a Matrix64: `a = vectors·diag(values)·vectorsᵀ`, values ascending. */
 export interface Eigh64 {
@@ -16,14 +23,17 @@ export interface EighTensors {
   vectors: tf.Tensor2D;
 }
 
-
-
 /**
  * Symmetric eigendecomposition of a column-major n×n matrix (only its lower triangle is read):
  * Householder tridiagonalisation, then implicit symmetric QR with Wilkinson shifts.
  * @internal
  */
-export function symmetricEigen(a: Float64Array, n: number, wantVectors: boolean, fn = 'eigh'): { values: Float64Array; vectors: Float64Array | null } {
+export function symmetricEigen(
+  a: Float64Array,
+  n: number,
+  wantVectors: boolean,
+  fn = 'eigh',
+): { values: Float64Array; vectors: Float64Array | null } {
   const w = a;
   const diag = new Float64Array(n);
   const off = new Float64Array(Math.max(n - 1, 0));
@@ -58,7 +68,8 @@ export function symmetricEigen(a: Float64Array, n: number, wantVectors: boolean,
       const vj = w[vo + j] as number;
       const qj = p[j] as number;
       const co = (k + 1 + j) * n + k + 1;
-      for (let i = 0; i < len; i++) w[co + i] = (w[co + i] as number) - (w[vo + i] as number) * qj - (p[i] as number) * vj;
+      for (let i = 0; i < len; i++)
+        w[co + i] = (w[co + i] as number) - (w[vo + i] as number) * qj - (p[i] as number) * vj;
     }
   }
   if (n >= 2) {
@@ -84,13 +95,17 @@ export function symmetricEigen(a: Float64Array, n: number, wantVectors: boolean,
   let q = n - 1;
   while (q > 0) {
     for (let i = 0; i < q; i++) {
-      if (Math.abs(off[i] as number) <= EPS * (Math.abs(diag[i] as number) + Math.abs(diag[i + 1] as number))) off[i] = 0;
+      if (Math.abs(off[i] as number) <= EPS * (Math.abs(diag[i] as number) + Math.abs(diag[i + 1] as number)))
+        off[i] = 0;
     }
     while (q > 0 && off[q - 1] === 0) q--;
     if (q === 0) break;
     let lo = q - 1;
     while (lo > 0 && off[lo - 1] !== 0) lo--;
-    if (++steps > maxSteps) throw new LinalgError(`${fn}: the tridiagonal QR iteration did not converge in ${maxSteps} steps (block ${lo}..${q} of ${n})`);
+    if (++steps > maxSteps)
+      throw new LinalgError(
+        `${fn}: the tridiagonal QR iteration did not converge in ${maxSteps} steps (block ${lo}..${q} of ${n})`,
+      );
     // Wilkinson shift: the eigenvalue of the trailing 2×2 closer to its last diagonal entry.
     const d = ((diag[q - 1] as number) - (diag[q] as number)) / 2;
     const b = off[q - 1] as number;

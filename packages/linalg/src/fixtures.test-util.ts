@@ -4,7 +4,11 @@ import { readSafetensorsHeader } from '@lora/tensor';
 import type { Matrix64 } from './matrix64';
 
 /** Reads a fixture file's tensors as float64 (F64 and F32 only), with their shapes and metadata. */
-export function readFixture(file: string): { get(name: string): Matrix64; vector(name: string): Float64Array; metadata: Record<string, string> } {
+export function readFixture(file: string): {
+  get(name: string): Matrix64;
+  vector(name: string): Float64Array;
+  metadata: Record<string, string>;
+} {
   const bytes = new Uint8Array(readFileSync(join(import.meta.dirname, '..', '__fixtures__', file)));
   const header = readSafetensorsHeader(bytes, file);
   const byName = new Map(header.entries.map((e) => [e.name, e]));
@@ -54,7 +58,8 @@ export function reconstruct(U: Matrix64, S: Float64Array, Vh: Matrix64): Float64
     for (let p = 0; p < S.length; p++) {
       const f = (U.data[i * U.cols + p] as number) * (S[p] as number);
       if (f === 0) continue;
-      for (let j = 0; j < Vh.cols; j++) out[i * Vh.cols + j] = (out[i * Vh.cols + j] as number) + f * (Vh.data[p * Vh.cols + j] as number);
+      for (let j = 0; j < Vh.cols; j++)
+        out[i * Vh.cols + j] = (out[i * Vh.cols + j] as number) + f * (Vh.data[p * Vh.cols + j] as number);
     }
   return out;
 }

@@ -43,7 +43,16 @@ export function makeReflector(w: Float64Array, off: number, len: number): { tau:
  * Applies H = I − τ·v·vᵀ from the left to `count` columns of a column-major array: column c's
  * segment starts at `yOff + c * ld` and has `len` entries; v starts at w[vOff] (v[0] = 1).
  */
-export function applyReflectorLeft(w: Float64Array, vOff: number, len: number, tau: number, y: Float64Array, yOff: number, ld: number, count: number): void {
+export function applyReflectorLeft(
+  w: Float64Array,
+  vOff: number,
+  len: number,
+  tau: number,
+  y: Float64Array,
+  yOff: number,
+  ld: number,
+  count: number,
+): void {
   if (tau === 0) return;
   for (let c = 0; c < count; c++) {
     const o = yOff + c * ld;
@@ -61,7 +70,17 @@ export function applyReflectorLeft(w: Float64Array, vOff: number, len: number, t
  * column-major array with leading dimension ld; v (length len, v[0] = 1) is given densely in `v`.
  * Done column by column (y = Y·v, then Y −= τ·y·vᵀ) so that memory is walked contiguously.
  */
-export function applyReflectorRight(v: Float64Array, len: number, tau: number, y: Float64Array, ld: number, r0: number, rows: number, c0: number, scratch: Float64Array): void {
+export function applyReflectorRight(
+  v: Float64Array,
+  len: number,
+  tau: number,
+  y: Float64Array,
+  ld: number,
+  r0: number,
+  rows: number,
+  c0: number,
+  scratch: Float64Array,
+): void {
   if (tau === 0) return;
   scratch.fill(0, 0, rows);
   for (let j = 0; j < len; j++) {

@@ -1,6 +1,14 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { LinalgError } from './errors';
-import { type Matrix64, assertFinite, isMatrix64, matmul64, matrix64ToTensor, tensorToMatrix64, transpose64 } from './matrix64';
+import {
+  type Matrix64,
+  assertFinite,
+  isMatrix64,
+  matmul64,
+  matrix64ToTensor,
+  tensorToMatrix64,
+  transpose64,
+} from './matrix64';
 import { svd64 } from './svd';
 import { svdFlip } from './svd-flip';
 import { svdLowRank } from './svd-low-rank';
@@ -62,11 +70,14 @@ export class IncrementalPCA {
     }
     if (this.lowRank) {
       if (options.lowRankQ === undefined) {
-        if (this.nComponents === undefined) throw new LinalgError('IncrementalPCA: nComponents must be specified when using lowRank with lowRankQ unset');
+        if (this.nComponents === undefined)
+          throw new LinalgError('IncrementalPCA: nComponents must be specified when using lowRank with lowRankQ unset');
         this.lowRankQ = this.nComponents * 2;
       } else {
         if (this.nComponents !== undefined && options.lowRankQ < this.nComponents) {
-          throw new LinalgError(`IncrementalPCA: lowRankQ = ${options.lowRankQ} must be greater than or equal to nComponents = ${this.nComponents}`);
+          throw new LinalgError(
+            `IncrementalPCA: lowRankQ = ${options.lowRankQ} must be greater than or equal to nComponents = ${this.nComponents}`,
+          );
         }
         this.lowRankQ = options.lowRankQ;
       }
@@ -91,17 +102,23 @@ export class IncrementalPCA {
     const { rows: n, cols: d } = x;
     const k0 = this.nComponents;
     if (k0 !== undefined && k0 > d) {
-      throw new LinalgError(`IncrementalPCA: nComponents=${k0} invalid for n_features=${d}, need more rows than columns for IncrementalPCA processing`);
+      throw new LinalgError(
+        `IncrementalPCA: nComponents=${k0} invalid for n_features=${d}, need more rows than columns for IncrementalPCA processing`,
+      );
     }
     if (k0 !== undefined && k0 > n) {
-      throw new LinalgError(`IncrementalPCA: nComponents=${k0} must be less or equal to the batch number of samples ${n}`);
+      throw new LinalgError(
+        `IncrementalPCA: nComponents=${k0} must be less or equal to the batch number of samples ${n}`,
+      );
     }
     const first = this.components === null;
     if (first) {
       this.nFeatures = d;
       this.nComponents ??= Math.min(n, d);
     } else if (d !== this.nFeatures) {
-      throw new LinalgError(`IncrementalPCA: the batch has ${d} features but the first batch had ${this.nFeatures}; every batch must have the same number`);
+      throw new LinalgError(
+        `IncrementalPCA: the batch has ${d} features but the first batch had ${this.nFeatures}; every batch must have the same number`,
+      );
     }
     if (n === 0) return this;
     const k = this.nComponents as number;
@@ -110,7 +127,8 @@ export class IncrementalPCA {
     const seen = this.nSamplesSeen;
     const total = seen + n;
     const newSum = new Float64Array(d);
-    for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) newSum[j] = (newSum[j] as number) + (x.data[i * d + j] as number);
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j < d; j++) newSum[j] = (newSum[j] as number) + (x.data[i * d + j] as number);
     const batchMean = newSum.map((s) => s / n);
     const unnormalized = new Float64Array(d);
     const correction = new Float64Array(d);
@@ -123,7 +141,7 @@ export class IncrementalPCA {
     const mean = new Float64Array(d);
     const variance = new Float64Array(d);
     for (let j = 0; j < d; j++) {
-      const newVar = (unnormalized[j] as number) - ((correction[j] as number) ** 2) / n;
+      const newVar = (unnormalized[j] as number) - (correction[j] as number) ** 2 / n;
       const lastSum = first ? 0 : (this.mean as Float64Array)[j]! * seen;
       mean[j] = (lastSum + (newSum[j] as number)) / total;
       if (first) {
@@ -131,7 +149,9 @@ export class IncrementalPCA {
       } else {
         const lastOverNew = seen / n;
         const lastUnnormalized = (this.var as Float64Array)[j]! * seen;
-        variance[j] = (lastUnnormalized + newVar + (lastOverNew / total) * (lastSum / lastOverNew - (newSum[j] as number)) ** 2) / total;
+        variance[j] =
+          (lastUnnormalized + newVar + (lastOverNew / total) * (lastSum / lastOverNew - (newSum[j] as number)) ** 2) /
+          total;
       }
     }
 
@@ -144,8 +164,11 @@ export class IncrementalPCA {
       const sv = this.singularValues as Float64Array;
       const rows = comps.rows + n + 1;
       const data = new Float64Array(rows * d);
-      for (let r = 0; r < comps.rows; r++) for (let j = 0; j < d; j++) data[r * d + j] = (sv[r] as number) * (comps.data[r * d + j] as number);
-      for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) data[(comps.rows + i) * d + j] = (x.data[i * d + j] as number) - (batchMean[j] as number);
+      for (let r = 0; r < comps.rows; r++)
+        for (let j = 0; j < d; j++) data[r * d + j] = (sv[r] as number) * (comps.data[r * d + j] as number);
+      for (let i = 0; i < n; i++)
+        for (let j = 0; j < d; j++)
+          data[(comps.rows + i) * d + j] = (x.data[i * d + j] as number) - (batchMean[j] as number);
       const factor = Math.sqrt((seen / total) * n);
       const old = this.mean as Float64Array;
       for (let j = 0; j < d; j++) data[(rows - 1) * d + j] = factor * ((old[j] as number) - (batchMean[j] as number));
@@ -159,7 +182,12 @@ export class IncrementalPCA {
       // PEFT decomposes the first batch in float32 and later stacks in float64 (the mean-correction
       // row promotes them); torch draws the sketch in that dtype, so the normals differ.
       const sketchDtype = first ? 'float32' : 'float64';
-      const r = svdLowRank(stacked, { q: this.lowRankQ as number, niter: this.lowRankNiter, seed: this.lowRankSeed, sketchDtype });
+      const r = svdLowRank(stacked, {
+        q: this.lowRankQ as number,
+        niter: this.lowRankNiter,
+        seed: this.lowRankSeed,
+        sketchDtype,
+      });
       U = r.U;
       S = r.S;
       Vh = transpose64(r.V);
@@ -198,12 +226,18 @@ export class IncrementalPCA {
   transform(x: Matrix64): Matrix64;
   transform(x: tf.Tensor2D): Promise<tf.Tensor2D>;
   transform(x: Matrix64 | tf.Tensor2D): Matrix64 | Promise<tf.Tensor2D> {
-    if (this.components === null || this.mean === null) throw new LinalgError('IncrementalPCA.transform: call partialFit first');
+    if (this.components === null || this.mean === null)
+      throw new LinalgError('IncrementalPCA.transform: call partialFit first');
     const comps = this.components;
     const mean = this.mean;
     const project = (m: Matrix64) => {
-      if (m.cols !== comps.cols) throw new LinalgError(`IncrementalPCA.transform: x has ${m.cols} features, the fit has ${comps.cols}`);
-      return matmul64({ rows: m.rows, cols: m.cols, data: m.data.map((v, i) => v - (mean[i % m.cols] as number)) }, comps, { transposeB: true });
+      if (m.cols !== comps.cols)
+        throw new LinalgError(`IncrementalPCA.transform: x has ${m.cols} features, the fit has ${comps.cols}`);
+      return matmul64(
+        { rows: m.rows, cols: m.cols, data: m.data.map((v, i) => v - (mean[i % m.cols] as number)) },
+        comps,
+        { transposeB: true },
+      );
     };
     if (isMatrix64(x)) return project(x);
     return tensorToMatrix64(x, 'IncrementalPCA.transform').then((m) => matrix64ToTensor(project(m)));

@@ -5,7 +5,13 @@ import { describeEachBackend } from '@lora/tensor/testing';
 import { readFixture, reconstruct, relFro } from './fixtures.test-util';
 
 const low = readFixture('svd-lowrank.safetensors');
-const cases = JSON.parse(low.metadata.cases as string) as { name: string; q: number; niter: number; seed: number; exact_rank: number | null }[];
+const cases = JSON.parse(low.metadata.cases as string) as {
+  name: string;
+  q: number;
+  niter: number;
+  seed: number;
+  exact_rank: number | null;
+}[];
 
 describe(`svdLowRank (float64) against torch.svd_lowrank (torch ${low.metadata.torch}, CPU)`, () => {
   for (const c of cases) {
@@ -51,7 +57,9 @@ await describeEachBackend('svdLowRank on tensors', () => {
     const at = tf.tensor2d(Float32Array.from(a.data), [60, 50]);
     const r = await svdLowRank(at, { q: 6, niter: 1, seed: 2 });
     const [u, s, v] = await Promise.all([r.U.data(), r.S.data(), r.V.data()]);
-    expect(relFro(reconstruct(matrix64(60, 6, u), Float64Array.from(s), transpose64(matrix64(50, 6, v))), a.data)).toBeLessThan(1e-5);
+    expect(
+      relFro(reconstruct(matrix64(60, 6, u), Float64Array.from(s), transpose64(matrix64(50, 6, v))), a.data),
+    ).toBeLessThan(1e-5);
     tf.dispose([at, r.U, r.S, r.V]);
   });
 
@@ -73,8 +81,14 @@ await describeEachBackend('svdLowRank on tensors', () => {
 
 describe('svdFlip', () => {
   it('flips pairs so that the largest entry of each Vh row (or U column) is positive, keeping the product', () => {
-    const U = matrix64([[1, -2], [-3, 1]]);
-    const Vh = matrix64([[-0.5, 0.2], [0.1, 0.9]]);
+    const U = matrix64([
+      [1, -2],
+      [-3, 1],
+    ]);
+    const Vh = matrix64([
+      [-0.5, 0.2],
+      [0.1, 0.9],
+    ]);
     const byV = svdFlip(U, Vh, { uBasedDecision: false }); // row 0 of Vh flips, row 1 does not
     expect(Array.from(byV.Vh.data)).toEqual([0.5, -0.2, 0.1, 0.9]);
     expect(Array.from(byV.U.data)).toEqual([-1, -2, 3, 1]);
@@ -91,7 +105,10 @@ describe(`IncrementalPCA against PEFT ${ipcaFixture.metadata.peft}`, () => {
   const x = ipcaFixture.get('x');
   for (const label of ['exact', 'lowrank'] as const) {
     it(`${label}: every attribute after each of three batches`, () => {
-      const ipca = new IncrementalPCA({ nComponents: 6, ...(label === 'lowrank' ? { lowRank: true, lowRankSeed: 42 } : {}) });
+      const ipca = new IncrementalPCA({
+        nComponents: 6,
+        ...(label === 'lowrank' ? { lowRank: true, lowRankSeed: 42 } : {}),
+      });
       for (let i = 0; i < 3; i++) {
         ipca.partialFit(matrix64(30, x.cols, x.data.subarray(30 * i * x.cols, 30 * (i + 1) * x.cols)));
         const at = (attr: string) => ipcaFixture.vector(`${label}.${i}.${attr}`);
@@ -102,19 +119,33 @@ describe(`IncrementalPCA against PEFT ${ipcaFixture.metadata.peft}`, () => {
         expect(relFro(ipca.explainedVarianceRatio!, at('explained_variance_ratio_'))).toBeLessThan(1e-5);
         expect(relFro(ipca.mean!, at('mean_'))).toBeLessThan(1e-6);
         expect(relFro(ipca.var!, at('var_'))).toBeLessThan(1e-6);
-        expect(Math.abs(ipca.noiseVariance - (at('noise_variance_')[0] as number))).toBeLessThan(1e-5 * Math.abs(at('noise_variance_')[0] as number));
+        expect(Math.abs(ipca.noiseVariance - (at('noise_variance_')[0] as number))).toBeLessThan(
+          1e-5 * Math.abs(at('noise_variance_')[0] as number),
+        );
         expect(ipca.nSamplesSeen).toBe(30 * (i + 1));
       }
     });
   }
 
   it('refuses what PEFT refuses, with its wording', () => {
-    expect(() => new IncrementalPCA({ nComponents: 30 }).partialFit(matrix64(40, 24))).toThrow(/nComponents=30 invalid for n_features=24/);
-    expect(() => new IncrementalPCA({ nComponents: 6 }).partialFit(matrix64(4, 24))).toThrow(/must be less or equal to the batch number of samples 4/);
+    expect(() => new IncrementalPCA({ nComponents: 30 }).partialFit(matrix64(40, 24))).toThrow(
+      /nComponents=30 invalid for n_features=24/,
+    );
+    expect(() => new IncrementalPCA({ nComponents: 6 }).partialFit(matrix64(4, 24))).toThrow(
+      /must be less or equal to the batch number of samples 4/,
+    );
     expect(() => new IncrementalPCA({ lowRank: true })).toThrow(/nComponents must be specified/);
-    expect(() => new IncrementalPCA({ nComponents: 6, lowRank: true, lowRankQ: 3 })).toThrow(/lowRankQ = 3 must be greater than or equal to nComponents = 6/);
+    expect(() => new IncrementalPCA({ nComponents: 6, lowRank: true, lowRankQ: 3 })).toThrow(
+      /lowRankQ = 3 must be greater than or equal to nComponents = 6/,
+    );
     const ipca = new IncrementalPCA({ nComponents: 2 });
-    ipca.partialFit(matrix64(5, 4, Array.from({ length: 20 }, (_, i) => Math.sin(i))));
+    ipca.partialFit(
+      matrix64(
+        5,
+        4,
+        Array.from({ length: 20 }, (_, i) => Math.sin(i)),
+      ),
+    );
     expect(() => ipca.partialFit(matrix64(5, 3))).toThrow(/has 3 features but the first batch had 4/);
   });
 });

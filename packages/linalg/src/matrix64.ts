@@ -28,20 +28,30 @@ export function matrix64(a: number | number[][], cols?: number, data?: Float64Ar
     const c = rows === 0 ? 0 : (a[0] as number[]).length;
     const out = new Float64Array(rows * c);
     a.forEach((row, i) => {
-      if (row.length !== c) throw new LinalgError(`row ${i} has ${row.length} entries, row 0 has ${c}; every row must have the same length`);
+      if (row.length !== c)
+        throw new LinalgError(
+          `row ${i} has ${row.length} entries, row 0 has ${c}; every row must have the same length`,
+        );
       out.set(row, i * c);
     });
     return { rows, cols: c, data: out };
   }
   const c = cols as number;
-  if (!Number.isInteger(a) || !Number.isInteger(c) || a < 0 || c < 0) throw new LinalgError(`matrix shape [${a}, ${cols}] must be two non-negative integers`);
-  if (data !== undefined && data.length !== a * c) throw new LinalgError(`a ${a}x${c} matrix needs ${a * c} values, got ${data.length}`);
+  if (!Number.isInteger(a) || !Number.isInteger(c) || a < 0 || c < 0)
+    throw new LinalgError(`matrix shape [${a}, ${cols}] must be two non-negative integers`);
+  if (data !== undefined && data.length !== a * c)
+    throw new LinalgError(`a ${a}x${c} matrix needs ${a * c} values, got ${data.length}`);
   return { rows: a, cols: c, data: data === undefined ? new Float64Array(a * c) : Float64Array.from(data) };
 }
 
 /** True for a Matrix64 (as opposed to a tfjs tensor). */
 export function isMatrix64(x: unknown): x is Matrix64 {
-  return typeof x === 'object' && x !== null && (x as Matrix64).data instanceof Float64Array && typeof (x as Matrix64).rows === 'number';
+  return (
+    typeof x === 'object' &&
+    x !== null &&
+    (x as Matrix64).data instanceof Float64Array &&
+    typeof (x as Matrix64).rows === 'number'
+  );
 }
 
 /** The identity, n×n. */
@@ -54,7 +64,8 @@ export function eye64(n: number): Matrix64 {
 /** Transpose. */
 export function transpose64(a: Matrix64): Matrix64 {
   const out = new Float64Array(a.rows * a.cols);
-  for (let i = 0; i < a.rows; i++) for (let j = 0; j < a.cols; j++) out[j * a.rows + i] = a.data[i * a.cols + j] as number;
+  for (let i = 0; i < a.rows; i++)
+    for (let j = 0; j < a.cols; j++) out[j * a.rows + i] = a.data[i * a.cols + j] as number;
   return { rows: a.cols, cols: a.rows, data: out };
 }
 
@@ -66,10 +77,15 @@ export function transpose64(a: Matrix64): Matrix64 {
  * const aTa = matmul64(a, a, { transposeA: true });
  * ```
  */
-export function matmul64(a: Matrix64, b: Matrix64, options: { transposeA?: boolean; transposeB?: boolean } = {}): Matrix64 {
+export function matmul64(
+  a: Matrix64,
+  b: Matrix64,
+  options: { transposeA?: boolean; transposeB?: boolean } = {},
+): Matrix64 {
   const A = options.transposeA ? transpose64(a) : a;
   const B = options.transposeB ? transpose64(b) : b;
-  if (A.cols !== B.rows) throw new LinalgError(`cannot multiply ${A.rows}x${A.cols} by ${B.rows}x${B.cols}: inner dimensions differ`);
+  if (A.cols !== B.rows)
+    throw new LinalgError(`cannot multiply ${A.rows}x${A.cols} by ${B.rows}x${B.cols}: inner dimensions differ`);
   const m = A.rows;
   const k = A.cols;
   const n = B.cols;
@@ -93,7 +109,9 @@ export function assertFinite(a: Matrix64, fn: string): void {
   const d = a.data;
   for (let i = 0; i < d.length; i++) {
     if (!Number.isFinite(d[i] as number)) {
-      throw new LinalgError(`${fn}: input has ${d[i]} at (${Math.floor(i / a.cols)}, ${i % a.cols}); remove NaN and Inf values before decomposing`);
+      throw new LinalgError(
+        `${fn}: input has ${d[i]} at (${Math.floor(i / a.cols)}, ${i % a.cols}); remove NaN and Inf values before decomposing`,
+      );
     }
   }
 }

@@ -1,7 +1,15 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { LinalgError } from './errors';
 import { accumulateReflectors, applyReflectorLeft, makeReflector } from './householder';
-import { type Matrix64, assertFinite, fromColumnMajor, isMatrix64, matrix64ToTensor, tensorToMatrix64, toColumnMajor } from './matrix64';
+import {
+  type Matrix64,
+  assertFinite,
+  fromColumnMajor,
+  isMatrix64,
+  matrix64ToTensor,
+  tensorToMatrix64,
+  toColumnMajor,
+} from './matrix64';
 
 /** Options for {@link qr}. */
 export interface QrOptions {
@@ -26,7 +34,12 @@ export interface QrTensors {
  * with qCols = rRows = min(m, n) (reduced) or m (complete).
  * @internal
  */
-export function householderQr(a: Float64Array, m: number, n: number, complete: boolean): { q: Float64Array; r: Float64Array; k: number } {
+export function householderQr(
+  a: Float64Array,
+  m: number,
+  n: number,
+  complete: boolean,
+): { q: Float64Array; r: Float64Array; k: number } {
   const w = a; // overwritten: R on and above the diagonal, reflectors below
   const k = Math.min(m, n);
   const taus = new Float64Array(k);
@@ -44,7 +57,8 @@ export function householderQr(a: Float64Array, m: number, n: number, complete: b
   const qCols = complete ? m : k;
   const rRows = qCols;
   const r = new Float64Array(rRows * n);
-  for (let j = 0; j < n; j++) for (let i = 0; i <= Math.min(j, rRows - 1); i++) r[j * rRows + i] = w[j * m + i] as number;
+  for (let j = 0; j < n; j++)
+    for (let i = 0; i <= Math.min(j, rRows - 1); i++) r[j * rRows + i] = w[j * m + i] as number;
   const q = accumulateReflectors(w, m, taus, qCols);
   return { q, r, k };
 }
@@ -65,7 +79,8 @@ export function qr(a: Matrix64, options?: QrOptions): Qr64;
 export function qr(a: tf.Tensor2D, options?: QrOptions): Promise<QrTensors>;
 export function qr(a: Matrix64 | tf.Tensor2D, options: QrOptions = {}): Qr64 | Promise<QrTensors> {
   const mode = options.mode ?? 'reduced';
-  if (mode !== 'reduced' && mode !== 'complete') throw new LinalgError(`qr: mode '${mode}' is not 'reduced' or 'complete'`);
+  if (mode !== 'reduced' && mode !== 'complete')
+    throw new LinalgError(`qr: mode '${mode}' is not 'reduced' or 'complete'`);
   if (isMatrix64(a)) return qr64(a, mode === 'complete');
   return (async () => {
     const m = await tensorToMatrix64(a, 'qr');

@@ -13,9 +13,14 @@ import type { Matrix64 } from './matrix64';
  * const { U, Vh } = svdFlip(r.U, r.Vh, { uBasedDecision: false });
  * ```
  */
-export function svdFlip(U: Matrix64, Vh: Matrix64, options: { uBasedDecision?: boolean } = {}): { U: Matrix64; Vh: Matrix64 } {
+export function svdFlip(
+  U: Matrix64,
+  Vh: Matrix64,
+  options: { uBasedDecision?: boolean } = {},
+): { U: Matrix64; Vh: Matrix64 } {
   const k = Math.min(U.cols, Vh.rows);
-  if (U.cols !== Vh.rows) throw new LinalgError(`svdFlip: U has ${U.cols} columns but Vh has ${Vh.rows} rows; they must match`);
+  if (U.cols !== Vh.rows)
+    throw new LinalgError(`svdFlip: U has ${U.cols} columns but Vh has ${Vh.rows} rows; they must match`);
   const u = Float64Array.from(U.data);
   const v = Float64Array.from(Vh.data);
   for (let i = 0; i < k; i++) {

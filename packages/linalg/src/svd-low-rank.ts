@@ -1,7 +1,16 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
 import { LinalgError } from './errors';
-import { type Matrix64, assertFinite, fromColumnMajor, isMatrix64, matmul64, matrix64ToTensor, tensorToMatrix64, toColumnMajor } from './matrix64';
+import {
+  type Matrix64,
+  assertFinite,
+  fromColumnMajor,
+  isMatrix64,
+  matmul64,
+  matrix64ToTensor,
+  tensorToMatrix64,
+  toColumnMajor,
+} from './matrix64';
 import { householderQr } from './qr';
 import { svd64 } from './svd';
 
@@ -42,7 +51,8 @@ function settings(m: number, n: number, o: SvdLowRankOptions) {
   const niter = o.niter ?? 2;
   if (!Number.isInteger(q) || q < 1) throw new LinalgError(`svdLowRank: q = ${q} must be a positive integer`);
   if (m === 0 || n === 0) throw new LinalgError(`svdLowRank: the matrix is empty (${m}x${n})`);
-  if (!Number.isInteger(niter) || niter < 0) throw new LinalgError(`svdLowRank: niter = ${niter} must be a non-negative integer`);
+  if (!Number.isInteger(niter) || niter < 0)
+    throw new LinalgError(`svdLowRank: niter = ${niter} must be a non-negative integer`);
   // torch works on a tall matrix: it sketches aᵀ when a is wide, and swaps U and V at the end.
   return { q, niter, transposed: m < n, seed: o.seed ?? 0 };
 }
@@ -71,7 +81,10 @@ function orthonormalBasis(x: Matrix64): Matrix64 {
  */
 export function svdLowRank(a: Matrix64, options?: SvdLowRankOptions): SvdLowRank64;
 export function svdLowRank(a: tf.Tensor2D, options?: SvdLowRankOptions): Promise<SvdLowRankTensors>;
-export function svdLowRank(a: Matrix64 | tf.Tensor2D, options: SvdLowRankOptions = {}): SvdLowRank64 | Promise<SvdLowRankTensors> {
+export function svdLowRank(
+  a: Matrix64 | tf.Tensor2D,
+  options: SvdLowRankOptions = {},
+): SvdLowRank64 | Promise<SvdLowRankTensors> {
   return isMatrix64(a) ? lowRank64(a, options) : lowRankTensor(a, options);
 }
 
@@ -137,7 +150,8 @@ async function choleskyQr2(x: tf.Tensor2D, explicitTranspose: boolean): Promise<
   }
   const g = await gram(q);
   let dev = 0;
-  for (let i = 0; i < k; i++) for (let j = 0; j < k; j++) dev = Math.max(dev, Math.abs((g[i * k + j] as number) - (i === j ? 1 : 0)));
+  for (let i = 0; i < k; i++)
+    for (let j = 0; j < k; j++) dev = Math.max(dev, Math.abs((g[i * k + j] as number) - (i === j ? 1 : 0)));
   if (!(dev < 1e-5)) {
     q.dispose();
     return null;
@@ -155,7 +169,10 @@ function lowRank64(a: Matrix64, options: SvdLowRankOptions): SvdLowRank64 {
   const R: Matrix64 = {
     rows: M.cols,
     cols: q,
-    data: (options.sketchDtype ?? 'float64') === 'float64' ? g.fillNormal64(new Float64Array(M.cols * q)) : Float64Array.from(g.fillNormal(new Float32Array(M.cols * q))),
+    data:
+      (options.sketchDtype ?? 'float64') === 'float64'
+        ? g.fillNormal64(new Float64Array(M.cols * q))
+        : Float64Array.from(g.fillNormal(new Float32Array(M.cols * q))),
   };
   let Q = orthonormalBasis(matmul64(M, R));
   for (let i = 0; i < niter; i++) {
@@ -180,7 +197,11 @@ async function lowRankTensor(a: tf.Tensor2D, options: SvdLowRankOptions): Promis
   // the fast path (on the H200 the explicit form cost 30 ms more per svdLowRank).
   const flagsAreSlow = tf.getBackend() === 'wasm';
   const aTimes = (x: tf.Tensor2D, aT: boolean) =>
-    (aT ? (flagsAreSlow ? tf.tidy(() => tf.transpose(tf.matMul(tf.transpose(x), a))) : tf.matMul(a, x, true, false)) : tf.matMul(a, x)) as tf.Tensor2D;
+    (aT
+      ? flagsAreSlow
+        ? tf.tidy(() => tf.transpose(tf.matMul(tf.transpose(x), a)))
+        : tf.matMul(a, x, true, false)
+      : tf.matMul(a, x)) as tf.Tensor2D;
   // M·X and Mᵀ·X without forming M = aᵀ (transposed) or a.
   const times = (x: tf.Tensor2D, mT: boolean) => aTimes(x, transposed !== mT);
   // Each thin QR: CholeskyQR2 with the Gram matrices on the backend (no large read-back), or, when
@@ -198,7 +219,10 @@ async function lowRankTensor(a: tf.Tensor2D, options: SvdLowRankOptions): Promis
     return tf.tensor2d(Float32Array.from(qm.data), [qm.rows, qm.cols]);
   };
   const g = new Generator(seed);
-  const normals = (options.sketchDtype ?? 'float32') === 'float32' ? g.fillNormal(new Float32Array(cols * q)) : Float32Array.from(g.fillNormal64(new Float64Array(cols * q)));
+  const normals =
+    (options.sketchDtype ?? 'float32') === 'float32'
+      ? g.fillNormal(new Float32Array(cols * q))
+      : Float32Array.from(g.fillNormal64(new Float64Array(cols * q)));
   const R = tf.tensor2d(normals, [cols, q]);
   let Q = await basis(times(R, false));
   R.dispose();

@@ -2,7 +2,15 @@ import * as tf from '@tensorflow/tfjs-core';
 import { bidiagonalSvd } from './bidiagonal-svd';
 import { LinalgError } from './errors';
 import { accumulateReflectors, applyReflectorLeft, applyReflectorRight, makeReflector } from './householder';
-import { type Matrix64, assertFinite, fromColumnMajor, isMatrix64, matrix64ToTensor, tensorToMatrix64, toColumnMajor } from './matrix64';
+import {
+  type Matrix64,
+  assertFinite,
+  fromColumnMajor,
+  isMatrix64,
+  matrix64ToTensor,
+  tensorToMatrix64,
+  toColumnMajor,
+} from './matrix64';
 import { householderQr } from './qr';
 
 /** Options for {@link svd}. */
@@ -33,7 +41,13 @@ const QR_FIRST_RATIO = 1.6;
  * S (n) and V (n×n), with a = U·diag(S)·Vᵀ.
  * @internal
  */
-export function svdTall(a: Float64Array, m: number, n: number, full: boolean, fn = 'svd'): { u: Float64Array; s: Float64Array; v: Float64Array; uCols: number } {
+export function svdTall(
+  a: Float64Array,
+  m: number,
+  n: number,
+  full: boolean,
+  fn = 'svd',
+): { u: Float64Array; s: Float64Array; v: Float64Array; uCols: number } {
   if (!full && n > 0 && m >= QR_FIRST_RATIO * n) {
     // a = Q·R; R = Ur·S·Vᵀ; so U = Q·Ur. The n×n problem is much cheaper than the m×n one.
     const { q, r } = householderQr(a, m, n, false);
@@ -118,7 +132,11 @@ export function svd64(a: Matrix64, full: boolean, fn = 'svd'): Svd64 {
   const { rows: m, cols: n } = a;
   if (m === 0 || n === 0) {
     if (full) throw new LinalgError(`${fn}: fullMatrices is not supported for an empty ${m}x${n} matrix`);
-    return { U: { rows: m, cols: 0, data: new Float64Array(0) }, S: new Float64Array(0), Vh: { rows: 0, cols: n, data: new Float64Array(0) } };
+    return {
+      U: { rows: m, cols: 0, data: new Float64Array(0) },
+      S: new Float64Array(0),
+      Vh: { rows: 0, cols: n, data: new Float64Array(0) },
+    };
   }
   if (m >= n) {
     const { u, s, v, uCols } = svdTall(toColumnMajor(a), m, n, full, fn);

@@ -5,7 +5,8 @@ import { describeEachBackend } from '@lora/tensor/testing';
 import { orthogonalityError, readFixture, reconstruct, relFro } from './fixtures.test-util';
 
 const battery = readFixture('lapack-battery.safetensors');
-const f32 = (m: { rows: number; cols: number; data: Float64Array }) => tf.tensor2d(Float32Array.from(m.data), [m.rows, m.cols]);
+const f32 = (m: { rows: number; cols: number; data: Float64Array }) =>
+  tf.tensor2d(Float32Array.from(m.data), [m.rows, m.cols]);
 const read = async (t: tf.Tensor, rows: number, cols: number) => matrix64(rows, cols, await t.data());
 
 // The tensor path decomposes in float64 and returns float32: results are float32-exact.

@@ -7,8 +7,16 @@ import { AdamW, manualSeed } from '@lora/nn';
 import { LlamaForCausalLM, parseLlamaConfig } from '../src/index';
 
 export const BENCH_CONFIG = {
-  model_type: 'llama', vocab_size: 8192, hidden_size: 256, intermediate_size: 688, num_hidden_layers: 8,
-  num_attention_heads: 8, num_key_value_heads: 4, max_position_embeddings: 512, rms_norm_eps: 1e-5, tie_word_embeddings: false,
+  model_type: 'llama',
+  vocab_size: 8192,
+  hidden_size: 256,
+  intermediate_size: 688,
+  num_hidden_layers: 8,
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  max_position_embeddings: 512,
+  rms_norm_eps: 1e-5,
+  tie_word_embeddings: false,
 };
 export const BATCH = 4;
 export const SEQ = 128;
@@ -25,7 +33,9 @@ async function median(fn: () => Promise<void>, runs: number): Promise<number> {
   return times[Math.floor(times.length / 2)] as number;
 }
 
-export async function benchLlama(runs = 5): Promise<{ params: number; forwardTokS: number; trainTokS: number; forwardMs: number; trainMs: number }> {
+export async function benchLlama(
+  runs = 5,
+): Promise<{ params: number; forwardTokS: number; trainTokS: number; forwardMs: number; trainMs: number }> {
   manualSeed(0);
   const model = new LlamaForCausalLM(parseLlamaConfig(BENCH_CONFIG));
   const params = model.parameters().reduce((s, p) => s + p.size, 0);
@@ -39,7 +49,10 @@ export async function benchLlama(runs = 5): Promise<{ params: number; forwardTok
   model.train();
   const opt = new AdamW(model.trainableParameters(), { lr: 1e-4 });
   const trainMs = await median(async () => {
-    const { value, grads } = tf.variableGrads(() => model.forward(ids, { labels: ids }).loss as tf.Scalar, model.trainableParameters());
+    const { value, grads } = tf.variableGrads(
+      () => model.forward(ids, { labels: ids }).loss as tf.Scalar,
+      model.trainableParameters(),
+    );
     opt.step(grads);
     await value.data();
     tf.dispose([value, ...Object.values(grads)]);

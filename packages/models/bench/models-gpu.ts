@@ -5,5 +5,7 @@
 import { initBackend } from '@lora/tensor';
 import { benchLlama } from './cases';
 
-const info = await initBackend('webgpu', { importers: { '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu') } });
+const info = await initBackend('webgpu', {
+  importers: { '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu') },
+});
 console.log(JSON.stringify({ backend: info.name, adapter: info.adapter, ...(await benchLlama()) }));

@@ -23,7 +23,9 @@ export interface SmokeResult {
 }
 
 async function fetchFiles(base: string, names: string[]): Promise<Record<string, Uint8Array>> {
-  const entries = await Promise.all(names.map(async (n) => [n, new Uint8Array(await (await fetch(`${base}/${n}`)).arrayBuffer())] as const));
+  const entries = await Promise.all(
+    names.map(async (n) => [n, new Uint8Array(await (await fetch(`${base}/${n}`)).arrayBuffer())] as const),
+  );
   return Object.fromEntries(entries);
 }
 
@@ -37,7 +39,10 @@ async function run(backend: 'cpu' | 'webgpu'): Promise<SmokeResult> {
   const before = tf.memory().numTensors;
   const summary = await (await fetch('/fixtures/expected.json')).json();
   const files = await fetchFiles('/fixtures/llama-gqa', ['config.json', 'model.safetensors', 'expected.safetensors']);
-  const model = await LlamaForCausalLM.fromPretrained({ 'config.json': files['config.json']!, 'model.safetensors': files['model.safetensors']! });
+  const model = await LlamaForCausalLM.fromPretrained({
+    'config.json': files['config.json']!,
+    'model.safetensors': files['model.safetensors']!,
+  });
   model.eval();
   const { tensors: want } = parseSafetensors(files['expected.safetensors']!);
   const mask = (await want.attention_mask!.array()) as number[][];
@@ -57,7 +62,10 @@ async function run(backend: 'cpu' | 'webgpu'): Promise<SmokeResult> {
   model.lmHead.requiresGrad(true);
   const ids = tf.tensor2d([[5, 9, 13, 17, 21, 25]], [1, 6], 'int32');
   const opt = new AdamW(model.trainableParameters(), { lr: 0.05, weightDecay: 0 });
-  const r = await train(model, [ids, ids, ids, ids, ids], { optimizer: opt, loss: (x) => model.forward(x, { labels: x }).loss as tf.Scalar });
+  const r = await train(model, [ids, ids, ids, ids, ids], {
+    optimizer: opt,
+    loss: (x) => model.forward(x, { labels: x }).loss as tf.Scalar,
+  });
   opt.dispose();
   ids.dispose();
   model.dispose();

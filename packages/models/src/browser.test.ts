@@ -6,14 +6,24 @@ import type { SmokeResult } from '../browser/smoke';
 const here = import.meta.dirname;
 // .ci/run installs Chromium: on CI a missing one is a failure, elsewhere the test is skipped with this message
 if (!haveChromium()) {
-  if (process.env.CI) throw new Error(`no Chromium at ${chromiumPath()} on CI; .ci/run installs it (apt-get install chromium)`);
-  console.warn(`[browser test] skipped: no Chromium at ${chromiumPath()} (apt-get install chromium, or set LORA_CHROMIUM)`);
+  if (process.env.CI)
+    throw new Error(`no Chromium at ${chromiumPath()} on CI; .ci/run installs it (apt-get install chromium)`);
+  console.warn(
+    `[browser test] skipped: no Chromium at ${chromiumPath()} (apt-get install chromium, or set LORA_CHROMIUM)`,
+  );
 }
 
 describe.skipIf(!haveChromium())('in a browser bundle (headless Chromium)', () => {
   it('loads a checkpoint from in-memory files, matches transformers, trains and tokenizes, on cpu and webgpu', async () => {
-    const { result, logs } = await runInChromium<{ results: SmokeResult[]; errors: string[] }>({ entry: join(here, '..', 'browser', 'smoke.ts'), serve: { '/fixtures/': join(here, '..', '__fixtures__') } });
-    console.log(JSON.stringify(result.results.map((r) => ({ backend: r.backend, adapter: r.adapter, logitsRelErr: r.logitsRelErr }))));
+    const { result, logs } = await runInChromium<{ results: SmokeResult[]; errors: string[] }>({
+      entry: join(here, '..', 'browser', 'smoke.ts'),
+      serve: { '/fixtures/': join(here, '..', '__fixtures__') },
+    });
+    console.log(
+      JSON.stringify(
+        result.results.map((r) => ({ backend: r.backend, adapter: r.adapter, logitsRelErr: r.logitsRelErr })),
+      ),
+    );
     const cpu = result.results.find((r) => r.backend === 'cpu');
     expect(cpu, `${result.errors.join('; ')} ${logs.join('\n')}`).toBeDefined();
     for (const r of result.results) {
@@ -24,8 +34,12 @@ describe.skipIf(!haveChromium())('in a browser bundle (headless Chromium)', () =
       expect(r.leaked, r.backend).toBe(0);
     }
     // a backend that started must not fail; only webgpu may be missing (no adapter in this browser)
-    expect(result.errors.filter((e) => !e.startsWith("webgpu: backend 'webgpu' is not available")), logs.join('\n')).toEqual([]);
+    expect(
+      result.errors.filter((e) => !e.startsWith("webgpu: backend 'webgpu' is not available")),
+      logs.join('\n'),
+    ).toEqual([]);
     // webgpu needs an adapter (SwiftShader with --enable-unsafe-webgpu); it is reported, not required.
-    if (!result.results.some((r) => r.backend === 'webgpu')) console.warn(`[browser test] webgpu did not run: ${result.errors.join('; ')}`);
+    if (!result.results.some((r) => r.backend === 'webgpu'))
+      console.warn(`[browser test] webgpu did not run: ${result.errors.join('; ')}`);
   }, 300_000);
 });

@@ -34,7 +34,8 @@ export interface LlamaConfig {
 
 function need(raw: Record<string, unknown>, key: string): number {
   const v = raw[key];
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new Error(`config.json: '${key}' must be a positive number, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
+    throw new Error(`config.json: '${key}' must be a positive number, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -50,17 +51,24 @@ function need(raw: Record<string, unknown>, key: string): number {
 export function parseLlamaConfig(raw: Record<string, unknown>): LlamaConfig {
   const modelType = raw.model_type;
   if (modelType !== 'llama' && modelType !== 'qwen2') {
-    throw new Error(`config.json: model_type '${String(modelType)}' is not supported; LlamaForCausalLM covers 'llama' (Llama 2/3, SmolLM, TinyLlama) and 'qwen2'`);
+    throw new Error(
+      `config.json: model_type '${String(modelType)}' is not supported; LlamaForCausalLM covers 'llama' (Llama 2/3, SmolLM, TinyLlama) and 'qwen2'`,
+    );
   }
   const act = raw.hidden_act ?? 'silu';
   if (act !== 'silu') throw new Error(`config.json: hidden_act '${String(act)}' is not supported (only 'silu')`);
-  if (modelType === 'qwen2' && raw.use_sliding_window === true) throw new Error("config.json: use_sliding_window is not supported; set it to false");
+  if (modelType === 'qwen2' && raw.use_sliding_window === true)
+    throw new Error('config.json: use_sliding_window is not supported; set it to false');
   const heads = need(raw, 'num_attention_heads');
   const hidden = need(raw, 'hidden_size');
   const kvHeads = typeof raw.num_key_value_heads === 'number' ? raw.num_key_value_heads : heads;
-  if (heads % kvHeads !== 0) throw new Error(`config.json: num_attention_heads (${heads}) must be a multiple of num_key_value_heads (${kvHeads})`);
+  if (heads % kvHeads !== 0)
+    throw new Error(
+      `config.json: num_attention_heads (${heads}) must be a multiple of num_key_value_heads (${kvHeads})`,
+    );
   const headDim = typeof raw.head_dim === 'number' ? raw.head_dim : hidden / heads;
-  if (!Number.isInteger(headDim) || headDim % 2 !== 0) throw new Error(`config.json: head_dim ${headDim} must be an even integer`);
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0)
+    throw new Error(`config.json: head_dim ${headDim} must be an even integer`);
   // transformers 5 writes rope_parameters; older files have rope_theta and rope_scaling.
   const params = (raw.rope_parameters ?? raw.rope_scaling ?? {}) as Record<string, unknown>;
   const ropeType = String(params.rope_type ?? params.type ?? 'default');
@@ -73,7 +81,9 @@ export function parseLlamaConfig(raw: Record<string, unknown>): LlamaConfig {
     rope.lowFreqFactor = Number(params.low_freq_factor);
     rope.highFreqFactor = Number(params.high_freq_factor);
     rope.originalMaxPositionEmbeddings = Number(params.original_max_position_embeddings);
-    for (const [k, v] of Object.entries(rope)) if (typeof v === 'number' && !Number.isFinite(v)) throw new Error(`config.json: llama3 rope parameter ${k} is missing`);
+    for (const [k, v] of Object.entries(rope))
+      if (typeof v === 'number' && !Number.isFinite(v))
+        throw new Error(`config.json: llama3 rope parameter ${k} is missing`);
   }
   const eos = raw.eos_token_id;
   return {

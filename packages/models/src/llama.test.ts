@@ -19,9 +19,14 @@ await describeEachBackend(`Llama family against transformers ${summary.transform
       const before = tf.memory().numTensors;
       const model = await LlamaForCausalLM.fromPretrained(join(FIXTURES, name));
       model.eval();
-      const { tensors: want } = parseSafetensors(new Uint8Array(readFileSync(join(FIXTURES, name, 'expected.safetensors'))));
+      const { tensors: want } = parseSafetensors(
+        new Uint8Array(readFileSync(join(FIXTURES, name, 'expected.safetensors'))),
+      );
       const mask = (await want.attention_mask!.array()) as number[][];
-      const { logits, loss } = model.forward(want.input_ids as tf.Tensor2D, { attentionMask: mask, labels: want.labels as tf.Tensor2D });
+      const { logits, loss } = model.forward(want.input_ids as tf.Tensor2D, {
+        attentionMask: mask,
+        labels: want.labels as tf.Tensor2D,
+      });
       expect(logits.shape).toEqual(want.logits!.shape);
       expect(maxRelativeError(await logits.data(), await want.logits!.data())).toBeLessThan(1e-4);
       const l = (await loss!.data())[0] as number;
@@ -53,11 +58,18 @@ it('loads from in-memory files (the browser path) with the same weights as from 
 it('refuses a checkpoint whose tensors do not fit the config, naming the tensor', async () => {
   const dir = join(FIXTURES, 'llama-gqa');
   const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
-  const files = { 'config.json': JSON.stringify({ ...config, intermediate_size: 48 }), 'model.safetensors': new Uint8Array(readFileSync(join(dir, 'model.safetensors'))) };
+  const files = {
+    'config.json': JSON.stringify({ ...config, intermediate_size: 48 }),
+    'model.safetensors': new Uint8Array(readFileSync(join(dir, 'model.safetensors'))),
+  };
   const before = tf.memory().numTensors;
-  await expect(LlamaForCausalLM.fromPretrained(files)).rejects.toThrow(/size mismatch for model.layers.0.mlp.gate_proj.weight: copying a param with shape \[64, 32\] from checkpoint, the shape in current model is \[48, 32\]/);
+  await expect(LlamaForCausalLM.fromPretrained(files)).rejects.toThrow(
+    /size mismatch for model.layers.0.mlp.gate_proj.weight: copying a param with shape \[64, 32\] from checkpoint, the shape in current model is \[48, 32\]/,
+  );
   expect(tf.memory().numTensors).toBe(before);
-  await expect(LlamaForCausalLM.fromPretrained({ 'config.json': JSON.stringify({ ...config, model_type: 'gpt2' }) })).rejects.toThrow(/model_type 'gpt2' is not supported/);
+  await expect(
+    LlamaForCausalLM.fromPretrained({ 'config.json': JSON.stringify({ ...config, model_type: 'gpt2' }) }),
+  ).rejects.toThrow(/model_type 'gpt2' is not supported/);
 });
 
 it('tokenizes as the Rust tokenizers library does', async () => {
@@ -78,11 +90,15 @@ await describeEachBackend('Llama training and sampling', () => {
     const frozen = Array.from(await model.model.layers.at(0).selfAttn.qProj.weight.data());
     const ids = tf.tensor2d([[5, 9, 13, 17, 21, 25, 29, 33]], [1, 8], 'int32');
     const opt = new AdamW(model.trainableParameters(), { lr: 0.05, weightDecay: 0 });
-    const result = await train(model, Array.from({ length: 8 }, () => ids), {
-      optimizer: opt,
-      loss: (x) => model.forward(x as tf.Tensor2D, { labels: x as tf.Tensor2D }).loss as tf.Scalar,
-      progressBar: false,
-    });
+    const result = await train(
+      model,
+      Array.from({ length: 8 }, () => ids),
+      {
+        optimizer: opt,
+        loss: (x) => model.forward(x as tf.Tensor2D, { labels: x as tf.Tensor2D }).loss as tf.Scalar,
+        progressBar: false,
+      },
+    );
     expect(result.losses.at(-1)!).toBeLessThan(result.losses[0]! * 0.8);
     expect(Array.from(await model.model.layers.at(0).selfAttn.qProj.weight.data())).toEqual(frozen);
     opt.dispose();
@@ -99,7 +115,9 @@ await describeEachBackend('Llama training and sampling', () => {
     const greedy = await model.generate(prompt, { maxNewTokens: 6 });
     expect(await model.generate(prompt, { maxNewTokens: 6, temperature: 1.3, topK: 1, seed: 9 })).toEqual(greedy);
     // sampling does sample: across a few seeds at a high temperature, some run leaves the greedy path
-    const sampled = await Promise.all([0, 1, 2, 3, 4].map((seed) => model.generate(prompt, { maxNewTokens: 6, temperature: 2, seed })));
+    const sampled = await Promise.all(
+      [0, 1, 2, 3, 4].map((seed) => model.generate(prompt, { maxNewTokens: 6, temperature: 2, seed })),
+    );
     expect(sampled.some((s) => JSON.stringify(s) !== JSON.stringify(greedy))).toBe(true);
     model.dispose();
   });

@@ -1,6 +1,17 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Generator, type ModelFiles, openFiles } from '@lora/tensor';
-import { Embedding, Linear, Module, ModuleList, RMSNorm, crossEntropy, matmul, normalInit, transposeLast, withoutInit } from '@lora/nn';
+import {
+  Embedding,
+  Linear,
+  Module,
+  ModuleList,
+  RMSNorm,
+  crossEntropy,
+  matmul,
+  normalInit,
+  transposeLast,
+  withoutInit,
+} from '@lora/nn';
 import { readCheckpoint } from './files';
 import { type LlamaConfig, parseLlamaConfig } from './llama-config';
 import { applyRope, ropeInverseFrequencies, ropeTables } from './rope';
@@ -43,7 +54,10 @@ export class LlamaAttention extends Module {
     this.kProj = this.registerModule('k_proj', new Linear(h, nkv * d, { bias: attentionBias }));
     this.vProj = this.registerModule('v_proj', new Linear(h, nkv * d, { bias: attentionBias }));
     // Qwen2 puts a bias on q, k and v only
-    this.oProj = this.registerModule('o_proj', new Linear(nh * d, h, { bias: attentionBias && config.modelType === 'llama' }));
+    this.oProj = this.registerModule(
+      'o_proj',
+      new Linear(nh * d, h, { bias: attentionBias && config.modelType === 'llama' }),
+    );
   }
 
   forward(x: tf.Tensor, ctx: AttentionContext): tf.Tensor {
@@ -107,8 +121,14 @@ export class LlamaDecoderLayer extends Module {
     super();
     this.selfAttn = this.registerModule('self_attn', new LlamaAttention(config));
     this.mlp = this.registerModule('mlp', new LlamaMLP(config));
-    this.inputLayernorm = this.registerModule('input_layernorm', new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }));
-    this.postAttentionLayernorm = this.registerModule('post_attention_layernorm', new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }));
+    this.inputLayernorm = this.registerModule(
+      'input_layernorm',
+      new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }),
+    );
+    this.postAttentionLayernorm = this.registerModule(
+      'post_attention_layernorm',
+      new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }),
+    );
   }
 
   forward(x: tf.Tensor, ctx: AttentionContext): tf.Tensor {
@@ -129,15 +149,27 @@ export class LlamaModel extends Module {
     super();
     this.config = config;
     this.embedTokens = this.registerModule('embed_tokens', new Embedding(config.vocabSize, config.hiddenSize));
-    this.layers = this.registerModule('layers', new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new LlamaDecoderLayer(config))));
+    this.layers = this.registerModule(
+      'layers',
+      new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new LlamaDecoderLayer(config))),
+    );
     this.norm = this.registerModule('norm', new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }));
     this.invFreq = ropeInverseFrequencies(config.headDim, config.rope);
   }
 
-  forward(inputIds: tf.Tensor2D, options: { attentionMask?: tf.Tensor | number[][]; cache?: KVCache | null } = {}): tf.Tensor {
+  forward(
+    inputIds: tf.Tensor2D,
+    options: { attentionMask?: tf.Tensor | number[][]; cache?: KVCache | null } = {},
+  ): tf.Tensor {
     const [b, t] = inputIds.shape;
     const past = options.cache?.length ?? 0;
-    const mask = buildMask(b, t, past, options.attentionMask, this.config.numAttentionHeads / this.config.numKeyValueHeads);
+    const mask = buildMask(
+      b,
+      t,
+      past,
+      options.attentionMask,
+      this.config.numAttentionHeads / this.config.numKeyValueHeads,
+    );
     const { cos, sin } = ropeTables(this.invFreq, past, t);
     try {
       let h = this.embedTokens.call(inputIds) as tf.Tensor;
@@ -161,16 +193,27 @@ const FLOAT32_MIN = -3.4028234663852886e38;
  * The causal part is built here; a padding mask given as a tensor is combined on the backend, so it
  * is never read back (synchronous reads fail on webgpu in Node).
  */
-function buildMask(b: number, t: number, past: number, attentionMask: tf.Tensor | number[][] | undefined, rep: number): tf.Tensor {
+function buildMask(
+  b: number,
+  t: number,
+  past: number,
+  attentionMask: tf.Tensor | number[][] | undefined,
+  rep: number,
+): tf.Tensor {
   const s = past + t;
   const causal = new Float32Array(rep * t * s);
-  for (let r = 0; r < rep; r++) for (let i = 0; i < t; i++) for (let j = 0; j <= past + i; j++) causal[(r * t + i) * s + j] = 1;
+  for (let r = 0; r < rep; r++)
+    for (let i = 0; i < t; i++) for (let j = 0; j <= past + i; j++) causal[(r * t + i) * s + j] = 1;
   return tf.tidy(() => {
     let allowed: tf.Tensor = tf.tensor4d(causal, [1, 1, rep * t, s]);
     if (attentionMask !== undefined) {
-      const keep = Array.isArray(attentionMask) ? tf.tensor2d(attentionMask.flat(), [attentionMask.length, attentionMask[0]?.length ?? 0]) : attentionMask;
+      const keep = Array.isArray(attentionMask)
+        ? tf.tensor2d(attentionMask.flat(), [attentionMask.length, attentionMask[0]?.length ?? 0])
+        : attentionMask;
       if (keep.rank !== 2 || keep.shape[0] !== b || keep.shape[1] !== s) {
-        throw new Error(`attentionMask must be [${b}, ${s}] (batch × past+new positions), got [${keep.shape.join(', ')}]`);
+        throw new Error(
+          `attentionMask must be [${b}, ${s}] (batch × past+new positions), got [${keep.shape.join(', ')}]`,
+        );
       }
       allowed = tf.mul(allowed, tf.reshape(tf.cast(tf.notEqual(keep, 0), 'float32'), [b, 1, 1, s]));
     } else if (b > 1) allowed = tf.tile(allowed, [b, 1, 1, 1]);
@@ -239,7 +282,11 @@ export class LlamaForCausalLM extends Module {
     const model = withoutInit(() => new LlamaForCausalLM(config, { init: false }));
     try {
       // Old checkpoints may carry RoPE buffers; tied checkpoints may or may not carry lm_head.
-      const ignored = new Set(Object.keys(tensors).filter((k) => k.endsWith('rotary_emb.inv_freq') || (config.tieWordEmbeddings && k === 'lm_head.weight')));
+      const ignored = new Set(
+        Object.keys(tensors).filter(
+          (k) => k.endsWith('rotary_emb.inv_freq') || (config.tieWordEmbeddings && k === 'lm_head.weight'),
+        ),
+      );
       const weights = Object.fromEntries(Object.entries(tensors).filter(([k]) => !ignored.has(k)));
       model.loadStateDict(weights, { strict: true });
       return model;
@@ -255,10 +302,16 @@ export class LlamaForCausalLM extends Module {
    * Logits `[B, T, vocab]` and, with `labels`, the mean next-token cross-entropy (labels shifted
    * by one inside, −100 ignored), as transformers' `LlamaForCausalLM.forward`.
    */
-  forward(inputIds: tf.Tensor2D, options: { attentionMask?: tf.Tensor | number[][]; labels?: tf.Tensor2D; cache?: KVCache | null } = {}): { logits: tf.Tensor3D; loss?: tf.Scalar } {
+  forward(
+    inputIds: tf.Tensor2D,
+    options: { attentionMask?: tf.Tensor | number[][]; labels?: tf.Tensor2D; cache?: KVCache | null } = {},
+  ): { logits: tf.Tensor3D; loss?: tf.Scalar } {
     if (inputIds.dtype !== 'int32') throw new Error(`inputIds must be int32, got ${inputIds.dtype}`);
     return tf.tidy(() => {
-      const h = this.model.call(inputIds, { attentionMask: options.attentionMask, cache: options.cache ?? null }) as tf.Tensor;
+      const h = this.model.call(inputIds, {
+        attentionMask: options.attentionMask,
+        cache: options.cache ?? null,
+      }) as tf.Tensor;
       const logits = this.lmHead.call(h) as tf.Tensor3D;
       if (!options.labels) return { logits };
       const [b, t] = inputIds.shape;

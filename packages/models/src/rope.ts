@@ -11,7 +11,8 @@ export function ropeInverseFrequencies(headDim: number, rope: RopeParameters): F
   const inv = new Float32Array(half);
   // 1 / base^(2i/d), with the exponent and the power in float32 as torch computes them
   for (let i = 0; i < half; i++) inv[i] = f(1 / f(f(rope.ropeTheta) ** f((2 * i) / headDim)));
-  if (rope.ropeType === 'linear') for (let i = 0; i < half; i++) inv[i] = f((inv[i] as number) / (rope.factor as number));
+  if (rope.ropeType === 'linear')
+    for (let i = 0; i < half; i++) inv[i] = f((inv[i] as number) / (rope.factor as number));
   if (rope.ropeType === 'llama3') {
     const factor = rope.factor as number;
     const low = rope.lowFreqFactor as number;

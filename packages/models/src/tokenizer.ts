@@ -14,9 +14,12 @@ import { type ModelFiles, openFiles } from '@lora/tensor';
  */
 export async function loadTokenizer(files: ModelFiles): Promise<Tokenizer> {
   const source = await openFiles(files);
-  if (!(await source.has('tokenizer.json'))) throw new Error(`${source.label}: no tokenizer.json; only fast (tokenizer.json) tokenizers are supported`);
+  if (!(await source.has('tokenizer.json')))
+    throw new Error(`${source.label}: no tokenizer.json; only fast (tokenizer.json) tokenizers are supported`);
   const json = JSON.parse(await source.text('tokenizer.json'));
-  const config = (await source.has('tokenizer_config.json')) ? JSON.parse(await source.text('tokenizer_config.json')) : {};
+  const config = (await source.has('tokenizer_config.json'))
+    ? JSON.parse(await source.text('tokenizer_config.json'))
+    : {};
   return new Tokenizer(json, config);
 }
 

@@ -72,7 +72,8 @@ export class ModuleDict<M extends Module = Module> extends Module {
   }
 
   get(name: string): M {
-    if (!this.names.includes(name)) throw new Error(`ModuleDict has no key '${name}'; keys are: ${this.names.join(', ') || 'none'}`);
+    if (!this.names.includes(name))
+      throw new Error(`ModuleDict has no key '${name}'; keys are: ${this.names.join(', ') || 'none'}`);
     return this.getSubmodule(name) as M;
   }
 

@@ -1,6 +1,14 @@
 export { Module, makeParameter } from './module';
 export type { ForwardHook, ForwardPreHook, LoadStateDictResult, Parameter, RemovableHandle } from './module';
-export { defaultRng, initSkipped, kaimingUniformDefault, manualSeed, normalInit, uniformInit, withoutInit } from './init';
+export {
+  defaultRng,
+  initSkipped,
+  kaimingUniformDefault,
+  manualSeed,
+  normalInit,
+  uniformInit,
+  withoutInit,
+} from './init';
 export { Dropout, Embedding, GELU, LayerNorm, Linear, RMSNorm, SiLU, embedding, gelu, linear } from './layers';
 export { matmul, transposeLast } from './ops';
 export { Conv1d, Conv2d, conv } from './conv';

@@ -5,7 +5,8 @@ import { Module, type Parameter } from './module';
 import { matmul } from './ops';
 
 function checkPositiveInt(value: number, what: string, layer: string): void {
-  if (!Number.isInteger(value) || value <= 0) throw new Error(`${layer}: ${what} must be a positive integer, got ${value}`);
+  if (!Number.isInteger(value) || value <= 0)
+    throw new Error(`${layer}: ${what} must be a positive integer, got ${value}`);
 }
 
 /**
@@ -31,7 +32,10 @@ export class Linear extends Module {
     this.inFeatures = inFeatures;
     this.outFeatures = outFeatures;
     this.weight = this.registerParameter('weight', kaimingUniformDefault([outFeatures, inFeatures], inFeatures));
-    this.bias = this.registerParameter('bias', options.bias === false ? null : uniformInit([outFeatures], 1 / Math.sqrt(inFeatures)));
+    this.bias = this.registerParameter(
+      'bias',
+      options.bias === false ? null : uniformInit([outFeatures], 1 / Math.sqrt(inFeatures)),
+    );
   }
 
   forward(x: tf.Tensor): tf.Tensor {
@@ -45,7 +49,9 @@ export class Linear extends Module {
 export function linear(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | null = null): tf.Tensor {
   const inF = weight.shape[1] as number;
   if (x.shape.at(-1) !== inF) {
-    throw new Error(`linear: input's last dimension is ${x.shape.at(-1)} but the weight expects ${inF} (weight shape [${weight.shape.join(', ')}])`);
+    throw new Error(
+      `linear: input's last dimension is ${x.shape.at(-1)} but the weight expects ${inF} (weight shape [${weight.shape.join(', ')}])`,
+    );
   }
   // An explicit transpose instead of matMul's transposeB flag: the flag is ~13× slower on wasm.
   return tf.tidy(() => affine(x, tf.transpose(weight), bias));
@@ -87,12 +93,15 @@ export class Embedding extends Module {
     let pad = options.paddingIdx ?? null;
     if (pad !== null) {
       if (pad < 0) pad += numEmbeddings;
-      if (!Number.isInteger(pad) || pad < 0 || pad >= numEmbeddings) throw new Error(`Embedding: paddingIdx ${options.paddingIdx} must be within num_embeddings (${numEmbeddings})`);
+      if (!Number.isInteger(pad) || pad < 0 || pad >= numEmbeddings)
+        throw new Error(`Embedding: paddingIdx ${options.paddingIdx} must be within num_embeddings (${numEmbeddings})`);
     }
     this.paddingIdx = pad;
     let w = normalInit([numEmbeddings, embeddingDim]);
     if (pad !== null) {
-      const keep = tf.tidy(() => tf.sub(1, tf.reshape(tf.oneHot(tf.tensor1d([pad as number], 'int32'), numEmbeddings), [numEmbeddings, 1])));
+      const keep = tf.tidy(() =>
+        tf.sub(1, tf.reshape(tf.oneHot(tf.tensor1d([pad as number], 'int32'), numEmbeddings), [numEmbeddings, 1])),
+      );
       const zeroed = tf.mul(w, keep);
       tf.dispose([w, keep]);
       w = zeroed;
@@ -118,7 +127,8 @@ export function embedding(ids: tf.Tensor, weight: tf.Tensor): tf.Tensor {
     save([flat]); // kept by the engine until the gradient has run
     return {
       value: tf.reshape(tf.gather(w, tf.reshape(flat, [-1])), [...ids.shape, dim]),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.scatterND(saved[0] as tf.Tensor, tf.reshape(dy, [-1, dim]), [vocab, dim]),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.scatterND(saved[0] as tf.Tensor, tf.reshape(dy, [-1, dim]), [vocab, dim]),
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]);
   return lookup(weight);
@@ -139,19 +149,27 @@ export class LayerNorm extends Module {
   weight: Parameter | null;
   bias: Parameter | null;
 
-  constructor(normalizedShape: number | number[], options: { eps?: number; elementwiseAffine?: boolean; bias?: boolean } = {}) {
+  constructor(
+    normalizedShape: number | number[],
+    options: { eps?: number; elementwiseAffine?: boolean; bias?: boolean } = {},
+  ) {
     super();
     this.normalizedShape = typeof normalizedShape === 'number' ? [normalizedShape] : normalizedShape;
     this.eps = options.eps ?? 1e-5;
     const affine = options.elementwiseAffine ?? true;
     this.weight = this.registerParameter('weight', affine ? tf.ones(this.normalizedShape) : null);
-    this.bias = this.registerParameter('bias', affine && options.bias !== false ? tf.zeros(this.normalizedShape) : null);
+    this.bias = this.registerParameter(
+      'bias',
+      affine && options.bias !== false ? tf.zeros(this.normalizedShape) : null,
+    );
   }
 
   forward(x: tf.Tensor): tf.Tensor {
     const k = this.normalizedShape.length;
     if (x.shape.slice(-k).join(',') !== this.normalizedShape.join(',')) {
-      throw new Error(`LayerNorm: input shape [${x.shape.join(', ')}] does not end with normalized_shape [${this.normalizedShape.join(', ')}]`);
+      throw new Error(
+        `LayerNorm: input shape [${x.shape.join(', ')}] does not end with normalized_shape [${this.normalizedShape.join(', ')}]`,
+      );
     }
     return tf.tidy(() => {
       const axes = Array.from({ length: k }, (_, i) => x.rank - k + i);

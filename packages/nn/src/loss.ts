@@ -11,13 +11,19 @@ import * as tf from '@tensorflow/tfjs-core';
  * const loss = crossEntropy(logits, labels); // scalar
  * ```
  */
-export function crossEntropy(logits: tf.Tensor, targets: tf.Tensor, options: { ignoreIndex?: number; reduction?: 'mean' | 'sum' | 'none' } = {}): tf.Tensor {
+export function crossEntropy(
+  logits: tf.Tensor,
+  targets: tf.Tensor,
+  options: { ignoreIndex?: number; reduction?: 'mean' | 'sum' | 'none' } = {},
+): tf.Tensor {
   const ignore = options.ignoreIndex ?? -100;
   const reduction = options.reduction ?? 'mean';
   const c = logits.shape.at(-1) as number;
   if (targets.dtype !== 'int32') throw new Error(`crossEntropy: targets must be int32, got ${targets.dtype}`);
   if (logits.shape.slice(0, -1).join(',') !== targets.shape.join(',')) {
-    throw new Error(`crossEntropy: logits [${logits.shape.join(', ')}] and targets [${targets.shape.join(', ')}] must agree on every dimension but the last`);
+    throw new Error(
+      `crossEntropy: logits [${logits.shape.join(', ')}] and targets [${targets.shape.join(', ')}] must agree on every dimension but the last`,
+    );
   }
   return tf.tidy(() => {
     const flat = tf.reshape(logits, [-1, c]);

@@ -20,13 +20,19 @@ describe('Module', () => {
     const m = new Tiny();
     const first = m.getSubmodule('layers.0') as Linear;
     expect(first.outFeatures).toBe(4);
-    expect(() => m.getSubmodule('layers.5')).toThrow(/layers \(ModuleList\) has no submodule '5' \(looking for 'layers.5'\); children are: 0, 1/);
+    expect(() => m.getSubmodule('layers.5')).toThrow(
+      /layers \(ModuleList\) has no submodule '5' \(looking for 'layers.5'\); children are: 0, 1/,
+    );
     const replacement = new Sequential(new Linear(4, 4), new SiLU());
     const old = m.setSubmodule('layers.0', replacement);
     expect(old).toBe(first);
     expect(m.getSubmodule('layers.0')).toBe(replacement);
     expect(m.layers.at(0)).toBe(replacement);
-    expect([...m.namedParameters()].map(([n]) => n)).toEqual(['layers.0.0.weight', 'layers.0.0.bias', 'layers.1.weight']);
+    expect([...m.namedParameters()].map(([n]) => n)).toEqual([
+      'layers.0.0.weight',
+      'layers.0.0.bias',
+      'layers.1.weight',
+    ]);
     old.dispose();
     m.dispose();
   });
@@ -56,14 +62,18 @@ describe('Module', () => {
     const m = new Tiny();
     const before = m.layers.at(1).getParameter('weight')!.arraySync();
     const sd = { 'layers.0.weight': tf.ones([4, 4]), 'layers.0.bias': tf.ones([4]), 'extra.weight': tf.ones([1]) };
-    expect(() => m.loadStateDict(sd)).toThrow(/Missing key\(s\) in state_dict: "layers.1.weight"[\s\S]*Unexpected key\(s\) in state_dict: "extra.weight"/);
+    expect(() => m.loadStateDict(sd)).toThrow(
+      /Missing key\(s\) in state_dict: "layers.1.weight"[\s\S]*Unexpected key\(s\) in state_dict: "extra.weight"/,
+    );
     expect((m.getSubmodule('layers.0') as Linear).weight.arraySync()).not.toEqual(tf.ones([4, 4]).arraySync());
     const r = m.loadStateDict(sd, { strict: false });
     expect(r).toEqual({ missingKeys: ['layers.1.weight'], unexpectedKeys: ['extra.weight'] });
     expect((m.getSubmodule('layers.0') as Linear).weight.arraySync()).toEqual(tf.ones([4, 4]).arraySync());
     expect(m.layers.at(1).getParameter('weight')!.arraySync()).toEqual(before);
     const bad = { 'layers.1.weight': tf.ones([3, 4]) };
-    expect(() => m.loadStateDict(bad, { strict: false })).toThrow(/size mismatch for layers.1.weight: copying a param with shape \[3, 4\] from checkpoint, the shape in current model is \[2, 4\]/);
+    expect(() => m.loadStateDict(bad, { strict: false })).toThrow(
+      /size mismatch for layers.1.weight: copying a param with shape \[3, 4\] from checkpoint, the shape in current model is \[2, 4\]/,
+    );
     tf.dispose([...Object.values(sd), ...Object.values(bad)]);
     // the loaded values survive the caller disposing its tensors
     expect((m.getSubmodule('layers.0') as Linear).weight.arraySync()).toEqual(tf.ones([4, 4]).arraySync());
@@ -130,7 +140,10 @@ it('setBuffer replaces a buffer (freeing the old tensor), keeps non-persistent o
       this.registerBuffer('cache', null, false);
     }
     refresh(): void {
-      this.setBuffer('cache', tf.tidy(() => tf.sum(this.lin.weight, 1)));
+      this.setBuffer(
+        'cache',
+        tf.tidy(() => tf.sum(this.lin.weight, 1)),
+      );
     }
     forward(x: tf.Tensor): tf.Tensor {
       return this.lin.call(x) as tf.Tensor;
@@ -144,7 +157,9 @@ it('setBuffer replaces a buffer (freeing the old tensor), keeps non-persistent o
   expect(tf.memory().numTensors).toBe(withParams + 1);
   expect(Object.keys(m.stateDict()).sort()).toEqual(['lin.bias', 'lin.weight']);
   expect([...m.namedBuffers()].map(([n]) => n)).toEqual(['cache']);
-  expect(() => (m as unknown as { setBuffer: (n: string, v: null) => void }).setBuffer('nope', null)).toThrow("Cached has no buffer 'nope'");
+  expect(() => (m as unknown as { setBuffer: (n: string, v: null) => void }).setBuffer('nope', null)).toThrow(
+    "Cached has no buffer 'nope'",
+  );
   m.dispose();
   expect(tf.memory().numTensors).toBe(before);
 });

@@ -110,9 +110,12 @@ export abstract class Module {
   }
 
   private checkName(name: string, kind: string): void {
-    if (name.length === 0 || name.includes('.')) throw new Error(`${kind} name '${name}' must be non-empty and contain no '.'`);
+    if (name.length === 0 || name.includes('.'))
+      throw new Error(`${kind} name '${name}' must be non-empty and contain no '.'`);
     if (this.params.has(name) || this.buffers.has(name) || this.children.has(name)) {
-      throw new Error(`${kind} name '${name}' is already used in ${this.constructor.name}; each attribute name must be unique`);
+      throw new Error(
+        `${kind} name '${name}' is already used in ${this.constructor.name}; each attribute name must be unique`,
+      );
     }
   }
 
@@ -159,14 +162,21 @@ export abstract class Module {
   }
 
   /** Replaces a registered parameter (the old one is disposed unless `dispose` is false). */
-  setParameter(name: string, value: Parameter | tf.Tensor, options: { trainable?: boolean; dispose?: boolean } = {}): Parameter {
+  setParameter(
+    name: string,
+    value: Parameter | tf.Tensor,
+    options: { trainable?: boolean; dispose?: boolean } = {},
+  ): Parameter {
     if (!this.params.has(name)) throw new Error(`${this.constructor.name} has no parameter '${name}'`);
     const old = this.params.get(name);
     const p = value instanceof tf.Variable ? value : makeParameter(value, options.trainable ?? old?.trainable ?? true);
     if (old && old !== p && options.dispose !== false) old.dispose();
     this.params.set(name, p);
     // Layers keep typed fields for their parameters (`linear.weight`): keep those pointing at the new one.
-    if (old) for (const key of Object.keys(this)) if ((this as unknown as Record<string, unknown>)[key] === old) (this as unknown as Record<string, unknown>)[key] = p;
+    if (old)
+      for (const key of Object.keys(this))
+        if ((this as unknown as Record<string, unknown>)[key] === old)
+          (this as unknown as Record<string, unknown>)[key] = p;
     return p;
   }
 
@@ -254,7 +264,9 @@ export abstract class Module {
     for (const part of target.split('.')) {
       const next = m.children.get(part);
       if (!next) {
-        throw new Error(`${walked.length ? walked.join('.') : 'the root module'} (${m.constructor.name}) has no submodule '${part}' (looking for '${target}'); children are: ${[...m.children.keys()].join(', ') || 'none'}`);
+        throw new Error(
+          `${walked.length ? walked.join('.') : 'the root module'} (${m.constructor.name}) has no submodule '${part}' (looking for '${target}'); children are: ${[...m.children.keys()].join(', ') || 'none'}`,
+        );
       }
       walked.push(part);
       m = next;
@@ -271,7 +283,9 @@ export abstract class Module {
     if (!old) throw new Error(`cannot set '${target}': ${parent.constructor.name} has no submodule '${name}'`);
     parent.children.set(name, module);
     // Subclasses keep typed fields for their children; keep those pointing at the new module.
-    for (const key of Object.keys(parent)) if ((parent as unknown as Record<string, unknown>)[key] === old) (parent as unknown as Record<string, unknown>)[key] = module;
+    for (const key of Object.keys(parent))
+      if ((parent as unknown as Record<string, unknown>)[key] === old)
+        (parent as unknown as Record<string, unknown>)[key] = module;
     return old;
   }
 
@@ -309,10 +323,15 @@ export abstract class Module {
    */
   loadStateDict(stateDict: Record<string, tf.Tensor>, options: { strict?: boolean } = {}): LoadStateDictResult {
     const strict = options.strict ?? true;
-    const own = new Map<string, { kind: 'param'; p: Parameter } | { kind: 'buffer'; owner: Module; key: string; t: tf.Tensor }>();
+    const own = new Map<
+      string,
+      { kind: 'param'; p: Parameter } | { kind: 'buffer'; owner: Module; key: string; t: tf.Tensor }
+    >();
     for (const [name, p] of this.namedParameters()) own.set(name, { kind: 'param', p });
     for (const [path, m] of this.namedModules()) {
-      for (const [key, b] of m.buffers) if (b.tensor && b.persistent) own.set(path ? `${path}.${key}` : key, { kind: 'buffer', owner: m, key, t: b.tensor });
+      for (const [key, b] of m.buffers)
+        if (b.tensor && b.persistent)
+          own.set(path ? `${path}.${key}` : key, { kind: 'buffer', owner: m, key, t: b.tensor });
     }
     const missingKeys = [...own.keys()].filter((k) => !(k in stateDict));
     const unexpectedKeys = Object.keys(stateDict).filter((k) => !own.has(k));
@@ -322,18 +341,24 @@ export abstract class Module {
       if (!target) continue;
       const shape = target.kind === 'param' ? target.p.shape : target.t.shape;
       if (shape.join(',') !== t.shape.join(',')) {
-        mismatched.push(`size mismatch for ${k}: copying a param with shape [${t.shape.join(', ')}] from checkpoint, the shape in current model is [${shape.join(', ')}]`);
+        mismatched.push(
+          `size mismatch for ${k}: copying a param with shape [${t.shape.join(', ')}] from checkpoint, the shape in current model is [${shape.join(', ')}]`,
+        );
       }
     }
     const errors = [...mismatched];
-    if (strict && missingKeys.length) errors.push(`Missing key(s) in state_dict: ${missingKeys.map((k) => `"${k}"`).join(', ')}`);
-    if (strict && unexpectedKeys.length) errors.push(`Unexpected key(s) in state_dict: ${unexpectedKeys.map((k) => `"${k}"`).join(', ')}`);
-    if (errors.length) throw new Error(`Error(s) in loading state_dict for ${this.constructor.name}:\n\t${errors.join('\n\t')}`);
+    if (strict && missingKeys.length)
+      errors.push(`Missing key(s) in state_dict: ${missingKeys.map((k) => `"${k}"`).join(', ')}`);
+    if (strict && unexpectedKeys.length)
+      errors.push(`Unexpected key(s) in state_dict: ${unexpectedKeys.map((k) => `"${k}"`).join(', ')}`);
+    if (errors.length)
+      throw new Error(`Error(s) in loading state_dict for ${this.constructor.name}:\n\t${errors.join('\n\t')}`);
     for (const [k, t] of Object.entries(stateDict)) {
       const target = own.get(k);
       if (!target) continue;
       // assign shares the data (reference-counted): the caller may dispose its tensor afterwards.
-      if (target.kind === 'param') tf.tidy(() => target.p.assign(t.dtype === target.p.dtype ? t : tf.cast(t, target.p.dtype)));
+      if (target.kind === 'param')
+        tf.tidy(() => target.p.assign(t.dtype === target.p.dtype ? t : tf.cast(t, target.p.dtype)));
       else {
         const copy = tf.keep(tf.clone(t.dtype === target.t.dtype ? t : tf.cast(t, target.t.dtype)));
         target.t.dispose();

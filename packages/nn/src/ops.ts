@@ -13,7 +13,10 @@ const matmulWithPlainGrads = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: t
   return {
     value: tf.matMul(a, b),
     // dA = dY·Bᵀ, dB = Aᵀ·dY, with explicit transposes rather than matMul's flags
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [tf.matMul(dy, swapLast(saved[1] as tf.Tensor)), tf.matMul(swapLast(saved[0] as tf.Tensor), dy)],
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [
+      tf.matMul(dy, swapLast(saved[1] as tf.Tensor)),
+      tf.matMul(swapLast(saved[0] as tf.Tensor), dy),
+    ],
   };
 }) as unknown as Parameters<typeof tf.customGrad>[0]);
 
@@ -29,7 +32,10 @@ const matmulWithPlainGrads = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: t
  * ```
  */
 export function matmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
-  if (a.rank < 2 || a.rank !== b.rank) throw new Error(`matmul: operands must have the same rank ≥ 2, got [${a.shape.join(', ')}] and [${b.shape.join(', ')}]`);
+  if (a.rank < 2 || a.rank !== b.rank)
+    throw new Error(
+      `matmul: operands must have the same rank ≥ 2, got [${a.shape.join(', ')}] and [${b.shape.join(', ')}]`,
+    );
   return (matmulWithPlainGrads as unknown as (x: tf.Tensor, y: tf.Tensor) => tf.Tensor)(a, b);
 }
 

@@ -50,8 +50,10 @@ export class AdamW implements Optimizer {
     this.weightDecay = options.weightDecay ?? 1e-2;
     if (!(this.lr >= 0)) throw new Error(`Invalid learning rate: ${this.lr}`);
     if (!(this.eps >= 0)) throw new Error(`Invalid epsilon value: ${this.eps}`);
-    if (!(this.betas[0] >= 0 && this.betas[0] < 1)) throw new Error(`Invalid beta parameter at index 0: ${this.betas[0]}`);
-    if (!(this.betas[1] >= 0 && this.betas[1] < 1)) throw new Error(`Invalid beta parameter at index 1: ${this.betas[1]}`);
+    if (!(this.betas[0] >= 0 && this.betas[0] < 1))
+      throw new Error(`Invalid beta parameter at index 0: ${this.betas[0]}`);
+    if (!(this.betas[1] >= 0 && this.betas[1] < 1))
+      throw new Error(`Invalid beta parameter at index 1: ${this.betas[1]}`);
     if (!(this.weightDecay >= 0)) throw new Error(`Invalid weight_decay value: ${this.weightDecay}`);
   }
 
@@ -131,7 +133,8 @@ export class SGD implements Optimizer {
     this.dampening = options.dampening ?? 0;
     this.weightDecay = options.weightDecay ?? 0;
     this.nesterov = options.nesterov ?? false;
-    if (this.nesterov && (this.momentum <= 0 || this.dampening !== 0)) throw new Error('Nesterov momentum requires a momentum and zero dampening');
+    if (this.nesterov && (this.momentum <= 0 || this.dampening !== 0))
+      throw new Error('Nesterov momentum requires a momentum and zero dampening');
   }
 
   get steps(): number {
@@ -178,7 +181,10 @@ export class SGD implements Optimizer {
  * const { grads: clipped, totalNorm } = await clipGradNorm(grads, 1.0);
  * ```
  */
-export async function clipGradNorm(grads: Record<string, tf.Tensor>, maxNorm: number): Promise<{ grads: Record<string, tf.Tensor>; totalNorm: number }> {
+export async function clipGradNorm(
+  grads: Record<string, tf.Tensor>,
+  maxNorm: number,
+): Promise<{ grads: Record<string, tf.Tensor>; totalNorm: number }> {
   const names = Object.keys(grads);
   if (names.length === 0) return { grads, totalNorm: 0 };
   const total = tf.tidy(() => tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(grads[n] as tf.Tensor))))));

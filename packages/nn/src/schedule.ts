@@ -12,8 +12,10 @@
 export type Schedule = (step: number) => number;
 
 function checkSteps(warmupSteps: number, totalSteps?: number): void {
-  if (!Number.isInteger(warmupSteps) || warmupSteps < 0) throw new Error(`warmupSteps must be a non-negative integer, got ${warmupSteps}`);
-  if (totalSteps !== undefined && (!Number.isInteger(totalSteps) || totalSteps <= 0)) throw new Error(`totalSteps must be a positive integer, got ${totalSteps}`);
+  if (!Number.isInteger(warmupSteps) || warmupSteps < 0)
+    throw new Error(`warmupSteps must be a non-negative integer, got ${warmupSteps}`);
+  if (totalSteps !== undefined && (!Number.isInteger(totalSteps) || totalSteps <= 0))
+    throw new Error(`totalSteps must be a positive integer, got ${totalSteps}`);
 }
 
 /** Linear warm-up from 0 to 1 over `warmupSteps`, then linear decay to 0 at `totalSteps`. */

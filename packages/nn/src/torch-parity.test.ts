@@ -5,8 +5,26 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseSafetensors } from '@lora/tensor';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
 import {
-  AdamW, Conv1d, Conv2d, Embedding, GELU, LayerNorm, Linear, Module, ModuleDict, ModuleList, RMSNorm, SGD, Sequential, SiLU,
-  clipGradNorm, constantWarmupSchedule, cosineWarmupSchedule, crossEntropy, linearWarmupSchedule, manualSeed,
+  AdamW,
+  Conv1d,
+  Conv2d,
+  Embedding,
+  GELU,
+  LayerNorm,
+  Linear,
+  Module,
+  ModuleDict,
+  ModuleList,
+  RMSNorm,
+  SGD,
+  Sequential,
+  SiLU,
+  clipGradNorm,
+  constantWarmupSchedule,
+  cosineWarmupSchedule,
+  crossEntropy,
+  linearWarmupSchedule,
+  manualSeed,
 } from '@lora/nn';
 
 const dir = join(import.meta.dirname, '..', '__fixtures__');
@@ -60,9 +78,27 @@ await describeEachBackend(`layers against torch ${meta.torch}`, () => {
     lin.dispose();
   });
 
-  for (const [name, c] of Object.entries(meta.conv2d as Record<string, { cin: number; cout: number; k: number[]; stride: number | number[]; padding: number | number[] | 'same'; dilation: number; groups: number }>)) {
+  for (const [name, c] of Object.entries(
+    meta.conv2d as Record<
+      string,
+      {
+        cin: number;
+        cout: number;
+        k: number[];
+        stride: number | number[];
+        padding: number | number[] | 'same';
+        dilation: number;
+        groups: number;
+      }
+    >,
+  )) {
     it(`Conv2d ${name}`, async () => {
-      const conv = new Conv2d(c.cin, c.cout, c.k, { stride: c.stride, padding: c.padding, dilation: c.dilation, groups: c.groups });
+      const conv = new Conv2d(c.cin, c.cout, c.k, {
+        stride: c.stride,
+        padding: c.padding,
+        dilation: c.dilation,
+        groups: c.groups,
+      });
       conv.loadStateDict({ weight: fx(`fwd.${name}.weight`), bias: fx(`fwd.${name}.bias`) });
       const y = conv.call(fx(`fwd.${name}.x`));
       await close(y, `fwd.${name}.y`);
@@ -71,9 +107,19 @@ await describeEachBackend(`layers against torch ${meta.torch}`, () => {
     });
   }
 
-  for (const [name, c] of Object.entries(meta.conv1d as Record<string, { cin: number; cout: number; k: number; stride: number; padding: number; dilation: number; groups: number }>)) {
+  for (const [name, c] of Object.entries(
+    meta.conv1d as Record<
+      string,
+      { cin: number; cout: number; k: number; stride: number; padding: number; dilation: number; groups: number }
+    >,
+  )) {
     it(`Conv1d ${name}`, async () => {
-      const conv = new Conv1d(c.cin, c.cout, c.k, { stride: c.stride, padding: c.padding, dilation: c.dilation, groups: c.groups });
+      const conv = new Conv1d(c.cin, c.cout, c.k, {
+        stride: c.stride,
+        padding: c.padding,
+        dilation: c.dilation,
+        groups: c.groups,
+      });
       conv.loadStateDict({ weight: fx(`fwd.${name}.weight`), bias: fx(`fwd.${name}.bias`) });
       const y = conv.call(fx(`fwd.${name}.x`));
       await close(y, `fwd.${name}.y`);
@@ -132,11 +178,20 @@ await describeEachBackend('optimizers against torch', () => {
     const x = fx('opt.x');
     const y = fx('opt.y');
     for (let step = 0; step < 10; step++) {
-      const { value, grads } = tf.variableGrads(() => tf.mean(tf.square(tf.sub(tf.add(tf.matMul(x, w, false, true), b), y))) as tf.Scalar, [w, b]);
+      const { value, grads } = tf.variableGrads(
+        () => tf.mean(tf.square(tf.sub(tf.add(tf.matMul(x, w, false, true), b), y))) as tf.Scalar,
+        [w, b],
+      );
       opt.step(grads);
       tf.dispose([value, ...Object.values(grads)]);
-      expect(maxRelativeError(await w.data(), await fx(`opt.${label}.${step}.w`).data()), `${label} step ${step} w`).toBeLessThan(tol);
-      expect(maxRelativeError(await b.data(), await fx(`opt.${label}.${step}.b`).data()), `${label} step ${step} b`).toBeLessThan(tol);
+      expect(
+        maxRelativeError(await w.data(), await fx(`opt.${label}.${step}.w`).data()),
+        `${label} step ${step} w`,
+      ).toBeLessThan(tol);
+      expect(
+        maxRelativeError(await b.data(), await fx(`opt.${label}.${step}.b`).data()),
+        `${label} step ${step} b`,
+      ).toBeLessThan(tol);
     }
     opt.dispose();
     tf.dispose([w, b]);
@@ -161,7 +216,10 @@ await describeEachBackend('optimizers against torch', () => {
 
 describe('names and schedules', () => {
   class Block extends Module {
-    attn = this.registerModule('attn', new ModuleDict({ q_proj: new Linear(4, 4, { bias: false }), o_proj: new Linear(4, 4) }));
+    attn = this.registerModule(
+      'attn',
+      new ModuleDict({ q_proj: new Linear(4, 4, { bias: false }), o_proj: new Linear(4, 4) }),
+    );
     norm = this.registerModule('norm', new LayerNorm(4));
     forward(): never {
       throw new Error('unused');

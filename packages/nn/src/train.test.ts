@@ -2,7 +2,18 @@ import * as tf from '@tensorflow/tfjs-core';
 import { expect, it } from 'vitest';
 import { Generator } from '@lora/tensor';
 import { describeEachBackend } from '@lora/tensor/testing';
-import { AdamW, Linear, Module, SGD, type TrainLogs, checkpointCallback, crossEntropy, gradientsFor, manualSeed, train } from '@lora/nn';
+import {
+  AdamW,
+  Linear,
+  Module,
+  SGD,
+  type TrainLogs,
+  checkpointCallback,
+  crossEntropy,
+  gradientsFor,
+  manualSeed,
+  train,
+} from '@lora/nn';
 
 /** A frozen base Linear plus a trainable low-rank pair: the shape of a LoRA layer. */
 class LowRank extends Module {
@@ -22,11 +33,17 @@ function data(n: number, seed: number) {
   const g = new Generator(seed);
   return Array.from({ length: n }, () => {
     const x = g.rand([4, 8], -1, 1);
-    const y = tf.tensor1d(Array.from({ length: 4 }, () => Math.floor(g.nextFloat24() * 3)), 'int32');
+    const y = tf.tensor1d(
+      Array.from({ length: 4 }, () => Math.floor(g.nextFloat24() * 3)),
+      'int32',
+    );
     return { x, y };
   });
 }
-const snapshot = async (m: Module) => Object.fromEntries(await Promise.all([...m.namedParameters()].map(async ([n, p]) => [n, Array.from(await p.data())] as const)));
+const snapshot = async (m: Module) =>
+  Object.fromEntries(
+    await Promise.all([...m.namedParameters()].map(async ([n, p]) => [n, Array.from(await p.data())] as const)),
+  );
 
 await describeEachBackend('train', () => {
   it('lowers the loss, changes only trainable parameters, and frees every tensor it makes', async () => {
@@ -44,7 +61,11 @@ await describeEachBackend('train', () => {
       epochs: 4,
       progressBar: false,
       onProgress: (l) => steps.push(l),
-      callbacks: { onTrainBegin: () => void events.push('begin'), onEpochEnd: (e) => void events.push(`epoch${e}`), onTrainEnd: () => void events.push('end') },
+      callbacks: {
+        onTrainBegin: () => void events.push('begin'),
+        onEpochEnd: (e) => void events.push(`epoch${e}`),
+        onTrainEnd: () => void events.push('end'),
+      },
     });
     // optimizer state (m, v per trainable tensor) is the only thing allowed to stay
     expect(tf.memory().numTensors).toBe(tensorsBefore + 2 * model.trainableParameters().length);
@@ -70,7 +91,12 @@ await describeEachBackend('train', () => {
       const [p, q] = data(2, 5);
       const batches = accumulate === 2 ? [p!, q!] : [{ x: tf.concat([p!.x, q!.x]), y: tf.concat([p!.y, q!.y]) }];
       const opt = new SGD(model.trainableParameters(), { lr: 0.5 });
-      await train(model, batches, { optimizer: opt, loss: (b) => crossEntropy(model.call(b.x), b.y) as tf.Scalar, gradientAccumulationSteps: accumulate, progressBar: false });
+      await train(model, batches, {
+        optimizer: opt,
+        loss: (b) => crossEntropy(model.call(b.x), b.y) as tf.Scalar,
+        gradientAccumulationSteps: accumulate,
+        progressBar: false,
+      });
       const out = await snapshot(model);
       model.dispose();
       tf.dispose([p!.x, p!.y, q!.x, q!.y, ...(accumulate === 2 ? [] : [batches[0]!.x, batches[0]!.y])]);
@@ -91,14 +117,25 @@ await describeEachBackend('train', () => {
     const batches = data(8, 2);
     const opt = new SGD(model.trainableParameters(), { lr: 0.1 });
     const loss = (b: { x: tf.Tensor; y: tf.Tensor }) => crossEntropy(model.call(b.x), b.y) as tf.Scalar;
-    expect(await train(model, batches, { optimizer: opt, loss, maxSteps: 3, progressBar: false })).toMatchObject({ steps: 3, stopped: 'maxSteps' });
+    expect(await train(model, batches, { optimizer: opt, loss, maxSteps: 3, progressBar: false })).toMatchObject({
+      steps: 3,
+      stopped: 'maxSteps',
+    });
     const controller = new AbortController();
-    const r = await train(model, batches, { optimizer: opt, loss, progressBar: false, callbacks: { onStepEnd: (s) => (s === 2 ? controller.abort() : undefined) }, signal: controller.signal });
+    const r = await train(model, batches, {
+      optimizer: opt,
+      loss,
+      progressBar: false,
+      callbacks: { onStepEnd: (s) => (s === 2 ? controller.abort() : undefined) },
+      signal: controller.signal,
+    });
     expect(r).toMatchObject({ steps: 2, stopped: 'aborted' });
     const gen = (function* () {
       yield* batches;
     })();
-    await expect(train(model, gen, { optimizer: opt, loss, epochs: 2, progressBar: false })).rejects.toThrow(/one-pass iterator/);
+    await expect(train(model, gen, { optimizer: opt, loss, epochs: 2, progressBar: false })).rejects.toThrow(
+      /one-pass iterator/,
+    );
     model.dispose();
     tf.dispose(batches.flatMap((b) => [b.x, b.y]));
   });
@@ -113,9 +150,16 @@ await describeEachBackend('train', () => {
       optimizer: opt,
       loss: (b) => crossEntropy(model.call(b.x), b.y) as tf.Scalar,
       progressBar: false,
-      callbacks: checkpointCallback(model, { everySteps: 2, save: (step, sd) => void saved.push([step, Object.keys(sd)]) }),
+      callbacks: checkpointCallback(model, {
+        everySteps: 2,
+        save: (step, sd) => void saved.push([step, Object.keys(sd)]),
+      }),
     });
-    expect(saved).toEqual([[2, ['a.weight', 'b.weight']], [4, ['a.weight', 'b.weight']], [5, ['a.weight', 'b.weight']]]);
+    expect(saved).toEqual([
+      [2, ['a.weight', 'b.weight']],
+      [4, ['a.weight', 'b.weight']],
+      [5, ['a.weight', 'b.weight']],
+    ]);
     model.dispose();
     tf.dispose(batches.flatMap((b) => [b.x, b.y]));
   });

@@ -75,7 +75,10 @@ export interface TrainResult {
  * const { value, grads } = gradientsFor([layer.weight], () => loss(batch));
  * ```
  */
-export function gradientsFor(params: Parameter[], f: () => tf.Scalar): { value: tf.Scalar; grads: Record<string, tf.Tensor> } {
+export function gradientsFor(
+  params: Parameter[],
+  f: () => tf.Scalar,
+): { value: tf.Scalar; grads: Record<string, tf.Tensor> } {
   const was = params.map((p) => p.trainable);
   for (const p of params) p.trainable = true;
   try {
@@ -96,7 +99,9 @@ function drawBar(logs: TrainLogs): void {
   const width = 30;
   const total = logs.totalSteps;
   const frac = total ? Math.min(1, logs.step / total) : 0;
-  const bar = total ? `[${'#'.repeat(Math.round(frac * width)).padEnd(width, '.')}] ${logs.step}/${total}` : `step ${logs.step}`;
+  const bar = total
+    ? `[${'#'.repeat(Math.round(frac * width)).padEnd(width, '.')}] ${logs.step}/${total}`
+    : `step ${logs.step}`;
   const text = `\r${bar} epoch ${logs.epoch} loss ${logs.loss.toFixed(4)} lr ${logs.lr.toExponential(2)}`;
   (globalThis as unknown as { process: { stderr: { write(s: string): void } } }).process.stderr.write(text);
 }
@@ -120,18 +125,28 @@ function drawBar(logs: TrainLogs): void {
 export async function train<B>(module: Module, data: BatchSource<B>, options: TrainOptions<B>): Promise<TrainResult> {
   const epochs = options.epochs ?? 1;
   const accumulate = options.gradientAccumulationSteps ?? 1;
-  if (!Number.isInteger(epochs) || epochs < 1) throw new Error(`train: epochs must be a positive integer, got ${epochs}`);
-  if (!Number.isInteger(accumulate) || accumulate < 1) throw new Error(`train: gradientAccumulationSteps must be a positive integer, got ${accumulate}`);
+  if (!Number.isInteger(epochs) || epochs < 1)
+    throw new Error(`train: epochs must be a positive integer, got ${epochs}`);
+  if (!Number.isInteger(accumulate) || accumulate < 1)
+    throw new Error(`train: gradientAccumulationSteps must be a positive integer, got ${accumulate}`);
   const params = (options.parameters ?? module.trainableParameters()).filter((p) => p.trainable);
-  if (params.length === 0) throw new Error('train: no trainable parameters; unfreeze some (requiresGrad) or pass options.parameters');
-  const callbacks = options.callbacks === undefined ? [] : Array.isArray(options.callbacks) ? options.callbacks : [options.callbacks];
+  if (params.length === 0)
+    throw new Error('train: no trainable parameters; unfreeze some (requiresGrad) or pass options.parameters');
+  const callbacks =
+    options.callbacks === undefined ? [] : Array.isArray(options.callbacks) ? options.callbacks : [options.callbacks];
   const baseLr = options.optimizer.lr;
   const bar = options.progressBar === true || ((options.progressBar ?? 'auto') === 'auto' && isNodeTty());
   const perEpoch = typeof data !== 'function' && Array.isArray(data) ? Math.ceil(data.length / accumulate) : undefined;
   const totalSteps = options.maxSteps ?? (perEpoch === undefined ? undefined : perEpoch * epochs);
   const losses: number[] = [];
   let step = 0;
-  let logs: TrainLogs = { step: 0, epoch: 0, loss: Number.NaN, lr: baseLr, ...(totalSteps === undefined ? {} : { totalSteps }) };
+  let logs: TrainLogs = {
+    step: 0,
+    epoch: 0,
+    loss: Number.NaN,
+    lr: baseLr,
+    ...(totalSteps === undefined ? {} : { totalSteps }),
+  };
   let stopped: TrainResult['stopped'] = 'completed';
   let epoch = 0;
   const emit = async (fn: (c: TrainCallbacks) => void | Promise<void> | undefined) => {
@@ -142,7 +157,9 @@ export async function train<B>(module: Module, data: BatchSource<B>, options: Tr
   await emit((c) => c.onTrainBegin?.());
   // A generator or stream is used up after one pass: epochs beyond the first need a fresh one.
   if (epochs > 1 && typeof data !== 'function' && typeof (data as { next?: unknown }).next === 'function') {
-    throw new Error('train: these batches are a one-pass iterator; pass an array or a function returning a fresh iterable for several epochs');
+    throw new Error(
+      'train: these batches are a one-pass iterator; pass an array or a function returning a fresh iterable for several epochs',
+    );
   }
   for (epoch = 0; epoch < epochs; epoch++) {
     const source = typeof data === 'function' ? data() : data;
@@ -155,7 +172,8 @@ export async function train<B>(module: Module, data: BatchSource<B>, options: Tr
       let grads = acc;
       acc = null;
       let gradNorm: number | undefined;
-      if (options.maxGradNorm !== undefined) ({ grads, totalNorm: gradNorm } = await clipGradNorm(grads, options.maxGradNorm));
+      if (options.maxGradNorm !== undefined)
+        ({ grads, totalNorm: gradNorm } = await clipGradNorm(grads, options.maxGradNorm));
       const lr = options.schedule ? baseLr * options.schedule(step) : baseLr;
       options.optimizer.lr = lr;
       options.optimizer.step(grads);
@@ -163,7 +181,14 @@ export async function train<B>(module: Module, data: BatchSource<B>, options: Tr
       step++;
       const loss = lossSum / micro;
       losses.push(loss);
-      logs = { step, epoch, loss, lr, ...(gradNorm === undefined ? {} : { gradNorm }), ...(totalSteps === undefined ? {} : { totalSteps }) };
+      logs = {
+        step,
+        epoch,
+        loss,
+        lr,
+        ...(gradNorm === undefined ? {} : { gradNorm }),
+        ...(totalSteps === undefined ? {} : { totalSteps }),
+      };
       micro = 0;
       lossSum = 0;
       options.onProgress?.(logs);
@@ -181,7 +206,9 @@ export async function train<B>(module: Module, data: BatchSource<B>, options: Tr
       if (!Number.isFinite(lossValue)) {
         tf.dispose(Object.values(grads));
         if (acc) tf.dispose(Object.values(acc as Record<string, tf.Tensor>));
-        throw new Error(`train: the loss is ${lossValue} at step ${step} (epoch ${epoch}); lower the learning rate or check the data`);
+        throw new Error(
+          `train: the loss is ${lossValue} at step ${step} (epoch ${epoch}); lower the learning rate or check the data`,
+        );
       }
       lossSum += lossValue;
       micro++;
@@ -230,8 +257,16 @@ export async function train<B>(module: Module, data: BatchSource<B>, options: Tr
  * callbacks: [checkpointCallback(model, { everySteps: 100, save: (step, sd) => saveSafetensors(`ckpt-${step}.safetensors`, sd) })]
  * ```
  */
-export function checkpointCallback(module: Module, o: { everySteps: number; save: (step: number, stateDict: Record<string, tf.Tensor>) => void | Promise<void>; trainableOnly?: boolean }): TrainCallbacks {
-  if (!Number.isInteger(o.everySteps) || o.everySteps < 1) throw new Error(`checkpointCallback: everySteps must be a positive integer, got ${o.everySteps}`);
+export function checkpointCallback(
+  module: Module,
+  o: {
+    everySteps: number;
+    save: (step: number, stateDict: Record<string, tf.Tensor>) => void | Promise<void>;
+    trainableOnly?: boolean;
+  },
+): TrainCallbacks {
+  if (!Number.isInteger(o.everySteps) || o.everySteps < 1)
+    throw new Error(`checkpointCallback: everySteps must be a positive integer, got ${o.everySteps}`);
   let last = -1;
   const state = () => {
     const sd = module.stateDict();

@@ -59,7 +59,9 @@ await describeEachBackend('TransposedLinear (transformers Conv1D)', () => {
     expect(Array.from(await y3.data())).toEqual(Array.from(await y.data()));
     tf.dispose([y, x2, y2, y3]);
     expect(tf.memory().numTensors).toBe(before);
-    expect(() => lin.call(tf.ones([2, 5]))).toThrow(/input's last dimension is 5 but the weight expects 4 \(weight shape \[4, 5\], stored \[in, out\]\)/);
+    expect(() => lin.call(tf.ones([2, 5]))).toThrow(
+      /input's last dimension is 5 but the weight expects 4 \(weight shape \[4, 5\], stored \[in, out\]\)/,
+    );
     x.dispose();
     lin.dispose();
   });
@@ -69,7 +71,10 @@ await describeEachBackend('TransposedLinear (transformers Conv1D)', () => {
     const x = tf.tensor3d(X, [2, 3, 4]);
     const g = tf.tensor3d(G, [2, 3, 5]);
     const before = tf.memory().numTensors;
-    const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(lin.call(x) as tf.Tensor, g)) as tf.Scalar, [lin.weight, lin.bias]);
+    const { value, grads } = tf.variableGrads(
+      () => tf.sum(tf.mul(lin.call(x) as tf.Tensor, g)) as tf.Scalar,
+      [lin.weight, lin.bias],
+    );
     const dx = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(lin.call(input) as tf.Tensor, g)))(x);
     const want = closedForm();
     expect(grads[lin.weight.name]!.shape).toEqual([4, 5]);
@@ -108,7 +113,9 @@ it("keeps transformers' state-dict names and layout, and initialises N(0, 0.02²
   expect(std).toBeGreaterThan(0.015);
   expect(std).toBeLessThan(0.025);
   expect(Array.from(await (sd['0.c_attn.bias'] as tf.Tensor).data())).toEqual(new Array(24).fill(0));
-  expect(() => new TransposedLinear(0, 4)).toThrow('TransposedLinear: nf (output features) must be a positive integer, got 0');
+  expect(() => new TransposedLinear(0, 4)).toThrow(
+    'TransposedLinear: nf (output features) must be a positive integer, got 0',
+  );
   m.dispose();
   expect(tf.memory().numTensors).toBe(before);
 });

@@ -29,8 +29,12 @@ export class TransposedLinear extends Module {
 
   constructor(nf: number, nx: number) {
     super();
-    for (const [what, v] of [['nf (output features)', nf], ['nx (input features)', nx]] as const) {
-      if (!Number.isInteger(v) || v <= 0) throw new Error(`TransposedLinear: ${what} must be a positive integer, got ${v}`);
+    for (const [what, v] of [
+      ['nf (output features)', nf],
+      ['nx (input features)', nx],
+    ] as const) {
+      if (!Number.isInteger(v) || v <= 0)
+        throw new Error(`TransposedLinear: ${what} must be a positive integer, got ${v}`);
     }
     this.nf = nf;
     this.nx = nx;
@@ -64,7 +68,9 @@ export class TransposedLinear extends Module {
 export function transposedLinear(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | null = null): tf.Tensor {
   const inF = weight.shape[0] as number;
   if (x.shape.at(-1) !== inF) {
-    throw new Error(`TransposedLinear: input's last dimension is ${x.shape.at(-1)} but the weight expects ${inF} (weight shape [${weight.shape.join(', ')}], stored [in, out])`);
+    throw new Error(
+      `TransposedLinear: input's last dimension is ${x.shape.at(-1)} but the weight expects ${inF} (weight shape [${weight.shape.join(', ')}], stored [in, out])`,
+    );
   }
   return affine(x, weight, bias);
 }

@@ -54,20 +54,35 @@ export const backendSuite: SuiteCase[] = [
       const x = g.rand([n, din], -1, 1);
       const a = g.rand([r, din], -1, 1);
       const b = g.rand([dout, r], -1, 1);
-      const grads = tf.grads((aa: tf.Tensor, bb: tf.Tensor) => tf.mul(tf.sum(tf.matMul(tf.matMul(x, aa, false, true), bb, false, true)), s))([a, b]);
+      const grads = tf.grads((aa: tf.Tensor, bb: tf.Tensor) =>
+        tf.mul(tf.sum(tf.matMul(tf.matMul(x, aa, false, true), bb, false, true)), s),
+      )([a, b]);
       const [ga, gb] = await Promise.all(grads.map((t) => t.data()));
       const [xv, av, bv] = await Promise.all([x.data(), a.data(), b.data()]);
       tf.dispose([x, a, b, ...grads]);
       const xsum = new Float64Array(din);
-      for (let i = 0; i < n; i++) for (let j = 0; j < din; j++) xsum[j] = (xsum[j] as number) + (xv[i * din + j] as number);
+      for (let i = 0; i < n; i++)
+        for (let j = 0; j < din; j++) xsum[j] = (xsum[j] as number) + (xv[i * din + j] as number);
       const bcol = new Float64Array(r);
-      for (let o = 0; o < dout; o++) for (let k = 0; k < r; k++) bcol[k] = (bcol[k] as number) + (bv[o * r + k] as number);
+      for (let o = 0; o < dout; o++)
+        for (let k = 0; k < r; k++) bcol[k] = (bcol[k] as number) + (bv[o * r + k] as number);
       const axsum = new Float64Array(r);
-      for (let k = 0; k < r; k++) for (let j = 0; j < din; j++) axsum[k] = (axsum[k] as number) + (av[k * din + j] as number) * (xsum[j] as number);
-      const wantA = Float64Array.from({ length: r * din }, (_, i) => s * (bcol[Math.floor(i / din)] as number) * (xsum[i % din] as number));
+      for (let k = 0; k < r; k++)
+        for (let j = 0; j < din; j++)
+          axsum[k] = (axsum[k] as number) + (av[k * din + j] as number) * (xsum[j] as number);
+      const wantA = Float64Array.from(
+        { length: r * din },
+        (_, i) => s * (bcol[Math.floor(i / din)] as number) * (xsum[i % din] as number),
+      );
       const wantB = Float64Array.from({ length: dout * r }, (_, i) => s * (axsum[i % r] as number));
-      check(maxRelativeError(ga as Float32Array, wantA) < 1e-5, `dA error ${maxRelativeError(ga as Float32Array, wantA)}`);
-      check(maxRelativeError(gb as Float32Array, wantB) < 1e-5, `dB error ${maxRelativeError(gb as Float32Array, wantB)}`);
+      check(
+        maxRelativeError(ga as Float32Array, wantA) < 1e-5,
+        `dA error ${maxRelativeError(ga as Float32Array, wantA)}`,
+      );
+      check(
+        maxRelativeError(gb as Float32Array, wantB) < 1e-5,
+        `dB error ${maxRelativeError(gb as Float32Array, wantB)}`,
+      );
     },
   },
   {
@@ -81,10 +96,14 @@ export const backendSuite: SuiteCase[] = [
       const b = tf.variable(tf.zeros([10, 4]));
       const w0 = await w.data();
       const opt = tf.train.adam(1e-2);
-      const lossOf = () => tf.tidy(() => {
-        const y = tf.add(tf.matMul(x, w, false, true), tf.mul(tf.matMul(tf.matMul(x, a, false, true), b, false, true), 2));
-        return tf.mean(tf.square(tf.sub(y, target))) as tf.Scalar;
-      });
+      const lossOf = () =>
+        tf.tidy(() => {
+          const y = tf.add(
+            tf.matMul(x, w, false, true),
+            tf.mul(tf.matMul(tf.matMul(x, a, false, true), b, false, true), 2),
+          );
+          return tf.mean(tf.square(tf.sub(y, target))) as tf.Scalar;
+        });
       const first = lossOf();
       const l0 = (await first.data())[0] as number;
       first.dispose();
@@ -102,7 +121,10 @@ export const backendSuite: SuiteCase[] = [
     name: 'safetensors written from and read into this backend round-trip exactly, without leaks',
     run: async () => {
       const t = new Generator(3).randn([4, 5]);
-      const bytes = await assertNoLeaks(() => serializeSafetensors({ w: t }, { metadata: { format: 'pt' } }), 'serialize');
+      const bytes = await assertNoLeaks(
+        () => serializeSafetensors({ w: t }, { metadata: { format: 'pt' } }),
+        'serialize',
+      );
       const parsed = assertNoLeaks(() => parseSafetensors(bytes), 'parse');
       const [got, want] = await Promise.all([parsed.tensors.w!.data(), t.data()]);
       tf.dispose([t, ...Object.values(parsed.tensors)]);

@@ -1,6 +1,14 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { describe, expect, it } from 'vitest';
-import { BackendUnavailableError, assertNoLeaks, describeAdapter, getBackendInfo, initBackend, listBackends, TensorLeakError } from '@lora/tensor';
+import {
+  BackendUnavailableError,
+  assertNoLeaks,
+  describeAdapter,
+  getBackendInfo,
+  initBackend,
+  listBackends,
+  TensorLeakError,
+} from '@lora/tensor';
 
 describe('initBackend', () => {
   it('starts cpu, reports it, and registers gradients', async () => {
@@ -30,9 +38,13 @@ describe('initBackend', () => {
   });
 
   it('fails with what to do for an unknown name or an unavailable backend', async () => {
-    await expect(initBackend('webgl' as 'cpu')).rejects.toThrow(/backend 'webgl' is not available: unknown backend name. Use one of cpu, wasm, webgpu, tensorflow or 'auto'/);
+    await expect(initBackend('webgl' as 'cpu')).rejects.toThrow(
+      /backend 'webgl' is not available: unknown backend name. Use one of cpu, wasm, webgpu, tensorflow or 'auto'/,
+    );
     // Dawn's null backend gives no adapter that can compute: the error must say how to get one.
-    const err = await initBackend('webgpu', { webgpu: { dawnOptions: ['backend=null-not-a-backend'] } }).catch((e: unknown) => e);
+    const err = await initBackend('webgpu', { webgpu: { dawnOptions: ['backend=null-not-a-backend'] } }).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(BackendUnavailableError);
     expect((err as BackendUnavailableError).hint).toMatch(/Vulkan driver|backend=opengles/);
   });
@@ -40,7 +52,9 @@ describe('initBackend', () => {
 
 describe('describeAdapter', () => {
   it('flags software adapters by the fallback bit or by name', () => {
-    expect(describeAdapter({ info: { vendor: 'nvidia', architecture: 'hopper', description: 'NVIDIA H200' } })).toEqual({ adapter: 'NVIDIA H200, nvidia hopper', software: false });
+    expect(describeAdapter({ info: { vendor: 'nvidia', architecture: 'hopper', description: 'NVIDIA H200' } })).toEqual(
+      { adapter: 'NVIDIA H200, nvidia hopper', software: false },
+    );
     expect(describeAdapter({ info: { description: 'llvmpipe (LLVM 15.0.6, 256 bits)' } }).software).toBe(true);
     expect(describeAdapter({ info: { vendor: 'google', architecture: 'swiftshader' } }).software).toBe(true);
     expect(describeAdapter({ isFallbackAdapter: true, info: {} }).software).toBe(true);
@@ -58,7 +72,9 @@ describe('assertNoLeaks', () => {
       return tf.add(a, 1);
     };
     expect(() => assertNoLeaks(leaky, 'leaky')).toThrow(TensorLeakError);
-    expect(() => assertNoLeaks(leaky, 'leaky')).toThrow(/leaky \(returned 1 tensor\(s\)\): tf.memory\(\).numTensors went from \d+ to \d+ \(\+1\)/);
+    expect(() => assertNoLeaks(leaky, 'leaky')).toThrow(
+      /leaky \(returned 1 tensor\(s\)\): tf.memory\(\).numTensors went from \d+ to \d+ \(\+1\)/,
+    );
     await expect(assertNoLeaks(async () => ({ t: tf.tidy(() => tf.neg(a)) }), 'async')).resolves.toBeTruthy();
     tf.disposeVariables();
   });

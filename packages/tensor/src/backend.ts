@@ -89,18 +89,32 @@ let current: BackendInfo | null = null;
 async function setTfBackend(name: BackendName): Promise<void> {
   const ok = await tf.setBackend(name);
   if (!ok) {
-    throw new BackendUnavailableError(name, `tf.setBackend('${name}') failed (tfjs printed the cause above)`, 'Try another backend, or initBackend("auto").');
+    throw new BackendUnavailableError(
+      name,
+      `tf.setBackend('${name}') failed (tfjs printed the cause above)`,
+      'Try another backend, or initBackend("auto").',
+    );
   }
   await tf.ready();
 }
 
-async function ensurePackage(backend: BackendName, pkg: OptionalPackage, options: InitBackendOptions): Promise<Probe | null> {
+async function ensurePackage(
+  backend: BackendName,
+  pkg: OptionalPackage,
+  options: InitBackendOptions,
+): Promise<Probe | null> {
   if (tf.findBackendFactory(backend) !== null) return null;
   const mod = await load(pkg, options).catch((e: unknown) => e as Error);
-  if (mod === null) return { ok: false, reason: `${pkg} is not installed`, hint: `Install it: npm install ${pkg}@${TFJS}` };
-  if (mod instanceof Error) return { ok: false, reason: `${pkg} failed to load: ${mod.message}`, hint: `Reinstall ${pkg}@${TFJS}.` };
+  if (mod === null)
+    return { ok: false, reason: `${pkg} is not installed`, hint: `Install it: npm install ${pkg}@${TFJS}` };
+  if (mod instanceof Error)
+    return { ok: false, reason: `${pkg} failed to load: ${mod.message}`, hint: `Reinstall ${pkg}@${TFJS}.` };
   if (tf.findBackendFactory(backend) === null) {
-    return { ok: false, reason: `${pkg} loaded but registered no '${backend}' backend`, hint: `Make sure only one copy of @tensorflow/tfjs-core@${TFJS} is installed (npm ls @tensorflow/tfjs-core).` };
+    return {
+      ok: false,
+      reason: `${pkg} loaded but registered no '${backend}' backend`,
+      hint: `Make sure only one copy of @tensorflow/tfjs-core@${TFJS} is installed (npm ls @tensorflow/tfjs-core).`,
+    };
   }
   return null;
 }
@@ -131,8 +145,10 @@ async function probeWasm(options: InitBackendOptions): Promise<Probe> {
   if (!registered) {
     const pkg = '@tensorflow/tfjs-backend-wasm' as const;
     const loaded = await load<WasmModule>(pkg, options).catch((e: unknown) => e as Error);
-    if (loaded === null) return { ok: false, reason: `${pkg} is not installed`, hint: `Install it: npm install ${pkg}@${TFJS}` };
-    if (loaded instanceof Error) return { ok: false, reason: `${pkg} failed to load: ${loaded.message}`, hint: `Reinstall ${pkg}@${TFJS}.` };
+    if (loaded === null)
+      return { ok: false, reason: `${pkg} is not installed`, hint: `Install it: npm install ${pkg}@${TFJS}` };
+    if (loaded instanceof Error)
+      return { ok: false, reason: `${pkg} failed to load: ${loaded.message}`, hint: `Reinstall ${pkg}@${TFJS}.` };
     wasm = loaded;
   }
   return {
@@ -141,7 +157,12 @@ async function probeWasm(options: InitBackendOptions): Promise<Probe> {
     software: false,
     activate: async () => {
       if (options.wasm?.wasmPaths !== undefined) {
-        if (!wasm) throw new BackendUnavailableError('wasm', 'wasmPaths was given but the wasm backend was registered elsewhere', 'Call setWasmPaths yourself before importing, or let initBackend import the backend.');
+        if (!wasm)
+          throw new BackendUnavailableError(
+            'wasm',
+            'wasmPaths was given but the wasm backend was registered elsewhere',
+            'Call setWasmPaths yourself before importing, or let initBackend import the backend.',
+          );
         wasm.setWasmPaths(options.wasm.wasmPaths);
       }
       if (options.wasm?.threads !== undefined) wasm?.setThreadsCount?.(options.wasm.threads);
@@ -162,7 +183,12 @@ async function probeTensorflow(options: InitBackendOptions): Promise<Probe> {
   const hint =
     'Install @tensorflow/tfjs-node (CPU) or @tensorflow/tfjs-node-gpu (CUDA). Where its installer cannot download libtensorflow, ' +
     'install with --ignore-scripts and build the addon against the tensorflow-cpu wheel (see the @lora/tensor README).';
-  if (!isNode()) return { ok: false, reason: 'the tensorflow backend exists only in Node', hint: 'Use webgpu or wasm in a browser.' };
+  if (!isNode())
+    return {
+      ok: false,
+      reason: 'the tensorflow backend exists only in Node',
+      hint: 'Use webgpu or wasm in a browser.',
+    };
   const failures: string[] = [];
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'] as const) {
     if (tf.findBackendFactory('tensorflow') !== null) break;
@@ -170,7 +196,13 @@ async function probeTensorflow(options: InitBackendOptions): Promise<Probe> {
     if (mod instanceof Error) failures.push(`${pkg} is installed but failed to load: ${mod.message.split('\n')[0]}`);
   }
   if (tf.findBackendFactory('tensorflow') === null) {
-    return { ok: false, reason: failures.length ? failures.join('; ') : 'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed', hint };
+    return {
+      ok: false,
+      reason: failures.length
+        ? failures.join('; ')
+        : 'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed',
+      hint,
+    };
   }
   return {
     ok: true,
@@ -200,8 +232,11 @@ interface DawnModule {
 /** Describes an adapter, and whether it is a CPU emulation of a GPU. */
 export function describeAdapter(adapter: GPUAdapterLike): { adapter: string; software: boolean } {
   const info = adapter.info ?? {};
-  const parts = [info.description, info.vendor && info.architecture ? `${info.vendor} ${info.architecture}` : (info.vendor ?? info.architecture), info.device]
-    .filter((p): p is string => typeof p === 'string' && p.length > 0);
+  const parts = [
+    info.description,
+    info.vendor && info.architecture ? `${info.vendor} ${info.architecture}` : (info.vendor ?? info.architecture),
+    info.device,
+  ].filter((p): p is string => typeof p === 'string' && p.length > 0);
   const text = [...new Set(parts)].join(', ') || 'unnamed adapter';
   const software =
     adapter.isFallbackAdapter === true ||
@@ -244,13 +279,24 @@ async function nodeGpu(dawnOptions: string[], options: InitBackendOptions): Prom
   if (cached) return cached;
   const dawn = await load<DawnModule>('webgpu', options).catch((e: unknown) => e as Error);
   if (dawn === null) {
-    return { ok: false, reason: "Dawn's 'webgpu' package is not installed", hint: 'Install it: npm install webgpu@0.6.2' };
+    return {
+      ok: false,
+      reason: "Dawn's 'webgpu' package is not installed",
+      hint: 'Install it: npm install webgpu@0.6.2',
+    };
   }
-  if (dawn instanceof Error) return { ok: false, reason: `the 'webgpu' package failed to load: ${dawn.message}`, hint: 'Reinstall webgpu@0.6.2 for this platform.' };
-  for (const [k, v] of Object.entries(dawn.globals)) if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
+  if (dawn instanceof Error)
+    return {
+      ok: false,
+      reason: `the 'webgpu' package failed to load: ${dawn.message}`,
+      hint: 'Reinstall webgpu@0.6.2 for this platform.',
+    };
+  for (const [k, v] of Object.entries(dawn.globals))
+    if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
   // Mesa's EGL needs a platform when there is no display; surfaceless is the one that works headless.
   const env = (globalThis as { process: { env: Record<string, string | undefined> } }).process.env;
-  if (dawnOptions.some((o) => /^backend=opengl/.test(o)) && env.EGL_PLATFORM === undefined) env.EGL_PLATFORM = 'surfaceless';
+  if (dawnOptions.some((o) => /^backend=opengl/.test(o)) && env.EGL_PLATFORM === undefined)
+    env.EGL_PLATFORM = 'surfaceless';
   const gpu = dawn.create(dawnOptions);
   dawnInstances.set(key, gpu);
   return gpu;
@@ -275,13 +321,19 @@ async function probeWebgpu(options: InitBackendOptions, allowSoftware: boolean):
   } else {
     const nav = (globalThis as { navigator?: { gpu?: GPULike } }).navigator;
     if (!nav?.gpu) {
-      return { ok: false, reason: 'navigator.gpu does not exist in this browser', hint: 'Use a browser with WebGPU (Chrome or Edge 113+), or serve the page over https or localhost.' };
+      return {
+        ok: false,
+        reason: 'navigator.gpu does not exist in this browser',
+        hint: 'Use a browser with WebGPU (Chrome or Edge 113+), or serve the page over https or localhost.',
+      };
     }
     base = webgpuGpu ?? nav.gpu;
   }
   const gpu = withAdapterDefaults(base, defaults);
   const adapter = await gpu.requestAdapter().catch(() => null);
-  const where = isNode() ? `Dawn (${settings.dawnOptions.join(' ') || 'default backend'}, featureLevel ${settings.featureLevel})` : 'navigator.gpu';
+  const where = isNode()
+    ? `Dawn (${settings.dawnOptions.join(' ') || 'default backend'}, featureLevel ${settings.featureLevel})`
+    : 'navigator.gpu';
   if (!adapter) {
     return {
       ok: false,
@@ -289,7 +341,7 @@ async function probeWebgpu(options: InitBackendOptions, allowSoftware: boolean):
       hint: isNode()
         ? 'Install a Vulkan driver for your GPU (and libvulkan1). Without a GPU, a software adapter works through Mesa: ' +
           "apt-get install libegl1 libegl-mesa0 libgles2 libgl1-mesa-dri, then initBackend('webgpu', { webgpu: { dawnOptions: ['backend=opengles'], featureLevel: 'compatibility' } }) " +
-          "(or LORA_DAWN_OPTIONS=backend=opengles LORA_WEBGPU_FEATURE_LEVEL=compatibility)."
+          '(or LORA_DAWN_OPTIONS=backend=opengles LORA_WEBGPU_FEATURE_LEVEL=compatibility).'
         : 'Enable WebGPU in the browser (chrome://flags/#enable-unsafe-webgpu in headless or Linux Chrome).',
     };
   }
@@ -310,7 +362,11 @@ async function probeWebgpu(options: InitBackendOptions, allowSoftware: boolean):
       if (webgpuFactory === null && tf.findBackendFactory('webgpu') === null) {
         const mod = await load('@tensorflow/tfjs-backend-webgpu', options);
         if (mod === null) {
-          throw new BackendUnavailableError('webgpu', '@tensorflow/tfjs-backend-webgpu is not installed', `Install it: npm install @tensorflow/tfjs-backend-webgpu@${TFJS}`);
+          throw new BackendUnavailableError(
+            'webgpu',
+            '@tensorflow/tfjs-backend-webgpu is not installed',
+            `Install it: npm install @tensorflow/tfjs-backend-webgpu@${TFJS}`,
+          );
         }
         if (tf.findBackendFactory('webgpu') === null) {
           throw new BackendUnavailableError(
@@ -353,7 +409,11 @@ export function autoOrder(): BackendName[] {
   return isNode() ? ['tensorflow', 'webgpu', 'wasm', 'cpu'] : ['webgpu', 'wasm', 'cpu'];
 }
 
-async function finish(name: BackendName, p: Extract<Probe, { ok: true }>, options: InitBackendOptions): Promise<BackendInfo> {
+async function finish(
+  name: BackendName,
+  p: Extract<Probe, { ok: true }>,
+  options: InitBackendOptions,
+): Promise<BackendInfo> {
   if (options.quiet !== false) tf.env().set('PROD', true);
   const adapter = (await p.activate()) ?? p.adapter;
   // Gradients are registered whatever the backend: tfjs-core alone registers none.
@@ -377,10 +437,17 @@ async function finish(name: BackendName, p: Extract<Probe, { ok: true }>, option
  * console.log(`${info.name} on ${info.adapter}${info.software ? ' (software)' : ''}`);
  * ```
  */
-export async function initBackend(name: BackendName | 'auto' = 'auto', options: InitBackendOptions = {}): Promise<BackendInfo> {
+export async function initBackend(
+  name: BackendName | 'auto' = 'auto',
+  options: InitBackendOptions = {},
+): Promise<BackendInfo> {
   if (name !== 'auto') {
     if (!ALL.includes(name)) {
-      throw new BackendUnavailableError(String(name), 'unknown backend name', `Use one of ${ALL.join(', ')} or 'auto'.`);
+      throw new BackendUnavailableError(
+        String(name),
+        'unknown backend name',
+        `Use one of ${ALL.join(', ')} or 'auto'.`,
+      );
     }
     const p = await probe(name, options, options.webgpu?.allowSoftware ?? true);
     if (!p.ok) throw new BackendUnavailableError(name, p.reason, p.hint);
@@ -399,7 +466,11 @@ export async function initBackend(name: BackendName | 'auto' = 'auto', options: 
       skipped.push(`${candidate}: ${(e as Error).message}`);
     }
   }
-  throw new BackendUnavailableError('auto', `no backend could start (${skipped.join('; ')})`, `Install @tensorflow/tfjs-backend-cpu@${TFJS} at least.`);
+  throw new BackendUnavailableError(
+    'auto',
+    `no backend could start (${skipped.join('; ')})`,
+    `Install @tensorflow/tfjs-backend-cpu@${TFJS} at least.`,
+  );
 }
 
 /**
@@ -412,11 +483,17 @@ export async function initBackend(name: BackendName | 'auto' = 'auto', options: 
  * ```
  */
 export async function listBackends(options: InitBackendOptions = {}): Promise<BackendAvailability[]> {
-  const order = isNode() ? (['tensorflow', 'webgpu', 'wasm', 'cpu'] as const) : (['webgpu', 'wasm', 'cpu', 'tensorflow'] as const);
+  const order = isNode()
+    ? (['tensorflow', 'webgpu', 'wasm', 'cpu'] as const)
+    : (['webgpu', 'wasm', 'cpu', 'tensorflow'] as const);
   const rows: BackendAvailability[] = [];
   for (const name of order) {
     const p = await probe(name, options, true);
-    rows.push(p.ok ? { name, available: true, adapter: p.adapter, software: p.software } : { name, available: false, reason: p.reason, hint: p.hint });
+    rows.push(
+      p.ok
+        ? { name, available: true, adapter: p.adapter, software: p.software }
+        : { name, available: false, reason: p.reason, hint: p.hint },
+    );
   }
   return rows;
 }

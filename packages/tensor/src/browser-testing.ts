@@ -76,7 +76,17 @@ export async function runInChromium<T>(options: ChromiumRunOptions): Promise<{ r
   const { chromium } = await import('playwright-core');
   const browser = await chromium.launch({
     executablePath: chromiumPath(),
-    args: ['--no-sandbox', '--disable-gpu-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic', '--disable-dev-shm-usage', '--enable-unsafe-webgpu'],
+    args: [
+      '--no-sandbox',
+      '--disable-gpu-sandbox',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+      '--disable-quic',
+      '--disable-dev-shm-usage',
+      '--enable-unsafe-webgpu',
+    ],
   });
   try {
     const page = await browser.newPage();
@@ -84,7 +94,11 @@ export async function runInChromium<T>(options: ChromiumRunOptions): Promise<{ r
     page.on('console', (m) => logs.push(m.text()));
     page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
     await page.goto(`http://127.0.0.1:${port}/`);
-    await page.waitForFunction(() => (window as unknown as { __lora?: { done: boolean } }).__lora?.done === true, undefined, { timeout: options.timeoutMs ?? 240_000 });
+    await page.waitForFunction(
+      () => (window as unknown as { __lora?: { done: boolean } }).__lora?.done === true,
+      undefined,
+      { timeout: options.timeoutMs ?? 240_000 },
+    );
     const result = (await page.evaluate(() => (window as unknown as { __lora: unknown }).__lora)) as T;
     return { result, logs };
   } finally {

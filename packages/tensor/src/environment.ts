@@ -15,7 +15,11 @@ export async function importOptional<T>(specifier: string): Promise<T | null> {
   } catch (e) {
     const code = (e as { code?: string }).code;
     const message = String((e as Error).message ?? e);
-    if (code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND' || /Cannot find (package|module)|Failed to resolve|Could not resolve/.test(message)) {
+    if (
+      code === 'ERR_MODULE_NOT_FOUND' ||
+      code === 'MODULE_NOT_FOUND' ||
+      /Cannot find (package|module)|Failed to resolve|Could not resolve/.test(message)
+    ) {
       if (message.includes(specifier)) return null;
     }
     throw e;

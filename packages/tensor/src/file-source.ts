@@ -47,7 +47,8 @@ export async function openFiles(files: ModelFiles): Promise<FileSource> {
   else for (const [k, v] of Object.entries(files)) map.set(k, v);
   const get = (n: string) => {
     const c = map.get(n);
-    if (c === undefined) throw new Error(`<memory>: no file named '${n}' among ${[...map.keys()].join(', ') || 'none'}`);
+    if (c === undefined)
+      throw new Error(`<memory>: no file named '${n}' among ${[...map.keys()].join(', ') || 'none'}`);
     return c;
   };
   return {
@@ -61,4 +62,3 @@ export async function openFiles(files: ModelFiles): Promise<FileSource> {
     list: async () => [...map.keys()],
   };
 }
-

@@ -37,7 +37,17 @@ describe('f16 codec', () => {
 describe('bf16 codec', () => {
   it('rounds float32 to nearest even and keeps NaN a NaN', () => {
     const bits = (u: number) => new Float32Array(new Uint32Array([u]).buffer)[0] as number;
-    const x = new Float32Array([1, bits(0x3f808000), bits(0x3f818000), bits(0x3f808001), Number.NaN, bits(0x7fc00001), -0, Number.POSITIVE_INFINITY, bits(0x7f7fffff)]);
+    const x = new Float32Array([
+      1,
+      bits(0x3f808000),
+      bits(0x3f818000),
+      bits(0x3f808001),
+      Number.NaN,
+      bits(0x7fc00001),
+      -0,
+      Number.POSITIVE_INFINITY,
+      bits(0x7f7fffff),
+    ]);
     const out = float32ToBf16(x);
     expect(Array.from(out)).toEqual([0x3f80, 0x3f80, 0x3f82, 0x3f81, 0x7fc0, 0x7fc0, 0x8000, 0x7f80, 0x7f80]);
     const back = bf16ToFloat32(out);

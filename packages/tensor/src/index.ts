@@ -1,11 +1,23 @@
 export { autoOrder, describeAdapter, getBackendInfo, initBackend, listBackends } from './backend';
-export type { BackendAvailability, BackendInfo, BackendName, InitBackendOptions, OptionalPackage, WebGPUOptions } from './backend';
+export type {
+  BackendAvailability,
+  BackendInfo,
+  BackendName,
+  InitBackendOptions,
+  OptionalPackage,
+  WebGPUOptions,
+} from './backend';
 export { BackendUnavailableError, SafetensorsError, TensorLeakError } from './errors';
 export type { SafetensorsErrorDetail } from './errors';
 export { bf16ToFloat32, f16BitsToNumber, f16ToFloat32, float32ToBf16, float32ToF16, numberToF16Bits } from './half';
 export { assertNoLeaks, countTensors } from './memory';
 export { Generator } from './random';
-export { MAX_HEADER_BYTES, READABLE_DTYPES, SAFETENSORS_DTYPE_SIZES, readSafetensorsHeader } from './safetensors-format';
+export {
+  MAX_HEADER_BYTES,
+  READABLE_DTYPES,
+  SAFETENSORS_DTYPE_SIZES,
+  readSafetensorsHeader,
+} from './safetensors-format';
 export type { SafetensorsDtype, SafetensorsEntry, SafetensorsHeader } from './safetensors-format';
 export { decodeEntry, parseSafetensors } from './safetensors-reader';
 export type { DecodedTensor, ParsedSafetensors } from './safetensors-reader';

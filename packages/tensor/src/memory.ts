@@ -30,7 +30,8 @@ export function assertNoLeaks<T>(fn: () => T, label = 'function'): T {
   const check = (result: Awaited<T>) => {
     const after = tf.memory().numTensors;
     const returned = countTensors(result);
-    if (after !== before + returned) throw new TensorLeakError(`${label} (returned ${returned} tensor(s))`, before + returned, after);
+    if (after !== before + returned)
+      throw new TensorLeakError(`${label} (returned ${returned} tensor(s))`, before + returned, after);
     return result;
   };
   const out = fn();

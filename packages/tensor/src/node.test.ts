@@ -7,7 +7,10 @@ import { SafetensorsError, decodeEntry, initBackend, readSafetensorsHeader, seri
 import { loadSafetensors, rewriteSafetensors, saveSafetensors, writeFileAtomic } from '@lora/tensor/node';
 
 const FIXTURES = join(import.meta.dirname, '..', '__fixtures__');
-const shardedExpected = JSON.parse(readFileSync(join(FIXTURES, 'sharded.expected.json'), 'utf8')) as Record<string, number[]>;
+const shardedExpected = JSON.parse(readFileSync(join(FIXTURES, 'sharded.expected.json'), 'utf8')) as Record<
+  string,
+  number[]
+>;
 
 beforeAll(async () => {
   await initBackend('cpu');
@@ -22,7 +25,8 @@ describe('loadSafetensors', () => {
       expect(metadata).toEqual({ format: 'pt' });
       expect(indexMetadata?.total_size).toBe(Object.values(shardedExpected).reduce((s, v) => s + 4 * v.length, 0));
       expect(Object.keys(tensors).sort()).toEqual(Object.keys(shardedExpected).sort());
-      for (const [name, values] of Object.entries(shardedExpected)) expect(Array.from(await tensors[name]!.data())).toEqual(values.map(Math.fround));
+      for (const [name, values] of Object.entries(shardedExpected))
+        expect(Array.from(await tensors[name]!.data())).toEqual(values.map(Math.fround));
       tf.dispose(Object.values(tensors));
       expect(tf.memory().numTensors).toBe(before);
     }
@@ -44,7 +48,9 @@ describe('loadSafetensors', () => {
     index.weight_map['model.missing.weight'] = 'model-00002-of-00002.safetensors';
     writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify(index));
     const before = tf.memory().numTensors;
-    await expect(loadSafetensors(dir)).rejects.toThrow(/tensor 'model.missing.weight' weight_map: the index .* puts 'model.missing.weight' in this shard, which does not contain it/);
+    await expect(loadSafetensors(dir)).rejects.toThrow(
+      /tensor 'model.missing.weight' weight_map: the index .* puts 'model.missing.weight' in this shard, which does not contain it/,
+    );
     expect(tf.memory().numTensors).toBe(before);
     index.weight_map['model.missing.weight'] = '../../etc/passwd';
     writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify(index));
@@ -56,7 +62,9 @@ describe('loadSafetensors', () => {
   it('asks which file to read when a directory is ambiguous', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'lora-st-'));
     for (const n of ['a', 'b']) copyFileSync(join(FIXTURES, 'js-written.safetensors'), join(dir, `${n}.safetensors`));
-    await expect(loadSafetensors(dir)).rejects.toThrow(/directory holds 2 .safetensors files and 0 indexes; pass the file/);
+    await expect(loadSafetensors(dir)).rejects.toThrow(
+      /directory holds 2 .safetensors files and 0 indexes; pass the file/,
+    );
   });
 });
 
@@ -69,7 +77,9 @@ describe('saveSafetensors', () => {
     const first = readFileSync(path);
     const disposed = tf.tensor1d([4]);
     disposed.dispose();
-    await expect(saveSafetensors(path, { a, b: disposed })).rejects.toThrow(/tensor 'b' data: tensor is already disposed/);
+    await expect(saveSafetensors(path, { a, b: disposed })).rejects.toThrow(
+      /tensor 'b' data: tensor is already disposed/,
+    );
     expect(readFileSync(path).equals(first)).toBe(true);
     expect(readdirSync(dir)).toEqual(['adapter_model.safetensors']);
     const { tensors } = await loadSafetensors(path);
@@ -126,22 +136,32 @@ describe('rewriteSafetensors', () => {
     const header = readSafetensorsHeader(before);
     expect(Array.from(after.subarray(0, header.dataStart))).toEqual(Array.from(before.subarray(0, header.dataStart)));
     const entry = (n: string) => header.entries.find((e) => e.name === n)!;
-    for (const n of ['b', 'c']) expect(Array.from(after.subarray(entry(n).begin, entry(n).end))).toEqual(Array.from(before.subarray(entry(n).begin, entry(n).end)));
+    for (const n of ['b', 'c'])
+      expect(Array.from(after.subarray(entry(n).begin, entry(n).end))).toEqual(
+        Array.from(before.subarray(entry(n).begin, entry(n).end)),
+      );
     // a is still BF16: 2·v + b, rounded to bf16 (every value here is exact in bf16 but for the 0.1-steps)
     const a = decodeEntry(after, entry('a'));
     const want = [1, 2, 3, 4, 5, 6].map((v, i) => Math.fround(v * 2 + Math.fround([0.1, 0.2, 0.3][i % 3] as number)));
     expect(entry('a').dtype).toBe('BF16');
     expect(a.values.length).toBe(6);
-    for (const [i, v] of Array.from(a.values).entries()) expect(Math.abs(v - (want[i] as number))).toBeLessThan(Math.abs(want[i] as number) * 2 ** -8);
+    for (const [i, v] of Array.from(a.values).entries())
+      expect(Math.abs(v - (want[i] as number))).toBeLessThan(Math.abs(want[i] as number) * 2 ** -8);
     // replacing nothing gives the same bytes (a Python-written file)
-    const py = join(FIXTURES, 'sharded', readdirSync(join(FIXTURES, 'sharded')).find((f) => f.endsWith('.safetensors'))!);
+    const py = join(
+      FIXTURES,
+      'sharded',
+      readdirSync(join(FIXTURES, 'sharded')).find((f) => f.endsWith('.safetensors'))!,
+    );
     await rewriteSafetensors(py, join(dir, 'same.safetensors'), async () => undefined);
     expect(Buffer.compare(readFileSync(py), readFileSync(join(dir, 'same.safetensors')))).toBe(0);
   });
 
   it('leaves nothing behind when the replacement is wrong or fails, and names the tensor', async () => {
     const out = join(dir, 'bad.safetensors');
-    await expect(rewriteSafetensors(input, out, async (n) => (n === 'b' ? new Float32Array(2) : undefined))).rejects.toThrow(/tensor 'b'.*2 values; the tensor's shape \[3\] holds 3/);
+    await expect(
+      rewriteSafetensors(input, out, async (n) => (n === 'b' ? new Float32Array(2) : undefined)),
+    ).rejects.toThrow(/tensor 'b'.*2 values; the tensor's shape \[3\] holds 3/);
     await expect(
       rewriteSafetensors(input, out, async (n) => {
         if (n === 'c') throw new Error('merge failed');
@@ -150,6 +170,8 @@ describe('rewriteSafetensors', () => {
     ).rejects.toThrow('merge failed');
     expect(readdirSync(dir).filter((f) => f.startsWith('bad') || f.startsWith('.bad'))).toEqual([]);
     writeFileSync(join(dir, 'trunc.safetensors'), readFileSync(input).subarray(0, 40));
-    await expect(rewriteSafetensors(join(dir, 'trunc.safetensors'), out, async () => undefined)).rejects.toThrow(SafetensorsError);
+    await expect(rewriteSafetensors(join(dir, 'trunc.safetensors'), out, async () => undefined)).rejects.toThrow(
+      SafetensorsError,
+    );
   });
 });

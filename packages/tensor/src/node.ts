@@ -9,7 +9,13 @@ import * as tf from '@tensorflow/tfjs-core';
 import { SafetensorsError } from './errors';
 import { type SafetensorsEntry, type SafetensorsHeader, parseHeader, readHeaderLength } from './safetensors-format';
 import { type DecodedTensor, type ParsedSafetensors, decodeEntry, parseSafetensors } from './safetensors-reader';
-import { type RawTensor, type SerializeOptions, type WritableDtype, encodeValues, serializeSafetensors } from './safetensors-writer';
+import {
+  type RawTensor,
+  type SerializeOptions,
+  type WritableDtype,
+  encodeValues,
+  serializeSafetensors,
+} from './safetensors-writer';
 
 /** What {@link loadSafetensors} returns. The caller owns (and disposes) the tensors. */
 export interface LoadedSafetensors extends ParsedSafetensors {
@@ -58,7 +64,10 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
   try {
     index = JSON.parse(await readFile(indexPath, 'utf8'));
   } catch (e) {
-    throw new SafetensorsError({ file: indexPath, field: 'header' }, `index is not valid JSON (${(e as Error).message})`);
+    throw new SafetensorsError(
+      { file: indexPath, field: 'header' },
+      `index is not valid JSON (${(e as Error).message})`,
+    );
   }
   const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
   if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap)) {
@@ -66,7 +75,8 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
   }
   const byShard = new Map<string, string[]>();
   for (const [name, shard] of Object.entries(weightMap)) {
-    if (typeof shard !== 'string' || shard.length === 0) indexError(indexPath, `shard for '${name}' is ${JSON.stringify(shard)}, not a file name`);
+    if (typeof shard !== 'string' || shard.length === 0)
+      indexError(indexPath, `shard for '${name}' is ${JSON.stringify(shard)}, not a file name`);
     // An index is untrusted input: its shard names must stay inside the checkpoint's directory.
     if (isAbsolute(shard) || normalize(shard).split(/[\\/]/).includes('..')) {
       indexError(indexPath, `shard '${shard}' for '${name}' points outside the checkpoint directory`);
@@ -87,7 +97,10 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
         const t = part.tensors[name];
         if (t === undefined) {
           tf.dispose(Object.values(part.tensors));
-          throw new SafetensorsError({ file, tensor: name, field: 'weight_map' }, `the index ${indexPath} puts '${name}' in this shard, which does not contain it`);
+          throw new SafetensorsError(
+            { file, tensor: name, field: 'weight_map' },
+            `the index ${indexPath} puts '${name}' in this shard, which does not contain it`,
+          );
         }
         tensors[name] = t;
       }
@@ -103,7 +116,9 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
     tensors,
     metadata,
     files,
-    ...(typeof indexMetadata === 'object' && indexMetadata !== null ? { indexMetadata: indexMetadata as Record<string, unknown> } : {}),
+    ...(typeof indexMetadata === 'object' && indexMetadata !== null
+      ? { indexMetadata: indexMetadata as Record<string, unknown> }
+      : {}),
   };
 }
 
@@ -122,7 +137,8 @@ export async function loadSafetensors(path: string): Promise<LoadedSafetensors> 
   const info = await stat(path);
   if (info.isDirectory()) {
     const entries = await readdir(path);
-    if (entries.includes('model.safetensors.index.json')) return readSharded(join(path, 'model.safetensors.index.json'));
+    if (entries.includes('model.safetensors.index.json'))
+      return readSharded(join(path, 'model.safetensors.index.json'));
     if (entries.includes('model.safetensors')) return loadSafetensors(join(path, 'model.safetensors'));
     const indexes = entries.filter((e) => e.endsWith('.safetensors.index.json'));
     if (indexes.length === 1) return readSharded(join(path, indexes[0] as string));
@@ -176,7 +192,10 @@ export async function readSafetensorsFileHeader(path: string): Promise<Safetenso
 }
 
 /** Reads and validates the header of an open file: the header, its raw bytes with the 8-byte prefix, and the file's size. */
-async function readOpenHeader(file: FileHandle, path: string): Promise<{ header: SafetensorsHeader; head: Uint8Array; size: number }> {
+async function readOpenHeader(
+  file: FileHandle,
+  path: string,
+): Promise<{ header: SafetensorsHeader; head: Uint8Array; size: number }> {
   const { size } = await file.stat();
   const prefix = new Uint8Array(8);
   await file.read(prefix, 0, 8, 0);
@@ -244,7 +263,8 @@ export async function rewriteSafetensors(
       header,
       async read(name) {
         const entry = byName.get(name);
-        if (!entry) throw new SafetensorsError({ file: input, tensor: name, field: 'name' }, `no tensor '${name}' in this file`);
+        if (!entry)
+          throw new SafetensorsError({ file: input, tensor: name, field: 'name' }, `no tensor '${name}' in this file`);
         return decodeEntry(await readBytes(entry), { ...entry, begin: 0, end: entry.end - entry.begin }, input);
       },
     };
@@ -260,7 +280,11 @@ export async function rewriteSafetensors(
         for (let at = entry.begin; at < entry.end; ) {
           const n = Math.min(chunk.length, entry.end - at);
           const { bytesRead } = await source.read(chunk, 0, n, at);
-          if (bytesRead !== n) throw new SafetensorsError({ file: input, tensor: entry.name, field: 'data' }, `the file ended while reading it (changed while being read?)`);
+          if (bytesRead !== n)
+            throw new SafetensorsError(
+              { file: input, tensor: entry.name, field: 'data' },
+              `the file ended while reading it (changed while being read?)`,
+            );
           await target.write(chunk, 0, n, written);
           written += n;
           at += n;
@@ -270,15 +294,30 @@ export async function rewriteSafetensors(
       }
       const numel = entry.shape.reduce((a, b) => a * b, 1);
       if (values.length !== numel) {
-        throw new SafetensorsError({ file: output, tensor: entry.name, field: 'shape' }, `the replacement has ${values.length} values; the tensor's shape [${entry.shape.join(', ')}] holds ${numel}`);
+        throw new SafetensorsError(
+          { file: output, tensor: entry.name, field: 'shape' },
+          `the replacement has ${values.length} values; the tensor's shape [${entry.shape.join(', ')}] holds ${numel}`,
+        );
       }
       if (!REWRITABLE.includes(entry.dtype)) {
-        throw new SafetensorsError({ file: output, tensor: entry.name, field: 'dtype' }, `a ${entry.dtype} tensor cannot be rewritten; only ${REWRITABLE.join(', ')} can`);
+        throw new SafetensorsError(
+          { file: output, tensor: entry.name, field: 'dtype' },
+          `a ${entry.dtype} tensor cannot be rewritten; only ${REWRITABLE.join(', ')} can`,
+        );
       }
       // floats into float dtypes, integers into integer ones, whatever typed array the caller returned
       const isFloat = entry.dtype.startsWith('F') || entry.dtype === 'BF16';
-      const typed = isFloat ? (values instanceof Float32Array ? values : Float32Array.from(values)) : values instanceof Int32Array ? values : Int32Array.from(values);
-      const bytes = entry.dtype === 'F64' ? new Uint8Array(Float64Array.from(typed).buffer) : encodeValues(typed, entry.dtype as WritableDtype);
+      const typed = isFloat
+        ? values instanceof Float32Array
+          ? values
+          : Float32Array.from(values)
+        : values instanceof Int32Array
+          ? values
+          : Int32Array.from(values);
+      const bytes =
+        entry.dtype === 'F64'
+          ? new Uint8Array(Float64Array.from(typed).buffer)
+          : encodeValues(typed, entry.dtype as WritableDtype);
       replaced.push(entry.name);
       await target.write(bytes, 0, bytes.length, written);
       written += bytes.length;

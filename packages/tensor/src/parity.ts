@@ -8,7 +8,8 @@
  * ```
  */
 export function maxRelativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  if (actual.length !== expected.length) throw new Error(`length ${actual.length} differs from expected ${expected.length}`);
+  if (actual.length !== expected.length)
+    throw new Error(`length ${actual.length} differs from expected ${expected.length}`);
   let diff = 0;
   let scale = 0;
   for (let i = 0; i < expected.length; i++) {

@@ -4,8 +4,18 @@ import { describe, expect, it } from 'vitest';
 import { Generator } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
 
-interface Case { seed: number; n: number; rand: number[]; randn: number[]; randn_float64: number[]; 'uniform_-0.3_0.7': number[]; 'normal_2_0.5': number[] }
-const fixture = JSON.parse(readFileSync(join(import.meta.dirname, '..', '__fixtures__', 'torch-random.json'), 'utf8')) as {
+interface Case {
+  seed: number;
+  n: number;
+  rand: number[];
+  randn: number[];
+  randn_float64: number[];
+  'uniform_-0.3_0.7': number[];
+  'normal_2_0.5': number[];
+}
+const fixture = JSON.parse(
+  readFileSync(join(import.meta.dirname, '..', '__fixtures__', 'torch-random.json'), 'utf8'),
+) as {
   torch: string;
   cases: Case[];
   sequence_seed3: number[][];
@@ -16,10 +26,16 @@ describe(`Generator against torch ${fixture.torch}'s CPU generator`, () => {
     it(`seed ${c.seed}, ${c.n} values: rand and uniform_ bit for bit, randn and normal_ to float32 rounding, float64 randn to 1e-14`, () => {
       const g = new Generator(c.seed);
       expect(Array.from(g.fillUniform(new Float32Array(c.n)))).toEqual(c.rand);
-      expect(Array.from(g.manualSeed(c.seed).fillUniform(new Float32Array(c.n), -0.3, 0.7))).toEqual(c['uniform_-0.3_0.7']);
+      expect(Array.from(g.manualSeed(c.seed).fillUniform(new Float32Array(c.n), -0.3, 0.7))).toEqual(
+        c['uniform_-0.3_0.7'],
+      );
       expect(maxRelativeError(g.manualSeed(c.seed).fillNormal(new Float32Array(c.n)), c.randn)).toBeLessThan(1e-6);
-      expect(maxRelativeError(g.manualSeed(c.seed).fillNormal(new Float32Array(c.n), 2, 0.5), c['normal_2_0.5'])).toBeLessThan(1e-6);
-      expect(maxRelativeError(g.manualSeed(c.seed).fillNormal64(new Float64Array(c.n)), c.randn_float64)).toBeLessThan(1e-14);
+      expect(
+        maxRelativeError(g.manualSeed(c.seed).fillNormal(new Float32Array(c.n), 2, 0.5), c['normal_2_0.5']),
+      ).toBeLessThan(1e-6);
+      expect(maxRelativeError(g.manualSeed(c.seed).fillNormal64(new Float64Array(c.n)), c.randn_float64)).toBeLessThan(
+        1e-14,
+      );
     });
   }
 

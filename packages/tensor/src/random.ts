@@ -169,7 +169,8 @@ export class Generator {
 function sizeOf(shape: number[]): number {
   let n = 1;
   for (const d of shape) {
-    if (!Number.isInteger(d) || d < 0) throw new RangeError(`shape ${JSON.stringify(shape)} must hold non-negative integers`);
+    if (!Number.isInteger(d) || d < 0)
+      throw new RangeError(`shape ${JSON.stringify(shape)} must hold non-negative integers`);
     n *= d;
   }
   return n;

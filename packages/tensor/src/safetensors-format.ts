@@ -31,7 +31,18 @@ export const SAFETENSORS_DTYPE_SIZES = {
 export type SafetensorsDtype = keyof typeof SAFETENSORS_DTYPE_SIZES;
 
 /** Dtypes this package can decode into tfjs tensors. */
-export const READABLE_DTYPES: readonly SafetensorsDtype[] = ['F32', 'F16', 'BF16', 'F64', 'I64', 'I32', 'I16', 'I8', 'U8', 'BOOL'];
+export const READABLE_DTYPES: readonly SafetensorsDtype[] = [
+  'F32',
+  'F16',
+  'BF16',
+  'F64',
+  'I64',
+  'I32',
+  'I16',
+  'I8',
+  'U8',
+  'BOOL',
+];
 
 /** One tensor's entry in a validated header. Offsets are absolute within the file's bytes. */
 export interface SafetensorsEntry {
@@ -66,18 +77,30 @@ function fail(file: string, field: string, message: string, tensor?: string): ne
  */
 export function readHeaderLength(prefix: Uint8Array, totalBytes: number, file: string): number {
   if (totalBytes < 8 || prefix.length < 8) {
-    fail(file, 'header_length', `file is ${totalBytes} bytes, shorter than the 8-byte header length prefix; the file is truncated or not safetensors`);
+    fail(
+      file,
+      'header_length',
+      `file is ${totalBytes} bytes, shorter than the 8-byte header length prefix; the file is truncated or not safetensors`,
+    );
   }
   const view = new DataView(prefix.buffer, prefix.byteOffset, 8);
   const lo = view.getUint32(0, true);
   const hi = view.getUint32(4, true);
   if (hi !== 0 || lo > MAX_HEADER_BYTES) {
     const n = BigInt(hi) * 2n ** 32n + BigInt(lo);
-    fail(file, 'header_length', `header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit; the file is corrupt or not safetensors`);
+    fail(
+      file,
+      'header_length',
+      `header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit; the file is corrupt or not safetensors`,
+    );
   }
   if (lo < 2) fail(file, 'header_length', `header length ${lo} is too small to hold a JSON object`);
   if (8 + lo > totalBytes) {
-    fail(file, 'header_length', `header length ${lo} runs past the end of the ${totalBytes}-byte file; the file is truncated`);
+    fail(
+      file,
+      'header_length',
+      `header length ${lo} runs past the end of the ${totalBytes}-byte file; the file is truncated`,
+    );
   }
   return lo;
 }
@@ -130,7 +153,8 @@ export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: s
   } catch (e) {
     fail(file, 'header', `header is not valid JSON (${(e as Error).message})`);
   }
-  if (!isPlainObject(raw)) fail(file, 'header', 'header must be a JSON object mapping tensor names to {dtype, shape, data_offsets}');
+  if (!isPlainObject(raw))
+    fail(file, 'header', 'header must be a JSON object mapping tensor names to {dtype, shape, data_offsets}');
 
   const seen = new Set<string>();
   for (const key of topLevelKeys(text)) {
@@ -148,7 +172,8 @@ export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: s
       if (info === null) continue;
       if (!isPlainObject(info)) fail(file, '__metadata__', 'must be an object of string values');
       for (const [k, v] of Object.entries(info)) {
-        if (typeof v !== 'string') fail(file, '__metadata__', `value of '${k}' is ${JSON.stringify(v)}; metadata values must be strings`);
+        if (typeof v !== 'string')
+          fail(file, '__metadata__', `value of '${k}' is ${JSON.stringify(v)}; metadata values must be strings`);
       }
       metadata = info as Record<string, string>;
       continue;
@@ -157,7 +182,12 @@ export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: s
     if (!isPlainObject(info)) fail(file, 'header', 'entry must be an object {dtype, shape, data_offsets}', name);
     const { dtype, shape, data_offsets: offsets } = info;
     if (typeof dtype !== 'string' || !(dtype in SAFETENSORS_DTYPE_SIZES)) {
-      fail(file, 'dtype', `unknown dtype ${JSON.stringify(dtype)}; expected one of ${Object.keys(SAFETENSORS_DTYPE_SIZES).join(', ')}`, name);
+      fail(
+        file,
+        'dtype',
+        `unknown dtype ${JSON.stringify(dtype)}; expected one of ${Object.keys(SAFETENSORS_DTYPE_SIZES).join(', ')}`,
+        name,
+      );
     }
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
       fail(file, 'shape', `shape ${JSON.stringify(shape)} must be an array of non-negative integers`, name);
@@ -168,21 +198,37 @@ export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: s
       !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
       offsets[0] > offsets[1]
     ) {
-      fail(file, 'data_offsets', `data_offsets ${JSON.stringify(offsets)} must be two non-negative integers [begin, end] with begin <= end`, name);
+      fail(
+        file,
+        'data_offsets',
+        `data_offsets ${JSON.stringify(offsets)} must be two non-negative integers [begin, end] with begin <= end`,
+        name,
+      );
     }
     const [b, e] = offsets as [number, number];
     if (e > dataBytes) {
-      fail(file, 'data_offsets', `data_offsets [${b}, ${e}] run past the ${dataBytes}-byte data section; the file is truncated`, name);
+      fail(
+        file,
+        'data_offsets',
+        `data_offsets [${b}, ${e}] run past the ${dataBytes}-byte data section; the file is truncated`,
+        name,
+      );
     }
     const dims = shape as number[];
     let numel = 1;
     for (const d of dims) {
       numel *= d;
-      if (numel > Number.MAX_SAFE_INTEGER) fail(file, 'shape', `shape ${JSON.stringify(dims)} has too many elements`, name);
+      if (numel > Number.MAX_SAFE_INTEGER)
+        fail(file, 'shape', `shape ${JSON.stringify(dims)} has too many elements`, name);
     }
     const size = SAFETENSORS_DTYPE_SIZES[dtype as SafetensorsDtype];
     if (numel * size !== e - b) {
-      fail(file, 'shape', `shape ${JSON.stringify(dims)} × ${dtype} (${size} bytes) needs ${numel * size} bytes but data_offsets [${b}, ${e}] hold ${e - b}`, name);
+      fail(
+        file,
+        'shape',
+        `shape ${JSON.stringify(dims)} × ${dtype} (${size} bytes) needs ${numel * size} bytes but data_offsets [${b}, ${e}] hold ${e - b}`,
+        name,
+      );
     }
     entries.push({ name, dtype: dtype as SafetensorsDtype, shape: dims, begin: dataStart + b, end: dataStart + e });
   }
@@ -192,13 +238,25 @@ export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: s
   let cursor = dataStart;
   for (const entry of entries) {
     if (entry.begin !== cursor) {
-      const what = entry.begin < cursor ? 'overlaps the previous tensor' : `leaves a gap of ${entry.begin - cursor} bytes before it`;
-      fail(file, 'data_offsets', `data_offsets [${entry.begin - dataStart}, ${entry.end - dataStart}] ${what}`, entry.name);
+      const what =
+        entry.begin < cursor
+          ? 'overlaps the previous tensor'
+          : `leaves a gap of ${entry.begin - cursor} bytes before it`;
+      fail(
+        file,
+        'data_offsets',
+        `data_offsets [${entry.begin - dataStart}, ${entry.end - dataStart}] ${what}`,
+        entry.name,
+      );
     }
     cursor = entry.end;
   }
   if (cursor !== totalBytes) {
-    fail(file, 'data', `tensors cover ${cursor - dataStart} bytes of a ${dataBytes}-byte data section; the file has trailing bytes or is corrupt`);
+    fail(
+      file,
+      'data',
+      `tensors cover ${cursor - dataStart} bytes of a ${dataBytes}-byte data section; the file has trailing bytes or is corrupt`,
+    );
   }
   return { entries, metadata, dataStart };
 }

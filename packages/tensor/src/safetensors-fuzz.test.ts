@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, expect, it } from 'vitest';
-import { Generator, SafetensorsError, parseSafetensors , initBackend } from '@lora/tensor';
+import { Generator, SafetensorsError, parseSafetensors, initBackend } from '@lora/tensor';
 
 const FIXTURES = join(import.meta.dirname, '..', '__fixtures__');
 const seeds = ['python-dtypes.safetensors', 'js-written.safetensors', 'sharded/model-00001-of-00002.safetensors'].map(
@@ -38,25 +38,29 @@ function mutate(src: Uint8Array, g: Generator): Uint8Array {
     case 2: // rewrite the header length
       new DataView(b.buffer).setBigUint64(0, BigInt(g.nextUint32()) * BigInt(pick(3)) + BigInt(pick(end + 16)), true);
       break;
-    case 3: { // change a digit inside the header (shapes, offsets)
+    case 3: {
+      // change a digit inside the header (shapes, offsets)
       const digits = [];
       for (let i = 8; i < end; i++) if (b[i]! >= 48 && b[i]! <= 57) digits.push(i);
       if (digits.length) b[digits[pick(digits.length)]!] = 48 + pick(10);
       break;
     }
-    case 4: { // replace a header byte with JSON punctuation
+    case 4: {
+      // replace a header byte with JSON punctuation
       const chars = '{}[]",:-0 e';
       b[8 + pick(end - 8)] = chars.charCodeAt(pick(chars.length));
       break;
     }
-    case 5: { // append or remove data bytes
+    case 5: {
+      // append or remove data bytes
       const extra = pick(16);
       const out = new Uint8Array(Math.max(end, b.length + extra - pick(16)));
       out.set(b.subarray(0, Math.min(b.length, out.length)));
       b = out;
       break;
     }
-    default: { // swap two header bytes
+    default: {
+      // swap two header bytes
       const i = 8 + pick(end - 8);
       const j = 8 + pick(end - 8);
       [b[i], b[j]] = [b[j]!, b[i]!];

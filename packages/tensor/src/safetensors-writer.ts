@@ -64,16 +64,23 @@ function chooseDtype(name: string, from: RawTensor['dtype'], option: SerializeOp
   const want = option[name];
   if (want === undefined) return DEFAULT[from];
   if (!ALLOWED[from].includes(want)) {
-    throw new SafetensorsError({ file: '<output>', tensor: name, field: 'dtype' }, `a ${from} tensor cannot be written as ${want}; use one of ${ALLOWED[from].join(', ')}`);
+    throw new SafetensorsError(
+      { file: '<output>', tensor: name, field: 'dtype' },
+      `a ${from} tensor cannot be written as ${want}; use one of ${ALLOWED[from].join(', ')}`,
+    );
   }
   return want;
 }
 
 async function readValues(name: string, t: tf.Tensor | RawTensor): Promise<RawTensor> {
   if (t instanceof tf.Tensor) {
-    if (t.isDisposed) throw new SafetensorsError({ file: '<output>', tensor: name, field: 'data' }, 'tensor is already disposed');
+    if (t.isDisposed)
+      throw new SafetensorsError({ file: '<output>', tensor: name, field: 'data' }, 'tensor is already disposed');
     if (t.dtype !== 'float32' && t.dtype !== 'int32' && t.dtype !== 'bool') {
-      throw new SafetensorsError({ file: '<output>', tensor: name, field: 'dtype' }, `tfjs dtype ${t.dtype} cannot be written; cast to float32 or int32 first`);
+      throw new SafetensorsError(
+        { file: '<output>', tensor: name, field: 'dtype' },
+        `tfjs dtype ${t.dtype} cannot be written; cast to float32 or int32 first`,
+      );
     }
     // Read through data(): dataSync() is unavailable on the webgpu backend in Node.
     const data = (await t.data()) as RawTensor['values'];
@@ -101,7 +108,10 @@ export async function serializeSafetensors(
   if (metadata !== undefined) {
     for (const [k, v] of Object.entries(metadata)) {
       if (typeof v !== 'string') {
-        throw new SafetensorsError({ file: '<output>', field: '__metadata__' }, `value of '${k}' is ${JSON.stringify(v)}; metadata values must be strings`);
+        throw new SafetensorsError(
+          { file: '<output>', field: '__metadata__' },
+          `value of '${k}' is ${JSON.stringify(v)}; metadata values must be strings`,
+        );
       }
     }
   }
@@ -111,12 +121,20 @@ export async function serializeSafetensors(
   const chunks: Uint8Array[] = [];
   let offset = 0;
   for (const name of names) {
-    if (name.length === 0) throw new SafetensorsError({ file: '<output>', field: 'name' }, 'tensor names must not be empty');
-    if (name === '__metadata__') throw new SafetensorsError({ file: '<output>', field: 'name' }, "'__metadata__' is reserved; pass metadata through options.metadata");
+    if (name.length === 0)
+      throw new SafetensorsError({ file: '<output>', field: 'name' }, 'tensor names must not be empty');
+    if (name === '__metadata__')
+      throw new SafetensorsError(
+        { file: '<output>', field: 'name' },
+        "'__metadata__' is reserved; pass metadata through options.metadata",
+      );
     const raw = await readValues(name, tensors[name] as tf.Tensor | RawTensor);
     const numel = raw.shape.reduce((a, b) => a * b, 1);
     if (raw.values.length !== numel) {
-      throw new SafetensorsError({ file: '<output>', tensor: name, field: 'shape' }, `shape ${JSON.stringify(raw.shape)} has ${numel} elements but ${raw.values.length} values were given`);
+      throw new SafetensorsError(
+        { file: '<output>', tensor: name, field: 'shape' },
+        `shape ${JSON.stringify(raw.shape)} has ${numel} elements but ${raw.values.length} values were given`,
+      );
     }
     const dtype = chooseDtype(name, raw.dtype, options.dtype);
     const data = encodeValues(raw.values, dtype);

@@ -6,7 +6,9 @@ import { beforeAll, describe } from 'vitest';
 import { type BackendInfo, type BackendName, type InitBackendOptions, initBackend, listBackends } from './backend';
 
 /** Options that make a backend start in a test run; webgpu falls back to Mesa's software OpenGL ES adapter. */
-const SOFTWARE_WEBGPU: InitBackendOptions = { webgpu: { dawnOptions: ['backend=opengles'], featureLevel: 'compatibility', allowSoftware: true } };
+const SOFTWARE_WEBGPU: InitBackendOptions = {
+  webgpu: { dawnOptions: ['backend=opengles'], featureLevel: 'compatibility', allowSoftware: true },
+};
 
 interface Candidate {
   name: BackendName;
@@ -29,7 +31,9 @@ async function isAvailable(name: BackendName, options: InitBackendOptions) {
 export function backendsUnderTest(): Promise<Candidate[]> {
   planned ??= (async () => {
     const env = process.env;
-    const forced = env.LORA_TEST_BACKENDS?.split(',').map((s) => s.trim()).filter(Boolean) as BackendName[] | undefined;
+    const forced = env.LORA_TEST_BACKENDS?.split(',')
+      .map((s) => s.trim())
+      .filter(Boolean) as BackendName[] | undefined;
     const out: Candidate[] = [];
     for (const name of ['cpu', 'wasm', 'webgpu', 'tensorflow'] as const) {
       if (forced && !forced.includes(name)) continue;
@@ -47,7 +51,8 @@ export function backendsUnderTest(): Promise<Candidate[]> {
         }
       }
       if (row?.available) out.push({ name, options });
-      else if (forced) throw new Error(`LORA_TEST_BACKENDS asks for '${name}', which cannot start: ${row?.reason}. ${row?.hint}`);
+      else if (forced)
+        throw new Error(`LORA_TEST_BACKENDS asks for '${name}', which cannot start: ${row?.reason}. ${row?.hint}`);
       else out.push({ name, options, skip: `${row?.reason}. ${row?.hint}` });
     }
     return out;
@@ -69,12 +74,21 @@ const reported = new Set<string>();
  * });
  * ```
  */
-export async function describeEachBackend(title: string, fn: (backend: { name: BackendName; info: () => BackendInfo }) => void): Promise<void> {
+export async function describeEachBackend(
+  title: string,
+  fn: (backend: { name: BackendName; info: () => BackendInfo }) => void,
+): Promise<void> {
   for (const c of await backendsUnderTest()) {
     if (c.skip !== undefined) {
       if (!reported.has(c.name)) console.warn(`[describeEachBackend] skipping backend '${c.name}': ${c.skip}`);
       reported.add(c.name);
-      describe.skip(`${title} [${c.name}]`, () => fn({ name: c.name, info: () => { throw new Error('skipped'); } }));
+      describe.skip(`${title} [${c.name}]`, () =>
+        fn({
+          name: c.name,
+          info: () => {
+            throw new Error('skipped');
+          },
+        }));
       continue;
     }
     describe(`${title} [${c.name}]`, () => {
