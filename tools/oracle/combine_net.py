@@ -40,7 +40,7 @@ def fixed_svd_signs(kwargs):
 
 class CombineNet(nn.Module):
     """Embedding -> Linear on token ids; Conv2d 3x3 -> Conv2d 1x1 -> Conv1d on an image (written again in
-    packages/core/src/combine-adapters.test.ts)."""
+    packages/core/src/files/combine-adapters.test.ts)."""
 
     def __init__(self):
         super().__init__()

@@ -1,5 +1,5 @@
 """PEFT 0.21 fixtures for LoRA with fan_in_fan_out (transformers' Conv1D, whose weight is [in, out]),
-for packages/core/src/fan-in-fan-out.test.ts. A tiny GPT-2-like model (Conv1D c_attn / c_proj / c_fc,
+for packages/core/src/layers/fan-in-fan-out.test.ts. A tiny GPT-2-like model (Conv1D c_attn / c_proj / c_fc,
 LayerNorms, one causal attention head, and an nn.Linear head: fifo_fixtures_net.py), written again in the TS test.
 Writes packages/core/__fixtures__/fifo-*."""
 import json

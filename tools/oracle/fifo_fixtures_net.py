@@ -1,4 +1,4 @@
-"""The GPT-2-like model of the fan_in_fan_out fixtures (written again in packages/core/src/fan-in-fan-out.test.ts):
+"""The GPT-2-like model of the fan_in_fan_out fixtures (written again in packages/core/src/layers/fan-in-fan-out.test.ts):
 transformers' Conv1D layers (weight [in, out]), LayerNorms, one causal attention head, and an nn.Linear head."""
 import torch
 import torch.nn as nn

@@ -1,12 +1,12 @@
 import { Conv1d, Conv2d, Embedding, Linear, Module, TransposedLinear } from '@lora/nn';
-import { lookupLoraInit } from './init-registry';
-import { baseBias } from './lora-layer';
-import { LoraConv } from './lora-conv';
-import { ModulesToSaveWrapper } from './modules-to-save';
+import { lookupLoraInit } from './inits/init-registry';
+import { baseBias } from './layers/lora-layer';
+import { LoraConv } from './layers/lora-conv';
+import { ModulesToSaveWrapper } from './layers/modules-to-save';
 import { type LoraConfig, loraConfig, moduleScaling } from './lora-config';
-import { LoraEmbedding } from './lora-embedding';
-import { LoraLinear } from './lora-linear';
-import { type TrainableTokensLayer, TrainableTokensWrapper, addTrainableTokens } from './trainable-tokens';
+import { LoraEmbedding } from './layers/lora-embedding';
+import { LoraLinear } from './layers/lora-linear';
+import { type TrainableTokensLayer, TrainableTokensWrapper, addTrainableTokens } from './layers/trainable-tokens';
 
 /** A layer with LoRA adapters. */
 export type LoraLayer = LoraLinear | LoraEmbedding | LoraConv;

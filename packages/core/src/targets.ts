@@ -1,7 +1,7 @@
 import { Linear, type Module, TransposedLinear } from '@lora/nn';
 import type { LoraConfig } from './lora-config';
-import { LoraLayerBase } from './lora-layer';
-import { LoraLinear } from './lora-linear';
+import { LoraLayerBase } from './layers/lora-layer';
+import { LoraLinear } from './layers/lora-linear';
 
 /** A target module that matched no module, or a configuration that matched nothing: PEFT's `NoMatchingPeftModuleError`. */
 export class TargetModuleError extends Error {

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Conv1d, Conv2d, ModuleDict, conv, kaimingUniformDefault, normalInit } from '@lora/nn';
-import { Magnitude, detach, normExcept } from './dora';
+import { Magnitude, detach, normExcept } from '../variants/dora';
 import { LoraLayerBase, loraDropoutModule } from './lora-layer';
 import type { AdapterSettings } from './lora-linear';
 

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type Embedding, ModuleDict, ParameterDict, embedding, normalInit } from '@lora/nn';
-import { Magnitude, detach, normExcept } from './dora';
+import { Magnitude, detach, normExcept } from '../variants/dora';
 import { LoraLayerBase } from './lora-layer';
 import type { AdapterSettings } from './lora-linear';
 

@@ -1,5 +1,5 @@
 import type * as tf from '@tensorflow/tfjs-core';
-import type { AdapterSettings } from './lora-linear';
+import type { AdapterSettings } from '../layers/lora-linear';
 
 /** What an initialiser gets: the layer's base weight and the new adapter's factors, all writable. */
 export interface LoraInitContext {

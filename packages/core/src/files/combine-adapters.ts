@@ -4,10 +4,10 @@ import {
   type WeightedAdapterOptions,
   combineModuleFactors,
   planCombination,
-} from './adapter-combination';
-import { moduleScaling } from './lora-config';
+} from '../combination/adapter-combination';
+import { moduleScaling } from '../lora-config';
 import { type AdapterFiles, type AdapterTargetKind, PREFIX, adapterTargets } from './merge-weights';
-import { matchModule } from './targets';
+import { matchModule } from '../targets';
 
 /** Options of {@link combineAdapters}: PEFT's combination options, plus labels, progress and warnings. */
 export interface CombineAdaptersOptions extends WeightedAdapterOptions {

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Dropout, Module } from '@lora/nn';
-import { allFinite } from './all-finite';
-import { loraScaling } from './lora-config';
+import { allFinite } from '../all-finite';
+import { loraScaling } from '../lora-config';
 import type { AdapterSettings } from './lora-linear';
 
 /** Identity (PEFT uses nn.Identity when lora_dropout is 0). */

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { type LoraConfig, loraConfig } from './lora-config';
+import { type LoraConfig, loraConfig } from '../lora-config';
 
 /**
  * The adapter saved right after `getPeftModel` with PiSSA/OLoRA (before training), in memory: what

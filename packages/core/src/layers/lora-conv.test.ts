@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { expect, it } from 'vitest';
-import { type ConvNet, FIX, convNet, readAdapterFiles, readFixture } from './fixture-nets.test-util';
+import { type ConvNet, FIX, convNet, readAdapterFiles, readFixture } from '../fixture-nets.test-util';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
 import { manualSeed } from '@lora/nn';
 import { getPeftModel, loadAdapter, mergeAdapterWeights } from '@lora/core';

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Embedding, Linear, Module, ModuleDict, ParameterDict, embedding, linear } from '@lora/nn';
-import { allFinite } from './all-finite';
-import type { LoraConfig } from './lora-config';
-import { inputEmbeddingsPath, tiedModulePaths } from './model-embeddings';
+import { allFinite } from '../all-finite';
+import type { LoraConfig } from '../lora-config';
+import { inputEmbeddingsPath, tiedModulePaths } from '../model-embeddings';
 
 /** An adapter's original rows, kept to unmerge (PEFT's `trainable_tokens_original`, a non-persistent buffer). */
 class OriginalRows extends Module {

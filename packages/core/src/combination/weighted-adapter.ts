@@ -6,8 +6,8 @@ import {
   combineModuleFactors,
   planCombination,
 } from './adapter-combination';
-import type { LoraConfig } from './lora-config';
-import type { PeftModel } from './peft-model';
+import type { LoraConfig } from '../lora-config';
+import type { PeftModel } from '../peft-model';
 
 /**
  * Adds an adapter that combines existing ones (PEFT's `add_weighted_adapter`) on Linear, Embedding,

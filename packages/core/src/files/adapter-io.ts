@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type ModelFiles, SafetensorsError, openFiles, parseSafetensors, serializeSafetensors } from '@lora/tensor';
 import { type Module, withoutInit } from '@lora/nn';
-import { type LoraConfig, loraConfigFromJson, loraConfigToJson } from './lora-config';
-import { baseBias } from './lora-layer';
+import { type LoraConfig, loraConfigFromJson, loraConfigToJson } from '../lora-config';
+import { baseBias } from '../layers/lora-layer';
 import { PREFIX } from './merge-weights';
 import {
   type EmbeddingLayersOptions,
@@ -11,7 +11,7 @@ import {
   embeddingLayersStateDict,
   peftNamedWeights,
 } from './embedding-layers';
-import { PeftModel } from './peft-model';
+import { PeftModel } from '../peft-model';
 import {
   type InitialAdapter,
   checkWeightConversion,

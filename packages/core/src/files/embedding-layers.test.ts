@@ -7,8 +7,8 @@ import { initBackend, readSafetensorsHeader } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
 import { Linear, Module, withoutInit } from '@lora/nn';
 import { type LoraConfig, getPeftModel, loadAdapter, saveAdapter, serializeAdapter } from '@lora/core';
-import { FIX, readFixture } from './fixture-nets.test-util';
-import { tokNet } from './token-nets.test-util';
+import { FIX, readFixture } from '../fixture-nets.test-util';
+import { tokNet } from '../token-nets.test-util';
 
 interface KeysCase {
   tied: boolean;

@@ -12,7 +12,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
 import { type Matrix64, matmul64, matrix64, qr, svd, svdFlip } from '@lora/linalg';
-import type { LoraConfig } from './lora-config';
+import type { LoraConfig } from '../lora-config';
 
 /** Combination types of PEFT's `add_weighted_adapter`. */
 export type CombinationType =

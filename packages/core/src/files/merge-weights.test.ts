@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, expect, it } from 'vitest';
 import { initBackend } from '@lora/tensor';
-import { readAdapterFiles, readFixture } from './fixture-nets.test-util';
+import { readAdapterFiles, readFixture } from '../fixture-nets.test-util';
 import { maxRelativeError } from '@lora/tensor/testing';
 import { mergeAdapterWeights } from '@lora/core';
 

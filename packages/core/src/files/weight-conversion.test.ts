@@ -14,7 +14,7 @@ import {
   saveAdapter,
   serializeAdapter,
 } from '@lora/core';
-import { FIX, baseNet, readAdapterFiles, readFixture } from './fixture-nets.test-util';
+import { FIX, baseNet, readAdapterFiles, readFixture } from '../fixture-nets.test-util';
 
 const notes = JSON.parse(readFileSync(join(FIX, 'pissa-convert-notes.json'), 'utf8'));
 const jsonOf = (label: string, dir: string) =>

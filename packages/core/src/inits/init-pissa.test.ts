@@ -3,7 +3,7 @@ import { beforeAll, expect, it } from 'vitest';
 import { initBackend } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
 import { Linear, withoutInit } from '@lora/nn';
-import { Net, readFixture as read } from './fixture-nets.test-util';
+import { Net, readFixture as read } from '../fixture-nets.test-util';
 import { type LoraLinear, getPeftModel } from '@lora/core';
 
 beforeAll(async () => {

@@ -6,7 +6,7 @@ import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { initBackend, readSafetensorsHeader } from '@lora/tensor';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
 import { TransposedLinear, manualSeed, withoutInit } from '@lora/nn';
-import { FIX, GPT_D as D, GptNet, gptNet, readAdapterFiles, readFixture } from './fixture-nets.test-util';
+import { FIX, GPT_D as D, GptNet, gptNet, readAdapterFiles, readFixture } from '../fixture-nets.test-util';
 import {
   LoraLinear,
   type PeftModel,

@@ -5,7 +5,7 @@ import { initBackend } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
 import { Linear } from '@lora/nn';
 import { ModulesToSaveWrapper, adapterStateDict, getPeftModel, loadAdapter } from '@lora/core';
-import { FIX, type Net, baseNet, readFixture } from './fixture-nets.test-util';
+import { FIX, type Net, baseNet, readFixture } from '../fixture-nets.test-util';
 
 beforeAll(async () => {
   await initBackend('cpu');

@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, serializeSafetensors } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
-import { FIX, combineNet, readAdapterFiles, readFixture } from './fixture-nets.test-util';
+import { FIX, combineNet, readAdapterFiles, readFixture } from '../fixture-nets.test-util';
 import {
   type AdapterFiles,
   type CombinationType,

@@ -10,10 +10,10 @@ import {
   transposedLinear,
 } from '@lora/nn';
 import { type Matrix64, matrix64, qr, svd, svdLowRank, transpose64 } from '@lora/linalg';
-import { Magnitude, normExcept } from './dora';
-import { lookupLoraInit } from './init-registry';
+import { Magnitude, normExcept } from '../variants/dora';
+import { lookupLoraInit } from '../inits/init-registry';
 import { LoraLayerBase, loraDropoutModule } from './lora-layer';
-import { loraScaling } from './lora-config';
+import { loraScaling } from '../lora-config';
 
 /** Per-adapter settings of a LoRA layer. */
 export interface AdapterSettings {

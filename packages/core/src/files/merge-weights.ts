@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { allFinite } from './all-finite';
-import { normExcept } from './dora';
-import { type LoraConfig, moduleScaling } from './lora-config';
-import { replaceRows } from './trainable-tokens';
+import { allFinite } from '../all-finite';
+import { normExcept } from '../variants/dora';
+import { type LoraConfig, moduleScaling } from '../lora-config';
+import { replaceRows } from '../layers/trainable-tokens';
 
 /** How PEFT's saved adapter files name the user's model: `base_model.model.<path>…`. */
 export const PREFIX = 'base_model.model.';

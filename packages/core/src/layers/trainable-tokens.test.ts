@@ -15,8 +15,8 @@ import {
   mergeAdapterWeights,
   serializeAdapter,
 } from '@lora/core';
-import { FIX, readAdapterFiles, readFixture } from './fixture-nets.test-util';
-import { type TokNet, tokNet } from './token-nets.test-util';
+import { FIX, readAdapterFiles, readFixture } from '../fixture-nets.test-util';
+import { type TokNet, tokNet } from '../token-nets.test-util';
 
 const notes = JSON.parse(readFileSync(join(FIX, 'tokens-notes.json'), 'utf8'));
 // read per test, on the backend of the suite running it

@@ -1,10 +1,10 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { Embedding, Linear, type Module } from '@lora/nn';
-import type { LoraConfig } from './lora-config';
-import { LoraEmbedding } from './lora-embedding';
-import { LoraLinear } from './lora-linear';
-import { inputEmbeddingsPath, outputEmbeddingsPath, unwrapLayer } from './model-embeddings';
-import { TrainableTokensLayer } from './trainable-tokens';
+import type { LoraConfig } from '../lora-config';
+import { LoraEmbedding } from '../layers/lora-embedding';
+import { LoraLinear } from '../layers/lora-linear';
+import { inputEmbeddingsPath, outputEmbeddingsPath, unwrapLayer } from '../model-embeddings';
+import { TrainableTokensLayer } from '../layers/trainable-tokens';
 
 /** PEFT's `save_embedding_layers`: always, never, or `'auto'` (PEFT's default, see {@link embeddingLayersStateDict}). */
 export type SaveEmbeddingLayers = boolean | 'auto';

@@ -4,7 +4,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
 import { Linear, Module, manualSeed, withoutInit } from '@lora/nn';
-import { FIX, Net, readFixture } from './fixture-nets.test-util';
+import { FIX, Net, readFixture } from '../fixture-nets.test-util';
 import { type CombinationType, type LoraLinear, addWeightedAdapter, getPeftModel, loadAdapter } from '@lora/core';
 
 const combos: [string, CombinationType, Record<string, unknown>][] = [

@@ -17,7 +17,7 @@ import {
   mergeAdapterWeights,
   saveAdapter,
 } from '@lora/core';
-import { type ConvDoraNet, FIX, convDoraNet, readAdapterFiles, readFixture } from './fixture-nets.test-util';
+import { type ConvDoraNet, FIX, convDoraNet, readAdapterFiles, readFixture } from '../fixture-nets.test-util';
 
 /** Stands in for lora_dropout in training mode with a known mask (as the oracle's FixedMask). */
 class FixedMask extends Module {
