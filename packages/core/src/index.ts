@@ -7,13 +7,20 @@ export {
   moduleScaling,
   patternKey,
 } from './lora-config';
-export type { InitLoraWeights, LoraConfig } from './lora-config';
+export type { InitLoraWeights, LoraConfig, LoraConfigFields } from './lora-config';
+export { arrowConfig, evaConfig, loftqConfig, loraGaConfig } from './method-configs';
+export type { ArrowConfig, EvaConfig, LoftQConfig, LoraGaConfig } from './method-configs';
 export { TargetModuleError, matchModule, resolveTargets } from './targets';
 export type { ResolvedTargets } from './targets';
 export { LoraConv } from './layers/lora-conv';
 export { LoraEmbedding } from './layers/lora-embedding';
 export { LoraLinear } from './layers/lora-linear';
-export type { AdapterSettings } from './layers/lora-linear';
+export type { AdapterSettings } from './layers/adapter-settings';
+export { LoraLayerBase, isTunerLayer } from './layers/lora-layer';
+export type { BaseWithWeight, LoraLayerKind, TunerLayer } from './layers/tuner-layer';
+export { getDeltaWeight } from './layers/delta-weight';
+export { dispatchLoraLayer, registerLoraDispatcher } from './layers/dispatch';
+export type { LoraDispatchContext, LoraDispatcher } from './layers/dispatch';
 export { LoraModel, PeftModel, getPeftModel } from './peft-model';
 export type { LoraLayer } from './peft-model';
 export { adapterStateDict, loadAdapter, saveAdapter, serializeAdapter } from './files/adapter-io';
@@ -31,7 +38,11 @@ export {
 } from './files/merge-weights';
 export type { AdapterFiles, AdapterTargetKind, MergeWeightsOptions, MergedWeights } from './files/merge-weights';
 export { lookupLoraInit, registerLoraInit } from './inits/init-registry';
-export type { LoraInitContext, LoraInitializer } from './inits/init-registry';
+export type { LoraInitContext, LoraInitOptions, LoraInitializer } from './inits/init-registry';
+export { resetLoraParameters } from './inits/default-init';
+export { lookupLoraVariant, registerLoraVariant } from './variants/variant-registry';
+export type { LoraVariant, LoraVariantRequest } from './variants/variant-registry';
+export { Magnitude, doraVariant } from './variants/dora';
 export { ModulesToSaveWrapper } from './layers/modules-to-save';
 export { TrainableTokensLayer, TrainableTokensWrapper } from './layers/trainable-tokens';
 export { inputEmbeddingsPath, outputEmbeddingsPath } from './model-embeddings';

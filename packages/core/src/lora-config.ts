@@ -2,8 +2,29 @@
  * PEFT's `LoraConfig`, in camelCase, with PEFT's defaults, validation and JSON form
  * (`adapter_config.json`, snake_case).
  */
+import { LoraConfigError } from './config-error';
+import { peftJson } from './files/peft-json';
+import { isKnownLoraInit, knownLoraInits } from './inits/init-registry';
+import {
+  type ArrowConfig,
+  type EvaConfig,
+  type LoftQConfig,
+  type LoraGaConfig,
+  METHOD_CONFIG_KEYS,
+  type MethodConfigKey,
+  completeMethodConfig,
+  evaConfig,
+  methodConfigFromJson,
+  methodConfigToJson,
+} from './method-configs';
 
-/** `init_lora_weights` values. `'loftq' | 'eva' | 'lora_ga'` come from the method packages' registry. */
+export { LoraConfigError } from './config-error';
+
+/**
+ * `init_lora_weights` values: `@lora/core`'s (true, false, `'gaussian'`, `'pissa'`, `'pissa_niter_K'`,
+ * `'olora'`, `'orthogonal'`), the method packages' (`'loftq'`, `'eva'`, `'lora_ga'`), or any name
+ * registered with `registerLoraInit`.
+ */
 export type InitLoraWeights =
   | boolean
   | 'gaussian'
@@ -13,7 +34,8 @@ export type InitLoraWeights =
   | 'orthogonal'
   | 'loftq'
   | 'eva'
-  | 'lora_ga';
+  | 'lora_ga'
+  | (string & {});
 
 /** A LoRA configuration. Every field has PEFT 0.21's default. */
 export interface LoraConfig {
@@ -40,14 +62,30 @@ export interface LoraConfig {
   useDora: boolean;
   loraBias: boolean;
   trainableTokenIndices: number[] | Record<string, number[]> | null;
+  /** LoftQ's settings (`loftq_config`, `{}` in the file when null); required with `initLoraWeights: 'loftq'`. */
+  loftqConfig: LoftQConfig | null;
+  /** EVA's settings (`eva_config`); `initLoraWeights: 'eva'` without them takes PEFT's default (with its warning). */
+  evaConfig: EvaConfig | null;
+  /** LoRA-GA's settings (`lora_ga_config`), read with `initLoraWeights: 'lora_ga'`. */
+  loraGaConfig: LoraGaConfig | null;
+  /** Arrow's router settings (`arrow_config`): an adapter with them is an Arrow router (`@lora/arrow`). */
+  arrowConfig: ArrowConfig | null;
   /** Keys read from a file that this version does not know: kept and written back. */
   extra: Record<string, unknown>;
 }
 
 const TASK_TYPES = ['SEQ_CLS', 'SEQ_2_SEQ_LM', 'CAUSAL_LM', 'TOKEN_CLS', 'QUESTION_ANS', 'FEATURE_EXTRACTION'];
 
-/** PEFT's field names in adapter_config.json, for each of ours. */
-const SNAKE: Record<Exclude<keyof LoraConfig, 'extra'>, string> = {
+/**
+ * What {@link loraConfig} takes: any fields of a {@link LoraConfig}, the method sub-configs partial
+ * too (PEFT's defaults fill them in).
+ */
+export type LoraConfigFields = Partial<Omit<LoraConfig, MethodConfigKey>> & {
+  [K in MethodConfigKey]?: Partial<NonNullable<LoraConfig[K]>> | null;
+};
+
+/** PEFT's field names in adapter_config.json, for each of ours (the method sub-configs apart). */
+const SNAKE: Record<Exclude<keyof LoraConfig, 'extra' | MethodConfigKey>, string> = {
   peftType: 'peft_type',
   taskType: 'task_type',
   baseModelNameOrPath: 'base_model_name_or_path',
@@ -75,14 +113,10 @@ const SNAKE: Record<Exclude<keyof LoraConfig, 'extra'>, string> = {
 /** Fields PEFT 0.21 writes that this port keeps at their defaults (written back as PEFT writes them). */
 const PEFT_DEFAULTS: Record<string, unknown> = {
   alora_invocation_tokens: null,
-  arrow_config: null,
   corda_config: null,
   ensure_weight_tying: false,
-  eva_config: null,
   kasa_config: null,
   layer_replication: null,
-  loftq_config: {},
-  lora_ga_config: null,
   megatron_config: null,
   megatron_core: 'megatron.core',
   monteclora_config: null,
@@ -93,11 +127,6 @@ const PEFT_DEFAULTS: Record<string, unknown> = {
   velora_config: null,
 };
 
-/** A configuration error, worded as PEFT words it. */
-export class LoraConfigError extends Error {
-  override readonly name = 'LoraConfigError';
-}
-
 /**
  * Makes a complete, validated LoraConfig from the fields given (PEFT's defaults for the rest).
  *
@@ -106,7 +135,7 @@ export class LoraConfigError extends Error {
  * const config = loraConfig({ r: 16, loraAlpha: 32, targetModules: ['q_proj', 'v_proj'], loraDropout: 0.05 });
  * ```
  */
-export function loraConfig(fields: Partial<LoraConfig> = {}): LoraConfig {
+export function loraConfig(fields: LoraConfigFields = {}): LoraConfig {
   const c: LoraConfig = {
     peftType: 'LORA',
     taskType: null,
@@ -130,9 +159,15 @@ export function loraConfig(fields: Partial<LoraConfig> = {}): LoraConfig {
     useDora: false,
     loraBias: false,
     trainableTokenIndices: null,
+    loftqConfig: null,
+    evaConfig: null,
+    loraGaConfig: null,
+    arrowConfig: null,
     extra: {},
-    ...fields,
+    ...(fields as Partial<LoraConfig>),
   };
+  for (const key of Object.keys(METHOD_CONFIG_KEYS) as MethodConfigKey[])
+    (c as unknown as Record<string, unknown>)[key] = completeMethodConfig(key, c[key]);
   validate(c);
   return c;
 }
@@ -163,11 +198,23 @@ function validate(c: LoraConfig): void {
   if (c.loraBias && c.useDora)
     throw new LoraConfigError('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
   const init = c.initLoraWeights;
-  if (
-    typeof init === 'string' &&
-    !/^(gaussian|pissa|pissa_niter_\d+|olora|orthogonal|loftq|eva|lora_ga)$/i.test(init)
-  ) {
-    throw new LoraConfigError(`Unknown initialization init_lora_weights='${init}'`);
+  if (!isKnownLoraInit(init)) {
+    throw new LoraConfigError(
+      `Unknown initialization init_lora_weights=${typeof init === 'string' ? `'${init}'` : JSON.stringify(init)}; known: ${knownLoraInits()}, or a name registered with registerLoraInit`,
+    );
+  }
+  // PEFT's LoraConfig.__post_init__, in its order: loftq_config, then eva_config
+  if (init === 'loftq') {
+    if (!c.loftqConfig)
+      throw new LoraConfigError("`loftq_config` must be specified when `init_lora_weights` is 'loftq'.");
+  } else if (c.loftqConfig) {
+    c.loftqConfig = null;
+    console.warn("`loftq_config` specified but will be ignored when `init_lora_weights` is not 'loftq'.");
+  } else if (init === 'eva' && !c.evaConfig) {
+    console.warn("`init_lora_weights` is 'eva' but `eva_config` is not specified. Using default EVA config.");
+    c.evaConfig = evaConfig();
+  } else if (init !== 'eva' && c.evaConfig) {
+    console.warn("`eva_config` specified but will be ignored when `init_lora_weights` is not 'eva'.");
   }
   for (const [k, v] of Object.entries(c.rankPattern))
     if (!Number.isInteger(v) || v <= 0)
@@ -195,35 +242,33 @@ export function loraConfigFromJson(
     throw new LoraConfigError(
       `adapter_config.json has peft_type '${String(json.peft_type)}'; only LORA adapters are supported`,
     );
-  const fields: Partial<LoraConfig> = {};
-  const byJson = new Map(Object.entries(SNAKE).map(([camel, snake]) => [snake, camel as keyof LoraConfig]));
+  const fields: Record<string, unknown> = {};
+  const byJson = new Map<string, string>([
+    ...Object.entries(SNAKE).map(([camel, snake]) => [snake, camel] as [string, string]),
+    ...Object.entries(METHOD_CONFIG_KEYS).map(([camel, snake]) => [snake, camel] as [string, string]),
+  ]);
+  const methodKeys = new Set<string>(Object.values(METHOD_CONFIG_KEYS));
   // Kept verbatim and written back: keys newer PEFT versions add, auto_mapping, and PEFT fields this
   // port does not act on when they hold something other than PEFT's default.
   const extra: Record<string, unknown> = {};
+  const unknownSubKeys: string[] = [];
   for (const [k, v] of Object.entries(json)) {
     const camel = byJson.get(k);
-    if (camel) (fields as Record<string, unknown>)[camel] = v;
+    if (camel && methodKeys.has(k)) fields[camel] = methodConfigFromJson(camel as MethodConfigKey, v, unknownSubKeys);
+    else if (camel) fields[camel] = v;
     else if (k === 'peft_version' || k === 'runtime_config') continue;
     else if (k === 'auto_mapping' || !(k in PEFT_DEFAULTS) || JSON.stringify(v) !== JSON.stringify(PEFT_DEFAULTS[k]))
       extra[k] = v;
   }
-  const unknown = Object.keys(extra).filter((k) => !(k in PEFT_DEFAULTS) && k !== 'auto_mapping');
+  const unknown = [
+    ...Object.keys(extra).filter((k) => !(k in PEFT_DEFAULTS) && k !== 'auto_mapping'),
+    ...unknownSubKeys,
+  ];
   if (unknown.length)
     (options.warn ?? console.warn)(
       `adapter_config.json has keys this version does not know; they are kept and written back: ${unknown.join(', ')}`,
     );
-  return loraConfig({ ...fields, extra });
-}
-
-function sortKeys(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(sortKeys);
-  if (v && typeof v === 'object')
-    return Object.fromEntries(
-      Object.keys(v as object)
-        .sort()
-        .map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]),
-    );
-  return v;
+  return loraConfig({ ...(fields as LoraConfigFields), extra });
 }
 
 /**
@@ -238,12 +283,14 @@ function sortKeys(v: unknown): unknown {
 export function loraConfigToJson(c: LoraConfig): string {
   const out: Record<string, unknown> = { ...PEFT_DEFAULTS, peft_version: '0.21.0' };
   for (const [camel, snake] of Object.entries(SNAKE)) out[snake] = c[camel as keyof LoraConfig];
+  for (const [camel, snake] of Object.entries(METHOD_CONFIG_KEYS))
+    out[snake] = methodConfigToJson(camel as MethodConfigKey, c[camel as MethodConfigKey]);
   out.inference_mode = true;
   if (Array.isArray(c.targetModules)) out.target_modules = [...c.targetModules].sort();
   if (Array.isArray(c.excludeModules)) out.exclude_modules = [...c.excludeModules].sort();
   Object.assign(out, c.extra);
   if (c.taskType === null && out.auto_mapping === undefined) out.auto_mapping = null;
-  return JSON.stringify(sortKeys(out), null, 2);
+  return peftJson(out);
 }
 
 /** Scaling α/r, or α/√r with rsLoRA. */

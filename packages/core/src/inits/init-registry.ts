@@ -1,51 +1,214 @@
 import type * as tf from '@tensorflow/tfjs-core';
-import type { AdapterSettings } from '../layers/lora-linear';
+import type { AdapterSettings } from '../layers/adapter-settings';
+import type { LoraLayerKind, TunerLayer } from '../layers/tuner-layer';
+import type { LoraConfig } from '../lora-config';
+import { Registry } from '../registry';
+import { defaultInit, gaussianInit, noInit, resetLoraParameters } from './default-init';
+import { oloraInit } from './olora-init';
+import { orthogonalInit } from './orthogonal-init';
+import { pissaInit } from './pissa-init';
 
-/** What an initialiser gets: the layer's base weight and the new adapter's factors, all writable. */
+/**
+ * What an initialiser gets for one new adapter on one layer. The adapter is already on the layer
+ * (`layer.factorA(adapterName)` is `loraA`), its A and B hold the draws PyTorch's construction makes
+ * (so that after the same seed an initialiser that draws again draws what PEFT draws), and every
+ * tensor here is writable with `assign`.
+ */
 export interface LoraInitContext {
-  /** Module path of the layer in the user's model. */
+  /** Module path of the layer in the user's model ('' for a layer built directly). */
   path: string;
   adapterName: string;
+  /** The layer the adapter is being added to. */
+  layer: TunerLayer;
+  /** The layer's kind (`layer.kind`): which shapes A and B have. */
+  kind: LoraLayerKind;
+  /** The adapter's config: method sub-configs (`loftqConfig`, `evaConfig`, `loraGaConfig`…) are read here. */
+  config: LoraConfig;
+  /** The adapter's settings on this layer (r and α after `rankPattern` / `alphaPattern`). */
   settings: AdapterSettings;
   /**
    * The base layer's weight ([out, in] for Linear; [in, out] for a TransposedLinear, when
-   * `settings.fanInFanOut`); an initialiser may replace its value (`assign`).
+   * `settings.fanInFanOut`; [vocab, dim] for Embedding; the kernel for convolutions); an initialiser
+   * may replace its value (`assign`), as PiSSA and LoftQ do.
    */
   baseWeight: tf.Variable;
   loraA: tf.Variable;
   loraB: tf.Variable;
+  /** lora_B's bias (`loraBias`), or null. */
+  loraBBias: tf.Variable | null;
   scaling: number;
+  /** PEFT's `reset_lora_parameters`: the default init (`true`) or the gaussian one, for this layer's kind. */
+  resetLoraParameters(init?: true | 'gaussian'): void;
 }
 
-/** An initialiser for `init_lora_weights = name`, registered by a method package. */
-export type LoraInitializer = (ctx: LoraInitContext) => void;
+/**
+ * An initialiser for an `init_lora_weights` value. It may return a Promise (an asynchronous read of
+ * the base weight, a data pass): then `getPeftModel` still returns at once, and the method's entry
+ * point awaits `peft.initialized()` before the model is used.
+ */
+export type LoraInitializer = (ctx: LoraInitContext) => void | Promise<void>;
 
-const registry = new Map<string, LoraInitializer>();
+/** Options of {@link registerLoraInit}. */
+export interface LoraInitOptions {
+  /** Replace an initialiser registered under the same name (a built-in one included). */
+  override?: boolean;
+  /**
+   * The layer kinds it initialises (default `['linear']`, as PEFT's method inits). On the others,
+   * PEFT 0.21's layers decide: an Embedding takes the default init, a convolution refuses the value
+   * ("Unknown initialization"), except where PEFT says otherwise (LoRA-GA falls back to the default
+   * on convolutions; LoftQ fails on both).
+   */
+  kinds?: readonly LoraLayerKind[];
+  /** Other values this initialiser answers to (e.g. `pissa_niter_4` for `'pissa'`); default: the name alone. */
+  matches?: (value: string) => boolean;
+}
 
-/** Which package provides each pluggable initialisation. */
+interface InitEntry {
+  name: string;
+  init: LoraInitializer;
+  kinds: readonly LoraLayerKind[];
+  matches: (value: boolean | string) => boolean;
+}
+
+/** A built-in initialisation, registered as any other. */
+export interface BuiltinInit extends InitEntry {}
+
+const BUILTINS: BuiltinInit[] = [defaultInit, noInit, gaussianInit, pissaInit, oloraInit, orthogonalInit];
+
+const inits = new Registry<InitEntry>(
+  'an initialisation',
+  BUILTINS.map((e) => [e.name, e]),
+);
+
+/** Which package provides the initialisations PEFT has that `@lora/core` does not. */
 const PROVIDERS: Record<string, string> = { loftq: '@lora/loftq', eva: '@lora/eva', lora_ga: '@lora/loraga' };
 
+type Fallback = 'default' | 'unknown' | ((layer: TunerLayer) => string);
+
+const loftqRefused = (layer: TunerLayer) =>
+  `init_lora_weights='loftq' is not supported on ${layer.baseLayer.constructor.name} layers (PEFT 0.21 fails there too: LoraLayer.loftq_init() missing 1 required positional argument: 'config'); leave this layer out of target_modules`;
+
+/** Where PEFT 0.21's Embedding and convolution layers differ from their rule for method inits. */
+const PEFT_FALLBACKS: Record<string, Partial<Record<LoraLayerKind, Fallback>>> = {
+  loftq: { embedding: loftqRefused, conv: loftqRefused },
+  lora_ga: { conv: 'default' },
+};
+
+/** PEFT's rule for an init a layer kind has no branch for: embeddings take the default, the rest refuse it. */
+const KIND_FALLBACK: Record<LoraLayerKind, Fallback> = { linear: 'unknown', embedding: 'default', conv: 'unknown' };
+
 /**
- * Registers an initialisation under an `init_lora_weights` name. `@lora/loftq`, `@lora/eva` and
- * `@lora/loraga` register `'loftq'`, `'eva'` and `'lora_ga'` when imported.
+ * Registers an initialisation under an `init_lora_weights` name. The built-in ones (`true`, `false`,
+ * `'gaussian'`, `'pissa'` / `'pissa_niter_K'`, `'olora'`, `'orthogonal'`) are registered the same
+ * way; `@lora/loftq`, `@lora/eva` and `@lora/loraga` register `'loftq'`, `'eva'` and `'lora_ga'`
+ * when imported. A taken name is an error unless `{ override: true }`. Returns a function that takes
+ * the registration back (what it overrode comes back).
  *
  * @example
  * ```ts
- * registerLoraInit('eva', (ctx) => { ctx.loraB.assign(tf.zerosLike(ctx.loraB)); });
+ * registerLoraInit('eva', (ctx) => {
+ *   ctx.loraB.assign(tf.zerosLike(ctx.loraB)); // A stays as drawn until the data pass sets it
+ * });
  * ```
  */
-export function registerLoraInit(name: string, init: LoraInitializer): void {
-  registry.set(name, init);
+export function registerLoraInit(name: string, init: LoraInitializer, options: LoraInitOptions = {}): () => void {
+  if (typeof init !== 'function')
+    throw new TypeError(`registerLoraInit('${name}', init): init must be a function (ctx) => void, got ${typeof init}`);
+  const matches = options.matches;
+  return inits.add(
+    name,
+    {
+      name,
+      init,
+      kinds: options.kinds ?? ['linear'],
+      matches: (v) => typeof v === 'string' && (v === name || (matches?.(v) ?? false)),
+    },
+    options,
+  );
 }
 
-/** The registered initialiser, or an error naming the package that provides it. */
-export function lookupLoraInit(name: string): LoraInitializer {
-  const found = registry.get(name);
-  if (found) return found;
-  const pkg = PROVIDERS[name];
-  throw new Error(
+function findEntry(value: boolean | string): InitEntry | undefined {
+  if (typeof value === 'string') {
+    const exact = inits.get(value);
+    if (exact?.matches(value)) return exact;
+  }
+  return inits.values().find((e) => e.matches(value));
+}
+
+function label(value: boolean | string): string {
+  return typeof value === 'string' ? `'${value}'` : String(value);
+}
+
+/** Every value init_lora_weights may take here, for errors: the registered names and the packages' ones. */
+function knownValues(): string {
+  const names = inits.names().map((n) => (n === 'true' || n === 'false' ? n : `'${n}'`));
+  for (const [n, pkg] of Object.entries(PROVIDERS)) if (!inits.get(n)) names.push(`'${n}' (${pkg})`);
+  return names.join(', ');
+}
+
+/** The error for a value nothing answers to, naming the package that provides it when one does. */
+function unavailable(value: boolean | string): Error {
+  const pkg = typeof value === 'string' ? PROVIDERS[value] : undefined;
+  return new Error(
     pkg
-      ? `init_lora_weights='${name}' is provided by ${pkg}: npm install ${pkg} and import it before creating the LoRA model`
-      : `Unknown initialization init_lora_weights='${name}'`,
+      ? `init_lora_weights='${value}' is provided by ${pkg}: npm install ${pkg} and import it before creating the LoRA model`
+      : `Unknown initialization init_lora_weights=${label(value)}; known: ${knownValues()}, or a name registered with registerLoraInit`,
+  );
+}
+
+/**
+ * The registered initialiser for an `init_lora_weights` value, or an error naming the package that
+ * provides it (or, for a value nothing answers to, the known ones).
+ *
+ * @example
+ * ```ts
+ * lookupLoraInit('pissa_niter_4');  // the PiSSA initialiser
+ * lookupLoraInit('eva');            // Error: init_lora_weights='eva' is provided by @lora/eva: …
+ * ```
+ */
+export function lookupLoraInit(value: string | boolean): LoraInitializer {
+  const entry = findEntry(value);
+  if (entry) return entry.init;
+  throw unavailable(value);
+}
+
+/**
+ * Whether a config may name this value: a registered initialisation, or one a method package
+ * provides (an adapter trained with EVA loads without `@lora/eva`: loading never initialises).
+ */
+export function isKnownLoraInit(value: unknown): boolean {
+  if (typeof value === 'boolean') return true;
+  if (typeof value !== 'string') return false;
+  return findEntry(value) !== undefined || value in PROVIDERS;
+}
+
+/** Known values, for a config error. */
+export function knownLoraInits(): string {
+  return knownValues();
+}
+
+/** The context an initialiser gets, without `resetLoraParameters` (added here). */
+export type LoraInitTarget = Omit<LoraInitContext, 'resetLoraParameters'>;
+
+/**
+ * Runs the initialisation `settings.initLoraWeights` asks for, on one new adapter (what every LoRA
+ * layer's `updateLayer` calls): the registered initialiser when it serves the layer's kind, else
+ * PEFT's rule for that kind. Returns the initialiser's Promise if it has one.
+ */
+export function runLoraInit(target: LoraInitTarget): void | Promise<void> {
+  const ctx: LoraInitContext = { ...target, resetLoraParameters: (init = true) => resetLoraParameters(target, init) };
+  const value = target.settings.initLoraWeights;
+  const entry = findEntry(value);
+  if (entry?.kinds.includes(ctx.kind)) return entry.init(ctx);
+  if (!entry && ctx.kind === 'linear') throw unavailable(value);
+  const name = entry?.name ?? String(value);
+  const fallback = PEFT_FALLBACKS[name]?.[ctx.kind] ?? KIND_FALLBACK[ctx.kind];
+  if (fallback === 'default') return ctx.resetLoraParameters(true);
+  if (typeof fallback === 'function') throw new Error(fallback(ctx.layer));
+  const base = ctx.layer.baseLayer.constructor.name;
+  throw new Error(
+    ctx.kind === 'conv'
+      ? `Unknown initialization init_lora_weights=${label(value)} (a ${base} takes true, false, 'gaussian' or 'lora_ga', as in PEFT)`
+      : `Unknown initialization init_lora_weights=${label(value)} on a ${base} (its initialiser serves ${entry?.kinds.join(', ')} layers)`,
   );
 }
