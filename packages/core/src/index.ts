@@ -16,7 +16,7 @@ export { LoraConv } from './layers/lora-conv';
 export { LoraEmbedding } from './layers/lora-embedding';
 export { LoraLinear } from './layers/lora-linear';
 export type { AdapterSettings } from './layers/adapter-settings';
-export { LoraLayerBase, isTunerLayer } from './layers/lora-layer';
+export { Identity, LoraLayerBase, isTunerLayer, loraDropoutModule } from './layers/lora-layer';
 export type { BaseWithWeight, LoraLayerKind, TunerLayer } from './layers/tuner-layer';
 export { getDeltaWeight } from './layers/delta-weight';
 export { dispatchLoraLayer, registerLoraDispatcher } from './layers/dispatch';
