@@ -30,13 +30,19 @@ export { COMBINATION_TYPES } from './combination/adapter-combination';
 export type { CombinationType, WeightedAdapterOptions } from './combination/adapter-combination';
 export { combineAdapters } from './files/combine-adapters';
 export type { CombineAdaptersOptions } from './files/combine-adapters';
+export { mergeAdapterWeights } from './files/merge-weights';
 export {
-  PREFIX as PEFT_KEY_PREFIX,
+  PEFT_KEY_PREFIX,
+  PEFT_SUFFIX,
   adapterTargets,
-  mergeAdapterWeights,
+  loraFactorKeys,
   mergedModulePaths,
-} from './files/merge-weights';
-export type { AdapterFiles, AdapterTargetKind, MergeWeightsOptions, MergedWeights } from './files/merge-weights';
+  moduleTensors,
+  peftKey,
+  tokenTargets,
+} from './files/peft-keys';
+export type { AdapterTargetKind } from './files/peft-keys';
+export type { AdapterFiles, MergeWeightsOptions, MergedWeights } from './files/merge-weights';
 export { lookupLoraInit, registerLoraInit } from './inits/init-registry';
 export type { LoraInitContext, LoraInitOptions, LoraInitializer } from './inits/init-registry';
 export { resetLoraParameters } from './inits/default-init';

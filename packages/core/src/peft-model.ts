@@ -1,5 +1,6 @@
 import { Module } from '@lora/nn';
 import type { AdapterSettings } from './layers/adapter-settings';
+import { PEFT_SUFFIX } from './files/peft-keys';
 import { dispatchLoraLayer } from './layers/dispatch';
 import { baseBias, isTunerLayer } from './layers/lora-layer';
 import type { LoraConv } from './layers/lora-conv';
@@ -444,7 +445,7 @@ export class PeftModel extends Module {
     const training = this.active.filter((n) => !(this.peftConfig.get(n) as LoraConfig).inferenceMode);
     // LoRA's A and B, the modules variants train (DoRA's magnitudes), trainable-token rows
     const adapterWeights = new RegExp(
-      `\\.(${[...trainableModuleNames(), 'token_adapter.trainable_tokens_delta'].map((n) => n.replaceAll('.', '\\.')).join('|')})\\.`,
+      `\\.(${[...trainableModuleNames(), PEFT_SUFFIX.tokens].map((n) => n.replaceAll('.', '\\.')).join('|')})\\.`,
     );
     for (const [name, p] of this.namedParameters()) {
       const parts = name.split('.');

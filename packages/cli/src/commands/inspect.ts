@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { parseArgs } from 'node:util';
-import { PEFT_KEY_PREFIX, adapterTargets, moduleScaling } from '@lora/core';
+import { adapterTargets, moduleScaling, moduleTensors } from '@lora/core';
 import { type Command, type Io, UsageError, readAdapter, startBackend } from '../shared';
 
 const HELP = `lora inspect <adapter dir>
@@ -33,9 +33,7 @@ async function inspect(args: string[], io: Io): Promise<number> {
     const targets = adapterTargets(tensors);
     for (const [path, kind] of targets) {
       const { r, alpha, scaling } = moduleScaling(config, path);
-      const params = Object.entries(tensors)
-        .filter(([k]) => k.startsWith(`${PEFT_KEY_PREFIX}${path}.`))
-        .reduce((s, [, t]) => s + t.size, 0);
+      const params = Object.values(moduleTensors(tensors, path)).reduce((s, t) => s + t.size, 0);
       total += params;
       io.out(`  ${path}  ${kind}  r ${r}  alpha ${alpha}  scaling ${scaling.toPrecision(4)}  ${params} params`);
     }

@@ -2,7 +2,14 @@ import { cp, readdir } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
-import { PEFT_KEY_PREFIX, type loraConfigFromJson, mergeAdapterWeights, mergedModulePaths } from '@lora/core';
+import {
+  PEFT_SUFFIX,
+  type loraConfigFromJson,
+  mergeAdapterWeights,
+  mergedModulePaths,
+  moduleTensors,
+  peftKey,
+} from '@lora/core';
 import { readSafetensorsFileHeader, rewriteSafetensors } from '@lora/tensor/node';
 import { type Command, type Io, UsageError, isDir, readAdapter, startBackend, writeDirAtomic } from '../shared';
 
@@ -49,12 +56,11 @@ async function mergeFile(
         return ready;
       }
       const path = moduleOf.get(name);
-      if (path === undefined || (name.endsWith('.bias') && !adapter.tensors[`${PEFT_KEY_PREFIX}${path}.lora_B.bias`]))
+      if (path === undefined || (name.endsWith('.bias') && !adapter.tensors[peftKey(path, PEFT_SUFFIX.loraBBias)]))
         return undefined;
       // this module's weight (and bias) as tensors; the adapter's tensors for this module alone
       const base: Record<string, tf.Tensor> = {};
-      const own: Record<string, tf.Tensor> = {};
-      for (const [k, t] of Object.entries(adapter.tensors)) if (k.startsWith(`${PEFT_KEY_PREFIX}${path}.`)) own[k] = t;
+      const own = moduleTensors(adapter.tensors, path);
       try {
         for (const k of [`${path}.weight`, `${path}.bias`]) {
           if (!present.has(k)) continue;

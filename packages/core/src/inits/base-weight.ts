@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type Matrix64, matrix64, transpose64 } from '@lora/linalg';
-import type { LoraInitContext } from './init-registry';
+import type { LoraInitContext } from './init-types';
 
 /**
  * The base weight of a Linear layer as a float64 [out, in] matrix (a fan_in_fan_out `[in, out]`

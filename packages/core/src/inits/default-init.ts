@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { kaimingUniformDefault, normalInit } from '@lora/nn';
 import type { LoraLayerKind } from '../layers/tuner-layer';
-import type { BuiltinInit, LoraInitTarget } from './init-registry';
+import type { BuiltinInit, LoraInitTarget } from './init-types';
 
 const ALL_KINDS: readonly LoraLayerKind[] = ['linear', 'embedding', 'conv'];
 

@@ -1,6 +1,6 @@
 import { qr } from '@lora/linalg';
 import { baseWeight64, setFactorsAndResidual } from './base-weight';
-import type { BuiltinInit } from './init-registry';
+import type { BuiltinInit } from './init-types';
 
 /**
  * OLoRA (Linear layers; any case, as PEFT): W = Q·R; B = Q[:, :r], A = R[:r] (no rescaling by s, as

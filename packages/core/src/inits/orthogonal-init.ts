@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { defaultRng } from '@lora/nn';
 import { matrix64, qr } from '@lora/linalg';
-import type { BuiltinInit } from './init-registry';
+import type { BuiltinInit } from './init-types';
 
 /**
  * `init_lora_weights = 'orthogonal'` (Linear layers), as PEFT: Q from the QR of an r×r Gaussian; A

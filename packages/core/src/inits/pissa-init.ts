@@ -1,7 +1,7 @@
 import { defaultRng } from '@lora/nn';
 import { type Matrix64, svd, svdLowRank, transpose64 } from '@lora/linalg';
 import { baseWeight64, setFactorsAndResidual } from './base-weight';
-import type { BuiltinInit } from './init-registry';
+import type { BuiltinInit } from './init-types';
 
 /**
  * PiSSA (Linear layers), as PEFT: `'pissa'` takes the full SVD of W, `'pissa_niter_K'` a randomized

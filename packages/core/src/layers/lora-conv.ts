@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Conv1d, Conv2d, type Module, ModuleDict } from '@lora/nn';
 import type { LoraConfig } from '../lora-config';
+import { PEFT_SUFFIX } from '../files/peft-keys';
 import type { AdapterSettings } from './adapter-settings';
 import { LoraLayerBase, loraDropoutModule } from './lora-layer';
 
@@ -169,11 +170,11 @@ export class LoraConv extends LoraLayerBase<Conv> {
 
   protected ownTensors(name: string): Record<string, tf.Variable> {
     const out: Record<string, tf.Variable> = {
-      'lora_A.weight': this.factorA(name),
-      'lora_B.weight': this.factorB(name),
+      [PEFT_SUFFIX.loraA]: this.factorA(name),
+      [PEFT_SUFFIX.loraB]: this.factorB(name),
     };
     const bias = this.loraB.get(name).bias;
-    if (bias) out['lora_B.bias'] = bias;
+    if (bias) out[PEFT_SUFFIX.loraBBias] = bias;
     return out;
   }
 }

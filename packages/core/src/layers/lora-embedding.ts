@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type Embedding, type Module, ParameterDict, embedding, normalInit } from '@lora/nn';
 import type { LoraConfig } from '../lora-config';
+import { PEFT_SUFFIX } from '../files/peft-keys';
 import type { AdapterSettings } from './adapter-settings';
 import { Identity, LoraLayerBase } from './lora-layer';
 
@@ -90,6 +91,9 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
   }
 
   protected ownTensors(name: string): Record<string, tf.Variable> {
-    return { lora_embedding_A: this.loraEmbeddingA.get(name), lora_embedding_B: this.loraEmbeddingB.get(name) };
+    return {
+      [PEFT_SUFFIX.embeddingA]: this.loraEmbeddingA.get(name),
+      [PEFT_SUFFIX.embeddingB]: this.loraEmbeddingB.get(name),
+    };
   }
 }

@@ -4,7 +4,8 @@ import { allFinite } from '../all-finite';
 import { runLoraInit } from '../inits/init-registry';
 import { type LoraConfig, loraScaling } from '../lora-config';
 import type { Magnitude } from '../variants/dora';
-import { type LoraVariant, resolveLoraVariant } from '../variants/variant-registry';
+import { resolveLoraVariant } from '../variants/variant-registry';
+import type { LoraVariant } from '../variants/variant-types';
 import { type AdapterSettings, configFromSettings } from './adapter-settings';
 import type { BaseWithWeight, LoraLayerKind, TunerLayer } from './tuner-layer';
 

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Linear, type Module, ModuleDict, TransposedLinear } from '@lora/nn';
 import type { LoraConfig } from '../lora-config';
+import { PEFT_SUFFIX } from '../files/peft-keys';
 import type { AdapterSettings } from './adapter-settings';
 import { LoraLayerBase, loraDropoutModule } from './lora-layer';
 
@@ -114,11 +115,11 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
 
   protected ownTensors(name: string): Record<string, tf.Variable> {
     const out: Record<string, tf.Variable> = {
-      'lora_A.weight': this.loraA.get(name).weight,
-      'lora_B.weight': this.loraB.get(name).weight,
+      [PEFT_SUFFIX.loraA]: this.loraA.get(name).weight,
+      [PEFT_SUFFIX.loraB]: this.loraB.get(name).weight,
     };
     const bias = this.loraB.get(name).bias;
-    if (bias) out['lora_B.bias'] = bias;
+    if (bias) out[PEFT_SUFFIX.loraBBias] = bias;
     return out;
   }
 

@@ -1,7 +1,7 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import type { Module, ModuleDict } from '@lora/nn';
 import type { LoraConfig } from '../lora-config';
-import type { LoraVariant } from '../variants/variant-registry';
+import type { LoraVariant } from '../variants/variant-types';
 import type { AdapterSettings } from './adapter-settings';
 
 /**

@@ -6,10 +6,10 @@
  * embedding dimension (over the vocabulary), and detached.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { Module, conv, linear, transposedLinear } from '@lora/nn';
-import type { LoraConv } from '../layers/lora-conv';
+import { type ConvOptions, Module, conv, linear, transposedLinear } from '@lora/nn';
+import { PEFT_SUFFIX } from '../files/peft-keys';
 import type { TunerLayer } from '../layers/tuner-layer';
-import type { LoraVariant } from './variant-registry';
+import type { LoraVariant } from './variant-types';
 
 /**
  * DoRA's magnitude vector, held as `lora_magnitude_vector.<adapter>.weight` as in PEFT (saved as
@@ -69,6 +69,12 @@ interface DoraState {
 
 const states = new WeakMap<TunerLayer, DoraState>();
 
+/** What DoRA reads of a convolution layer (`LoraConv`) besides the TunerLayer surface. */
+interface ConvLayer extends TunerLayer {
+  loraProduct(name: string): tf.Tensor;
+  readonly baseLayer: TunerLayer['baseLayer'] & { options: ConvOptions };
+}
+
 function stateOf(layer: TunerLayer): DoraState {
   let s = states.get(layer);
   if (!s) {
@@ -81,7 +87,7 @@ function stateOf(layer: TunerLayer): DoraState {
 /** The layer buffer (not state: rebuilt from the weight whenever that changes) holding ‖W‖² per output unit. */
 const BASE_NORM_SQ = 'dora_base_norm_sq';
 
-const MAGNITUDE = 'lora_magnitude_vector';
+const MAGNITUDE = PEFT_SUFFIX.magnitude; // the module dict's name, and the saved key's suffix
 
 function magnitudeOf(layer: TunerLayer, name: string): tf.Variable {
   return layer.variantModules<Magnitude>(MAGNITUDE).get(name).weight;
@@ -113,7 +119,7 @@ function magnitudeForWeight(layer: TunerLayer, name: string): tf.Tensor {
  * that the magnitudes and outputs match PEFT's.
  */
 function convProduct(layer: TunerLayer, name: string): tf.Tensor {
-  return (layer as LoraConv).loraProduct(name);
+  return (layer as ConvLayer).loraProduct(name);
 }
 
 /** ‖W + s·B·A‖ per magnitude entry, shaped as {@link normExcept} gives it, for the current weights. */
@@ -168,7 +174,7 @@ function linearNormFactored(layer: TunerLayer, name: string): tf.Tensor {
 /** The base layer's output without its bias, for input x: what DoRA rescales when dropout changed the input. */
 function baseWithoutBias(layer: TunerLayer, name: string, x: tf.Tensor): tf.Tensor {
   const w = layer.baseLayer.weight;
-  if (layer.kind === 'conv') return conv(x, w, null, (layer as LoraConv).baseLayer.options);
+  if (layer.kind === 'conv') return conv(x, w, null, (layer as ConvLayer).baseLayer.options);
   return fifo(layer, name) ? transposedLinear(x, w) : linear(x, w);
 }
 
