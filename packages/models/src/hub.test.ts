@@ -62,7 +62,7 @@ describe('bf16 and f16 checkpoints from the Hub cache Python wrote, computed in 
 describe('fromPretrained and loadTokenizer with a Hub repo id, downloading', () => {
   let cache: string | undefined;
   afterEach(async () => {
-    if (cache) await rm(cache, { recursive: true, force: true });
+    if (cache && cache !== process.env.LORA_HUB_CACHE_DIR) await rm(cache, { recursive: true, force: true });
   });
 
   it('downloads a sharded checkpoint into the cache with progress, then loads offline', async () => {
@@ -71,7 +71,8 @@ describe('fromPretrained and loadTokenizer with a Hub repo id, downloading', () 
     const tokDir = join(FIXTURES, 'tokenizer');
     for (const f of readdirSync(tokDir)) files[f] = new Uint8Array(readFileSync(join(tokDir, f)));
     const hub = await startFakeHub([{ id: 'lora-test/sharded', files }]);
-    cache = await mkdtemp(join(tmpdir(), 'lora-models-hub-'));
+    // LORA_HUB_CACHE_DIR keeps the cache for tools/oracle/check_hub_cache.py (Python reads what we wrote)
+    cache = process.env.LORA_HUB_CACHE_DIR ?? (await mkdtemp(join(tmpdir(), 'lora-models-hub-')));
     try {
       const progress: DownloadProgress[] = [];
       const fromHub = await LlamaForCausalLM.fromPretrained('lora-test/sharded', {
