@@ -22,7 +22,10 @@ function payload(n: number, seed = 1): Uint8Array {
 const WEIGHTS = payload(300_000);
 /** Byte equality in one comparison (a deep toEqual over 300 000 elements takes seconds). */
 const expectWeights = (bytes: Uint8Array) => expect(sha256(bytes)).toBe(sha256(WEIGHTS));
-const REPO = { id: 'lora-test/tiny', files: { 'config.json': '{"model_type":"llama"}', 'model.safetensors': WEIGHTS } };
+const REPO = {
+  id: 'lora-test/tiny',
+  files: { 'config.json': '{"model_type":"llama"}', 'model.safetensors': WEIGHTS, 'empty.txt': '' },
+};
 /** A fetch for tests that must never reach the network. */
 const noNetwork = vi.fn(async (): Promise<Response> => {
   throw new Error('the network was used');

@@ -210,7 +210,6 @@ export async function openHubRepo(repo: string, options: HubOptions = {}): Promi
   else {
     try {
       resolved = (await remoteInfo(revision)).sha;
-      await writeRef(storage, revision, resolved);
     } catch (e) {
       if (options.signal?.aborted) fail(e);
       // as huggingface_hub: when the Hub cannot answer, what the cache has is used
@@ -230,6 +229,8 @@ export async function openHubRepo(repo: string, options: HubOptions = {}): Promi
   }
   const commit = resolved;
   const snapshot = join(storage, 'snapshots', commit);
+  // best effort, as huggingface_hub: a read-only cache still serves what it holds
+  if (!offline) await writeRef(storage, revision, commit).catch(() => undefined);
 
   const notCached = (file: string): HubError =>
     new HubError(
