@@ -24,7 +24,12 @@ export type { LoraDispatchContext, LoraDispatcher } from './layers/dispatch';
 export { LoraModel, PeftModel, getPeftModel } from './peft-model';
 export type { LoraLayer } from './peft-model';
 export { adapterStateDict, loadAdapter, saveAdapter, serializeAdapter } from './files/adapter-io';
-export type { LoadAdapterResult, SaveAdapterOptions, SerializeAdapterOptions } from './files/adapter-io';
+export type {
+  LoadAdapterOptions,
+  LoadAdapterResult,
+  SaveAdapterOptions,
+  SerializeAdapterOptions,
+} from './files/adapter-io';
 export { addWeightedAdapter } from './combination/weighted-adapter';
 export { COMBINATION_TYPES } from './combination/adapter-combination';
 export type { CombinationType, WeightedAdapterOptions } from './combination/adapter-combination';

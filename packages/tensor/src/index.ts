@@ -7,8 +7,8 @@ export type {
   OptionalPackage,
   WebGPUOptions,
 } from './backend';
-export { BackendUnavailableError, SafetensorsError, TensorLeakError } from './errors';
-export type { SafetensorsErrorDetail } from './errors';
+export { BackendUnavailableError, HubError, SafetensorsError, TensorLeakError } from './errors';
+export type { HubErrorCode, SafetensorsErrorDetail } from './errors';
 export { bf16ToFloat32, f16BitsToNumber, f16ToFloat32, float32ToBf16, float32ToF16, numberToF16Bits } from './half';
 export { assertNoLeaks, countTensors } from './memory';
 export { Generator } from './random';
@@ -23,6 +23,12 @@ export { decodeEntry, parseSafetensors } from './safetensors-reader';
 export type { DecodedTensor, ParsedSafetensors } from './safetensors-reader';
 export { encodeValues, serializeSafetensors } from './safetensors-writer';
 export type { RawTensor, SerializeOptions, WritableDtype } from './safetensors-writer';
+export { byteSourceOf } from './byte-source';
+export type { ByteSource } from './byte-source';
+export { readSafetensorsHeaderFrom, streamSafetensors } from './safetensors-stream';
+export type { StreamedTensor } from './safetensors-stream';
+export { isHubRepoId } from './hub-options';
+export type { DownloadProgress, HubOptions } from './hub-options';
 export { openFiles } from './file-source';
 export type { FileContent, FileSource, ModelFiles } from './file-source';
 export { maxRelativeError } from './parity';

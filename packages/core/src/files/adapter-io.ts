@@ -1,5 +1,12 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { type ModelFiles, SafetensorsError, openFiles, parseSafetensors, serializeSafetensors } from '@lora/tensor';
+import {
+  type HubOptions,
+  type ModelFiles,
+  SafetensorsError,
+  openFiles,
+  parseSafetensors,
+  serializeSafetensors,
+} from '@lora/tensor';
 import { type Module, withoutInit } from '@lora/nn';
 import { type LoraConfig, loraConfigFromJson, loraConfigToJson } from '../lora-config';
 import { baseBias } from '../layers/lora-layer';
@@ -238,8 +245,16 @@ export interface LoadAdapterResult {
   unexpectedKeys: string[];
 }
 
+/** Options of {@link loadAdapter}: PEFT's, and how a Hub repo id is resolved (as `fromPretrained`'s). */
+export interface LoadAdapterOptions extends HubOptions {
+  adapterName?: string;
+  isTrainable?: boolean;
+  strict?: boolean;
+}
+
 /**
- * Loads a PEFT adapter (a directory in Node, or the files in memory) onto `model`: a plain model is
+ * Loads a PEFT adapter (a Hugging Face Hub repo id or a directory in Node, or the files in memory) onto
+ * `model`: a plain model is
  * wrapped as a PeftModel, a PeftModel gains the adapter. With `isTrainable: false` (PEFT's default)
  * the adapter is frozen and the model is put in eval mode (as PEFT). Keys the model lacks, or lacks in
  * the file, are reported (an error with `strict`); shapes must match. Weights of the base model saved
@@ -248,15 +263,17 @@ export interface LoadAdapterResult {
  * @example
  * ```ts
  * const { model: peft } = await loadAdapter(base, 'adapters/sql-lora');
+ * // a Hub repo id: from the local Hugging Face cache, downloaded into it when missing (Node)
+ * const { model: tuned } = await loadAdapter(base, 'user/smollm-sql-lora', { revision: 'v1' });
  * ```
  */
 export async function loadAdapter(
   model: Module | PeftModel,
   files: ModelFiles,
-  options: { adapterName?: string; isTrainable?: boolean; strict?: boolean } = {},
+  options: LoadAdapterOptions = {},
 ): Promise<LoadAdapterResult> {
   const name = options.adapterName ?? 'default';
-  const source = await openFiles(files);
+  const source = await openFiles(files, options);
   if (!(await source.has('adapter_config.json')))
     throw new Error(`${source.label}: no adapter_config.json; is this a PEFT adapter directory?`);
   const config: LoraConfig = {
