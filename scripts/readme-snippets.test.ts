@@ -21,8 +21,9 @@ interface Prelude {
 }
 
 /** Per README: what its working directory needs first, and the preludes of the snippets that need one (in order). */
-const NEEDS: Record<string, { setup?: string; preludes?: Prelude[] }> = {
-  'packages/models/README.md': { setup: 'await __h.tinyCheckpoint();' },
+const NEEDS: Record<string, { setup?: string; teardown?: string; preludes?: Prelude[] }> = {
+  'packages/tensor/README.md': { setup: 'const __stopHub = await __h.fakeHub();', teardown: 'await __stopHub();' },
+  'packages/models/README.md': { setup: 'const __stopHub = await __h.fakeHub();', teardown: 'await __stopHub();' },
   'packages/core/README.md': {
     setup: "await __h.tinyCheckpoint(); await __h.peftAdapter('my-peft-adapter', 0);",
     preludes: [
@@ -99,7 +100,9 @@ function program(readme: string, blocks: string[]): string {
     'const __t0 = Date.now();',
     'await __h.start();',
     needs.setup ?? '',
+    'try {',
     ...bodies,
+    `} finally {\n${needs.teardown ?? ''}\n}`,
     'export {};',
   ].join('\n');
 }

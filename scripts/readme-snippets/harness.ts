@@ -4,12 +4,14 @@
  * `readme-snippets.test.ts` before the snippet runs.
  */
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { type AdapterFiles, getPeftModel, loadAdapter, loraConfigFromJson, saveAdapter } from '@lora/core';
 import { LlamaForCausalLM, parseLlamaConfig } from '@lora/models';
 import { Module, TransposedLinear, manualSeed } from '@lora/nn';
 import { initBackend, parseSafetensors, serializeSafetensors } from '@lora/tensor';
+import { hubFile } from '@lora/tensor/hub';
+import { startFakeHub } from '@lora/tensor/testing';
 
 const TOKENIZER = join(import.meta.dirname, '..', '..', 'packages', 'models', '__fixtures__', 'tokenizer');
 
@@ -85,4 +87,33 @@ export class TinyGpt2 extends Module {
   forward(x: tf.Tensor): tf.Tensor {
     return tf.tidy(() => this.c_proj.call(tf.slice(this.c_attn.call(x) as tf.Tensor, [0, 0], [-1, 16])) as tf.Tensor);
   }
+}
+
+/**
+ * A Hugging Face Hub on 127.0.0.1 serving the tiny checkpoint as `HuggingFaceTB/SmolLM-135M`, found
+ * through `HF_ENDPOINT`, with a fresh cache (`HF_HUB_CACHE`) that already holds the tokenizer (what
+ * the snippets take as "cached by now"). Returns what undoes it.
+ */
+export async function fakeHub(): Promise<() => Promise<void>> {
+  await tinyCheckpoint('.hub-files');
+  const files: Record<string, Uint8Array> = {};
+  for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'])
+    files[f] = new Uint8Array(await readFile(join('.hub-files', f)));
+  const hub = await startFakeHub([{ id: 'HuggingFaceTB/SmolLM-135M', files }]);
+  // the variables @lora/tensor/hub reads, as Python's huggingface_hub does (test-only: not a turbo input)
+  const env = process.env;
+  const saved = { endpoint: env.HF_ENDPOINT, cache: env.HF_HUB_CACHE };
+  env.HF_ENDPOINT = hub.url;
+  env.HF_HUB_CACHE = resolve('hub-cache');
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) await hubFile('HuggingFaceTB/SmolLM-135M', f);
+  return async () => {
+    for (const [k, v] of [
+      ['HF_ENDPOINT', saved.endpoint],
+      ['HF_HUB_CACHE', saved.cache],
+    ] as const) {
+      if (v === undefined) delete env[k];
+      else env[k] = v;
+    }
+    await hub.close();
+  };
 }
