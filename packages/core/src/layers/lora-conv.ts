@@ -41,6 +41,7 @@ export class LoraConv extends LoraLayerBase<Conv> {
     this.loraA = this.registerModule('lora_A', new ModuleDict<Conv>());
     this.loraB = this.registerModule('lora_B', new ModuleDict<Conv>());
     this.loraDropout = this.registerModule('lora_dropout', new ModuleDict());
+    this.registerVariantModules();
     this.updateLayer(adapterName, settings, config);
     this.activeAdapters = [adapterName];
   }

@@ -30,6 +30,7 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
     this.baseLayer = this.registerModule('base_layer', base);
     this.loraEmbeddingA = this.registerModule('lora_embedding_A', new ParameterDict());
     this.loraEmbeddingB = this.registerModule('lora_embedding_B', new ParameterDict());
+    this.registerVariantModules();
     this.updateLayer(adapterName, settings, config);
     this.activeAdapters = [adapterName];
   }

@@ -4,7 +4,7 @@ import { allFinite } from '../all-finite';
 import { runLoraInit } from '../inits/init-registry';
 import { type LoraConfig, loraScaling } from '../lora-config';
 import type { Magnitude } from '../variants/dora';
-import { resolveLoraVariant } from '../variants/variant-registry';
+import { loraVariants, resolveLoraVariant } from '../variants/variant-registry';
 import type { LoraVariant } from '../variants/variant-types';
 import { type AdapterSettings, configFromSettings } from './adapter-settings';
 import type { BaseWithWeight, LoraLayerKind, TunerLayer } from './tuner-layer';
@@ -99,7 +99,10 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
     this.createAdapterWeights(name, settings);
     this.storeSettings(name, settings);
     const stored = this.settings.get(name) as AdapterSettings;
+    // an asynchronous initialisation may end after the adapter was deleted or replaced: then nothing is left to finish
+    const current = () => this.settings.get(name) === stored;
     const finish = (): void => {
+      if (!current()) return;
       try {
         if (variant) {
           variant.init(this, name, { config: request.config, settings: stored });
@@ -133,7 +136,7 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
     }
     if (!isPromise(started)) return finish();
     const done = started.then(finish, (e: unknown) => {
-      this.deleteAdapter(name);
+      if (current()) this.deleteAdapter(name);
       throw e;
     });
     const tracked = done.finally(() => {
@@ -150,6 +153,16 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
 
   variantOf(name: string): LoraVariant | undefined {
     return this.variants.get(name);
+  }
+
+  /**
+   * Registers, empty, the module dictionaries of the registered variants that serve this layer (DoRA's
+   * `lora_magnitude_vector`), as PEFT's LoraLayer has them from the start; a subclass calls it after
+   * registering its own containers. Without it they are registered when first used.
+   */
+  protected registerVariantModules(): void {
+    for (const v of loraVariants())
+      if (v.supports(this)) for (const key of v.trainableModules ?? []) this.variantModules(key);
   }
 
   variantModules<M extends Module = Module>(key: string): ModuleDict<M> {

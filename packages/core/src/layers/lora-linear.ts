@@ -33,6 +33,7 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
     this.loraA = this.registerModule('lora_A', new ModuleDict<Linear>());
     this.loraB = this.registerModule('lora_B', new ModuleDict<Linear>());
     this.loraDropout = this.registerModule('lora_dropout', new ModuleDict());
+    this.registerVariantModules();
     this.updateLayer(adapterName, settings, config);
     this.activeAdapters = [adapterName];
   }
