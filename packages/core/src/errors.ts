@@ -54,20 +54,6 @@ export class AdapterFileError extends Error {
   }
 }
 
-/**
- * A short, bounded rendering of any value for an error message: `JSON.stringify` for plain values, cut
- * at `max` characters; never throws (deeply nested or cyclic values, BigInts, symbols).
- */
-export function describeValue(value: unknown, max = 80): string {
-  let text: string;
-  try {
-    text = value === undefined ? 'undefined' : (JSON.stringify(value) ?? String(value));
-  } catch {
-    text = Array.isArray(value) ? '[…]' : typeof value === 'object' && value !== null ? '{…}' : String(value);
-  }
-  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
-}
-
 /** Levenshtein distance, for "did you mean" suggestions. */
 export function editDistance(a: string, b: string): number {
   let prev = Array.from({ length: b.length + 1 }, (_, j) => j);

@@ -2,7 +2,8 @@
  * PEFT's `LoraConfig`, in camelCase, with PEFT's defaults, validation and JSON form
  * (`adapter_config.json`, snake_case).
  */
-import { LoraConfigError, describeValue, editDistance } from './errors';
+import { describeValue } from '@lora/tensor';
+import { LoraConfigError, editDistance } from './errors';
 import { checkPatterns, firstPatternKey } from './patterns';
 
 /** `init_lora_weights` values. `'loftq' | 'eva' | 'lora_ga'` come from the method packages' registry. */

@@ -9,7 +9,8 @@
  * possessive quantifiers, conditionals) are refused with a {@link LoraConfigError} naming the field.
  */
 import { RE2JS } from 're2js';
-import { LoraConfigError, describeValue } from './errors';
+import { describeValue } from '@lora/tensor';
+import { LoraConfigError } from './errors';
 
 /** Python-regex constructs RE2 cannot run, each with the words an error uses for it. */
 const UNSUPPORTED: [RegExp, string][] = [

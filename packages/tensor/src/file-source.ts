@@ -1,3 +1,5 @@
+import { FileAccessError } from './errors';
+
 /**
  * Where a model's or adapter's files come from: a directory path (Node), or the files themselves, by name,
  * as bytes, strings, Blobs/Files (a browser file input) or a Map of those.
@@ -22,8 +24,13 @@ async function toBytes(c: FileContent): Promise<Uint8Array> {
   return new Uint8Array(await c.arrayBuffer());
 }
 
-/** Opens a {@link ModelFiles} for reading. Directory paths need Node. */
-export async function openFiles(files: ModelFiles): Promise<FileSource> {
+/**
+ * Opens a {@link ModelFiles} for reading. Directory paths need Node. `options.what` names the directory
+ * in errors (`'model directory'`, `'adapter directory'`); file-system errors become a
+ * {@link FileAccessError} naming the file.
+ */
+export async function openFiles(files: ModelFiles, options: { what?: string } = {}): Promise<FileSource> {
+  const what = options.what ?? 'directory';
   if (typeof files === 'string') {
     // A variable specifier keeps browser bundlers from pulling node:fs in.
     const fsName = 'node:fs/promises';
@@ -32,13 +39,21 @@ export async function openFiles(files: ModelFiles): Promise<FileSource> {
     const path = (await import(/* @vite-ignore */ pathName)) as typeof import('node:path');
     const dir = files;
     const stat = await fs.stat(dir).catch(() => null);
-    if (!stat?.isDirectory()) throw new Error(`model directory '${dir}' does not exist or is not a directory`);
+    if (!stat?.isDirectory())
+      throw new FileAccessError(dir, `${what} ${stat ? 'is a file, not a directory' : 'does not exist'}`);
+    const read = async <T>(n: string, how: () => Promise<T>): Promise<T> => {
+      try {
+        return await how();
+      } catch (e) {
+        throw FileAccessError.from(path.join(dir, n), e);
+      }
+    };
     return {
       label: dir,
       has: async (n) => (await fs.stat(path.join(dir, n)).catch(() => null))?.isFile() ?? false,
-      bytes: async (n) => new Uint8Array(await fs.readFile(path.join(dir, n))),
-      text: (n) => fs.readFile(path.join(dir, n), 'utf8'),
-      list: () => fs.readdir(dir),
+      bytes: (n) => read(n, async () => new Uint8Array(await fs.readFile(path.join(dir, n)))),
+      text: (n) => read(n, () => fs.readFile(path.join(dir, n), 'utf8')),
+      list: () => read('', () => fs.readdir(dir)),
     };
   }
   const map = new Map<string, FileContent>();
@@ -48,7 +63,11 @@ export async function openFiles(files: ModelFiles): Promise<FileSource> {
   const get = (n: string) => {
     const c = map.get(n);
     if (c === undefined)
-      throw new Error(`<memory>: no file named '${n}' among ${[...map.keys()].join(', ') || 'none'}`);
+      throw new FileAccessError(
+        `<memory>/${n}`,
+        `no file named '${n}' among the files given (${[...map.keys()].join(', ') || 'none'})`,
+        'ENOENT',
+      );
     return c;
   };
   return {
