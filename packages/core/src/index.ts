@@ -11,7 +11,7 @@ export {
   patternKey,
 } from './lora-config';
 export type { InitLoraWeights, LoraConfig, LoraConfigFromJsonOptions } from './lora-config';
-export { TargetModuleError, matchModule, resolveTargets } from './targets';
+export { TargetModuleError, matchModule, resolveTargetPaths, resolveTargets } from './targets';
 export type { ResolvedTargets } from './targets';
 export { LoraConv } from './layers/lora-conv';
 export { LoraEmbedding } from './layers/lora-embedding';

@@ -72,6 +72,31 @@ export function resolveTargets(model: Module, config: LoraConfig): ResolvedTarge
       .filter((k) => !lora.some((l) => k.startsWith(`${l}.`)));
     effective = { ...config, targetModules: linears.filter((k) => k !== 'lm_head' && !k.endsWith('.lm_head')) };
   }
+  return matchPaths(
+    modules.map(([k]) => k),
+    effective,
+    config,
+  );
+}
+
+/**
+ * {@link resolveTargets} on module paths alone (what a checkpoint's tensor names give, without a model):
+ * the paths the config targets and excludes, or PEFT's error when it targets none. `'all-linear'` needs
+ * the modules' classes, so it is resolved by {@link resolveTargets} only; here it matches nothing.
+ *
+ * @example
+ * ```ts
+ * resolveTargetPaths(['layers.0.q_proj', 'layers.0.k_proj'], loraConfig({ targetModules: ['q_proj'] })).targeted;
+ * // ['layers.0.q_proj']
+ * ```
+ */
+export function resolveTargetPaths(paths: string[], config: LoraConfig): ResolvedTargets {
+  return matchPaths(paths, config, config);
+}
+
+/** Matches `paths` with `effective` (all-linear resolved); errors are worded from `config`, as the user wrote it. */
+function matchPaths(paths: string[], effective: LoraConfig, config: LoraConfig): ResolvedTargets {
+  const modules = paths.filter((k) => k !== '').map((k) => [k] as const);
   const targeted: string[] = [];
   const excluded: string[] = [];
   for (const [key] of modules) {

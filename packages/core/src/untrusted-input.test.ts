@@ -156,10 +156,10 @@ describe('options given in TypeScript', () => {
     expect([...peft.loraLayers()].map(([p]) => p)).toEqual(['q_proj', 'v_proj']);
     expect(peft.peftConfig.get('default')?.targetModules).toEqual(['q_proj', 'v_proj']);
     peft.dispose();
-    const snake = new TinyLlama() as TinyLlama & { config: unknown };
-    snake.config = { model_type: 'qwen2' };
+    const snake = new TinyLlama();
+    (snake as { config: unknown }).config = { model_type: 'qwen2' };
     getPeftModel(snake, {}).dispose();
-    const other = new TinyLlama() as TinyLlama & { config: unknown };
+    const other = new TinyLlama();
     other.config = { modelType: 'gpt2' };
     const e = configError(() => getPeftModel(other, {}));
     expect(e.message).toMatch(/Please specify `target_modules`.*model type "gpt2".*Set targetModules/);

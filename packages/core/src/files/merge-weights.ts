@@ -190,7 +190,9 @@ function checkFactors(
   const shape = (t: tf.Tensor) => `[${t.shape.join(', ')}]`;
   if (a.rank < 2 || b.rank < 2) bad(a.rank < 2 ? aKey : bKey, `a LoRA factor must have at least 2 dimensions; got ${shape(a.rank < 2 ? a : b)}`);
   const rankB = b.shape[1] as number;
-  if (a.shape[0] !== rankB)
+  const conv = kind !== 'linear' && kind !== 'embedding';
+  // a grouped convolution's lora_B is [out, r/groups, …]: refused further on, as PEFT refuses its merge
+  if (conv ? (a.shape[0] as number) % rankB !== 0 : a.shape[0] !== rankB)
     bad(
       bKey,
       `${bKey} ${shape(b)} has rank ${rankB} but ${aKey} ${shape(a)} has rank ${a.shape[0]}; the file is corrupt or mixes two adapters`,
@@ -203,8 +205,9 @@ function checkFactors(
   const out = b.shape[0] as number;
   const inner = a.size / r;
   // a grouped kernel is [out, in/groups, …k] while A reads all `in` channels: refused below, as PEFT does
-  const grouped = kind !== 'linear' && kind !== 'embedding' && (a.shape[1] as number) > (w.shape[1] as number);
-  if (!grouped && out * inner !== w.size)
+  const grouped = conv && ((a.shape[1] as number) > (w.shape[1] as number) || a.shape[0] !== rankB);
+  // a Linear's shapes are checked (and a fan_in_fan_out [in, out] told apart) by storedTransposed
+  if (kind !== 'linear' && !grouped && out * inner !== w.size)
     bad(
       aKey,
       `${aKey} ${shape(a)} and ${bKey} ${shape(b)} give an update of ${out * inner} values, but the base weight '${path}.weight' is [${w.shape.join(', ')}] (${w.size}); was the adapter trained on another base model?`,
