@@ -94,7 +94,7 @@ function classify(e: unknown, what: string): void {
   if (isRaw(e)) throw new Error(`${what}: raw ${(e as Error)?.constructor?.name}: ${String((e as Error)?.message ?? e)}`);
 }
 
-it(`mutated adapter_config.json: ${2000 * SCALE} reads and ${100 * SCALE} loads end in a config or a written error`, async () => {
+it(`seed ${SEED}: mutated adapter_config.json: ${2000 * SCALE} reads and ${100 * SCALE} loads end in a config or a written error`, async () => {
   const g = new Generator(SEED);
   const before = tf.memory().numTensors;
   const outcomes = { accepted: 0, refused: 0, loaded: 0, loadRefused: 0 };
@@ -141,7 +141,7 @@ const OPTIONS: (keyof LoraConfig | string)[] = [
   'lora_alpha', 'use_dora', 'target_modules', 'targetModule', 'trainableTokenIndices',
 ];
 
-it(`option objects given to getPeftModel: ${400 * SCALE} cases end in a model or a written error`, () => {
+it(`seed ${SEED}: option objects given to getPeftModel: ${400 * SCALE} cases end in a model or a written error`, () => {
   const g = new Generator(SEED + 1);
   const before = tf.memory().numTensors;
   let built = 0;

@@ -101,7 +101,7 @@ function mutate(src: Uint8Array, g: Generator): Uint8Array {
   return b;
 }
 
-it(`every mutated file (${4000 * SCALE}) parses or throws a SafetensorsError; none crashes, hangs or over-allocates`, () => {
+it(`seed ${SEED}: every mutated file (${4000 * SCALE}) parses or throws a SafetensorsError; none crashes, hangs or over-allocates`, () => {
   const g = new Generator(SEED);
   const before = tf.memory().numTensors;
   let parsed = 0;
@@ -168,7 +168,7 @@ function mutateIndex(index: { metadata?: unknown; weight_map: Record<string, unk
   return JSON.stringify(index);
 }
 
-it(`every mutated sharded index (${200 * SCALE}) loads or throws a SafetensorsError / FileAccessError naming a file`, async () => {
+it(`seed ${SEED}: every mutated sharded index (${200 * SCALE}) loads or throws a SafetensorsError / FileAccessError naming a file`, async () => {
   const g = new Generator(SEED + 1);
   const src = join(FIXTURES, 'sharded');
   const index = JSON.parse(readFileSync(join(src, 'model.safetensors.index.json'), 'utf8'));
