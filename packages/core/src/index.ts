@@ -20,7 +20,12 @@ export type { AdapterSettings } from './layers/lora-linear';
 export { DEFAULT_TARGET_MODULES, LoraModel, PeftModel, getPeftModel } from './peft-model';
 export type { LoraLayer } from './peft-model';
 export { adapterStateDict, loadAdapter, saveAdapter, serializeAdapter } from './files/adapter-io';
-export type { LoadAdapterOptions, LoadAdapterResult, SaveAdapterOptions, SerializeAdapterOptions } from './files/adapter-io';
+export type {
+  LoadAdapterOptions,
+  LoadAdapterResult,
+  SaveAdapterOptions,
+  SerializeAdapterOptions,
+} from './files/adapter-io';
 export { addWeightedAdapter } from './combination/weighted-adapter';
 export { COMBINATION_TYPES } from './combination/adapter-combination';
 export type { CombinationType, WeightedAdapterOptions } from './combination/adapter-combination';

@@ -141,3 +141,50 @@ export class FileAccessError extends Error {
     return new FileAccessError(file, `${what} ${FILE_PROBLEMS[code] ?? `cannot be used (${code})`}`, code);
   }
 }
+
+/** Why a Hugging Face Hub file could not be had; see {@link HubError}. */
+export type HubErrorCode =
+  /** Offline (`localFilesOnly`, `HF_HUB_OFFLINE`, or the Hub unreachable) and the cache lacks it. */
+  | 'not-cached'
+  /** The repository, revision or file does not exist (or is private and no token was sent). */
+  | 'not-found'
+  /** The Hub refused the token, or the repository is gated / private. */
+  | 'unauthorized'
+  /** The Hub could not be reached or answered with an error. */
+  | 'network'
+  /** A downloaded file did not have the size or hash the Hub announced. */
+  | 'corrupt'
+  /** The caller's `AbortSignal` fired. */
+  | 'aborted'
+  /** The repo id or a file name is not valid. */
+  | 'invalid';
+
+/**
+ * A Hugging Face Hub repository or file could not be resolved from the cache or downloaded. The
+ * message says where the cache is and what to do.
+ *
+ * @example
+ * ```ts
+ * try { await LlamaForCausalLM.fromPretrained('HuggingFaceTB/SmolLM-135M', { localFilesOnly: true }); }
+ * catch (e) { if (e instanceof HubError && e.code === 'not-cached') console.error(e.message); }
+ * ```
+ */
+export class HubError extends Error {
+  override readonly name = 'HubError';
+  readonly code: HubErrorCode;
+  readonly repo: string;
+  readonly file: string | undefined;
+
+  constructor(
+    code: HubErrorCode,
+    repo: string,
+    file: string | undefined,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.code = code;
+    this.repo = repo;
+    this.file = file;
+  }
+}

@@ -7,6 +7,8 @@ import { type FileHandle, open, readFile, readdir, realpath, rename, stat, unlin
 import { basename, dirname, isAbsolute, join, normalize, relative, sep } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { FileAccessError, SafetensorsError } from './errors';
+
+export { openFileBytes } from './file-source';
 import { type SafetensorsEntry, type SafetensorsHeader, parseHeader, readHeaderLength } from './safetensors-format';
 import { type DecodedTensor, type ParsedSafetensors, decodeEntry, parseSafetensors } from './safetensors-reader';
 import {

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import {
+  type HubOptions,
   type ModelFiles,
   SafetensorsError,
   describeValue,
@@ -240,7 +241,15 @@ export async function saveAdapter(model: PeftModel, dir: string, options: SaveAd
 }
 
 /** Options of {@link loadAdapter}. */
-export interface LoadAdapterOptions {
+/** What {@link loadAdapter} returns. */
+export interface LoadAdapterResult {
+  model: PeftModel;
+  missingKeys: string[];
+  unexpectedKeys: string[];
+}
+
+/** Options of {@link loadAdapter}: PEFT's, and how a Hub repo id is resolved (as `fromPretrained`'s). */
+export interface LoadAdapterOptions extends HubOptions {
   /** The name the adapter gets in the model (default `'default'`). */
   adapterName?: string;
   /** Keep the adapter trainable (PEFT's `is_trainable`; default false: frozen, model in eval mode). */
@@ -251,15 +260,9 @@ export interface LoadAdapterOptions {
   warn?: (message: string) => void;
 }
 
-/** What {@link loadAdapter} returns. */
-export interface LoadAdapterResult {
-  model: PeftModel;
-  missingKeys: string[];
-  unexpectedKeys: string[];
-}
-
 /**
- * Loads a PEFT adapter (a directory in Node, or the files in memory) onto `model`: a plain model is
+ * Loads a PEFT adapter (a Hugging Face Hub repo id or a directory in Node, or the files in memory) onto
+ * `model`: a plain model is
  * wrapped as a PeftModel, a PeftModel gains the adapter. With `isTrainable: false` (PEFT's default)
  * the adapter is frozen and the model is put in eval mode (as PEFT). Keys the model lacks, or lacks in
  * the file, are reported (an error with `strict`); shapes must match. Weights of the base model saved
@@ -268,6 +271,8 @@ export interface LoadAdapterResult {
  * @example
  * ```ts
  * const { model: peft } = await loadAdapter(base, 'adapters/sql-lora');
+ * // a Hub repo id: from the local Hugging Face cache, downloaded into it when missing (Node)
+ * const { model: tuned } = await loadAdapter(base, 'user/smollm-sql-lora', { revision: 'v1' });
  * ```
  */
 export async function loadAdapter(
@@ -277,7 +282,7 @@ export async function loadAdapter(
 ): Promise<LoadAdapterResult> {
   const name = options.adapterName ?? 'default';
   const warn = options.warn ?? console.warn;
-  const source = await openFiles(files, { what: 'adapter directory' });
+  const source = await openFiles(files, { ...options, what: 'adapter directory' });
   const configFile = `${source.label}/adapter_config.json`;
   if (!(await source.has('adapter_config.json')))
     throw new AdapterFileError(
