@@ -188,7 +188,9 @@ describe('lora merge', () => {
     const bad = join(mkdtempSync(join(tmpdir(), 'lora-cli-bad-')), 'merged');
     const r2 = await run('merge', '--base', src, '--adapter', join(FIX, 'peft-embedding'), '--out', bad);
     expect(r2.code).not.toBe(0);
-    expect(r2.err.split('\n').at(-1)).toMatch(/^lora merge: Target modules \["embed","lin"\] not found in the base model/);
+    expect(r2.err.split('\n').at(-1)).toMatch(
+      /^lora merge: Target modules \["embed","lin"\] not found in the base model/,
+    );
     expect(existsSync(bad)).toBe(false);
     expect(readdirSync(join(bad, '..'))).toEqual([]);
     tf.dispose([...Object.values(base), ...Object.values(want), ...Object.values(merged)]);

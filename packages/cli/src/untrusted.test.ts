@@ -76,20 +76,34 @@ describe('lora merge', () => {
     expect(r.code, r.err).toBe(0);
     expect(r.err).toMatch(/merging model\.safetensors \(1\/1\)/);
     expect(readdirSync(out).sort()).toEqual(['config.json', 'io.safetensors', 'model.safetensors']);
-    expect(Buffer.compare(readFileSync(join(out, 'io.safetensors')), readFileSync(join(src, 'io.safetensors')))).toBe(0);
-    expect(Buffer.compare(readFileSync(join(out, 'model.safetensors')), readFileSync(join(src, 'model.safetensors')))).not.toBe(0);
+    expect(Buffer.compare(readFileSync(join(out, 'io.safetensors')), readFileSync(join(src, 'io.safetensors')))).toBe(
+      0,
+    );
+    expect(
+      Buffer.compare(readFileSync(join(out, 'model.safetensors')), readFileSync(join(src, 'model.safetensors'))),
+    ).not.toBe(0);
     // a folder with neither: named, with what to do
     const empty = mkdtempSync(join(tmpdir(), 'lora-cli-empty-'));
     cpSync(join(FIX, 'base.safetensors'), join(empty, 'weights.safetensors'));
     const r2 = await run('merge', '--base', empty, '--adapter', join(FIX, 'peft-qv'), '--out', join(empty, 'o'));
-    expect(r2.err).toMatch(/no model\.safetensors or model\.safetensors\.index\.json \(found weights\.safetensors; pass the file itself as --base\)/);
+    expect(r2.err).toMatch(
+      /no model\.safetensors or model\.safetensors\.index\.json \(found weights\.safetensors; pass the file itself as --base\)/,
+    );
   });
 
   it('refuses a folder base with a .safetensors --out (it made a directory named x.safetensors)', async () => {
     const src = mkdtempSync(join(tmpdir(), 'lora-cli-folder-'));
     cpSync(join(FIX, 'base.safetensors'), join(src, 'model.safetensors'));
     const parent = mkdtempSync(join(tmpdir(), 'lora-cli-out-'));
-    const r = await run('merge', '--base', src, '--adapter', join(FIX, 'peft-qv'), '--out', join(parent, 'x.safetensors'));
+    const r = await run(
+      'merge',
+      '--base',
+      src,
+      '--adapter',
+      join(FIX, 'peft-qv'),
+      '--out',
+      join(parent, 'x.safetensors'),
+    );
     expect(r.code).toBe(2);
     expect(r.err).toMatch(/is a checkpoint directory, so --out must be a directory.*pass --base .*model\.safetensors/);
     expect(readdirSync(parent)).toEqual([]);
@@ -102,7 +116,15 @@ describe('lora merge', () => {
     t['base_model.model.layers.0.q_proj.lora_B.weight'] = tf.zeros([8, 2]);
     writeFileSync(join(dir, 'adapter_model.safetensors'), await serializeSafetensors(t));
     tf.dispose(Object.values(t));
-    const r = await run('merge', '--base', join(FIX, 'base.safetensors'), '--adapter', dir, '--out', join(dir, 'o.safetensors'));
+    const r = await run(
+      'merge',
+      '--base',
+      join(FIX, 'base.safetensors'),
+      '--adapter',
+      dir,
+      '--out',
+      join(dir, 'o.safetensors'),
+    );
     expect(r.code).toBe(1);
     expect(r.err.split('\n').at(-1)).toBe(
       `lora merge: ${join(dir, 'adapter_model.safetensors')}: tensor 'base_model.model.layers.0.q_proj.lora_B.weight' shape: base_model.model.layers.0.q_proj.lora_B.weight [8, 2] has rank 2 but base_model.model.layers.0.q_proj.lora_A.weight [4, 8] has rank 4; the file is corrupt or mixes two adapters`,
@@ -115,7 +137,9 @@ describe('lora merge', () => {
     const names = Object.keys(read(join(FIX, 'base.safetensors')));
     writeFileSync(
       join(src, 'model.safetensors.index.json'),
-      JSON.stringify({ weight_map: Object.fromEntries(names.map((n, i) => [n, `model-0000${(i % 2) + 1}-of-00002.safetensors`])) }),
+      JSON.stringify({
+        weight_map: Object.fromEntries(names.map((n, i) => [n, `model-0000${(i % 2) + 1}-of-00002.safetensors`])),
+      }),
     );
     const r = await run('merge', '--base', src, '--adapter', join(FIX, 'peft-qv'), '--out', join(src, 'out'));
     expect(r.err).toBe(`lora merge: ${join(src, 'model-00002-of-00002.safetensors')}: file does not exist`);
@@ -140,7 +164,9 @@ describe('lora inspect', () => {
     // embed: A [2, 20] + B [8, 2] = 56; lin: A [2, 8] + B [8, 2] = 32
     expect(r.out).toMatch(/^ {2}embed_tokens {2}embedding {2}r 2 .* 56 params$/m);
     expect(r.out).toMatch(/^ {2}2 modules, 88 parameters in 4 tensors$/m);
-    expect(r.out).toMatch(/also saved with the adapter .*: 1 tensors, 160 parameters: embed_tokens\.base_layer\.weight \[20, 8\]/);
+    expect(r.out).toMatch(
+      /also saved with the adapter .*: 1 tensors, 160 parameters: embed_tokens\.base_layer\.weight \[20, 8\]/,
+    );
   });
 
   it('prints one JSON object with --json, and the version with --version', async () => {
@@ -149,7 +175,10 @@ describe('lora inspect', () => {
     const json = JSON.parse(r.out);
     expect(json.loraParameters).toBe(88);
     expect(json.otherParameters).toBe(160);
-    expect(json.modules.map((m: { path: string; kind: string }) => `${m.path}:${m.kind}`)).toEqual(['embed_tokens:embedding', 'lin:linear']);
+    expect(json.modules.map((m: { path: string; kind: string }) => `${m.path}:${m.kind}`)).toEqual([
+      'embed_tokens:embedding',
+      'lin:linear',
+    ]);
     const version = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8')).version;
     expect(await run('--version')).toEqual({ code: 0, out: version, err: '' });
   });

@@ -32,7 +32,10 @@ const seeds = ADAPTERS.map((a) => ({
 
 /** Errors that are raw JavaScript failures, never a message written for a user. */
 function isRaw(e: unknown): boolean {
-  return !(e instanceof Error) || [TypeError, RangeError, SyntaxError, ReferenceError, EvalError].some((c) => e.constructor === c);
+  return (
+    !(e instanceof Error) ||
+    [TypeError, RangeError, SyntaxError, ReferenceError, EvalError].some((c) => e.constructor === c)
+  );
 }
 
 function deep(n: number): unknown {
@@ -41,7 +44,20 @@ function deep(n: number): unknown {
   return v;
 }
 
-const HOSTILE_REGEX = ['^(([a-z0-9_.])+)+X$', '(\\w+\\.?)+Q$', '(.+)+_projZ', '(.*)*X', '((.)*)*\\d$', '(a)\\1', '(?=x)', '(', '[', '.*', '(?i)Q_PROJ', 'q_proj|v_proj'];
+const HOSTILE_REGEX = [
+  '^(([a-z0-9_.])+)+X$',
+  '(\\w+\\.?)+Q$',
+  '(.+)+_projZ',
+  '(.*)*X',
+  '((.)*)*\\d$',
+  '(a)\\1',
+  '(?=x)',
+  '(',
+  '[',
+  '.*',
+  '(?i)Q_PROJ',
+  'q_proj|v_proj',
+];
 
 function randomValue(g: Generator, depth = 0): unknown {
   const pick = <T>(xs: readonly T[]) => xs[Math.floor(g.nextFloat24() * xs.length)] as T;
@@ -53,13 +69,34 @@ function randomValue(g: Generator, depth = 0): unknown {
     case 2:
       return pick([0, 1, -1, 2, 4, 8, 0.5, 1.5, 1e9, 1e308, -1e308, 2 ** 53, 3.4e38, 1e-300]);
     case 3:
-      return pick(['', 'x', '8', 'lm_head', 'q_proj', 'LORA', 'none', 'all', 'pissa', 'pissa_niter_4', 'pissa_niter_99999999999', 'all-linear', '__proto__']);
+      return pick([
+        '',
+        'x',
+        '8',
+        'lm_head',
+        'q_proj',
+        'LORA',
+        'none',
+        'all',
+        'pissa',
+        'pissa_niter_4',
+        'pissa_niter_99999999999',
+        'all-linear',
+        '__proto__',
+      ]);
     case 4:
       return pick(HOSTILE_REGEX);
     case 5:
       return depth > 2 ? [] : Array.from({ length: Math.floor(g.nextFloat24() * 4) }, () => randomValue(g, depth + 1));
     case 6:
-      return depth > 2 ? {} : Object.fromEntries(Array.from({ length: Math.floor(g.nextFloat24() * 3) }, () => [pick([...HOSTILE_REGEX, 'mlp', 'q_proj', '__proto__']), randomValue(g, depth + 1)]));
+      return depth > 2
+        ? {}
+        : Object.fromEntries(
+            Array.from({ length: Math.floor(g.nextFloat24() * 3) }, () => [
+              pick([...HOSTILE_REGEX, 'mlp', 'q_proj', '__proto__']),
+              randomValue(g, depth + 1),
+            ]),
+          );
     case 7:
       return deep(pick([10, 70, 1000]));
     case 8:
@@ -74,10 +111,31 @@ function randomValue(g: Generator, depth = 0): unknown {
 }
 
 const FIELDS = [
-  'r', 'lora_alpha', 'lora_dropout', 'target_modules', 'exclude_modules', 'modules_to_save', 'rank_pattern',
-  'alpha_pattern', 'layers_to_transform', 'layers_pattern', 'init_lora_weights', 'use_dora', 'use_rslora', 'bias',
-  'lora_bias', 'fan_in_fan_out', 'task_type', 'trainable_token_indices', 'peft_type', 'layer_replication',
-  'use_qalora', 'target_parameters', 'alora_invocation_tokens', 'base_model_name_or_path', 'unknown_key',
+  'r',
+  'lora_alpha',
+  'lora_dropout',
+  'target_modules',
+  'exclude_modules',
+  'modules_to_save',
+  'rank_pattern',
+  'alpha_pattern',
+  'layers_to_transform',
+  'layers_pattern',
+  'init_lora_weights',
+  'use_dora',
+  'use_rslora',
+  'bias',
+  'lora_bias',
+  'fan_in_fan_out',
+  'task_type',
+  'trainable_token_indices',
+  'peft_type',
+  'layer_replication',
+  'use_qalora',
+  'target_parameters',
+  'alora_invocation_tokens',
+  'base_model_name_or_path',
+  'unknown_key',
 ];
 
 function mutateJson(src: Record<string, unknown>, g: Generator): Record<string, unknown> {
@@ -91,82 +149,113 @@ function mutateJson(src: Record<string, unknown>, g: Generator): Record<string, 
 }
 
 function classify(e: unknown, what: string): void {
-  if (isRaw(e)) throw new Error(`${what}: raw ${(e as Error)?.constructor?.name}: ${String((e as Error)?.message ?? e)}`);
+  if (isRaw(e))
+    throw new Error(`${what}: raw ${(e as Error)?.constructor?.name}: ${String((e as Error)?.message ?? e)}`);
 }
 
-it(`seed ${SEED}: mutated adapter_config.json: ${2000 * SCALE} reads and ${100 * SCALE} loads end in a config or a written error`, async () => {
-  const g = new Generator(SEED);
-  const before = tf.memory().numTensors;
-  const outcomes = { accepted: 0, refused: 0, loaded: 0, loadRefused: 0 };
-  const quiet = { warn: () => undefined };
-  for (let n = 0; n < 2000 * SCALE; n++) {
-    const seed = seeds[n % seeds.length]!;
-    const json = mutateJson(seed.json, g);
-    const t0 = performance.now();
-    try {
-      loraConfigFromJson(json, quiet);
-      outcomes.accepted++;
-    } catch (e) {
-      classify(e, `case ${n} ${describeValue(json, 300)}`);
-      outcomes.refused++;
+it(
+  `seed ${SEED}: mutated adapter_config.json: ${2000 * SCALE} reads and ${100 * SCALE} loads end in a config or a written error`,
+  async () => {
+    const g = new Generator(SEED);
+    const before = tf.memory().numTensors;
+    const outcomes = { accepted: 0, refused: 0, loaded: 0, loadRefused: 0 };
+    const quiet = { warn: () => undefined };
+    for (let n = 0; n < 2000 * SCALE; n++) {
+      const seed = seeds[n % seeds.length]!;
+      const json = mutateJson(seed.json, g);
+      const t0 = performance.now();
+      try {
+        loraConfigFromJson(json, quiet);
+        outcomes.accepted++;
+      } catch (e) {
+        classify(e, `case ${n} ${describeValue(json, 300)}`);
+        outcomes.refused++;
+      }
+      expect(performance.now() - t0, `case ${n} took too long`).toBeLessThan(CASE_MS);
+      if (n % 20 !== 0) continue;
+      // the same file through loadAdapter, onto a fresh model, with its weights
+      const net = baseNet();
+      const netTensors = tf.memory().numTensors;
+      const t1 = performance.now();
+      try {
+        const { model } = await loadAdapter(
+          net,
+          { 'adapter_config.json': JSON.stringify(json), 'adapter_model.safetensors': seed.weights },
+          quiet,
+        );
+        model.unload();
+        outcomes.loaded++;
+      } catch (e) {
+        classify(e, `load ${n} ${describeValue(json, 300)}`);
+        outcomes.loadRefused++;
+      }
+      expect(performance.now() - t1, `load ${n} took too long`).toBeLessThan(CASE_MS * 2);
+      expect(tf.memory().numTensors, `load ${n} leaked`).toBe(netTensors);
+      net.dispose();
     }
-    expect(performance.now() - t0, `case ${n} took too long`).toBeLessThan(CASE_MS);
-    if (n % 20 !== 0) continue;
-    // the same file through loadAdapter, onto a fresh model, with its weights
-    const net = baseNet();
-    const netTensors = tf.memory().numTensors;
-    const t1 = performance.now();
-    try {
-      const { model } = await loadAdapter(net, { 'adapter_config.json': JSON.stringify(json), 'adapter_model.safetensors': seed.weights }, quiet);
-      model.unload();
-      outcomes.loaded++;
-    } catch (e) {
-      classify(e, `load ${n} ${describeValue(json, 300)}`);
-      outcomes.loadRefused++;
-    }
-    expect(performance.now() - t1, `load ${n} took too long`).toBeLessThan(CASE_MS * 2);
-    expect(tf.memory().numTensors, `load ${n} leaked`).toBe(netTensors);
-    net.dispose();
-  }
-  expect(tf.memory().numTensors).toBe(before);
-  // both outcomes must occur, or the mutations test nothing
-  expect(outcomes.accepted).toBeGreaterThan(100 * SCALE);
-  expect(outcomes.refused).toBeGreaterThan(500 * SCALE);
-  expect(outcomes.loaded).toBeGreaterThan(3 * SCALE);
-}, 120_000 * SCALE);
+    expect(tf.memory().numTensors).toBe(before);
+    // both outcomes must occur, or the mutations test nothing
+    expect(outcomes.accepted).toBeGreaterThan(100 * SCALE);
+    expect(outcomes.refused).toBeGreaterThan(500 * SCALE);
+    expect(outcomes.loaded).toBeGreaterThan(3 * SCALE);
+  },
+  120_000 * SCALE,
+);
 
 const OPTIONS: (keyof LoraConfig | string)[] = [
-  'r', 'loraAlpha', 'loraDropout', 'targetModules', 'excludeModules', 'modulesToSave', 'rankPattern', 'alphaPattern',
-  'layersToTransform', 'layersPattern', 'initLoraWeights', 'useDora', 'useRslora', 'bias', 'loraBias', 'fanInFanOut',
-  'lora_alpha', 'use_dora', 'target_modules', 'targetModule', 'trainableTokenIndices',
+  'r',
+  'loraAlpha',
+  'loraDropout',
+  'targetModules',
+  'excludeModules',
+  'modulesToSave',
+  'rankPattern',
+  'alphaPattern',
+  'layersToTransform',
+  'layersPattern',
+  'initLoraWeights',
+  'useDora',
+  'useRslora',
+  'bias',
+  'loraBias',
+  'fanInFanOut',
+  'lora_alpha',
+  'use_dora',
+  'target_modules',
+  'targetModule',
+  'trainableTokenIndices',
 ];
 
-it(`seed ${SEED}: option objects given to getPeftModel: ${400 * SCALE} cases end in a model or a written error`, () => {
-  const g = new Generator(SEED + 1);
-  const before = tf.memory().numTensors;
-  let built = 0;
-  let refused = 0;
-  for (let n = 0; n < 400 * SCALE; n++) {
-    const options: Record<string, unknown> = { targetModules: ['q_proj', 'mlp'] };
-    for (let k = 1 + Math.floor(g.nextFloat24() * 3); k > 0; k--) {
-      const key = OPTIONS[Math.floor(g.nextFloat24() * OPTIONS.length)] as string;
-      options[key] = randomValue(g);
+it(
+  `seed ${SEED}: option objects given to getPeftModel: ${400 * SCALE} cases end in a model or a written error`,
+  () => {
+    const g = new Generator(SEED + 1);
+    const before = tf.memory().numTensors;
+    let built = 0;
+    let refused = 0;
+    for (let n = 0; n < 400 * SCALE; n++) {
+      const options: Record<string, unknown> = { targetModules: ['q_proj', 'mlp'] };
+      for (let k = 1 + Math.floor(g.nextFloat24() * 3); k > 0; k--) {
+        const key = OPTIONS[Math.floor(g.nextFloat24() * OPTIONS.length)] as string;
+        options[key] = randomValue(g);
+      }
+      const net = baseNet();
+      const netTensors = tf.memory().numTensors;
+      const t0 = performance.now();
+      try {
+        getPeftModel(net, options as Partial<LoraConfig>).unload();
+        built++;
+      } catch (e) {
+        classify(e, `options ${n} ${describeValue(options, 300)}`);
+        refused++;
+      }
+      expect(performance.now() - t0, `options ${n} took too long`).toBeLessThan(CASE_MS * 2);
+      expect(tf.memory().numTensors, `options ${n} leaked`).toBe(netTensors);
+      net.dispose();
     }
-    const net = baseNet();
-    const netTensors = tf.memory().numTensors;
-    const t0 = performance.now();
-    try {
-      getPeftModel(net, options as Partial<LoraConfig>).unload();
-      built++;
-    } catch (e) {
-      classify(e, `options ${n} ${describeValue(options, 300)}`);
-      refused++;
-    }
-    expect(performance.now() - t0, `options ${n} took too long`).toBeLessThan(CASE_MS * 2);
-    expect(tf.memory().numTensors, `options ${n} leaked`).toBe(netTensors);
-    net.dispose();
-  }
-  expect(tf.memory().numTensors).toBe(before);
-  expect(built).toBeGreaterThan(10 * SCALE);
-  expect(refused).toBeGreaterThan(100 * SCALE);
-}, 120_000 * SCALE);
+    expect(tf.memory().numTensors).toBe(before);
+    expect(built).toBeGreaterThan(10 * SCALE);
+    expect(refused).toBeGreaterThan(100 * SCALE);
+  },
+  120_000 * SCALE,
+);

@@ -179,7 +179,10 @@ function validate(c: LoraConfig, naming: Naming, file?: string): void {
     'a probability such as 0.05, or 0 for none',
   );
   if (!['none', 'all', 'lora_only'].includes(c.bias as string))
-    fail('bias', `Requested bias: ${describeValue(c.bias)}, is not implemented. Set bias to 'none', 'all' or 'lora_only'`);
+    fail(
+      'bias',
+      `Requested bias: ${describeValue(c.bias)}, is not implemented. Set bias to 'none', 'all' or 'lora_only'`,
+    );
   for (const k of ['targetModules', 'excludeModules'] as const)
     expect(
       k,
@@ -187,7 +190,12 @@ function validate(c: LoraConfig, naming: Naming, file?: string): void {
       'a list of module names, a regular expression string, or null',
       "['q_proj', 'v_proj'] or a regex such as '.*\\.(q|v)_proj'",
     );
-  expect('modulesToSave', c.modulesToSave === null || isStringList(c.modulesToSave), 'a list of module names or null', "['lm_head']");
+  expect(
+    'modulesToSave',
+    c.modulesToSave === null || isStringList(c.modulesToSave),
+    'a list of module names or null',
+    "['lm_head']",
+  );
   expect(
     'layersToTransform',
     c.layersToTransform === null ||
@@ -205,11 +213,17 @@ function validate(c: LoraConfig, naming: Naming, file?: string): void {
   expect('rankPattern', isRecord(c.rankPattern), 'an object of module patterns to ranks', "{ 'mlp': 4 }");
   for (const [k, v] of Object.entries(c.rankPattern))
     if (!Number.isSafeInteger(v) || (v as number) <= 0)
-      fail('rankPattern', `${fieldName('rankPattern', naming)}[${describeValue(k)}] = ${describeValue(v)} must be a positive integer`);
+      fail(
+        'rankPattern',
+        `${fieldName('rankPattern', naming)}[${describeValue(k)}] = ${describeValue(v)} must be a positive integer`,
+      );
   expect('alphaPattern', isRecord(c.alphaPattern), 'an object of module patterns to alphas', "{ 'mlp': 8 }");
   for (const [k, v] of Object.entries(c.alphaPattern))
     if (typeof v !== 'number' || !Number.isFinite(v) || Math.abs(v) > FLOAT32_MAX)
-      fail('alphaPattern', `${fieldName('alphaPattern', naming)}[${describeValue(k)}] = ${describeValue(v)} must be a finite number`);
+      fail(
+        'alphaPattern',
+        `${fieldName('alphaPattern', naming)}[${describeValue(k)}] = ${describeValue(v)} must be a finite number`,
+      );
   const tti = c.trainableTokenIndices;
   expect(
     'trainableTokenIndices',
@@ -256,7 +270,8 @@ function validate(c: LoraConfig, naming: Naming, file?: string): void {
   try {
     checkPatterns(c);
   } catch (e) {
-    if (e instanceof LoraConfigError && file !== undefined) throw new LoraConfigError(e.message, { field: e.field, file });
+    if (e instanceof LoraConfigError && file !== undefined)
+      throw new LoraConfigError(e.message, { field: e.field, file });
     throw e;
   }
 }
@@ -298,7 +313,8 @@ function checkOptionKeys(fields: object): void {
  * ```
  */
 export function loraConfig(fields: Partial<LoraConfig> = {}): LoraConfig {
-  if (!isRecord(fields)) throw new LoraConfigError(`loraConfig takes an object of options; got ${describeValue(fields)}`);
+  if (!isRecord(fields))
+    throw new LoraConfigError(`loraConfig takes an object of options; got ${describeValue(fields)}`);
   checkOptionKeys(fields);
   return makeConfig(fields, 'ts');
 }
@@ -387,7 +403,9 @@ export function loraConfigFromJson(json: Record<string, unknown>, options: LoraC
   const file = options.file ?? 'adapter_config.json';
   const warn = options.warn ?? console.warn;
   if (!isRecord(json))
-    throw new LoraConfigError(`must hold a JSON object of PEFT's LoraConfig fields; got ${describeValue(json)}`, { file });
+    throw new LoraConfigError(`must hold a JSON object of PEFT's LoraConfig fields; got ${describeValue(json)}`, {
+      file,
+    });
   if (depthOf(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH)
     throw new LoraConfigError(`nests deeper than ${MAX_JSON_DEPTH} levels; it is not a PEFT adapter config`, { file });
   if (json.peft_type === undefined)
@@ -396,10 +414,10 @@ export function loraConfigFromJson(json: Record<string, unknown>, options: LoraC
       { file, field: 'peft_type' },
     );
   if (json.peft_type !== 'LORA')
-    throw new LoraConfigError(
-      `peft_type is ${describeValue(json.peft_type)}; only LORA adapters are supported`,
-      { file, field: 'peft_type' },
-    );
+    throw new LoraConfigError(`peft_type is ${describeValue(json.peft_type)}; only LORA adapters are supported`, {
+      file,
+      field: 'peft_type',
+    });
   const fields: Partial<LoraConfig> = {};
   // Kept verbatim and written back: keys newer PEFT versions add, auto_mapping, and PEFT fields this
   // port does not act on when they hold something other than PEFT's default.

@@ -61,7 +61,8 @@ describe('regular expressions match as PEFT 0.21 does (its own answers), on RE2'
     for (const { config, answers } of oracle.targets) {
       const json = { peft_type: 'LORA', ...config };
       const c = loraConfigFromJson(json, quiet);
-      for (const key of oracle.keys) expect([JSON.stringify(config), key, matchModule(c, key)]).toEqual([JSON.stringify(config), key, answers[key]]);
+      for (const key of oracle.keys)
+        expect([JSON.stringify(config), key, matchModule(c, key)]).toEqual([JSON.stringify(config), key, answers[key]]);
     }
   });
 
@@ -71,7 +72,11 @@ describe('regular expressions match as PEFT 0.21 does (its own answers), on RE2'
       const c = loraConfig({ r: 100, rankPattern });
       for (const key of oracle.keys) {
         const want = answers[key];
-        expect([patterns, key, moduleScaling(c, key).r]).toEqual([patterns, key, want === null ? 100 : rankPattern[want as string]]);
+        expect([patterns, key, moduleScaling(c, key).r]).toEqual([
+          patterns,
+          key,
+          want === null ? 100 : rankPattern[want as string],
+        ]);
       }
     }
   });
@@ -132,7 +137,9 @@ describe('options given in TypeScript', () => {
       getPeftModel(net, { lora_alpha: 64, lora_dropout: 0.5, use_dora: true, targetModules: ['q_proj'] } as never),
     );
     expect(e.message).toBe("unknown option 'lora_alpha': did you mean loraAlpha?");
-    expect(configError(() => loraConfig({ targetModule: ['q_proj'] } as never)).message).toMatch(/did you mean targetModules\?/);
+    expect(configError(() => loraConfig({ targetModule: ['q_proj'] } as never)).message).toMatch(
+      /did you mean targetModules\?/,
+    );
     expect(configError(() => loraConfig({ loraalpha: 8 } as never)).message).toMatch(/did you mean loraAlpha\?/);
     expect(configError(() => loraConfig({ layer_replication: [[0, 1]] } as never)).message).toMatch(/not supported/);
     expect(configError(() => loraConfig({ zzz: 1 } as never)).message).toMatch(/LoraConfig options are peftType/);
@@ -180,9 +187,9 @@ describe('options given in TypeScript', () => {
       const e = configError(() => getPeftModel(net, { r, useDora, targetModules: ['q_proj'] }));
       expect(e.message).toMatch(/more than the 64 entries of the weight of 'layers.0.q_proj'.*at most 8/);
     }
-    expect(configError(() => getPeftModel(net, { rankPattern: { q_proj: 1e6 }, targetModules: ['q_proj'] })).field).toBe(
-      'rank_pattern',
-    );
+    expect(
+      configError(() => getPeftModel(net, { rankPattern: { q_proj: 1e6 }, targetModules: ['q_proj'] })).field,
+    ).toBe('rank_pattern');
     // PEFT takes ranks above min(in, out) (its own tests do): so do we
     getPeftModel(net, { r: 12, targetModules: ['q_proj'] }).unload();
     expect(performance.now() - t0).toBeLessThan(2000);
@@ -239,7 +246,9 @@ describe('adapter_config.json read from a file', () => {
   it('answers deep nesting with a LoraConfigError, not a stack overflow', () => {
     let deep: unknown = 1;
     for (let i = 0; i < 10_000; i++) deep = [deep];
-    expect(configError(() => loraConfigFromJson({ ...qvJson(), extra_field: deep }, quiet)).message).toMatch(/nests deeper/);
+    expect(configError(() => loraConfigFromJson({ ...qvJson(), extra_field: deep }, quiet)).message).toMatch(
+      /nests deeper/,
+    );
   });
 
   it('warns about PEFT fields it does not implement, and about missing and unexpected keys, as PEFT does', async () => {
@@ -256,7 +265,9 @@ describe('adapter_config.json read from a file', () => {
       /sets alora_invocation_tokens = \[1,2\], layer_replication = \[\[0,2\]\], target_parameters = \["mlp.weight"\], use_qalora = true, which this version does not implement/,
     );
     expect(missingKeys.length).toBe(4);
-    expect(warnings[1]).toBe(`Found missing adapter keys while loading the checkpoint: ${JSON.stringify(missingKeys)}.`);
+    expect(warnings[1]).toBe(
+      `Found missing adapter keys while loading the checkpoint: ${JSON.stringify(missingKeys)}.`,
+    );
     model.dispose();
     // unexpected: the file has q_proj and v_proj, the config targets only q_proj
     const warned: string[] = [];

@@ -323,9 +323,14 @@ async function vulkanLoaderPresent(dawnOptions: string[]): Promise<boolean> {
   const cache = await fs.readFile('/etc/ld.so.cache').catch(() => null);
   if (cache?.includes('libvulkan.so.1')) return true;
   // the folders dlopen searches: LD_LIBRARY_PATH, then (beside the cache) the trusted defaults
-  const dirs = [...(proc.env?.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean), '/lib', '/usr/lib', '/lib64', '/usr/lib64'];
-  for (const dir of dirs)
-    if (await fs.stat(`${dir}/libvulkan.so.1`).catch(() => null)) return true;
+  const dirs = [
+    ...(proc.env?.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean),
+    '/lib',
+    '/usr/lib',
+    '/lib64',
+    '/usr/lib64',
+  ];
+  for (const dir of dirs) if (await fs.stat(`${dir}/libvulkan.so.1`).catch(() => null)) return true;
   return false;
 }
 

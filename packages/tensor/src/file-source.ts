@@ -45,10 +45,7 @@ async function toBytes(c: FileContent): Promise<Uint8Array> {
  * `options.what` names the directory in errors (`'model directory'`, `'adapter directory'`); file-system
  * errors become a {@link FileAccessError} naming the file.
  */
-export async function openFiles(
-  files: ModelFiles,
-  options: HubOptions & { what?: string } = {},
-): Promise<FileSource> {
+export async function openFiles(files: ModelFiles, options: HubOptions & { what?: string } = {}): Promise<FileSource> {
   const what = options.what ?? 'directory';
   if (typeof files === 'string') {
     // A variable specifier keeps browser bundlers from pulling node:fs in.

@@ -9,7 +9,11 @@ export function countTensors(value: unknown, seen = new Set<tf.Tensor>()): numbe
     for (const v of value) countTensors(v, seen);
   } else if (value instanceof Map) {
     for (const v of value.values()) countTensors(v, seen);
-  } else if (value !== null && typeof value === 'object' && [Object.prototype, null].includes(Object.getPrototypeOf(value))) {
+  } else if (
+    value !== null &&
+    typeof value === 'object' &&
+    [Object.prototype, null].includes(Object.getPrototypeOf(value))
+  ) {
     for (const v of Object.values(value)) countTensors(v, seen);
   }
   return seen.size;

@@ -112,7 +112,10 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
         throw FileAccessError.from(file, e, `shard (listed in ${basename(indexPath)})`);
       });
       if (!insideDir(real, realDir) && !insideDir(real, await hubBlobsDir(realDir)))
-        indexError(indexPath, `shard '${shard}' is a link to ${real}, outside the checkpoint directory ${realDir}; copy the file in instead`);
+        indexError(
+          indexPath,
+          `shard '${shard}' is a link to ${real}, outside the checkpoint directory ${realDir}; copy the file in instead`,
+        );
       const part = await readSingle(file, `shard (listed in ${basename(indexPath)})`);
       files.push(file);
       if (files.length === 1) metadata = part.metadata;

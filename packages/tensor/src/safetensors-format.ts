@@ -203,7 +203,11 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
  */
 export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: string): SafetensorsHeader {
   if (headerBytes[0] === 0xef && headerBytes[1] === 0xbb && headerBytes[2] === 0xbf)
-    fail(file, 'header', 'header starts with a UTF-8 byte-order mark; safetensors headers are JSON with none (the Rust reader refuses it)');
+    fail(
+      file,
+      'header',
+      'header starts with a UTF-8 byte-order mark; safetensors headers are JSON with none (the Rust reader refuses it)',
+    );
   let text: string;
   try {
     text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(headerBytes);

@@ -181,14 +181,17 @@ function checkFactors(
   const p = `${PREFIX}${path}`;
   const file = adapter.file ?? 'adapter_model.safetensors';
   const [aKey, bKey] =
-    kind === 'embedding' ? [`${p}.lora_embedding_A`, `${p}.lora_embedding_B`] : [`${p}.lora_A.weight`, `${p}.lora_B.weight`];
+    kind === 'embedding'
+      ? [`${p}.lora_embedding_A`, `${p}.lora_embedding_B`]
+      : [`${p}.lora_A.weight`, `${p}.lora_B.weight`];
   const a = need(adapter.tensors, aKey);
   const b = need(adapter.tensors, bKey);
   const bad = (tensor: string, message: string): never => {
     throw new SafetensorsError({ file, tensor, field: 'shape' }, message);
   };
   const shape = (t: tf.Tensor) => `[${t.shape.join(', ')}]`;
-  if (a.rank < 2 || b.rank < 2) bad(a.rank < 2 ? aKey : bKey, `a LoRA factor must have at least 2 dimensions; got ${shape(a.rank < 2 ? a : b)}`);
+  if (a.rank < 2 || b.rank < 2)
+    bad(a.rank < 2 ? aKey : bKey, `a LoRA factor must have at least 2 dimensions; got ${shape(a.rank < 2 ? a : b)}`);
   const rankB = b.shape[1] as number;
   const conv = kind !== 'linear' && kind !== 'embedding';
   // a grouped convolution's lora_B is [out, r/groups, …]: refused further on, as PEFT refuses its merge

@@ -354,7 +354,7 @@ function wrapMatching(
     found = true;
   }
   if (!found)
-    throw new Error(
+    throw new TargetModuleError(
       `Target modules ${quoted(names)} not found in the base model. Please check the target modules and try again.${hint}`,
     );
 }
