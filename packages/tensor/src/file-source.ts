@@ -64,7 +64,7 @@ export async function openFiles(files: ModelFiles, options: HubOptions & { what?
     if (!stat?.isDirectory())
       throw new FileAccessError(
         dir,
-        `${what} ${stat ? 'is a file, not a directory' : 'does not exist'}: pass a ${what}, or a Hugging Face Hub repo id (namespace/name)`,
+        `${what} ${stat ? 'is a file, not a directory' : 'does not exist'} (give the path of the ${what}, or a Hugging Face Hub repo id: namespace/name)`,
         stat ? 'ENOTDIR' : 'ENOENT',
       );
     const read = async <T>(n: string, how: () => Promise<T>): Promise<T> => {
