@@ -1,5 +1,8 @@
+export { AdapterFileError, LoraConfigError } from './errors';
+export type { LoraConfigErrorDetail } from './errors';
 export {
-  LoraConfigError,
+  MAX_PISSA_NITER,
+  checkLoraConfig,
   loraConfig,
   loraConfigFromJson,
   loraConfigToJson,
@@ -7,14 +10,14 @@ export {
   moduleScaling,
   patternKey,
 } from './lora-config';
-export type { InitLoraWeights, LoraConfig } from './lora-config';
-export { TargetModuleError, matchModule, resolveTargets } from './targets';
+export type { InitLoraWeights, LoraConfig, LoraConfigFromJsonOptions } from './lora-config';
+export { TargetModuleError, matchModule, resolveTargetPaths, resolveTargets } from './targets';
 export type { ResolvedTargets } from './targets';
 export { LoraConv } from './layers/lora-conv';
 export { LoraEmbedding } from './layers/lora-embedding';
 export { LoraLinear } from './layers/lora-linear';
 export type { AdapterSettings } from './layers/lora-linear';
-export { LoraModel, PeftModel, getPeftModel } from './peft-model';
+export { DEFAULT_TARGET_MODULES, LoraModel, PeftModel, getPeftModel } from './peft-model';
 export type { LoraLayer } from './peft-model';
 export { adapterStateDict, loadAdapter, saveAdapter, serializeAdapter } from './files/adapter-io';
 export type {

@@ -1,3 +1,4 @@
+import { LoraConfigError } from '../errors';
 import type * as tf from '@tensorflow/tfjs-core';
 import type { AdapterSettings } from '../layers/lora-linear';
 
@@ -43,7 +44,7 @@ export function lookupLoraInit(name: string): LoraInitializer {
   const found = registry.get(name);
   if (found) return found;
   const pkg = PROVIDERS[name];
-  throw new Error(
+  throw new LoraConfigError(
     pkg
       ? `init_lora_weights='${name}' is provided by ${pkg}: npm install ${pkg} and import it before creating the LoRA model`
       : `Unknown initialization init_lora_weights='${name}'`,

@@ -1,3 +1,4 @@
+import { LoraConfigError } from '../errors';
 import * as tf from '@tensorflow/tfjs-core';
 import { Conv1d, Conv2d, ModuleDict, conv, kaimingUniformDefault, normalInit } from '@lora/nn';
 import { Magnitude, detach, normExcept } from '../variants/dora';
@@ -49,10 +50,10 @@ export class LoraConv extends LoraLayerBase<Conv> {
   /** PEFT's rank checks: a positive integer, divisible by the base's groups (lora_B is grouped). */
   private checkRank(base: Conv, r: number): void {
     if (!Number.isInteger(r) || r <= 0)
-      throw new Error(`\`r\` should be a positive integer value but the value passed is ${r}`);
+      throw new LoraConfigError(`\`r\` should be a positive integer value but the value passed is ${r}`);
     const groups = base.options.groups;
     if (r % groups !== 0) {
-      throw new Error(
+      throw new LoraConfigError(
         `Targeting a ${base.constructor.name} with groups=${groups} and rank ${r}. Currently, support is limited to conv layers where the rank is divisible by groups. Either choose a different rank or do not target this specific layer.`,
       );
     }
@@ -85,15 +86,15 @@ export class LoraConv extends LoraLayerBase<Conv> {
     const base = this.baseLayer;
     this.checkRank(base, s.r);
     if (s.useDora && s.loraBias)
-      throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
+      throw new LoraConfigError('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
     const init = s.initLoraWeights;
     if (init === 'loftq') {
-      throw new Error(
+      throw new LoraConfigError(
         `init_lora_weights='loftq' is not supported on ${base.constructor.name} layers (PEFT 0.21 fails there too: LoraLayer.loftq_init() missing 1 required positional argument: 'config'); leave this layer out of target_modules`,
       );
     }
     if (init !== true && init !== false && init !== 'gaussian' && init !== 'lora_ga') {
-      throw new Error(
+      throw new LoraConfigError(
         `Unknown initialization init_lora_weights='${String(init)}' (a ${base.constructor.name} takes true, false, 'gaussian' or 'lora_ga', as in PEFT)`,
       );
     }

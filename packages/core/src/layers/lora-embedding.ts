@@ -1,3 +1,4 @@
+import { LoraConfigError } from '../errors';
 import * as tf from '@tensorflow/tfjs-core';
 import { type Embedding, ModuleDict, ParameterDict, embedding, normalInit } from '@lora/nn';
 import { Magnitude, detach, normExcept } from '../variants/dora';
@@ -40,10 +41,10 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
    */
   updateLayer(name: string, s: AdapterSettings): void {
     if (!Number.isInteger(s.r) || s.r <= 0)
-      throw new Error(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
-    if (s.loraBias) throw new Error('lora_bias=True is not supported for Embedding.');
+      throw new LoraConfigError(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
+    if (s.loraBias) throw new LoraConfigError('lora_bias=True is not supported for Embedding.');
     if (s.initLoraWeights === 'loftq') {
-      throw new Error(
+      throw new LoraConfigError(
         "init_lora_weights='loftq' is not supported on Embedding layers (PEFT 0.21 fails there too: LoraLayer.loftq_init() missing 1 required positional argument: 'config'); leave this layer out of target_modules",
       );
     }

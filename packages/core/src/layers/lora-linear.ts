@@ -1,3 +1,4 @@
+import { LoraConfigError } from '../errors';
 import * as tf from '@tensorflow/tfjs-core';
 import {
   Linear,
@@ -97,11 +98,11 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
    */
   updateLayer(name: string, s: AdapterSettings): void {
     if (!Number.isInteger(s.r) || s.r <= 0)
-      throw new Error(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
+      throw new LoraConfigError(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
     if (s.useDora && s.loraBias)
-      throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
+      throw new LoraConfigError('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
     if (s.fanInFanOut !== this.fanInFanOut) {
-      throw new Error(
+      throw new LoraConfigError(
         `fanInFanOut is ${s.fanInFanOut} but the base layer is a ${this.baseLayer.constructor.name}, whose weight is stored ${this.fanInFanOut ? '[in, out]' : '[out, in]'}; ` +
           `set fanInFanOut to ${this.fanInFanOut} (getPeftModel corrects it with PEFT's warning)`,
       );
@@ -120,7 +121,7 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
       if (s.r % 2 !== 0) {
         a.dispose();
         b.dispose();
-        throw new Error(`Orthogonal initialization requires the LoRA rank to be even, got ${s.r} instead.`);
+        throw new LoraConfigError(`Orthogonal initialization requires the LoRA rank to be even, got ${s.r} instead.`);
       }
       // PEFT: Q from the QR of an r×r Gaussian; A from its even-indexed rows, B from its odd ones, so
       // that B·A = 0 while both are non-zero. Draws in PEFT's order (X, then A's, then B's Gaussian).
@@ -176,7 +177,7 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
     } else if (init !== false) {
       a.dispose();
       b.dispose();
-      throw new Error(
+      throw new LoraConfigError(
         `init_lora_weights='${String(init)}' is not available in @lora/core yet for Linear layers; use true, false, 'gaussian', 'pissa', 'pissa_niter_K', 'olora' or 'orthogonal'`,
       );
     }
@@ -204,7 +205,7 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
       // PEFT 0.21's olora_init factors the stored [in, out] weight as it is (pissa_init transposes it
       // first): lora_A gets the shape [r, out], the forward pass fails unless in = out, and then the
       // model is not preserved at init. Nothing to match, so refuse.
-      throw new Error(
+      throw new LoraConfigError(
         `init_lora_weights='olora' does not work on a fan_in_fan_out layer (${this.baseLayer.constructor.name}, weight [${this.baseLayer.weight.shape.join(', ')}] stored [in, out]): ` +
           "PEFT 0.21 factors the weight without transposing it and builds lora_A of the wrong shape. Use 'pissa' (which PEFT transposes) or another initialisation",
       );
