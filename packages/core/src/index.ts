@@ -1,5 +1,8 @@
+export { AdapterFileError, LoraConfigError } from './errors';
+export type { LoraConfigErrorDetail } from './errors';
 export {
-  LoraConfigError,
+  MAX_PISSA_NITER,
+  checkLoraConfig,
   loraConfig,
   loraConfigFromJson,
   loraConfigToJson,
@@ -7,10 +10,10 @@ export {
   moduleScaling,
   patternKey,
 } from './lora-config';
-export type { InitLoraWeights, LoraConfig, LoraConfigFields } from './lora-config';
+export type { InitLoraWeights, LoraConfig, LoraConfigFields, LoraConfigFromJsonOptions } from './lora-config';
 export { arrowConfig, evaConfig, loftqConfig, loraGaConfig } from './method-configs';
 export type { ArrowConfig, EvaConfig, LoftQConfig, LoraGaConfig } from './method-configs';
-export { TargetModuleError, matchModule, resolveTargets } from './targets';
+export { TargetModuleError, matchModule, resolveTargetPaths, resolveTargets } from './targets';
 export type { ResolvedTargets } from './targets';
 export { LoraConv } from './layers/lora-conv';
 export { LoraEmbedding } from './layers/lora-embedding';
@@ -21,7 +24,7 @@ export type { BaseWithWeight, LoraLayerKind, TunerLayer } from './layers/tuner-l
 export { getDeltaWeight } from './layers/delta-weight';
 export { dispatchLoraLayer, registerLoraDispatcher } from './layers/dispatch';
 export type { LoraDispatchContext, LoraDispatcher } from './layers/dispatch';
-export { LoraModel, PeftModel, getPeftModel } from './peft-model';
+export { DEFAULT_TARGET_MODULES, LoraModel, PeftModel, getPeftModel } from './peft-model';
 export type { LoraLayer } from './peft-model';
 export { adapterStateDict, loadAdapter, saveAdapter, serializeAdapter } from './files/adapter-io';
 export type {
@@ -37,10 +40,12 @@ export { combineAdapters } from './files/combine-adapters';
 export type { CombineAdaptersOptions } from './files/combine-adapters';
 export { mergeAdapterWeights } from './files/merge-weights';
 export {
+  LORA_MODULE_SUFFIXES,
   PEFT_KEY_PREFIX,
   PEFT_SUFFIX,
   adapterTargets,
   loraFactorKeys,
+  loraModuleOfKey,
   mergedModulePaths,
   moduleTensors,
   peftKey,

@@ -5,7 +5,7 @@
  * The method packages (`@lora/loftq`, `@lora/eva`, `@lora/loraga`, `@lora/arrow`) read them from
  * the adapter's config.
  */
-import { LoraConfigError } from './config-error';
+import { LoraConfigError } from './errors';
 import { pythonFloat } from './files/peft-json';
 
 /** PEFT's `LoftQConfig` (`loftq_config`): quantize the base weights and initialise A and B to make up for it. */
@@ -82,26 +82,27 @@ interface SubConfig {
   check?: (c: Record<string, unknown>) => void;
 }
 
-const f = (camel: string, snake: string, kind: FieldKind, value: unknown): Field => ({ camel, snake, kind, value });
-
 const SUB_CONFIGS = {
   loftqConfig: {
     cls: 'LoftQConfig',
     camel: 'loftqConfig',
     snake: 'loftq_config',
-    fields: [f('loftqBits', 'loftq_bits', 'int', 4), f('loftqIter', 'loftq_iter', 'int', 1)],
+    fields: [
+      { camel: 'loftqBits', snake: 'loftq_bits', kind: 'int', value: 4 },
+      { camel: 'loftqIter', snake: 'loftq_iter', kind: 'int', value: 1 },
+    ],
   },
   evaConfig: {
     cls: 'EvaConfig',
     camel: 'evaConfig',
     snake: 'eva_config',
     fields: [
-      f('rho', 'rho', 'float', 2),
-      f('tau', 'tau', 'float', 0.99),
-      f('useLabelMask', 'use_label_mask', 'bool', true),
-      f('labelMaskValue', 'label_mask_value', 'int', -100),
-      f('whiten', 'whiten', 'bool', false),
-      f('adjustScalingFactors', 'adjust_scaling_factors', 'bool', true),
+      { camel: 'rho', snake: 'rho', kind: 'float', value: 2 },
+      { camel: 'tau', snake: 'tau', kind: 'float', value: 0.99 },
+      { camel: 'useLabelMask', snake: 'use_label_mask', kind: 'bool', value: true },
+      { camel: 'labelMaskValue', snake: 'label_mask_value', kind: 'int', value: -100 },
+      { camel: 'whiten', snake: 'whiten', kind: 'bool', value: false },
+      { camel: 'adjustScalingFactors', snake: 'adjust_scaling_factors', kind: 'bool', value: true },
     ],
     check(c) {
       if ((c.rho as number) < 1) throw new LoraConfigError('`rho` must be >= 1.0');
@@ -114,9 +115,9 @@ const SUB_CONFIGS = {
     camel: 'loraGaConfig',
     snake: 'lora_ga_config',
     fields: [
-      f('direction', 'direction', ['ArBr', 'A2rBr', 'ArB2r', 'random'], 'ArB2r'),
-      f('scale', 'scale', ['stable', 'weight_svd', 'gd_scale', 'unit'], 'stable'),
-      f('stableGamma', 'stable_gamma', 'int', 16),
+      { camel: 'direction', snake: 'direction', kind: ['ArBr', 'A2rBr', 'ArB2r', 'random'], value: 'ArB2r' },
+      { camel: 'scale', snake: 'scale', kind: ['stable', 'weight_svd', 'gd_scale', 'unit'], value: 'stable' },
+      { camel: 'stableGamma', snake: 'stable_gamma', kind: 'int', value: 16 },
     ],
   },
   arrowConfig: {
@@ -124,12 +125,12 @@ const SUB_CONFIGS = {
     camel: 'arrowConfig',
     snake: 'arrow_config',
     fields: [
-      f('topK', 'top_k', 'int', 3),
-      f('routerTemperature', 'router_temperature', 'float', 1),
-      f('useGks', 'use_gks', 'bool', false),
-      f('taskAdapterNames', 'task_adapter_names', 'names', null),
-      f('gksAdapterNames', 'gks_adapter_names', 'names', null),
-      f('rngSeed', 'rng_seed', 'int-or-null', null),
+      { camel: 'topK', snake: 'top_k', kind: 'int', value: 3 },
+      { camel: 'routerTemperature', snake: 'router_temperature', kind: 'float', value: 1 },
+      { camel: 'useGks', snake: 'use_gks', kind: 'bool', value: false },
+      { camel: 'taskAdapterNames', snake: 'task_adapter_names', kind: 'names', value: null },
+      { camel: 'gksAdapterNames', snake: 'gks_adapter_names', kind: 'names', value: null },
+      { camel: 'rngSeed', snake: 'rng_seed', kind: 'int-or-null', value: null },
     ],
     check(c) {
       if ((c.topK as number) <= 0) throw new LoraConfigError('top_k cannot be negative.');

@@ -7,14 +7,46 @@ import type { LoraConv } from './layers/lora-conv';
 import type { LoraEmbedding } from './layers/lora-embedding';
 import type { LoraLinear } from './layers/lora-linear';
 import { ModulesToSaveWrapper } from './layers/modules-to-save';
+import { describeValue } from '@lora/tensor';
+import { LoraConfigError } from './errors';
 import { type TrainableTokensLayer, TrainableTokensWrapper, addTrainableTokens } from './layers/trainable-tokens';
 import type { TunerLayer } from './layers/tuner-layer';
-import { type LoraConfig, type LoraConfigFields, loraConfig, moduleScaling } from './lora-config';
+import { type LoraConfig, type LoraConfigFields, checkLoraConfig, loraConfig, moduleScaling } from './lora-config';
 import { resolveTargets } from './targets';
 import { trainableModuleNames } from './variants/variant-registry';
 
 /** A layer with LoRA adapters, of one of `@lora/core`'s kinds (see {@link TunerLayer} for what every LoRA layer offers). */
 export type LoraLayer = LoraLinear | LoraEmbedding | LoraConv;
+
+/** The most values one LoRA factor may hold: 2²⁹ float32 values, 2 GiB, more than a browser backend holds in one tensor. */
+const MAX_FACTOR_VALUES = 2 ** 29;
+
+/**
+ * Refuses an adapter rank no layer can use before anything is allocated. PEFT takes any r (its tests
+ * put r 8 on 6×6 layers), and a rank above min(in, out) only adds parameters; but a rank above the
+ * weight's number of entries can only be a mistake, and factors past {@link MAX_FACTOR_VALUES} cannot be
+ * allocated.
+ */
+function checkRank(path: string, module: Module, r: number, fromPattern: boolean): void {
+  const base = (isTunerLayer(module) ? module.baseLayer : module) as Module & { weight?: { shape: number[] } };
+  const shape = base.weight?.shape;
+  if (!shape || shape.length < 2) return;
+  const out = shape[0] as number;
+  const inF = shape.slice(1).reduce((a, b) => a * b, 1);
+  const what = fromPattern ? `the rank_pattern entry for '${path}'` : 'r';
+  const field = fromPattern ? 'rank_pattern' : 'r';
+  const fix = `Set ${fromPattern ? 'that rank_pattern entry' : 'r'} to at most ${Math.min(out, inF)}, the largest rank an update of this layer can have`;
+  if (r > out * inF)
+    throw new LoraConfigError(
+      `${what} is ${r}, more than the ${out * inF} entries of the weight of '${path}' (${module.constructor.name}, [${shape.join(', ')}]). ${fix}`,
+      { field },
+    );
+  if (r * Math.max(out, inF) > MAX_FACTOR_VALUES)
+    throw new LoraConfigError(
+      `${what} is ${r}: a LoRA factor of '${path}' (weight [${shape.join(', ')}]) would hold ${r * Math.max(out, inF)} values, more than the ${MAX_FACTOR_VALUES} allowed in one tensor. ${fix}`,
+      { field },
+    );
+}
 
 /**
  * PEFT's `LoraModel`: holds the user's model as `model` (so paths read `base_model.model.…`). Made by
@@ -149,6 +181,8 @@ export class PeftModel extends Module {
    */
   addAdapter(name: string, config: LoraConfig): void {
     if (this.peftConfig.has(name)) throw new Error(`Adapter with name ${name} already exists.`);
+    checkLoraConfig(config);
+    if (config.targetModules === null) config = { ...config, targetModules: defaultTargetModules(this.model) };
     if (config.bias !== 'none' && [...this.peftConfig.values()].some((c) => c.bias !== 'none')) {
       throw new Error(
         "LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all adapters.",
@@ -163,6 +197,11 @@ export class PeftModel extends Module {
     // carries over to the layers after it and is what the adapter's config says in the end
     let fanInFanOut = config.fanInFanOut;
     const pending: Promise<void>[] = [];
+    // every rank checked against its layer before the first layer is wrapped
+    for (const path of paths) {
+      const { r } = moduleScaling(config, path);
+      checkRank(path, this.model.getSubmodule(path), r, r !== config.r);
+    }
     try {
       for (const path of paths) {
         const module = this.model.getSubmodule(path);
@@ -568,6 +607,34 @@ export class PeftModel extends Module {
 }
 
 /**
+ * PEFT's default `target_modules` per transformers `model_type`, for the architectures `@lora/models`
+ * implements (PEFT's `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
+ */
+export const DEFAULT_TARGET_MODULES: Readonly<Record<string, readonly string[]>> = {
+  llama: ['q_proj', 'v_proj'],
+  qwen2: ['q_proj', 'v_proj'],
+};
+
+/**
+ * The target modules PEFT fills in when a config leaves them out: by the model's `config.modelType`
+ * (or `model_type`), read duck-typed so that any model class with a Hugging Face config works.
+ */
+function defaultTargetModules(model: Module): string[] {
+  const config = (model as { config?: { modelType?: unknown; model_type?: unknown } }).config;
+  const type = config?.modelType ?? config?.model_type;
+  const defaults = typeof type === 'string' ? DEFAULT_TARGET_MODULES[type] : undefined;
+  if (defaults) return [...defaults];
+  throw new LoraConfigError(
+    `Please specify \`target_modules\` in \`peft_config\`: targetModules is not set and ${
+      type === undefined
+        ? `the model (${model.constructor.name}) has no config.modelType to choose defaults by`
+        : `model type ${describeValue(type)} has no default target modules here (defaults exist for ${Object.keys(DEFAULT_TARGET_MODULES).join(', ')})`
+    }. Set targetModules to module names from model.namedModules(), e.g. ['q_proj', 'v_proj'], or 'all-linear'`,
+    { field: 'targetModules' },
+  );
+}
+
+/**
  * Wraps `model`'s target layers with LoRA (PEFT's `get_peft_model`). The model is changed in place
  * and held by the returned PeftModel; only the adapter's parameters stay trainable.
  *
@@ -584,7 +651,7 @@ export function getPeftModel(
 ): PeftModel {
   const full =
     'peftType' in config && config.peftType === 'LORA' && 'extra' in config
-      ? (config as LoraConfig)
+      ? checkLoraConfig(config as LoraConfig)
       : loraConfig(config);
   return new PeftModel(model, full, options.adapterName ?? 'default');
 }

@@ -139,7 +139,8 @@ export async function planCheckpoint(source: FileSource): Promise<CheckpointPlan
  */
 export async function readCheckpoint(source: FileSource): Promise<Record<string, tf.Tensor>> {
   const plan = await planCheckpoint(source);
-  const out: Record<string, tf.Tensor> = {};
+  // null-prototype: a tensor named `__proto__` is a key like any other
+  const out: Record<string, tf.Tensor> = Object.create(null);
   try {
     await plan.read((name, t) => {
       out[name] = t;

@@ -1,3 +1,4 @@
+import { FileAccessError } from './errors';
 import { type ByteSource, byteSourceOf } from './byte-source';
 import { type HubOptions, isHubRepoId } from './hub-options';
 
@@ -40,8 +41,12 @@ async function toBytes(c: FileContent): Promise<Uint8Array> {
  * const files = await openFiles('HuggingFaceTB/SmolLM-135M', { localFilesOnly: true });
  * const config = JSON.parse(await files.text('config.json'));
  * ```
+ *
+ * `options.what` names the directory in errors (`'model directory'`, `'adapter directory'`); file-system
+ * errors become a {@link FileAccessError} naming the file.
  */
-export async function openFiles(files: ModelFiles, options: HubOptions = {}): Promise<FileSource> {
+export async function openFiles(files: ModelFiles, options: HubOptions & { what?: string } = {}): Promise<FileSource> {
+  const what = options.what ?? 'directory';
   if (typeof files === 'string') {
     // A variable specifier keeps browser bundlers from pulling node:fs in.
     const fsName = 'node:fs/promises';
@@ -57,15 +62,24 @@ export async function openFiles(files: ModelFiles, options: HubOptions = {}): Pr
       return hub.openHubRepo(dir, options);
     }
     if (!stat?.isDirectory())
-      throw new Error(
-        `'${dir}' ${stat ? 'is a file, not a directory' : 'does not exist'}: pass a model directory, or a Hugging Face Hub repo id (namespace/name)`,
+      throw new FileAccessError(
+        dir,
+        `${what} ${stat ? 'is a file, not a directory' : 'does not exist'} (give the path of the ${what}, or a Hugging Face Hub repo id: namespace/name)`,
+        stat ? 'ENOTDIR' : 'ENOENT',
       );
+    const read = async <T>(n: string, how: () => Promise<T>): Promise<T> => {
+      try {
+        return await how();
+      } catch (e) {
+        throw FileAccessError.from(path.join(dir, n), e);
+      }
+    };
     return {
       label: dir,
       has: async (n) => (await fs.stat(path.join(dir, n)).catch(() => null))?.isFile() ?? false,
-      bytes: async (n) => new Uint8Array(await fs.readFile(path.join(dir, n))),
-      text: (n) => fs.readFile(path.join(dir, n), 'utf8'),
-      list: () => fs.readdir(dir),
+      bytes: (n) => read(n, async () => new Uint8Array(await fs.readFile(path.join(dir, n)))),
+      text: (n) => read(n, () => fs.readFile(path.join(dir, n), 'utf8')),
+      list: () => read('', () => fs.readdir(dir)),
       open: (n) => openFileBytes(path.join(dir, n)),
     };
   }
@@ -76,7 +90,11 @@ export async function openFiles(files: ModelFiles, options: HubOptions = {}): Pr
   const get = (n: string) => {
     const c = map.get(n);
     if (c === undefined)
-      throw new Error(`<memory>: no file named '${n}' among ${[...map.keys()].join(', ') || 'none'}`);
+      throw new FileAccessError(
+        `<memory>/${n}`,
+        `no file named '${n}' among the files given (${[...map.keys()].join(', ') || 'none'})`,
+        'ENOENT',
+      );
     return c;
   };
   return {

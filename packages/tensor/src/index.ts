@@ -7,13 +7,22 @@ export type {
   OptionalPackage,
   WebGPUOptions,
 } from './backend';
-export { BackendUnavailableError, HubError, SafetensorsError, TensorLeakError } from './errors';
+export {
+  BackendUnavailableError,
+  FileAccessError,
+  HubError,
+  SafetensorsError,
+  TensorLeakError,
+  describeValue,
+} from './errors';
 export type { HubErrorCode, SafetensorsErrorDetail } from './errors';
 export { bf16ToFloat32, f16BitsToNumber, f16ToFloat32, float32ToBf16, float32ToF16, numberToF16Bits } from './half';
 export { assertNoLeaks, countTensors } from './memory';
 export { Generator } from './random';
 export {
   MAX_HEADER_BYTES,
+  MAX_HEADER_DEPTH,
+  MAX_TENSORS,
   READABLE_DTYPES,
   SAFETENSORS_DTYPE_SIZES,
   readSafetensorsHeader,

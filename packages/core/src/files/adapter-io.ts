@@ -3,10 +3,12 @@ import {
   type HubOptions,
   type ModelFiles,
   SafetensorsError,
+  describeValue,
   openFiles,
   parseSafetensors,
   serializeSafetensors,
 } from '@lora/tensor';
+import { AdapterFileError } from '../errors';
 import { type Module, withoutInit } from '@lora/nn';
 import { type LoraConfig, loraConfigFromJson, loraConfigToJson } from '../lora-config';
 import { baseBias } from '../layers/lora-layer';
@@ -238,6 +240,7 @@ export async function saveAdapter(model: PeftModel, dir: string, options: SaveAd
   return written;
 }
 
+/** Options of {@link loadAdapter}. */
 /** What {@link loadAdapter} returns. */
 export interface LoadAdapterResult {
   model: PeftModel;
@@ -247,9 +250,14 @@ export interface LoadAdapterResult {
 
 /** Options of {@link loadAdapter}: PEFT's, and how a Hub repo id is resolved (as `fromPretrained`'s). */
 export interface LoadAdapterOptions extends HubOptions {
+  /** The name the adapter gets in the model (default `'default'`). */
   adapterName?: string;
+  /** Keep the adapter trainable (PEFT's `is_trainable`; default false: frozen, model in eval mode). */
   isTrainable?: boolean;
+  /** Missing or unexpected keys are an error instead of a warning. */
   strict?: boolean;
+  /** Receives warnings (missing or unexpected keys, config keys this version ignores); default `console.warn`. */
+  warn?: (message: string) => void;
 }
 
 /**
@@ -273,16 +281,29 @@ export async function loadAdapter(
   options: LoadAdapterOptions = {},
 ): Promise<LoadAdapterResult> {
   const name = options.adapterName ?? 'default';
-  const source = await openFiles(files, options);
+  const warn = options.warn ?? console.warn;
+  const source = await openFiles(files, { ...options, what: 'adapter directory' });
+  const configFile = `${source.label}/adapter_config.json`;
   if (!(await source.has('adapter_config.json')))
-    throw new Error(`${source.label}: no adapter_config.json; is this a PEFT adapter directory?`);
+    throw new AdapterFileError(
+      configFile,
+      'not found; is this a PEFT adapter directory (adapter_config.json and adapter_model.safetensors)? A non-default adapter is saved in a sub-folder named after it',
+    );
+  let json: unknown;
+  try {
+    json = JSON.parse(await source.text('adapter_config.json'));
+  } catch (e) {
+    if (!(e instanceof SyntaxError)) throw e;
+    throw new AdapterFileError(configFile, `is not valid JSON (${e.message}); PEFT writes it with save_pretrained`);
+  }
   const config: LoraConfig = {
-    ...loraConfigFromJson(JSON.parse(await source.text('adapter_config.json'))),
+    ...loraConfigFromJson(json as Record<string, unknown>, { warn, file: configFile }),
     inferenceMode: !(options.isTrainable ?? false),
   };
   if (!(await source.has('adapter_model.safetensors'))) {
-    throw new Error(
-      `${source.label}: no adapter_model.safetensors${(await source.has('adapter_model.bin')) ? ' (adapter_model.bin is a pickle; convert it to safetensors)' : ''}`,
+    throw new AdapterFileError(
+      `${source.label}/adapter_model.safetensors`,
+      `not found${(await source.has('adapter_model.bin')) ? ' (adapter_model.bin is a pickle; convert it to safetensors)' : ''}; the adapter's weights are saved there beside adapter_config.json`,
     );
   }
   const { tensors } = parseSafetensors(await source.bytes('adapter_model.safetensors'), {
@@ -307,10 +328,18 @@ export async function loadAdapter(
       const missingKeys = Object.keys(own).filter((k) => !(k in tensors));
       const unexpectedKeys = Object.keys(tensors).filter((k) => !(k in own) && !(k in modelWeights));
       if ((options.strict ?? false) && (missingKeys.length || unexpectedKeys.length)) {
-        throw new Error(
-          `adapter ${source.label}: missing keys ${JSON.stringify(missingKeys)}, unexpected keys ${JSON.stringify(unexpectedKeys)}`,
+        throw new AdapterFileError(
+          `${source.label}/adapter_model.safetensors`,
+          `missing keys ${describeValue(missingKeys, 300)}, unexpected keys ${describeValue(unexpectedKeys, 300)}; was it saved for another model, or by another adapter type?`,
         );
       }
+      // as PEFT's from_pretrained (its wording), and the keys it ignores, which PEFT leaves in its result only
+      if (missingKeys.length)
+        warn(`Found missing adapter keys while loading the checkpoint: ${describeValue(missingKeys, 500)}.`);
+      if (unexpectedKeys.length)
+        warn(
+          `${source.label}/adapter_model.safetensors has keys the model has no place for; they were ignored: ${describeValue(unexpectedKeys, 500)}`,
+        );
       // every shape checked before the first weight is written
       const writes: [tf.Variable, tf.Tensor][] = [];
       for (const [k, t] of Object.entries(tensors)) {

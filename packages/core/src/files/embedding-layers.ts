@@ -1,3 +1,4 @@
+import { fullMatch } from '../patterns';
 import type * as tf from '@tensorflow/tfjs-core';
 import { Embedding, Linear, type Module } from '@lora/nn';
 import type { LoraConfig } from '../lora-config';
@@ -64,9 +65,8 @@ export function embeddingIsTargeted(model: Module, config: LoraConfig): boolean 
   const t = config.targetModules;
   if (typeof t === 'string') {
     if (t.toLowerCase() === 'all-linear') return false;
-    const re = new RegExp(`^(?:${t})$`);
     const named = new RegExp(`^(.*\\.)?(${EMBEDDING_LAYER_NAMES.join('|')})$`);
-    return [...model.namedModules()].some(([k]) => named.test(k) && re.test(k));
+    return [...model.namedModules()].some(([k]) => named.test(k) && fullMatch(t, k, 'target_modules'));
   }
   return Array.isArray(t) && EMBEDDING_LAYER_NAMES.some((n) => t.includes(n));
 }

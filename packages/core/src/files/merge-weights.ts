@@ -1,7 +1,15 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { SafetensorsError } from '@lora/tensor';
 import { allFinite } from '../all-finite';
 import { doraRescaled } from '../variants/dora';
-import { PEFT_SUFFIX, adapterTargets, peftKey, tokenTargets } from './peft-keys';
+import {
+  type AdapterTargetKind,
+  PEFT_SUFFIX,
+  adapterTargets,
+  loraFactorKeys,
+  peftKey,
+  tokenTargets,
+} from './peft-keys';
 import { type LoraConfig, moduleScaling } from '../lora-config';
 import { replaceRows } from '../layers/trainable-tokens';
 
@@ -9,6 +17,8 @@ import { replaceRows } from '../layers/trainable-tokens';
 export interface AdapterFiles {
   config: LoraConfig;
   tensors: Record<string, tf.Tensor>;
+  /** The weights file they came from, for error messages (default `adapter_model.safetensors`). */
+  file?: string;
 }
 
 /**
@@ -115,6 +125,57 @@ export function mergeAdapterWeights(
   })();
 }
 
+/**
+ * Checks one module's factors against each other, the config's rank and the base weight before any
+ * arithmetic: a file whose lora_A and lora_B disagree must be named, not multiplied into a made-up shape.
+ */
+function checkFactors(
+  adapter: AdapterFiles,
+  path: string,
+  kind: AdapterTargetKind,
+  w: tf.Tensor,
+  r: number,
+): { a: tf.Tensor; b: tf.Tensor } {
+  const file = adapter.file ?? 'adapter_model.safetensors';
+  const [aKey, bKey] = loraFactorKeys(path, kind === 'embedding');
+  const a = need(adapter.tensors, aKey);
+  const b = need(adapter.tensors, bKey);
+  const bad = (tensor: string, message: string): never => {
+    throw new SafetensorsError({ file, tensor, field: 'shape' }, message);
+  };
+  const shape = (t: tf.Tensor) => `[${t.shape.join(', ')}]`;
+  if (a.rank < 2 || b.rank < 2)
+    bad(a.rank < 2 ? aKey : bKey, `a LoRA factor must have at least 2 dimensions; got ${shape(a.rank < 2 ? a : b)}`);
+  const rankB = b.shape[1] as number;
+  const conv = kind !== 'linear' && kind !== 'embedding';
+  // a grouped convolution's lora_B is [out, r/groups, …]: refused further on, as PEFT refuses its merge
+  if (conv ? (a.shape[0] as number) % rankB !== 0 : a.shape[0] !== rankB)
+    bad(
+      bKey,
+      `${bKey} ${shape(b)} has rank ${rankB} but ${aKey} ${shape(a)} has rank ${a.shape[0]}; the file is corrupt or mixes two adapters`,
+    );
+  if (a.shape[0] !== r)
+    bad(
+      aKey,
+      `rank ${a.shape[0]} (shape ${shape(a)}) but the adapter's config gives this module r = ${r} (r, rank_pattern); the config and the weights do not belong together`,
+    );
+  const out = b.shape[0] as number;
+  const inner = a.size / r;
+  // a grouped kernel is [out, in/groups, …k] while A reads all `in` channels: refused below, as PEFT does
+  const grouped = conv && ((a.shape[1] as number) > (w.shape[1] as number) || a.shape[0] !== rankB);
+  // a Linear's shapes are checked (and a fan_in_fan_out [in, out] told apart) by storedTransposed
+  if (kind !== 'linear' && !grouped && out * inner !== w.size)
+    bad(
+      aKey,
+      `${aKey} ${shape(a)} and ${bKey} ${shape(b)} give an update of ${out * inner} values, but the base weight '${path}.weight' is [${w.shape.join(', ')}] (${w.size}); was the adapter trained on another base model?`,
+    );
+  const magnitudeKey = peftKey(path, PEFT_SUFFIX.magnitude);
+  const magnitude = adapter.tensors[magnitudeKey];
+  if (magnitude && magnitude.size !== out)
+    bad(magnitudeKey, `DoRA magnitude ${shape(magnitude)} has ${magnitude.size} values; '${path}' has ${out} outputs`);
+  return { a, b };
+}
+
 function mergeByName(
   base: Record<string, tf.Tensor>,
   adapter: AdapterFiles,
@@ -131,28 +192,16 @@ function mergeByName(
         missing.push(weightKey);
         continue;
       }
-      const s = moduleScaling(config, path).scaling;
+      const { scaling: s, r: configR } = moduleScaling(config, path);
+      const { a, b } = checkFactors(adapter, path, kind, w, configR);
       merged[weightKey] = tf.tidy(() => {
         if (kind === 'embedding') {
-          const sum = tf.add(
-            w,
-            tf.transpose(
-              tf.mul(
-                tf.matMul(
-                  need(tensors, peftKey(path, PEFT_SUFFIX.embeddingB)),
-                  need(tensors, peftKey(path, PEFT_SUFFIX.embeddingA)),
-                ),
-                s,
-              ),
-            ),
-          );
+          const sum = tf.add(w, tf.transpose(tf.mul(tf.matMul(b, a), s)));
           const magnitude = tensors[peftKey(path, PEFT_SUFFIX.magnitude)];
           // DoRA: one magnitude per embedding dimension, the norm over the vocabulary
           return magnitude ? doraRescaled(sum, magnitude, 1) : sum;
         }
         // convolutions: ΔW = reshape(B[out, r] · A[r, in·∏k]) in the kernel's shape
-        const a = need(tensors, peftKey(path, PEFT_SUFFIX.loraA));
-        const b = need(tensors, peftKey(path, PEFT_SUFFIX.loraB));
         const r = a.shape[0] as number;
         // a grouped kernel is [out, in/groups, …k] while A reads all `in` channels
         const groups = (a.shape[1] as number) / (w.shape[1] as number);

@@ -18,6 +18,33 @@ export const PEFT_SUFFIX = {
   baseBias: 'base_layer.bias',
 } as const;
 
+/** The suffixes of the tensors a LoRA module owns in an adapter file: its factors, lora_B's bias, DoRA's magnitude. */
+export const LORA_MODULE_SUFFIXES: readonly string[] = [
+  PEFT_SUFFIX.loraA,
+  PEFT_SUFFIX.loraB,
+  PEFT_SUFFIX.loraBBias,
+  PEFT_SUFFIX.embeddingA,
+  PEFT_SUFFIX.embeddingB,
+  PEFT_SUFFIX.magnitude,
+];
+
+const LORA_MODULE_KEY = new RegExp(
+  `^base_model\\.model\\.(.+)\\.(${LORA_MODULE_SUFFIXES.map((x) => x.replaceAll('.', '\\.')).join('|')})$`,
+);
+
+/**
+ * The module path a LoRA tensor's key belongs to (`base_model.model.<path>.lora_A.weight` → `<path>`), or
+ * undefined for other keys (modules_to_save copies, token rows, saved embedding layers).
+ *
+ * @example
+ * ```ts
+ * loraModuleOfKey('base_model.model.layers.0.q_proj.lora_B.bias'); // 'layers.0.q_proj'
+ * ```
+ */
+export function loraModuleOfKey(key: string): string | undefined {
+  return LORA_MODULE_KEY.exec(key)?.[1];
+}
+
 /**
  * The saved key of a module's tensor: `base_model.model.<path>.<suffix>`.
  *

@@ -12,6 +12,7 @@ import type {
   LoraInitializer,
 } from './init-types';
 import { pissaInit } from './pissa-init';
+import { LoraConfigError } from '../errors';
 
 export type { LoraInitContext, LoraInitOptions, LoraInitTarget, LoraInitializer } from './init-types';
 
@@ -91,7 +92,7 @@ function knownValues(): string {
 /** The error for a value nothing answers to, naming the package that provides it when one does. */
 function unavailable(value: boolean | string): Error {
   const pkg = typeof value === 'string' ? PROVIDERS[value] : undefined;
-  return new Error(
+  return new LoraConfigError(
     pkg
       ? `init_lora_weights='${value}' is provided by ${pkg}: npm install ${pkg} and import it before creating the LoRA model`
       : `Unknown initialization init_lora_weights=${label(value)}; known: ${knownValues()}, or a name registered with registerLoraInit`,
@@ -143,9 +144,9 @@ export function runLoraInit(target: LoraInitTarget): void | Promise<void> {
   const name = entry?.name ?? String(value);
   const fallback = PEFT_FALLBACKS[name]?.[ctx.kind] ?? KIND_FALLBACK[ctx.kind];
   if (fallback === 'default') return ctx.resetLoraParameters(true);
-  if (typeof fallback === 'function') throw new Error(fallback(ctx.layer));
+  if (typeof fallback === 'function') throw new LoraConfigError(fallback(ctx.layer));
   const base = ctx.layer.baseLayer.constructor.name;
-  throw new Error(
+  throw new LoraConfigError(
     ctx.kind === 'conv'
       ? `Unknown initialization init_lora_weights=${label(value)} (a ${base} takes true, false, 'gaussian' or 'lora_ga', as in PEFT)`
       : `Unknown initialization init_lora_weights=${label(value)} on a ${base} (its initialiser serves ${entry?.kinds.join(', ')} layers)`,

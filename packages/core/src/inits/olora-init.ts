@@ -1,6 +1,7 @@
 import { qr } from '@lora/linalg';
 import { baseWeight64, setFactorsAndResidual } from './base-weight';
 import type { BuiltinInit } from './init-types';
+import { LoraConfigError } from '../errors';
 
 /**
  * OLoRA (Linear layers; any case, as PEFT): W = Q·R; B = Q[:, :r], A = R[:r] (no rescaling by s, as
@@ -16,7 +17,7 @@ export const oloraInit: BuiltinInit = {
       // first): lora_A gets the shape [r, out], the forward pass fails unless in = out, and then the
       // model is not preserved at init. Nothing to match, so refuse.
       const base = ctx.layer.baseLayer;
-      throw new Error(
+      throw new LoraConfigError(
         `init_lora_weights='olora' does not work on a fan_in_fan_out layer (${base.constructor.name}, weight [${base.weight.shape.join(', ')}] stored [in, out]): ` +
           "PEFT 0.21 factors the weight without transposing it and builds lora_A of the wrong shape. Use 'pissa' (which PEFT transposes) or another initialisation",
       );

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { defaultRng } from '@lora/nn';
 import { matrix64, qr } from '@lora/linalg';
 import type { BuiltinInit } from './init-types';
+import { LoraConfigError } from '../errors';
 
 /**
  * `init_lora_weights = 'orthogonal'` (Linear layers), as PEFT: Q from the QR of an r×r Gaussian; A
@@ -14,7 +15,8 @@ export const orthogonalInit: BuiltinInit = {
   matches: (v) => v === 'orthogonal',
   init(ctx) {
     const r = ctx.settings.r;
-    if (r % 2 !== 0) throw new Error(`Orthogonal initialization requires the LoRA rank to be even, got ${r} instead.`);
+    if (r % 2 !== 0)
+      throw new LoraConfigError(`Orthogonal initialization requires the LoRA rank to be even, got ${r} instead.`);
     const inF = ctx.loraA.shape[1] as number;
     const out = ctx.loraB.shape[0] as number;
     const g = defaultRng();

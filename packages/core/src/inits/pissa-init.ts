@@ -2,6 +2,7 @@ import { defaultRng } from '@lora/nn';
 import { type Matrix64, svd, svdLowRank, transpose64 } from '@lora/linalg';
 import { baseWeight64, setFactorsAndResidual } from './base-weight';
 import type { BuiltinInit } from './init-types';
+import { LoraConfigError } from '../errors';
 
 /**
  * PiSSA (Linear layers), as PEFT: `'pissa'` takes the full SVD of W, `'pissa_niter_K'` a randomized
@@ -26,7 +27,9 @@ export const pissaInit: BuiltinInit = {
       const parts = init.split('_niter_');
       const niter = Number(parts[1]);
       if (parts.length !== 2 || !Number.isInteger(niter) || niter < 0)
-        throw new Error(`init_lora_weights should be 'pissa' or 'pissa_niter_[number of iters]', got ${init} instead.`);
+        throw new LoraConfigError(
+          `init_lora_weights should be 'pissa' or 'pissa_niter_[number of iters]', got ${init} instead.`,
+        );
       const low = svdLowRank(m, { q: r, niter, seed: defaultRng().nextUint32(), sketchDtype: 'float32' });
       U = low.U;
       S = low.S;

@@ -6,6 +6,7 @@ import { LoraConv } from './lora-conv';
 import { LoraEmbedding } from './lora-embedding';
 import { LoraLinear } from './lora-linear';
 import type { TunerLayer } from './tuner-layer';
+import { LoraConfigError } from '../errors';
 
 /** What a dispatcher is asked with: one target module of the user's model and the adapter for it. */
 export interface LoraDispatchContext {
@@ -96,7 +97,7 @@ export function dispatchLoraLayer(ctx: LoraDispatchContext): TunerLayer {
     const layer = dispatch(ctx);
     if (layer) return layer;
   }
-  throw new Error(
+  throw new LoraConfigError(
     `Target module ${ctx.path} (${ctx.target.constructor.name}) is not supported. Currently, only the following modules are supported: Linear, Embedding, Conv1d, Conv2d, TransposedLinear (transformers' Conv1D)` +
       `${dispatchers.names().length ? ` and what the registered dispatchers (${dispatchers.names().join(', ')}) take` : ''}; a method package adds others with registerLoraDispatcher.`,
   );

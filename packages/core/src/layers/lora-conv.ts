@@ -4,6 +4,7 @@ import type { LoraConfig } from '../lora-config';
 import { PEFT_SUFFIX } from '../files/peft-keys';
 import type { AdapterSettings } from './adapter-settings';
 import { LoraLayerBase, loraDropoutModule } from './lora-layer';
+import { LoraConfigError } from '../errors';
 
 type Conv = Conv1d | Conv2d;
 
@@ -49,10 +50,10 @@ export class LoraConv extends LoraLayerBase<Conv> {
   /** PEFT's rank checks: a positive integer, divisible by the base's groups (lora_B is grouped). */
   private checkRank(base: Conv, r: number): void {
     if (!Number.isInteger(r) || r <= 0)
-      throw new Error(`\`r\` should be a positive integer value but the value passed is ${r}`);
+      throw new LoraConfigError(`\`r\` should be a positive integer value but the value passed is ${r}`);
     const groups = base.options.groups;
     if (r % groups !== 0) {
-      throw new Error(
+      throw new LoraConfigError(
         `Targeting a ${base.constructor.name} with groups=${groups} and rank ${r}. Currently, support is limited to conv layers where the rank is divisible by groups. Either choose a different rank or do not target this specific layer.`,
       );
     }

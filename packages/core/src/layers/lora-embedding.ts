@@ -4,6 +4,7 @@ import type { LoraConfig } from '../lora-config';
 import { PEFT_SUFFIX } from '../files/peft-keys';
 import type { AdapterSettings } from './adapter-settings';
 import { Identity, LoraLayerBase } from './lora-layer';
+import { LoraConfigError } from '../errors';
 
 /** Embeddings have no dropout on the LoRA path (as PEFT): every adapter's `dropout` is this. */
 const NO_DROPOUT = new Identity();
@@ -37,8 +38,8 @@ export class LoraEmbedding extends LoraLayerBase<Embedding> {
 
   protected checkSettings(_name: string, s: AdapterSettings): void {
     if (!Number.isInteger(s.r) || s.r <= 0)
-      throw new Error(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
-    if (s.loraBias) throw new Error('lora_bias=True is not supported for Embedding.');
+      throw new LoraConfigError(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
+    if (s.loraBias) throw new LoraConfigError('lora_bias=True is not supported for Embedding.');
   }
 
   /**

@@ -4,6 +4,7 @@ import type { LoraConfig } from '../lora-config';
 import { PEFT_SUFFIX } from '../files/peft-keys';
 import type { AdapterSettings } from './adapter-settings';
 import { LoraLayerBase, loraDropoutModule } from './lora-layer';
+import { LoraConfigError } from '../errors';
 
 export type { AdapterSettings } from './adapter-settings';
 
@@ -57,9 +58,9 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
 
   protected checkSettings(_name: string, s: AdapterSettings): void {
     if (!Number.isInteger(s.r) || s.r <= 0)
-      throw new Error(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
+      throw new LoraConfigError(`\`r\` should be a positive integer value but the value passed is ${s.r}`);
     if (s.fanInFanOut !== this.fanInFanOut) {
-      throw new Error(
+      throw new LoraConfigError(
         `fanInFanOut is ${s.fanInFanOut} but the base layer is a ${this.baseLayer.constructor.name}, whose weight is stored ${this.fanInFanOut ? '[in, out]' : '[out, in]'}; ` +
           `set fanInFanOut to ${this.fanInFanOut} (getPeftModel corrects it with PEFT's warning)`,
       );

@@ -10,6 +10,7 @@ import { type ConvOptions, Module, conv, linear, transposedLinear } from '@lora/
 import { PEFT_SUFFIX } from '../files/peft-keys';
 import type { TunerLayer } from '../layers/tuner-layer';
 import type { LoraVariant } from './variant-types';
+import { LoraConfigError } from '../errors';
 
 /**
  * DoRA's magnitude vector, held as `lora_magnitude_vector.<adapter>.weight` as in PEFT (saved as
@@ -192,7 +193,7 @@ export const doraVariant: LoraVariant = {
   supports: (layer) => layer.kind === 'linear' || layer.kind === 'embedding' || layer.kind === 'conv',
   check(_layer, { settings }) {
     if (settings.loraBias)
-      throw new Error('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
+      throw new LoraConfigError('The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
   },
 
   /** m starts as ‖W + ΔW‖ per magnitude entry, so that DoRA is a no-op at init when B = 0. */

@@ -2,6 +2,7 @@ import type { TunerLayer } from '../layers/tuner-layer';
 import { Registry } from '../registry';
 import { doraVariant } from './dora';
 import type { LoraVariant, LoraVariantRequest } from './variant-types';
+import { LoraConfigError } from '../errors';
 
 export type { LoraVariant, LoraVariantRequest } from './variant-types';
 
@@ -55,7 +56,7 @@ export function resolveLoraVariant(layer: TunerLayer, request: LoraVariantReques
   const variant = asked[0] as LoraVariant;
   if (asked.length > 1 || !variant.supports(layer)) {
     const where = request.settings.path ? ` at '${request.settings.path}'` : '';
-    throw new Error(
+    throw new LoraConfigError(
       `Invalid or unsupported variant combination: ${pythonTuple(asked.map((v) => v.configKey))} (on a ${layer.constructor.name}${where}; ` +
         `${asked.length > 1 ? 'one adapter takes one variant' : `${variant.label ?? variant.name} does not support this layer`})`,
     );
