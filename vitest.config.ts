@@ -6,6 +6,19 @@ import SkipSummaryReporter from './scripts/skip-summary-reporter.js';
 export default defineConfig({
   test: {
     reporters: ['default', new SkipSummaryReporter()],
-    projects: ['packages/*/vitest.config.ts', { test: { name: 'repo', include: ['scripts/**/*.test.ts'] } }],
+    projects: [
+      'packages/*/vitest.config.ts',
+      {
+        // the repository's scripts; the README snippets import the packages from source, as package tests do
+        resolve: { conditions: ['@lora/source'] },
+        ssr: { resolve: { conditions: ['@lora/source'] } },
+        test: {
+          name: 'repo',
+          include: ['scripts/**/*.test.ts'],
+          pool: 'forks',
+          server: { deps: { inline: [/@tensorflow\/tfjs-core/] } },
+        },
+      },
+    ],
   },
 });

@@ -4,9 +4,28 @@
  */
 import { describeValue } from '@lora/tensor';
 import { LoraConfigError, editDistance } from './errors';
+import { peftJson } from './files/peft-json';
+import { isKnownLoraInit, knownLoraInits } from './inits/init-registry';
+import {
+  type ArrowConfig,
+  type EvaConfig,
+  type LoftQConfig,
+  type LoraGaConfig,
+  METHOD_CONFIG_KEYS,
+  type MethodConfigKey,
+  completeMethodConfig,
+  evaConfig,
+  methodConfigFromJson,
+  methodConfigToJson,
+} from './method-configs';
 import { checkPatterns, firstPatternKey } from './patterns';
+import { loraVariants } from './variants/variant-registry';
 
-/** `init_lora_weights` values. `'loftq' | 'eva' | 'lora_ga'` come from the method packages' registry. */
+/**
+ * `init_lora_weights` values: `@lora/core`'s (true, false, `'gaussian'`, `'pissa'`, `'pissa_niter_K'`,
+ * `'olora'`, `'orthogonal'`), the method packages' (`'loftq'`, `'eva'`, `'lora_ga'`), or any name
+ * registered with `registerLoraInit`.
+ */
 export type InitLoraWeights =
   | boolean
   | 'gaussian'
@@ -16,7 +35,8 @@ export type InitLoraWeights =
   | 'orthogonal'
   | 'loftq'
   | 'eva'
-  | 'lora_ga';
+  | 'lora_ga'
+  | (string & {});
 
 /** A LoRA configuration. Every field has PEFT 0.21's default. */
 export interface LoraConfig {
@@ -43,14 +63,30 @@ export interface LoraConfig {
   useDora: boolean;
   loraBias: boolean;
   trainableTokenIndices: number[] | Record<string, number[]> | null;
+  /** LoftQ's settings (`loftq_config`, `{}` in the file when null); required with `initLoraWeights: 'loftq'`. */
+  loftqConfig: LoftQConfig | null;
+  /** EVA's settings (`eva_config`); `initLoraWeights: 'eva'` without them takes PEFT's default (with its warning). */
+  evaConfig: EvaConfig | null;
+  /** LoRA-GA's settings (`lora_ga_config`), read with `initLoraWeights: 'lora_ga'`. */
+  loraGaConfig: LoraGaConfig | null;
+  /** Arrow's router settings (`arrow_config`): an adapter with them is an Arrow router (`@lora/arrow`). */
+  arrowConfig: ArrowConfig | null;
   /** Keys read from a file that this version does not know: kept and written back. */
   extra: Record<string, unknown>;
 }
 
 const TASK_TYPES = ['SEQ_CLS', 'SEQ_2_SEQ_LM', 'CAUSAL_LM', 'TOKEN_CLS', 'QUESTION_ANS', 'FEATURE_EXTRACTION'];
 
-/** PEFT's field names in adapter_config.json, for each of ours. */
-const SNAKE: Record<Exclude<keyof LoraConfig, 'extra'>, string> = {
+/**
+ * What {@link loraConfig} takes: any fields of a {@link LoraConfig}, the method sub-configs partial
+ * too (PEFT's defaults fill them in).
+ */
+export type LoraConfigFields = Partial<Omit<LoraConfig, MethodConfigKey>> & {
+  [K in MethodConfigKey]?: Partial<NonNullable<LoraConfig[K]>> | null;
+};
+
+/** PEFT's field names in adapter_config.json, for each of ours (the method sub-configs apart: METHOD_CONFIG_KEYS). */
+const SNAKE: Record<Exclude<keyof LoraConfig, 'extra' | MethodConfigKey>, string> = {
   peftType: 'peft_type',
   taskType: 'task_type',
   baseModelNameOrPath: 'base_model_name_or_path',
@@ -78,14 +114,10 @@ const SNAKE: Record<Exclude<keyof LoraConfig, 'extra'>, string> = {
 /** Fields PEFT 0.21 writes that this port keeps at their defaults (written back as PEFT writes them). */
 const PEFT_DEFAULTS: Record<string, unknown> = {
   alora_invocation_tokens: null,
-  arrow_config: null,
   corda_config: null,
   ensure_weight_tying: false,
-  eva_config: null,
   kasa_config: null,
   layer_replication: null,
-  loftq_config: {},
-  lora_ga_config: null,
   megatron_config: null,
   megatron_core: 'megatron.core',
   monteclora_config: null,
@@ -105,7 +137,6 @@ export { LoraConfigError } from './errors';
  */
 const UNSUPPORTED_FIELDS = [
   'alora_invocation_tokens',
-  'arrow_config',
   'ensure_weight_tying',
   'kasa_config',
   'layer_replication',
@@ -126,7 +157,8 @@ const FLOAT32_MAX = 3.4028234663852886e38;
 type Naming = 'ts' | 'json';
 
 function fieldName(camel: keyof LoraConfig, naming: Naming): string {
-  return naming === 'json' ? (SNAKE[camel as Exclude<keyof LoraConfig, 'extra'>] ?? camel) : camel;
+  const snake = { ...SNAKE, ...METHOD_CONFIG_KEYS } as Record<string, string>;
+  return naming === 'json' ? (snake[camel] ?? camel) : camel;
 }
 
 function isStringList(v: unknown): v is string[] {
@@ -241,10 +273,11 @@ function validate(c: LoraConfig, naming: Naming, file?: string): void {
       `${fieldName('initLoraWeights', naming)} must be true, false or the name of an initialisation; got ${describeValue(init)}`,
     );
   if (typeof init === 'string') {
-    if (!/^(gaussian|pissa|pissa_niter_\d+|olora|orthogonal|loftq|eva|lora_ga)$/i.test(init))
+    // the init registry says what is known: @lora/core's, the method packages' names, and any registered one
+    if (!isKnownLoraInit(init))
       fail(
         'initLoraWeights',
-        `Unknown initialization init_lora_weights='${init.slice(0, 80)}'; use true, false, 'gaussian', 'pissa', 'pissa_niter_K', 'olora', 'orthogonal', 'loftq', 'eva' or 'lora_ga'`,
+        `Unknown initialization init_lora_weights='${init.slice(0, 80)}'; known: ${knownLoraInits()}, or a name registered with registerLoraInit`,
       );
     const niter = /^pissa_niter_(\d+)$/i.exec(init);
     if (niter && !(Number((niter[1] as string).slice(0, 12)) <= MAX_PISSA_NITER))
@@ -267,6 +300,17 @@ function validate(c: LoraConfig, naming: Naming, file?: string): void {
   }
   if (c.loraBias && c.useDora)
     fail('loraBias', 'The argument lora_bias=True is not supported for DoRA, please pass use_dora=False');
+  // the method sub-configs, checked as PEFT's dataclasses check them (a complete one passes unchanged)
+  for (const key of Object.keys(METHOD_CONFIG_KEYS) as MethodConfigKey[]) {
+    try {
+      completeMethodConfig(key, c[key]);
+    } catch (e) {
+      if (e instanceof LoraConfigError) fail(key, e.message);
+      throw e;
+    }
+  }
+  if (init === 'loftq' && !c.loftqConfig)
+    fail('loftqConfig', "`loftq_config` must be specified when `init_lora_weights` is 'loftq'.");
   try {
     checkPatterns(c);
   } catch (e) {
@@ -277,25 +321,37 @@ function validate(c: LoraConfig, naming: Naming, file?: string): void {
 }
 
 /** The config's options, camelCase, with the snake_case names PEFT users type mapped to them. */
-const BY_SNAKE = new Map<string, string>(Object.entries(SNAKE).map(([camel, snake]) => [snake, camel]));
-const OPTIONS = [...Object.keys(SNAKE), 'extra'];
+let names: { bySnake: Map<string, string>; methodSnake: Set<string>; options: string[] } | undefined;
+/** Built on first use, so that a bundle that never reads a config leaves these tables (and the method configs) out. */
+function optionNames(): { bySnake: Map<string, string>; methodSnake: Set<string>; options: string[] } {
+  names ??= {
+    bySnake: new Map<string, string>(
+      Object.entries({ ...SNAKE, ...METHOD_CONFIG_KEYS }).map(([camel, snake]) => [snake, camel]),
+    ),
+    methodSnake: new Set<string>(Object.values(METHOD_CONFIG_KEYS)),
+    options: [...Object.keys(SNAKE), ...Object.keys(METHOD_CONFIG_KEYS), 'extra'],
+  };
+  return names;
+}
 
 /** Refuses option keys `loraConfig` does not know, suggesting the camelCase option meant. */
 function checkOptionKeys(fields: object): void {
+  const { bySnake, options } = optionNames();
   for (const key of Object.keys(fields)) {
-    if (OPTIONS.includes(key)) continue;
-    const camel = BY_SNAKE.get(key) ?? OPTIONS.find((o) => o.toLowerCase() === key.replace(/_/g, '').toLowerCase());
+    if (options.includes(key)) continue;
+    const camel = bySnake.get(key) ?? options.find((o) => o.toLowerCase() === key.replace(/_/g, '').toLowerCase());
     if (camel) throw new LoraConfigError(`unknown option '${key}': did you mean ${camel}?`, { field: key });
     if (key in PEFT_DEFAULTS)
       throw new LoraConfigError(
         `unknown option '${key}': PEFT's ${key} is not supported by this version; leave it out`,
         { field: key },
       );
-    const close = OPTIONS.map((o) => [o, editDistance(key.toLowerCase(), o.toLowerCase())] as const)
+    const close = options
+      .map((o) => [o, editDistance(key.toLowerCase(), o.toLowerCase())] as const)
       .filter(([, d]) => d <= Math.max(2, Math.floor(key.length / 3)))
       .sort((a, b) => a[1] - b[1])[0]?.[0];
     throw new LoraConfigError(
-      `unknown option '${key}'${close ? `: did you mean ${close}?` : ''} LoraConfig options are ${OPTIONS.join(', ')}`,
+      `unknown option '${key}'${close ? `: did you mean ${close}?` : ''} LoraConfig options are ${options.join(', ')}`,
       { field: key },
     );
   }
@@ -312,7 +368,7 @@ function checkOptionKeys(fields: object): void {
  * loraConfig({ lora_alpha: 32 } as never); // LoraConfigError: unknown option 'lora_alpha': did you mean loraAlpha?
  * ```
  */
-export function loraConfig(fields: Partial<LoraConfig> = {}): LoraConfig {
+export function loraConfig(fields: LoraConfigFields = {}): LoraConfig {
   if (!isRecord(fields))
     throw new LoraConfigError(`loraConfig takes an object of options; got ${describeValue(fields)}`);
   checkOptionKeys(fields);
@@ -330,7 +386,7 @@ export function checkLoraConfig(config: LoraConfig): LoraConfig {
   return config;
 }
 
-function makeConfig(fields: Partial<LoraConfig>, naming: Naming, file?: string): LoraConfig {
+function makeConfig(fields: LoraConfigFields, naming: Naming, file?: string): LoraConfig {
   const c: LoraConfig = {
     peftType: 'LORA',
     taskType: null,
@@ -354,11 +410,28 @@ function makeConfig(fields: Partial<LoraConfig>, naming: Naming, file?: string):
     useDora: false,
     loraBias: false,
     trainableTokenIndices: null,
+    loftqConfig: null,
+    evaConfig: null,
+    loraGaConfig: null,
+    arrowConfig: null,
     extra: {},
   };
   // an explicit undefined keeps the default (as leaving the option out does)
   for (const [k, v] of Object.entries(fields)) if (v !== undefined) (c as unknown as Record<string, unknown>)[k] = v;
   validate(c, naming, file);
+  // the method sub-configs completed with PEFT's defaults, then PEFT's LoraConfig.__post_init__, in its order
+  for (const key of Object.keys(METHOD_CONFIG_KEYS) as MethodConfigKey[])
+    (c as unknown as Record<string, unknown>)[key] = completeMethodConfig(key, c[key]);
+  const init = c.initLoraWeights;
+  if (init !== 'loftq' && c.loftqConfig) {
+    c.loftqConfig = null;
+    console.warn("`loftq_config` specified but will be ignored when `init_lora_weights` is not 'loftq'.");
+  } else if (init !== 'loftq' && init === 'eva' && !c.evaConfig) {
+    console.warn("`init_lora_weights` is 'eva' but `eva_config` is not specified. Using default EVA config.");
+    c.evaConfig = evaConfig();
+  } else if (init !== 'loftq' && init !== 'eva' && c.evaConfig) {
+    console.warn("`eva_config` specified but will be ignored when `init_lora_weights` is not 'eva'.");
+  }
   return c;
 }
 
@@ -418,13 +491,22 @@ export function loraConfigFromJson(json: Record<string, unknown>, options: LoraC
       file,
       field: 'peft_type',
     });
-  const fields: Partial<LoraConfig> = {};
+  const fields: Record<string, unknown> = {};
+  const unknownSubKeys: string[] = [];
+  const { bySnake, methodSnake } = optionNames();
   // Kept verbatim and written back: keys newer PEFT versions add, auto_mapping, and PEFT fields this
   // port does not act on when they hold something other than PEFT's default.
   const extra: Record<string, unknown> = Object.create(null);
   for (const [k, v] of Object.entries(json)) {
-    const camel = BY_SNAKE.get(k);
-    if (camel) (fields as Record<string, unknown>)[camel] = v;
+    const camel = bySnake.get(k);
+    if (camel && methodSnake.has(k)) {
+      try {
+        fields[camel] = methodConfigFromJson(camel as MethodConfigKey, v, unknownSubKeys);
+      } catch (e) {
+        if (e instanceof LoraConfigError) throw new LoraConfigError(e.message, { field: k, file });
+        throw e;
+      }
+    } else if (camel) fields[camel] = v;
     else if (k === 'peft_version' || k === 'runtime_config') continue;
     else if (k === 'auto_mapping' || !(k in PEFT_DEFAULTS) || JSON.stringify(v) !== JSON.stringify(PEFT_DEFAULTS[k]))
       extra[k] = v;
@@ -432,7 +514,10 @@ export function loraConfigFromJson(json: Record<string, unknown>, options: LoraC
   // PEFT reads a null pattern dict as "none" wherever it checks them; so do we
   if (fields.rankPattern === null) fields.rankPattern = {};
   if (fields.alphaPattern === null) fields.alphaPattern = {};
-  const unknown = Object.keys(extra).filter((k) => !(k in PEFT_DEFAULTS) && k !== 'auto_mapping');
+  const unknown = [
+    ...Object.keys(extra).filter((k) => !(k in PEFT_DEFAULTS) && k !== 'auto_mapping'),
+    ...unknownSubKeys,
+  ];
   if (unknown.length)
     warn(`${file} has keys this version does not know; they are kept and written back: ${unknown.join(', ')}`);
   const ignored = Object.keys(extra).filter((k) => UNSUPPORTED_FIELDS.includes(k));
@@ -440,18 +525,12 @@ export function loraConfigFromJson(json: Record<string, unknown>, options: LoraC
     warn(
       `${file} sets ${ignored.map((k) => `${k} = ${describeValue(extra[k], 40)}`).join(', ')}, which this version does not implement: ${ignored.length > 1 ? 'they are' : 'it is'} ignored (kept and written back), so the model differs from the one PEFT builds from this file`,
     );
-  return makeConfig({ ...fields, extra: { ...extra } }, 'json', file);
-}
-
-function sortKeys(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(sortKeys);
-  if (v && typeof v === 'object')
-    return Object.fromEntries(
-      Object.keys(v as object)
-        .sort()
-        .map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]),
+  // Arrow's router needs @lora/arrow's variant: without it the adapter would run as plain LoRA
+  if (fields.arrowConfig && !loraVariants().some((v) => v.configKey === 'arrow_config'))
+    warn(
+      `${file} sets arrow_config (an Arrow router), which needs @lora/arrow: import it before loading, or the adapter runs as plain LoRA`,
     );
-  return v;
+  return makeConfig({ ...(fields as LoraConfigFields), extra: { ...extra } }, 'json', file);
 }
 
 /**
@@ -466,6 +545,8 @@ function sortKeys(v: unknown): unknown {
 export function loraConfigToJson(c: LoraConfig): string {
   const out: Record<string, unknown> = { ...PEFT_DEFAULTS, peft_version: '0.21.0' };
   for (const [camel, snake] of Object.entries(SNAKE)) out[snake] = c[camel as keyof LoraConfig];
+  for (const [camel, snake] of Object.entries(METHOD_CONFIG_KEYS))
+    out[snake] = methodConfigToJson(camel as MethodConfigKey, c[camel as MethodConfigKey]);
   out.inference_mode = true;
   if (Array.isArray(c.targetModules)) out.target_modules = [...c.targetModules].sort();
   if (Array.isArray(c.excludeModules)) out.exclude_modules = [...c.excludeModules].sort();
@@ -473,7 +554,7 @@ export function loraConfigToJson(c: LoraConfig): string {
   for (const [k, v] of Object.entries(c.extra))
     Object.defineProperty(out, k, { value: v, enumerable: true, writable: true, configurable: true });
   if (c.taskType === null && out.auto_mapping === undefined) out.auto_mapping = null;
-  return JSON.stringify(sortKeys(out), null, 2);
+  return peftJson(out);
 }
 
 /** Scaling α/r, or α/√r with rsLoRA. */

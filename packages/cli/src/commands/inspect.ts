@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { PEFT_KEY_PREFIX, adapterTargets, moduleScaling } from '@lora/core';
+import { LORA_MODULE_SUFFIXES, PEFT_KEY_PREFIX, PEFT_SUFFIX, adapterTargets, moduleScaling, peftKey } from '@lora/core';
 import { type Command, type Io, UsageError, parseCommandArgs, readAdapter, startBackend } from '../shared';
 
 const HELP = `lora inspect <adapter dir> [--json] [--adapter-name NAME]
@@ -12,16 +12,6 @@ layers saved with save_embedding_layers, trainable-token rows), counted apart fr
 Options:
   --json                one JSON object on stdout instead of the table
   --adapter-name NAME   the sub-folder of a multi-adapter directory`;
-
-/** The tensors a LoRA module owns in an adapter file: its factors, DoRA magnitude and lora_bias. */
-const LORA_SUFFIXES = [
-  'lora_A.weight',
-  'lora_B.weight',
-  'lora_B.bias',
-  'lora_embedding_A',
-  'lora_embedding_B',
-  'lora_magnitude_vector',
-];
 
 async function inspect(args: string[], io: Io): Promise<number> {
   const { positionals, values } = parseCommandArgs({
@@ -40,9 +30,9 @@ async function inspect(args: string[], io: Io): Promise<number> {
     const owned = new Set<string>();
     const modules = [...adapterTargets(tensors)].map(([path, kind]) => {
       const { r, alpha, scaling } = moduleScaling(config, path);
-      const keys = LORA_SUFFIXES.map((s) => `${PEFT_KEY_PREFIX}${path}.${s}`).filter((k) => k in tensors);
+      const keys = LORA_MODULE_SUFFIXES.map((s) => peftKey(path, s)).filter((k) => k in tensors);
       for (const k of keys) owned.add(k);
-      const dora = `${PEFT_KEY_PREFIX}${path}.lora_magnitude_vector` in tensors;
+      const dora = peftKey(path, PEFT_SUFFIX.magnitude) in tensors;
       const params = keys.reduce((s, k) => s + (tensors[k] as tf.Tensor).size, 0);
       return { path, kind, dora, r, alpha, scaling, params };
     });

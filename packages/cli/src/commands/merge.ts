@@ -2,11 +2,14 @@ import { cp, readFile, readdir } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  PEFT_KEY_PREFIX,
+  PEFT_SUFFIX,
   adapterTargets,
   type loraConfigFromJson,
+  loraModuleOfKey,
   mergeAdapterWeights,
   mergedModulePaths,
+  moduleTensors,
+  peftKey,
   resolveTargetPaths,
 } from '@lora/core';
 import { FileAccessError, SafetensorsError, describeValue } from '@lora/tensor';
@@ -69,12 +72,11 @@ async function mergeFile(
         return ready;
       }
       const path = moduleOf.get(name);
-      if (path === undefined || (name.endsWith('.bias') && !adapter.tensors[`${PEFT_KEY_PREFIX}${path}.lora_B.bias`]))
+      if (path === undefined || (name.endsWith('.bias') && !adapter.tensors[peftKey(path, PEFT_SUFFIX.loraBBias)]))
         return undefined;
       // this module's weight (and bias) as tensors; the adapter's tensors for this module alone
       const base: Record<string, tf.Tensor> = {};
-      const own: Record<string, tf.Tensor> = {};
-      for (const [k, t] of Object.entries(adapter.tensors)) if (k.startsWith(`${PEFT_KEY_PREFIX}${path}.`)) own[k] = t;
+      const own = moduleTensors(adapter.tensors, path);
       try {
         for (const k of [`${path}.weight`, `${path}.bias`]) {
           if (!present.has(k)) continue;
@@ -233,11 +235,7 @@ function selectTargeted(adapter: AdapterOnDisk, baseNames: string[], io: Io): Ad
     `warning: the adapter holds LoRA weights for ${ignored.length} module(s) its target_modules do not select (${ignored.slice(0, 3).join(', ')}${ignored.length > 3 ? ', …' : ''}); they are not merged, as PEFT does not load them`,
   );
   const drop = new Set(ignored);
-  const moduleOf = (k: string) =>
-    /^base_model\.model\.(.+)\.(lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_[AB]|lora_magnitude_vector)$/.exec(
-      k,
-    )?.[1];
-  const kept = Object.fromEntries(Object.entries(tensors).filter(([k]) => !drop.has(moduleOf(k) ?? '')));
+  const kept = Object.fromEntries(Object.entries(tensors).filter(([k]) => !drop.has(loraModuleOfKey(k) ?? '')));
   return { ...adapter, tensors: kept };
 }
 

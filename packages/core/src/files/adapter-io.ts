@@ -12,7 +12,7 @@ import { AdapterFileError } from '../errors';
 import { type Module, withoutInit } from '@lora/nn';
 import { type LoraConfig, loraConfigFromJson, loraConfigToJson } from '../lora-config';
 import { baseBias } from '../layers/lora-layer';
-import { PREFIX } from './merge-weights';
+import { PEFT_SUFFIX, peftKey } from './peft-keys';
 import {
   type EmbeddingLayersOptions,
   type SaveEmbeddingLayers,
@@ -44,25 +44,25 @@ export function adapterStateDict(model: PeftModel, adapterName = 'default'): Rec
   const out: Record<string, tf.Tensor> = {};
   for (const [path, layer] of model.loraLayers()) {
     if (!layer.settings.has(adapterName)) continue;
-    for (const [suffix, t] of Object.entries(layer.savedTensors(adapterName))) out[`${PREFIX}${path}.${suffix}`] = t;
+    for (const [suffix, t] of Object.entries(layer.savedTensors(adapterName))) out[peftKey(path, suffix)] = t;
   }
   // modules_to_save: the adapter's copy, under the module's own names
   for (const [path, w] of model.modulesToSaveWrappers()) {
     if (!w.modulesToSave.has(adapterName)) continue;
-    for (const [k, t] of w.modulesToSave.get(adapterName).namedParameters()) out[`${PREFIX}${path}.${k}`] = t;
+    for (const [k, t] of w.modulesToSave.get(adapterName).namedParameters()) out[peftKey(path, k)] = t;
   }
   // trainable tokens: the rows of each token layer that owns them (a tied layer's are its owner's)
   for (const [path, w] of model.tokenWrappers()) {
     const t = w.tokenAdapter;
     if (!t.tiedAdapter && t.tokenIndices.has(adapterName))
-      out[`${PREFIX}${path}.token_adapter.trainable_tokens_delta`] = t.trainableTokensDelta.get(adapterName);
+      out[peftKey(path, PEFT_SUFFIX.tokens)] = t.trainableTokensDelta.get(adapterName);
   }
   // biases trained with the adapter travel with it (PEFT's bias 'lora_only' / 'all')
   const bias = (model.peftConfig.get(adapterName) as LoraConfig).bias;
   if (bias === 'lora_only') {
     for (const [path, layer] of model.loraLayers()) {
       const b = baseBias(layer);
-      if (layer.settings.has(adapterName) && b) out[`${PREFIX}${path}.base_layer.bias`] = b;
+      if (layer.settings.has(adapterName) && b) out[peftKey(path, PEFT_SUFFIX.baseBias)] = b;
     }
   } else if (bias === 'all') {
     // every bias under PEFT's state-dict names: other adapters' copies left out, this adapter's name removed

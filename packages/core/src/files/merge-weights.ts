@@ -1,12 +1,17 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { SafetensorsError } from '@lora/tensor';
 import { allFinite } from '../all-finite';
-import { normExcept } from '../variants/dora';
+import { doraRescaled } from '../variants/dora';
+import {
+  type AdapterTargetKind,
+  PEFT_SUFFIX,
+  adapterTargets,
+  loraFactorKeys,
+  peftKey,
+  tokenTargets,
+} from './peft-keys';
 import { type LoraConfig, moduleScaling } from '../lora-config';
 import { replaceRows } from '../layers/trainable-tokens';
-
-/** How PEFT's saved adapter files name the user's model: `base_model.model.<path>…`. */
-export const PREFIX = 'base_model.model.';
 
 /** One adapter: its config and its tensors by PEFT's saved names. */
 export interface AdapterFiles {
@@ -14,53 +19,6 @@ export interface AdapterFiles {
   tensors: Record<string, tf.Tensor>;
   /** The weights file they came from, for error messages (default `adapter_model.safetensors`). */
   file?: string;
-}
-
-/** The kind of layer an adapter wraps, as its tensors tell: convolutions by their kernel's rank. */
-export type AdapterTargetKind = 'linear' | 'embedding' | 'conv1d' | 'conv2d' | 'conv3d';
-
-/**
- * The LoRA-wrapped module paths an adapter file holds, with the kind of layer each is (`lora_A` of
- * rank 2: Linear; 3, 4, 5: Conv1d, Conv2d, Conv3d; `lora_embedding_A`: Embedding).
- *
- * @example
- * ```ts
- * adapterTargets(tensors); // Map { 'embed' => 'embedding', 'conv' => 'conv2d', 'lin' => 'linear' }
- * ```
- */
-export function adapterTargets(tensors: Record<string, tf.Tensor>): Map<string, AdapterTargetKind> {
-  const out = new Map<string, AdapterTargetKind>();
-  const convs: Record<number, AdapterTargetKind> = { 3: 'conv1d', 4: 'conv2d', 5: 'conv3d' };
-  for (const [key, t] of Object.entries(tensors)) {
-    const m = /^base_model\.model\.(.+)\.(lora_A\.weight|lora_embedding_A)$/.exec(key);
-    if (m) out.set(m[1] as string, m[2] === 'lora_embedding_A' ? 'embedding' : (convs[t.rank] ?? 'linear'));
-  }
-  return out;
-}
-
-/** The module paths an adapter file holds trainable-token rows for (`<path>.token_adapter.trainable_tokens_delta`). */
-export function tokenTargets(tensors: Record<string, unknown>): string[] {
-  return Object.keys(tensors).flatMap(
-    (k) => /^base_model\.model\.(.+)\.token_adapter\.trainable_tokens_delta$/.exec(k)?.[1] ?? [],
-  );
-}
-
-/**
- * Every module path whose weight merging an adapter changes: its LoRA targets and its trainable-token layers.
- *
- * @example
- * ```ts
- * mergedModulePaths(adapter.tensors); // ['model.layers.0.self_attn.q_proj', …, 'model.embed_tokens']
- * ```
- */
-export function mergedModulePaths(tensors: Record<string, tf.Tensor>): string[] {
-  return [...new Set([...adapterTargets(tensors).keys(), ...tokenTargets(tensors)])];
-}
-
-/** DoRA's merged weight (m / ‖W + ΔW‖) ⊙ (W + ΔW), the norm over every axis but `keep` of `sum` = W + ΔW. */
-function doraRescaled(sum: tf.Tensor, magnitude: tf.Tensor, keep: number): tf.Tensor {
-  const norm = normExcept(sum, keep);
-  return tf.mul(sum, tf.div(tf.reshape(magnitude, norm.shape), norm));
 }
 
 /**
@@ -178,12 +136,8 @@ function checkFactors(
   w: tf.Tensor,
   r: number,
 ): { a: tf.Tensor; b: tf.Tensor } {
-  const p = `${PREFIX}${path}`;
   const file = adapter.file ?? 'adapter_model.safetensors';
-  const [aKey, bKey] =
-    kind === 'embedding'
-      ? [`${p}.lora_embedding_A`, `${p}.lora_embedding_B`]
-      : [`${p}.lora_A.weight`, `${p}.lora_B.weight`];
+  const [aKey, bKey] = loraFactorKeys(path, kind === 'embedding');
   const a = need(adapter.tensors, aKey);
   const b = need(adapter.tensors, bKey);
   const bad = (tensor: string, message: string): never => {
@@ -215,12 +169,10 @@ function checkFactors(
       aKey,
       `${aKey} ${shape(a)} and ${bKey} ${shape(b)} give an update of ${out * inner} values, but the base weight '${path}.weight' is [${w.shape.join(', ')}] (${w.size}); was the adapter trained on another base model?`,
     );
-  const magnitude = adapter.tensors[`${p}.lora_magnitude_vector`];
+  const magnitudeKey = peftKey(path, PEFT_SUFFIX.magnitude);
+  const magnitude = adapter.tensors[magnitudeKey];
   if (magnitude && magnitude.size !== out)
-    bad(
-      `${p}.lora_magnitude_vector`,
-      `DoRA magnitude ${shape(magnitude)} has ${magnitude.size} values; '${path}' has ${out} outputs`,
-    );
+    bad(magnitudeKey, `DoRA magnitude ${shape(magnitude)} has ${magnitude.size} values; '${path}' has ${out} outputs`);
   return { a, b };
 }
 
@@ -241,12 +193,11 @@ function mergeByName(
         continue;
       }
       const { scaling: s, r: configR } = moduleScaling(config, path);
-      const p = `${PREFIX}${path}`;
       const { a, b } = checkFactors(adapter, path, kind, w, configR);
       merged[weightKey] = tf.tidy(() => {
         if (kind === 'embedding') {
           const sum = tf.add(w, tf.transpose(tf.mul(tf.matMul(b, a), s)));
-          const magnitude = tensors[`${p}.lora_magnitude_vector`];
+          const magnitude = tensors[peftKey(path, PEFT_SUFFIX.magnitude)];
           // DoRA: one magnitude per embedding dimension, the norm over the vocabulary
           return magnitude ? doraRescaled(sum, magnitude, 1) : sum;
         }
@@ -269,13 +220,13 @@ function mergeByName(
           );
         const delta = fifo ? tf.transpose(ba) : tf.reshape(ba, w.shape);
         const sum = tf.add(w, delta);
-        const magnitude = tensors[`${p}.lora_magnitude_vector`];
+        const magnitude = tensors[peftKey(path, PEFT_SUFFIX.magnitude)];
         if (!magnitude) return sum;
         // DoRA: one magnitude per output unit: a row of [out, in], a column of a fan_in_fan_out [in, out],
         // an output channel of a kernel (the norm over the rest of it)
         return doraRescaled(sum, magnitude, fifo ? 1 : 0);
       });
-      const loraBias = tensors[`${p}.lora_B.bias`];
+      const loraBias = tensors[peftKey(path, PEFT_SUFFIX.loraBBias)];
       if (loraBias) {
         const b = base[`${path}.bias`];
         if (!b) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
@@ -284,7 +235,7 @@ function mergeByName(
     }
     // trainable tokens: the adapter's rows replace the base rows (PEFT's TrainableTokensLayer.merge)
     for (const path of tokenTargets(tensors)) {
-      const rows = tensors[`${PREFIX}${path}.token_adapter.trainable_tokens_delta`] as tf.Tensor;
+      const rows = tensors[peftKey(path, PEFT_SUFFIX.tokens)] as tf.Tensor;
       const weightKey = `${path}.weight`;
       const w = merged[weightKey] ?? base[weightKey];
       if (!w) {
