@@ -1,0 +1,11 @@
+import './register';
+
+export { QuantizationError } from './errors';
+export { NF4_CODE, NF4_THRESHOLDS, normalFloatCodebook, normalQuantile } from './codebooks';
+export { nf4Dequantize, nf4Quantize } from './nf4';
+export type { Nf4Quantized } from './nf4';
+export { nfDequantize, nfQuantize } from './normal-float';
+export type { NfQuantized } from './normal-float';
+export { int8Dequantize, int8Quantize } from './int8';
+export type { Int8Quantized } from './int8';
+export type { WeightInput } from './weight-input';
