@@ -128,6 +128,19 @@ def gmat(rows, cols, seed, scale):
     return torch.tensor(out, dtype=torch.float64).float()
 
 
+def lapmat(rows, cols, seed, scale):
+    """Laplace-distributed entries (heavy tails, as trained weights have): -scale·sign(u-½)·ln(1 - 2|u-½|)."""
+    g = lcg(seed)
+    out = []
+    for _ in range(rows):
+        row = []
+        for _ in range(cols):
+            d = next(g) - 0.5
+            row.append(-scale * math.copysign(1.0, d) * math.log(max(1 - 2 * abs(d), 2**-32)))
+        out.append(row)
+    return torch.tensor(out, dtype=torch.float64).float()
+
+
 # ---------------------------------------------------------------------------------------------------
 # the quantizers
 
@@ -363,6 +376,8 @@ def main():
         ("b4r4", W, 4, 4),
         ("b4r16", W, 4, 16),
         ("tall-b2r4", tall, 2, 4),
+        ("lap-b2r8", lapmat(64, 128, 73, 0.02), 2, 8),
+        ("lap-b4r8", lapmat(64, 128, 73, 0.02), 4, 8),
     ]:
         errors = []
         q5, a5, b5 = loftq_init(w, bits, r, num_iter=5, errors=errors)

@@ -9,3 +9,5 @@ export type { NfQuantized } from './normal-float';
 export { int8Dequantize, int8Quantize } from './int8';
 export type { Int8Quantized } from './int8';
 export type { WeightInput } from './weight-input';
+export { loftqInit } from './loftq-init';
+export type { LoftqBits, LoftqInitOptions, LoftqInitResult, LoftqSvd } from './loftq-init';

@@ -39,3 +39,12 @@ export function gmat(rows: number, cols: number, seed: number, scale: number): F
 
 /** The reference's W for LoftQ (§7.4): gmat(64, 128, 71, 0.02). */
 export const specWeight = () => ({ data: gmat(64, 128, 71, 0.02), shape: [64, 128] });
+
+/** The oracle's `lapmat`: Laplace entries, −scale·sign(u − ½)·ln(1 − 2|u − ½|) (heavy tails, as trained weights). */
+export function lapmat(rows: number, cols: number, seed: number, scale: number): Float32Array {
+  const g = lcg(seed);
+  return Float32Array.from({ length: rows * cols }, () => {
+    const d = (g.next().value as number) - 0.5;
+    return -scale * Math.sign(d || 1) * Math.log(Math.max(1 - 2 * Math.abs(d), 2 ** -32));
+  });
+}
