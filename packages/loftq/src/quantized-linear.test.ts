@@ -4,14 +4,7 @@ import { Linear, linear, withoutInit } from '@lora/nn';
 import { maxRelativeError } from '@lora/tensor';
 import { describeEachBackend } from '@lora/tensor/testing';
 import { expect, it } from 'vitest';
-import {
-  QuantizationError,
-  QuantizedLinear,
-  int8Quantize,
-  nf4Quantize,
-  nfDequantize,
-  nfQuantize,
-} from '@lora/loftq';
+import { QuantizationError, QuantizedLinear, int8Quantize, nf4Quantize, nfDequantize, nfQuantize } from '@lora/loftq';
 import { int8DequantizeValues } from './int8';
 import { gmat, mat, readFixture } from './oracle.test-util';
 
@@ -103,9 +96,12 @@ await describeEachBackend('QuantizedLinear', () => {
       keptFloat = tf.memory().numBytes - start;
       return out;
     }, [probe]);
-    expect(maxRelativeError(await g.grads[probe.name]?.data(), await gRef.grads[probe.name]?.data())).toBeLessThan(
-      1e-5,
-    );
+    expect(
+      maxRelativeError(
+        await (g.grads[probe.name] as tf.Tensor).data(),
+        await (gRef.grads[probe.name] as tf.Tensor).data(),
+      ),
+    ).toBeLessThan(1e-5);
     // a Linear's tape holds Wᵀ (64·128 floats) until the backward pass; the quantized layer holds no weight
     expect(keptFloat - keptQuantized).toBeGreaterThanOrEqual(64 * 128 * 4);
     expect(q.trainableParameters()).toEqual([]);
