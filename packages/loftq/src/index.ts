@@ -17,3 +17,5 @@ export type { QuantizedFormat } from './packed-weight';
 export { LoraQuantizedLinear, dispatchQuantizedLinear } from './lora-quantized-linear';
 export { dequantizeModel, modelBytes, quantizeModel } from './quantize-model';
 export type { QuantizeModelOptions, QuantizeModelResult } from './quantize-model';
+export { replaceLoraWeightsLoftq } from './replace-lora-weights-loftq';
+export type { ReplaceLoraWeightsLoftqOptions, ReplaceLoraWeightsLoftqResult } from './replace-lora-weights-loftq';

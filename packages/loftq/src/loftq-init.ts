@@ -104,16 +104,28 @@ function checkOptions(shape: number[], o: LoftqInitOptions, fn: string) {
   const method = o.svd ?? 'auto';
   if (method !== 'full' && method !== 'randomized' && method !== 'auto')
     throw new QuantizationError('svd', `${fn}: svd is ${String(method)}; use 'full', 'randomized' or 'auto'`);
-  return { bits, r, numIter, blockSize, full: method === 'full' || (method === 'auto' && k <= FULL_SVD_LIMIT) };
+  return { bits, r, numIter, blockSize, full: useFullSvd(method, shape) };
 }
 
-/** L = Uᵣ·√Sᵣ and R = √Sᵣ·Vhᵣ of E's best rank-r approximation, as float32 tensors ([out, r] and [r, in]). */
-async function lowRankFactors(
+/** The SVD settings of {@link loftqInit} that {@link lowRankFactors} reads. */
+export type SvdSettings = Pick<LoftqInitOptions, 'svdIterations' | 'svdOversample' | 'seed'>;
+
+/** Whether `svd` (default `'auto'`) takes the full SVD of an `[m, n]` residual. */
+export function useFullSvd(svd: LoftqSvd | undefined, shape: readonly number[]): boolean {
+  const method = svd ?? 'auto';
+  return method === 'full' || (method === 'auto' && Math.min(...shape) <= FULL_SVD_LIMIT);
+}
+
+/**
+ * L = Uᵣ·√Sᵣ and R = √Sᵣ·Vhᵣ of E's best rank-r approximation (PEFT's `_low_rank_decomposition`), as
+ * float32 tensors `[out, r]` and `[r, in]`: the full float64 SVD, or a randomized one on the backend.
+ */
+export async function lowRankFactors(
   e: Float32Array,
   shape: [number, number],
   r: number,
   full: boolean,
-  o: LoftqInitOptions,
+  o: SvdSettings = {},
 ): Promise<{ L: tf.Tensor2D; R: tf.Tensor2D }> {
   const [m, n] = shape;
   if (full) {
