@@ -1,0 +1,13 @@
+export { configureKernels } from './configure';
+export { fusedActive, kernelOptions, preferTransposeFlags } from './options';
+export type { KernelOptions } from './options';
+export { rmsNorm } from './rms-norm';
+export { swiglu } from './swiglu';
+export { applyRope, ropeHeads } from './rope';
+export { maskedSoftmax } from './masked-softmax';
+export { softmaxCrossEntropy } from './cross-entropy';
+export { adamwUpdate } from './adamw';
+export type { AdamWHyper } from './adamw';
+export { chooseTile, tiledMatmulProgram } from './matmul';
+export type { MatmulTile } from './matmul';
+export { countDispatches } from './dispatch-count';
