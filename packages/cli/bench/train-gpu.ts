@@ -1,0 +1,375 @@
+/**
+ * The GPU training bench of issue 20: a LoRA step of a Llama on the active backend (webgpu by
+ * default), for several code paths side by side in one process, with what a profile of each says.
+ *
+ * For each model (`LORA_GPU_MODELS`, default `123m,10m`) and each variant (`LORA_GPU_VARIANTS`,
+ * default every one in VARIANTS below): forward + loss ms, LoRA training step ms (r 16 on all seven
+ * linear targets, AdamW on the adapters), GPU dispatches per step, and one `tf.profile`d step
+ * summarised by kernel (calls, GPU ms where the adapter has timestamp queries). Before that, the
+ * same small LoRA model on the cpu backend and on this one, every variant: loss and gradients compared
+ * (max |Δ| / max |cpu|). Then matMul throughput at 1024–8192 for each matmul program.
+ *
+ * On the H200 (bundled by ../shared/device/pack, with bench/peer_train_gpu.py as the PyTorch peer):
+ *   source .device/setup.sh && python3 packages/cli/bench/peer_train_gpu.py > $OUT/peer.json &&
+ *   $NODE .device/bundle/train-gpu.mjs
+ * Here, on Mesa's software adapter (slow: use the small model and few runs):
+ *   LORA_DAWN_OPTIONS=backend=opengles LORA_WEBGPU_FEATURE_LEVEL=compatibility LORA_GPU_MODELS=10m ...
+ * Environment: LORA_GPU_RUNS (timed runs, median; default 5), LORA_GPU_BATCH / LORA_GPU_SEQ (override
+ * the models' 4 × 512 and 4 × 128), LORA_GPU_PROFILE=0 (no profile), LORA_GPU_PARITY=0,
+ * LORA_GPU_MATMUL=0 (no matmul table) or a list of sizes, OUT (a folder: results.json is written there),
+ * PEER (a peer_train_gpu.py JSON output to print side by side).
+ */
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { getPeftModel } from '@lora/core';
+import { AdamW, manualSeed, withoutInit } from '@lora/nn';
+import { LlamaForCausalLM, parseLlamaConfig } from '@lora/models';
+import { type BackendName, initBackend } from '@lora/tensor';
+import { type KernelOptions, configureKernels, countDispatches } from '@lora/kernels';
+
+const env = process.env;
+const RUNS = Number(env.LORA_GPU_RUNS ?? 5);
+const TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+
+/** The models of the issue: the 123M Llama (4 × 512 tokens) and the ~10M one of `@lora/models`' bench (4 × 128). */
+const MODELS: Record<string, { config: Record<string, unknown>; batch: number; seq: number }> = {
+  '123m': {
+    config: {
+      model_type: 'llama',
+      vocab_size: 32000,
+      hidden_size: 1024,
+      intermediate_size: 2816,
+      num_hidden_layers: 8,
+      num_attention_heads: 16,
+      num_key_value_heads: 4,
+      max_position_embeddings: 2048,
+      rms_norm_eps: 1e-5,
+      tie_word_embeddings: true,
+    },
+    batch: 4,
+    seq: 512,
+  },
+  '10m': {
+    config: {
+      model_type: 'llama',
+      vocab_size: 8192,
+      hidden_size: 256,
+      intermediate_size: 688,
+      num_hidden_layers: 8,
+      num_attention_heads: 8,
+      num_key_value_heads: 4,
+      max_position_embeddings: 512,
+      rms_norm_eps: 1e-5,
+      tie_word_embeddings: false,
+    },
+    batch: 4,
+    seq: 128,
+  },
+  // the parity case: small enough for the cpu backend
+  tiny: {
+    config: {
+      model_type: 'llama',
+      vocab_size: 96,
+      hidden_size: 64,
+      intermediate_size: 112,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      max_position_embeddings: 64,
+      rms_norm_eps: 1e-5,
+      tie_word_embeddings: true,
+    },
+    batch: 2,
+    seq: 24,
+  },
+};
+
+/** Code paths compared: each is a set of `@lora/kernels` options. */
+const VARIANTS: Record<string, Partial<KernelOptions>> = {
+  baseline: { transposeFlags: false, fused: false, matmul: 'tfjs' },
+  flags: { transposeFlags: true, fused: false, matmul: 'tfjs' },
+  fused: { transposeFlags: true, fused: true, matmul: 'tfjs' },
+  'fused+tiled': { transposeFlags: true, fused: true, matmul: 'tiled' },
+};
+
+const list = (s: string | undefined, all: string[]) => (s ? s.split(',').map((x) => x.trim()) : all);
+const variantNames = list(env.LORA_GPU_VARIANTS, Object.keys(VARIANTS));
+const modelNames = list(env.LORA_GPU_MODELS, ['123m', '10m']);
+for (const v of variantNames) if (!VARIANTS[v]) throw new Error(`unknown variant '${v}': ${Object.keys(VARIANTS)}`);
+for (const m of modelNames) if (!MODELS[m]) throw new Error(`unknown model '${m}': ${Object.keys(MODELS)}`);
+
+const backendName = (env.LORA_BENCH_BACKEND ?? 'webgpu') as BackendName;
+const importers = {
+  '@tensorflow/tfjs-backend-cpu': () => import('@tensorflow/tfjs-backend-cpu'),
+  '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu'),
+};
+
+function median(t: number[]): number {
+  return [...t].sort((a, b) => a - b)[Math.floor(t.length / 2)] as number;
+}
+
+/**
+ * A Llama with LoRA on all seven targets, built fast: no seeded host init of the base (zeros, then
+ * device-side values from a small random pool), LoRA's own init for A (kaiming, on the host; 2.3M
+ * values for the 123M model) and B (zeros, then small values so that every gradient is non-zero).
+ */
+function buildLoraModel(name: string, seeded: boolean) {
+  const spec = MODELS[name] as (typeof MODELS)[string];
+  const config = parseLlamaConfig(spec.config);
+  manualSeed(0);
+  const base = seeded ? new LlamaForCausalLM(config) : withoutInit(() => new LlamaForCausalLM(config, { init: false }));
+  if (!seeded) {
+    // a pool of 2^20 normal values, sliced and tiled into every weight (timing does not need independent draws)
+    const pool = tf.randomNormal([1 << 20], 0, 0.02, 'float32', 1);
+    let offset = 0;
+    for (const [n, p] of base.namedParameters()) {
+      if (n.endsWith('norm.weight')) continue;
+      const size = p.size;
+      const start = offset % ((1 << 20) - Math.min(size, 1 << 19));
+      offset += 7919;
+      const take = Math.min(size, 1 << 19);
+      tf.tidy(() => {
+        const chunk = tf.slice(pool, [start], [take]);
+        const reps = Math.ceil(size / take);
+        const flat = reps > 1 ? tf.slice(tf.tile(chunk, [reps]), [0], [size]) : chunk;
+        p.assign(tf.reshape(flat, p.shape));
+      });
+    }
+    pool.dispose();
+  }
+  const peft = getPeftModel(base, { r: 16, loraAlpha: 32, targetModules: TARGETS });
+  // B starts at zero in LoRA; small values make A's gradients non-zero as after a few steps
+  for (const [n, p] of peft.namedParameters())
+    if (n.includes('lora_B')) p.assign(tf.tidy(() => tf.randomNormal(p.shape, 0, 0.01, 'float32', 2)));
+  const ids = tf.tidy(
+    () =>
+      tf.cast(
+        tf.mul(tf.randomUniform([spec.batch, spec.seq], 0, 1, 'float32', 3), config.vocabSize - 1),
+        'int32',
+      ) as tf.Tensor2D,
+  );
+  return { peft, base, ids, config, spec };
+}
+
+type Built = ReturnType<typeof buildLoraModel>;
+
+function lossOf(b: Built): tf.Scalar {
+  return b.base.forward(b.ids, { labels: b.ids }).loss as tf.Scalar;
+}
+
+async function forwardOnce(b: Built): Promise<void> {
+  const loss = tf.tidy(() => lossOf(b));
+  await loss.data();
+  loss.dispose();
+}
+
+async function stepOnce(b: Built, opt: AdamW): Promise<void> {
+  const { value, grads } = tf.variableGrads(() => lossOf(b), b.peft.trainableParameters());
+  opt.step(grads);
+  await value.data();
+  tf.dispose([value, ...Object.values(grads)]);
+}
+
+interface KernelRow {
+  name: string;
+  calls: number;
+  gpuMs: number;
+}
+
+async function profileStep(b: Built, opt: AdamW): Promise<{ kernels: KernelRow[]; totalGpuMs: number }> {
+  const info = await tf.profile(async () => {
+    const { value, grads } = tf.variableGrads(() => lossOf(b), b.peft.trainableParameters());
+    opt.step(grads);
+    await value.data();
+    tf.dispose([value, ...Object.values(grads)]);
+  });
+  const rows = new Map<string, KernelRow>();
+  for (const k of info.kernels) {
+    const ms = await Promise.resolve(k.kernelTimeMs as number | { error: string });
+    const row = rows.get(k.name) ?? { name: k.name, calls: 0, gpuMs: 0 };
+    row.calls++;
+    row.gpuMs += typeof ms === 'number' ? ms : 0;
+    rows.set(k.name, row);
+  }
+  const kernels = [...rows.values()].sort((a, c) => c.gpuMs - a.gpuMs || c.calls - a.calls);
+  return { kernels, totalGpuMs: kernels.reduce((s, r) => s + r.gpuMs, 0) };
+}
+
+interface VariantResult {
+  model: string;
+  variant: string;
+  forwardMs: number;
+  stepMs: number;
+  firstStepMs: number;
+  dispatchesForward: number;
+  dispatchesStep: number;
+  tensorsLeaked: number;
+  profile?: { kernels: KernelRow[]; totalGpuMs: number };
+}
+
+async function benchModel(name: string): Promise<VariantResult[]> {
+  const t0 = performance.now();
+  const b = buildLoraModel(name, false);
+  await forwardOnce(b);
+  console.error(`[${name}] built in ${(performance.now() - t0).toFixed(0)} ms`);
+  const out: VariantResult[] = [];
+  for (const variant of variantNames) {
+    configureKernels(VARIANTS[variant] as Partial<KernelOptions>);
+    const opt = new AdamW(b.peft.trainableParameters(), { lr: 1e-4, weightDecay: 0.01 });
+    const tFirst = performance.now();
+    await stepOnce(b, opt); // compiles this variant's pipelines
+    const firstStepMs = performance.now() - tFirst;
+    await stepOnce(b, opt);
+    const before = tf.memory().numTensors;
+    const fwd: number[] = [];
+    const stp: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      let t = performance.now();
+      await forwardOnce(b);
+      fwd.push(performance.now() - t);
+      t = performance.now();
+      await stepOnce(b, opt);
+      stp.push(performance.now() - t);
+    }
+    const leaked = tf.memory().numTensors - before;
+    const dispatchesForward = await countDispatches(() => forwardOnce(b));
+    const dispatchesStep = await countDispatches(() => stepOnce(b, opt));
+    const r: VariantResult = {
+      model: name,
+      variant,
+      forwardMs: median(fwd),
+      stepMs: median(stp),
+      firstStepMs,
+      dispatchesForward,
+      dispatchesStep,
+      tensorsLeaked: leaked,
+    };
+    if (env.LORA_GPU_PROFILE !== '0') r.profile = await profileStep(b, opt);
+    opt.dispose();
+    out.push(r);
+    console.error(
+      `[${name}] ${variant}: forward ${r.forwardMs.toFixed(1)} ms, step ${r.stepMs.toFixed(1)} ms, ${dispatchesStep} dispatches/step`,
+    );
+  }
+  tf.dispose([b.ids]);
+  b.peft.dispose();
+  return out;
+}
+
+/** Loss and LoRA gradients of the tiny model on the cpu backend, then on the benched one, per variant. */
+async function parity(): Promise<{ variant: string; lossRel: number; gradRel: number }[]> {
+  await initBackend('cpu', { importers });
+  const b = buildLoraModel('tiny', true);
+  const grab = async () => {
+    const { value, grads } = tf.variableGrads(() => lossOf(b), b.peft.trainableParameters());
+    const loss = (await value.data())[0] as number;
+    const g: Record<string, Float32Array> = {};
+    for (const [k, t] of Object.entries(grads)) g[k] = (await t.data()) as Float32Array;
+    tf.dispose([value, ...Object.values(grads)]);
+    return { loss, g };
+  };
+  const ref = await grab();
+  await initBackend(backendName, { importers });
+  const rows = [];
+  for (const variant of variantNames) {
+    configureKernels(VARIANTS[variant] as Partial<KernelOptions>);
+    const got = await grab();
+    let num = 0;
+    let den = 0;
+    for (const [k, r] of Object.entries(ref.g)) {
+      const o = got.g[k] as Float32Array;
+      for (let i = 0; i < r.length; i++) {
+        num = Math.max(num, Math.abs((o[i] as number) - (r[i] as number)));
+        den = Math.max(den, Math.abs(r[i] as number));
+      }
+    }
+    rows.push({ variant, lossRel: Math.abs(got.loss - ref.loss) / Math.abs(ref.loss), gradRel: num / den });
+  }
+  b.peft.dispose();
+  b.ids.dispose();
+  return rows;
+}
+
+/** float32 matMul throughput (TFLOP/s) of n×n products, pipelined: 10 products, one readback. */
+async function matmulTable(sizes: number[]): Promise<{ n: number; program: string; tflops: number }[]> {
+  const rows = [];
+  for (const n of sizes) {
+    const a = tf.randomNormal([n, n], 0, 1, 'float32', 4);
+    const c = tf.randomNormal([n, n], 0, 1, 'float32', 5);
+    for (const program of ['tfjs', 'tiled-64', 'tiled-128'] as const) {
+      configureKernels({ matmul: program });
+      const reps = n >= 4096 ? 10 : 30;
+      const run = async () => {
+        let last: tf.Tensor | null = null;
+        for (let i = 0; i < reps; i++) {
+          last?.dispose();
+          last = tf.matMul(a, c);
+        }
+        await (last as tf.Tensor).data();
+        (last as tf.Tensor).dispose();
+      };
+      await run();
+      const t: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const t0 = performance.now();
+        await run();
+        t.push(performance.now() - t0);
+      }
+      rows.push({ n, program, tflops: (2 * n ** 3 * reps) / (median(t) / 1000) / 1e12 });
+    }
+    tf.dispose([a, c]);
+  }
+  return rows;
+}
+
+const results: Record<string, unknown> = { date: new Date().toISOString(), node: process.version };
+if (env.LORA_GPU_PARITY !== '0') results.parity = await parity();
+const info = await initBackend(backendName, { importers });
+results.backend = info;
+console.error(`benchmarking on ${info.name} (${info.adapter})`);
+const benches: VariantResult[] = [];
+for (const m of modelNames) benches.push(...(await benchModel(m)));
+results.benches = benches;
+const mmSizes =
+  env.LORA_GPU_MATMUL === '0' ? [] : list(env.LORA_GPU_MATMUL, ['1024', '2048', '4096', '8192']).map(Number);
+if (mmSizes.length) results.matmul = await matmulTable(mmSizes);
+configureKernels({});
+
+const peerPath = env.PEER ?? (env.OUT ? join(env.OUT, 'peer.json') : '');
+const peer = peerPath && existsSync(peerPath) ? JSON.parse(readFileSync(peerPath, 'utf8')) : null;
+if (env.OUT) writeFileSync(join(env.OUT, 'results.json'), JSON.stringify(results, null, 1));
+
+// the tables
+console.log(`\n${results.date}, Node ${process.version}, ${info.name} (${info.adapter})`);
+if (results.parity) {
+  console.log('\nparity with the cpu backend (tiny LoRA Llama): max |Δ| / max |cpu|\n');
+  console.log('| variant | loss | LoRA gradients |\n| --- | --- | --- |');
+  for (const p of results.parity as { variant: string; lossRel: number; gradRel: number }[])
+    console.log(`| ${p.variant} | ${p.lossRel.toExponential(1)} | ${p.gradRel.toExponential(1)} |`);
+}
+console.log(
+  '\n| model | variant | forward + loss ms | LoRA step ms | dispatches fwd / step | first step ms | GPU ms in profile |',
+);
+console.log('| --- | --- | --- | --- | --- | --- | --- |');
+for (const r of benches)
+  console.log(
+    `| ${r.model} | ${r.variant} | ${r.forwardMs.toFixed(1)} | ${r.stepMs.toFixed(1)} | ${r.dispatchesForward} / ${r.dispatchesStep} | ${r.firstStepMs.toFixed(0)} | ${r.profile ? r.profile.totalGpuMs.toFixed(1) : '–'} |`,
+  );
+for (const [m, p] of Object.entries(peer ?? {}))
+  if (p && typeof p === 'object' && 'stepMs' in p)
+    console.log(
+      `| ${m} | PyTorch ${peer.torch} ${peer.device} | ${(p as { forwardMs: number }).forwardMs.toFixed(1)} | ${(p as { stepMs: number }).stepMs.toFixed(1)} | | | |`,
+    );
+for (const r of benches) {
+  if (!r.profile) continue;
+  console.log(`\nprofile, ${r.model} ${r.variant}: top kernels by GPU time (then calls)\n`);
+  console.log('| kernel | calls | GPU ms |\n| --- | --- | --- |');
+  for (const k of r.profile.kernels.slice(0, 14)) console.log(`| ${k.name} | ${k.calls} | ${k.gpuMs.toFixed(2)} |`);
+}
+if (results.matmul) {
+  console.log('\n| n | program | TFLOP/s |\n| --- | --- | --- |');
+  for (const r of results.matmul as { n: number; program: string; tflops: number }[])
+    console.log(`| ${r.n} | ${r.program} | ${r.tflops.toFixed(2)} |`);
+  for (const r of peer?.matmul ?? []) console.log(`| ${r.n} | PyTorch fp32 (TF32 off) | ${r.tflops.toFixed(2)} |`);
+}
