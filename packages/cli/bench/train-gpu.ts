@@ -26,7 +26,7 @@ import { getPeftModel } from '@lora/core';
 import { AdamW, manualSeed, withoutInit } from '@lora/nn';
 import { LlamaForCausalLM, parseLlamaConfig } from '@lora/models';
 import { type BackendName, initBackend } from '@lora/tensor';
-import { type KernelOptions, configureKernels, countDispatches } from '@lora/kernels';
+import { type KernelOptions, configureKernels, countDispatches, dispatchCacheStats } from '@lora/kernels';
 
 const env = process.env;
 const RUNS = Number(env.LORA_GPU_RUNS ?? 5);
@@ -87,10 +87,12 @@ const MODELS: Record<string, { config: Record<string, unknown>; batch: number; s
 
 /** Code paths compared: each is a set of `@lora/kernels` options. */
 const VARIANTS: Record<string, Partial<KernelOptions>> = {
-  baseline: { transposeFlags: false, fused: false, matmul: 'tfjs' },
-  flags: { transposeFlags: true, fused: false, matmul: 'tfjs' },
-  fused: { transposeFlags: true, fused: true, matmul: 'tfjs' },
-  'fused+tiled': { transposeFlags: true, fused: true, matmul: 'tiled' },
+  // what main had before issue 20: explicit transposes, composite ops, tfjs's dispatch path
+  baseline: { transposeFlags: false, fused: false, matmul: 'tfjs', dispatchCache: false },
+  flags: { transposeFlags: true, fused: false, matmul: 'tfjs', dispatchCache: false },
+  fused: { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: false },
+  'fused+cache': { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: true },
+  'fused+cache+tiled': { transposeFlags: true, fused: true, matmul: 'tiled', dispatchCache: true },
 };
 
 const list = (s: string | undefined, all: string[]) => (s ? s.split(',').map((x) => x.trim()) : all);
@@ -115,15 +117,21 @@ function median(t: number[]): number {
  * values for the 123M model) and B (zeros, then small values so that every gradient is non-zero).
  */
 function buildLoraModel(name: string, seeded: boolean) {
-  const spec = MODELS[name] as (typeof MODELS)[string];
+  const base0 = MODELS[name] as (typeof MODELS)[string];
+  const spec =
+    name === 'tiny'
+      ? base0
+      : { ...base0, batch: Number(env.LORA_GPU_BATCH ?? base0.batch), seq: Number(env.LORA_GPU_SEQ ?? base0.seq) };
   const config = parseLlamaConfig(spec.config);
   manualSeed(0);
-  const base = seeded ? new LlamaForCausalLM(config) : withoutInit(() => new LlamaForCausalLM(config, { init: false }));
+  const model = seeded
+    ? new LlamaForCausalLM(config)
+    : withoutInit(() => new LlamaForCausalLM(config, { init: false }));
   if (!seeded) {
     // a pool of 2^20 normal values, sliced and tiled into every weight (timing does not need independent draws)
     const pool = tf.randomNormal([1 << 20], 0, 0.02, 'float32', 1);
     let offset = 0;
-    for (const [n, p] of base.namedParameters()) {
+    for (const [n, p] of model.namedParameters()) {
       if (n.endsWith('norm.weight')) continue;
       const size = p.size;
       const start = offset % ((1 << 20) - Math.min(size, 1 << 19));
@@ -138,7 +146,7 @@ function buildLoraModel(name: string, seeded: boolean) {
     }
     pool.dispose();
   }
-  const peft = getPeftModel(base, { r: 16, loraAlpha: 32, targetModules: TARGETS });
+  const peft = getPeftModel(model, { r: 16, loraAlpha: 32, targetModules: TARGETS });
   // B starts at zero in LoRA; small values make A's gradients non-zero as after a few steps
   for (const [n, p] of peft.namedParameters())
     if (n.includes('lora_B')) p.assign(tf.tidy(() => tf.randomNormal(p.shape, 0, 0.01, 'float32', 2)));
@@ -149,7 +157,7 @@ function buildLoraModel(name: string, seeded: boolean) {
         'int32',
       ) as tf.Tensor2D,
   );
-  return { peft, base, ids, config, spec };
+  return { peft, base: model, ids, config, spec };
 }
 
 type Built = ReturnType<typeof buildLoraModel>;
@@ -164,11 +172,15 @@ async function forwardOnce(b: Built): Promise<void> {
   loss.dispose();
 }
 
-async function stepOnce(b: Built, opt: AdamW): Promise<void> {
+/** One step; returns the milliseconds spent before the readback was awaited (recording and submitting the work). */
+async function stepOnce(b: Built, opt: AdamW): Promise<number> {
+  const t0 = performance.now();
   const { value, grads } = tf.variableGrads(() => lossOf(b), b.peft.trainableParameters());
   opt.step(grads);
+  const host = performance.now() - t0;
   await value.data();
   tf.dispose([value, ...Object.values(grads)]);
+  return host;
 }
 
 interface KernelRow {
@@ -201,10 +213,16 @@ interface VariantResult {
   variant: string;
   forwardMs: number;
   stepMs: number;
+  /** The step's time until its readback was awaited: JavaScript recording and submitting the work. */
+  stepHostMs: number;
+  /** CPU time of the process (all threads) during the step: host work, whatever else shares the machine. */
+  stepCpuMs: number;
   firstStepMs: number;
   dispatchesForward: number;
   dispatchesStep: number;
   tensorsLeaked: number;
+  /** Share of dispatches in the timed runs whose bind group came from the cache (null: cache off). */
+  bindGroupHitRate: number | null;
   profile?: { kernels: KernelRow[]; totalGpuMs: number };
 }
 
@@ -222,17 +240,25 @@ async function benchModel(name: string): Promise<VariantResult[]> {
     const firstStepMs = performance.now() - tFirst;
     await stepOnce(b, opt);
     const before = tf.memory().numTensors;
+    const cache0 = { ...dispatchCacheStats };
     const fwd: number[] = [];
     const stp: number[] = [];
+    const host: number[] = [];
+    const cpu: number[] = [];
     for (let i = 0; i < RUNS; i++) {
       let t = performance.now();
       await forwardOnce(b);
       fwd.push(performance.now() - t);
       t = performance.now();
-      await stepOnce(b, opt);
+      const c = process.cpuUsage();
+      host.push(await stepOnce(b, opt));
+      const used = process.cpuUsage(c);
+      cpu.push((used.user + used.system) / 1000);
       stp.push(performance.now() - t);
     }
     const leaked = tf.memory().numTensors - before;
+    const hits = dispatchCacheStats.bindGroupHits - cache0.bindGroupHits;
+    const misses = dispatchCacheStats.bindGroupMisses - cache0.bindGroupMisses;
     const dispatchesForward = await countDispatches(() => forwardOnce(b));
     const dispatchesStep = await countDispatches(() => stepOnce(b, opt));
     const r: VariantResult = {
@@ -240,16 +266,19 @@ async function benchModel(name: string): Promise<VariantResult[]> {
       variant,
       forwardMs: median(fwd),
       stepMs: median(stp),
+      stepHostMs: median(host),
+      stepCpuMs: median(cpu),
       firstStepMs,
       dispatchesForward,
       dispatchesStep,
       tensorsLeaked: leaked,
+      bindGroupHitRate: hits + misses > 0 ? hits / (hits + misses) : null,
     };
     if (env.LORA_GPU_PROFILE !== '0') r.profile = await profileStep(b, opt);
     opt.dispose();
     out.push(r);
     console.error(
-      `[${name}] ${variant}: forward ${r.forwardMs.toFixed(1)} ms, step ${r.stepMs.toFixed(1)} ms, ${dispatchesStep} dispatches/step`,
+      `[${name}] ${variant}: forward ${r.forwardMs.toFixed(1)} ms, step ${r.stepMs.toFixed(1)} ms, ${dispatchesStep} dispatches/step, bind groups cached ${r.bindGroupHitRate === null ? '–' : `${(100 * r.bindGroupHitRate).toFixed(0)}%`}, ${leaked} tensors left`,
     );
   }
   tf.dispose([b.ids]);
@@ -349,17 +378,17 @@ if (results.parity) {
     console.log(`| ${p.variant} | ${p.lossRel.toExponential(1)} | ${p.gradRel.toExponential(1)} |`);
 }
 console.log(
-  '\n| model | variant | forward + loss ms | LoRA step ms | dispatches fwd / step | first step ms | GPU ms in profile |',
+  '\n| model | variant | forward + loss ms | LoRA step ms | of which recording (host) ms | process CPU ms per step | dispatches fwd / step | first step ms | GPU ms in profile |',
 );
-console.log('| --- | --- | --- | --- | --- | --- | --- |');
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
 for (const r of benches)
   console.log(
-    `| ${r.model} | ${r.variant} | ${r.forwardMs.toFixed(1)} | ${r.stepMs.toFixed(1)} | ${r.dispatchesForward} / ${r.dispatchesStep} | ${r.firstStepMs.toFixed(0)} | ${r.profile ? r.profile.totalGpuMs.toFixed(1) : '–'} |`,
+    `| ${r.model} | ${r.variant} | ${r.forwardMs.toFixed(1)} | ${r.stepMs.toFixed(1)} | ${r.stepHostMs.toFixed(1)} | ${r.stepCpuMs.toFixed(1)} | ${r.dispatchesForward} / ${r.dispatchesStep} | ${r.firstStepMs.toFixed(0)} | ${r.profile ? r.profile.totalGpuMs.toFixed(1) : '–'} |`,
   );
 for (const [m, p] of Object.entries(peer ?? {}))
   if (p && typeof p === 'object' && 'stepMs' in p)
     console.log(
-      `| ${m} | PyTorch ${peer.torch} ${peer.device} | ${(p as { forwardMs: number }).forwardMs.toFixed(1)} | ${(p as { stepMs: number }).stepMs.toFixed(1)} | | | |`,
+      `| ${m} | PyTorch ${peer.torch} ${peer.device} | ${(p as { forwardMs: number }).forwardMs.toFixed(1)} | ${(p as { stepMs: number }).stepMs.toFixed(1)} | | | | | |`,
     );
 for (const r of benches) {
   if (!r.profile) continue;

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { describe, expect, it } from 'vitest';
 import { assertNoLeaks } from '@lora/tensor';
 import { describeEachBackend } from '@lora/tensor/testing';
-import { type AdamWHyper, adamwUpdate } from './adamw';
+import { type AdamWHyper, adamwScalars, adamwUpdate, adamwUpdateInPlace } from './adamw';
 import { expectClose, expectFusedOnWebgpu, failOnGpuErrors, seq } from './kernels.test-util';
 
 /** float64 torch.optim.AdamW, single-tensor path. */
@@ -48,6 +48,38 @@ await describeEachBackend('adamwUpdate', (backend) => {
     const g = seq([5, 7], 79);
     await expectFusedOnWebgpu(backend.name, () => adamwUpdate(p, g, mv, { ...h, step: 4 }), 'LoraAdamWParam');
     tf.dispose([p, mv, g]);
+  });
+});
+
+await describeEachBackend('adamwUpdateInPlace', (backend) => {
+  failOnGpuErrors();
+  it('writes what adamwUpdate returns into the parameter and the moments (webgpu), or declines', async () => {
+    const h = { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step: 2 };
+    // a variable shares its initial value's data: that tensor goes, so that the buffers are the variables' own
+    const own = (t: tf.Tensor) => {
+      const v = tf.variable(t);
+      t.dispose();
+      return v;
+    };
+    const p = own(seq([6, 5], 131));
+    const mv = own(tf.tidy(() => tf.abs(seq([2, 6, 5], 137))));
+    const g = seq([6, 5], 139);
+    const want = adamwUpdate(p, g, mv, h);
+    const scalars = adamwScalars(h);
+    const before = tf.memory().numTensors;
+    const done = adamwUpdateInPlace(p, g, mv, h, scalars);
+    expect(tf.memory().numTensors).toBe(before);
+    expect(done).toBe(backend.name === 'webgpu');
+    if (done) {
+      await expectClose(p, want.param, 1e-6);
+      await expectClose(mv, want.moments, 1e-6);
+    }
+    // a parameter sharing its data with another tensor is left alone
+    const view = tf.reshape(p, [30]);
+    const snapshot = await p.data();
+    expect(adamwUpdateInPlace(p, g, mv, h, scalars)).toBe(false);
+    await expectClose(p, snapshot, 0 + 1e-12);
+    tf.dispose([p, mv, g, want.param, want.moments, scalars, view]);
   });
 });
 

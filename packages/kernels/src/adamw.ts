@@ -1,6 +1,14 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { fusedActive } from './options';
-import { elementwiseProgram, flat, registerWebGPUKernel, reshaped, runKernel, sizeOf } from './webgpu-program';
+import { fusedActive } from './active';
+import {
+  type WebGPUBackendLike,
+  elementwiseProgram,
+  flat,
+  registerWebGPUKernel,
+  reshaped,
+  runKernel,
+  sizeOf,
+} from './webgpu-program';
 
 const MOMENTS = 'LoraAdamWMoments';
 const PARAM = 'LoraAdamWParam';
@@ -16,37 +24,63 @@ export interface AdamWHyper {
   step: number;
 }
 
-/** m then v, n each: mv' = [m + (g − m)(1 − β1); v·β2 + g·g·(1 − β2)]. */
-function momentsProgram(n: number) {
+/**
+ * m then v, n each: mv' = [m + (g − m)(1 − β1); v·β2 + g·g·(1 − β2)]. In place, the old moments are
+ * read from the output buffer itself (`result`, read-write) instead of an input.
+ */
+function momentsProgram(n: number, inPlace: boolean) {
+  const old = inPlace ? 'result' : 'mv';
   return elementwiseProgram(
-    MOMENTS,
+    `${MOMENTS}${inPlace ? 'InPlace' : ''}`,
     [2 * n],
-    ['g', 'mv'],
+    inPlace ? ['g'] : ['g', 'mv'],
     1,
     'n : i32, oneMinusB1 : f32, b2 : f32, oneMinusB2 : f32,',
     `
       if (index < uniforms.n) {
-        let m = mv[index];
+        let m = ${old}[index];
         setOutputAtIndex(index, m + (g[index] - m) * uniforms.oneMinusB1);
       } else {
         let gi = g[index - uniforms.n];
-        setOutputAtIndex(index, mv[index] * uniforms.b2 + (gi * gi) * uniforms.oneMinusB2);
+        setOutputAtIndex(index, ${old}[index] * uniforms.b2 + (gi * gi) * uniforms.oneMinusB2);
       }`,
   );
 }
 
-/** p' = p·(1 − lr·wd) − stepSize · m' / (√v' / √bc2 + eps), from the new moments. */
-function paramProgram(n: number) {
+/**
+ * p' = p·(1 − lr·wd) − stepSize · m' / (√v' / √bc2 + eps), from the new moments. The scalars that
+ * change with the step come from a tensor [decay, stepSize, bc2Sqrt, eps], not uniforms, so that
+ * the dispatch's uniform block (and bind group) stays the same from step to step.
+ */
+function paramProgram(n: number, inPlace: boolean) {
   return elementwiseProgram(
-    PARAM,
+    `${PARAM}${inPlace ? 'InPlace' : ''}`,
     [n],
-    ['p', 'mv'],
+    inPlace ? ['mv', 'scalars'] : ['p', 'mv', 'scalars'],
     1,
-    'n : i32, decay : f32, stepSize : f32, bc2Sqrt : f32, eps : f32,',
+    'n : i32,',
     `
-      let denom = sqrt(mv[index + uniforms.n]) / uniforms.bc2Sqrt + uniforms.eps;
-      setOutputAtIndex(index, p[index] * uniforms.decay - (mv[index] / denom) * uniforms.stepSize);`,
+      let denom = sqrt(mv[index + uniforms.n]) / scalars[2] + scalars[3];
+      setOutputAtIndex(index, ${inPlace ? 'result' : 'p'}[index] * scalars[0] - (mv[index] / denom) * scalars[1]);`,
   );
+}
+
+function momentUniforms(n: number, h: AdamWHyper) {
+  return [
+    { type: 'int32' as const, data: [n] },
+    { type: 'float32' as const, data: [1 - h.beta1] },
+    { type: 'float32' as const, data: [h.beta2] },
+    { type: 'float32' as const, data: [1 - h.beta2] },
+  ];
+}
+
+/**
+ * The per-step scalars of {@link adamwUpdate}'s fused kernel, `[1 − lr·wd, lr/bc1, √bc2, eps]`: make
+ * them once per optimizer step and pass them to every parameter's update (the caller disposes).
+ */
+export function adamwScalars(hyper: AdamWHyper): tf.Tensor1D {
+  const { lr, beta1, beta2, eps, weightDecay, step } = hyper;
+  return tf.tensor1d([1 - lr * weightDecay, lr / (1 - beta1 ** step), Math.sqrt(1 - beta2 ** step), eps]);
 }
 
 let registered = false;
@@ -58,24 +92,19 @@ function register(): void {
     const { g, mv } = inputs as { g: tf.TensorInfo; mv: tf.TensorInfo };
     const n = sizeOf(g.shape);
     const h = attrs as unknown as AdamWHyper;
-    const out = backend.runWebGPUProgram(momentsProgram(n), [flat(g), flat(mv)], 'float32', [
-      { type: 'int32', data: [n] },
-      { type: 'float32', data: [1 - h.beta1] },
-      { type: 'float32', data: [h.beta2] },
-      { type: 'float32', data: [1 - h.beta2] },
-    ]);
+    const out = backend.runWebGPUProgram(
+      momentsProgram(n, false),
+      [flat(g), flat(mv)],
+      'float32',
+      momentUniforms(n, h),
+    );
     return reshaped(out, mv.shape);
   });
-  registerWebGPUKernel(PARAM, ({ inputs, backend, attrs }) => {
-    const { p, mv } = inputs as { p: tf.TensorInfo; mv: tf.TensorInfo };
+  registerWebGPUKernel(PARAM, ({ inputs, backend }) => {
+    const { p, mv, scalars } = inputs as { p: tf.TensorInfo; mv: tf.TensorInfo; scalars: tf.TensorInfo };
     const n = sizeOf(p.shape);
-    const h = attrs as unknown as AdamWHyper;
-    const out = backend.runWebGPUProgram(paramProgram(n), [flat(p), flat(mv)], 'float32', [
+    const out = backend.runWebGPUProgram(paramProgram(n, false), [flat(p), flat(mv), scalars], 'float32', [
       { type: 'int32', data: [n] },
-      { type: 'float32', data: [1 - h.lr * h.weightDecay] },
-      { type: 'float32', data: [h.lr / (1 - h.beta1 ** h.step)] },
-      { type: 'float32', data: [Math.sqrt(1 - h.beta2 ** h.step)] },
-      { type: 'float32', data: [h.eps] },
     ]);
     return reshaped(out, p.shape);
   });
@@ -86,7 +115,9 @@ function register(): void {
  * `p·(1 − lr·wd)`, then `p − lr/bc1 · m / (√v/√bc2 + eps)`), with the moments packed in one tensor
  * `[2, ...p.shape]` (m then v; zeros before the first step). Returns the new parameter value and the
  * new moments; the caller assigns and disposes. On webgpu with fused kernels: two dispatches
- * (moments, parameter) where the composite takes about ten; elsewhere the composite.
+ * (moments, parameter) where the composite takes about ten; elsewhere the composite. `scalars`
+ * ({@link adamwScalars} of the same hyperparameters), shared by the parameters of a step, saves
+ * making them per parameter.
  *
  * @example
  * ```ts
@@ -99,6 +130,7 @@ export function adamwUpdate(
   grad: tf.Tensor,
   moments: tf.Tensor,
   hyper: AdamWHyper,
+  scalars?: tf.Tensor,
 ): { param: tf.Tensor; moments: tf.Tensor } {
   if (grad.shape.join(',') !== param.shape.join(',') || moments.shape.join(',') !== [2, ...param.shape].join(','))
     throw new Error(
@@ -108,7 +140,10 @@ export function adamwUpdate(
     register();
     const attrs = hyper as unknown as Record<string, unknown>;
     const mv = runKernel(MOMENTS, { g: grad, mv: moments }, attrs);
-    return { param: runKernel(PARAM, { p: param, mv }, attrs), moments: mv };
+    const s = scalars ?? adamwScalars(hyper);
+    const next = runKernel(PARAM, { p: param, mv, scalars: s });
+    if (!scalars) s.dispose();
+    return { param: next, moments: mv };
   }
   return tf.tidy(() => {
     const { lr, beta1: b1, beta2: b2, eps, weightDecay, step } = hyper;
@@ -121,4 +156,68 @@ export function adamwUpdate(
     const next = tf.sub(decayed, tf.mul(tf.div(m, denom), lr / (1 - b1 ** step)));
     return { param: next, moments: tf.stack([m, v]) };
   });
+}
+
+interface InPlaceBackend extends WebGPUBackendLike {
+  refCount(dataId: tf.DataId): number;
+  tensorMap: { get(dataId: tf.DataId): { values: unknown; resource: unknown } | undefined };
+}
+
+/** Whether a tensor's GPU buffer is its own (no other tensor shares the data) and may be overwritten. */
+function ownBuffer(backend: InPlaceBackend, t: tf.Tensor): boolean {
+  const data = backend.tensorMap.get(t.dataId);
+  return (
+    t.dtype === 'float32' &&
+    backend.refCount(t.dataId) === 1 &&
+    data !== undefined &&
+    typeof GPUBuffer !== 'undefined' &&
+    data.resource instanceof GPUBuffer
+  );
+}
+
+/**
+ * {@link adamwUpdate} writing the new values into `param`'s and `moments`' own GPU buffers (webgpu,
+ * fused kernels on): no new tensors, and the same buffers step after step, so the dispatches'
+ * bind groups can be reused. Returns false, changing nothing, where that is not possible (another
+ * backend, a buffer shared with another tensor, data not on the GPU); the caller then uses
+ * {@link adamwUpdate}. These dispatches bypass the engine: `tf.profile` does not list them.
+ *
+ * @example
+ * ```ts
+ * if (!adamwUpdateInPlace(p, g, mv, hyper, scalars)) { const r = adamwUpdate(p, g, mv, hyper, scalars); p.assign(r.param); mv.assign(r.moments); tf.dispose([r.param, r.moments]); }
+ * ```
+ */
+export function adamwUpdateInPlace(
+  param: tf.Variable,
+  grad: tf.Tensor,
+  moments: tf.Variable,
+  hyper: AdamWHyper,
+  scalars: tf.Tensor,
+): boolean {
+  if (!fusedActive() || grad.dtype !== 'float32' || moments.size !== 2 * param.size || grad.size !== param.size)
+    return false;
+  const backend = tf.backend() as unknown as InPlaceBackend;
+  if (!ownBuffer(backend, param) || !ownBuffer(backend, moments)) return false;
+  const n = param.size;
+  const info = (t: tf.Tensor, shape: number[]): tf.TensorInfo => ({ dataId: t.dataId, shape, dtype: 'float32' });
+  backend.runWebGPUProgram(
+    momentsProgram(n, true),
+    [info(grad, [n])],
+    'float32',
+    momentUniforms(n, hyper),
+    info(moments, [2 * n]),
+  );
+  backend.runWebGPUProgram(
+    paramProgram(n, true),
+    [info(moments, [2 * n]), info(scalars, [scalars.size])],
+    'float32',
+    [{ type: 'int32', data: [n] }],
+    info(param, [n]),
+  );
+  // values read back earlier are stale now
+  for (const t of [param, moments]) {
+    const data = backend.tensorMap.get(t.dataId);
+    if (data) data.values = null;
+  }
+  return true;
 }

@@ -1,3 +1,5 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { ensureDispatchCache } from './dispatch-cache';
 import { installMatmulOverride } from './matmul';
 import { DEFAULT_KERNEL_OPTIONS, type KernelOptions, setKernelOptions } from './options';
 
@@ -21,11 +23,12 @@ export function configureKernels(options: Partial<KernelOptions> = {}): KernelOp
       );
     if (k === 'matmul' && !MATMUL.includes(v as string))
       throw new Error(`configureKernels: matmul must be one of ${MATMUL.join(', ')}; got ${JSON.stringify(v)}`);
-    if (k !== 'matmul' && typeof v !== 'boolean')
+    else if (k !== 'matmul' && typeof v !== 'boolean')
       throw new Error(`configureKernels: ${k} must be true or false, got ${JSON.stringify(v)}`);
   }
   const next = { ...DEFAULT_KERNEL_OPTIONS, ...options };
   if (next.matmul !== 'tfjs') installMatmulOverride();
   setKernelOptions(next);
+  if (tf.getBackend() === 'webgpu') ensureDispatchCache();
   return { ...next };
 }

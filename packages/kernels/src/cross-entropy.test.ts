@@ -49,7 +49,7 @@ await describeEachBackend('softmaxCrossEntropy', (backend) => {
     const none = softmaxCrossEntropy(logits, targets, { reduction: 'none' });
     const sum = softmaxCrossEntropy(logits, targets, { reduction: 'sum' });
     expect(none.shape).toEqual([3]);
-    await expectClose(sum, [(await none.data()).reduce((a, v) => a + v, 0)], 1e-6);
+    await expectClose(sum, [Array.from(await none.data()).reduce((a, v) => a + v, 0)], 1e-6);
     tf.dispose([logits, targets, none, sum]);
   });
 });

@@ -1,12 +1,14 @@
 export { configureKernels } from './configure';
-export { fusedActive, kernelOptions, preferTransposeFlags } from './options';
+export { fusedActive, preferTransposeFlags } from './active';
+export { kernelOptions } from './options';
+export { dispatchCacheStats } from './dispatch-cache';
 export type { KernelOptions } from './options';
 export { rmsNorm } from './rms-norm';
 export { swiglu } from './swiglu';
 export { applyRope, ropeHeads } from './rope';
 export { maskedSoftmax } from './masked-softmax';
 export { softmaxCrossEntropy } from './cross-entropy';
-export { adamwUpdate } from './adamw';
+export { adamwScalars, adamwUpdate, adamwUpdateInPlace } from './adamw';
 export type { AdamWHyper } from './adamw';
 export { chooseTile, tiledMatmulProgram } from './matmul';
 export type { MatmulTile } from './matmul';

@@ -63,7 +63,7 @@ await describeEachBackend('tiled matmul', (backend) => {
     configureKernels({ matmul: 'tiled' });
     const a = seq([512, 96], 97);
     const w = tf.variable(seq([256, 96], 101));
-    const f = () => tf.sum(tf.square(tf.matMul(a, w, false, true)));
+    const f = () => tf.sum(tf.square(tf.matMul(a, w, false, true))) as tf.Scalar;
     const { value, grads } = tf.variableGrads(f, [w]);
     configureKernels({ matmul: 'tfjs' });
     const ref = tf.variableGrads(f, [w]);

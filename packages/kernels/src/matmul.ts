@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { type KernelOptions, kernelOptions } from './options';
+import { type KernelOptions, optionsRef } from './options';
 import { type WebGPUBackendLike, type WebGPUProgramLike, flat, sizeOf } from './webgpu-program';
 
 /** A register-blocked tile: a BM×BN block of the output per workgroup, TM×TN per thread, K in steps of BK. */
@@ -170,7 +170,7 @@ function tiledBatchMatMul(args: BatchMatMulArgs): tf.TensorInfo {
   const batch = Math.max(batchA, batchB);
   // throws tfjs's own error when the batch axes do not broadcast
   const outer = tf.backend_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
-  const tile = chooseTile(kernelOptions().matmul, batch, m, n, k);
+  const tile = chooseTile(optionsRef().matmul, batch, m, n, k);
   const simpleBatch =
     sizeOf(outer) === batch && (batchA === batch || batchA === 1) && (batchB === batch || batchB === 1);
   if (tile === null || k !== kb || a.dtype !== 'float32' || b.dtype !== 'float32' || !simpleBatch)

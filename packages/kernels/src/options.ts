@@ -1,5 +1,3 @@
-import * as tf from '@tensorflow/tfjs-core';
-
 /** Which code paths `@lora/kernels`' ops take. Every path gives the same results to float32 rounding. */
 export interface KernelOptions {
   /**
@@ -22,9 +20,20 @@ export interface KernelOptions {
    * Default `'tfjs'`.
    */
   matmul: 'tfjs' | 'tiled' | 'tiled-64' | 'tiled-128';
+  /**
+   * On webgpu, dispatches reuse uniform buffers (by content) and bind groups (by pipeline and
+   * buffers) instead of making both anew each time, which is most of a dispatch's host time through
+   * Dawn in Node (see `dispatch-cache.ts`). Default true.
+   */
+  dispatchCache: boolean;
 }
 
-export const DEFAULT_KERNEL_OPTIONS: Readonly<KernelOptions> = { fused: true, transposeFlags: true, matmul: 'tfjs' };
+export const DEFAULT_KERNEL_OPTIONS: Readonly<KernelOptions> = {
+  fused: true,
+  transposeFlags: true,
+  matmul: 'tfjs',
+  dispatchCache: true,
+};
 let current: KernelOptions = { ...DEFAULT_KERNEL_OPTIONS };
 
 /** Sets the options in force (validated by `configureKernels`). */
@@ -37,21 +46,7 @@ export function kernelOptions(): KernelOptions {
   return { ...current };
 }
 
-/** True when the active backend is webgpu and fused kernels are on: the ops then run their WGSL kernels. */
-export function fusedActive(): boolean {
-  return current.fused && tf.getBackend() === 'webgpu';
-}
-
-/**
- * True when products should use matMul's transpose flags and tfjs's matMul gradient (webgpu with
- * `transposeFlags` on); false where explicit transposes are faster (wasm) or results must stay
- * identical to earlier releases (cpu, tensorflow).
- *
- * @example
- * ```ts
- * const y = preferTransposeFlags() ? tf.matMul(x, w, false, true) : tf.matMul(x, tf.transpose(w));
- * ```
- */
-export function preferTransposeFlags(): boolean {
-  return current.transposeFlags && tf.getBackend() === 'webgpu';
+/** The options object itself, for hot paths that only read it. */
+export function optionsRef(): Readonly<KernelOptions> {
+  return current;
 }

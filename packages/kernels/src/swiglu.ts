@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { fusedActive } from './options';
+import { fusedActive } from './active';
 import {
   elementwiseProgram,
   flat,

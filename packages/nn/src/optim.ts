@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { adamwUpdate, fusedActive } from '@lora/kernels';
+import { adamwScalars, adamwUpdate, adamwUpdateInPlace, fusedActive } from '@lora/kernels';
 import type { Parameter } from './module';
 
 /**
@@ -76,48 +76,69 @@ export class AdamW implements Optimizer {
   step(grads: Record<string, tf.Tensor>): void {
     this.count++;
     const [b1, b2] = this.betas;
-    for (const p of this.params) {
-      const g = grads[p.name];
-      if (!g) continue;
-      let st = this.state.get(p);
-      if (!st) {
-        st = { m: null, v: null, mv: null, t: 0 };
-        this.state.set(p, st);
-      }
-      st.t++;
-      if (fusedActive()) {
-        this.stepFused(p, g, st);
-        continue;
-      }
-      const { m: m0, v: v0 } = separate(p, st);
-      const bc1 = 1 - b1 ** st.t;
-      const bc2 = 1 - b2 ** st.t;
-      const stepSize = this.lr / bc1;
-      const bc2Sqrt = Math.sqrt(bc2);
-      tf.tidy(() => {
-        const decayed = this.weightDecay !== 0 ? tf.mul(p, 1 - this.lr * this.weightDecay) : p;
-        // torch: exp_avg.lerp_(grad, 1 − β1), i.e. m + (1 − β1)(g − m)
-        const m = tf.add(m0, tf.mul(tf.sub(g, m0), 1 - b1));
-        const v = tf.add(tf.mul(v0, b2), tf.mul(tf.mul(g, g), 1 - b2));
-        const denom = tf.add(tf.div(tf.sqrt(v), bc2Sqrt), this.eps);
-        m0.assign(m);
-        v0.assign(v);
-        p.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), stepSize)));
-      });
+    // the fused kernel's per-step scalars, shared by the parameters at the same step count
+    const scalars = new Map<number, tf.Tensor>();
+    try {
+      for (const p of this.params) this.stepOne(p, grads[p.name], b1, b2, scalars);
+    } finally {
+      tf.dispose([...scalars.values()]);
     }
   }
 
+  private stepOne(
+    p: Parameter,
+    g: tf.Tensor | undefined,
+    b1: number,
+    b2: number,
+    scalars: Map<number, tf.Tensor>,
+  ): void {
+    if (!g) return;
+    let st = this.state.get(p);
+    if (!st) {
+      st = { m: null, v: null, mv: null, t: 0 };
+      this.state.set(p, st);
+    }
+    st.t++;
+    if (fusedActive()) {
+      this.stepFused(p, g, st, scalars);
+      return;
+    }
+    const { m: m0, v: v0 } = separate(p, st);
+    const bc1 = 1 - b1 ** st.t;
+    const bc2 = 1 - b2 ** st.t;
+    const stepSize = this.lr / bc1;
+    const bc2Sqrt = Math.sqrt(bc2);
+    tf.tidy(() => {
+      const decayed = this.weightDecay !== 0 ? tf.mul(p, 1 - this.lr * this.weightDecay) : p;
+      // torch: exp_avg.lerp_(grad, 1 − β1), i.e. m + (1 − β1)(g − m)
+      const m = tf.add(m0, tf.mul(tf.sub(g, m0), 1 - b1));
+      const v = tf.add(tf.mul(v0, b2), tf.mul(tf.mul(g, g), 1 - b2));
+      const denom = tf.add(tf.div(tf.sqrt(v), bc2Sqrt), this.eps);
+      m0.assign(m);
+      v0.assign(v);
+      p.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), stepSize)));
+    });
+  }
+
   /** The same update in two dispatches on webgpu (@lora/kernels), the moments packed. */
-  private stepFused(p: Parameter, g: tf.Tensor, st: AdamWState): void {
+  private stepFused(p: Parameter, g: tf.Tensor, st: AdamWState, scalars: Map<number, tf.Tensor>): void {
     const mv = packed(p, st);
-    const next = adamwUpdate(p, g, mv, {
+    const hyper = {
       lr: this.lr,
       beta1: this.betas[0],
       beta2: this.betas[1],
       eps: this.eps,
       weightDecay: this.weightDecay,
       step: st.t,
-    });
+    };
+    let s = scalars.get(st.t);
+    if (!s) {
+      s = adamwScalars(hyper);
+      scalars.set(st.t, s);
+    }
+    // in place where the buffers are the parameter's own: no new tensors, the same buffers every step
+    if (adamwUpdateInPlace(p, g, mv, hyper, s)) return;
+    const next = adamwUpdate(p, g, mv, hyper, s);
     mv.assign(next.moments);
     p.assign(next.param);
     tf.dispose([next.moments, next.param]);
