@@ -5,6 +5,7 @@ export { dispatchCacheStats } from './dispatch-cache';
 export type { KernelOptions } from './options';
 export { rmsNorm } from './rms-norm';
 export { swiglu } from './swiglu';
+export { addScaled } from './add-scaled';
 export { applyRope, ropeHeads } from './rope';
 export { maskedSoftmax } from './masked-softmax';
 export { softmaxCrossEntropy } from './cross-entropy';

@@ -29,13 +29,20 @@ export function tiledMatmulProgram(
   transposeA: boolean,
   transposeB: boolean,
   tile: MatmulTile,
+  workgroupStorage = 16384,
 ): WebGPUProgramLike {
   const { bm, bn, bk, tm, tn } = tile;
   const wgx = bn / tn;
   const wgy = bm / tm;
   const threads = wgx * wgy;
-  const bm4 = bm / 4;
-  const bn4 = bn / 4;
+  // An operand read along k (A plain, B transposed) is stored one k-row per thread of a warp: rows
+  // one vec4 longer than the tile put those stores in different memory banks, where there is room.
+  const wantPadA = transposeA ? 0 : 1;
+  const wantPadB = transposeB ? 1 : 0;
+  const bytes = (pa: number, pb: number) => 16 * bk * (bm / 4 + pa + bn / 4 + pb);
+  const pad = bytes(wantPadA, wantPadB) <= workgroupStorage;
+  const bm4 = bm / 4 + (pad ? wantPadA : 0);
+  const bn4 = bn / 4 + (pad ? wantPadB : 0);
   const tm4 = tm / 4;
   const tn4 = tn / 4;
   const [batch, m, n] = outShape;
@@ -94,15 +101,15 @@ export function tiledMatmulProgram(
       }
   return {
     outputShape: [batch, m, n],
-    shaderKey: `LoraMatmulTiled_${bm}_${bn}_${bk}_${tm}_${tn}_${transposeA}_${transposeB}`,
+    shaderKey: `LoraMatmulTiled_${bm}_${bn}_${bk}_${tm}_${tn}_${transposeA}_${transposeB}_${pad ? 'pad' : 'nopad'}`,
     dispatchLayout: { x: [2], y: [1], z: [0] },
     dispatch: [Math.ceil(n / bn), Math.ceil(m / bm), batch],
     variableNames: ['A', 'B'],
     workgroupSize: [wgx, wgy, 1],
     uniforms: 'm : i32, n : i32, k : i32, batchA : i32, batchB : i32,',
     getUserCode: () => `
-    var<workgroup> As : array<vec4<f32>, ${(bk * bm) / 4}>;
-    var<workgroup> Bs : array<vec4<f32>, ${(bk * bn) / 4}>;
+    var<workgroup> As : array<vec4<f32>, ${bk * bm4}>;
+    var<workgroup> Bs : array<vec4<f32>, ${bk * bn4}>;
     fn main() {
       let tx = i32(localId.x);
       let ty = i32(localId.y);
@@ -175,7 +182,8 @@ function tiledBatchMatMul(args: BatchMatMulArgs): tf.TensorInfo {
     sizeOf(outer) === batch && (batchA === batch || batchA === 1) && (batchB === batch || batchB === 1);
   if (tile === null || k !== kb || a.dtype !== 'float32' || b.dtype !== 'float32' || !simpleBatch)
     return (original as tf.KernelFunc)(args as unknown as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
-  const program = tiledMatmulProgram([batch, m, n], transposeA, transposeB, tile);
+  const storage = backend.device.limits.maxComputeWorkgroupStorageSize ?? 16384;
+  const program = tiledMatmulProgram([batch, m, n], transposeA, transposeB, tile, storage);
   const out = backend.runWebGPUProgram(
     program,
     [

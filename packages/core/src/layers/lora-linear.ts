@@ -9,6 +9,7 @@ import {
   normalInit,
   transposedLinear,
 } from '@lora/nn';
+import { addScaled } from '@lora/kernels';
 import { type Matrix64, matrix64, qr, svd, svdLowRank, transpose64 } from '@lora/linalg';
 import { Magnitude, normExcept } from '../variants/dora';
 import { lookupLoraInit } from '../inits/init-registry';
@@ -315,7 +316,11 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
     const scale = this.scaling.get(name) as number;
     const dropped = this.loraDropout.get(name).call(x) as tf.Tensor;
     const lora = this.loraB.get(name).call(this.loraA.get(name).call(dropped)) as tf.Tensor;
-    if (!settings.useDora) return tf.add(result, rows ? tf.mul(tf.mul(lora, scale), rows) : tf.mul(lora, scale));
+    if (!settings.useDora) {
+      // result + s·lora: one dispatch on webgpu (@lora/kernels), tf.add(result, tf.mul(lora, s)) elsewhere
+      if (!rows) return addScaled(result, lora, scale);
+      return tf.add(result, tf.mul(tf.mul(lora, scale), rows));
+    }
     // DoRA (PEFT's DoraLinearLayer): f = m / ‖W + s·B·A‖ (the norm detached); the running result
     // minus the bias stands for the base output unless dropout is active in training.
     const w = this.baseLayer.weight;
