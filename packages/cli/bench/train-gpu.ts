@@ -16,8 +16,10 @@
  *   LORA_DAWN_OPTIONS=backend=opengles LORA_WEBGPU_FEATURE_LEVEL=compatibility LORA_GPU_MODELS=10m ...
  * Environment: LORA_GPU_RUNS (timed runs, median; default 5), LORA_GPU_BATCH / LORA_GPU_SEQ (override
  * the models' 4 × 512 and 4 × 128), LORA_GPU_PROFILE=0 (no profile), LORA_GPU_PARITY=0,
- * LORA_GPU_MATMUL=0 (no matmul table) or a list of sizes, OUT (a folder: results.json is written there),
- * PEER (a peer_train_gpu.py JSON output to print side by side).
+ * LORA_GPU_MATMUL=0 (no matmul table) or a list of sizes, LORA_GPU_SUBMIT_BATCH (tfjs's
+ * WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE, default 15), LORA_GPU_TAG (names the run), OUT (a folder:
+ * results-TAG.json is written there), PEER (a peer_train_gpu.py JSON output to print side by side;
+ * default $OUT/peer.json).
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -352,10 +354,18 @@ async function matmulTable(sizes: number[]): Promise<{ n: number; program: strin
   return rows;
 }
 
-const results: Record<string, unknown> = { date: new Date().toISOString(), node: process.version };
+const TAG = env.LORA_GPU_TAG ?? 'default';
+if (env.LORA_GPU_SUBMIT_BATCH) tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', Number(env.LORA_GPU_SUBMIT_BATCH));
+const results: Record<string, unknown> = {
+  tag: TAG,
+  date: new Date().toISOString(),
+  node: process.version,
+  dawnOptions: env.LORA_DAWN_OPTIONS ?? '',
+};
 if (env.LORA_GPU_PARITY !== '0') results.parity = await parity();
 const info = await initBackend(backendName, { importers });
 results.backend = info;
+results.submitBatch = tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE');
 console.error(`benchmarking on ${info.name} (${info.adapter})`);
 const benches: VariantResult[] = [];
 for (const m of modelNames) benches.push(...(await benchModel(m)));
@@ -367,10 +377,12 @@ configureKernels({});
 
 const peerPath = env.PEER ?? (env.OUT ? join(env.OUT, 'peer.json') : '');
 const peer = peerPath && existsSync(peerPath) ? JSON.parse(readFileSync(peerPath, 'utf8')) : null;
-if (env.OUT) writeFileSync(join(env.OUT, 'results.json'), JSON.stringify(results, null, 1));
+if (env.OUT) writeFileSync(join(env.OUT, `results-${TAG}.json`), JSON.stringify(results, null, 1));
 
 // the tables
-console.log(`\n${results.date}, Node ${process.version}, ${info.name} (${info.adapter})`);
+console.log(
+  `\n[${TAG}] ${results.date}, Node ${process.version}, ${info.name} (${info.adapter}), Dawn options '${results.dawnOptions}', submit every ${results.submitBatch} dispatches`,
+);
 if (results.parity) {
   console.log('\nparity with the cpu backend (tiny LoRA Llama): max |Δ| / max |cpu|\n');
   console.log('| variant | loss | LoRA gradients |\n| --- | --- | --- |');
@@ -378,18 +390,25 @@ if (results.parity) {
     console.log(`| ${p.variant} | ${p.lossRel.toExponential(1)} | ${p.gradRel.toExponential(1)} |`);
 }
 console.log(
-  '\n| model | variant | forward + loss ms | LoRA step ms | of which recording (host) ms | process CPU ms per step | dispatches fwd / step | first step ms | GPU ms in profile |',
+  '\n| model | variant | forward + loss ms | × peer | LoRA step ms | × peer | of which recording (host) ms | process CPU ms per step | dispatches fwd / step | bind groups cached | first step ms | GPU ms in profile |',
 );
-console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
-for (const r of benches)
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+const peerOf = (m: string) => peer?.[m] as { forwardMs: number; stepMs: number } | undefined;
+const ratio = (ours: number, theirs: number | undefined) => (theirs ? `${(ours / theirs).toFixed(1)}×` : '–');
+for (const r of benches) {
+  const p = peerOf(r.model);
+  const hit = r.bindGroupHitRate === null ? '–' : `${(100 * r.bindGroupHitRate).toFixed(0)}%`;
   console.log(
-    `| ${r.model} | ${r.variant} | ${r.forwardMs.toFixed(1)} | ${r.stepMs.toFixed(1)} | ${r.stepHostMs.toFixed(1)} | ${r.stepCpuMs.toFixed(1)} | ${r.dispatchesForward} / ${r.dispatchesStep} | ${r.firstStepMs.toFixed(0)} | ${r.profile ? r.profile.totalGpuMs.toFixed(1) : '–'} |`,
+    `| ${r.model} | ${r.variant} | ${r.forwardMs.toFixed(1)} | ${ratio(r.forwardMs, p?.forwardMs)} | ${r.stepMs.toFixed(1)} | ${ratio(r.stepMs, p?.stepMs)} | ${r.stepHostMs.toFixed(1)} | ${r.stepCpuMs.toFixed(1)} | ${r.dispatchesForward} / ${r.dispatchesStep} | ${hit} | ${r.firstStepMs.toFixed(0)} | ${r.profile ? r.profile.totalGpuMs.toFixed(1) : '–'} |`,
   );
-for (const [m, p] of Object.entries(peer ?? {}))
-  if (p && typeof p === 'object' && 'stepMs' in p)
+}
+for (const m of modelNames) {
+  const p = peerOf(m);
+  if (p)
     console.log(
-      `| ${m} | PyTorch ${peer.torch} ${peer.device} | ${(p as { forwardMs: number }).forwardMs.toFixed(1)} | ${(p as { stepMs: number }).stepMs.toFixed(1)} | | | | | |`,
+      `| ${m} | PEFT ${peer.peft} / PyTorch ${peer.torch} ${peer.device} | ${p.forwardMs.toFixed(1)} | 1× | ${p.stepMs.toFixed(1)} | 1× | | | | | | |`,
     );
+}
 for (const r of benches) {
   if (!r.profile) continue;
   console.log(`\nprofile, ${r.model} ${r.variant}: top kernels by GPU time (then calls)\n`);

@@ -19,7 +19,7 @@ await describeEachBackend('addScaled', (backend) => {
       const [av, bv] = (await Promise.all([a.data(), b.data()])) as Float32Array[];
       await expectClose(
         y,
-        Array.from(av as Float32Array, (v, i) => v + (bv as Float32Array)[i] * 2.5),
+        Array.from(av as Float32Array, (v, i) => v + ((bv as Float32Array)[i] as number) * 2.5),
         1e-7,
       );
       const f = (x: tf.Tensor, z: tf.Tensor) => tf.sum(tf.mul(addScaled(x, z, 2.5), dy));

@@ -33,24 +33,32 @@ await describeEachBackend('tiled matmul', (backend) => {
   afterAll(() => {
     configureKernels({});
   });
+  // shapes with edges in every dimension: vec4 reads where the contiguous axes are multiples of 4
+  // (the fast path, with the next slab prefetched), scalar reads elsewhere
   const cases: [number[], number[], boolean, boolean][] = [
-    [[70, 37], [37, 45], false, false], // edges in every dimension
-    [[37, 70], [37, 45], true, false],
-    [[70, 37], [45, 37], false, true],
-    [[37, 70], [45, 37], true, true],
-    [[3, 65, 33], [3, 33, 66], false, false], // a batch
+    [[68, 36], [36, 44], false, false],
+    [[36, 68], [44, 36], true, true],
+    [[70, 37], [45, 37], false, true], // scalar
+    [[37, 70], [37, 45], true, false], // scalar
     [[2, 40, 64], [64, 36], false, false], // a broadcast B
     [[1, 40, 20], [3, 36, 20], false, true], // a broadcast A
   ];
+  // a 128² tile compiles slowly on a software adapter: one case each path
   for (const tile of ['tiled-64', 'tiled-128'] as const)
-    for (const [sa, sb, ta, tb] of tile === 'tiled-64' ? cases : cases.slice(3, 6))
+    for (const [sa, sb, ta, tb] of tile === 'tiled-64' ? cases : ([cases[0], cases[2]] as typeof cases))
       it.runIf(backend.name === 'webgpu')(`${tile}: [${sa}]${ta ? 'ᵀ' : ''} · [${sb}]${tb ? 'ᵀ' : ''}`, async () => {
         configureKernels({ matmul: tile });
         const a = seq(sa, 83);
         const b = seq(sb, 89);
         const y = assertNoLeaks(() => tf.matMul(a, b, ta, tb));
         const programs = programsRun(() => tf.matMul(a, b, ta, tb));
-        expect(programs).toEqual([expect.stringMatching(new RegExp(`^LoraMatmulTiled_${tile.slice(6)}_`))]);
+        const [m, k] = ta ? [sa.at(-1), sa.at(-2)] : [sa.at(-2), sa.at(-1)];
+        const n = tb ? sb.at(-2) : sb.at(-1);
+        const aligned =
+          (ta ? (m as number) : (k as number)) % 4 === 0 && (tb ? (k as number) : (n as number)) % 4 === 0;
+        expect(programs).toEqual([
+          expect.stringMatching(new RegExp(`^LoraMatmulTiled_${tile.slice(6)}_.*_${aligned ? 'vec4' : 'scalar'}$`)),
+        ]);
         await expectClose(
           y,
           reference(a, b, ta, tb, (await a.data()) as Float32Array, (await b.data()) as Float32Array),
