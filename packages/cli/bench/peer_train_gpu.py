@@ -1,7 +1,7 @@
 """PEFT / PyTorch peer of bench/train-gpu.ts (issue 20): the same Llamas (transformers, eager attention),
 LoRA r 16, alpha 32 on all seven linear targets, AdamW (lr 1e-4, weight decay 0.01) on the adapters, float32
 with TF32 off; forward + loss (no grad, the loss read back) and a training step (the loss read back), median
-of runs; then float32 matmul throughput at 1024-8192. Prints one JSON object (train-gpu.ts reads it as PEER
+of runs; then float32 matmul throughput on the model's products and squares of 1024-8192. Prints one JSON object (train-gpu.ts reads it as PEER
 or $OUT/peer.json).
 Usage: python3 packages/cli/bench/peer_train_gpu.py [models, default 123m,10m]"""
 import json
@@ -82,11 +82,30 @@ for name in (sys.argv[1] if len(sys.argv) > 1 else "123m,10m").split(","):
     if dev == "cuda":
         torch.cuda.empty_cache()
 
+# the products of train-gpu.ts's MATMUL_CASES (same labels), then squares; TF32 off
+CASES = [
+    ("x·Wᵀ q/o 2048×1024·(1024×1024)ᵀ", (2048, 1024), (1024, 1024), False, True),
+    ("x·Wᵀ k/v 2048×1024·(256×1024)ᵀ", (2048, 1024), (256, 1024), False, True),
+    ("x·Wᵀ gate/up 2048×1024·(2816×1024)ᵀ", (2048, 1024), (2816, 1024), False, True),
+    ("x·Wᵀ down 2048×2816·(1024×2816)ᵀ", (2048, 2816), (1024, 2816), False, True),
+    ("x·Wᵀ lm_head 2048×1024·(32000×1024)ᵀ", (2048, 1024), (32000, 1024), False, True),
+    ("dy·W gate/up 2048×2816·2816×1024", (2048, 2816), (2816, 1024), False, False),
+    ("dy·W lm_head 2048×32000·32000×1024", (2048, 32000), (32000, 1024), False, False),
+    ("q·kᵀ 16×(2048×64)·(512×64)ᵀ", (16, 2048, 64), (16, 512, 64), False, True),
+    ("p·v 16×(2048×512)·(512×64)", (16, 2048, 512), (16, 512, 64), False, False),
+] + [(f"{n}² square", (n, n), (n, n), False, False) for n in (1024, 2048, 4096, 8192)]
 out["matmul"] = []
-for n in (1024, 2048, 4096, 8192) if dev == "cuda" else (1024,):
-    a = torch.randn(n, n, device=dev)
-    b = torch.randn(n, n, device=dev)
-    reps = 10 if n >= 4096 else 30
-    ms = median_ms(lambda: [a @ b for _ in range(reps)], runs=3)
-    out["matmul"].append({"n": n, "tflops": 2 * n**3 * reps / (ms / 1000) / 1e12})
+for label, sa, sb, ta, tb in CASES if dev == "cuda" else CASES[:1]:
+    a = torch.randn(*sa, device=dev)
+    b = torch.randn(*sb, device=dev)
+    opa = (lambda x: x.transpose(-1, -2)) if ta else (lambda x: x)
+    opb = (lambda x: x.transpose(-1, -2)) if tb else (lambda x: x)
+    batch = sa[0] if len(sa) == 3 else 1
+    m, k = (sa[-1], sa[-2]) if ta else (sa[-2], sa[-1])
+    n = sb[-2] if tb else sb[-1]
+    flops = 2 * batch * m * n * k
+    reps = max(2, min(30, round(2e12 / flops)))
+    ms = median_ms(lambda: [opa(a) @ opb(b) for _ in range(reps)], runs=3)
+    out["matmul"].append({"label": label, "tflops": flops * reps / (ms / 1000) / 1e12})
+    del a, b
 print(json.dumps(out))

@@ -322,23 +322,86 @@ async function parity(): Promise<{ variant: string; lossRel: number; gradRel: nu
   return rows;
 }
 
-/** float32 matMul throughput (TFLOP/s) of n×n products, pipelined: 10 products, one readback. */
-async function matmulTable(sizes: number[]): Promise<{ n: number; program: string; tflops: number }[]> {
+/** A product timed by {@link matmulTable}: op(A)·op(B) with A, B of these shapes. */
+interface MatmulCase {
+  label: string;
+  a: number[];
+  b: number[];
+  transposeA: boolean;
+  transposeB: boolean;
+}
+
+/**
+ * The products of the 123M model's step (4 × 512 tokens): x·Wᵀ of the projections and the
+ * vocabulary head, the input gradients dy·W, q·kᵀ and p·v per (batch, kv head); then squares.
+ */
+export const MATMUL_CASES: MatmulCase[] = [
+  { label: 'x·Wᵀ q/o 2048×1024·(1024×1024)ᵀ', a: [2048, 1024], b: [1024, 1024], transposeA: false, transposeB: true },
+  { label: 'x·Wᵀ k/v 2048×1024·(256×1024)ᵀ', a: [2048, 1024], b: [256, 1024], transposeA: false, transposeB: true },
+  {
+    label: 'x·Wᵀ gate/up 2048×1024·(2816×1024)ᵀ',
+    a: [2048, 1024],
+    b: [2816, 1024],
+    transposeA: false,
+    transposeB: true,
+  },
+  { label: 'x·Wᵀ down 2048×2816·(1024×2816)ᵀ', a: [2048, 2816], b: [1024, 2816], transposeA: false, transposeB: true },
+  {
+    label: 'x·Wᵀ lm_head 2048×1024·(32000×1024)ᵀ',
+    a: [2048, 1024],
+    b: [32000, 1024],
+    transposeA: false,
+    transposeB: true,
+  },
+  { label: 'dy·W gate/up 2048×2816·2816×1024', a: [2048, 2816], b: [2816, 1024], transposeA: false, transposeB: false },
+  {
+    label: 'dy·W lm_head 2048×32000·32000×1024',
+    a: [2048, 32000],
+    b: [32000, 1024],
+    transposeA: false,
+    transposeB: false,
+  },
+  { label: 'q·kᵀ 16×(2048×64)·(512×64)ᵀ', a: [16, 2048, 64], b: [16, 512, 64], transposeA: false, transposeB: true },
+  { label: 'p·v 16×(2048×512)·(512×64)', a: [16, 2048, 512], b: [16, 512, 64], transposeA: false, transposeB: false },
+];
+const squares = (sizes: number[]): MatmulCase[] =>
+  sizes.map((n) => ({ label: `${n}² square`, a: [n, n], b: [n, n], transposeA: false, transposeB: false }));
+
+function flopsOf(c: MatmulCase): number {
+  const batch = c.a.length === 3 ? (c.a[0] as number) : 1;
+  const m = c.transposeA ? (c.a.at(-1) as number) : (c.a.at(-2) as number);
+  const k = c.transposeA ? (c.a.at(-2) as number) : (c.a.at(-1) as number);
+  const n = c.transposeB ? (c.b.at(-2) as number) : (c.b.at(-1) as number);
+  return 2 * batch * m * n * k;
+}
+
+/**
+ * float32 matMul throughput (TFLOP/s) for each program, pipelined: `reps` products then a one-element
+ * readback that waits for them (the product itself is not read back). Each program's result is
+ * compared with tfjs's (max |Δ| / max |tfjs|) where it is small enough to read back.
+ */
+async function matmulTable(
+  cases: MatmulCase[],
+): Promise<{ label: string; program: string; tflops: number; relErr: number | null }[]> {
   const rows = [];
-  for (const n of sizes) {
-    const a = tf.randomNormal([n, n], 0, 1, 'float32', 4);
-    const c = tf.randomNormal([n, n], 0, 1, 'float32', 5);
+  for (const c of cases) {
+    const a = tf.randomNormal(c.a, 0, 1, 'float32', 4);
+    const b = tf.randomNormal(c.b, 0, 1, 'float32', 5);
+    const flops = flopsOf(c);
+    const reps = Math.max(2, Math.min(30, Math.round(2e12 / flops)));
+    let reference: Float32Array | null = null;
     for (const program of ['tfjs', 'tiled-64', 'tiled-128'] as const) {
       configureKernels({ matmul: program });
-      const reps = n >= 4096 ? 10 : 30;
+      const product = () => tf.matMul(a, b, c.transposeA, c.transposeB);
       const run = async () => {
         let last: tf.Tensor | null = null;
         for (let i = 0; i < reps; i++) {
           last?.dispose();
-          last = tf.matMul(a, c);
+          last = product();
         }
-        await (last as tf.Tensor).data();
-        (last as tf.Tensor).dispose();
+        const probe = tf.tidy(() => tf.slice(tf.reshape(last as tf.Tensor, [-1]), [0], [1]));
+        await probe.data();
+        tf.dispose([probe, last as tf.Tensor]);
       };
       await run();
       const t: number[] = [];
@@ -347,10 +410,28 @@ async function matmulTable(sizes: number[]): Promise<{ n: number; program: strin
         await run();
         t.push(performance.now() - t0);
       }
-      rows.push({ n, program, tflops: (2 * n ** 3 * reps) / (median(t) / 1000) / 1e12 });
+      let relErr: number | null = null;
+      const size = flops / 2 / (c.transposeA ? (c.a.at(-2) as number) : (c.a.at(-1) as number));
+      if (size <= 4 << 20) {
+        const y = product();
+        const values = (await y.data()) as Float32Array;
+        y.dispose();
+        if (program === 'tfjs') reference = values;
+        else if (reference) {
+          let num = 0;
+          let den = 0;
+          for (let i = 0; i < values.length; i++) {
+            num = Math.max(num, Math.abs((values[i] as number) - (reference[i] as number)));
+            den = Math.max(den, Math.abs(reference[i] as number));
+          }
+          relErr = num / den;
+        }
+      }
+      rows.push({ label: c.label, program, tflops: (flops * reps) / (median(t) / 1000) / 1e12, relErr });
     }
-    tf.dispose([a, c]);
+    tf.dispose([a, b]);
   }
+  configureKernels({});
   return rows;
 }
 
@@ -370,9 +451,15 @@ console.error(`benchmarking on ${info.name} (${info.adapter})`);
 const benches: VariantResult[] = [];
 for (const m of modelNames) benches.push(...(await benchModel(m)));
 results.benches = benches;
-const mmSizes =
-  env.LORA_GPU_MATMUL === '0' ? [] : list(env.LORA_GPU_MATMUL, ['1024', '2048', '4096', '8192']).map(Number);
-if (mmSizes.length) results.matmul = await matmulTable(mmSizes);
+// LORA_GPU_MATMUL: 0 for none, 'squares' for the squares only, or a list of square sizes
+const mm = env.LORA_GPU_MATMUL;
+const mmCases =
+  mm === '0'
+    ? []
+    : mm === undefined
+      ? [...MATMUL_CASES, ...squares([1024, 2048, 4096, 8192])]
+      : squares(list(mm === 'squares' ? undefined : mm, ['1024', '2048', '4096', '8192']).map(Number));
+if (mmCases.length) results.matmul = await matmulTable(mmCases);
 configureKernels({});
 
 const peerPath = env.PEER ?? (env.OUT ? join(env.OUT, 'peer.json') : '');
@@ -416,8 +503,16 @@ for (const r of benches) {
   for (const k of r.profile.kernels.slice(0, 14)) console.log(`| ${k.name} | ${k.calls} | ${k.gpuMs.toFixed(2)} |`);
 }
 if (results.matmul) {
-  console.log('\n| n | program | TFLOP/s |\n| --- | --- | --- |');
-  for (const r of results.matmul as { n: number; program: string; tflops: number }[])
-    console.log(`| ${r.n} | ${r.program} | ${r.tflops.toFixed(2)} |`);
-  for (const r of peer?.matmul ?? []) console.log(`| ${r.n} | PyTorch fp32 (TF32 off) | ${r.tflops.toFixed(2)} |`);
+  console.log("\nfloat32 matMul, TFLOP/s (pipelined), and the difference from tfjs's result\n");
+  console.log('| product | tfjs | tiled-64 | tiled-128 | PyTorch (TF32 off) | max rel. Δ tiled-64 / -128 |');
+  console.log('| --- | --- | --- | --- | --- | --- |');
+  const rows = results.matmul as { label: string; program: string; tflops: number; relErr: number | null }[];
+  for (const label of [...new Set(rows.map((r) => r.label))]) {
+    const of = (p: string) => rows.find((r) => r.label === label && r.program === p);
+    const torch = (peer?.matmul ?? []).find((r: { label: string }) => r.label === label)?.tflops;
+    const err = (p: string) => of(p)?.relErr?.toExponential(1) ?? '–';
+    console.log(
+      `| ${label} | ${of('tfjs')?.tflops.toFixed(2)} | ${of('tiled-64')?.tflops.toFixed(2)} | ${of('tiled-128')?.tflops.toFixed(2)} | ${torch === undefined ? '–' : torch.toFixed(2)} | ${err('tiled-64')} / ${err('tiled-128')} |`,
+    );
+  }
 }

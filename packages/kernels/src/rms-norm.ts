@@ -2,7 +2,6 @@ import * as tf from '@tensorflow/tfjs-core';
 import { fusedActive } from './active';
 import {
   ROW_WG,
-  type WebGPUBackendLike,
   flat,
   registerGradientOnce,
   registerWebGPUKernel,
