@@ -29,6 +29,7 @@ import { AdamW, manualSeed, withoutInit } from '@lora/nn';
 import { LlamaForCausalLM, parseLlamaConfig } from '@lora/models';
 import { type BackendName, initBackend } from '@lora/tensor';
 import { type KernelOptions, configureKernels, countDispatches, dispatchCacheStats } from '@lora/kernels';
+import { BATCH, BENCH_CONFIG, SEQ } from '../../models/bench/cases';
 
 const env = process.env;
 const RUNS = Number(env.LORA_GPU_RUNS ?? 5);
@@ -52,22 +53,8 @@ const MODELS: Record<string, { config: Record<string, unknown>; batch: number; s
     batch: 4,
     seq: 512,
   },
-  '10m': {
-    config: {
-      model_type: 'llama',
-      vocab_size: 8192,
-      hidden_size: 256,
-      intermediate_size: 688,
-      num_hidden_layers: 8,
-      num_attention_heads: 8,
-      num_key_value_heads: 4,
-      max_position_embeddings: 512,
-      rms_norm_eps: 1e-5,
-      tie_word_embeddings: false,
-    },
-    batch: 4,
-    seq: 128,
-  },
+  // @lora/models' bench model (hidden 256, 8 layers, 8 / 4 heads, vocab 8192)
+  '10m': { config: BENCH_CONFIG, batch: BATCH, seq: SEQ },
   // the parity case: small enough for the cpu backend
   tiny: {
     config: {
@@ -99,7 +86,7 @@ const VARIANTS: Record<string, Partial<KernelOptions>> = {
 
 const list = (s: string | undefined, all: string[]) => (s ? s.split(',').map((x) => x.trim()) : all);
 const variantNames = list(env.LORA_GPU_VARIANTS, Object.keys(VARIANTS));
-const modelNames = list(env.LORA_GPU_MODELS, ['123m', '10m']);
+const modelNames = env.LORA_GPU_MODELS === 'none' ? [] : list(env.LORA_GPU_MODELS, ['123m', '10m']);
 for (const v of variantNames) if (!VARIANTS[v]) throw new Error(`unknown variant '${v}': ${Object.keys(VARIANTS)}`);
 for (const m of modelNames) if (!MODELS[m]) throw new Error(`unknown model '${m}': ${Object.keys(MODELS)}`);
 

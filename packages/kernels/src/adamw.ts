@@ -8,6 +8,7 @@ import {
   reshaped,
   runKernel,
   sizeOf,
+  once,
 } from './webgpu-program';
 
 const MOMENTS = 'LoraAdamWMoments';
@@ -83,11 +84,7 @@ export function adamwScalars(hyper: AdamWHyper): tf.Tensor1D {
   return tf.tensor1d([1 - lr * weightDecay, lr / (1 - beta1 ** step), Math.sqrt(1 - beta2 ** step), eps]);
 }
 
-let registered = false;
-
-function register(): void {
-  if (registered) return;
-  registered = true;
+const register = once(() => {
   registerWebGPUKernel(MOMENTS, ({ inputs, backend, attrs }) => {
     const { g, mv } = inputs as { g: tf.TensorInfo; mv: tf.TensorInfo };
     const n = sizeOf(g.shape);
@@ -108,7 +105,7 @@ function register(): void {
     ]);
     return reshaped(out, p.shape);
   });
-}
+});
 
 /**
  * One AdamW update of one parameter, as `torch.optim.AdamW` (decoupled decay

@@ -8,6 +8,7 @@ import {
   reshaped,
   runKernel,
   sizeOf,
+  once,
 } from './webgpu-program';
 
 const FWD = 'LoraAddScaled';
@@ -34,11 +35,7 @@ function program(kind: typeof FWD | typeof SCALE, size: number) {
       );
 }
 
-let registered = false;
-
-function register(): void {
-  if (registered) return;
-  registered = true;
+const register = once(() => {
   registerWebGPUKernel(FWD, ({ inputs, backend, attrs }) => {
     const { a, b } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
     const out = backend.runWebGPUProgram(program(FWD, sizeOf(a.shape)), [flat(a), flat(b)], 'float32', [
@@ -60,7 +57,7 @@ function register(): void {
       b: () => runKernel(SCALE, { x: dy as tf.Tensor }, { scale: (attrs as { scale: number }).scale }),
     }),
   });
-}
+});
 
 /**
  * `a + b·scale` for tensors of one shape (how a LoRA layer adds `s·B(A(x))` to the base output). On

@@ -10,6 +10,7 @@ import {
   rowProgram,
   runKernel,
   treeReduce,
+  once,
 } from './webgpu-program';
 
 const FWD = 'LoraSoftmaxCrossEntropy';
@@ -24,11 +25,7 @@ function lseProgram(n: number): WebGPUProgramLike {
     n,
     'rows : i32, v : i32,',
     `
-    var<workgroup> red : array<f32, ${ROW_WG}>;
-    fn main(index : i32) {
-      let lid = i32(localId.x);
-      let rowRaw = rowIndex();
-      let row = min(rowRaw, uniforms.rows - 1);
+    fn rowMain(lid : i32, row : i32, rowRaw : i32) {
       let base = row * uniforms.v;
       var m = -uniforms.INFINITY;
       for (var i = lid; i < uniforms.v; i = i + ${ROW_WG}) { m = max(m, logits[base + i]); }
@@ -91,11 +88,7 @@ function gradProgram(n: number, v: number): WebGPUProgramLike {
     n,
     'rows : i32, v : i32, ignore : i32,',
     `
-    var<workgroup> red : array<f32, ${ROW_WG}>;
-    fn main(index : i32) {
-      let lid = i32(localId.x);
-      let rowRaw = rowIndex();
-      let row = min(rowRaw, uniforms.rows - 1);
+    fn rowMain(lid : i32, row : i32, rowRaw : i32) {
       // the count of targets that count, again per row: N reads, cheap beside the row's V writes
       var cnt = 0.0;
       for (var k = lid; k < uniforms.rows; k = k + ${ROW_WG}) {
@@ -120,11 +113,7 @@ function gradProgram(n: number, v: number): WebGPUProgramLike {
   );
 }
 
-let registered = false;
-
-function register(): void {
-  if (registered) return;
-  registered = true;
+const register = once(() => {
   registerWebGPUKernel(FWD, ({ inputs, backend, attrs }) => {
     const { logits, targets } = inputs as { logits: tf.TensorInfo; targets: tf.TensorInfo };
     const [n, v] = logits.shape as [number, number];
@@ -168,7 +157,7 @@ function register(): void {
       };
     },
   });
-}
+});
 
 /** The composite (any backend): a stable log-softmax, the targets' entries picked with a one-hot. */
 function composite(logits: tf.Tensor, targets: tf.Tensor, ignore: number, reduction: 'mean' | 'sum' | 'none') {

@@ -10,6 +10,7 @@ import {
   runKernel,
   sizeOf,
   treeReduce,
+  once,
 } from './webgpu-program';
 
 const FWD = 'LoraScaledMaskedSoftmax';
@@ -27,16 +28,12 @@ function forwardProgram(rows: number, s: number) {
     rows,
     'scale : f32, rows : i32, s : i32, g : i32, r : i32, maskBatch : i32,',
     `
-    var<workgroup> red : array<f32, ${ROW_WG}>;
     fn maskRow(row : i32) -> i32 {
       let r = row % uniforms.r;
       let b = row / (uniforms.r * uniforms.g);
       return select(0, b, uniforms.maskBatch > 1) * uniforms.r + r;
     }
-    fn main(index : i32) {
-      let lid = i32(localId.x);
-      let rowRaw = rowIndex();
-      let row = min(rowRaw, uniforms.rows - 1);
+    fn rowMain(lid : i32, row : i32, rowRaw : i32) {
       let base = row * uniforms.s;
       let mbase = maskRow(row) * uniforms.s;
       var m = -uniforms.INFINITY;
@@ -74,11 +71,7 @@ function backwardProgram(rows: number, s: number) {
     rows,
     'scale : f32, rows : i32, s : i32,',
     `
-    var<workgroup> red : array<f32, ${ROW_WG}>;
-    fn main(index : i32) {
-      let lid = i32(localId.x);
-      let rowRaw = rowIndex();
-      let row = min(rowRaw, uniforms.rows - 1);
+    fn rowMain(lid : i32, row : i32, rowRaw : i32) {
       let base = row * uniforms.s;
       var acc = 0.0;
       for (var i = lid; i < uniforms.s; i = i + ${ROW_WG}) { acc = acc + dp[base + i] * p[base + i]; }
@@ -95,11 +88,7 @@ function backwardProgram(rows: number, s: number) {
   );
 }
 
-let registered = false;
-
-function register(): void {
-  if (registered) return;
-  registered = true;
+const register = once(() => {
   registerWebGPUKernel(FWD, ({ inputs, backend, attrs }) => {
     const { scores, mask } = inputs as { scores: tf.TensorInfo; mask: tf.TensorInfo };
     const [, g, r, s] = scores.shape as [number, number, number, number];
@@ -143,7 +132,7 @@ function register(): void {
       };
     },
   });
-}
+});
 
 /**
  * Attention probabilities `softmax(scores·scale + mask)` over the last axis, for scores

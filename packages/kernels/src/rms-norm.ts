@@ -10,6 +10,7 @@ import {
   runKernel,
   sizeOf,
   treeReduce,
+  once,
 } from './webgpu-program';
 
 const FWD = 'LoraRMSNorm';
@@ -23,11 +24,7 @@ function rmsForwardProgram(rows: number, d: number) {
     rows,
     'eps : f32, rows : i32, d : i32,',
     `
-    var<workgroup> red : array<f32, ${ROW_WG}>;
-    fn main(index : i32) {
-      let lid = i32(localId.x);
-      let rowRaw = rowIndex();
-      let row = min(rowRaw, uniforms.rows - 1);
+    fn rowMain(lid : i32, row : i32, rowRaw : i32) {
       let base = row * uniforms.d;
       var ss = 0.0;
       for (var i = lid; i < uniforms.d; i = i + ${ROW_WG}) { let v = x[base + i]; ss = ss + v * v; }
@@ -51,11 +48,7 @@ function rmsBackwardProgram(rows: number, d: number) {
     rows,
     'eps : f32, rows : i32, d : i32,',
     `
-    var<workgroup> red : array<vec2<f32>, ${ROW_WG}>;
-    fn main(index : i32) {
-      let lid = i32(localId.x);
-      let rowRaw = rowIndex();
-      let row = min(rowRaw, uniforms.rows - 1);
+    fn rowMain(lid : i32, row : i32, rowRaw : i32) {
       let base = row * uniforms.d;
       var acc = vec2<f32>(0.0, 0.0);
       for (var i = lid; i < uniforms.d; i = i + ${ROW_WG}) {
@@ -74,14 +67,11 @@ function rmsBackwardProgram(rows: number, d: number) {
         }
       }
     }`,
+    'vec2<f32>',
   );
 }
 
-let registered = false;
-
-function register(): void {
-  if (registered) return;
-  registered = true;
+const register = once(() => {
   registerWebGPUKernel(FWD, ({ inputs, backend, attrs }) => {
     const { x, weight } = inputs as { x: tf.TensorInfo; weight: tf.TensorInfo };
     const d = x.shape.at(-1) as number;
@@ -124,7 +114,7 @@ function register(): void {
       };
     },
   });
-}
+});
 
 function uniformsFor(eps: number, rows: number, d: number) {
   return [

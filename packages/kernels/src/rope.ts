@@ -8,6 +8,7 @@ import {
   reshaped,
   runKernel,
   sizeOf,
+  once,
 } from './webgpu-program';
 
 const FWD = 'LoraRopeHeads';
@@ -55,11 +56,7 @@ function program(kind: typeof FWD | typeof BWD, b: number, t: number, h: number,
   return elementwiseProgram(`${kind}_${half}`, [sizeOf(shape)], names, 1, 't : i32, h : i32, d : i32,', body);
 }
 
-let registered = false;
-
-function register(): void {
-  if (registered) return;
-  registered = true;
+const register = once(() => {
   registerWebGPUKernel(FWD, ({ inputs, backend, attrs }) => {
     const { y, cos, sin } = inputs as Record<string, tf.TensorInfo>;
     const [b, t] = (y as tf.TensorInfo).shape as [number, number, number];
@@ -97,7 +94,7 @@ function register(): void {
       };
     },
   });
-}
+});
 
 function dims(t: number, h: number, d: number) {
   return [

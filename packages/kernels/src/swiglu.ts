@@ -8,6 +8,7 @@ import {
   reshaped,
   runKernel,
   sizeOf,
+  once,
 } from './webgpu-program';
 
 const FWD = 'LoraSwiGLU';
@@ -35,11 +36,7 @@ function program(kind: typeof FWD | typeof GRAD_GATE | typeof GRAD_UP, size: num
   return p;
 }
 
-let registered = false;
-
-function register(): void {
-  if (registered) return;
-  registered = true;
+const register = once(() => {
   for (const kind of [FWD, GRAD_GATE, GRAD_UP] as const) {
     registerWebGPUKernel(kind, ({ inputs, backend }) => {
       const { gate, up, dy } = inputs as { gate: tf.TensorInfo; up: tf.TensorInfo; dy?: tf.TensorInfo };
@@ -64,7 +61,7 @@ function register(): void {
       };
     },
   });
-}
+});
 
 /**
  * Llama's gated activation `silu(gate) · up` = `gate · σ(gate) · up` (the inside of

@@ -62,7 +62,11 @@ export function treeReduce(arr: string, combine: (a: string, b: string) => strin
 
 /**
  * A program with one workgroup of {@link ROW_WG} threads per row of `rows` (split over y when there
- * are more rows than a dispatch dimension holds). The user code reads the row as `rowIndex()`.
+ * are more rows than a dispatch dimension holds); `uniforms` must hold a `rows : i32` field. The body
+ * defines `fn rowMain(lid : i32, row : i32, rowRaw : i32)`: `lid` the thread, `rowRaw` the
+ * workgroup's row, `row` the same clamped to the last one (a workgroup past the end computes the
+ * last row again, so that every thread reaches the barriers, and must not write). The workgroup array
+ * `red` (`ROW_WG` entries of `reduce`) is declared for {@link treeReduce}.
  */
 export function rowProgram(
   key: string,
@@ -71,8 +75,8 @@ export function rowProgram(
   rows: number,
   uniforms: string,
   body: string,
+  reduce: 'f32' | 'vec2<f32>' = 'f32',
 ): WebGPUProgramLike {
-  // tfjs reshapes a flat dispatch over 65 535 workgroups into a square; rowIndex() undoes that
   return {
     outputShape,
     shaderKey: key,
@@ -81,9 +85,24 @@ export function rowProgram(
     variableNames,
     workgroupSize: [ROW_WG, 1, 1],
     uniforms,
+    // tfjs reshapes a flat dispatch over 65 535 workgroups into a square: the row index undoes that
     getUserCode: () => `
-      fn rowIndex() -> i32 { return i32(workgroupId.y * numWorkgroups.x + workgroupId.x); }
-      ${body}`,
+      var<workgroup> red : array<${reduce}, ${ROW_WG}>;
+      ${body}
+      fn main(index : i32) {
+        let rowRaw = i32(workgroupId.y * numWorkgroups.x + workgroupId.x);
+        rowMain(i32(localId.x), min(rowRaw, uniforms.rows - 1), rowRaw);
+      }`,
+  };
+}
+
+/** `f` run on the first call only (kernel registration). */
+export function once(f: () => void): () => void {
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    f();
   };
 }
 
