@@ -290,8 +290,12 @@ async function parity(): Promise<{ variant: string; lossRel: number; gradRel: nu
   const ref = await grab();
   await initBackend(backendName, { importers });
   const rows = [];
-  for (const variant of variantNames) {
-    configureKernels(VARIANTS[variant] as Partial<KernelOptions>);
+  // the tiny model's products are too small for 'tiled' to take: one more run forces the 64² tile on all
+  const forced: Record<string, Partial<KernelOptions>> = {
+    'fused+cache, every product tiled-64': { matmul: 'tiled-64' },
+  };
+  for (const variant of [...variantNames, ...Object.keys(forced)]) {
+    configureKernels((VARIANTS[variant] ?? forced[variant]) as Partial<KernelOptions>);
     const got = await grab();
     let num = 0;
     let den = 0;
