@@ -197,6 +197,8 @@ async function profileStep(b: Built, opt: AdamW): Promise<{ kernels: KernelRow[]
   return { kernels, totalGpuMs: kernels.reduce((s, r) => s + r.gpuMs, 0) };
 }
 
+let onVariantDone: (r: VariantResult) => void = () => undefined;
+
 interface VariantResult {
   model: string;
   variant: string;
@@ -266,6 +268,7 @@ async function benchModel(name: string): Promise<VariantResult[]> {
     if (env.LORA_GPU_PROFILE !== '0') r.profile = await profileStep(b, opt);
     opt.dispose();
     out.push(r);
+    onVariantDone(r);
     console.error(
       `[${name}] ${variant}: forward ${r.forwardMs.toFixed(1)} ms, step ${r.stepMs.toFixed(1)} ms, ${dispatchesStep} dispatches/step, bind groups cached ${r.bindGroupHitRate === null ? '–' : `${(100 * r.bindGroupHitRate).toFixed(0)}%`}, ${leaked} tensors left`,
     );
@@ -440,8 +443,16 @@ results.backend = info;
 results.submitBatch = tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE');
 console.error(`benchmarking on ${info.name} (${info.adapter})`);
 const benches: VariantResult[] = [];
-for (const m of modelNames) benches.push(...(await benchModel(m)));
 results.benches = benches;
+// written after every variant, so that a run cut short by its time limit still leaves what it measured
+const save = () => {
+  if (env.OUT) writeFileSync(join(env.OUT, `results-${TAG}.json`), JSON.stringify(results, null, 1));
+};
+onVariantDone = (r) => {
+  benches.push(r);
+  save();
+};
+for (const m of modelNames) await benchModel(m);
 // LORA_GPU_MATMUL: 0 for none, 'squares' for the squares only, or a list of square sizes
 const mm = env.LORA_GPU_MATMUL;
 const mmCases =
@@ -450,12 +461,15 @@ const mmCases =
     : mm === undefined
       ? [...MATMUL_CASES, ...squares([1024, 2048, 4096, 8192])]
       : squares(list(mm === 'squares' ? undefined : mm, ['1024', '2048', '4096', '8192']).map(Number));
-if (mmCases.length) results.matmul = await matmulTable(mmCases);
+if (mmCases.length) {
+  results.matmul = await matmulTable(mmCases);
+  save();
+}
 configureKernels({});
 
 const peerPath = env.PEER ?? (env.OUT ? join(env.OUT, 'peer.json') : '');
 const peer = peerPath && existsSync(peerPath) ? JSON.parse(readFileSync(peerPath, 'utf8')) : null;
-if (env.OUT) writeFileSync(join(env.OUT, `results-${TAG}.json`), JSON.stringify(results, null, 1));
+save();
 
 // the tables
 console.log(
