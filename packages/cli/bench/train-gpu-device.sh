@@ -16,11 +16,11 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$OUT/gp
 timeout 150 python3 packages/cli/bench/peer_train_gpu.py > "$OUT/peer.json" 2> "$OUT/peer.err"
 echo "peer exit $?" >> "$OUT/peer.err"
 
-LORA_GPU_TAG=default timeout 330 "$NODE" .device/bundle/train-gpu.mjs > "$OUT/default.md" 2> "$OUT/default.err"
+LORA_GPU_TAG=default timeout 300 "$NODE" .device/bundle/train-gpu.mjs > "$OUT/default.md" 2> "$OUT/default.err"
 echo "default exit $?" >> "$OUT/default.err"
 
 LORA_GPU_TAG=unsafe LORA_GPU_MODELS=123m LORA_GPU_VARIANTS=fused+cache,fused+cache+tiled LORA_GPU_PARITY=0 \
   LORA_GPU_MATMUL=squares LORA_DAWN_OPTIONS="enable-dawn-features=skip_validation,disable_robustness,disable_workgroup_init" \
-  timeout 120 "$NODE" .device/bundle/train-gpu.mjs > "$OUT/unsafe.md" 2> "$OUT/unsafe.err"
+  timeout 110 "$NODE" .device/bundle/train-gpu.mjs > "$OUT/unsafe.md" 2> "$OUT/unsafe.err"
 echo "unsafe exit $?" >> "$OUT/unsafe.err"
 ls -la "$OUT"
