@@ -161,3 +161,16 @@ export function normalFloatCodebook(bits: 2 | 3 | 4): Float32Array {
   books.set(bits, book);
   return book;
 }
+
+/** `book[code] · scale` of each value's block, in float32 (the dequantization of every block format here). */
+export function blockValues(
+  codes: Uint8Array,
+  book: Float32Array,
+  scales: Float32Array,
+  blockSize: number,
+): Float32Array {
+  const out = new Float32Array(codes.length);
+  for (let i = 0; i < codes.length; i++)
+    out[i] = (book[codes[i] as number] as number) * (scales[Math.floor(i / blockSize)] as number);
+  return out;
+}

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { NF4_CODE, nf4Code } from './codebooks';
+import { NF4_CODE, blockValues, nf4Code } from './codebooks';
 import { QuantizationError } from './errors';
 import { type WeightInput, checkBlockSize, readWeight } from './weight-input';
 
@@ -72,11 +72,7 @@ export function nf4Codes(q: Nf4Quantized): Uint8Array {
 
 /** NF4 values in float32: `NF4[code] · absmax` of each value's block, as bitsandbytes' `dequantize_4bit`. */
 export function nf4DequantizeValues(q: Nf4Quantized): Float32Array {
-  const codes = nf4Codes(q);
-  const out = new Float32Array(codes.length);
-  for (let i = 0; i < codes.length; i++)
-    out[i] = (NF4_CODE[codes[i] as number] as number) * (q.absmax[Math.floor(i / q.blockSize)] as number);
-  return out;
+  return blockValues(nf4Codes(q), NF4_CODE, q.absmax, q.blockSize);
 }
 
 /**

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { normalFloatCodebook } from './codebooks';
+import { blockValues, normalFloatCodebook } from './codebooks';
 import { QuantizationError } from './errors';
 import { type WeightInput, checkBlockSize, readWeight } from './weight-input';
 
@@ -109,12 +109,7 @@ export function nfCodes(q: NfQuantized): Uint8Array {
 
 /** Normal-float values in float32: `book[code] · max` of each value's block. */
 export function nfDequantizeValues(q: NfQuantized): Float32Array {
-  const codes = nfCodes(q);
-  const book = normalFloatCodebook(q.bits);
-  const out = new Float32Array(codes.length);
-  for (let i = 0; i < codes.length; i++)
-    out[i] = (book[codes[i] as number] as number) * (q.absmax[Math.floor(i / q.blockSize)] as number);
-  return out;
+  return blockValues(nfCodes(q), normalFloatCodebook(q.bits), q.absmax, q.blockSize);
 }
 
 /**

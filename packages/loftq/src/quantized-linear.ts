@@ -30,6 +30,17 @@ export interface QuantizedLinearOptions {
   requantizeOnMerge?: boolean;
 }
 
+/** What a {@link QuantizedLinear} is built from: its packed words and scales (taken over), bias (copied), format. */
+interface PackedInit {
+  shape: [number, number];
+  bias: tf.Tensor | null;
+  words: tf.Tensor;
+  scales: tf.Tensor1D;
+  format: QuantizedFormat;
+  blockSize: number;
+  requantizeOnMerge: boolean;
+}
+
 /**
  * A Linear whose weight is stored quantized (QLoRA's base layer, bitsandbytes' `Linear4bit` /
  * `Linear8bitLt` without bitsandbytes): the codes packed in 24-bit words on the backend with a float32
@@ -61,42 +72,24 @@ export class QuantizedLinear extends Linear {
   /** The scales: absmax per block (per row for int8); null while the weight is float32. */
   absmax: tf.Tensor1D | null;
 
-  private constructor(
-    inFeatures: number,
-    outFeatures: number,
-    bias: tf.Tensor | null,
-    words: tf.Tensor,
-    scales: tf.Tensor1D,
-    format: QuantizedFormat,
-    blockSize: number,
-    requantizeOnMerge: boolean,
-  ) {
+  private constructor(init: PackedInit) {
     // Linear allocates a weight (zeros here) that the packed words replace at once
-    super(inFeatures, outFeatures, { bias: bias !== null });
-    this.setParameter('weight', makeParameter(words, false));
-    if (bias && this.bias) {
-      this.bias.assign(bias);
+    super(init.shape[1], init.shape[0], { bias: init.bias !== null });
+    this.setParameter('weight', makeParameter(init.words, false));
+    if (init.bias && this.bias) {
+      this.bias.assign(init.bias);
       this.bias.trainable = false;
     }
-    this.format = format;
-    this.quantizedFormat = format;
-    this.blockSize = format === 'int8' ? inFeatures : blockSize;
-    this.requantizeOnMerge = requantizeOnMerge;
-    this.absmax = this.registerBuffer('absmax', scales) as tf.Tensor1D; // the buffer is `scales` itself
+    this.format = init.format;
+    this.quantizedFormat = init.format;
+    this.blockSize = init.format === 'int8' ? init.shape[1] : init.blockSize;
+    this.requantizeOnMerge = init.requantizeOnMerge;
+    this.absmax = this.registerBuffer('absmax', init.scales) as tf.Tensor1D; // the buffer is `scales` itself
   }
 
-  private static build(
-    shape: [number, number],
-    bias: tf.Tensor | null,
-    words: tf.Tensor,
-    scales: tf.Tensor1D,
-    format: QuantizedFormat,
-    blockSize: number,
-    requantizeOnMerge: boolean,
-  ): QuantizedLinear {
-    return withoutInit(
-      () => new QuantizedLinear(shape[1], shape[0], bias, words, scales, format, blockSize, requantizeOnMerge),
-    );
+  /** A layer from packed words and scales it takes over (built without drawing initial weights). */
+  private static build(init: PackedInit): QuantizedLinear {
+    return withoutInit(() => new QuantizedLinear(init));
   }
 
   /** The packed layout of this layer's quantized format. */
@@ -122,15 +115,15 @@ export class QuantizedLinear extends Linear {
       blockSize: format === 'int8' ? linear.inFeatures : blockSize,
     };
     const { words, scales } = quantizePacked(linear.weight as tf.Tensor2D, layout);
-    return QuantizedLinear.build(
-      layout.shape,
-      linear.bias,
+    return QuantizedLinear.build({
+      shape: layout.shape,
+      bias: linear.bias,
       words,
       scales,
       format,
       blockSize,
-      options.requantizeOnMerge ?? true,
-    );
+      requantizeOnMerge: options.requantizeOnMerge ?? true,
+    });
   }
 
   /**
@@ -180,7 +173,15 @@ export class QuantizedLinear extends Linear {
     padded.set(codes);
     const words = tf.tensor1d(packWords(padded, layout));
     const scales = tf.tensor1d(Float32Array.from(q.absmax));
-    return QuantizedLinear.build(shape, bias, words, scales, format, blockSize, options.requantizeOnMerge ?? true);
+    return QuantizedLinear.build({
+      shape,
+      bias,
+      words,
+      scales,
+      format,
+      blockSize,
+      requantizeOnMerge: options.requantizeOnMerge ?? true,
+    });
   }
 
   /** The weight as float32 `[out, in]`, decoded from the packed words (or a copy of the float32 weight). The caller owns it. */
