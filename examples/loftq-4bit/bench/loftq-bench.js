@@ -1,0 +1,155 @@
+// @ts-check
+// The LoftQ benchmark of issue 14: quantize and LoftQ-initialise one 4096 × 4096 weight on wasm and
+// webgpu, with PyTorch doing the same work in the same run (bench/loftq_peer.py, spawned here), one
+// table at the end. Cases, each the median of 3 timed runs after a warm-up, with the relative error
+// ||W - Q - B·A|| / ||W|| each reached:
+//   nf4                    bitsandbytes' NF4 quantize + dequantize (ours: on the host, exact; also on the backend)
+//   loftq T=1 / T=5        loftqInit 4 bits, r 16, with the randomized SVD (q 32, 4 power iterations): the
+//                          peer runs torch.svd_lowrank with the same q and niter, and PEFT's full SVD beside
+// Environment: LORA_BENCH_BACKENDS (default wasm,webgpu: those that start), LORA_BENCH_N (4096),
+// PYTHON (default python3), LORA_BENCH_PEER=0 (no peer), LORA_BENCH_RUNS (3).
+// Here:  npm run bench -w @lora-examples/loftq-4bit     (after a build)
+// On the GPU machine, bundled by ../shared/device/pack examples/loftq-4bit/bench/loftq-bench.js:
+//   source .device/setup.sh && $NODE .device/bundle/loftq-bench.mjs
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { Linear, withoutInit } from '@lora/nn';
+import { QuantizedLinear, loftqInit, nf4Quantize } from '@lora/loftq';
+import { nf4Dequantize } from '@lora/loftq';
+import { Generator, initBackend } from '@lora/tensor';
+
+const env = process.env;
+const N = Number(env.LORA_BENCH_N ?? 4096);
+const RUNS = Number(env.LORA_BENCH_RUNS ?? 3);
+const backends = (env.LORA_BENCH_BACKENDS ?? 'wasm,webgpu').split(',');
+
+/** @param {() => Promise<unknown>} fn */
+async function timed(fn) {
+  await fn();
+  const ms = [];
+  for (let i = 0; i < RUNS; i++) {
+    const t = performance.now();
+    await fn();
+    ms.push(performance.now() - t);
+  }
+  return ms.sort((a, b) => a - b)[Math.floor(ms.length / 2)] ?? Number.NaN;
+}
+
+/** @param {Float32Array} w @param {tf.Tensor} q @param {tf.Tensor} [ba] */
+async function relativeError(w, q, ba) {
+  const d = tf.tidy(() => {
+    const wt = tf.tensor2d(w, [N, N]);
+    const e = ba ? tf.sub(tf.sub(wt, q), ba) : tf.sub(wt, q);
+    return tf.div(tf.norm(e), tf.norm(wt));
+  });
+  const v = (await d.data())[0] ?? Number.NaN;
+  d.dispose();
+  return v;
+}
+
+const w = (() => {
+  const g = new Generator(0);
+  const t = g.randn([N, N]);
+  const v = t.dataSync();
+  t.dispose();
+  return Float32Array.from(v, (x) => x * 0.02);
+})();
+
+/** @type {Record<string, Record<string, { ms: number, error: number }>>} */
+const ours = {};
+for (const name of backends) {
+  try {
+    await initBackend(/** @type {'wasm'} */ (name), {
+      importers: { '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu') },
+    });
+  } catch (e) {
+    console.error(`${name}: not available (${/** @type {Error} */ (e).message.split('\n')[0]})`);
+    continue;
+  }
+  /** @type {Record<string, { ms: number, error: number }>} */
+  const rows = {};
+  const label = `${name}`;
+  // host NF4 (the exact quantizer; reads the weight from the host)
+  let q = /** @type {tf.Tensor | null} */ (null);
+  const hostMs = await timed(async () => {
+    q?.dispose();
+    q = nf4Dequantize(nf4Quantize({ data: w, shape: [N, N] }));
+    await q.data();
+  });
+  rows.nf4 = { ms: hostMs, error: await relativeError(w, /** @type {tf.Tensor} */ (q)) };
+  /** @type {tf.Tensor} */ (q).dispose();
+  // NF4 on the backend: pack (quantizeModel's path) and decode (what every forward does)
+  const lin = withoutInit(() => new Linear(N, N, { bias: false }));
+  lin.weight.assign(tf.tensor2d(w, [N, N]));
+  let layer = /** @type {QuantizedLinear | null} */ (null);
+  const packMs = await timed(async () => {
+    layer?.dispose();
+    layer = QuantizedLinear.fromLinear(lin, { bits: 4 });
+    await layer.weight.data();
+  });
+  const ql = /** @type {QuantizedLinear} */ (/** @type {unknown} */ (layer));
+  let decoded = /** @type {tf.Tensor | null} */ (null);
+  const decodeMs = await timed(async () => {
+    decoded?.dispose();
+    decoded = ql.dequantize();
+    await decoded.data();
+  });
+  rows['nf4 pack (backend)'] = { ms: packMs, error: await relativeError(w, /** @type {tf.Tensor} */ (decoded)) };
+  rows['nf4 decode (backend)'] = { ms: decodeMs, error: Number.NaN };
+  /** @type {tf.Tensor} */ (decoded).dispose();
+  ql.dispose();
+  lin.dispose();
+  for (const steps of [1, 5]) {
+    /** @type {Awaited<ReturnType<typeof loftqInit>> | null} */
+    let r = null;
+    const ms = await timed(async () => {
+      if (r) tf.dispose([r.dequantized, r.loraA, r.loraB]);
+      r = await loftqInit(
+        { data: w, shape: [N, N] },
+        { numBits: 4, reducedRank: 16, numIter: steps, svd: 'randomized', svdOversample: 16 },
+      );
+    });
+    const res = /** @type {Awaited<ReturnType<typeof loftqInit>>} */ (/** @type {unknown} */ (r));
+    const ba = tf.matMul(res.loraB, res.loraA);
+    rows[`loftq-t${steps}-lowrank`] = { ms, error: await relativeError(w, res.dequantized, ba) };
+    tf.dispose([ba, res.dequantized, res.loraA, res.loraB]);
+  }
+  ours[label] = rows;
+  console.error(`${label}: ${JSON.stringify(rows)}`);
+}
+
+/** @type {{ peer: string, device: string, rows: Record<string, { ms: number, error: number }> } | null} */
+let peer = null;
+if (env.LORA_BENCH_PEER !== '0') {
+  const script = join(import.meta.dirname ?? '.', 'loftq_peer.py');
+  const here = spawnSync('test', ['-f', script]).status === 0 ? script : 'examples/loftq-4bit/bench/loftq_peer.py';
+  const p = spawnSync(env.PYTHON ?? 'python3', [here, String(N)], { encoding: 'utf8', timeout: 300_000 });
+  if (p.status === 0) peer = JSON.parse(p.stdout.trim().split('\n').at(-1) ?? 'null');
+  else console.error(`peer failed (${p.status}): ${p.stderr?.slice(-500)}`);
+}
+
+const cases = [
+  ['nf4', 'NF4 quantize + dequantize (ours: host, exact)'],
+  ['nf4 pack (backend)', 'NF4 quantize + pack on the backend (quantizeModel)'],
+  ['nf4 decode (backend)', 'NF4 decode on the backend (each forward)'],
+  ['loftq-t1-lowrank', 'loftqInit T=1, randomized SVD q 32 niter 4'],
+  ['loftq-t5-lowrank', 'loftqInit T=5, randomized SVD q 32 niter 4'],
+  ['loftq-t1-full', "PEFT's loftq_init T=1 (full SVD)"],
+  ['loftq-t5-full', "PEFT's loftq_init T=5 (full SVD)"],
+];
+const cols = Object.keys(ours);
+const fmt = (/** @type {{ ms: number, error: number } | undefined} */ c) =>
+  c ? `${c.ms.toFixed(0)} ms${Number.isNaN(c.error) ? '' : ` (err ${c.error.toFixed(4)})`}` : '–';
+console.log(
+  `\nLoftQ on one ${N} × ${N} weight (4 bits, r 16), median of ${RUNS}${peer ? `; peer: ${peer.peer} on ${peer.device}` : ''}`,
+);
+console.log(`| case | ${cols.map((c) => `ours, ${c}`).join(' | ')} | ${peer ? peer.peer : 'peer'} |`);
+console.log(`| --- | ${cols.map(() => '---').join(' | ')} | --- |`);
+for (const [key = '', title] of cases) {
+  const peerKey = key === 'nf4 pack (backend)' || key === 'nf4 decode (backend)' ? null : key;
+  console.log(
+    `| ${title} | ${cols.map((c) => fmt(ours[c]?.[key])).join(' | ')} | ${fmt(peerKey ? peer?.rows[peerKey] : undefined)} |`,
+  );
+}
+console.log(JSON.stringify({ n: N, ours, peer }));
