@@ -48,6 +48,17 @@ async function relativeError(w, q, ba) {
   return v;
 }
 
+// Bundled into one ES module, tfjs-backend-wasm's Emscripten loader reads the free variable __dirname
+// for the folder of its .wasm files: the bundle's own folder (copy the three .wasm files next to it)
+// or LORA_WASM_DIR. Unbundled, the loader's CommonJS __dirname shadows this.
+/** @type {{ __dirname?: string }} */ (globalThis).__dirname ??= env.LORA_WASM_DIR ?? import.meta.dirname;
+// the importers let a bundled copy (../shared/device/pack) reach the backends it carries
+const importers = {
+  '@tensorflow/tfjs-backend-cpu': () => import('@tensorflow/tfjs-backend-cpu'),
+  '@tensorflow/tfjs-backend-wasm': () => import('@tensorflow/tfjs-backend-wasm'),
+  '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu'),
+};
+await initBackend('cpu', { importers }); // the weight is drawn once, on the host backend, then read by every case
 const w = (() => {
   const g = new Generator(0);
   const t = g.randn([N, N]);
@@ -60,9 +71,7 @@ const w = (() => {
 const ours = {};
 for (const name of backends) {
   try {
-    await initBackend(/** @type {'wasm'} */ (name), {
-      importers: { '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu') },
-    });
+    await initBackend(/** @type {'wasm'} */ (name), { importers });
   } catch (e) {
     console.error(`${name}: not available (${/** @type {Error} */ (e).message.split('\n')[0]})`);
     continue;
