@@ -3,7 +3,7 @@
 // layer shapes (hidden 768, intermediate 2048, vocabulary 8192) and 4 or 12 layers (the second about
 // 2.6 times the first); each `lora loftq` run (4 bits, r 16, one step, the default q_proj/v_proj targets
 // and all-linear) in a child process that reports its own peak resident memory. If the command streams
-// a layer at a time, the peak stays put while the file grows.
+// a layer at a time, the peak stays put while the file grows. Linux only (it reads /proc/self/status).
 //   node bench/cli-memory.js          (after a build; the CLI from packages/cli/dist)
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -13,10 +13,15 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Generator, initBackend, serializeSafetensors } from '@lora/tensor';
 
 if (process.argv[2] === 'child') {
-  // the measured process: the CLI in-process, then its peak RSS (getrusage's ru_maxrss, KiB)
+  // The measured process: the CLI in-process, then its peak RSS. Linux's VmHWM (/proc/self/status) is
+  // the peak of this process image alone; getrusage's ru_maxrss is not: it keeps the RSS of the parent
+  // that forked it (this script, holding the checkpoint it just made), so it grew with the file.
   const { runCli } = await import('@lora/cli');
+  const { readFileSync } = await import('node:fs');
   const code = await runCli(process.argv.slice(3), { out: () => {}, err: (l) => process.stderr.write(`${l}\n`) });
-  process.stdout.write(`${JSON.stringify({ code, maxRssMiB: process.resourceUsage().maxRSS / 1024 })}\n`);
+  const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
+  if (!hwm) throw new Error('no VmHWM in /proc/self/status (this benchmark needs Linux)');
+  process.stdout.write(`${JSON.stringify({ code, maxRssMiB: Number(hwm) / 1024 })}\n`);
   process.exit(code);
 }
 
