@@ -69,6 +69,8 @@ const w = (() => {
 
 /** @type {Record<string, Record<string, { ms: number, error: number }>>} */
 const ours = {};
+/** @type {Record<string, number>} values whose backend-packed NF4 code differs from the host quantizer's */
+const mismatches = {};
 for (const name of backends) {
   try {
     await initBackend(/** @type {'wasm'} */ (name), { importers });
@@ -87,6 +89,7 @@ for (const name of backends) {
     await q.data();
   });
   rows.nf4 = { ms: hostMs, error: await relativeError(w, /** @type {tf.Tensor} */ (q)) };
+  const hostValues = /** @type {Float32Array} */ (await /** @type {tf.Tensor} */ (q).data());
   /** @type {tf.Tensor} */ (q).dispose();
   // NF4 on the backend: pack (quantizeModel's path) and decode (what every forward does)
   const lin = withoutInit(() => new Linear(N, N, { bias: false }));
@@ -106,6 +109,11 @@ for (const name of backends) {
   });
   rows['nf4 pack (backend)'] = { ms: packMs, error: await relativeError(w, /** @type {tf.Tensor} */ (decoded)) };
   rows['nf4 decode (backend)'] = { ms: decodeMs, error: Number.NaN };
+  // the backend's codes against the exact host quantizer's: how many values decode differently
+  const got = await /** @type {tf.Tensor} */ (decoded).data();
+  let differ = 0;
+  for (let i = 0; i < got.length; i++) if (got[i] !== hostValues[i]) differ++;
+  mismatches[label] = differ;
   /** @type {tf.Tensor} */ (decoded).dispose();
   ql.dispose();
   lin.dispose();
@@ -161,4 +169,7 @@ for (const [key = '', title] of cases) {
     `| ${title} | ${cols.map((c) => fmt(ours[c]?.[key])).join(' | ')} | ${fmt(peerKey ? peer?.rows[peerKey] : undefined)} |`,
   );
 }
-console.log(JSON.stringify({ n: N, ours, peer }));
+console.log(
+  `\nNF4 packed on the backend, values decoding differently from the exact host quantizer: ${cols.map((c) => `${c} ${mismatches[c]} of ${N * N}`).join(', ')}`,
+);
+console.log(JSON.stringify({ n: N, ours, mismatches, peer }));
