@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -128,7 +128,7 @@ describe('lora merge', () => {
     const same = await run('merge', '--base', base, '--adapter', join(FIX, 'peft-tokens-dict'), '--out', base);
     expect([same.code, same.err]).toEqual([
       2,
-      'lora merge: --out is --base: write the merged model somewhere else (the base is read while the output is written)',
+      `lora merge: --out ${base} is --base ${base}: write the output somewhere else (the input is read while the output is written)`,
     ]);
     expect(Buffer.compare(readFileSync(base), readFileSync(join(FIX, 'tokens-base.safetensors')))).toBe(0);
     // an adapter for another model: refused from the headers, before anything is written
@@ -324,7 +324,7 @@ describe('lora combine', () => {
       [['--weights', '1', '--out', out], /^lora combine: combine needs --adapter/],
       [
         ['--adapter', a, '--adapter', b, '--weights', '1,1', '--out', a],
-        /^lora combine: --out .* is one of the --adapter directories/,
+        /^lora combine: --out .* is --adapter .*: write the output somewhere else/,
       ],
     ];
     for (const [args, message] of cases) {
@@ -337,17 +337,25 @@ describe('lora combine', () => {
       ).toHaveLength(1);
       expect(readdirSync(parent), args.join(' ')).toEqual([]);
     }
-    // an existing --out is kept unless --force
+    // an existing --out is kept unless --force, and --force never removes files lora did not write
     mkdirSync(out);
     writeFileSync(join(out, 'keep.txt'), 'x');
     const r = await run('combine', '--adapter', a, '--adapter', b, '--weights', '1,1', '--out', out);
     expect([r.code, r.err]).toEqual([
       2,
-      `lora combine: --out ${out} exists; choose a new directory or pass --force to replace it`,
+      `lora combine: --out ${out} exists; choose a new path or pass --force to replace it`,
+    ]);
+    const foreign = await run('combine', '--adapter', a, '--adapter', b, '--weights', '1,1', '--out', out, '--force');
+    expect([foreign.code, foreign.err]).toEqual([
+      2,
+      `lora combine: --out ${out} holds keep.txt, which is not part of a PEFT adapter directory: lora replaces only a PEFT adapter directory it could have written, even when forced; move those files away or choose another path`,
     ]);
     expect(readdirSync(out)).toEqual(['keep.txt']);
+    rmSync(join(out, 'keep.txt'));
+    expect((await run('combine', '--adapter', a, '--weights', '1', '--out', out)).code).toBe(0);
     const forced = await run('combine', '--adapter', a, '--adapter', b, '--weights', '1,1', '--out', out, '--force');
     expect(forced.code, forced.err).toBe(0);
+    expect(forced.err).toMatch(/wrote .* \(svd, r \d+, 5 modules\)$/);
     expect(readdirSync(out).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
     expect(readdirSync(parent)).toEqual(['mix']);
     expect((await run('combine', '--help')).out).toMatch(/^lora combine --adapter <dir>/);

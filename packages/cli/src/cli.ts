@@ -1,6 +1,7 @@
 import { combineCommand } from './commands/combine';
 import { inspectCommand } from './commands/inspect';
 import { mergeCommand } from './commands/merge';
+import { OutputError } from '@lora/tensor/node';
 import { type Command, type Io, UsageError } from './shared';
 
 export type { Io } from './shared';
@@ -41,6 +42,8 @@ export async function runCli(argv: string[], io: Io): Promise<number> {
     );
   } catch (e) {
     io.err(`lora ${command ?? ''}: ${(e as Error).message.split('\n')[0]}`);
-    return e instanceof UsageError ? 2 : 1;
+    // an --out that was refused is a mistake in the call; a disk that is full or read-only is not
+    const refused = e instanceof OutputError && ['exists', 'foreign', 'overlap', 'unsafe-path'].includes(e.code);
+    return e instanceof UsageError || refused ? 2 : 1;
   }
 }

@@ -577,7 +577,7 @@ export async function prepareOutput(path: string, options: OutputOptions): Promi
       throw new OutputError(
         'foreign',
         path,
-        `${shown} ${why}: lora replaces only ${kind.description} it could have written, even with --force; move those files away or choose another path`,
+        `${shown} ${why}: lora replaces only ${kind.description} it could have written, even when forced; move those files away or choose another path`,
       );
     replaces = true;
   }
