@@ -481,22 +481,25 @@ async function freeBytes(dir: string): Promise<number | null> {
   }
 }
 
-/** Creates the missing ancestors of `dir`; returns those it created, outermost first. */
-async function makeParents(dir: string): Promise<string[]> {
+/** Creates the missing ancestors of `dir`, recording each in `created` (outermost first) as soon as it exists. */
+async function makeParents(dir: string, created: string[]): Promise<void> {
   const missing: string[] = [];
   for (let d = dir; !(await lstat(d).catch(() => null)); d = dirname(d)) {
     missing.unshift(d);
     if (dirname(d) === d) break;
   }
-  for (const d of missing) await mkdir(d);
-  return missing;
+  for (const d of missing) {
+    created.push(d);
+    await mkdir(d);
+  }
 }
 
 function removeEmptySync(dirs: string[]): void {
   for (const d of [...dirs].reverse()) {
     try {
       rmdirSync(d);
-    } catch {
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
       return; // not empty any more (someone else wrote there): leave it and its parents
     }
   }
@@ -582,14 +585,10 @@ export async function prepareOutput(path: string, options: OutputOptions): Promi
     replaces = true;
   }
 
-  let created: string[];
-  try {
-    created = await makeParents(parent);
-  } catch (e) {
-    throw await writeError(e, shown, path, parent);
-  }
   const staging = temporaryPathFor(abs);
   const target = join(staging, basename(abs));
+  /** Parent folders this write created, outermost first (removed again on failure when empty). */
+  const created: string[] = [];
   let done = false;
   const flight: InFlight = {
     cleanup: () => {
@@ -614,13 +613,15 @@ export async function prepareOutput(path: string, options: OutputOptions): Promi
         `${shown} needs about ${formatBytes(bytes)} in ${parent}${replaces ? ' (the new output is complete before the old one is removed)' : ''}, and only ${formatBytes(free)} is free; free some space or choose another disk`,
       );
   };
+  // tracked before the first folder is made: a signal at any later moment finds the cleanup registered
+  track(flight);
   try {
+    await makeParents(parent, created);
     await mkdir(staging);
   } catch (e) {
-    removeEmptySync(created);
+    await abort();
     throw await writeError(e, shown, path, parent);
   }
-  track(flight);
   try {
     if (kind.type === 'directory') await mkdir(target);
     if (options.bytesNeeded !== undefined) await ensureSpace(options.bytesNeeded);
