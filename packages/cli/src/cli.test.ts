@@ -193,6 +193,47 @@ describe('lora merge', () => {
     tf.dispose([...Object.values(base), ...Object.values(want), ...Object.values(merged)]);
   });
 
+  it('refuses a merge that comes out NaN or infinite, naming the module; --no-safe-merge writes it with a warning', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lora-cli-nan-'));
+    const broken = join(dir, 'broken');
+    mkdirSync(broken);
+    writeFileSync(join(broken, 'adapter_config.json'), readFileSync(join(FIX, 'peft-qv', 'adapter_config.json')));
+    const tensors = read(join(FIX, 'peft-qv', 'adapter_model.safetensors'));
+    const key = 'base_model.model.layers.1.q_proj.lora_B.weight';
+    const values = (await tensors[key]!.data()) as Float32Array;
+    values[3] = Number.POSITIVE_INFINITY;
+    const raw = Object.fromEntries(
+      await Promise.all(
+        Object.entries(tensors).map(async ([k, t]) => [
+          k,
+          {
+            dtype: 'float32' as const,
+            shape: t.shape,
+            values: k === key ? values : ((await t.data()) as Float32Array),
+          },
+        ]),
+      ),
+    );
+    writeFileSync(join(broken, 'adapter_model.safetensors'), await serializeSafetensors(raw));
+    tf.dispose(Object.values(tensors));
+    const out = join(dir, 'merged.safetensors');
+    const args = ['merge', '--base', join(FIX, 'base.safetensors'), '--adapter', broken, '--out', out];
+    const refused = await run(...args);
+    expect(refused.code).toBe(1);
+    expect(refused.err.split('\n').at(-1)).toMatch(
+      /^lora merge: \d+ of the \d+ values of layers\.1\.q_proj\.weight came out NaN or infinite after merging: the adapter seems to be broken; nothing was written \(--no-safe-merge writes it anyway\)$/,
+    );
+    expect(readdirSync(dir)).toEqual(['broken']);
+    const written = await run(...args, '--no-safe-merge');
+    expect(written.code, written.err).toBe(0);
+    expect(written.err).toMatch(
+      /^warning: \d+ of the \d+ values of layers\.1\.q_proj\.weight came out NaN or infinite/m,
+    );
+    const merged = read(out);
+    expect(Array.from(await merged['layers.1.q_proj.weight']!.data()).some((v) => !Number.isFinite(v))).toBe(true);
+    tf.dispose(Object.values(merged));
+  });
+
   it('explains missing arguments and unknown commands in one line, with --help on each command', async () => {
     const r = await run('merge', '--base', 'x');
     expect([r.code, r.err]).toEqual([2, 'lora merge: merge needs --adapter; see lora merge --help']);
