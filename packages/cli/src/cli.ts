@@ -16,6 +16,9 @@ function mainHelp(): string {
     'Usage:',
     ...COMMANDS.map((c) => `  ${c.usage}`),
     '  lora <command> --help                      help for one command',
+    '',
+    'merge and combine replace an existing --out only with --force, only when it is an output of the same',
+    'kind, and by renames: an interrupted run leaves the old output or the new one (lora merge --help).',
   ].join('\n');
 }
 

@@ -322,6 +322,14 @@ describe('writeOutput', () => {
         'interrupted',
         `the output ${out}: interrupted by SIGTERM; nothing was written`,
       ]);
+      // work that goes on writing after the signal fails the same way, not with a raw ENOENT
+      const late = await rejection(
+        writeOutput(out, { ...adapter, force: true }, async (dir) => {
+          process.emit('SIGTERM', 'SIGTERM');
+          await fillAdapter('new')(dir);
+        }),
+      );
+      expect(late.code).toBe('interrupted');
     } finally {
       process.off('SIGTERM', mine);
     }

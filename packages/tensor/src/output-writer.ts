@@ -114,6 +114,8 @@ export interface PreparedOutput {
   readonly target: string;
   /** Whether an existing output will be replaced at commit. */
   readonly replaces: boolean;
+  /** The signal that interrupted this write (its temporaries are gone; commit will fail), or null. */
+  readonly interrupted: NodeJS.Signals | null;
   /** Checks the free space once the size is known (an {@link OutputError} 'no-space' when short). */
   ensureSpace(bytes: number): Promise<void>;
   /** Publishes `target` at `path` (replacing the old output by renames) and removes the temporaries. */
@@ -680,6 +682,13 @@ export async function prepareOutput(path: string, options: OutputOptions): Promi
     } catch (e) {
       if (!done) {
         await abort();
+        // a signal removed the temporary folder under the commit
+        if (flight.interrupted)
+          throw new OutputError(
+            'interrupted',
+            path,
+            `${shown}: interrupted by ${flight.interrupted}; nothing was written`,
+          );
         throw await writeError(e, shown, path, parent);
       }
       throw e;
@@ -687,7 +696,17 @@ export async function prepareOutput(path: string, options: OutputOptions): Promi
       untrack(flight);
     }
   };
-  return { path: abs, target, replaces, ensureSpace, commit, abort };
+  return {
+    path: abs,
+    target,
+    replaces,
+    get interrupted() {
+      return flight.interrupted;
+    },
+    ensureSpace,
+    commit,
+    abort,
+  };
 }
 
 /**
@@ -715,6 +734,12 @@ export async function writeOutput<T>(
     return result;
   } catch (e) {
     await output.abort();
+    if (output.interrupted && !(e instanceof OutputError))
+      throw new OutputError(
+        'interrupted',
+        path,
+        `${options.label ?? 'the output'} ${path}: interrupted by ${output.interrupted}; nothing was written`,
+      );
     // a failed write inside the temporary folder is reported against the output, not the hidden name
     const errno = e as NodeJS.ErrnoException;
     if (typeof errno?.path === 'string' && errno.path.startsWith(dirname(output.target)))
