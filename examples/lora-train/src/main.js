@@ -64,8 +64,9 @@ const after = await model.generate([prompt], { maxNewTokens: ids.length - 3 });
 const text = tokenizer.decode(after[0] ?? []);
 console.log(`after training:  "${text}"`);
 const out = join(here, '..', 'out', 'adapter');
-// lm_head is a target, so PEFT's 'auto' would also save the (unchanged) base embedding tables; the base model has them
-await saveAdapter(peft, out, { saveEmbeddingLayers: false });
+// lm_head is a target, so PEFT's 'auto' would also save the (unchanged) base embedding tables; the base model has them.
+// force: a second run of the demo replaces the adapter the first one saved
+await saveAdapter(peft, out, { saveEmbeddingLayers: false, force: true });
 console.log(
   `loss ${result.losses[0]?.toFixed(3)} -> ${result.losses.at(-1)?.toFixed(3)}; adapter saved in PEFT's format to ${out}`,
 );

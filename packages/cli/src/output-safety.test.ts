@@ -186,41 +186,28 @@ interface Scenario {
 const cli = (...a: string[]) => ['cli', ...a];
 const forceFlag = (force: boolean) => (force ? ['--force'] : []);
 
+/** `lora merge` of the base `base` (a file or a sharded directory under the inputs) into `outName`. */
+const mergeScenario = (name: string, base: string, outName: string): Scenario => ({
+  name,
+  outName,
+  args: (out, which, force) =>
+    cli(
+      'merge',
+      '--base',
+      join(inputs, base),
+      '--adapter',
+      join(inputs, `adapter-${which}`),
+      '--out',
+      out,
+      ...forceFlag(force),
+    ),
+  working: /^merging /m,
+  input: () => join(inputs, base),
+});
+
 const scenarios: Scenario[] = [
-  {
-    name: 'lora merge, single-file base',
-    outName: 'merged.safetensors',
-    args: (out, which, force) =>
-      cli(
-        'merge',
-        '--base',
-        join(inputs, 'base.safetensors'),
-        '--adapter',
-        join(inputs, `adapter-${which}`),
-        '--out',
-        out,
-        ...forceFlag(force),
-      ),
-    working: /^merging /m,
-    input: () => join(inputs, 'base.safetensors'),
-  },
-  {
-    name: 'lora merge, sharded directory base',
-    outName: 'merged',
-    args: (out, which, force) =>
-      cli(
-        'merge',
-        '--base',
-        join(inputs, 'sharded'),
-        '--adapter',
-        join(inputs, `adapter-${which}`),
-        '--out',
-        out,
-        ...forceFlag(force),
-      ),
-    working: /^merging /m,
-    input: () => join(inputs, 'sharded'),
-  },
+  mergeScenario('lora merge, single-file base', 'base.safetensors', 'merged.safetensors'),
+  mergeScenario('lora merge, sharded directory base', 'sharded', 'merged'),
   {
     name: 'lora combine',
     outName: 'mix',
