@@ -16,7 +16,7 @@
  * - writability and free space are checked before the work starts.
  */
 import { randomBytes } from 'node:crypto';
-import { type Stats, renameSync, rmSync, rmdirSync } from 'node:fs';
+import { type Stats, existsSync, renameSync, rmSync, rmdirSync } from 'node:fs';
 import { cp, lstat, mkdir, open, readdir, realpath, rename, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, dirname, join, parse, resolve, sep } from 'node:path';
@@ -219,6 +219,20 @@ function onSignal(signal: NodeJS.Signals): void {
   if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
 }
 
+/**
+ * Removes `path` now, from a signal handler: file operations the program had already started (in
+ * libuv's thread pool) may still add entries while it is removed, so it is removed until it stays gone.
+ */
+function removeNow(path: string): void {
+  for (let i = 0; i < 10 && existsSync(path); i++) {
+    try {
+      rmSync(path, { recursive: true, force: true, maxRetries: 3, retryDelay: 5 });
+    } catch {
+      // an entry appeared under it meanwhile: try again
+    }
+  }
+}
+
 function track(f: InFlight): void {
   inFlight.add(f);
   if (inFlight.size === 1) for (const s of SIGNALS) process.on(s, onSignal);
@@ -236,7 +250,7 @@ function untrack(f: InFlight): void {
 export async function withTemporaryFile<T>(path: string, write: (tmp: string) => Promise<T>): Promise<T> {
   await removeStaleTemporaries(path);
   const tmp = temporaryPathFor(path);
-  const flight: InFlight = { cleanup: () => rmSync(tmp, { force: true }), interrupted: null };
+  const flight: InFlight = { cleanup: () => removeNow(tmp), interrupted: null };
   track(flight);
   try {
     const result = await write(tmp);
@@ -594,7 +608,7 @@ export async function prepareOutput(path: string, options: OutputOptions): Promi
   let done = false;
   const flight: InFlight = {
     cleanup: () => {
-      rmSync(staging, { recursive: true, force: true });
+      removeNow(staging);
       removeEmptySync(created);
     },
     interrupted: null,
@@ -673,8 +687,8 @@ export async function prepareOutput(path: string, options: OutputOptions): Promi
       } else renameSync(target, abs);
       done = true;
       flight.cleanup = () => {
-        rmSync(staging, { recursive: true, force: true });
-        if (moved) rmSync(aside, { recursive: true, force: true });
+        removeNow(staging);
+        if (moved) removeNow(aside);
       };
       await rmdir(staging).catch(() => undefined);
       if (moved) await rm(aside, { recursive: true, force: true });

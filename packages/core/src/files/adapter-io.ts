@@ -220,7 +220,8 @@ export async function saveAdapter(model: PeftModel, dir: string, options: SaveAd
     await output.ensureSpace(files.reduce((n, f) => n + f.weights.length + f.config.length, 0));
     for (const f of files) {
       const target = f.name === 'default' ? output.target : `${output.target}/${f.name}`;
-      await fs.mkdir(target, { recursive: true });
+      // not recursive: after a signal has removed the temporary folder, nothing may create it again
+      if (f.name !== 'default') await fs.mkdir(target);
       await fs.writeFile(`${target}/adapter_model.safetensors`, f.weights);
       await fs.writeFile(`${target}/adapter_config.json`, f.config);
     }
