@@ -32,7 +32,8 @@ import { OutputError } from '@lora/tensor/node';
 import { runCli } from './cli';
 
 const CACHE = join(import.meta.dirname, '..', 'node_modules', '.cache', 'lora-output-safety');
-const TRIALS = 20;
+/** Kills per signal and command (LORA_KILL_TRIALS overrides, e.g. for a quick local run). */
+const TRIALS = Number(process.env.LORA_KILL_TRIALS ?? 20);
 /** Children run at once: the machine's two cores stay busy without starving each other. */
 const CONCURRENCY = 2;
 /** The base checkpoint: LAYERS float32 weights of WIDTH², about 48 MB, so that a merge works for over a second. */
@@ -386,7 +387,7 @@ beforeAll(async () => {
     expect(e.old).not.toBe(e.new);
     expected.set(name, e as Expected);
   }
-}, 300_000);
+}, 600_000);
 
 afterAll(() => {
   if (root) rmSync(root, { recursive: true, force: true });
@@ -488,15 +489,20 @@ describe('killed while replacing an existing output (--force)', () => {
       expect(tally.killedWhileWorking).toBeGreaterThan(0);
       expect(tally.leftovers).toBeGreaterThan(0);
       expectInputsUnchanged();
-    }, 240_000);
+    }, 600_000);
   }
 
   it('saveAdapter into a new directory: a SIGKILL leaves no directory or the complete one, never weights without a config', async () => {
     const s = scenarios.find((x) => x.name.startsWith('saveAdapter')) as Scenario;
-    const { failures, tally } = await killTrials(s, { existing: false, signals: ['SIGKILL'], trials: 10, seed: 17 });
+    const { failures, tally } = await killTrials(s, {
+      existing: false,
+      signals: ['SIGKILL'],
+      trials: Math.ceil(TRIALS / 2),
+      seed: 17,
+    });
     expect(failures).toEqual([]);
     expect(tally.leftovers).toBeGreaterThan(0);
-  }, 240_000);
+  }, 600_000);
 });
 
 describe('outputs that are refused before any work', () => {
@@ -610,5 +616,5 @@ describe('outputs that are refused before any work', () => {
     expect(readdirSync(inputs).sort()).toEqual([...hashesBefore.keys()].sort());
     for (const d of ['refused', 'foreign']) expect(readdirSync(join(root, d)).filter((e) => TEMP.test(e))).toEqual([]);
     expectInputsUnchanged();
-  }, 180_000);
+  }, 600_000);
 });
