@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Generator, type ModelFiles, openFiles } from '@lora/tensor';
+import { Generator, type HubOptions, type ModelFiles, openFiles } from '@lora/tensor';
 import {
   Embedding,
   Linear,
@@ -12,7 +12,7 @@ import {
   transposeLast,
   withoutInit,
 } from '@lora/nn';
-import { readCheckpoint } from './files';
+import { planCheckpoint } from './files';
 import { type LlamaConfig, parseLlamaConfig } from './llama-config';
 import { applyRope, ropeInverseFrequencies, ropeTables } from './rope';
 
@@ -272,29 +272,69 @@ export class LlamaForCausalLM extends Module {
   }
 
   /**
-   * Loads a checkpoint directory (Node) or its files (anywhere): `config.json` plus
-   * `model.safetensors` or a sharded `model.safetensors.index.json`, by Hugging Face's names.
+   * Loads a checkpoint as transformers' `from_pretrained` does: a Hugging Face Hub repo id
+   * (`'HuggingFaceTB/SmolLM-135M'`: from the local Hub cache, downloaded into it when missing; Node),
+   * a checkpoint directory (Node), or its files (anywhere): `config.json` plus `model.safetensors` or a
+   * sharded `model.safetensors.index.json`, by Hugging Face's names. The weights are float32 whatever
+   * the file's dtype (bf16 and f16 widen exactly); they are read a tensor at a time, so memory peaks
+   * near the float32 model plus one tensor, never the file plus the model. Names and shapes are checked
+   * against the headers before any weight is read.
+   *
+   * @example
+   * ```ts
+   * const model = await LlamaForCausalLM.fromPretrained('HuggingFaceTB/SmolLM-135M', {
+   *   onProgress: ({ file, loaded, total }) => console.log(file, loaded, '/', total),
+   * });
+   * const offline = await LlamaForCausalLM.fromPretrained('HuggingFaceTB/SmolLM-135M', { localFilesOnly: true });
+   * ```
    */
-  static async fromPretrained(files: ModelFiles): Promise<LlamaForCausalLM> {
-    const source = await openFiles(files);
+  static async fromPretrained(files: ModelFiles, options: HubOptions = {}): Promise<LlamaForCausalLM> {
+    const source = await openFiles(files, options);
     const config = parseLlamaConfig(JSON.parse(await source.text('config.json')));
-    const tensors = await readCheckpoint(source);
-    const model = withoutInit(() => new LlamaForCausalLM(config, { init: false }));
+    const plan = await planCheckpoint(source);
+    let model: LlamaForCausalLM | undefined;
     try {
+      model = withoutInit(() => new LlamaForCausalLM(config, { init: false }));
+      const own = model.stateDict();
       // Old checkpoints may carry RoPE buffers; tied checkpoints may or may not carry lm_head.
-      const ignored = new Set(
-        Object.keys(tensors).filter(
-          (k) => k.endsWith('rotary_emb.inv_freq') || (config.tieWordEmbeddings && k === 'lm_head.weight'),
-        ),
-      );
-      const weights = Object.fromEntries(Object.entries(tensors).filter(([k]) => !ignored.has(k)));
-      model.loadStateDict(weights, { strict: true });
+      const ignored = (k: string) =>
+        k.endsWith('rotary_emb.inv_freq') || (config.tieWordEmbeddings && k === 'lm_head.weight');
+      const wanted = new Set([...plan.entries.keys()].filter((k) => !ignored(k)));
+      // every name and shape checked from the headers, as load_state_dict would, before a byte of data is read
+      const errors = [...wanted].flatMap((k) => {
+        const target = own[k];
+        const shape = (plan.entries.get(k) as { shape: number[] }).shape;
+        return target && target.shape.join(',') !== shape.join(',')
+          ? [
+              `size mismatch for ${k}: copying a param with shape [${shape.join(', ')}] from checkpoint, the shape in current model is [${target.shape.join(', ')}]`,
+            ]
+          : [];
+      });
+      const missing = Object.keys(own).filter((k) => !wanted.has(k));
+      const unexpected = [...wanted].filter((k) => !(k in own));
+      if (missing.length) errors.push(`Missing key(s) in state_dict: ${missing.map((k) => `"${k}"`).join(', ')}`);
+      if (unexpected.length)
+        errors.push(`Unexpected key(s) in state_dict: ${unexpected.map((k) => `"${k}"`).join(', ')}`);
+      if (errors.length)
+        throw new Error(`Error(s) in loading state_dict for LlamaForCausalLM:\n\t${errors.join('\n\t')}`);
+      const loaded = model;
+      await plan.read((name, t) => {
+        try {
+          const target = own[name];
+          // a parameter takes the decoded tensor's data as it is (no copy); anything else goes through loadStateDict
+          if (target instanceof tf.Variable)
+            tf.tidy(() => target.assign(t.dtype === target.dtype ? t : tf.cast(t, target.dtype)));
+          else loaded.loadStateDict({ [name]: t }, { strict: false });
+        } finally {
+          t.dispose();
+        }
+      }, wanted);
       return model;
     } catch (e) {
-      model.dispose();
-      throw new Error(`${source.label}: ${(e as Error).message}`);
+      model?.dispose();
+      throw new Error(`${source.label}: ${(e as Error).message}`, { cause: e });
     } finally {
-      tf.dispose(Object.values(tensors));
+      await plan.close();
     }
   }
 

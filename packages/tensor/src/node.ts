@@ -2,11 +2,13 @@
  * File-system helpers for Node: load (single or sharded) and save safetensors, atomically.
  * Import from `@lora/tensor/node`; the main entry stays browser-safe.
  */
-import { type FileHandle, open, readFile, readdir, stat, writeFile } from 'node:fs/promises';
-import { dirname, isAbsolute, join, normalize } from 'node:path';
+import { type FileHandle, open, readFile, readdir, realpath, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, normalize, relative, sep } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { SafetensorsError } from './errors';
-import { withTemporaryFile } from './output-writer';
+import { FileAccessError, SafetensorsError } from './errors';
+import { OutputError, withTemporaryFile } from './output-writer';
+
+export { openFileBytes } from './file-source';
 import { type SafetensorsEntry, type SafetensorsHeader, parseHeader, readHeaderLength } from './safetensors-format';
 import { type DecodedTensor, type ParsedSafetensors, decodeEntry, parseSafetensors } from './safetensors-reader';
 import {
@@ -53,11 +55,25 @@ export type {
  * ```
  */
 export async function writeFileAtomic(path: string, bytes: Uint8Array | string): Promise<void> {
-  await withTemporaryFile(path, (tmp) => writeFile(tmp, bytes, { flag: 'wx' }));
+  try {
+    await withTemporaryFile(path, (tmp) => writeFile(tmp, bytes, { flag: 'wx' }));
+  } catch (e) {
+    // the error names the file asked for, not the hidden temporary one
+    throw e instanceof OutputError ? e : FileAccessError.from(path, e);
+  }
 }
 
-async function readSingle(path: string): Promise<ParsedSafetensors> {
-  const bytes = await readFile(path);
+/** Reads a whole file; file-system errors (missing, a directory, permissions) become a {@link FileAccessError} naming it. */
+async function readWhole(path: string, what = 'file'): Promise<Buffer> {
+  try {
+    return await readFile(path);
+  } catch (e) {
+    throw FileAccessError.from(path, e, what);
+  }
+}
+
+async function readSingle(path: string, what = 'file'): Promise<ParsedSafetensors> {
+  const bytes = await readWhole(path, what);
   return parseSafetensors(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), { file: path });
 }
 
@@ -66,9 +82,10 @@ function indexError(file: string, message: string): never {
 }
 
 async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
+  const text = (await readWhole(indexPath, 'index')).toString('utf8');
   let index: unknown;
   try {
-    index = JSON.parse(await readFile(indexPath, 'utf8'));
+    index = JSON.parse(text);
   } catch (e) {
     throw new SafetensorsError(
       { file: indexPath, field: 'header' },
@@ -87,16 +104,29 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
     if (isAbsolute(shard) || normalize(shard).split(/[\\/]/).includes('..')) {
       indexError(indexPath, `shard '${shard}' for '${name}' points outside the checkpoint directory`);
     }
-    byShard.set(shard, [...(byShard.get(shard) ?? []), name]);
+    const names = byShard.get(shard);
+    if (names) names.push(name);
+    else byShard.set(shard, [name]);
   }
   const dir = dirname(indexPath);
-  const tensors: Record<string, tf.Tensor> = {};
+  const realDir = await realpath(dir);
+  const tensors: Record<string, tf.Tensor> = Object.create(null);
   const files: string[] = [];
   let metadata: Record<string, string> = {};
   try {
     for (const [shard, names] of byShard) {
       const file = join(dir, shard);
-      const part = await readSingle(file);
+      // a shard may be a link (Hugging Face's cache links every file to a blob), but not to a file outside
+      // the checkpoint's directory tree: an index is untrusted and must not make us read /etc/… or ~/.ssh/…
+      const real = await realpath(file).catch((e: unknown) => {
+        throw FileAccessError.from(file, e, `shard (listed in ${basename(indexPath)})`);
+      });
+      if (!insideDir(real, realDir) && !insideDir(real, await hubBlobsDir(realDir)))
+        indexError(
+          indexPath,
+          `shard '${shard}' is a link to ${real}, outside the checkpoint directory ${realDir}; copy the file in instead`,
+        );
+      const part = await readSingle(file, `shard (listed in ${basename(indexPath)})`);
       files.push(file);
       if (files.length === 1) metadata = part.metadata;
       for (const name of names) {
@@ -128,6 +158,22 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
   };
 }
 
+function insideDir(path: string, dir: string | null): boolean {
+  if (dir === null) return false;
+  const rel = relative(dir, path);
+  return rel !== '' && !rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel);
+}
+
+/**
+ * The `blobs` folder of a Hugging Face cache entry when `dir` is one of its snapshots
+ * (`models--org--name/snapshots/<rev>`), whose files are links into `models--org--name/blobs`; else null.
+ */
+async function hubBlobsDir(dir: string): Promise<string | null> {
+  const snapshots = dirname(dir);
+  if (basename(snapshots) !== 'snapshots') return null;
+  return realpath(join(dirname(snapshots), 'blobs')).catch(() => null);
+}
+
 /**
  * Loads a safetensors checkpoint: a `.safetensors` file, a sharded checkpoint's
  * `*.safetensors.index.json`, or a directory holding either (`model.safetensors.index.json`,
@@ -140,7 +186,9 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
  * ```
  */
 export async function loadSafetensors(path: string): Promise<LoadedSafetensors> {
-  const info = await stat(path);
+  const info = await stat(path).catch((e: unknown) => {
+    throw FileAccessError.from(path, e, 'checkpoint');
+  });
   if (info.isDirectory()) {
     const entries = await readdir(path);
     if (entries.includes('model.safetensors.index.json'))
@@ -189,11 +237,24 @@ export async function saveSafetensors(
  * ```
  */
 export async function readSafetensorsFileHeader(path: string): Promise<SafetensorsHeader> {
-  const file = await open(path, 'r');
+  const file = await openForReading(path);
   try {
     return (await readOpenHeader(file, path)).header;
   } finally {
     await file.close();
+  }
+}
+
+async function openForReading(path: string): Promise<FileHandle> {
+  try {
+    const file = await open(path, 'r');
+    if ((await file.stat()).isDirectory()) {
+      await file.close();
+      throw new FileAccessError(path, 'file is a directory, not a file', 'EISDIR');
+    }
+    return file;
+  } catch (e) {
+    throw FileAccessError.from(path, e);
   }
 }
 
@@ -253,7 +314,7 @@ export async function rewriteSafetensors(
   replace: (name: string, file: SafetensorsFileReader) => Promise<DecodedTensor['values'] | undefined>,
   options: { onProgress?: (bytesDone: number, bytesTotal: number) => void } = {},
 ): Promise<RewriteResult> {
-  const source = await open(input, 'r');
+  const source = await openForReading(input);
   let target: FileHandle | null = null;
   try {
     const { header, head, size } = await readOpenHeader(source, input);
@@ -276,7 +337,9 @@ export async function rewriteSafetensors(
     const replaced: string[] = [];
     let written = 0;
     await withTemporaryFile(output, async (tmp) => {
-      target = await open(tmp, 'wx');
+      target = await open(tmp, 'wx').catch((e: unknown) => {
+        throw FileAccessError.from(output, e);
+      });
       await target.write(head, 0, head.length, 0);
       written = head.length;
       // untouched tensors are copied through one reused buffer, so that copying allocates nothing per tensor

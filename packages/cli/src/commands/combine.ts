@@ -1,6 +1,5 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { COMBINATION_TYPES, type CombinationType, combineAdapters, loraConfigToJson } from '@lora/core';
 import { serializeSafetensors } from '@lora/tensor';
@@ -12,6 +11,7 @@ import {
   OUTPUT_HELP,
   UsageError,
   numberOption,
+  parseCommandArgs,
   prepareOut,
   readAdapter,
   sizeOf,
@@ -27,8 +27,8 @@ PEFT's layout (PeftModel.from_pretrained loads it).
 
 Options:
   --adapter DIR           an adapter directory; repeat for each adapter (one adapter: a linear rescale)
-  --weights W1,W2,...     one weight per adapter, in the same order; negative weights subtract (write
-                          --weights=-0.5,1 when the first one is negative)
+  --weights W1,W2,...     one weight per adapter, in the same order; negative weights subtract
+                          (--weights -0.5,1)
   --type TYPE             ${COMBINATION_TYPES.join(', ')}
                           (default svd). linear, ties, dare_* and magnitude_prune need equal ranks; cat
                           sums the ranks; the *svd types re-decompose the combined update at --svd-rank
@@ -46,7 +46,7 @@ adapters' factors and stays fast.
 ${OUTPUT_HELP}`;
 
 async function combine(args: string[], io: Io): Promise<number> {
-  const { values } = parseArgs({
+  const { values } = parseCommandArgs({
     args,
     options: {
       help: { type: 'boolean' },
@@ -108,9 +108,9 @@ async function combine(args: string[], io: Io): Promise<number> {
   );
   const adapters: AdapterOnDisk[] = [];
   try {
-    await startBackend();
+    await startBackend(io);
     for (const [i, dir] of dirs.entries()) {
-      adapters.push(await readAdapter(dir));
+      adapters.push(await readAdapter(dir, undefined, io));
       io.err(`read ${dir} (${i + 1}/${dirs.length})`);
     }
     const mix = await combineAdapters(adapters, weights, {
