@@ -121,18 +121,18 @@ interface Run {
   code: number | null;
   signal: NodeJS.Signals | null;
   err: string;
-  /** When the child said 'started' (its modules loaded), ms after the spawn. */
-  startedMs: number | null;
+  /** When the child printed the line `options.mark` matches, ms after the spawn. */
+  markMs: number | null;
   ms: number;
 }
 
 /**
- * Runs the child; with `kill`, sends the signal `afterMs` after the child says it started (timed from
- * there, not from the spawn: how long Node takes to boot varies most with the machine's load).
+ * Runs the child; with `kill`, sends the signal `afterMs` after the child prints a line `mark` matches
+ * (timed from there, not from the spawn: how long Node takes to boot varies most with the machine's load).
  */
 function runChild(
   args: string[],
-  options: { cwd?: string; kill?: { afterMs: number; signal: NodeJS.Signals } } = {},
+  options: { cwd?: string; mark?: RegExp; kill?: { afterMs: number; signal: NodeJS.Signals } } = {},
 ): Promise<Run> {
   return new Promise((done, fail) => {
     const t0 = performance.now();
@@ -142,12 +142,12 @@ function runChild(
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     let err = '';
-    let startedMs: number | null = null;
+    let markMs: number | null = null;
     let timer: ReturnType<typeof setTimeout> | undefined;
     child.stderr.on('data', (d) => {
       err += d;
-      if (startedMs === null && err.startsWith('started\n')) {
-        startedMs = performance.now() - t0;
+      if (markMs === null && options.mark?.test(err)) {
+        markMs = performance.now() - t0;
         const kill = options.kill;
         if (kill) timer = setTimeout(() => child.kill(kill.signal), kill.afterMs);
       }
@@ -158,7 +158,7 @@ function runChild(
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       clearTimeout(guard);
-      done({ code, signal, err: err.replace(/^started\n/, ''), startedMs, ms: performance.now() - t0 });
+      done({ code, signal, err: err.replace(/^started\n/, ''), markMs, ms: performance.now() - t0 });
     });
   });
 }
@@ -188,11 +188,17 @@ interface Scenario {
   args(out: string, which: 'old' | 'new', force: boolean): string[];
   /** A line on stderr that shows the work had started. */
   working: RegExp;
+  /**
+   * The line the kills are timed from: 'started' (the child's modules are loaded) for the commands;
+   * saveAdapter's own 'saving' (the model it saves takes longer to build than to save).
+   */
+  mark: RegExp;
   /** The inputs, for the refusal cases (the output may not contain them). */
   input(): string;
 }
 
 const cli = (...a: string[]) => ['cli', ...a];
+const STARTED = /^started$/m;
 const forceFlag = (force: boolean) => (force ? ['--force'] : []);
 
 /** `lora merge` of the base `base` (a file or a sharded directory under the inputs) into `outName`. */
@@ -211,6 +217,7 @@ const mergeScenario = (name: string, base: string, outName: string): Scenario =>
       ...forceFlag(force),
     ),
   working: /^merging /m,
+  mark: STARTED,
   input: () => join(inputs, base),
 });
 
@@ -236,6 +243,7 @@ const scenarios: Scenario[] = [
         ...forceFlag(force),
       ),
     working: /^read /m,
+    mark: STARTED,
     input: () => join(inputs, 'combine-1'),
   },
   {
@@ -243,6 +251,7 @@ const scenarios: Scenario[] = [
     outName: 'adapter',
     args: (out, which, force) => ['save-adapter', out, which === 'new' ? '2' : '1', ...forceFlag(force)],
     working: /^saving/m,
+    mark: /^saving$/m,
     input: () => join(inputs, 'initial'),
   },
 ];
@@ -252,7 +261,7 @@ interface Expected {
   new: string;
   /** The pristine old output that trials hard-link from. */
   pristine: string;
-  /** How long the command ran after it said it started, in the calibration run. */
+  /** How long the command ran after its `mark` line, in the calibration run. */
   workMs: number;
 }
 const expected = new Map<string, Expected>();
@@ -369,7 +378,7 @@ beforeAll(async () => {
       const out = join(dir, 'calibration');
       mkdirSync(out);
       linkCopy(pristine, join(out, s.outName));
-      const fresh = await runChild(s.args(join(out, s.outName), 'new', true));
+      const fresh = await runChild(s.args(join(out, s.outName), 'new', true), { mark: s.mark });
       if (fresh.code !== 0) throw new Error(`${s.name} (new output): ${fresh.err}`);
       expect(readdirSync(out)).toEqual([s.outName]);
       return [
@@ -378,7 +387,7 @@ beforeAll(async () => {
           old: hashOf(pristine),
           new: hashOf(join(out, s.outName)),
           pristine,
-          workMs: fresh.ms - (fresh.startedMs ?? 0),
+          workMs: fresh.ms - (fresh.markMs ?? 0),
         },
       ] as const;
     }),
@@ -429,7 +438,7 @@ async function killTrials(
       // any moment of the command's own run, and a little after it (then the new output is complete)
       const afterMs = next() * 1.15 * want.workMs;
       jobs.push(async () => {
-        const label = `${signal} #${i} ${afterMs.toFixed(0)} ms after the start`;
+        const label = `${signal} #${i} ${afterMs.toFixed(0)} ms after '${s.mark.source}'`;
         const dir = join(
           root,
           'trials',
@@ -438,7 +447,7 @@ async function killTrials(
         mkdirSync(dir, { recursive: true });
         const out = join(dir, s.outName);
         if (options.existing) linkCopy(want.pristine, out);
-        const run = await runChild(s.args(out, 'new', options.existing), { kill: { afterMs, signal } });
+        const run = await runChild(s.args(out, 'new', options.existing), { mark: s.mark, kill: { afterMs, signal } });
         if (run.code !== null && run.code !== 0) failures.push(`${label}: exit ${run.code}: ${run.err}`);
         if (run.signal && s.working.test(run.err)) tally.killedWhileWorking++;
         const left = readdirSync(dir).filter((e) => e !== s.outName);
