@@ -254,6 +254,25 @@ describe('writeOutput', () => {
     expect(readdirSync(root)).toEqual(['a-file']);
   });
 
+  it('reports a disk that fills up during the work against the output, not the hidden temporary name', async () => {
+    const root = fresh();
+    const out = join(root, 'mix');
+    const e = await rejection(
+      writeOutput(out, adapter, async (dir) => {
+        const file = join(dir, 'adapter_model.safetensors');
+        throw Object.assign(new Error(`ENOSPC: no space left on device, write '${file}'`), {
+          code: 'ENOSPC',
+          path: file,
+        });
+      }),
+    );
+    expect([e.code, e.message]).toEqual([
+      'no-space',
+      `the output ${out}: the disk holding ${root} is full (ENOSPC); free some space or choose another disk`,
+    ]);
+    expect(readdirSync(root)).toEqual([]);
+  });
+
   it('refuses a read-only folder before the work starts', async (ctx) => {
     // root writes through file permissions, so as root a folder the kernel refuses (sysfs) stands in
     let folder: string;

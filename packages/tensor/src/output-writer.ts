@@ -122,6 +122,12 @@ export interface PreparedOutput {
   commit(): Promise<void>;
   /** Removes everything written so far; the old output stays as it was. Safe to call more than once. */
   abort(): Promise<void>;
+  /**
+   * The error to report for `e`, thrown while writing into `target`: a signal's interruption, or a
+   * file-system failure there (disk full, permissions), as an {@link OutputError} naming the output
+   * rather than the hidden temporary path; any other error as it is.
+   */
+  explain(e: unknown): Promise<unknown>;
 }
 
 const TEMP = /^(\d+)\.([0-9a-f]{8})\.(tmp|old)$/;
@@ -710,6 +716,17 @@ export async function prepareOutput(path: string, options: OutputOptions): Promi
       untrack(flight);
     }
   };
+  const explain = async (e: unknown) => {
+    if (e instanceof OutputError) return e;
+    if (flight.interrupted)
+      return new OutputError(
+        'interrupted',
+        path,
+        `${shown}: interrupted by ${flight.interrupted}; nothing was written`,
+      );
+    const at = (e as NodeJS.ErrnoException | null)?.path;
+    return typeof at === 'string' && at.startsWith(staging) ? writeError(e, shown, path, parent) : e;
+  };
   return {
     path: abs,
     target,
@@ -720,6 +737,7 @@ export async function prepareOutput(path: string, options: OutputOptions): Promi
     ensureSpace,
     commit,
     abort,
+    explain,
   };
 }
 
@@ -748,16 +766,6 @@ export async function writeOutput<T>(
     return result;
   } catch (e) {
     await output.abort();
-    if (output.interrupted && !(e instanceof OutputError))
-      throw new OutputError(
-        'interrupted',
-        path,
-        `${options.label ?? 'the output'} ${path}: interrupted by ${output.interrupted}; nothing was written`,
-      );
-    // a failed write inside the temporary folder is reported against the output, not the hidden name
-    const errno = e as NodeJS.ErrnoException;
-    if (typeof errno?.path === 'string' && errno.path.startsWith(dirname(output.target)))
-      throw await writeError(e, `${options.label ?? 'the output'} ${path}`, path, dirname(output.path));
-    throw e;
+    throw await output.explain(e);
   }
 }

@@ -133,6 +133,8 @@ async function combine(args: string[], io: Io): Promise<number> {
       tf.dispose(Object.values(mix.tensors));
     }
     return 0;
+  } catch (e) {
+    throw await output.explain(e);
   } finally {
     await output.abort();
     tf.dispose(adapters.flatMap((a) => Object.values(a.tensors)));

@@ -213,6 +213,8 @@ async function merge(args: string[], io: Io): Promise<number> {
     await output.commit();
     io.err(`wrote ${out} (${wanted.size} modules merged${output.replaces ? ', the old output replaced' : ''})`);
     return 0;
+  } catch (e) {
+    throw await output.explain(e);
   } finally {
     await output.abort();
     if (read) tf.dispose(Object.values(read.tensors));

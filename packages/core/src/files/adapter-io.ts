@@ -247,6 +247,8 @@ export async function saveAdapter(model: PeftModel, dir: string, options: SaveAd
       await writeFileAtomic(`${initialDir}/adapter_config.json`, JSON.stringify(initialConfig, null, 2));
     }
     return files.map((f) => (f.name === 'default' ? dir : `${dir}/${f.name}`));
+  } catch (e) {
+    throw await output.explain(e);
   } finally {
     await output.abort();
   }
