@@ -1,6 +1,6 @@
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { runCli } from '@lora/cli';
 import { loadAdapter, loraConfigFromJson } from '@lora/core';
@@ -95,6 +95,12 @@ describe('lora loftq', () => {
       /\[1\/4\] model\.layers\.0\.self_attn\.q_proj \[32, 32\]: \|\|W - Q - BA\|\| \/ \|\|W\|\| = 0\.\d{5}/,
     );
     expect(readdirSync(out).sort()).toEqual(['config.json', 'loftq_init', 'model.safetensors', 'tokenizer.json']);
+    // an earlier output of lora loftq is replaced with --force, and only with it
+    expect((await run('loftq', '--base', base, '--out', out, '--rank', '4')).err).toMatch(/exists/);
+    const again = await run('loftq', '--base', base, '--out', out, '--rank', '4', '--iter', '2', '--force');
+    expect(again.code, again.err).toBe(0);
+    expect(again.err).toMatch(/the old output replaced/);
+    expect(readdirSync(dirname(out))).toEqual(['llama-4bit']);
     const before = read(join(base, 'model.safetensors'));
     const after = read(join(out, 'model.safetensors'));
     const adapter = read(join(out, 'loftq_init', 'adapter_model.safetensors'));
@@ -252,13 +258,19 @@ describe('lora loftq', () => {
     }
     const inside = await run('loftq', '--base', base, '--out', join(base, 'loftq'));
     expect(inside.code).toBe(2);
-    expect(inside.err).toMatch(/overlap/);
+    expect(inside.err).toMatch(/is inside --base/);
     mkdirSync(out);
     writeFileSync(join(out, 'keep.txt'), 'mine');
     const exists = await run('loftq', '--base', base, '--out', out);
     expect(exists.code).toBe(2);
-    expect(exists.err).toMatch(/exists; remove it, or pass --force/);
+    expect(exists.err).toMatch(/exists; choose a new path or pass --force/);
+    // the shared output writer: --force replaces only what lora loftq could have written
+    const foreign = await run('loftq', '--base', base, '--out', out, '--force');
+    expect(foreign.code).toBe(2);
+    expect(foreign.err).toMatch(/keep\.txt, which is not part of a model directory/);
+    expect(readdirSync(out)).toEqual(['keep.txt']);
     expect(readFileSync(join(out, 'keep.txt'), 'utf8')).toBe('mine');
+    expect(readdirSync(parent).sort()).toEqual(['m']);
     const noBase = await run('loftq', '--base', join(parent, 'nothing'), '--out', join(parent, 'x'));
     expect(noBase.err).toMatch(/is not a checkpoint directory/);
   });

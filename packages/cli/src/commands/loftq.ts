@@ -1,5 +1,5 @@
-import { cp, mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises';
-import { join, relative, resolve, sep } from 'node:path';
+import { cp, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import {
   DEFAULT_TARGET_MODULES,
@@ -11,16 +11,18 @@ import {
 } from '@lora/core';
 import { QuantizationError, loftqInit } from '@lora/loftq';
 import { serializeSafetensors } from '@lora/tensor';
-import { readSafetensorsFileHeader, rewriteSafetensors } from '@lora/tensor/node';
+import { outputKinds, readSafetensorsFileHeader, rewriteSafetensors } from '@lora/tensor/node';
 import {
   type Command,
   type Io,
+  OUTPUT_HELP,
   UsageError,
   isDir,
   numberOption,
   parseCommandArgs,
+  prepareOut,
+  sizeOf,
   startBackend,
-  writeDirAtomic,
 } from '../shared';
 
 const ADAPTER_DIR = 'loftq_init';
@@ -47,7 +49,9 @@ Options:
                     weight but embeddings and lm_head); default: PEFT's defaults for config.json's model_type
   --block-size N    values per absmax block at 2, 3 and 4 bits (default 64)
   --svd MODE        auto (default: a full SVD up to min(out, in) = 1024, randomized above), full, randomized
-  --force           replace an existing --out`;
+  --force           replace an earlier output of lora loftq (or another model directory) at --out
+
+${OUTPUT_HELP}`;
 
 /** Names that are not Linear weights although 2-D (embeddings and the output layer), for all-linear. */
 const NOT_LINEAR = /(^|\.)(embed_tokens|embed_positions|wte|wpe|embeddings?|lm_head|word_embeddings|shared)$/;
@@ -82,11 +86,6 @@ async function modelType(base: string): Promise<string | undefined> {
     return undefined;
   }
 }
-
-const inside = (child: string, parent: string) => {
-  const r = relative(resolve(parent), resolve(child));
-  return r === '' || (!r.startsWith('..') && !r.startsWith(sep) && !/^[a-zA-Z]:/.test(r));
-};
 
 async function loftq(args: string[], io: Io): Promise<number> {
   const { values } = parseCommandArgs({
@@ -123,11 +122,6 @@ async function loftq(args: string[], io: Io): Promise<number> {
   if (!['auto', 'full', 'randomized'].includes(svd))
     throw new UsageError(`--svd ${JSON.stringify(values.svd)} is not one of auto, full, randomized`);
   if (!(await isDir(base))) throw new UsageError(`--base ${base} is not a checkpoint directory`);
-  if (inside(out, base) || inside(base, out))
-    throw new UsageError(`--out ${out} and --base ${base} overlap: write the LoftQ model somewhere else`);
-  const existing = await stat(out).catch(() => null);
-  if (existing && !values.force && (!existing.isDirectory() || (await readdir(out)).length > 0))
-    throw new UsageError(`--out ${out} exists; remove it, or pass --force to replace it`);
 
   // everything is checked from the headers before a tensor is read or a file written
   const shards = await shardsOf(base);
@@ -174,77 +168,93 @@ async function loftq(args: string[], io: Io): Promise<number> {
         `--block-size ${blockSize} does not divide the ${t.shape[0] * t.shape[1]} values of ${t.path}.weight [${t.shape.join(', ')}], which ${bits}-bit normal float requires`,
       );
   }
-  await startBackend(io);
-  io.err(
-    `LoftQ on ${targets.length} weights of ${base}: ${bits} bits, rank ${rank}, ${iter} step${iter > 1 ? 's' : ''}, alpha ${alpha}`,
+  // every check on --out (and its free space: about the base's size) before the work
+  const others = (await readdir(base)).filter((f) => !shards.includes(f));
+  const output = await prepareOut(
+    out,
+    {
+      kind: outputKinds.modelDirectory({ alsoOwns: [...others, ADAPTER_DIR] }),
+      force: values.force ?? false,
+      inputs: [{ path: base, label: '--base' }],
+      bytesNeeded: await sizeOf(base),
+    },
+    io,
   );
-  const byShard = new Map<string, Map<string, Target>>();
-  for (const t of targets) {
-    const m = byShard.get(t.shard) ?? new Map<string, Target>();
-    m.set(`${t.path}.weight`, t);
-    byShard.set(t.shard, m);
-  }
   const factors: Record<string, tf.Tensor> = {};
   let done = 0;
   try {
-    await writeDirAtomic(out, async (tmp) => {
-      for (const shard of shards) {
-        const wanted = byShard.get(shard);
-        await rewriteSafetensors(join(base, shard), join(tmp, shard), async (name, file) => {
-          const t = wanted?.get(name);
-          if (!t) return undefined;
-          const d = await file.read(name);
-          let error = Number.NaN;
-          const started = Date.now();
-          const r = await loftqInit(
-            { data: d.values as Float32Array, shape: t.shape },
-            {
-              numBits: bits as 2 | 3 | 4 | 8,
-              reducedRank: rank,
-              numIter: iter,
-              blockSize,
-              svd,
-              onIteration: (s) => {
-                error = s.relativeError;
-              },
+    await startBackend(io);
+    io.err(
+      `LoftQ on ${targets.length} weights of ${base}: ${bits} bits, rank ${rank}, ${iter} step${iter > 1 ? 's' : ''}, alpha ${alpha}`,
+    );
+    const byShard = new Map<string, Map<string, Target>>();
+    for (const t of targets) {
+      const m = byShard.get(t.shard) ?? new Map<string, Target>();
+      m.set(`${t.path}.weight`, t);
+      byShard.set(t.shard, m);
+    }
+    const tmp = output.target;
+    for (const shard of shards) {
+      const wanted = byShard.get(shard);
+      await rewriteSafetensors(join(base, shard), join(tmp, shard), async (name, file) => {
+        const t = wanted?.get(name);
+        if (!t) return undefined;
+        const d = await file.read(name);
+        let error = Number.NaN;
+        const started = Date.now();
+        const r = await loftqInit(
+          { data: d.values as Float32Array, shape: t.shape },
+          {
+            numBits: bits as 2 | 3 | 4 | 8,
+            reducedRank: rank,
+            numIter: iter,
+            blockSize,
+            svd,
+            onIteration: (s) => {
+              error = s.relativeError;
             },
-          ).catch((e) => {
-            throw e instanceof QuantizationError ? new UsageError(`${t.path}: ${e.message}`) : e;
-          });
-          factors[peftKey(t.path, PEFT_SUFFIX.loraA)] = r.loraA;
-          factors[peftKey(t.path, PEFT_SUFFIX.loraB)] = r.loraB;
-          const q = (await r.dequantized.data()) as Float32Array;
-          r.dequantized.dispose();
-          done++;
-          io.err(
-            `  [${done}/${targets.length}] ${t.path} [${t.shape.join(', ')}]: ||W - Q - BA|| / ||W|| = ${error.toFixed(5)} (${((Date.now() - started) / 1000).toFixed(1)} s)`,
-          );
-          return q;
+          },
+        ).catch((e) => {
+          throw e instanceof QuantizationError ? new UsageError(`${t.path}: ${e.message}`) : e;
         });
-      }
-      // the checkpoint's other files and folders (config.json, tokenizer files, the index) come along
-      for (const f of await readdir(base))
-        if (!shards.includes(f)) await cp(join(base, f), join(tmp, f), { recursive: true });
-      const adapterDir = join(tmp, ADAPTER_DIR);
-      await mkdir(adapterDir);
-      await writeFile(
-        join(adapterDir, 'adapter_model.safetensors'),
-        await serializeSafetensors(factors, { metadata: { format: 'pt' } }),
-      );
-      // as PEFT's LoftQ example saves it: initialised already, so loading never runs LoftQ again
-      const saved = loraConfig({
-        r: rank,
-        loraAlpha: alpha,
-        targetModules,
-        initLoraWeights: true,
-        baseModelNameOrPath: resolve(out),
+        factors[peftKey(t.path, PEFT_SUFFIX.loraA)] = r.loraA;
+        factors[peftKey(t.path, PEFT_SUFFIX.loraB)] = r.loraB;
+        const q = (await r.dequantized.data()) as Float32Array;
+        r.dequantized.dispose();
+        done++;
+        io.err(
+          `  [${done}/${targets.length}] ${t.path} [${t.shape.join(', ')}]: ||W - Q - BA|| / ||W|| = ${error.toFixed(5)} (${((Date.now() - started) / 1000).toFixed(1)} s)`,
+        );
+        return q;
       });
-      await writeFile(join(adapterDir, 'adapter_config.json'), loraConfigToJson(saved));
+    }
+    // the checkpoint's other files and folders (config.json, tokenizer files, the index) come along
+    for (const f of others) await cp(join(base, f), join(tmp, f), { recursive: true });
+    const adapterDir = join(tmp, ADAPTER_DIR);
+    await mkdir(adapterDir);
+    await writeFile(
+      join(adapterDir, 'adapter_model.safetensors'),
+      await serializeSafetensors(factors, { metadata: { format: 'pt' } }),
+    );
+    // as PEFT's LoftQ example saves it: initialised already, so loading never runs LoftQ again
+    const saved = loraConfig({
+      r: rank,
+      loraAlpha: alpha,
+      targetModules,
+      initLoraWeights: true,
+      baseModelNameOrPath: resolve(out),
     });
+    await writeFile(join(adapterDir, 'adapter_config.json'), loraConfigToJson(saved));
+    await output.commit();
+  } catch (e) {
+    throw await output.explain(e);
   } finally {
+    await output.abort();
     tf.dispose(Object.values(factors));
   }
-  io.err(`wrote ${out} (the LoftQ base) and ${join(out, ADAPTER_DIR)} (the adapter, ${targets.length} modules)`);
+  io.err(
+    `wrote ${out} (the LoftQ base) and ${join(out, ADAPTER_DIR)} (the adapter, ${targets.length} modules)${output.replaces ? '; the old output replaced' : ''}`,
+  );
   return 0;
 }
 
