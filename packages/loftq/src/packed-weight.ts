@@ -188,11 +188,12 @@ export function quantizePacked(w: tf.Tensor2D, layout: PackedLayout): { words: t
   const words = tf.tidy(() => {
     const flat = tf.reshape(codes, [-1]);
     const padded = per * nWords === total ? flat : tf.concat([flat, tf.zeros([per * nWords - total])]);
-    const powers = tf.tensor2d(
-      Float32Array.from({ length: per }, (_, k) => 2 ** (bits * k)),
-      [per, 1],
-    );
-    return tf.sum(tf.mul(tf.reshape(padded, [per, nWords]), powers), 0);
+    // word j holds codes j, nWords + j, 2·nWords + j, …: slot k is the k-th slice of nWords codes, added
+    // slice by slice (a sum over axis 0 of [per, nWords] makes tfjs transpose it, and on webgpu that
+    // transpose's dispatch exceeds the limits at 4096²); the sums are integers below 2²⁴, exact
+    let acc = tf.slice(padded, [0], [nWords]);
+    for (let k = 1; k < per; k++) acc = tf.add(acc, tf.mul(tf.slice(padded, [k * nWords], [nWords]), 2 ** (bits * k)));
+    return acc;
   }) as tf.Tensor1D;
   codes.dispose();
   return { words, scales };
