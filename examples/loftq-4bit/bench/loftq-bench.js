@@ -7,11 +7,13 @@
 //   loftq T=1 / T=5        loftqInit 4 bits, r 16, with the randomized SVD (q 32, 4 power iterations): the
 //                          peer runs torch.svd_lowrank with the same q and niter, and PEFT's full SVD beside
 // Environment: LORA_BENCH_BACKENDS (default wasm,webgpu: those that start), LORA_BENCH_N (4096),
-// PYTHON (default python3), LORA_BENCH_PEER=0 (no peer), LORA_BENCH_RUNS (3).
+// PYTHON (default python3), LORA_BENCH_PEER=0 (no peer), LORA_BENCH_PEER_FILE (the peer's output, run
+// before: python3 loftq_peer.py N > file), LORA_BENCH_RUNS (3).
 // Here:  npm run bench -w @lora-examples/loftq-4bit     (after a build)
 // On the GPU machine, bundled by ../shared/device/pack examples/loftq-4bit/bench/loftq-bench.js:
 //   source .device/setup.sh && $NODE .device/bundle/loftq-bench.mjs
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { getPeftModel } from '@lora/core';
@@ -192,7 +194,10 @@ for (const name of backends) {
 
 /** @type {{ peer: string, device: string, rows: Record<string, { ms: number, error: number }> } | null} */
 let peer = null;
-if (env.LORA_BENCH_PEER !== '0') {
+if (env.LORA_BENCH_PEER_FILE) {
+  // the peer's JSON line, from a run of loftq_peer.py made before this one (same machine, same call)
+  peer = JSON.parse(readFileSync(env.LORA_BENCH_PEER_FILE, 'utf8').trim().split('\n').at(-1) ?? 'null');
+} else if (env.LORA_BENCH_PEER !== '0') {
   const script = join(import.meta.dirname ?? '.', 'loftq_peer.py');
   const here = spawnSync('test', ['-f', script]).status === 0 ? script : 'examples/loftq-4bit/bench/loftq_peer.py';
   const p = spawnSync(env.PYTHON ?? 'python3', [here, String(N)], { encoding: 'utf8', timeout: 300_000 });
