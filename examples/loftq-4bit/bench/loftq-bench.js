@@ -196,7 +196,11 @@ for (const name of backends) {
 let peer = null;
 if (env.LORA_BENCH_PEER_FILE) {
   // the peer's JSON line, from a run of loftq_peer.py made before this one (same machine, same call)
-  peer = JSON.parse(readFileSync(env.LORA_BENCH_PEER_FILE, 'utf8').trim().split('\n').at(-1) ?? 'null');
+  try {
+    peer = JSON.parse(readFileSync(env.LORA_BENCH_PEER_FILE, 'utf8').trim().split('\n').at(-1) ?? 'null');
+  } catch (e) {
+    console.error(`peer: no result in ${env.LORA_BENCH_PEER_FILE} (${/** @type {Error} */ (e).message})`);
+  }
 } else if (env.LORA_BENCH_PEER !== '0') {
   const script = join(import.meta.dirname ?? '.', 'loftq_peer.py');
   const here = spawnSync('test', ['-f', script]).status === 0 ? script : 'examples/loftq-4bit/bench/loftq_peer.py';
