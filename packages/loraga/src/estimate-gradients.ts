@@ -131,7 +131,6 @@ export async function accumulateGradients(
       }
       const loss = (await value.data())[0] as number;
       passes++;
-      options.onProgress?.({ passes, loss });
       return loss;
     } finally {
       value.dispose();
@@ -144,9 +143,14 @@ export async function accumulateGradients(
       return Promise.reject(
         new Error('LoRA-GA: backward(loss) was called again before the previous call resolved; await each call'),
       );
-    running = pass(lossFn).finally(() => {
-      running = null;
-    });
+    running = pass(lossFn)
+      .then((loss) => {
+        options.onProgress?.({ passes, loss });
+        return loss;
+      })
+      .finally(() => {
+        running = null;
+      });
     return running;
   };
 

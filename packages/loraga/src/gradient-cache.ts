@@ -46,7 +46,8 @@ export async function cacheExists(file: string): Promise<boolean> {
       throw new LoraGaCacheError(file, 'file', 'is a directory; cacheFile names a file, e.g. grads/loraga.safetensors');
     return info.size > 0;
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
     throw e;
   }
 }
@@ -69,7 +70,8 @@ export async function checkCacheWritable(file: string): Promise<void> {
       });
       return;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw e;
       const up = path.dirname(dir);
       if (up === dir) return;
       dir = up;
