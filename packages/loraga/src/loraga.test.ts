@@ -12,7 +12,7 @@ import {
   loraConfig,
   saveAdapter,
 } from '@lora/core';
-import { Embedding, Linear, Module, manualSeed, withoutInit } from '@lora/nn';
+import { Linear, Module, manualSeed, withoutInit } from '@lora/nn';
 import { initBackend, serializeSafetensors } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
 import {
@@ -46,7 +46,7 @@ const outputOf = (m: { call(x: tf.Tensor): unknown }) => {
 /** Gradients of one run, by path, as arrays. */
 async function gradientsOf(net: Module, options: Parameters<typeof estimateGradients>[3] = {}) {
   const grads = await estimateGradients(net, config(), fixtureTrainStep(net as LoraGaNet, expected), options);
-  const out = Object.fromEntries([...grads].map(([k, g]) => [k, g.dataSync().slice()]));
+  const out = Object.fromEntries([...grads].map(([k, g]) => [k, (g.dataSync() as Float32Array).slice()]));
   tf.dispose([...grads.values()]);
   return out;
 }
