@@ -2,7 +2,7 @@
  * LoRA-GA on the 123M Llama (hidden 1024, 8 layers, 16 / 4 heads, vocabulary 32 000, tied; every
  * projection targeted, r 8, α 16, ArB2r + stable): `preprocessLoraga` over 8 batches of 4 × 512 tokens,
  * then `getPeftModel` + `initialized()` (56 randomized SVDs and base-weight updates), with and without
- * `offload`, each in a fresh process (the webgpu buffer pool never shrinks, so its size at the end is
+ * `offload` (and offloaded with one decoder layer's 7 targets a pass), each in a fresh process (the webgpu buffer pool never shrinks, so its size at the end is
  * the run's peak); then PEFT 0.21 on CUDA (bench/peer_loraga.py) on the same model and batch shapes.
  * Prints a table and one JSON line.
  *
@@ -66,13 +66,14 @@ const { values, positionals } = parseArgs({
     python: { type: 'string', default: 'python3' },
     device: { type: 'string', default: 'cuda' },
     peer: { type: 'string', default: 'examples/loraga-init/bench/peer_loraga.py' },
+    'per-pass': { type: 'string' },
   },
 });
 
 const MiB = 2 ** 20;
 
 /** One configuration in this process: prints a JSON line. */
-async function child(offload: boolean): Promise<void> {
+async function child(offload: boolean, targetsPerPass?: number): Promise<void> {
   const spec = MODELS[values.model] as (typeof MODELS)[string];
   const info = await initBackend(values.backend as 'webgpu', {
     importers: {
@@ -136,7 +137,7 @@ async function child(offload: boolean): Promise<void> {
     async (backward) => {
       for (const b of batches) losses.push(await backward(() => model.forward(b, { labels: b }).loss as tf.Scalar));
     },
-    { offload },
+    { offload, targetsPerPass },
   );
   const t1 = performance.now();
   manualSeed(0);
@@ -147,10 +148,11 @@ async function child(offload: boolean): Promise<void> {
   const t2 = performance.now();
   const m = mem();
   const out = {
-    who: `ours, ${info.name}${offload ? ', offload' : ''}`,
+    who: `ours, ${info.name}${offload ? ', offload' : ''}${targetsPerPass ? `, ${targetsPerPass} targets a pass` : ''}`,
     backend: info.name,
     adapter: info.adapter,
     offload,
+    targetsPerPass: targetsPerPass ?? null,
     estimateS: (t1 - t0) / 1000,
     initS: (t2 - t1) / 1000,
     totalS: (t2 - t0) / 1000,
@@ -182,6 +184,8 @@ function driver(): void {
   const common = ['--model', values.model, '--backend', values.backend];
   run(process.execPath, [self, 'child', 'plain', ...common]);
   run(process.execPath, [self, 'child', 'offload', ...common]);
+  // one decoder layer's projections a pass: 8 forward/backward passes a batch
+  run(process.execPath, [self, 'child', 'offload', '--per-pass', '7', ...common]);
   run(values.python, [values.peer, '--model', values.model, '--device', values.device]);
   const spec = MODELS[values.model] as (typeof MODELS)[string];
   const f = (x: unknown, d = 2) => (typeof x === 'number' ? x.toFixed(d) : '–');
@@ -199,5 +203,6 @@ function driver(): void {
   console.log(`\n${JSON.stringify({ model: values.model, rows })}`);
 }
 
-if (positionals[0] === 'child') await child(positionals[1] === 'offload');
+if (positionals[0] === 'child')
+  await child(positionals[1] === 'offload', values['per-pass'] === undefined ? undefined : Number(values['per-pass']));
 else driver();

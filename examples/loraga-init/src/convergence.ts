@@ -36,6 +36,7 @@ export interface ConvergenceOptions {
 export interface Run {
   method: Method;
   seed: number;
+  lr: number;
   /** Training loss of each step (1-based steps: losses[0] is step 1). */
   losses: number[];
   /** [step, held-out loss]. */
@@ -102,7 +103,7 @@ async function heldoutLoss(model: { call: (...a: unknown[]) => unknown }, docs: 
 }
 
 /** One training run of one method and seed. */
-export async function runOne(o: ConvergenceOptions, method: Method, seed: number): Promise<Run> {
+export async function runOne(o: ConvergenceOptions, method: Method, seed: number, lr = o.lr): Promise<Run> {
   const log = o.log ?? (() => {});
   const model = await LlamaForCausalLM.fromPretrained(o.modelDir);
   const config = {
@@ -139,7 +140,7 @@ export async function runOne(o: ConvergenceOptions, method: Method, seed: number
     peft.train();
   };
   await evaluate(0);
-  const optimizer = new AdamW(peft.trainableParameters(), { lr: o.lr, weightDecay: 0 });
+  const optimizer = new AdamW(peft.trainableParameters(), { lr, weightDecay: 0 });
   const plan = stepBatches(o.train, o.steps, o.batchSize, seed);
   const t1 = performance.now();
   // each batch is freed when the next one is made (and the last one after training)
@@ -179,7 +180,7 @@ export async function runOne(o: ConvergenceOptions, method: Method, seed: number
   release();
   optimizer.dispose();
   peft.dispose();
-  return { method, seed, losses: result.losses, heldout, initSeconds, trainSeconds };
+  return { method, seed, lr, losses: result.losses, heldout, initSeconds, trainSeconds };
 }
 
 /** The first step at which `curve` is at or below `target`, or null. */
@@ -197,10 +198,18 @@ export function smooth(values: number[], window: number): number[] {
   });
 }
 
-/** Every run of the experiment: for each seed, default LoRA then LoRA-GA. */
-export async function runConvergence(o: ConvergenceOptions): Promise<Run[]> {
+/** One arm of the experiment: a method at a learning rate (default: the options'). */
+export interface Arm {
+  method: Method;
+  lr?: number;
+}
+
+/** Every run of the experiment: for each seed, each arm in turn (default: default LoRA, then LoRA-GA). */
+export async function runConvergence(
+  o: ConvergenceOptions,
+  arms: Arm[] = [{ method: 'lora' }, { method: 'lora_ga' }],
+): Promise<Run[]> {
   const runs: Run[] = [];
-  for (const seed of o.seeds)
-    for (const method of ['lora', 'lora_ga'] as const) runs.push(await runOne(o, method, seed));
+  for (const seed of o.seeds) for (const arm of arms) runs.push(await runOne(o, arm.method, seed, arm.lr ?? o.lr));
   return runs;
 }

@@ -1,8 +1,11 @@
 /**
- * `npm run experiment -w @lora-examples/loraga-init -- [--model DIR] [--data DIR] [--steps N] [--seeds 0,1,2]`
+ * `npm run experiment -w @lora-examples/loraga-init -- [--model DIR] [--data DIR] [--steps N] [--seeds 0,1,2]
+ *   [--arms lora,lora_ga] [--name convergence]`
  * LoRA-GA against default LoRA on fortune-llama's task (the `fortunes` category it never saw in
- * pretraining): writes results/convergence.json, results/train-loss.{svg,png}, results/heldout-loss.{svg,png}
- * and prints the table the README shows. LORA_BACKEND=wasm|cpu|webgpu|tensorflow (default wasm).
+ * pretraining). An arm is a method, optionally at its own learning rate (`lora@5e-3`); the first arm is
+ * the reference whose final losses the others are timed to. Writes results/<name>.json,
+ * results/<name>-train-loss.{svg,png} and results/<name>-heldout-loss.{svg,png}, and prints the table
+ * the README shows. LORA_BACKEND=wasm|cpu|webgpu|tensorflow (default wasm).
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -10,7 +13,15 @@ import { parseArgs } from 'node:util';
 import { plotLines } from '@lora-examples/plot';
 import { loadTokenizer } from '@lora/models';
 import { initBackend } from '@lora/tensor';
-import { type ConvergenceOptions, type Run, runConvergence, smooth, stepsToReach } from './convergence';
+import {
+  type Arm,
+  type ConvergenceOptions,
+  type Method,
+  type Run,
+  runConvergence,
+  smooth,
+  stepsToReach,
+} from './convergence';
 
 // run from .bench/ (bundled) or src/: the example's folder is one up either way
 const here = join(import.meta.dirname, '..');
@@ -20,6 +31,9 @@ const { values } = parseArgs({
     data: { type: 'string', default: join(here, '..', 'fortune-llama', 'data') },
     steps: { type: 'string', default: '80' },
     seeds: { type: 'string', default: '0,1,2' },
+    lr: { type: 'string', default: '2e-3' },
+    arms: { type: 'string', default: 'lora,lora_ga' },
+    name: { type: 'string', default: 'convergence' },
     out: { type: 'string', default: join(here, 'results') },
   },
 });
@@ -33,6 +47,13 @@ function entries(text: string): string[] {
     .filter((e) => e.trim().length > 0);
 }
 
+const LABELS: Record<Method, string> = { lora: 'default LoRA', lora_ga: 'LoRA-GA' };
+const arms: Arm[] = values.arms.split(',').map((a) => {
+  const [method, lr] = a.split('@') as [Method, string | undefined];
+  if (!(method in LABELS)) throw new Error(`--arms: unknown method '${method}' (lora, lora_ga)`);
+  return lr === undefined ? { method } : { method, lr: Number(lr) };
+});
+
 const info = await initBackend((process.env.LORA_BACKEND ?? 'wasm') as 'wasm');
 const tokenizer = await loadTokenizer(values.model);
 // the tokenizer puts <|endoftext|> (id 0) before each text; it ends the entry too, as in pretraining
@@ -44,7 +65,7 @@ const o: ConvergenceOptions = {
   heldout: await read('fortunes.heldout.txt'),
   steps: Number(values.steps),
   batchSize: 16,
-  lr: 2e-3,
+  lr: Number(values.lr),
   r: 8,
   loraAlpha: 16,
   targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
@@ -54,75 +75,70 @@ const o: ConvergenceOptions = {
   log: (l) => console.log(l),
 };
 console.log(
-  `backend ${info.name}; ${o.train.length} training / ${o.heldout.length} held-out entries; ${o.steps} steps of ${o.batchSize}, lr ${o.lr} (cosine, 5 warm-up), r ${o.r}, alpha ${o.loraAlpha}, all projections; LoRA-GA: ${o.gradientBatches} batches, ArB2r + stable (PEFT's defaults)`,
+  `backend ${info.name}; ${o.train.length} training / ${o.heldout.length} held-out entries; ${o.steps} steps of ${o.batchSize} (AdamW, cosine, 5 warm-up, clip 1), r ${o.r}, alpha ${o.loraAlpha}, all projections; LoRA-GA: ${o.gradientBatches} batches, ArB2r + stable (PEFT's defaults); arms ${values.arms} (lr ${o.lr} unless given)`,
 );
 const t0 = performance.now();
-const runs = await runConvergence(o);
+const runs = await runConvergence(o, arms);
 const minutes = (performance.now() - t0) / 60000;
 
-const methods = [
-  ['lora', 'default LoRA (Kaiming A, zero B)'],
-  ['lora_ga', 'LoRA-GA (ArB2r, stable)'],
-] as const;
-const of = (m: string) => runs.filter((r) => r.method === m);
-const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const armLr = (a: Arm) => a.lr ?? o.lr;
+const label = (a: Arm) => `${LABELS[a.method]}, lr ${armLr(a)}`;
+const ofArm = (a: Arm) => runs.filter((r) => r.method === a.method && r.lr === armLr(a));
+const mean = (xs: number[]) => xs.reduce((x, y) => x + y, 0) / xs.length;
 const meanCurve = (rs: Run[], pick: (r: Run) => Array<[number, number]>) =>
   pick(rs[0] as Run).map(([s], i) => [s, mean(rs.map((r) => (pick(r)[i] as [number, number])[1]))]) as Array<
     [number, number]
   >;
 const trainCurve = (r: Run): Array<[number, number]> => smooth(r.losses, 5).map((v, i) => [i + 1, v]);
+const final = (c: Array<[number, number]>) => (c.at(-1) as [number, number])[1];
 
-const rows: string[] = [];
-rows.push(
-  "| seed | method | held-out loss at 0 / 20 / 40 / end | steps to default LoRA's final held-out loss | steps to its final training loss (5-step mean) | init s | train s |",
-);
-rows.push('| --- | --- | --- | --- | --- | --- | --- |');
-const reach: Record<string, number[]> = { heldout: [], train: [] };
+const ref = arms[0] as Arm;
+const rows = [
+  `| seed | arm | held-out loss at step 0 / 10 / 20 / 40 / ${o.steps} | steps to the reference's final held-out loss | steps to its final training loss (5-step mean) | init s | train s |`,
+  '| --- | --- | --- | --- | --- | --- | --- |',
+];
+const reached: string[] = [];
 for (const seed of o.seeds) {
-  const base = runs.find((r) => r.method === 'lora' && r.seed === seed) as Run;
-  const target = (base.heldout.at(-1) as [number, number])[1];
-  const trainTarget = trainCurve(base).at(-1)?.[1] as number;
-  for (const [m, label] of methods) {
-    const r = runs.find((x) => x.method === m && x.seed === seed) as Run;
+  const base = ofArm(ref).find((r) => r.seed === seed) as Run;
+  for (const a of arms) {
+    const r = ofArm(a).find((x) => x.seed === seed) as Run;
     const at = (s: number) => r.heldout.find(([x]) => x === s)?.[1].toFixed(3) ?? '–';
-    const h = stepsToReach(r.heldout, target);
-    const t = stepsToReach(trainCurve(r), trainTarget);
-    if (m === 'lora_ga') {
-      reach.heldout?.push(h ?? Number.NaN);
-      reach.train?.push(t ?? Number.NaN);
-    }
+    const h = stepsToReach(r.heldout, final(base.heldout));
+    const t = stepsToReach(trainCurve(r), final(trainCurve(base)));
+    if (a !== ref)
+      reached.push(`${label(a)}, seed ${seed}: held-out at step ${h ?? '–'}, training at step ${t ?? '–'}`);
     rows.push(
-      `| ${seed} | ${label} | ${at(0)} / ${at(20)} / ${at(40)} / ${(r.heldout.at(-1) as [number, number])[1].toFixed(3)} | ${h ?? 'not reached'} | ${t ?? 'not reached'} | ${r.initSeconds.toFixed(1)} | ${r.trainSeconds.toFixed(1)} |`,
+      `| ${seed} | ${label(a)} | ${at(0)} / ${at(10)} / ${at(20)} / ${at(40)} / ${final(r.heldout).toFixed(3)} | ${h ?? 'not reached'} | ${t ?? 'not reached'} | ${r.initSeconds.toFixed(1)} | ${r.trainSeconds.toFixed(1)} |`,
     );
   }
 }
 console.log(`\n${rows.join('\n')}\n`);
-console.log(
-  `LoRA-GA reached default LoRA's final held-out loss (step ${o.steps}) at step ${reach.heldout?.join(', ')} and its final training loss at step ${reach.train?.join(', ')} (seeds ${o.seeds.join(', ')}); ${minutes.toFixed(1)} min in all`,
-);
+console.log(`reference: ${label(ref)} at step ${o.steps}\n${reached.join('\n')}\n${minutes.toFixed(1)} min in all`);
 
 await mkdir(values.out, { recursive: true });
+const file = (suffix: string) => join(values.out, `${values.name}${suffix}`);
 await writeFile(
-  join(values.out, 'convergence.json'),
-  `${JSON.stringify({ date: new Date().toISOString().slice(0, 10), backend: info.name, model: values.model, options: { ...o, train: o.train.length, heldout: o.heldout.length, log: undefined }, runs }, null, 1)}\n`,
+  file('.json'),
+  `${JSON.stringify({ date: new Date().toISOString().slice(0, 10), backend: info.name, model: values.model, arms, options: { ...o, train: o.train.length, heldout: o.heldout.length, log: undefined }, runs }, null, 1)}\n`,
 );
+const n = o.seeds.length;
 await plotLines(
   {
-    title: `training loss (5-step mean, mean of ${o.seeds.length} seeds)`,
+    title: `training loss (5-step mean${n > 1 ? `, mean of ${n} seeds` : ''})`,
     x: 'step',
     y: 'loss',
-    series: methods.map(([m, label]) => ({ name: label, points: meanCurve(of(m), trainCurve) })),
+    series: arms.map((a) => ({ name: label(a), points: meanCurve(ofArm(a), trainCurve) })),
   },
-  join(values.out, 'train-loss'),
+  file('-train-loss'),
 );
 await plotLines(
   {
-    title: `held-out loss (mean of ${o.seeds.length} seeds)`,
+    title: `held-out loss${n > 1 ? ` (mean of ${n} seeds)` : ''}`,
     x: 'step',
     y: 'loss',
     points: true,
-    series: methods.map(([m, label]) => ({ name: label, points: meanCurve(of(m), (r) => r.heldout) })),
+    series: arms.map((a) => ({ name: label(a), points: meanCurve(ofArm(a), (r) => r.heldout) })),
   },
-  join(values.out, 'heldout-loss'),
+  file('-heldout-loss'),
 );
-console.log(`wrote ${join(values.out, 'convergence.json')}, train-loss.{svg,png}, heldout-loss.{svg,png}`);
+console.log(`wrote ${file('.json')}, ${values.name}-train-loss.{svg,png}, ${values.name}-heldout-loss.{svg,png}`);

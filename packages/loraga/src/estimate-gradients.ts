@@ -25,6 +25,13 @@ export interface EstimateGradientsOptions {
   offload?: boolean;
   /** Stops the estimation at the next backward pass (it rejects with the signal's reason, freeing everything). */
   signal?: AbortSignal;
+  /**
+   * How many target weights one forward/backward pass differentiates (default: all of them). With fewer,
+   * `backward(loss)` runs the loss once per group of this many targets: the backend then holds one
+   * group's gradients at a time instead of a gradient of every target, for a forward and backward pass
+   * per group (use a deterministic loss: dropout draws differ from pass to pass).
+   */
+  targetsPerPass?: number;
   /** Called after each backward pass. */
   onProgress?: (progress: { passes: number; loss: number }) => void;
   /** Receives the warning about targets no gradient reached (default `console.warn`). */
@@ -83,26 +90,31 @@ export async function accumulateGradients(
   let passes = 0;
   let running: Promise<number> | null = null;
 
-  const pass = async (lossFn: () => tf.Scalar): Promise<number> => {
-    options.signal?.throwIfAborted();
-    if (typeof lossFn !== 'function')
-      throw new TypeError(
-        `LoRA-GA: backward(loss) takes a function that returns the batch's loss, got ${typeof lossFn}: backward(() => model.forward(batch).loss)`,
-      );
+  // the weights whose gradients one forward/backward pass computes: all of them, or groups of targetsPerPass
+  const per = options.targetsPerPass ?? weights.length;
+  if (!Number.isInteger(per) || per < 1)
+    throw new RangeError(`LoRA-GA: targetsPerPass must be a positive integer, got ${per}`);
+  const groups: Parameter[][] = [];
+  for (let i = 0; i < weights.length; i += per) groups.push(weights.slice(i, i + per) as Parameter[]);
+
+  /** One forward/backward pass for one group of weights: their gradients summed into their layers' sums. */
+  const groupPass = async (lossFn: () => tf.Scalar, group: Parameter[]): Promise<tf.Scalar> => {
     calls.clear();
     recording = true;
     let value: tf.Scalar;
     let grads: Record<string, tf.Tensor>;
     try {
-      ({ value, grads } = gradientsFor(weights as Parameter[], lossFn));
+      ({ value, grads } = gradientsFor(group, lossFn));
     } finally {
       recording = false;
     }
     try {
+      const inGroup = new Set(group);
+      const mine = sums.filter((s) => inGroup.has(s.target.module.weight));
       // users left of each weight's gradient (a tied weight serves several targets)
       const users = new Map<string, number>();
-      for (const s of sums) users.set(s.target.module.weight.name, (users.get(s.target.module.weight.name) ?? 0) + 1);
-      for (const s of sums) {
+      for (const s of mine) users.set(s.target.module.weight.name, (users.get(s.target.module.weight.name) ?? 0) + 1);
+      for (const s of mine) {
         const name = s.target.module.weight.name;
         const g = grads[name] as tf.Tensor2D | undefined;
         if (!g) continue;
@@ -129,13 +141,33 @@ export async function accumulateGradients(
           delete grads[name];
         }
       }
-      const loss = (await value.data())[0] as number;
-      passes++;
-      return loss;
-    } finally {
+      return value;
+    } catch (e) {
       value.dispose();
+      throw e;
+    } finally {
       tf.dispose(Object.values(grads));
     }
+  };
+
+  const pass = async (lossFn: () => tf.Scalar): Promise<number> => {
+    options.signal?.throwIfAborted();
+    if (typeof lossFn !== 'function')
+      throw new TypeError(
+        `LoRA-GA: backward(loss) takes a function that returns the batch's loss, got ${typeof lossFn}: backward(() => model.forward(batch).loss)`,
+      );
+    let loss = Number.NaN;
+    for (const [i, group] of groups.entries()) {
+      if (i > 0) options.signal?.throwIfAborted();
+      const value = await groupPass(lossFn, group);
+      try {
+        if (i === 0) loss = (await value.data())[0] as number;
+      } finally {
+        value.dispose();
+      }
+    }
+    passes++;
+    return loss;
   };
 
   const backward: LoraGaBackward = (lossFn) => {

@@ -143,6 +143,44 @@ describe('memory', () => {
       expect(maxRelativeError(results.off?.[p] as Float32Array, results.on?.[p] as Float32Array)).toBe(0);
   });
 
+  it('the backend peak: the sums add one copy of the targets; offload removes it; targetsPerPass bounds the gradients of a pass', async () => {
+    // the peak of live tensor bytes, watched where every new tensor passes (engine.trackTensor)
+    const engine = tf.engine() as unknown as { trackTensor(t: unknown, b: unknown): void; state: { numBytes: number } };
+    const track = engine.trackTensor;
+    const peaks: Record<string, number> = {};
+    const grads: Record<string, Record<string, Float32Array>> = {};
+    try {
+      for (const [mode, options] of [
+        ['plain', {}],
+        ['offload', { offload: true }],
+        ['one a pass', { offload: true, targetsPerPass: 1 }],
+      ] as const) {
+        const net = fresh();
+        const base = engine.state.numBytes;
+        let peak = base;
+        engine.trackTensor = function (this: typeof engine, t, b) {
+          track.call(this, t, b);
+          peak = Math.max(peak, this.state.numBytes);
+        };
+        grads[mode] = await gradientsOf(net, options);
+        engine.trackTensor = track;
+        peaks[mode] = peak - base;
+        net.dispose();
+      }
+    } finally {
+      engine.trackTensor = track;
+    }
+    const sums = 4 * (16 * 12 + 16 * 24 + 20 * 24);
+    expect(peaks.plain).toBeGreaterThanOrEqual((peaks.offload as number) + sums);
+    expect(peaks['one a pass']).toBeLessThan(peaks.offload as number);
+    for (const p of ['q_proj', 'c_fc', 'head'])
+      expect(
+        maxRelativeError(grads['one a pass']?.[p] as Float32Array, grads.plain?.[p] as Float32Array),
+        p,
+      ).toBeLessThan(1e-6);
+    console.log(`peak live bytes above the model: ${JSON.stringify(peaks)}`);
+  });
+
   it('a weight shared by two targets is differentiated once and averaged per layer, as PEFT', async () => {
     class Tied extends Module {
       a = this.registerModule('a', new Linear(4, 4, { bias: false }));
