@@ -1,10 +1,10 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { type LoraGaConfig, type TunerLayer, getDeltaWeight, getPeftModel, loraConfig } from '@lora/core';
 import { matrix64, svd } from '@lora/linalg';
 import { manualSeed } from '@lora/nn';
-import { assertNoLeaks, initBackend } from '@lora/tensor';
-import { maxRelativeError } from '@lora/tensor/testing';
+import { assertNoLeaks } from '@lora/tensor';
+import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
 import { estimateGradients, hasLoraGaGradient, preprocessLoraga } from '@lora/loraga';
 import { LoraGaNet, TwiceNet, fixtureTrainStep, readFixture, withWeights } from './loraga-net.test-util';
 
@@ -13,33 +13,31 @@ const GRAD_TARGETS = ['q_proj', 'c_fc', 'head'];
 const DIRECTIONS = ['ArBr', 'A2rBr', 'ArB2r'] as const;
 const SCALES = ['stable', 'weight_svd', 'gd_scale', 'unit'] as const;
 
-let expected: Record<string, tf.Tensor>;
-let base: Record<string, tf.Tensor>;
-const values = (t: tf.Tensor | undefined) => {
-  if (!t) throw new Error('missing fixture tensor');
-  return t.dataSync() as Float32Array;
+/** A fixture file's values by name, read on the active backend (asynchronously: webgpu reads no other way). */
+async function fixtureValues(file: string): Promise<Record<string, Float32Array>> {
+  const tensors = readFixture(file);
+  const out: Record<string, Float32Array> = {};
+  for (const [k, t] of Object.entries(tensors)) out[k] = Float32Array.from(await t.data());
+  tf.dispose(Object.values(tensors));
+  return out;
+}
+const need = (v: Record<string, Float32Array>, k: string) => {
+  const x = v[k];
+  if (!x) throw new Error(`missing fixture tensor ${k}`);
+  return x;
 };
-
-beforeAll(async () => {
-  await initBackend('cpu');
-  expected = readFixture('net-expected.safetensors');
-  base = readFixture('net-base.safetensors');
-});
-afterAll(() => tf.dispose([...Object.values(expected), ...Object.values(base)]));
+const read = async (t: tf.Tensor) => Float32Array.from(await t.data());
 
 const config = (loraGaConfig: Partial<LoraGaConfig>) =>
   loraConfig({ r: 4, loraAlpha: 8, targetModules: TARGETS, initLoraWeights: 'lora_ga', loraGaConfig });
 
-/** Singular values of a float32 [rows, cols] array, in float64. */
-function singularValues(data: ArrayLike<number>, rows: number, cols: number): Float64Array {
-  return svd(matrix64(rows, cols, Float64Array.from(data))).S;
-}
-
 const frob = (a: ArrayLike<number>) => Math.sqrt(Array.from(a).reduce((s, v) => s + v * v, 0));
 
-describe('mean gradients (PEFT 0.21 estimate_gradients)', () => {
+await describeEachBackend('LoRA-GA against PEFT 0.21 fixtures', () => {
   for (const offload of [false, true]) {
-    it(`every Linear / Conv1D target's mean gradient as PEFT's, Embedding and Conv1d left out${offload ? ' (offloaded)' : ''}`, async () => {
+    it(`mean gradients: every Linear / Conv1D target's as PEFT's estimate_gradients, Embedding and Conv1d left out${offload ? ' (offloaded)' : ''}`, async () => {
+      const expected = readFixture('net-expected.safetensors');
+      const want = await fixtureValues('net-expected.safetensors');
       const net = withWeights(() => new LoraGaNet(), 'net-base.safetensors').eval();
       const grads = await assertNoLeaks(
         () => estimateGradients(net, config({}), fixtureTrainStep(net, expected), { offload }),
@@ -49,20 +47,21 @@ describe('mean gradients (PEFT 0.21 estimate_gradients)', () => {
       for (const p of GRAD_TARGETS) {
         const g = grads.get(p) as tf.Tensor;
         expect(g.shape, p).toEqual((net.getSubmodule(p) as unknown as { weight: tf.Tensor }).weight.shape);
-        expect(maxRelativeError(g.dataSync(), values(expected[`grad.${p}`])), p).toBeLessThan(1e-5);
+        expect(maxRelativeError(await read(g), need(want, `grad.${p}`)), p).toBeLessThan(1e-5);
       }
-      // back in eval mode; the weights still frozen as they were, and no gradient attached
+      // back in eval mode; the weights still trainable as they were, and no gradient attached
       expect(net.training).toBe(false);
       expect(net.parameters().every((p) => p.trainable)).toBe(true);
       expect(hasLoraGaGradient(net.q_proj)).toBe(false);
-      tf.dispose([...grads.values()]);
+      tf.dispose([...grads.values(), ...Object.values(expected)]);
       net.dispose();
     });
   }
 
-  it('a module used twice a batch: the sum over its uses divided by its backward count, as PEFT', async () => {
+  it('mean gradients: a module used twice a batch, the sum over its uses divided by its backward count, as PEFT', async () => {
     const net = withWeights(() => new TwiceNet(), 'twice-base.safetensors');
     const tw = readFixture('twice-expected.safetensors');
+    const want = await fixtureValues('twice-expected.safetensors');
     const grads = await estimateGradients(
       net,
       { r: 2, loraAlpha: 4, targetModules: ['lin', 'out'], initLoraWeights: 'lora_ga', loraGaConfig: {} },
@@ -71,17 +70,18 @@ describe('mean gradients (PEFT 0.21 estimate_gradients)', () => {
       },
     );
     for (const p of ['lin', 'out'])
-      expect(maxRelativeError((grads.get(p) as tf.Tensor).dataSync(), values(tw[`grad.${p}`])), p).toBeLessThan(1e-5);
+      expect(maxRelativeError(await read(grads.get(p) as tf.Tensor), need(want, `grad.${p}`)), p).toBeLessThan(1e-5);
     tf.dispose([...grads.values(), ...Object.values(tw)]);
     net.dispose();
   });
-});
 
-describe('initialisation from the gradient (PEFT 0.21 lora_ga_init)', () => {
   for (const direction of DIRECTIONS)
     for (const scale of SCALES) {
-      it(`${direction} + ${scale}: sv(s·B·A), ‖W_new − W0‖, ‖A‖, ‖B‖ as PEFT's; W_new + s·B·A = W0; output unchanged`, async () => {
+      it(`init ${direction} + ${scale}: sv(s·B·A), ‖W_new − W0‖, ‖A‖, ‖B‖ as PEFT's; W_new + s·B·A = W0; output unchanged`, async () => {
         const key = `${direction}.${scale}`;
+        const expected = readFixture('net-expected.safetensors');
+        const want = await fixtureValues('net-expected.safetensors');
+        const base = await fixtureValues('net-base.safetensors');
         const net = withWeights(() => new LoraGaNet(), 'net-base.safetensors');
         const cfg = config({ direction, scale });
         const before = tf.memory().numTensors;
@@ -99,47 +99,43 @@ describe('initialisation from the gradient (PEFT 0.21 lora_ga_init)', () => {
           const b = layer.factorB('default');
           const [out, inF] = [b.shape[0] as number, a.shape[1] as number];
           const sba = tf.tidy(() => tf.mul(tf.matMul(b, a), s));
-          const sv = singularValues(sba.dataSync(), out, inF).slice(0, 4);
+          const sv = svd(matrix64(out, inF, Float64Array.from(await sba.data()))).S.slice(0, 4);
           // q = min(4r, min(out, in)) covers every component of q_proj and c_fc: the SVD is exact there (up to
           // round-off), and random only for head (q = 16 of 20); weight_svd's σ₁(W) is random everywhere (q = r)
           const tol = Math.min(out, inF) <= 16 && scale !== 'weight_svd' ? 1e-4 : 1e-2;
-          expect(maxRelativeError(sv, values(expected[`${key}.${p}.sv`])), `${p} sv(s·B·A)`).toBeLessThan(tol);
-          const w0 = values(base[`${p}.weight`]);
-          const w = layer.baseLayer.weight.dataSync();
-          const diff = w.map((v, i) => v - (w0[i] as number));
-          const rel = (x: number, name: string) =>
-            Math.abs(x / (values(expected[`${key}.${p}.${name}`])[0] as number) - 1);
-          expect(rel(frob(diff), 'delta_norm'), `${p} ‖W_new − W0‖`).toBeLessThan(tol);
-          expect(rel(frob(a.dataSync()), 'a_norm'), `${p} ‖A‖`).toBeLessThan(tol);
-          expect(rel(frob(b.dataSync()), 'b_norm'), `${p} ‖B‖`).toBeLessThan(tol);
+          expect(maxRelativeError(sv, need(want, `${key}.${p}.sv`)), `${p} sv(s·B·A)`).toBeLessThan(tol);
+          const w0 = need(base, `${p}.weight`);
+          const w = await read(layer.baseLayer.weight);
+          const rel = (x: number, name: string) => Math.abs(x / (need(want, `${key}.${p}.${name}`)[0] as number) - 1);
+          expect(rel(frob(w.map((v, i) => v - (w0[i] as number))), 'delta_norm'), `${p} ‖W_new − W0‖`).toBeLessThan(
+            tol,
+          );
+          expect(rel(frob(await read(a)), 'a_norm'), `${p} ‖A‖`).toBeLessThan(tol);
+          expect(rel(frob(await read(b)), 'b_norm'), `${p} ‖B‖`).toBeLessThan(tol);
           // W_new + s·B·A = W0 (in the weight's layout: a TransposedLinear stores [in, out])
           const restored = tf.tidy(() => {
             const delta = layer.settings.get('default')?.fanInFanOut ? tf.transpose(sba) : sba;
             return tf.add(layer.baseLayer.weight, delta);
           });
-          expect(maxRelativeError(restored.dataSync(), w0), `${p} W_new + s·B·A`).toBeLessThan(1e-5);
+          expect(maxRelativeError(await read(restored), w0), `${p} W_new + s·B·A`).toBeLessThan(1e-5);
           tf.dispose([sba, restored]);
         }
         // Embedding and Conv1d took the default init (ΔW = 0: B = 0, or A = 0 on an Embedding), base weight untouched
         for (const p of ['embed', 'conv']) {
           const layer = layers.get(p) as TunerLayer;
-          expect(
-            tf.tidy(() => tf.max(tf.abs(getDeltaWeight(layer, 'default'))).dataSync()[0]),
-            `${p} ΔW`,
-          ).toBe(0);
-          expect(maxRelativeError(layer.baseLayer.weight.dataSync(), values(base[`${p}.weight`])), p).toBe(0);
+          const delta = getDeltaWeight(layer, 'default');
+          expect(maxRelativeError(await read(delta), new Float32Array(delta.size)), `${p} ΔW`).toBe(0);
+          delta.dispose();
+          expect(maxRelativeError(await read(layer.baseLayer.weight), need(base, `${p}.weight`)), p).toBe(0);
         }
         const y = peft.call(expected.x) as tf.Tensor;
-        expect(maxRelativeError(y.dataSync(), values(expected[`${key}.out`])), 'output as PEFT').toBeLessThan(1e-5);
-        expect(maxRelativeError(y.dataSync(), values(expected.base_out)), 'output as the base').toBeLessThan(1e-5);
+        expect(maxRelativeError(await read(y), need(want, `${key}.out`)), 'output as PEFT').toBeLessThan(1e-5);
+        expect(maxRelativeError(await read(y), need(want, 'base_out')), 'output as the base').toBeLessThan(1e-5);
         y.dispose();
-        for (const p of GRAD_TARGETS)
-          expect(
-            hasLoraGaGradient(net.getSubmodule(p) as never) ||
-              hasLoraGaGradient((layers.get(p) as TunerLayer).baseLayer as never),
-          ).toBe(false);
+        for (const p of GRAD_TARGETS) expect(hasLoraGaGradient(net.getSubmodule(p))).toBe(false);
         peft.dispose();
         expect(tf.memory().numTensors, 'everything freed with the model').toBe(before - own);
+        tf.dispose(Object.values(expected));
       });
     }
 });
