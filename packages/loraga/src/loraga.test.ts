@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -418,6 +418,20 @@ describe('saving', () => {
         [...peft.loraLayers()].map(([p, l]) => [`${p}.weight`, l.baseLayer.weight] as const),
       );
       residual.loadStateDict(state, { strict: false });
+      const keep = process.env.LORA_LORAGA_ROUNDTRIP_DIR;
+      if (keep) {
+        // for tools/oracle/check_loraga_roundtrip.py: PEFT loads these and must give `trained`
+        const out = join(keep, `${direction}-${scale}`);
+        mkdirSync(out, { recursive: true });
+        cpSync(dir, out, { recursive: true });
+        writeFileSync(join(out, 'residual.safetensors'), await serializeSafetensors(residual.stateDict()));
+        const y = tf.tensor(trained, [2, 5, 20]);
+        writeFileSync(
+          join(out, 'trained.safetensors'),
+          await serializeSafetensors({ x: expected.x as tf.Tensor, out: y }),
+        );
+        y.dispose();
+      }
       const { model: onResidual } = await loadAdapter(residual, join(dir, 'plain'));
       expect(maxRelativeError(outputOf(onResidual), trained)).toBeLessThan(1e-5);
       // the original base with the converted (rank 2r) adapter
