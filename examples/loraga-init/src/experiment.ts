@@ -34,6 +34,8 @@ const { values } = parseArgs({
     lr: { type: 'string', default: '2e-3' },
     arms: { type: 'string', default: 'lora,lora_ga' },
     name: { type: 'string', default: 'convergence' },
+    // report only: the runs of earlier invocations (results/<name>.json files, e.g. one seed each, run side by side)
+    merge: { type: 'string' },
     out: { type: 'string', default: join(here, 'results') },
   },
 });
@@ -78,7 +80,13 @@ console.log(
   `backend ${info.name}; ${o.train.length} training / ${o.heldout.length} held-out entries; ${o.steps} steps of ${o.batchSize} (AdamW, cosine, 5 warm-up, clip 1), r ${o.r}, alpha ${o.loraAlpha}, all projections; LoRA-GA: ${o.gradientBatches} batches, ArB2r + stable (PEFT's defaults); arms ${values.arms} (lr ${o.lr} unless given)`,
 );
 const t0 = performance.now();
-const runs = await runConvergence(o, arms);
+let runs: Run[];
+if (values.merge) {
+  runs = [];
+  for (const f of values.merge.split(','))
+    runs.push(...(JSON.parse(await readFile(f, 'utf8')) as { runs: Run[] }).runs);
+  o.seeds = [...new Set(runs.map((r) => r.seed))].sort((a, b) => a - b);
+} else runs = await runConvergence(o, arms);
 const minutes = (performance.now() - t0) / 60000;
 
 const armLr = (a: Arm) => a.lr ?? o.lr;
@@ -113,7 +121,9 @@ for (const seed of o.seeds) {
   }
 }
 console.log(`\n${rows.join('\n')}\n`);
-console.log(`reference: ${label(ref)} at step ${o.steps}\n${reached.join('\n')}\n${minutes.toFixed(1)} min in all`);
+console.log(
+  `reference: ${label(ref)} at step ${o.steps}\n${reached.join('\n')}\n${values.merge ? `merged from ${values.merge}` : `${minutes.toFixed(1)} min in all`}`,
+);
 
 await mkdir(values.out, { recursive: true });
 const file = (suffix: string) => join(values.out, `${values.name}${suffix}`);
