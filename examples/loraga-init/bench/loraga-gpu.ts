@@ -67,6 +67,8 @@ const { values, positionals } = parseArgs({
     device: { type: 'string', default: 'cuda' },
     peer: { type: 'string', default: 'examples/loraga-init/bench/peer_loraga.py' },
     'per-pass': { type: 'string' },
+    /** Seconds each of the four runs may take before it is stopped (its row is then missing). */
+    'child-timeout': { type: 'string', default: '120' },
   },
 });
 
@@ -106,9 +108,8 @@ async function child(offload: boolean, targetsPerPass?: number): Promise<void> {
     initLoraWeights: 'lora_ga',
     loraGaConfig: {},
   });
-  const weightBytes =
-    model.parameters().reduce((n, p) => n + 4 * p.size, 0) -
-    (config.tieWordEmbeddings ? 4 * model.lmHead.weight.size : 0);
+  // each distinct parameter once (a tied lm_head is the embedding), as torch's model.parameters()
+  const weightBytes = [...new Set(model.parameters())].reduce((n, p) => n + 4 * p.size, 0);
   // warm-up: one forward/backward pass through the same code (shader compilation), not timed
   {
     const { estimateGradients } = await import('@lora/loraga');
@@ -172,10 +173,15 @@ async function child(offload: boolean, targetsPerPass?: number): Promise<void> {
 function driver(): void {
   const rows: Record<string, unknown>[] = [];
   const run = (cmd: string, args: string[]) => {
-    const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 * MiB });
+    // each run gets a time limit, so that one slow configuration still leaves the others' rows
+    const r = spawnSync(cmd, args, {
+      encoding: 'utf8',
+      maxBuffer: 64 * MiB,
+      timeout: Number(values['child-timeout']) * 1000,
+    });
     const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
     if (r.status !== 0 || !line) {
-      console.error(`${cmd} ${args.join(' ')} failed (${r.status}):\n${r.stdout}\n${r.stderr}`);
+      console.error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}):\n${r.stdout}\n${r.stderr}`);
       return;
     }
     rows.push(JSON.parse(line));
