@@ -358,6 +358,44 @@ describe('the gradient cache', () => {
     moved.dispose();
   });
 
+  it('a cache of the same targets with other shapes (another model size) is refused before its weights are compared', async () => {
+    class Two extends Module {
+      readonly proj: Linear;
+      readonly head: Linear;
+      constructor(hidden: number) {
+        super();
+        this.proj = this.registerModule('proj', new Linear(4, hidden, { bias: false }));
+        this.head = this.registerModule('head', new Linear(hidden, 3, { bias: false }));
+      }
+      forward(x: tf.Tensor) {
+        return this.head.call(tf.tanh(this.proj.call(x) as tf.Tensor));
+      }
+    }
+    const file = join(tmp, 'sizes', 'grads.safetensors');
+    const cfg = config({ targetModules: ['proj', 'head'], r: 1 });
+    const x = tf.randomNormal([5, 4], 0, 1, 'float32', 11);
+    const step = (net: Two) => async (backward: (loss: () => tf.Scalar) => Promise<number>) => {
+      await backward(() => tf.sum(tf.square(net.call(x) as tf.Tensor)) as tf.Scalar);
+    };
+    manualSeed(2);
+    const small = new Two(6);
+    await preprocessLoraga(small, cfg, step(small), { cacheFile: file });
+    releaseLoraGaGradients(small);
+    const big = new Two(8);
+    const before = tf.memory().numTensors;
+    const e = await preprocessLoraga(big, cfg, step(big), { cacheFile: file }).catch((err: unknown) => err);
+    expect(tf.memory().numTensors).toBe(before);
+    expect(e).toBeInstanceOf(LoraGaCacheError);
+    expect([(e as LoraGaCacheError).field, (e as LoraGaCacheError).message]).toEqual([
+      'shape',
+      `LoRA-GA gradient cache ${file}: holds a gradient of shape [6, 4] for 'proj', whose weight is [8, 4]: the cache is for another model; delete it to estimate again`,
+    ]);
+    for (const [, m] of big.namedModules()) expect(hasLoraGaGradient(m)).toBe(false);
+    tf.dispose(x);
+    small.dispose();
+    big.dispose();
+  });
+
   it('an empty file is no cache (estimated and written, as PEFT); a cache that cannot be written fails before trainStep runs', async () => {
     const empty = join(tmp, 'empty.safetensors');
     writeFileSync(empty, '');
