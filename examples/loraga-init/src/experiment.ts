@@ -49,7 +49,7 @@ function entries(text: string): string[] {
     .filter((e) => e.trim().length > 0);
 }
 
-const LABELS: Record<Method, string> = { lora: 'default LoRA', lora_ga: 'LoRA-GA' };
+const LABELS: Record<Method, string> = { lora: 'LoRA', lora_ga: 'LoRA-GA' };
 const arms: Arm[] = values.arms.split(',').map((a) => {
   const [method, lr] = a.split('@') as [Method, string | undefined];
   if (!(method in LABELS)) throw new Error(`--arms: unknown method '${method}' (lora, lora_ga)`);
@@ -90,7 +90,8 @@ if (values.merge) {
 const minutes = (performance.now() - t0) / 60000;
 
 const armLr = (a: Arm) => a.lr ?? o.lr;
-const label = (a: Arm) => `${LABELS[a.method]}, lr ${armLr(a)}`;
+// short enough for the plots' legend (Vega cuts labels at 160 px): 'LoRA, lr 2e-3' (default LoRA init)
+const label = (a: Arm) => `${LABELS[a.method]}, lr ${armLr(a).toExponential()}`;
 const ofArm = (a: Arm) => runs.filter((r) => r.method === a.method && r.lr === armLr(a));
 const mean = (xs: number[]) => xs.reduce((x, y) => x + y, 0) / xs.length;
 const meanCurve = (rs: Run[], pick: (r: Run) => Array<[number, number]>) =>
