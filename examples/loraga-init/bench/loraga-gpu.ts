@@ -121,14 +121,19 @@ async function child(offload: boolean, targetsPerPass?: number): Promise<void> {
     tf.dispose([...g.values()]);
   }
   const mem = () => tf.memory() as tf.MemoryInfo & { numBytesAllocatedInGPU?: number };
-  // the peak of live tensor bytes (torch.cuda.max_memory_allocated's counterpart): every tensor tfjs makes
-  // passes through engine.trackTensor, so the bench watches the count there (instrumentation of this bench only)
+  // the peak of the bytes in use (torch.cuda.max_memory_allocated's counterpart), watched where every new
+  // tensor passes (engine.trackTensor; instrumentation of this bench only): on webgpu the buffer manager's
+  // bytes in use (a buffer counts once however many tensors view it; a released buffer counts until its
+  // commands finish); elsewhere tfjs's numBytes, which counts every tensor, views (reshapes) included
   const engine = tf.engine() as unknown as { trackTensor(t: unknown, b: unknown): void; state: { numBytes: number } };
+  const gpu = tf.backend() as unknown as { bufferManager?: { numBytesUsed: number } };
+  const inUse = () => gpu.bufferManager?.numBytesUsed ?? engine.state.numBytes;
   const track = engine.trackTensor.bind(engine);
-  let peakLive = engine.state.numBytes;
+  let peakLive = inUse();
   engine.trackTensor = (t, b) => {
     track(t, b);
-    if (engine.state.numBytes > peakLive) peakLive = engine.state.numBytes;
+    const n = inUse();
+    if (n > peakLive) peakLive = n;
   };
   const t0 = performance.now();
   const losses: number[] = [];
@@ -199,7 +204,7 @@ function driver(): void {
     `\nLoRA-GA on the ${values.model} Llama: ${spec.batches} batches of ${spec.batch}×${spec.seq} tokens, every projection, r 8 (ArB2r + stable)\n`,
   );
   console.log(
-    '| run | estimate s | init s | total s | peak GPU MiB (pool / reserved) | peak live tensors MiB | weights MiB | first loss |',
+    '| run | estimate s | init s | total s | peak GPU MiB (pool / reserved) | peak in use MiB (buffers / allocated) | weights MiB | first loss |',
   );
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows)
