@@ -51,6 +51,7 @@ await describeEachBackend('Arrow routing against PEFT 0.21', () => {
       const model = await arrow(config, gks);
       const first = await output(model);
       expect(maxRelativeError(first, await want(`${key}.out`).data())).toBeLessThan(1e-5);
+      expect([...arrowRouters(model)].map(([p]) => p).sort()).toEqual([...LAYERS].sort());
       for (const [path, router] of arrowRouters(model)) {
         expect(router.taskAdapterNames).toEqual(['task_0', 'task_1', 'task_2', 'task_3', 'task_4']);
         // the same start vector and the same 15 steps: PEFT's vectors, sign included
@@ -73,7 +74,9 @@ await describeEachBackend('Arrow routing against PEFT 0.21', () => {
       expect(maxRelativeError(await output(model), await want(`${key}.exact.out`).data())).toBeLessThan(1e-5);
       for (const [path, router] of arrowRouters(model)) {
         // sign-free comparison: |p·q| per expert, unit vectors
-        const dots = tf.tidy(() => tf.abs(tf.sum(tf.mul(router.prototypes as tf.Tensor, want(`${key}.exact.${path}`)), 1)));
+        const dots = tf.tidy(() =>
+          tf.abs(tf.sum(tf.mul(router.prototypes as tf.Tensor, want(`${key}.exact.${path}`)), 1)),
+        );
         for (const d of await dots.data()) expect(d, path).toBeGreaterThan(1 - 1e-6);
         dots.dispose();
       }
@@ -86,22 +89,33 @@ await describeEachBackend('Arrow routing against PEFT 0.21', () => {
     await output(model);
     for (const [path, layer] of model.loraLayers())
       for (const n of ['task_0', 'task_4']) {
-        expect(maxRelativeError(await layer.factorA(n).data(), await want(`gks.${n}.${path}.lora_A`).data())).toBeLessThan(1e-6);
-        expect(maxRelativeError(await layer.factorB(n).data(), await want(`gks.${n}.${path}.lora_B`).data())).toBeLessThan(1e-6);
+        expect(
+          maxRelativeError(await layer.factorA(n).data(), await want(`gks.${n}.${path}.lora_A`).data()),
+        ).toBeLessThan(1e-6);
+        expect(
+          maxRelativeError(await layer.factorB(n).data(), await want(`gks.${n}.${path}.lora_B`).data()),
+        ).toBeLessThan(1e-6);
       }
     // once only: a second forward subtracts nothing more
     await output(model);
     const [path, layer] = [...model.loraLayers()][0]!;
-    expect(maxRelativeError(await layer.factorA('task_0').data(), await want(`gks.task_0.${path}.lora_A`).data())).toBeLessThan(1e-6);
+    expect(
+      maxRelativeError(await layer.factorA('task_0').data(), await want(`gks.task_0.${path}.lora_A`).data()),
+    ).toBeLessThan(1e-6);
     model.dispose();
   });
 
   for (const forwardFirst of [true, false])
     it(`an expert loaded later gives the logits of loading it up front (GenKnowSub, ${forwardFirst ? 'after' : 'without'} a forward in between), as PEFT's test`, async () => {
-      const model = await createArrowModel(baseNet(), TASKS.slice(0, 4), { topK: 2, useGks: true, rngSeed: 42 }, {
-        generalAdapterPaths: GENERAL,
-        warn: quiet,
-      });
+      const model = await createArrowModel(
+        baseNet(),
+        TASKS.slice(0, 4),
+        { topK: 2, useGks: true, rngSeed: 42 },
+        {
+          generalAdapterPaths: GENERAL,
+          warn: quiet,
+        },
+      );
       if (forwardFirst) await output(model);
       await loadAdapter(model, TASKS[4] as string, { adapterName: 'new_added_ts_expert', warn: quiet });
       expect(model.activeAdapters).toEqual(['arrow_router']);
@@ -112,10 +126,15 @@ await describeEachBackend('Arrow routing against PEFT 0.21', () => {
     });
 
   it('takes the adapters as files in memory (the browser path) and gives the same logits', async () => {
-    const model = await createArrowModel(baseNet(), TASKS.map(adapterFiles), { topK: 2, useGks: true, rngSeed: 42 }, {
-      generalAdapterPaths: GENERAL.map(adapterFiles),
-      warn: quiet,
-    });
+    const model = await createArrowModel(
+      baseNet(),
+      TASKS.map(adapterFiles),
+      { topK: 2, useGks: true, rngSeed: 42 },
+      {
+        generalAdapterPaths: GENERAL.map(adapterFiles),
+        warn: quiet,
+      },
+    );
     expect(maxRelativeError(await output(model), await want('gks.out').data())).toBeLessThan(1e-5);
     model.dispose();
   });

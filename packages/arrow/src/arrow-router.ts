@@ -79,7 +79,10 @@ export class ArrowRouter extends Module {
 
   set prototypeMethod(method: PrototypeMethod) {
     if (method !== 'power-iteration' && method !== 'exact')
-      throw new ArrowError('prototypes', `prototypes must be 'power-iteration' or 'exact', got ${JSON.stringify(method)}`);
+      throw new ArrowError(
+        'prototypes',
+        `prototypes must be 'power-iteration' or 'exact', got ${JSON.stringify(method)}`,
+      );
     if (method !== this.method) this.invalidate();
     this.method = method;
   }
@@ -135,7 +138,10 @@ export class ArrowRouter extends Module {
       );
     const ref = names[0] as string;
     const shape = (n: string) => `A [${layer.factorA(n).shape.join(', ')}], B [${layer.factorB(n).shape.join(', ')}]`;
-    for (const n of [...names.slice(1), ...(this.useGks ? this.gksAdapterNames.filter((g) => layer.settings.has(g)) : [])])
+    for (const n of [
+      ...names.slice(1),
+      ...(this.useGks ? this.gksAdapterNames.filter((g) => layer.settings.has(g)) : []),
+    ])
       if (shape(n) !== shape(ref))
         throw new ArrowError(
           layer.factorA(n).shape[0] === layer.factorA(ref).shape[0] ? 'shape' : 'rank',
@@ -203,7 +209,12 @@ export class ArrowRouter extends Module {
         `exact prototypes read the experts' factors back, which webgpu cannot do during a forward pass: after adding or removing experts on ${where}, run await buildArrowPrototypes(model) before the next forward (createArrowModel does it), or use prototypes: 'power-iteration'`,
         { module: where },
       );
-    this.setPrototypes(this.exact(layer, names.map((n) => ({ a: layer.factorA(n).dataSync(), b: layer.factorB(n).dataSync() }))));
+    this.setPrototypes(
+      this.exact(
+        layer,
+        names.map((n) => ({ a: layer.factorA(n).dataSync(), b: layer.factorB(n).dataSync() })),
+      ),
+    );
   }
 
   /** {@link prepare} with the factors read asynchronously (any backend, webgpu included). */

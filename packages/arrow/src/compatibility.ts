@@ -71,9 +71,13 @@ export function checkArrowExperts(model: PeftModel, adapters: string[]): { paths
   const [ref, ...rest] = adapters as [string, ...string[]];
   const refMods = modules.get(ref) as Map<string, ExpertModule>;
   if (refMods.size === 0)
-    throw new ArrowError('targets', `adapter '${ref}' adapts no module of the model: is it an adapter for this base model?`, {
-      adapter: ref,
-    });
+    throw new ArrowError(
+      'targets',
+      `adapter '${ref}' adapts no module of the model: is it an adapter for this base model?`,
+      {
+        adapter: ref,
+      },
+    );
   for (const name of rest) {
     const mods = modules.get(name) as Map<string, ExpertModule>;
     for (const [path, m] of mods) {
@@ -92,8 +96,8 @@ export function checkArrowExperts(model: PeftModel, adapters: string[]): { paths
           { adapter: name, module: path },
         );
     }
-    const missing = [...refMods.keys()].filter((p) => !mods.has(p));
-    const extra = [...mods.keys()].filter((p) => !refMods.has(p));
+    const missing = [...refMods.keys()].filter((p) => !mods.has(p)).sort();
+    const extra = [...mods.keys()].filter((p) => !refMods.has(p)).sort();
     if (missing.length || extra.length)
       throw new ArrowError(
         'targets',

@@ -36,11 +36,13 @@ function describeSource(files: ModelFiles, index: number): string {
 /**
  * PEFT's `_resolve_adapter_source`: a local directory is used as it is; `namespace/name/sub/folder`
  * that is not one is the sub-folder of a Hub repo (read into memory here, since loading takes a
- * directory or files); anything else goes to `loadAdapter` as it is (a directory or a repo id).
+ * directory or files); anything else goes to `loadAdapter` as it is (a directory or a repo id). Unlike
+ * PEFT, a path that is plainly a path (absolute, `./`, `../`, `~`, a drive or backslash) is never
+ * taken for a repo, so a missing directory is reported as such.
  */
 async function adapterSource(files: ModelFiles, hub: HubOptions): Promise<ModelFiles> {
-  if (typeof files !== 'string') return files;
-  const parts = files.replace(/^\/+|\/+$/g, '').split('/');
+  if (typeof files !== 'string' || /^(\/|\.{1,2}\/|~)|\\|^[A-Za-z]:/.test(files)) return files;
+  const parts = files.replace(/\/+$/g, '').split('/');
   const repo = parts.slice(0, 2).join('/');
   if (parts.length < 3 || !isHubRepoId(repo)) return files;
   const local = await openFiles(files, { ...hub, what: 'adapter directory' }).then(
@@ -139,7 +141,10 @@ export async function createArrowModel(
       'createArrowModel takes the base model, not a PeftModel: pass peft.model after peft.unload(), or the model you loaded',
     );
   if (prototypes !== 'power-iteration' && prototypes !== 'exact')
-    throw new ArrowError('prototypes', `prototypes must be 'power-iteration' or 'exact', got ${JSON.stringify(prototypes)}`);
+    throw new ArrowError(
+      'prototypes',
+      `prototypes must be 'power-iteration' or 'exact', got ${JSON.stringify(prototypes)}`,
+    );
   const { taskAdapterNames: _t, gksAdapterNames: _g, ...fields } = arrowConfig;
   const base = completeArrowConfig(fields);
   const general = generalAdapterPaths ?? [];
@@ -162,7 +167,11 @@ export async function createArrowModel(
   const gksNames = base.useGks ? general.map((_, i) => `${GKS_PREFIX}${i}`) : [];
   const sources = [
     ...taskSpecificAdapterPaths.map((files, i) => ({ files, name: taskNames[i] as string, what: `task adapter ${i}` })),
-    ...(base.useGks ? general : []).map((files, i) => ({ files, name: gksNames[i] as string, what: `general adapter ${i}` })),
+    ...(base.useGks ? general : []).map((files, i) => ({
+      files,
+      name: gksNames[i] as string,
+      what: `general adapter ${i}`,
+    })),
   ];
   let model: PeftModel | undefined;
   try {

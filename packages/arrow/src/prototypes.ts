@@ -74,7 +74,13 @@ function transposed(values: ArrayLike<number>, rows: number, cols: number): Matr
  * positive (routing takes |x·p|, so the sign never matters). A zero expert (B = 0) gives a zero vector,
  * as PEFT's iteration does.
  */
-export function exactPrototype(a: ArrayLike<number>, b: ArrayLike<number>, r: number, inF: number, outF: number): Float64Array {
+export function exactPrototype(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  r: number,
+  inF: number,
+  outF: number,
+): Float64Array {
   const out = new Float64Array(inF);
   const qa = qr(transposed(a, r, inF)); // Q: in×k, R: k×r, k = min(in, r)
   const qb = qr(matrix64(outF, r, b)); // Q: out×k', R: k'×r
@@ -103,8 +109,13 @@ export function exactPrototype(a: ArrayLike<number>, b: ArrayLike<number>, r: nu
 }
 
 /** {@link exactPrototype} for every expert, from their factors' values: `[E, in]` float32 (the caller owns it). */
-export function exactPrototypes(factors: { a: ArrayLike<number>; b: ArrayLike<number> }[], r: number, inF: number, outF: number): tf.Tensor2D {
+export function exactPrototypes(
+  factors: { a: ArrayLike<number>; b: ArrayLike<number> }[],
+  r: number,
+  inF: number,
+  outF: number,
+): tf.Tensor2D {
   const data = new Float32Array(factors.length * inF);
-  factors.forEach(({ a, b }, e) => data.set(exactPrototype(a, b, r, inF, outF), e * inF));
+  for (const [e, { a, b }] of factors.entries()) data.set(exactPrototype(a, b, r, inF, outF), e * inF);
   return tf.tensor2d(data, [factors.length, inF]);
 }

@@ -22,13 +22,32 @@ export interface Routing {
  */
 export function route(tokens: tf.Tensor2D, prototypes: tf.Tensor2D, topK: number, temperature: number): Routing {
   return tf.tidy(() => {
-    const sim = tf.abs(tf.matMul(tokens, prototypes, false, true));
-    const { values, indices } = tf.topk(sim, topK, true);
-    return {
-      indices: indices as tf.Tensor2D,
-      coefficients: tf.softmax(tf.div(values, temperature)) as tf.Tensor2D,
-    };
+    const similarity = () => tf.abs(tf.matMul(tokens, prototypes, false, true));
+    if (!taping()) {
+      const { values, indices } = tf.topk(similarity(), topK, true);
+      return { indices: indices as tf.Tensor2D, coefficients: tf.softmax(tf.div(values, temperature)) as tf.Tensor2D };
+    }
+    // Inside a gradient tape: tfjs has no gradient for TopK, and gathers by taped indices fail (their
+    // "gradient" is int32). PyTorch differentiates the top-k values only, so: the indices from an
+    // untaped computation, the values picked from the taped similarities with a one-hot.
+    const indices = untapedTopK(tokens, prototypes, topK);
+    const picked = tf.sum(tf.mul(tf.expandDims(similarity(), 1), tf.oneHot(indices, prototypes.shape[0])), 2);
+    return { indices, coefficients: tf.softmax(tf.div(picked, temperature)) as tf.Tensor2D };
   });
+}
+
+/**
+ * The top-k indices of |tokens·Pᵀ|, computed where the gradient tape does not record: inside a custom
+ * gradient whose only input is the prototypes (constant), the tokens captured. The indices are then
+ * constants to the tape, as integer indices are to PyTorch's autograd.
+ */
+function untapedTopK(tokens: tf.Tensor2D, prototypes: tf.Tensor2D, topK: number): tf.Tensor2D {
+  const f = (p: tf.Tensor) => ({
+    value: tf.topk(tf.abs(tf.matMul(tokens, p, false, true)), topK, true).indices,
+    gradFunc: () => tf.zerosLike(p),
+  });
+  const op = tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]);
+  return op(prototypes) as tf.Tensor2D;
 }
 
 /** One task expert on the layer: its factors and its own scaling. */
@@ -63,7 +82,13 @@ export function groupedDelta(tokens: tf.Tensor2D, routing: Routing, experts: Exp
     experts.forEach((e, i) => {
       const slots = byExpert[i] as number[];
       if (slots.length === 0) return;
-      const rows = tf.gather(tokens, tf.tensor1d(Int32Array.from(slots, (p) => Math.floor(p / k)), 'int32'));
+      const rows = tf.gather(
+        tokens,
+        tf.tensor1d(
+          Int32Array.from(slots, (p) => Math.floor(p / k)),
+          'int32',
+        ),
+      );
       const y = tf.matMul(tf.matMul(rows, e.a, false, true), e.b, false, true); // [n, out]
       const c = tf.mul(tf.gather(coeff, tf.tensor1d(Int32Array.from(slots), 'int32')), e.scale);
       parts.push(tf.mul(y, tf.reshape(c, [slots.length, 1])));
@@ -94,9 +119,28 @@ function denseDelta(tokens: tf.Tensor2D, routing: Routing, experts: Expert[]): t
     // coefficients spread over all experts: Σ_j onehot(idx[t, j]) · coeff[t, j] → [T, E]
     const dense = tf.sum(tf.mul(tf.oneHot(routing.indices, e), tf.reshape(routing.coefficients, [t, k, 1])), 1);
     const scales = tf.tensor1d(experts.map((x) => x.scale));
-    const z = tf.matMul(tokens, tf.concat(experts.map((x) => x.a), 0), false, true); // [T, E·r]
-    const weighted = tf.reshape(tf.mul(tf.reshape(z, [t, e, r]), tf.reshape(tf.mul(dense, scales), [t, e, 1])), [t, e * r]);
-    return tf.matMul(weighted, tf.concat(experts.map((x) => x.b), 1), false, true) as tf.Tensor2D; // B_cat: [out, E·r]
+    const z = tf.matMul(
+      tokens,
+      tf.concat(
+        experts.map((x) => x.a),
+        0,
+      ),
+      false,
+      true,
+    ); // [T, E·r]
+    const weighted = tf.reshape(tf.mul(tf.reshape(z, [t, e, r]), tf.reshape(tf.mul(dense, scales), [t, e, 1])), [
+      t,
+      e * r,
+    ]);
+    return tf.matMul(
+      weighted,
+      tf.concat(
+        experts.map((x) => x.b),
+        1,
+      ),
+      false,
+      true,
+    ) as tf.Tensor2D; // B_cat: [out, E·r]
   });
 }
 

@@ -18,7 +18,8 @@ async function reference(x: tf.Tensor, a: tf.Tensor, b: tf.Tensor, idx: number[]
       const e = (idx[t] as number[])[j] as number;
       const z = Array.from({ length: r }, (_, i) => {
         let s = 0;
-        for (let f = 0; f < inF; f++) s += (xv as Float32Array)[t * inF + f]! * (av as Float32Array)[(e * r + i) * inF + f]!;
+        for (let f = 0; f < inF; f++)
+          s += (xv as Float32Array)[t * inF + f]! * (av as Float32Array)[(e * r + i) * inF + f]!;
         return s;
       });
       for (let o = 0; o < outF; o++) {
@@ -41,7 +42,9 @@ await describeEachBackend('gatheredLowRank', (backend) => {
       const x = seq([tokens, inF], 3) as tf.Tensor2D;
       const a = seq([experts, r, inF], 5) as tf.Tensor3D;
       const b = seq([experts, outF, r], 7) as tf.Tensor3D;
-      const idx = Array.from({ length: tokens }, (_, t) => Array.from({ length: k }, (_, j) => (t * 3 + j * 2) % experts));
+      const idx = Array.from({ length: tokens }, (_, t) =>
+        Array.from({ length: k }, (_, j) => (t * 3 + j * 2) % experts),
+      );
       const indices = tf.tensor2d(idx, [tokens, k], 'int32');
       const w = seq([tokens, k], 11) as tf.Tensor2D;
       const y = assertNoLeaks(() => gatheredLowRank(x, a, b, indices, w));
@@ -58,7 +61,16 @@ await describeEachBackend('gatheredLowRank', (backend) => {
     const x = seq([4, 6], 13) as tf.Tensor2D;
     const a = seq([3, 2, 6], 17) as tf.Tensor3D;
     const b = seq([3, 5, 2], 19) as tf.Tensor3D;
-    const indices = tf.tensor2d([[0, 2], [1, 0], [2, 1], [0, 1]], [4, 2], 'int32');
+    const indices = tf.tensor2d(
+      [
+        [0, 2],
+        [1, 0],
+        [2, 1],
+        [0, 1],
+      ],
+      [4, 2],
+      'int32',
+    );
     const w = seq([4, 2], 23) as tf.Tensor2D;
     const f = (xx: tf.Tensor, aa: tf.Tensor, bb: tf.Tensor) =>
       tf.sum(gatheredLowRank(xx as tf.Tensor2D, aa as tf.Tensor3D, bb as tf.Tensor3D, indices, w));

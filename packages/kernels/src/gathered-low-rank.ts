@@ -134,7 +134,11 @@ function composite(x: tf.Tensor2D, a: tf.Tensor3D, b: tf.Tensor3D, indices: tf.T
     for (let t0 = 0; t0 < tokens; t0 += step) {
       const n = Math.min(step, tokens - t0);
       const idx = tf.reshape(tf.slice(indices, [t0, 0], [n, k]), [n * k]);
-      const xs = tf.reshape(tf.tile(tf.reshape(tf.slice(x, [t0, 0], [n, inF]), [n, 1, inF]), [1, k, 1]), [n * k, inF, 1]);
+      const xs = tf.reshape(tf.tile(tf.reshape(tf.slice(x, [t0, 0], [n, inF]), [n, 1, inF]), [1, k, 1]), [
+        n * k,
+        inF,
+        1,
+      ]);
       const z = tf.matMul(tf.gather(a, idx), xs); // [n·k, r, 1]
       const y = tf.reshape(tf.matMul(tf.gather(b, idx), z), [n, k, outF]);
       parts.push(tf.sum(tf.mul(y, tf.expandDims(tf.slice(weights, [t0, 0], [n, k]), 2)), 1));
