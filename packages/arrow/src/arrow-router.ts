@@ -48,6 +48,12 @@ export class ArrowRouter extends Module {
   private method: PrototypeMethod = 'power-iteration';
   /** How many expert prototypes were computed so far (PEFT's test counts calls of its power iteration). */
   prototypeBuilds = 0;
+  /**
+   * Whether routed forwards add up how much each expert was used (see {@link usage}): off by default;
+   * on, each forward adds a few small ops, and no read back.
+   */
+  recordUsage = false;
+  private usageTokens = 0;
   private ready = false;
   /** The A factors GenKnowSub has been applied to (a replaced adapter has a new one, and gets it again). */
   private readonly subtracted = new WeakSet<tf.Variable>();
@@ -66,6 +72,7 @@ export class ArrowRouter extends Module {
     this.registerBuffer('prototypes', null, false);
     this.registerBuffer('stacked_a', null, false);
     this.registerBuffer('stacked_b', null, false);
+    this.registerBuffer('usage', null, false);
   }
 
   /** The prototypes `[E, in]` (one unit row per task expert), or null until they are built. */
@@ -116,6 +123,43 @@ export class ArrowRouter extends Module {
     if (sameSet(now, this.taskAdapterNames) && now.every((n) => layer.settings.has(n))) return;
     this.taskAdapterNames = now;
     this.invalidate();
+    this.resetUsage();
+  }
+
+  /**
+   * Adds one routed forward's use of each expert (when {@link recordUsage}): the coefficient weight
+   * it received, summed over tokens, and the (token, slot) pairs routed to it.
+   */
+  addUsage(indices: tf.Tensor2D, coefficients: tf.Tensor2D): void {
+    if (!this.recordUsage) return;
+    const e = this.taskAdapterNames.length;
+    const step = tf.tidy(() => {
+      const hot = tf.oneHot(indices, e); // [T, k, E]
+      const weight = tf.sum(tf.mul(hot, tf.expandDims(coefficients, 2)), [0, 1]);
+      const slots = tf.sum(hot, [0, 1]);
+      const now = tf.stack([weight, tf.cast(slots, 'float32')]);
+      const old = this.getBuffer('usage');
+      return old ? tf.add(old, now) : now;
+    });
+    this.setBuffer('usage', step);
+    this.usageTokens += indices.shape[0];
+  }
+
+  /**
+   * How much each expert was used since {@link recordUsage} was turned on (or the experts last
+   * changed, or {@link resetUsage}): `weight[e]`, the routing coefficients it received summed over the
+   * tokens (they sum to `tokens` over the experts), and `slots[e]`, the tokens routed through it.
+   */
+  async usage(): Promise<{ names: string[]; weight: number[]; slots: number[]; tokens: number }> {
+    const names = [...this.taskAdapterNames];
+    const u = this.getBuffer('usage');
+    const v = u ? Array.from(await u.data()) : new Array<number>(2 * names.length).fill(0);
+    return { names, weight: v.slice(0, names.length), slots: v.slice(names.length), tokens: this.usageTokens };
+  }
+
+  resetUsage(): void {
+    this.setBuffer('usage', null);
+    this.usageTokens = 0;
   }
 
   /**

@@ -50,6 +50,7 @@ export const arrowVariant: LoraVariant = {
     const inF = x.shape.at(-1) as number;
     const tokens = tf.reshape(x, [-1, inF]) as tf.Tensor2D;
     const routing = route(tokens, router.prototypes as tf.Tensor2D, router.topK, router.routerTemperature);
+    router.addUsage(routing.indices, routing.coefficients);
     const scales = names.map((n) => layer.scaling.get(n) as number);
     const delta = READS_SYNC.has(tf.getBackend())
       ? groupedDelta(

@@ -193,6 +193,31 @@ describe('Arrow models', () => {
     model.dispose();
   });
 
+  it('counts how much each expert was used when asked (routing weight and slots per expert)', async () => {
+    const model = await createArrowModel(baseNet(), TASKS, { topK: 2, rngSeed: 42 }, { warn: quiet });
+    for (const [, router] of arrowRouters(model)) router.recordUsage = true;
+    await out(model);
+    await out(model);
+    for (const [path, router] of arrowRouters(model)) {
+      const u = await router.usage();
+      expect(u.names).toEqual(['task_0', 'task_1', 'task_2', 'task_3', 'task_4']);
+      expect(u.tokens).toBe(20);
+      // every token's coefficients sum to 1, and it takes k slots
+      expect(
+        u.weight.reduce((a, b) => a + b, 0),
+        path,
+      ).toBeCloseTo(20, 4);
+      expect(
+        u.slots.reduce((a, b) => a + b, 0),
+        path,
+      ).toBe(40);
+      for (const [e, w] of u.weight.entries()) expect(w <= (u.slots[e] as number) + 1e-6).toBe(true);
+    }
+    model.deleteAdapter('task_4');
+    for (const [, router] of arrowRouters(model)) expect((await router.usage()).tokens).toBe(0);
+    model.dispose();
+  });
+
   it('without rngSeed starts from the generator manualSeed seeds (PEFT: the global torch generator)', async () => {
     const run = async () => {
       manualSeed(7);
