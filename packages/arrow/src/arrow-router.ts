@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ArrowConfig, TunerLayer } from '@lora/core';
 import { inPlaceWriteCount } from '@lora/kernels';
-import { Module } from '@lora/nn';
+import { Module, ModuleDict } from '@lora/nn';
 import { ArrowError } from './errors';
 import { type PrototypeMethod, exactPrototypes, powerIterationPrototypes } from './prototypes';
 
@@ -18,6 +18,34 @@ const GKS_NAME = /^gks_\d+$/;
 export function taskExperts(layer: TunerLayer): string[] {
   const routers = layer.variantModules<ArrowRouter>('lora_arrow');
   return [...layer.settings.keys()].filter((n) => n !== ARROW_ROUTER && !routers.has(n) && !GKS_NAME.test(n));
+}
+
+/** An expert's Aᵀ and Bᵀ (non-persistent buffers), with the data they were made from. */
+class KeptTransposes extends Module {
+  private readonly from: [tf.DataId, tf.DataId];
+  private readonly at: number;
+
+  constructor(a: tf.Variable, b: tf.Variable, writes: number) {
+    super();
+    this.from = [a.dataId, b.dataId];
+    this.at = writes;
+    tf.tidy(() => {
+      this.registerBuffer('a', tf.transpose(a), false);
+      this.registerBuffer('b', tf.transpose(b), false);
+    });
+  }
+
+  madeFrom(a: tf.Variable, b: tf.Variable, writes: number): boolean {
+    return this.from[0] === a.dataId && this.from[1] === b.dataId && this.at === writes;
+  }
+
+  get tensors(): { a: tf.Tensor; b: tf.Tensor } {
+    return { a: this.getBuffer('a') as tf.Tensor, b: this.getBuffer('b') as tf.Tensor };
+  }
+
+  forward(): never {
+    throw new Error('kept transposes are read, not called');
+  }
 }
 
 /** The same names, whatever their order. */
@@ -60,6 +88,7 @@ export class ArrowRouter extends Module {
   /** Stacked factors for the gathered kernel, with the data they were stacked from (webgpu only). */
   private stackedFrom: tf.DataId[] = [];
   private stackedAt = -1;
+  private readonly transposes = this.registerModule('transposes', new ModuleDict<KeptTransposes>());
 
   constructor(config: ArrowConfig, taskAdapterNames: string[]) {
     super();
@@ -308,6 +337,28 @@ export class ArrowRouter extends Module {
     this.stackedFrom = ids;
     this.stackedAt = writes;
     return { a: this.getBuffer('stacked_a') as tf.Tensor3D, b: this.getBuffer('stacked_b') as tf.Tensor3D };
+  }
+
+  /**
+   * Aᵀ ([in, r]) and Bᵀ ([r, out]) of each task expert, kept between forwards and made again when the
+   * factors were written since (as {@link stackedFactors}): matMul's transpose flags are ~13× slower on
+   * wasm, and transposing every expert on every call costs two ops each. Kept as buffers of a child
+   * module, so that they are freed with the layer.
+   */
+  transposedFactors(layer: TunerLayer): { a: tf.Tensor; b: tf.Tensor }[] {
+    const writes = inPlaceWriteCount();
+    for (const n of this.transposes.keys())
+      if (!this.taskAdapterNames.includes(n)) this.transposes.delete(n)?.dispose();
+    return this.taskAdapterNames.map((n) => {
+      const a = layer.factorA(n);
+      const b = layer.factorB(n);
+      const kept = this.transposes.has(n) ? this.transposes.get(n) : null;
+      if (kept?.madeFrom(a, b, writes)) return kept.tensors;
+      if (kept) this.transposes.delete(n)?.dispose();
+      const fresh = new KeptTransposes(a, b, writes);
+      this.transposes.set(n, fresh);
+      return fresh.tensors;
+    });
   }
 
   forward(): never {

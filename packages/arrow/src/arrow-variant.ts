@@ -56,7 +56,12 @@ export const arrowVariant: LoraVariant = {
       ? groupedDelta(
           tokens,
           routing,
-          names.map((n, i) => ({ a: layer.factorA(n), b: layer.factorB(n), scale: scales[i] as number })),
+          router.transposedFactors(layer).map((transposed, i) => ({
+            a: layer.factorA(names[i] as string),
+            b: layer.factorB(names[i] as string),
+            scale: scales[i] as number,
+            transposed,
+          })),
         )
       : gatheredDelta(tokens, routing, router.stackedFactors(layer), scales);
     // PEFT applies the router's dropout to the mixed delta (not to x, as plain LoRA does)

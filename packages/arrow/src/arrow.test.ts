@@ -8,7 +8,14 @@ import { LoraConfigError, type PeftModel, isTunerLayer, loadAdapter, saveAdapter
 import { AdamW, manualSeed } from '@lora/nn';
 import { initBackend } from '@lora/tensor';
 import { describeEachBackend, maxRelativeError, startFakeHub } from '@lora/tensor/testing';
-import { ArrowError, arrowRouters, buildArrowPrototypes, createArrowModel } from '@lora/arrow';
+import {
+  ArrowError,
+  addArrowRouter,
+  arrowConfig,
+  arrowRouters,
+  buildArrowPrototypes,
+  createArrowModel,
+} from '@lora/arrow';
 import { type ArrowNet, FIX, GENERAL, TASKS, baseNet, fixtureDir } from './arrow-net.test-util';
 
 const quiet = () => {};
@@ -191,6 +198,21 @@ describe('Arrow models', () => {
     expect(maxRelativeError(mixed.slice(30), plain.slice(30))).toBeLessThan(1e-6);
     base.dispose();
     model.dispose();
+  });
+
+  it('addArrowRouter routes over adapters already in a model, under their own names, as createArrowModel does', async () => {
+    const { model: peft } = await loadAdapter(baseNet(), TASKS[0] as string, { adapterName: 'sql', warn: quiet });
+    await loadAdapter(peft, TASKS[1] as string, { adapterName: 'math', warn: quiet });
+    await loadAdapter(peft, TASKS[2] as string, { adapterName: 'chat', warn: quiet });
+    expect(() => addArrowRouter(peft, arrowConfig({ topK: 2, taskAdapterNames: ['sql', 'maths'] }))).toThrow(
+      /the model has no adapter 'maths' \(it has sql, math, chat\)/,
+    );
+    addArrowRouter(peft, arrowConfig({ topK: 2, rngSeed: 42, taskAdapterNames: ['sql', 'math', 'chat'] }));
+    expect(peft.activeAdapters).toEqual(['arrow_router']);
+    const made = await createArrowModel(baseNet(), TASKS.slice(0, 3), { topK: 2, rngSeed: 42 }, { warn: quiet });
+    expect(maxRelativeError(await out(peft), await out(made))).toBeLessThan(1e-6);
+    peft.dispose();
+    made.dispose();
   });
 
   it('counts how much each expert was used when asked (routing weight and slots per expert)', async () => {

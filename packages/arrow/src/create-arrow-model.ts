@@ -98,6 +98,60 @@ export async function buildArrowPrototypes(model: PeftModel, adapterName = ARROW
 }
 
 /**
+ * Adds an Arrow router over adapters already in `model` (the second half of PEFT's
+ * `create_arrow_model`, for adapters made or loaded another way): checks the task and general adapters
+ * `config` names (`taskAdapterNames`, `gksAdapterNames`) as {@link createArrowModel} does, adds the
+ * router adapter `arrow_router` on the modules they adapt, and makes it active. Throws an
+ * {@link ArrowError} before changing anything when they do not fit together.
+ *
+ * @example
+ * ```ts
+ * // peft holds the adapters 'sql', 'math' and 'chat'
+ * addArrowRouter(peft, arrowConfig({ topK: 2, taskAdapterNames: ['sql', 'math', 'chat'], gksAdapterNames: [] }));
+ * const y = peft.call(x);
+ * ```
+ */
+export function addArrowRouter(model: PeftModel, config: ArrowConfig): void {
+  const tasks = config.taskAdapterNames ?? [];
+  const general = config.useGks ? (config.gksAdapterNames ?? []) : [];
+  if (tasks.length === 0)
+    throw new ArrowError(
+      'no-task-adapters',
+      'addArrowRouter: arrowConfig.taskAdapterNames names no adapter; name the task experts to route over',
+    );
+  if (config.useGks && general.length === 0)
+    throw new ArrowError(
+      'no-general-adapters',
+      'You should provide general LoRA paths if you want to use GenKnowSub. (useGks is true: name the general adapters in arrowConfig.gksAdapterNames, or set useGks false)',
+    );
+  const missing = [...tasks, ...general].filter((n) => !model.peftConfig.has(n));
+  if (missing.length)
+    throw new ArrowError(
+      'no-task-adapters',
+      `addArrowRouter: the model has no adapter ${missing.map((n) => `'${n}'`).join(', ')} (it has ${model.adapters.join(', ')})`,
+      { adapter: missing[0] },
+    );
+  if (config.topK > tasks.length)
+    throw new ArrowError(
+      'top-k',
+      `top_k is ${config.topK} but ${tasks.length} task adapter${tasks.length === 1 ? ' was' : 's were'} given: each token is routed through top_k experts (PEFT fails in torch.topk at the first forward). Set topK to at most ${tasks.length}, or add experts`,
+    );
+  const { paths, r } = checkArrowExperts(model, [...tasks, ...general]);
+  const first = model.peftConfig.get(tasks[0] as string);
+  model.addAdapter(
+    ARROW_ROUTER,
+    loraConfig({
+      r,
+      // the experts' own modules (PEFT passes their last names, which may reach modules no expert adapts)
+      targetModules: paths,
+      fanInFanOut: first?.fanInFanOut ?? false,
+      arrowConfig: { ...config, taskAdapterNames: [...tasks], gksAdapterNames: [...general] },
+    }),
+  );
+  model.setAdapter(ARROW_ROUTER);
+}
+
+/**
  * PEFT's `create_arrow_model`: loads the task adapters as `task_0, task_1, …` (and, with `useGks`, the
  * general adapters as `gks_0, …`) onto `baseModel`, checks that they fit together, and adds the router
  * adapter `arrow_router` (a LoRA adapter whose variant routes each token through its top-k task
@@ -188,19 +242,7 @@ export async function createArrowModel(
       model = loaded;
     }
     const peft = model as PeftModel;
-    const { paths, r } = checkArrowExperts(peft, [...taskNames, ...gksNames]);
-    const first = peft.peftConfig.get(taskNames[0] as string);
-    peft.addAdapter(
-      ARROW_ROUTER,
-      loraConfig({
-        r,
-        // the experts' own modules (PEFT passes their last names, which may reach modules no expert adapts)
-        targetModules: paths,
-        fanInFanOut: first?.fanInFanOut ?? false,
-        arrowConfig: { ...base, taskAdapterNames: taskNames, gksAdapterNames: gksNames },
-      }),
-    );
-    peft.setAdapter(ARROW_ROUTER);
+    addArrowRouter(peft, { ...base, taskAdapterNames: taskNames, gksAdapterNames: gksNames });
     for (const [, router] of arrowRouters(peft)) router.prototypeMethod = prototypes;
     if (prototypes === 'exact') await buildArrowPrototypes(peft);
     return peft;

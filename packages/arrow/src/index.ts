@@ -1,6 +1,6 @@
 import './register';
 
-export { createArrowModel, arrowRouters, buildArrowPrototypes } from './create-arrow-model';
+export { addArrowRouter, arrowRouters, buildArrowPrototypes, createArrowModel } from './create-arrow-model';
 export type { CreateArrowModelOptions } from './create-arrow-model';
 export { ARROW_ROUTER, ArrowRouter, taskExperts } from './arrow-router';
 export { arrowVariant } from './arrow-variant';

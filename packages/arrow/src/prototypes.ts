@@ -4,7 +4,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { type Matrix64, matrix64, qr, svd } from '@lora/linalg';
-import { defaultRng } from '@lora/nn';
+import { defaultRng, matmul, transposeLast } from '@lora/nn';
 import { Generator } from '@lora/tensor';
 
 /**
@@ -48,12 +48,13 @@ export function powerIterationPrototypes(a: tf.Tensor[], b: tf.Tensor[], seed: n
   return tf.tidy(() => {
     const A = tf.stack(a) as tf.Tensor3D; // [E, r, in]
     const B = tf.stack(b) as tf.Tensor3D; // [E, out, r]
-    const C = tf.matMul(B, B, true, false); // BᵀB: [E, r, r]
+    const At = transposeLast(A); // [E, in, r]
+    const C = matmul(transposeLast(B), B); // BᵀB: [E, r, r]
     const unit = (v: tf.Tensor3D) => tf.div(v, tf.add(tf.norm(v, 'euclidean', 1, true), EPS)) as tf.Tensor3D;
     let v = unit(tf.tensor3d(starts, [a.length, inFeatures, 1]));
     for (let i = 0; i < POWER_STEPS; i++) {
       // w = Aᵀ (BᵀB) (A v): ΔWᵀΔW·v without forming ΔW
-      const w = tf.matMul(A, tf.matMul(C, tf.matMul(A, v)), true, false) as tf.Tensor3D;
+      const w = matmul(At, matmul(C, matmul(A, v))) as tf.Tensor3D;
       v = unit(w);
     }
     return tf.reshape(v, [a.length, inFeatures]) as tf.Tensor2D;

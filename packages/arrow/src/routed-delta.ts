@@ -4,7 +4,8 @@
  * and builds a tokens × experts × out tensor before weighting it; the sums are the same.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { gatheredLowRank } from '@lora/kernels';
+import { gatheredLowRank, topkSoftmax } from '@lora/kernels';
+import { matmulTransposeB } from '@lora/nn';
 
 /** Each token's experts and their coefficients: `[T, k]` each. */
 export interface Routing {
@@ -22,11 +23,10 @@ export interface Routing {
  */
 export function route(tokens: tf.Tensor2D, prototypes: tf.Tensor2D, topK: number, temperature: number): Routing {
   return tf.tidy(() => {
-    const similarity = () => tf.abs(tf.matMul(tokens, prototypes, false, true));
-    if (!taping()) {
-      const { values, indices } = tf.topk(similarity(), topK, true);
-      return { indices: indices as tf.Tensor2D, coefficients: tf.softmax(tf.div(values, temperature)) as tf.Tensor2D };
-    }
+    const similarity = () => tf.abs(matmulTransposeB(tokens, prototypes));
+    // |x·p|, its top k and their softmax: two dispatches on webgpu (tfjs's TopK takes about log²E)
+    if (!taping())
+      return topkSoftmax(matmulTransposeB(tokens, prototypes) as tf.Tensor2D, topK, { temperature, absolute: true });
     // Inside a gradient tape: tfjs has no gradient for TopK, and gathers by taped indices fail (their
     // "gradient" is int32). PyTorch differentiates the top-k values only, so: the indices from an
     // untaped computation, the values picked from the taped similarities with a one-hot.
@@ -43,7 +43,7 @@ export function route(tokens: tf.Tensor2D, prototypes: tf.Tensor2D, topK: number
  */
 function untapedTopK(tokens: tf.Tensor2D, prototypes: tf.Tensor2D, topK: number): tf.Tensor2D {
   const f = (p: tf.Tensor) => ({
-    value: tf.topk(tf.abs(tf.matMul(tokens, p, false, true)), topK, true).indices,
+    value: tf.topk(tf.abs(matmulTransposeB(tokens, p)), topK, true).indices,
     gradFunc: () => tf.zerosLike(p),
   });
   const op = tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]);
@@ -55,6 +55,8 @@ export interface Expert {
   a: tf.Tensor; // [r, in]
   b: tf.Tensor; // [out, r]
   scale: number;
+  /** Aᵀ ([in, r]) and Bᵀ ([r, out]), when the caller keeps them: the products then need no transpose. */
+  transposed?: { a: tf.Tensor; b: tf.Tensor };
 }
 
 /** Whether a gradient tape is recording. */
@@ -63,46 +65,48 @@ function taping(): boolean {
 }
 
 /**
- * Σ_j coeff[t, j] · s_e · B_e·(A_e·x[t]) over each token's experts e, for backends that read data
- * synchronously (cpu, wasm, tensorflow): the k·T (token, expert) pairs are grouped by expert from
- * the indices read back, so each expert runs two products over its own tokens only; their rows are
- * put back in (token, slot) order and summed over the k slots. Nothing is of size E × T.
+ * Σ_j coeff[t, j] · s_e · B_e·(A_e·x[t]) over each token's experts e, for backends whose data a forward
+ * may read synchronously (cpu, wasm, tensorflow): the k·T (token, expert) pairs are grouped by expert
+ * from the indices read back, and each expert runs its two products over its own tokens only, nothing
+ * of size E × T. The rows are gathered and the products' rows added back per token in JavaScript:
+ * measured on wasm, tfjs's GatherV2 takes ~200 ns a value (a [1536, 352] gather 114 ms), a copy ~1 ns.
+ * Sums are float64 until the result is written.
  */
 export function groupedDelta(tokens: tf.Tensor2D, routing: Routing, experts: Expert[]): tf.Tensor2D {
   const [t, k] = routing.indices.shape;
+  const inF = tokens.shape[1];
   const outF = (experts[0] as Expert).b.shape[0] as number;
   if (taping()) return denseDelta(tokens, routing, experts);
   const idx = routing.indices.dataSync();
+  const coeff = routing.coefficients.dataSync();
+  const x = tokens.dataSync() as Float32Array;
   const byExpert: number[][] = experts.map(() => []);
   for (let p = 0; p < idx.length; p++) byExpert[idx[p] as number]?.push(p);
-  return tf.tidy(() => {
-    const coeff = tf.reshape(routing.coefficients, [t * k]);
-    const parts: tf.Tensor[] = [];
-    const order: number[] = [];
-    experts.forEach((e, i) => {
-      const slots = byExpert[i] as number[];
-      if (slots.length === 0) return;
-      const rows = tf.gather(
-        tokens,
-        tf.tensor1d(
-          Int32Array.from(slots, (p) => Math.floor(p / k)),
-          'int32',
-        ),
-      );
-      const y = tf.matMul(tf.matMul(rows, e.a, false, true), e.b, false, true); // [n, out]
-      const c = tf.mul(tf.gather(coeff, tf.tensor1d(Int32Array.from(slots), 'int32')), e.scale);
-      parts.push(tf.mul(y, tf.reshape(c, [slots.length, 1])));
-      order.push(...slots);
+  const acc = new Float64Array(t * outF);
+  experts.forEach((e, i) => {
+    const slots = byExpert[i] as number[];
+    if (slots.length === 0) return;
+    const rows = new Float32Array(slots.length * inF);
+    slots.forEach((p, j) => {
+      const row = Math.floor(p / k) * inF;
+      rows.set(x.subarray(row, row + inF), j * inF);
     });
-    // the rows, in (token, slot) order again
-    const inverse = new Int32Array(order.length);
-    order.forEach((p, i) => {
-      inverse[p] = i;
+    // x·Aᵀ·Bᵀ (with kept transposes, or explicit ones where matMul's flags are slow: wasm)
+    const y = tf.tidy(() => {
+      const xs = tf.tensor2d(rows, [slots.length, inF]);
+      return e.transposed
+        ? tf.matMul(tf.matMul(xs, e.transposed.a), e.transposed.b)
+        : matmulTransposeB(matmulTransposeB(xs, e.a), e.b);
     });
-    const all = parts.length === 1 ? (parts[0] as tf.Tensor) : tf.concat(parts, 0);
-    const ordered = tf.gather(all, tf.tensor1d(inverse, 'int32'));
-    return (k === 1 ? ordered : tf.sum(tf.reshape(ordered, [t, k, outF]), 1)) as tf.Tensor2D;
+    const yv = y.dataSync();
+    y.dispose();
+    slots.forEach((p, j) => {
+      const w = (coeff[p] as number) * e.scale;
+      const to = Math.floor(p / k) * outF;
+      for (let o = 0; o < outF; o++) acc[to + o] = (acc[to + o] as number) + w * (yv[j * outF + o] as number);
+    });
   });
+  return tf.tensor2d(Float32Array.from(acc), [t, outF]);
 }
 
 /**
@@ -119,28 +123,17 @@ function denseDelta(tokens: tf.Tensor2D, routing: Routing, experts: Expert[]): t
     // coefficients spread over all experts: Σ_j onehot(idx[t, j]) · coeff[t, j] → [T, E]
     const dense = tf.sum(tf.mul(tf.oneHot(routing.indices, e), tf.reshape(routing.coefficients, [t, k, 1])), 1);
     const scales = tf.tensor1d(experts.map((x) => x.scale));
-    const z = tf.matMul(
-      tokens,
-      tf.concat(
-        experts.map((x) => x.a),
-        0,
-      ),
-      false,
-      true,
-    ); // [T, E·r]
-    const weighted = tf.reshape(tf.mul(tf.reshape(z, [t, e, r]), tf.reshape(tf.mul(dense, scales), [t, e, 1])), [
-      t,
-      e * r,
-    ]);
-    return tf.matMul(
-      weighted,
-      tf.concat(
-        experts.map((x) => x.b),
-        1,
-      ),
-      false,
-      true,
-    ) as tf.Tensor2D; // B_cat: [out, E·r]
+    const aCat = tf.concat(
+      experts.map((x) => x.a),
+      0,
+    ); // [E·r, in]
+    const bCat = tf.concat(
+      experts.map((x) => x.b),
+      1,
+    ); // [out, E·r]
+    const z = tf.reshape(matmulTransposeB(tokens, aCat), [t, e, r]);
+    const weighted = tf.reshape(tf.mul(z, tf.reshape(tf.mul(dense, scales), [t, e, 1])), [t, e * r]);
+    return matmulTransposeB(weighted, bCat) as tf.Tensor2D;
   });
 }
 

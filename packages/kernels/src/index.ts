@@ -15,3 +15,4 @@ export { chooseTile, tiledMatmulProgram } from './matmul';
 export type { MatmulTile } from './matmul';
 export { countDispatches } from './dispatch-count';
 export { gatheredLowRank } from './gathered-low-rank';
+export { topkSoftmax } from './topk-softmax';
