@@ -88,6 +88,13 @@ export class ArrowRouter extends Module {
   /** Stacked factors for the gathered kernel, with the data they were stacked from (webgpu only). */
   private stackedFrom: tf.DataId[] = [];
   private stackedAt = -1;
+  /**
+   * The task experts' factor variables on the layer, looked up once after each change of its adapters
+   * (a layer replaces an adapter's variables only through updateLayer/deleteAdapter, which call
+   * {@link onAdapterChange}); checked to fit together once. Per forward, nothing then costs O(experts)
+   * in JavaScript: 64 experts' lookups and shape checks were a tenth of a decode step.
+   */
+  private factorCache: { a: tf.Variable[]; b: tf.Variable[]; checked: boolean } | null = null;
   private readonly transposes = this.registerModule('transposes', new ModuleDict<KeptTransposes>());
 
   constructor(config: ArrowConfig, taskAdapterNames: string[]) {
@@ -148,10 +155,12 @@ export class ArrowRouter extends Module {
    * forward). Unlike PEFT, removing an expert counts too.
    */
   onAdapterChange(layer: TunerLayer): void {
+    this.factorCache = null;
     const now = taskExperts(layer);
     if (sameSet(now, this.taskAdapterNames) && now.every((n) => layer.settings.has(n))) return;
     this.taskAdapterNames = now;
     this.invalidate();
+    this.dropTransposes();
     this.resetUsage();
   }
 
@@ -209,18 +218,28 @@ export class ArrowRouter extends Module {
         `top_k is ${this.topK} but the Arrow router on ${where} has ${names.length} task expert${names.length === 1 ? '' : 's'} (${names.join(', ')}); PEFT fails here in torch.topk. Route over at most ${names.length} (arrowConfig.topK), or add experts`,
         { module: where },
       );
+    if (this.factorCache?.checked) return;
+    const gks = this.useGks ? this.gksAdapterNames.filter((g) => layer.settings.has(g)) : [];
     const ref = names[0] as string;
     const shape = (n: string) => `A [${layer.factorA(n).shape.join(', ')}], B [${layer.factorB(n).shape.join(', ')}]`;
-    for (const n of [
-      ...names.slice(1),
-      ...(this.useGks ? this.gksAdapterNames.filter((g) => layer.settings.has(g)) : []),
-    ])
+    for (const n of [...names.slice(1), ...gks])
       if (shape(n) !== shape(ref))
         throw new ArrowError(
           layer.factorA(n).shape[0] === layer.factorA(ref).shape[0] ? 'shape' : 'rank',
           `[${n}] ${layer.factorA(n).shape[0] === layer.factorA(ref).shape[0] ? 'shape' : 'rank'} mismatch on ${where}: ${shape(n)}, but ${ref} has ${shape(ref)}; every expert an Arrow router combines must have the same rank and shapes (delete ${n} or load one of rank ${layer.factorA(ref).shape[0]})`,
           { adapter: n, module: where },
         );
+    this.factors(layer).checked = true;
+  }
+
+  /** The task experts' A and B variables on `layer`, in {@link taskAdapterNames} order (see factorCache). */
+  factors(layer: TunerLayer): { a: tf.Variable[]; b: tf.Variable[]; checked: boolean } {
+    this.factorCache ??= {
+      a: this.taskAdapterNames.map((n) => layer.factorA(n)),
+      b: this.taskAdapterNames.map((n) => layer.factorB(n)),
+      checked: false,
+    };
+    return this.factorCache;
   }
 
   /**
@@ -230,7 +249,8 @@ export class ArrowRouter extends Module {
    */
   private applyGks(layer: TunerLayer, where: string): void {
     if (!this.useGks) return;
-    const pending = this.taskAdapterNames.filter((n) => !this.subtracted.has(layer.factorA(n)));
+    const own = this.factors(layer).a;
+    const pending = this.taskAdapterNames.filter((_, i) => !this.subtracted.has(own[i] as tf.Variable));
     if (pending.length === 0) return;
     const general = this.gksAdapterNames.filter((n) => layer.settings.has(n));
     if (general.length === 0)
@@ -318,8 +338,8 @@ export class ArrowRouter extends Module {
    * {@link invalidate}.
    */
   stackedFactors(layer: TunerLayer): { a: tf.Tensor3D; b: tf.Tensor3D } {
-    const vars = this.taskAdapterNames.flatMap((n) => [layer.factorA(n), layer.factorB(n)]);
-    const ids = vars.map((v) => v.dataId);
+    const f = this.factors(layer);
+    const ids = [...f.a, ...f.b].map((v) => v.dataId);
     const a = this.getBuffer('stacked_a') as tf.Tensor3D | null;
     const b = this.getBuffer('stacked_b') as tf.Tensor3D | null;
     const writes = inPlaceWriteCount();
@@ -331,34 +351,37 @@ export class ArrowRouter extends Module {
       ids.every((id, i) => id === this.stackedFrom[i])
     )
       return { a, b };
-    const names = this.taskAdapterNames;
-    this.setBuffer('stacked_a', tf.stack(names.map((n) => layer.factorA(n))));
-    this.setBuffer('stacked_b', tf.stack(names.map((n) => layer.factorB(n))));
+    this.setBuffer('stacked_a', tf.stack(f.a));
+    this.setBuffer('stacked_b', tf.stack(f.b));
     this.stackedFrom = ids;
     this.stackedAt = writes;
     return { a: this.getBuffer('stacked_a') as tf.Tensor3D, b: this.getBuffer('stacked_b') as tf.Tensor3D };
   }
 
   /**
-   * Aᵀ ([in, r]) and Bᵀ ([r, out]) of each task expert, kept between forwards and made again when the
+   * Aᵀ ([in, r]) and Bᵀ ([r, out]) of task expert `name`, kept between forwards and made again when the
    * factors were written since (as {@link stackedFactors}): matMul's transpose flags are ~13× slower on
    * wasm, and transposing every expert on every call costs two ops each. Kept as buffers of a child
    * module, so that they are freed with the layer.
    */
-  transposedFactors(layer: TunerLayer): { a: tf.Tensor; b: tf.Tensor }[] {
+  transposedFactors(layer: TunerLayer, name: string): { a: tf.Tensor; b: tf.Tensor } {
     const writes = inPlaceWriteCount();
-    for (const n of this.transposes.keys())
+    const f = this.factors(layer);
+    const i = this.taskAdapterNames.indexOf(name);
+    const a = f.a[i] ?? layer.factorA(name);
+    const b = f.b[i] ?? layer.factorB(name);
+    const kept = this.transposes.has(name) ? this.transposes.get(name) : null;
+    if (kept?.madeFrom(a, b, writes)) return kept.tensors;
+    if (kept) this.transposes.delete(name)?.dispose();
+    const fresh = new KeptTransposes(a, b, writes);
+    this.transposes.set(name, fresh);
+    return fresh.tensors;
+  }
+
+  /** Frees the kept transposes of adapters that are no longer task experts here. */
+  private dropTransposes(): void {
+    for (const n of [...this.transposes.keys()])
       if (!this.taskAdapterNames.includes(n)) this.transposes.delete(n)?.dispose();
-    return this.taskAdapterNames.map((n) => {
-      const a = layer.factorA(n);
-      const b = layer.factorB(n);
-      const kept = this.transposes.has(n) ? this.transposes.get(n) : null;
-      if (kept?.madeFrom(a, b, writes)) return kept.tensors;
-      if (kept) this.transposes.delete(n)?.dispose();
-      const fresh = new KeptTransposes(a, b, writes);
-      this.transposes.set(n, fresh);
-      return fresh.tensors;
-    });
   }
 
   forward(): never {

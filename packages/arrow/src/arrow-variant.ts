@@ -52,15 +52,17 @@ export const arrowVariant: LoraVariant = {
     const routing = route(tokens, router.prototypes as tf.Tensor2D, router.topK, router.routerTemperature);
     router.addUsage(routing.indices, routing.coefficients);
     const scales = names.map((n) => layer.scaling.get(n) as number);
+    const factors = router.factors(layer);
     const delta = READS_SYNC.has(tf.getBackend())
       ? groupedDelta(
           tokens,
           routing,
-          router.transposedFactors(layer).map((transposed, i) => ({
-            a: layer.factorA(names[i] as string),
-            b: layer.factorB(names[i] as string),
+          names.map((n, i) => ({
+            a: factors.a[i] as tf.Variable,
+            b: factors.b[i] as tf.Variable,
             scale: scales[i] as number,
-            transposed,
+            // made (or checked) only for the experts some token is routed to
+            transposed: () => router.transposedFactors(layer, n),
           })),
         )
       : gatheredDelta(tokens, routing, router.stackedFactors(layer), scales);

@@ -55,8 +55,8 @@ export interface Expert {
   a: tf.Tensor; // [r, in]
   b: tf.Tensor; // [out, r]
   scale: number;
-  /** Aᵀ ([in, r]) and Bᵀ ([r, out]), when the caller keeps them: the products then need no transpose. */
-  transposed?: { a: tf.Tensor; b: tf.Tensor };
+  /** Aᵀ ([in, r]) and Bᵀ ([r, out]), when the caller keeps them (asked for only when the expert is used): the products then need no transpose. */
+  transposed?: () => { a: tf.Tensor; b: tf.Tensor };
 }
 
 /** Whether a gradient tape is recording. */
@@ -92,11 +92,10 @@ export function groupedDelta(tokens: tf.Tensor2D, routing: Routing, experts: Exp
       rows.set(x.subarray(row, row + inF), j * inF);
     });
     // x·Aᵀ·Bᵀ (with kept transposes, or explicit ones where matMul's flags are slow: wasm)
+    const kept = e.transposed?.();
     const y = tf.tidy(() => {
       const xs = tf.tensor2d(rows, [slots.length, inF]);
-      return e.transposed
-        ? tf.matMul(tf.matMul(xs, e.transposed.a), e.transposed.b)
-        : matmulTransposeB(matmulTransposeB(xs, e.a), e.b);
+      return kept ? tf.matMul(tf.matMul(xs, kept.a), kept.b) : matmulTransposeB(matmulTransposeB(xs, e.a), e.b);
     });
     const yv = y.dataSync();
     y.dispose();
