@@ -13,7 +13,6 @@
  * LORA_ARROW_STEPS (default 60).
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { addWeightedAdapter, getPeftModel, loadAdapter, saveAdapter } from '@lora/core';
@@ -152,8 +151,7 @@ async function main() {
     });
     optimizer.dispose();
     const dir = join(OUT, 'experts', cat);
-    await rm(dir, { recursive: true, force: true });
-    await saveAdapter(peft, dir);
+    await saveAdapter(peft, dir, { force: true }); // replaces a previous run's expert
     experts.push(dir);
     console.log(
       `  expert ${cat}: ${docs.length} entries, loss ${result.losses[0]?.toFixed(2)} -> ${result.losses.at(-1)?.toFixed(2)}  (${seconds()} s)`,
