@@ -215,6 +215,29 @@ describe('Arrow models', () => {
     made.dispose();
   });
 
+  it('compares every module, not only the last (PEFT): an expert whose rank differs on the first module alone is refused', async () => {
+    const { model: peft } = await loadAdapter(baseNet(), TASKS[0] as string, { adapterName: 'sql', warn: quiet });
+    await loadAdapter(peft, TASKS[1] as string, { adapterName: 'math', warn: quiet });
+    const paths = [...peft.loraLayers()].map(([p]) => p);
+    expect(paths.length).toBeGreaterThan(1);
+    // rank 8 on the first module only (rank_pattern), 4 everywhere else, as the other expert
+    peft.updateAdapterLayer(paths[0] as string, 'math', { r: 8 });
+    const before = tf.memory().numTensors;
+    const err = (() => {
+      try {
+        addArrowRouter(peft, arrowConfig({ topK: 1, taskAdapterNames: ['sql', 'math'] }));
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(err).toBeInstanceOf(ArrowError);
+    expect((err as ArrowError).code).toBe('rank');
+    expect((err as Error).message).toContain(`rank mismatch: 8 != 4 (on '${paths[0]}')`);
+    expect(peft.adapters).toEqual(['sql', 'math']); // no router added
+    expect(tf.memory().numTensors).toBe(before);
+    peft.dispose();
+  });
+
   it('counts how much each expert was used when asked (routing weight and slots per expert)', async () => {
     const model = await createArrowModel(baseNet(), TASKS, { topK: 2, rngSeed: 42 }, { warn: quiet });
     for (const [, router] of arrowRouters(model)) router.recordUsage = true;
