@@ -20,14 +20,16 @@ import { LlamaForCausalLM, loadTokenizer } from '@lora/models';
 import { AdamW, cosineWarmupSchedule, manualSeed, train } from '@lora/nn';
 import { Generator, initBackend } from '@lora/tensor';
 import { arrowRouters, createArrowModel } from '@lora/arrow';
-import { plotLines } from '@lora-examples/plot';
 
-const HERE = join(import.meta.dirname, '..');
-const ROOT = join(HERE, '..', '..');
+// LORA_ARROW_ROOT: the repository (a bundle elsewhere, e.g. on the GPU machine, runs from its root)
+const ROOT = process.env.LORA_ARROW_ROOT ?? join(import.meta.dirname, '..', '..', '..');
+const HERE = join(ROOT, 'examples', 'arrow-library');
+/** Where results.json and the plot go (default beside the README). */
+const RESULTS = process.env.LORA_ARROW_RESULTS ?? HERE;
 const MODEL = join(ROOT, 'examples', 'fortune-llama', 'model');
 const UNSEEN = join(ROOT, 'examples', 'fortune-llama', 'data', 'fortunes.heldout.txt');
 const CORPUS = process.env.LORA_CORPUS_DIR ?? join(ROOT, 'tools', 'demo-model', '.data', 'corpus');
-const OUT = join(HERE, 'out');
+const OUT = process.env.LORA_ARROW_RESULTS ? join(RESULTS, 'out') : join(HERE, 'out');
 // four of the largest pretraining categories (590 to 1062 training entries each); sized for a shared 2-core CPU
 const CATEGORIES = (process.env.LORA_ARROW_CATEGORIES ?? 'computers,cookie,politics,science').split(',');
 const STEPS = Number(process.env.LORA_ARROW_STEPS ?? 40);
@@ -41,7 +43,7 @@ const BATCH = 8;
 /** Tokens kept of each entry (most are shorter; the model has 256 positions). */
 const CONTEXT = 64;
 /** Held-out entries evaluated per set. */
-const EVAL_ENTRIES = 40;
+const EVAL_ENTRIES = Number(process.env.LORA_ARROW_EVAL_ENTRIES ?? 40);
 const LR = 5e-3;
 
 type Doc = number[];
@@ -241,7 +243,9 @@ async function main() {
     name,
     points: [ks[0], ks.at(-1)].map((x) => [x, v]) as [number, number][],
   });
-  await plotLines(
+  // the plot needs resvg's native module: a bundle without it (the GPU machine) writes results.json only
+  const plot = await import('@lora-examples/plot').catch(() => null);
+  await plot?.plotLines(
     {
       title: `Held-out 'fortunes' (unseen), ${CATEGORIES.length} experts on fortune-llama`,
       x: 'experts per token (Arrow top-k)',
@@ -255,10 +259,10 @@ async function main() {
         flat('base', unseenOf('base')),
       ],
     },
-    join(HERE, 'arrow-topk'),
+    join(RESULTS, 'arrow-topk'),
   );
   writeFileSync(
-    join(HERE, 'results.json'),
+    join(RESULTS, 'results.json'),
     `${JSON.stringify(
       {
         date: new Date().toISOString().slice(0, 10),
@@ -274,7 +278,9 @@ async function main() {
       1,
     )}\n`,
   );
-  console.log(`\nwrote results.json and arrow-topk.svg/.png  (${seconds()} s)`);
+  console.log(
+    `\nwrote results.json${plot ? ' and arrow-topk.svg/.png' : ' (no plot: @lora-examples/plot is not here)'}  (${seconds()} s)`,
+  );
 }
 
 await main();
