@@ -9,8 +9,10 @@
  * The categories' text comes from `tools/demo-model/.data/corpus/` (made by
  * `python3 tools/demo-model/prepare_corpus.py`; LORA_CORPUS_DIR to read it elsewhere). Writes
  * `out/experts/<category>/` (PEFT adapters), `results.json`, and the plot `arrow-topk.svg|png` beside
- * this package's README. Environment: LORA_BACKEND (default wasm), LORA_ARROW_CATEGORIES,
- * LORA_ARROW_STEPS (default 60).
+ * this package's README. Environment: LORA_BACKEND (default wasm), LORA_ARROW_CATEGORIES (default
+ * computers,cookie,politics,science), LORA_ARROW_STEPS (default 40), LORA_ARROW_EVAL_ENTRIES (default 40),
+ * LORA_ARROW_ROOT (the repository, for a bundle run elsewhere), LORA_ARROW_RESULTS (where results.json
+ * and the plot go); LORA_ARROW_PLOT_FROM=results.json only re-makes the plot from a run's record.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -237,30 +239,7 @@ async function main() {
     .map(([c, w]) => `${c} ${((100 * w) / total).toFixed(0)}%`);
   console.log(`\nArrow top-2 on the unseen category, each expert's share of the routing weight: ${shares.join(', ')}`);
 
-  const unseenOf = (label: string) => (table.get(label) as number[])[0] as number;
-  const singles = CATEGORIES.map((c) => unseenOf(`expert: ${c}`));
-  const flat = (name: string, v: number) => ({
-    name,
-    points: [ks[0], ks.at(-1)].map((x) => [x, v]) as [number, number][],
-  });
-  // the plot needs resvg's native module: a bundle without it (the GPU machine) writes results.json only
-  const plot = await import('@lora-examples/plot').catch(() => null);
-  await plot?.plotLines(
-    {
-      title: `Held-out 'fortunes' (unseen), ${CATEGORIES.length} experts on fortune-llama`,
-      x: 'experts per token (Arrow top-k)',
-      y: 'perplexity per token',
-      points: true,
-      series: [
-        { name: 'Arrow', points: ks.map((k) => [k, unseenOf(`Arrow top-${k}`)]) },
-        flat('uniform merge', unseenOf('uniform merge')),
-        flat('best single expert', Math.min(...singles)),
-        flat('worst single expert', Math.max(...singles)),
-        flat('base', unseenOf('base')),
-      ],
-    },
-    join(RESULTS, 'arrow-topk'),
-  );
+  const plot = await plotUnseen(table, CATEGORIES, ks, info.name);
   writeFileSync(
     join(RESULTS, 'results.json'),
     `${JSON.stringify(
@@ -283,4 +262,53 @@ async function main() {
   );
 }
 
-await main();
+/**
+ * The plot of the unseen category's perplexity against Arrow's top-k (with the merge, the best and worst
+ * single expert and the base as flat lines), beside `results.json`. Needs resvg's native module: a
+ * bundle without @lora-examples/plot (the GPU machine) skips it and returns false.
+ */
+async function plotUnseen(table: Map<string, number[]>, categories: string[], ks: number[], backend: string) {
+  const plot = await import('@lora-examples/plot').catch(() => null);
+  if (!plot) return false;
+  const unseenOf = (label: string) => (table.get(label) as number[])[0] as number;
+  const singles = categories.map((c) => unseenOf(`expert: ${c}`));
+  const flat = (name: string, v: number) => ({
+    name,
+    points: [ks[0], ks.at(-1)].map((x) => [x, v]) as [number, number][],
+  });
+  await plot.plotLines(
+    {
+      title: `Held-out 'fortunes' (unseen), ${categories.length} experts on fortune-llama (${backend})`,
+      x: 'experts per token (Arrow top-k)',
+      y: 'perplexity per token',
+      points: true,
+      series: [
+        { name: 'Arrow', points: ks.map((k) => [k, unseenOf(`Arrow top-${k}`)]) },
+        flat('uniform merge', unseenOf('uniform merge')),
+        flat('best single expert', Math.min(...singles)),
+        flat('worst single expert', Math.max(...singles)),
+        flat('base', unseenOf('base')),
+      ],
+    },
+    join(RESULTS, 'arrow-topk'),
+  );
+  return true;
+}
+
+/** LORA_ARROW_PLOT_FROM=results.json: only the plot, from a run's record (e.g. one made on the GPU machine). */
+async function plotFrom(file: string) {
+  const r = JSON.parse(readFileSync(file, 'utf8')) as {
+    categories: string[];
+    backend: string;
+    perplexity: Record<string, number[]>;
+  };
+  const ks = Object.keys(r.perplexity)
+    .filter((k) => k.startsWith('Arrow top-'))
+    .map((k) => Number(k.slice('Arrow top-'.length)));
+  if (!(await plotUnseen(new Map(Object.entries(r.perplexity)), r.categories, ks, r.backend)))
+    throw new Error('@lora-examples/plot is not available here');
+  console.log(`plotted ${file} into ${join(RESULTS, 'arrow-topk')}.svg/.png`);
+}
+
+if (process.env.LORA_ARROW_PLOT_FROM) await plotFrom(process.env.LORA_ARROW_PLOT_FROM);
+else await main();
