@@ -1,3 +1,4 @@
+import { arrowCommand } from './commands/arrow';
 import { combineCommand } from './commands/combine';
 import { inspectCommand } from './commands/inspect';
 import { loftqCommand } from './commands/loftq';
@@ -9,7 +10,7 @@ import { type Command, type Io, UsageError } from './shared';
 export type { Io } from './shared';
 
 /** Every sub-command, in the order `lora --help` lists them. */
-const COMMANDS: Command[] = [inspectCommand, mergeCommand, combineCommand, loftqCommand];
+const COMMANDS: Command[] = [inspectCommand, mergeCommand, combineCommand, loftqCommand, arrowCommand];
 
 function mainHelp(): string {
   return [
