@@ -105,7 +105,13 @@ function peerFigures(): Peer | null {
 
 async function main() {
   const peerRows = peerFigures();
-  const info = await initBackend((process.env.LORA_BACKEND as 'webgpu') ?? 'webgpu');
+  // literal imports: a bundle (the GPU machine's) cannot follow @lora/tensor's by-name backend import
+  const info = await initBackend((process.env.LORA_BACKEND as 'webgpu') ?? 'webgpu', {
+    importers: {
+      '@tensorflow/tfjs-backend-cpu': () => import('@tensorflow/tfjs-backend-cpu'),
+      '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu'),
+    },
+  });
   console.error(`backend ${info.name} (${info.adapter})`);
   const model = withoutInit(() => new LlamaForCausalLM(parseLlamaConfig(CONFIG), { init: false }));
   // random weights on the device (norms 1): the values do not change the cost
