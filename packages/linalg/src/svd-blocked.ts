@@ -1,0 +1,184 @@
+/**
+ * The float32 SVD of large tensors on the active backend: a blocked Householder QR first when the
+ * matrix is much taller than wide (as LAPACK's gesdd), a blocked bidiagonalisation, the bidiagonal
+ * problem by divide and conquer (values in float64, vectors joined on the backend), then the vectors
+ * brought back through the reflectors by matrix products.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { bidiagonalDc } from './bidiagonal-dc';
+import { type Bidiagonal, type BlockedOptions, bidiagonalize } from './bidiagonalize';
+import { type ReflectorBlock, applyBlock } from './block-reflectors';
+import { type LongRunOptions, checkpoints } from './long-run';
+import { applyReflectorLeft, makeReflector } from './householder';
+import { subBlock } from './tensor-blocks';
+
+/** Below this aspect ratio a tall matrix is bidiagonalised directly; above it, QR first. */
+const QR_FIRST_RATIO = 1.6;
+
+/**
+ * Blocked Householder QR of a tall m×n tensor: R (n×n, row-major float64) and Q as reflector blocks.
+ * @internal
+ */
+export async function qrBlocked(
+  a: tf.Tensor2D,
+  options: BlockedOptions = {},
+): Promise<{ r: Float64Array; blocks: ReflectorBlock[] }> {
+  const [m, n] = a.shape;
+  const nb = options.block ?? 32;
+  const r = new Float64Array(n * n);
+  const blocks: ReflectorBlock[] = [];
+  let t: tf.Tensor2D = a;
+  try {
+    for (let k = 0; k < n; ) {
+      const rows = m - k;
+      const cols = n - k;
+      const b = Math.min(nb, cols);
+      const pc = tf.tidy(() => tf.transpose(b === cols ? t : subBlock(t, 0, 0, rows, b)));
+      const p = Float64Array.from((await pc.data()) as Float32Array); // column-major rows×b
+      pc.dispose();
+      const taus = new Float64Array(b);
+      for (let i = 0; i < b; i++) {
+        const off = i * rows + i;
+        const { tau, beta } = makeReflector(p, off, rows - i);
+        taus[i] = tau;
+        p[off] = 1;
+        applyReflectorLeft(p, off, rows - i, tau, p, (i + 1) * rows + i, rows, b - i - 1);
+        p[off] = beta;
+      }
+      const v = new Float32Array(rows * b);
+      for (let i = 0; i < b; i++) {
+        for (let q = 0; q < i; q++) r[(k + q) * n + k + i] = p[i * rows + q] as number;
+        r[(k + i) * n + k + i] = p[i * rows + i] as number;
+        v[i * rows + i] = 1;
+        for (let q = i + 1; q < rows; q++) v[i * rows + q] = p[i * rows + q] as number;
+      }
+      blocks.push({ offset: k, rows, v, taus });
+      if (b < cols) {
+        const rest = subBlock(t, 0, b, rows, cols - b);
+        const updated = await applyBlock(rest, { offset: 0, rows, v, taus }, true);
+        const top = subBlock(updated, 0, 0, b, cols - b);
+        const tv = (await top.data()) as Float32Array;
+        top.dispose();
+        for (let i = 0; i < b; i++)
+          for (let j = 0; j < cols - b; j++) r[(k + i) * n + k + b + j] = tv[i * (cols - b) + j] as number;
+        const next = subBlock(updated, b, 0, rows - b, cols - b);
+        updated.dispose();
+        if (t !== a) t.dispose();
+        t = next;
+      }
+      k += b;
+      await options.between?.(k, n);
+    }
+  } finally {
+    if (t !== a) t.dispose();
+  }
+  return { r, blocks };
+}
+
+/** C (rows×cols) padded with zero rows (or, with `identity`, the identity's) to `to` rows. */
+function padRows(c: tf.Tensor2D, to: number, identity: boolean): tf.Tensor2D {
+  const [rows, cols] = c.shape;
+  if (rows === to) return c;
+  const out = tf.tidy(() => {
+    if (!identity) return tf.concat([c, tf.zeros([to - rows, cols])], 0);
+    // blockdiag(C, I)
+    const top = tf.concat([c, tf.zeros([rows, to - cols])], 1);
+    const bottom = tf.concat([tf.zeros([to - rows, cols]), tf.eye(to - rows, to - cols)], 1);
+    return tf.concat([top, bottom], 0);
+  }) as tf.Tensor2D;
+  c.dispose();
+  return out;
+}
+
+async function applyAll(
+  c: tf.Tensor2D,
+  blocks: ReflectorBlock[],
+  step: (done: number) => Promise<void>,
+  counter: { done: number },
+): Promise<tf.Tensor2D> {
+  let out = c;
+  for (let i = blocks.length - 1; i >= 0; i--) {
+    out = await applyBlock(out, blocks[i] as ReflectorBlock, false);
+    counter.done++;
+    await step(counter.done);
+  }
+  return out;
+}
+
+/** Options of the blocked SVD. */
+export interface BlockedSvdOptions extends LongRunOptions {
+  fullMatrices?: boolean;
+  /** Panel width. Default 32. */
+  block?: number;
+}
+
+/**
+ * SVD of a 2-D float32 tensor on the active backend. U and Vh are thin unless `fullMatrices`.
+ * @internal
+ */
+export async function svdBlocked(
+  input: tf.Tensor2D,
+  options: BlockedSvdOptions = {},
+): Promise<{ U: tf.Tensor2D; S: tf.Tensor1D; Vh: tf.Tensor2D }> {
+  const check = checkpoints(options);
+  const full = options.fullMatrices ?? false;
+  const [m0, n0] = input.shape;
+  const wide = m0 < n0;
+  const a = wide ? (tf.transpose(input) as tf.Tensor2D) : input;
+  const [m, n] = a.shape;
+  const owned: tf.Tensor[] = wide ? [a] : [];
+  const block = options.block ?? 32;
+  try {
+    let qrBlocks: ReflectorBlock[] = [];
+    let bd: Bidiagonal;
+    if (m >= QR_FIRST_RATIO * n) {
+      const qrd = await qrBlocked(a, { block, between: (done, total) => check('qr', done, total) });
+      qrBlocks = qrd.blocks;
+      const r = tf.tensor2d(Float32Array.from(qrd.r), [n, n]);
+      owned.push(r);
+      bd = await bidiagonalize(r, { block, between: (done, total) => check('bidiagonalize', done, total) });
+    } else {
+      bd = await bidiagonalize(a, { block, between: (done, total) => check('bidiagonalize', done, total) });
+    }
+    let joined = 0;
+    const dc = await bidiagonalDc(bd.d, bd.e, {
+      between: async (rows) => {
+        joined += rows;
+        await check('solve', joined, Math.ceil(n * Math.log2(Math.max(n, 2))));
+      },
+    });
+    let ub: tf.Tensor2D;
+    let wb: tf.Tensor2D;
+    if (dc.vectors.tensors) ({ u: ub, w: wb } = dc.vectors);
+    else {
+      ub = tf.tensor2d(Float32Array.from(dc.vectors.u), [n, n]);
+      wb = tf.tensor2d(Float32Array.from(dc.vectors.w), [n, n]);
+    }
+    owned.push(ub, wb);
+    const total = bd.left.length + bd.right.length + qrBlocks.length;
+    const counter = { done: 0 };
+    const step = (done: number) => check('vectors', done, total);
+    // U = Q_qr·blockdiag(Q_bd·[U_B; 0], I) ; V = P·W_B
+    const bdRows = bd.m;
+    owned.splice(owned.indexOf(ub), 1);
+    let u = await applyAll(padRows(ub, bdRows, full && !qrBlocks.length), bd.left, step, counter);
+    owned.push(u);
+    if (qrBlocks.length) {
+      owned.splice(owned.indexOf(u), 1);
+      u = await applyAll(padRows(u, m, full), qrBlocks, step, counter);
+      owned.push(u);
+    }
+    owned.splice(owned.indexOf(wb), 1);
+    const v = await applyAll(wb, bd.right, step, counter);
+    owned.push(v);
+    const S = tf.tensor1d(Float32Array.from(dc.sigma));
+    const result = tf.tidy(() =>
+      wide
+        ? { U: v.clone(), S, Vh: tf.transpose(u) as tf.Tensor2D }
+        : { U: u.clone(), S, Vh: tf.transpose(v) as tf.Tensor2D },
+    );
+    return result;
+  } finally {
+    tf.dispose(owned);
+  }
+}
