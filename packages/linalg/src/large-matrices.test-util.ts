@@ -15,7 +15,7 @@ function dct(n: number): Float64Array {
   return c;
 }
 
-function withSpectrum(m: number, n: number, s: number[]): Matrix64 {
+export function withSpectrum(m: number, n: number, s: number[]): Matrix64 {
   const k = s.length;
   const cu = dct(m);
   const cv = dct(n);

@@ -87,10 +87,11 @@ await describeEachBackend('svd on the backend (float32, blocked Householder + di
     done.abort();
     await expect(svd(t, { method: 'backend', signal: done.signal })).rejects.toThrow();
     t.dispose();
+    const start = tf.memory().numTensors;
     const bad = tf.tensor2d([1, Number.NaN, 3, 4], [2, 2]);
     await expect(svd(bad, { method: 'backend' })).rejects.toThrow('svd: input has NaN at (0, 1)');
     await expect(svd(bad, { method: 'nope' as 'auto' })).rejects.toThrow(LinalgError);
     bad.dispose();
-    expect(tf.memory().numTensors).toBe(before);
+    expect(tf.memory().numTensors).toBe(start);
   });
 });

@@ -90,17 +90,36 @@ function padRows(c: tf.Tensor2D, to: number, identity: boolean): tf.Tensor2D {
   return out;
 }
 
+/** Tensors a computation holds; whatever is still held when it ends (or throws) is disposed. */
+class Held {
+  private readonly set = new Set<tf.Tensor>();
+  take<T extends tf.Tensor>(t: T): T {
+    this.set.add(t);
+    return t;
+  }
+  /** t leaves the set: disposed already (by an op that consumes it) or handed to the caller. */
+  release(t: tf.Tensor): void {
+    this.set.delete(t);
+  }
+  dispose(): void {
+    tf.dispose([...this.set]);
+    this.set.clear();
+  }
+}
+
+/** C ← B₀·B₁·…·C for the blocks, last first; C and each intermediate stay held. */
 async function applyAll(
   c: tf.Tensor2D,
   blocks: ReflectorBlock[],
-  step: (done: number) => Promise<void>,
-  counter: { done: number },
+  held: Held,
+  step: () => Promise<void>,
 ): Promise<tf.Tensor2D> {
   let out = c;
   for (let i = blocks.length - 1; i >= 0; i--) {
-    out = await applyBlock(out, blocks[i] as ReflectorBlock, false);
-    counter.done++;
-    await step(counter.done);
+    const next = await applyBlock(out, blocks[i] as ReflectorBlock, false);
+    held.release(out);
+    out = held.take(next);
+    await step();
   }
   return out;
 }
@@ -124,18 +143,17 @@ export async function svdBlocked(
   const full = options.fullMatrices ?? false;
   const [m0, n0] = input.shape;
   const wide = m0 < n0;
-  const a = wide ? (tf.transpose(input) as tf.Tensor2D) : input;
-  const [m, n] = a.shape;
-  const owned: tf.Tensor[] = wide ? [a] : [];
+  const held = new Held();
   const block = options.block ?? 32;
   try {
+    const a = wide ? held.take(tf.transpose(input) as tf.Tensor2D) : input;
+    const [m, n] = a.shape;
     let qrBlocks: ReflectorBlock[] = [];
     let bd: Bidiagonal;
     if (m >= QR_FIRST_RATIO * n) {
       const qrd = await qrBlocked(a, { block, between: (done, total) => check('qr', done, total) });
       qrBlocks = qrd.blocks;
-      const r = tf.tensor2d(Float32Array.from(qrd.r), [n, n]);
-      owned.push(r);
+      const r = held.take(tf.tensor2d(Float32Array.from(qrd.r), [n, n]));
       bd = await bidiagonalize(r, { block, between: (done, total) => check('bidiagonalize', done, total) });
     } else {
       bd = await bidiagonalize(a, { block, between: (done, total) => check('bidiagonalize', done, total) });
@@ -147,38 +165,30 @@ export async function svdBlocked(
         await check('solve', joined, Math.ceil(n * Math.log2(Math.max(n, 2))));
       },
     });
-    let ub: tf.Tensor2D;
-    let wb: tf.Tensor2D;
-    if (dc.vectors.tensors) ({ u: ub, w: wb } = dc.vectors);
-    else {
-      ub = tf.tensor2d(Float32Array.from(dc.vectors.u), [n, n]);
-      wb = tf.tensor2d(Float32Array.from(dc.vectors.w), [n, n]);
-    }
-    owned.push(ub, wb);
+    const v0 = dc.vectors;
+    const ub = held.take(v0.tensors ? v0.u : tf.tensor2d(Float32Array.from(v0.u), [n, n]));
+    const wb = held.take(v0.tensors ? v0.w : tf.tensor2d(Float32Array.from(v0.w), [n, n]));
     const total = bd.left.length + bd.right.length + qrBlocks.length;
-    const counter = { done: 0 };
-    const step = (done: number) => check('vectors', done, total);
-    // U = Q_qr·blockdiag(Q_bd·[U_B; 0], I) ; V = P·W_B
-    const bdRows = bd.m;
-    owned.splice(owned.indexOf(ub), 1);
-    let u = await applyAll(padRows(ub, bdRows, full && !qrBlocks.length), bd.left, step, counter);
-    owned.push(u);
-    if (qrBlocks.length) {
-      owned.splice(owned.indexOf(u), 1);
-      u = await applyAll(padRows(u, m, full), qrBlocks, step, counter);
-      owned.push(u);
-    }
-    owned.splice(owned.indexOf(wb), 1);
-    const v = await applyAll(wb, bd.right, step, counter);
-    owned.push(v);
+    let done = 0;
+    const step = () => check('vectors', ++done, total);
+    // U = Q_qr·blockdiag(Q_bd·[U_B; 0], I), V = P·W_B
+    const grow = (c: tf.Tensor2D, rows: number, identity: boolean) => {
+      const out = padRows(c, rows, identity);
+      if (out !== c) {
+        held.release(c);
+        held.take(out);
+      }
+      return out;
+    };
+    let u = await applyAll(grow(ub, bd.m, full && !qrBlocks.length), bd.left, held, step);
+    if (qrBlocks.length) u = await applyAll(grow(u, m, full), qrBlocks, held, step);
+    const v = await applyAll(wb, bd.right, held, step);
     const S = tf.tensor1d(Float32Array.from(dc.sigma));
-    const result = tf.tidy(() =>
-      wide
-        ? { U: v.clone(), S, Vh: tf.transpose(u) as tf.Tensor2D }
-        : { U: u.clone(), S, Vh: tf.transpose(v) as tf.Tensor2D },
-    );
-    return result;
+    // a wide input was decomposed transposed: aᵀ = U·S·Vᵀ, so a = V·S·Uᵀ
+    const [left, right] = wide ? [v, u] : [u, v];
+    held.release(left);
+    return { U: left, S, Vh: tf.transpose(right) as tf.Tensor2D };
   } finally {
-    tf.dispose(owned);
+    held.dispose();
   }
 }

@@ -126,40 +126,39 @@ async function truncatedTensor(
   let best: { U: tf.Tensor2D; S: Float64Array; V: tf.Tensor2D; residual: number } | null = null;
   let iterations = 0;
   let sinceBetter = 0;
+  // tensors of the current iteration not yet owned by `best` or `z`: freed if anything throws
+  let pending: tf.Tensor[] = [];
   try {
     while (iterations < maxIterations) {
       iterations++;
       // Rayleigh–Ritz on span(z): a·z = Q·R, R = Ur·S·Vrᵀ, so U = Q·Ur, V = z·Vr and a·V = U·S exactly
       const y = tf.matMul(a, z) as tf.Tensor2D;
+      pending.push(y);
       const q = await orthonormalizeTensor(tf.clone(y), slowFlags);
+      pending.push(q);
       const rT = slowFlags ? tf.tidy(() => tf.matMul(tf.transpose(q), y)) : tf.matMul(q, y, true, false);
-      y.dispose();
+      pending.push(rT);
       const rv = Float64Array.from((await rT.data()) as Float32Array);
-      rT.dispose();
       const small = svd64({ rows: width, cols: width, data: rv }, false, 'svdTruncated');
-      const ur = tf.tensor2d(Float32Array.from(small.U.data), [width, width]);
-      const vr = tf.tensor2d(Float32Array.from(small.Vh.data), [width, width]);
-      const u = tf.matMul(q, ur) as tf.Tensor2D;
-      const v = tf.tidy(() => tf.matMul(z, tf.transpose(vr))) as tf.Tensor2D;
-      tf.dispose([q, ur, vr]);
+      const { u, v } = tf.tidy(() => ({
+        u: tf.matMul(q, tf.tensor2d(Float32Array.from(small.U.data), [width, width])) as tf.Tensor2D,
+        v: tf.matMul(z, tf.tensor2d(Float32Array.from(small.Vh.data), [width, width]), false, true) as tf.Tensor2D,
+      }));
+      tf.dispose(pending);
+      pending = [u, v];
       const x = aT(u);
+      pending.push(x);
       const sigma = small.S;
       const s1 = sigma[0] as number;
-      const norms = tf.tidy(() =>
-        tf.norm(
-          tf.sub(
-            tf.slice(x, [0, 0], [n, k]),
-            tf.mul(tf.slice(v, [0, 0], [n, k]), tf.tensor1d(Float32Array.from(sigma.subarray(0, k)))),
-          ),
-          'euclidean',
-          0,
-        ),
-      );
+      const norms = tf.tidy(() => {
+        const scaled = tf.mul(tf.slice(v, [0, 0], [n, k]), tf.tensor1d(Float32Array.from(sigma.subarray(0, k))));
+        return tf.norm(tf.sub(tf.slice(x, [0, 0], [n, k]), scaled), 'euclidean', 0);
+      });
       const res = (await norms.data()) as Float32Array;
       norms.dispose();
       let worst = 0;
-      for (let i = 0; i < k; i++) worst = Math.max(worst, (res[i] as number) / (s1 > 0 ? s1 : 1));
-      if (s1 === 0) worst = 0;
+      if (s1 > 0) for (let i = 0; i < k; i++) worst = Math.max(worst, (res[i] as number) / s1);
+      pending = [x];
       if (!best || worst < best.residual * 0.95) {
         if (best) tf.dispose([best.U, best.V]);
         best = { U: u, S: sigma, V: v, residual: worst };
@@ -170,10 +169,8 @@ async function truncatedTensor(
       }
       await check('iterate', iterations, maxIterations);
       // converged, or float32 rounding has stopped the residual from falling
-      if (worst <= tol || sinceBetter >= 4) {
-        x.dispose();
-        break;
-      }
+      if (worst <= tol || sinceBetter >= 4) break;
+      pending = [];
       z.dispose();
       z = await orthonormalizeTensor(x, slowFlags);
     }
@@ -181,6 +178,7 @@ async function truncatedTensor(
     if (best) tf.dispose([best.U, best.V]);
     throw err;
   } finally {
+    tf.dispose(pending);
     z.dispose();
   }
   const b = best as NonNullable<typeof best>;
