@@ -74,7 +74,7 @@ describe('divide-and-conquer bidiagonal SVD (float64)', () => {
         expect(Math.abs((sigma[i] as number) - (ref.S[i] as number)) / scale, `σ${i}`).toBeLessThan(1e-13);
         if (i > 0) expect(sigma[i]).toBeLessThanOrEqual(sigma[i - 1] as number);
       }
-      const { rec, orth } = errors(b, sigma, vectors.u, vectors.w, n);
+      const { rec, orth } = errors(b, sigma, vectors.u as Float64Array, vectors.w, n);
       expect(rec / scale).toBeLessThan(1e-13);
       expect(orth).toBeLessThan(1e-13);
     });
@@ -88,9 +88,9 @@ describe('divide-and-conquer bidiagonal SVD (float64)', () => {
     const { sigma, vectors } = await bidiagonalDc(d, e, { tensorFrom: 40, leafSize: 12 });
     if (!vectors.tensors) throw new Error('expected tensors');
     expect(tf.memory().numTensors).toBe(before + 2);
-    const u = Float64Array.from(await vectors.u.data());
+    const u = Float64Array.from(await (vectors.u as tf.Tensor2D).data());
     const w = Float64Array.from(await vectors.w.data());
-    tf.dispose([vectors.u, vectors.w]);
+    tf.dispose([vectors.u as tf.Tensor2D, vectors.w]);
     const b = dense(d, e);
     const ref = svd64({ rows: n, cols: n, data: b }, false);
     for (let i = 0; i < n; i++)

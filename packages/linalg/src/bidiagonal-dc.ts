@@ -188,8 +188,10 @@ export function arrowSvd(d: Float64Array, z: Float64Array, s: number): ArrowSvd 
   return { sigma, u, w };
 }
 
-/** A node's singular vectors: float64 row-major arrays, or float32 tensors on the backend. */
-type Vectors = { u: Float64Array; w: Float64Array; tensors: false } | { u: tf.Tensor2D; w: tf.Tensor2D; tensors: true };
+/** A node's singular vectors: float64 row-major arrays, or float32 tensors on the backend (u null when not wanted). */
+type Vectors =
+  | { u: Float64Array | null; w: Float64Array; tensors: false }
+  | { u: tf.Tensor2D | null; w: tf.Tensor2D; tensors: true };
 
 /** The SVD of one node's n×m bidiagonal block (m = n + sqre): B = U·[diag(σ) 0]·Wᵀ, σ descending, W's last column null when m > n. */
 interface Node {
@@ -210,9 +212,11 @@ export interface BidiagonalDcOptions {
   leafSize?: number;
   /** Called between joins: may throw to cancel, may yield to the event loop. */
   between?: (rowsJoined: number) => Promise<void>;
+  /** Compute the left singular vectors too. Default true. */
+  left?: boolean;
 }
 
-function leaf(d: Float64Array, e: Float64Array, lo: number, n: number, sqre: number): Node {
+function leaf(d: Float64Array, e: Float64Array, lo: number, n: number, sqre: number, left: boolean): Node {
   const m = n + sqre;
   const a = new Float64Array(n * m);
   for (let r = 0; r < n; r++) {
@@ -229,8 +233,12 @@ function leaf(d: Float64Array, e: Float64Array, lo: number, n: number, sqre: num
     sigma: r.S,
     first: w.slice(0, m),
     last: w.slice((m - 1) * m),
-    vectors: { u: r.U.data, w, tensors: false },
+    vectors: { u: left ? r.U.data : null, w, tensors: false },
   };
+}
+
+function disposeVectors(v: Vectors): void {
+  if (v.tensors) tf.dispose(v.u ? [v.u, v.w] : [v.w]);
 }
 
 /** out[rows r0.., :] = X (p×p block of rows) · Y[y0 .. y0+p, :] for row-major X (p×p) and Y (·×cols). */
@@ -254,11 +262,11 @@ function timesRows(
   }
 }
 
-function asTensors(node: Node): { u: tf.Tensor2D; w: tf.Tensor2D } {
+function asTensors(node: Node): { u: tf.Tensor2D | null; w: tf.Tensor2D } {
   const v = node.vectors;
   if (v.tensors) return v;
   return {
-    u: tf.tensor2d(Float32Array.from(v.u), [node.n, node.n]),
+    u: v.u ? tf.tensor2d(Float32Array.from(v.u), [node.n, node.n]) : null,
     w: tf.tensor2d(Float32Array.from(v.w), [node.m, node.m]),
   };
 }
@@ -275,7 +283,7 @@ async function solveNode(
   sqre: number,
   o: Required<BidiagonalDcOptions>,
 ): Promise<Node> {
-  if (n <= o.leafSize) return leaf(d, e, lo, n, sqre);
+  if (n <= o.leafSize) return leaf(d, e, lo, n, sqre, o.left);
   const m = n + sqre;
   const k = n >> 1;
   const n2 = n - k - 1;
@@ -285,14 +293,15 @@ async function solveNode(
   try {
     right = await solveNode(d, e, lo + k + 1, n2, sqre, o);
   } catch (err) {
-    if (left.vectors.tensors) tf.dispose([left.vectors.u, left.vectors.w]);
+    disposeVectors(left.vectors);
     throw err;
   }
   try {
     const beta = k + 1 < m ? (e[lo + k] as number) : 0;
     return await join(left, right, d[lo + k] as number, beta, n, m, k, m2, sqre, o);
   } finally {
-    for (const c of [left, right]) if (c.vectors.tensors) tf.dispose([c.vectors.u, c.vectors.w]);
+    disposeVectors(left.vectors);
+    disposeVectors(right.vectors);
   }
 }
 
@@ -356,10 +365,13 @@ async function join(
   }
   let vectors: Vectors;
   if (n < o.tensorFrom && !left.vectors.tensors && !right.vectors.tensors) {
-    const u = new Float64Array(n * n);
-    timesRows(u, 0, left.vectors.u, k, uh, 0, n);
-    u.set(uh.subarray(k * n, (k + 1) * n), k * n);
-    timesRows(u, k + 1, right.vectors.u, n - k - 1, uh, k + 1, n);
+    let u: Float64Array | null = null;
+    if (o.left && left.vectors.u && right.vectors.u) {
+      u = new Float64Array(n * n);
+      timesRows(u, 0, left.vectors.u, k, uh, 0, n);
+      u.set(uh.subarray(k * n, (k + 1) * n), k * n);
+      timesRows(u, k + 1, right.vectors.u, n - k - 1, uh, k + 1, n);
+    }
     const w = new Float64Array(m * m);
     timesRows(w, 0, left.vectors.w, k + 1, wh, 0, m);
     timesRows(w, k + 1, right.vectors.w, m2, wh, k + 1, m);
@@ -368,18 +380,25 @@ async function join(
     const l = asTensors(left);
     const r = asTensors(right);
     try {
-      vectors = tf.tidy(() => ({
-        u: tf.concat([
-          tf.matMul(l.u, rowsOf(uh, n, 0, k)),
-          rowsOf(uh, n, k, k + 1),
-          tf.matMul(r.u, rowsOf(uh, n, k + 1, n)),
-        ]) as tf.Tensor2D,
-        w: tf.concat([tf.matMul(l.w, rowsOf(wh, m, 0, k + 1)), tf.matMul(r.w, rowsOf(wh, m, k + 1, m))]) as tf.Tensor2D,
-        tensors: true as const,
-      }));
+      const lu = l.u;
+      const ru = r.u;
+      const u =
+        lu && ru
+          ? (tf.tidy(() =>
+              tf.concat([
+                tf.matMul(lu, rowsOf(uh, n, 0, k)),
+                rowsOf(uh, n, k, k + 1),
+                tf.matMul(ru, rowsOf(uh, n, k + 1, n)),
+              ]),
+            ) as tf.Tensor2D)
+          : null;
+      const w = tf.tidy(() =>
+        tf.concat([tf.matMul(l.w, rowsOf(wh, m, 0, k + 1)), tf.matMul(r.w, rowsOf(wh, m, k + 1, m))]),
+      ) as tf.Tensor2D;
+      vectors = { u, w, tensors: true };
     } finally {
-      if (!left.vectors.tensors) tf.dispose([l.u, l.w]);
-      if (!right.vectors.tensors) tf.dispose([r.u, r.w]);
+      if (!left.vectors.tensors) tf.dispose(l.u ? [l.u, l.w] : [l.w]);
+      if (!right.vectors.tensors) tf.dispose(r.u ? [r.u, r.w] : [r.w]);
     }
   }
   await o.between(n);
@@ -401,6 +420,7 @@ export async function bidiagonalDc(
     tensorFrom: options.tensorFrom ?? 128,
     leafSize: Math.max(options.leafSize ?? 25, 3),
     between: options.between ?? (async () => {}),
+    left: options.left ?? true,
   };
   const node = await solveNode(d, e, 0, d.length, 0, o);
   return { sigma: node.sigma, vectors: node.vectors };

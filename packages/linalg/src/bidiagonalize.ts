@@ -8,7 +8,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ReflectorBlock } from './block-reflectors';
 import { makeReflector } from './householder';
-import { subBlock } from './tensor-blocks';
+import { readBlock, subBlock } from './tensor-blocks';
 
 /** A tall matrix reduced to upper-bidiagonal form: A = Q·B·Pᵀ. */
 export interface Bidiagonal {
@@ -82,10 +82,6 @@ function arrayTrailing(a: Float64Array, rows: number, cols: number): Trailing {
     },
     dispose: () => {},
   };
-}
-
-async function read(t: tf.Tensor): Promise<Float64Array> {
-  return Float64Array.from((await t.data()) as Float32Array);
 }
 
 /**
@@ -257,19 +253,13 @@ export async function bidiagonalize(a: tf.Tensor2D, options: BlockedOptions = {}
       let r: Float64Array;
       let trailing: Trailing;
       let whole: Float64Array | null = null;
+      p = await readBlock(t, 0, 0, rows, b, true);
       if (small) {
-        whole = await read(t);
+        whole = await readBlock(t, 0, 0, rows, cols);
         trailing = arrayTrailing(whole, rows, cols);
-        p = new Float64Array(rows * b);
-        for (let q = 0; q < rows; q++) for (let c = 0; c < b; c++) p[c * rows + q] = whole[q * cols + c] as number;
         r = whole.slice(0, b * cols);
       } else {
-        const pt = tf.tidy(() => tf.transpose(subBlock(t, 0, 0, rows, b)));
-        p = await read(pt);
-        pt.dispose();
-        const rt = subBlock(t, 0, 0, b, cols);
-        r = await read(rt);
-        rt.dispose();
+        r = await readBlock(t, 0, 0, b, cols);
         trailing = tensorTrailing(t);
       }
       let out: Awaited<ReturnType<typeof panel>>;

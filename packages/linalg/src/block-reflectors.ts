@@ -36,6 +36,46 @@ export function wyFactor(gram: Float64Array, taus: Float64Array): Float64Array {
   return t;
 }
 
+/**
+ * Consecutive blocks (each starting where the previous one's reflectors end, as the panels of one
+ * factorisation do) joined into blocks of up to `width` reflectors: fewer, larger products when they
+ * are applied. The later blocks' vectors are zero-padded at the top.
+ * @internal
+ */
+export function joinBlocks(blocks: ReflectorBlock[], width: number): ReflectorBlock[] {
+  const out: ReflectorBlock[] = [];
+  let i = 0;
+  while (i < blocks.length) {
+    const first = blocks[i] as ReflectorBlock;
+    let j = i;
+    let cols = 0;
+    while (j < blocks.length && (cols === 0 || cols + (blocks[j] as ReflectorBlock).taus.length <= width)) {
+      cols += (blocks[j] as ReflectorBlock).taus.length;
+      j++;
+    }
+    if (j === i + 1) {
+      out.push(first);
+      i = j;
+      continue;
+    }
+    const rows = first.rows;
+    const v = new Float32Array(rows * cols);
+    const taus = new Float64Array(cols);
+    let c = 0;
+    for (let q = i; q < j; q++) {
+      const blk = blocks[q] as ReflectorBlock;
+      const shift = blk.offset - first.offset;
+      const b = blk.taus.length;
+      for (let t = 0; t < b; t++) v.set(blk.v.subarray(t * blk.rows, (t + 1) * blk.rows), (c + t) * rows + shift);
+      taus.set(blk.taus, c);
+      c += b;
+    }
+    out.push({ offset: first.offset, rows, v, taus });
+    i = j;
+  }
+  return out;
+}
+
 /** The block's V as a row-major rows×b tensor, Vᵀ as b×rows, and T (or Tᵀ) as b×b. */
 export async function blockTensors(
   block: ReflectorBlock,

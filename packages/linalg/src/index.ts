@@ -6,7 +6,7 @@ export type { Qr64, QrOptions, QrTensors } from './qr';
 export { svd } from './svd';
 export type { Svd64, SvdOptions, SvdTensors } from './svd';
 export { eigh } from './eigh';
-export type { Eigh64, EighTensors } from './eigh';
+export type { Eigh64, EighOptions, EighTensors } from './eigh';
 export { cholesky, solveTriangular } from './cholesky';
 export type { SolveTriangularOptions } from './cholesky';
 export { norm } from './norm';

@@ -7,10 +7,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { bidiagonalDc } from './bidiagonal-dc';
 import { type Bidiagonal, type BlockedOptions, bidiagonalize } from './bidiagonalize';
-import { type ReflectorBlock, applyBlock } from './block-reflectors';
+import { type ReflectorBlock, applyBlock, joinBlocks } from './block-reflectors';
 import { type LongRunOptions, checkpoints } from './long-run';
 import { applyReflectorLeft, makeReflector } from './householder';
-import { subBlock } from './tensor-blocks';
+import { readBlock, subBlock } from './tensor-blocks';
 
 /** Below this aspect ratio a tall matrix is bidiagonalised directly; above it, QR first. */
 const QR_FIRST_RATIO = 1.6;
@@ -33,9 +33,7 @@ export async function qrBlocked(
       const rows = m - k;
       const cols = n - k;
       const b = Math.min(nb, cols);
-      const pc = tf.tidy(() => tf.transpose(b === cols ? t : subBlock(t, 0, 0, rows, b)));
-      const p = Float64Array.from((await pc.data()) as Float32Array); // column-major rows×b
-      pc.dispose();
+      const p = await readBlock(t, 0, 0, rows, b, true); // column-major rows×b
       const taus = new Float64Array(b);
       for (let i = 0; i < b; i++) {
         const off = i * rows + i;
@@ -56,9 +54,7 @@ export async function qrBlocked(
       if (b < cols) {
         const rest = subBlock(t, 0, b, rows, cols - b);
         const updated = await applyBlock(rest, { offset: 0, rows, v, taus }, true);
-        const top = subBlock(updated, 0, 0, b, cols - b);
-        const tv = (await top.data()) as Float32Array;
-        top.dispose();
+        const tv = await readBlock(updated, 0, 0, b, cols - b);
         for (let i = 0; i < b; i++)
           for (let j = 0; j < cols - b; j++) r[(k + i) * n + k + b + j] = tv[i * (cols - b) + j] as number;
         const next = subBlock(updated, b, 0, rows - b, cols - b);
@@ -90,8 +86,8 @@ function padRows(c: tf.Tensor2D, to: number, identity: boolean): tf.Tensor2D {
   return out;
 }
 
-/** Tensors a computation holds; whatever is still held when it ends (or throws) is disposed. */
-class Held {
+/** Tensors a computation holds; whatever is still held when it ends (or throws) is disposed. @internal */
+export class Held {
   private readonly set = new Set<tf.Tensor>();
   take<T extends tf.Tensor>(t: T): T {
     this.set.add(t);
@@ -107,8 +103,8 @@ class Held {
   }
 }
 
-/** C ← B₀·B₁·…·C for the blocks, last first; C and each intermediate stay held. */
-async function applyAll(
+/** C ← B₀·B₁·…·C for the blocks, last first; C and each intermediate stay held. @internal */
+export async function applyAll(
   c: tf.Tensor2D,
   blocks: ReflectorBlock[],
   held: Held,
@@ -129,6 +125,8 @@ export interface BlockedSvdOptions extends LongRunOptions {
   fullMatrices?: boolean;
   /** Panel width. Default 32. */
   block?: number;
+  /** Reflectors per block when the vectors are brought back. Default 128. */
+  applyWidth?: number;
 }
 
 /**
@@ -166,9 +164,15 @@ export async function svdBlocked(
       },
     });
     const v0 = dc.vectors;
-    const ub = held.take(v0.tensors ? v0.u : tf.tensor2d(Float32Array.from(v0.u), [n, n]));
+    const u0 = v0.u as tf.Tensor2D | Float64Array; // left vectors were asked for
+    const ub = held.take(v0.tensors ? (u0 as tf.Tensor2D) : tf.tensor2d(Float32Array.from(u0 as Float64Array), [n, n]));
     const wb = held.take(v0.tensors ? v0.w : tf.tensor2d(Float32Array.from(v0.w), [n, n]));
-    const total = bd.left.length + bd.right.length + qrBlocks.length;
+    // the panels' reflectors applied in blocks of up to 128: fewer passes over U and V
+    const width = Math.max(options.applyWidth ?? 128, block);
+    const qBlocks = joinBlocks(bd.left, width);
+    const pBlocks = joinBlocks(bd.right, width);
+    qrBlocks = joinBlocks(qrBlocks, width);
+    const total = qBlocks.length + pBlocks.length + qrBlocks.length;
     let done = 0;
     const step = () => check('vectors', ++done, total);
     // U = Q_qr·blockdiag(Q_bd·[U_B; 0], I), V = P·W_B
@@ -180,9 +184,9 @@ export async function svdBlocked(
       }
       return out;
     };
-    let u = await applyAll(grow(ub, bd.m, full && !qrBlocks.length), bd.left, held, step);
+    let u = await applyAll(grow(ub, bd.m, full && !qrBlocks.length), qBlocks, held, step);
     if (qrBlocks.length) u = await applyAll(grow(u, m, full), qrBlocks, held, step);
-    const v = await applyAll(wb, bd.right, held, step);
+    const v = await applyAll(wb, pBlocks, held, step);
     const S = tf.tensor1d(Float32Array.from(dc.sigma));
     // a wide input was decomposed transposed: aᵀ = U·S·Vᵀ, so a = V·S·Uᵀ
     const [left, right] = wide ? [v, u] : [u, v];
