@@ -8,6 +8,11 @@ import { join } from 'node:path';
 import { initBackend } from '@lora/tensor';
 import { type Row, cpuRows, lowRankRow } from './cases';
 
+if (process.env.BENCH_SUITE === 'large') {
+  await import('./large');
+  process.exit(0);
+}
+
 const only = process.env.BENCH_ONLY ? new RegExp(process.env.BENCH_ONLY) : undefined;
 let ml: typeof import('ml-matrix') | null = null;
 try {

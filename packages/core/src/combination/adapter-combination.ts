@@ -13,6 +13,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
 import { type Matrix64, type SvdTensors, matrix64, svd, svdFlip, svdOfLowRankSum, svdTruncated } from '@lora/linalg';
 import type { LoraConfig } from '../lora-config';
+import { mergeArrays } from './merge-arrays';
 
 /** Combination types of PEFT's `add_weighted_adapter`. */
 export type CombinationType =
@@ -189,53 +190,111 @@ export interface SourceFactors {
   weight: number;
 }
 
-/** Keeps the `floor(density·n)` largest magnitudes of t (PEFT's `magnitude_based_pruning`). */
-function magnitudePrune(t: tf.Tensor, density: number): tf.Tensor {
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+/** The float32 with bit pattern b (non-negative floats are ordered as their bit patterns). */
+function fromBits(b: number): number {
+  u32[0] = b;
+  return f32[0] as number;
+}
+function toBits(x: number): number {
+  f32[0] = x;
+  return u32[0] as number;
+}
+
+/**
+ * Keeps the `floor(density·n)` largest magnitudes of t (PEFT's `magnitude_based_pruning`), with tensor
+ * ops only: the k-th largest |x| is found by bisection of float32 bit patterns, each step one count on
+ * the backend (a GPU's topk of millions is no option, nor reading them back); entries equal to it are
+ * kept in index order, as merge-arrays.ts does.
+ */
+async function magnitudePrune(t: tf.Tensor, density: number): Promise<tf.Tensor> {
   if (density >= 1) return tf.clone(t);
-  return tf.tidy(() => {
-    const k = Math.floor(density * t.size);
-    if (k === 0) return tf.zerosLike(t);
-    const { indices } = tf.topk(tf.abs(tf.reshape(t, [-1])), k);
-    const mask = tf.scatterND(tf.expandDims(indices, 1), tf.ones([k]), [t.size]);
-    return tf.mul(t, tf.reshape(mask, t.shape));
-  });
+  const n = t.size;
+  const k = Math.floor(density * n);
+  if (k === 0) return tf.zerosLike(t);
+  const abs = tf.tidy(() => tf.abs(tf.reshape(t, [-1])));
+  try {
+    // counts from comparisons (no subtraction: a GPU may flush the difference of near values to zero)
+    const above = async (x: number) => {
+      const c = tf.tidy(() => tf.sum(tf.where(tf.greater(abs, x), tf.onesLike(abs), tf.zerosLike(abs))));
+      const v = (await c.data())[0] as number;
+      c.dispose();
+      return v;
+    };
+    const top = tf.max(abs);
+    let hi = toBits((await top.data())[0] as number);
+    top.dispose();
+    let cut = 0;
+    if ((await above(0)) >= k) {
+      // above(fromBits(lo)) ≥ k > above(fromBits(hi)): the cut is fromBits(hi) when they meet
+      let lo = 0;
+      while (hi - lo > 1) {
+        const mid = lo + Math.floor((hi - lo) / 2);
+        if ((await above(fromBits(mid))) < k) hi = mid;
+        else lo = mid;
+      }
+      cut = fromBits(hi);
+    }
+    const strictly = await above(cut);
+    return tf.tidy(() => {
+      const keepAbove = tf.where(tf.greater(abs, cut), tf.onesLike(abs), tf.zerosLike(abs));
+      const equal = tf.where(tf.equal(abs, cut), tf.onesLike(abs), tf.zerosLike(abs));
+      // the first (k − strictly) entries equal to the cut
+      const rank = tf.cumsum(equal);
+      const keepEqual = tf.mul(equal, tf.where(tf.lessEqual(rank, k - strictly), tf.onesLike(abs), tf.zerosLike(abs)));
+      return tf.mul(t, tf.reshape(tf.add(keepAbove, keepEqual), t.shape));
+    });
+  } finally {
+    abs.dispose();
+  }
 }
 
 /** Random prune with rescale (PEFT's `prune(t, d, 'random', rescale=True)`), from a seeded generator. */
 function randomPrune(t: tf.Tensor, density: number, g: Generator): tf.Tensor {
   if (density >= 1) return tf.clone(t);
   const u = g.fillUniform(new Float32Array(t.size));
-  return tf.tidy(() =>
-    tf.div(
-      tf.mul(
-        t,
-        tf.tensor(
-          u.map((v) => (v < density ? 1 : 0)),
-          t.shape,
-        ),
-      ),
-      density,
-    ),
-  );
+  for (let i = 0; i < u.length; i++) u[i] = (u[i] as number) < density ? 1 : 0;
+  return tf.tidy(() => tf.div(tf.mul(t, tf.tensor(u, t.shape)), density));
 }
 
 /**
  * PEFT's merge functions (`task_arithmetic`, `magnitude_prune`, `ties`, `dare_linear`, `dare_ties`)
  * over task tensors with per-task weights; `kind` names the merge (an `*_svd` type's merge is its prefix).
  */
-function mergeTaskTensors(
+async function mergeTaskTensors(
   tensors: tf.Tensor[],
   weights: number[],
   kind: CombinationType,
   o: WeightedAdapterOptions,
   g: Generator,
-): tf.Tensor {
+): Promise<tf.Tensor> {
   const density = o.density as number;
-  const pruned = kind.startsWith('dare')
-    ? tensors.map((t) => randomPrune(t, density, g))
-    : kind.startsWith('ties') || kind.startsWith('magnitude_prune')
-      ? tensors.map((t) => magnitudePrune(t, density))
-      : tensors;
+  const first = tensors[0] as tf.Tensor;
+  if (tf.getBackend() !== 'webgpu') {
+    // the same merge on float32 arrays: the CPU backends' topk and scatterND crawl at millions of
+    // entries (tfjs-node's topk of 8M out of 16M: a minute); a GPU keeps its tensors
+    const values: Float32Array[] = [];
+    for (const t of tensors) values.push((await t.data()) as Float32Array);
+    const prune = kind.startsWith('dare')
+      ? 'random'
+      : kind.startsWith('ties') || kind.startsWith('magnitude_prune')
+        ? 'magnitude'
+        : 'none';
+    const ties = kind.includes('ties') ? (o.majoritySignMethod ?? 'total') : false;
+    return tf.tensor(mergeArrays(values, weights, prune, ties, density, g), first.shape);
+  }
+  let pruned = tensors;
+  if (kind.startsWith('dare')) pruned = tensors.map((t) => randomPrune(t, density, g));
+  else if (kind.startsWith('ties') || kind.startsWith('magnitude_prune')) {
+    pruned = [];
+    try {
+      for (const t of tensors) pruned.push(await magnitudePrune(t, density));
+    } catch (e) {
+      tf.dispose(pruned);
+      throw e;
+    }
+  }
   try {
     return tf.tidy(() => {
       const weighted = pruned.map((t, i) => tf.mul(t, weights[i] as number));
@@ -355,7 +414,7 @@ async function svdCombination(
     );
     let delta: tf.Tensor;
     try {
-      delta = mergeTaskTensors(
+      delta = await mergeTaskTensors(
         deltas,
         sources.map((s) => s.weight),
         kind === 'svd' ? 'linear' : (kind.replace(/_svd$/, '') as CombinationType),
@@ -459,7 +518,7 @@ export async function combineModuleFactors(
   }
   const c = sources.map((s) => s.weight * s.scaling);
   // the sign goes on A only, or two negative signs would cancel
-  const a = mergeTaskTensors(
+  const a = await mergeTaskTensors(
     sources.map((s) => s.a),
     c.map((v) => (v >= 0 ? 1 : -1) * Math.sqrt(Math.abs(v))),
     kind,
@@ -468,7 +527,7 @@ export async function combineModuleFactors(
   );
   let b: tf.Tensor;
   try {
-    b = mergeTaskTensors(
+    b = await mergeTaskTensors(
       sources.map((s) => s.b),
       c.map((v) => Math.sqrt(Math.abs(v))),
       kind,
