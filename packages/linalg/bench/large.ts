@@ -12,185 +12,214 @@ import { existsSync, readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { type BackendName, initBackend, parseSafetensors } from '@lora/tensor';
+import { type BackendInfo, parseSafetensors } from '@lora/tensor';
 import { svd, svdTruncated } from '../src/index';
 import { waitForQuiet } from './quiet';
 
 const ALL = 'full_1024,full_2048,full_4096,full_4096x11008,trunc_4096,trunc_4096x11008,ties_4096';
-const cases = (process.env.BENCH_CASES ?? ALL).split(',').filter(Boolean);
-const dir = join(import.meta.dirname, '..', '.bench', 'large');
-const peersScript = join(import.meta.dirname, '..', 'bench', 'peers_large.py');
-const python = process.env.PYTHON ?? 'python3';
 
-function run(args: string[], env: NodeJS.ProcessEnv = {}): string {
-  const res = spawnSync(python, [peersScript, ...args], {
-    env: { ...process.env, ...env },
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'inherit'],
-    maxBuffer: 1 << 28,
-  });
-  if (res.status !== 0) throw new Error(`${python} peers_large.py ${args[0]} failed: ${res.error?.message ?? ''}`);
-  return res.stdout;
+/** Where the bench keeps its matrices and finds its peer script; how it starts its backend. */
+export interface LargeBenchOptions {
+  dir: string;
+  peersScript: string;
+  init: () => Promise<BackendInfo>;
 }
 
-console.error(`making the matrices in ${dir} (once)…`);
-run(['make', dir, cases.join(',')]);
+/** The large suite (see the file's comment); prints its tables on stdout. */
+export async function largeBench({ dir, peersScript, init }: LargeBenchOptions): Promise<void> {
+  const cases = (process.env.BENCH_CASES ?? ALL).split(',').filter(Boolean);
+  const python = process.env.PYTHON ?? 'python3';
 
-const backend = (process.env.LORA_BACKEND ?? 'wasm') as BackendName;
-const info = await initBackend(backend);
-tf.env().set('PROD', true);
-
-interface Ours {
-  ms: number;
-  note: string;
-}
-const ours: Record<string, Record<string, Ours>> = {};
-
-/** Median wall time of `runs` runs of fn (each after waiting for idle CPUs); returns the last result too. */
-async function timed<T>(runs: number, fn: () => Promise<T>, done: (r: T) => void): Promise<{ ms: number; last: T }> {
-  const times: number[] = [];
-  let last: T | undefined;
-  for (let i = 0; i < runs; i++) {
-    await waitForQuiet();
-    if (last !== undefined) done(last);
-    const t0 = performance.now();
-    last = await fn();
-    times.push(performance.now() - t0);
-  }
-  times.sort((a, b) => a - b);
-  return { ms: times[Math.floor(times.length / 2)] as number, last: last as T };
-}
-
-for (const name of cases) {
-  const file = parseSafetensors(new Uint8Array(readFileSync(join(dir, `${name}.safetensors`)))).tensors;
-  const a = file.a as tf.Tensor2D;
-  const [m, n] = a.shape;
-  const row: Record<string, Ours> = {};
-  if (name.startsWith('full')) {
-    const runs = m * n > 2048 * 2048 ? 1 : 3;
-    if (runs > 1) {
-      const warm = await svd(a, { method: 'backend' }); // first call: kernels compiled, weights packed
-      tf.dispose([warm.U, warm.S, warm.Vh]);
-    }
-    const { ms, last: r } = await timed(
-      runs,
-      () => svd(a, { method: 'backend' }),
-      (x) => tf.dispose([x.U, x.S, x.Vh]),
-    );
-    // accuracy: σ against LAPACK's (float64), and ‖A·x − U·S·Vh·x‖ / ‖A·x‖ for a random x
-    const lapackFile = join(dir, `${name}.lapack.json`);
-    const s = Float64Array.from(await r.S.data());
-    let serr = Number.NaN;
-    if (existsSync(lapackFile)) {
-      const want = JSON.parse(readFileSync(lapackFile, 'utf8')) as number[];
-      serr = 0;
-      for (let i = 0; i < s.length; i++) serr = Math.max(serr, Math.abs((s[i] as number) - (want[i] as number)));
-      serr /= want[0] as number;
-    }
-    const probe = tf.tidy(() => {
-      const x = tf.randomNormal([n, 1], 0, 1, 'float32', 1);
-      const ax = tf.matMul(a, x);
-      const usvx = tf.matMul(r.U, tf.mul(tf.reshape(r.S, [-1, 1]), tf.matMul(r.Vh, x)));
-      return tf.div(tf.norm(tf.sub(ax, usvx)), tf.norm(ax));
-    });
-    const rec = (await probe.data())[0] as number;
-    tf.dispose([probe, r.U, r.S, r.Vh]);
-    row.svd = { ms, note: `max Δσ/σ₁ ${serr.toExponential(1)}, reconstruction ${rec.toExponential(1)}` };
-  } else {
-    for (const k of name.startsWith('ties') ? [16] : [16, 64]) {
-      const { ms, last: r } = await timed(
-        1,
-        () => svdTruncated(a, { rank: k }),
-        (x) => tf.dispose([x.U, x.S, x.Vh]),
-      );
-      const err = tf.tidy(() => {
-        const exact = tf.matMul(
-          tf.mul(tf.slice(file.u64 as tf.Tensor2D, [0, 0], [-1, k]), tf.slice(file.s64 as tf.Tensor1D, 0, k)),
-          tf.slice(file.vh64 as tf.Tensor2D, [0, 0], [k, -1]),
-        );
-        const got = tf.matMul(tf.mul(r.U, r.S), r.Vh);
-        return tf.div(tf.max(tf.abs(tf.sub(got, exact))), tf.max(tf.abs(exact)));
-      });
-      const e = (await err.data())[0] as number;
-      tf.dispose([err, r.U, r.S, r.Vh]);
-      row[`svdTruncated k${k}`] = {
-        ms,
-        note: `${r.iterations} iterations, residual ${r.residual.toExponential(1)}, max Δ(U·S·Vh) ${e.toExponential(1)}${r.converged ? '' : ' (not converged)'}`,
-      };
-    }
-  }
-  tf.dispose(Object.values(file));
-  ours[name] = row;
-  console.error(
-    `  ${name} (${m}×${n}):`,
-    Object.entries(row)
-      .map(([k, v]) => `${k} ${v.ms.toFixed(0)} ms, ${v.note}`)
-      .join('; '),
-  );
-}
-
-type PeerRow = Record<string, number>;
-const peers: { threads: number; out: Record<string, PeerRow | string | number> }[] = [];
-if (process.env.BENCH_PEERS !== '0') {
-  const all = Math.max(cpus().length, 1);
-  for (const threads of [...new Set([1, all])]) {
-    await waitForQuiet();
-    console.error(`timing the peers with ${threads} thread(s)…`);
-    const env: NodeJS.ProcessEnv = {
-      OPENBLAS_NUM_THREADS: String(threads),
-      OMP_NUM_THREADS: String(threads),
-      MKL_NUM_THREADS: String(threads),
-      LORA_PEER_THREADS: String(threads),
-    };
-    // a machine-wide OPENBLAS_CORETYPE would pin an older kernel; numpy's own choice is the fair peer
-    const clean = { ...process.env, ...env };
-    delete clean.OPENBLAS_CORETYPE;
-    delete clean.OPENBLAS_L2_SIZE;
-    const res = spawnSync(python, [peersScript, 'time', dir, cases.join(',')], {
-      env: clean,
+  function run(args: string[], env: NodeJS.ProcessEnv = {}): string {
+    const res = spawnSync(python, [peersScript, ...args], {
+      env: { ...process.env, ...env },
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
+      maxBuffer: 1 << 28,
     });
-    if (res.status === 0) peers.push({ threads, out: JSON.parse(res.stdout.trim().split('\n').at(-1) as string) });
-    else console.error(`the peers failed (${threads} threads)`);
+    if (res.status !== 0) throw new Error(`${python} peers_large.py ${args[0]} failed: ${res.error?.message ?? ''}`);
+    return res.stdout;
   }
-}
 
-const fmt = (ms: number | undefined) =>
-  ms === undefined ? '–' : ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${ms.toFixed(0)} ms`;
-const versions = peers[0]?.out;
-console.log(
-  `\n${new Date().toISOString().slice(0, 10)}, Node ${process.version}, backend ${info.name} (${info.adapter}), ${cpus().length} CPUs${versions ? `; numpy ${versions.numpy}, torch ${versions.torch}${versions.scipy ? `, scipy ${versions.scipy}` : ''}` : ''}\n`,
-);
-const peerCol = (t: number, key: string) => peers.find((p) => p.threads === t)?.out;
-console.log(
-  '| case | @lora/linalg | accuracy | numpy f32, 1 thread | numpy f64, 1 thread | numpy f32, all threads | torch CPU, 1 thread | torch CPU, all threads | ours / LAPACK f32 1 thread |',
-);
-console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
-const all = Math.max(cpus().length, 1);
-for (const name of cases.filter((c) => c.startsWith('full'))) {
-  const o = ours[name]?.svd;
-  const p1 = peerCol(1, name)?.[name] as PeerRow | undefined;
-  const pa = peerCol(all, name)?.[name] as PeerRow | undefined;
-  const ratio = o && p1?.['numpy f32'] ? `${(o.ms / p1['numpy f32']).toFixed(2)}×` : '–';
-  console.log(
-    `| full SVD ${name.slice(5).replace('x', '×')}${name.includes('x') ? '' : '²'} | ${fmt(o?.ms)} | ${o?.note ?? ''} | ${fmt(p1?.['numpy f32'])} | ${fmt(p1?.['numpy f64'])} | ${fmt(pa?.['numpy f32'])} | ${fmt(p1?.['torch cpu'])} | ${fmt(pa?.['torch cpu'])} | ${ratio} |`,
-  );
-}
-console.log(
-  '\n| case | @lora/linalg svdTruncated | its accuracy | scipy svds (ARPACK, tol 1e-6), 1 thread | torch.svd_lowrank niter 4 / 16, 1 thread (error) | numpy full SVD f32, 1 thread |',
-);
-console.log('| --- | --- | --- | --- | --- | --- |');
-for (const name of cases.filter((c) => !c.startsWith('full'))) {
-  const p1 = peerCol(1, name)?.[name] as PeerRow | undefined;
-  for (const [label, o] of Object.entries(ours[name] ?? {})) {
-    const k = label.slice('svdTruncated k'.length);
-    const lr = (it: number) =>
-      p1?.[`torch svd_lowrank k${k} niter${it}`] === undefined
-        ? '–'
-        : `${fmt(p1[`torch svd_lowrank k${k} niter${it}`])} (${(p1[`torch svd_lowrank k${k} niter${it} err`] as number).toExponential(1)})`;
-    console.log(
-      `| ${name} rank ${k} | ${fmt(o.ms)} | ${o.note} | ${fmt(p1?.[`scipy svds k${k}`])}${p1?.[`scipy svds k${k} err`] !== undefined ? ` (${(p1[`scipy svds k${k} err`] as number).toExponential(1)})` : ''} | ${lr(4)} / ${lr(16)} | ${fmt(p1?.['numpy f32 full'])} |`,
+  console.error(`making the matrices in ${dir} (once)…`);
+  run(['make', dir, cases.join(',')]);
+
+  const info = await init();
+  tf.env().set('PROD', true);
+
+  interface Ours {
+    ms: number;
+    note: string;
+  }
+  const ours: Record<string, Record<string, Ours>> = {};
+
+  /** Median wall time of `runs` runs of fn (each after waiting for idle CPUs); returns the last result too. */
+  async function timed<T>(runs: number, fn: () => Promise<T>, done: (r: T) => void): Promise<{ ms: number; last: T }> {
+    const times: number[] = [];
+    let last: T | undefined;
+    for (let i = 0; i < runs; i++) {
+      await waitForQuiet();
+      if (last !== undefined) done(last);
+      const t0 = performance.now();
+      last = await fn();
+      times.push(performance.now() - t0);
+    }
+    times.sort((a, b) => a - b);
+    return { ms: times[Math.floor(times.length / 2)] as number, last: last as T };
+  }
+
+  for (const name of cases) {
+    const file = parseSafetensors(new Uint8Array(readFileSync(join(dir, `${name}.safetensors`)))).tensors;
+    const a = file.a as tf.Tensor2D;
+    const [m, n] = a.shape;
+    const row: Record<string, Ours> = {};
+    if (name.startsWith('full')) {
+      const runs = m * n > 2048 * 2048 ? 1 : 3;
+      if (runs > 1) {
+        const warm = await svd(a, { method: 'backend' }); // first call: kernels compiled, weights packed
+        tf.dispose([warm.U, warm.S, warm.Vh]);
+      }
+      const { ms, last: r } = await timed(
+        runs,
+        () => svd(a, { method: 'backend' }),
+        (x) => tf.dispose([x.U, x.S, x.Vh]),
+      );
+      // accuracy: σ against LAPACK's (float64), and ‖A·x − U·S·Vh·x‖ / ‖A·x‖ for a random x
+      const lapackFile = join(dir, `${name}.lapack.json`);
+      const s = Float64Array.from(await r.S.data());
+      let serr = Number.NaN;
+      if (existsSync(lapackFile)) {
+        const want = JSON.parse(readFileSync(lapackFile, 'utf8')) as number[];
+        serr = 0;
+        for (let i = 0; i < s.length; i++) serr = Math.max(serr, Math.abs((s[i] as number) - (want[i] as number)));
+        serr /= want[0] as number;
+      }
+      const probe = tf.tidy(() => {
+        const x = tf.randomNormal([n, 1], 0, 1, 'float32', 1);
+        const ax = tf.matMul(a, x);
+        const usvx = tf.matMul(r.U, tf.mul(tf.reshape(r.S, [-1, 1]), tf.matMul(r.Vh, x)));
+        return tf.div(tf.norm(tf.sub(ax, usvx)), tf.norm(ax));
+      });
+      const rec = (await probe.data())[0] as number;
+      tf.dispose([probe, r.U, r.S, r.Vh]);
+      row.svd = { ms, note: `max Δσ/σ₁ ${serr.toExponential(1)}, reconstruction ${rec.toExponential(1)}` };
+    } else {
+      for (const k of name.startsWith('ties') ? [16] : [16, 64]) {
+        const { ms, last: r } = await timed(
+          1,
+          () => svdTruncated(a, { rank: k }),
+          (x) => tf.dispose([x.U, x.S, x.Vh]),
+        );
+        const err = tf.tidy(() => {
+          const exact = tf.matMul(
+            tf.mul(tf.slice(file.u64 as tf.Tensor2D, [0, 0], [-1, k]), tf.slice(file.s64 as tf.Tensor1D, 0, k)),
+            tf.slice(file.vh64 as tf.Tensor2D, [0, 0], [k, -1]),
+          );
+          const got = tf.matMul(tf.mul(r.U, r.S), r.Vh);
+          return tf.div(tf.max(tf.abs(tf.sub(got, exact))), tf.max(tf.abs(exact)));
+        });
+        const e = (await err.data())[0] as number;
+        tf.dispose([err, r.U, r.S, r.Vh]);
+        row[`svdTruncated k${k}`] = {
+          ms,
+          note: `${r.iterations} iterations, residual ${r.residual.toExponential(1)}, max Δ(U·S·Vh) ${e.toExponential(1)}${r.converged ? '' : ' (not converged)'}`,
+        };
+      }
+    }
+    tf.dispose(Object.values(file));
+    ours[name] = row;
+    console.error(
+      `  ${name} (${m}×${n}):`,
+      Object.entries(row)
+        .map(([k, v]) => `${k} ${v.ms.toFixed(0)} ms, ${v.note}`)
+        .join('; '),
     );
+  }
+
+  type PeerRow = Record<string, number>;
+  const peers: { threads: number; out: Record<string, PeerRow | string | number> }[] = [];
+  if (process.env.BENCH_PEERS !== '0') {
+    const all = Math.max(cpus().length, 1);
+    const threadCounts = (process.env.BENCH_PEER_THREADS ?? `1,${all}`).split(',').map(Number);
+    for (const threads of [...new Set(threadCounts)]) {
+      await waitForQuiet();
+      console.error(`timing the peers with ${threads} thread(s)…`);
+      const env: NodeJS.ProcessEnv = {
+        OPENBLAS_NUM_THREADS: String(threads),
+        OMP_NUM_THREADS: String(threads),
+        MKL_NUM_THREADS: String(threads),
+        LORA_PEER_THREADS: String(threads),
+      };
+      // a machine-wide OPENBLAS_CORETYPE would pin an older kernel; numpy's own choice is the fair peer
+      const clean = { ...process.env, ...env };
+      delete clean.OPENBLAS_CORETYPE;
+      delete clean.OPENBLAS_L2_SIZE;
+      const res = spawnSync(python, [peersScript, 'time', dir, cases.join(',')], {
+        env: clean,
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      if (res.status === 0) peers.push({ threads, out: JSON.parse(res.stdout.trim().split('\n').at(-1) as string) });
+      else console.error(`the peers failed (${threads} threads)`);
+    }
+  }
+
+  const fmt = (ms: number | undefined) =>
+    ms === undefined ? '–' : ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${ms.toFixed(0)} ms`;
+  const versions = peers[0]?.out;
+  console.log(
+    `\n${new Date().toISOString().slice(0, 10)}, Node ${process.version}, backend ${info.name} (${info.adapter}), ${cpus().length} CPUs${versions ? `; numpy ${versions.numpy}, torch ${versions.torch}${versions.scipy ? `, scipy ${versions.scipy}` : ''}` : ''}\n`,
+  );
+  const peerCol = (t: number) => peers.find((p) => p.threads === t)?.out;
+  const cuda = peers.some((p) =>
+    Object.values(p.out).some((r) => typeof r === 'object' && r['torch cuda'] !== undefined),
+  );
+  const counts = peers.map((p) => p.threads);
+  const one = counts.includes(1) ? 1 : undefined;
+  const many = counts.find((t) => t !== 1);
+  const head = [
+    'case',
+    '@lora/linalg',
+    'accuracy',
+    ...(one ? ['numpy f32, 1 thread', 'numpy f64, 1 thread', 'torch CPU, 1 thread'] : []),
+    ...(many ? [`numpy f32, ${many} threads`, `torch CPU, ${many} threads`] : []),
+    ...(cuda ? ['torch CUDA'] : []),
+    `ours / numpy f32${one ? ', 1 thread' : ''}`,
+  ];
+  console.log(`| ${head.join(' | ')} |`);
+  console.log(`|${' --- |'.repeat(head.length)}`);
+  for (const name of cases.filter((c) => c.startsWith('full'))) {
+    const o = ours[name]?.svd;
+    const p1 = one ? (peerCol(1)?.[name] as PeerRow | undefined) : undefined;
+    const pa = many ? (peerCol(many)?.[name] as PeerRow | undefined) : undefined;
+    const ref = (p1 ?? pa)?.['numpy f32'];
+    const gpu = (pa ?? p1)?.['torch cuda'];
+    const cells = [
+      `full SVD ${name.slice(5).replace('x', '×')}${name.includes('x') ? '' : '²'}`,
+      fmt(o?.ms),
+      o?.note ?? '',
+      ...(one ? [fmt(p1?.['numpy f32']), fmt(p1?.['numpy f64']), fmt(p1?.['torch cpu'])] : []),
+      ...(many ? [fmt(pa?.['numpy f32']), fmt(pa?.['torch cpu'])] : []),
+      ...(cuda ? [`${fmt(gpu)}${o && gpu ? ` (ours ${(o.ms / gpu).toFixed(1)}×)` : ''}`] : []),
+      o && ref ? `${(o.ms / ref).toFixed(2)}×` : '–',
+    ];
+    console.log(`| ${cells.join(' | ')} |`);
+  }
+  console.log(
+    '\n| case | @lora/linalg svdTruncated | its accuracy | scipy svds (ARPACK, tol 1e-6) | torch.svd_lowrank niter 4 / 16 (error) | numpy full SVD f32 |',
+  );
+  console.log('| --- | --- | --- | --- | --- | --- |');
+  for (const name of cases.filter((c) => !c.startsWith('full'))) {
+    const p1 = peerCol(one ?? (many as number))?.[name] as PeerRow | undefined;
+    for (const [label, o] of Object.entries(ours[name] ?? {})) {
+      const k = label.slice('svdTruncated k'.length);
+      const lr = (it: number) =>
+        p1?.[`torch svd_lowrank k${k} niter${it}`] === undefined
+          ? '–'
+          : `${fmt(p1[`torch svd_lowrank k${k} niter${it}`])} (${(p1[`torch svd_lowrank k${k} niter${it} err`] as number).toExponential(1)})`;
+      console.log(
+        `| ${name} rank ${k} | ${fmt(o.ms)} | ${o.note} | ${fmt(p1?.[`scipy svds k${k}`])}${p1?.[`scipy svds k${k} err`] !== undefined ? ` (${(p1[`scipy svds k${k} err`] as number).toExponential(1)})` : ''} | ${lr(4)} / ${lr(16)} | ${fmt(p1?.['numpy f32 full'])} |`,
+      );
+    }
   }
 }
