@@ -7,9 +7,7 @@ and Linear 300->160) and combine-large-<label>/ (PEFT's combined adapter). svd_c
 the singular vectors' signs: for that combination torch.linalg.svd fixes them as svd_flip does (combine_net.py).
 """
 import os
-import shutil
 import sys
-import tempfile
 
 import peft
 import torch
@@ -17,7 +15,7 @@ import torch.nn as nn
 from peft import LoraConfig, get_peft_model
 
 sys.path.insert(0, os.path.dirname(__file__))
-from combine_net import fixed_svd_signs  # noqa: E402
+from combine_net import fixed_svd_signs, save_adapter  # noqa: E402
 
 OUT = os.environ.get("ORACLE_OUT") or os.path.join(os.path.dirname(__file__), "..", "..", "packages", "core", "__fixtures__")
 
@@ -35,13 +33,6 @@ COMBOS = {
     "ties_svd_clamp": dict(combination_type="ties_svd", density=0.6, svd_rank=8, svd_clamp=0.95, majority_sign_method="frequency"),
     "svd": dict(combination_type="svd", svd_rank=12),
 }
-
-
-def save_adapter(pm, adapter, directory):
-    with tempfile.TemporaryDirectory() as tmp:
-        pm.save_pretrained(tmp, selected_adapters=[adapter])
-        shutil.rmtree(directory, ignore_errors=True)
-        shutil.copytree(os.path.join(tmp, adapter), directory, ignore=shutil.ignore_patterns("*.md"))
 
 
 torch.manual_seed(0)

@@ -11,7 +11,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { loraConfig, loraConfigToJson } from '@lora/core';
@@ -85,9 +85,13 @@ export async function combineBench(o: CombineBenchOptions): Promise<void> {
   await o.init();
   await makeAdapters(dir);
   await waitForQuiet();
+  const load = loadavg()[0] as number;
+  const c0 = process.cpuUsage();
   const t0 = performance.now();
   await o.combine(join(dir, 'a'), join(dir, 'b'), join(dir, 'ours'));
   const oursMs = performance.now() - t0;
+  const cu = process.cpuUsage(c0);
+  const oursCpu = (cu.user + cu.system) / 1000;
   const backend = getBackendInfo();
 
   await waitForQuiet();
@@ -100,6 +104,8 @@ export async function combineBench(o: CombineBenchOptions): Promise<void> {
     res.status === 0
       ? (JSON.parse(res.stdout.trim().split('\n').at(-1) as string) as {
           ms: number;
+          cpu: number;
+          sensitivity: number;
           modules: number;
           threads: number;
           torch: string;
@@ -126,16 +132,22 @@ export async function combineBench(o: CombineBenchOptions): Promise<void> {
   console.log(
     `\n${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ${cpus().length} CPUs, backend ${backend?.name} (${backend?.adapter})${peer ? `; PEFT ${peer.peft}, torch ${peer.torch} (${peer.threads} threads)` : ''}\n`,
   );
-  console.log('| | modules | time | per module |');
-  console.log('| --- | --- | --- | --- |');
+  const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+  console.log('| | modules | wall time | CPU time | per module (wall) |');
+  console.log('| --- | --- | --- | --- | --- |');
   console.log(
-    `| \`lora combine --type ties_svd --density 0.5\` (@lora) | ${modules} | ${(oursMs / 1000).toFixed(1)} s | ${(oursMs / modules / 1000).toFixed(2)} s |`,
+    `| \`lora combine --type ties_svd --density 0.5\` (@lora, ${backend?.name}) | ${modules} | ${s(oursMs)} | ${s(oursCpu)} | ${(oursMs / modules / 1000).toFixed(2)} s |`,
   );
   if (peer)
     console.log(
-      `| PEFT add_weighted_adapter ties_svd, torch CPU | ${peer.modules} | ${(peer.ms / 1000).toFixed(1)} s | ${(peer.ms / peer.modules / 1000).toFixed(2)} s |`,
+      `| PEFT add_weighted_adapter ties_svd, torch ${o.peerDevice ?? 'cpu'} | ${peer.modules} | ${s(peer.ms)} | ${s(peer.cpu)} | ${(peer.ms / peer.modules / 1000).toFixed(2)} s |`,
     );
+  console.log(`\nload average when ours started: ${load.toFixed(1)}`);
   console.log(
-    `\nmax |B·A − PEFT's B·A| / max |PEFT's B·A| over the peer's ${2 * peerLayers} modules: ${err.toExponential(2)}`,
+    `max |B·A − PEFT's B·A| / max |PEFT's B·A| over the peer's ${2 * peerLayers} modules: ${err.toExponential(2)} (entries at the pruning cut differ by the rounding of B·A; see BENCHMARKS.md)`,
   );
+  if (peer)
+    console.log(
+      `PEFT against itself with B·A rounded differently (float64, then float32), first module: ${peer.sensitivity.toExponential(2)}`,
+    );
 }

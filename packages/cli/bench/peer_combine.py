@@ -65,12 +65,26 @@ pm = PeftModel.from_pretrained(model, os.path.join(root, "a"), adapter_name="a")
 pm.load_adapter(os.path.join(root, "b"), adapter_name="b")
 if device == "cuda":
     torch.cuda.synchronize()
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 pm.add_weighted_adapter(["a", "b"], [0.7, 1.3], "mix", combination_type=kind, density=0.5)
 if device == "cuda":
     torch.cuda.synchronize()
 ms = (time.perf_counter() - t0) * 1000
+cpu = (time.process_time() - c0) * 1000
+# how far PEFT moves from itself when only the rounding of B·A changes (B·A in float64, then rounded to
+# float32): entries at the pruning cut flip, and the top svd_rank triplets with them
+from peft.utils.merge_utils import ties  # noqa: E402
+
+lm = pm.base_model.model.model.layers[0].self_attn.q_proj
+deltas = [
+    (lm.lora_B[n].weight.double() @ lm.lora_A[n].weight.double() * lm.scaling[n]).float() for n in ("a", "b")
+]
+merged = ties(deltas, torch.tensor([0.7, 1.3], device=deltas[0].device), 0.5, "total")
+u, s, vh = torch.linalg.svd(merged, full_matrices=True)
+again = (u[:, :16] * s[:16]) @ vh[:16]
+peft_mix = lm.lora_B["mix"].weight @ lm.lora_A["mix"].weight
+sensitivity = ((again - peft_mix).abs().max() / peft_mix.abs().max()).item()
 pm.save_pretrained(os.path.join(root, "out"), selected_adapters=["mix"])
 shutil.rmtree(os.path.join(root, "mix"), ignore_errors=True)
 shutil.move(os.path.join(root, "out", "mix"), os.path.join(root, "mix"))
-print(json.dumps({"ms": ms, "modules": 2 * layers, "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__, "peft": peft.__version__}))
+print(json.dumps({"ms": ms, "cpu": cpu, "sensitivity": sensitivity, "modules": 2 * layers, "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__, "peft": peft.__version__}))

@@ -9,7 +9,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { type BackendInfo, parseSafetensors } from '@lora/tensor';
@@ -49,23 +49,34 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
 
   interface Ours {
     ms: number;
+    cpu: number;
+    load: number;
     note: string;
   }
   const ours: Record<string, Record<string, Ours>> = {};
 
   /** Median wall time of `runs` runs of fn (each after waiting for idle CPUs); returns the last result too. */
-  async function timed<T>(runs: number, fn: () => Promise<T>, done: (r: T) => void): Promise<{ ms: number; last: T }> {
-    const times: number[] = [];
+  /** Median wall time (and this process's CPU time in that run: the machine may be shared) of `runs` runs. */
+  async function timed<T>(
+    runs: number,
+    fn: () => Promise<T>,
+    done: (r: T) => void,
+  ): Promise<{ ms: number; cpu: number; load: number; last: T }> {
+    const times: [number, number, number][] = [];
     let last: T | undefined;
     for (let i = 0; i < runs; i++) {
       await waitForQuiet();
       if (last !== undefined) done(last);
+      const load = loadavg()[0] as number;
+      const c0 = process.cpuUsage();
       const t0 = performance.now();
       last = await fn();
-      times.push(performance.now() - t0);
+      const c = process.cpuUsage(c0);
+      times.push([performance.now() - t0, (c.user + c.system) / 1000, load]);
     }
-    times.sort((a, b) => a - b);
-    return { ms: times[Math.floor(times.length / 2)] as number, last: last as T };
+    times.sort((a, b) => a[0] - b[0]);
+    const [ms, cpu, load] = times[Math.floor(times.length / 2)] as [number, number, number];
+    return { ms, cpu, load, last: last as T };
   }
 
   for (const name of cases) {
@@ -79,7 +90,12 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
         const warm = await svd(a, { method: 'backend' }); // first call: kernels compiled, weights packed
         tf.dispose([warm.U, warm.S, warm.Vh]);
       }
-      const { ms, last: r } = await timed(
+      const {
+        ms,
+        cpu,
+        load,
+        last: r,
+      } = await timed(
         runs,
         () => svd(a, { method: 'backend' }),
         (x) => tf.dispose([x.U, x.S, x.Vh]),
@@ -102,10 +118,15 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
       });
       const rec = (await probe.data())[0] as number;
       tf.dispose([probe, r.U, r.S, r.Vh]);
-      row.svd = { ms, note: `max Δσ/σ₁ ${serr.toExponential(1)}, reconstruction ${rec.toExponential(1)}` };
+      row.svd = { ms, cpu, load, note: `max Δσ/σ₁ ${serr.toExponential(1)}, reconstruction ${rec.toExponential(1)}` };
     } else {
       for (const k of name.startsWith('ties') ? [16] : [16, 64]) {
-        const { ms, last: r } = await timed(
+        const {
+          ms,
+          cpu,
+          load,
+          last: r,
+        } = await timed(
           1,
           () => svdTruncated(a, { rank: k }),
           (x) => tf.dispose([x.U, x.S, x.Vh]),
@@ -122,6 +143,8 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
         tf.dispose([err, r.U, r.S, r.Vh]);
         row[`svdTruncated k${k}`] = {
           ms,
+          cpu,
+          load,
           note: `${r.iterations} iterations, residual ${r.residual.toExponential(1)}, max Δ(U·S·Vh) ${e.toExponential(1)}${r.converged ? '' : ' (not converged)'}`,
         };
       }
@@ -166,6 +189,14 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
 
   const fmt = (ms: number | undefined) =>
     ms === undefined ? '–' : ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${ms.toFixed(0)} ms`;
+  /** wall time, and CPU time when it differs (other work on the machine, or several threads) */
+  const both = (ms: number | undefined, cpu: number | undefined) =>
+    ms === undefined
+      ? '–'
+      : cpu === undefined || Math.abs(cpu - ms) < 0.1 * ms
+        ? fmt(ms)
+        : `${fmt(ms)} (CPU ${fmt(cpu)})`;
+  const peerTime = (row: PeerRow | undefined, key: string) => both(row?.[key], row?.[`${key} cpu`]);
   const versions = peers[0]?.out;
   console.log(
     `\n${new Date().toISOString().slice(0, 10)}, Node ${process.version}, backend ${info.name} (${info.adapter}), ${cpus().length} CPUs${versions ? `; numpy ${versions.numpy}, torch ${versions.torch}${versions.scipy ? `, scipy ${versions.scipy}` : ''}` : ''}\n`,
@@ -193,15 +224,16 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
     const p1 = one ? (peerCol(1)?.[name] as PeerRow | undefined) : undefined;
     const pa = many ? (peerCol(many)?.[name] as PeerRow | undefined) : undefined;
     const ref = (p1 ?? pa)?.['numpy f32'];
+    const refCpu = (p1 ?? pa)?.['numpy f32 cpu'];
     const gpu = (pa ?? p1)?.['torch cuda'];
     const cells = [
       `full SVD ${name.slice(5).replace('x', '×')}${name.includes('x') ? '' : '²'}`,
-      fmt(o?.ms),
-      o?.note ?? '',
-      ...(one ? [fmt(p1?.['numpy f32']), fmt(p1?.['numpy f64']), fmt(p1?.['torch cpu'])] : []),
-      ...(many ? [fmt(pa?.['numpy f32']), fmt(pa?.['torch cpu'])] : []),
+      both(o?.ms, o?.cpu),
+      `${o?.note ?? ''}${o ? `; load ${o.load.toFixed(1)}` : ''}`,
+      ...(one ? [peerTime(p1, 'numpy f32'), peerTime(p1, 'numpy f64'), peerTime(p1, 'torch cpu')] : []),
+      ...(many ? [peerTime(pa, 'numpy f32'), peerTime(pa, 'torch cpu')] : []),
       ...(cuda ? [`${fmt(gpu)}${o && gpu ? ` (ours ${(o.ms / gpu).toFixed(1)}×)` : ''}`] : []),
-      o && ref ? `${(o.ms / ref).toFixed(2)}×` : '–',
+      o && ref ? `${(o.ms / ref).toFixed(2)}×${refCpu ? `, CPU ${(o.cpu / refCpu).toFixed(2)}×` : ''}` : '–',
     ];
     console.log(`| ${cells.join(' | ')} |`);
   }
@@ -218,7 +250,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
           ? '–'
           : `${fmt(p1[`torch svd_lowrank k${k} niter${it}`])} (${(p1[`torch svd_lowrank k${k} niter${it} err`] as number).toExponential(1)})`;
       console.log(
-        `| ${name} rank ${k} | ${fmt(o.ms)} | ${o.note} | ${fmt(p1?.[`scipy svds k${k}`])}${p1?.[`scipy svds k${k} err`] !== undefined ? ` (${(p1[`scipy svds k${k} err`] as number).toExponential(1)})` : ''} | ${lr(4)} / ${lr(16)} | ${fmt(p1?.['numpy f32 full'])} |`,
+        `| ${name} rank ${k} | ${both(o.ms, o.cpu)} | ${o.note}; load ${o.load.toFixed(1)} | ${fmt(p1?.[`scipy svds k${k}`])}${p1?.[`scipy svds k${k} err`] !== undefined ? ` (${(p1[`scipy svds k${k} err`] as number).toExponential(1)})` : ''} | ${lr(4)} / ${lr(16)} | ${peerTime(p1, 'numpy f32 full')} |`,
       );
     }
   }

@@ -58,13 +58,19 @@ def make(kind, m, n):
     return ties(d, torch.tensor([0.7, 1.3]), 0.5, "total").numpy().astype(np.float32)
 
 
+CPU = {}
+
+
 def med(fn, runs):
+    """Median wall time in ms; the process CPU time of the same run goes to CPU[id(fn)] (the machine may be shared)."""
     times = []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return sorted(times)[len(times) // 2]
+        times.append(((time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000))
+    wall, cpu = sorted(times)[len(times) // 2]
+    CPU["last"] = cpu
+    return wall
 
 
 def main():
@@ -110,13 +116,18 @@ def main():
         big = m * n > 2048 * 2048
         runs = 1 if big else 3
         row = {}
+
+        def put(key, fn, n):
+            row[key] = med(fn, n)
+            row[f"{key} cpu"] = CPU["last"]
+
         if kind == "gauss":
-            row["numpy f32"] = med(lambda: np.linalg.svd(a, full_matrices=False), runs)
+            put("numpy f32", lambda: np.linalg.svd(a, full_matrices=False), runs)
             if not big or os.environ.get("LORA_PEER_F64") == "1":
                 a64 = a.astype(np.float64)
-                row["numpy f64"] = med(lambda: np.linalg.svd(a64, full_matrices=False), runs)
+                put("numpy f64", lambda: np.linalg.svd(a64, full_matrices=False), runs)
             at = torch.from_numpy(a)
-            row["torch cpu"] = med(lambda: torch.linalg.svd(at, full_matrices=False), runs)
+            put("torch cpu", lambda: torch.linalg.svd(at, full_matrices=False), runs)
             if cuda:
                 ag = at.cuda()
                 torch.linalg.svd(ag, full_matrices=False)
@@ -131,7 +142,7 @@ def main():
             at = torch.from_numpy(a)
             ref = load_file(os.path.join(d, f"{case}.safetensors"))
             # what PEFT does: the whole SVD, then the first k triplets
-            row["numpy f32 full"] = med(lambda: np.linalg.svd(a, full_matrices=False), 1)
+            put("numpy f32 full", lambda: np.linalg.svd(a, full_matrices=False), 1)
             for k in (16, 64):
                 if kind == "ties" and k == 64:
                     continue

@@ -8,6 +8,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ReflectorBlock } from './block-reflectors';
 import { makeReflector } from './householder';
+import { dotColumns, subtractColumns } from './panel-kernels';
 import { readBlock, subBlock } from './tensor-blocks';
 
 /** A tall matrix reduced to upper-bidiagonal form: A = Q·B·Pᵀ. */
@@ -102,20 +103,20 @@ async function panel(
   at: number,
 ) {
   const x = new Float64Array(rows * b); // column-major
-  const y = new Float64Array(cols * b); // column-major
+  const y = new Float64Array(cols * b); // column-major; r (row-major b×cols) reads as column-major with ld = cols
   const tauq = new Float64Array(b);
   const taup = new Float64Array(b);
-  const t = new Float64Array(Math.max(rows, cols));
+  const f = new Float64Array(b);
+  const g = new Float64Array(b);
   for (let i = 0; i < b; i++) {
     // 1. column i, rows i..: −= P[i:, 0:i]·Y[i, 0:i]ᵀ + X[i:, 0:i]·R[0:i, i]
     const pc = i * rows;
     for (let c = 0; c < i; c++) {
-      const f = y[c * cols + i] as number;
-      const g = r[c * cols + i] as number;
-      const po = c * rows;
-      for (let q = i; q < rows; q++)
-        p[pc + q] = (p[pc + q] as number) - f * (p[po + q] as number) - g * (x[po + q] as number);
+      f[c] = y[c * cols + i] as number;
+      g[c] = r[c * cols + i] as number;
     }
+    subtractColumns(p, pc, p, rows, f, i, i, rows);
+    subtractColumns(p, pc, x, rows, g, i, i, rows);
     // 2. the left reflector Hᵢ zeroes column i below the diagonal
     const left = makeReflector(p, pc + i, rows - i);
     tauq[i] = left.tau;
@@ -128,31 +129,19 @@ async function panel(
     const big = await trailing.tv(vfull);
     const yc = i * cols;
     for (let q = i + 1; q < cols; q++) y[yc + q] = big[q] as number;
-    for (let c = 0; c < i; c++) {
-      let s = 0;
-      let sx = 0;
-      const po = c * rows;
-      for (let q = i; q < rows; q++) {
-        const vq = p[pc + q] as number;
-        s += (p[po + q] as number) * vq;
-        sx += (x[po + q] as number) * vq;
-      }
-      const yo = c * cols;
-      const ro = c * cols;
-      for (let q = i + 1; q < cols; q++)
-        y[yc + q] = (y[yc + q] as number) - s * (y[yo + q] as number) - sx * (r[ro + q] as number);
-    }
+    dotColumns(f, p, rows, p, pc, i, i, rows);
+    dotColumns(g, x, rows, p, pc, i, i, rows);
+    subtractColumns(y, yc, y, cols, f, i, i + 1, cols);
+    subtractColumns(y, yc, r, cols, g, i, i + 1, cols);
     for (let q = i + 1; q < cols; q++) y[yc + q] = (y[yc + q] as number) * left.tau;
     // 4. row i, columns i+1..: −= Y[i+1:, 0:i+1]·P[i, 0:i+1]ᵀ + R[0:i, i+1:]ᵀ·X[i, 0:i]ᵀ
     const ri = i * cols;
     for (let c = 0; c <= i; c++) {
-      const f = p[c * rows + i] as number;
-      const g = c < i ? (x[c * rows + i] as number) : 0;
-      const yo = c * cols;
-      const ro = c * cols;
-      for (let q = i + 1; q < cols; q++)
-        r[ri + q] = (r[ri + q] as number) - f * (y[yo + q] as number) - (c < i ? g * (r[ro + q] as number) : 0);
+      f[c] = p[c * rows + i] as number;
+      g[c] = c < i ? (x[c * rows + i] as number) : 0;
     }
+    subtractColumns(r, ri, y, cols, f, i + 1, i + 1, cols);
+    subtractColumns(r, ri, r, cols, g, i, i + 1, cols);
     // 5. the right reflector Gᵢ zeroes row i right of the superdiagonal
     const right = makeReflector(r, ri + i + 1, cols - i - 1);
     taup[i] = right.tau;
@@ -164,25 +153,10 @@ async function panel(
     const bx = await trailing.tu(ufull);
     const xc = i * rows;
     for (let q = i + 1; q < rows; q++) x[xc + q] = bx[q] as number;
-    for (let c = 0; c <= i; c++) {
-      let s = 0;
-      const yo = c * cols;
-      for (let q = i + 1; q < cols; q++) s += (y[yo + q] as number) * (r[ri + q] as number);
-      t[c] = s;
-    }
-    for (let c = 0; c <= i; c++) {
-      const f = t[c] as number;
-      if (f === 0) continue;
-      const po = c * rows;
-      for (let q = i + 1; q < rows; q++) x[xc + q] = (x[xc + q] as number) - f * (p[po + q] as number);
-    }
-    for (let c = 0; c < i; c++) {
-      let s = 0;
-      const ro = c * cols;
-      for (let q = i + 1; q < cols; q++) s += (r[ro + q] as number) * (r[ri + q] as number);
-      const xo = c * rows;
-      for (let q = i + 1; q < rows; q++) x[xc + q] = (x[xc + q] as number) - s * (x[xo + q] as number);
-    }
+    dotColumns(f, y, cols, r, ri, i + 1, i + 1, cols);
+    dotColumns(g, r, cols, r, ri, i, i + 1, cols);
+    subtractColumns(x, xc, p, rows, f, i + 1, i + 1, rows);
+    subtractColumns(x, xc, x, rows, g, i, i + 1, rows);
     for (let q = i + 1; q < rows; q++) x[xc + q] = (x[xc + q] as number) * right.tau;
   }
   return { x, y, tauq, taup };

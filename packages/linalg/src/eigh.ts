@@ -161,11 +161,14 @@ export function symmetricEigen(
 /**
  * Eigenvalues and eigenvectors of a real symmetric matrix, as `torch.linalg.eigh`: values ascending,
  * vectors in the columns, `a = V·diag(values)·Vᵀ`. Only the lower triangle is read (torch's
- * default `UPLO='L'`). A Matrix64 gives float64 results; a tensor gives float32 tensors.
+ * default `UPLO='L'`). A Matrix64 gives float64 results; a tensor gives float32 tensors, computed
+ * from 128 rows on in float32 on the active backend (blocked tridiagonalisation, divide and conquer;
+ * cancellable with `signal`, with `onProgress`), below in float64 on the CPU (see `method`).
  *
  * @example
  * ```ts
  * const { values, vectors } = eigh(matrix64([[2, 1], [1, 2]])); // values [1, 3]
+ * const big = await eigh(covariance as tf.Tensor2D);            // 4096²: on the backend
  * ```
  */
 export function eigh(a: Matrix64): Eigh64;

@@ -32,14 +32,18 @@ export interface SvdTensors {
 
 /**
  * Singular value decomposition `a = U·diag(S)·Vh` with S descending and non-negative, as
- * `torch.linalg.svd` (thin by default). Householder bidiagonalisation and implicit-shift QR in
- * float64; tall matrices are QR-factored first. A Matrix64 gives Matrix64s synchronously; a tensor
- * gives float32 tensors on the active backend (computed in float64 on the CPU).
+ * `torch.linalg.svd` (thin by default). A Matrix64 is decomposed in float64 (Householder
+ * bidiagonalisation and implicit-shift QR; tall matrices QR-factored first) and gives Matrix64s
+ * synchronously. A tensor gives float32 tensors on the active backend: from 128 on a side it is
+ * decomposed there in float32 (blocked Householder bidiagonalisation with large matrix products,
+ * the bidiagonal problem by divide and conquer, singular values within about 1e-6·σ₁), cancellable
+ * with `signal` and reporting `onProgress`; smaller ones in float64 on the CPU (see `method`).
  *
  * @example
  * ```ts
  * const { U, S, Vh } = svd(matrix64([[3, 0], [4, 5]]));   // S = [6.708…, 2.236…]
- * const t = await svd(weight as tf.Tensor2D);              // PiSSA-style: top singular triplets
+ * const t = await svd(weight as tf.Tensor2D);              // a 4096² weight: seconds, on the backend
+ * const exact = await svd(small as tf.Tensor2D, { method: 'float64' });
  * ```
  */
 export function svd(a: Matrix64, options?: SvdOptions): Svd64;

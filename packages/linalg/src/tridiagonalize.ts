@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { ReflectorBlock } from './block-reflectors';
 import type { BlockedOptions } from './bidiagonalize';
 import { makeReflector } from './householder';
+import { dotColumns, subtractColumns } from './panel-kernels';
 import { readBlock, subBlock } from './tensor-blocks';
 
 /** A = Q·T·Qᵀ with T symmetric tridiagonal (diagonal d, off-diagonal e) and Q = H₀·H₁·… in blocks. */
@@ -59,17 +60,17 @@ async function panel(
 ) {
   const w = new Float64Array(n * b); // column-major
   const taus = new Float64Array(b);
-  const t = new Float64Array(b);
+  const f = new Float64Array(b);
+  const g = new Float64Array(b);
   for (let i = 0; i < b; i++) {
     const pc = i * n;
     // 1. column i, rows i..: −= V[i:, 0:i]·W[i, 0:i]ᵀ + W[i:, 0:i]·V[i, 0:i]ᵀ
     for (let c = 0; c < i; c++) {
-      const fw = w[c * n + i] as number;
-      const fv = p[c * n + i] as number;
-      const o = c * n;
-      for (let q = i; q < n; q++)
-        p[pc + q] = (p[pc + q] as number) - fw * (p[o + q] as number) - fv * (w[o + q] as number);
+      f[c] = w[c * n + i] as number;
+      g[c] = p[c * n + i] as number;
     }
+    subtractColumns(p, pc, p, n, f, i, i, n);
+    subtractColumns(p, pc, w, n, g, i, i, n);
     d[at + i] = p[pc + i] as number;
     if (i === n - 1) break;
     // 2. the reflector Hᵢ zeroes column i below the subdiagonal
@@ -83,28 +84,10 @@ async function panel(
     const big = await product(vfull);
     const wc = i * n;
     for (let q = i + 1; q < n; q++) w[wc + q] = big[q] as number;
-    for (let c = 0; c < i; c++) {
-      let s = 0;
-      const o = c * n;
-      for (let q = i + 1; q < n; q++) s += (w[o + q] as number) * (p[pc + q] as number);
-      t[c] = s;
-    }
-    for (let c = 0; c < i; c++) {
-      const f = t[c] as number;
-      const o = c * n;
-      for (let q = i + 1; q < n; q++) w[wc + q] = (w[wc + q] as number) - f * (p[o + q] as number);
-    }
-    for (let c = 0; c < i; c++) {
-      let s = 0;
-      const o = c * n;
-      for (let q = i + 1; q < n; q++) s += (p[o + q] as number) * (p[pc + q] as number);
-      t[c] = s;
-    }
-    for (let c = 0; c < i; c++) {
-      const f = t[c] as number;
-      const o = c * n;
-      for (let q = i + 1; q < n; q++) w[wc + q] = (w[wc + q] as number) - f * (w[o + q] as number);
-    }
+    dotColumns(f, w, n, p, pc, i, i + 1, n);
+    dotColumns(g, p, n, p, pc, i, i + 1, n);
+    subtractColumns(w, wc, p, n, f, i, i + 1, n);
+    subtractColumns(w, wc, w, n, g, i, i + 1, n);
     let dot = 0;
     for (let q = i + 1; q < n; q++) {
       w[wc + q] = (w[wc + q] as number) * h.tau;

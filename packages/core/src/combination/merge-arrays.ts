@@ -18,7 +18,7 @@ function kthLargest(x: Float32Array, k: number): number {
     const x0 = a[lo] as number;
     const x1 = a[mid] as number;
     const x2 = a[hi] as number;
-    const pivot = x0 < x1 ? (x1 < x2 ? x1 : x0 < x2 ? x2 : x0) : x0 < x2 ? x0 : x1 < x2 ? x2 : x1;
+    const pivot = Math.max(Math.min(x0, x1), Math.min(Math.max(x0, x1), x2)); // the median of the three
     let i = lo;
     let j = hi;
     while (i <= j) {
