@@ -1,4 +1,5 @@
-export { readCheckpoint } from './files';
+export { planCheckpoint, readCheckpoint } from './files';
+export type { CheckpointEntry, CheckpointPlan } from './files';
 export { parseLlamaConfig } from './llama-config';
 export type { LlamaConfig, RopeParameters } from './llama-config';
 export { KVCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP, LlamaModel } from './llama';

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Generator, type ModelFiles, openFiles } from '@lora/tensor';
+import { Generator, type HubOptions, type ModelFiles, openFiles } from '@lora/tensor';
 import {
   Embedding,
   Linear,
@@ -8,13 +8,14 @@ import {
   RMSNorm,
   crossEntropy,
   matmul,
+  matmulTransposeB,
   normalInit,
-  transposeLast,
   withoutInit,
 } from '@lora/nn';
-import { readCheckpoint } from './files';
+import { maskedSoftmax, ropeHeads, swiglu } from '@lora/kernels';
+import { planCheckpoint } from './files';
 import { type LlamaConfig, parseLlamaConfig } from './llama-config';
-import { applyRope, ropeInverseFrequencies, ropeTables } from './rope';
+import { ropeInverseFrequencies, ropeTables } from './rope';
 
 /** Keys and values of earlier positions, per layer, for incremental decoding. */
 export class KVCache {
@@ -64,10 +65,10 @@ export class LlamaAttention extends Module {
     const [b, t] = x.shape as [number, number, number];
     const { numAttentionHeads: nh, numKeyValueHeads: nkv, headDim: d } = this.config;
     const rep = nh / nkv;
-    const heads = (y: tf.Tensor, n: number) => tf.transpose(tf.reshape(y, [b, t, n, d]), [0, 2, 1, 3]);
-    const q = applyRope(heads(this.qProj.call(x), nh), ctx.cos, ctx.sin);
-    let k = applyRope(heads(this.kProj.call(x), nkv), ctx.cos, ctx.sin) as tf.Tensor4D;
-    let v = heads(this.vProj.call(x), nkv) as tf.Tensor4D;
+    // [B, T, n·d] → heads [B, n, T, d], rotated for q and k (@lora/kernels: one dispatch on webgpu)
+    const q = ropeHeads(this.qProj.call(x), ctx.cos, ctx.sin, nh);
+    let k = ropeHeads(this.kProj.call(x), ctx.cos, ctx.sin, nkv) as tf.Tensor4D;
+    let v = ropeHeads(this.vProj.call(x), null, null, nkv) as tf.Tensor4D;
     if (ctx.cache) {
       const past = ctx.cache.layers[ctx.layerIdx];
       if (past) {
@@ -80,10 +81,9 @@ export class LlamaAttention extends Module {
     // Grouped-query attention without repeating k and v: the `rep` query heads that share a kv head
     // are stacked along the query axis ([B, nkv, rep·T, d]), which keeps every tensor 4-d.
     const qg = tf.reshape(q, [b, nkv, rep * t, d]);
-    // matmul with explicit transposes: tfjs's transpose flags are slow on wasm
-    let scores = tf.mul(matmul(qg, transposeLast(k)), 1 / Math.sqrt(d));
-    scores = tf.add(scores, ctx.mask); // built already repeated for the grouped query rows
-    const probs = tf.softmax(scores, -1);
+    // q·kᵀ (an explicit transpose on wasm, where matMul's flags are slow; the flag on webgpu), then
+    // softmax(scores/√d + mask), the mask built already repeated for the grouped query rows
+    const probs = maskedSoftmax(matmulTransposeB(qg, k), ctx.mask, 1 / Math.sqrt(d));
     const out = tf.reshape(matmul(probs, v), [b, nh, t, d]);
     const merged = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, nh * d]);
     return this.oProj.call(merged);
@@ -105,8 +105,7 @@ export class LlamaMLP extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
-    const gate = this.gateProj.call(x) as tf.Tensor;
-    return this.downProj.call(tf.mul(tf.mul(gate, tf.sigmoid(gate)), this.upProj.call(x)));
+    return this.downProj.call(swiglu(this.gateProj.call(x), this.upProj.call(x)));
   }
 }
 
@@ -272,29 +271,69 @@ export class LlamaForCausalLM extends Module {
   }
 
   /**
-   * Loads a checkpoint directory (Node) or its files (anywhere): `config.json` plus
-   * `model.safetensors` or a sharded `model.safetensors.index.json`, by Hugging Face's names.
+   * Loads a checkpoint as transformers' `from_pretrained` does: a Hugging Face Hub repo id
+   * (`'HuggingFaceTB/SmolLM-135M'`: from the local Hub cache, downloaded into it when missing; Node),
+   * a checkpoint directory (Node), or its files (anywhere): `config.json` plus `model.safetensors` or a
+   * sharded `model.safetensors.index.json`, by Hugging Face's names. The weights are float32 whatever
+   * the file's dtype (bf16 and f16 widen exactly); they are read a tensor at a time, so memory peaks
+   * near the float32 model plus one tensor, never the file plus the model. Names and shapes are checked
+   * against the headers before any weight is read.
+   *
+   * @example
+   * ```ts
+   * const model = await LlamaForCausalLM.fromPretrained('HuggingFaceTB/SmolLM-135M', {
+   *   onProgress: ({ file, loaded, total }) => console.log(file, loaded, '/', total),
+   * });
+   * const offline = await LlamaForCausalLM.fromPretrained('HuggingFaceTB/SmolLM-135M', { localFilesOnly: true });
+   * ```
    */
-  static async fromPretrained(files: ModelFiles): Promise<LlamaForCausalLM> {
-    const source = await openFiles(files);
+  static async fromPretrained(files: ModelFiles, options: HubOptions = {}): Promise<LlamaForCausalLM> {
+    const source = await openFiles(files, options);
     const config = parseLlamaConfig(JSON.parse(await source.text('config.json')));
-    const tensors = await readCheckpoint(source);
-    const model = withoutInit(() => new LlamaForCausalLM(config, { init: false }));
+    const plan = await planCheckpoint(source);
+    let model: LlamaForCausalLM | undefined;
     try {
+      model = withoutInit(() => new LlamaForCausalLM(config, { init: false }));
+      const own = model.stateDict();
       // Old checkpoints may carry RoPE buffers; tied checkpoints may or may not carry lm_head.
-      const ignored = new Set(
-        Object.keys(tensors).filter(
-          (k) => k.endsWith('rotary_emb.inv_freq') || (config.tieWordEmbeddings && k === 'lm_head.weight'),
-        ),
-      );
-      const weights = Object.fromEntries(Object.entries(tensors).filter(([k]) => !ignored.has(k)));
-      model.loadStateDict(weights, { strict: true });
+      const ignored = (k: string) =>
+        k.endsWith('rotary_emb.inv_freq') || (config.tieWordEmbeddings && k === 'lm_head.weight');
+      const wanted = new Set([...plan.entries.keys()].filter((k) => !ignored(k)));
+      // every name and shape checked from the headers, as load_state_dict would, before a byte of data is read
+      const errors = [...wanted].flatMap((k) => {
+        const target = own[k];
+        const shape = (plan.entries.get(k) as { shape: number[] }).shape;
+        return target && target.shape.join(',') !== shape.join(',')
+          ? [
+              `size mismatch for ${k}: copying a param with shape [${shape.join(', ')}] from checkpoint, the shape in current model is [${target.shape.join(', ')}]`,
+            ]
+          : [];
+      });
+      const missing = Object.keys(own).filter((k) => !wanted.has(k));
+      const unexpected = [...wanted].filter((k) => !(k in own));
+      if (missing.length) errors.push(`Missing key(s) in state_dict: ${missing.map((k) => `"${k}"`).join(', ')}`);
+      if (unexpected.length)
+        errors.push(`Unexpected key(s) in state_dict: ${unexpected.map((k) => `"${k}"`).join(', ')}`);
+      if (errors.length)
+        throw new Error(`Error(s) in loading state_dict for LlamaForCausalLM:\n\t${errors.join('\n\t')}`);
+      const loaded = model;
+      await plan.read((name, t) => {
+        try {
+          const target = own[name];
+          // a parameter takes the decoded tensor's data as it is (no copy); anything else goes through loadStateDict
+          if (target instanceof tf.Variable)
+            tf.tidy(() => target.assign(t.dtype === target.dtype ? t : tf.cast(t, target.dtype)));
+          else loaded.loadStateDict({ [name]: t }, { strict: false });
+        } finally {
+          t.dispose();
+        }
+      }, wanted);
       return model;
     } catch (e) {
-      model.dispose();
-      throw new Error(`${source.label}: ${(e as Error).message}`);
+      model?.dispose();
+      throw new Error(`${source.label}: ${(e as Error).message}`, { cause: e });
     } finally {
-      tf.dispose(Object.values(tensors));
+      await plan.close();
     }
   }
 
