@@ -5,7 +5,10 @@
  * (ARPACK) and torch.svd_lowrank, all on the same matrices (bench/peers_large.py makes them into
  * .bench/large/). Each timing waits for the CPUs to be idle first. Prints markdown tables.
  *
- * BENCH_CASES picks cases (see peers_large.py); BENCH_PEERS=0 skips the peers; PYTHON names the interpreter.
+ * BENCH_CASES picks cases (see peers_large.py); BENCH_PEERS=0 skips the peers; PYTHON names the interpreter;
+ * BENCH_CASE_LIMIT_S stops one of our decompositions after that many seconds (through its AbortSignal: the
+ * table then says "> N s"), so that one slow case cannot take a bounded run (the GPU machine's) with it.
+ * Each of our SVDs also reports where its time went, stage by stage (its onProgress).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -13,7 +16,7 @@ import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { type BackendInfo, parseSafetensors } from '@lora/tensor';
-import { svd, svdTruncated } from '../src/index';
+import { type LinalgProgress, svd, svdTruncated } from '../src/index';
 import { waitForQuiet } from './quiet';
 
 const ALL = 'full_1024,full_2048,full_4096,full_4096x11008,trunc_4096,trunc_4096x11008,ties_4096';
@@ -46,12 +49,35 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
 
   const info = await init();
   tf.env().set('PROD', true);
+  const limitS = Number(process.env.BENCH_CASE_LIMIT_S ?? 0);
+
+  /** Options for one of our calls: the time limit's signal, and a stage timer fed by onProgress. */
+  function watched() {
+    const stages = new Map<string, number>();
+    let stage = '';
+    let at = performance.now();
+    return {
+      signal: limitS > 0 ? AbortSignal.timeout(limitS * 1000) : undefined,
+      onProgress: (p: LinalgProgress) => {
+        const now = performance.now();
+        if (stage) stages.set(stage, (stages.get(stage) ?? 0) + now - at);
+        stage = p.stage;
+        at = now;
+      },
+      /** "qr 1.2 s, bidiagonalize 3.4 s, …" (the time since a stage's first report until the next stage's) */
+      summary: () =>
+        [...stages].map(([k, ms]) => `${k} ${ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${ms.toFixed(0)} ms`}`).join(', '),
+    };
+  }
+  const stopped = (e: unknown) => e instanceof Error && (e.name === 'TimeoutError' || e.name === 'AbortError');
 
   interface Ours {
     ms: number;
     cpu: number;
     load: number;
     note: string;
+    /** stopped at the time limit: ms is a lower bound */
+    over?: boolean;
   }
   const ours: Record<string, Record<string, Ours>> = {};
 
@@ -90,16 +116,26 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
         const warm = await svd(a, { method: 'backend' }); // first call: kernels compiled, weights packed
         tf.dispose([warm.U, warm.S, warm.Vh]);
       }
-      const {
-        ms,
-        cpu,
-        load,
-        last: r,
-      } = await timed(
-        runs,
-        () => svd(a, { method: 'backend' }),
-        (x) => tf.dispose([x.U, x.S, x.Vh]),
-      );
+      let w = watched();
+      let result: Awaited<ReturnType<typeof timed<Awaited<ReturnType<typeof svd>>>>>;
+      try {
+        result = await timed(
+          runs,
+          () => {
+            w = watched();
+            return svd(a, { method: 'backend', signal: w.signal, onProgress: w.onProgress });
+          },
+          (x) => tf.dispose([x.U, x.S, x.Vh]),
+        );
+      } catch (e) {
+        if (!stopped(e)) throw e;
+        row.svd = { ms: limitS * 1000, cpu: Number.NaN, load: Number.NaN, note: `stopped at ${limitS} s (${w.summary()})`, over: true };
+        tf.dispose(Object.values(file));
+        ours[name] = row;
+        console.error(`  ${name}: stopped after ${limitS} s (${w.summary()})`);
+        continue;
+      }
+      const { ms, cpu, load, last: r } = result;
       // accuracy: σ against LAPACK's (float64), and ‖A·x − U·S·Vh·x‖ / ‖A·x‖ for a random x
       const lapackFile = join(dir, `${name}.lapack.json`);
       const s = Float64Array.from(await r.S.data());
@@ -118,19 +154,28 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
       });
       const rec = (await probe.data())[0] as number;
       tf.dispose([probe, r.U, r.S, r.Vh]);
-      row.svd = { ms, cpu, load, note: `max Δσ/σ₁ ${serr.toExponential(1)}, reconstruction ${rec.toExponential(1)}` };
+      row.svd = {
+        ms,
+        cpu,
+        load,
+        note: `max Δσ/σ₁ ${serr.toExponential(1)}, reconstruction ${rec.toExponential(1)} (${w.summary()})`,
+      };
     } else {
       for (const k of name.startsWith('ties') ? [16] : [16, 64]) {
-        const {
-          ms,
-          cpu,
-          load,
-          last: r,
-        } = await timed(
-          1,
-          () => svdTruncated(a, { rank: k }),
-          (x) => tf.dispose([x.U, x.S, x.Vh]),
-        );
+        const w = watched();
+        let result: Awaited<ReturnType<typeof timed<Awaited<ReturnType<typeof svdTruncated>>>>>;
+        try {
+          result = await timed(
+            1,
+            () => svdTruncated(a, { rank: k, signal: w.signal, onProgress: w.onProgress }),
+            (x) => tf.dispose([x.U, x.S, x.Vh]),
+          );
+        } catch (e) {
+          if (!stopped(e)) throw e;
+          row[`svdTruncated k${k}`] = { ms: limitS * 1000, cpu: Number.NaN, load: Number.NaN, note: `stopped at ${limitS} s`, over: true };
+          continue;
+        }
+        const { ms, cpu, load, last: r } = result;
         const err = tf.tidy(() => {
           const exact = tf.matMul(
             tf.mul(tf.slice(file.u64 as tf.Tensor2D, [0, 0], [-1, k]), tf.slice(file.s64 as tf.Tensor1D, 0, k)),
@@ -196,6 +241,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
       : cpu === undefined || Math.abs(cpu - ms) < 0.1 * ms
         ? fmt(ms)
         : `${fmt(ms)} (CPU ${fmt(cpu)})`;
+  const ourTime = (o: Ours | undefined) => (o?.over ? `> ${fmt(o.ms)}` : both(o?.ms, o?.cpu));
   const peerTime = (row: PeerRow | undefined, key: string) => both(row?.[key], row?.[`${key} cpu`]);
   const versions = peers[0]?.out;
   console.log(
@@ -228,12 +274,14 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
     const gpu = (pa ?? p1)?.['torch cuda'];
     const cells = [
       `full SVD ${name.slice(5).replace('x', '×')}${name.includes('x') ? '' : '²'}`,
-      both(o?.ms, o?.cpu),
-      `${o?.note ?? ''}${o ? `; load ${o.load.toFixed(1)}` : ''}`,
+      ourTime(o),
+      `${o?.note ?? ''}${o && !o.over ? `; load ${o.load.toFixed(1)}` : ''}`,
       ...(one ? [peerTime(p1, 'numpy f32'), peerTime(p1, 'numpy f64'), peerTime(p1, 'torch cpu')] : []),
       ...(many ? [peerTime(pa, 'numpy f32'), peerTime(pa, 'torch cpu')] : []),
-      ...(cuda ? [`${fmt(gpu)}${o && gpu ? ` (ours ${(o.ms / gpu).toFixed(1)}×)` : ''}`] : []),
-      o && ref ? `${(o.ms / ref).toFixed(2)}×${refCpu ? `, CPU ${(o.cpu / refCpu).toFixed(2)}×` : ''}` : '–',
+      ...(cuda ? [`${fmt(gpu)}${o && gpu ? ` (ours ${o.over ? '> ' : ''}${(o.ms / gpu).toFixed(1)}×)` : ''}`] : []),
+      o && ref
+        ? `${o.over ? '> ' : ''}${(o.ms / ref).toFixed(2)}×${refCpu && !o.over ? `, CPU ${(o.cpu / refCpu).toFixed(2)}×` : ''}`
+        : '–',
     ];
     console.log(`| ${cells.join(' | ')} |`);
   }
@@ -250,7 +298,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
           ? '–'
           : `${fmt(p1[`torch svd_lowrank k${k} niter${it}`])} (${(p1[`torch svd_lowrank k${k} niter${it} err`] as number).toExponential(1)})`;
       console.log(
-        `| ${name} rank ${k} | ${both(o.ms, o.cpu)} | ${o.note}; load ${o.load.toFixed(1)} | ${fmt(p1?.[`scipy svds k${k}`])}${p1?.[`scipy svds k${k} err`] !== undefined ? ` (${(p1[`scipy svds k${k} err`] as number).toExponential(1)})` : ''} | ${lr(4)} / ${lr(16)} | ${peerTime(p1, 'numpy f32 full')} |`,
+        `| ${name} rank ${k} | ${ourTime(o)} | ${o.note}${o.over ? '' : `; load ${o.load.toFixed(1)}`} | ${fmt(p1?.[`scipy svds k${k}`])}${p1?.[`scipy svds k${k} err`] !== undefined ? ` (${(p1[`scipy svds k${k} err`] as number).toExponential(1)})` : ''} | ${lr(4)} / ${lr(16)} | ${peerTime(p1, 'numpy f32 full')} |`,
       );
     }
   }
