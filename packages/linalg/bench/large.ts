@@ -6,6 +6,7 @@
  * .bench/large/). Each timing waits for the CPUs to be idle first. Prints markdown tables.
  *
  * BENCH_CASES picks cases (see peers_large.py); BENCH_PEERS=0 skips the peers; PYTHON names the interpreter;
+ * BENCH_RUNS sets the runs of each full SVD (default 3 up to 2048², 1 above; the median is kept);
  * BENCH_CASE_LIMIT_S stops one of our decompositions after that many seconds (through its AbortSignal: the
  * table then says "> N s"), so that one slow case cannot take a bounded run (the GPU machine's) with it.
  * Each of our SVDs also reports where its time went, stage by stage (its onProgress).
@@ -66,7 +67,9 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
       },
       /** "qr 1.2 s, bidiagonalize 3.4 s, …" (the time since a stage's first report until the next stage's) */
       summary: () =>
-        [...stages].map(([k, ms]) => `${k} ${ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${ms.toFixed(0)} ms`}`).join(', '),
+        [...stages]
+          .map(([k, ms]) => `${k} ${ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${ms.toFixed(0)} ms`}`)
+          .join(', '),
     };
   }
   const stopped = (e: unknown) => e instanceof Error && (e.name === 'TimeoutError' || e.name === 'AbortError');
@@ -111,7 +114,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
     const [m, n] = a.shape;
     const row: Record<string, Ours> = {};
     if (name.startsWith('full')) {
-      const runs = m * n > 2048 * 2048 ? 1 : 3;
+      const runs = Number(process.env.BENCH_RUNS ?? (m * n > 2048 * 2048 ? 1 : 3));
       if (runs > 1) {
         const warm = await svd(a, { method: 'backend' }); // first call: kernels compiled, weights packed
         tf.dispose([warm.U, warm.S, warm.Vh]);
@@ -129,7 +132,13 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
         );
       } catch (e) {
         if (!stopped(e)) throw e;
-        row.svd = { ms: limitS * 1000, cpu: Number.NaN, load: Number.NaN, note: `stopped at ${limitS} s (${w.summary()})`, over: true };
+        row.svd = {
+          ms: limitS * 1000,
+          cpu: Number.NaN,
+          load: Number.NaN,
+          note: `stopped at ${limitS} s (${w.summary()})`,
+          over: true,
+        };
         tf.dispose(Object.values(file));
         ours[name] = row;
         console.error(`  ${name}: stopped after ${limitS} s (${w.summary()})`);
@@ -172,7 +181,13 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
           );
         } catch (e) {
           if (!stopped(e)) throw e;
-          row[`svdTruncated k${k}`] = { ms: limitS * 1000, cpu: Number.NaN, load: Number.NaN, note: `stopped at ${limitS} s`, over: true };
+          row[`svdTruncated k${k}`] = {
+            ms: limitS * 1000,
+            cpu: Number.NaN,
+            load: Number.NaN,
+            note: `stopped at ${limitS} s`,
+            over: true,
+          };
           continue;
         }
         const { ms, cpu, load, last: r } = result;
