@@ -6,7 +6,7 @@
  * .bench/large/). Each timing waits for the CPUs to be idle first. Prints markdown tables.
  *
  * BENCH_CASES picks cases (see peers_large.py); BENCH_PEERS=0 skips the peers; PYTHON names the interpreter;
- * BENCH_RUNS sets the runs of each full SVD (default 3 up to 2048², 1 above; the median is kept);
+ * BENCH_OURS=0 times the peers only; BENCH_RUNS sets the runs of each full SVD (default 3 up to 2048², 1 above; the median is kept);
  * BENCH_CASE_LIMIT_S stops one of our decompositions after that many seconds (through its AbortSignal: the
  * table then says "> N s"), so that one slow case cannot take a bounded run (the GPU machine's) with it.
  * Each of our SVDs also reports where its time went, stage by stage (its onProgress).
@@ -108,7 +108,8 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
     return { ms, cpu, load, last: last as T };
   }
 
-  for (const name of cases) {
+  // BENCH_OURS=0: the peers only (their own process beside ours, on a shared machine)
+  for (const name of process.env.BENCH_OURS === '0' ? [] : cases) {
     const file = parseSafetensors(new Uint8Array(readFileSync(join(dir, `${name}.safetensors`)))).tensors;
     const a = file.a as tf.Tensor2D;
     const [m, n] = a.shape;
@@ -214,7 +215,9 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
     console.error(
       `  ${name} (${m}×${n}):`,
       Object.entries(row)
-        .map(([k, v]) => `${k} ${v.ms.toFixed(0)} ms, ${v.note}`)
+        .map(
+          ([k, v]) => `${k} ${v.ms.toFixed(0)} ms (CPU ${v.cpu.toFixed(0)} ms, load ${v.load.toFixed(1)}), ${v.note}`,
+        )
         .join('; '),
     );
   }
@@ -247,6 +250,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
     }
   }
 
+  console.error(`raw: ${JSON.stringify({ ours, peers })}`);
   const fmt = (ms: number | undefined) =>
     ms === undefined ? '–' : ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${ms.toFixed(0)} ms`;
   /** wall time, and CPU time when it differs (other work on the machine, or several threads) */
@@ -306,14 +310,18 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
   console.log('| --- | --- | --- | --- | --- | --- |');
   for (const name of cases.filter((c) => !c.startsWith('full'))) {
     const p1 = peerCol(one ?? (many as number))?.[name] as PeerRow | undefined;
-    for (const [label, o] of Object.entries(ours[name] ?? {})) {
+    const none: Ours = { ms: Number.NaN, cpu: Number.NaN, load: Number.NaN, note: '(not run)', over: false };
+    const rows: [string, Ours][] = ours[name]
+      ? Object.entries(ours[name])
+      : (name.startsWith('ties') ? [16] : [16, 64]).map((k) => [`svdTruncated k${k}`, none]);
+    for (const [label, o] of rows) {
       const k = label.slice('svdTruncated k'.length);
       const lr = (it: number) =>
         p1?.[`torch svd_lowrank k${k} niter${it}`] === undefined
           ? '–'
-          : `${fmt(p1[`torch svd_lowrank k${k} niter${it}`])} (${(p1[`torch svd_lowrank k${k} niter${it} err`] as number).toExponential(1)})`;
+          : `${peerTime(p1, `torch svd_lowrank k${k} niter${it}`)} (${(p1[`torch svd_lowrank k${k} niter${it} err`] as number).toExponential(1)})`;
       console.log(
-        `| ${name} rank ${k} | ${ourTime(o)} | ${o.note}${o.over ? '' : `; load ${o.load.toFixed(1)}`} | ${fmt(p1?.[`scipy svds k${k}`])}${p1?.[`scipy svds k${k} err`] !== undefined ? ` (${(p1[`scipy svds k${k} err`] as number).toExponential(1)})` : ''} | ${lr(4)} / ${lr(16)} | ${peerTime(p1, 'numpy f32 full')} |`,
+        `| ${name} rank ${k} | ${ourTime(o)} | ${o.note}${o.over ? '' : `; load ${o.load.toFixed(1)}`} | ${peerTime(p1, `scipy svds k${k}`)}${p1?.[`scipy svds k${k} err`] !== undefined ? ` (${(p1[`scipy svds k${k} err`] as number).toExponential(1)})` : ''} | ${lr(4)} / ${lr(16)} | ${peerTime(p1, 'numpy f32 full')} |`,
       );
     }
   }
