@@ -76,7 +76,8 @@ describe('svdOfLowRankSum (float64)', () => {
     expect([wide.U.cols, wide.S.length, wide.Vh.rows]).toEqual([3, 3, 3]);
   });
 
-  it('rejects mismatched factors, no terms, non-finite weights or values, and mixed kinds', () => {
+  it('rejects mismatched factors, no terms, non-finite weights or values, and mixed kinds', async () => {
+    await tf.ready(); // the one tensor below needs a backend: the registered one may still be starting
     const b = gauss(5, 2);
     const a = gauss(2, 4);
     expect(() => svdOfLowRankSum([])).toThrow('svdOfLowRankSum: no terms; pass at least one {b, a}');
