@@ -4,12 +4,12 @@
  * on torch CUDA for all 32 layers. Bundle here with `../shared/device/pack packages/cli/bench/combine-7b-gpu.ts`;
  * run there from the project root: `source .device/setup.sh && $NODE .device/bundle/combine-7b-gpu.mjs`.
  */
-import { writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { combineAdapters, loraConfigToJson } from '@lora/core';
 import { initBackend, serializeSafetensors } from '@lora/tensor';
-import { readAdapter, writeDirAtomic } from '../src/shared';
+import { readAdapter } from '../src/shared';
 import { combineBench } from './combine-bench';
 
 const root = process.env.LORA_ROOT ?? process.cwd();
@@ -29,13 +29,14 @@ await combineBench({
       density: 0.5,
       onProgress: (done, total, path) => process.stderr.write(`  combined module ${done}/${total} ${path}\n`),
     });
-    await writeDirAtomic(out, async (tmp) => {
-      await writeFile(
-        join(tmp, 'adapter_model.safetensors'),
-        await serializeSafetensors(mix.tensors, { metadata: { format: 'pt' } }),
-      );
-      await writeFile(join(tmp, 'adapter_config.json'), loraConfigToJson(mix.config));
-    });
+    // the bench's own output folder, replaced each run (lora combine's --out checks are not what is timed)
+    await rm(out, { recursive: true, force: true });
+    await mkdir(out, { recursive: true });
+    await writeFile(
+      join(out, 'adapter_model.safetensors'),
+      await serializeSafetensors(mix.tensors, { metadata: { format: 'pt' } }),
+    );
+    await writeFile(join(out, 'adapter_config.json'), loraConfigToJson(mix.config));
     tf.dispose([...Object.values(mix.tensors), ...adapters.flatMap((x) => Object.values(x.tensors))]);
   },
 });
