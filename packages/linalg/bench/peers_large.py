@@ -5,7 +5,8 @@
   python peers_large.py time DIR [CASES]      times the peers on them with the BLAS threads this process was
                                               started with (OPENBLAS_NUM_THREADS / torch.set_num_threads from
                                               LORA_PEER_THREADS); prints one JSON object: {case: {peer: ms}, ...}
-                                              (make also writes LAPACK's singular values of each full case, DIR/<case>.lapack.json)
+                                              (make also writes LAPACK's singular values of each full case, DIR/<case>.lapack.json;
+                                              LORA_PEER_SKIP_FULL=1: no full SVD in the truncated cases)
 
 CASES is a comma-separated subset of: full_1024, full_2048, full_4096, full_4096x11008, trunc_4096, trunc_4096x11008,
 ties_4096. Peers: numpy (LAPACK gesdd, float32 = what torch/PEFT run on float32, and float64), torch.linalg.svd,
@@ -142,7 +143,8 @@ def main():
             at = torch.from_numpy(a)
             ref = load_file(os.path.join(d, f"{case}.safetensors"))
             # what PEFT does: the whole SVD, then the first k triplets
-            put("numpy f32 full", lambda: np.linalg.svd(a, full_matrices=False), 1)
+            if os.environ.get("LORA_PEER_SKIP_FULL") != "1":  # the full cases of the same size time it too
+                put("numpy f32 full", lambda: np.linalg.svd(a, full_matrices=False), 1)
             for k in (16, 64):
                 if kind == "ties" and k == 64:
                     continue
