@@ -1,5 +1,7 @@
+import { arrowCommand } from './commands/arrow';
 import { combineCommand } from './commands/combine';
 import { inspectCommand } from './commands/inspect';
+import { loftqCommand } from './commands/loftq';
 import { mergeCommand } from './commands/merge';
 import { createRequire } from 'node:module';
 import { OutputError } from '@lora/tensor/node';
@@ -8,7 +10,7 @@ import { type Command, type Io, UsageError } from './shared';
 export type { Io } from './shared';
 
 /** Every sub-command, in the order `lora --help` lists them. */
-const COMMANDS: Command[] = [inspectCommand, mergeCommand, combineCommand];
+const COMMANDS: Command[] = [inspectCommand, mergeCommand, combineCommand, loftqCommand, arrowCommand];
 
 function mainHelp(): string {
   return [
