@@ -19,9 +19,7 @@ signs as sklearn's svd_flip does (largest |entry| of each column of U positive),
 DARE types draw torch.bernoulli masks that no other generator reproduces: they are not in the fixtures.
 """
 import os
-import shutil
 import sys
-import tempfile
 
 import peft
 import torch
@@ -29,19 +27,11 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from combine_net import ADAPTERS, COMBOS, CombineNet, FifoNet, allow_conv1d_svd, fixed_svd_signs  # noqa: E402
+from combine_net import ADAPTERS, COMBOS, CombineNet, FifoNet, allow_conv1d_svd, fixed_svd_signs, save_adapter  # noqa: E402
 
 OUT = os.environ.get("ORACLE_OUT") or os.path.join(os.path.dirname(__file__), "..", "..", "packages", "core", "__fixtures__")
 os.makedirs(OUT, exist_ok=True)
 allow_conv1d_svd()
-
-
-def save_adapter(pm, adapter, directory):
-    """save_pretrained of one adapter into `directory` itself (PEFT puts a non-default one in a sub-folder), no model card."""
-    with tempfile.TemporaryDirectory() as tmp:
-        pm.save_pretrained(tmp, selected_adapters=[adapter])
-        shutil.rmtree(directory, ignore_errors=True)
-        shutil.copytree(os.path.join(tmp, adapter), directory, ignore=shutil.ignore_patterns("*.md"))
 
 
 torch.manual_seed(0)

@@ -1,6 +1,9 @@
 """The models, adapters and combinations of the combine fixtures (combine_fixtures.py,
 check_peft_loads_combined.py), and the two changes those scripts make to PEFT 0.21 (see each)."""
 import contextlib
+import os
+import shutil
+import tempfile
 from unittest import mock
 
 import torch
@@ -94,3 +97,10 @@ COMBOS = {
     "solo": (["a"], [1.5], dict(combination_type="svd")),  # one adapter: PEFT switches to linear
 }
 
+
+def save_adapter(pm, adapter, directory):
+    """save_pretrained of one adapter into `directory` itself (PEFT puts a non-default one in a sub-folder), no model card."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pm.save_pretrained(tmp, selected_adapters=[adapter])
+        shutil.rmtree(directory, ignore_errors=True)
+        shutil.copytree(os.path.join(tmp, adapter), directory, ignore=shutil.ignore_patterns("*.md"))

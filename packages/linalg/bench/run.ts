@@ -1,12 +1,23 @@
 /**
  * `npm run bench -w @lora/linalg`: @lora/linalg against ml-matrix and numpy/LAPACK (single thread)
  * in the same run, plus svdLowRank on the best local backend against torch (CPU) when present.
- * Prints a markdown table for BENCHMARKS.md.
+ * Prints a markdown table for BENCHMARKS.md. `BENCH_SUITE=large`: the large suite instead (bench/large.ts).
  */
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { initBackend } from '@lora/tensor';
 import { type Row, cpuRows, lowRankRow } from './cases';
+
+if (process.env.BENCH_SUITE === 'large') {
+  // BENCH_SUITE=large: SVDs at the size of real models (bench/large.ts)
+  const { largeBench } = await import('./large');
+  await largeBench({
+    dir: join(import.meta.dirname, '..', '.bench', 'large'),
+    peersScript: join(import.meta.dirname, '..', 'bench', 'peers_large.py'),
+    init: () => initBackend((process.env.LORA_BACKEND ?? 'wasm') as 'wasm'),
+  });
+  process.exit(0);
+}
 
 const only = process.env.BENCH_ONLY ? new RegExp(process.env.BENCH_ONLY) : undefined;
 let ml: typeof import('ml-matrix') | null = null;

@@ -2,9 +2,12 @@ import * as tf from '@tensorflow/tfjs-core';
 import { LinalgError } from './errors';
 import { EPS, rotateColumns, swapColumns } from './rotations';
 import { applyReflectorLeft, makeReflector } from './householder';
+import { eighBlocked } from './eigh-blocked';
+import type { LongRunOptions } from './long-run';
 import {
   type Matrix64,
   assertFinite,
+  assertFiniteTensor,
   fromColumnMajor,
   isMatrix64,
   matrix64ToTensor,
@@ -15,6 +18,16 @@ import {
 export interface Eigh64 {
   values: Float64Array;
   vectors: Matrix64;
+}
+
+/** Options of {@link eigh} on a tensor. */
+export interface EighOptions extends LongRunOptions {
+  /**
+   * `'backend'`: float32 on the active backend (blocked Householder tridiagonalisation, divide and
+   * conquer; eigenvalues within about 1e-6·‖A‖ of the exact ones). `'float64'`: on the CPU in float64
+   * (the reference; slow past a few hundred rows). `'auto'` (default): `'backend'` from 128 rows on.
+   */
+  method?: 'auto' | 'backend' | 'float64';
 }
 
 /** Result of {@link eigh} on a tensor. The caller owns both tensors. */
@@ -148,20 +161,33 @@ export function symmetricEigen(
 /**
  * Eigenvalues and eigenvectors of a real symmetric matrix, as `torch.linalg.eigh`: values ascending,
  * vectors in the columns, `a = V·diag(values)·Vᵀ`. Only the lower triangle is read (torch's
- * default `UPLO='L'`). A Matrix64 gives float64 results; a tensor gives float32 tensors.
+ * default `UPLO='L'`). A Matrix64 gives float64 results; a tensor gives float32 tensors, computed
+ * from 128 rows on in float32 on the active backend (blocked tridiagonalisation, divide and conquer;
+ * cancellable with `signal`, with `onProgress`), below in float64 on the CPU (see `method`).
  *
  * @example
  * ```ts
  * const { values, vectors } = eigh(matrix64([[2, 1], [1, 2]])); // values [1, 3]
+ * const big = await eigh(covariance as tf.Tensor2D);            // 4096²: on the backend
  * ```
  */
 export function eigh(a: Matrix64): Eigh64;
-export function eigh(a: tf.Tensor2D): Promise<EighTensors>;
-export function eigh(a: Matrix64 | tf.Tensor2D): Eigh64 | Promise<EighTensors> {
+export function eigh(a: tf.Tensor2D, options?: EighOptions): Promise<EighTensors>;
+export function eigh(a: Matrix64 | tf.Tensor2D, options: EighOptions = {}): Eigh64 | Promise<EighTensors> {
   if (isMatrix64(a)) return eigh64(a);
   return (async () => {
-    const r = eigh64(await tensorToMatrix64(a, 'eigh'));
-    return { values: tf.tensor1d(Float32Array.from(r.values)), vectors: matrix64ToTensor(r.vectors) };
+    const method = options.method ?? 'auto';
+    if (method !== 'auto' && method !== 'backend' && method !== 'float64')
+      throw new LinalgError(`eigh: method '${String(method)}' is not 'auto', 'backend' or 'float64'`);
+    if (a.rank !== 2 || a.shape[0] !== a.shape[1])
+      throw new LinalgError(`eigh: expected a square matrix, got shape [${a.shape.join(', ')}]`);
+    if (method === 'float64' || (method === 'auto' && a.shape[0] < 128) || a.shape[0] === 0) {
+      options.signal?.throwIfAborted();
+      const r = eigh64(await tensorToMatrix64(a, 'eigh'));
+      return { values: tf.tensor1d(Float32Array.from(r.values)), vectors: matrix64ToTensor(r.vectors) };
+    }
+    await assertFiniteTensor(tf.tidy(() => tf.linalg.bandPart(a, -1, 0)) as tf.Tensor2D, 'eigh', true);
+    return eighBlocked(a, options);
   })();
 }
 

@@ -9,7 +9,7 @@ import {
   tensorToMatrix64,
   transpose64,
 } from './matrix64';
-import { svd64 } from './svd';
+import { svd64 } from './svd-float64';
 import { svdFlip } from './svd-flip';
 import { svdLowRank } from './svd-low-rank';
 

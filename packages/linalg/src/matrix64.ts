@@ -116,6 +116,18 @@ export function assertFinite(a: Matrix64, fn: string): void {
   }
 }
 
+/** {@link assertFinite} for a tensor, checked on its backend (the values are read only when one is not finite). */
+export async function assertFiniteTensor(t: tf.Tensor2D, fn: string, dispose = false): Promise<void> {
+  const ok = tf.tidy(() => tf.all(tf.isFinite(t)));
+  const finite = (await ok.data())[0] === 1;
+  ok.dispose();
+  try {
+    if (!finite) assertFinite(await tensorToMatrix64(t, fn), fn);
+  } finally {
+    if (dispose) t.dispose();
+  }
+}
+
 /** Reads a 2-D tensor into float64 (through `await data()`, which every backend supports). */
 export async function tensorToMatrix64(t: tf.Tensor, fn: string): Promise<Matrix64> {
   if (t.rank !== 2) throw new LinalgError(`${fn}: expected a 2-D tensor, got shape [${t.shape.join(', ')}]`);

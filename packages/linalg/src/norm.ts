@@ -2,7 +2,7 @@ import type * as tf from '@tensorflow/tfjs-core';
 import { LinalgError } from './errors';
 import { safeNorm } from './householder';
 import { type Matrix64, assertFinite, isMatrix64, tensorToMatrix64, toColumnMajor } from './matrix64';
-import { svdTall } from './svd';
+import { svdTall } from './svd-float64';
 
 function norm64(a: Matrix64, ord: 'fro' | 2): number {
   if (ord === 'fro') return safeNorm(a.data, 0, a.data.length);

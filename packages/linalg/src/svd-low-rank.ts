@@ -12,7 +12,7 @@ import {
   toColumnMajor,
 } from './matrix64';
 import { householderQr } from './qr';
-import { svd64 } from './svd';
+import { svd64 } from './svd-float64';
 
 /** Options for {@link svdLowRank}, as `torch.svd_lowrank(A, q, niter)`. */
 export interface SvdLowRankOptions {
@@ -159,6 +159,25 @@ async function choleskyQr2(x: tf.Tensor2D, explicitTranspose: boolean): Promise<
   return q;
 }
 
+/**
+ * An orthonormal basis of x's columns as a tensor: CholeskyQR2 with the Gram matrices on the backend
+ * (no large read-back), or, when x is too ill-conditioned for that in float32, Householder in float64
+ * on the CPU. Disposes x.
+ * @internal
+ */
+export async function orthonormalizeTensor(x: tf.Tensor2D, explicitTranspose: boolean): Promise<tf.Tensor2D> {
+  const fast = await choleskyQr2(x, explicitTranspose);
+  if (fast) {
+    x.dispose();
+    return fast;
+  }
+  const [r, c] = x.shape;
+  const values = await x.data();
+  x.dispose();
+  const qm = orthonormalBasis({ rows: r, cols: c, data: Float64Array.from(values as Float32Array) });
+  return tf.tensor2d(Float32Array.from(qm.data), [qm.rows, qm.cols]);
+}
+
 function lowRank64(a: Matrix64, options: SvdLowRankOptions): SvdLowRank64 {
   assertFinite(a, 'svdLowRank');
   const { rows: m, cols: n } = a;
@@ -206,18 +225,7 @@ async function lowRankTensor(a: tf.Tensor2D, options: SvdLowRankOptions): Promis
   const times = (x: tf.Tensor2D, mT: boolean) => aTimes(x, transposed !== mT);
   // Each thin QR: CholeskyQR2 with the Gram matrices on the backend (no large read-back), or, when
   // the sketch is too ill-conditioned for that in float32, Householder in float64 on the CPU.
-  const basis = async (x: tf.Tensor2D): Promise<tf.Tensor2D> => {
-    const fast = await choleskyQr2(x, flagsAreSlow);
-    if (fast) {
-      x.dispose();
-      return fast;
-    }
-    const [r, c] = x.shape;
-    const values = await x.data();
-    x.dispose();
-    const qm = orthonormalBasis({ rows: r, cols: c, data: Float64Array.from(values as Float32Array) });
-    return tf.tensor2d(Float32Array.from(qm.data), [qm.rows, qm.cols]);
-  };
+  const basis = (x: tf.Tensor2D) => orthonormalizeTensor(x, flagsAreSlow);
   const g = new Generator(seed);
   const normals =
     (options.sketchDtype ?? 'float32') === 'float32'

@@ -1,30 +1,27 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { bidiagonalSvd } from './bidiagonal-svd';
 import { LinalgError } from './errors';
-import { accumulateReflectors, applyReflectorLeft, applyReflectorRight, makeReflector } from './householder';
-import {
-  type Matrix64,
-  assertFinite,
-  fromColumnMajor,
-  isMatrix64,
-  matrix64ToTensor,
-  tensorToMatrix64,
-  toColumnMajor,
-} from './matrix64';
-import { householderQr } from './qr';
+import type { LongRunOptions } from './long-run';
+import { type Matrix64, assertFiniteTensor, isMatrix64, matrix64ToTensor, tensorToMatrix64 } from './matrix64';
+import { svdBlocked } from './svd-blocked';
+import { type Svd64, svd64 } from './svd-float64';
 
-/** Options for {@link svd}. */
-export interface SvdOptions {
+/** Options for {@link svd}. `signal`, `onProgress` and `method` apply to tensors only. */
+export interface SvdOptions extends LongRunOptions {
   /** `false` (default): U is m×k and Vh k×n with k = min(m, n). `true`: U is m×m and Vh n×n. */
   fullMatrices?: boolean;
+  /**
+   * How a tensor is decomposed. `'backend'`: in float32 on the active backend (blocked Householder
+   * bidiagonalisation, divide and conquer; singular values within about 1e-6·σ₁ of the exact ones).
+   * `'float64'`: on the CPU in float64 (the accuracy reference; seconds at 512², minutes past 1024²).
+   * `'auto'` (default): `'backend'` once min(m, n) reaches 128, `'float64'` below.
+   */
+  method?: 'auto' | 'backend' | 'float64';
 }
 
-/** Result of {@link svd} on a Matrix64: `a = U·diag(S)·Vh`, S descending. */
-export interface Svd64 {
-  U: Matrix64;
-  S: Float64Array;
-  Vh: Matrix64;
-}
+/** From this min(m, n) on, `method: 'auto'` decomposes tensors on the backend. */
+const BACKEND_FROM = 128;
+
+export type { Svd64 } from './svd-float64';
 
 /** Result of {@link svd} on a tensor. The caller owns all three tensors. */
 export interface SvdTensors {
@@ -33,87 +30,20 @@ export interface SvdTensors {
   Vh: tf.Tensor2D;
 }
 
-/** Below this aspect ratio a tall matrix is bidiagonalised directly; above it, QR first (as LAPACK does). */
-const QR_FIRST_RATIO = 1.6;
-
-/**
- * Thin or full SVD of a column-major m×n matrix with m ≥ n. Returns column-major U (m×uCols),
- * S (n) and V (n×n), with a = U·diag(S)·Vᵀ.
- * @internal
- */
-export function svdTall(
-  a: Float64Array,
-  m: number,
-  n: number,
-  full: boolean,
-  fn = 'svd',
-): { u: Float64Array; s: Float64Array; v: Float64Array; uCols: number } {
-  if (!full && n > 0 && m >= QR_FIRST_RATIO * n) {
-    // a = Q·R; R = Ur·S·Vᵀ; so U = Q·Ur. The n×n problem is much cheaper than the m×n one.
-    const { q, r } = householderQr(a, m, n, false);
-    const inner = svdTall(r, n, n, false, fn);
-    const u = new Float64Array(m * n);
-    for (let j = 0; j < n; j++) {
-      for (let p = 0; p < n; p++) {
-        const f = inner.u[j * n + p] as number;
-        if (f === 0) continue;
-        const qo = p * m;
-        const uo = j * m;
-        for (let i = 0; i < m; i++) u[uo + i] = (u[uo + i] as number) + f * (q[qo + i] as number);
-      }
-    }
-    return { u, s: inner.s, v: inner.v, uCols: n };
-  }
-  const w = a;
-  const d = new Float64Array(n);
-  const e = new Float64Array(Math.max(n - 1, 0));
-  const tauL = new Float64Array(n);
-  const tauR = new Float64Array(n);
-  const rv = new Float64Array(n * n); // column k holds the k-th right reflector at rows k+1.., with a leading 1
-  const scratch = new Float64Array(m);
-  for (let k = 0; k < n; k++) {
-    // left reflector: zero column k below the diagonal
-    const off = k * m + k;
-    const left = makeReflector(w, off, m - k);
-    tauL[k] = left.tau;
-    d[k] = left.beta;
-    w[off] = 1;
-    applyReflectorLeft(w, off, m - k, left.tau, w, (k + 1) * m + k, m, n - k - 1);
-    w[off] = left.beta;
-    if (k < n - 1) {
-      // right reflector: zero row k right of the superdiagonal
-      const len = n - k - 1;
-      const vo = k * n + k + 1;
-      for (let j = 0; j < len; j++) rv[vo + j] = w[(k + 1 + j) * m + k] as number;
-      const right = makeReflector(rv, vo, len);
-      tauR[k] = right.tau;
-      e[k] = right.beta;
-      rv[vo] = 1;
-      applyReflectorRight(rv.subarray(vo, vo + len), len, right.tau, w, m, k + 1, m - k - 1, k + 1, scratch);
-    }
-  }
-  const uCols = full ? m : n;
-  const u = accumulateReflectors(w, m, tauL, uCols);
-  const v = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) v[i * n + i] = 1;
-  for (let k = n - 2; k >= 0; k--) {
-    const len = n - k - 1;
-    applyReflectorLeft(rv, k * n + k + 1, len, tauR[k] as number, v, (k + 1) * n + k + 1, n, len);
-  }
-  bidiagonalSvd(d, e, u, m, v, n, fn);
-  return { u, s: d, v, uCols };
-}
-
 /**
  * Singular value decomposition `a = U·diag(S)·Vh` with S descending and non-negative, as
- * `torch.linalg.svd` (thin by default). Householder bidiagonalisation and implicit-shift QR in
- * float64; tall matrices are QR-factored first. A Matrix64 gives Matrix64s synchronously; a tensor
- * gives float32 tensors on the active backend (computed in float64 on the CPU).
+ * `torch.linalg.svd` (thin by default). A Matrix64 is decomposed in float64 (Householder
+ * bidiagonalisation and implicit-shift QR; tall matrices QR-factored first) and gives Matrix64s
+ * synchronously. A tensor gives float32 tensors on the active backend: from 128 on a side it is
+ * decomposed there in float32 (blocked Householder bidiagonalisation with large matrix products,
+ * the bidiagonal problem by divide and conquer, singular values within about 1e-6·σ₁), cancellable
+ * with `signal` and reporting `onProgress`; smaller ones in float64 on the CPU (see `method`).
  *
  * @example
  * ```ts
  * const { U, S, Vh } = svd(matrix64([[3, 0], [4, 5]]));   // S = [6.708…, 2.236…]
- * const t = await svd(weight as tf.Tensor2D);              // PiSSA-style: top singular triplets
+ * const t = await svd(weight as tf.Tensor2D);              // a 4096² weight: seconds, on the backend
+ * const exact = await svd(small as tf.Tensor2D, { method: 'float64' });
  * ```
  */
 export function svd(a: Matrix64, options?: SvdOptions): Svd64;
@@ -121,30 +51,18 @@ export function svd(a: tf.Tensor2D, options?: SvdOptions): Promise<SvdTensors>;
 export function svd(a: Matrix64 | tf.Tensor2D, options: SvdOptions = {}): Svd64 | Promise<SvdTensors> {
   if (isMatrix64(a)) return svd64(a, options.fullMatrices ?? false);
   return (async () => {
-    const r = svd64(await tensorToMatrix64(a, 'svd'), options.fullMatrices ?? false);
-    return { U: matrix64ToTensor(r.U), S: tf.tensor1d(Float32Array.from(r.S)), Vh: matrix64ToTensor(r.Vh) };
+    const method = options.method ?? 'auto';
+    if (method !== 'auto' && method !== 'backend' && method !== 'float64')
+      throw new LinalgError(`svd: method '${String(method)}' is not 'auto', 'backend' or 'float64'`);
+    if (a.rank !== 2) throw new LinalgError(`svd: expected a 2-D tensor, got shape [${a.shape.join(', ')}]`);
+    const [m, n] = a.shape;
+    const small = Math.min(m, n) < BACKEND_FROM;
+    if (method === 'float64' || (method === 'auto' && small) || m === 0 || n === 0) {
+      options.signal?.throwIfAborted();
+      const r = svd64(await tensorToMatrix64(a, 'svd'), options.fullMatrices ?? false);
+      return { U: matrix64ToTensor(r.U), S: tf.tensor1d(Float32Array.from(r.S)), Vh: matrix64ToTensor(r.Vh) };
+    }
+    await assertFiniteTensor(a, 'svd');
+    return svdBlocked(a, options);
   })();
-}
-
-/** @internal float64 SVD of a Matrix64. */
-export function svd64(a: Matrix64, full: boolean, fn = 'svd'): Svd64 {
-  assertFinite(a, fn);
-  const { rows: m, cols: n } = a;
-  if (m === 0 || n === 0) {
-    if (full) throw new LinalgError(`${fn}: fullMatrices is not supported for an empty ${m}x${n} matrix`);
-    return {
-      U: { rows: m, cols: 0, data: new Float64Array(0) },
-      S: new Float64Array(0),
-      Vh: { rows: 0, cols: n, data: new Float64Array(0) },
-    };
-  }
-  if (m >= n) {
-    const { u, s, v, uCols } = svdTall(toColumnMajor(a), m, n, full, fn);
-    // V is column-major n×n: its row-major reading is Vᵀ = Vh.
-    return { U: fromColumnMajor(u, m, uCols), S: s, Vh: { rows: n, cols: n, data: v } };
-  }
-  // m < n: decompose aᵀ = U'·S·V'ᵀ, so a = V'·S·U'ᵀ. The row-major data of a is aᵀ in column-major.
-  const { u, s, v, uCols } = svdTall(Float64Array.from(a.data), n, m, full, fn);
-  // U = V' (column-major m×m → row-major), Vh = U'ᵀ: column-major U' (n×uCols) read row-major is U'ᵀ.
-  return { U: fromColumnMajor(v, m, m), S: s, Vh: { rows: uCols, cols: n, data: u } };
 }

@@ -11,8 +11,9 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
-import { type Matrix64, matmul64, matrix64, qr, svd, svdFlip } from '@lora/linalg';
+import { type Matrix64, type SvdTensors, matrix64, svd, svdFlip, svdOfLowRankSum, svdTruncated } from '@lora/linalg';
 import type { LoraConfig } from '../lora-config';
+import { mergeArrays } from './merge-arrays';
 
 /** Combination types of PEFT's `add_weighted_adapter`. */
 export type CombinationType =
@@ -72,6 +73,8 @@ export interface WeightedAdapterOptions {
    * depends on neither the order of the modules nor on where the adapters live. Default 0.
    */
   seed?: number;
+  /** Stops a long combination between modules and inside the large decompositions (the promise rejects). */
+  signal?: AbortSignal;
 }
 
 /** Types whose factors are combined directly and that need equal ranks (PEFT's list and wording). */
@@ -187,53 +190,111 @@ export interface SourceFactors {
   weight: number;
 }
 
-/** Keeps the `floor(density·n)` largest magnitudes of t (PEFT's `magnitude_based_pruning`). */
-function magnitudePrune(t: tf.Tensor, density: number): tf.Tensor {
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+/** The float32 with bit pattern b (non-negative floats are ordered as their bit patterns). */
+function fromBits(b: number): number {
+  u32[0] = b;
+  return f32[0] as number;
+}
+function toBits(x: number): number {
+  f32[0] = x;
+  return u32[0] as number;
+}
+
+/**
+ * Keeps the `floor(density·n)` largest magnitudes of t (PEFT's `magnitude_based_pruning`), with tensor
+ * ops only: the k-th largest |x| is found by bisection of float32 bit patterns, each step one count on
+ * the backend (a GPU's topk of millions is no option, nor reading them back); entries equal to it are
+ * kept in index order, as merge-arrays.ts does.
+ */
+async function magnitudePrune(t: tf.Tensor, density: number): Promise<tf.Tensor> {
   if (density >= 1) return tf.clone(t);
-  return tf.tidy(() => {
-    const k = Math.floor(density * t.size);
-    if (k === 0) return tf.zerosLike(t);
-    const { indices } = tf.topk(tf.abs(tf.reshape(t, [-1])), k);
-    const mask = tf.scatterND(tf.expandDims(indices, 1), tf.ones([k]), [t.size]);
-    return tf.mul(t, tf.reshape(mask, t.shape));
-  });
+  const n = t.size;
+  const k = Math.floor(density * n);
+  if (k === 0) return tf.zerosLike(t);
+  const abs = tf.tidy(() => tf.abs(tf.reshape(t, [-1])));
+  try {
+    // counts from comparisons (no subtraction: a GPU may flush the difference of near values to zero)
+    const above = async (x: number) => {
+      const c = tf.tidy(() => tf.sum(tf.where(tf.greater(abs, x), tf.onesLike(abs), tf.zerosLike(abs))));
+      const v = (await c.data())[0] as number;
+      c.dispose();
+      return v;
+    };
+    const top = tf.max(abs);
+    let hi = toBits((await top.data())[0] as number);
+    top.dispose();
+    let cut = 0;
+    if ((await above(0)) >= k) {
+      // above(fromBits(lo)) ≥ k > above(fromBits(hi)): the cut is fromBits(hi) when they meet
+      let lo = 0;
+      while (hi - lo > 1) {
+        const mid = lo + Math.floor((hi - lo) / 2);
+        if ((await above(fromBits(mid))) < k) hi = mid;
+        else lo = mid;
+      }
+      cut = fromBits(hi);
+    }
+    const strictly = await above(cut);
+    return tf.tidy(() => {
+      const keepAbove = tf.where(tf.greater(abs, cut), tf.onesLike(abs), tf.zerosLike(abs));
+      const equal = tf.where(tf.equal(abs, cut), tf.onesLike(abs), tf.zerosLike(abs));
+      // the first (k − strictly) entries equal to the cut
+      const rank = tf.cumsum(equal);
+      const keepEqual = tf.mul(equal, tf.where(tf.lessEqual(rank, k - strictly), tf.onesLike(abs), tf.zerosLike(abs)));
+      return tf.mul(t, tf.reshape(tf.add(keepAbove, keepEqual), t.shape));
+    });
+  } finally {
+    abs.dispose();
+  }
 }
 
 /** Random prune with rescale (PEFT's `prune(t, d, 'random', rescale=True)`), from a seeded generator. */
 function randomPrune(t: tf.Tensor, density: number, g: Generator): tf.Tensor {
   if (density >= 1) return tf.clone(t);
   const u = g.fillUniform(new Float32Array(t.size));
-  return tf.tidy(() =>
-    tf.div(
-      tf.mul(
-        t,
-        tf.tensor(
-          u.map((v) => (v < density ? 1 : 0)),
-          t.shape,
-        ),
-      ),
-      density,
-    ),
-  );
+  for (let i = 0; i < u.length; i++) u[i] = (u[i] as number) < density ? 1 : 0;
+  return tf.tidy(() => tf.div(tf.mul(t, tf.tensor(u, t.shape)), density));
 }
 
 /**
  * PEFT's merge functions (`task_arithmetic`, `magnitude_prune`, `ties`, `dare_linear`, `dare_ties`)
  * over task tensors with per-task weights; `kind` names the merge (an `*_svd` type's merge is its prefix).
  */
-function mergeTaskTensors(
+async function mergeTaskTensors(
   tensors: tf.Tensor[],
   weights: number[],
   kind: CombinationType,
   o: WeightedAdapterOptions,
   g: Generator,
-): tf.Tensor {
+): Promise<tf.Tensor> {
   const density = o.density as number;
-  const pruned = kind.startsWith('dare')
-    ? tensors.map((t) => randomPrune(t, density, g))
-    : kind.startsWith('ties') || kind.startsWith('magnitude_prune')
-      ? tensors.map((t) => magnitudePrune(t, density))
-      : tensors;
+  const first = tensors[0] as tf.Tensor;
+  if (tf.getBackend() !== 'webgpu') {
+    // the same merge on float32 arrays: the CPU backends' topk and scatterND crawl at millions of
+    // entries (tfjs-node's topk of 8M out of 16M: a minute); a GPU keeps its tensors
+    const values: Float32Array[] = [];
+    for (const t of tensors) values.push((await t.data()) as Float32Array);
+    const prune = kind.startsWith('dare')
+      ? 'random'
+      : kind.startsWith('ties') || kind.startsWith('magnitude_prune')
+        ? 'magnitude'
+        : 'none';
+    const ties = kind.includes('ties') ? (o.majoritySignMethod ?? 'total') : false;
+    return tf.tensor(mergeArrays(values, weights, prune, ties, density, g), first.shape);
+  }
+  let pruned = tensors;
+  if (kind.startsWith('dare')) pruned = tensors.map((t) => randomPrune(t, density, g));
+  else if (kind.startsWith('ties') || kind.startsWith('magnitude_prune')) {
+    pruned = [];
+    try {
+      for (const t of tensors) pruned.push(await magnitudePrune(t, density));
+    } catch (e) {
+      tf.dispose(pruned);
+      throw e;
+    }
+  }
   try {
     return tf.tidy(() => {
       const weighted = pruned.map((t, i) => tf.mul(t, weights[i] as number));
@@ -243,7 +304,8 @@ function mergeTaskTensors(
       const signs = tf.sign(stacked);
       const votes = o.majoritySignMethod === 'frequency' ? tf.sum(signs, 0) : tf.sum(stacked, 0);
       const elected = tf.where(tf.greaterEqual(votes, 0), tf.onesLike(votes), tf.neg(tf.onesLike(votes)));
-      const agree = tf.cast(tf.equal(signs, elected), 'float32');
+      // sign == elected, as 0/1 in float32 arithmetic (tfjs-webgpu mishandles reductions of a cast bool)
+      const agree = tf.relu(tf.mul(signs, elected));
       return tf.div(tf.sum(tf.mul(tf.stack(weighted), agree), 0), tf.maximum(tf.sum(agree, 0), 1));
     });
   } finally {
@@ -277,39 +339,43 @@ function atRank(a: tf.Tensor, b: tf.Tensor, rank: number): { a: tf.Tensor; b: tf
   }));
 }
 
-async function toMatrix(t: tf.Tensor, rows: number, cols: number, scale = 1): Promise<Matrix64> {
-  const v = (await t.data()) as Float32Array;
-  const out = new Float64Array(rows * cols);
-  for (let i = 0; i < out.length; i++) out[i] = (v[i] as number) * scale;
-  return matrix64(rows, cols, out);
+async function toMatrix(t: tf.Tensor, rows: number, cols: number): Promise<Matrix64> {
+  return matrix64(rows, cols, (await t.data()) as Float32Array);
 }
 
+/** From this min(out, in) on, a full-rank ΔW is decomposed in float32 on the backend (to its top `rank` only). */
+const LARGE = 128;
+
 /**
- * The SVD of ΔW = Σ cᵢ·Bᵢ·Aᵢ without forming ΔW: with Bc = [c₁B₁ … ckBk] = Qb·Rb and
- * [A₁; …; Ak]ᵀ = Qa·Ra, ΔW = Qb·(Rb·Raᵀ)·Qaᵀ, so the SVD of the small R×R middle gives ΔW's
- * nonzero singular triplets (R = Σ rᵢ). The same triplets as the full SVD, at the cost of the factors.
+ * The leading singular triplets of a full-rank ΔW (a pruned combination), at least `rank` of them
+ * where it has that many. PEFT takes `torch.linalg.svd(ΔW)` whole and keeps the first `rank`; nothing
+ * after them reaches the result, so a large ΔW is decomposed to its top `rank` only (svdTruncated,
+ * float32 on the backend, within 1e-5 of the exact truncation), or whole on the backend when that
+ * stalls. Small ones are decomposed exactly in float64, as before.
  */
-async function lowRankSvd(
-  sources: SourceFactors[],
-  out: number,
-  inF: number,
+async function leadingTriplets(
+  delta: tf.Tensor2D,
+  rank: number,
+  signal: AbortSignal | undefined,
 ): Promise<{ U: Matrix64; S: Float64Array; Vh: Matrix64 }> {
-  const R = sources.reduce((n, s) => n + (s.a.shape[0] as number), 0);
-  const bc = new Float64Array(out * R);
-  const ac = new Float64Array(R * inF);
-  let off = 0;
-  for (const s of sources) {
-    const r = s.a.shape[0] as number;
-    const b = await toMatrix(s.b, out, r, s.weight * s.scaling);
-    const a = await toMatrix(s.a, r, inF);
-    for (let i = 0; i < out; i++) for (let j = 0; j < r; j++) bc[i * R + off + j] = b.data[i * r + j] as number;
-    for (let j = 0; j < r; j++) for (let c = 0; c < inF; c++) ac[c * R + off + j] = a.data[j * inF + c] as number; // stored transposed: [inF, R]
-    off += r;
+  const [out, inF] = delta.shape;
+  if (Math.min(out, inF) < LARGE) return svd(await toMatrix(delta, out, inF));
+  const k = Math.min(rank, out, inF);
+  const top = await svdTruncated(delta, { rank: k, signal });
+  let r: SvdTensors = top;
+  if (!top.converged) {
+    tf.dispose([top.U, top.S, top.Vh]);
+    r = await svd(delta, { method: 'backend', signal });
   }
-  const qb = qr(matrix64(out, R, bc));
-  const qa = qr(matrix64(inF, R, ac));
-  const inner = svd(matmul64(qb.R, qa.R, { transposeB: true }));
-  return { U: matmul64(qb.Q, inner.U), S: inner.S, Vh: matmul64(inner.Vh, qa.Q, { transposeB: true }) };
+  try {
+    return {
+      U: await toMatrix(r.U, out, r.U.shape[1]),
+      S: Float64Array.from((await r.S.data()) as Float32Array),
+      Vh: await toMatrix(r.Vh, r.Vh.shape[0], inF),
+    };
+  } finally {
+    tf.dispose([r.U, r.S, r.Vh]);
+  }
 }
 
 /** PEFT's `_svd_generalized_task_arithmetic_weighted_adapter` on one module, in factor space. */
@@ -331,8 +397,15 @@ async function svdCombination(
   // with zero padding, unless svdClamp takes its quantile over them too
   const viaFactors =
     kind === 'svd' && total <= Math.min(out, inF) && (rank <= total || plan.options.svdClamp === undefined);
-  if (viaFactors) ({ U, S, Vh } = await lowRankSvd(sources, out, inF));
-  else {
+  if (viaFactors) {
+    // ΔW = Σ (wᵢ·sᵢ)·Bᵢ·Aᵢ is still low-rank: its exact SVD from the factors, never forming it
+    const terms: { b: Matrix64; a: Matrix64; weight: number }[] = [];
+    for (const s of sources) {
+      const r = s.a.shape[0] as number;
+      terms.push({ b: await toMatrix(s.b, out, r), a: await toMatrix(s.a, r, inF), weight: s.weight * s.scaling });
+    }
+    ({ U, S, Vh } = svdOfLowRankSum(terms));
+  } else {
     // pruning acts on each ΔWᵢ = sᵢ·Bᵢ·Aᵢ, which holds its scaling: the weights are w alone (PEFT 0.21)
     const deltas = sources.map((s) =>
       tf.tidy(() =>
@@ -341,7 +414,7 @@ async function svdCombination(
     );
     let delta: tf.Tensor;
     try {
-      delta = mergeTaskTensors(
+      delta = await mergeTaskTensors(
         deltas,
         sources.map((s) => s.weight),
         kind === 'svd' ? 'linear' : (kind.replace(/_svd$/, '') as CombinationType),
@@ -352,7 +425,7 @@ async function svdCombination(
       tf.dispose(deltas);
     }
     try {
-      ({ U, S, Vh } = svd(await toMatrix(delta, out, inF)));
+      ({ U, S, Vh } = await leadingTriplets(delta as tf.Tensor2D, rank, plan.options.signal));
     } finally {
       delta.dispose();
     }
@@ -400,6 +473,7 @@ export async function combineModuleFactors(
 ): Promise<{ a: tf.Tensor; b: tf.Tensor }> {
   const first = sources[0];
   if (!first) throw new Error(`no adapter has module '${path}'`);
+  plan.options.signal?.throwIfAborted();
   const { kind, rank } = plan;
   const aShape = first.a.shape;
   const bShape = first.b.shape;
@@ -444,7 +518,7 @@ export async function combineModuleFactors(
   }
   const c = sources.map((s) => s.weight * s.scaling);
   // the sign goes on A only, or two negative signs would cancel
-  const a = mergeTaskTensors(
+  const a = await mergeTaskTensors(
     sources.map((s) => s.a),
     c.map((v) => (v >= 0 ? 1 : -1) * Math.sqrt(Math.abs(v))),
     kind,
@@ -453,7 +527,7 @@ export async function combineModuleFactors(
   );
   let b: tf.Tensor;
   try {
-    b = mergeTaskTensors(
+    b = await mergeTaskTensors(
       sources.map((s) => s.b),
       c.map((v) => Math.sqrt(Math.abs(v))),
       kind,

@@ -1,0 +1,137 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { LinalgError } from './errors';
+import {
+  type Matrix64,
+  assertFinite,
+  fromColumnMajor,
+  isMatrix64,
+  matmul64,
+  matrix64ToTensor,
+  tensorToMatrix64,
+} from './matrix64';
+import { householderQr } from './qr';
+import type { SvdTensors } from './svd';
+import { type Svd64, svd64 } from './svd-float64';
+
+/** One term wᵢ·Bᵢ·Aᵢ of {@link svdOfLowRankSum}: B is m×rᵢ, A is rᵢ×n (a LoRA update's layout). */
+export interface LowRankTerm<T extends Matrix64 | tf.Tensor2D> {
+  b: T;
+  a: T;
+  /** Default 1. */
+  weight?: number;
+}
+
+function shapeOf(x: Matrix64 | tf.Tensor2D): [number, number] {
+  if (isMatrix64(x)) return [x.rows, x.cols];
+  if (x.rank !== 2) throw new LinalgError(`svdOfLowRankSum: expected 2-D factors, got shape [${x.shape.join(', ')}]`);
+  return [x.shape[0], x.shape[1]];
+}
+
+/**
+ * With [w₁B₁ … wₖBₖ] = Q_b·R_b and [A₁; …; Aₖ]ᵀ = Q_a·R_a, Σ wᵢ·Bᵢ·Aᵢ = Q_b·(R_b·R_aᵀ)·Q_aᵀ: the SVD of
+ * the small core gives every nonzero singular triplet, at O((m + n)·R²) in float64.
+ */
+function lowRankSum64(terms: LowRankTerm<Matrix64>[]): Svd64 {
+  if (terms.length === 0) throw new LinalgError('svdOfLowRankSum: no terms; pass at least one {b, a}');
+  const [m] = shapeOf(terms[0]?.b as Matrix64);
+  const [, n] = shapeOf(terms[0]?.a as Matrix64);
+  let R = 0;
+  terms.forEach((t, i) => {
+    const [bm, br] = shapeOf(t.b);
+    const [ar, an] = shapeOf(t.a);
+    if (bm !== m || an !== n || br !== ar)
+      throw new LinalgError(
+        `svdOfLowRankSum: term ${i} has B ${bm}x${br} and A ${ar}x${an}; every B must be ${m}xr and its A rx${n} with the same r`,
+      );
+    const w = t.weight ?? 1;
+    if (!Number.isFinite(w))
+      throw new LinalgError(`svdOfLowRankSum: term ${i} has weight ${w}; weights must be finite`);
+    assertFinite(t.b, 'svdOfLowRankSum');
+    assertFinite(t.a, 'svdOfLowRankSum');
+    R += br;
+  });
+  const k = Math.min(m, n, R);
+  if (k === 0)
+    return {
+      U: { rows: m, cols: 0, data: new Float64Array(0) },
+      S: new Float64Array(0),
+      Vh: { rows: 0, cols: n, data: new Float64Array(0) },
+    };
+  // column-major [w₁B₁ … wₖBₖ] (m×R) and [A₁; …; Aₖ]ᵀ (n×R): column j of Aᵀ is row j of A
+  const bc = new Float64Array(m * R);
+  const ac = new Float64Array(n * R);
+  let off = 0;
+  for (const t of terms) {
+    const r = t.b.cols;
+    const w = t.weight ?? 1;
+    for (let j = 0; j < r; j++) {
+      for (let i = 0; i < m; i++) bc[(off + j) * m + i] = w * (t.b.data[i * r + j] as number);
+      ac.set(t.a.data.subarray(j * n, (j + 1) * n), (off + j) * n);
+    }
+    off += r;
+  }
+  const qb = householderQr(bc, m, R, false);
+  const qa = householderQr(ac, n, R, false);
+  const rb = fromColumnMajor(qb.r, qb.k, R);
+  const ra = fromColumnMajor(qa.r, qa.k, R);
+  const core = svd64(matmul64(rb, ra, { transposeB: true }), false, 'svdOfLowRankSum');
+  const U = matmul64(fromColumnMajor(qb.q, m, qb.k), core.U);
+  const Vh = matmul64(core.Vh, fromColumnMajor(qa.q, n, qa.k), { transposeB: true });
+  return { U, S: core.S, Vh };
+}
+
+/**
+ * The exact thin SVD of a sum of low-rank products Σ wᵢ·Bᵢ·Aᵢ (such as a weighted combination of
+ * LoRA updates), from the factors alone: QR of the stacked factors and the SVD of an R×R core,
+ * R = Σ rᵢ. Returns min(m, n, R) triplets with S descending; the rest of the sum's singular values
+ * are zero. Matrix64 terms give Matrix64s; tensor terms give float32 tensors on the active backend,
+ * computed in float64 (the caller disposes them).
+ *
+ * @example
+ * ```ts
+ * // the SVD of 0.5·B₁A₁ + 1.5·B₂A₂ (4096×4096, rank ≤ 32) in milliseconds
+ * const { U, S, Vh } = await svdOfLowRankSum([{ b: b1, a: a1, weight: 0.5 }, { b: b2, a: a2, weight: 1.5 }]);
+ * ```
+ */
+export function svdOfLowRankSum(terms: LowRankTerm<Matrix64>[]): Svd64;
+export function svdOfLowRankSum(terms: LowRankTerm<tf.Tensor2D>[]): Promise<SvdTensors>;
+export function svdOfLowRankSum(
+  terms: LowRankTerm<Matrix64>[] | LowRankTerm<tf.Tensor2D>[],
+): Svd64 | Promise<SvdTensors> {
+  if (terms.length === 0 || isMatrix64(terms[0]?.b)) return lowRankSum64(terms as LowRankTerm<Matrix64>[]);
+  return (async () => {
+    const read: LowRankTerm<Matrix64>[] = [];
+    for (const t of terms as LowRankTerm<tf.Tensor2D>[]) {
+      if (isMatrix64(t.b) || isMatrix64(t.a))
+        throw new LinalgError('svdOfLowRankSum: the terms mix Matrix64s and tensors; pass one kind only');
+      shapeOf(t.b);
+      shapeOf(t.a);
+      read.push({
+        b: await tensorToMatrix64(t.b, 'svdOfLowRankSum'),
+        a: await tensorToMatrix64(t.a, 'svdOfLowRankSum'),
+        weight: t.weight,
+      });
+    }
+    const r = lowRankSum64(read);
+    return { U: matrix64ToTensor(r.U), S: tf.tensor1d(Float32Array.from(r.S)), Vh: matrix64ToTensor(r.Vh) };
+  })();
+}
+
+/**
+ * The exact thin SVD of the product B·A (B m×r, A r×n) from its factors: {@link svdOfLowRankSum}
+ * with one term. Returns min(m, n, r) triplets.
+ *
+ * @example
+ * ```ts
+ * const { U, S, Vh } = await svdOfLowRankProduct(loraB, loraA);   // ΔW/scaling = B·A, never formed
+ * ```
+ */
+export function svdOfLowRankProduct(b: Matrix64, a: Matrix64): Svd64;
+export function svdOfLowRankProduct(b: tf.Tensor2D, a: tf.Tensor2D): Promise<SvdTensors>;
+export function svdOfLowRankProduct(b: Matrix64 | tf.Tensor2D, a: Matrix64 | tf.Tensor2D): Svd64 | Promise<SvdTensors> {
+  if (isMatrix64(b) !== isMatrix64(a))
+    throw new LinalgError('svdOfLowRankProduct: pass two Matrix64s or two tensors, not one of each');
+  return isMatrix64(b)
+    ? svdOfLowRankSum([{ b, a: a as Matrix64 }])
+    : svdOfLowRankSum([{ b: b as tf.Tensor2D, a: a as tf.Tensor2D }]);
+}

@@ -1,0 +1,115 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { describe, expect, it } from 'vitest';
+import { Generator } from '@lora/tensor';
+import { type Matrix64, LinalgError, matrix64, svd, svdTruncated } from '@lora/linalg';
+import { describeEachBackend } from '@lora/tensor/testing';
+import { reconstruct } from './fixtures.test-util';
+
+/**
+ * What ties_svd decomposes: a weighted sum of two rank-16 updates with 70% of its entries pruned by
+ * magnitude: full rank, a slowly decaying top and a noise bulk.
+ */
+function prunedSum(m: number, n: number, seed: number): Matrix64 {
+  const g = new Generator(seed);
+  const f = (r: number, c: number) => g.fillNormal64(new Float64Array(r * c));
+  const [b1, a1, b2, a2] = [f(m, 16), f(16, n), f(m, 16), f(16, n)];
+  const x = new Float64Array(m * n);
+  for (let i = 0; i < m; i++)
+    for (let t = 0; t < 16; t++) {
+      const u1 = (b1[i * 16 + t] as number) * 0.5;
+      const u2 = (b2[i * 16 + t] as number) * 1.5;
+      for (let j = 0; j < n; j++)
+        x[i * n + j] = (x[i * n + j] as number) + u1 * (a1[t * n + j] as number) + u2 * (a2[t * n + j] as number);
+    }
+  const cut = Float64Array.from(x, Math.abs).sort()[Math.floor(0.7 * x.length)] as number;
+  // float32-representable, so that the tensor and the float64 reference hold the same matrix
+  return { rows: m, cols: n, data: Float64Array.from(Float32Array.from(x, (v) => (Math.abs(v) >= cut ? v : 0))) };
+}
+
+/** max |ours − exact| / max |exact| over the rank-k truncations U·diag(S)·Vh. */
+function truncationError(
+  U: Matrix64,
+  S: Float64Array,
+  Vh: Matrix64,
+  exact: { U: Matrix64; S: Float64Array; Vh: Matrix64 },
+  k: number,
+) {
+  const pick = (x: Matrix64, cols: number) =>
+    matrix64(
+      x.rows,
+      cols,
+      Array.from({ length: x.rows * cols }, (_, i) => x.data[Math.floor(i / cols) * x.cols + (i % cols)] as number),
+    );
+  const want = reconstruct(
+    pick(exact.U, k),
+    exact.S.subarray(0, k),
+    matrix64(k, exact.Vh.cols, exact.Vh.data.subarray(0, k * exact.Vh.cols)),
+  );
+  const got = reconstruct(U, S, Vh);
+  let err = 0;
+  let top = 0;
+  for (let i = 0; i < want.length; i++) {
+    err = Math.max(err, Math.abs((got[i] as number) - (want[i] as number)));
+    top = Math.max(top, Math.abs(want[i] as number));
+  }
+  return err / top;
+}
+
+const a = prunedSum(320, 280, 3);
+const exact = svd(a);
+
+describe('svdTruncated (float64)', () => {
+  it('truncates the exact float64 SVD of a Matrix64, and checks its options', () => {
+    const r = svdTruncated(a, { rank: 5 });
+    expect([r.U.cols, r.S.length, r.Vh.rows]).toEqual([5, 5, 5]);
+    expect(Array.from(r.S)).toEqual(Array.from(exact.S.subarray(0, 5)));
+    expect(() => svdTruncated(a, { rank: 0 })).toThrow(
+      'svdTruncated: rank 0 must be an integer in [1, min(m, n) = 280]',
+    );
+    expect(() => svdTruncated(a, { rank: 281 })).toThrow(LinalgError);
+    expect(() => svdTruncated(a, { rank: 2, tol: 0 })).toThrow('svdTruncated: tol 0 must be positive');
+    expect(() => svdTruncated(a, { rank: 2, oversample: -1 })).toThrow('oversample -1 must be a non-negative integer');
+  });
+});
+
+await describeEachBackend('svdTruncated on tensors', () => {
+  it("matches the exact SVD's top 16 triplets of a pruned combination to 1e-5, and leaks nothing", async () => {
+    const t = tf.tensor2d(Float32Array.from(a.data), [a.rows, a.cols]);
+    const before = tf.memory().numTensors;
+    const r = await svdTruncated(t, { rank: 16 });
+    expect(tf.memory().numTensors).toBe(before + 3);
+    expect(r.converged).toBe(true);
+    expect(r.iterations).toBeGreaterThan(1);
+    expect(r.residual).toBeLessThanOrEqual(5e-6);
+    const U = matrix64(320, 16, await r.U.data());
+    const Vh = matrix64(16, 280, await r.Vh.data());
+    const S = Float64Array.from(await r.S.data());
+    tf.dispose([t, r.U, r.S, r.Vh]);
+    for (let i = 0; i < 16; i++)
+      expect(Math.abs((S[i] as number) - (exact.S[i] as number))).toBeLessThan(1e-5 * (exact.S[0] as number));
+    expect(truncationError(U, S, Vh, exact, 16)).toBeLessThan(1e-5);
+  });
+
+  it('decomposes small matrices whole, stops on an aborted signal, and reports progress', async () => {
+    const small = tf.tensor2d(Float32Array.from(a.data.subarray(0, 100 * 280)), [100, 280]);
+    const r = await svdTruncated(small, { rank: 3 });
+    expect([r.iterations, r.converged]).toEqual([0, true]);
+    tf.dispose([small, r.U, r.S, r.Vh]);
+    const t = tf.tensor2d(Float32Array.from(a.data), [a.rows, a.cols]);
+    const before = tf.memory().numTensors;
+    const controller = new AbortController();
+    const seen: number[] = [];
+    const run = svdTruncated(t, {
+      rank: 16,
+      signal: controller.signal,
+      onProgress: (p) => {
+        seen.push(p.done);
+        if (p.done === 2) controller.abort(new Error('enough'));
+      },
+    });
+    await expect(run).rejects.toThrow('enough');
+    expect(seen).toEqual([1, 2]);
+    expect(tf.memory().numTensors).toBe(before);
+    t.dispose();
+  });
+});

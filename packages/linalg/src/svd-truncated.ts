@@ -1,0 +1,192 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { Generator } from '@lora/tensor';
+import { LinalgError } from './errors';
+import { type LongRunOptions, checkpoints } from './long-run';
+import { type Matrix64, assertFiniteTensor, isMatrix64 } from './matrix64';
+import { type SvdTensors, svd } from './svd';
+import { type Svd64, svd64 } from './svd-float64';
+import { orthonormalizeTensor } from './svd-low-rank';
+
+/** Options of {@link svdTruncated}. */
+export interface SvdTruncatedOptions extends LongRunOptions {
+  /** How many leading singular triplets to return. */
+  rank: number;
+  /** Extra columns carried by the subspace iteration (they speed convergence up). Default max(rank, 16). */
+  oversample?: number;
+  /**
+   * Stop when every returned triplet's residual ‖Aᵀuᵢ − σᵢvᵢ‖ is at most `tol·σ₁` (Avᵢ = σᵢuᵢ holds by
+   * construction). Default 5e-6, which keeps U·diag(S)·Vh within about 1e-5 of the exact truncation
+   * (relative to its largest entry) where float32 allows: the residuals of float32 products stall near
+   * 1e-6 for n in the thousands.
+   */
+  tol?: number;
+  /** Cap on subspace iterations. Default 300. */
+  maxIterations?: number;
+  /** Seed of the random start. Default 0. */
+  seed?: number;
+}
+
+/** Result of {@link svdTruncated} on a tensor: the caller owns U, S and Vh. */
+export interface SvdTruncatedTensors extends SvdTensors {
+  /** Subspace iterations run (0 when the matrix was small enough to decompose whole). */
+  iterations: number;
+  /** The largest residual ‖Aᵀuᵢ − σᵢvᵢ‖ / σ₁ of the returned triplets. */
+  residual: number;
+  /** Whether `residual ≤ tol` (false: stopped at `maxIterations` or where float32 rounding stalled it). */
+  converged: boolean;
+}
+
+function truncate64(r: Svd64, k: number): Svd64 {
+  const { U, S, Vh } = r;
+  const u = new Float64Array(U.rows * k);
+  for (let i = 0; i < U.rows; i++) u.set(U.data.subarray(i * U.cols, i * U.cols + k), i * k);
+  return {
+    U: { rows: U.rows, cols: k, data: u },
+    S: S.slice(0, k),
+    Vh: { rows: k, cols: Vh.cols, data: Vh.data.slice(0, k * Vh.cols) },
+  };
+}
+
+/** The first k columns / entries / rows of a full decomposition's tensors (disposes the rest). */
+function truncateTensors(r: SvdTensors, k: number): SvdTensors {
+  const out = tf.tidy(() => ({
+    U: tf.slice(r.U, [0, 0], [-1, k]) as tf.Tensor2D,
+    S: tf.slice(r.S, [0], [k]) as tf.Tensor1D,
+    Vh: tf.slice(r.Vh, [0, 0], [k, -1]) as tf.Tensor2D,
+  }));
+  tf.dispose([r.U, r.S, r.Vh]);
+  return out;
+}
+
+/**
+ * The leading `rank` singular triplets of a matrix, `a ≈ U·diag(S)·Vh` with U m×k, S descending and
+ * Vh k×n, matching the exact SVD's first k triplets (to `tol`), for matrices that are full-rank but of
+ * which only the top is used (a pruned combination of LoRA updates, W itself). Subspace iteration with
+ * Rayleigh–Ritz extraction (Halko, Martinsson & Tropp 2011, §4.5), run until the residuals of the
+ * returned triplets fall below `tol·σ₁`; each iteration is two products with `a` on the active backend.
+ * Matrices with min(m, n) < 128, or when `rank + oversample` reaches half of it, are decomposed whole
+ * ({@link svd}) and truncated, as is a Matrix64 (exactly, in float64).
+ *
+ * @example
+ * ```ts
+ * const top = await svdTruncated(mergedDelta, { rank: 16 });     // ties_svd's B = U·diag(S), A = Vh
+ * console.log(top.iterations, top.residual);
+ * tf.dispose([top.U, top.S, top.Vh]);
+ * ```
+ */
+export function svdTruncated(a: Matrix64, options: SvdTruncatedOptions): Svd64;
+export function svdTruncated(a: tf.Tensor2D, options: SvdTruncatedOptions): Promise<SvdTruncatedTensors>;
+export function svdTruncated(
+  a: Matrix64 | tf.Tensor2D,
+  options: SvdTruncatedOptions,
+): Svd64 | Promise<SvdTruncatedTensors> {
+  const rank = options?.rank;
+  const [m, n] = isMatrix64(a) ? [a.rows, a.cols] : a.shape;
+  if (!Number.isInteger(rank) || rank < 1 || rank > Math.min(m as number, n as number))
+    throw new LinalgError(
+      `svdTruncated: rank ${String(rank)} must be an integer in [1, min(m, n) = ${Math.min(m as number, n as number)}]`,
+    );
+  const oversample = options.oversample ?? Math.max(rank, 16);
+  if (!Number.isInteger(oversample) || oversample < 0)
+    throw new LinalgError(`svdTruncated: oversample ${oversample} must be a non-negative integer`);
+  const tol = options.tol ?? 5e-6;
+  if (!(tol > 0)) throw new LinalgError(`svdTruncated: tol ${tol} must be positive`);
+  const maxIterations = options.maxIterations ?? 300;
+  if (!Number.isInteger(maxIterations) || maxIterations < 1)
+    throw new LinalgError(`svdTruncated: maxIterations ${maxIterations} must be a positive integer`);
+  if (isMatrix64(a)) return truncate64(svd64(a, false, 'svdTruncated'), rank);
+  return truncatedTensor(a, rank, oversample, tol, maxIterations, options);
+}
+
+async function truncatedTensor(
+  a: tf.Tensor2D,
+  k: number,
+  oversample: number,
+  tol: number,
+  maxIterations: number,
+  options: SvdTruncatedOptions,
+): Promise<SvdTruncatedTensors> {
+  if (a.rank !== 2) throw new LinalgError(`svdTruncated: expected a 2-D tensor, got shape [${a.shape.join(', ')}]`);
+  const [m, n] = a.shape;
+  const width = Math.min(k + oversample, m, n);
+  if (Math.min(m, n) < 128 || 2 * width > Math.min(m, n)) {
+    const whole = await svd(a, { signal: options.signal, onProgress: options.onProgress });
+    return { ...truncateTensors(whole, k), iterations: 0, residual: 0, converged: true };
+  }
+  await assertFiniteTensor(a, 'svdTruncated');
+  const check = checkpoints(options);
+  // aᵀ·x: on wasm as (xᵀ·a)ᵀ, as its products with a transposed operand are slow (see svdLowRank)
+  const slowFlags = tf.getBackend() === 'wasm';
+  const aT = (x: tf.Tensor2D) =>
+    (slowFlags
+      ? tf.tidy(() => tf.transpose(tf.matMul(tf.transpose(x), a)))
+      : tf.matMul(a, x, true, false)) as tf.Tensor2D;
+  const g = new Generator(options.seed ?? 0);
+  let z = await orthonormalizeTensor(tf.tensor2d(g.fillNormal(new Float32Array(n * width)), [n, width]), slowFlags);
+  let best: { U: tf.Tensor2D; S: Float64Array; V: tf.Tensor2D; residual: number } | null = null;
+  let iterations = 0;
+  let sinceBetter = 0;
+  // tensors of the current iteration not yet owned by `best` or `z`: freed if anything throws
+  let pending: tf.Tensor[] = [];
+  try {
+    while (iterations < maxIterations) {
+      iterations++;
+      // Rayleigh–Ritz on span(z): a·z = Q·R, R = Ur·S·Vrᵀ, so U = Q·Ur, V = z·Vr and a·V = U·S exactly
+      const y = tf.matMul(a, z) as tf.Tensor2D;
+      pending.push(y);
+      const q = await orthonormalizeTensor(tf.clone(y), slowFlags);
+      pending.push(q);
+      const rT = slowFlags ? tf.tidy(() => tf.matMul(tf.transpose(q), y)) : tf.matMul(q, y, true, false);
+      pending.push(rT);
+      const rv = Float64Array.from((await rT.data()) as Float32Array);
+      const small = svd64({ rows: width, cols: width, data: rv }, false, 'svdTruncated');
+      const { u, v } = tf.tidy(() => ({
+        u: tf.matMul(q, tf.tensor2d(Float32Array.from(small.U.data), [width, width])) as tf.Tensor2D,
+        v: tf.matMul(z, tf.tensor2d(Float32Array.from(small.Vh.data), [width, width]), false, true) as tf.Tensor2D,
+      }));
+      tf.dispose(pending);
+      pending = [u, v];
+      const x = aT(u);
+      pending.push(x);
+      const sigma = small.S;
+      const s1 = sigma[0] as number;
+      const norms = tf.tidy(() => {
+        const scaled = tf.mul(tf.slice(v, [0, 0], [n, k]), tf.tensor1d(Float32Array.from(sigma.subarray(0, k))));
+        return tf.norm(tf.sub(tf.slice(x, [0, 0], [n, k]), scaled), 'euclidean', 0);
+      });
+      const res = (await norms.data()) as Float32Array;
+      norms.dispose();
+      let worst = 0;
+      if (s1 > 0) for (let i = 0; i < k; i++) worst = Math.max(worst, (res[i] as number) / s1);
+      pending = [x];
+      if (!best || worst < best.residual * 0.95) {
+        if (best) tf.dispose([best.U, best.V]);
+        best = { U: u, S: sigma, V: v, residual: worst };
+        sinceBetter = 0;
+      } else {
+        tf.dispose([u, v]);
+        sinceBetter++;
+      }
+      await check('iterate', iterations, maxIterations);
+      // converged, or float32 rounding has stopped the residual from falling
+      if (worst <= tol || sinceBetter >= 4) break;
+      pending = [];
+      z.dispose();
+      z = await orthonormalizeTensor(x, slowFlags);
+    }
+  } catch (err) {
+    if (best) tf.dispose([best.U, best.V]);
+    throw err;
+  } finally {
+    tf.dispose(pending);
+    z.dispose();
+  }
+  const b = best as NonNullable<typeof best>;
+  const out = tf.tidy(() => ({
+    U: tf.slice(b.U, [0, 0], [m, k]) as tf.Tensor2D,
+    S: tf.tensor1d(Float32Array.from(b.S.subarray(0, k))),
+    Vh: tf.transpose(tf.slice(b.V, [0, 0], [n, k])) as tf.Tensor2D,
+  }));
+  tf.dispose([b.U, b.V]);
+  return { ...out, iterations, residual: b.residual, converged: b.residual <= tol };
+}
