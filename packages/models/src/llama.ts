@@ -6,15 +6,15 @@ import {
   Module,
   ModuleList,
   RMSNorm,
+  checkpoint,
   crossEntropy,
-  matmul,
   normalInit,
-  transposeLast,
   withoutInit,
 } from '@lora/nn';
 import { readCheckpoint } from './files';
 import { type LlamaConfig, parseLlamaConfig } from './llama-config';
-import { applyRope, ropeInverseFrequencies, ropeTables } from './rope';
+import { llamaKernels } from './llama-kernels';
+import { ropeInverseFrequencies, ropeTables } from './rope';
 
 /** Keys and values of earlier positions, per layer, for incremental decoding. */
 export class KVCache {
@@ -30,12 +30,20 @@ export class KVCache {
 }
 
 interface AttentionContext {
+  /** RoPE tables [T, headDim] for this call's positions. */
   cos: tf.Tensor;
   sin: tf.Tensor;
-  /** Additive mask [B, 1, rep·T, S] (rep = query heads per kv head): 0 where a query may attend, the float32 minimum elsewhere. */
-  mask: tf.Tensor;
+  /** [B, S]: 1 where a key position may be attended, 0 for padding; null when every position may. */
+  keyMask: tf.Tensor | null;
   cache: KVCache | null;
   layerIdx: number;
+}
+
+/** `LlamaRMSNorm`: nn's RMSNorm, computed through {@link llamaKernels}. */
+class LlamaRMSNorm extends RMSNorm {
+  override forward(x: tf.Tensor): tf.Tensor {
+    return llamaKernels.rmsNorm(x, this.weight, this.eps);
+  }
 }
 
 /** Multi-head attention with grouped-query heads and RoPE (Hugging Face's `LlamaAttention`). */
@@ -63,28 +71,21 @@ export class LlamaAttention extends Module {
   forward(x: tf.Tensor, ctx: AttentionContext): tf.Tensor {
     const [b, t] = x.shape as [number, number, number];
     const { numAttentionHeads: nh, numKeyValueHeads: nkv, headDim: d } = this.config;
-    const rep = nh / nkv;
     const heads = (y: tf.Tensor, n: number) => tf.transpose(tf.reshape(y, [b, t, n, d]), [0, 2, 1, 3]);
-    const q = applyRope(heads(this.qProj.call(x), nh), ctx.cos, ctx.sin);
-    let k = applyRope(heads(this.kProj.call(x), nkv), ctx.cos, ctx.sin) as tf.Tensor4D;
-    let v = heads(this.vProj.call(x), nkv) as tf.Tensor4D;
+    const q = llamaKernels.rope(heads(this.qProj.call(x), nh), ctx.cos, ctx.sin);
+    let k = llamaKernels.rope(heads(this.kProj.call(x), nkv), ctx.cos, ctx.sin);
+    let v = heads(this.vProj.call(x), nkv);
     if (ctx.cache) {
       const past = ctx.cache.layers[ctx.layerIdx];
       if (past) {
         k = tf.concat([past.k, k], 2);
         v = tf.concat([past.v, v], 2);
       }
-      ctx.cache.layers[ctx.layerIdx] = { k: tf.keep(k), v: tf.keep(v) };
+      ctx.cache.layers[ctx.layerIdx] = { k: tf.keep(k as tf.Tensor4D), v: tf.keep(v as tf.Tensor4D) };
       if (past) tf.dispose([past.k, past.v]);
     }
-    // Grouped-query attention without repeating k and v: the `rep` query heads that share a kv head
-    // are stacked along the query axis ([B, nkv, rep·T, d]), which keeps every tensor 4-d.
-    const qg = tf.reshape(q, [b, nkv, rep * t, d]);
-    // matmul with explicit transposes: tfjs's transpose flags are slow on wasm
-    let scores = tf.mul(matmul(qg, transposeLast(k)), 1 / Math.sqrt(d));
-    scores = tf.add(scores, ctx.mask); // built already repeated for the grouped query rows
-    const probs = tf.softmax(scores, -1);
-    const out = tf.reshape(matmul(probs, v), [b, nh, t, d]);
+    // grouped-query heads are handled inside (query head i reads kv head ⌊i / rep⌋), never repeated
+    const out = llamaKernels.attention(q, k, v, { causal: true, ...(ctx.keyMask ? { keyMask: ctx.keyMask } : {}) });
     const merged = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, nh * d]);
     return this.oProj.call(merged);
   }
@@ -105,8 +106,7 @@ export class LlamaMLP extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
-    const gate = this.gateProj.call(x) as tf.Tensor;
-    return this.downProj.call(tf.mul(tf.mul(gate, tf.sigmoid(gate)), this.upProj.call(x)));
+    return this.downProj.call(llamaKernels.swiglu(this.gateProj.call(x), this.upProj.call(x)));
   }
 }
 
@@ -114,8 +114,8 @@ export class LlamaMLP extends Module {
 export class LlamaDecoderLayer extends Module {
   selfAttn: LlamaAttention;
   mlp: LlamaMLP;
-  inputLayernorm: RMSNorm;
-  postAttentionLayernorm: RMSNorm;
+  inputLayernorm: LlamaRMSNorm;
+  postAttentionLayernorm: LlamaRMSNorm;
 
   constructor(config: LlamaConfig) {
     super();
@@ -123,11 +123,11 @@ export class LlamaDecoderLayer extends Module {
     this.mlp = this.registerModule('mlp', new LlamaMLP(config));
     this.inputLayernorm = this.registerModule(
       'input_layernorm',
-      new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }),
+      new LlamaRMSNorm(config.hiddenSize, { eps: config.rmsNormEps }),
     );
     this.postAttentionLayernorm = this.registerModule(
       'post_attention_layernorm',
-      new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }),
+      new LlamaRMSNorm(config.hiddenSize, { eps: config.rmsNormEps }),
     );
   }
 
@@ -143,7 +143,16 @@ export class LlamaModel extends Module {
   embedTokens: Embedding;
   layers: ModuleList<LlamaDecoderLayer>;
   norm: RMSNorm;
+  /**
+   * Recompute each decoder layer's activations in the backward pass instead of keeping them
+   * (transformers' `gradient_checkpointing`): training memory drops from every layer's activations
+   * to every layer's input plus one layer's activations, for about one more forward pass of compute.
+   * Applies in training mode without a KV cache.
+   */
+  gradientCheckpointing = false;
   private readonly invFreq: Float32Array;
+  /** Positions the RoPE tables cover; they grow (doubling) when a call needs more. */
+  private ropeLength = 0;
 
   constructor(config: LlamaConfig) {
     super();
@@ -153,8 +162,21 @@ export class LlamaModel extends Module {
       'layers',
       new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new LlamaDecoderLayer(config))),
     );
-    this.norm = this.registerModule('norm', new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }));
+    this.norm = this.registerModule('norm', new LlamaRMSNorm(config.hiddenSize, { eps: config.rmsNormEps }));
     this.invFreq = ropeInverseFrequencies(config.headDim, config.rope);
+    // cos/sin for the first positions, kept (not state: rebuilt from the config); more on demand
+    this.registerBuffer('rope_cos', null, false);
+    this.registerBuffer('rope_sin', null, false);
+    this.ensureRope(Math.min(config.maxPositionEmbeddings || 2048, 2048));
+  }
+
+  private ensureRope(length: number): void {
+    if (length <= this.ropeLength) return;
+    const n = Math.max(length, 2 * this.ropeLength);
+    const { cos, sin } = ropeTables(this.invFreq, 0, n);
+    this.setBuffer('rope_cos', cos);
+    this.setBuffer('rope_sin', sin);
+    this.ropeLength = n;
   }
 
   forward(
@@ -163,63 +185,58 @@ export class LlamaModel extends Module {
   ): tf.Tensor {
     const [b, t] = inputIds.shape;
     const past = options.cache?.length ?? 0;
-    const mask = buildMask(
-      b,
-      t,
-      past,
-      options.attentionMask,
-      this.config.numAttentionHeads / this.config.numKeyValueHeads,
-    );
-    const { cos, sin } = ropeTables(this.invFreq, past, t);
+    this.ensureRope(past + t);
+    const cos = tf.slice(this.getBuffer('rope_cos') as tf.Tensor, [past, 0], [t, -1]);
+    const sin = tf.slice(this.getBuffer('rope_sin') as tf.Tensor, [past, 0], [t, -1]);
+    let keyMask: tf.Tensor | null = null;
     try {
+      keyMask = options.attentionMask === undefined ? null : keyMaskOf(options.attentionMask, b, past + t);
       let h = this.embedTokens.call(inputIds) as tf.Tensor;
-      const ctx: AttentionContext = { cos, sin, mask, cache: options.cache ?? null, layerIdx: 0 };
+      const cache = options.cache ?? null;
+      const recompute = this.gradientCheckpointing && this.training && cache === null;
       for (let i = 0; i < this.layers.length; i++) {
-        ctx.layerIdx = i;
-        h = this.layers.at(i).call(h, ctx);
+        const layer = this.layers.at(i);
+        if (recompute) {
+          // the per-call tensors go in as inputs, so that the recomputation still has them
+          const inputs = keyMask ? [h, cos, sin, keyMask] : [h, cos, sin];
+          h = checkpoint(
+            (x, c, s, m) => layer.call(x, { cos: c, sin: s, keyMask: m ?? null, cache: null, layerIdx: i }),
+            inputs,
+            { module: layer },
+          );
+        } else h = layer.call(h, { cos, sin, keyMask, cache, layerIdx: i });
       }
       return this.norm.call(h);
     } finally {
-      tf.dispose([mask, cos, sin]);
+      tf.dispose([cos, sin, ...(keyMask ? [keyMask] : [])]);
     }
   }
 }
 
-const FLOAT32_MIN = -3.4028234663852886e38;
-
-/**
- * Causal + padding mask as transformers' eager attention adds it, laid out [B, 1, rep·T, S]: the
- * T query rows repeated for each of the `rep` query heads that share a kv head (see LlamaAttention).
- * The causal part is built here; a padding mask given as a tensor is combined on the backend, so it
- * is never read back (synchronous reads fail on webgpu in Node).
- */
-function buildMask(
-  b: number,
-  t: number,
-  past: number,
-  attentionMask: tf.Tensor | number[][] | undefined,
-  rep: number,
-): tf.Tensor {
-  const s = past + t;
-  const causal = new Float32Array(rep * t * s);
-  for (let r = 0; r < rep; r++)
-    for (let i = 0; i < t; i++) for (let j = 0; j <= past + i; j++) causal[(r * t + i) * s + j] = 1;
+/** An attention mask [B, S] (1 attend, 0 padding; a tensor or nested arrays) as float32 0/1. */
+function keyMaskOf(attentionMask: tf.Tensor | number[][], b: number, s: number): tf.Tensor {
   return tf.tidy(() => {
-    let allowed: tf.Tensor = tf.tensor4d(causal, [1, 1, rep * t, s]);
-    if (attentionMask !== undefined) {
-      const keep = Array.isArray(attentionMask)
-        ? tf.tensor2d(attentionMask.flat(), [attentionMask.length, attentionMask[0]?.length ?? 0])
-        : attentionMask;
-      if (keep.rank !== 2 || keep.shape[0] !== b || keep.shape[1] !== s) {
-        throw new Error(
-          `attentionMask must be [${b}, ${s}] (batch × past+new positions), got [${keep.shape.join(', ')}]`,
-        );
-      }
-      allowed = tf.mul(allowed, tf.reshape(tf.cast(tf.notEqual(keep, 0), 'float32'), [b, 1, 1, s]));
-    } else if (b > 1) allowed = tf.tile(allowed, [b, 1, 1, 1]);
-    // 0 where a query may attend, the float32 minimum elsewhere
-    return tf.mul(tf.sub(1, allowed), FLOAT32_MIN);
+    const keep = Array.isArray(attentionMask)
+      ? tf.tensor2d(attentionMask.flat(), [attentionMask.length, attentionMask[0]?.length ?? 0])
+      : attentionMask;
+    if (keep.rank !== 2 || keep.shape[0] !== b || keep.shape[1] !== s) {
+      throw new Error(
+        `attentionMask must be [${b}, ${s}] (batch × past+new positions), got [${keep.shape.join(', ')}]`,
+      );
+    }
+    return tf.cast(tf.notEqual(keep, 0), 'float32');
   });
+}
+
+/** Options of {@link LlamaForCausalLM.forward}. */
+export interface CausalLMOptions {
+  /** [B, S]: 1 for tokens to attend to, 0 for padding (S = cached + new positions). */
+  attentionMask?: tf.Tensor | number[][];
+  /** Token ids to predict, shifted by one inside; −100 is ignored. */
+  labels?: tf.Tensor2D;
+  cache?: KVCache | null;
+  /** False: with labels, compute only the loss, without materialising the logits. Default true. */
+  returnLogits?: boolean;
 }
 
 /** Options of {@link LlamaForCausalLM.generate}, with transformers' defaults. */
@@ -253,21 +270,27 @@ export class LlamaForCausalLM extends Module {
   model: LlamaModel;
   lmHead: Linear;
 
-  /** Builds a model with transformers' initialisation (normal(0, initializer_range), zero biases). */
-  constructor(config: LlamaConfig, options: { init?: boolean } = {}) {
+  /**
+   * Builds a model with transformers' initialisation (normal(0, initializer_range), zero biases);
+   * `gradientCheckpointing: true` as {@link gradientCheckpointingEnable}.
+   */
+  constructor(config: LlamaConfig, options: { init?: boolean; gradientCheckpointing?: boolean } = {}) {
     super();
     this.config = config;
     this.model = this.registerModule('model', new LlamaModel(config));
     this.lmHead = this.registerModule('lm_head', new Linear(config.hiddenSize, config.vocabSize, { bias: false }));
     if (options.init !== false) this.initWeights();
     if (config.tieWordEmbeddings) this.lmHead.setParameter('weight', this.model.embedTokens.weight);
+    if (options.gradientCheckpointing) this.gradientCheckpointingEnable();
   }
 
   private initWeights(): void {
     const std = this.config.initializerRange;
     for (const [name, p] of this.namedParameters()) {
       if (name.endsWith('layernorm.weight') || name === 'model.norm.weight') continue;
-      p.assign(name.endsWith('.bias') ? tf.zerosLike(p) : normalInit(p.shape, std));
+      const value = name.endsWith('.bias') ? tf.zerosLike(p) : normalInit(p.shape, std);
+      p.assign(value);
+      value.dispose(); // the variable holds the data now
     }
   }
 
@@ -301,23 +324,72 @@ export class LlamaForCausalLM extends Module {
   /**
    * Logits `[B, T, vocab]` and, with `labels`, the mean next-token cross-entropy (labels shifted
    * by one inside, −100 ignored), as transformers' `LlamaForCausalLM.forward`.
+   *
+   * With `returnLogits: false` (and labels) only the loss is computed, by the LM head's fused
+   * cross-entropy, which never holds the [B·T, vocab] logits (400 MB at 2048 tokens of a 49k
+   * vocabulary) nor their gradient: the way to train on long sequences.
+   *
+   * @example
+   * ```ts
+   * const { loss } = model.forward(ids, { labels: ids, returnLogits: false });
+   * ```
    */
   forward(
     inputIds: tf.Tensor2D,
-    options: { attentionMask?: tf.Tensor | number[][]; labels?: tf.Tensor2D; cache?: KVCache | null } = {},
-  ): { logits: tf.Tensor3D; loss?: tf.Scalar } {
+    options: CausalLMOptions & { labels: tf.Tensor2D; returnLogits: false },
+  ): { logits?: undefined; loss: tf.Scalar };
+  forward(inputIds: tf.Tensor2D, options?: CausalLMOptions): { logits: tf.Tensor3D; loss?: tf.Scalar };
+  forward(inputIds: tf.Tensor2D, options: CausalLMOptions = {}): { logits?: tf.Tensor3D; loss?: tf.Scalar } {
     if (inputIds.dtype !== 'int32') throw new Error(`inputIds must be int32, got ${inputIds.dtype}`);
+    if (options.returnLogits === false && !options.labels)
+      throw new Error('forward: returnLogits: false computes only the loss, so it needs labels');
     return tf.tidy(() => {
       const h = this.model.call(inputIds, {
         attentionMask: options.attentionMask,
         cache: options.cache ?? null,
       }) as tf.Tensor;
-      const logits = this.lmHead.call(h) as tf.Tensor3D;
-      if (!options.labels) return { logits };
+      if (!options.labels) return { logits: this.lmHead.call(h) as tf.Tensor3D };
       const [b, t] = inputIds.shape;
       const shifted = tf.concat([tf.slice(options.labels, [0, 1], [b, t - 1]), tf.fill([b, 1], -100, 'int32')], 1);
+      const head = this.lmHead;
+      if (options.returnLogits === false) {
+        // the fused head needs the plain layer (LoRA or modules_to_save on lm_head, or hooks, take the general path)
+        if (head instanceof Linear && head.constructor === Linear && !head.bias && !head.hasForwardHooks)
+          return {
+            loss: llamaKernels.lmHeadLoss(tf.reshape(h, [b * t, -1]), head.weight, tf.reshape(shifted, [b * t])),
+          };
+        return { loss: crossEntropy(head.call(h) as tf.Tensor, shifted) as tf.Scalar };
+      }
+      const logits = head.call(h) as tf.Tensor3D;
       return { logits, loss: crossEntropy(logits, shifted) as tf.Scalar };
     });
+  }
+
+  /**
+   * Turns on gradient checkpointing (transformers' `gradient_checkpointing_enable()`): each decoder
+   * layer's activations are recomputed in the backward pass rather than kept. See
+   * {@link LlamaModel.gradientCheckpointing}.
+   *
+   * @example
+   * ```ts
+   * model.gradientCheckpointingEnable();
+   * const peft = getPeftModel(model, { r: 8, targetModules: ['q_proj', 'v_proj'] });
+   * ```
+   */
+  gradientCheckpointingEnable(): this {
+    this.model.gradientCheckpointing = true;
+    return this;
+  }
+
+  /** Turns gradient checkpointing off (transformers' `gradient_checkpointing_disable()`). */
+  gradientCheckpointingDisable(): this {
+    this.model.gradientCheckpointing = false;
+    return this;
+  }
+
+  /** Whether gradient checkpointing is on (transformers' `is_gradient_checkpointing`). */
+  get isGradientCheckpointing(): boolean {
+    return this.model.gradientCheckpointing;
   }
 
   /**

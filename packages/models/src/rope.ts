@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { rope } from '@lora/nn';
 import type { RopeParameters } from './llama-config';
 
 /**
@@ -55,12 +56,7 @@ export function ropeTables(inv: Float32Array, start: number, length: number): { 
   return { cos: tf.tensor2d(cos, [length, d]), sin: tf.tensor2d(sin, [length, d]) };
 }
 
-/** x·cos + rotate_half(x)·sin for x `[B, H, T, D]`, where rotate_half(x) = [−x₂, x₁]. */
+/** x·cos + rotate_half(x)·sin for x `[B, H, T, D]`, where rotate_half(x) = [−x₂, x₁] (`@lora/nn`'s `rope`). */
 export function applyRope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => {
-    const d = x.shape[3] as number;
-    const [x1, x2] = tf.split(x, [d / 2, d / 2], 3) as [tf.Tensor, tf.Tensor];
-    const rotated = tf.concat([tf.neg(x2), x1], 3);
-    return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
-  });
+  return rope(x, cos, sin);
 }

@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
 import { defaultRng, kaimingUniformDefault, normalInit, uniformInit } from './init';
 import { Module, type Parameter } from './module';
-import { matmul } from './ops';
+import { rmsNorm } from './fused';
+import { affineProduct, linearProduct } from './ops';
 
 function checkPositiveInt(value: number, what: string, layer: string): void {
   if (!Number.isInteger(value) || value <= 0)
@@ -53,8 +54,12 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | null =
       `linear: input's last dimension is ${x.shape.at(-1)} but the weight expects ${inF} (weight shape [${weight.shape.join(', ')}])`,
     );
   }
-  // An explicit transpose instead of matMul's transposeB flag: the flag is ~13× slower on wasm.
-  return tf.tidy(() => affine(x, tf.transpose(weight), bias));
+  return tf.tidy(() => {
+    const x2 = x.rank === 2 ? x : tf.reshape(x, [-1, inF]);
+    let y = linearProduct(x2, weight);
+    if (bias) y = tf.add(y, bias);
+    return x.rank === 2 ? y : tf.reshape(y, [...x.shape.slice(0, -1), weight.shape[0] as number]);
+  });
 }
 
 /** `x·W + b` for x `[..., in]` and W `[in, out]`, through 2-d products (the shapes checked by the caller). */
@@ -62,7 +67,7 @@ export function affine(x: tf.Tensor, weightInOut: tf.Tensor, bias: tf.Tensor | n
   return tf.tidy(() => {
     const [inF, outF] = weightInOut.shape as [number, number];
     const x2 = x.rank === 2 ? x : tf.reshape(x, [-1, inF]);
-    let y = matmul(x2, weightInOut);
+    let y = affineProduct(x2, weightInOut);
     if (bias) y = tf.add(y, bias);
     return x.rank === 2 ? y : tf.reshape(y, [...x.shape.slice(0, -1), outF]);
   });
@@ -205,7 +210,7 @@ export class RMSNorm extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => tf.mul(tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), this.eps))), this.weight));
+    return rmsNorm(x, this.weight, this.eps);
   }
 }
 
@@ -232,6 +237,11 @@ export class Dropout extends Module {
 
   private get rng(): Generator {
     return this.own ?? defaultRng();
+  }
+
+  /** Its own generator (built with `seed`), or null when it draws from the default one. */
+  get generator(): Generator | null {
+    return this.own;
   }
 
   forward(x: tf.Tensor): tf.Tensor {

@@ -1,10 +1,38 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { isRecordingGradients } from './grad';
+import { matmulNT, matmulTN, needsGrad } from './ops';
+
+function checkTargets(what: string, rows: tf.Tensor, targets: tf.Tensor, rowsName: string): void {
+  if (targets.dtype !== 'int32') throw new Error(`${what}: targets must be int32, got ${targets.dtype}`);
+  if (rows.shape.slice(0, -1).join(',') !== targets.shape.join(',')) {
+    throw new Error(
+      `${what}: ${rowsName} [${rows.shape.join(', ')}] and targets [${targets.shape.join(', ')}] must agree on every dimension but the last`,
+    );
+  }
+}
+
+/** Per row of logits [n, c]: log Σ exp, and the logit at the (safe) target. */
+function rowTerms(
+  logits: tf.Tensor,
+  safe: tf.Tensor,
+): { max: tf.Tensor; e: tf.Tensor; sum: tf.Tensor; lse: tf.Tensor; picked: tf.Tensor } {
+  const [n, c] = logits.shape as [number, number];
+  const max = tf.max(logits, -1, true);
+  const e = tf.exp(tf.sub(logits, max));
+  const sum = tf.sum(e, -1, true);
+  const lse = tf.reshape(tf.add(max, tf.log(sum)), [n]);
+  // the target's logit, gathered from the flat logits at row·c + target
+  const at = tf.add(tf.mul(tf.range(0, n, 1, 'int32'), tf.scalar(c, 'int32')), safe);
+  const picked = tf.gather(tf.reshape(logits, [-1]), at);
+  return { max, e, sum, lse, picked };
+}
 
 /**
  * Cross-entropy from logits `[N, C]` (or `[..., C]`) and integer targets `[N]` (or `[...]`), as
  * `torch.nn.functional.cross_entropy`: targets equal to `ignoreIndex` (default −100, Hugging Face's
  * label padding) count for nothing, and `'mean'` divides by the number of targets that count.
- * Computed with a stable log-softmax.
+ * Computed with a stable log-softmax, as one op with its own gradient (softmax − one-hot, built only
+ * in the backward pass; nothing of the logits' size is kept but the logits).
  *
  * @example
  * ```ts
@@ -19,23 +47,138 @@ export function crossEntropy(
   const ignore = options.ignoreIndex ?? -100;
   const reduction = options.reduction ?? 'mean';
   const c = logits.shape.at(-1) as number;
-  if (targets.dtype !== 'int32') throw new Error(`crossEntropy: targets must be int32, got ${targets.dtype}`);
-  if (logits.shape.slice(0, -1).join(',') !== targets.shape.join(',')) {
-    throw new Error(
-      `crossEntropy: logits [${logits.shape.join(', ')}] and targets [${targets.shape.join(', ')}] must agree on every dimension but the last`,
-    );
-  }
-  return tf.tidy(() => {
-    const flat = tf.reshape(logits, [-1, c]);
+  checkTargets('crossEntropy', logits, targets, 'logits');
+  const op = tf.customGrad(((x: tf.Tensor, save: tf.GradSaveFunc) => {
+    const flat = tf.reshape(x, [-1, c]);
     const t = tf.reshape(targets, [-1]);
-    const valid = tf.notEqual(t, ignore);
-    const safe = tf.where(valid, t, tf.zerosLike(t));
-    const logp = tf.logSoftmax(flat);
-    const picked = tf.sum(tf.mul(logp, tf.oneHot(safe, c)), -1);
-    const losses = tf.mul(tf.neg(picked), tf.cast(valid, 'float32'));
-    if (reduction === 'none') return tf.reshape(losses, targets.shape);
-    const total = tf.sum(losses);
+    const valid = tf.cast(tf.notEqual(t, ignore), 'float32');
+    const safe = tf.where(tf.notEqual(t, ignore), t, tf.zerosLike(t));
+    const { lse, picked } = rowTerms(flat, safe);
+    const losses = tf.mul(tf.sub(lse, picked), valid);
     // torch divides by the count of targets that count (NaN when there are none, as torch gives)
-    return reduction === 'sum' ? total : tf.div(total, tf.sum(tf.cast(valid, 'float32')));
-  });
+    const count = tf.sum(valid);
+    const value =
+      reduction === 'none'
+        ? tf.reshape(losses, targets.shape)
+        : reduction === 'sum'
+          ? tf.sum(losses)
+          : tf.div(tf.sum(losses), count);
+    save([flat, lse, safe, valid, count]);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [f, l, sf, vd, cnt] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+        const n = f.shape[0] as number;
+        // d loss_i / d logits_i = softmax_i − onehot(target_i), weighted per row
+        let w = reduction === 'none' ? tf.mul(tf.reshape(dy, [n]), vd) : tf.mul(vd, tf.reshape(dy, []));
+        if (reduction === 'mean') w = tf.div(w, cnt);
+        const p = tf.exp(tf.sub(f, tf.reshape(l, [n, 1])));
+        const g = tf.mul(tf.sub(p, oneHotFloat(sf, c)), tf.reshape(w, [n, 1]));
+        return tf.reshape(g, x.shape);
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
+  return op(logits);
+}
+
+/** Options of {@link linearCrossEntropy}. */
+export interface LinearCrossEntropyOptions {
+  ignoreIndex?: number;
+  /** Rows of logits computed at a time. Default: as many as make 8M logits (32 MiB). */
+  chunkRows?: number;
+}
+
+/**
+ * The mean cross-entropy of `h·Wᵀ` (a language model's head: `h` [N, in], `weight` [vocab, in]) and
+ * integer `targets` [N] (−100 ignored), without ever holding the [N, vocab] logits: rows are done a
+ * chunk at a time, and when a gradient is being recorded each chunk's gradient (softmax − one-hot,
+ * times W) is taken on the spot, so the backward pass only scales it (Liger Kernel's fused linear
+ * cross-entropy). The same value as `crossEntropy(linear(h, weight), targets)`; a frozen weight gets
+ * no gradient.
+ *
+ * @example
+ * ```ts
+ * const loss = linearCrossEntropy(hidden, lmHead.weight, labels); // hidden: [T, 576], weight: [49152, 576]
+ * ```
+ */
+export function linearCrossEntropy(
+  h: tf.Tensor,
+  weight: tf.Tensor,
+  targets: tf.Tensor,
+  options: LinearCrossEntropyOptions = {},
+): tf.Scalar {
+  if (h.rank !== 2 || weight.rank !== 2 || h.shape[1] !== weight.shape[1])
+    throw new Error(
+      `linearCrossEntropy: h must be [N, in] and weight [vocab, in], got [${h.shape.join(', ')}] and [${weight.shape.join(', ')}]`,
+    );
+  checkTargets('linearCrossEntropy', h, targets, 'h');
+  const ignore = options.ignoreIndex ?? -100;
+  const [n, inF] = h.shape as [number, number];
+  const vocab = weight.shape[0] as number;
+  const chunk = options.chunkRows ?? Math.max(1, Math.floor(2 ** 23 / vocab));
+  if (!(Number.isInteger(chunk) && chunk > 0))
+    throw new Error(`linearCrossEntropy: chunkRows must be a positive integer, got ${chunk}`);
+  const withW = needsGrad(weight);
+  const grads = isRecordingGradients();
+
+  const run = (hi: tf.Tensor, w: tf.Tensor, save: tf.GradSaveFunc) => {
+    const valid = tf.cast(tf.notEqual(targets, ignore), 'float32');
+    const safe = tf.where(tf.notEqual(targets, ignore), targets, tf.zerosLike(targets));
+    const count = tf.sum(valid);
+    // one transposed copy of W for all chunks on wasm (XNNPACK packs it once for this call)
+    const wT = tf.getBackend() === 'wasm' ? tf.transpose(w) : null;
+    let total: tf.Tensor = tf.scalar(0);
+    const dh: tf.Tensor[] = [];
+    let dw: tf.Tensor | null = null;
+    for (let r0 = 0; r0 < n; r0 += chunk) {
+      const rows = Math.min(chunk, n - r0);
+      const [part, dhPart, dwPart] = tf.tidy(() => {
+        const hc = tf.slice(hi, [r0, 0], [rows, inF]);
+        const logits = wT ? tf.matMul(hc, wT) : matmulNT(hc, w);
+        const sc = tf.slice(safe, [r0], [rows]);
+        const vc = tf.slice(valid, [r0], [rows]);
+        const { e, sum, lse, picked } = rowTerms(logits, sc);
+        const loss = tf.sum(tf.mul(tf.sub(lse, picked), vc));
+        if (!grads) return [loss];
+        // the gradient of the mean loss for these rows: (softmax − onehot)·valid / count
+        const g = tf.mul(tf.sub(tf.div(e, sum), oneHotFloat(sc, vocab)), tf.reshape(tf.div(vc, count), [rows, 1]));
+        return withW ? [loss, tf.matMul(g, w), matmulTN(g, hc)] : [loss, tf.matMul(g, w)];
+      });
+      total = addOwned(total, part as tf.Tensor);
+      if (dhPart) dh.push(dhPart);
+      if (dwPart) dw = dw ? addOwned(dw, dwPart) : dwPart;
+    }
+    wT?.dispose();
+    const value = tf.div(total, count);
+    if (grads) save(dw ? [tf.concat(dh, 0), dw] : [dh.length === 1 ? (dh[0] as tf.Tensor) : tf.concat(dh, 0)]);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const scale = tf.reshape(dy, []);
+        return saved.map((g) => tf.mul(g, scale));
+      },
+    };
+  };
+  const op = withW
+    ? tf.customGrad(((hi: tf.Tensor, w: tf.Tensor, save: tf.GradSaveFunc) => run(hi, w, save)) as unknown as Parameters<
+        typeof tf.customGrad
+      >[0])
+    : tf.customGrad(((hi: tf.Tensor, save: tf.GradSaveFunc) => run(hi, weight, save)) as unknown as Parameters<
+        typeof tf.customGrad
+      >[0]);
+  return (
+    withW ? (op as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor)(h, weight) : (op as (a: tf.Tensor) => tf.Tensor)(h)
+  ) as tf.Scalar;
+}
+
+function addOwned(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
+  const s = tf.add(a, b);
+  a.dispose();
+  b.dispose();
+  return s;
+}
+
+/** One-hot rows as float32 (tfjs-backend-wasm 4.22's OneHot writes integer bits when asked for float32). */
+function oneHotFloat(indices: tf.Tensor, depth: number): tf.Tensor {
+  return tf.cast(tf.oneHot(indices, depth), 'float32');
 }

@@ -12,6 +12,7 @@ export type { SafetensorsErrorDetail } from './errors';
 export { bf16ToFloat32, f16BitsToNumber, f16ToFloat32, float32ToBf16, float32ToF16, numberToF16Bits } from './half';
 export { assertNoLeaks, countTensors } from './memory';
 export { Generator } from './random';
+export type { GeneratorState } from './random';
 export {
   MAX_HEADER_BYTES,
   READABLE_DTYPES,

@@ -1,0 +1,110 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { needsGrad } from './ops';
+
+type CustomOp = (...t: tf.Tensor[]) => tf.Tensor;
+const custom = (
+  f: (...args: never[]) => {
+    value: tf.Tensor;
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[];
+  },
+) => tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as CustomOp;
+
+/**
+ * Root-mean-square normalisation over the last axis, `x / √(mean(x²) + eps) · weight`, as
+ * transformers' `LlamaRMSNorm`, as one op with its own gradient: the backward pass keeps only `x`
+ * and the per-row scale (tfjs's op-by-op gradient keeps four activations of `x`'s size), and a
+ * frozen `weight` gets no gradient.
+ *
+ * @example
+ * ```ts
+ * const y = rmsNorm(x, norm.weight, 1e-5); // x: [batch, seq, dim], weight: [dim]
+ * ```
+ */
+export function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
+  const d = x.shape.at(-1) as number;
+  if (weight.rank !== 1 || weight.shape[0] !== d)
+    throw new Error(
+      `rmsNorm: weight must be [${d}] for input [${x.shape.join(', ')}], got [${weight.shape.join(', ')}]`,
+    );
+  const forward = (xi: tf.Tensor, w: tf.Tensor, save: tf.GradSaveFunc, withW: boolean) => {
+    const r = tf.rsqrt(tf.add(tf.mean(tf.square(xi), -1, true), eps));
+    save(withW ? [xi, r, w] : [xi, r]);
+    return {
+      value: tf.mul(tf.mul(xi, r), w),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xs, rs] = saved as [tf.Tensor, tf.Tensor];
+        const ws = withW ? (saved[2] as tf.Tensor) : w;
+        // y = w·x̂ with x̂ = x·r: dx = r·(g − x̂·mean(g·x̂)) for g = dy·w
+        const xhat = tf.mul(xs, rs);
+        const g = tf.mul(dy, ws);
+        const dx = tf.mul(rs, tf.sub(g, tf.mul(xhat, tf.mean(tf.mul(g, xhat), -1, true))));
+        if (!withW) return dx;
+        return [dx, tf.sum(tf.reshape(tf.mul(dy, xhat), [-1, d]), 0)];
+      },
+    };
+  };
+  if (needsGrad(weight))
+    return custom((xi: tf.Tensor, w: tf.Tensor, save: tf.GradSaveFunc) => forward(xi, w, save, true))(x, weight);
+  return custom((xi: tf.Tensor, save: tf.GradSaveFunc) => forward(xi, weight, save, false))(x);
+}
+
+/**
+ * SwiGLU's gate, `silu(gate) · up` (transformers' `act_fn(gate_proj(x)) * up_proj(x)` with SiLU), as
+ * one op whose backward pass keeps only its two inputs.
+ *
+ * @example
+ * ```ts
+ * const h = swiglu(gateProj.call(x), upProj.call(x));
+ * ```
+ */
+export function swiglu(gate: tf.Tensor, up: tf.Tensor): tf.Tensor {
+  if (gate.shape.join(',') !== up.shape.join(','))
+    throw new Error(`swiglu: gate [${gate.shape.join(', ')}] and up [${up.shape.join(', ')}] must have one shape`);
+  return custom((g: tf.Tensor, u: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([g, u]);
+    return {
+      value: tf.mul(tf.mul(g, tf.sigmoid(g)), u),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [gs, us] = saved as [tf.Tensor, tf.Tensor];
+        const s = tf.sigmoid(gs);
+        const silu = tf.mul(gs, s);
+        // d silu(g)/dg = σ(g)·(1 + g·(1 − σ(g)))
+        const dsilu = tf.mul(s, tf.add(1, tf.mul(gs, tf.sub(1, s))));
+        return [tf.mul(tf.mul(dy, us), dsilu), tf.mul(dy, silu)];
+      },
+    };
+  })(gate, up);
+}
+
+/** [−x₂, x₁] of the halves of the last axis (transformers' `rotate_half`). */
+function rotateHalf(x: tf.Tensor): tf.Tensor {
+  const d = x.shape.at(-1) as number;
+  const [x1, x2] = tf.split(x, [d / 2, d / 2], -1) as [tf.Tensor, tf.Tensor];
+  return tf.concat([tf.neg(x2), x1], -1);
+}
+
+/**
+ * Rotary position embedding, `x·cos + rotate_half(x)·sin` (transformers' `apply_rotary_pos_emb`),
+ * for `x` [..., T, D] and tables `cos`, `sin` [T, D]. It is linear in `x`, so its backward pass
+ * keeps no activation: dx = dy·cos + rotate_halfᵀ(dy·sin).
+ *
+ * @example
+ * ```ts
+ * const qRot = rope(q, cos, sin); // q: [batch, heads, seq, headDim]
+ * ```
+ */
+export function rope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor {
+  return custom((xi: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([cos, sin]);
+    return {
+      value: tf.add(tf.mul(xi, cos), tf.mul(rotateHalf(xi), sin)),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [c, s] = saved as [tf.Tensor, tf.Tensor];
+        const d = dy.shape.at(-1) as number;
+        const [b1, b2] = tf.split(tf.mul(dy, s), [d / 2, d / 2], -1) as [tf.Tensor, tf.Tensor];
+        // rotate_half maps (x₁, x₂) to (−x₂, x₁); its transpose maps (z₁, z₂) to (z₂, −z₁)
+        return tf.add(tf.mul(dy, c), tf.concat([b2, tf.neg(b1)], -1));
+      },
+    };
+  })(x);
+}
