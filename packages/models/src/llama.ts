@@ -132,8 +132,11 @@ export class LlamaDecoderLayer extends Module {
   }
 
   forward(x: tf.Tensor, ctx: AttentionContext): tf.Tensor {
-    const h = tf.add(x, this.selfAttn.call(this.inputLayernorm.call(x), ctx));
-    return tf.add(h, this.mlp.call(this.postAttentionLayernorm.call(h)));
+    // a scope per layer: its intermediates go as soon as it is done (the gradient keeps what it needs)
+    return tf.tidy(() => {
+      const h = tf.add(x, this.selfAttn.call(this.inputLayernorm.call(x), ctx));
+      return tf.add(h, this.mlp.call(this.postAttentionLayernorm.call(h)));
+    });
   }
 }
 

@@ -19,7 +19,12 @@ export interface AttentionOptions {
   blockSize?: number;
 }
 
-const FLOAT32_MIN = -3.4028234663852886e38;
+/**
+ * What a masked score gets: −3.4e38, within 0.01% of the float32 minimum transformers adds (any value
+ * this low gives the same probabilities: exactly 0 beside an allowed key, uniform in a fully masked
+ * row); the exact minimum makes tfjs-backend-webgpu's softmax return NaN for a fully masked row.
+ */
+const FLOAT32_MIN = -3.4e38;
 const BLOCK_ELEMENTS = 2 ** 22;
 
 interface Dims {
@@ -36,34 +41,38 @@ interface Dims {
   scale: number;
 }
 
-/** The additive mask of one block of query rows [t0, t1) for batch row `b`: 0 where allowed, the float32 minimum elsewhere. */
-function blockMask(
-  dims: Dims,
-  keep: tf.Tensor | null,
-  b: number,
-  t0: number,
-  t1: number,
-  kEnd: number,
-): tf.Tensor | null {
+/**
+ * The causal part of one block's additive mask, [t1 − t0, kEnd]: 0 where query t (at position
+ * offset + t) may see key j (j ≤ offset + t), the float32 minimum elsewhere. Built on the host (a
+ * broadcast comparison on wasm costs ~100 ns per element).
+ */
+function causalMask(dims: Dims, t0: number, t1: number, kEnd: number): tf.Tensor {
+  const rows = t1 - t0;
+  const data = new Float32Array(rows * kEnd);
+  for (let r = 0; r < rows; r++) {
+    const last = dims.offset + t0 + r;
+    if (last + 1 < kEnd) data.fill(FLOAT32_MIN, r * kEnd + last + 1, (r + 1) * kEnd);
+  }
+  return tf.tensor2d(data, [rows, kEnd]);
+}
+
+/** Additive masks of one block for each batch row (one shared entry when only causal), or null when nothing is masked. */
+function blockMasks(dims: Dims, keep: tf.Tensor | null, t0: number, t1: number, kEnd: number): tf.Tensor[] | null {
   if (!dims.causal && !keep) return null;
   return tf.tidy(() => {
-    let allowed: tf.Tensor | null = null;
-    if (dims.causal) {
-      // query t (at position offset + t) sees keys j ≤ offset + t
-      const pos = tf.reshape(tf.range(dims.offset + t0, dims.offset + t1, 1, 'int32'), [t1 - t0, 1]);
-      allowed = tf.cast(tf.lessEqual(tf.reshape(tf.range(0, kEnd, 1, 'int32'), [1, kEnd]), pos), 'float32');
-    }
-    if (keep) {
-      const row = tf.slice(keep, [b, 0], [1, kEnd]);
-      allowed = allowed ? tf.mul(allowed, row) : row;
-    }
+    const causal = dims.causal ? causalMask(dims, t0, t1, kEnd) : null;
+    if (!keep) return [causal as tf.Tensor];
     // one minimum where either mask forbids, as transformers' eager attention adds it
-    return tf.mul(tf.sub(1, allowed as tf.Tensor), FLOAT32_MIN);
+    const allowed = causal ? tf.cast(tf.equal(causal, 0), 'float32') : null;
+    return Array.from({ length: dims.b }, (_, bi) => {
+      const row = tf.slice(keep, [bi, 0], [1, kEnd]);
+      return tf.mul(tf.sub(1, allowed ? tf.mul(allowed, row) : row), FLOAT32_MIN);
+    });
   });
 }
 
-/** Scores of one block, masked: [rep·bq, kEnd]. */
-function blockScores(
+/** Probabilities of one block, softmax(q·kᵀ + mask): [rep·bq, kEnd]. */
+function blockProbs(
   dims: Dims,
   qs: tf.Tensor,
   kb: tf.Tensor,
@@ -72,9 +81,18 @@ function blockScores(
   kEnd: number,
 ): tf.Tensor {
   const s = matmulNT(qs, kb);
-  if (!mask) return s;
+  if (!mask) return tf.softmax(s);
   // the rep heads' rows share the mask: add it to [rep, bq, kEnd] by broadcasting
-  return tf.reshape(tf.add(tf.reshape(s, [dims.rep, bq, kEnd]), mask), [dims.rep * bq, kEnd]);
+  return tf.softmax(tf.reshape(tf.add(tf.reshape(s, [dims.rep, bq, kEnd]), mask), [dims.rep * bq, kEnd]));
+}
+
+/**
+ * Keys a causal block needs: those up to its last query. With a padding mask every key, because
+ * a query whose allowed keys are all padding (left padding) attends, as in transformers' eager
+ * attention, uniformly to all S keys, future ones included.
+ */
+function keyEnd(dims: Dims, t1: number, padded: boolean): number {
+  return dims.causal && !padded ? dims.offset + t1 : dims.s;
 }
 
 function slice2d(x: tf.Tensor, b: number, head0: number, heads: number, t0: number, t1: number, d: number): tf.Tensor {
@@ -152,38 +170,37 @@ export function scaledDotProductAttention(
     blocks,
     scale: options.scale ?? 1 / Math.sqrt(d),
   };
-  const kEndOf = (t1: number) => (causal ? dims.offset + t1 : s);
+  const kEndOf = (t1: number) => keyEnd(dims, t1, keyMask !== undefined);
 
   const op = tf.customGrad(((qi: tf.Tensor, ki: tf.Tensor, vi: tf.Tensor, save: tf.GradSaveFunc) => {
     const keep = keyMask ? tf.cast(tf.notEqual(keyMask, 0), 'float32') : null;
-    const stats: tf.Tensor[] = []; // per (batch, key head, block): row maximum and log of the row sum
-    const batches: tf.Tensor[] = [];
-    for (let bi = 0; bi < b; bi++) {
-      const groups: tf.Tensor[] = [];
-      for (let g = 0; g < hkv; g++) {
-        const parts: tf.Tensor[] = [];
-        for (const [t0, t1] of blocks) {
-          const kEnd = kEndOf(t1);
-          const [o, m, l] = tf.tidy(() => {
+    const outs: tf.Tensor[][][] = Array.from({ length: b }, () => Array.from({ length: hkv }, () => []));
+    for (const [t0, t1] of blocks) {
+      const kEnd = kEndOf(t1);
+      const masks = blockMasks(dims, keep, t0, t1, kEnd);
+      for (let bi = 0; bi < b; bi++)
+        for (let g = 0; g < hkv; g++) {
+          const o = tf.tidy(() => {
             const qs = tf.mul(slice2d(qi, bi, g * rep, rep, t0, t1, d), dims.scale);
             const kb = slice2d(ki, bi, g, 1, 0, kEnd, d);
             const vb = slice2d(vi, bi, g, 1, 0, kEnd, d);
-            const scores = blockScores(dims, qs, kb, blockMask(dims, keep, bi, t0, t1, kEnd), t1 - t0, kEnd);
-            const max = tf.max(scores, -1, true);
-            const e = tf.exp(tf.sub(scores, max));
-            const sum = tf.sum(e, -1, true);
-            const out = tf.reshape(tf.matMul(tf.div(e, sum), vb), [rep, t1 - t0, d]);
-            return [out, max, tf.log(sum)];
+            const mask = masks ? (masks[masks.length === 1 ? 0 : bi] as tf.Tensor) : null;
+            const p = blockProbs(dims, qs, kb, mask, t1 - t0, kEnd);
+            return tf.reshape(tf.matMul(p, vb), [rep, t1 - t0, d]);
           });
-          parts.push(o as tf.Tensor);
-          stats.push(m as tf.Tensor, l as tf.Tensor);
+          (outs[bi] as tf.Tensor[][])[g]?.push(o);
         }
-        groups.push(parts.length === 1 ? (parts[0] as tf.Tensor) : tf.concat(parts, 1));
-      }
-      batches.push(groups.length === 1 ? (groups[0] as tf.Tensor) : tf.concat(groups, 0));
+      if (masks) tf.dispose(masks);
     }
-    const value = tf.stack(batches);
-    save([qi, ki, vi, value, ...(keep ? [keep] : []), ...stats]);
+    const value = tf.stack(
+      outs.map((groups) =>
+        tf.concat(
+          groups.map((parts) => (parts.length === 1 ? (parts[0] as tf.Tensor) : tf.concat(parts, 1))),
+          0,
+        ),
+      ),
+    );
+    save([qi, ki, vi, value, ...(keep ? [keep] : [])]);
     return {
       value,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => attentionBackward(dims, dy, saved, keep !== null),
@@ -194,40 +211,30 @@ export function scaledDotProductAttention(
 
 /** dq, dk, dv of one attention call, block by block, recomputing each block's probabilities. */
 function attentionBackward(dims: Dims, dy: tf.Tensor, saved: tf.Tensor[], masked: boolean): tf.Tensor[] {
-  const { b, hkv, rep, d, s, blocks, causal, offset } = dims;
+  const { b, hkv, rep, d, s, blocks } = dims;
   const [q, k, v, out] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
   const keep = masked ? (saved[4] as tf.Tensor) : null;
-  const stats = saved.slice(masked ? 5 : 4);
-  let at = 0;
-  const dqs: tf.Tensor[] = [];
-  const dks: tf.Tensor[] = [];
-  const dvs: tf.Tensor[] = [];
-  for (let bi = 0; bi < b; bi++) {
-    const dqGroups: tf.Tensor[] = [];
-    const dkGroups: tf.Tensor[] = [];
-    const dvGroups: tf.Tensor[] = [];
-    for (let g = 0; g < hkv; g++) {
-      let dkAcc: tf.Tensor | null = null;
-      let dvAcc: tf.Tensor | null = null;
-      const dqParts: tf.Tensor[] = [];
-      for (const [t0, t1] of blocks) {
-        const kEnd = causal ? offset + t1 : s;
-        const m = stats[at++] as tf.Tensor;
-        const l = stats[at++] as tf.Tensor;
-        const [dq, dk, dv] = tf.tidy(() => {
+  const dq: tf.Tensor[][][] = Array.from({ length: b }, () => Array.from({ length: hkv }, () => []));
+  const dk: (tf.Tensor | null)[][] = Array.from({ length: b }, () => Array.from({ length: hkv }, () => null));
+  const dv: (tf.Tensor | null)[][] = Array.from({ length: b }, () => Array.from({ length: hkv }, () => null));
+  for (const [t0, t1] of blocks) {
+    const kEnd = keyEnd(dims, t1, masked);
+    const masks = blockMasks(dims, keep, t0, t1, kEnd);
+    for (let bi = 0; bi < b; bi++)
+      for (let g = 0; g < hkv; g++) {
+        const [dqb, dkb, dvb] = tf.tidy(() => {
           const qs = tf.mul(slice2d(q, bi, g * rep, rep, t0, t1, d), dims.scale);
           const kb = slice2d(k, bi, g, 1, 0, kEnd, d);
           const vb = slice2d(v, bi, g, 1, 0, kEnd, d);
           const dO = slice2d(dy, bi, g * rep, rep, t0, t1, d);
           const o = slice2d(out, bi, g * rep, rep, t0, t1, d);
-          const scores = blockScores(dims, qs, kb, blockMask(dims, keep, bi, t0, t1, kEnd), t1 - t0, kEnd);
-          // P = exp(s − max − log Σ): a fully masked row comes back uniform, as the forward's softmax
-          const p = tf.exp(tf.sub(tf.sub(scores, m), l));
-          const dv = matmulTN(p, dO);
-          const dp = matmulNT(dO, vb);
-          const ds = tf.mul(p, tf.sub(dp, tf.sum(tf.mul(dO, o), -1, true)));
-          const dq = tf.reshape(tf.mul(tf.matMul(ds, kb), dims.scale), [rep, t1 - t0, d]);
-          const dk = matmulTN(ds, qs);
+          const mask = masks ? (masks[masks.length === 1 ? 0 : bi] as tf.Tensor) : null;
+          // the forward's probabilities again (the same softmax of the same scores)
+          const p = blockProbs(dims, qs, kb, mask, t1 - t0, kEnd);
+          const dvBlock = matmulTN(p, dO);
+          const ds = tf.mul(p, tf.sub(matmulNT(dO, vb), tf.sum(tf.mul(dO, o), -1, true)));
+          const dqBlock = tf.reshape(tf.mul(tf.matMul(ds, kb), dims.scale), [rep, t1 - t0, d]);
+          const dkBlock = matmulTN(ds, qs);
           const pad = (x: tf.Tensor) =>
             kEnd === s
               ? x
@@ -235,19 +242,24 @@ function attentionBackward(dims: Dims, dy: tf.Tensor, saved: tf.Tensor[], masked
                   [0, s - kEnd],
                   [0, 0],
                 ]);
-          return [dq, pad(dk), pad(dv)];
+          return [dqBlock, pad(dkBlock), pad(dvBlock)];
         });
-        dqParts.push(dq as tf.Tensor);
-        dkAcc = addInto(dkAcc, dk as tf.Tensor);
-        dvAcc = addInto(dvAcc, dv as tf.Tensor);
+        (dq[bi] as tf.Tensor[][])[g]?.push(dqb as tf.Tensor);
+        (dk[bi] as (tf.Tensor | null)[])[g] = addInto((dk[bi] as (tf.Tensor | null)[])[g] ?? null, dkb as tf.Tensor);
+        (dv[bi] as (tf.Tensor | null)[])[g] = addInto((dv[bi] as (tf.Tensor | null)[])[g] ?? null, dvb as tf.Tensor);
       }
-      dqGroups.push(dqParts.length === 1 ? (dqParts[0] as tf.Tensor) : tf.concat(dqParts, 1));
-      dkGroups.push(dkAcc as tf.Tensor);
-      dvGroups.push(dvAcc as tf.Tensor);
-    }
-    dqs.push(dqGroups.length === 1 ? (dqGroups[0] as tf.Tensor) : tf.concat(dqGroups, 0));
-    dks.push(tf.stack(dkGroups));
-    dvs.push(tf.stack(dvGroups));
+    if (masks) tf.dispose(masks);
   }
-  return [tf.stack(dqs), tf.stack(dks), tf.stack(dvs)];
+  return [
+    tf.stack(
+      dq.map((groups) =>
+        tf.concat(
+          groups.map((parts) => (parts.length === 1 ? (parts[0] as tf.Tensor) : tf.concat(parts, 1))),
+          0,
+        ),
+      ),
+    ),
+    tf.stack(dk.map((groups) => tf.stack(groups as tf.Tensor[]))),
+    tf.stack(dv.map((groups) => tf.stack(groups as tf.Tensor[]))),
+  ];
 }

@@ -25,6 +25,46 @@ interface EngineInternals {
   tidy<T extends tf.TensorContainer>(name: string, fn: () => T): T;
 }
 
+/**
+ * Saved inputs that tfjs's gradient functions read only the shape of (the position in `saved`, or
+ * 'all'): Reshape keeps its input and Add both of its inputs alive until the backward pass just to
+ * know their shapes, which for a transformer is most of the activation memory. The tape below keeps
+ * a shape record in their place and frees the tensor at once.
+ */
+const SHAPE_ONLY: Record<string, number[] | 'all'> = {
+  Reshape: [0],
+  Add: [0, 1],
+  Sub: [0, 1],
+  Slice: [0],
+  Sum: [0],
+  Mean: [0],
+  PadV2: [0],
+  ExpandDims: [0],
+  Concat: 'all',
+  GatherV2: [0],
+};
+
+/** A tape that frees, as each op is recorded, the saved tensors its gradient needs only the shape of. */
+class LeanTape extends Array<TapeNode> {
+  override push(...nodes: TapeNode[]): number {
+    for (const node of nodes) {
+      const which = SHAPE_ONLY[node.kernelName];
+      const saved = node.saved;
+      if (!which || !saved) continue;
+      // the gradient closure holds this same array: replace in place
+      for (let i = 0; i < saved.length; i++) {
+        if (which !== 'all' && !which.includes(i)) continue;
+        const t = saved[i] as tf.Tensor;
+        saved[i] = { shape: t.shape, rank: t.rank, dtype: t.dtype, size: t.size } as unknown as tf.Tensor;
+        t.dispose();
+      }
+    }
+    return super.push(...nodes);
+  }
+}
+
+const isTensor = (t: unknown): t is tf.Tensor => t instanceof tf.Tensor;
+
 function engine(): EngineInternals {
   return tf.engine() as unknown as EngineInternals;
 }
@@ -92,6 +132,7 @@ export function gradientsOf(
   let y: tf.Tensor;
   let tape: TapeNode[];
   e.startTape();
+  e.state.activeTape = new LeanTape();
   try {
     y = e.tidy('forward', f);
   } finally {
@@ -107,7 +148,7 @@ export function gradientsOf(
     ) as unknown as (tf.Tensor | null)[];
     return { value: y, grads };
   } finally {
-    for (const node of tape) for (const t of node.saved ?? []) t.dispose();
+    for (const node of tape) for (const t of node.saved ?? []) if (isTensor(t)) t.dispose();
   }
 }
 
@@ -120,13 +161,13 @@ function backward(nodes: TapeNode[], xs: tf.Tensor[], y: tf.Tensor, dy?: tf.Tens
     const dys = node.outputs.map((o) => grad.get(o.id) ?? null);
     if (dys.every((d) => d === null)) {
       // no gradient reached this op's outputs: it contributes nothing
-      for (const t of node.saved ?? []) t.dispose();
+      for (const t of node.saved ?? []) if (isTensor(t)) t.dispose();
       continue;
     }
     if (!node.gradient) throw new Error(`Cannot compute gradient: gradient function not found for ${node.kernelName}.`);
     const names = Object.keys(node.inputs);
     // tensors freed below or handed out twice must not become a gradient as they are
-    const own = new Set<tf.Tensor>([...(dys.filter(Boolean) as tf.Tensor[]), ...(node.saved ?? [])]);
+    const own = new Set<tf.Tensor>([...(dys.filter(Boolean) as tf.Tensor[]), ...(node.saved ?? []).filter(isTensor)]);
     // Only the inputs that depend on an x; anything else the gradient function made is freed here.
     const dxs = tf.tidy(() => {
       const fns = (node.gradient as NonNullable<TapeNode['gradient']>)(dys);
@@ -165,7 +206,7 @@ function backward(nodes: TapeNode[], xs: tf.Tensor[], y: tf.Tensor, dy?: tf.Tens
       grad.get(o.id)?.dispose();
       grad.delete(o.id);
     }
-    for (const t of node.saved ?? []) t.dispose();
+    for (const t of node.saved ?? []) if (isTensor(t)) t.dispose();
   }
   const out = xs.map((x) => grad.get(x.id) ?? null);
   for (const [id, t] of grad) if (!wanted.has(id)) t.dispose();

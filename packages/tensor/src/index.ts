@@ -7,10 +7,12 @@ export type {
   OptionalPackage,
   WebGPUOptions,
 } from './backend';
-export { BackendUnavailableError, SafetensorsError, TensorLeakError } from './errors';
+export { BackendUnavailableError, SafetensorsError, TensorLeakError, WasmOutOfMemoryError } from './errors';
 export type { SafetensorsErrorDetail } from './errors';
 export { bf16ToFloat32, f16BitsToNumber, f16ToFloat32, float32ToBf16, float32ToF16, numberToF16Bits } from './half';
 export { assertNoLeaks, countTensors } from './memory';
+export { memoryUsage } from './wasm-memory';
+export type { MemoryUsage } from './wasm-memory';
 export { Generator } from './random';
 export type { GeneratorState } from './random';
 export {
