@@ -23,8 +23,8 @@ async function gradients(
     const out = model.forward(inputs.input_ids as tf.Tensor2D, {
       attentionMask: mask,
       labels: inputs.labels as tf.Tensor2D,
-      returnLogits: returnLogits as false,
-    });
+      returnLogits,
+    }) as { logits?: tf.Tensor; loss: tf.Scalar };
     out.logits?.dispose();
     return out.loss;
   }, model.parameters());

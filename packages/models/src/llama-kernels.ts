@@ -16,8 +16,11 @@ export interface LlamaKernels {
   attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, options: AttentionOptions): tf.Tensor;
   /** `silu(gate) · up`. */
   swiglu(gate: tf.Tensor, up: tf.Tensor): tf.Tensor;
-  /** Mean cross-entropy of `h·Wᵀ` against targets (−100 ignored), without the [N, vocab] logits. */
-  lmHeadLoss(h: tf.Tensor, weight: tf.Tensor, targets: tf.Tensor): tf.Scalar;
+  /**
+   * Mean cross-entropy of `h·Wᵀ` against targets (−100 ignored), without the [N, vocab] logits;
+   * `vocabBlocks` (wasm, frozen W): W's transposed vocabulary blocks, which the model keeps.
+   */
+  lmHeadLoss(h: tf.Tensor, weight: tf.Tensor, targets: tf.Tensor, options?: { vocabBlocks?: tf.Tensor[] }): tf.Scalar;
 }
 
 /**
@@ -37,5 +40,5 @@ export const llamaKernels: LlamaKernels = {
   rope,
   attention: scaledDotProductAttention,
   swiglu,
-  lmHeadLoss: (h, weight, targets) => linearCrossEntropy(h, weight, targets),
+  lmHeadLoss: (h, weight, targets, options) => linearCrossEntropy(h, weight, targets, options),
 };

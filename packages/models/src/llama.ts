@@ -8,6 +8,7 @@ import {
   RMSNorm,
   checkpoint,
   crossEntropy,
+  transposedVocabBlocks,
   normalInit,
   withoutInit,
 } from '@lora/nn';
@@ -272,6 +273,8 @@ export class LlamaForCausalLM extends Module {
   readonly config: LlamaConfig;
   model: LlamaModel;
   lmHead: Linear;
+  /** wasm: the frozen head weight's transposed vocabulary blocks, for the fused loss, and the data they were cut from. */
+  private headBlocks: { source: object; blocks: tf.Tensor[] } | null = null;
 
   /**
    * Builds a model with transformers' initialisation (normal(0, initializer_range), zero biases);
@@ -357,15 +360,45 @@ export class LlamaForCausalLM extends Module {
       const head = this.lmHead;
       if (options.returnLogits === false) {
         // the fused head needs the plain layer (LoRA or modules_to_save on lm_head, or hooks, take the general path)
-        if (head instanceof Linear && head.constructor === Linear && !head.bias && !head.hasForwardHooks)
+        if (head instanceof Linear && head.constructor === Linear && !head.bias && !head.hasForwardHooks) {
+          const vocabBlocks = this.vocabBlocks(head.weight);
           return {
-            loss: llamaKernels.lmHeadLoss(tf.reshape(h, [b * t, -1]), head.weight, tf.reshape(shifted, [b * t])),
+            loss: llamaKernels.lmHeadLoss(tf.reshape(h, [b * t, -1]), head.weight, tf.reshape(shifted, [b * t]), {
+              ...(vocabBlocks ? { vocabBlocks } : {}),
+            }),
           };
+        }
         return { loss: crossEntropy(head.call(h) as tf.Tensor, shifted) as tf.Scalar };
       }
       const logits = head.call(h) as tf.Tensor3D;
       return { logits, loss: crossEntropy(logits, shifted) as tf.Scalar };
     });
+  }
+
+  /**
+   * On wasm, a frozen head weight cut into transposed vocabulary blocks (see `transposedVocabBlocks`),
+   * kept from call to call (113 MiB for SmolLM's head) and cut again when the weight's data changes.
+   */
+  private vocabBlocks(weight: tf.Variable): tf.Tensor[] | undefined {
+    if (tf.getBackend() !== 'wasm' || weight.trainable) {
+      this.dropHeadBlocks();
+      return undefined;
+    }
+    if (this.headBlocks?.source !== weight.dataId) {
+      this.dropHeadBlocks();
+      this.headBlocks = { source: weight.dataId, blocks: transposedVocabBlocks(weight).map((t) => tf.keep(t)) };
+    }
+    return this.headBlocks.blocks;
+  }
+
+  private dropHeadBlocks(): void {
+    if (this.headBlocks) tf.dispose(this.headBlocks.blocks);
+    this.headBlocks = null;
+  }
+
+  override dispose(): void {
+    this.dropHeadBlocks();
+    super.dispose();
   }
 
   /**

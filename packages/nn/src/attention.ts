@@ -235,13 +235,8 @@ function attentionBackward(dims: Dims, dy: tf.Tensor, saved: tf.Tensor[], masked
           const ds = tf.mul(p, tf.sub(matmulNT(dO, vb), tf.sum(tf.mul(dO, o), -1, true)));
           const dqBlock = tf.reshape(tf.mul(tf.matMul(ds, kb), dims.scale), [rep, t1 - t0, d]);
           const dkBlock = matmulTN(ds, qs);
-          const pad = (x: tf.Tensor) =>
-            kEnd === s
-              ? x
-              : tf.pad(x, [
-                  [0, s - kEnd],
-                  [0, 0],
-                ]);
+          // zeros for the keys after the block's last query (a concatenation along rows: cheap everywhere)
+          const pad = (x: tf.Tensor) => (kEnd === s ? x : tf.concat([x, tf.zeros([s - kEnd, d])], 0));
           return [dqBlock, pad(dkBlock), pad(dvBlock)];
         });
         (dq[bi] as tf.Tensor[][])[g]?.push(dqb as tf.Tensor);

@@ -11,6 +11,7 @@ import {
   rope,
   scaledDotProductAttention,
   swiglu,
+  transposedVocabBlocks,
 } from '@lora/nn';
 
 const g = new Generator(7);

@@ -23,7 +23,7 @@ export type { ConvOptions } from './conv';
 export { ModuleDict, ModuleList, ParameterDict, Sequential } from './containers';
 export { AdamW, SGD, clipGradNorm } from './optim';
 export type { AdamWOptions, Optimizer, SGDOptions } from './optim';
-export { crossEntropy, linearCrossEntropy } from './loss';
+export { crossEntropy, linearCrossEntropy, transposedVocabBlocks } from './loss';
 export type { LinearCrossEntropyOptions } from './loss';
 export { constantWarmupSchedule, cosineWarmupSchedule, linearWarmupSchedule } from './schedule';
 export type { Schedule } from './schedule';

@@ -86,6 +86,11 @@ export interface LinearCrossEntropyOptions {
   ignoreIndex?: number;
   /** Rows of logits computed at a time. Default: as many as make 8M logits (32 MiB). */
   chunkRows?: number;
+  /**
+   * wasm, frozen weight: W's vocabulary blocks, transposed ({@link transposedVocabBlocks}), kept by
+   * the caller across calls. Without them each call transposes W whole (slower, see there).
+   */
+  vocabBlocks?: tf.Tensor[];
 }
 
 /**
@@ -125,7 +130,9 @@ export function linearCrossEntropy(
     const valid = tf.cast(tf.notEqual(targets, ignore), 'float32');
     const safe = tf.where(tf.notEqual(targets, ignore), targets, tf.zerosLike(targets));
     const count = tf.sum(valid);
-    const blocks = vocabBlocks(w, withW);
+    const given = options.vocabBlocks && !withW && tf.getBackend() === 'wasm' ? options.vocabBlocks : null;
+    // wasm without blocks: one transposed copy of W for all chunks (XNNPACK packs it once per call)
+    const wT = !given && tf.getBackend() === 'wasm' ? tf.transpose(w) : null;
     let total: tf.Tensor = tf.scalar(0);
     const dh: tf.Tensor[] = [];
     let dw: tf.Tensor | null = null;
@@ -139,8 +146,8 @@ export function linearCrossEntropy(
         const wt = tf.gather(w, sc);
         const picked = tf.sum(tf.mul(hc, wt), -1);
         // per vocabulary block: its softmax q, row maximum m and Σexp(l − m) = 1 / max(q)
-        const parts = blocks.map((blk) => {
-          const logits = blk.wT ? tf.matMul(hc, blk.wT) : matmulNT(hc, blk.w);
+        const blockLogits = given ? given.map((b) => tf.matMul(hc, b)) : [wT ? tf.matMul(hc, wT) : matmulNT(hc, w)];
+        const parts = blockLogits.map((logits) => {
           const m = tf.max(logits, -1, true);
           const q = tf.softmax(logits);
           logits.dispose();
@@ -165,36 +172,34 @@ export function linearCrossEntropy(
         if (!grads) return [loss];
         // d(mean loss)/d logits = (softmax − onehot)·valid/count, row by row
         const rowScale = tf.reshape(tf.div(vc, count), [rows, 1]);
-        let grad: tf.Tensor | null = null;
-        let gw: tf.Tensor | null = null;
-        parts.forEach((x, i) => {
-          const blk = blocks[i] as VocabBlock;
+        const probs = parts.map((x, i) => {
           const p = tf.mul(x.q, tf.div(tf.mul(weights[i] as tf.Tensor, rowScale), sum));
           x.q.dispose();
-          if (withW) {
-            // one block (see vocabBlocks): the one-hot part is taken here, for W's gradient too
-            const g = tf.sub(p, tf.mul(oneHotFloat(sc, vocab), rowScale));
-            p.dispose();
-            grad = tf.matMul(g, blk.w);
-            gw = matmulTN(g, hc);
-            return;
-          }
-          const part = tf.matMul(p, blk.w);
-          p.dispose();
-          grad = grad ? addOwned(grad, part) : part;
+          return p;
         });
-        if (withW) return [loss, grad as unknown as tf.Tensor, gw as unknown as tf.Tensor];
+        if (withW) {
+          const g = tf.sub(probs[0] as tf.Tensor, tf.mul(oneHotFloat(sc, vocab), rowScale));
+          return [loss, tf.matMul(g, w), matmulTN(g, hc)];
+        }
+        let pw: tf.Tensor;
+        if (given) {
+          // (p·W)ᵀ = Σ_b W_bᵀ·p_bᵀ: the block is the left operand, which XNNPACK does not pack or re-stream
+          let acc: tf.Tensor | null = null;
+          probs.forEach((p, i) => {
+            const part = tf.matMul(given[i] as tf.Tensor, tf.transpose(p));
+            p.dispose();
+            acc = acc ? addOwned(acc, part) : part;
+          });
+          pw = tf.transpose(acc as unknown as tf.Tensor);
+        } else pw = tf.matMul(probs[0] as tf.Tensor, w);
         // (p − onehot·s)·W = p·W − s·W[target]: the one-hot part is a row lookup, never [rows, vocab]
-        return [loss, tf.sub(grad as unknown as tf.Tensor, tf.mul(wt, rowScale))];
+        return [loss, tf.sub(pw, tf.mul(wt, rowScale))];
       });
       total = addOwned(total, part as tf.Tensor);
       if (dhPart) dh.push(dhPart);
       if (dwPart) dw = dw ? addOwned(dw, dwPart) : dwPart;
     }
-    for (const blk of blocks) {
-      blk.wT?.dispose();
-      if (blk.w !== w) blk.w.dispose();
-    }
+    wT?.dispose();
     const value = tf.div(total, count);
     if (grads) save(dw ? [tf.concat(dh, 0), dw] : [dh.length === 1 ? (dh[0] as tf.Tensor) : tf.concat(dh, 0)]);
     return {
@@ -217,30 +222,35 @@ export function linearCrossEntropy(
   ) as tf.Scalar;
 }
 
-interface VocabBlock {
-  /** Rows of W, [size, in]. */
-  w: tf.Tensor;
-  /** wasm: the same, transposed [in, size], for products without transpose flags. */
-  wT: tf.Tensor | null;
-}
-
-/** Vocabulary rows per block on wasm: 2048 rows of a 576-wide W (4.5 MiB) stay in cache, the whole 113 MiB does not. */
+/** Vocabulary rows per block: 2048 rows of a 576-wide W (4.5 MiB) stay in cache, the whole 113 MiB does not. */
 const VOCAB_BLOCK = 2048;
 
 /**
- * W split into blocks of vocabulary rows, for this call. On wasm XNNPACK streams the whole right
- * operand from memory for every few rows of the left one: with a 49k-row head that is memory-bound
- * (measured 14 GFLOP/s against 23 for 2048-row blocks, forward and backward alike). Elsewhere, and
- * for a trainable W, one block: W itself.
+ * An LM head's weight W [vocab, in] cut into blocks of 2048 vocabulary rows, each transposed
+ * ([in, ≤2048]): what {@link linearCrossEntropy} multiplies by on wasm. There XNNPACK streams the
+ * whole right operand from memory for every few rows of the left one, which with a 49k-row head is
+ * memory-bound (measured here: 14 GFLOP/s on the whole of W, 23 on 2048-row blocks, forward and
+ * backward alike). Built on the host (slicing a large tensor on wasm copies all of it per slice);
+ * CPU-side backends only. The caller owns the tensors and rebuilds them when W changes.
+ *
+ * @example
+ * ```ts
+ * const blocks = transposedVocabBlocks(lmHead.weight);
+ * const loss = linearCrossEntropy(h, lmHead.weight, labels, { vocabBlocks: blocks });
+ * ```
  */
-function vocabBlocks(w: tf.Tensor, withW: boolean): VocabBlock[] {
-  const [vocab, inF] = w.shape as [number, number];
-  if (tf.getBackend() !== 'wasm') return [{ w, wT: null }];
-  if (withW || vocab <= VOCAB_BLOCK) return [{ w, wT: tf.transpose(w) }];
-  const out: VocabBlock[] = [];
+export function transposedVocabBlocks(weight: tf.Tensor): tf.Tensor[] {
+  const [vocab, inF] = weight.shape as [number, number];
+  const values = weight.dataSync() as Float32Array;
+  const out: tf.Tensor[] = [];
   for (let v0 = 0; v0 < vocab; v0 += VOCAB_BLOCK) {
-    const rows = tf.slice(w, [v0, 0], [Math.min(VOCAB_BLOCK, vocab - v0), inF]);
-    out.push({ w: rows, wT: tf.transpose(rows) });
+    const rows = Math.min(VOCAB_BLOCK, vocab - v0);
+    const t = new Float32Array(rows * inF);
+    for (let r = 0; r < rows; r++) {
+      const from = (v0 + r) * inF;
+      for (let c = 0; c < inF; c++) t[c * rows + r] = values[from + c] as number;
+    }
+    out.push(tf.tensor2d(t, [inF, rows]));
   }
   return out;
 }
