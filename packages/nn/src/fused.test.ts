@@ -183,6 +183,21 @@ await describeEachBackend('fused ops against their plain-tfjs definitions (value
       (hh, ww) => plain(hh!, ww!),
       [h, w],
     );
+    if (tf.getBackend() === 'wasm') {
+      // the vocabulary in blocks of 2048 (3 blocks, the last one short), as the Llama head passes them
+      const blocks = transposedVocabBlocks(frozen);
+      expect(blocks.map((b) => b.shape)).toEqual([
+        [24, 2048],
+        [24, 2048],
+        [24, 904],
+      ]);
+      await compare(
+        (hh) => linearCrossEntropy(hh!, frozen, targets, { chunkRows: 4, vocabBlocks: blocks }),
+        (hh) => plain(hh!, frozen),
+        [h],
+      );
+      tf.dispose(blocks);
+    }
     tf.dispose([targets, logits, h, w, frozen]);
   });
 });
