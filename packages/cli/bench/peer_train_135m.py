@@ -5,6 +5,7 @@ median step time of `runs` timed steps after one warm-up, and the process's peak
 
 usage: peer_train_135m.py CONFIG_JSON SEQ [RUNS] [ATTN]   (ATTN: sdpa, the transformers default, or eager)"""
 import json
+import os
 import resource
 import sys
 import time
@@ -17,7 +18,6 @@ cfg = json.loads(sys.argv[1])
 seq = int(sys.argv[2])
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 attn = sys.argv[4] if len(sys.argv) > 4 else "sdpa"
-import os
 torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "2")))
 torch.manual_seed(0)
 config = LlamaConfig(**{k: v for k, v in cfg.items() if k != "model_type"}, attn_implementation=attn)
@@ -38,13 +38,16 @@ def step():
 
 step()
 times = []
+cpu = 0.0
 for _ in range(runs):
     t0 = time.perf_counter()
+    c0 = time.process_time()
     step()
+    cpu += time.process_time() - c0
     times.append((time.perf_counter() - t0) * 1000)
 times.sort()
 print(json.dumps({
     "torch": torch.__version__, "threads": torch.get_num_threads(), "attn": attn, "seq": seq,
-    "stepMs": times[len(times) // 2], "times": times,
+    "stepMs": times[len(times) // 2], "cpuMs": cpu / runs * 1000, "times": times,
     "peakRssMiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
 }))

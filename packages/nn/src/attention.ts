@@ -14,7 +14,7 @@ export interface AttentionOptions {
   scale?: number;
   /**
    * Query positions per block. Default: as many as keep one block's scores (for the query heads
-   * that share a key head) under 4M elements. Only memory and speed depend on it, not the result.
+   * that share a key head) under 2M elements (8 MiB). Only memory and speed depend on it, not the result.
    */
   blockSize?: number;
 }
@@ -25,7 +25,7 @@ export interface AttentionOptions {
  * row); the exact minimum makes tfjs-backend-webgpu's softmax return NaN for a fully masked row.
  */
 const FLOAT32_MIN = -3.4e38;
-const BLOCK_ELEMENTS = 2 ** 22;
+const BLOCK_ELEMENTS = 2 ** 21;
 
 interface Dims {
   b: number;
@@ -114,10 +114,10 @@ function addInto(acc: tf.Tensor | null, x: tf.Tensor): tf.Tensor {
  * float32 minimum is added where a query may not attend. Returns `[B, H, T, D]`.
  *
  * Computed in blocks of query positions, with its own gradient (the FlashAttention scheme): the
- * backward pass keeps q, k, v, the output and two numbers per query row, and recomputes each block's
- * probabilities, so memory grows with T·D rather than with the T·S score matrices; causal blocks
- * skip the keys after their last query. Products are 2-d (one key head at a time), the form the
- * wasm backend's XNNPACK runs fast.
+ * backward pass keeps q, k, v and the output, and recomputes each block's probabilities, so memory
+ * grows with T·D rather than with the T·S score matrices; causal blocks skip the keys after their
+ * last query (not with a padding mask, see below). Products are 2-d (one key head at a time), the
+ * form the wasm backend's XNNPACK runs fast.
  *
  * @example
  * ```ts

@@ -269,7 +269,15 @@ export async function train<B>(module: Module, data: BatchSource<B>, options: Tr
           break;
         }
         if (options.countTokens) tokens += options.countTokens(batch);
-        const { value, grads } = variableGrads(() => options.loss(batch), params);
+        let computed: ReturnType<typeof variableGrads>;
+        try {
+          computed = variableGrads(() => options.loss(batch), params);
+        } catch (e) {
+          // a step that does not fit (WasmOutOfMemoryError) or fails: nothing of the window is kept
+          if (acc) tf.dispose(Object.values(acc as Record<string, tf.Tensor>));
+          throw e;
+        }
+        const { value, grads } = computed;
         const lossValue = (await value.data())[0] as number;
         value.dispose();
         if (!Number.isFinite(lossValue)) {
