@@ -74,6 +74,40 @@ export function transposeLast(t: tf.Tensor): tf.Tensor {
   return swapLast(t);
 }
 
+/** The products of a projection for one weight layout: y = x·op(W), dX, and dW. */
+interface Layout {
+  forward(x: tf.Tensor, w: tf.Tensor): tf.Tensor;
+  dx(dy: tf.Tensor, w: tf.Tensor): tf.Tensor;
+  dw(dy: tf.Tensor, x: tf.Tensor): tf.Tensor;
+}
+
+/** W [out, in] (PyTorch's Linear): y = x·Wᵀ, dX = dY·W, dW = dYᵀ·x. */
+const OUT_IN: Layout = { forward: matmulNT, dx: (dy, w) => tf.matMul(dy, w), dw: matmulTN };
+/** W [in, out] (transformers' Conv1D): y = x·W, dX = dY·Wᵀ, dW = xᵀ·dY. */
+const IN_OUT: Layout = { forward: (x, w) => tf.matMul(x, w), dx: matmulNT, dw: (dy, x) => matmulTN(x, dy) };
+
+function projection(x: tf.Tensor, w: tf.Tensor, layout: Layout): tf.Tensor {
+  if (!needsGrad(w)) {
+    // only x is an input of the op: nothing is kept, and the weight's gradient is never made
+    const frozen = tf.customGrad(((xi: tf.Tensor) => ({
+      value: layout.forward(xi, w),
+      gradFunc: (dy: tf.Tensor) => layout.dx(dy, w),
+    })) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as Grad1;
+    return frozen(x);
+  }
+  const both = tf.customGrad(((xi: tf.Tensor, wi: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([xi, wi]);
+    return {
+      value: layout.forward(xi, wi),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [
+        layout.dx(dy, saved[1] as tf.Tensor),
+        layout.dw(dy, saved[0] as tf.Tensor),
+      ],
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as Grad2;
+  return both(x, w);
+}
+
 /**
  * `x·Wᵀ` for 2-d `x` [n, in] and `w` [out, in] (PyTorch's weight layout), with a gradient for `w`
  * only when it can be asked for: a frozen weight (a non-trainable variable, as LoRA's base weights)
@@ -81,49 +115,13 @@ export function transposeLast(t: tf.Tensor): tf.Tensor {
  * stored, so XNNPACK packs it once and keeps the packing for every later step.
  */
 export function linearProduct(x: tf.Tensor, w: tf.Tensor): tf.Tensor {
-  if (!needsGrad(w)) {
-    const frozen = tf.customGrad(((xi: tf.Tensor) => ({
-      value: matmulNT(xi, w),
-      gradFunc: (dy: tf.Tensor) => tf.matMul(dy, w),
-    })) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as Grad1;
-    return frozen(x);
-  }
-  return linearWithGrads(x, w);
+  return projection(x, w, OUT_IN);
 }
-
-const linearWithGrads = tf.customGrad(((x: tf.Tensor, w: tf.Tensor, save: tf.GradSaveFunc) => {
-  save([x, w]);
-  return {
-    value: matmulNT(x, w),
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [
-      tf.matMul(dy, saved[1] as tf.Tensor),
-      matmulTN(dy, saved[0] as tf.Tensor),
-    ],
-  };
-}) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as Grad2;
 
 /**
  * `x·W` for 2-d `x` [n, in] and `w` [in, out] (transformers' Conv1D layout), with a gradient for `w`
  * only when it can be asked for (see {@link linearProduct}).
  */
 export function affineProduct(x: tf.Tensor, w: tf.Tensor): tf.Tensor {
-  if (!needsGrad(w)) {
-    const frozen = tf.customGrad(((xi: tf.Tensor) => ({
-      value: tf.matMul(xi, w),
-      gradFunc: (dy: tf.Tensor) => matmulNT(dy, w),
-    })) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as Grad1;
-    return frozen(x);
-  }
-  return affineWithGrads(x, w);
+  return projection(x, w, IN_OUT);
 }
-
-const affineWithGrads = tf.customGrad(((x: tf.Tensor, w: tf.Tensor, save: tf.GradSaveFunc) => {
-  save([x, w]);
-  return {
-    value: tf.matMul(x, w),
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [
-      matmulNT(dy, saved[1] as tf.Tensor),
-      matmulTN(saved[0] as tf.Tensor, dy),
-    ],
-  };
-}) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as Grad2;
