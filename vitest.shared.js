@@ -1,5 +1,6 @@
 // @ts-check
 import { defineProject } from 'vitest/config';
+import SkipSummaryReporter from './scripts/skip-summary-reporter.js';
 
 /**
  * The vitest project every package uses. Tests import workspace packages by their
@@ -12,6 +13,9 @@ export function loraProject(name) {
     ssr: { resolve: { conditions: ['@lora/source'] } },
     test: {
       name,
+      // the default output, then which suites were skipped and why (a package's `vitest run` uses this config as its root)
+      // @ts-expect-error reporters are a root option; vitest reads them when the package runs on its own
+      reporters: ['default', new SkipSummaryReporter()],
       include: ['src/**/*.test.ts'],
       // Dawn's native addon and the wasm backend are happier in processes than in worker threads.
       pool: 'forks',

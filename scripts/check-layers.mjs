@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// Fails when a package imports, or depends on, an @lora package that is not below it in the
-// layer table of DESIGN.md (mirrored in LAYERS below). Run by `npm test` and `npm run lint`.
+// Fails when a package imports (in src/, bench/, browser/ or scripts/), or depends on, an @lora
+// package that is not below it in the layer table of DESIGN.md (mirrored in LAYERS below), or one
+// the design never allows (NEVER). Run by `npm test` and `npm run lint`.
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 
@@ -8,6 +9,7 @@ const LAYERS = {
   '@lora/tensor': 0,
   '@lora/linalg': 1,
   '@lora/nn': 1,
+  '@lora/kernels': 1,
   '@lora/models': 2,
   '@lora/core': 2,
   '@lora/loftq': 3,
@@ -17,8 +19,22 @@ const LAYERS = {
   '@lora/intruders': 3,
   '@lora/cli': 4,
 };
-// Sideways edges DESIGN.md allows within a layer (none yet).
-const ALLOWED_SIDEWAYS = new Set([]);
+// Sideways edges DESIGN.md allows within a layer: nn's layers, loss, optimizer and products run
+// @lora/kernels' fused ops (one function per op; the kernels know nothing of modules).
+const ALLOWED_SIDEWAYS = new Set(['@lora/nn->@lora/kernels']);
+// What the design never allows, whatever the layers say: a model knows nothing of LoRA, and a method
+// package works on @lora/core's layers, never on a model architecture.
+const METHODS = ['@lora/loftq', '@lora/eva', '@lora/loraga', '@lora/arrow', '@lora/intruders'];
+const NEVER = [
+  ...METHODS.map((m) => [
+    m,
+    '@lora/models',
+    'a method package never imports @lora/models: it works on any model through @lora/core (tests build small modules with @lora/nn)',
+  ]),
+  ['@lora/models', '@lora/core', '@lora/models never imports @lora/core: a model knows nothing of LoRA'],
+];
+// The folders of a package whose code ships or runs with it: sources (and tests), benchmarks, browser bundles, scripts.
+const CODE_DIRS = ['src', 'bench', 'browser', 'scripts'];
 
 const root = process.argv[2] ?? join(import.meta.dirname, '..');
 const problems = [];
@@ -26,6 +42,7 @@ const problems = [];
 function* sourceFiles(dir) {
   for (const entry of readdirSync(dir)) {
     const p = join(dir, entry);
+    if (entry === 'node_modules' || entry === 'dist' || entry.startsWith('.')) continue;
     if (statSync(p).isDirectory()) yield* sourceFiles(p);
     else if (/\.(c|m)?[jt]sx?$/.test(entry)) yield p;
   }
@@ -33,6 +50,11 @@ function* sourceFiles(dir) {
 
 function check(from, to, where) {
   if (from === to) return;
+  const never = NEVER.find(([a, b]) => a === from && b === to);
+  if (never) {
+    problems.push(`${where}: ${from} must not use ${to}; ${never[2]}`);
+    return;
+  }
   const a = LAYERS[from];
   const b = LAYERS[to];
   if (b === undefined)
@@ -65,12 +87,13 @@ for (const dir of readdirSync(pkgsDir)) {
       if (dep.startsWith('@lora/')) check(name, dep, `packages/${dir}/package.json ${field}`);
     }
   }
-  const src = join(pkgsDir, dir, 'src');
-  let files = [];
-  try {
-    files = [...sourceFiles(src)];
-  } catch {
-    continue;
+  const files = [];
+  for (const codeDir of CODE_DIRS) {
+    try {
+      files.push(...sourceFiles(join(pkgsDir, dir, codeDir)));
+    } catch {
+      // no such folder
+    }
   }
   const importRe =
     /(?:import|export)\s[^'"]*?from\s*['"](@lora\/[^/'"]+)|import\(\s*['"](@lora\/[^/'"]+)|require\(\s*['"](@lora\/[^/'"]+)/g;

@@ -1,6 +1,7 @@
 import { combineCommand } from './commands/combine';
 import { inspectCommand } from './commands/inspect';
 import { mergeCommand } from './commands/merge';
+import { createRequire } from 'node:module';
 import { type Command, type Io, UsageError } from './shared';
 
 export type { Io } from './shared';
@@ -15,7 +16,16 @@ function mainHelp(): string {
     'Usage:',
     ...COMMANDS.map((c) => `  ${c.usage}`),
     '  lora <command> --help                      help for one command',
+    '  lora --version                             the version of @lora/cli',
+    '',
+    'Options for every command:',
+    '  --verbose   say which backend started and why the others did not (also LORA_BACKEND=cpu|wasm|tensorflow)',
   ].join('\n');
+}
+
+/** The version in @lora/cli's package.json (beside src/ and dist/ alike). */
+export function cliVersion(): string {
+  return (createRequire(import.meta.url)('../package.json') as { version: string }).version;
 }
 
 /**
@@ -28,14 +38,20 @@ function mainHelp(): string {
  * ```
  */
 export async function runCli(argv: string[], io: Io): Promise<number> {
-  const [command, ...rest] = argv;
+  const verbose = argv.includes('--verbose');
+  const [command, ...rest] = argv.filter((a) => a !== '--verbose');
+  const withVerbose: Io = verbose ? { ...io, verbose } : io;
   try {
+    if (command === '--version' || command === '-v') {
+      io.out(cliVersion());
+      return 0;
+    }
     if (!command || command === '--help' || command === '-h') {
       io.out(mainHelp());
       return command ? 0 : 2;
     }
     const found = COMMANDS.find((c) => c.name === command);
-    if (found) return await found.run(rest, io);
+    if (found) return await found.run(rest, withVerbose);
     throw new UsageError(
       `unknown command '${command}'; commands are ${COMMANDS.map((c) => c.name).join(', ')} (lora --help)`,
     );

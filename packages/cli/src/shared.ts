@@ -1,13 +1,16 @@
 import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { loraConfigFromJson } from '@lora/core';
-import { initBackend } from '@lora/tensor';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
+import { AdapterFileError, loraConfigFromJson } from '@lora/core';
+import { FileAccessError, initBackend } from '@lora/tensor';
 import { loadSafetensors } from '@lora/tensor/node';
 
 /** Where the command writes: stdout for results, stderr for progress and errors. */
 export interface Io {
   out: (line: string) => void;
   err: (line: string) => void;
+  /** `--verbose`: say which backend started and why the others did not. */
+  verbose?: boolean;
 }
 
 /** One `lora` sub-command: its usage line for `lora --help`, its own help, and what it does. */
@@ -26,21 +29,53 @@ export class UsageError extends Error {}
  * Starts a CPU-side backend: merging is memory-bound, so a GPU adds nothing, and probing one costs
  * time and noise. LORA_BACKEND chooses; otherwise tensorflow (tfjs-node) when installed, then wasm, then cpu.
  */
-export async function startBackend(): Promise<void> {
+export async function startBackend(io?: Io): Promise<void> {
   const chosen = process.env.LORA_BACKEND;
   if (chosen) {
-    await initBackend(chosen as 'cpu');
+    const info = await initBackend(chosen as 'cpu');
+    if (io?.verbose) io.err(`backend ${info.name} (${info.adapter}), chosen by LORA_BACKEND`);
     return;
   }
+  const skipped: string[] = [];
   for (const name of ['tensorflow', 'wasm', 'cpu'] as const) {
     try {
-      await initBackend(name);
+      const info = await initBackend(name);
+      if (io?.verbose)
+        io.err(`backend ${info.name} (${info.adapter})${skipped.length ? `; skipped ${skipped.join('; ')}` : ''}`);
       return;
-    } catch {
-      // try the next one
+    } catch (e) {
+      skipped.push(`${name}: ${(e as Error).message}`);
     }
   }
-  throw new Error('no backend could start; install @tensorflow/tfjs-backend-cpu');
+  throw new Error(`no backend could start (${skipped.join('; ')}); install @tensorflow/tfjs-backend-cpu`);
+}
+
+/**
+ * node:util's parseArgs, with its errors as UsageError and one thing it gets wrong for us: a value that
+ * starts with '-' (`--weights -0.5,1`, a negative number) is taken as the option's value, not as an
+ * unknown flag.
+ */
+export function parseCommandArgs<T extends ParseArgsConfig & { args: string[] }>(
+  config: T,
+): ReturnType<typeof parseArgs<T>> {
+  const { args, options = {} } = config;
+  const joined: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    const name = a.startsWith('--') && !a.includes('=') ? a.slice(2) : undefined;
+    const next = args[i + 1];
+    if (name && options[name]?.type === 'string' && next !== undefined && /^-[\d.]/.test(next)) {
+      joined.push(`${a}=${next}`);
+      i++;
+    } else joined.push(a);
+  }
+  try {
+    return parseArgs({ ...config, args: joined });
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS')) throw new UsageError((e as Error).message);
+    throw e;
+  }
 }
 
 export async function isDir(p: string): Promise<boolean> {
@@ -65,7 +100,11 @@ export async function writeDirAtomic(out: string, fill: (tmp: string) => Promise
   }
 }
 
-export async function readAdapter(dir: string, name?: string) {
+/**
+ * Reads an adapter directory: its config (warnings on stderr) and tensors. Every failure names the file:
+ * missing files, invalid JSON, fields of the wrong type, malformed safetensors.
+ */
+export async function readAdapter(dir: string, name?: string, io?: Io) {
   const root = name && name !== 'default' ? join(dir, name) : dir;
   const configPath = join(root, 'adapter_config.json');
   const weightsPath = join(root, 'adapter_model.safetensors');
@@ -73,10 +112,20 @@ export async function readAdapter(dir: string, name?: string) {
     throw new UsageError(
       `${root}: no adapter_config.json (is it a PEFT adapter directory? use --adapter-name for a sub-folder)`,
     );
-  const config = loraConfigFromJson(JSON.parse(await readFile(configPath, 'utf8')), { warn: () => undefined });
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(configPath, 'utf8'));
+  } catch (e) {
+    if (e instanceof SyntaxError) throw new AdapterFileError(configPath, `is not valid JSON (${e.message})`);
+    throw FileAccessError.from(configPath, e);
+  }
+  const config = loraConfigFromJson(json as Record<string, unknown>, {
+    file: configPath,
+    warn: (m) => io?.err(`warning: ${m}`),
+  });
   if (!(await stat(weightsPath).catch(() => null))) throw new UsageError(`${root}: no adapter_model.safetensors`);
   const { tensors } = await loadSafetensors(weightsPath);
-  return { config, tensors, root };
+  return { config, tensors, root, file: weightsPath };
 }
 
 export type AdapterOnDisk = Awaited<ReturnType<typeof readAdapter>>;

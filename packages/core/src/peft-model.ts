@@ -1,34 +1,51 @@
-import { Conv1d, Conv2d, Embedding, Linear, Module, TransposedLinear } from '@lora/nn';
-import { lookupLoraInit } from './inits/init-registry';
-import { baseBias } from './layers/lora-layer';
-import { LoraConv } from './layers/lora-conv';
+import { Module } from '@lora/nn';
+import type { AdapterSettings } from './layers/adapter-settings';
+import { PEFT_SUFFIX } from './files/peft-keys';
+import { dispatchLoraLayer } from './layers/dispatch';
+import { baseBias, isTunerLayer } from './layers/lora-layer';
+import type { LoraConv } from './layers/lora-conv';
+import type { LoraEmbedding } from './layers/lora-embedding';
+import type { LoraLinear } from './layers/lora-linear';
 import { ModulesToSaveWrapper } from './layers/modules-to-save';
-import { type LoraConfig, loraConfig, moduleScaling } from './lora-config';
-import { LoraEmbedding } from './layers/lora-embedding';
-import { LoraLinear } from './layers/lora-linear';
+import { describeValue } from '@lora/tensor';
+import { LoraConfigError } from './errors';
 import { type TrainableTokensLayer, TrainableTokensWrapper, addTrainableTokens } from './layers/trainable-tokens';
-
-/** A layer with LoRA adapters. */
-export type LoraLayer = LoraLinear | LoraEmbedding | LoraConv;
+import type { TunerLayer } from './layers/tuner-layer';
+import { type LoraConfig, type LoraConfigFields, checkLoraConfig, loraConfig, moduleScaling } from './lora-config';
 import { resolveTargets } from './targets';
+import { trainableModuleNames } from './variants/variant-registry';
+
+/** A layer with LoRA adapters, of one of `@lora/core`'s kinds (see {@link TunerLayer} for what every LoRA layer offers). */
+export type LoraLayer = LoraLinear | LoraEmbedding | LoraConv;
+
+/** The most values one LoRA factor may hold: 2²⁹ float32 values, 2 GiB, more than a browser backend holds in one tensor. */
+const MAX_FACTOR_VALUES = 2 ** 29;
 
 /**
- * The fan_in_fan_out a new LoRA layer on `base` gets, as PEFT's `dispatch_default`: a Linear never
- * has it, a TransposedLinear (transformers' `Conv1D`) always does; a config that says otherwise is
- * corrected with PEFT's warning.
+ * Refuses an adapter rank no layer can use before anything is allocated. PEFT takes any r (its tests
+ * put r 8 on 6×6 layers), and a rank above min(in, out) only adds parameters; but a rank above the
+ * weight's number of entries can only be a mistake, and factors past {@link MAX_FACTOR_VALUES} cannot be
+ * allocated.
  */
-function correctFanInFanOut(base: Linear | TransposedLinear, fanInFanOut: boolean): boolean {
-  if (base instanceof Linear && fanInFanOut) {
-    console.warn(
-      'fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False.',
+function checkRank(path: string, module: Module, r: number, fromPattern: boolean): void {
+  const base = (isTunerLayer(module) ? module.baseLayer : module) as Module & { weight?: { shape: number[] } };
+  const shape = base.weight?.shape;
+  if (!shape || shape.length < 2) return;
+  const out = shape[0] as number;
+  const inF = shape.slice(1).reduce((a, b) => a * b, 1);
+  const what = fromPattern ? `the rank_pattern entry for '${path}'` : 'r';
+  const field = fromPattern ? 'rank_pattern' : 'r';
+  const fix = `Set ${fromPattern ? 'that rank_pattern entry' : 'r'} to at most ${Math.min(out, inF)}, the largest rank an update of this layer can have`;
+  if (r > out * inF)
+    throw new LoraConfigError(
+      `${what} is ${r}, more than the ${out * inF} entries of the weight of '${path}' (${module.constructor.name}, [${shape.join(', ')}]). ${fix}`,
+      { field },
     );
-    return false;
-  }
-  if (base instanceof TransposedLinear && !fanInFanOut) {
-    console.warn('fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.');
-    return true;
-  }
-  return fanInFanOut;
+  if (r * Math.max(out, inF) > MAX_FACTOR_VALUES)
+    throw new LoraConfigError(
+      `${what} is ${r}: a LoRA factor of '${path}' (weight [${shape.join(', ')}]) would hold ${r * Math.max(out, inF)} values, more than the ${MAX_FACTOR_VALUES} allowed in one tensor. ${fix}`,
+      { field },
+    );
 }
 
 /**
@@ -91,6 +108,7 @@ export class PeftModel extends Module {
    * ```
    */
   forward(...args: unknown[]): unknown {
+    this.checkInitialized();
     const last = args.at(-1);
     if (
       last &&
@@ -149,10 +167,12 @@ export class PeftModel extends Module {
     return this.baseModel.model;
   }
 
-  /** Every LoRA layer with its path in the user's model. */
-  *loraLayers(): IterableIterator<[string, LoraLayer]> {
-    for (const [path, m] of this.model.namedModules())
-      if (m instanceof LoraLinear || m instanceof LoraEmbedding || m instanceof LoraConv) yield [path, m];
+  /**
+   * Every LoRA layer with its path in the user's model: `@lora/core`'s and those registered
+   * dispatchers made, as {@link TunerLayer}s.
+   */
+  *loraLayers(): IterableIterator<[string, TunerLayer]> {
+    for (const [path, m] of this.model.namedModules()) if (isTunerLayer(m)) yield [path, m];
   }
 
   /**
@@ -161,6 +181,8 @@ export class PeftModel extends Module {
    */
   addAdapter(name: string, config: LoraConfig): void {
     if (this.peftConfig.has(name)) throw new Error(`Adapter with name ${name} already exists.`);
+    checkLoraConfig(config);
+    if (config.targetModules === null) config = { ...config, targetModules: defaultTargetModules(this.model) };
     if (config.bias !== 'none' && [...this.peftConfig.values()].some((c) => c.bias !== 'none')) {
       throw new Error(
         "LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all adapters.",
@@ -171,21 +193,20 @@ export class PeftModel extends Module {
     const lora = new Set([...this.loraLayers(), ...this.tokenWrappers()].map(([p]) => p));
     const { targeted } = resolveTargets(this.model, config);
     const paths = targeted.filter((p) => ![...lora].some((l) => p.startsWith(`${l}.`)));
-    // A pluggable init that is not registered fails here, before any layer is wrapped. Only Linear
-    // layers run it: PEFT's Embedding and convolutions fall back to the default init or refuse it.
-    const pluggable =
-      config.initLoraWeights === 'loftq' || config.initLoraWeights === 'eva' || config.initLoraWeights === 'lora_ga';
-    const isLinear = (m: Module) => m instanceof Linear || m instanceof LoraLinear;
-    if (pluggable && paths.some((p) => isLinear(this.model.getSubmodule(p))))
-      lookupLoraInit(config.initLoraWeights as string);
     // PEFT corrects fan_in_fan_out on the config itself as it wraps each new layer, so a correction
     // carries over to the layers after it and is what the adapter's config says in the end
     let fanInFanOut = config.fanInFanOut;
+    const pending: Promise<void>[] = [];
+    // every rank checked against its layer before the first layer is wrapped
+    for (const path of paths) {
+      const { r } = moduleScaling(config, path);
+      checkRank(path, this.model.getSubmodule(path), r, r !== config.r);
+    }
     try {
       for (const path of paths) {
         const module = this.model.getSubmodule(path);
         const { r, alpha } = moduleScaling(config, path);
-        const settings = {
+        const settings: AdapterSettings = {
           r,
           loraAlpha: alpha,
           loraDropout: config.loraDropout,
@@ -196,19 +217,17 @@ export class PeftModel extends Module {
           useDora: config.useDora,
           path,
         };
-        if (module instanceof LoraLinear) module.updateLayer(name, { ...settings, fanInFanOut: module.fanInFanOut });
-        else if (module instanceof LoraEmbedding || module instanceof LoraConv) module.updateLayer(name, settings);
-        else if (module instanceof Linear || module instanceof TransposedLinear) {
-          fanInFanOut = correctFanInFanOut(module, fanInFanOut);
-          this.model.setSubmodule(path, new LoraLinear(module, name, { ...settings, fanInFanOut }));
-        } else if (module instanceof Embedding)
-          this.model.setSubmodule(path, new LoraEmbedding(module, name, settings));
-        else if (module instanceof Conv1d || module instanceof Conv2d)
-          this.model.setSubmodule(path, new LoraConv(module, name, settings));
-        else {
-          throw new Error(
-            `Target module ${path} (${module.constructor.name}) is not supported. Currently, only the following modules are supported: Linear, Embedding, Conv1d, Conv2d, TransposedLinear (transformers' Conv1D).`,
-          );
+        let layer: TunerLayer;
+        if (isTunerLayer(module)) {
+          layer = module;
+          const started = layer.updateLayer(name, layer.settingsFor(settings), config);
+          if (started) pending.push(started);
+        } else {
+          layer = dispatchLoraLayer({ path, adapterName: name, target: module, config, settings });
+          this.model.setSubmodule(path, layer);
+          fanInFanOut = layer.settings.get(name)?.fanInFanOut ?? fanInFanOut;
+          const started = layer.pendingInit(name);
+          if (started) pending.push(started);
         }
       }
       // modules_to_save: a trainable copy per adapter of each module whose path ends with a listed name
@@ -221,7 +240,7 @@ export class PeftModel extends Module {
           )
             continue;
           if (module instanceof ModulesToSaveWrapper) module.addAdapter(name);
-          else if (!(module instanceof LoraLinear || module instanceof LoraEmbedding || module instanceof LoraConv)) {
+          else if (!isTunerLayer(module)) {
             const wrapper = new ModulesToSaveWrapper(module);
             this.model.setSubmodule(path, wrapper);
             wrapper.addAdapter(name);
@@ -235,8 +254,118 @@ export class PeftModel extends Module {
       throw e;
     }
     this.peftConfig.set(name, fanInFanOut === config.fanInFanOut ? config : { ...config, fanInFanOut });
+    if (pending.length) this.trackInit(name, pending);
     if (isFirst) this.setAdapter(name);
     else this.markTrainable();
+  }
+
+  /** Refuses a forward pass while an active adapter's asynchronous initialisation runs. */
+  private checkInitialized(): void {
+    for (const n of this.active)
+      if (this.initializing.has(n))
+        throw new Error(
+          `adapter '${n}' is still being initialised (init_lora_weights=${JSON.stringify(this.peftConfig.get(n)?.initLoraWeights)} is asynchronous): await peft.initialized() first`,
+        );
+  }
+
+  /** Asynchronous initialisations still running, by adapter (see {@link initialized}). */
+  private readonly initializing = new Map<string, Promise<void>>();
+
+  private trackInit(name: string, started: Promise<void>[]): void {
+    const all = Promise.all(started).then(
+      () => undefined,
+      (e: unknown) => {
+        // nothing of an adapter whose initialisation failed stays (other layers' inits may still be running)
+        return Promise.allSettled(started).then(() => {
+          if (this.peftConfig.has(name)) {
+            this.removePartialAdapter(name);
+            this.peftConfig.delete(name);
+            if (this.active.includes(name)) {
+              const rest = this.active.filter((n) => n !== name);
+              this.active = rest.length ? rest : this.adapters.slice(0, 1);
+              if (this.active.length) this.setAdapter(this.active);
+            }
+          }
+          throw e;
+        });
+      },
+    );
+    const tracked = all.finally(() => {
+      if (this.initializing.get(name) === tracked) this.initializing.delete(name);
+    });
+    tracked.catch(() => {}); // observed by initialized(); never an unhandled rejection
+    this.initializing.set(name, tracked);
+  }
+
+  /**
+   * Resolves when the asynchronous initialisations of an adapter (or of all adapters) are done: what a
+   * method package's entry point awaits after `getPeftModel` or `addAdapter` with an initialiser that
+   * returns a Promise. A failed one rejects, and the adapter is removed again (the model keeps the
+   * others). Resolves at once when every initialiser was synchronous.
+   *
+   * @example
+   * ```ts
+   * const peft = getPeftModel(model, { initLoraWeights: 'my_async_init', targetModules: ['q_proj'] });
+   * await peft.initialized();
+   * ```
+   */
+  async initialized(adapterName?: string): Promise<void> {
+    const waiting = adapterName === undefined ? [...this.initializing.values()] : [this.initializing.get(adapterName)];
+    await Promise.all(waiting);
+  }
+
+  /**
+   * Re-creates an adapter on one layer with changed settings (PEFT's `update_layer` on one module),
+   * e.g. a new rank found by a data pass (EVA): the adapter is built again (its initialisation and
+   * variant run again, on `changes.initLoraWeights` if given), stays active where it was, and the
+   * adapter's config records the layer's rank and alpha in `rankPattern` / `alphaPattern` under its
+   * full path (first, so that it wins over the patterns before it) where they differ from what the
+   * config gives that path, so that a saved adapter loads at the same shapes.
+   *
+   * @example
+   * ```ts
+   * peft.updateAdapterLayer('layers.0.self_attn.q_proj', 'default', { r: 12, loraAlpha: 24 });
+   * peft.peftConfig.get('default')!.rankPattern; // { 'layers.0.self_attn.q_proj': 12, … }
+   * ```
+   */
+  updateAdapterLayer(
+    path: string,
+    adapterName: string,
+    changes: Partial<Pick<AdapterSettings, 'r' | 'loraAlpha' | 'initLoraWeights'>>,
+  ): void | Promise<void> {
+    const config = this.peftConfig.get(adapterName);
+    if (!config) throw new Error(`Adapter ${adapterName} does not exist; adapters: ${this.adapters.join(', ')}`);
+    const layer = this.model.getSubmodule(path);
+    if (!isTunerLayer(layer) || !layer.settings.has(adapterName))
+      throw new Error(`'${path}' holds no LoRA layer with adapter '${adapterName}'`);
+    if (layer.mergedAdapters.includes(adapterName))
+      throw new Error(
+        `Cannot update adapter '${adapterName}' on '${path}' while it is merged. Please unmerge it first.`,
+      );
+    const old = layer.settings.get(adapterName) as AdapterSettings;
+    const next: AdapterSettings = { ...old, ...changes };
+    const layerConfig = { ...config, initLoraWeights: next.initLoraWeights as LoraConfig['initLoraWeights'] };
+    const started = layer.updateLayer(adapterName, next, layerConfig);
+    const given = moduleScaling(config, path);
+    const rankPattern = { ...config.rankPattern };
+    const alphaPattern = { ...config.alphaPattern };
+    delete rankPattern[path];
+    delete alphaPattern[path];
+    this.peftConfig.set(adapterName, {
+      ...config,
+      rankPattern:
+        next.r === given.r && !(path in config.rankPattern) ? rankPattern : { [path]: next.r, ...rankPattern },
+      alphaPattern:
+        next.loraAlpha === given.alpha && !(path in config.alphaPattern)
+          ? alphaPattern
+          : { [path]: next.loraAlpha, ...alphaPattern },
+    });
+    this.markTrainable();
+    if (started) {
+      const earlier = this.initializing.get(adapterName);
+      this.trackInit(adapterName, earlier ? [earlier, started] : [started]);
+      return started;
+    }
   }
 
   /**
@@ -277,11 +406,11 @@ export class PeftModel extends Module {
    * The layers that hold adapter weights and merge them (LoRA layers, then trainable-token layers), in
    * one walk of the model: what merging, unmerging, enabling and mixed batches act on.
    */
-  private tunerLayers(): (LoraLayer | TrainableTokensLayer)[] {
-    const lora: LoraLayer[] = [];
+  private tunerLayers(): (TunerLayer | TrainableTokensLayer)[] {
+    const lora: TunerLayer[] = [];
     const tokens: TrainableTokensLayer[] = [];
     for (const [, m] of this.model.namedModules()) {
-      if (m instanceof LoraLinear || m instanceof LoraEmbedding || m instanceof LoraConv) lora.push(m);
+      if (isTunerLayer(m)) lora.push(m);
       else if (m instanceof TrainableTokensWrapper) tokens.push(m.tokenAdapter);
     }
     return [...lora, ...tokens];
@@ -353,11 +482,13 @@ export class PeftModel extends Module {
         for (const [, l] of this.loraLayers()) if (l.settings.has(n) && baseBias(l)) biases.add(baseBias(l));
     }
     const training = this.active.filter((n) => !(this.peftConfig.get(n) as LoraConfig).inferenceMode);
+    // LoRA's A and B, the modules variants train (DoRA's magnitudes), trainable-token rows
+    const adapterWeights = new RegExp(
+      `\\.(${[...trainableModuleNames(), PEFT_SUFFIX.tokens].map((n) => n.replaceAll('.', '\\.')).join('|')})\\.`,
+    );
     for (const [name, p] of this.namedParameters()) {
       const parts = name.split('.');
-      const isActiveLora =
-        /\.(lora_(A|B|magnitude_vector|embedding_A|embedding_B)|token_adapter\.trainable_tokens_delta)\./.test(name) &&
-        training.some((n) => parts.includes(n));
+      const isActiveLora = adapterWeights.test(name) && training.some((n) => parts.includes(n));
       const isBias = (allBiases && name.endsWith('.bias') && !name.includes('.lora_')) || biases.has(p);
       const isSavedModule = training.some((n) => name.includes(`.modules_to_save.${n}.`));
       p.trainable = isActiveLora || isBias || isSavedModule;
@@ -476,6 +607,34 @@ export class PeftModel extends Module {
 }
 
 /**
+ * PEFT's default `target_modules` per transformers `model_type`, for the architectures `@lora/models`
+ * implements (PEFT's `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
+ */
+export const DEFAULT_TARGET_MODULES: Readonly<Record<string, readonly string[]>> = {
+  llama: ['q_proj', 'v_proj'],
+  qwen2: ['q_proj', 'v_proj'],
+};
+
+/**
+ * The target modules PEFT fills in when a config leaves them out: by the model's `config.modelType`
+ * (or `model_type`), read duck-typed so that any model class with a Hugging Face config works.
+ */
+function defaultTargetModules(model: Module): string[] {
+  const config = (model as { config?: { modelType?: unknown; model_type?: unknown } }).config;
+  const type = config?.modelType ?? config?.model_type;
+  const defaults = typeof type === 'string' ? DEFAULT_TARGET_MODULES[type] : undefined;
+  if (defaults) return [...defaults];
+  throw new LoraConfigError(
+    `Please specify \`target_modules\` in \`peft_config\`: targetModules is not set and ${
+      type === undefined
+        ? `the model (${model.constructor.name}) has no config.modelType to choose defaults by`
+        : `model type ${describeValue(type)} has no default target modules here (defaults exist for ${Object.keys(DEFAULT_TARGET_MODULES).join(', ')})`
+    }. Set targetModules to module names from model.namedModules(), e.g. ['q_proj', 'v_proj'], or 'all-linear'`,
+    { field: 'targetModules' },
+  );
+}
+
+/**
  * Wraps `model`'s target layers with LoRA (PEFT's `get_peft_model`). The model is changed in place
  * and held by the returned PeftModel; only the adapter's parameters stay trainable.
  *
@@ -487,12 +646,12 @@ export class PeftModel extends Module {
  */
 export function getPeftModel(
   model: Module,
-  config: LoraConfig | Partial<LoraConfig>,
+  config: LoraConfig | LoraConfigFields,
   options: { adapterName?: string } = {},
 ): PeftModel {
   const full =
     'peftType' in config && config.peftType === 'LORA' && 'extra' in config
-      ? (config as LoraConfig)
+      ? checkLoraConfig(config as LoraConfig)
       : loraConfig(config);
   return new PeftModel(model, full, options.adapterName ?? 'default');
 }

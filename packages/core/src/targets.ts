@@ -2,14 +2,12 @@ import { Linear, type Module, TransposedLinear } from '@lora/nn';
 import type { LoraConfig } from './lora-config';
 import { LoraLayerBase } from './layers/lora-layer';
 import { LoraLinear } from './layers/lora-linear';
+import { editDistance } from './errors';
+import { fullMatch, layerIndexOf, matchesModuleName } from './patterns';
 
 /** A target module that matched no module, or a configuration that matched nothing: PEFT's `NoMatchingPeftModuleError`. */
 export class TargetModuleError extends Error {
   override readonly name = 'TargetModuleError';
-}
-
-function fullMatch(pattern: string, key: string): boolean {
-  return new RegExp(`^(?:${pattern})$`).test(key);
 }
 
 function suffixMatch(list: string[], key: string): boolean {
@@ -19,28 +17,19 @@ function suffixMatch(list: string[], key: string): boolean {
 /** The layer index in a module path, as PEFT extracts it for `layers_to_transform`. */
 function layerIndex(key: string, pattern: string[] | string | null): number | null {
   const patterns = pattern === null || pattern.length === 0 ? null : typeof pattern === 'string' ? [pattern] : pattern;
-  if (!patterns) {
-    const m = /^.*?\.[^.]*\.(\d+)\./.exec(key);
-    return m ? Number.parseInt(m[1] as string, 10) : null;
-  }
-  for (const p of patterns) {
-    // PEFT 0.21: (?:^|.*?\.)pattern\.(\d+)\. — the first index after the pattern, which may start the path
-    const m = new RegExp(`^(?:.*?\\.)?${p}\\.(\\d+)\\.`).exec(key);
-    if (m) return Number.parseInt(m[1] as string, 10);
-  }
-  return null;
+  return layerIndexOf(key, patterns);
 }
 
 /** Why a module path is or is not a target (PEFT's `check_target_module_exists`). */
 export function matchModule(config: LoraConfig, key: string): 'targeted' | 'excluded' | 'unmatched' {
   const ex = config.excludeModules;
   if (ex !== null) {
-    if (typeof ex === 'string' ? fullMatch(ex, key) : suffixMatch(ex, key)) return 'excluded';
+    if (typeof ex === 'string' ? fullMatch(ex, key, 'exclude_modules') : suffixMatch(ex, key)) return 'excluded';
   }
-  if (config.modulesToSave?.some((m) => new RegExp(`(^|.*\\.)${m}($|\\..*)`).test(key))) return 'excluded';
+  if (config.modulesToSave?.some((m) => matchesModuleName(m, key, 'modules_to_save'))) return 'excluded';
   const t = config.targetModules;
   if (t === null) return 'unmatched';
-  if (typeof t === 'string') return fullMatch(t, key) ? 'targeted' : 'unmatched';
+  if (typeof t === 'string') return fullMatch(t, key, 'target_modules') ? 'targeted' : 'unmatched';
   if (t.includes(key)) return 'targeted';
   if (!t.some((s) => key.endsWith(`.${s}`))) return 'unmatched';
   const ltt = config.layersToTransform;
@@ -48,22 +37,6 @@ export function matchModule(config: LoraConfig, key: string): 'targeted' | 'excl
   const idx = layerIndex(key, config.layersPattern);
   if (idx === null) return 'unmatched';
   return (typeof ltt === 'number' ? idx === ltt : ltt.includes(idx)) ? 'targeted' : 'unmatched';
-}
-
-function editDistance(a: string, b: string): number {
-  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array(b.length).fill(0)] as number[]);
-  for (let j = 1; j <= b.length; j++) (d[0] as number[])[j] = j;
-  for (let i = 1; i <= a.length; i++)
-    for (let j = 1; j <= b.length; j++) {
-      const row = d[i] as number[];
-      const prev = d[i - 1] as number[];
-      row[j] = Math.min(
-        (prev[j] as number) + 1,
-        (row[j - 1] as number) + 1,
-        (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1),
-      );
-    }
-  return (d[a.length] as number[])[b.length] as number;
 }
 
 /** What {@link resolveTargets} found. */
@@ -99,6 +72,31 @@ export function resolveTargets(model: Module, config: LoraConfig): ResolvedTarge
       .filter((k) => !lora.some((l) => k.startsWith(`${l}.`)));
     effective = { ...config, targetModules: linears.filter((k) => k !== 'lm_head' && !k.endsWith('.lm_head')) };
   }
+  return matchPaths(
+    modules.map(([k]) => k),
+    effective,
+    config,
+  );
+}
+
+/**
+ * {@link resolveTargets} on module paths alone (what a checkpoint's tensor names give, without a model):
+ * the paths the config targets and excludes, or PEFT's error when it targets none. `'all-linear'` needs
+ * the modules' classes, so it is resolved by {@link resolveTargets} only; here it matches nothing.
+ *
+ * @example
+ * ```ts
+ * resolveTargetPaths(['layers.0.q_proj', 'layers.0.k_proj'], loraConfig({ targetModules: ['q_proj'] })).targeted;
+ * // ['layers.0.q_proj']
+ * ```
+ */
+export function resolveTargetPaths(paths: string[], config: LoraConfig): ResolvedTargets {
+  return matchPaths(paths, config, config);
+}
+
+/** Matches `paths` with `effective` (all-linear resolved); errors are worded from `config`, as the user wrote it. */
+function matchPaths(paths: string[], effective: LoraConfig, config: LoraConfig): ResolvedTargets {
+  const modules = paths.filter((k) => k !== '').map((k) => [k] as const);
   const targeted: string[] = [];
   const excluded: string[] = [];
   for (const [key] of modules) {
@@ -121,7 +119,7 @@ export function resolveTargets(model: Module, config: LoraConfig): ResolvedTarge
     const wanted = typeof t === 'string' ? [t] : t;
     const close = wanted.flatMap((w) =>
       names
-        .map((n) => [n, editDistance(w, n)] as const)
+        .map((n) => [n, editDistance(w.slice(0, 200), n)] as const)
         .sort((a, b) => a[1] - b[1])
         .slice(0, 3)
         .map(([n]) => n),

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Generator, type ModelFiles, openFiles } from '@lora/tensor';
+import { Generator, type HubOptions, type ModelFiles, openFiles } from '@lora/tensor';
 import {
   Embedding,
   Linear,
@@ -8,11 +8,12 @@ import {
   RMSNorm,
   checkpoint,
   crossEntropy,
+  gpuKernelsActive,
   transposedVocabBlocks,
   normalInit,
   withoutInit,
 } from '@lora/nn';
-import { readCheckpoint } from './files';
+import { planCheckpoint } from './files';
 import { type LlamaConfig, parseLlamaConfig } from './llama-config';
 import { llamaKernels } from './llama-kernels';
 import { ropeInverseFrequencies, ropeTables } from './rope';
@@ -36,6 +37,8 @@ interface AttentionContext {
   sin: tf.Tensor;
   /** [B, S]: 1 where a key position may be attended, 0 for padding; null when every position may. */
   keyMask: tf.Tensor | null;
+  /** webgpu only: the additive mask for `@lora/kernels`' masked softmax (see `buildGroupedMask`); null elsewhere. */
+  groupedMask: tf.Tensor | null;
   cache: KVCache | null;
   layerIdx: number;
 }
@@ -72,10 +75,10 @@ export class LlamaAttention extends Module {
   forward(x: tf.Tensor, ctx: AttentionContext): tf.Tensor {
     const [b, t] = x.shape as [number, number, number];
     const { numAttentionHeads: nh, numKeyValueHeads: nkv, headDim: d } = this.config;
-    const heads = (y: tf.Tensor, n: number) => tf.transpose(tf.reshape(y, [b, t, n, d]), [0, 2, 1, 3]);
-    const q = llamaKernels.rope(heads(this.qProj.call(x), nh), ctx.cos, ctx.sin);
-    let k = llamaKernels.rope(heads(this.kProj.call(x), nkv), ctx.cos, ctx.sin);
-    let v = heads(this.vProj.call(x), nkv);
+    // [B, T, n·d] → heads [B, n, T, d], rotated for q and k (one dispatch each on webgpu)
+    const q = llamaKernels.ropeHeads(this.qProj.call(x), ctx.cos, ctx.sin, nh);
+    let k = llamaKernels.ropeHeads(this.kProj.call(x), ctx.cos, ctx.sin, nkv);
+    let v = llamaKernels.ropeHeads(this.vProj.call(x), null, null, nkv);
     if (ctx.cache) {
       const past = ctx.cache.layers[ctx.layerIdx];
       if (past) {
@@ -86,7 +89,11 @@ export class LlamaAttention extends Module {
       if (past) tf.dispose([past.k, past.v]);
     }
     // grouped-query heads are handled inside (query head i reads kv head ⌊i / rep⌋), never repeated
-    const out = llamaKernels.attention(q, k, v, { causal: true, ...(ctx.keyMask ? { keyMask: ctx.keyMask } : {}) });
+    const out = llamaKernels.attention(q, k, v, {
+      causal: true,
+      ...(ctx.keyMask ? { keyMask: ctx.keyMask } : {}),
+      ...(ctx.groupedMask ? { groupedMask: ctx.groupedMask } : {}),
+    });
     const merged = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, nh * d]);
     return this.oProj.call(merged);
   }
@@ -193,8 +200,18 @@ export class LlamaModel extends Module {
     const cos = tf.slice(this.getBuffer('rope_cos') as tf.Tensor, [past, 0], [t, -1]);
     const sin = tf.slice(this.getBuffer('rope_sin') as tf.Tensor, [past, 0], [t, -1]);
     let keyMask: tf.Tensor | null = null;
+    let groupedMask: tf.Tensor | null = null;
     try {
       keyMask = options.attentionMask === undefined ? null : keyMaskOf(options.attentionMask, b, past + t);
+      // webgpu: one additive mask for every layer's fused masked softmax
+      if (gpuKernelsActive())
+        groupedMask = buildGroupedMask(
+          b,
+          t,
+          past,
+          keyMask,
+          this.config.numAttentionHeads / this.config.numKeyValueHeads,
+        );
       let h = this.embedTokens.call(inputIds) as tf.Tensor;
       const cache = options.cache ?? null;
       const recompute = this.gradientCheckpointing && this.training && cache === null;
@@ -202,19 +219,52 @@ export class LlamaModel extends Module {
         const layer = this.layers.at(i);
         if (recompute) {
           // the per-call tensors go in as inputs, so that the recomputation still has them
-          const inputs = keyMask ? [h, cos, sin, keyMask] : [h, cos, sin];
+          const inputs = [h, cos, sin, ...(keyMask ? [keyMask] : []), ...(groupedMask ? [groupedMask] : [])];
+          const km = keyMask !== null;
+          const gm = groupedMask !== null;
           h = checkpoint(
-            (x, c, s, m) => layer.call(x, { cos: c, sin: s, keyMask: m ?? null, cache: null, layerIdx: i }),
+            (x, c, s, ...rest) =>
+              layer.call(x, {
+                cos: c,
+                sin: s,
+                keyMask: km ? (rest[0] as tf.Tensor) : null,
+                groupedMask: gm ? (rest[km ? 1 : 0] as tf.Tensor) : null,
+                cache: null,
+                layerIdx: i,
+              }),
             inputs,
             { module: layer },
           );
-        } else h = layer.call(h, { cos, sin, keyMask, cache, layerIdx: i });
+        } else h = layer.call(h, { cos, sin, keyMask, groupedMask, cache, layerIdx: i });
       }
       return this.norm.call(h);
     } finally {
-      tf.dispose([cos, sin, ...(keyMask ? [keyMask] : [])]);
+      tf.dispose([cos, sin, ...(keyMask ? [keyMask] : []), ...(groupedMask ? [groupedMask] : [])]);
     }
   }
+}
+
+const FLOAT32_MIN = -3.4028234663852886e38;
+
+/**
+ * Causal + padding mask as transformers' eager attention adds it, laid out [B, 1, rep·T, S] (or
+ * [1, 1, rep·T, S] without padding): the T query rows repeated for each of the `rep` query heads that
+ * share a kv head, as `@lora/kernels`' masked softmax takes it on webgpu. The causal part is built
+ * here; the padding part (`keyMask` [B, S], 0/1) is combined on the backend, never read back
+ * (synchronous reads fail on webgpu in Node).
+ */
+function buildGroupedMask(b: number, t: number, past: number, keyMask: tf.Tensor | null, rep: number): tf.Tensor {
+  const s = past + t;
+  const causal = new Float32Array(rep * t * s);
+  for (let r = 0; r < rep; r++)
+    for (let i = 0; i < t; i++) for (let j = 0; j <= past + i; j++) causal[(r * t + i) * s + j] = 1;
+  return tf.tidy(() => {
+    let allowed: tf.Tensor = tf.tensor4d(causal, [1, 1, rep * t, s]);
+    if (keyMask) allowed = tf.mul(allowed, tf.reshape(keyMask, [b, 1, 1, s]));
+    else if (b > 1) allowed = tf.tile(allowed, [b, 1, 1, 1]);
+    // 0 where a query may attend, the float32 minimum elsewhere
+    return tf.mul(tf.sub(1, allowed), FLOAT32_MIN);
+  });
 }
 
 /** An attention mask [B, S] (1 attend, 0 padding; a tensor or nested arrays) as float32 0/1. */
@@ -301,29 +351,69 @@ export class LlamaForCausalLM extends Module {
   }
 
   /**
-   * Loads a checkpoint directory (Node) or its files (anywhere): `config.json` plus
-   * `model.safetensors` or a sharded `model.safetensors.index.json`, by Hugging Face's names.
+   * Loads a checkpoint as transformers' `from_pretrained` does: a Hugging Face Hub repo id
+   * (`'HuggingFaceTB/SmolLM-135M'`: from the local Hub cache, downloaded into it when missing; Node),
+   * a checkpoint directory (Node), or its files (anywhere): `config.json` plus `model.safetensors` or a
+   * sharded `model.safetensors.index.json`, by Hugging Face's names. The weights are float32 whatever
+   * the file's dtype (bf16 and f16 widen exactly); they are read a tensor at a time, so memory peaks
+   * near the float32 model plus one tensor, never the file plus the model. Names and shapes are checked
+   * against the headers before any weight is read.
+   *
+   * @example
+   * ```ts
+   * const model = await LlamaForCausalLM.fromPretrained('HuggingFaceTB/SmolLM-135M', {
+   *   onProgress: ({ file, loaded, total }) => console.log(file, loaded, '/', total),
+   * });
+   * const offline = await LlamaForCausalLM.fromPretrained('HuggingFaceTB/SmolLM-135M', { localFilesOnly: true });
+   * ```
    */
-  static async fromPretrained(files: ModelFiles): Promise<LlamaForCausalLM> {
-    const source = await openFiles(files);
+  static async fromPretrained(files: ModelFiles, options: HubOptions = {}): Promise<LlamaForCausalLM> {
+    const source = await openFiles(files, options);
     const config = parseLlamaConfig(JSON.parse(await source.text('config.json')));
-    const tensors = await readCheckpoint(source);
-    const model = withoutInit(() => new LlamaForCausalLM(config, { init: false }));
+    const plan = await planCheckpoint(source);
+    let model: LlamaForCausalLM | undefined;
     try {
+      model = withoutInit(() => new LlamaForCausalLM(config, { init: false }));
+      const own = model.stateDict();
       // Old checkpoints may carry RoPE buffers; tied checkpoints may or may not carry lm_head.
-      const ignored = new Set(
-        Object.keys(tensors).filter(
-          (k) => k.endsWith('rotary_emb.inv_freq') || (config.tieWordEmbeddings && k === 'lm_head.weight'),
-        ),
-      );
-      const weights = Object.fromEntries(Object.entries(tensors).filter(([k]) => !ignored.has(k)));
-      model.loadStateDict(weights, { strict: true });
+      const ignored = (k: string) =>
+        k.endsWith('rotary_emb.inv_freq') || (config.tieWordEmbeddings && k === 'lm_head.weight');
+      const wanted = new Set([...plan.entries.keys()].filter((k) => !ignored(k)));
+      // every name and shape checked from the headers, as load_state_dict would, before a byte of data is read
+      const errors = [...wanted].flatMap((k) => {
+        const target = own[k];
+        const shape = (plan.entries.get(k) as { shape: number[] }).shape;
+        return target && target.shape.join(',') !== shape.join(',')
+          ? [
+              `size mismatch for ${k}: copying a param with shape [${shape.join(', ')}] from checkpoint, the shape in current model is [${target.shape.join(', ')}]`,
+            ]
+          : [];
+      });
+      const missing = Object.keys(own).filter((k) => !wanted.has(k));
+      const unexpected = [...wanted].filter((k) => !(k in own));
+      if (missing.length) errors.push(`Missing key(s) in state_dict: ${missing.map((k) => `"${k}"`).join(', ')}`);
+      if (unexpected.length)
+        errors.push(`Unexpected key(s) in state_dict: ${unexpected.map((k) => `"${k}"`).join(', ')}`);
+      if (errors.length)
+        throw new Error(`Error(s) in loading state_dict for LlamaForCausalLM:\n\t${errors.join('\n\t')}`);
+      const loaded = model;
+      await plan.read((name, t) => {
+        try {
+          const target = own[name];
+          // a parameter takes the decoded tensor's data as it is (no copy); anything else goes through loadStateDict
+          if (target instanceof tf.Variable)
+            tf.tidy(() => target.assign(t.dtype === target.dtype ? t : tf.cast(t, target.dtype)));
+          else loaded.loadStateDict({ [name]: t }, { strict: false });
+        } finally {
+          t.dispose();
+        }
+      }, wanted);
       return model;
     } catch (e) {
-      model.dispose();
-      throw new Error(`${source.label}: ${(e as Error).message}`);
+      model?.dispose();
+      throw new Error(`${source.label}: ${(e as Error).message}`, { cause: e });
     } finally {
-      tf.dispose(Object.values(tensors));
+      await plan.close();
     }
   }
 

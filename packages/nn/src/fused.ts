@@ -1,5 +1,21 @@
 import * as tf from '@tensorflow/tfjs-core';
+import * as kernels from '@lora/kernels';
 import { needsGrad } from './ops';
+
+/**
+ * Whether the hot ops run `@lora/kernels`' implementations: on webgpu they do (fused WGSL kernels,
+ * or their composites under `configureKernels({ fused: false })`), which is what the GPU benchmark
+ * measures; on every other backend (wasm, cpu, tensorflow) the lean custom-gradient ops of this
+ * package run instead. The one place `@lora/nn` and `@lora/models` pick per backend.
+ *
+ * @example
+ * ```ts
+ * const y = gpuKernelsActive() ? kernels.rmsNorm(x, w, eps) : rmsNorm(x, w, eps);
+ * ```
+ */
+export function gpuKernelsActive(): boolean {
+  return tf.getBackend() === 'webgpu';
+}
 
 type CustomOp = (...t: tf.Tensor[]) => tf.Tensor;
 const custom = (
@@ -21,6 +37,7 @@ const custom = (
  * ```
  */
 export function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
+  if (gpuKernelsActive()) return kernels.rmsNorm(x, weight, eps);
   const d = x.shape.at(-1) as number;
   if (weight.rank !== 1 || weight.shape[0] !== d)
     throw new Error(
@@ -58,6 +75,7 @@ export function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor
  * ```
  */
 export function swiglu(gate: tf.Tensor, up: tf.Tensor): tf.Tensor {
+  if (gpuKernelsActive()) return kernels.swiglu(gate, up);
   if (gate.shape.join(',') !== up.shape.join(','))
     throw new Error(`swiglu: gate [${gate.shape.join(', ')}] and up [${up.shape.join(', ')}] must have one shape`);
   return custom((g: tf.Tensor, u: tf.Tensor, save: tf.GradSaveFunc) => {
@@ -110,6 +128,7 @@ function times(x: tf.Tensor, r: tf.Tensor): tf.Tensor {
 export function rope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor {
   const d = x.shape.at(-1) as number;
   if (d % 2 !== 0) throw new Error(`rope: the last dimension must be even, got ${d}`);
+  if (gpuKernelsActive()) return kernels.applyRope(x, cos, sin);
   return custom((xi: tf.Tensor, save: tf.GradSaveFunc) => {
     save([cos, sin]);
     return {

@@ -10,13 +10,13 @@ export {
   withoutInit,
 } from './init';
 export { Dropout, Embedding, GELU, LayerNorm, Linear, RMSNorm, SiLU, embedding, gelu, linear } from './layers';
-export { matmul, needsGrad, transposeLast } from './ops';
+export { matmul, matmulTransposeB, needsGrad, transposeLast } from './ops';
 export { gradientsOf, isRecordingGradients, variableGrads } from './grad';
 export { checkpoint } from './checkpoint';
 export type { CheckpointOptions } from './checkpoint';
 export { scaledDotProductAttention } from './attention';
 export type { AttentionOptions } from './attention';
-export { rmsNorm, rope, swiglu } from './fused';
+export { gpuKernelsActive, rmsNorm, rope, swiglu } from './fused';
 export { Conv1d, Conv2d, conv } from './conv';
 export { TransposedLinear, transposedLinear } from './transposed-linear';
 export type { ConvOptions } from './conv';

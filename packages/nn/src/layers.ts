@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
 import { defaultRng, kaimingUniformDefault, normalInit, uniformInit } from './init';
+import { preferTransposeFlags } from '@lora/kernels';
 import { Module, type Parameter } from './module';
 import { rmsNorm } from './fused';
 import { affineProduct, linearProduct } from './ops';
@@ -54,6 +55,17 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | null =
       `linear: input's last dimension is ${x.shape.at(-1)} but the weight expects ${inF} (weight shape [${weight.shape.join(', ')}])`,
     );
   }
+  // On webgpu (transposeFlags, @lora/kernels' default there) the flag costs nothing (no Transpose
+  // dispatch) and tfjs's own gradient leaves a frozen weight's gradient uncomputed. Elsewhere
+  // linearProduct picks the layout the backend multiplies fastest (an explicit transpose on wasm,
+  // where the flag is ~13× slower) and gives a frozen weight no gradient.
+  if (preferTransposeFlags())
+    return tf.tidy(() => {
+      const x2 = x.rank === 2 ? x : tf.reshape(x, [-1, inF]);
+      let y = tf.matMul(x2, weight, false, true);
+      if (bias) y = tf.add(y, bias);
+      return x.rank === 2 ? y : tf.reshape(y, [...x.shape.slice(0, -1), weight.shape[0] as number]);
+    });
   return tf.tidy(() => {
     const x2 = x.rank === 2 ? x : tf.reshape(x, [-1, inF]);
     let y = linearProduct(x2, weight);
@@ -210,6 +222,7 @@ export class RMSNorm extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
+    // @lora/nn's rmsNorm: @lora/kernels' on webgpu (one fused dispatch), a lean custom-gradient op elsewhere
     return rmsNorm(x, this.weight, this.eps);
   }
 }

@@ -1,4 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { softmaxCrossEntropy } from '@lora/kernels';
+import { gpuKernelsActive } from './fused';
 import { isRecordingGradients } from './grad';
 import { matmulNT, matmulTN, needsGrad } from './ops';
 
@@ -44,6 +46,8 @@ export function crossEntropy(
   targets: tf.Tensor,
   options: { ignoreIndex?: number; reduction?: 'mean' | 'sum' | 'none' } = {},
 ): tf.Tensor {
+  // webgpu: @lora/kernels' (fused for 'mean'; it checks the inputs); elsewhere one op with its own gradient
+  if (gpuKernelsActive()) return softmaxCrossEntropy(logits, targets, options);
   const ignore = options.ignoreIndex ?? -100;
   const reduction = options.reduction ?? 'mean';
   const c = logits.shape.at(-1) as number;

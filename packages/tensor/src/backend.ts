@@ -310,8 +310,42 @@ function setNavigatorGpu(gpu: GPULike): void {
   else Object.defineProperty(g.navigator, 'gpu', { value: gpu, configurable: true, writable: true });
 }
 
-async function probeWebgpu(options: InitBackendOptions, allowSoftware: boolean): Promise<Probe> {
+/**
+ * Whether Linux can load a Vulkan loader (`libvulkan.so.1`): listed in the dynamic linker's cache or
+ * present in an LD_LIBRARY_PATH folder. Dawn prints "Couldn't load Vulkan" on stderr from native code
+ * when it is missing, which no JS can silence, so `'auto'` asks this first and skips Dawn quietly.
+ * Other platforms (Metal, D3D12) and explicit Dawn backends are not checked.
+ */
+async function vulkanLoaderPresent(dawnOptions: string[]): Promise<boolean> {
+  const proc = (globalThis as { process?: { platform?: string; env?: Record<string, string | undefined> } }).process;
+  if (proc?.platform !== 'linux' || dawnOptions.some((o) => o.startsWith('backend=') && o !== 'backend=vulkan'))
+    return true;
+  const fsName = 'node:fs/promises';
+  const fs = (await import(/* @vite-ignore */ fsName)) as typeof import('node:fs/promises');
+  const cache = await fs.readFile('/etc/ld.so.cache').catch(() => null);
+  if (cache?.includes('libvulkan.so.1')) return true;
+  // the folders dlopen searches: LD_LIBRARY_PATH, then (beside the cache) the trusted defaults
+  const dirs = [
+    ...(proc.env?.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean),
+    '/lib',
+    '/usr/lib',
+    '/lib64',
+    '/usr/lib64',
+  ];
+  for (const dir of dirs) if (await fs.stat(`${dir}/libvulkan.so.1`).catch(() => null)) return true;
+  return false;
+}
+
+async function probeWebgpu(options: InitBackendOptions, allowSoftware: boolean, auto = false): Promise<Probe> {
   const settings = webgpuSettings(options.webgpu ?? {});
+  if (auto && isNode() && !(await vulkanLoaderPresent(settings.dawnOptions)))
+    return {
+      ok: false,
+      reason: 'no Vulkan loader (libvulkan.so.1) is installed, which Dawn needs to reach a GPU on Linux',
+      hint:
+        "Install your GPU's Vulkan driver and libvulkan1, or ask for webgpu by name to let Dawn try other backends " +
+        "(initBackend('webgpu', { webgpu: { dawnOptions: ['backend=opengles'], featureLevel: 'compatibility' } })).",
+    };
   const defaults: Record<string, unknown> = {};
   if (settings.featureLevel === 'compatibility') defaults.featureLevel = 'compatibility';
   if (settings.powerPreference) defaults.powerPreference = settings.powerPreference;
@@ -391,7 +425,12 @@ async function probeWebgpu(options: InitBackendOptions, allowSoftware: boolean):
   };
 }
 
-async function probe(name: BackendName, options: InitBackendOptions, allowSoftware: boolean): Promise<Probe> {
+async function probe(
+  name: BackendName,
+  options: InitBackendOptions,
+  allowSoftware: boolean,
+  auto = false,
+): Promise<Probe> {
   switch (name) {
     case 'cpu':
       return probeCpu(options);
@@ -400,7 +439,7 @@ async function probe(name: BackendName, options: InitBackendOptions, allowSoftwa
     case 'tensorflow':
       return probeTensorflow(options);
     case 'webgpu':
-      return probeWebgpu(options, allowSoftware);
+      return probeWebgpu(options, allowSoftware, auto);
   }
 }
 
@@ -457,7 +496,7 @@ export async function initBackend(
   }
   const skipped: string[] = [];
   for (const candidate of autoOrder()) {
-    const p = await probe(candidate, options, options.webgpu?.allowSoftware ?? false);
+    const p = await probe(candidate, options, options.webgpu?.allowSoftware ?? false, true);
     if (!p.ok) {
       skipped.push(`${candidate}: ${p.reason}`);
       continue;
@@ -490,7 +529,8 @@ export async function listBackends(options: InitBackendOptions = {}): Promise<Ba
     : (['webgpu', 'wasm', 'cpu', 'tensorflow'] as const);
   const rows: BackendAvailability[] = [];
   for (const name of order) {
-    const p = await probe(name, options, true);
+    // quiet, as 'auto' probes: a missing Vulkan loader is a reason in the table, not Dawn's stderr noise
+    const p = await probe(name, options, true, true);
     rows.push(
       p.ok
         ? { name, available: true, adapter: p.adapter, software: p.software }

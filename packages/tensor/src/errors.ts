@@ -2,6 +2,26 @@
  * Errors raised by `@lora/tensor`. Each names what was wrong and what to do about it.
  */
 
+/**
+ * A short, bounded rendering of any value for an error message (what a file or config held): `JSON.stringify` for plain values, cut
+ * at `max` characters; never throws (deeply nested or cyclic values, BigInts, symbols).
+ *
+ * @example
+ * ```ts
+ * describeValue('8');          // '"8"'
+ * describeValue(deeplyNested); // '[…]'
+ * ```
+ */
+export function describeValue(value: unknown, max = 80): string {
+  let text: string;
+  try {
+    text = value === undefined ? 'undefined' : (JSON.stringify(value) ?? String(value));
+  } catch {
+    text = Array.isArray(value) ? '[…]' : typeof value === 'object' && value !== null ? '{…}' : String(value);
+  }
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+}
+
 /** Where in a safetensors file a problem was found. */
 export interface SafetensorsErrorDetail {
   /** File path or label of the buffer being read (`<memory>` for in-memory bytes). */
@@ -115,5 +135,96 @@ export class WasmOutOfMemoryError extends Error {
     this.liveBytes = liveBytes;
     this.limitBytes = limitBytes;
     this.neededBytes = needed;
+  }
+}
+
+const FILE_PROBLEMS: Record<string, string> = {
+  ENOENT: 'does not exist',
+  EISDIR: 'is a directory, not a file',
+  ENOTDIR: 'is not a directory (or a part of its path is a file)',
+  EACCES: 'cannot be accessed: permission denied; check its permissions and its folder’s',
+  EPERM: 'cannot be accessed: operation not permitted; check its permissions',
+  ELOOP: 'is a symbolic link loop',
+  EMFILE: 'cannot be opened: too many open files',
+  ENOSPC: 'cannot be written: no space left on the device',
+  EROFS: 'cannot be written: the file system is read-only',
+  EEXIST: 'already exists',
+};
+
+/**
+ * A file or directory could not be read or written (missing, a directory where a file was expected,
+ * permissions): names the path the user gave, not a temporary one, and the system's error code.
+ *
+ * @example
+ * ```ts
+ * try { await loadSafetensors('model/'); } catch (e) {
+ *   if (e instanceof FileAccessError) console.error(e.file, e.code);
+ * }
+ * ```
+ */
+export class FileAccessError extends Error {
+  override readonly name = 'FileAccessError';
+  readonly file: string;
+  readonly code: string | undefined;
+
+  constructor(file: string, message: string, code?: string) {
+    super(`${file}: ${message}`);
+    this.file = file;
+    this.code = code;
+  }
+
+  /** Wraps a Node file-system error (ENOENT, EISDIR, EACCES, …) as a FileAccessError naming `file`; anything else is returned as it is. */
+  static from(file: string, e: unknown, what = 'file'): Error {
+    if (e instanceof FileAccessError || e instanceof SafetensorsError) return e;
+    const code = (e as { code?: unknown } | null)?.code;
+    if (typeof code !== 'string') return e instanceof Error ? e : new Error(String(e));
+    return new FileAccessError(file, `${what} ${FILE_PROBLEMS[code] ?? `cannot be used (${code})`}`, code);
+  }
+}
+
+/** Why a Hugging Face Hub file could not be had; see {@link HubError}. */
+export type HubErrorCode =
+  /** Offline (`localFilesOnly`, `HF_HUB_OFFLINE`, or the Hub unreachable) and the cache lacks it. */
+  | 'not-cached'
+  /** The repository, revision or file does not exist (or is private and no token was sent). */
+  | 'not-found'
+  /** The Hub refused the token, or the repository is gated / private. */
+  | 'unauthorized'
+  /** The Hub could not be reached or answered with an error. */
+  | 'network'
+  /** A downloaded file did not have the size or hash the Hub announced. */
+  | 'corrupt'
+  /** The caller's `AbortSignal` fired. */
+  | 'aborted'
+  /** The repo id or a file name is not valid. */
+  | 'invalid';
+
+/**
+ * A Hugging Face Hub repository or file could not be resolved from the cache or downloaded. The
+ * message says where the cache is and what to do.
+ *
+ * @example
+ * ```ts
+ * try { await LlamaForCausalLM.fromPretrained('HuggingFaceTB/SmolLM-135M', { localFilesOnly: true }); }
+ * catch (e) { if (e instanceof HubError && e.code === 'not-cached') console.error(e.message); }
+ * ```
+ */
+export class HubError extends Error {
+  override readonly name = 'HubError';
+  readonly code: HubErrorCode;
+  readonly repo: string;
+  readonly file: string | undefined;
+
+  constructor(
+    code: HubErrorCode,
+    repo: string,
+    file: string | undefined,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.code = code;
+    this.repo = repo;
+    this.file = file;
   }
 }

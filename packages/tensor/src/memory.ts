@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { TensorLeakError } from './errors';
 
-/** Counts the distinct live tensors in a value: a tensor, or arrays, plain objects and Maps of them. */
+/** Counts the distinct live tensors in a value: a tensor, or arrays, plain (or null-prototype) objects and Maps of them. */
 export function countTensors(value: unknown, seen = new Set<tf.Tensor>()): number {
   if (value instanceof tf.Tensor) {
     if (!value.isDisposed) seen.add(value);
@@ -9,7 +9,11 @@ export function countTensors(value: unknown, seen = new Set<tf.Tensor>()): numbe
     for (const v of value) countTensors(v, seen);
   } else if (value instanceof Map) {
     for (const v of value.values()) countTensors(v, seen);
-  } else if (value !== null && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
+  } else if (
+    value !== null &&
+    typeof value === 'object' &&
+    [Object.prototype, null].includes(Object.getPrototypeOf(value))
+  ) {
     for (const v of Object.values(value)) countTensors(v, seen);
   }
   return seen.size;

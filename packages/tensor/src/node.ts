@@ -3,10 +3,12 @@
  * Import from `@lora/tensor/node`; the main entry stays browser-safe.
  */
 import { randomBytes } from 'node:crypto';
-import { type FileHandle, open, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
-import { basename, dirname, isAbsolute, join, normalize } from 'node:path';
+import { type FileHandle, open, readFile, readdir, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, normalize, relative, sep } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { SafetensorsError } from './errors';
+import { FileAccessError, SafetensorsError } from './errors';
+
+export { openFileBytes } from './file-source';
 import { type SafetensorsEntry, type SafetensorsHeader, parseHeader, readHeaderLength } from './safetensors-format';
 import { type DecodedTensor, type ParsedSafetensors, decodeEntry, parseSafetensors } from './safetensors-reader';
 import {
@@ -46,12 +48,22 @@ export async function writeFileAtomic(path: string, bytes: Uint8Array | string):
     await rename(tmp, path);
   } catch (e) {
     await unlink(tmp).catch(() => undefined);
-    throw e;
+    // the error names the file asked for, not the hidden temporary one
+    throw FileAccessError.from(path, e);
   }
 }
 
-async function readSingle(path: string): Promise<ParsedSafetensors> {
-  const bytes = await readFile(path);
+/** Reads a whole file; file-system errors (missing, a directory, permissions) become a {@link FileAccessError} naming it. */
+async function readWhole(path: string, what = 'file'): Promise<Buffer> {
+  try {
+    return await readFile(path);
+  } catch (e) {
+    throw FileAccessError.from(path, e, what);
+  }
+}
+
+async function readSingle(path: string, what = 'file'): Promise<ParsedSafetensors> {
+  const bytes = await readWhole(path, what);
   return parseSafetensors(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), { file: path });
 }
 
@@ -60,9 +72,10 @@ function indexError(file: string, message: string): never {
 }
 
 async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
+  const text = (await readWhole(indexPath, 'index')).toString('utf8');
   let index: unknown;
   try {
-    index = JSON.parse(await readFile(indexPath, 'utf8'));
+    index = JSON.parse(text);
   } catch (e) {
     throw new SafetensorsError(
       { file: indexPath, field: 'header' },
@@ -81,16 +94,29 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
     if (isAbsolute(shard) || normalize(shard).split(/[\\/]/).includes('..')) {
       indexError(indexPath, `shard '${shard}' for '${name}' points outside the checkpoint directory`);
     }
-    byShard.set(shard, [...(byShard.get(shard) ?? []), name]);
+    const names = byShard.get(shard);
+    if (names) names.push(name);
+    else byShard.set(shard, [name]);
   }
   const dir = dirname(indexPath);
-  const tensors: Record<string, tf.Tensor> = {};
+  const realDir = await realpath(dir);
+  const tensors: Record<string, tf.Tensor> = Object.create(null);
   const files: string[] = [];
   let metadata: Record<string, string> = {};
   try {
     for (const [shard, names] of byShard) {
       const file = join(dir, shard);
-      const part = await readSingle(file);
+      // a shard may be a link (Hugging Face's cache links every file to a blob), but not to a file outside
+      // the checkpoint's directory tree: an index is untrusted and must not make us read /etc/… or ~/.ssh/…
+      const real = await realpath(file).catch((e: unknown) => {
+        throw FileAccessError.from(file, e, `shard (listed in ${basename(indexPath)})`);
+      });
+      if (!insideDir(real, realDir) && !insideDir(real, await hubBlobsDir(realDir)))
+        indexError(
+          indexPath,
+          `shard '${shard}' is a link to ${real}, outside the checkpoint directory ${realDir}; copy the file in instead`,
+        );
+      const part = await readSingle(file, `shard (listed in ${basename(indexPath)})`);
       files.push(file);
       if (files.length === 1) metadata = part.metadata;
       for (const name of names) {
@@ -122,6 +148,22 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
   };
 }
 
+function insideDir(path: string, dir: string | null): boolean {
+  if (dir === null) return false;
+  const rel = relative(dir, path);
+  return rel !== '' && !rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel);
+}
+
+/**
+ * The `blobs` folder of a Hugging Face cache entry when `dir` is one of its snapshots
+ * (`models--org--name/snapshots/<rev>`), whose files are links into `models--org--name/blobs`; else null.
+ */
+async function hubBlobsDir(dir: string): Promise<string | null> {
+  const snapshots = dirname(dir);
+  if (basename(snapshots) !== 'snapshots') return null;
+  return realpath(join(dirname(snapshots), 'blobs')).catch(() => null);
+}
+
 /**
  * Loads a safetensors checkpoint: a `.safetensors` file, a sharded checkpoint's
  * `*.safetensors.index.json`, or a directory holding either (`model.safetensors.index.json`,
@@ -134,7 +176,9 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
  * ```
  */
 export async function loadSafetensors(path: string): Promise<LoadedSafetensors> {
-  const info = await stat(path);
+  const info = await stat(path).catch((e: unknown) => {
+    throw FileAccessError.from(path, e, 'checkpoint');
+  });
   if (info.isDirectory()) {
     const entries = await readdir(path);
     if (entries.includes('model.safetensors.index.json'))
@@ -183,11 +227,24 @@ export async function saveSafetensors(
  * ```
  */
 export async function readSafetensorsFileHeader(path: string): Promise<SafetensorsHeader> {
-  const file = await open(path, 'r');
+  const file = await openForReading(path);
   try {
     return (await readOpenHeader(file, path)).header;
   } finally {
     await file.close();
+  }
+}
+
+async function openForReading(path: string): Promise<FileHandle> {
+  try {
+    const file = await open(path, 'r');
+    if ((await file.stat()).isDirectory()) {
+      await file.close();
+      throw new FileAccessError(path, 'file is a directory, not a file', 'EISDIR');
+    }
+    return file;
+  } catch (e) {
+    throw FileAccessError.from(path, e);
   }
 }
 
@@ -247,7 +304,7 @@ export async function rewriteSafetensors(
   replace: (name: string, file: SafetensorsFileReader) => Promise<DecodedTensor['values'] | undefined>,
   options: { onProgress?: (bytesDone: number, bytesTotal: number) => void } = {},
 ): Promise<RewriteResult> {
-  const source = await open(input, 'r');
+  const source = await openForReading(input);
   const tmp = tmpPathFor(output);
   let target: FileHandle | null = null;
   try {
@@ -268,7 +325,9 @@ export async function rewriteSafetensors(
         return decodeEntry(await readBytes(entry), { ...entry, begin: 0, end: entry.end - entry.begin }, input);
       },
     };
-    target = await open(tmp, 'wx');
+    target = await open(tmp, 'wx').catch((e: unknown) => {
+      throw FileAccessError.from(output, e);
+    });
     await target.write(head, 0, head.length, 0);
     let written = head.length;
     const replaced: string[] = [];

@@ -6,7 +6,7 @@
  * then the data section. Offsets are relative to the data section, must tile it exactly
  * (no gaps, no overlap), and each tensor's byte length must equal its element count times its dtype size.
  */
-import { SafetensorsError } from './errors';
+import { SafetensorsError, describeValue } from './errors';
 
 /** Dtypes that may appear in a safetensors header, with their sizes in bytes. */
 export const SAFETENSORS_DTYPE_SIZES = {
@@ -105,31 +105,92 @@ export function readHeaderLength(prefix: Uint8Array, totalBytes: number, file: s
   return lo;
 }
 
-/** Lists the keys of the top-level JSON object in order, duplicates included (JSON.parse keeps only the last). */
-function topLevelKeys(json: string): string[] {
-  const keys: string[] = [];
-  let depth = 0;
+/**
+ * The most tensors one file may hold: 262 144, beyond any real checkpoint shard or adapter (an all-linear
+ * adapter of a 128-expert, 94-layer MoE holds about 73 000). Each tensor costs about 1 KB in tfjs however
+ * small it is, so a header of a million empty tensors would cost a gigabyte and many seconds.
+ */
+export const MAX_TENSORS = 2 ** 18;
+
+/** serde_json's recursion limit, which the Rust reader inherits: deeper headers are refused there too. */
+export const MAX_HEADER_DEPTH = 128;
+
+/**
+ * Scans the header's JSON text once, before it is parsed, for what `JSON.parse` would let through but
+ * the Rust reader refuses: names that appear twice at the top level (JSON.parse keeps the last), numbers
+ * that are not integer literals (`8.0`, `8e0`: serde reads them as floats, never as a `usize`), and
+ * nesting beyond {@link MAX_HEADER_DEPTH}. Linear in the header's length; no recursion.
+ */
+function scanHeaderText(json: string, file: string): void {
+  const seen = new Set<string>();
+  // per open object: the key being read (tensor name at depth 1, field at depth 2)
+  const keys: (string | null)[] = [];
+  const containers: number[] = [];
   let expectKey = false;
-  for (let i = 0; i < json.length; i++) {
-    const c = json[i];
-    if (c === '"') {
+  const n = json.length;
+  for (let i = 0; i < n; i++) {
+    const c = json.charCodeAt(i);
+    if (c === 0x22 /* " */) {
       let j = i + 1;
-      while (j < json.length && json[j] !== '"') j += json[j] === '\\' ? 2 : 1;
-      if (depth === 1 && expectKey) {
-        keys.push(JSON.parse(json.slice(i, j + 1)) as string);
+      let escaped = false;
+      for (; j < n; j++) {
+        const d = json.charCodeAt(j);
+        if (d === 0x5c /* \ */) {
+          escaped = true;
+          j++;
+        } else if (d === 0x22) break;
+      }
+      if (expectKey && containers[containers.length - 1] === 0x7b) {
+        let key = json.slice(i + 1, j);
+        if (escaped) {
+          try {
+            key = JSON.parse(json.slice(i, j + 1)) as string;
+          } catch {
+            fail(file, 'header', 'header is not valid JSON (a key is not a valid string)');
+          }
+        }
+        keys[keys.length - 1] = key;
+        if (containers.length === 1) {
+          if (seen.has(key)) fail(file, 'name', `name '${key}' appears more than once in the header`, key);
+          seen.add(key);
+          if (seen.size - (seen.has('__metadata__') ? 1 : 0) > MAX_TENSORS)
+            fail(file, 'header', `header lists more than ${MAX_TENSORS} tensors; no checkpoint shard holds that many`);
+        }
         expectKey = false;
       }
       i = j;
-    } else if (c === '{' || c === '[') {
-      depth++;
-      if (depth === 1 && c === '{') expectKey = true;
-    } else if (c === '}' || c === ']') {
-      depth--;
-    } else if (c === ',' && depth === 1) {
-      expectKey = true;
+    } else if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
+      containers.push(c);
+      keys.push(null);
+      if (containers.length > MAX_HEADER_DEPTH)
+        fail(file, 'header', `header nests deeper than ${MAX_HEADER_DEPTH} levels; it is not a safetensors header`);
+      expectKey = c === 0x7b;
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
+      containers.pop();
+      keys.pop();
+    } else if (c === 0x2c /* , */) {
+      expectKey = containers[containers.length - 1] === 0x7b;
+    } else if (c === 0x2d /* - */ || (c >= 0x30 && c <= 0x39)) {
+      // a number: digits, sign, and (refused below) a fraction or an exponent
+      let j = i + 1;
+      let integer = true;
+      for (; j < n; j++) {
+        const d = json.charCodeAt(j);
+        if (d === 0x2e || d === 0x65 || d === 0x45) integer = false;
+        else if (!((d >= 0x30 && d <= 0x39) || d === 0x2b || d === 0x2d)) break;
+      }
+      if (!integer) {
+        const tensor = keys[0] ?? undefined;
+        fail(
+          file,
+          tensor === '__metadata__' ? '__metadata__' : (keys[1] ?? 'header'),
+          `${json.slice(i, Math.min(j, i + 40))} is not an integer literal; safetensors headers hold integers only (the Rust reader refuses 8.0 and 8e0)`,
+          tensor === '__metadata__' ? undefined : tensor,
+        );
+      }
+      i = j - 1;
     }
   }
-  return keys;
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -141,12 +202,19 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
  * `headerBytes` are the N bytes after the length prefix.
  */
 export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: string): SafetensorsHeader {
+  if (headerBytes[0] === 0xef && headerBytes[1] === 0xbb && headerBytes[2] === 0xbf)
+    fail(
+      file,
+      'header',
+      'header starts with a UTF-8 byte-order mark; safetensors headers are JSON with none (the Rust reader refuses it)',
+    );
   let text: string;
   try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(headerBytes);
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(headerBytes);
   } catch {
     fail(file, 'header', 'header is not valid UTF-8');
   }
+  scanHeaderText(text, file);
   let raw: unknown;
   try {
     raw = JSON.parse(text);
@@ -155,12 +223,6 @@ export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: s
   }
   if (!isPlainObject(raw))
     fail(file, 'header', 'header must be a JSON object mapping tensor names to {dtype, shape, data_offsets}');
-
-  const seen = new Set<string>();
-  for (const key of topLevelKeys(text)) {
-    if (seen.has(key)) fail(file, 'name', `name '${key}' appears more than once in the header`, key);
-    seen.add(key);
-  }
 
   const dataStart = 8 + headerBytes.length;
   const dataBytes = totalBytes - dataStart;
@@ -173,7 +235,7 @@ export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: s
       if (!isPlainObject(info)) fail(file, '__metadata__', 'must be an object of string values');
       for (const [k, v] of Object.entries(info)) {
         if (typeof v !== 'string')
-          fail(file, '__metadata__', `value of '${k}' is ${JSON.stringify(v)}; metadata values must be strings`);
+          fail(file, '__metadata__', `value of '${k}' is ${describeValue(v)}; metadata values must be strings`);
       }
       metadata = info as Record<string, string>;
       continue;
@@ -185,12 +247,12 @@ export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: s
       fail(
         file,
         'dtype',
-        `unknown dtype ${JSON.stringify(dtype)}; expected one of ${Object.keys(SAFETENSORS_DTYPE_SIZES).join(', ')}`,
+        `unknown dtype ${describeValue(dtype)}; expected one of ${Object.keys(SAFETENSORS_DTYPE_SIZES).join(', ')}`,
         name,
       );
     }
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      fail(file, 'shape', `shape ${JSON.stringify(shape)} must be an array of non-negative integers`, name);
+      fail(file, 'shape', `shape ${describeValue(shape)} must be an array of non-negative integers`, name);
     }
     if (
       !Array.isArray(offsets) ||
@@ -201,7 +263,7 @@ export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: s
       fail(
         file,
         'data_offsets',
-        `data_offsets ${JSON.stringify(offsets)} must be two non-negative integers [begin, end] with begin <= end`,
+        `data_offsets ${describeValue(offsets)} must be two non-negative integers [begin, end] with begin <= end`,
         name,
       );
     }
@@ -219,14 +281,14 @@ export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: s
     for (const d of dims) {
       numel *= d;
       if (numel > Number.MAX_SAFE_INTEGER)
-        fail(file, 'shape', `shape ${JSON.stringify(dims)} has too many elements`, name);
+        fail(file, 'shape', `shape ${describeValue(dims)} has too many elements`, name);
     }
     const size = SAFETENSORS_DTYPE_SIZES[dtype as SafetensorsDtype];
     if (numel * size !== e - b) {
       fail(
         file,
         'shape',
-        `shape ${JSON.stringify(dims)} × ${dtype} (${size} bytes) needs ${numel * size} bytes but data_offsets [${b}, ${e}] hold ${e - b}`,
+        `shape ${describeValue(dims)} × ${dtype} (${size} bytes) needs ${numel * size} bytes but data_offsets [${b}, ${e}] hold ${e - b}`,
         name,
       );
     }

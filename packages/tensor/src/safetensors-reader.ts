@@ -91,7 +91,8 @@ export function parseSafetensors(bytes: Uint8Array, options: { file?: string } =
   const file = options.file ?? '<memory>';
   const header = readSafetensorsHeader(bytes, file);
   const decoded = header.entries.map((entry) => [entry.name, decodeEntry(bytes, entry, file)] as const);
-  const tensors: Record<string, tf.Tensor> = {};
+  // null-prototype: a tensor named `__proto__` (or `constructor`) is a key like any other
+  const tensors: Record<string, tf.Tensor> = Object.create(null);
   try {
     for (const [name, d] of decoded) tensors[name] = tf.tensor(d.values, d.shape, d.dtype);
   } catch (e) {

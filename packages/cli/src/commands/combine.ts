@@ -1,6 +1,5 @@
 import { stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { COMBINATION_TYPES, type CombinationType, combineAdapters, loraConfigToJson } from '@lora/core';
 import { serializeSafetensors } from '@lora/tensor';
@@ -10,6 +9,7 @@ import {
   type Io,
   UsageError,
   numberOption,
+  parseCommandArgs,
   readAdapter,
   startBackend,
   writeDirAtomic,
@@ -24,8 +24,8 @@ PEFT's layout (PeftModel.from_pretrained loads it) into a temporary directory, t
 
 Options:
   --adapter DIR           an adapter directory; repeat for each adapter (one adapter: a linear rescale)
-  --weights W1,W2,...     one weight per adapter, in the same order; negative weights subtract (write
-                          --weights=-0.5,1 when the first one is negative)
+  --weights W1,W2,...     one weight per adapter, in the same order; negative weights subtract
+                          (--weights -0.5,1)
   --type TYPE             ${COMBINATION_TYPES.join(', ')}
                           (default svd). linear, ties, dare_* and magnitude_prune need equal ranks; cat
                           sums the ranks; the *svd types re-decompose the combined update at --svd-rank
@@ -41,7 +41,7 @@ float64 JavaScript: about 20 s per 1024x1024 module, far longer at 4096x4096. sv
 adapters' factors and stays fast.`;
 
 async function combine(args: string[], io: Io): Promise<number> {
-  const { values } = parseArgs({
+  const { values } = parseCommandArgs({
     args,
     options: {
       help: { type: 'boolean' },
@@ -92,11 +92,11 @@ async function combine(args: string[], io: Io): Promise<number> {
     throw new UsageError(`--out ${values.out} is one of the --adapter directories; write the combination elsewhere`);
   if ((await stat(out).catch(() => null)) && !values.force)
     throw new UsageError(`--out ${values.out} exists; choose a new directory or pass --force to replace it`);
-  await startBackend();
+  await startBackend(io);
   const adapters: AdapterOnDisk[] = [];
   try {
     for (const [i, dir] of dirs.entries()) {
-      adapters.push(await readAdapter(dir));
+      adapters.push(await readAdapter(dir, undefined, io));
       io.err(`read ${dir} (${i + 1}/${dirs.length})`);
     }
     const mix = await combineAdapters(adapters, weights, {

@@ -1,16 +1,39 @@
-import { cp, readdir } from 'node:fs/promises';
+import { cp, readFile, readdir } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
-import { PEFT_KEY_PREFIX, type loraConfigFromJson, mergeAdapterWeights, mergedModulePaths } from '@lora/core';
+import {
+  PEFT_SUFFIX,
+  adapterTargets,
+  type loraConfigFromJson,
+  loraModuleOfKey,
+  mergeAdapterWeights,
+  mergedModulePaths,
+  moduleTensors,
+  peftKey,
+  resolveTargetPaths,
+} from '@lora/core';
+import { FileAccessError, SafetensorsError, describeValue } from '@lora/tensor';
 import { readSafetensorsFileHeader, rewriteSafetensors } from '@lora/tensor/node';
-import { type Command, type Io, UsageError, isDir, readAdapter, startBackend, writeDirAtomic } from '../shared';
+import {
+  type AdapterOnDisk,
+  type Command,
+  type Io,
+  UsageError,
+  isDir,
+  parseCommandArgs,
+  readAdapter,
+  startBackend,
+  writeDirAtomic,
+} from '../shared';
 
 const HELP = `lora merge --base <model file or dir> --adapter <adapter dir> --out <file or dir> [options]
 
 Merges the adapter into the base weights by name, as PEFT's merge_and_unload, without building a model:
-Linear (and DoRA) and Embedding adapters, rank/alpha patterns, rsLoRA, lora_bias. A directory base may be
-sharded (model.safetensors.index.json). Files are streamed: tensors the adapter does not touch are copied
+Linear (and DoRA) and Embedding adapters, rank/alpha patterns, rsLoRA, lora_bias. The modules merged are
+those the adapter's target_modules (exclude_modules, layers_to_transform) select in the base, as when
+PEFT loads it; adapter tensors for other modules are ignored with a warning. A directory base is a
+Hugging Face checkpoint: model.safetensors.index.json and its shards, or model.safetensors; its other
+files are copied as they are, and --out is then a directory too. Files are streamed: tensors the adapter does not touch are copied
 byte for byte, each adapted weight is merged and written back in its own dtype (bf16 stays bf16), so memory
 stays near one layer; output is written atomically, and a directory's other files (config.json, tokenizer
 files) are copied. Progress goes to stderr.
@@ -27,7 +50,7 @@ Options:
 async function mergeFile(
   input: string,
   output: string,
-  adapter: { config: ReturnType<typeof loraConfigFromJson>; tensors: Record<string, tf.Tensor> },
+  adapter: { config: ReturnType<typeof loraConfigFromJson>; tensors: Record<string, tf.Tensor>; file?: string },
   safeMerge: boolean,
   io: Io,
 ): Promise<{ changed: number }> {
@@ -49,19 +72,22 @@ async function mergeFile(
         return ready;
       }
       const path = moduleOf.get(name);
-      if (path === undefined || (name.endsWith('.bias') && !adapter.tensors[`${PEFT_KEY_PREFIX}${path}.lora_B.bias`]))
+      if (path === undefined || (name.endsWith('.bias') && !adapter.tensors[peftKey(path, PEFT_SUFFIX.loraBBias)]))
         return undefined;
       // this module's weight (and bias) as tensors; the adapter's tensors for this module alone
       const base: Record<string, tf.Tensor> = {};
-      const own: Record<string, tf.Tensor> = {};
-      for (const [k, t] of Object.entries(adapter.tensors)) if (k.startsWith(`${PEFT_KEY_PREFIX}${path}.`)) own[k] = t;
+      const own = moduleTensors(adapter.tensors, path);
       try {
         for (const k of [`${path}.weight`, `${path}.bias`]) {
           if (!present.has(k)) continue;
           const d = await file.read(k);
           base[k] = tf.tensor(d.values, d.shape, d.dtype);
         }
-        const { merged } = await mergeAdapterWeights(base, { config: adapter.config, tensors: own }, { safeMerge });
+        const { merged } = await mergeAdapterWeights(
+          base,
+          { config: adapter.config, tensors: own, ...(adapter.file ? { file: adapter.file } : {}) },
+          { safeMerge },
+        );
         for (const [k, t] of Object.entries(merged)) pending.set(k, (await t.data()) as Float32Array);
         tf.dispose(Object.values(merged));
         changed++;
@@ -86,7 +112,7 @@ async function mergeFile(
 }
 
 async function merge(args: string[], io: Io): Promise<number> {
-  const { values } = parseArgs({
+  const { values } = parseCommandArgs({
     args,
     options: {
       help: { type: 'boolean' },
@@ -109,20 +135,24 @@ async function merge(args: string[], io: Io): Promise<number> {
     throw new UsageError(
       '--out is --base: write the merged model somewhere else (the base is read while the output is written)',
     );
-  await startBackend();
-  const adapter = await readAdapter(values.adapter as string, values['adapter-name']);
+  const baseIsDir = await isDir(base);
+  if (baseIsDir && out.endsWith('.safetensors'))
+    throw new UsageError(
+      `--base ${base} is a checkpoint directory, so --out must be a directory (it gets the shards, the index and the other files); to merge only the weights file, pass --base ${join(base, 'model.safetensors')}`,
+    );
+  await startBackend(io);
+  const read = await readAdapter(values.adapter as string, values['adapter-name'], io);
   try {
-    const wanted = new Set(mergedModulePaths(adapter.tensors).map((p) => `${p}.weight`));
-    const baseIsDir = await isDir(base);
-    const files = baseIsDir ? await readdir(base) : [];
-    const shards = baseIsDir ? files.filter((f) => f.endsWith('.safetensors')) : [basename(base)];
     const dir = baseIsDir ? base : dirname(base);
-    if (shards.length === 0) throw new UsageError(`${base}: no .safetensors files`);
-    // every adapted weight must be in the base, checked on the headers before anything is written
-    const found = new Set<string>();
+    const shards = baseIsDir ? await checkpointShards(base) : [basename(base)];
+    // the base's module paths, from the headers (nothing is read or written before every check passed)
+    const headers = new Map<string, Set<string>>();
     for (const shard of shards)
-      for (const e of (await readSafetensorsFileHeader(join(dir, shard))).entries)
-        if (wanted.has(e.name)) found.add(e.name);
+      headers.set(shard, new Set((await readSafetensorsFileHeader(join(dir, shard))).entries.map((e) => e.name)));
+    const names = [...headers.values()].flatMap((h) => [...h]);
+    const adapter = selectTargeted(read, names, io);
+    const wanted = new Set(mergedModulePaths(adapter.tensors).map((p) => `${p}.weight`));
+    const found = new Set(names.filter((n) => wanted.has(n)));
     if (found.size !== wanted.size)
       throw new UsageError(
         `the base has no ${[...wanted]
@@ -131,14 +161,14 @@ async function merge(args: string[], io: Io): Promise<number> {
           .join(', ')}: is this the adapter's base model?`,
       );
     if (baseIsDir) {
+      const files = await readdir(base);
       await writeDirAtomic(out, async (tmp) => {
         for (const [i, shard] of shards.entries()) {
           io.err(`merging ${shard} (${i + 1}/${shards.length})`);
           await mergeFile(join(base, shard), join(tmp, shard), adapter, values['safe-merge'] ?? false, io);
         }
-        // the checkpoint's other files and folders (config.json, tokenizer files) come along
-        for (const f of files)
-          if (!f.endsWith('.safetensors')) await cp(join(base, f), join(tmp, f), { recursive: true });
+        // the checkpoint's other files and folders (config.json, tokenizer files, the index) come along
+        for (const f of files) if (!shards.includes(f)) await cp(join(base, f), join(tmp, f), { recursive: true });
       });
     } else {
       io.err(`merging ${base}`);
@@ -147,8 +177,66 @@ async function merge(args: string[], io: Io): Promise<number> {
     io.err(`wrote ${out} (${wanted.size} modules merged)`);
     return 0;
   } finally {
-    tf.dispose(Object.values(adapter.tensors));
+    tf.dispose(Object.values(read.tensors));
   }
+}
+
+/**
+ * The weight files of a Hugging Face checkpoint directory, as transformers finds them: the shards its
+ * `model.safetensors.index.json` names, or `model.safetensors`; never every `*.safetensors` lying there.
+ */
+async function checkpointShards(dir: string): Promise<string[]> {
+  const files = await readdir(dir);
+  if (files.includes('model.safetensors.index.json')) {
+    const indexPath = join(dir, 'model.safetensors.index.json');
+    let index: unknown;
+    try {
+      index = JSON.parse(await readFile(indexPath, 'utf8'));
+    } catch (e) {
+      if (e instanceof SyntaxError)
+        throw new SafetensorsError({ file: indexPath, field: 'header' }, `index is not valid JSON (${e.message})`);
+      throw FileAccessError.from(indexPath, e, 'index');
+    }
+    const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
+    if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap))
+      throw new SafetensorsError(
+        { file: indexPath, field: 'weight_map' },
+        'index has no "weight_map" object mapping tensor names to shard files',
+      );
+    const shards = [...new Set(Object.values(weightMap as Record<string, unknown>))];
+    for (const shard of shards)
+      if (typeof shard !== 'string' || !/^[^/\\]+\.safetensors$/.test(shard) || shard.startsWith('..'))
+        throw new SafetensorsError(
+          { file: indexPath, field: 'weight_map' },
+          `shard ${describeValue(shard)} must be a .safetensors file name in the checkpoint's directory`,
+        );
+    return shards as string[];
+  }
+  if (files.includes('model.safetensors')) return ['model.safetensors'];
+  const found = files.filter((f) => f.endsWith('.safetensors'));
+  throw new UsageError(
+    `${dir}: no model.safetensors or model.safetensors.index.json${found.length ? ` (found ${found.slice(0, 5).join(', ')}; pass the file itself as --base)` : ''}`,
+  );
+}
+
+/**
+ * The adapter as PEFT would load it onto this base: only the modules its config targets among the base's
+ * (PEFT's error when it targets none of them), the file's other LoRA modules dropped with a warning.
+ */
+function selectTargeted(adapter: AdapterOnDisk, baseNames: string[], io: Io): AdapterOnDisk {
+  const { config, tensors } = adapter;
+  const inFile = [...adapterTargets(tensors).keys()];
+  if (typeof config.targetModules === 'string' && config.targetModules.toLowerCase() === 'all-linear') return adapter;
+  const paths = [...new Set(baseNames.map((n) => n.split('.').slice(0, -1).join('.')))];
+  const targeted = new Set(resolveTargetPaths(paths, config).targeted);
+  const ignored = inFile.filter((p) => !targeted.has(p));
+  if (ignored.length === 0) return adapter;
+  io.err(
+    `warning: the adapter holds LoRA weights for ${ignored.length} module(s) its target_modules do not select (${ignored.slice(0, 3).join(', ')}${ignored.length > 3 ? ', …' : ''}); they are not merged, as PEFT does not load them`,
+  );
+  const drop = new Set(ignored);
+  const kept = Object.fromEntries(Object.entries(tensors).filter(([k]) => !drop.has(loraModuleOfKey(k) ?? '')));
+  return { ...adapter, tensors: kept };
 }
 
 /** `lora merge`. */

@@ -1,9 +1,18 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { type ModelFiles, SafetensorsError, openFiles, parseSafetensors, serializeSafetensors } from '@lora/tensor';
+import {
+  type HubOptions,
+  type ModelFiles,
+  SafetensorsError,
+  describeValue,
+  openFiles,
+  parseSafetensors,
+  serializeSafetensors,
+} from '@lora/tensor';
+import { AdapterFileError } from '../errors';
 import { type Module, withoutInit } from '@lora/nn';
 import { type LoraConfig, loraConfigFromJson, loraConfigToJson } from '../lora-config';
 import { baseBias } from '../layers/lora-layer';
-import { PREFIX } from './merge-weights';
+import { PEFT_SUFFIX, peftKey } from './peft-keys';
 import {
   type EmbeddingLayersOptions,
   type SaveEmbeddingLayers,
@@ -35,25 +44,25 @@ export function adapterStateDict(model: PeftModel, adapterName = 'default'): Rec
   const out: Record<string, tf.Tensor> = {};
   for (const [path, layer] of model.loraLayers()) {
     if (!layer.settings.has(adapterName)) continue;
-    for (const [suffix, t] of Object.entries(layer.savedTensors(adapterName))) out[`${PREFIX}${path}.${suffix}`] = t;
+    for (const [suffix, t] of Object.entries(layer.savedTensors(adapterName))) out[peftKey(path, suffix)] = t;
   }
   // modules_to_save: the adapter's copy, under the module's own names
   for (const [path, w] of model.modulesToSaveWrappers()) {
     if (!w.modulesToSave.has(adapterName)) continue;
-    for (const [k, t] of w.modulesToSave.get(adapterName).namedParameters()) out[`${PREFIX}${path}.${k}`] = t;
+    for (const [k, t] of w.modulesToSave.get(adapterName).namedParameters()) out[peftKey(path, k)] = t;
   }
   // trainable tokens: the rows of each token layer that owns them (a tied layer's are its owner's)
   for (const [path, w] of model.tokenWrappers()) {
     const t = w.tokenAdapter;
     if (!t.tiedAdapter && t.tokenIndices.has(adapterName))
-      out[`${PREFIX}${path}.token_adapter.trainable_tokens_delta`] = t.trainableTokensDelta.get(adapterName);
+      out[peftKey(path, PEFT_SUFFIX.tokens)] = t.trainableTokensDelta.get(adapterName);
   }
   // biases trained with the adapter travel with it (PEFT's bias 'lora_only' / 'all')
   const bias = (model.peftConfig.get(adapterName) as LoraConfig).bias;
   if (bias === 'lora_only') {
     for (const [path, layer] of model.loraLayers()) {
       const b = baseBias(layer);
-      if (layer.settings.has(adapterName) && b) out[`${PREFIX}${path}.base_layer.bias`] = b;
+      if (layer.settings.has(adapterName) && b) out[peftKey(path, PEFT_SUFFIX.baseBias)] = b;
     }
   } else if (bias === 'all') {
     // every bias under PEFT's state-dict names: other adapters' copies left out, this adapter's name removed
@@ -231,6 +240,7 @@ export async function saveAdapter(model: PeftModel, dir: string, options: SaveAd
   return written;
 }
 
+/** Options of {@link loadAdapter}. */
 /** What {@link loadAdapter} returns. */
 export interface LoadAdapterResult {
   model: PeftModel;
@@ -238,8 +248,21 @@ export interface LoadAdapterResult {
   unexpectedKeys: string[];
 }
 
+/** Options of {@link loadAdapter}: PEFT's, and how a Hub repo id is resolved (as `fromPretrained`'s). */
+export interface LoadAdapterOptions extends HubOptions {
+  /** The name the adapter gets in the model (default `'default'`). */
+  adapterName?: string;
+  /** Keep the adapter trainable (PEFT's `is_trainable`; default false: frozen, model in eval mode). */
+  isTrainable?: boolean;
+  /** Missing or unexpected keys are an error instead of a warning. */
+  strict?: boolean;
+  /** Receives warnings (missing or unexpected keys, config keys this version ignores); default `console.warn`. */
+  warn?: (message: string) => void;
+}
+
 /**
- * Loads a PEFT adapter (a directory in Node, or the files in memory) onto `model`: a plain model is
+ * Loads a PEFT adapter (a Hugging Face Hub repo id or a directory in Node, or the files in memory) onto
+ * `model`: a plain model is
  * wrapped as a PeftModel, a PeftModel gains the adapter. With `isTrainable: false` (PEFT's default)
  * the adapter is frozen and the model is put in eval mode (as PEFT). Keys the model lacks, or lacks in
  * the file, are reported (an error with `strict`); shapes must match. Weights of the base model saved
@@ -248,24 +271,39 @@ export interface LoadAdapterResult {
  * @example
  * ```ts
  * const { model: peft } = await loadAdapter(base, 'adapters/sql-lora');
+ * // a Hub repo id: from the local Hugging Face cache, downloaded into it when missing (Node)
+ * const { model: tuned } = await loadAdapter(base, 'user/smollm-sql-lora', { revision: 'v1' });
  * ```
  */
 export async function loadAdapter(
   model: Module | PeftModel,
   files: ModelFiles,
-  options: { adapterName?: string; isTrainable?: boolean; strict?: boolean } = {},
+  options: LoadAdapterOptions = {},
 ): Promise<LoadAdapterResult> {
   const name = options.adapterName ?? 'default';
-  const source = await openFiles(files);
+  const warn = options.warn ?? console.warn;
+  const source = await openFiles(files, { ...options, what: 'adapter directory' });
+  const configFile = `${source.label}/adapter_config.json`;
   if (!(await source.has('adapter_config.json')))
-    throw new Error(`${source.label}: no adapter_config.json; is this a PEFT adapter directory?`);
+    throw new AdapterFileError(
+      configFile,
+      'not found; is this a PEFT adapter directory (adapter_config.json and adapter_model.safetensors)? A non-default adapter is saved in a sub-folder named after it',
+    );
+  let json: unknown;
+  try {
+    json = JSON.parse(await source.text('adapter_config.json'));
+  } catch (e) {
+    if (!(e instanceof SyntaxError)) throw e;
+    throw new AdapterFileError(configFile, `is not valid JSON (${e.message}); PEFT writes it with save_pretrained`);
+  }
   const config: LoraConfig = {
-    ...loraConfigFromJson(JSON.parse(await source.text('adapter_config.json'))),
+    ...loraConfigFromJson(json as Record<string, unknown>, { warn, file: configFile }),
     inferenceMode: !(options.isTrainable ?? false),
   };
   if (!(await source.has('adapter_model.safetensors'))) {
-    throw new Error(
-      `${source.label}: no adapter_model.safetensors${(await source.has('adapter_model.bin')) ? ' (adapter_model.bin is a pickle; convert it to safetensors)' : ''}`,
+    throw new AdapterFileError(
+      `${source.label}/adapter_model.safetensors`,
+      `not found${(await source.has('adapter_model.bin')) ? ' (adapter_model.bin is a pickle; convert it to safetensors)' : ''}; the adapter's weights are saved there beside adapter_config.json`,
     );
   }
   const { tensors } = parseSafetensors(await source.bytes('adapter_model.safetensors'), {
@@ -290,10 +328,18 @@ export async function loadAdapter(
       const missingKeys = Object.keys(own).filter((k) => !(k in tensors));
       const unexpectedKeys = Object.keys(tensors).filter((k) => !(k in own) && !(k in modelWeights));
       if ((options.strict ?? false) && (missingKeys.length || unexpectedKeys.length)) {
-        throw new Error(
-          `adapter ${source.label}: missing keys ${JSON.stringify(missingKeys)}, unexpected keys ${JSON.stringify(unexpectedKeys)}`,
+        throw new AdapterFileError(
+          `${source.label}/adapter_model.safetensors`,
+          `missing keys ${describeValue(missingKeys, 300)}, unexpected keys ${describeValue(unexpectedKeys, 300)}; was it saved for another model, or by another adapter type?`,
         );
       }
+      // as PEFT's from_pretrained (its wording), and the keys it ignores, which PEFT leaves in its result only
+      if (missingKeys.length)
+        warn(`Found missing adapter keys while loading the checkpoint: ${describeValue(missingKeys, 500)}.`);
+      if (unexpectedKeys.length)
+        warn(
+          `${source.label}/adapter_model.safetensors has keys the model has no place for; they were ignored: ${describeValue(unexpectedKeys, 500)}`,
+        );
       // every shape checked before the first weight is written
       const writes: [tf.Variable, tf.Tensor][] = [];
       for (const [k, t] of Object.entries(tensors)) {

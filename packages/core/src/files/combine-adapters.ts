@@ -6,7 +6,8 @@ import {
   planCombination,
 } from '../combination/adapter-combination';
 import { moduleScaling } from '../lora-config';
-import { type AdapterFiles, type AdapterTargetKind, PREFIX, adapterTargets } from './merge-weights';
+import type { AdapterFiles } from './merge-weights';
+import { type AdapterTargetKind, adapterTargets, loraFactorKeys } from './peft-keys';
 import { matchModule } from '../targets';
 
 /** Options of {@link combineAdapters}: PEFT's combination options, plus labels, progress and warnings. */
@@ -20,9 +21,7 @@ export interface CombineAdaptersOptions extends WeightedAdapterOptions {
 }
 
 function factorKeys(path: string, kind: AdapterTargetKind): [string, string] {
-  return kind === 'embedding'
-    ? [`${PREFIX}${path}.lora_embedding_A`, `${PREFIX}${path}.lora_embedding_B`]
-    : [`${PREFIX}${path}.lora_A.weight`, `${PREFIX}${path}.lora_B.weight`];
+  return loraFactorKeys(path, kind === 'embedding');
 }
 
 /**

@@ -1,3 +1,4 @@
+import { fullMatch } from '../patterns';
 import type * as tf from '@tensorflow/tfjs-core';
 import { Embedding, Linear, type Module } from '@lora/nn';
 import type { LoraConfig } from '../lora-config';
@@ -5,6 +6,7 @@ import { LoraEmbedding } from '../layers/lora-embedding';
 import { LoraLinear } from '../layers/lora-linear';
 import { inputEmbeddingsPath, outputEmbeddingsPath, unwrapLayer } from '../model-embeddings';
 import { TrainableTokensLayer } from '../layers/trainable-tokens';
+import { PEFT_KEY_PREFIX } from './peft-keys';
 
 /** PEFT's `save_embedding_layers`: always, never, or `'auto'` (PEFT's default, see {@link embeddingLayersStateDict}). */
 export type SaveEmbeddingLayers = boolean | 'auto';
@@ -63,9 +65,8 @@ export function embeddingIsTargeted(model: Module, config: LoraConfig): boolean 
   const t = config.targetModules;
   if (typeof t === 'string') {
     if (t.toLowerCase() === 'all-linear') return false;
-    const re = new RegExp(`^(?:${t})$`);
     const named = new RegExp(`^(.*\\.)?(${EMBEDDING_LAYER_NAMES.join('|')})$`);
-    return [...model.namedModules()].some(([k]) => named.test(k) && re.test(k));
+    return [...model.namedModules()].some(([k]) => named.test(k) && fullMatch(t, k, 'target_modules'));
   }
   return Array.isArray(t) && EMBEDDING_LAYER_NAMES.some((n) => t.includes(n));
 }
@@ -150,7 +151,7 @@ export function embeddingLayersStateDict(
       (layer instanceof LoraLinear || layer instanceof LoraEmbedding) &&
       (layer.baseLayer instanceof Linear || layer.baseLayer instanceof Embedding);
     if (targeted && !wrapped) continue;
-    const prefix = `base_model.model.${targeted ? `${path}.base_layer` : path}.`;
+    const prefix = `${PEFT_KEY_PREFIX}${targeted ? `${path}.base_layer` : path}.`;
     for (const [k, t] of Object.entries(weights)) if (k.startsWith(prefix)) out[k] = t;
   }
   return out;

@@ -1,63 +1,24 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { SafetensorsError } from '@lora/tensor';
 import { allFinite } from '../all-finite';
-import { normExcept } from '../variants/dora';
+import { doraRescaled } from '../variants/dora';
+import {
+  type AdapterTargetKind,
+  PEFT_SUFFIX,
+  adapterTargets,
+  loraFactorKeys,
+  peftKey,
+  tokenTargets,
+} from './peft-keys';
 import { type LoraConfig, moduleScaling } from '../lora-config';
 import { replaceRows } from '../layers/trainable-tokens';
-
-/** How PEFT's saved adapter files name the user's model: `base_model.model.<path>…`. */
-export const PREFIX = 'base_model.model.';
 
 /** One adapter: its config and its tensors by PEFT's saved names. */
 export interface AdapterFiles {
   config: LoraConfig;
   tensors: Record<string, tf.Tensor>;
-}
-
-/** The kind of layer an adapter wraps, as its tensors tell: convolutions by their kernel's rank. */
-export type AdapterTargetKind = 'linear' | 'embedding' | 'conv1d' | 'conv2d' | 'conv3d';
-
-/**
- * The LoRA-wrapped module paths an adapter file holds, with the kind of layer each is (`lora_A` of
- * rank 2: Linear; 3, 4, 5: Conv1d, Conv2d, Conv3d; `lora_embedding_A`: Embedding).
- *
- * @example
- * ```ts
- * adapterTargets(tensors); // Map { 'embed' => 'embedding', 'conv' => 'conv2d', 'lin' => 'linear' }
- * ```
- */
-export function adapterTargets(tensors: Record<string, tf.Tensor>): Map<string, AdapterTargetKind> {
-  const out = new Map<string, AdapterTargetKind>();
-  const convs: Record<number, AdapterTargetKind> = { 3: 'conv1d', 4: 'conv2d', 5: 'conv3d' };
-  for (const [key, t] of Object.entries(tensors)) {
-    const m = /^base_model\.model\.(.+)\.(lora_A\.weight|lora_embedding_A)$/.exec(key);
-    if (m) out.set(m[1] as string, m[2] === 'lora_embedding_A' ? 'embedding' : (convs[t.rank] ?? 'linear'));
-  }
-  return out;
-}
-
-/** The module paths an adapter file holds trainable-token rows for (`<path>.token_adapter.trainable_tokens_delta`). */
-export function tokenTargets(tensors: Record<string, unknown>): string[] {
-  return Object.keys(tensors).flatMap(
-    (k) => /^base_model\.model\.(.+)\.token_adapter\.trainable_tokens_delta$/.exec(k)?.[1] ?? [],
-  );
-}
-
-/**
- * Every module path whose weight merging an adapter changes: its LoRA targets and its trainable-token layers.
- *
- * @example
- * ```ts
- * mergedModulePaths(adapter.tensors); // ['model.layers.0.self_attn.q_proj', …, 'model.embed_tokens']
- * ```
- */
-export function mergedModulePaths(tensors: Record<string, tf.Tensor>): string[] {
-  return [...new Set([...adapterTargets(tensors).keys(), ...tokenTargets(tensors)])];
-}
-
-/** DoRA's merged weight (m / ‖W + ΔW‖) ⊙ (W + ΔW), the norm over every axis but `keep` of `sum` = W + ΔW. */
-function doraRescaled(sum: tf.Tensor, magnitude: tf.Tensor, keep: number): tf.Tensor {
-  const norm = normExcept(sum, keep);
-  return tf.mul(sum, tf.div(tf.reshape(magnitude, norm.shape), norm));
+  /** The weights file they came from, for error messages (default `adapter_model.safetensors`). */
+  file?: string;
 }
 
 /**
@@ -164,6 +125,57 @@ export function mergeAdapterWeights(
   })();
 }
 
+/**
+ * Checks one module's factors against each other, the config's rank and the base weight before any
+ * arithmetic: a file whose lora_A and lora_B disagree must be named, not multiplied into a made-up shape.
+ */
+function checkFactors(
+  adapter: AdapterFiles,
+  path: string,
+  kind: AdapterTargetKind,
+  w: tf.Tensor,
+  r: number,
+): { a: tf.Tensor; b: tf.Tensor } {
+  const file = adapter.file ?? 'adapter_model.safetensors';
+  const [aKey, bKey] = loraFactorKeys(path, kind === 'embedding');
+  const a = need(adapter.tensors, aKey);
+  const b = need(adapter.tensors, bKey);
+  const bad = (tensor: string, message: string): never => {
+    throw new SafetensorsError({ file, tensor, field: 'shape' }, message);
+  };
+  const shape = (t: tf.Tensor) => `[${t.shape.join(', ')}]`;
+  if (a.rank < 2 || b.rank < 2)
+    bad(a.rank < 2 ? aKey : bKey, `a LoRA factor must have at least 2 dimensions; got ${shape(a.rank < 2 ? a : b)}`);
+  const rankB = b.shape[1] as number;
+  const conv = kind !== 'linear' && kind !== 'embedding';
+  // a grouped convolution's lora_B is [out, r/groups, …]: refused further on, as PEFT refuses its merge
+  if (conv ? (a.shape[0] as number) % rankB !== 0 : a.shape[0] !== rankB)
+    bad(
+      bKey,
+      `${bKey} ${shape(b)} has rank ${rankB} but ${aKey} ${shape(a)} has rank ${a.shape[0]}; the file is corrupt or mixes two adapters`,
+    );
+  if (a.shape[0] !== r)
+    bad(
+      aKey,
+      `rank ${a.shape[0]} (shape ${shape(a)}) but the adapter's config gives this module r = ${r} (r, rank_pattern); the config and the weights do not belong together`,
+    );
+  const out = b.shape[0] as number;
+  const inner = a.size / r;
+  // a grouped kernel is [out, in/groups, …k] while A reads all `in` channels: refused below, as PEFT does
+  const grouped = conv && ((a.shape[1] as number) > (w.shape[1] as number) || a.shape[0] !== rankB);
+  // a Linear's shapes are checked (and a fan_in_fan_out [in, out] told apart) by storedTransposed
+  if (kind !== 'linear' && !grouped && out * inner !== w.size)
+    bad(
+      aKey,
+      `${aKey} ${shape(a)} and ${bKey} ${shape(b)} give an update of ${out * inner} values, but the base weight '${path}.weight' is [${w.shape.join(', ')}] (${w.size}); was the adapter trained on another base model?`,
+    );
+  const magnitudeKey = peftKey(path, PEFT_SUFFIX.magnitude);
+  const magnitude = adapter.tensors[magnitudeKey];
+  if (magnitude && magnitude.size !== out)
+    bad(magnitudeKey, `DoRA magnitude ${shape(magnitude)} has ${magnitude.size} values; '${path}' has ${out} outputs`);
+  return { a, b };
+}
+
 function mergeByName(
   base: Record<string, tf.Tensor>,
   adapter: AdapterFiles,
@@ -180,23 +192,16 @@ function mergeByName(
         missing.push(weightKey);
         continue;
       }
-      const s = moduleScaling(config, path).scaling;
-      const p = `${PREFIX}${path}`;
+      const { scaling: s, r: configR } = moduleScaling(config, path);
+      const { a, b } = checkFactors(adapter, path, kind, w, configR);
       merged[weightKey] = tf.tidy(() => {
         if (kind === 'embedding') {
-          const sum = tf.add(
-            w,
-            tf.transpose(
-              tf.mul(tf.matMul(need(tensors, `${p}.lora_embedding_B`), need(tensors, `${p}.lora_embedding_A`)), s),
-            ),
-          );
-          const magnitude = tensors[`${p}.lora_magnitude_vector`];
+          const sum = tf.add(w, tf.transpose(tf.mul(tf.matMul(b, a), s)));
+          const magnitude = tensors[peftKey(path, PEFT_SUFFIX.magnitude)];
           // DoRA: one magnitude per embedding dimension, the norm over the vocabulary
           return magnitude ? doraRescaled(sum, magnitude, 1) : sum;
         }
         // convolutions: ΔW = reshape(B[out, r] · A[r, in·∏k]) in the kernel's shape
-        const a = need(tensors, `${p}.lora_A.weight`);
-        const b = need(tensors, `${p}.lora_B.weight`);
         const r = a.shape[0] as number;
         // a grouped kernel is [out, in/groups, …k] while A reads all `in` channels
         const groups = (a.shape[1] as number) / (w.shape[1] as number);
@@ -215,13 +220,13 @@ function mergeByName(
           );
         const delta = fifo ? tf.transpose(ba) : tf.reshape(ba, w.shape);
         const sum = tf.add(w, delta);
-        const magnitude = tensors[`${p}.lora_magnitude_vector`];
+        const magnitude = tensors[peftKey(path, PEFT_SUFFIX.magnitude)];
         if (!magnitude) return sum;
         // DoRA: one magnitude per output unit: a row of [out, in], a column of a fan_in_fan_out [in, out],
         // an output channel of a kernel (the norm over the rest of it)
         return doraRescaled(sum, magnitude, fifo ? 1 : 0);
       });
-      const loraBias = tensors[`${p}.lora_B.bias`];
+      const loraBias = tensors[peftKey(path, PEFT_SUFFIX.loraBBias)];
       if (loraBias) {
         const b = base[`${path}.bias`];
         if (!b) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
@@ -230,7 +235,7 @@ function mergeByName(
     }
     // trainable tokens: the adapter's rows replace the base rows (PEFT's TrainableTokensLayer.merge)
     for (const path of tokenTargets(tensors)) {
-      const rows = tensors[`${PREFIX}${path}.token_adapter.trainable_tokens_delta`] as tf.Tensor;
+      const rows = tensors[peftKey(path, PEFT_SUFFIX.tokens)] as tf.Tensor;
       const weightKey = `${path}.weight`;
       const w = merged[weightKey] ?? base[weightKey];
       if (!w) {

@@ -61,7 +61,8 @@ it("'loftq', 'eva' and 'lora_ga' come from their packages: a clear error until r
   const make = (init: 'eva' | 'loftq' | 'lora_ga') =>
     getPeftModel(
       withoutInit(() => new Net()),
-      { r: 2, targetModules: ['mlp'], initLoraWeights: init },
+      // PEFT requires loftq_config with init_lora_weights='loftq'
+      { r: 2, targetModules: ['mlp'], initLoraWeights: init, loftqConfig: init === 'loftq' ? {} : null },
     );
   expect(() => make('loftq')).toThrow(
     "init_lora_weights='loftq' is provided by @lora/loftq: npm install @lora/loftq and import it before creating the LoRA model",

@@ -1,8 +1,18 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Dropout, Module } from '@lora/nn';
+import { addScaled } from '@lora/kernels';
+import { Dropout, Module, ModuleDict } from '@lora/nn';
 import { allFinite } from '../all-finite';
-import { loraScaling } from '../lora-config';
-import type { AdapterSettings } from './lora-linear';
+import { runLoraInit } from '../inits/init-registry';
+import { type LoraConfig, loraScaling } from '../lora-config';
+import type { Magnitude } from '../variants/dora';
+import { loraVariants, resolveLoraVariant } from '../variants/variant-registry';
+import type { LoraVariant } from '../variants/variant-types';
+import { type AdapterSettings, configFromSettings } from './adapter-settings';
+import type { BaseWithWeight, LoraLayerKind, TunerLayer } from './tuner-layer';
+
+function sameShape(a: tf.Tensor, b: tf.Tensor): boolean {
+  return a.rank === b.rank && a.shape.every((d, i) => d === b.shape[i]);
+}
 
 /** Identity (PEFT uses nn.Identity when lora_dropout is 0). */
 export class Identity extends Module {
@@ -16,17 +26,21 @@ export function loraDropoutModule(p: number): Module {
   return p > 0 ? new Dropout(p) : new Identity();
 }
 
-interface BaseWithWeight extends Module {
-  weight: tf.Variable;
-  bias?: tf.Variable | null;
+function isPromise(v: unknown): v is Promise<void> {
+  return typeof (v as { then?: unknown } | undefined)?.then === 'function';
 }
 
 /**
  * What every LoRA layer shares, as PEFT's `LoraLayer`: per-adapter settings and scalings, the active
- * adapters, enable/disable, merge bookkeeping (LIFO unmerge, safe merge), mixed batches, deletion.
- * Subclasses own their factors and say how an adapter adds to the output and to the weight.
+ * adapters, enable/disable, the one path every adapter takes at creation (checks, factors,
+ * initialisation through the init registry, variant), forward and merge bookkeeping (LIFO unmerge,
+ * safe merge) with each adapter's variant owning its part, mixed batches, deletion. Subclasses own
+ * their factors: their shapes, their construction draws, ΔW and the low-rank path.
+ *
+ * A dispatcher of a method package (a quantized base, say) returns a subclass of this.
  */
-export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
+export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> extends Module implements TunerLayer {
+  abstract readonly kind: LoraLayerKind;
   abstract baseLayer: B;
   readonly settings = new Map<string, AdapterSettings>();
   readonly scaling = new Map<string, number>();
@@ -35,85 +49,172 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
   readonly mergedAdapters: string[] = [];
   /** Per-row adapter names for the call in progress (PEFT's `adapter_names`), set by PeftModel. */
   batchAdapterNames: string[] | null = null;
-  /** Weight norms cached by DoRA merges for unmerge (PEFT's `<adapter>-weight_norm` cache). */
-  private readonly doraMergeNorms = new Map<string, tf.Tensor>();
+  /** Each adapter's variant (DoRA, Arrow…); plain LoRA adapters have none. */
+  private readonly variants = new Map<string, LoraVariant>();
+  /** Asynchronous initialisations still running, by adapter. */
+  private readonly pending = new Map<string, Promise<void>>();
+  /** Module dictionaries variants asked for, by the name they are registered under. */
+  private readonly variantDicts = new Map<string, ModuleDict>();
 
-  /** Records an adapter's settings and its scaling (α/r, or α/√r with rsLoRA); the last step of every `updateLayer`. */
+  /** PEFT's checks of an adapter's settings on this kind of layer, before anything is allocated. */
+  protected abstract checkSettings(name: string, settings: AdapterSettings): void;
+  /**
+   * Creates and registers the adapter's A and B (with PyTorch's construction draws, in PEFT's order)
+   * and its dropout; the initialisation runs next, on these.
+   */
+  protected abstract createAdapterWeights(name: string, settings: AdapterSettings): void;
+  /** Frees and unregisters the adapter's own weights. */
+  protected abstract removeAdapterWeights(name: string): void;
+  /** A and B (and lora_B's bias) by the key suffix PEFT saves them under. */
+  protected abstract ownTensors(name: string): Record<string, tf.Variable>;
+  abstract getDeltaWeight(name: string): tf.Tensor;
+  abstract factorA(name: string): tf.Variable;
+  abstract factorB(name: string): tf.Variable;
+  abstract lowRankForward(name: string, x: tf.Tensor): tf.Tensor;
+  abstract dropout(name: string): Module;
+
+  loraBias(_name: string): tf.Variable | null {
+    return null;
+  }
+
+  settingsFor(settings: AdapterSettings): AdapterSettings {
+    return settings;
+  }
+
+  /** Records an adapter's settings and its scaling (α/r, or α/√r with rsLoRA). */
   protected storeSettings(name: string, s: AdapterSettings): void {
     this.settings.set(name, { ...s });
     this.scaling.set(name, loraScaling(s.loraAlpha, s.r, s.useRslora));
   }
 
-  /** Adds (or replaces) an adapter. */
-  abstract updateLayer(name: string, settings: AdapterSettings): void;
-  /** ΔW in the base weight's layout (the caller owns it). */
-  abstract getDeltaWeight(name: string): tf.Tensor;
-  abstract factorA(name: string): tf.Variable;
-  abstract factorB(name: string): tf.Variable;
-  /** The adapter's tensors by the key suffix PEFT saves them under. */
-  abstract savedTensors(name: string): Record<string, tf.Variable>;
-  /** Frees and unregisters the adapter's own weights. */
-  protected abstract removeAdapterWeights(name: string): void;
   /**
-   * `result` plus adapter `name`'s contribution for input x; `rows`, when given, is a [B, 1, …] mask
-   * of the batch rows this adapter serves (mixed batches).
+   * Adds (or replaces) an adapter, as PEFT's `update_layer`: the layer's checks, the variant the
+   * config asks for (checked before anything is allocated), A and B with PyTorch's construction draws,
+   * the initialisation `settings.initLoraWeights` names (through the init registry), then the
+   * variant's own init. A replaced adapter stays active where it was. A failure removes the adapter
+   * again. An asynchronous initialiser makes this return a Promise (see {@link pendingInit}), after
+   * which the variant's init runs.
    */
-  protected abstract addAdapterOutput(result: tf.Tensor, x: tf.Tensor, name: string, rows: tf.Tensor | null): tf.Tensor;
-  /** The lora_B bias of an adapter, merged into the base bias (lora_bias). */
-  protected loraBias(_name: string): tf.Tensor | null {
-    return null;
-  }
-  /**
-   * DoRA: ‖W₀ + ΔW‖ for `weight` = W₀ + ΔW, one norm per magnitude entry, shaped to scale the base
-   * weight by broadcasting. Layers that take DoRA adapters override this and {@link doraMagnitude}.
-   */
-  protected doraWeightNorm(_name: string, _weight: tf.Tensor): tf.Tensor {
-    throw new Error(`DoRA is not supported on ${this.constructor.name}`);
-  }
-  /** DoRA: the adapter's magnitude, shaped as {@link doraWeightNorm}'s result. */
-  protected doraMagnitude(_name: string): tf.Tensor {
-    throw new Error(`DoRA is not supported on ${this.constructor.name}`);
-  }
-
-  /**
-   * W after merging `name`: W + ΔW, or for DoRA (m / ‖W₀ + ΔW‖) ⊙ (W + ΔW). As PEFT 0.21, the norm
-   * is taken on W₀, the base weight with the adapters merged before taken out again (what forward
-   * sees), and kept for unmerge.
-   */
-  protected mergedWeight(name: string, w: tf.Tensor): tf.Tensor {
-    const delta = this.getDeltaWeight(name);
-    if (!this.settings.get(name)?.useDora) return tf.add(w, delta);
-    const w0 = this.mergedAdapters.reduceRight((acc, merged) => this.unmergedWeight(merged, acc), w);
-    const norm = tf.keep(this.doraWeightNorm(name, tf.add(w0, delta)));
-    this.doraMergeNorms.get(name)?.dispose();
-    this.doraMergeNorms.set(name, norm);
-    return tf.mul(tf.div(this.doraMagnitude(name), norm), tf.add(w, delta));
-  }
-  /** W after unmerging `name`: W − ΔW, or for DoRA W / (m / ‖W₀ + ΔW‖) − ΔW with the norm kept at merge time. */
-  protected unmergedWeight(name: string, w: tf.Tensor): tf.Tensor {
-    const norm = this.doraMergeNorms.get(name);
-    if (!norm) return tf.sub(w, this.getDeltaWeight(name));
-    return tf.sub(tf.div(w, tf.div(this.doraMagnitude(name), norm)), this.getDeltaWeight(name));
-  }
-  /** Frees the DoRA merge norms of adapters that are no longer merged. */
-  private dropDoraMergeNorms(): void {
-    for (const [name, norm] of this.doraMergeNorms) {
-      if (this.mergedAdapters.includes(name)) continue;
-      norm.dispose();
-      this.doraMergeNorms.delete(name);
+  updateLayer(name: string, settings: AdapterSettings, config?: LoraConfig): void | Promise<void> {
+    this.checkSettings(name, settings);
+    const request = { config: config ?? configFromSettings(settings), settings };
+    const variant = resolveLoraVariant(this, request);
+    const activeAt = this.activeAdapters.indexOf(name);
+    if (this.settings.has(name)) this.deleteAdapter(name);
+    this.createAdapterWeights(name, settings);
+    this.storeSettings(name, settings);
+    const stored = this.settings.get(name) as AdapterSettings;
+    // an asynchronous initialisation may end after the adapter was deleted or replaced: then nothing is left to finish
+    const current = () => this.settings.get(name) === stored;
+    const finish = (): void => {
+      if (!current()) return;
+      try {
+        if (variant) {
+          variant.init(this, name, { config: request.config, settings: stored });
+          this.variants.set(name, variant);
+        }
+      } catch (e) {
+        this.deleteAdapter(name);
+        throw e;
+      }
+      if (activeAt >= 0 && !this.activeAdapters.includes(name)) this.activeAdapters.splice(activeAt, 0, name);
+      this.notifyAdapterChange();
+    };
+    let started: void | Promise<void>;
+    try {
+      started = runLoraInit({
+        path: settings.path ?? '',
+        adapterName: name,
+        layer: this,
+        kind: this.kind,
+        config: request.config,
+        settings: stored,
+        baseWeight: this.baseLayer.weight,
+        loraA: this.factorA(name),
+        loraB: this.factorB(name),
+        loraBBias: this.loraBias(name),
+        scaling: this.scaling.get(name) as number,
+      });
+    } catch (e) {
+      this.deleteAdapter(name);
+      throw e;
     }
+    if (!isPromise(started)) return finish();
+    const done = started.then(finish, (e: unknown) => {
+      if (current()) this.deleteAdapter(name);
+      throw e;
+    });
+    const tracked = done.finally(() => {
+      if (this.pending.get(name) === tracked) this.pending.delete(name);
+    });
+    tracked.catch(() => {}); // observed by whoever awaits it; never an unhandled rejection
+    this.pending.set(name, tracked);
+    return tracked;
   }
 
-  /** Removes an adapter and frees its weights. */
+  pendingInit(name: string): Promise<void> | undefined {
+    return this.pending.get(name);
+  }
+
+  variantOf(name: string): LoraVariant | undefined {
+    return this.variants.get(name);
+  }
+
+  /**
+   * Registers, empty, the module dictionaries of the registered variants that serve this layer (DoRA's
+   * `lora_magnitude_vector`), as PEFT's LoraLayer has them from the start; a subclass calls it after
+   * registering its own containers. Without it they are registered when first used.
+   */
+  protected registerVariantModules(): void {
+    for (const v of loraVariants())
+      if (v.supports(this)) for (const key of v.trainableModules ?? []) this.variantModules(key);
+  }
+
+  variantModules<M extends Module = Module>(key: string): ModuleDict<M> {
+    let dict = this.variantDicts.get(key);
+    if (!dict) {
+      dict = this.registerModule(key, new ModuleDict());
+      this.variantDicts.set(key, dict);
+    }
+    return dict as ModuleDict<M>;
+  }
+
+  variantBuffer(key: string): tf.Tensor | null {
+    return this.getBuffer(key) ?? null;
+  }
+
+  setVariantBuffer(key: string, value: tf.Tensor | null): void {
+    if (this.getBuffer(key) === undefined) this.registerBuffer(key, null, false);
+    this.setBuffer(key, value);
+  }
+
+  /** DoRA's magnitudes (PEFT's `lora_magnitude_vector`), by adapter: empty unless an adapter uses DoRA. */
+  get loraMagnitudeVector(): ModuleDict<Magnitude> {
+    return this.variantModules<Magnitude>('lora_magnitude_vector');
+  }
+
+  savedTensors(name: string): Record<string, tf.Variable> {
+    return { ...this.ownTensors(name), ...this.variants.get(name)?.savedTensors?.(this, name) };
+  }
+
+  /** Tells each variant adapter of the layer that its adapters changed (Arrow's `on_adapter_change`). */
+  private notifyAdapterChange(): void {
+    for (const [n, v] of this.variants) v.onAdapterChange?.(this, n);
+  }
+
+  /** Removes an adapter and frees its weights (its variant's modules and state too). */
   deleteAdapter(name: string): void {
     if (!this.settings.has(name)) return;
+    this.variants.get(name)?.remove?.(this, name);
+    for (const dict of this.variantDicts.values()) if (dict.has(name)) dict.delete(name)?.dispose();
     this.removeAdapterWeights(name);
     this.settings.delete(name);
     this.scaling.delete(name);
+    this.variants.delete(name);
     this.activeAdapters = this.activeAdapters.filter((a) => a !== name);
     const merged = this.mergedAdapters.indexOf(name);
     if (merged >= 0) this.mergedAdapters.splice(merged, 1);
-    this.dropDoraMergeNorms();
+    this.notifyAdapterChange();
   }
 
   forward(x: tf.Tensor): tf.Tensor {
@@ -129,8 +230,11 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
         throw new Error(
           'Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.',
         );
-      if (names.some((n) => this.settings.get(n)?.useDora))
-        throw new Error('Cannot pass `adapter_names` when DoRA is enabled.');
+      for (const n of new Set(names)) {
+        const v = this.variants.get(n);
+        if (v && v.mixedBatch === false)
+          throw new Error(`Cannot pass \`adapter_names\` when ${v.label ?? v.name} is enabled.`);
+      }
     } else if (this.mergedAdapters.length) return this.baseLayer.call(x);
     return tf.tidy(() => {
       let result = this.baseLayer.call(x) as tf.Tensor;
@@ -142,10 +246,51 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
               [names.length, ...new Array(x.rank - 1).fill(1)],
             )
           : null;
-        result = this.addAdapterOutput(result, x, name, rows);
+        const variant = this.variants.get(name);
+        if (variant) {
+          const out = variant.forward(this, name, x, result);
+          // a mixed batch keeps the variant's output on this adapter's rows only
+          result = rows ? tf.add(result, tf.mul(tf.sub(out, result), rows)) : out;
+          continue;
+        }
+        const scale = this.scaling.get(name) as number;
+        const lora = this.lowRankForward(name, this.dropout(name).call(x) as tf.Tensor);
+        // result + s·lora: one dispatch on webgpu (@lora/kernels), tf.add(result, tf.mul(lora, s)) elsewhere
+        result = rows
+          ? tf.add(result, tf.mul(tf.mul(lora, scale), rows))
+          : sameShape(result, lora)
+            ? addScaled(result, lora, scale)
+            : tf.add(result, tf.mul(lora, scale));
       }
       return result;
     });
+  }
+
+  /**
+   * The base weight with the merged adapters taken out again, last merged first (what forward sees);
+   * the caller owns it.
+   */
+  unmergedBaseWeight(): tf.Tensor {
+    return tf.tidy(() =>
+      this.mergedAdapters.reduceRight(
+        (acc, merged) => this.unmergedWeight(merged, acc),
+        tf.clone(this.baseLayer.weight) as tf.Tensor,
+      ),
+    );
+  }
+
+  /** W after merging `name`: W + ΔW, or what the adapter's variant makes of it. */
+  protected mergedWeight(name: string, w: tf.Tensor, safe: boolean): tf.Tensor {
+    const variant = this.variants.get(name);
+    if (variant) return variant.merge(this, name, w, { safe });
+    return tf.add(w, this.getDeltaWeight(name));
+  }
+
+  /** W after unmerging `name`: W − ΔW, or what the adapter's variant makes of it. */
+  protected unmergedWeight(name: string, w: tf.Tensor): tf.Tensor {
+    const variant = this.variants.get(name);
+    if (variant) return variant.unmerge(this, name, w);
+    return tf.sub(w, this.getDeltaWeight(name));
   }
 
   /**
@@ -162,16 +307,16 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
       (n) => this.settings.has(n) && !this.mergedAdapters.includes(n),
     );
     if (!options.safeMerge) {
-      for (const name of names) this.commitMerge(name, this.prepareMerge(name));
+      for (const name of names) this.commitMerge(name, this.prepareMerge(name, false));
       return;
     }
     return (async () => {
       for (const name of names) {
-        const next = this.prepareMerge(name);
+        const next = this.prepareMerge(name, true);
         // PEFT's safe_merge: the merged weight (and bias) checked before anything is written
         if (!(await allFinite(next))) {
           tf.dispose(next);
-          this.dropDoraMergeNorms();
+          this.variants.get(name)?.forgetMerge?.(this, name);
           throw new Error(`NaNs detected in the merged weights. The adapter ${name} seems to be broken`);
         }
         this.commitMerge(name, next);
@@ -183,12 +328,12 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
    * The merged weight, and the merged bias when the adapter has a lora_B bias, without writing them:
    * every error (no base bias for lora_bias, a grouped convolution) comes before the weights change.
    */
-  private prepareMerge(name: string): tf.Tensor[] {
+  private prepareMerge(name: string, safe: boolean): tf.Tensor[] {
     const loraBias = this.loraBias(name);
     const bias = this.baseLayer.bias;
     if (loraBias && !bias)
       throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
-    const weight = tf.tidy(() => this.mergedWeight(name, this.baseLayer.weight));
+    const weight = tf.tidy(() => this.mergedWeight(name, this.baseLayer.weight, safe));
     if (!loraBias || !bias) return [weight];
     return [weight, tf.tidy(() => tf.add(bias, tf.mul(loraBias, this.scaling.get(name) as number)))];
   }
@@ -206,8 +351,10 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
 
   /** Subtracts merged adapters again, last merged first (PEFT's `unmerge`). */
   unmerge(): void {
+    const unmerged: string[] = [];
     while (this.mergedAdapters.length) {
       const name = this.mergedAdapters.pop() as string;
+      unmerged.push(name);
       const w = this.baseLayer.weight;
       tf.tidy(() => w.assign(this.unmergedWeight(name, w)));
       const loraBias = this.loraBias(name);
@@ -215,11 +362,16 @@ export abstract class LoraLayerBase<B extends BaseWithWeight> extends Module {
       if (loraBias && bias)
         tf.tidy(() => bias.assign(tf.sub(bias, tf.mul(loraBias, this.scaling.get(name) as number))));
     }
-    this.dropDoraMergeNorms();
+    for (const name of unmerged) this.variants.get(name)?.forgetMerge?.(this, name);
   }
 }
 
 /** The base layer's bias, if it has one (embeddings have none). */
 export function baseBias(layer: { baseLayer: Module }): tf.Variable | null {
   return (layer.baseLayer as { bias?: tf.Variable | null }).bias ?? null;
+}
+
+/** Whether a module is a LoRA layer (of `@lora/core` or made by a registered dispatcher). */
+export function isTunerLayer(m: unknown): m is TunerLayer {
+  return m instanceof LoraLayerBase;
 }

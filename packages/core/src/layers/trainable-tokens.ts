@@ -1,3 +1,5 @@
+import { LoraConfigError } from '../errors';
+import { TargetModuleError } from '../targets';
 import * as tf from '@tensorflow/tfjs-core';
 import { Embedding, Linear, Module, ModuleDict, ParameterDict, embedding, linear } from '@lora/nn';
 import { allFinite } from '../all-finite';
@@ -115,12 +117,12 @@ export class TrainableTokensLayer extends Module {
   updateLayer(name: string, indices: number[]): void {
     if (this.tiedAdapter) return;
     if (!Array.isArray(indices) || indices.length === 0)
-      throw new Error(
+      throw new LoraConfigError(
         `trainable_token_indices for adapter '${name}' must be a non-empty list of token ids, got ${JSON.stringify(indices)}`,
       );
     for (const i of indices) {
       if (!Number.isInteger(i) || i < 0 || i >= this.numRows) {
-        throw new Error(
+        throw new LoraConfigError(
           `trainable_token_indices: token index ${i} is out of range for a layer of ${this.numRows} rows; use indices in [0, ${this.numRows})`,
         );
       }
@@ -155,7 +157,7 @@ export class TrainableTokensLayer extends Module {
     for (const name of all) {
       const idx = this.tokenIndices.get(name) ?? [];
       if (idx.some((i) => seen.has(i))) {
-        throw new Error(
+        throw new LoraConfigError(
           `Token indices of adapter ${name} are already defined and would result in undefined merging behavior. Only disjunct token indices are currently supported.`,
         );
       }
@@ -341,18 +343,18 @@ function wrapMatching(
       wrapper.tokenAdapter.updateLayer(adapterName, indices);
       model.setSubmodule(path, wrapper);
     } else if ('baseLayer' in m || 'originalModule' in m) {
-      throw new Error(
+      throw new LoraConfigError(
         `trainable_token_indices cannot be applied to modules of type ${m.constructor.name} ('${path}'); a module is either a LoRA target, in modules_to_save, or has trainable tokens`,
       );
     } else {
-      throw new Error(
+      throw new LoraConfigError(
         `TrainableTokensLayer wraps an unknown layer type, maybe you are targeting the wrong layer? ('${path}' is a ${m.constructor.name}; trainable tokens need an Embedding or a Linear over the vocabulary)`,
       );
     }
     found = true;
   }
   if (!found)
-    throw new Error(
+    throw new TargetModuleError(
       `Target modules ${quoted(names)} not found in the base model. Please check the target modules and try again.${hint}`,
     );
 }
@@ -393,7 +395,7 @@ export function addTrainableTokens(
   }
   for (const key of Object.keys(targets)) {
     if (config.modulesToSave?.includes(key)) {
-      throw new Error(
+      throw new LoraConfigError(
         `The embedding layer is already marked to be trained fully, either specify \`modules_to_save=[..., "${key}", ...]\` or \`trainable_tokens={'${key}': x}\` but not both.`,
       );
     }
@@ -412,7 +414,7 @@ export function addTrainableTokens(
       const first = targets[tiedKeys[0] as string];
       mismatch = !tiedKeys.slice(1).every((k) => sameIndices(targets[k], first));
       if (mismatch && ensureTying) {
-        throw new Error(
+        throw new LoraConfigError(
           `Cannot ensure weight tying when different token indices are specified for tied layers. Conflicting layers: ${tiedKeys.map((k) => `${k}: [${(targets[k] ?? []).join(', ')}]`).join(', ')}. Please use the same indices for all tied layers or set ensure_weight_tying=False.`,
         );
       }

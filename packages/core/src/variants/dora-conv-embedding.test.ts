@@ -314,7 +314,8 @@ describe('DoRA and grouped convolutions without a backend sweep', () => {
       );
     }
     for (const target of ['conv', 'embed']) {
-      expect(() => getPeftModel(convDoraNet(), { r: 2, targetModules: [target], initLoraWeights: 'loftq' })).toThrow(
+      const loftq = { initLoraWeights: 'loftq', loftqConfig: {} } as const; // PEFT requires loftq_config with 'loftq'
+      expect(() => getPeftModel(convDoraNet(), { r: 2, targetModules: [target], ...loftq })).toThrow(
         /init_lora_weights='loftq' is not supported on (Conv2d|Embedding) layers/,
       );
     }

@@ -1,0 +1,3 @@
+import './register.js';
+
+export { FrozenLinear, LoraFrozenLinear, gatedVariant, initialised } from './method.js';

@@ -1,0 +1,25 @@
+"""Peer of bench/load.ts: transformers' from_pretrained of the same bf16 checkpoint on CPU, into
+float32 (as @lora computes) or bfloat16; prints {baseMiB, peakMiB, ms, params} as load.ts does.
+Usage: python load_peer.py <checkpoint dir> float32|bfloat16"""
+import json
+import resource
+import sys
+import time
+
+import torch
+from transformers import LlamaForCausalLM
+
+
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+directory, dtype = sys.argv[1], sys.argv[2]
+base = rss_mib()
+t0 = time.perf_counter()
+model = LlamaForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype))
+ms = (time.perf_counter() - t0) * 1000
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+params = sum(p.numel() for p in model.parameters())
+print(json.dumps({"baseMiB": base, "peakMiB": peak, "ms": ms, "params": params}))
