@@ -14,7 +14,8 @@
  *
  * Env: LORA_BENCH_ONLY (comma list of `steps`, `soak`; default both), LORA_BENCH_TRAIN (comma list of
  * `backend:seq[:ckpt|:all]` cases replacing the default ones), LORA_BENCH_SOAK (`backend:seq:steps`),
- * PYTHON (the peer's interpreter; default the repository's .venv-oracle), TORCH_THREADS (default 2).
+ * LORA_BENCH_RUNS (timed steps per row; default 3, 2 at 2048, 1 on cpu), PYTHON (the peer's interpreter;
+ * default .venv-oracle in this checkout or in the main worktree), TORCH_THREADS (default 2).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -203,7 +204,8 @@ function child<T>(args: string[]): T & { error?: string } {
 }
 
 const only = (process.env.LORA_BENCH_ONLY ?? 'steps,soak').split(',');
-const runsFor = (seq: number, backend: string) => (backend === 'cpu' ? 1 : seq >= 2048 ? 2 : 3);
+const runsFor = (seq: number, backend: string) =>
+  Number(process.env.LORA_BENCH_RUNS ?? 0) || (backend === 'cpu' ? 1 : seq >= 2048 ? 2 : 3);
 const backends: BackendName[] = ['wasm', 'tensorflow', 'cpu'];
 const have = new Set((await listBackends()).filter((r) => r.available).map((r) => r.name));
 const defaults: Case[] = [];
@@ -223,8 +225,13 @@ const cases: Case[] = process.env.LORA_BENCH_TRAIN
     })
   : defaults;
 
-const venv = join(import.meta.dirname, '..', '..', '..', '.venv-oracle', 'bin', 'python');
-const python = process.env.PYTHON ?? (existsSync(venv) ? venv : 'python3');
+// the oracle's interpreter: in this checkout, else in the main worktree (a git worktree shares its common dir)
+const root = join(import.meta.dirname, '..', '..', '..');
+const common = spawnSync('git', ['-C', root, 'rev-parse', '--path-format=absolute', '--git-common-dir'], {
+  encoding: 'utf8',
+}).stdout?.trim();
+const venvs = [root, ...(common ? [join(common, '..')] : [])].map((d) => join(d, '.venv-oracle', 'bin', 'python'));
+const python = process.env.PYTHON ?? venvs.find((v) => existsSync(v)) ?? 'python3';
 interface PeerResult {
   torch: string;
   threads: number;
@@ -267,24 +274,27 @@ if (only.includes('steps')) {
       const label = `${c.backend}${c.variant === 'ckpt' ? ', gradient checkpointing' : c.variant === 'all' ? ', gradients for every weight' : ''}`;
       if (r.error) {
         rows.push(
-          `| ${seq} | ${label} | failed: ${r.error} | | | | peak RSS ${r.peakRssMiB?.toFixed(0) ?? '?'} MiB | |`,
+          `| ${seq} | ${label} | failed: ${r.error} | | | | | peak RSS ${r.peakRssMiB?.toFixed(0) ?? '?'} MiB | |`,
         );
         continue;
       }
       const ratio = p && 'stepMs' in p ? (r.stepMs / p.stepMs).toFixed(2) : '–';
+      const cpuRatio = p && 'cpuMs' in p ? (r.cpuMs / p.cpuMs).toFixed(2) : '–';
       rows.push(
-        `| ${seq} | ${label} (${r.adapter}) | ${fmt(r.stepMs)} | ${fmt(r.cpuMs)} | ${((seq / r.stepMs) * 1000).toFixed(0)} | ${ratio}× | ${r.peakRssMiB.toFixed(0)} MiB${r.wasmHeapMiB === undefined ? '' : ` (wasm heap ${r.wasmHeapMiB.toFixed(0)} MiB)`} | ${r.losses.map((l) => l.toFixed(3)).join(' → ')} |`,
+        `| ${seq} | ${label} (${r.adapter}) | ${fmt(r.stepMs)} | ${fmt(r.cpuMs)} | ${((seq / r.stepMs) * 1000).toFixed(0)} | ${ratio}× | ${cpuRatio}× | ${r.peakRssMiB.toFixed(0)} MiB${r.wasmHeapMiB === undefined ? '' : ` (wasm heap ${r.wasmHeapMiB.toFixed(0)} MiB)`} | ${r.losses.map((l) => l.toFixed(3)).join(' → ')} |`,
       );
     }
     const p = peers.get(seq);
     rows.push(
       p && 'stepMs' in p
-        ? `| ${seq} | PyTorch ${p.torch} CPU, ${p.threads} threads, ${p.attn} attention | ${fmt(p.stepMs)} | ${fmt(p.cpuMs)} | ${((seq / p.stepMs) * 1000).toFixed(0)} | 1× | ${p.peakRssMiB.toFixed(0)} MiB | |`
-        : `| ${seq} | PyTorch | failed: ${(p as { error: string }).error} | | | | | |`,
+        ? `| ${seq} | PyTorch ${p.torch} CPU, ${p.threads} threads, ${p.attn} attention | ${fmt(p.stepMs)} | ${fmt(p.cpuMs)} | ${((seq / p.stepMs) * 1000).toFixed(0)} | 1× | 1× | ${p.peakRssMiB.toFixed(0)} MiB | |`
+        : `| ${seq} | PyTorch | failed: ${(p as { error: string }).error} | | | | | | |`,
     );
   }
-  console.log('| seq | runtime | step (median) | CPU time per step | tokens/s | vs PyTorch | peak memory | loss |');
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
+  console.log(
+    '| seq | runtime | step (median) | CPU time per step | tokens/s | step vs PyTorch | CPU time vs PyTorch | peak memory | loss |',
+  );
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows) console.log(r);
 }
 if (only.includes('soak')) {

@@ -164,6 +164,7 @@ export class LlamaModel extends Module {
   private readonly invFreq: Float32Array;
   /** Positions the RoPE tables cover; they grow (doubling) when a call needs more. */
   private ropeLength = 0;
+  private ropeRows: { past: number; t: number } | null = null;
 
   constructor(config: LlamaConfig) {
     super();
@@ -178,6 +179,9 @@ export class LlamaModel extends Module {
     // cos/sin for the first positions, kept (not state: rebuilt from the config); more on demand
     this.registerBuffer('rope_cos', null, false);
     this.registerBuffer('rope_sin', null, false);
+    // the tables' rows of the last call's positions, kept while calls cover the same ones (training)
+    this.registerBuffer('rope_cos_rows', null, false);
+    this.registerBuffer('rope_sin_rows', null, false);
     this.ensureRope(Math.min(config.maxPositionEmbeddings || 2048, 2048));
   }
 
@@ -188,6 +192,18 @@ export class LlamaModel extends Module {
     this.setBuffer('rope_cos', cos);
     this.setBuffer('rope_sin', sin);
     this.ropeLength = n;
+    this.ropeRows = null;
+  }
+
+  /** cos, sin [t, headDim] for positions past … past + t − 1, owned by the model (not to be disposed). */
+  private ropeFor(past: number, t: number): { cos: tf.Tensor; sin: tf.Tensor } {
+    this.ensureRope(past + t);
+    if (this.ropeRows?.past !== past || this.ropeRows.t !== t) {
+      this.setBuffer('rope_cos_rows', tf.slice(this.getBuffer('rope_cos') as tf.Tensor, [past, 0], [t, -1]));
+      this.setBuffer('rope_sin_rows', tf.slice(this.getBuffer('rope_sin') as tf.Tensor, [past, 0], [t, -1]));
+      this.ropeRows = { past, t };
+    }
+    return { cos: this.getBuffer('rope_cos_rows') as tf.Tensor, sin: this.getBuffer('rope_sin_rows') as tf.Tensor };
   }
 
   forward(
@@ -196,9 +212,7 @@ export class LlamaModel extends Module {
   ): tf.Tensor {
     const [b, t] = inputIds.shape;
     const past = options.cache?.length ?? 0;
-    this.ensureRope(past + t);
-    const cos = tf.slice(this.getBuffer('rope_cos') as tf.Tensor, [past, 0], [t, -1]);
-    const sin = tf.slice(this.getBuffer('rope_sin') as tf.Tensor, [past, 0], [t, -1]);
+    const { cos, sin } = this.ropeFor(past, t);
     let keyMask: tf.Tensor | null = null;
     let groupedMask: tf.Tensor | null = null;
     try {
@@ -239,7 +253,7 @@ export class LlamaModel extends Module {
       }
       return this.norm.call(h);
     } finally {
-      tf.dispose([cos, sin, ...(keyMask ? [keyMask] : []), ...(groupedMask ? [groupedMask] : [])]);
+      tf.dispose([...(keyMask ? [keyMask] : []), ...(groupedMask ? [groupedMask] : [])]);
     }
   }
 }
