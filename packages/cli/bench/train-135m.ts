@@ -26,22 +26,7 @@ import { getPeftModel } from '@lora/core';
 import { AdamW, gradientsFor, manualSeed, train, variableGrads } from '@lora/nn';
 import { LlamaForCausalLM, parseLlamaConfig } from '@lora/models';
 import { type BackendName, initBackend, listBackends, memoryUsage } from '@lora/tensor';
-
-/** SmolLM-135M's config.json, less the tokenizer ids. */
-export const SMOLLM_135M = {
-  model_type: 'llama',
-  vocab_size: 49152,
-  hidden_size: 576,
-  intermediate_size: 1536,
-  num_hidden_layers: 30,
-  num_attention_heads: 9,
-  num_key_value_heads: 3,
-  max_position_embeddings: 2048,
-  rms_norm_eps: 1e-5,
-  rope_theta: 10000,
-  initializer_range: 0.02,
-  tie_word_embeddings: true,
-};
+import { SMOLLM_135M } from '../../models/bench/cases';
 
 const mib = (bytes: number) => bytes / 2 ** 20;
 const vmHwmMiB = () => Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1]) / 1024;
