@@ -1,9 +1,11 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { expect, it } from 'vitest';
+import { beforeAll, expect, it } from 'vitest';
 import { WasmOutOfMemoryError, initBackend, memoryUsage } from '@lora/tensor';
 
+// the start (loading and transforming tfjs-backend-wasm) under the hook's longer timeout: on a loaded machine it takes a minute
+beforeAll(() => initBackend('wasm'));
+
 it('wasm: a tensor larger than the heap can hold fails with WasmOutOfMemoryError, and the backend carries on', async () => {
-  await initBackend('wasm');
   const before = tf.memory().numTensors;
   const small = tf.ones([64, 64]);
   // 1.1 G floats (4.4 GiB): tfjs would pass the size to a 32-bit malloc, which wraps it to 300 MiB
