@@ -248,7 +248,12 @@ console.log(
 );
 if (only.includes('steps')) {
   const peers = new Map<number, PeerResult | { error: string }>();
-  const rows: string[] = [];
+  // each row printed as soon as it is measured, so that a run cut short keeps what it measured
+  console.log(
+    '| seq | runtime | step (median) | CPU time per step | tokens/s | step vs PyTorch | CPU time vs PyTorch | peak memory | loss |',
+  );
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  const row = (line: string) => console.log(line);
   for (const seq of [...new Set(cases.map((c) => c.seq))].sort((a, b) => a - b)) {
     console.error(`PyTorch peer at ${seq}…`);
     peers.set(seq, peer(seq));
@@ -258,29 +263,22 @@ if (only.includes('steps')) {
       const p = peers.get(seq);
       const label = `${c.backend}${c.variant === 'ckpt' ? ', gradient checkpointing' : c.variant === 'all' ? ', gradients for every weight' : ''}`;
       if (r.error) {
-        rows.push(
-          `| ${seq} | ${label} | failed: ${r.error} | | | | | peak RSS ${r.peakRssMiB?.toFixed(0) ?? '?'} MiB | |`,
-        );
+        row(`| ${seq} | ${label} | failed: ${r.error} | | | | | peak RSS ${r.peakRssMiB?.toFixed(0) ?? '?'} MiB | |`);
         continue;
       }
       const ratio = p && 'stepMs' in p ? (r.stepMs / p.stepMs).toFixed(2) : '–';
       const cpuRatio = p && 'cpuMs' in p ? (r.cpuMs / p.cpuMs).toFixed(2) : '–';
-      rows.push(
+      row(
         `| ${seq} | ${label} (${r.adapter}) | ${fmt(r.stepMs)} | ${fmt(r.cpuMs)} | ${((seq / r.stepMs) * 1000).toFixed(0)} | ${ratio}× | ${cpuRatio}× | ${r.peakRssMiB.toFixed(0)} MiB${r.wasmHeapMiB === undefined ? '' : ` (wasm heap ${r.wasmHeapMiB.toFixed(0)} MiB)`} | ${r.losses.map((l) => l.toFixed(3)).join(' → ')} |`,
       );
     }
     const p = peers.get(seq);
-    rows.push(
+    row(
       p && 'stepMs' in p
         ? `| ${seq} | PyTorch ${p.torch} CPU, ${p.threads} threads, ${p.attn} attention | ${fmt(p.stepMs)} | ${fmt(p.cpuMs)} | ${((seq / p.stepMs) * 1000).toFixed(0)} | 1× | 1× | ${p.peakRssMiB.toFixed(0)} MiB | |`
         : `| ${seq} | PyTorch | failed: ${(p as { error: string }).error} | | | | | | |`,
     );
   }
-  console.log(
-    '| seq | runtime | step (median) | CPU time per step | tokens/s | step vs PyTorch | CPU time vs PyTorch | peak memory | loss |',
-  );
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
-  for (const r of rows) console.log(r);
 }
 if (only.includes('soak')) {
   const [backend, seq, steps] = (process.env.LORA_BENCH_SOAK ?? 'wasm:512:200').split(':') as [
