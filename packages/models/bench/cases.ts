@@ -18,6 +18,21 @@ export const BENCH_CONFIG = {
   rms_norm_eps: 1e-5,
   tie_word_embeddings: false,
 };
+/** SmolLM-135M's shape (HuggingFaceTB/SmolLM-135M's config.json, less the tokenizer ids). */
+export const SMOLLM_135M = {
+  model_type: 'llama',
+  vocab_size: 49152,
+  hidden_size: 576,
+  intermediate_size: 1536,
+  num_hidden_layers: 30,
+  num_attention_heads: 9,
+  num_key_value_heads: 3,
+  max_position_embeddings: 2048,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000,
+  initializer_range: 0.02,
+  tie_word_embeddings: true,
+};
 export const BATCH = 4;
 export const SEQ = 128;
 

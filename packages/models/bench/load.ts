@@ -15,23 +15,10 @@ import { join } from 'node:path';
 import { type BackendName, Generator, encodeValues, initBackend, parseSafetensors } from '@lora/tensor';
 import { withoutInit } from '@lora/nn';
 import { LlamaForCausalLM, parseLlamaConfig } from '../src/index';
+import { SMOLLM_135M } from './cases';
 
-/** SmolLM-135M's shape (HuggingFaceTB/SmolLM-135M config.json). */
-const CONFIG = {
-  model_type: 'llama',
-  architectures: ['LlamaForCausalLM'],
-  vocab_size: 49152,
-  hidden_size: 576,
-  intermediate_size: 1536,
-  num_hidden_layers: 30,
-  num_attention_heads: 9,
-  num_key_value_heads: 3,
-  max_position_embeddings: 2048,
-  rms_norm_eps: 1e-5,
-  rope_theta: 10000,
-  tie_word_embeddings: true,
-  torch_dtype: 'bfloat16',
-};
+/** SmolLM-135M's shape, as its bf16 checkpoint's config.json says it. */
+const CONFIG = { ...SMOLLM_135M, architectures: ['LlamaForCausalLM'], torch_dtype: 'bfloat16' };
 
 const MiB = 2 ** 20;
 

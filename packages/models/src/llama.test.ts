@@ -106,6 +106,24 @@ await describeEachBackend('Llama training and sampling', () => {
     model.dispose();
   });
 
+  it("runs @lora/kernels' fused kernels on webgpu and @lora/nn's lean ops elsewhere", async () => {
+    const model = await LlamaForCausalLM.fromPretrained(join(FIXTURES, 'llama-gqa'));
+    const ids = tf.tensor2d([[5, 9, 13, 17, 21, 25]], [1, 6], 'int32');
+    const info = await tf.profile(() => {
+      const { value, grads } = tf.variableGrads(
+        () => model.forward(ids, { labels: ids }).loss as tf.Scalar,
+        model.trainableParameters(),
+      );
+      tf.dispose([value, ...Object.values(grads)]);
+    });
+    const names = new Set(info.kernels.map((k) => k.name));
+    const fused = ['LoraRMSNorm', 'LoraRopeHeads', 'LoraScaledMaskedSoftmax', 'LoraSwiGLU', 'LoraSoftmaxCrossEntropy'];
+    if (tf.getBackend() === 'webgpu') for (const k of fused) expect(names, k).toContain(k);
+    else for (const k of fused) expect(names, k).not.toContain(k);
+    ids.dispose();
+    model.dispose();
+  });
+
   it('samples reproducibly with a seed; top-k 1 is greedy', async () => {
     const model = await LlamaForCausalLM.fromPretrained(join(FIXTURES, 'llama-gqa'));
     const prompt = [[5, 9, 13]];

@@ -6,15 +6,16 @@ import {
   Module,
   ModuleList,
   RMSNorm,
+  checkpoint,
   crossEntropy,
-  matmul,
-  matmulTransposeB,
+  gpuKernelsActive,
+  transposedVocabBlocks,
   normalInit,
   withoutInit,
 } from '@lora/nn';
-import { maskedSoftmax, ropeHeads, swiglu } from '@lora/kernels';
 import { planCheckpoint } from './files';
 import { type LlamaConfig, parseLlamaConfig } from './llama-config';
+import { llamaKernels } from './llama-kernels';
 import { ropeInverseFrequencies, ropeTables } from './rope';
 
 /** Keys and values of earlier positions, per layer, for incremental decoding. */
@@ -31,12 +32,22 @@ export class KVCache {
 }
 
 interface AttentionContext {
+  /** RoPE tables [T, headDim] for this call's positions. */
   cos: tf.Tensor;
   sin: tf.Tensor;
-  /** Additive mask [B, 1, rep·T, S] (rep = query heads per kv head): 0 where a query may attend, the float32 minimum elsewhere. */
-  mask: tf.Tensor;
+  /** [B, S]: 1 where a key position may be attended, 0 for padding; null when every position may. */
+  keyMask: tf.Tensor | null;
+  /** webgpu only: the additive mask for `@lora/kernels`' masked softmax (see `buildGroupedMask`); null elsewhere. */
+  groupedMask: tf.Tensor | null;
   cache: KVCache | null;
   layerIdx: number;
+}
+
+/** `LlamaRMSNorm`: nn's RMSNorm, computed through {@link llamaKernels}. */
+class LlamaRMSNorm extends RMSNorm {
+  override forward(x: tf.Tensor): tf.Tensor {
+    return llamaKernels.rmsNorm(x, this.weight, this.eps);
+  }
 }
 
 /** Multi-head attention with grouped-query heads and RoPE (Hugging Face's `LlamaAttention`). */
@@ -64,27 +75,25 @@ export class LlamaAttention extends Module {
   forward(x: tf.Tensor, ctx: AttentionContext): tf.Tensor {
     const [b, t] = x.shape as [number, number, number];
     const { numAttentionHeads: nh, numKeyValueHeads: nkv, headDim: d } = this.config;
-    const rep = nh / nkv;
-    // [B, T, n·d] → heads [B, n, T, d], rotated for q and k (@lora/kernels: one dispatch on webgpu)
-    const q = ropeHeads(this.qProj.call(x), ctx.cos, ctx.sin, nh);
-    let k = ropeHeads(this.kProj.call(x), ctx.cos, ctx.sin, nkv) as tf.Tensor4D;
-    let v = ropeHeads(this.vProj.call(x), null, null, nkv) as tf.Tensor4D;
+    // [B, T, n·d] → heads [B, n, T, d], rotated for q and k (one dispatch each on webgpu)
+    const q = llamaKernels.ropeHeads(this.qProj.call(x), ctx.cos, ctx.sin, nh);
+    let k = llamaKernels.ropeHeads(this.kProj.call(x), ctx.cos, ctx.sin, nkv);
+    let v = llamaKernels.ropeHeads(this.vProj.call(x), null, null, nkv);
     if (ctx.cache) {
       const past = ctx.cache.layers[ctx.layerIdx];
       if (past) {
         k = tf.concat([past.k, k], 2);
         v = tf.concat([past.v, v], 2);
       }
-      ctx.cache.layers[ctx.layerIdx] = { k: tf.keep(k), v: tf.keep(v) };
+      ctx.cache.layers[ctx.layerIdx] = { k: tf.keep(k as tf.Tensor4D), v: tf.keep(v as tf.Tensor4D) };
       if (past) tf.dispose([past.k, past.v]);
     }
-    // Grouped-query attention without repeating k and v: the `rep` query heads that share a kv head
-    // are stacked along the query axis ([B, nkv, rep·T, d]), which keeps every tensor 4-d.
-    const qg = tf.reshape(q, [b, nkv, rep * t, d]);
-    // q·kᵀ (an explicit transpose on wasm, where matMul's flags are slow; the flag on webgpu), then
-    // softmax(scores/√d + mask), the mask built already repeated for the grouped query rows
-    const probs = maskedSoftmax(matmulTransposeB(qg, k), ctx.mask, 1 / Math.sqrt(d));
-    const out = tf.reshape(matmul(probs, v), [b, nh, t, d]);
+    // grouped-query heads are handled inside (query head i reads kv head ⌊i / rep⌋), never repeated
+    const out = llamaKernels.attention(q, k, v, {
+      causal: true,
+      ...(ctx.keyMask ? { keyMask: ctx.keyMask } : {}),
+      ...(ctx.groupedMask ? { groupedMask: ctx.groupedMask } : {}),
+    });
     const merged = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, nh * d]);
     return this.oProj.call(merged);
   }
@@ -105,7 +114,7 @@ export class LlamaMLP extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
-    return this.downProj.call(swiglu(this.gateProj.call(x), this.upProj.call(x)));
+    return this.downProj.call(llamaKernels.swiglu(this.gateProj.call(x), this.upProj.call(x)));
   }
 }
 
@@ -113,8 +122,8 @@ export class LlamaMLP extends Module {
 export class LlamaDecoderLayer extends Module {
   selfAttn: LlamaAttention;
   mlp: LlamaMLP;
-  inputLayernorm: RMSNorm;
-  postAttentionLayernorm: RMSNorm;
+  inputLayernorm: LlamaRMSNorm;
+  postAttentionLayernorm: LlamaRMSNorm;
 
   constructor(config: LlamaConfig) {
     super();
@@ -122,17 +131,20 @@ export class LlamaDecoderLayer extends Module {
     this.mlp = this.registerModule('mlp', new LlamaMLP(config));
     this.inputLayernorm = this.registerModule(
       'input_layernorm',
-      new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }),
+      new LlamaRMSNorm(config.hiddenSize, { eps: config.rmsNormEps }),
     );
     this.postAttentionLayernorm = this.registerModule(
       'post_attention_layernorm',
-      new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }),
+      new LlamaRMSNorm(config.hiddenSize, { eps: config.rmsNormEps }),
     );
   }
 
   forward(x: tf.Tensor, ctx: AttentionContext): tf.Tensor {
-    const h = tf.add(x, this.selfAttn.call(this.inputLayernorm.call(x), ctx));
-    return tf.add(h, this.mlp.call(this.postAttentionLayernorm.call(h)));
+    // a scope per layer: its intermediates go as soon as it is done (the gradient keeps what it needs)
+    return tf.tidy(() => {
+      const h = tf.add(x, this.selfAttn.call(this.inputLayernorm.call(x), ctx));
+      return tf.add(h, this.mlp.call(this.postAttentionLayernorm.call(h)));
+    });
   }
 }
 
@@ -142,7 +154,17 @@ export class LlamaModel extends Module {
   embedTokens: Embedding;
   layers: ModuleList<LlamaDecoderLayer>;
   norm: RMSNorm;
+  /**
+   * Recompute each decoder layer's activations in the backward pass instead of keeping them
+   * (transformers' `gradient_checkpointing`): training memory drops from every layer's activations
+   * to every layer's input plus one layer's activations, for about one more forward pass of compute.
+   * Applies in training mode without a KV cache.
+   */
+  gradientCheckpointing = false;
   private readonly invFreq: Float32Array;
+  /** Positions the RoPE tables cover; they grow (doubling) when a call needs more. */
+  private ropeLength = 0;
+  private ropeRows: { past: number; t: number } | null = null;
 
   constructor(config: LlamaConfig) {
     super();
@@ -152,8 +174,36 @@ export class LlamaModel extends Module {
       'layers',
       new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new LlamaDecoderLayer(config))),
     );
-    this.norm = this.registerModule('norm', new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps }));
+    this.norm = this.registerModule('norm', new LlamaRMSNorm(config.hiddenSize, { eps: config.rmsNormEps }));
     this.invFreq = ropeInverseFrequencies(config.headDim, config.rope);
+    // cos/sin for the first positions, kept (not state: rebuilt from the config); more on demand
+    this.registerBuffer('rope_cos', null, false);
+    this.registerBuffer('rope_sin', null, false);
+    // the tables' rows of the last call's positions, kept while calls cover the same ones (training)
+    this.registerBuffer('rope_cos_rows', null, false);
+    this.registerBuffer('rope_sin_rows', null, false);
+    this.ensureRope(Math.min(config.maxPositionEmbeddings || 2048, 2048));
+  }
+
+  private ensureRope(length: number): void {
+    if (length <= this.ropeLength) return;
+    const n = Math.max(length, 2 * this.ropeLength);
+    const { cos, sin } = ropeTables(this.invFreq, 0, n);
+    this.setBuffer('rope_cos', cos);
+    this.setBuffer('rope_sin', sin);
+    this.ropeLength = n;
+    this.ropeRows = null;
+  }
+
+  /** cos, sin [t, headDim] for positions past … past + t − 1, owned by the model (not to be disposed). */
+  private ropeFor(past: number, t: number): { cos: tf.Tensor; sin: tf.Tensor } {
+    this.ensureRope(past + t);
+    if (this.ropeRows?.past !== past || this.ropeRows.t !== t) {
+      this.setBuffer('rope_cos_rows', tf.slice(this.getBuffer('rope_cos') as tf.Tensor, [past, 0], [t, -1]));
+      this.setBuffer('rope_sin_rows', tf.slice(this.getBuffer('rope_sin') as tf.Tensor, [past, 0], [t, -1]));
+      this.ropeRows = { past, t };
+    }
+    return { cos: this.getBuffer('rope_cos_rows') as tf.Tensor, sin: this.getBuffer('rope_sin_rows') as tf.Tensor };
   }
 
   forward(
@@ -162,24 +212,48 @@ export class LlamaModel extends Module {
   ): tf.Tensor {
     const [b, t] = inputIds.shape;
     const past = options.cache?.length ?? 0;
-    const mask = buildMask(
-      b,
-      t,
-      past,
-      options.attentionMask,
-      this.config.numAttentionHeads / this.config.numKeyValueHeads,
-    );
-    const { cos, sin } = ropeTables(this.invFreq, past, t);
+    const { cos, sin } = this.ropeFor(past, t);
+    let keyMask: tf.Tensor | null = null;
+    let groupedMask: tf.Tensor | null = null;
     try {
+      keyMask = options.attentionMask === undefined ? null : keyMaskOf(options.attentionMask, b, past + t);
+      // webgpu: one additive mask for every layer's fused masked softmax
+      if (gpuKernelsActive())
+        groupedMask = buildGroupedMask(
+          b,
+          t,
+          past,
+          keyMask,
+          this.config.numAttentionHeads / this.config.numKeyValueHeads,
+        );
       let h = this.embedTokens.call(inputIds) as tf.Tensor;
-      const ctx: AttentionContext = { cos, sin, mask, cache: options.cache ?? null, layerIdx: 0 };
+      const cache = options.cache ?? null;
+      const recompute = this.gradientCheckpointing && this.training && cache === null;
       for (let i = 0; i < this.layers.length; i++) {
-        ctx.layerIdx = i;
-        h = this.layers.at(i).call(h, ctx);
+        const layer = this.layers.at(i);
+        if (recompute) {
+          // the per-call tensors go in as inputs, so that the recomputation still has them
+          const inputs = [h, cos, sin, ...(keyMask ? [keyMask] : []), ...(groupedMask ? [groupedMask] : [])];
+          const km = keyMask !== null;
+          const gm = groupedMask !== null;
+          h = checkpoint(
+            (x, c, s, ...rest) =>
+              layer.call(x, {
+                cos: c,
+                sin: s,
+                keyMask: km ? (rest[0] as tf.Tensor) : null,
+                groupedMask: gm ? (rest[km ? 1 : 0] as tf.Tensor) : null,
+                cache: null,
+                layerIdx: i,
+              }),
+            inputs,
+            { module: layer },
+          );
+        } else h = layer.call(h, { cos, sin, keyMask, groupedMask, cache, layerIdx: i });
       }
       return this.norm.call(h);
     } finally {
-      tf.dispose([mask, cos, sin]);
+      tf.dispose([...(keyMask ? [keyMask] : []), ...(groupedMask ? [groupedMask] : [])]);
     }
   }
 }
@@ -187,38 +261,50 @@ export class LlamaModel extends Module {
 const FLOAT32_MIN = -3.4028234663852886e38;
 
 /**
- * Causal + padding mask as transformers' eager attention adds it, laid out [B, 1, rep·T, S]: the
- * T query rows repeated for each of the `rep` query heads that share a kv head (see LlamaAttention).
- * The causal part is built here; a padding mask given as a tensor is combined on the backend, so it
- * is never read back (synchronous reads fail on webgpu in Node).
+ * Causal + padding mask as transformers' eager attention adds it, laid out [B, 1, rep·T, S] (or
+ * [1, 1, rep·T, S] without padding): the T query rows repeated for each of the `rep` query heads that
+ * share a kv head, as `@lora/kernels`' masked softmax takes it on webgpu. The causal part is built
+ * here; the padding part (`keyMask` [B, S], 0/1) is combined on the backend, never read back
+ * (synchronous reads fail on webgpu in Node).
  */
-function buildMask(
-  b: number,
-  t: number,
-  past: number,
-  attentionMask: tf.Tensor | number[][] | undefined,
-  rep: number,
-): tf.Tensor {
+function buildGroupedMask(b: number, t: number, past: number, keyMask: tf.Tensor | null, rep: number): tf.Tensor {
   const s = past + t;
   const causal = new Float32Array(rep * t * s);
   for (let r = 0; r < rep; r++)
     for (let i = 0; i < t; i++) for (let j = 0; j <= past + i; j++) causal[(r * t + i) * s + j] = 1;
   return tf.tidy(() => {
     let allowed: tf.Tensor = tf.tensor4d(causal, [1, 1, rep * t, s]);
-    if (attentionMask !== undefined) {
-      const keep = Array.isArray(attentionMask)
-        ? tf.tensor2d(attentionMask.flat(), [attentionMask.length, attentionMask[0]?.length ?? 0])
-        : attentionMask;
-      if (keep.rank !== 2 || keep.shape[0] !== b || keep.shape[1] !== s) {
-        throw new Error(
-          `attentionMask must be [${b}, ${s}] (batch × past+new positions), got [${keep.shape.join(', ')}]`,
-        );
-      }
-      allowed = tf.mul(allowed, tf.reshape(tf.cast(tf.notEqual(keep, 0), 'float32'), [b, 1, 1, s]));
-    } else if (b > 1) allowed = tf.tile(allowed, [b, 1, 1, 1]);
+    if (keyMask) allowed = tf.mul(allowed, tf.reshape(keyMask, [b, 1, 1, s]));
+    else if (b > 1) allowed = tf.tile(allowed, [b, 1, 1, 1]);
     // 0 where a query may attend, the float32 minimum elsewhere
     return tf.mul(tf.sub(1, allowed), FLOAT32_MIN);
   });
+}
+
+/** An attention mask [B, S] (1 attend, 0 padding; a tensor or nested arrays) as float32 0/1. */
+function keyMaskOf(attentionMask: tf.Tensor | number[][], b: number, s: number): tf.Tensor {
+  return tf.tidy(() => {
+    const keep = Array.isArray(attentionMask)
+      ? tf.tensor2d(attentionMask.flat(), [attentionMask.length, attentionMask[0]?.length ?? 0])
+      : attentionMask;
+    if (keep.rank !== 2 || keep.shape[0] !== b || keep.shape[1] !== s) {
+      throw new Error(
+        `attentionMask must be [${b}, ${s}] (batch × past+new positions), got [${keep.shape.join(', ')}]`,
+      );
+    }
+    return tf.cast(tf.notEqual(keep, 0), 'float32');
+  });
+}
+
+/** Options of {@link LlamaForCausalLM.forward}. */
+export interface CausalLMOptions {
+  /** [B, S]: 1 for tokens to attend to, 0 for padding (S = cached + new positions). */
+  attentionMask?: tf.Tensor | number[][];
+  /** Token ids to predict, shifted by one inside; −100 is ignored. */
+  labels?: tf.Tensor2D;
+  cache?: KVCache | null;
+  /** False: with labels, compute only the loss, without materialising the logits. Default true. */
+  returnLogits?: boolean;
 }
 
 /** Options of {@link LlamaForCausalLM.generate}, with transformers' defaults. */
@@ -251,14 +337,17 @@ export class LlamaForCausalLM extends Module {
   readonly config: LlamaConfig;
   model: LlamaModel;
   lmHead: Linear;
+  /** wasm: the frozen head weight's transposed vocabulary blocks, for the fused loss, and the data they were cut from. */
+  private headBlocks: { source: object; blocks: tf.Tensor[] } | null = null;
 
   /**
    * Builds a model with transformers' initialisation: every linear and embedding weight drawn
    * normal(0, initializer_range), biases zero, norms one. The submodules are built without their own
    * default draws (which transformers' `_init_weights` overwrites anyway) and a tied `lm_head` is not
    * drawn at all, so each weight is drawn once, from the default generator (`manualSeed`).
+   * `gradientCheckpointing: true` as {@link gradientCheckpointingEnable}.
    */
-  constructor(config: LlamaConfig, options: { init?: boolean } = {}) {
+  constructor(config: LlamaConfig, options: { init?: boolean; gradientCheckpointing?: boolean } = {}) {
     super();
     this.config = config;
     const [model, lmHead] = withoutInit(
@@ -268,6 +357,7 @@ export class LlamaForCausalLM extends Module {
     this.lmHead = this.registerModule('lm_head', lmHead);
     if (config.tieWordEmbeddings) this.lmHead.setParameter('weight', this.model.embedTokens.weight);
     if (options.init !== false) this.initWeights();
+    if (options.gradientCheckpointing) this.gradientCheckpointingEnable();
   }
 
   private initWeights(): void {
@@ -352,23 +442,102 @@ export class LlamaForCausalLM extends Module {
   /**
    * Logits `[B, T, vocab]` and, with `labels`, the mean next-token cross-entropy (labels shifted
    * by one inside, −100 ignored), as transformers' `LlamaForCausalLM.forward`.
+   *
+   * With `returnLogits: false` (and labels) only the loss is computed, by the LM head's fused
+   * cross-entropy, which never holds the [B·T, vocab] logits (400 MB at 2048 tokens of a 49k
+   * vocabulary) nor their gradient: the way to train on long sequences.
+   *
+   * @example
+   * ```ts
+   * const { loss } = model.forward(ids, { labels: ids, returnLogits: false });
+   * ```
    */
   forward(
     inputIds: tf.Tensor2D,
-    options: { attentionMask?: tf.Tensor | number[][]; labels?: tf.Tensor2D; cache?: KVCache | null } = {},
-  ): { logits: tf.Tensor3D; loss?: tf.Scalar } {
+    options: CausalLMOptions & { labels: tf.Tensor2D; returnLogits: false },
+  ): { logits?: undefined; loss: tf.Scalar };
+  forward(inputIds: tf.Tensor2D, options?: CausalLMOptions): { logits: tf.Tensor3D; loss?: tf.Scalar };
+  forward(inputIds: tf.Tensor2D, options: CausalLMOptions = {}): { logits?: tf.Tensor3D; loss?: tf.Scalar } {
     if (inputIds.dtype !== 'int32') throw new Error(`inputIds must be int32, got ${inputIds.dtype}`);
+    if (options.returnLogits === false && !options.labels)
+      throw new Error('forward: returnLogits: false computes only the loss, so it needs labels');
     return tf.tidy(() => {
       const h = this.model.call(inputIds, {
         attentionMask: options.attentionMask,
         cache: options.cache ?? null,
       }) as tf.Tensor;
-      const logits = this.lmHead.call(h) as tf.Tensor3D;
-      if (!options.labels) return { logits };
+      if (!options.labels) return { logits: this.lmHead.call(h) as tf.Tensor3D };
       const [b, t] = inputIds.shape;
       const shifted = tf.concat([tf.slice(options.labels, [0, 1], [b, t - 1]), tf.fill([b, 1], -100, 'int32')], 1);
+      const head = this.lmHead;
+      if (options.returnLogits === false) {
+        // the fused head needs the plain layer (LoRA or modules_to_save on lm_head, or hooks, take the general path)
+        if (head instanceof Linear && head.constructor === Linear && !head.bias && !head.hasForwardHooks) {
+          const vocabBlocks = this.vocabBlocks(head.weight);
+          return {
+            loss: llamaKernels.lmHeadLoss(tf.reshape(h, [b * t, -1]), head.weight, tf.reshape(shifted, [b * t]), {
+              ...(vocabBlocks ? { vocabBlocks } : {}),
+            }),
+          };
+        }
+        return { loss: crossEntropy(head.call(h) as tf.Tensor, shifted) as tf.Scalar };
+      }
+      const logits = head.call(h) as tf.Tensor3D;
       return { logits, loss: crossEntropy(logits, shifted) as tf.Scalar };
     });
+  }
+
+  /**
+   * On wasm, a frozen head weight cut into transposed vocabulary blocks (see `transposedVocabBlocks`),
+   * kept from call to call (113 MiB for SmolLM's head) and cut again when the weight's data changes.
+   */
+  private vocabBlocks(weight: tf.Variable): tf.Tensor[] | undefined {
+    if (tf.getBackend() !== 'wasm' || weight.trainable) {
+      this.dropHeadBlocks();
+      return undefined;
+    }
+    if (this.headBlocks?.source !== weight.dataId) {
+      this.dropHeadBlocks();
+      this.headBlocks = { source: weight.dataId, blocks: transposedVocabBlocks(weight).map((t) => tf.keep(t)) };
+    }
+    return this.headBlocks.blocks;
+  }
+
+  private dropHeadBlocks(): void {
+    if (this.headBlocks) tf.dispose(this.headBlocks.blocks);
+    this.headBlocks = null;
+  }
+
+  override dispose(): void {
+    this.dropHeadBlocks();
+    super.dispose();
+  }
+
+  /**
+   * Turns on gradient checkpointing (transformers' `gradient_checkpointing_enable()`): each decoder
+   * layer's activations are recomputed in the backward pass rather than kept. See
+   * {@link LlamaModel.gradientCheckpointing}.
+   *
+   * @example
+   * ```ts
+   * model.gradientCheckpointingEnable();
+   * const peft = getPeftModel(model, { r: 8, targetModules: ['q_proj', 'v_proj'] });
+   * ```
+   */
+  gradientCheckpointingEnable(): this {
+    this.model.gradientCheckpointing = true;
+    return this;
+  }
+
+  /** Turns gradient checkpointing off (transformers' `gradient_checkpointing_disable()`). */
+  gradientCheckpointingDisable(): this {
+    this.model.gradientCheckpointing = false;
+    return this;
+  }
+
+  /** Whether gradient checkpointing is on (transformers' `is_gradient_checkpointing`). */
+  get isGradientCheckpointing(): boolean {
+    return this.model.gradientCheckpointing;
   }
 
   /**

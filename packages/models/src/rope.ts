@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { rope } from '@lora/nn';
 import type { RopeParameters } from './llama-config';
 
 /**
@@ -55,5 +56,7 @@ export function ropeTables(inv: Float32Array, start: number, length: number): { 
   return { cos: tf.tensor2d(cos, [length, d]), sin: tf.tensor2d(sin, [length, d]) };
 }
 
-// x·cos + rotate_half(x)·sin for x [B, H, T, D]: kept under this name, the code lives with the fused kernels
-export { applyRope } from '@lora/kernels';
+/** x·cos + rotate_half(x)·sin for x `[B, H, T, D]`, where rotate_half(x) = [−x₂, x₁] (`@lora/nn`'s `rope`). */
+export function applyRope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor {
+  return rope(x, cos, sin);
+}

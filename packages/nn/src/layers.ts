@@ -1,9 +1,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
 import { defaultRng, kaimingUniformDefault, normalInit, uniformInit } from './init';
-import { preferTransposeFlags, rmsNorm } from '@lora/kernels';
+import { preferTransposeFlags } from '@lora/kernels';
 import { Module, type Parameter } from './module';
-import { matmul } from './ops';
+import { rmsNorm } from './fused';
+import { affineProduct, linearProduct } from './ops';
 
 function checkPositiveInt(value: number, what: string, layer: string): void {
   if (!Number.isInteger(value) || value <= 0)
@@ -54,9 +55,10 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | null =
       `linear: input's last dimension is ${x.shape.at(-1)} but the weight expects ${inF} (weight shape [${weight.shape.join(', ')}])`,
     );
   }
-  // An explicit transpose instead of matMul's transposeB flag: the flag is ~13× slower on wasm. On
-  // webgpu the flag costs nothing (no Transpose dispatch) and tfjs's own gradient leaves a frozen
-  // weight's gradient uncomputed.
+  // On webgpu (transposeFlags, @lora/kernels' default there) the flag costs nothing (no Transpose
+  // dispatch) and tfjs's own gradient leaves a frozen weight's gradient uncomputed. Elsewhere
+  // linearProduct picks the layout the backend multiplies fastest (an explicit transpose on wasm,
+  // where the flag is ~13× slower) and gives a frozen weight no gradient.
   if (preferTransposeFlags())
     return tf.tidy(() => {
       const x2 = x.rank === 2 ? x : tf.reshape(x, [-1, inF]);
@@ -64,7 +66,12 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | null =
       if (bias) y = tf.add(y, bias);
       return x.rank === 2 ? y : tf.reshape(y, [...x.shape.slice(0, -1), weight.shape[0] as number]);
     });
-  return tf.tidy(() => affine(x, tf.transpose(weight), bias));
+  return tf.tidy(() => {
+    const x2 = x.rank === 2 ? x : tf.reshape(x, [-1, inF]);
+    let y = linearProduct(x2, weight);
+    if (bias) y = tf.add(y, bias);
+    return x.rank === 2 ? y : tf.reshape(y, [...x.shape.slice(0, -1), weight.shape[0] as number]);
+  });
 }
 
 /** `x·W + b` for x `[..., in]` and W `[in, out]`, through 2-d products (the shapes checked by the caller). */
@@ -72,7 +79,7 @@ export function affine(x: tf.Tensor, weightInOut: tf.Tensor, bias: tf.Tensor | n
   return tf.tidy(() => {
     const [inF, outF] = weightInOut.shape as [number, number];
     const x2 = x.rank === 2 ? x : tf.reshape(x, [-1, inF]);
-    let y = matmul(x2, weightInOut);
+    let y = affineProduct(x2, weightInOut);
     if (bias) y = tf.add(y, bias);
     return x.rank === 2 ? y : tf.reshape(y, [...x.shape.slice(0, -1), outF]);
   });
@@ -215,7 +222,7 @@ export class RMSNorm extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
-    // @lora/kernels: one fused dispatch on webgpu, the same composite of tf ops elsewhere
+    // @lora/nn's rmsNorm: @lora/kernels' on webgpu (one fused dispatch), a lean custom-gradient op elsewhere
     return rmsNorm(x, this.weight, this.eps);
   }
 }
@@ -243,6 +250,11 @@ export class Dropout extends Module {
 
   private get rng(): Generator {
     return this.own ?? defaultRng();
+  }
+
+  /** Its own generator (built with `seed`), or null when it draws from the default one. */
+  get generator(): Generator | null {
+    return this.own;
   }
 
   forward(x: tf.Tensor): tf.Tensor {

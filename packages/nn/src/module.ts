@@ -109,6 +109,11 @@ export abstract class Module {
     return { remove: () => void this.hooks.delete(id) };
   }
 
+  /** True when forward hooks or pre-hooks are registered on this module (fused paths that skip `call` must not skip them). */
+  get hasForwardHooks(): boolean {
+    return this.hooks.size > 0 || this.preHooks.size > 0;
+  }
+
   private checkName(name: string, kind: string): void {
     if (name.length === 0 || name.includes('.'))
       throw new Error(`${kind} name '${name}' must be non-empty and contain no '.'`);

@@ -143,6 +143,45 @@ await describeEachBackend('train', () => {
     tf.dispose(batches.flatMap((b) => [b.x, b.y]));
   });
 
+  it('reports tokens/s and an ETA, and stops on Ctrl-C (SIGINT) when asked to, removing its handler', async () => {
+    manualSeed(0);
+    const model = new LowRank();
+    const batches = data(6, 3);
+    const opt = new SGD(model.trainableParameters(), { lr: 0.1 });
+    const loss = (b: { x: tf.Tensor; y: tf.Tensor }) => crossEntropy(model.call(b.x), b.y) as tf.Scalar;
+    const logs: TrainLogs[] = [];
+    const listeners = process.listenerCount('SIGINT');
+    const stderr = process.stderr.write;
+    process.stderr.write = () => true; // the "stopping after the running step" notice
+    let r: Awaited<ReturnType<typeof train>>;
+    try {
+      r = await train(model, batches, {
+        optimizer: opt,
+        loss,
+        progressBar: false,
+        stopOnInterrupt: true,
+        countTokens: (b) => b.x.shape[0] as number,
+        onProgress: (l) => {
+          logs.push({ ...l });
+          // the first Ctrl-C after step 2: the loop stops before the next micro-batch
+          if (l.step === 2) process.emit('SIGINT');
+        },
+      });
+    } finally {
+      process.stderr.write = stderr;
+    }
+    expect(r).toMatchObject({ steps: 2, stopped: 'aborted' });
+    expect(process.listenerCount('SIGINT')).toBe(listeners);
+    for (const l of logs) {
+      expect(l.elapsedMs).toBeGreaterThan(0);
+      // 4 rows per batch, one batch per step
+      expect(l.tokensPerSecond).toBeCloseTo((4 * l.step * 1000) / (l.elapsedMs as number), 6);
+      expect(l.etaMs).toBeCloseTo(((l.elapsedMs as number) / l.step) * (6 - l.step), 6);
+    }
+    model.dispose();
+    tf.dispose(batches.flatMap((b) => [b.x, b.y]));
+  });
+
   it('saves checkpoints of the trainable state every n steps and at the end', async () => {
     manualSeed(0);
     const model = new LowRank();

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { variableGrads } from './grad';
 import type { Module, Parameter } from './module';
 import { type Optimizer, clipGradNorm } from './optim';
 import type { Schedule } from './schedule';
@@ -16,6 +17,12 @@ export interface TrainLogs {
   gradNorm?: number;
   /** Steps planned, when known (`maxSteps`, or an array of batches). */
   totalSteps?: number;
+  /** Milliseconds since training began. */
+  elapsedMs?: number;
+  /** Tokens per second over the run so far (when `countTokens` is given). */
+  tokensPerSecond?: number;
+  /** Estimated milliseconds to the last planned step (when `totalSteps` is known). */
+  etaMs?: number;
 }
 
 /** Callbacks in the tfjs style; each may be async, and the loop awaits it. */
@@ -50,6 +57,14 @@ export interface TrainOptions<B> {
   callbacks?: TrainCallbacks | TrainCallbacks[];
   /** Stops the loop between micro-batches; the result says `'aborted'`. */
   signal?: AbortSignal;
+  /**
+   * Node only: the first Ctrl-C (SIGINT) stops the loop as `signal` does, after the running
+   * micro-batch and without an optimizer step on a partial accumulation window; a second one exits
+   * the process. Default false (Ctrl-C kills the process as usual).
+   */
+  stopOnInterrupt?: boolean;
+  /** Tokens in a batch (e.g. `(b) => b.size` for a tensor of ids), for tokens/s in progress events. */
+  countTokens?: (batch: B) => number;
   /** `'auto'` (default): a progress bar on a Node terminal; `false`: none. */
   progressBar?: boolean | 'auto';
   /** Progress events, wherever the loop runs (a browser UI, a worker). */
@@ -82,7 +97,7 @@ export function gradientsFor(
   const was = params.map((p) => p.trainable);
   for (const p of params) p.trainable = true;
   try {
-    return tf.variableGrads(f, params);
+    return variableGrads(f, params);
   } finally {
     params.forEach((p, i) => {
       p.trainable = was[i] as boolean;
@@ -95,6 +110,16 @@ function isNodeTty(): boolean {
   return Boolean(p?.versions?.node && p.stderr?.isTTY);
 }
 
+/** `1h02m`, `3m07s`, `12s`. */
+function duration(ms: number): string {
+  const sec = Math.max(0, Math.round(ms / 1000));
+  const h = Math.floor(sec / 3600);
+  const m = Math.floor((sec % 3600) / 60);
+  const ss = sec % 60;
+  if (h > 0) return `${h}h${String(m).padStart(2, '0')}m`;
+  return m > 0 ? `${m}m${String(ss).padStart(2, '0')}s` : `${ss}s`;
+}
+
 function drawBar(logs: TrainLogs): void {
   const width = 30;
   const total = logs.totalSteps;
@@ -102,8 +127,38 @@ function drawBar(logs: TrainLogs): void {
   const bar = total
     ? `[${'#'.repeat(Math.round(frac * width)).padEnd(width, '.')}] ${logs.step}/${total}`
     : `step ${logs.step}`;
-  const text = `\r${bar} epoch ${logs.epoch} loss ${logs.loss.toFixed(4)} lr ${logs.lr.toExponential(2)}`;
+  const speed =
+    logs.tokensPerSecond === undefined
+      ? ''
+      : ` ${logs.tokensPerSecond.toFixed(logs.tokensPerSecond < 10 ? 1 : 0)} tok/s`;
+  const eta = logs.etaMs === undefined ? '' : ` ETA ${duration(logs.etaMs)}`;
+  const text = `\r${bar} epoch ${logs.epoch} loss ${logs.loss.toFixed(4)} lr ${logs.lr.toExponential(2)}${speed}${eta}`;
   (globalThis as unknown as { process: { stderr: { write(s: string): void } } }).process.stderr.write(text);
+}
+
+interface NodeProcess {
+  on(event: 'SIGINT', fn: () => void): void;
+  off(event: 'SIGINT', fn: () => void): void;
+  exit(code: number): never;
+  stderr: { write(s: string): void };
+}
+
+/**
+ * While training: the first SIGINT asks the loop to stop (it checks between micro-batches), the
+ * second exits with the shell's code for an interrupt (130). Returns the function that removes it.
+ */
+function trapInterrupt(onFirst: () => void): () => void {
+  const proc = (globalThis as { process?: NodeProcess & { versions?: { node?: string } } }).process;
+  if (!proc?.versions?.node) return () => undefined;
+  let count = 0;
+  const handler = () => {
+    count++;
+    if (count > 1) proc.exit(130);
+    proc.stderr.write('\ntrain: stopping after the running step (Ctrl-C again to quit now)\n');
+    onFirst();
+  };
+  proc.on('SIGINT', handler);
+  return () => proc.off('SIGINT', handler);
 }
 
 /**
@@ -153,98 +208,123 @@ export async function train<B>(module: Module, data: BatchSource<B>, options: Tr
     for (const c of callbacks) await fn(c);
   };
 
-  module.train();
-  await emit((c) => c.onTrainBegin?.());
-  // A generator or stream is used up after one pass: epochs beyond the first need a fresh one.
-  if (epochs > 1 && typeof data !== 'function' && typeof (data as { next?: unknown }).next === 'function') {
-    throw new Error(
-      'train: these batches are a one-pass iterator; pass an array or a function returning a fresh iterable for several epochs',
-    );
-  }
-  for (epoch = 0; epoch < epochs; epoch++) {
-    const source = typeof data === 'function' ? data() : data;
-    await emit((c) => c.onEpochBegin?.(epoch));
-    let acc: Record<string, tf.Tensor> | null = null;
-    let micro = 0;
-    let lossSum = 0;
-    const flush = async () => {
-      if (!acc) return;
-      let grads = acc;
-      acc = null;
-      let gradNorm: number | undefined;
-      if (options.maxGradNorm !== undefined)
-        ({ grads, totalNorm: gradNorm } = await clipGradNorm(grads, options.maxGradNorm));
-      const lr = options.schedule ? baseLr * options.schedule(step) : baseLr;
-      options.optimizer.lr = lr;
-      options.optimizer.step(grads);
-      tf.dispose(Object.values(grads));
-      step++;
-      const loss = lossSum / micro;
-      losses.push(loss);
-      logs = {
-        step,
-        epoch,
-        loss,
-        lr,
-        ...(gradNorm === undefined ? {} : { gradNorm }),
-        ...(totalSteps === undefined ? {} : { totalSteps }),
-      };
-      micro = 0;
-      lossSum = 0;
-      options.onProgress?.(logs);
-      if (bar) drawBar(logs);
-      await emit((c) => c.onStepEnd?.(step, logs));
-    };
-    for await (const batch of source as AsyncIterable<B>) {
-      if (options.signal?.aborted) {
-        stopped = 'aborted';
-        break;
-      }
-      const { value, grads } = tf.variableGrads(() => options.loss(batch), params);
-      const lossValue = (await value.data())[0] as number;
-      value.dispose();
-      if (!Number.isFinite(lossValue)) {
+  let interrupted = false;
+  const releaseInterrupt = options.stopOnInterrupt
+    ? trapInterrupt(() => {
+        interrupted = true;
+      })
+    : () => undefined;
+  const started = performance.now();
+  let tokens = 0;
+  try {
+    module.train();
+    await emit((c) => c.onTrainBegin?.());
+    // A generator or stream is used up after one pass: epochs beyond the first need a fresh one.
+    if (epochs > 1 && typeof data !== 'function' && typeof (data as { next?: unknown }).next === 'function') {
+      throw new Error(
+        'train: these batches are a one-pass iterator; pass an array or a function returning a fresh iterable for several epochs',
+      );
+    }
+    for (epoch = 0; epoch < epochs; epoch++) {
+      const source = typeof data === 'function' ? data() : data;
+      await emit((c) => c.onEpochBegin?.(epoch));
+      let acc: Record<string, tf.Tensor> | null = null;
+      let micro = 0;
+      let lossSum = 0;
+      const flush = async () => {
+        if (!acc) return;
+        let grads = acc;
+        acc = null;
+        let gradNorm: number | undefined;
+        if (options.maxGradNorm !== undefined)
+          ({ grads, totalNorm: gradNorm } = await clipGradNorm(grads, options.maxGradNorm));
+        const lr = options.schedule ? baseLr * options.schedule(step) : baseLr;
+        options.optimizer.lr = lr;
+        options.optimizer.step(grads);
         tf.dispose(Object.values(grads));
-        if (acc) tf.dispose(Object.values(acc as Record<string, tf.Tensor>));
-        throw new Error(
-          `train: the loss is ${lossValue} at step ${step} (epoch ${epoch}); lower the learning rate or check the data`,
-        );
-      }
-      lossSum += lossValue;
-      micro++;
-      // Average over the accumulation window, as dividing each micro-batch loss by its size would.
-      const scaled: Record<string, tf.Tensor> = {};
-      for (const [k, g] of Object.entries(grads)) {
-        scaled[k] = accumulate === 1 ? g : tf.tidy(() => tf.div(g, accumulate));
-        if (accumulate !== 1) g.dispose();
-      }
-      if (!acc) acc = scaled;
-      else {
-        const prev: Record<string, tf.Tensor> = acc;
-        for (const [k, g] of Object.entries(scaled)) {
-          const sum = tf.add(prev[k] as tf.Tensor, g);
-          (prev[k] as tf.Tensor).dispose();
-          g.dispose();
-          prev[k] = sum;
+        step++;
+        const loss = lossSum / micro;
+        losses.push(loss);
+        logs = {
+          step,
+          epoch,
+          loss,
+          lr,
+          ...(gradNorm === undefined ? {} : { gradNorm }),
+          ...(totalSteps === undefined ? {} : { totalSteps }),
+        };
+        micro = 0;
+        lossSum = 0;
+        const elapsedMs = performance.now() - started;
+        logs.elapsedMs = elapsedMs;
+        if (options.countTokens) logs.tokensPerSecond = (tokens / elapsedMs) * 1000;
+        if (totalSteps !== undefined) logs.etaMs = (elapsedMs / step) * Math.max(0, totalSteps - step);
+        options.onProgress?.(logs);
+        if (bar) drawBar(logs);
+        await emit((c) => c.onStepEnd?.(step, logs));
+      };
+      for await (const batch of source as AsyncIterable<B>) {
+        if (options.signal?.aborted || interrupted) {
+          stopped = 'aborted';
+          break;
         }
+        if (options.countTokens) tokens += options.countTokens(batch);
+        let computed: ReturnType<typeof variableGrads>;
+        try {
+          computed = variableGrads(() => options.loss(batch), params);
+        } catch (e) {
+          // a step that does not fit (WasmOutOfMemoryError) or fails: nothing of the window is kept
+          if (acc) tf.dispose(Object.values(acc as Record<string, tf.Tensor>));
+          throw e;
+        }
+        const { value, grads } = computed;
+        const lossValue = (await value.data())[0] as number;
+        value.dispose();
+        if (!Number.isFinite(lossValue)) {
+          tf.dispose(Object.values(grads));
+          if (acc) tf.dispose(Object.values(acc as Record<string, tf.Tensor>));
+          throw new Error(
+            `train: the loss is ${lossValue} at step ${step} (epoch ${epoch}); lower the learning rate or check the data`,
+          );
+        }
+        lossSum += lossValue;
+        micro++;
+        // Average over the accumulation window, as dividing each micro-batch loss by its size would.
+        const scaled: Record<string, tf.Tensor> = {};
+        for (const [k, g] of Object.entries(grads)) {
+          scaled[k] = accumulate === 1 ? g : tf.tidy(() => tf.div(g, accumulate));
+          if (accumulate !== 1) g.dispose();
+        }
+        if (!acc) acc = scaled;
+        else {
+          const prev: Record<string, tf.Tensor> = acc;
+          for (const [k, g] of Object.entries(scaled)) {
+            const sum = tf.add(prev[k] as tf.Tensor, g);
+            (prev[k] as tf.Tensor).dispose();
+            g.dispose();
+            prev[k] = sum;
+          }
+        }
+        if (micro === accumulate) await flush();
+        if (options.maxSteps !== undefined && step >= options.maxSteps) {
+          stopped = 'maxSteps';
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 0));
       }
-      if (micro === accumulate) await flush();
-      if (options.maxSteps !== undefined && step >= options.maxSteps) {
-        stopped = 'maxSteps';
+      if (stopped === 'aborted') {
+        if (acc) tf.dispose(Object.values(acc as Record<string, tf.Tensor>));
         break;
       }
-      await new Promise((r) => setTimeout(r, 0));
+      if (stopped !== 'maxSteps') await flush(); // a last, partial accumulation window
+      await emit((c) => c.onEpochEnd?.(epoch, logs));
+      if (stopped === 'maxSteps') break;
     }
-    if (stopped === 'aborted') {
-      if (acc) tf.dispose(Object.values(acc as Record<string, tf.Tensor>));
-      break;
-    }
-    if (stopped !== 'maxSteps') await flush(); // a last, partial accumulation window
-    await emit((c) => c.onEpochEnd?.(epoch, logs));
-    if (stopped === 'maxSteps') break;
+    if (bar) (globalThis as unknown as { process: { stderr: { write(s: string): void } } }).process.stderr.write('\n');
+    await emit((c) => c.onTrainEnd?.(logs));
+  } finally {
+    releaseInterrupt();
   }
-  if (bar) (globalThis as unknown as { process: { stderr: { write(s: string): void } } }).process.stderr.write('\n');
-  await emit((c) => c.onTrainEnd?.(logs));
   return { steps: step, epochs: Math.min(epoch + (stopped === 'completed' ? 0 : 1), epochs), losses, stopped };
 }
 

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { importOptional, isNode } from './environment';
 import { BackendUnavailableError } from './errors';
+import { guardWasmHeap, withXnnpackErrors } from './wasm-memory';
 
 /** The backends `@lora` can run on. */
 export type BackendName = 'cpu' | 'wasm' | 'webgpu' | 'tensorflow';
@@ -166,7 +167,8 @@ async function probeWasm(options: InitBackendOptions): Promise<Probe> {
         wasm.setWasmPaths(options.wasm.wasmPaths);
       }
       if (options.wasm?.threads !== undefined) wasm?.setThreadsCount?.(options.wasm.threads);
-      await setTfBackend('wasm');
+      await withXnnpackErrors(() => setTfBackend('wasm'));
+      guardWasmHeap();
       const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
       const threads = wasm?.getThreadsCount?.() ?? 1;
       return `WebAssembly${simd ? ' SIMD' : ''}, ${threads} thread${threads === 1 ? '' : 's'} (tfjs-backend-wasm)`;

@@ -98,6 +98,46 @@ export class TensorLeakError extends Error {
   }
 }
 
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+
+/**
+ * The wasm backend ran out of memory: WebAssembly's 32-bit heap holds at most 4 GiB, and an
+ * allocation (a tensor, or XNNPACK's packed copy of a matrix) did not fit. Raised in place of the
+ * abort or garbage results tfjs-backend-wasm would give; the operation's other tensors are freed.
+ *
+ * @example
+ * ```ts
+ * try { await train(model, batches, options); } catch (e) {
+ *   if (e instanceof WasmOutOfMemoryError) console.error(`needs more than ${e.neededBytes} bytes`);
+ * }
+ * ```
+ */
+export class WasmOutOfMemoryError extends Error {
+  override readonly name = 'WasmOutOfMemoryError';
+  /** The allocation that failed (0 when XNNPACK's own allocation failed and its size is unknown). */
+  readonly requestedBytes: number;
+  /** Bytes the backend's tensors held on the heap when it failed. */
+  readonly liveBytes: number;
+  /** The most the heap can grow to. */
+  readonly limitBytes: number;
+  /** At least this much would have been needed at that moment: live tensors plus the failed request. */
+  readonly neededBytes: number;
+
+  constructor(what: string, requestedBytes: number, liveBytes: number, limitBytes: number) {
+    const needed = liveBytes + requestedBytes;
+    super(
+      `the wasm backend is out of memory: ${what}${requestedBytes > 0 ? ` (${mib(requestedBytes)})` : ''} did not fit while tensors held ` +
+        `${mib(liveBytes)} of the WebAssembly heap, whose limit is ${mib(limitBytes)}; this step needs more than ` +
+        `${mib(needed)} plus XNNPACK's packed weights. Use shorter sequences or smaller batches, ` +
+        "gradientCheckpointing, a loss without logits (returnLogits: false), or the 'tensorflow' backend (no such limit).",
+    );
+    this.requestedBytes = requestedBytes;
+    this.liveBytes = liveBytes;
+    this.limitBytes = limitBytes;
+    this.neededBytes = needed;
+  }
+}
+
 const FILE_PROBLEMS: Record<string, string> = {
   ENOENT: 'does not exist',
   EISDIR: 'is a directory, not a file',

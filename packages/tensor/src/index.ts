@@ -13,12 +13,16 @@ export {
   HubError,
   SafetensorsError,
   TensorLeakError,
+  WasmOutOfMemoryError,
   describeValue,
 } from './errors';
 export type { HubErrorCode, SafetensorsErrorDetail } from './errors';
 export { bf16ToFloat32, f16BitsToNumber, f16ToFloat32, float32ToBf16, float32ToF16, numberToF16Bits } from './half';
 export { assertNoLeaks, countTensors } from './memory';
+export { memoryUsage } from './wasm-memory';
+export type { MemoryUsage } from './wasm-memory';
 export { Generator } from './random';
+export type { GeneratorState } from './random';
 export {
   MAX_HEADER_BYTES,
   MAX_HEADER_DEPTH,

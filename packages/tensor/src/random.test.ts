@@ -67,6 +67,20 @@ describe(`Generator against torch ${fixture.torch}'s CPU generator`, () => {
     }
   });
 
+  it('replays its draws from a saved state (getState / setState), the pending normal included', () => {
+    const g = new Generator(5);
+    g.fillNormal(new Float32Array(3)); // three normals by the scalar path: a fourth is left cached
+    const s = g.getState();
+    const first = [g.nextUint32(), g.nextFloat53(), ...g.fillNormal(new Float32Array(21))];
+    g.fillUniform(new Float32Array(1000)); // far along, across a twist
+    g.setState(s);
+    expect([g.nextUint32(), g.nextFloat53(), ...g.fillNormal(new Float32Array(21))]).toEqual(first);
+    // the saved state is a copy: drawing on does not change it
+    g.setState(s);
+    expect(g.nextUint32()).toBe(first[0]);
+    expect(() => g.setState({ ...s, index: 700 })).toThrow(/not a state from Generator.getState/);
+  });
+
   it('rejects shapes that are not lists of non-negative integers', () => {
     expect(() => new Generator(0).rand([2, -1])).toThrow(/shape \[2,-1\] must hold non-negative integers/);
   });

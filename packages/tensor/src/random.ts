@@ -1,5 +1,12 @@
 import * as tf from '@tensorflow/tfjs-core';
 
+/** A snapshot of a {@link Generator} (its Mersenne Twister words and position). */
+export interface GeneratorState {
+  readonly mt: Uint32Array;
+  readonly index: number;
+  readonly nextNormal: number | null;
+}
+
 /**
  * A seeded random number generator that reproduces PyTorch's CPU generator: the same
  * Mersenne Twister (MT19937) seeded as `torch.manual_seed(seed)` seeds it, and the same
@@ -37,6 +44,31 @@ export class Generator {
     }
     this.index = 624;
     this.nextNormal = null;
+    return this;
+  }
+
+  /**
+   * A copy of the generator's state (torch's `Generator.get_state()`): restoring it with
+   * {@link setState} replays the same draws from that point.
+   *
+   * @example
+   * ```ts
+   * const s = g.getState();
+   * const a = g.nextUint32();
+   * g.setState(s); // g.nextUint32() === a
+   * ```
+   */
+  getState(): GeneratorState {
+    return { mt: Uint32Array.from(this.mt), index: this.index, nextNormal: this.nextNormal };
+  }
+
+  /** Restores a state taken with {@link getState} (torch's `Generator.set_state()`). */
+  setState(state: GeneratorState): this {
+    if (state.mt.length !== 624 || !(state.index >= 0 && state.index <= 624))
+      throw new Error('Generator.setState: not a state from Generator.getState() (624 words and an index in [0, 624])');
+    this.mt.set(state.mt);
+    this.index = state.index;
+    this.nextNormal = state.nextNormal;
     return this;
   }
 
