@@ -36,6 +36,24 @@ import { rankDistribution, roundHalfEven } from './rank-distribution';
 /** Components per target layer, `[rank, in_features]`, by module name in the model given (PEFT's eva_state_dict). */
 export type EvaStateDict = Record<string, tf.Tensor2D>;
 
+/** What {@link getEvaStateDict} found, for logs and checks (given to `onComplete`). */
+export interface EvaReport {
+  /** Layers whose inputs were equal on the first batch (q/k/v, gate/up): the first of each computes for all. */
+  groups: string[][];
+  /** The rank each layer was given (its row count in the state dict). */
+  ranks: Record<string, number>;
+  /** Batches each hook layer's incremental PCA used (the other group members share their first's). */
+  updates: Record<string, number>;
+  /** Batches used in all (forward passes with hooks). */
+  steps: number;
+  /** Passes over the dataloader started. */
+  passes: number;
+  /** Layers whose assigned components had not converged when the pass stopped (maxPasses, a one-shot dataloader). */
+  unconverged: string[];
+  /** Milliseconds the call took. */
+  elapsedMs: number;
+}
+
 /** Options of {@link getEvaStateDict}, PEFT's keyword arguments in camelCase, and a few of our own. */
 export interface GetEvaStateDictOptions<B> {
   /** The LoRA config (its `evaConfig`, `r`, `rankPattern`, `targetModules`); required for a model that is not a PeftModel. */
@@ -74,6 +92,8 @@ export interface GetEvaStateDictOptions<B> {
   stopForwardEarly?: boolean;
   /** Where warnings go (default console.warn). */
   warn?: (message: string) => void;
+  /** Called once the components are computed, with what the pass found. */
+  onComplete?: (report: EvaReport) => void;
 }
 
 /** A target layer: where its hook goes and how its state-dict key and rank are found. */
@@ -557,6 +577,15 @@ export async function getEvaStateDict<B = unknown>(
       tf.dispose(Object.values(result));
       throw e;
     }
+    options.onComplete?.({
+      groups,
+      ranks: Object.fromEntries(rankDist),
+      updates: Object.fromEntries([...pcas].map(([n, p]) => [n, p.updates])),
+      steps: step,
+      passes: stream.pass,
+      unconverged,
+      elapsedMs: Date.now() - started,
+    });
     if (stoppedBy)
       warn(
         unconverged.length

@@ -1,7 +1,7 @@
 import './register';
 
 export { getEvaStateDict } from './eva-state-dict';
-export type { EvaStateDict, GetEvaStateDictOptions } from './eva-state-dict';
+export type { EvaReport, EvaStateDict, GetEvaStateDictOptions } from './eva-state-dict';
 export { initializeLoraEvaWeights } from './initialize';
 export type { EvaInitResult, InitializeLoraEvaWeightsOptions } from './initialize';
 export {
