@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { Embedding, LayerNorm, Linear, Module, ModuleList, withoutInit } from '@lora/nn';
-import { parseSafetensors } from '@lora/tensor';
+import { initBackend, parseSafetensors } from '@lora/tensor';
 
 export const FIX = join(import.meta.dirname, '..', '__fixtures__');
 
@@ -94,7 +94,9 @@ export function evaNet(): EvaNet {
 }
 
 /** The fixtures' six batches; with labels (`labels: true`) or without. The caller disposes them. */
-export function evaBatches(labels: boolean): { inputIds: tf.Tensor2D; attentionMask: tf.Tensor2D; labels?: tf.Tensor2D }[] {
+export function evaBatches(
+  labels: boolean,
+): { inputIds: tf.Tensor2D; attentionMask: tf.Tensor2D; labels?: tf.Tensor2D }[] {
   const t = readFixture('batches.safetensors');
   const out = [];
   for (let i = 0; t[`input_ids.${i}`]; i++) {
@@ -107,4 +109,21 @@ export function evaBatches(labels: boolean): { inputIds: tf.Tensor2D; attentionM
     out.push(b);
   }
   return out;
+}
+
+/**
+ * Starts the backend the model-level suites run on: `LORA_EVA_BACKEND`, else wasm (the fast CPU
+ * choice), else cpu. The stacked incremental PCA itself runs on every backend in incremental-pca.test.ts.
+ */
+export async function startTestBackend(): Promise<void> {
+  const wanted = process.env.LORA_EVA_BACKEND;
+  if (wanted) {
+    await initBackend(wanted as 'cpu');
+    return;
+  }
+  try {
+    await initBackend('wasm');
+  } catch {
+    await initBackend('cpu');
+  }
 }

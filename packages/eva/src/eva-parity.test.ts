@@ -9,9 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { type LoraConfig, getPeftModel, loraConfigFromJson, saveAdapter } from '@lora/core';
-import { initBackend, parseSafetensors } from '@lora/tensor';
+import { parseSafetensors } from '@lora/tensor';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { FIX, evaBatches, evaNet, readFixture, readJson } from './eva-nets.test-util';
+import { FIX, evaBatches, evaNet, readFixture, readJson, startTestBackend } from './eva-nets.test-util';
 import { type EvaReport, getEvaStateDict, initializeLoraEvaWeights } from './index';
 import type { IpcaPrecision } from './incremental-pca';
 
@@ -58,7 +58,7 @@ const norms = async (t: tf.Tensor2D) => (await t.array()).map((r) => Math.hypot(
 const MEMBERS = /\.(k_proj|v_proj|up_proj)$/;
 
 beforeAll(async () => {
-  await initBackend('cpu');
+  await startTestBackend();
 });
 
 describe('getEvaStateDict matches PEFT 0.21 on the EvaNet fixtures', () => {
@@ -115,7 +115,9 @@ describe('initializeLoraEvaWeights matches PEFT 0.21 on the EvaNet fixtures', ()
         });
         // the same trajectory: each hook layer's PCA used as many batches as PEFT's (float64: PEFT's
         // arithmetic exactly; float32: the same convergence decisions despite the rounding)
-        expect(report?.updates).toEqual(Object.fromEntries(Object.entries(r.updates).map(([k, v]) => [`${PREFIX}${k}`, v])));
+        expect(report?.updates).toEqual(
+          Object.fromEntries(Object.entries(r.updates).map(([k, v]) => [`${PREFIX}${k}`, v])),
+        );
         const config = peft.peftConfig.get('default') as LoraConfig;
         expect(config.rankPattern).toEqual(r.rank_pattern);
         expect(config.alphaPattern).toEqual(r.alpha_pattern);
@@ -131,15 +133,21 @@ describe('initializeLoraEvaWeights matches PEFT 0.21 on the EvaNet fixtures', ()
         ).tensors as Record<string, tf.Tensor2D>;
         for (const [path, layer] of peft.loraLayers()) {
           const A = layer.factorA('default') as tf.Tensor as tf.Tensor2D;
-          const theirs = saved[`${PREFIX}${path}.lora_${layer.kind === 'embedding' ? 'embedding_' : ''}A${layer.kind === 'embedding' ? '' : '.weight'}`];
+          const theirs =
+            saved[
+              `${PREFIX}${path}.lora_${layer.kind === 'embedding' ? 'embedding_' : ''}A${layer.kind === 'embedding' ? '' : '.weight'}`
+            ];
           expect(A.shape, path).toEqual(theirs?.shape);
-          if (layer.kind === 'linear') for (const c of await rowCosines(A, theirs as tf.Tensor2D)) expect(c, path).toBeGreaterThan(0.99);
+          if (layer.kind === 'linear')
+            for (const c of await rowCosines(A, theirs as tf.Tensor2D)) expect(c, path).toBeGreaterThan(0.99);
           const B = layer.factorB('default');
           if (layer.kind === 'linear') expect(await tf.max(tf.abs(B)).data()).toEqual(new Float32Array([0]));
         }
         if (name === 'embedding') {
           expect(result.defaultInitialized).toEqual(['embed']);
-          expect(warnings.some((w) => w.includes('initialized with init_lora_weights=True') && w.includes('embed'))).toBe(true);
+          expect(
+            warnings.some((w) => w.includes('initialized with init_lora_weights=True') && w.includes('embed')),
+          ).toBe(true);
         }
         // the same files as PEFT's save_pretrained: keys, shapes, and the config fields EVA rewrote
         const dir = mkdtempSync(join(tmpdir(), 'eva-'));

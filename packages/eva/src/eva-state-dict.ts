@@ -113,7 +113,8 @@ class StopForward extends Error {
   readonly stopForward = true;
 }
 function isStopForward(e: unknown): boolean {
-  for (let x = e; x; x = (x as { cause?: unknown }).cause) if ((x as { stopForward?: boolean }).stopForward) return true;
+  for (let x = e; x; x = (x as { cause?: unknown }).cause)
+    if ((x as { stopForward?: boolean }).stopForward) return true;
   return false;
 }
 
@@ -156,8 +157,7 @@ function findTargets(model: Module, config: LoraConfig, adapter: string): Target
         targets.push({ name: `${PEFT_PREFIX}${path}`, path, module: layer as unknown as Module });
   } else {
     const linear = (m: Module) => m instanceof Linear || m instanceof TransposedLinear;
-    const wanted =
-      config.targetModules === 'all-linear' ? new Set(resolveTargets(model, config).targeted) : null;
+    const wanted = config.targetModules === 'all-linear' ? new Set(resolveTargets(model, config).targeted) : null;
     for (const [path, m] of model.namedModules()) {
       if (!linear(m) || path === '') continue;
       const isTarget =
@@ -262,7 +262,9 @@ async function equalInputGroups(targets: Target[], captures: Map<string, Capture
   for (const c of classes) {
     const others = merged.get(c);
     if (others === undefined && [...merged.values()].some((l) => l.includes(c))) continue;
-    const members = [...c, ...(others ?? []).flat()].sort((a, b) => (order.get(a) as number) - (order.get(b) as number));
+    const members = [...c, ...(others ?? []).flat()].sort(
+      (a, b) => (order.get(a) as number) - (order.get(b) as number),
+    );
     if (members.length > 1) groups.push(members);
   }
   // in the order of their first member among the targets (PEFT's dict order)
@@ -409,7 +411,8 @@ export async function getEvaStateDict<B = unknown>(
             const own = tf.keep(tf.clone(x));
             captures.set(t.name, [...(captures.get(t.name) ?? []), { x: own, raw, fn }]);
             waiting.delete(t.name);
-            if (waiting.size === 0 && (options.stopForwardEarly ?? true)) throw new StopForward('EVA: inputs collected');
+            if (waiting.size === 0 && (options.stopForwardEarly ?? true))
+              throw new StopForward('EVA: inputs collected');
             return undefined;
           }),
         );
@@ -429,7 +432,10 @@ export async function getEvaStateDict<B = unknown>(
   try {
     // batch 0: every target layer's inputs, to find equal-input groups (PEFT's hash pass), then the
     // first incremental-PCA step of the hook layers on the same batch (PEFT's loop starts at batch 0)
-    await forward(first.batch, targets.map((t) => t.name));
+    await forward(
+      first.batch,
+      targets.map((t) => t.name),
+    );
     const missing = targets.filter((t) => !captures.has(t.name));
     if (missing.length === targets.length)
       throw new EvaError(

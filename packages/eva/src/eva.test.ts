@@ -6,9 +6,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type LoraConfig, type PeftModel, getPeftModel, loraConfig } from '@lora/core';
 import type { Module } from '@lora/nn';
-import { initBackend } from '@lora/tensor';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ThreeNet, evaBatches, evaNet, loadNet, readFixture, readJson } from './eva-nets.test-util';
+import { ThreeNet, evaBatches, evaNet, loadNet, readFixture, readJson, startTestBackend } from './eva-nets.test-util';
 import {
   EvaError,
   type EvaProgress,
@@ -19,7 +18,7 @@ import {
 } from './index';
 
 beforeAll(async () => {
-  await initBackend('cpu');
+  await startTestBackend();
 });
 
 const ALL = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
@@ -31,7 +30,7 @@ async function snapshot(model: Module) {
   const weights: Record<string, number[]> = {};
   for (const [name, p] of model.namedParameters()) weights[name] = Array.from(await p.data());
   const modes = [...model.namedModules()].map(([n, m]) => `${n}:${m.training}`);
-  const peft = model as Partial<PeftModel>;
+  const peft = model as unknown as Partial<PeftModel>;
   const flags = peft.loraLayers ? [...peft.loraLayers()].map(([p, l]) => `${p}:${l.disableAdapters}`) : [];
   const config = peft.peftConfig ? JSON.stringify([...peft.peftConfig]) : '';
   const modules = [...model.namedModules()].map(([n, m]) => `${n}:${m.constructor.name}`);
@@ -39,7 +38,19 @@ async function snapshot(model: Module) {
 }
 
 describe("the spec's three layers (§7.5): b and c see equal inputs; forwardFn model(x), prepare functions null", () => {
-  const three = readJson<Record<string, { shapes: Record<string, number[]>; rank_pattern: Record<string, number>; alpha_pattern: Record<string, number>; updates: Record<string, number>; scaling: Record<string, number> }>>('three/result.json');
+  const three =
+    readJson<
+      Record<
+        string,
+        {
+          shapes: Record<string, number[]>;
+          rank_pattern: Record<string, number>;
+          alpha_pattern: Record<string, number>;
+          updates: Record<string, number>;
+          scaling: Record<string, number>;
+        }
+      >
+    >('three/result.json');
   for (const key of Object.keys(three)) {
     it(`${key}: PEFT's ranks, patterns, scalings and update counts`, async () => {
       const t = readFixture('three/inputs.safetensors');
@@ -71,7 +82,8 @@ describe("the spec's three layers (§7.5): b and c see equal inputs; forwardFn m
       const config = peft.peftConfig.get('default') as LoraConfig;
       expect(config.rankPattern).toEqual(expected.rank_pattern);
       expect(config.alphaPattern).toEqual(expected.alpha_pattern);
-      for (const [path, layer] of peft.loraLayers()) expect(layer.scaling.get('default')).toBeCloseTo(expected.scaling[path] as number, 12);
+      for (const [path, layer] of peft.loraLayers())
+        expect(layer.scaling.get('default')).toBeCloseTo(expected.scaling[path] as number, 12);
       peft.dispose();
       tf.dispose(Object.values(t));
     });
@@ -119,7 +131,9 @@ describe('data sources: the dataloader is read batch by batch, never held', () =
       warn: (m) => warnings.push(m),
     });
     expect(closed).toBe(true);
-    expect(warnings.join('\n')).toMatch(/one-shot iterator, ran out after 2 batches.*before these layers converged: layers\.\d/s);
+    expect(warnings.join('\n')).toMatch(
+      /one-shot iterator, ran out after 2 batches.*before these layers converged: layers\.\d/s,
+    );
     expect(Object.keys(sd)).toHaveLength(14);
     tf.dispose(Object.values(sd));
     tf.dispose(batches.flatMap((b) => Object.values(b)));
@@ -142,7 +156,9 @@ describe('data sources: the dataloader is read batch by batch, never held', () =
     });
     expect(report?.steps).toBe(3);
     expect(report?.passes).toBe(3);
-    expect(warnings.join('\n')).toContain('after 3 passes over the dataloader (maxPasses) before these layers converged');
+    expect(warnings.join('\n')).toContain(
+      'after 3 passes over the dataloader (maxPasses) before these layers converged',
+    );
     expect(report?.unconverged.length).toBeGreaterThan(0);
     tf.dispose(Object.values(sd));
     tf.dispose(batches.flatMap((b) => Object.values(b)));
@@ -178,17 +194,30 @@ describe('progress and cancellation', () => {
 });
 
 describe('bad input: clear errors, and the model as it was', () => {
-  const cases: [string, (peft: PeftModel, batches: ReturnType<typeof evaBatches>) => Promise<unknown>, RegExp, string][] = [
+  const cases: [
+    string,
+    (peft: PeftModel, batches: ReturnType<typeof evaBatches>) => Promise<unknown>,
+    RegExp,
+    string,
+  ][] = [
     ['an empty dataloader', (p) => initializeLoraEvaWeights(p, []), /dataloader is empty/, 'empty-dataloader'],
     [
       'batches without inputIds',
-      (p, b) => initializeLoraEvaWeights(p, b.map((x) => ({ ids: x.inputIds }))),
+      (p, b) =>
+        initializeLoraEvaWeights(
+          p,
+          b.map((x) => ({ ids: x.inputIds })),
+        ),
       /batch 0 of the dataloader is an object with keys 'ids', not a batch \{ inputIds/,
       'bad-batch',
     ],
     [
       'a tensor as a batch',
-      (p, b) => initializeLoraEvaWeights(p, b.map((x) => x.inputIds)),
+      (p, b) =>
+        initializeLoraEvaWeights(
+          p,
+          b.map((x) => x.inputIds),
+        ),
       /is a tensor of shape \[4, 16\], not a batch/,
       'bad-batch',
     ],
@@ -202,16 +231,20 @@ describe('bad input: clear errors, and the model as it was', () => {
       'a forwardFn that skips some target layers',
       (p, b) =>
         initializeLoraEvaWeights(p, b, {
-          forwardFn: (m, batch) => (m as PeftModel).model.getSubmodule('layers.0').call(
-            (m as PeftModel).model.getSubmodule('embed').call((batch as { inputIds: tf.Tensor }).inputIds),
-          ),
+          forwardFn: (m, batch) =>
+            (m as PeftModel).model
+              .getSubmodule('layers.0')
+              .call((m as PeftModel).model.getSubmodule('embed').call((batch as { inputIds: tf.Tensor }).inputIds)),
         }),
       /7 target layer\(s\) received no input.*layers\.1\.q_proj/,
       'no-layer-inputs',
     ],
     [
       'a prepareLayerInputsFn mapping with unknown names',
-      (p, b) => initializeLoraEvaWeights(p, b, { prepareLayerInputsFn: { 'layers.9.q_proj': prepareLayerInputsFnLanguageModeling } }),
+      (p, b) =>
+        initializeLoraEvaWeights(p, b, {
+          prepareLayerInputsFn: { 'layers.9.q_proj': prepareLayerInputsFnLanguageModeling },
+        }),
       /mapping but the following module names were not found in the model: layers\.9\.q_proj/,
       'bad-layer-inputs',
     ],
@@ -229,7 +262,8 @@ describe('bad input: clear errors, and the model as it was', () => {
     ],
     [
       'a state dict entry of the wrong width',
-      (p) => initializeLoraEvaWeights(p, null, { evaStateDict: { 'layers.0.q_proj': tf.zeros([2, 7]) as tf.Tensor2D } }),
+      (p) =>
+        initializeLoraEvaWeights(p, null, { evaStateDict: { 'layers.0.q_proj': tf.zeros([2, 7]) as tf.Tensor2D } }),
       /'layers\.0\.q_proj' is a tensor of shape \[2, 7\]; the layer takes \[rank, 32\]/,
       'bad-state-dict',
     ],
@@ -258,12 +292,17 @@ describe('bad input: clear errors, and the model as it was', () => {
   it('rho < 1 and tau outside [0, 1] are refused with PEFT wording, before anything runs', async () => {
     expect(() => evaPeft({ evaConfig: { rho: 0.5 } })).toThrow('`rho` must be >= 1.0');
     const net = evaNet();
-    await expect(getEvaStateDict(net, [], { peftConfig: { r: 4, targetModules: ALL, initLoraWeights: 'eva', evaConfig: { tau: 1.5 } } })).rejects.toThrow(
-      '`tau` must be between 0.0 and 1.0.',
-    );
+    await expect(
+      getEvaStateDict(net, [], {
+        peftConfig: { r: 4, targetModules: ALL, initLoraWeights: 'eva', evaConfig: { tau: 1.5 } },
+      }),
+    ).rejects.toThrow('`tau` must be between 0.0 and 1.0.');
     // a config changed after the model was made is checked again
     const peft = evaPeft();
-    (peft.peftConfig.get('default') as LoraConfig).evaConfig = { ...(peft.peftConfig.get('default')?.evaConfig as NonNullable<LoraConfig['evaConfig']>), rho: 0.2 };
+    (peft.peftConfig.get('default') as LoraConfig).evaConfig = {
+      ...(peft.peftConfig.get('default')?.evaConfig as NonNullable<LoraConfig['evaConfig']>),
+      rho: 0.2,
+    };
     await expect(initializeLoraEvaWeights(peft, [])).rejects.toThrow('`rho` must be >= 1.0');
     peft.dispose();
     net.dispose();
@@ -271,10 +310,14 @@ describe('bad input: clear errors, and the model as it was', () => {
 
   it("PEFT's refusals: not a PeftModel, several active adapters, an adapter not made with 'eva'", async () => {
     const net = evaNet();
-    await expect(initializeLoraEvaWeights(net as unknown as PeftModel, [])).rejects.toThrow('model must be a PeftModel');
+    await expect(initializeLoraEvaWeights(net as unknown as PeftModel, [])).rejects.toThrow(
+      'model must be a PeftModel',
+    );
     await expect(getEvaStateDict(net, [])).rejects.toThrow('peft_config is required if model is not a PeftModel');
     const plain = getPeftModel(evaNet(), { r: 4, targetModules: ['q_proj'] });
-    await expect(initializeLoraEvaWeights(plain, [])).rejects.toThrow("can only be used with `init_lora_weights='eva'`");
+    await expect(initializeLoraEvaWeights(plain, [])).rejects.toThrow(
+      "can only be used with `init_lora_weights='eva'`",
+    );
     const two = evaPeft();
     two.addAdapter('other', loraConfig({ r: 2, targetModules: ['q_proj'], initLoraWeights: 'eva' }));
     two.setAdapter(['default', 'other']);
@@ -297,7 +340,11 @@ describe('rank 0 and a state dict computed before getPeftModel', () => {
     expect(result.ranks['layers.1.o_proj']).toBe(0);
     expect(peft.model.getSubmodule('layers.1.o_proj').constructor.name).toBe('Linear');
     expect([...peft.loraLayers()].map(([p]) => p)).not.toContain('layers.1.o_proj');
-    expect(peft.peftConfig.get('default')?.targetModules).toEqual(['layers.0.q_proj', 'layers.0.o_proj', 'layers.1.q_proj']);
+    expect(peft.peftConfig.get('default')?.targetModules).toEqual([
+      'layers.0.q_proj',
+      'layers.0.o_proj',
+      'layers.1.q_proj',
+    ]);
     const A = peft.model.getSubmodule('layers.0.q_proj') as unknown as { factorA(n: string): tf.Variable };
     expect(await A.factorA('default').data()).toEqual(await (sd['layers.0.q_proj'] as tf.Tensor).data());
     // a forward runs, and equals the base model's (B = 0)

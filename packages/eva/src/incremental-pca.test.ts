@@ -15,7 +15,8 @@ function batch(n: number, d: number, seed: number): Float32Array {
     for (let c = 0; c < d; c++) {
       const scale = 12 / (1 + c) ** 1.2;
       const v = (z[i * d + c] as number) * scale;
-      for (let j = 0; j < d; j++) out[i * d + j] = (out[i * d + j] as number) + v * (mix[c * d + j] as number) / Math.sqrt(d);
+      for (let j = 0; j < d; j++)
+        out[i * d + j] = (out[i * d + j] as number) + (v * (mix[c * d + j] as number)) / Math.sqrt(d);
     }
   for (let i = 0; i < n * d; i++) out[i] = (out[i] as number) + 0.3; // a mean to remove
   return out;
@@ -64,12 +65,16 @@ await describeEachBackend('IpcaUpdater (float32, stacked) against the float64 In
         for (const [i, layer] of layers.entries()) {
           const ref = refs[i] as IncrementalPCA;
           const comps = ref.components?.data as Float64Array;
-          for (let r = 0; r < k; r++) expect(absCos(layer.components as Float32Array, comps, r, d)).toBeGreaterThan(0.9999);
+          for (let r = 0; r < k; r++)
+            expect(absCos(layer.components as Float32Array, comps, r, d)).toBeGreaterThan(0.9999);
           // signs: svd_flip's rule gives the same signs, not just the same directions
-          for (let j = 0; j < k * d; j++) expect(Math.abs((layer.components?.[j] as number) - (comps[j] as number))).toBeLessThan(2e-3);
+          for (let j = 0; j < k * d; j++)
+            expect(Math.abs((layer.components?.[j] as number) - (comps[j] as number))).toBeLessThan(2e-3);
           for (let r = 0; r < k; r++) {
             expect((layer.singularValues?.[r] as number) / (ref.singularValues?.[r] as number)).toBeCloseTo(1, 4);
-            expect((layer.explainedVarianceRatio?.[r] as number) / (ref.explainedVarianceRatio?.[r] as number)).toBeCloseTo(1, 4);
+            expect(
+              (layer.explainedVarianceRatio?.[r] as number) / (ref.explainedVarianceRatio?.[r] as number),
+            ).toBeCloseTo(1, 4);
           }
           for (let j = 0; j < d; j++) {
             expect(layer.mean?.[j]).toBeCloseTo(ref.mean?.[j] as number, 4);

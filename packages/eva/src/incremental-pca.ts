@@ -263,7 +263,8 @@ export class IpcaUpdater {
     if (isFirst) M = centred;
     else {
       const sv = new Float32Array(L * k);
-      for (let l = 0; l < L; l++) sv.set(Float32Array.from((entries[l] as IpcaEntry).layer.singularValues as Float64Array), l * k);
+      for (let l = 0; l < L; l++)
+        sv.set(Float32Array.from((entries[l] as IpcaEntry).layer.singularValues as Float64Array), l * k);
       M = tf.tidy(() => {
         const prev = tf.stack(entries.map((e) => e.layer.componentsTensor as tf.Tensor2D));
         const scaled = tf.mul(prev, tf.tensor3d(sv, [L, k, 1]));

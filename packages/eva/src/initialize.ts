@@ -102,7 +102,8 @@ function loadEvaStateDict(
   // a key is the module name in the PeftModel (as PEFT), or its path in the user's model (a state dict
   // computed on the model before getPeftModel, which PEFT would silently miss)
   const entryOf = (path: string): [string, tf.Tensor2D] | undefined => {
-    for (const key of [`${PEFT_PREFIX}${path}`, path]) if (key in stateDict) return [key, stateDict[key] as tf.Tensor2D];
+    for (const key of [`${PEFT_PREFIX}${path}`, path])
+      if (key in stateDict) return [key, stateDict[key] as tf.Tensor2D];
     return undefined;
   };
   const plan: { path: string; w: tf.Tensor2D | null; r: number; alpha: number }[] = [];
@@ -156,7 +157,8 @@ function loadEvaStateDict(
         continue;
       }
       if (newRank !== r && config.evaConfig?.adjustScalingFactors !== false) alpha *= newRank / r;
-      if (newRank !== r) peft.updateAdapterLayer(path, adapter, { r: newRank, loraAlpha: alpha, initLoraWeights: 'eva' });
+      if (newRank !== r)
+        peft.updateAdapterLayer(path, adapter, { r: newRank, loraAlpha: alpha, initLoraWeights: 'eva' });
       tf.tidy(() => layer.factorA(adapter).assign(tf.cast(w, 'float32')));
       kept.push(path);
     } else {

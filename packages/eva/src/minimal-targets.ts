@@ -12,7 +12,10 @@
  * ); // ['q_proj']
  * ```
  */
-export function findMinimalTargetModules(targetModules: Iterable<string>, otherModuleNames: Iterable<string>): string[] {
+export function findMinimalTargetModules(
+  targetModules: Iterable<string>,
+  otherModuleNames: Iterable<string>,
+): string[] {
   const targets = [...new Set(targetModules)];
   if (targets.length === 0) throw new Error('target_modules should be a list or set of strings.');
   if (targets.includes('')) throw new Error('target_modules should not contain an empty string.');
@@ -33,7 +36,9 @@ export function findMinimalTargetModules(targetModules: Iterable<string>, otherM
     }
     return a.length - b.length;
   };
-  const items = targets.map((t) => ({ item: t, suffixes: suffixes(t) })).sort((a, b) => compare(a.suffixes, b.suffixes));
+  const items = targets
+    .map((t) => ({ item: t, suffixes: suffixes(t) }))
+    .sort((a, b) => compare(a.suffixes, b.suffixes));
   const required = new Set<string>();
   for (const { item, suffixes: list } of items) {
     for (const suffix of list) {

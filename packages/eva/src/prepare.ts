@@ -37,9 +37,7 @@ export type PrepareModelInputsFn<B> = (batch: B, config: LoraConfig) => unknown;
 export type PrepareLayerInputsFn = (layerInput: unknown[], modelInput: unknown, layerName: string) => tf.Tensor2D;
 
 function isBatchObject(batch: unknown): batch is EvaBatch {
-  return (
-    typeof batch === 'object' && batch !== null && (batch as { inputIds?: unknown }).inputIds instanceof tf.Tensor
-  );
+  return typeof batch === 'object' && batch !== null && (batch as { inputIds?: unknown }).inputIds instanceof tf.Tensor;
 }
 
 function describe(batch: unknown): string {
@@ -150,7 +148,11 @@ export function prepareLayerInputsFnLanguageModeling(
 }
 
 /** PEFT's `_prepare_layer_inputs_fn_default` (with `prepare_layer_inputs_fn=None`): every position, `[-1, features]`. */
-export function prepareLayerInputsFnFlatten(layerInput: unknown[], _modelInput: unknown, layerName: string): tf.Tensor2D {
+export function prepareLayerInputsFnFlatten(
+  layerInput: unknown[],
+  _modelInput: unknown,
+  layerName: string,
+): tf.Tensor2D {
   const x = layerInputTensor(layerInput, layerName);
   if (x.rank <= 2) return (x.rank === 2 ? x : tf.reshape(x, [1, -1])) as tf.Tensor2D;
   return tf.reshape(x, [-1, x.shape[x.rank - 1] as number]) as tf.Tensor2D;

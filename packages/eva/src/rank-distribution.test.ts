@@ -22,7 +22,8 @@ describe('torchArgsortDescending', () => {
     expect(torchArgsortDescending([1, Number.NaN, 3, 2])).toEqual([1, 2, 3, 0]);
     const v = Array.from({ length: 200 }, (_, i) => Math.sin(i * 7.3));
     const order = torchArgsortDescending(v);
-    for (let i = 1; i < order.length; i++) expect(v[order[i - 1] as number]).toBeGreaterThanOrEqual(v[order[i] as number] as number);
+    for (let i = 1; i < order.length; i++)
+      expect(v[order[i - 1] as number]).toBeGreaterThanOrEqual(v[order[i] as number] as number);
   });
 
   it('sorts an adversarial (median-of-three killer) array, deep in the recursion', () => {
@@ -31,7 +32,8 @@ describe('torchArgsortDescending', () => {
     const v = Array.from({ length: n }, (_, i) => (i % 2 === 0 ? i : n - i));
     const order = torchArgsortDescending(v);
     expect(new Set(order).size).toBe(n);
-    for (let i = 1; i < n; i++) expect(v[order[i - 1] as number]).toBeGreaterThanOrEqual(v[order[i] as number] as number);
+    for (let i = 1; i < n; i++)
+      expect(v[order[i - 1] as number]).toBeGreaterThanOrEqual(v[order[i] as number] as number);
   });
 });
 
