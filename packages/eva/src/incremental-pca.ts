@@ -147,7 +147,7 @@ export interface IpcaUpdaterOptions {
   precision?: IpcaPrecision;
   /** The convergence threshold on each component's cosine with its previous value (EVA's tau). */
   tau: number;
-  /** Most float32 values one stacked update may hold; larger groups are split. Default 2^26 (256 MB). */
+  /** Most float32 values one stacked update may hold; larger groups are split. Default 2^25 (128 MB, under WebGPU's default binding limit). */
   maxStackValues?: number;
 }
 
@@ -165,7 +165,7 @@ export class IpcaUpdater {
   constructor(options: IpcaUpdaterOptions) {
     this.precision = options.precision ?? 'float32';
     this.tau = options.tau;
-    this.maxStackValues = options.maxStackValues ?? 2 ** 26;
+    this.maxStackValues = options.maxStackValues ?? 2 ** 25;
   }
 
   async update(entries: IpcaEntry[]): Promise<void> {
