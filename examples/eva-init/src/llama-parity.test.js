@@ -85,7 +85,7 @@ describe('EVA on a tiny Llama matches PEFT 0.21', () => {
       const config = peft.peftConfig.get('default');
       expect(config?.rankPattern).toEqual(r.rank_pattern);
       expect(config?.alphaPattern).toEqual(r.alpha_pattern);
-      expect([.../** @type {string[]} */ (config?.targetModules)].sort()).toEqual(r.target_modules);
+      expect([.../** @type {string[]} */ (config?.targetModules ?? [])].sort()).toEqual(r.target_modules);
       expect(report?.updates).toEqual(
         Object.fromEntries(Object.entries(r.updates).map(([k, v]) => [`base_model.model.${k}`, v])),
       );
