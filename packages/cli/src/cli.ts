@@ -1,4 +1,5 @@
 import { combineCommand } from './commands/combine';
+import { evaCommand } from './commands/eva';
 import { inspectCommand } from './commands/inspect';
 import { mergeCommand } from './commands/merge';
 import { createRequire } from 'node:module';
@@ -7,7 +8,7 @@ import { type Command, type Io, UsageError } from './shared';
 export type { Io } from './shared';
 
 /** Every sub-command, in the order `lora --help` lists them. */
-const COMMANDS: Command[] = [inspectCommand, mergeCommand, combineCommand];
+const COMMANDS: Command[] = [inspectCommand, mergeCommand, combineCommand, evaCommand];
 
 function mainHelp(): string {
   return [
