@@ -86,7 +86,7 @@ describe('lora eva', () => {
     expect(config.init_lora_weights).toBe('eva');
     expect(config.eva_config).toMatchObject({ rho: 2, tau: 0.99, whiten: false, adjust_scaling_factors: true });
     const tensors = parseSafetensors(new Uint8Array(readFileSync(join(out, 'adapter_model.safetensors')))).tensors;
-    const ranks = Object.fromEntries(
+    const ranks: Record<string, number> = Object.fromEntries(
       r.out
         .split('\n')
         .map((l) => l.split('\t'))
