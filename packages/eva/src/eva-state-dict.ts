@@ -537,6 +537,9 @@ export async function getEvaStateDict<B = unknown>(
         converged.set(name, done);
       }
       if ([...converged.values()].every(Boolean)) break;
+      // a macrotask turn between batches: on cpu and wasm every read resolves at once, so without it
+      // no timer (AbortSignal.timeout), UI event or repaint would run until the pass ends
+      await new Promise((resolve) => setTimeout(resolve, 0));
       if (options.signal?.aborted) throw abortReason(options.signal);
       const next = await stream.next();
       if ('end' in next) {
