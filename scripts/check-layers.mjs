@@ -9,6 +9,7 @@ const LAYERS = {
   '@lora/tensor': 0,
   '@lora/linalg': 1,
   '@lora/nn': 1,
+  '@lora/kernels': 1,
   '@lora/models': 2,
   '@lora/core': 2,
   '@lora/loftq': 3,
@@ -18,8 +19,9 @@ const LAYERS = {
   '@lora/intruders': 3,
   '@lora/cli': 4,
 };
-// Sideways edges DESIGN.md allows within a layer (none yet).
-const ALLOWED_SIDEWAYS = new Set([]);
+// Sideways edges DESIGN.md allows within a layer: nn's layers, loss, optimizer and products run
+// @lora/kernels' fused ops (one function per op; the kernels know nothing of modules).
+const ALLOWED_SIDEWAYS = new Set(['@lora/nn->@lora/kernels']);
 // What the design never allows, whatever the layers say: a model knows nothing of LoRA, and a method
 // package works on @lora/core's layers, never on a model architecture.
 const METHODS = ['@lora/loftq', '@lora/eva', '@lora/loraga', '@lora/arrow', '@lora/intruders'];

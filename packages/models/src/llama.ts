@@ -8,13 +8,14 @@ import {
   RMSNorm,
   crossEntropy,
   matmul,
+  matmulTransposeB,
   normalInit,
-  transposeLast,
   withoutInit,
 } from '@lora/nn';
+import { maskedSoftmax, ropeHeads, swiglu } from '@lora/kernels';
 import { planCheckpoint } from './files';
 import { type LlamaConfig, parseLlamaConfig } from './llama-config';
-import { applyRope, ropeInverseFrequencies, ropeTables } from './rope';
+import { ropeInverseFrequencies, ropeTables } from './rope';
 
 /** Keys and values of earlier positions, per layer, for incremental decoding. */
 export class KVCache {
@@ -64,10 +65,10 @@ export class LlamaAttention extends Module {
     const [b, t] = x.shape as [number, number, number];
     const { numAttentionHeads: nh, numKeyValueHeads: nkv, headDim: d } = this.config;
     const rep = nh / nkv;
-    const heads = (y: tf.Tensor, n: number) => tf.transpose(tf.reshape(y, [b, t, n, d]), [0, 2, 1, 3]);
-    const q = applyRope(heads(this.qProj.call(x), nh), ctx.cos, ctx.sin);
-    let k = applyRope(heads(this.kProj.call(x), nkv), ctx.cos, ctx.sin) as tf.Tensor4D;
-    let v = heads(this.vProj.call(x), nkv) as tf.Tensor4D;
+    // [B, T, n·d] → heads [B, n, T, d], rotated for q and k (@lora/kernels: one dispatch on webgpu)
+    const q = ropeHeads(this.qProj.call(x), ctx.cos, ctx.sin, nh);
+    let k = ropeHeads(this.kProj.call(x), ctx.cos, ctx.sin, nkv) as tf.Tensor4D;
+    let v = ropeHeads(this.vProj.call(x), null, null, nkv) as tf.Tensor4D;
     if (ctx.cache) {
       const past = ctx.cache.layers[ctx.layerIdx];
       if (past) {
@@ -80,10 +81,9 @@ export class LlamaAttention extends Module {
     // Grouped-query attention without repeating k and v: the `rep` query heads that share a kv head
     // are stacked along the query axis ([B, nkv, rep·T, d]), which keeps every tensor 4-d.
     const qg = tf.reshape(q, [b, nkv, rep * t, d]);
-    // matmul with explicit transposes: tfjs's transpose flags are slow on wasm
-    let scores = tf.mul(matmul(qg, transposeLast(k)), 1 / Math.sqrt(d));
-    scores = tf.add(scores, ctx.mask); // built already repeated for the grouped query rows
-    const probs = tf.softmax(scores, -1);
+    // q·kᵀ (an explicit transpose on wasm, where matMul's flags are slow; the flag on webgpu), then
+    // softmax(scores/√d + mask), the mask built already repeated for the grouped query rows
+    const probs = maskedSoftmax(matmulTransposeB(qg, k), ctx.mask, 1 / Math.sqrt(d));
     const out = tf.reshape(matmul(probs, v), [b, nh, t, d]);
     const merged = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, nh * d]);
     return this.oProj.call(merged);
@@ -105,8 +105,7 @@ export class LlamaMLP extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
-    const gate = this.gateProj.call(x) as tf.Tensor;
-    return this.downProj.call(tf.mul(tf.mul(gate, tf.sigmoid(gate)), this.upProj.call(x)));
+    return this.downProj.call(swiglu(this.gateProj.call(x), this.upProj.call(x)));
   }
 }
 

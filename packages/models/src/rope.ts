@@ -55,12 +55,5 @@ export function ropeTables(inv: Float32Array, start: number, length: number): { 
   return { cos: tf.tensor2d(cos, [length, d]), sin: tf.tensor2d(sin, [length, d]) };
 }
 
-/** x·cos + rotate_half(x)·sin for x `[B, H, T, D]`, where rotate_half(x) = [−x₂, x₁]. */
-export function applyRope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => {
-    const d = x.shape[3] as number;
-    const [x1, x2] = tf.split(x, [d / 2, d / 2], 3) as [tf.Tensor, tf.Tensor];
-    const rotated = tf.concat([tf.neg(x2), x1], 3);
-    return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
-  });
-}
+// x·cos + rotate_half(x)·sin for x [B, H, T, D]: kept under this name, the code lives with the fused kernels
+export { applyRope } from '@lora/kernels';

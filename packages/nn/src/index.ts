@@ -10,7 +10,7 @@ export {
   withoutInit,
 } from './init';
 export { Dropout, Embedding, GELU, LayerNorm, Linear, RMSNorm, SiLU, embedding, gelu, linear } from './layers';
-export { matmul, transposeLast } from './ops';
+export { matmul, matmulTransposeB, transposeLast } from './ops';
 export { Conv1d, Conv2d, conv } from './conv';
 export { TransposedLinear, transposedLinear } from './transposed-linear';
 export type { ConvOptions } from './conv';

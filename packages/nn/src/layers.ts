@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
 import { defaultRng, kaimingUniformDefault, normalInit, uniformInit } from './init';
+import { preferTransposeFlags, rmsNorm } from '@lora/kernels';
 import { Module, type Parameter } from './module';
 import { matmul } from './ops';
 
@@ -53,7 +54,16 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | null =
       `linear: input's last dimension is ${x.shape.at(-1)} but the weight expects ${inF} (weight shape [${weight.shape.join(', ')}])`,
     );
   }
-  // An explicit transpose instead of matMul's transposeB flag: the flag is ~13× slower on wasm.
+  // An explicit transpose instead of matMul's transposeB flag: the flag is ~13× slower on wasm. On
+  // webgpu the flag costs nothing (no Transpose dispatch) and tfjs's own gradient leaves a frozen
+  // weight's gradient uncomputed.
+  if (preferTransposeFlags())
+    return tf.tidy(() => {
+      const x2 = x.rank === 2 ? x : tf.reshape(x, [-1, inF]);
+      let y = tf.matMul(x2, weight, false, true);
+      if (bias) y = tf.add(y, bias);
+      return x.rank === 2 ? y : tf.reshape(y, [...x.shape.slice(0, -1), weight.shape[0] as number]);
+    });
   return tf.tidy(() => affine(x, tf.transpose(weight), bias));
 }
 
@@ -205,7 +215,8 @@ export class RMSNorm extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => tf.mul(tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), this.eps))), this.weight));
+    // @lora/kernels: one fused dispatch on webgpu, the same composite of tf ops elsewhere
+    return rmsNorm(x, this.weight, this.eps);
   }
 }
 

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { preferTransposeFlags } from '@lora/kernels';
 
 /** The permutation that swaps the last two axes of a rank-r tensor. */
 function swapLast(t: tf.Tensor): tf.Tensor {
@@ -36,7 +37,27 @@ export function matmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
     throw new Error(
       `matmul: operands must have the same rank ≥ 2, got [${a.shape.join(', ')}] and [${b.shape.join(', ')}]`,
     );
+  // on webgpu, flags cost nothing and tfjs's gradient computes an operand's only when it is needed
+  if (preferTransposeFlags()) return tf.matMul(a, b);
   return (matmulWithPlainGrads as unknown as (x: tf.Tensor, y: tf.Tensor) => tf.Tensor)(a, b);
+}
+
+/**
+ * `a·bᵀ` over the last two axes (batched over leading axes of equal size), as `a @ b.transpose(-1, -2)`:
+ * through matMul's transposeB flag where that is fast (webgpu), an explicit transpose elsewhere.
+ *
+ * @example
+ * ```ts
+ * const scores = matmulTransposeB(q, k); // q [B, H, T, d], k [B, H, S, d] → [B, H, T, S]
+ * ```
+ */
+export function matmulTransposeB(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
+  if (a.rank < 2 || a.rank !== b.rank)
+    throw new Error(
+      `matmulTransposeB: operands must have the same rank ≥ 2, got [${a.shape.join(', ')}] and [${b.shape.join(', ')}]`,
+    );
+  if (preferTransposeFlags()) return tf.matMul(a, b, false, true);
+  return tf.tidy(() => matmul(a, swapLast(b)));
 }
 
 /** Swaps the last two axes (a transpose of the matrices in a batch). */

@@ -1,5 +1,17 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { adamwScalars, adamwUpdate, adamwUpdateInPlace, fusedActive } from '@lora/kernels';
 import type { Parameter } from './module';
+
+/**
+ * AdamW's moments of one parameter: m and v apart (the composite), or packed [2, ...shape] for
+ * @lora/kernels' fused update on webgpu; converted when the path changes between steps.
+ */
+interface AdamWState {
+  m: tf.Variable | null;
+  v: tf.Variable | null;
+  mv: tf.Variable | null;
+  t: number;
+}
 
 /** An optimizer over an explicit list of parameters, stepping with gradients given by name or position. */
 export interface Optimizer {
@@ -39,7 +51,7 @@ export class AdamW implements Optimizer {
   readonly eps: number;
   readonly weightDecay: number;
   private readonly params: Parameter[];
-  private readonly state = new Map<Parameter, { m: tf.Variable; v: tf.Variable; t: number }>();
+  private readonly state = new Map<Parameter, AdamWState>();
   private count = 0;
 
   constructor(params: Parameter[], options: AdamWOptions = {}) {
@@ -64,38 +76,106 @@ export class AdamW implements Optimizer {
   step(grads: Record<string, tf.Tensor>): void {
     this.count++;
     const [b1, b2] = this.betas;
-    for (const p of this.params) {
-      const g = grads[p.name];
-      if (!g) continue;
-      let s = this.state.get(p);
-      if (!s) {
-        // tidy frees the zeros once the variables hold their data
-        s = tf.tidy(() => ({ m: tf.variable(tf.zerosLike(p), false), v: tf.variable(tf.zerosLike(p), false), t: 0 }));
-        this.state.set(p, s);
-      }
-      const st = s;
-      st.t++;
-      const bc1 = 1 - b1 ** st.t;
-      const bc2 = 1 - b2 ** st.t;
-      const stepSize = this.lr / bc1;
-      const bc2Sqrt = Math.sqrt(bc2);
-      tf.tidy(() => {
-        const decayed = this.weightDecay !== 0 ? tf.mul(p, 1 - this.lr * this.weightDecay) : p;
-        // torch: exp_avg.lerp_(grad, 1 − β1), i.e. m + (1 − β1)(g − m)
-        const m = tf.add(st.m, tf.mul(tf.sub(g, st.m), 1 - b1));
-        const v = tf.add(tf.mul(st.v, b2), tf.mul(tf.mul(g, g), 1 - b2));
-        const denom = tf.add(tf.div(tf.sqrt(v), bc2Sqrt), this.eps);
-        st.m.assign(m);
-        st.v.assign(v);
-        p.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), stepSize)));
-      });
+    // the fused kernel's per-step scalars, shared by the parameters at the same step count
+    const scalars = new Map<number, tf.Tensor>();
+    try {
+      for (const p of this.params) this.stepOne(p, grads[p.name], b1, b2, scalars);
+    } finally {
+      tf.dispose([...scalars.values()]);
     }
   }
 
+  private stepOne(
+    p: Parameter,
+    g: tf.Tensor | undefined,
+    b1: number,
+    b2: number,
+    scalars: Map<number, tf.Tensor>,
+  ): void {
+    if (!g) return;
+    let st = this.state.get(p);
+    if (!st) {
+      st = { m: null, v: null, mv: null, t: 0 };
+      this.state.set(p, st);
+    }
+    st.t++;
+    if (fusedActive()) {
+      this.stepFused(p, g, st, scalars);
+      return;
+    }
+    const { m: m0, v: v0 } = separate(p, st);
+    const bc1 = 1 - b1 ** st.t;
+    const bc2 = 1 - b2 ** st.t;
+    const stepSize = this.lr / bc1;
+    const bc2Sqrt = Math.sqrt(bc2);
+    tf.tidy(() => {
+      const decayed = this.weightDecay !== 0 ? tf.mul(p, 1 - this.lr * this.weightDecay) : p;
+      // torch: exp_avg.lerp_(grad, 1 − β1), i.e. m + (1 − β1)(g − m)
+      const m = tf.add(m0, tf.mul(tf.sub(g, m0), 1 - b1));
+      const v = tf.add(tf.mul(v0, b2), tf.mul(tf.mul(g, g), 1 - b2));
+      const denom = tf.add(tf.div(tf.sqrt(v), bc2Sqrt), this.eps);
+      m0.assign(m);
+      v0.assign(v);
+      p.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), stepSize)));
+    });
+  }
+
+  /** The same update in two dispatches on webgpu (@lora/kernels), the moments packed. */
+  private stepFused(p: Parameter, g: tf.Tensor, st: AdamWState, scalars: Map<number, tf.Tensor>): void {
+    const mv = packed(p, st);
+    const hyper = {
+      lr: this.lr,
+      beta1: this.betas[0],
+      beta2: this.betas[1],
+      eps: this.eps,
+      weightDecay: this.weightDecay,
+      step: st.t,
+    };
+    let s = scalars.get(st.t);
+    if (!s) {
+      s = adamwScalars(hyper);
+      scalars.set(st.t, s);
+    }
+    // in place where the buffers are the parameter's own: no new tensors, the same buffers every step
+    if (adamwUpdateInPlace(p, g, mv, hyper, s)) return;
+    const next = adamwUpdate(p, g, mv, hyper, s);
+    mv.assign(next.moments);
+    p.assign(next.param);
+    tf.dispose([next.moments, next.param]);
+  }
+
   dispose(): void {
-    for (const s of this.state.values()) tf.dispose([s.m, s.v]);
+    for (const s of this.state.values()) tf.dispose([s.m, s.v, s.mv].filter((t): t is tf.Variable => t !== null));
     this.state.clear();
   }
+}
+
+/** The moments apart, made (zeros) or unpacked as needed. */
+function separate(p: Parameter, st: AdamWState): { m: tf.Variable; v: tf.Variable } {
+  if (!st.m || !st.v) {
+    // tidy frees the zeros (or the unpacked halves) once the variables hold their data
+    const made = tf.tidy(() => {
+      const [m, v] = st.mv ? (tf.unstack(st.mv) as [tf.Tensor, tf.Tensor]) : [tf.zerosLike(p), tf.zerosLike(p)];
+      return { m: tf.variable(m, false), v: tf.variable(v, false) };
+    });
+    st.mv?.dispose();
+    st.mv = null;
+    st.m = made.m;
+    st.v = made.v;
+  }
+  return { m: st.m, v: st.v };
+}
+
+/** The moments packed [2, ...shape], made (zeros) or packed as needed. */
+function packed(p: Parameter, st: AdamWState): tf.Variable {
+  if (!st.mv) {
+    const { m, v } = st;
+    st.mv = tf.tidy(() => tf.variable(m && v ? tf.stack([m, v]) : tf.zeros([2, ...p.shape]), false));
+    tf.dispose([m, v].filter((t): t is tf.Variable => t !== null));
+    st.m = null;
+    st.v = null;
+  }
+  return st.mv;
 }
 
 /** Options of {@link SGD}, with PyTorch's defaults. */

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { addScaled } from '@lora/kernels';
 import { Dropout, Module, ModuleDict } from '@lora/nn';
 import { allFinite } from '../all-finite';
 import { runLoraInit } from '../inits/init-registry';
@@ -8,6 +9,10 @@ import { loraVariants, resolveLoraVariant } from '../variants/variant-registry';
 import type { LoraVariant } from '../variants/variant-types';
 import { type AdapterSettings, configFromSettings } from './adapter-settings';
 import type { BaseWithWeight, LoraLayerKind, TunerLayer } from './tuner-layer';
+
+function sameShape(a: tf.Tensor, b: tf.Tensor): boolean {
+  return a.rank === b.rank && a.shape.every((d, i) => d === b.shape[i]);
+}
 
 /** Identity (PEFT uses nn.Identity when lora_dropout is 0). */
 export class Identity extends Module {
@@ -250,7 +255,12 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
         }
         const scale = this.scaling.get(name) as number;
         const lora = this.lowRankForward(name, this.dropout(name).call(x) as tf.Tensor);
-        result = tf.add(result, rows ? tf.mul(tf.mul(lora, scale), rows) : tf.mul(lora, scale));
+        // result + s·lora: one dispatch on webgpu (@lora/kernels), tf.add(result, tf.mul(lora, s)) elsewhere
+        result = rows
+          ? tf.add(result, tf.mul(tf.mul(lora, scale), rows))
+          : sameShape(result, lora)
+            ? addScaled(result, lora, scale)
+            : tf.add(result, tf.mul(lora, scale));
       }
       return result;
     });

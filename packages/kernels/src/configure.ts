@@ -1,0 +1,34 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { ensureDispatchCache } from './dispatch-cache';
+import { installMatmulOverride } from './matmul';
+import { DEFAULT_KERNEL_OPTIONS, type KernelOptions, setKernelOptions } from './options';
+
+const MATMUL = ['tfjs', 'tiled', 'tiled-64', 'tiled-128'];
+
+/**
+ * Chooses code paths (see {@link KernelOptions}); options left out return to their defaults.
+ * Returns the options now in force. A matmul other than `'tfjs'` needs the webgpu backend started.
+ *
+ * @example
+ * ```ts
+ * configureKernels({ fused: false });       // the composite ops everywhere, e.g. to compare
+ * configureKernels({ matmul: 'tiled' });    // this package's matmul program on webgpu
+ * ```
+ */
+export function configureKernels(options: Partial<KernelOptions> = {}): KernelOptions {
+  for (const [k, v] of Object.entries(options)) {
+    if (!(k in DEFAULT_KERNEL_OPTIONS))
+      throw new Error(
+        `configureKernels: unknown option '${k}'; options are ${Object.keys(DEFAULT_KERNEL_OPTIONS).join(', ')}`,
+      );
+    if (k === 'matmul' && !MATMUL.includes(v as string))
+      throw new Error(`configureKernels: matmul must be one of ${MATMUL.join(', ')}; got ${JSON.stringify(v)}`);
+    else if (k !== 'matmul' && typeof v !== 'boolean')
+      throw new Error(`configureKernels: ${k} must be true or false, got ${JSON.stringify(v)}`);
+  }
+  const next = { ...DEFAULT_KERNEL_OPTIONS, ...options };
+  if (next.matmul !== 'tfjs') installMatmulOverride();
+  setKernelOptions(next);
+  if (tf.getBackend() === 'webgpu') ensureDispatchCache();
+  return { ...next };
+}

@@ -1,0 +1,16 @@
+export { configureKernels } from './configure';
+export { fusedActive, preferTransposeFlags } from './active';
+export { kernelOptions } from './options';
+export { dispatchCacheStats } from './dispatch-cache';
+export type { KernelOptions } from './options';
+export { rmsNorm } from './rms-norm';
+export { swiglu } from './swiglu';
+export { addScaled } from './add-scaled';
+export { applyRope, ropeHeads } from './rope';
+export { maskedSoftmax } from './masked-softmax';
+export { softmaxCrossEntropy } from './cross-entropy';
+export { adamwScalars, adamwUpdate, adamwUpdateInPlace } from './adamw';
+export type { AdamWHyper } from './adamw';
+export { chooseTile, tiledMatmulProgram } from './matmul';
+export type { MatmulTile } from './matmul';
+export { countDispatches } from './dispatch-count';

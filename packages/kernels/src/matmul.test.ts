@@ -1,0 +1,106 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { afterAll, describe, expect, it } from 'vitest';
+import { assertNoLeaks } from '@lora/tensor';
+import { describeEachBackend } from '@lora/tensor/testing';
+import { configureKernels } from './configure';
+import { expectClose, failOnGpuErrors, programsRun, seq } from './kernels.test-util';
+import { chooseTile } from './matmul';
+
+/** float64 op(A)·op(B) over a (broadcast) batch. */
+function reference(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean, av: Float32Array, bv: Float32Array) {
+  const [ba, ra, ca] = a.shape.length === 2 ? [1, ...a.shape] : a.shape;
+  const [bb, rb, cb] = b.shape.length === 2 ? [1, ...b.shape] : b.shape;
+  const [m, k] = ta ? [ca, ra] : [ra, ca];
+  const n = tb ? (rb as number) : (cb as number);
+  const batch = Math.max(ba as number, bb as number);
+  const out = new Float64Array(batch * (m as number) * n);
+  for (let p = 0; p < batch; p++)
+    for (let i = 0; i < (m as number); i++)
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let q = 0; q < (k as number); q++) {
+          const x = av[((ba === 1 ? 0 : p) * (ra as number) + (ta ? q : i)) * (ca as number) + (ta ? i : q)] as number;
+          const y = bv[((bb === 1 ? 0 : p) * (rb as number) + (tb ? j : q)) * (cb as number) + (tb ? q : j)] as number;
+          s += x * y;
+        }
+        out[(p * (m as number) + i) * n + j] = s;
+      }
+  return out;
+}
+
+await describeEachBackend('tiled matmul', (backend) => {
+  failOnGpuErrors();
+  afterAll(() => {
+    configureKernels({});
+  });
+  // shapes with edges in every dimension: vec4 reads where the contiguous axes are multiples of 4
+  // (the fast path, with the next slab prefetched), scalar reads elsewhere
+  const cases: [number[], number[], boolean, boolean][] = [
+    [[68, 36], [36, 44], false, false],
+    [[36, 68], [44, 36], true, true],
+    [[70, 37], [45, 37], false, true], // scalar
+    [[37, 70], [37, 45], true, false], // scalar
+    [[2, 40, 64], [64, 36], false, false], // a broadcast B
+    [[1, 40, 20], [3, 36, 20], false, true], // a broadcast A
+  ];
+  // a 128² tile compiles slowly on a software adapter: one case each path
+  for (const tile of ['tiled-64', 'tiled-128'] as const)
+    for (const [sa, sb, ta, tb] of tile === 'tiled-64' ? cases : ([cases[0], cases[2]] as typeof cases))
+      it.runIf(backend.name === 'webgpu')(`${tile}: [${sa}]${ta ? 'ᵀ' : ''} · [${sb}]${tb ? 'ᵀ' : ''}`, async () => {
+        configureKernels({ matmul: tile });
+        const a = seq(sa, 83);
+        const b = seq(sb, 89);
+        const y = assertNoLeaks(() => tf.matMul(a, b, ta, tb));
+        const programs = programsRun(() => tf.matMul(a, b, ta, tb));
+        const [m, k] = ta ? [sa.at(-1), sa.at(-2)] : [sa.at(-2), sa.at(-1)];
+        const n = tb ? sb.at(-2) : sb.at(-1);
+        const aligned =
+          (ta ? (m as number) : (k as number)) % 4 === 0 && (tb ? (k as number) : (n as number)) % 4 === 0;
+        expect(programs).toEqual([
+          expect.stringMatching(new RegExp(`^LoraMatmulTiled_${tile.slice(6)}_.*_${aligned ? 'vec4' : 'scalar'}$`)),
+        ]);
+        await expectClose(
+          y,
+          reference(a, b, ta, tb, (await a.data()) as Float32Array, (await b.data()) as Float32Array),
+          1e-6,
+        );
+        tf.dispose([a, b, y]);
+      });
+
+  it.runIf(backend.name === 'webgpu')('gives tfjs back what it does not take, and trains through matMul', async () => {
+    configureKernels({ matmul: 'tiled' });
+    const a = seq([512, 96], 97);
+    const w = tf.variable(seq([256, 96], 101));
+    const f = () => tf.sum(tf.square(tf.matMul(a, w, false, true))) as tf.Scalar;
+    const { value, grads } = tf.variableGrads(f, [w]);
+    configureKernels({ matmul: 'tfjs' });
+    const ref = tf.variableGrads(f, [w]);
+    await expectClose(value, ref.value, 1e-6);
+    await expectClose(grads[w.name] as tf.Tensor, ref.grads[w.name] as tf.Tensor, 1e-5);
+    // a thin product (LoRA's x·Aᵀ with r = 4) stays on tfjs's programs
+    const thin = seq([4, 96], 103);
+    configureKernels({ matmul: 'tiled' });
+    expect(programsRun(() => tf.matMul(a, thin, false, true)).some((k) => k.startsWith('LoraMatmul'))).toBe(false);
+    expect(programsRun(() => tf.matMul(a, w, false, true)).some((k) => k.startsWith('LoraMatmulTiled_64'))).toBe(true);
+    await expectClose(
+      tf.matMul(a, thin, false, true),
+      reference(a, thin, false, true, (await a.data()) as Float32Array, (await thin.data()) as Float32Array),
+      1e-6,
+    );
+    tf.dispose([a, w, value, thin, ref.value, ...Object.values(grads), ...Object.values(ref.grads)]);
+  });
+});
+
+describe('chooseTile', () => {
+  it('takes large outputs with 128² tiles, medium with 64², leaves thin ones to tfjs', () => {
+    expect(chooseTile('tiled', 1, 2048, 2816, 1024)?.bm).toBe(128);
+    expect(chooseTile('tiled', 1, 512, 512, 64)?.bm).toBe(64);
+    expect(chooseTile('tiled', 1, 2048, 16, 1024)).toBeNull();
+    expect(chooseTile('tfjs', 1, 2048, 2048, 2048)).toBeNull();
+  });
+  it('rejects an unknown program by name', () => {
+    expect(() => configureKernels({ matmul: 'fast' as 'tfjs' })).toThrow(
+      /matmul must be one of tfjs, tiled, tiled-64, tiled-128; got "fast"/,
+    );
+  });
+});

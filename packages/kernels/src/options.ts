@@ -1,0 +1,52 @@
+/** Which code paths `@lora/kernels`' ops take. Every path gives the same results to float32 rounding. */
+export interface KernelOptions {
+  /**
+   * Fused WGSL kernels on the webgpu backend (RMSNorm, RoPE, SwiGLU, masked softmax, cross-entropy,
+   * AdamW): one dispatch where the composite takes several. Other backends always run the composite.
+   * Default true.
+   */
+  fused: boolean;
+  /**
+   * On webgpu, products with a transposed operand use matMul's transpose flags (its programs read
+   * the operand transposed: no Transpose dispatch) and tfjs's own matMul gradient, which computes a
+   * frozen operand's gradient only when something needs it. Off, or on other backends, transposes
+   * are explicit: on wasm a flagged product is ~13× slower. Default true.
+   */
+  transposeFlags: boolean;
+  /**
+   * The program webgpu's BatchMatMul runs for large products: tfjs's own (`'tfjs'`) or this
+   * package's register-blocked tiled program (`'tiled'`: 128² or 64² tiles by the output's size,
+   * tfjs's programs for thin outputs; `'tiled-64'` / `'tiled-128'` force a tile, for measuring).
+   * Default `'tfjs'`.
+   */
+  matmul: 'tfjs' | 'tiled' | 'tiled-64' | 'tiled-128';
+  /**
+   * On webgpu, dispatches reuse uniform buffers (by content) and bind groups (by pipeline and
+   * buffers) instead of making both anew each time, which is most of a dispatch's host time through
+   * Dawn in Node (see `dispatch-cache.ts`). Default true.
+   */
+  dispatchCache: boolean;
+}
+
+export const DEFAULT_KERNEL_OPTIONS: Readonly<KernelOptions> = {
+  fused: true,
+  transposeFlags: true,
+  matmul: 'tfjs',
+  dispatchCache: true,
+};
+let current: KernelOptions = { ...DEFAULT_KERNEL_OPTIONS };
+
+/** Sets the options in force (validated by `configureKernels`). */
+export function setKernelOptions(options: KernelOptions): void {
+  current = { ...options };
+}
+
+/** The options in force (see `configureKernels`). */
+export function kernelOptions(): KernelOptions {
+  return { ...current };
+}
+
+/** The options object itself, for hot paths that only read it. */
+export function optionsRef(): Readonly<KernelOptions> {
+  return current;
+}
