@@ -4,8 +4,9 @@
 // forward, the whole EVA call). Writes DIR/ours-<backend>.json and prints it.
 //
 //   node eva-bench.js DIR [--backend webgpu|wasm|cpu] [--time-limit SECONDS] [--precision float32|float64]
+//                         [--max-passes N]
 // Bundled for the GPU machine with ../../../../shared/device/pack (see README.md).
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
@@ -20,6 +21,8 @@ const { positionals, values } = parseArgs({
     backend: { type: 'string', default: 'webgpu' },
     'time-limit': { type: 'string' },
     precision: { type: 'string', default: 'float32' },
+    // PEFT has no cap on passes: a high one here, so that both sides stop on convergence
+    'max-passes': { type: 'string', default: '1000' },
   },
 });
 const dir = positionals[0];
@@ -27,10 +30,8 @@ if (!dir) throw new Error('usage: eva-bench.js DIR [--backend webgpu|wasm|cpu] [
 const backend = /** @type {'webgpu' | 'wasm' | 'cpu'} */ (values.backend);
 // in a bundle the wasm binaries sit beside it (pack.sh copies them there)
 const here = dirname(new URL(import.meta.url).pathname);
-const info = await initBackend(backend, {
-  ...(backend === 'wasm' && process.env.LORA_WASM_DIR ? { wasm: { wasmPaths: `${process.env.LORA_WASM_DIR}/` } } : {}),
-  ...(backend === 'wasm' && !process.env.LORA_WASM_DIR && here.includes('.device') ? { wasm: { wasmPaths: `${here}/` } } : {}),
-});
+const wasmDir = process.env.LORA_WASM_DIR ?? (existsSync(join(here, 'tfjs-backend-wasm-simd.wasm')) ? here : undefined);
+const info = await initBackend(backend, backend === 'wasm' && wasmDir ? { wasm: { wasmPaths: `${wasmDir}/` } } : {});
 const settings = JSON.parse(readFileSync(join(dir, 'settings.json'), 'utf8'));
 const t = parseSafetensors(new Uint8Array(readFileSync(join(dir, 'batches.safetensors')))).tensors;
 const batches = Array.from({ length: settings.batches }, (_, i) => ({
@@ -63,6 +64,7 @@ try {
   ({ ranks } = await initializeLoraEvaWeights(peft, batches, {
     progressBar: false,
     precision: /** @type {'float32'} */ (values.precision),
+    maxPasses: Number(values['max-passes']),
     signal: limit ? AbortSignal.timeout(limit * 1000) : undefined,
     onProgress: (p) => {
       steps = p.step;

@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# Packs the EVA benchmark for the GPU machine (run from the repository root): builds the packages, bundles
-# eva-bench.js with /work/shared/device/pack (or $LORA_DEVICE_PACK), and puts tfjs-backend-wasm's binaries
-# beside the bundle, where the wasm backend looks for them in a bundle.
+# Packs the EVA benchmark and the convergence experiment for the GPU machine, from the repository root:
+# builds the packages, bundles bench/eva-bench.js and src/experiment.js as ../shared/device/pack does
+# (esbuild, 'webgpu' external), and puts them with tfjs-backend-wasm's binaries, the PEFT peer script and
+# device.sh into one folder (default .bench/eva-device/) that travels to the GPU machine beside a packed
+# .device/ (../shared/device/pack: Node, Dawn's webgpu, the Vulkan loader).
+#
+#   bash examples/eva-init/bench/pack.sh [OUTDIR]
+# On the GPU machine, from the repository root, with .device and OUTDIR carried:
+#   bash OUTDIR/device.sh bench        # PEFT on CUDA, ours on webgpu and wasm, one table
+#   bash OUTDIR/device.sh experiment   # EVA against the default init on fortune-llama, webgpu
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
+out=${1:-.bench/eva-device}
 npx turbo run build --filter=@lora-examples/eva-init... --output-logs=errors-only
-pack=${LORA_DEVICE_PACK:-/work/shared/device/pack}
-if [ -f .git ]; then
-  # a git worktree (.git is a file): the pack script's .git/info/exclude line cannot run; .device/ is in .gitignore
-  tmp=$(mktemp -d)
-  cp "$(dirname "$pack")/setup.sh" "$tmp/"
-  grep -v 'info/exclude' "$pack" > "$tmp/pack"
-  chmod +x "$tmp/pack"
-  pack=$tmp/pack
-fi
-"$pack" examples/eva-init/bench/eva-bench.js
-cp node_modules/@tensorflow/tfjs-backend-wasm/dist/*.wasm .device/bundle/
-du -sh .device | sed 's/^/carry size: /'
+mkdir -p "$out"
+for entry in examples/eva-init/bench/eva-bench.js examples/eva-init/src/experiment.js; do
+  name=$(basename "${entry%.*}")
+  [ "$name" = experiment ] && name=eva-experiment
+  npx esbuild "$entry" --bundle --platform=node --format=esm --target=node20 \
+    --external:webgpu --ignore-annotations --log-level=error --outfile="$out/$name.mjs" \
+    --banner:js="import {createRequire as __lora_cr} from 'module'; const require = __lora_cr(import.meta.url);"
+done
+cp node_modules/@tensorflow/tfjs-backend-wasm/dist/*.wasm "$out/"
+cp examples/eva-init/bench/peft_eva_bench.py examples/eva-init/bench/device.sh "$out/"
+du -sh "$out" | sed 's/^/size: /'
+ls "$out"

@@ -72,18 +72,35 @@ def run(d):
                         eva_config=EvaConfig(**s["eva_config"]))
     pm = get_peft_model(model, config, low_cpu_mem_usage=True)
     forwards = [0]
-    pm.base_model.model.register_forward_pre_hook(lambda *a: forwards.__setitem__(0, forwards[0] + 1))
+    # PEFT cycles the batches until every layer converged, with no cap: stop it after a time limit
+    limit = float(os.environ.get("PEFT_TIME_LIMIT", "240"))
+
+    class TimeLimit(Exception):
+        pass
+
+    def count(*_):
+        forwards[0] += 1
+        if time.perf_counter() - t0 > limit:
+            raise TimeLimit()
+
+    pm.base_model.model.register_forward_pre_hook(count)
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    initialize_lora_eva_weights(pm, batches, show_progress_bar=False)
+    finished = True
+    try:
+        initialize_lora_eva_weights(pm, batches, show_progress_bar=False)
+    except TimeLimit:
+        finished = False
+        forwards[0] -= 1
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     ranks = {n.replace("base_model.model.", ""): m.r["default"] for n, m in pm.named_modules() if hasattr(m, "r") and "default" in getattr(m, "r", {})}
     # PEFT's loop runs one forward to find equal inputs, then one per batch used
     out = {"impl": "PEFT " + peft.__version__, "backend": f"torch {torch.__version__} {device}" + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""),
-           "seconds": seconds, "forwards": forwards[0], "steps": forwards[0] - 1, "ranks": ranks}
+           "seconds": seconds, "forwards": forwards[0], "steps": forwards[0] - 1, "finished": finished,
+           "ranks": ranks if finished else {}}
     with open(os.path.join(d, "peft.json"), "w") as f:
         json.dump(out, f, indent=1)
     print(json.dumps({k: v for k, v in out.items() if k != "ranks"}))
@@ -100,21 +117,26 @@ def table(d):
     s = json.load(open(os.path.join(d, "settings.json")))
     print(f"\nEVA on a {s['parameters'] / 1e6:.1f}M-parameter Llama, {s['batches']} batches of {s['batch_size']}x{s['seq_len']}, "
           f"r={s['r']} rho={s['eva_config']['rho']} tau={s['eva_config']['tau']} on {','.join(s['target_modules'])}\n")
-    print(f"| {'implementation':<28} | {'backend':<44} | {'seconds':>8} | {'batches used':>12} | {'s / batch':>9} | {'vs PEFT':>8} | ranks as PEFT's |")
-    print(f"|{'-' * 30}|{'-' * 46}|{'-' * 10}:|{'-' * 13}:|{'-' * 10}:|{'-' * 9}:|{'-' * 17}|")
+    print("| implementation | backend | seconds | batches used | s / batch | time / PEFT's | s per batch / PEFT's | ranks as PEFT's |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    per_batch = lambda r: r["seconds"] / max(1, r.get("steps", 0))
+    peft_done = bool(peft_row and peft_row.get("finished", True))
     for r in rows:
-        same = ""
-        if peft_row and r is not peft_row and r.get("ranks"):
-            both = [k for k in r["ranks"] if k in peft_row["ranks"]]
-            same = f"{sum(r['ranks'][k] == peft_row['ranks'][k] for k in both)}/{len(peft_row['ranks'])}"
-        ratio = f"{r['seconds'] / peft_row['seconds']:.3f}" if peft_row and r.get("finished", True) else "-"
-        secs = f"{r['seconds']:.1f}" + ("" if r.get("finished", True) else "+")
-        steps = r.get("steps", 0)
-        per = f"{r['seconds'] / max(1, steps):.2f}"
-        print(f"| {r['impl']:<28} | {r['backend'][:44]:<44} | {secs:>8} | {steps:>12} | {per:>9} | {ratio:>8} | {same:<15} |")
-    unfinished = [r for r in rows if not r.get("finished", True)]
-    for r in unfinished:
-        print(f"\n{r['impl']} on {r['backend']} did not finish within its time limit ({r['seconds']:.0f} s, {r.get('steps', 0)} batches used).")
+        done = r.get("finished", True)
+        same = "-"
+        if peft_row and r is not peft_row and r.get("ranks") and peft_row.get("ranks"):
+            same = f"{sum(r['ranks'].get(k) == v for k, v in peft_row['ranks'].items())}/{len(peft_row['ranks'])}"
+        ratio = "-"
+        if peft_row and r is not peft_row and done:
+            ratio = f"{r['seconds'] / peft_row['seconds']:.3f}" if peft_done else f"< {r['seconds'] / peft_row['seconds']:.3f}"
+        elif r is peft_row:
+            ratio = "1"
+        per_ratio = f"{per_batch(r) / per_batch(peft_row):.3f}" if peft_row else "-"
+        secs = f"{r['seconds']:.1f}" + ("" if done else " (stopped)")
+        print(f"| {r['impl']} | {r['backend']} | {secs} | {r.get('steps', 0)} | {per_batch(r):.3f} | {ratio} | {per_ratio} | {same} |")
+    for r in rows:
+        if not r.get("finished", True):
+            print(f"\n{r['impl']} on {r['backend']} was stopped at its time limit ({r['seconds']:.0f} s, {r.get('steps', 0)} batches used).")
 
 
 if __name__ == "__main__":

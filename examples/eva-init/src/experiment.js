@@ -2,10 +2,12 @@
 // EVA against LoRA's default init on one fine-tuning task: fortune-llama (a small Llama pretrained on
 // Debian's fortunes) learns the category it never saw, fortune-cookie predictions. For each seed, both
 // runs see the same batches in the same order with the same optimizer; only the init of A differs (and
-// EVA's rank redistribution). Writes results/experiment.json and results/loss.{svg,png}.
+// EVA's rank redistribution). Writes results/experiment.json; src/plot-experiment.js plots it
+// (results/loss.{svg,png}).
 //
-//   npm start -w @lora-examples/eva-init                 # 3 seeds × 150 steps, wasm
-//   FORTUNE_LLAMA_DIR=… FORTUNE_LLAMA_DATA=… npm start … # another copy of the model and data
+//   npm start -w @lora-examples/eva-init                 # 3 seeds × 120 steps on wasm, then the plot
+//   LORA_BACKEND=webgpu EVA_RESULTS=dir node src/experiment.js   # elsewhere (bundled for the GPU machine)
+//   FORTUNE_LLAMA_DIR=… FORTUNE_LLAMA_DATA=… …           # another copy of the model and data
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -14,7 +16,6 @@ import { evaProgressBar, initializeLoraEvaWeights } from '@lora/eva';
 import { LlamaForCausalLM, loadTokenizer } from '@lora/models';
 import { AdamW, cosineWarmupSchedule, manualSeed, train } from '@lora/nn';
 import { Generator, initBackend } from '@lora/tensor';
-import { plotLines } from '@lora-examples/plot';
 
 const here = import.meta.dirname;
 const MODEL = process.env.FORTUNE_LLAMA_DIR ?? join(here, '..', '..', 'fortune-llama', 'model');
@@ -178,29 +179,8 @@ for (const seed of SEEDS)
     );
   }
 
-/** Mean over seeds at each step, then a trailing 5-step mean (one batch's loss is noisy). @param {'default' | 'eva'} init */
-function curve(init) {
-  const mine = runs.filter((r) => r.init === init);
-  const mean = Array.from({ length: STEPS }, (_, s) => mine.reduce((a, r) => a + (r.losses[s] ?? 0), 0) / mine.length);
-  return mean.map((_, s) => {
-    const w = mean.slice(Math.max(0, s - 4), s + 1);
-    return /** @type {[number, number]} */ ([s + 1, w.reduce((a, b) => a + b, 0) / w.length]);
-  });
-}
-const out = join(here, '..', 'results');
+const out = process.env.EVA_RESULTS ?? join(here, '..', 'results');
 await mkdir(out, { recursive: true });
-await plotLines(
-  {
-    title: `fortune-llama fine-tuned on fortune-cookie entries: LoRA r=${SETTINGS.r} on every projection (mean of ${SEEDS.length} seeds, 5-step trailing mean)`,
-    x: 'step',
-    y: 'training loss',
-    series: [
-      { name: 'default init (Kaiming A, B = 0)', points: curve('default') },
-      { name: `EVA (rho ${SETTINGS.evaConfig.rho}, ${SETTINGS.evaBatches} batches)`, points: curve('eva') },
-    ],
-  },
-  join(out, 'loss'),
-);
 const summary = (/** @type {'default' | 'eva'} */ init) => {
   const mine = runs.filter((r) => r.init === init);
   const avg = (/** @type {number[]} */ v) => v.reduce((a, b) => a + b, 0) / v.length;
@@ -225,4 +205,4 @@ for (const init of /** @type {const} */ (['default', 'eva'])) {
       .join(' / ')}; held-out perplexity ${s.heldoutPerplexity.toFixed(2)}`,
   );
 }
-console.log(`wrote ${join(out, 'experiment.json')} and ${join(out, 'loss.png')}`);
+console.log(`wrote ${join(out, 'experiment.json')} (plot it with src/plot-experiment.js)`);
