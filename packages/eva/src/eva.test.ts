@@ -113,6 +113,49 @@ describe('data sources: the dataloader is read batch by batch, never held', () =
     net.dispose();
   });
 
+  it('holds no batch: each is freed when the next is asked for, and memory stays flat over the passes (PEFT cycles and keeps them all)', async () => {
+    const source = evaBatches(false);
+    const net = evaNet();
+    let made = 0;
+    let alive = 0;
+    let mostAlive = 0;
+    // every pass makes new batches (copies) and frees each one as soon as the next one is asked for:
+    // a batch kept for a later pass would be used after its disposal and throw
+    function* fresh() {
+      for (const b of source) {
+        const copy = { inputIds: b.inputIds.clone(), attentionMask: b.attentionMask.clone() };
+        made++;
+        alive++;
+        mostAlive = Math.max(mostAlive, alive);
+        try {
+          yield copy;
+        } finally {
+          tf.dispose([copy.inputIds, copy.attentionMask]);
+          alive--;
+        }
+      }
+    }
+    const tensorsAt: number[] = [];
+    let report: EvaReport | undefined;
+    const sd = await getEvaStateDict(net, fresh, {
+      peftConfig: { r: 4, targetModules: ALL, initLoraWeights: 'eva' },
+      progressBar: false,
+      onProgress: () => tensorsAt.push(tf.memory().numTensors),
+      onComplete: (r) => {
+        report = r;
+      },
+    });
+    expect(report?.passes).toBeGreaterThan(1);
+    expect(made).toBe(report?.steps);
+    expect(mostAlive).toBe(1);
+    expect(alive).toBe(0);
+    // the live tensors after each batch do not grow with the number of batches read
+    expect(new Set(tensorsAt.slice(1)).size).toBe(1);
+    tf.dispose(Object.values(sd));
+    tf.dispose(source.flatMap((b) => Object.values(b)));
+    net.dispose();
+  });
+
   it('a one-shot generator that runs out first: warns naming the layers that did not converge, and returns their components', async () => {
     const batches = evaBatches(false);
     const net = evaNet();
