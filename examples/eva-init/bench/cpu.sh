@@ -11,7 +11,7 @@ venv=$root/.venv-oracle/bin/python
 [ -x "$venv" ] || venv=$(git -C "$here" worktree list --porcelain | awk '/^worktree /{print $2"/.venv-oracle/bin/python"; exit}')
 py=${PYTHON:-$venv}
 d=${EVA_BENCH_DIR:-$root/.bench/eva-cpu}
-export EVA_BENCH_SMALL=1 PYTHONUNBUFFERED=1
+export EVA_BENCH_SMALL=1 PYTHONUNBUFFERED=1 PEFT_TIME_LIMIT=${PEFT_TIME_LIMIT:-1800}
 rm -rf "$d"
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $(date -u +%FT%TZ)"
 "$py" "$here/peft_eva_bench.py" make "$d" 2>&1 | grep -v '%|'
