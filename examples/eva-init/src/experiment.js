@@ -164,6 +164,7 @@ const base = await LlamaForCausalLM.fromPretrained(MODEL);
 const pplBase = await perplexity(base);
 base.dispose();
 console.log(`held-out perplexity of the base: ${pplBase.toFixed(2)}`);
+/** @type {Awaited<ReturnType<typeof run>>[]} */
 const runs = [];
 for (const seed of SEEDS)
   for (const init of /** @type {const} */ (['default', 'eva'])) {

@@ -33,7 +33,8 @@ function batches(labels) {
 
 /** |cos| of matching rows. @param {tf.Tensor} a @param {tf.Tensor} b */
 async function absCos(a, b) {
-  const [x, y] = /** @type {number[][][]} */ ([await a.array(), await b.array()]);
+  const x = /** @type {number[][]} */ (await a.array());
+  const y = /** @type {number[][]} */ (await b.array());
   return x.map((row, i) => {
     const o = /** @type {number[]} */ (y[i]);
     let xy = 0;
