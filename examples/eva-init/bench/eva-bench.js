@@ -4,7 +4,7 @@
 // forward, the whole EVA call). Writes DIR/ours-<backend>.json and prints it.
 //
 //   node eva-bench.js DIR [--backend webgpu|wasm|cpu] [--time-limit SECONDS] [--precision float32|float64]
-//                         [--max-passes N]
+//                         [--max-passes N] [--max-steps N]
 // Bundled for the GPU machine with ../../../../shared/device/pack (see README.md).
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -23,6 +23,8 @@ const { positionals, values } = parseArgs({
     precision: { type: 'string', default: 'float32' },
     // PEFT has no cap on passes: a high one here, so that both sides stop on convergence
     'max-passes': { type: 'string', default: '1000' },
+    // stop after this many batches (both sides time the same first batches; 0: until convergence)
+    'max-steps': { type: 'string', default: process.env.EVA_BENCH_STEPS ?? '0' },
   },
 });
 const dir = positionals[0];
@@ -56,7 +58,11 @@ const limit = values['time-limit'] ? Number(values['time-limit']) : undefined;
 let steps = 0;
 /** @type {import('@lora/eva').EvaReport | undefined} */
 let report;
+const maxSteps = Number(values['max-steps']);
+const controller = new AbortController();
+const signals = [controller.signal, ...(limit ? [AbortSignal.timeout(limit * 1000)] : [])];
 const t0 = performance.now();
+const c0 = process.cpuUsage();
 let finished = true;
 /** @type {Record<string, number>} */
 let ranks = {};
@@ -65,9 +71,10 @@ try {
     progressBar: false,
     precision: /** @type {'float32'} */ (values.precision),
     maxPasses: Number(values['max-passes']),
-    signal: limit ? AbortSignal.timeout(limit * 1000) : undefined,
+    signal: AbortSignal.any(signals),
     onProgress: (p) => {
       steps = p.step;
+      if (maxSteps && p.step >= maxSteps) controller.abort();
       const line = `${p.convergedLayers}/${p.totalLayers} layers converged after ${p.step} batches, ${(p.elapsedMs / 1000).toFixed(1)} s`;
       if (process.stderr.isTTY) process.stderr.write(`\r${line}`);
       else if (p.step % 10 === 0) process.stderr.write(`${line}\n`);
@@ -81,11 +88,13 @@ try {
   finished = false;
 }
 const seconds = (performance.now() - t0) / 1000;
+const cpu = process.cpuUsage(c0);
 if (process.stderr.isTTY) process.stderr.write('\n');
 const out = {
   impl: '@lora/eva',
   backend: `${info.name} (${info.adapter})`,
   seconds,
+  cpuSeconds: (cpu.user + cpu.system) / 1e6,
   steps: report?.steps ?? steps,
   passes: report?.passes,
   finished,

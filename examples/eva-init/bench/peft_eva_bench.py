@@ -74,19 +74,22 @@ def run(d):
     forwards = [0]
     # PEFT cycles the batches until every layer converged, with no cap: stop it after a time limit
     limit = float(os.environ.get("PEFT_TIME_LIMIT", "240"))
+    # or after a number of batches (EVA_BENCH_STEPS: both sides time the same first batches)
+    max_steps = int(os.environ.get("EVA_BENCH_STEPS", "0"))
 
     class TimeLimit(Exception):
         pass
 
     def count(*_):
         forwards[0] += 1
-        if time.perf_counter() - t0 > limit:
+        if time.perf_counter() - t0 > limit or (max_steps and forwards[0] > max_steps + 1):
             raise TimeLimit()
 
     pm.base_model.model.register_forward_pre_hook(count)
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
+    c0 = time.process_time()
     finished = True
     try:
         initialize_lora_eva_weights(pm, batches, show_progress_bar=False)
@@ -96,11 +99,12 @@ def run(d):
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - c0
     ranks = {n.replace("base_model.model.", ""): m.r["default"] for n, m in pm.named_modules() if hasattr(m, "r") and "default" in getattr(m, "r", {})}
     # PEFT's loop runs one forward to find equal inputs, then one per batch used
     out = {"impl": "PEFT " + peft.__version__, "backend": f"torch {torch.__version__} {device}" + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""),
            "seconds": seconds, "forwards": forwards[0], "steps": forwards[0] - 1, "finished": finished,
-           "ranks": ranks if finished else {}}
+           "cpuSeconds": cpu_seconds, "threads": torch.get_num_threads(), "ranks": ranks if finished else {}}
     with open(os.path.join(d, "peft.json"), "w") as f:
         json.dump(out, f, indent=1)
     print(json.dumps({k: v for k, v in out.items() if k != "ranks"}))
@@ -117,8 +121,8 @@ def table(d):
     s = json.load(open(os.path.join(d, "settings.json")))
     print(f"\nEVA on a {s['parameters'] / 1e6:.1f}M-parameter Llama, {s['batches']} batches of {s['batch_size']}x{s['seq_len']}, "
           f"r={s['r']} rho={s['eva_config']['rho']} tau={s['eva_config']['tau']} on {','.join(s['target_modules'])}\n")
-    print("| implementation | backend | seconds | batches used | s / batch | time / PEFT's | s per batch / PEFT's | ranks as PEFT's |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+    print("| implementation | backend | seconds | CPU seconds | batches used | s / batch | time / PEFT's | s per batch / PEFT's | ranks as PEFT's |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     per_batch = lambda r: r["seconds"] / max(1, r.get("steps", 0))
     peft_done = bool(peft_row and peft_row.get("finished", True))
     for r in rows:
@@ -133,10 +137,11 @@ def table(d):
             ratio = "1"
         per_ratio = f"{per_batch(r) / per_batch(peft_row):.3f}" if peft_row else "-"
         secs = f"{r['seconds']:.1f}" + ("" if done else " (stopped)")
-        print(f"| {r['impl']} | {r['backend']} | {secs} | {r.get('steps', 0)} | {per_batch(r):.3f} | {ratio} | {per_ratio} | {same} |")
+        cpu = f"{r['cpuSeconds']:.1f}" if "cpuSeconds" in r else "-"
+        print(f"| {r['impl']} | {r['backend']} | {secs} | {cpu} | {r.get('steps', 0)} | {per_batch(r):.3f} | {ratio} | {per_ratio} | {same} |")
     for r in rows:
         if not r.get("finished", True):
-            print(f"\n{r['impl']} on {r['backend']} was stopped at its time limit ({r['seconds']:.0f} s, {r.get('steps', 0)} batches used).")
+            print(f"\n{r['impl']} on {r['backend']} was stopped at its time or batch limit ({r['seconds']:.0f} s, {r.get('steps', 0)} batches used).")
 
 
 if __name__ == "__main__":
