@@ -189,7 +189,9 @@ const summary = (/** @type {'default' | 'eva'} */ init) => {
     heldoutPerplexity: avg(mine.map((r) => r.heldoutPerplexity)),
     finalLoss: avg(mine.map((r) => avg(r.losses.slice(-10)))),
     lossAtStep: Object.fromEntries(
-      [10, 25, 50, 100, STEPS].map((s) => [s, avg(mine.map((r) => r.losses[s - 1] ?? Number.NaN))]),
+      [...new Set([10, 25, 50, 100, STEPS])]
+        .filter((s) => s <= STEPS)
+        .map((s) => [s, avg(mine.map((r) => r.losses[s - 1] ?? Number.NaN))]),
     ),
   };
 };
@@ -201,7 +203,7 @@ console.log(`\nmean over ${SEEDS.length} seeds (held-out perplexity of the base 
 for (const init of /** @type {const} */ (['default', 'eva'])) {
   const s = summary(init);
   console.log(
-    `  ${init.padEnd(7)}: loss at steps 10/25/50/100/${STEPS}: ${Object.values(s.lossAtStep)
+    `  ${init.padEnd(7)}: loss at steps ${Object.keys(s.lossAtStep).join('/')}: ${Object.values(s.lossAtStep)
       .map((v) => v.toFixed(3))
       .join(' / ')}; held-out perplexity ${s.heldoutPerplexity.toFixed(2)}`,
   );
