@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import sys
-from collections import Counter
 
 import numpy as np
 import torch
@@ -14,38 +13,17 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 import peft  # noqa: E402
-import peft.tuners.lora.eva as eva  # noqa: E402
 from peft import EvaConfig, LoraConfig, get_peft_model  # noqa: E402
 from peft.tuners.lora.eva import get_eva_state_dict, initialize_lora_eva_weights  # noqa: E402
-from peft.utils.incremental_pca import IncrementalPCA  # noqa: E402
 
 from eva_net import EvaNet, ThreeNet  # noqa: E402
+from eva_counting import count_pca_updates  # noqa: E402
 from oracle_common import save_adapter  # noqa: E402
 
 ROOT = os.environ.get("ORACLE_OUT") or os.path.join(os.path.dirname(__file__), "..", "..", "packages", "eva", "__fixtures__")
 os.makedirs(ROOT, exist_ok=True)
 
-# count the batches each hook layer's incremental PCA used
-updates = Counter()
-_init = eva.SVDHook.__init__
-
-
-def _tagged_init(self, *a, **k):
-    _init(self, *a, **k)
-    self.svd._eva_name = self.name
-
-
-eva.SVDHook.__init__ = _tagged_init
-_fit = IncrementalPCA.partial_fit
-
-
-def _counted_fit(self, X, check_input=True):
-    if hasattr(self, "_eva_name"):
-        updates[self._eva_name] += 1
-    return _fit(self, X, check_input)
-
-
-IncrementalPCA.partial_fit = _counted_fit
+updates = count_pca_updates()  # batches each hook layer's incremental PCA used
 
 torch.manual_seed(0)
 base = EvaNet().eval()

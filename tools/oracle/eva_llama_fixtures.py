@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import sys
-from collections import Counter
 
 import torch
 from safetensors.torch import save_file
@@ -15,36 +14,16 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, os.path.dirname(__file__))
 import peft  # noqa: E402
-import peft.tuners.lora.eva as eva  # noqa: E402
 from peft import EvaConfig, LoraConfig, get_peft_model  # noqa: E402
 from peft.tuners.lora.eva import get_eva_state_dict, initialize_lora_eva_weights  # noqa: E402
-from peft.utils.incremental_pca import IncrementalPCA  # noqa: E402
 
+from eva_counting import count_pca_updates  # noqa: E402
 from oracle_common import save_adapter  # noqa: E402
 
 ROOT = os.environ.get("ORACLE_OUT") or os.path.join(os.path.dirname(__file__), "..", "..", "examples", "eva-init", "fixtures")
 os.makedirs(ROOT, exist_ok=True)
 
-updates = Counter()
-_init = eva.SVDHook.__init__
-
-
-def _tagged_init(self, *a, **k):
-    _init(self, *a, **k)
-    self.svd._eva_name = self.name.replace("base_model.model.", "")
-
-
-eva.SVDHook.__init__ = _tagged_init
-_fit = IncrementalPCA.partial_fit
-
-
-def _counted_fit(self, X, check_input=True):
-    if hasattr(self, "_eva_name"):
-        updates[self._eva_name] += 1
-    return _fit(self, X, check_input)
-
-
-IncrementalPCA.partial_fit = _counted_fit
+updates = count_pca_updates("base_model.model.")  # batches each hook layer's incremental PCA used
 
 cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   max_position_embeddings=64, rms_norm_eps=1e-5, initializer_range=0.2, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)

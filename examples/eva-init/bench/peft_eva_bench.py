@@ -55,6 +55,8 @@ def make(d):
 
 
 def run(d):
+    if os.environ.get("PEFT_THREADS"):
+        torch.set_num_threads(int(os.environ["PEFT_THREADS"]))
     import peft
     from peft import EvaConfig, LoraConfig, get_peft_model, initialize_lora_eva_weights
     from safetensors.torch import load_file
