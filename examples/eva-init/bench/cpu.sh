@@ -16,7 +16,7 @@ d=${EVA_BENCH_DIR:-$root/.bench/eva-cpu}
 export EVA_BENCH_SMALL=1 PYTHONUNBUFFERED=1 PEFT_TIME_LIMIT=${PEFT_TIME_LIMIT:-1800} EVA_BENCH_STEPS=${EVA_BENCH_STEPS:-16} \
   PEFT_THREADS=${PEFT_THREADS:-1} OMP_NUM_THREADS=${PEFT_THREADS:-1}
 rm -rf "$d"
-echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $(date -u +%FT%TZ)"
+echo "machine: $(nproc --all) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $(date -u +%FT%TZ)"
 "$py" "$here/peft_eva_bench.py" make "$d" 2>&1 | grep -v '%|'
 "$py" "$here/peft_eva_bench.py" run "$d" 2>&1 | grep -v '%|'
 node "$here/eva-bench.js" "$d" --backend wasm 2>/dev/null

@@ -6,14 +6,15 @@
 //   node eva-bench.js DIR [--backend webgpu|wasm|cpu] [--time-limit SECONDS] [--precision float32|float64]
 //                         [--max-passes N] [--max-steps N]
 // Bundled for the GPU machine with ../../../../shared/device/pack (see README.md).
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { getPeftModel } from '@lora/core';
 import { initializeLoraEvaWeights } from '@lora/eva';
 import { LlamaForCausalLM } from '@lora/models';
-import { initBackend, parseSafetensors } from '@lora/tensor';
+import { parseSafetensors } from '@lora/tensor';
+import { startBackend } from '../src/backend.js';
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -30,10 +31,7 @@ const { positionals, values } = parseArgs({
 const dir = positionals[0];
 if (!dir) throw new Error('usage: eva-bench.js DIR [--backend webgpu|wasm|cpu] [--time-limit S]');
 const backend = /** @type {'webgpu' | 'wasm' | 'cpu'} */ (values.backend);
-// in a bundle the wasm binaries sit beside it (pack.sh copies them there)
-const here = dirname(new URL(import.meta.url).pathname);
-const wasmDir = process.env.LORA_WASM_DIR ?? (existsSync(join(here, 'tfjs-backend-wasm-simd.wasm')) ? here : undefined);
-const info = await initBackend(backend, backend === 'wasm' && wasmDir ? { wasm: { wasmPaths: `${wasmDir}/` } } : {});
+const info = await startBackend(backend, dirname(new URL(import.meta.url).pathname));
 const settings = JSON.parse(readFileSync(join(dir, 'settings.json'), 'utf8'));
 const t = parseSafetensors(new Uint8Array(readFileSync(join(dir, 'batches.safetensors')))).tensors;
 const batches = Array.from({ length: settings.batches }, (_, i) => ({

@@ -20,6 +20,7 @@ for entry in examples/eva-init/bench/eva-bench.js examples/eva-init/src/experime
   [ "$name" = experiment ] && name=eva-experiment
   npx esbuild "$entry" --bundle --platform=node --format=esm --target=node20 \
     --external:webgpu --ignore-annotations --log-level=error --outfile="$out/$name.mjs" \
+    --inject:examples/eva-init/bench/dirname-shim.js \
     --banner:js="import {createRequire as __lora_cr} from 'module'; const require = __lora_cr(import.meta.url);"
 done
 cp node_modules/@tensorflow/tfjs-backend-wasm/dist/*.wasm "$out/"

@@ -15,7 +15,8 @@ import { getPeftModel } from '@lora/core';
 import { evaProgressBar, initializeLoraEvaWeights } from '@lora/eva';
 import { LlamaForCausalLM, loadTokenizer } from '@lora/models';
 import { AdamW, cosineWarmupSchedule, manualSeed, train } from '@lora/nn';
-import { Generator, initBackend } from '@lora/tensor';
+import { Generator } from '@lora/tensor';
+import { startBackend } from './backend.js';
 
 const here = import.meta.dirname;
 const MODEL = process.env.FORTUNE_LLAMA_DIR ?? join(here, '..', '..', 'fortune-llama', 'model');
@@ -32,7 +33,7 @@ const SETTINGS = {
   evaConfig: { rho: 2, tau: 0.99 },
 };
 
-const info = await initBackend(/** @type {'wasm'} */ (process.env.LORA_BACKEND ?? 'wasm'));
+const info = await startBackend(/** @type {'wasm'} */ (process.env.LORA_BACKEND ?? 'wasm'), here);
 console.log(`backend: ${info.name} (${info.adapter}); model: ${MODEL}`);
 
 /** @param {string} text */
