@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -147,6 +147,10 @@ describe('lora eva', () => {
     const empty = await run('eva', '--model', model, '--data', join(work, 'empty.txt'), '--out', join(work, 'y'));
     expect(empty.code).toBe(1);
     expect(empty.err).toMatch(/lora eva: dataloader is empty/);
+    expect(existsSync(join(work, 'y'))).toBe(false); // the failed run left no output behind
+    const inside = await run('eva', '--model', model, '--data', join(work, 'data.txt'), '--out', join(model, 'eva'));
+    expect(inside.code).toBe(2);
+    expect(inside.err).toMatch(/--out .*--model/);
     const exists = await run('eva', '--model', model, '--data', join(work, 'data.txt'), '--out', join(work, 'adapter'));
     expect(exists.code).toBe(2);
     expect(exists.err).toMatch(/--out .* exists; .* --force/);

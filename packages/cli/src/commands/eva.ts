@@ -1,18 +1,19 @@
-import { readFile, stat } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import * as tf from '@tensorflow/tfjs-core';
 import { getPeftModel, saveAdapter } from '@lora/core';
 import { type EvaProgress, evaProgressBar, initializeLoraEvaWeights } from '@lora/eva';
 import { LlamaForCausalLM, loadTokenizer } from '@lora/models';
+import { outputKinds } from '@lora/tensor/node';
 import {
   type Command,
   type Io,
+  OUTPUT_HELP,
   UsageError,
   isDir,
   numberOption,
   parseCommandArgs,
+  prepareOut,
   startBackend,
-  writeDirAtomic,
 } from '../shared';
 
 const HELP = `lora eva --model <dir> --data <file> --out <dir> [options]
@@ -41,10 +42,12 @@ Options:
   --max-length N          tokens per example, longer ones cut (default 512)
   --max-batches N         use the first N batches of --data (default: all)
   --max-passes N          passes over the batches before stopping unconverged layers (default 10)
-  --force                 replace --out if it exists
+  --force                 replace --out if it exists (see Output below)
 
 The pass runs on the backend LORA_BACKEND names (webgpu is much faster on a GPU), else tensorflow
-(tfjs-node), wasm or cpu.`;
+(tfjs-node), wasm or cpu.
+
+${OUTPUT_HELP}`;
 
 /** Token ids per example from a text or JSON-lines file. */
 async function readExamples(file: string, tokenizer: Awaited<ReturnType<typeof loadTokenizer>>, maxLength: number) {
@@ -143,19 +146,28 @@ async function eva(args: string[], io: Io): Promise<number> {
     .map((s) => s.trim())
     .filter(Boolean);
   const modelDir = values.model as string;
-  const out = resolve(values.out as string);
   if (!(await isDir(modelDir)))
     throw new UsageError(`--model ${modelDir} is not a directory (a Hugging Face checkpoint folder)`);
-  if ([resolve(modelDir), resolve(values.data as string)].includes(out))
-    throw new UsageError(`--out ${values.out} is one of the inputs; write the adapter elsewhere`);
-  if ((await stat(out).catch(() => null)) && !values.force)
-    throw new UsageError(`--out ${values.out} exists; choose a new directory or pass --force to replace it`);
-  await startBackend(io);
-  const tokenizer = await loadTokenizer(modelDir);
-  let examples = await readExamples(values.data as string, tokenizer, maxLength);
-  if (maxBatches !== undefined) examples = examples.slice(0, maxBatches * batchSize);
-  const model = await LlamaForCausalLM.fromPretrained(modelDir);
+  // every check on --out before the model is read
+  const output = await prepareOut(
+    values.out as string,
+    {
+      kind: outputKinds.adapterDirectory,
+      force: values.force ?? false,
+      inputs: [
+        { path: modelDir, label: '--model' },
+        { path: values.data as string, label: '--data' },
+      ],
+    },
+    io,
+  );
+  let model: LlamaForCausalLM | null = null;
   try {
+    await startBackend(io);
+    const tokenizer = await loadTokenizer(modelDir);
+    let examples = await readExamples(values.data as string, tokenizer, maxLength);
+    if (maxBatches !== undefined) examples = examples.slice(0, maxBatches * batchSize);
+    model = await LlamaForCausalLM.fromPretrained(modelDir);
     const peft = getPeftModel(model, {
       r,
       loraAlpha: alpha,
@@ -180,15 +192,19 @@ async function eva(args: string[], io: Io): Promise<number> {
       warn: (m) => io.err(`warning: ${m}`),
     });
     bar?.done();
-    await writeDirAtomic(out, (tmp) => saveAdapter(peft, tmp, { warn: (m) => io.err(`warning: ${m}`) }).then(() => {}));
+    await saveAdapter(peft, output.target, { warn: (m) => io.err(`warning: ${m}`) });
+    await output.commit();
     const values_ = Object.values(ranks);
     io.err(
       `wrote ${values.out} (${values_.length} modules, ranks ${Math.min(...values_)}–${Math.max(...values_)}, ${values_.filter((v) => v === 0).length} without LoRA) in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
     );
     for (const [path, rank] of Object.entries(ranks)) io.out(`${path}\t${rank}`);
     return 0;
+  } catch (e) {
+    throw await output.explain(e);
   } finally {
-    model.dispose();
+    await output.abort();
+    model?.dispose();
   }
 }
 
