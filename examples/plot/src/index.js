@@ -42,7 +42,10 @@ export function lineChartSpec(chart) {
  * @returns {Promise<string>}
  */
 export async function renderSvg(spec) {
-  const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
+  // the spec is built by lineChartSpec (plain JSON); vega-lite validates it when compiling
+  const view = new vega.View(vega.parse(compile(/** @type {import('vega-lite').TopLevelSpec} */ (spec)).spec), {
+    renderer: 'none',
+  });
   try {
     return await view.toSVG();
   } finally {
