@@ -28,6 +28,7 @@ const NEEDS: Record<string, { setup?: string; teardown?: string; preludes?: Prel
   },
   'packages/tensor/README.md': { setup: 'const __stopHub = await __h.fakeHub();', teardown: 'await __stopHub();' },
   'packages/models/README.md': { setup: 'const __stopHub = await __h.fakeHub();', teardown: 'await __stopHub();' },
+  'packages/eva/README.md': { setup: 'await __h.tinyCheckpoint();' },
   'packages/loraga/README.md': { setup: 'await __h.tinyCheckpoint();' },
   'packages/core/README.md': {
     setup: "await __h.tinyCheckpoint(); await __h.peftAdapter('my-peft-adapter', 0);",

@@ -1,5 +1,6 @@
 import { arrowCommand } from './commands/arrow';
 import { combineCommand } from './commands/combine';
+import { evaCommand } from './commands/eva';
 import { inspectCommand } from './commands/inspect';
 import { loftqCommand } from './commands/loftq';
 import { mergeCommand } from './commands/merge';
@@ -10,7 +11,7 @@ import { type Command, type Io, UsageError } from './shared';
 export type { Io } from './shared';
 
 /** Every sub-command, in the order `lora --help` lists them. */
-const COMMANDS: Command[] = [inspectCommand, mergeCommand, combineCommand, loftqCommand, arrowCommand];
+const COMMANDS: Command[] = [inspectCommand, mergeCommand, combineCommand, loftqCommand, arrowCommand, evaCommand];
 
 function mainHelp(): string {
   return [

@@ -252,6 +252,24 @@ export class SGD implements Optimizer {
 }
 
 /**
+ * The sum of many tensors of one shape, `tf.addN` in groups of at most 7: WebGPU's AddN binds each
+ * input as a storage buffer, and a device allows 8 per shader stage unless asked for more, so one addN
+ * over a model's gradients fails there.
+ */
+function addMany(xs: tf.Tensor[]): tf.Tensor {
+  let level = xs;
+  while (level.length > 1) {
+    const next: tf.Tensor[] = [];
+    for (let i = 0; i < level.length; i += 7) {
+      const group = level.slice(i, i + 7);
+      next.push(group.length === 1 ? (group[0] as tf.Tensor) : tf.addN(group));
+    }
+    level = next;
+  }
+  return level[0] as tf.Tensor;
+}
+
+/**
  * Scales gradients so that their global L2 norm is at most `maxNorm`, as
  * `torch.nn.utils.clip_grad_norm_` (coefficient `maxNorm / (norm + 1e-6)`, applied only when below 1).
  * Returns the new gradients (the old ones are disposed when replaced) and the total norm before clipping.
@@ -267,7 +285,7 @@ export async function clipGradNorm(
 ): Promise<{ grads: Record<string, tf.Tensor>; totalNorm: number }> {
   const names = Object.keys(grads);
   if (names.length === 0) return { grads, totalNorm: 0 };
-  const total = tf.tidy(() => tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(grads[n] as tf.Tensor))))));
+  const total = tf.tidy(() => tf.sqrt(addMany(names.map((n) => tf.sum(tf.square(grads[n] as tf.Tensor))))));
   const totalNorm = (await total.data())[0] as number;
   total.dispose();
   const coef = maxNorm / (totalNorm + 1e-6);

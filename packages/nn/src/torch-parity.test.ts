@@ -212,6 +212,18 @@ await describeEachBackend('optimizers against torch', () => {
     await close(clipped.b as tf.Tensor, 'clip.b_clipped', 1e-6);
     tf.dispose(Object.values(clipped));
   });
+  it('clipGradNorm over many gradients (summed in groups of 7, for WebGPU) is the global norm', async () => {
+    const grads: Record<string, tf.Tensor> = {};
+    let squares = 0;
+    for (let i = 0; i < 50; i++) {
+      grads[`g${i}`] = tf.tensor1d([i + 1, -(i % 3)]);
+      squares += (i + 1) ** 2 + (i % 3) ** 2;
+    }
+    const { grads: clipped, totalNorm } = await clipGradNorm(grads, 1);
+    expect(totalNorm).toBeCloseTo(Math.sqrt(squares), 2);
+    expect((await (clipped.g49 as tf.Tensor).data())[0]).toBeCloseTo(50 / Math.sqrt(squares), 6);
+    tf.dispose(Object.values(clipped));
+  });
 });
 
 describe('names and schedules', () => {

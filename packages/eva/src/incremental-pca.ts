@@ -1,0 +1,317 @@
+/**
+ * EVA's incremental PCA, one per hook layer, updated for many layers at once. PEFT runs
+ * `IncrementalPCA(n_components=k, lowrank=True, lowrank_seed=42).partial_fit(x)` per layer per batch,
+ * in float64 after the first batch. Here the layers of equal shapes are stacked and updated together in
+ * float32 on the active backend (`'float32'`, the default), or one by one in float64 on the CPU with
+ * `@lora/linalg`'s IncrementalPCA, PEFT's arithmetic exactly (`'float64'`, for small models and checks).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { IncrementalPCA } from '@lora/linalg';
+import { Generator } from '@lora/tensor';
+import { svdExactBatched, svdLowRankBatched } from './low-rank-batched';
+
+/** Where the incremental PCA runs: float32 on the active backend (default) or float64 on the CPU. */
+export type IpcaPrecision = 'float32' | 'float64';
+
+/** PEFT's `lowrank_seed`, `lowrank_niter` and the sketch size of EVA's IncrementalPCA. */
+const SEED = 42;
+const NITER = 4;
+
+/**
+ * The running state of one hook layer: PEFT's `SVDHook` (its IncrementalPCA and `converged`).
+ * Components are kept on the backend (float32) for the next update and on the CPU for the
+ * convergence test and the result.
+ */
+export class LayerPca {
+  readonly name: string;
+  /** n_components: the most components this layer (or its equal-input group) may take. */
+  readonly k: number;
+  /** Sketch columns: 2k, as PEFT's IncrementalPCA (lowrank_q = 2·n_components). */
+  readonly q: number;
+  nSeen = 0;
+  mean: Float64Array | null = null;
+  variance: Float64Array | null = null;
+  /** [k, d] rows (unit, sign-fixed), or null before the first update. */
+  components: Float32Array | Float64Array | null = null;
+  singularValues: Float64Array | null = null;
+  explainedVarianceRatio: Float64Array | null = null;
+  /** Per component: its cosine with the previous update's is at least tau. */
+  converged: boolean[];
+  /** How many batches updated it. */
+  updates = 0;
+  private tensor: tf.Tensor2D | null = null;
+  private reference: IncrementalPCA | null = null;
+
+  constructor(name: string, k: number) {
+    this.name = name;
+    this.k = k;
+    this.q = 2 * k;
+    this.converged = new Array<boolean>(k).fill(false);
+  }
+
+  /** The components as a backend tensor (kept by this object). */
+  get componentsTensor(): tf.Tensor2D | null {
+    return this.tensor;
+  }
+
+  /** @internal */
+  setComponents(rows: Float32Array | Float64Array, d: number, tensor: tf.Tensor2D | null, tau: number): void {
+    const prev = this.components;
+    this.components = rows;
+    this.tensor?.dispose();
+    this.tensor = tensor;
+    if (prev) this.converged = rowCosines(rows, prev, this.k, d).map((c) => c >= tau);
+  }
+
+  /** @internal the float64 reference IPCA of this layer (created on first use). */
+  referencePca(): IncrementalPCA {
+    this.reference ??= new IncrementalPCA({ nComponents: this.k, lowRank: true, lowRankSeed: SEED });
+    return this.reference;
+  }
+
+  dispose(): void {
+    this.tensor?.dispose();
+    this.tensor = null;
+  }
+}
+
+/** torch.nn.functional.cosine_similarity of matching rows: x·y / max(‖x‖·‖y‖, 1e-8). */
+function rowCosines(a: ArrayLike<number>, b: ArrayLike<number>, k: number, d: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < k; i++) {
+    let xy = 0;
+    let xx = 0;
+    let yy = 0;
+    for (let j = 0; j < d; j++) {
+      const x = a[i * d + j] as number;
+      const y = b[i * d + j] as number;
+      xy += x * y;
+      xx += x * x;
+      yy += y * y;
+    }
+    out.push(xy / Math.max(Math.sqrt(xx * yy), 1e-8));
+  }
+  return out;
+}
+
+/** The same sign rule as PEFT's `_svd_flip(u_based_decision=False)`: each row's largest |entry| made positive. */
+function flipRows(rows: Float32Array, k: number, d: number): Float32Array {
+  const signs = new Float32Array(k);
+  for (let i = 0; i < k; i++) {
+    let best = 0;
+    let bestAbs = -1;
+    for (let j = 0; j < d; j++) {
+      const v = Math.abs(rows[i * d + j] as number);
+      if (v > bestAbs) {
+        bestAbs = v;
+        best = j;
+      }
+    }
+    signs[i] = (rows[i * d + best] as number) < 0 ? -1 : 1;
+    if (signs[i] === -1) for (let j = 0; j < d; j++) rows[i * d + j] = -(rows[i * d + j] as number);
+  }
+  return signs;
+}
+
+/** Cache of PEFT's sketches: `manual_seed(42); randn(cols, q)` in float32 (first batch) or float64 (later). */
+class Sketches {
+  private readonly cache = new Map<string, tf.Tensor2D>();
+  get(cols: number, q: number, dtype: 'float32' | 'float64'): tf.Tensor2D {
+    const key = `${cols}x${q}:${dtype}`;
+    let t = this.cache.get(key);
+    if (!t) {
+      const g = new Generator(SEED);
+      const values =
+        dtype === 'float32'
+          ? g.fillNormal(new Float32Array(cols * q))
+          : Float32Array.from(g.fillNormal64(new Float64Array(cols * q)));
+      t = tf.tensor2d(values, [cols, q]);
+      this.cache.set(key, t);
+    }
+    return t;
+  }
+  dispose(): void {
+    for (const t of this.cache.values()) t.dispose();
+    this.cache.clear();
+  }
+}
+
+/** One layer's batch for {@link IpcaUpdater.update}: its prepared inputs [n, d] (the caller keeps them). */
+export interface IpcaEntry {
+  layer: LayerPca;
+  x: tf.Tensor2D;
+}
+
+/** Options of {@link IpcaUpdater}. */
+export interface IpcaUpdaterOptions {
+  precision?: IpcaPrecision;
+  /** The convergence threshold on each component's cosine with its previous value (EVA's tau). */
+  tau: number;
+  /** Most float32 values one stacked update may hold; larger groups are split. Default 2^25 (128 MB, under WebGPU's default binding limit). */
+  maxStackValues?: number;
+}
+
+/**
+ * Updates hook layers' incremental PCAs with one batch each, as PEFT's `SVDHook.__call__` (without its
+ * skip rule, which the caller applies). Layers of equal shapes share one stacked decomposition; groups
+ * of different shapes run concurrently, so that their round trips to the CPU overlap.
+ */
+export class IpcaUpdater {
+  private readonly sketches = new Sketches();
+  readonly precision: IpcaPrecision;
+  private readonly tau: number;
+  private readonly maxStackValues: number;
+
+  constructor(options: IpcaUpdaterOptions) {
+    this.precision = options.precision ?? 'float32';
+    this.tau = options.tau;
+    this.maxStackValues = options.maxStackValues ?? 2 ** 25;
+  }
+
+  async update(entries: IpcaEntry[]): Promise<void> {
+    if (this.precision === 'float64') {
+      for (const e of entries) await this.updateReference(e);
+      return;
+    }
+    const groups = new Map<string, IpcaEntry[]>();
+    for (const e of entries) {
+      const [n, d] = e.x.shape;
+      const key = `${e.layer.nSeen === 0}|${n}|${d}|${e.layer.k}`;
+      const list = groups.get(key) ?? [];
+      list.push(e);
+      groups.set(key, list);
+    }
+    const chunks: IpcaEntry[][] = [];
+    for (const list of groups.values()) {
+      const [n, d] = (list[0] as IpcaEntry).x.shape;
+      const per = Math.max(1, Math.floor(this.maxStackValues / ((n + 2 * (list[0] as IpcaEntry).layer.k + 1) * d)));
+      for (let i = 0; i < list.length; i += per) chunks.push(list.slice(i, i + per));
+    }
+    await Promise.all(chunks.map((c) => this.updateStack(c)));
+  }
+
+  /** PEFT's arithmetic in float64 (linalg's IncrementalPCA, matched to PEFT's). */
+  private async updateReference({ layer, x }: IpcaEntry): Promise<void> {
+    const pca = layer.referencePca();
+    await pca.partialFit(x);
+    const comps = pca.components;
+    if (!comps) return;
+    layer.nSeen = pca.nSamplesSeen;
+    layer.mean = pca.mean;
+    layer.variance = pca.var;
+    layer.singularValues = pca.singularValues;
+    layer.explainedVarianceRatio = pca.explainedVarianceRatio;
+    layer.updates++;
+    // linalg keeps float64 rows: compared at full precision, as PEFT does
+    layer.setComponents(Float64Array.from(comps.data), comps.cols, null, this.tau);
+  }
+
+  /** One stacked update of layers whose inputs and component counts have the same shape. */
+  private async updateStack(entries: IpcaEntry[]): Promise<void> {
+    const L = entries.length;
+    const first = entries[0] as IpcaEntry;
+    const [n, d] = first.x.shape;
+    const { k, q } = first.layer;
+    const isFirst = first.layer.nSeen === 0;
+    // batch statistics on the backend: column sums, and the centred batch's sums and sums of squares
+    // (the sums of the centred values put back what float32 rounding of the mean lost, as PEFT's
+    // `correction` does in float64)
+    const X = tf.tidy(() => tf.stack(entries.map((e) => tf.cast(e.x, 'float32'))) as tf.Tensor3D);
+    const { centred, stats } = tf.tidy(() => {
+      const colSum = tf.sum(X, 1);
+      const c = tf.sub(X, tf.expandDims(tf.div(colSum, n), 1));
+      return { centred: c as tf.Tensor3D, stats: tf.stack([colSum, tf.sum(c, 1), tf.sum(tf.square(c), 1)], 1) };
+    });
+    X.dispose();
+    const s = await stats.data();
+    stats.dispose();
+    const corrections = new Float32Array(L * d);
+    const means: Float64Array[] = [];
+    const variances: Float64Array[] = [];
+    for (let l = 0; l < L; l++) {
+      const layer = (entries[l] as IpcaEntry).layer;
+      const seen = layer.nSeen;
+      const total = seen + n;
+      const mean = new Float64Array(d);
+      const variance = new Float64Array(d);
+      const factor = Math.sqrt((seen / total) * n);
+      for (let j = 0; j < d; j++) {
+        const newSum = s[(l * 3 + 0) * d + j] as number;
+        const corr = s[(l * 3 + 1) * d + j] as number;
+        const newUnnormalized = (s[(l * 3 + 2) * d + j] as number) - (corr * corr) / n;
+        if (isFirst) {
+          mean[j] = newSum / total;
+          variance[j] = newUnnormalized / total;
+        } else {
+          const lastMean = (layer.mean as Float64Array)[j] as number;
+          const lastMeanTimesSeen = lastMean * seen;
+          const lastOverNew = seen / n;
+          mean[j] = (lastMeanTimesSeen + newSum) / total;
+          variance[j] =
+            (((layer.variance as Float64Array)[j] as number) * seen +
+              newUnnormalized +
+              (lastOverNew / total) * (lastMeanTimesSeen / lastOverNew - newSum) ** 2) /
+            total;
+          corrections[l * d + j] = factor * (lastMean - newSum / n);
+        }
+      }
+      means.push(mean);
+      variances.push(variance);
+    }
+    // the matrix PEFT decomposes: the centred batch, under diag(S)·components and a mean-correction row
+    let M: tf.Tensor3D;
+    if (isFirst) M = centred;
+    else {
+      const sv = new Float32Array(L * k);
+      for (let l = 0; l < L; l++)
+        sv.set(Float32Array.from((entries[l] as IpcaEntry).layer.singularValues as Float64Array), l * k);
+      M = tf.tidy(() => {
+        const prev = tf.stack(entries.map((e) => e.layer.componentsTensor as tf.Tensor2D));
+        const scaled = tf.mul(prev, tf.tensor3d(sv, [L, k, 1]));
+        return tf.concat([scaled, centred, tf.tensor3d(corrections, [L, 1, d])], 1) as tf.Tensor3D;
+      });
+      centred.dispose();
+    }
+    const m = M.shape[1];
+    let result: Awaited<ReturnType<typeof svdExactBatched>>;
+    try {
+      if (q >= Math.min(m, d)) result = await svdExactBatched(M, k);
+      else {
+        const tall = m >= d;
+        const sketch = this.sketches.get(tall ? d : m, q, isFirst ? 'float32' : 'float64');
+        result = await svdLowRankBatched(M, { q, niter: NITER, k, sketch });
+      }
+    } finally {
+      M.dispose();
+    }
+    const rows = await result.Vt.data();
+    const flipped = new Float32Array(rows);
+    const signs = new Float32Array(L * k);
+    for (let l = 0; l < L; l++) {
+      const mine = flipped.subarray(l * k * d, (l + 1) * k * d);
+      signs.set(flipRows(mine, k, d), l * k);
+    }
+    const signed = tf.tidy(() => tf.mul(result.Vt, tf.tensor3d(signs, [L, k, 1])));
+    result.Vt.dispose();
+    const perLayer = tf.unstack(signed) as tf.Tensor2D[];
+    signed.dispose();
+    for (let l = 0; l < L; l++) {
+      const layer = (entries[l] as IpcaEntry).layer;
+      const S = result.S[l] as Float64Array;
+      const total = layer.nSeen + n;
+      let totalSquares = 0;
+      for (const v of variances[l] as Float64Array) totalSquares += v * total;
+      layer.nSeen = total;
+      layer.mean = means[l] as Float64Array;
+      layer.variance = variances[l] as Float64Array;
+      layer.singularValues = S.slice(0, k);
+      layer.explainedVarianceRatio = S.slice(0, k).map((v) => (v * v) / totalSquares);
+      layer.updates++;
+      layer.setComponents(flipped.slice(l * k * d, (l + 1) * k * d), d, perLayer[l] as tf.Tensor2D, this.tau);
+    }
+  }
+
+  dispose(): void {
+    this.sketches.dispose();
+  }
+}
