@@ -1,0 +1,103 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { svd } from '@lora/linalg';
+
+/** The thin SVD of a base weight's matrix: W = U·diag(S)·Vh, U m×k and Vh k×n on the backend, k = min(m, n). */
+export interface WeightSvd {
+  U: tf.Tensor2D;
+  S: Float64Array;
+  Vh: tf.Tensor2D;
+}
+
+interface Entry {
+  /** The tensor data the SVD was taken of (a variable gets new data on every `assign`), or null for a content key. */
+  version: object | null;
+  value: Promise<WeightSvd>;
+}
+
+/**
+ * Base weights' SVDs kept between calls of {@link reduceIntruderDimension} and
+ * {@link reduceIntruderTensors}: the one full decomposition intruder reduction needs per weight
+ * (O(m·n·min(m, n)); everything else is low-rank), so that trying several `mitigationLambda`,
+ * `thresholdEpsilon` or `topK` values, or several adapters on one base, pays for it once. A model's
+ * weight is known by its variable and stays valid until the variable is assigned new values; a weight
+ * read from a file is known by a hash of its values. Holds U and Vh (about twice the weight) on the
+ * backend per entry until {@link dispose}.
+ *
+ * @example
+ * ```ts
+ * const svdCache = new WeightSvdCache();
+ * for (const mitigationLambda of [0, 0.5, 1]) {
+ *   await reduceIntruderDimension(peft, { mitigationLambda, newAdapterName: `reduced_${mitigationLambda}`, svdCache });
+ * }
+ * svdCache.dispose();
+ * ```
+ */
+export class WeightSvdCache {
+  private readonly entries = new Map<string, Entry>();
+  /** Lookups answered from the cache, and SVDs computed (for tests and logs). */
+  readonly stats = { hits: 0, computed: 0 };
+
+  /** Entries held. */
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /**
+   * The SVD of `matrix` (a 2-d view of the weight), computed on the first call for `key` and reused
+   * while `version` stays the same object. The cache owns what it returns.
+   * @internal
+   */
+  async svdOf(key: string, version: object | null, matrix: () => tf.Tensor2D): Promise<WeightSvd> {
+    const found = this.entries.get(key);
+    if (found && found.version === version) {
+      this.stats.hits++;
+      return found.value;
+    }
+    if (found) this.evict(key, found);
+    const value = computeWeightSvd(matrix());
+    this.stats.computed++;
+    this.entries.set(key, { version, value });
+    value.catch(() => {
+      if (this.entries.get(key)?.value === value) this.entries.delete(key);
+    });
+    return value;
+  }
+
+  private evict(key: string, entry: Entry): void {
+    this.entries.delete(key);
+    entry.value.then(
+      (s) => tf.dispose([s.U, s.Vh]),
+      () => {},
+    );
+  }
+
+  /** Frees every SVD held; the cache can be used again afterwards. */
+  dispose(): void {
+    for (const [key, entry] of [...this.entries]) this.evict(key, entry);
+  }
+}
+
+/** W's thin SVD (`@lora/linalg`'s `svd`); takes ownership of `matrix` and frees it. */
+async function computeWeightSvd(matrix: tf.Tensor2D): Promise<WeightSvd> {
+  try {
+    const { U, S, Vh } = await svd(matrix);
+    const values = Float64Array.from(await S.data());
+    S.dispose();
+    return { U, S: values, Vh };
+  } finally {
+    matrix.dispose();
+  }
+}
+
+/**
+ * A SHA-256 of a weight's values and shape (Web Crypto, in Node and browsers alike): how
+ * {@link WeightSvdCache} knows a weight read from a file again.
+ */
+export async function contentKey(values: Float32Array, shape: readonly number[]): Promise<string> {
+  const digest = await globalThis.crypto.subtle.digest(
+    'SHA-256',
+    new Uint8Array(values.buffer, values.byteOffset, values.byteLength),
+  );
+  const hex = [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, '0')).join('');
+  return `values:${shape.join('x')}:${hex}`;
+}
