@@ -95,9 +95,9 @@ export async function analyseMatrix(problem: MatrixProblem, topK: number): Promi
   const x0 = tf.matMul(weight.U, slT, true);
   const y0 = tf.matMul(weight.Vh, rT);
   // cols − B·(Bᵀ·cols) for B = U₀ (stored as is) or V₀ (stored as Vh = V₀ᵀ), Bᵀ·cols given as `coef`
-  const outside = (stored: tf.Tensor2D, isVh: boolean, cols: tf.Tensor2D, coef: tf.Tensor2D) =>
+  const outside = (stored: tf.Tensor2D, isVh: boolean, cols: tf.Tensor2D, coef: tf.Tensor) =>
     tf.tidy(() => {
-      const res = tf.sub(cols, tf.matMul(stored, coef, isVh));
+      const res = tf.sub(cols, tf.matMul(stored, coef as tf.Tensor2D, isVh)) as tf.Tensor2D;
       return tf.sub(res, tf.matMul(stored, tf.matMul(stored, res, !isVh), isVh));
     });
   const outLeft = m > k ? outside(weight.U, false, slT, x0) : null;

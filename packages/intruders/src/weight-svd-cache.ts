@@ -1,11 +1,18 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { svd } from '@lora/linalg';
+import type { MatrixAnalysis } from './reduce-matrix';
 
 /** The thin SVD of a base weight's matrix: W = U·diag(S)·Vh, U m×k and Vh k×n on the backend, k = min(m, n). */
 export interface WeightSvd {
   U: tf.Tensor2D;
   S: Float64Array;
   Vh: tf.Tensor2D;
+}
+
+interface AnalysisEntry {
+  versions: readonly (object | string)[];
+  topK: number;
+  value: Promise<MatrixAnalysis>;
 }
 
 interface Entry {
@@ -21,7 +28,9 @@ interface Entry {
  * `thresholdEpsilon` or `topK` values, or several adapters on one base, pays for it once. A model's
  * weight is known by its variable and stays valid until the variable is assigned new values; a weight
  * read from a file is known by a hash of its values. Holds U and Vh (about twice the weight) on the
- * backend per entry until {@link dispose}.
+ * backend per entry until {@link dispose}. It also keeps, per layer and adapter, W + ΔW's leading
+ * directions (a few vectors: they do not depend on the threshold or λ), so a sweep costs one
+ * analysis per layer.
  *
  * @example
  * ```ts
@@ -34,8 +43,9 @@ interface Entry {
  */
 export class WeightSvdCache {
   private readonly entries = new Map<string, Entry>();
-  /** Lookups answered from the cache, and SVDs computed (for tests and logs). */
-  readonly stats = { hits: 0, computed: 0 };
+  private readonly analyses = new Map<string, AnalysisEntry>();
+  /** Lookups answered from the cache, and decompositions computed (for tests and logs). */
+  readonly stats = { hits: 0, computed: 0, analysisHits: 0, analysesComputed: 0 };
 
   /** Entries held. */
   get size(): number {
@@ -63,6 +73,37 @@ export class WeightSvdCache {
     return value;
   }
 
+  /**
+   * The leading directions of W + ΔW for one layer and adapter (what does not depend on the threshold
+   * or λ), reused while every object or string in `versions` (the weight's and the factors' data, or
+   * their hashes) is the same and `topK` is no larger than before.
+   * @internal
+   */
+  async analysisOf(
+    key: string,
+    versions: readonly (object | string)[],
+    topK: number,
+    compute: () => Promise<MatrixAnalysis>,
+  ): Promise<MatrixAnalysis> {
+    const found = this.analyses.get(key);
+    if (
+      found &&
+      found.topK >= topK &&
+      found.versions.length === versions.length &&
+      found.versions.every((v, i) => v === versions[i])
+    ) {
+      this.stats.analysisHits++;
+      return found.value;
+    }
+    const value = compute();
+    this.stats.analysesComputed++;
+    this.analyses.set(key, { versions, topK, value });
+    value.catch(() => {
+      if (this.analyses.get(key)?.value === value) this.analyses.delete(key);
+    });
+    return value;
+  }
+
   private evict(key: string, entry: Entry): void {
     this.entries.delete(key);
     entry.value.then(
@@ -74,6 +115,7 @@ export class WeightSvdCache {
   /** Frees every SVD held; the cache can be used again afterwards. */
   dispose(): void {
     for (const [key, entry] of [...this.entries]) this.evict(key, entry);
+    this.analyses.clear();
   }
 }
 
@@ -96,7 +138,7 @@ async function computeWeightSvd(matrix: tf.Tensor2D): Promise<WeightSvd> {
 export async function contentKey(values: Float32Array, shape: readonly number[]): Promise<string> {
   const digest = await globalThis.crypto.subtle.digest(
     'SHA-256',
-    new Uint8Array(values.buffer, values.byteOffset, values.byteLength),
+    new Uint8Array(values.buffer as ArrayBuffer, values.byteOffset, values.byteLength),
   );
   const hex = [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, '0')).join('');
   return `values:${shape.join('x')}:${hex}`;
