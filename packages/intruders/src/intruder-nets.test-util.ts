@@ -42,12 +42,12 @@ export const readFixture = (file: string): Record<string, tf.Tensor> =>
   parseSafetensors(new Uint8Array(readFileSync(join(FIX, file)))).tensors;
 
 /** The net with the fixture's base weights, in eval mode. */
-export function baseOf<M extends Module>(build: () => M, net: 'net' | 'gpt'): M {
+export function baseOf(build: () => Module, net: 'net' | 'gpt'): Module {
   const model = withoutInit(build);
   const tensors = readFixture(`${net}/base.safetensors`);
   model.loadStateDict(tensors);
   tf.dispose(Object.values(tensors));
-  return model.eval() as M;
+  return model.eval();
 }
 
 export interface SettingRecord {

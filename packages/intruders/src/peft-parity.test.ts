@@ -19,7 +19,9 @@ async function peftModelOf(net: keyof typeof NETS): Promise<PeftModel> {
 
 /** PEFT's intended new ΔW of a layer in the stored layout: s·B_new·A_new (what PEFT computed, whatever it then wrote where). */
 function intended(expected: Record<string, tf.Tensor>, path: string, s: number): tf.Tensor {
-  return tf.tidy(() => tf.mul(tf.matMul(expected[`${path}.B_new`] as tf.Tensor2D, expected[`${path}.A_new`] as tf.Tensor2D), s));
+  return tf.tidy(() =>
+    tf.mul(tf.matMul(expected[`${path}.B_new`] as tf.Tensor2D, expected[`${path}.A_new`] as tf.Tensor2D), s),
+  );
 }
 
 for (const net of ['net', 'gpt'] as const) {
@@ -48,10 +50,19 @@ for (const net of ['net', 'gpt'] as const) {
           // PEFT's cosines, from its own SVDs of W and W + ΔW
           const cos = (expected[`${path}.cos`] as tf.Tensor).arraySync() as number[];
           const mine = report.layers.find((l) => l.path === path)?.cosine as number[];
-          expect(maxRelativeError(Float32Array.from(mine), Float32Array.from(cos.slice(0, mine.length)))).toBeLessThan(1e-4);
+          expect(maxRelativeError(Float32Array.from(mine), Float32Array.from(cos.slice(0, mine.length)))).toBeLessThan(
+            1e-4,
+          );
           tf.dispose([want, got]);
         }
-        if (process.env.LORA_REPORT) console.log(net, setting, 'max relative error of ΔW', worst.toExponential(2), report.layers.map((l) => `${l.path}: ${l.method}`).join(', '));
+        if (process.env.LORA_REPORT)
+          console.log(
+            net,
+            setting,
+            'max relative error of ΔW',
+            worst.toExponential(2),
+            report.layers.map((l) => `${l.path}: ${l.method}`).join(', '),
+          );
         // `big` (112×128, separated leading values) takes the Krylov path; the 24-wide layers the dense one
         if (net === 'net') expect(report.layers.find((l) => l.path === 'big')?.method).toMatch(/^krylov/);
         tf.dispose(Object.values(expected));

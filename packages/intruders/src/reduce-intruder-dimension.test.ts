@@ -6,7 +6,15 @@ import { matrix64 } from '@lora/linalg';
 import { Conv2d, Linear, Module, manualSeed } from '@lora/nn';
 import { initBackend, maxRelativeError } from '@lora/tensor';
 import { IntruderReductionError } from './errors';
-import { FIX, IntruderGpt, IntruderNet, baseOf, readFixture, records } from './intruder-nets.test-util';
+import {
+  FIX,
+  IntruderGpt,
+  IntruderNet,
+  type SettingRecord,
+  baseOf,
+  readFixture,
+  records,
+} from './intruder-nets.test-util';
 import { reduceIntruderDimension } from './reduce-intruder-dimension';
 import { referenceReduction } from './reference.test-util';
 import { WeightSvdCache } from './weight-svd-cache';
@@ -22,8 +30,7 @@ async function fixtureModel(net: 'net' | 'gpt' = 'net'): Promise<PeftModel> {
   return (await loadAdapter(baseOf(build, net), join(FIX, net, 'adapter'))).model;
 }
 
-const layerAt = (peft: PeftModel, path: string) =>
-  [...peft.loraLayers()].find(([p]) => p === path)?.[1] as TunerLayer;
+const layerAt = (peft: PeftModel, path: string) => [...peft.loraLayers()].find(([p]) => p === path)?.[1] as TunerLayer;
 
 /** Gives every LoRA factor of an adapter random values of the given size (init false makes them small). */
 function randomise(peft: PeftModel, adapter: string, scale: number, seed: number): void {
@@ -61,7 +68,7 @@ describe('reduceIntruderDimension: what it makes', () => {
   });
 
   it('writes an Embedding’s factors in their own layout, where PEFT writes them transposed and its forward fails', async () => {
-    const record = records('net').default;
+    const record = records('net').default as SettingRecord;
     // PEFT: lora_embedding_B got [vocab, r], lora_embedding_A [r, dim]; its forward raised
     expect(record.forward).toMatch(/^IndexError/);
     const expected = readFixture('net/default.safetensors');
@@ -81,7 +88,13 @@ describe('reduceIntruderDimension: what it makes', () => {
       const w = (merged.getSubmodule(path) as unknown as { weight: tf.Variable }).weight;
       tf.tidy(() =>
         w.assign(
-          tf.add(w, tf.mul(tf.matMul(expected[`${path}.B_new`] as tf.Tensor2D, expected[`${path}.A_new`] as tf.Tensor2D), s[path] as number)),
+          tf.add(
+            w,
+            tf.mul(
+              tf.matMul(expected[`${path}.B_new`] as tf.Tensor2D, expected[`${path}.A_new`] as tf.Tensor2D),
+              s[path] as number,
+            ),
+          ),
         ),
       );
     }
@@ -94,12 +107,14 @@ describe('reduceIntruderDimension: what it makes', () => {
 
   it('writes a square Conv1D layer’s factors the right way round, where PEFT’s silently give the transposed update', async () => {
     const expected = readFixture('gpt/default.safetensors');
-    const s = records('gpt').default.scaling.c_sq as number;
+    const s = (records('gpt').default as SettingRecord).scaling.c_sq as number;
     const peft = await fixtureModel('gpt');
     await reduceIntruderDimension(peft, quiet);
     const layer = layerAt(peft, 'c_sq');
     const ours = getDeltaWeight(layer, 'intruder_reduced'); // [in, out], as W is stored
-    const intended = tf.tidy(() => tf.mul(tf.matMul(expected['c_sq.B_new'] as tf.Tensor2D, expected['c_sq.A_new'] as tf.Tensor2D), s));
+    const intended = tf.tidy(() =>
+      tf.mul(tf.matMul(expected['c_sq.B_new'] as tf.Tensor2D, expected['c_sq.A_new'] as tf.Tensor2D), s),
+    );
     // PEFT's lora_B ← B_new, lora_A ← A_new, and get_delta_weight transposes for fan_in_fan_out
     const peftWrote = tf.tidy(() => tf.transpose(intended));
     expect(maxRelativeError(await ours.data(), await intended.data())).toBeLessThan(1e-4);
@@ -223,7 +238,9 @@ describe('reduceIntruderDimension: refusals leave the model as it was', () => {
   it('refuses layers with a merged adapter (W would not be the base weight)', async () => {
     const peft = await fixtureModel();
     peft.mergeAdapter();
-    await expect(reduceIntruderDimension(peft, quiet)).rejects.toThrow(/'embed' has merged adapters \(default\).*unmergeAdapter/);
+    await expect(reduceIntruderDimension(peft, quiet)).rejects.toThrow(
+      /'embed' has merged adapters \(default\).*unmergeAdapter/,
+    );
     expect(peft.adapters).toEqual(['default']);
     peft.dispose();
   });

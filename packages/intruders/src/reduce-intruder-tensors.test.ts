@@ -58,11 +58,18 @@ for (const net of ['net', 'gpt'] as const) {
           expect(a.shape).toEqual(adapter.tensors[aKey]?.shape);
           const s = record.scaling[path] as number;
           const got = storedDelta(a, b, s, embedding || net === 'gpt');
-          const want = tf.tidy(() => tf.mul(tf.matMul(expected[`${path}.B_new`] as tf.Tensor2D, expected[`${path}.A_new`] as tf.Tensor2D), s));
+          const want = tf.tidy(() =>
+            tf.mul(tf.matMul(expected[`${path}.B_new`] as tf.Tensor2D, expected[`${path}.A_new`] as tf.Tensor2D), s),
+          );
           expect(maxRelativeError(await got.data(), await want.data())).toBeLessThan(1e-4);
           tf.dispose([got, want]);
         }
-        tf.dispose([...Object.values(tensors), ...Object.values(adapter.tensors), ...Object.values(base), ...Object.values(expected)]);
+        tf.dispose([
+          ...Object.values(tensors),
+          ...Object.values(adapter.tensors),
+          ...Object.values(base),
+          ...Object.values(expected),
+        ]);
       });
     }
   });
@@ -86,7 +93,9 @@ describe('reduceIntruderTensors: inputs that do not fit', () => {
     const wrong = { ...base, 'up_proj.weight': tf.zeros([40, 30]) };
     const e = await reduceIntruderTensors(adapter, wrong, { loggingSink: null }).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(IntruderReductionError);
-    expect((e as Error).message).toMatch(/'up_proj': the factors do not make an update of the weight’s shape \(weight \[40, 30\]/);
+    expect((e as Error).message).toMatch(
+      /'up_proj': the factors do not make an update of the weight’s shape \(weight \[40, 30\]/,
+    );
     const config = { ...adapter.config, rankPattern: {} };
     await expect(reduceIntruderTensors({ ...adapter, config }, base, { loggingSink: null })).rejects.toThrow(
       /'base_model.model.down_proj.lora_A.weight' has rank 2 but the adapter's config gives 'down_proj' r = 4/,
@@ -102,6 +111,11 @@ describe('reduceIntruderTensors: inputs that do not fit', () => {
     const two = await reduceIntruderTensors(adapter, base, { loggingSink: null, svdCache: cache, mitigationLambda: 0 });
     expect(cache.stats).toMatchObject({ computed: 3, hits: 3, analysisHits: 3 });
     cache.dispose();
-    tf.dispose([...Object.values(one.tensors), ...Object.values(two.tensors), ...Object.values(adapter.tensors), ...Object.values(base)]);
+    tf.dispose([
+      ...Object.values(one.tensors),
+      ...Object.values(two.tensors),
+      ...Object.values(adapter.tensors),
+      ...Object.values(base),
+    ]);
   });
 });

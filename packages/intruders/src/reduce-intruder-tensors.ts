@@ -75,7 +75,10 @@ export async function reduceIntruderTensors(
       const [aKey, bKey] = loraFactorKeys(path, kind === 'embedding');
       const a = tensors[aKey];
       const b = tensors[bKey];
-      if (!a || !b) throw new IntruderReductionError(`${file}: '${path}' has ${a ? 'no lora_B' : 'no lora_A'}; the adapter is incomplete`);
+      if (!a || !b)
+        throw new IntruderReductionError(
+          `${file}: '${path}' has ${a ? 'no lora_B' : 'no lora_A'}; the adapter is incomplete`,
+        );
       const weightName = `${path}.weight`;
       const w = await read(weightName);
       if (!w)

@@ -56,7 +56,9 @@ export async function reduceLayer(
   );
   const result = await reduceMatrix(problem, settings, analysis);
   const module = `base_model.model.${input.path}`;
-  settings.log(result.intruders.length ? `${module}: Intruders: ${result.intruders.length}` : `${module}: No intruders`);
+  settings.log(
+    result.intruders.length ? `${module}: Intruders: ${result.intruders.length}` : `${module}: No intruders`,
+  );
   const examined = Math.min(settings.topK, analysis.cosine.length);
   const report: IntruderLayerReport = {
     path: input.path,

@@ -25,13 +25,20 @@ function decaying(m: number, n: number, seed: number): Matrix64 {
   const k = Math.min(m, n);
   const g1 = randomMatrix(m, k, seed, 1 / Math.sqrt(m));
   const g2 = randomMatrix(k, n, seed + 1, 1 / Math.sqrt(n));
-  for (let i = 0; i < m; i++) for (let j = 0; j < k; j++) g1.data[i * k + j] = (g1.data[i * k + j] as number) * 3 * 0.85 ** j;
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < k; j++) g1.data[i * k + j] = (g1.data[i * k + j] as number) * 3 * 0.85 ** j;
   const w = matmul64(g1, g2);
   const noise = randomMatrix(m, n, seed + 2, 0.002);
   return { ...w, data: w.data.map((v, i) => v + (noise.data[i] as number)) };
 }
 
-async function ours(w: Matrix64, l: Matrix64, r: Matrix64, s: number, o: { topK: number; thresholdEpsilon: number; mitigationLambda: number }) {
+async function ours(
+  w: Matrix64,
+  l: Matrix64,
+  r: Matrix64,
+  s: number,
+  o: { topK: number; thresholdEpsilon: number; mitigationLambda: number },
+) {
   const cache = new WeightSvdCache();
   const weight = await cache.svdOf('w', null, () => tf.tensor2d(Float32Array.from(w.data), [w.rows, w.cols]));
   const out = await reduceMatrix({ m: w.rows, n: w.cols, weight, left: l, right: r, scaling: s }, o);
@@ -77,7 +84,12 @@ describe('the two ways to the leading triplets of W + ΔW', () => {
     expect(ref.intruders.length).toBeGreaterThan(0);
     expect(maxRel(got.analysis.cosine, Float64Array.from(ref.cosine))).toBeLessThan(1e-5);
     const f = got.factors as { left: Matrix64; right: Matrix64 };
-    expect(maxRel(matmul64(f.left, f.right).data.map((v) => v * 2), ref.delta.data)).toBeLessThan(1e-5);
+    expect(
+      maxRel(
+        matmul64(f.left, f.right).data.map((v) => v * 2),
+        ref.delta.data,
+      ),
+    ).toBeLessThan(1e-5);
   });
   it('a dense SVD of the core when the spectrum is as flat as a random matrix’s (130×200, r 8)', async () => {
     const w = randomMatrix(130, 200, 21, 0.05);
@@ -90,7 +102,12 @@ describe('the two ways to the leading triplets of W + ΔW', () => {
     expect(maxRel(got.analysis.cosine, Float64Array.from(ref.cosine))).toBeLessThan(1e-5);
     if (ref.intruders.length) {
       const f = got.factors as { left: Matrix64; right: Matrix64 };
-      expect(maxRel(matmul64(f.left, f.right).data.map((v) => v * 2), ref.delta.data)).toBeLessThan(1e-5);
+      expect(
+        maxRel(
+          matmul64(f.left, f.right).data.map((v) => v * 2),
+          ref.delta.data,
+        ),
+      ).toBeLessThan(1e-5);
     }
   });
 });

@@ -89,7 +89,13 @@ export async function analyseMatrix(problem: MatrixProblem, topK: number): Promi
   const { m, n, weight, left, right, scaling } = problem;
   const r = left.cols;
   const k = weight.S.length;
-  const slT = upload(matrix64(m, r, left.data.map((v) => v * scaling)));
+  const slT = upload(
+    matrix64(
+      m,
+      r,
+      left.data.map((v) => v * scaling),
+    ),
+  );
   const rT = upload(transpose64(right));
   // X₀ = U₀ᵀ·sL, Y₀ = V₀ᵀ·Rᵀ; the residuals outside U₀ (a tall W) or V₀ (a wide one), projected out twice
   const x0 = tf.matMul(weight.U, slT, true);
@@ -130,7 +136,8 @@ export async function analyseMatrix(problem: MatrixProblem, topK: number): Promi
   // u = U₀·a + P·b, v = V₀·c + Q·d for all t directions
   const lift = async (stored: tf.Tensor2D, isVh: boolean, extra: Matrix64 | undefined, vecs: Float64Array[]) => {
     const head = matrix64(k, t);
-    for (let j = 0; j < t; j++) for (let i = 0; i < k; i++) head.data[i * t + j] = (vecs[j] as Float64Array)[i] as number;
+    for (let j = 0; j < t; j++)
+      for (let i = 0; i < k; i++) head.data[i * t + j] = (vecs[j] as Float64Array)[i] as number;
     const h = upload(head);
     const out = await download(tf.matMul(stored, h, isVh));
     h.dispose();

@@ -15,7 +15,11 @@ export function referenceReduction(
   const { rows: m, cols: n } = w;
   const r = left.cols;
   const delta = matmul64(left, right);
-  const merged = matrix64(m, n, w.data.map((v, i) => v + s * (delta.data[i] as number)));
+  const merged = matrix64(
+    m,
+    n,
+    w.data.map((v, i) => v + s * (delta.data[i] as number)),
+  );
   const base = svd(w);
   const mg = svd(merged);
   const k = Math.min(m, n);
@@ -30,22 +34,39 @@ export function referenceReduction(
     cosine.push(best);
   }
   const intruders = cosine.flatMap((c, i) => (c < o.thresholdEpsilon ? [i] : []));
-  if (intruders.length === 0) return { cosine, intruders, delta: matrix64(m, n, delta.data.map((v) => v * s)) };
+  if (intruders.length === 0)
+    return {
+      cosine,
+      intruders,
+      delta: matrix64(
+        m,
+        n,
+        delta.data.map((v) => v * s),
+      ),
+    };
   const mitigated = matrix64(m, n, Float64Array.from(merged.data));
   for (const i of intruders)
     for (let a = 0; a < m; a++)
       for (let b = 0; b < n; b++)
         mitigated.data[a * n + b] =
           (mitigated.data[a * n + b] as number) +
-          (o.mitigationLambda - 1) * (mg.S[i] as number) * (mg.U.data[a * k + i] as number) * (mg.Vh.data[i * n + b] as number);
-  const dW = matrix64(m, n, mitigated.data.map((v, i) => (v - (w.data[i] as number)) / s));
+          (o.mitigationLambda - 1) *
+            (mg.S[i] as number) *
+            (mg.U.data[a * k + i] as number) *
+            (mg.Vh.data[i * n + b] as number);
+  const dW = matrix64(
+    m,
+    n,
+    mitigated.data.map((v, i) => (v - (w.data[i] as number)) / s),
+  );
   const d = svd(dW);
   const out = matrix64(m, n);
   for (let t = 0; t < Math.min(r, d.S.length); t++)
     for (let a = 0; a < m; a++)
       for (let b = 0; b < n; b++)
         out.data[a * n + b] =
-          (out.data[a * n + b] as number) + s * (d.S[t] as number) * (d.U.data[a * k + t] as number) * (d.Vh.data[t * n + b] as number);
+          (out.data[a * n + b] as number) +
+          s * (d.S[t] as number) * (d.U.data[a * k + t] as number) * (d.Vh.data[t * n + b] as number);
   return { cosine, intruders, delta: out };
 }
 
