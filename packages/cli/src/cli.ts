@@ -1,13 +1,14 @@
 import { combineCommand } from './commands/combine';
 import { inspectCommand } from './commands/inspect';
 import { mergeCommand } from './commands/merge';
+import { reduceIntrudersCommand } from './commands/reduce-intruders';
 import { createRequire } from 'node:module';
 import { type Command, type Io, UsageError } from './shared';
 
 export type { Io } from './shared';
 
 /** Every sub-command, in the order `lora --help` lists them. */
-const COMMANDS: Command[] = [inspectCommand, mergeCommand, combineCommand];
+const COMMANDS: Command[] = [inspectCommand, mergeCommand, combineCommand, reduceIntrudersCommand];
 
 function mainHelp(): string {
   return [
