@@ -44,13 +44,14 @@ export function factorLayout(
       `${where}: ${why} (weight ${shapeOf(weight)}, lora_A ${shapeOf(a)}, lora_B ${shapeOf(b)}); was the adapter trained on this base model?`,
     );
   };
+  // a grouped convolution's lora_B has r / groups columns, so it is told apart before the rank check
+  if (kind === 'conv' && a[1] !== weight[1])
+    throw new IntruderReductionError(
+      `${where} is a grouped convolution (lora_A reads ${a[1]} channels, the kernel ${weight[1]} per group): its update is not one matrix, so intruder reduction does not apply; leave it out of target_modules`,
+    );
   if (b[1] !== r) bad(`lora_B has rank ${b[1]} but lora_A has rank ${r}`);
   if (kind === 'conv') {
     const kernel = weight.slice(2);
-    if (a[1] !== weight[1])
-      throw new IntruderReductionError(
-        `${where} is a grouped convolution (lora_A reads ${a[1]} channels, the kernel ${weight[1]} per group): its update is not one matrix, so intruder reduction does not apply; leave it out of target_modules`,
-      );
     if (b[0] !== weight[0] || shapeOf(a.slice(2)) !== shapeOf(kernel) || b.slice(2).some((x) => x !== 1))
       bad('the factors do not make an update of the kernel’s shape');
     const n = weight.slice(1).reduce((x, y) => x * y, 1);

@@ -245,6 +245,19 @@ describe('reduceIntruderDimension: refusals leave the model as it was', () => {
     peft.dispose();
   });
 
+  it('refuses a grouped convolution, whose update is not one matrix', async () => {
+    class Grouped extends Module {
+      conv = this.registerModule('conv', new Conv2d(4, 8, 3, { groups: 2 }));
+      forward(x: tf.Tensor) {
+        return this.conv.call(x);
+      }
+    }
+    const peft = getPeftModel(new Grouped(), { r: 2, targetModules: ['conv'] });
+    await expect(reduceIntruderDimension(peft, quiet)).rejects.toThrow(/'conv' is a grouped convolution/);
+    expect(peft.adapters).toEqual(['default']);
+    peft.dispose();
+  });
+
   it('stops on an abort between layers: nothing added, nothing leaked', async () => {
     const peft = await fixtureModel();
     const count = tf.memory().numTensors;
