@@ -2,4 +2,6 @@
 import { mergeConfig } from 'vitest/config';
 import { loraProject } from '../../vitest.shared.js';
 
-export default mergeConfig(loraProject('@lora-examples/fortune-llama'), { test: { include: ['src/**/*.test.js'] } });
+export default mergeConfig(loraProject('@lora-examples/fortune-llama'), {
+  test: { include: ['src/**/*.test.js'], testTimeout: 300_000 },
+});
