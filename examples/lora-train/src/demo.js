@@ -181,7 +181,7 @@ function count(m) {
  * keeps the padding out of every real position.
  * @param {number[][]} docs
  */
-function padBatch(docs) {
+export function padBatch(docs) {
   const len = Math.max(...docs.map((d) => d.length));
   const ids = docs.map((d) => [...d, ...Array(len - d.length).fill(0)]);
   const labels = docs.map((d) => [...d, ...Array(len - d.length).fill(-100)]);
@@ -198,7 +198,7 @@ function padBatch(docs) {
  * @param {number} size
  * @param {Generator} rng
  */
-function* batches(docs, size, rng) {
+export function* batches(docs, size, rng) {
   const order = docs.map((_, i) => i);
   for (let i = order.length - 1; i > 0; i--) {
     const j = Math.floor(rng.nextFloat53() * (i + 1));

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU-machine run of issue 18, in one device call: PEFT 0.21's reduce_intruder_dimension on CUDA
+# (peer_intruders.py, which also writes the base and adapter files), then ours on webgpu on the same
+# files (intruders-bench.js bundled into .device/bundle/intruders-bench.mjs), on the 123M Llama shape
+# (hidden 1024, intermediate 2816, 16 / 4 heads, vocab 32000), r 16 on all seven targets.
+#   part A  LAYERS_A decoder layers (default 1), our bundle as built from main's @lora/linalg
+#   part B  LAYERS_B decoder layers (default 8), only if .device/bundle/intruders-bench-linalg13.mjs is
+#           there: the same entry bundled with issue 13's @lora/linalg (float32 SVD on the backend)
+# Each part has its own time limits, so that one that runs long leaves the others' results. In $OUT:
+#   gpu.txt, {a,b}-peer.json, {a,b}-peer.err, {a,b}-bench.md, {a,b}-bench.err, {a,b}-bench-123m.json
+# Run from the repository root:  bash examples/intruders/bench/device.sh  (or from a copy of this
+# folder: it finds peer_intruders.py beside itself)
+set -uo pipefail
+: "${OUT:?set OUT to the folder for the results}"
+source .device/setup.sh
+nvidia-smi --query-gpu=name,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
+HERE=$(dirname "$0")
+part() { # tag layers bundle peer-limit ours-limit
+  local D; D=$(mktemp -d)
+  timeout "$4" python3 "$HERE/peer_intruders.py" --model 123m --layers "$2" --runs 2 --dir "$D" --device cuda \
+    > "$OUT/$1-peer.json" 2> "$OUT/$1-peer.err"
+  echo "peer exit $?" >> "$OUT/$1-peer.err"
+  mkdir -p "$OUT/$1"
+  OUT="$OUT/$1" LORA_BACKEND=webgpu timeout "$5" "$NODE" ".device/bundle/$3.mjs" "$D" > "$OUT/$1-bench.md" 2> "$OUT/$1-bench.err"
+  echo "bench exit $?" >> "$OUT/$1-bench.err"
+  mv "$OUT/$1"/* "$OUT/" 2>/dev/null; rmdir "$OUT/$1" 2>/dev/null
+  for f in "$OUT"/bench-123m.json; do [ -e "$f" ] && mv "$f" "$OUT/$1-bench-123m.json"; done
+  rm -rf "$D"
+}
+part a "${LAYERS_A:-1}" intruders-bench 90 "${LIMIT_A:-200}"
+[ -e .device/bundle/intruders-bench-linalg13.mjs ] && part b "${LAYERS_B:-8}" intruders-bench-linalg13 120 "${LIMIT_B:-200}"
+ls -la "$OUT"

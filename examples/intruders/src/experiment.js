@@ -1,0 +1,124 @@
+// @ts-check
+// The intruders experiment, as a function (main.js runs it in full; the test runs it short): a task
+// adapter of fortune-llama (the demo's LoRA on the `fortunes` category it never saw), then PEFT's
+// intruder-dimension reduction for several mitigationLambda values, each measured by its perplexity on
+// text from pretraining (held out by pretrain.py, 29 categories) and on the task's held-out entries.
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { getPeftModel } from '@lora/core';
+import { WeightSvdCache, reduceIntruderDimension } from '@lora/intruders';
+import { LlamaForCausalLM, loadTokenizer } from '@lora/models';
+import { AdamW, cosineWarmupSchedule, manualSeed, train } from '@lora/nn';
+import { Generator } from '@lora/tensor';
+import { dataUrl, modelUrl, parseFortunes } from '@lora-examples/fortune-llama';
+import { DEFAULTS as DEMO, batches, perplexity } from '@lora-examples/lora-train/src/demo.js';
+
+export const DEFAULTS = {
+  /** The demo's LoRA recipe (r 8, alpha 16, all seven projections, AdamW, cosine schedule), trained longer. */
+  steps: 120,
+  batchSize: DEMO.batchSize,
+  lr: DEMO.lr,
+  r: DEMO.r,
+  loraAlpha: DEMO.loraAlpha,
+  targetModules: DEMO.targetModules,
+  lambdas: [0, 0.25, 0.5, 0.75, 1],
+  /** PEFT's defaults. */
+  topK: 10,
+  thresholdEpsilon: 0.5,
+  /** How many held-out entries of each text to measure (all by default). */
+  pretrainEntries: Number.POSITIVE_INFINITY,
+  taskEntries: Number.POSITIVE_INFINITY,
+  seed: 0,
+};
+
+/** Text pretraining saw the like of: pretrain.py's held-out entries of its 29 categories. */
+export const pretrainUrl = new URL('../data/pretrain.heldout.txt', import.meta.url);
+
+/**
+ * @typedef {Partial<typeof DEFAULTS> & { log?: (line: string) => void }} ExperimentOptions
+ * @typedef {{ lambda: number, pretrain: number, task: number, intruders: number, layersWithIntruders: number, seconds: number }} LambdaRow
+ */
+
+/**
+ * Runs the experiment; returns its measurements.
+ * @param {ExperimentOptions} [options]
+ */
+export async function runExperiment(options = {}) {
+  const o = { ...DEFAULTS, ...options };
+  const log = options.log ?? console.log;
+  const modelDir = fileURLToPath(modelUrl);
+  const tokenizer = await loadTokenizer(modelDir);
+  /** @param {string} text */
+  const encode = (text) => [...tokenizer.encode(text).ids, 0]; // <|endoftext|> text <|endoftext|>
+  /** @param {URL} url */
+  const read = async (url) => parseFortunes(await readFile(url, 'utf8')).map(encode);
+  const taskTrain = await read(new URL('fortunes.train.txt', dataUrl));
+  const task = (await read(new URL('fortunes.heldout.txt', dataUrl))).slice(0, o.taskEntries);
+  const pretrain = (await read(pretrainUrl)).slice(0, o.pretrainEntries);
+
+  const model = await LlamaForCausalLM.fromPretrained(modelDir);
+  const measure = async () => ({ pretrain: await perplexity(model, pretrain), task: await perplexity(model, task) });
+  const base = await measure();
+  log(
+    `base model: perplexity ${base.pretrain.toFixed(2)} on pretraining text (${pretrain.length} entries), ${base.task.toFixed(2)} on the task (${task.length})`,
+  );
+
+  manualSeed(o.seed);
+  const peft = getPeftModel(model, { r: o.r, loraAlpha: o.loraAlpha, targetModules: o.targetModules, taskType: 'CAUSAL_LM' });
+  const optimizer = new AdamW(peft.trainableParameters(), { lr: o.lr, weightDecay: 0 });
+  const rng = new Generator(o.seed);
+  const t0 = performance.now();
+  await train(peft, () => batches(taskTrain, o.batchSize, rng), {
+    optimizer,
+    loss: (b) => /** @type {import('@tensorflow/tfjs-core').Scalar} */ (model.forward(b.x, { labels: b.labels }).loss),
+    epochs: Math.ceil(o.steps / Math.ceil(taskTrain.length / o.batchSize)),
+    maxSteps: o.steps,
+    schedule: cosineWarmupSchedule({ warmupSteps: Math.min(5, o.steps - 1), totalSteps: o.steps }),
+    maxGradNorm: 1,
+    progressBar: false,
+  });
+  optimizer.dispose();
+  const adapter = await measure();
+  log(
+    `LoRA r=${o.r} trained ${o.steps} steps on the task (${((performance.now() - t0) / 1000).toFixed(1)} s): perplexity ${adapter.pretrain.toFixed(2)} on pretraining text, ${adapter.task.toFixed(2)} on the task`,
+  );
+
+  const svdCache = new WeightSvdCache();
+  /** @type {LambdaRow[]} */
+  const rows = [];
+  /** @type {import('@lora/intruders').IntruderReport | undefined} */
+  let first;
+  try {
+    for (const lambda of o.lambdas) {
+      const start = performance.now();
+      const report = await reduceIntruderDimension(peft, {
+        newAdapterName: 'intruder_reduced',
+        topK: o.topK,
+        thresholdEpsilon: o.thresholdEpsilon,
+        mitigationLambda: lambda,
+        svdCache,
+        loggingSink: null,
+      });
+      const seconds = (performance.now() - start) / 1000;
+      first ??= report;
+      const row = {
+        lambda,
+        ...(await measure()),
+        intruders: report.layers.reduce((n, l) => n + l.intruders.length, 0),
+        layersWithIntruders: report.layers.filter((l) => l.intruders.length).length,
+        seconds,
+      };
+      rows.push(row);
+      log(
+        `λ ${lambda.toFixed(2)}: perplexity ${row.pretrain.toFixed(2)} on pretraining text, ${row.task.toFixed(2)} on the task; ${row.intruders} intruders in ${row.layersWithIntruders}/${report.layers.length} layers (${seconds.toFixed(2)} s)`,
+      );
+      peft.setAdapter('default');
+      peft.deleteAdapter('intruder_reduced');
+    }
+  } finally {
+    svdCache.dispose();
+  }
+  const layers = (first?.layers ?? []).map((l) => ({ path: l.path, intruders: l.intruders, cosine: l.cosine }));
+  peft.dispose();
+  return { options: { ...o, log: undefined }, base, adapter, rows, layers };
+}
