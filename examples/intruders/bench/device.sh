@@ -27,6 +27,6 @@ part() { # tag layers bundle peer-limit ours-limit
   for f in "$OUT"/bench-123m.json; do [ -e "$f" ] && mv "$f" "$OUT/$1-bench-123m.json"; done
   rm -rf "$D"
 }
-part a "${LAYERS_A:-1}" intruders-bench 90 "${LIMIT_A:-200}"
-[ -e .device/bundle/intruders-bench-linalg13.mjs ] && part b "${LAYERS_B:-8}" intruders-bench-linalg13 120 "${LIMIT_B:-200}"
+part a "${LAYERS_A:-1}" intruders-bench 90 "${LIMIT_A:-180}"
+[ -e .device/bundle/intruders-bench-linalg13.mjs ] && part b "${LAYERS_B:-8}" intruders-bench-linalg13 120 "${LIMIT_B:-180}"
 ls -la "$OUT"
