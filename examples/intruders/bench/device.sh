@@ -7,7 +7,8 @@
 #   part B  LAYERS_B decoder layers (default 8), only if .device/bundle/intruders-bench-linalg13.mjs is
 #           there: the same entry bundled with issue 13's @lora/linalg (float32 SVD on the backend)
 # Each part has its own time limits, so that one that runs long leaves the others' results. In $OUT:
-#   gpu.txt, {a,b}-peer.json, {a,b}-peer.err, {a,b}-bench.md, {a,b}-bench.err, {a,b}-bench-123m.json
+#   {a,b}-bench.md (the tables), intruders.tgz (gpu.txt, {a,b}-peer.json, {a,b}-peer.err, {a,b}-bench.err
+#   with per-layer progress, {a,b}-bench-123m.json)
 # Run from the repository root:  bash examples/intruders/bench/device.sh  (or from a copy of this
 # folder: it finds peer_intruders.py beside itself)
 set -uo pipefail
@@ -29,4 +30,6 @@ part() { # tag layers bundle peer-limit ours-limit
 }
 part a "${LAYERS_A:-1}" intruders-bench 90 "${LIMIT_A:-180}"
 [ -e .device/bundle/intruders-bench-linalg13.mjs ] && part b "${LAYERS_B:-8}" intruders-bench-linalg13 120 "${LIMIT_B:-180}"
+# the two tables stay readable; everything else goes into one archive (the call returns at most 8 files)
 ls -la "$OUT"
+(cd "$OUT" && tar czf intruders.tgz --remove-files $(ls | grep -v -e '-bench.md$'))
