@@ -11,11 +11,13 @@ describe('the intruders experiment, short', () => {
   it('reduces a trained task adapter: λ 1 is the adapter as trained, λ 0 removes its intruders', async () => {
     const lines = [];
     const r = await runExperiment({
-      steps: 12,
+      // two targets and a short, fast training: seconds, and already intruders
+      targetModules: ['v_proj', 'o_proj'],
+      steps: 8,
       lr: 2e-2,
       lambdas: [0, 1],
-      pretrainEntries: 24,
-      taskEntries: 12,
+      pretrainEntries: 16,
+      taskEntries: 8,
       log: (l) => lines.push(l),
     });
     expect(lines.length).toBe(4);
@@ -30,6 +32,6 @@ describe('the intruders experiment, short', () => {
     expect(none.intruders).toBe(all.intruders);
     expect(none.intruders).toBeGreaterThan(0);
     expect(Math.abs(none.pretrain / r.adapter.pretrain - 1)).toBeGreaterThan(1e-4);
-    expect(r.layers.length).toBe(6 * 7);
+    expect(r.layers.length).toBe(6 * 2);
   });
 });
