@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -99,6 +99,8 @@ describe('lora reduce-intruders', () => {
       [['--base', base, '--adapter', adapter, '--out', out, '--top-k', '0'], /--top-k "0" is not a positive integer/],
       [['--base', base, '--adapter', adapter, '--out', out, '--lambda', 'half'], /--lambda "half" is not a number/],
       [['--base', base, '--adapter', adapter, '--out', adapter], /--out is --adapter/],
+      [['--base', base, '--adapter', adapter, '--out', join(adapter, 'reduced')], /--out is inside --adapter/],
+      [['--base', base, '--adapter', adapter, '--out', dir], /--out .* exists; choose a new directory or pass --force/],
       [
         ['--base', join(FIX, 'gpt', 'base.safetensors'), '--adapter', adapter, '--out', out],
         /the base has no (\w+\.weight, ){2}\w+\.weight: is this the adapter's base model/,
@@ -111,6 +113,22 @@ describe('lora reduce-intruders', () => {
     }
     expect(existsSync(out)).toBe(false);
     expect(readdirSync(dir)).toEqual([]);
+    expect(existsSync(join(adapter, 'reduced'))).toBe(false);
+  });
+
+  it('replaces an existing --out only with --force', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lora-intruders-'));
+    const out = join(dir, 'reduced');
+    const argv = ['--base', join(FIX, 'net', 'base.safetensors'), '--adapter', join(FIX, 'net', 'adapter'), '--out', out];
+    writeFileSync(join(dir, 'keep'), '');
+    mkdirSync(out);
+    writeFileSync(join(out, 'old.txt'), 'old');
+    expect((await run('reduce-intruders', ...argv)).code).not.toBe(0);
+    expect(readdirSync(out)).toEqual(['old.txt']);
+    const r = await run('reduce-intruders', ...argv, '--force');
+    expect(r.code).toBe(0);
+    expect(readdirSync(out).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
+    expect(readdirSync(dir).sort()).toEqual(['keep', 'reduced']);
   });
 
   it('is listed in lora --help', async () => {

@@ -1,5 +1,5 @@
-import { copyFile } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { copyFile, stat } from 'node:fs/promises';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { adapterTargets } from '@lora/core';
 import { type RawWeight, reduceIntruderTensors } from '@lora/intruders';
@@ -33,7 +33,8 @@ Options:
   --top-k N            leading directions examined (default 10)
   --epsilon X          cosine threshold below which a direction is an intruder (default 0.5)
   --lambda X           fraction of each intruder direction kept: 0 removes it, 1 keeps it (default 0.75)
-  --adapter-name NAME  the sub-folder of a multi-adapter directory (PEFT saves non-default adapters there)`;
+  --adapter-name NAME  the sub-folder of a multi-adapter directory (PEFT saves non-default adapters there)
+  --force              replace --out if it exists`;
 
 /** The base checkpoint's tensors by name, read one at a time from its file or shards. */
 async function openCheckpoint(base: string) {
@@ -80,6 +81,7 @@ async function reduceIntruders(args: string[], io: Io): Promise<number> {
       'top-k': { type: 'string' },
       epsilon: { type: 'string' },
       lambda: { type: 'string' },
+      force: { type: 'boolean' },
     },
   });
   if (values.help) {
@@ -97,10 +99,15 @@ async function reduceIntruders(args: string[], io: Io): Promise<number> {
     [values.base as string, '--base'],
     [adapterDir, '--adapter'],
   ] as const)
-    if (resolve(out) === resolve(input))
+  {
+    const inside = relative(resolve(input), resolve(out));
+    if (inside === '' || (!inside.startsWith('..') && !inside.startsWith('/')))
       throw new UsageError(
-        `--out is ${flag}: write the reduced adapter somewhere else (${flag} is read while it is written)`,
+        `--out ${inside === '' ? 'is' : 'is inside'} ${flag}: write the reduced adapter somewhere else (${flag} is read while it is written)`,
       );
+  }
+  if ((await stat(out).catch(() => null)) && !values.force)
+    throw new UsageError(`--out ${out} exists; choose a new directory or pass --force to replace it`);
   const checkpoint = await openCheckpoint(values.base as string);
   try {
     const adapter = await readAdapter(adapterDir, values['adapter-name'], io);
