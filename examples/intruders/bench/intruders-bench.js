@@ -40,7 +40,7 @@ const peer = JSON.parse(await readFile(join(dir, 'peer.json'), 'utf8'));
 const log = (/** @type {string} */ s) => process.stderr.write(`${s}\n`);
 log(`backend ${info.name}${info.adapter ? ` (${info.adapter})` : ''}; base ${peer.base_dir}`);
 
-let t = performance.now();
+const t = performance.now();
 const base = await LlamaForCausalLM.fromPretrained(peer.base_dir);
 const { model: peft } = await loadAdapter(base, peer.adapter_dir);
 await loadAdapter(peft, peer.adapter_dir, { adapterName: 'second' });
@@ -56,7 +56,8 @@ async function timed(label, options) {
     svdCache: cache,
     loggingSink: null,
     // every layer, so that a run cut short by its time limit still says how far it got
-    onProgress: (done, total, path) => log(`  ${label}: ${done}/${total} ${path} ${((performance.now() - start) / 1000).toFixed(1)} s`),
+    onProgress: (done, total, path) =>
+      log(`  ${label}: ${done}/${total} ${path} ${((performance.now() - start) / 1000).toFixed(1)} s`),
   });
   const seconds = (performance.now() - start) / 1000;
   const used = process.cpuUsage(cpu0);
@@ -77,7 +78,10 @@ let worstAt = '';
 const layers = [...peft.loraLayers()];
 for (const r of cold.report.layers) {
   if ((peer.intruders[r.path] ?? -1) === r.intruders.length) countsEqual++;
-  else log(`  counts differ at ${r.path}: PEFT ${peer.intruders[r.path]}, ours ${r.intruders.length} (cosines ${r.cosine.map((c) => c.toFixed(3)).join(' ')})`);
+  else
+    log(
+      `  counts differ at ${r.path}: PEFT ${peer.intruders[r.path]}, ours ${r.intruders.length} (cosines ${r.cosine.map((c) => c.toFixed(3)).join(' ')})`,
+    );
   const layer = layers.find(([p]) => p === r.path)?.[1];
   const pa = reduced.tensors[`${r.path}.lora_A`];
   const pb = reduced.tensors[`${r.path}.lora_B`];
@@ -106,7 +110,9 @@ const table = [
   '',
   '| run | wall s | × PEFT | process CPU s |',
   '| --- | --- | --- | --- |',
-  ...rows.map(([name, s, runs]) => `| ${name} | ${Number(s).toFixed(2)} | ${(Number(s) / peer.median_s).toFixed(2)}× | ${runs} |`),
+  ...rows.map(
+    ([name, s, runs]) => `| ${name} | ${Number(s).toFixed(2)} | ${(Number(s) / peer.median_s).toFixed(2)}× | ${runs} |`,
+  ),
   '',
   `parity: intruder counts equal on ${countsEqual}/${cold.report.layers.length} layers (PEFT ${peer.total_intruders} in all, ours ${total}); new ΔW max relative error ${worst.toExponential(2)} (${worstAt}); W SVDs computed ${stats.computed}, methods ${[...new Set(cold.report.layers.map((l) => l.method.replace(/\d+/g, '#')))].join(', ')}`,
 ];
@@ -114,7 +120,23 @@ console.log(table.join('\n'));
 if (process.env.OUT)
   writeFileSync(
     join(process.env.OUT, `bench-${peer.model}.json`),
-    JSON.stringify({ peer, backend: info, rows, cold: cold.seconds, wCached: wCached.seconds, sweep: sweep.seconds, countsEqual, layers: cold.report.layers.length, worst, worstAt, stats }, null, 1),
+    JSON.stringify(
+      {
+        peer,
+        backend: info,
+        rows,
+        cold: cold.seconds,
+        wCached: wCached.seconds,
+        sweep: sweep.seconds,
+        countsEqual,
+        layers: cold.report.layers.length,
+        worst,
+        worstAt,
+        stats,
+      },
+      null,
+      1,
+    ),
   );
 cache.dispose();
 peft.dispose();

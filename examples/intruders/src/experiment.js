@@ -64,7 +64,12 @@ export async function runExperiment(options = {}) {
   );
 
   manualSeed(o.seed);
-  const peft = getPeftModel(model, { r: o.r, loraAlpha: o.loraAlpha, targetModules: o.targetModules, taskType: 'CAUSAL_LM' });
+  const peft = getPeftModel(model, {
+    r: o.r,
+    loraAlpha: o.loraAlpha,
+    targetModules: o.targetModules,
+    taskType: 'CAUSAL_LM',
+  });
   const optimizer = new AdamW(peft.trainableParameters(), { lr: o.lr, weightDecay: 0 });
   const rng = new Generator(o.seed);
   const t0 = performance.now();

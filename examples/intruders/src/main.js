@@ -20,8 +20,12 @@ console.log(`backend: ${info.name} (${info.adapter})`);
 const result = await runExperiment({ steps });
 const dir = join(import.meta.dirname, '..', 'results');
 await mkdir(dir, { recursive: true });
-await writeFile(join(dir, 'lambda.json'), `${JSON.stringify({ backend: info.name, date: new Date().toISOString(), ...result }, null, 1)}\n`);
-const along = (/** @type {(r: (typeof result.rows)[number]) => number} */ f) => result.rows.map((r) => /** @type {[number, number]} */ ([r.lambda, f(r)]));
+await writeFile(
+  join(dir, 'lambda.json'),
+  `${JSON.stringify({ backend: info.name, date: new Date().toISOString(), ...result }, null, 1)}\n`,
+);
+const along = (/** @type {(r: (typeof result.rows)[number]) => number} */ f) =>
+  result.rows.map((r) => /** @type {[number, number]} */ ([r.lambda, f(r)]));
 const flat = (/** @type {number} */ y) => result.rows.map((r) => /** @type {[number, number]} */ ([r.lambda, y]));
 await plotLines(
   {

@@ -119,7 +119,14 @@ describe('lora reduce-intruders', () => {
   it('replaces an existing --out only with --force', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'lora-intruders-'));
     const out = join(dir, 'reduced');
-    const argv = ['--base', join(FIX, 'net', 'base.safetensors'), '--adapter', join(FIX, 'net', 'adapter'), '--out', out];
+    const argv = [
+      '--base',
+      join(FIX, 'net', 'base.safetensors'),
+      '--adapter',
+      join(FIX, 'net', 'adapter'),
+      '--out',
+      out,
+    ];
     writeFileSync(join(dir, 'keep'), '');
     mkdirSync(out);
     writeFileSync(join(out, 'old.txt'), 'old');

@@ -98,8 +98,7 @@ async function reduceIntruders(args: string[], io: Io): Promise<number> {
   for (const [input, flag] of [
     [values.base as string, '--base'],
     [adapterDir, '--adapter'],
-  ] as const)
-  {
+  ] as const) {
     const inside = relative(resolve(input), resolve(out));
     if (inside === '' || (!inside.startsWith('..') && !inside.startsWith('/')))
       throw new UsageError(
