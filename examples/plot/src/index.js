@@ -42,7 +42,9 @@ export function lineChartSpec(chart) {
  * @returns {Promise<string>}
  */
 export async function renderSvg(spec) {
-  const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
+  const view = new vega.View(vega.parse(compile(/** @type {import('vega-lite').TopLevelSpec} */ (spec)).spec), {
+    renderer: 'none',
+  });
   try {
     return await view.toSVG();
   } finally {
