@@ -314,4 +314,16 @@ describe('WeightSvdCache', () => {
     fresh.dispose();
     peft.dispose();
   });
+
+  it('keeps each adapter’s analysis: two adapters on one base, alternated, are analysed once each', async () => {
+    const peft = await fixtureModel();
+    await loadAdapter(peft, join(FIX, 'net', 'adapter'), { adapterName: 'other' });
+    randomise(peft, 'other', 0.3, 7);
+    const cache = new WeightSvdCache();
+    for (const [i, oldAdapterName] of ['default', 'other', 'default', 'other'].entries())
+      await reduceIntruderDimension(peft, { ...quiet, svdCache: cache, oldAdapterName, newAdapterName: `r${i}` });
+    expect(cache.stats).toMatchObject({ computed: 5, hits: 15, analysesComputed: 10, analysisHits: 10 });
+    cache.dispose();
+    peft.dispose();
+  });
 });

@@ -43,7 +43,8 @@ interface Entry {
  */
 export class WeightSvdCache {
   private readonly entries = new Map<string, Entry>();
-  private readonly analyses = new Map<string, AnalysisEntry>();
+  /** Per layer, one entry per set of factors seen (several adapters on one base do not evict each other). */
+  private readonly analyses = new Map<string, AnalysisEntry[]>();
   /** Lookups answered from the cache, and decompositions computed (for tests and logs). */
   readonly stats = { hits: 0, computed: 0, analysisHits: 0, analysesComputed: 0 };
 
@@ -85,21 +86,26 @@ export class WeightSvdCache {
     topK: number,
     compute: () => Promise<MatrixAnalysis>,
   ): Promise<MatrixAnalysis> {
-    const found = this.analyses.get(key);
-    if (
-      found &&
-      found.topK >= topK &&
-      found.versions.length === versions.length &&
-      found.versions.every((v, i) => v === versions[i])
-    ) {
+    const same = (e: AnalysisEntry) =>
+      e.versions.length === versions.length && e.versions.every((v, i) => v === versions[i]);
+    const held = this.analyses.get(key) ?? [];
+    const found = held.find((e) => same(e) && e.topK >= topK);
+    if (found) {
       this.stats.analysisHits++;
       return found.value;
     }
     const value = compute();
     this.stats.analysesComputed++;
-    this.analyses.set(key, { versions, topK, value });
+    const entry = { versions, topK, value };
+    // the entry for these factors is replaced (a larger topK); another adapter's entries stay
+    this.analyses.set(key, [...held.filter((e) => !same(e)), entry]);
     value.catch(() => {
-      if (this.analyses.get(key)?.value === value) this.analyses.delete(key);
+      const now = this.analyses.get(key);
+      if (now)
+        this.analyses.set(
+          key,
+          now.filter((e) => e !== entry),
+        );
     });
     return value;
   }
