@@ -6,6 +6,9 @@
 #   part A  LAYERS_A decoder layers (default 1), our bundle as built from main's @lora/linalg
 #   part B  LAYERS_B decoder layers (default 8), only if .device/bundle/intruders-bench-linalg13.mjs is
 #           there: the same entry bundled with issue 13's @lora/linalg (float32 SVD on the backend)
+#   part C  (first) only if .device/bundle/intruders-experiment.mjs is there: the λ experiment
+#           (experiment-device.js) on webgpu, writing c-lambda.json; needs examples/fortune-llama (on
+#           main) and pretrain.heldout.txt beside this script (from examples/intruders/data/)
 # Each part has its own time limits, so that one that runs long leaves the others' results. In $OUT:
 #   {a,b}-bench.md (the tables), intruders.tgz (gpu.txt, {a,b}-peer.json, {a,b}-peer.err, {a,b}-bench.err
 #   with per-layer progress, {a,b}-bench-123m.json)
@@ -28,8 +31,14 @@ part() { # tag layers bundle peer-limit ours-limit
   for f in "$OUT"/bench-123m.json; do [ -e "$f" ] && mv "$f" "$OUT/$1-bench-123m.json"; done
   rm -rf "$D"
 }
-part a "${LAYERS_A:-1}" intruders-bench 90 "${LIMIT_A:-180}"
-[ -e .device/bundle/intruders-bench-linalg13.mjs ] && part b "${LAYERS_B:-8}" intruders-bench-linalg13 120 "${LIMIT_B:-180}"
+if [ -e .device/bundle/intruders-experiment.mjs ]; then
+  OUT="$OUT" PRETRAIN_FILE="$HERE/pretrain.heldout.txt" LORA_BACKEND=webgpu timeout "${LIMIT_C:-150}" \
+    "$NODE" .device/bundle/intruders-experiment.mjs > "$OUT/c-experiment.log" 2>&1
+  echo "experiment exit $?" >> "$OUT/c-experiment.log"
+  [ -e "$OUT/lambda.json" ] && mv "$OUT/lambda.json" "$OUT/c-lambda.json"
+fi
+part a "${LAYERS_A:-1}" intruders-bench 60 "${LIMIT_A:-130}"
+[ -e .device/bundle/intruders-bench-linalg13.mjs ] && part b "${LAYERS_B:-8}" intruders-bench-linalg13 90 "${LIMIT_B:-140}"
 # the two tables stay readable; everything else goes into one archive (the call returns at most 8 files)
 ls -la "$OUT"
-(cd "$OUT" && tar czf intruders.tgz --remove-files $(ls | grep -v -e '-bench.md$'))
+(cd "$OUT" && tar czf intruders.tgz --remove-files $(ls | grep -v -e '-bench.md$' -e '^c-lambda.json$'))

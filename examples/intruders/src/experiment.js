@@ -4,6 +4,7 @@
 // intruder-dimension reduction for several mitigationLambda values, each measured by its perplexity on
 // text from pretraining (held out by pretrain.py, 29 categories) and on the task's held-out entries.
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { getPeftModel } from '@lora/core';
 import { WeightSvdCache, reduceIntruderDimension } from '@lora/intruders';
@@ -35,7 +36,10 @@ export const DEFAULTS = {
 export const pretrainUrl = new URL('../data/pretrain.heldout.txt', import.meta.url);
 
 /**
- * @typedef {Partial<typeof DEFAULTS> & { log?: (line: string) => void }} ExperimentOptions
+ * @typedef {Partial<typeof DEFAULTS> & {
+ *   log?: (line: string) => void,
+ *   modelDir?: string, dataDir?: string, pretrainFile?: string,
+ * }} ExperimentOptions  the paths default to fortune-llama's folders and this package's data (a bundle passes its own)
  * @typedef {{ lambda: number, pretrain: number, task: number, intruders: number, layersWithIntruders: number, seconds: number }} LambdaRow
  */
 
@@ -46,15 +50,16 @@ export const pretrainUrl = new URL('../data/pretrain.heldout.txt', import.meta.u
 export async function runExperiment(options = {}) {
   const o = { ...DEFAULTS, ...options };
   const log = options.log ?? console.log;
-  const modelDir = fileURLToPath(modelUrl);
+  const modelDir = options.modelDir ?? fileURLToPath(modelUrl);
+  const dataDir = options.dataDir ?? fileURLToPath(dataUrl);
   const tokenizer = await loadTokenizer(modelDir);
   /** @param {string} text */
   const encode = (text) => [...tokenizer.encode(text).ids, 0]; // <|endoftext|> text <|endoftext|>
-  /** @param {URL} url */
-  const read = async (url) => parseFortunes(await readFile(url, 'utf8')).map(encode);
-  const taskTrain = await read(new URL('fortunes.train.txt', dataUrl));
-  const task = (await read(new URL('fortunes.heldout.txt', dataUrl))).slice(0, o.taskEntries);
-  const pretrain = (await read(pretrainUrl)).slice(0, o.pretrainEntries);
+  /** @param {string} file */
+  const read = async (file) => parseFortunes(await readFile(file, 'utf8')).map(encode);
+  const taskTrain = await read(join(dataDir, 'fortunes.train.txt'));
+  const task = (await read(join(dataDir, 'fortunes.heldout.txt'))).slice(0, o.taskEntries);
+  const pretrain = (await read(options.pretrainFile ?? fileURLToPath(pretrainUrl))).slice(0, o.pretrainEntries);
 
   const model = await LlamaForCausalLM.fromPretrained(modelDir);
   const measure = async () => ({ pretrain: await perplexity(model, pretrain), task: await perplexity(model, task) });
@@ -125,5 +130,6 @@ export async function runExperiment(options = {}) {
   }
   const layers = (first?.layers ?? []).map((l) => ({ path: l.path, intruders: l.intruders, cosine: l.cosine }));
   peft.dispose();
-  return { options: { ...o, log: undefined }, base, adapter, rows, layers };
+  const { log: _, ...settings } = o;
+  return { options: settings, base, adapter, rows, layers };
 }
