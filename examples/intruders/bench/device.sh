@@ -32,7 +32,7 @@ part() { # tag layers bundle peer-limit ours-limit
   rm -rf "$D"
 }
 if [ -e .device/bundle/intruders-experiment.mjs ]; then
-  OUT="$OUT" PRETRAIN_FILE="$HERE/pretrain.heldout.txt" LORA_BACKEND=webgpu timeout "${LIMIT_C:-150}" \
+  OUT="$OUT" PRETRAIN_FILE="$HERE/pretrain.heldout.txt" EPSILONS="${EPSILONS:-0.5,0.9}" LORA_BACKEND=webgpu timeout "${LIMIT_C:-150}" \
     "$NODE" .device/bundle/intruders-experiment.mjs > "$OUT/c-experiment.log" 2>&1
   echo "experiment exit $?" >> "$OUT/c-experiment.log"
   [ -e "$OUT/lambda.json" ] && mv "$OUT/lambda.json" "$OUT/c-lambda.json"

@@ -5,7 +5,7 @@
  * `node src/main.js --from lambda.json` plots here. Paths from the environment: FORTUNE_DIR (the
  * fortune-llama example folder, default examples/fortune-llama) and PRETRAIN_FILE (default
  * .devrun/intruders/pretrain.heldout.txt); LORA_BACKEND (default webgpu), STEPS, and for a smoke run
- * LAMBDAS (comma-separated), PRETRAIN_ENTRIES, TASK_ENTRIES, TARGETS (comma-separated).
+ * EPSILONS and LAMBDAS (comma-separated), PRETRAIN_ENTRIES, TASK_ENTRIES, TARGETS (comma-separated).
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,6 +24,7 @@ console.log(`backend: ${info.name} (${info.adapter})`);
 const fortune = env.FORTUNE_DIR ?? 'examples/fortune-llama';
 const result = await runExperiment({
   steps: Number(env.STEPS ?? DEFAULTS.steps),
+  ...(env.EPSILONS ? { thresholdEpsilons: env.EPSILONS.split(',').map(Number) } : {}),
   ...(env.LAMBDAS ? { lambdas: env.LAMBDAS.split(',').map(Number) } : {}),
   ...(env.PRETRAIN_ENTRIES ? { pretrainEntries: Number(env.PRETRAIN_ENTRIES) } : {}),
   ...(env.TASK_ENTRIES ? { taskEntries: Number(env.TASK_ENTRIES) } : {}),

@@ -23,9 +23,9 @@ export const DEFAULTS = {
   loraAlpha: DEMO.loraAlpha,
   targetModules: DEMO.targetModules,
   lambdas: [0, 0.25, 0.5, 0.75, 1],
-  /** PEFT's defaults. */
+  /** PEFT's defaults; each threshold gets its own λ sweep (the leading directions are found once). */
   topK: 10,
-  thresholdEpsilon: 0.5,
+  thresholdEpsilons: [0.5],
   /** How many held-out entries of each text to measure (all by default). */
   pretrainEntries: Number.POSITIVE_INFINITY,
   taskEntries: Number.POSITIVE_INFINITY,
@@ -40,7 +40,7 @@ export const pretrainUrl = new URL('../data/pretrain.heldout.txt', import.meta.u
  *   log?: (line: string) => void,
  *   modelDir?: string, dataDir?: string, pretrainFile?: string,
  * }} ExperimentOptions  the paths default to fortune-llama's folders and this package's data (a bundle passes its own)
- * @typedef {{ lambda: number, pretrain: number, task: number, intruders: number, layersWithIntruders: number, seconds: number }} LambdaRow
+ * @typedef {{ epsilon: number, lambda: number, pretrain: number, task: number, intruders: number, layersWithIntruders: number, seconds: number }} LambdaRow
  */
 
 /**
@@ -99,32 +99,34 @@ export async function runExperiment(options = {}) {
   /** @type {import('@lora/intruders').IntruderReport | undefined} */
   let first;
   try {
-    for (const lambda of o.lambdas) {
-      const start = performance.now();
-      const report = await reduceIntruderDimension(peft, {
-        newAdapterName: 'intruder_reduced',
-        topK: o.topK,
-        thresholdEpsilon: o.thresholdEpsilon,
-        mitigationLambda: lambda,
-        svdCache,
-        loggingSink: null,
-      });
-      const seconds = (performance.now() - start) / 1000;
-      first ??= report;
-      const row = {
-        lambda,
-        ...(await measure()),
-        intruders: report.layers.reduce((n, l) => n + l.intruders.length, 0),
-        layersWithIntruders: report.layers.filter((l) => l.intruders.length).length,
-        seconds,
-      };
-      rows.push(row);
-      log(
-        `λ ${lambda.toFixed(2)}: perplexity ${row.pretrain.toFixed(2)} on pretraining text, ${row.task.toFixed(2)} on the task; ${row.intruders} intruders in ${row.layersWithIntruders}/${report.layers.length} layers (${seconds.toFixed(2)} s)`,
-      );
-      peft.setAdapter('default');
-      peft.deleteAdapter('intruder_reduced');
-    }
+    for (const epsilon of o.thresholdEpsilons)
+      for (const lambda of o.lambdas) {
+        const start = performance.now();
+        const report = await reduceIntruderDimension(peft, {
+          newAdapterName: 'intruder_reduced',
+          topK: o.topK,
+          thresholdEpsilon: epsilon,
+          mitigationLambda: lambda,
+          svdCache,
+          loggingSink: null,
+        });
+        const seconds = (performance.now() - start) / 1000;
+        first ??= report;
+        const row = {
+          epsilon,
+          lambda,
+          ...(await measure()),
+          intruders: report.layers.reduce((n, l) => n + l.intruders.length, 0),
+          layersWithIntruders: report.layers.filter((l) => l.intruders.length).length,
+          seconds,
+        };
+        rows.push(row);
+        log(
+          `ε ${epsilon}, λ ${lambda.toFixed(2)}: perplexity ${row.pretrain.toFixed(2)} on pretraining text, ${row.task.toFixed(2)} on the task; ${row.intruders} intruders in ${row.layersWithIntruders}/${report.layers.length} layers (${seconds.toFixed(2)} s)`,
+        );
+        peft.setAdapter('default');
+        peft.deleteAdapter('intruder_reduced');
+      }
   } finally {
     svdCache.dispose();
   }

@@ -32,20 +32,25 @@ if (values.from) {
 }
 /** @type {Awaited<ReturnType<typeof runExperiment>>} */
 const result = JSON.parse(await readFile(json, 'utf8'));
-/** @param {(r: (typeof result.rows)[number]) => number} f @returns {Array<[number, number]>} */
-const along = (f) => result.rows.map((r) => [r.lambda, f(r)]);
+const epsilons = [...new Set(result.rows.map((r) => r.epsilon))];
+/** @param {number} e @param {(r: (typeof result.rows)[number]) => number} f @returns {Array<[number, number]>} */
+const along = (e, f) => result.rows.filter((r) => r.epsilon === e).map((r) => [r.lambda, f(r)]);
 /** @param {number} y @returns {Array<[number, number]>} */
-const flat = (y) => result.rows.map((r) => [r.lambda, y]);
+const flat = (y) => [...new Set(result.rows.map((r) => r.lambda))].map((x) => [x, y]);
+const tag = (/** @type {number} */ e) => (epsilons.length > 1 ? ` (ε ${e})` : '');
 await plotLines(
   {
-    title: `fortune-llama + a task LoRA (r ${result.options.r}): intruder reduction, topK ${result.options.topK}, ε ${result.options.thresholdEpsilon}`,
+    title: `fortune-llama + a task LoRA (r ${result.options.r}): intruder reduction, topK ${result.options.topK}, ε ${epsilons.join(' / ')}`,
     x: 'mitigationLambda (fraction of each intruder direction kept)',
     y: 'perplexity',
     points: true,
     series: [
-      { name: 'pretraining text, reduced adapter', points: along((r) => r.pretrain) },
+      ...epsilons.map((e) => ({
+        name: `pretraining text, reduced adapter${tag(e)}`,
+        points: along(e, (r) => r.pretrain),
+      })),
       { name: 'pretraining text, base model', points: flat(result.base.pretrain) },
-      { name: 'task, reduced adapter', points: along((r) => r.task) },
+      ...epsilons.map((e) => ({ name: `task, reduced adapter${tag(e)}`, points: along(e, (r) => r.task) })),
       { name: 'task, base model', points: flat(result.base.task) },
     ],
   },
