@@ -98,9 +98,8 @@ describe('lora reduce-intruders', () => {
       [['--base', base, '--adapter', adapter], /reduce-intruders needs --out/],
       [['--base', base, '--adapter', adapter, '--out', out, '--top-k', '0'], /--top-k "0" is not a positive integer/],
       [['--base', base, '--adapter', adapter, '--out', out, '--lambda', 'half'], /--lambda "half" is not a number/],
-      [['--base', base, '--adapter', adapter, '--out', adapter], /--out is --adapter/],
-      [['--base', base, '--adapter', adapter, '--out', join(adapter, 'reduced')], /--out is inside --adapter/],
-      [['--base', base, '--adapter', adapter, '--out', dir], /--out .* exists; choose a new directory or pass --force/],
+      [['--base', base, '--adapter', adapter, '--out', adapter], /--out .* is --adapter/],
+      [['--base', base, '--adapter', adapter, '--out', join(adapter, 'reduced')], /--out .* is inside --adapter/],
       [
         ['--base', join(FIX, 'gpt', 'base.safetensors'), '--adapter', adapter, '--out', out],
         /the base has no (\w+\.weight, ){2}\w+\.weight: is this the adapter's base model/,
@@ -116,7 +115,7 @@ describe('lora reduce-intruders', () => {
     expect(existsSync(join(adapter, 'reduced'))).toBe(false);
   });
 
-  it('replaces an existing --out only with --force', async () => {
+  it('replaces an existing --out only with --force, and never a directory holding other files', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'lora-intruders-'));
     const out = join(dir, 'reduced');
     const argv = [
@@ -127,15 +126,23 @@ describe('lora reduce-intruders', () => {
       '--out',
       out,
     ];
-    writeFileSync(join(dir, 'keep'), '');
-    mkdirSync(out);
-    writeFileSync(join(out, 'old.txt'), 'old');
-    expect((await run('reduce-intruders', ...argv)).code).not.toBe(0);
-    expect(readdirSync(out)).toEqual(['old.txt']);
+    expect((await run('reduce-intruders', ...argv, '--lambda', '0')).code).toBe(0);
+    const first = readFileSync(join(out, 'adapter_model.safetensors'));
+    const again = await run('reduce-intruders', ...argv);
+    expect(again.code).not.toBe(0);
+    expect(again.err).toMatch(/exists; choose a new path or pass --force to replace it/);
+    expect(readFileSync(join(out, 'adapter_model.safetensors'))).toEqual(first);
     const r = await run('reduce-intruders', ...argv, '--force');
     expect(r.code).toBe(0);
-    expect(readdirSync(out).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
-    expect(readdirSync(dir).sort()).toEqual(['keep', 'reduced']);
+    expect(readFileSync(join(out, 'adapter_model.safetensors'))).not.toEqual(first);
+    expect(readdirSync(dir)).toEqual(['reduced']);
+    // a directory that is not an adapter is not replaced, even with --force
+    const foreign = join(dir, 'notes');
+    mkdirSync(foreign);
+    writeFileSync(join(foreign, 'todo.txt'), 'keep me');
+    const refused = await run('reduce-intruders', ...argv.slice(0, -1), foreign, '--force');
+    expect(refused.code).not.toBe(0);
+    expect(readdirSync(foreign)).toEqual(['todo.txt']);
   });
 
   it('is listed in lora --help', async () => {

@@ -1,21 +1,23 @@
-import { copyFile, stat } from 'node:fs/promises';
-import { basename, dirname, join, relative, resolve } from 'node:path';
+import { copyFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { adapterTargets } from '@lora/core';
 import { type RawWeight, reduceIntruderTensors } from '@lora/intruders';
 import { type ByteSource, type SafetensorsEntry, decodeEntry, readSafetensorsHeaderFrom } from '@lora/tensor';
-import { openFileBytes, rewriteSafetensors } from '@lora/tensor/node';
+import { openFileBytes, outputKinds, rewriteSafetensors } from '@lora/tensor/node';
 import {
   type Command,
   type Io,
+  OUTPUT_HELP,
   UsageError,
   checkpointShards,
   isDir,
   numberOption,
   parseCommandArgs,
+  prepareOut,
   readAdapter,
+  sizeOf,
   startBackend,
-  writeDirAtomic,
 } from '../shared';
 
 const HELP = `lora reduce-intruders --base <model file or dir> --adapter <adapter dir> --out <dir> [options]
@@ -26,15 +28,17 @@ adapter changes, the leading --top-k left singular vectors of W + ΔW whose larg
 are below --epsilon are intruders; each one's singular value is scaled by --lambda, and the result is
 split back into rank-r factors. --out gets the reduced adapter in PEFT's layout (the old
 adapter_config.json, adapter_model.safetensors with the new factors in the old dtypes; every other
-tensor copied byte for byte), written atomically. Base weights are read one at a time (memory stays
-near one layer). Prints PEFT's lines ("<module>: Intruders: N") on stdout, progress on stderr.
+tensor copied byte for byte). Base weights are read one at a time (memory stays near one layer).
+Prints PEFT's lines ("<module>: Intruders: N") on stdout, progress on stderr.
 
 Options:
   --top-k N            leading directions examined (default 10)
   --epsilon X          cosine threshold below which a direction is an intruder (default 0.5)
   --lambda X           fraction of each intruder direction kept: 0 removes it, 1 keeps it (default 0.75)
   --adapter-name NAME  the sub-folder of a multi-adapter directory (PEFT saves non-default adapters there)
-  --force              replace --out if it exists`;
+  --force              replace an existing --out that is a PEFT adapter directory (see Output below)
+
+${OUTPUT_HELP}`;
 
 /** The base checkpoint's tensors by name, read one at a time from its file or shards. */
 async function openCheckpoint(base: string) {
@@ -95,18 +99,38 @@ async function reduceIntruders(args: string[], io: Io): Promise<number> {
   const mitigationLambda = numberOption(values.lambda, '--lambda', Number.isFinite, 'a number');
   const out = values.out as string;
   const adapterDir = values.adapter as string;
-  for (const [input, flag] of [
-    [values.base as string, '--base'],
-    [adapterDir, '--adapter'],
-  ] as const) {
-    const inside = relative(resolve(input), resolve(out));
-    if (inside === '' || (!inside.startsWith('..') && !inside.startsWith('/')))
-      throw new UsageError(
-        `--out ${inside === '' ? 'is' : 'is inside'} ${flag}: write the reduced adapter somewhere else (${flag} is read while it is written)`,
-      );
+  // every check on --out (and its free space: the adapter's size) before anything is read
+  const output = await prepareOut(
+    out,
+    {
+      kind: outputKinds.adapterDirectory,
+      force: values.force ?? false,
+      inputs: [
+        { path: values.base as string, label: '--base' },
+        { path: adapterDir, label: '--adapter' },
+      ],
+      bytesNeeded: await sizeOf(adapterDir),
+    },
+    io,
+  );
+  try {
+    return await reduceInto(output, values, { topK, thresholdEpsilon, mitigationLambda }, io);
+  } catch (e) {
+    throw await output.explain(e);
+  } finally {
+    await output.abort();
   }
-  if ((await stat(out).catch(() => null)) && !values.force)
-    throw new UsageError(`--out ${out} exists; choose a new directory or pass --force to replace it`);
+}
+
+async function reduceInto(
+  output: Awaited<ReturnType<typeof prepareOut>>,
+  values: { base?: string; adapter?: string; out?: string; 'adapter-name'?: string },
+  settings: { topK?: number; thresholdEpsilon?: number; mitigationLambda?: number },
+  io: Io,
+): Promise<number> {
+  const { topK, thresholdEpsilon, mitigationLambda } = settings;
+  const out = values.out as string;
+  const adapterDir = values.adapter as string;
   const checkpoint = await openCheckpoint(values.base as string);
   try {
     const adapter = await readAdapter(adapterDir, values['adapter-name'], io);
@@ -136,18 +160,19 @@ async function reduceIntruders(args: string[], io: Io): Promise<number> {
       try {
         const replacements = new Map<string, Float32Array>();
         for (const [k, t] of Object.entries(tensors)) replacements.set(k, (await t.data()) as Float32Array);
-        await writeDirAtomic(out, async (tmp) => {
-          await copyFile(join(adapter.root, 'adapter_config.json'), join(tmp, 'adapter_config.json'));
-          await rewriteSafetensors(adapter.file, join(tmp, 'adapter_model.safetensors'), async (name) =>
-            replacements.get(name),
-          );
-        });
+        await copyFile(join(adapter.root, 'adapter_config.json'), join(output.target, 'adapter_config.json'));
+        await rewriteSafetensors(adapter.file, join(output.target, 'adapter_model.safetensors'), async (name) =>
+          replacements.get(name),
+        );
+        await output.commit();
       } finally {
         tf.dispose(Object.values(tensors));
       }
       const changed = layers.filter((l) => l.intruders.length).length;
       const total = layers.reduce((n, l) => n + l.intruders.length, 0);
-      io.err(`wrote ${out} (${changed} of ${layers.length} modules changed, ${total} intruder directions scaled)`);
+      io.err(
+        `wrote ${out} (${changed} of ${layers.length} modules changed, ${total} intruder directions scaled${output.replaces ? ', the old output replaced' : ''})`,
+      );
       return 0;
     } finally {
       tf.dispose(Object.values(adapter.tensors));
