@@ -37,7 +37,7 @@ if [ -e .device/bundle/intruders-experiment.mjs ]; then
   echo "experiment exit $?" >> "$OUT/c-experiment.log"
   [ -e "$OUT/lambda.json" ] && mv "$OUT/lambda.json" "$OUT/c-lambda.json"
 fi
-part a "${LAYERS_A:-1}" intruders-bench 60 "${LIMIT_A:-130}"
+[ -e .device/bundle/intruders-bench.mjs ] && part a "${LAYERS_A:-1}" intruders-bench 60 "${LIMIT_A:-130}"
 [ -e .device/bundle/intruders-bench-linalg13.mjs ] && part b "${LAYERS_B:-8}" intruders-bench-linalg13 90 "${LIMIT_B:-140}"
 # the two tables stay readable; everything else goes into one archive (the call returns at most 8 files)
 ls -la "$OUT"

@@ -12,7 +12,13 @@ import { plotLines } from '@lora-examples/plot';
 import { DEFAULTS, runExperiment } from './experiment.js';
 
 const { values } = parseArgs({
-  options: { steps: { type: 'string', default: String(DEFAULTS.steps) }, from: { type: 'string' } },
+  options: {
+    steps: { type: 'string', default: String(DEFAULTS.steps) },
+    from: { type: 'string' },
+    // fewer pretraining entries measured (all 558 by default), several thresholds: 0.5,0.9
+    'pretrain-entries': { type: 'string' },
+    epsilons: { type: 'string' },
+  },
 });
 const dir = join(import.meta.dirname, '..', 'results');
 await mkdir(dir, { recursive: true });
@@ -27,7 +33,11 @@ if (values.from) {
   }
   const info = await initBackend(/** @type {'auto'} */ (process.env.LORA_BACKEND ?? 'auto'));
   console.log(`backend: ${info.name} (${info.adapter})`);
-  const result = await runExperiment({ steps });
+  const result = await runExperiment({
+    steps,
+    ...(values['pretrain-entries'] ? { pretrainEntries: Number(values['pretrain-entries']) } : {}),
+    ...(values.epsilons ? { thresholdEpsilons: values.epsilons.split(',').map(Number) } : {}),
+  });
   await writeFile(json, `${JSON.stringify({ backend: info, date: new Date().toISOString(), ...result }, null, 1)}\n`);
 }
 /** @type {Awaited<ReturnType<typeof runExperiment>>} */
