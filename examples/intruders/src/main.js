@@ -47,21 +47,23 @@ const epsilons = [...new Set(result.rows.map((r) => r.epsilon))];
 const along = (e, f) => result.rows.filter((r) => r.epsilon === e).map((r) => [r.lambda, f(r)]);
 /** @param {number} y @returns {Array<[number, number]>} */
 const flat = (y) => [...new Set(result.rows.map((r) => r.lambda))].map((x) => [x, y]);
-const tag = (/** @type {number} */ e) => (epsilons.length > 1 ? ` (ε ${e})` : '');
+// short names: the legend cuts labels past ~20 characters
+const tag = (/** @type {number} */ e) => (epsilons.length > 1 ? ` ε ${e}` : ' reduced');
 await plotLines(
   {
     title: `fortune-llama + a task LoRA (r ${result.options.r}): intruder reduction, topK ${result.options.topK}, ε ${epsilons.join(' / ')}`,
     x: 'mitigationLambda (fraction of each intruder direction kept)',
-    y: 'perplexity',
+    y: 'perplexity (log scale)',
+    logY: true,
     points: true,
     series: [
       ...epsilons.map((e) => ({
-        name: `pretraining text, reduced adapter${tag(e)}`,
+        name: `pretraining${tag(e)}`,
         points: along(e, (r) => r.pretrain),
       })),
-      { name: 'pretraining text, base model', points: flat(result.base.pretrain) },
-      ...epsilons.map((e) => ({ name: `task, reduced adapter${tag(e)}`, points: along(e, (r) => r.task) })),
-      { name: 'task, base model', points: flat(result.base.task) },
+      { name: 'pretraining, base', points: flat(result.base.pretrain) },
+      ...epsilons.map((e) => ({ name: `task${tag(e)}`, points: along(e, (r) => r.task) })),
+      { name: 'task, base', points: flat(result.base.task) },
     ],
   },
   join(dir, 'lambda'),
