@@ -22,8 +22,13 @@ interface Prelude {
 
 /** Per README: what its working directory needs first, and the preludes of the snippets that need one. */
 const NEEDS: Record<string, { setup?: string; teardown?: string; preludes?: Prelude[] }> = {
+  'packages/arrow/README.md': {
+    setup:
+      "await __h.tinyCheckpoint(); await __h.peftAdapter('experts/sql', 1); await __h.peftAdapter('experts/math', 2); await __h.peftAdapter('experts/chat', 3);",
+  },
   'packages/tensor/README.md': { setup: 'const __stopHub = await __h.fakeHub();', teardown: 'await __stopHub();' },
   'packages/models/README.md': { setup: 'const __stopHub = await __h.fakeHub();', teardown: 'await __stopHub();' },
+  'packages/loraga/README.md': { setup: 'await __h.tinyCheckpoint();' },
   'packages/core/README.md': {
     setup: "await __h.tinyCheckpoint(); await __h.peftAdapter('my-peft-adapter', 0);",
     preludes: [

@@ -42,6 +42,7 @@ export function lineChartSpec(chart) {
  * @returns {Promise<string>}
  */
 export async function renderSvg(spec) {
+  // the spec is built by lineChartSpec (plain JSON); vega-lite validates it when compiling
   const view = new vega.View(vega.parse(compile(/** @type {import('vega-lite').TopLevelSpec} */ (spec)).spec), {
     renderer: 'none',
   });

@@ -1,5 +1,7 @@
+import { arrowCommand } from './commands/arrow';
 import { combineCommand } from './commands/combine';
 import { inspectCommand } from './commands/inspect';
+import { loftqCommand } from './commands/loftq';
 import { mergeCommand } from './commands/merge';
 import { reduceIntrudersCommand } from './commands/reduce-intruders';
 import { createRequire } from 'node:module';
@@ -9,7 +11,14 @@ import { type Command, type Io, UsageError } from './shared';
 export type { Io } from './shared';
 
 /** Every sub-command, in the order `lora --help` lists them. */
-const COMMANDS: Command[] = [inspectCommand, mergeCommand, combineCommand, reduceIntrudersCommand];
+const COMMANDS: Command[] = [
+  inspectCommand,
+  mergeCommand,
+  combineCommand,
+  loftqCommand,
+  arrowCommand,
+  reduceIntrudersCommand,
+];
 
 function mainHelp(): string {
   return [

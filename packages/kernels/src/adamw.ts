@@ -172,6 +172,22 @@ function ownBuffer(backend: InPlaceBackend, t: tf.Tensor): boolean {
   );
 }
 
+let inPlaceWrites = 0;
+
+/**
+ * How many times {@link adamwUpdateInPlace} has written a variable's buffer in place, since the
+ * module loaded. An in-place write keeps the variable's `dataId`, so a cache made from a variable's
+ * values (a stack of factors) cannot tell it changed from the `dataId`: it compares this count too.
+ *
+ * @example
+ * ```ts
+ * const stale = cachedFrom.some((id, i) => id !== vars[i].dataId) || cachedAt !== inPlaceWriteCount();
+ * ```
+ */
+export function inPlaceWriteCount(): number {
+  return inPlaceWrites;
+}
+
 /**
  * {@link adamwUpdate} writing the new values into `param`'s and `moments`' own GPU buffers (webgpu,
  * fused kernels on): no new tensors, and the same buffers step after step, so the dispatches'
@@ -211,6 +227,7 @@ export function adamwUpdateInPlace(
     [{ type: 'int32', data: [n] }],
     info(param, [n]),
   );
+  inPlaceWrites++;
   // values read back earlier are stale now
   for (const t of [param, moments]) {
     const data = backend.tensorMap.get(t.dataId);
