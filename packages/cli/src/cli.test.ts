@@ -274,7 +274,7 @@ describe('lora merge', () => {
     const r = await run('merge', '--base', 'x');
     expect([r.code, r.err]).toEqual([2, 'lora merge: merge needs --adapter; see lora merge --help']);
     expect((await run('frobnicate')).err).toBe(
-      "lora frobnicate: unknown command 'frobnicate'; commands are inspect, merge, combine, loftq, arrow, eva (lora --help)",
+      "lora frobnicate: unknown command 'frobnicate'; commands are inspect, merge, combine, loftq, arrow, eva, reduce-intruders (lora --help)",
     );
     expect((await run('merge', '--help')).out).toMatch(/^lora merge --base/);
     expect((await run('inspect', '--help')).out).toMatch(/^lora inspect/);

@@ -4,6 +4,7 @@ import { evaCommand } from './commands/eva';
 import { inspectCommand } from './commands/inspect';
 import { loftqCommand } from './commands/loftq';
 import { mergeCommand } from './commands/merge';
+import { reduceIntrudersCommand } from './commands/reduce-intruders';
 import { createRequire } from 'node:module';
 import { OutputError } from '@lora/tensor/node';
 import { type Command, type Io, UsageError } from './shared';
@@ -11,7 +12,15 @@ import { type Command, type Io, UsageError } from './shared';
 export type { Io } from './shared';
 
 /** Every sub-command, in the order `lora --help` lists them. */
-const COMMANDS: Command[] = [inspectCommand, mergeCommand, combineCommand, loftqCommand, arrowCommand, evaCommand];
+const COMMANDS: Command[] = [
+  inspectCommand,
+  mergeCommand,
+  combineCommand,
+  loftqCommand,
+  arrowCommand,
+  evaCommand,
+  reduceIntrudersCommand,
+];
 
 function mainHelp(): string {
   return [

@@ -21,6 +21,7 @@ import {
   type Io,
   OUTPUT_HELP,
   UsageError,
+  checkpointShards,
   isDir,
   parseCommandArgs,
   prepareOut,
@@ -245,44 +246,6 @@ async function merge(args: string[], io: Io): Promise<number> {
     await output.abort();
     if (read) tf.dispose(Object.values(read.tensors));
   }
-}
-
-/**
- * The weight files of a Hugging Face checkpoint directory, as transformers finds them: the shards its
- * `model.safetensors.index.json` names, or `model.safetensors`; never every `*.safetensors` lying there.
- */
-async function checkpointShards(dir: string): Promise<string[]> {
-  const files = await readdir(dir);
-  if (files.includes('model.safetensors.index.json')) {
-    const indexPath = join(dir, 'model.safetensors.index.json');
-    let index: unknown;
-    try {
-      index = JSON.parse(await readFile(indexPath, 'utf8'));
-    } catch (e) {
-      if (e instanceof SyntaxError)
-        throw new SafetensorsError({ file: indexPath, field: 'header' }, `index is not valid JSON (${e.message})`);
-      throw FileAccessError.from(indexPath, e, 'index');
-    }
-    const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
-    if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap))
-      throw new SafetensorsError(
-        { file: indexPath, field: 'weight_map' },
-        'index has no "weight_map" object mapping tensor names to shard files',
-      );
-    const shards = [...new Set(Object.values(weightMap as Record<string, unknown>))];
-    for (const shard of shards)
-      if (typeof shard !== 'string' || !/^[^/\\]+\.safetensors$/.test(shard) || shard.startsWith('..'))
-        throw new SafetensorsError(
-          { file: indexPath, field: 'weight_map' },
-          `shard ${describeValue(shard)} must be a .safetensors file name in the checkpoint's directory`,
-        );
-    return shards as string[];
-  }
-  if (files.includes('model.safetensors')) return ['model.safetensors'];
-  const found = files.filter((f) => f.endsWith('.safetensors'));
-  throw new UsageError(
-    `${dir}: no model.safetensors or model.safetensors.index.json${found.length ? ` (found ${found.slice(0, 5).join(', ')}; pass the file itself as --base)` : ''}`,
-  );
 }
 
 /**

@@ -1,0 +1,68 @@
+import { IntruderReductionError } from './errors';
+import type { WeightSvdCache } from './weight-svd-cache';
+
+/** The settings PEFT's `reduce_intruder_dimension` takes, shared by the model and the files entry points. */
+export interface IntruderSettings {
+  /**
+   * How many of W + ΔW's leading left singular vectors are examined (PEFT's `top_k`, default 10).
+   */
+  topK?: number;
+  /**
+   * A leading singular vector of W + ΔW whose largest |cosine| with W's left singular vectors is
+   * below this is an intruder (PEFT's `threshold_epsilon`, default 0.5).
+   */
+  thresholdEpsilon?: number;
+  /**
+   * The fraction of each intruder direction kept: its singular value σ becomes λ·σ (PEFT's
+   * `mitigation_lambda`, default 0.75; 0 removes it, 1 changes nothing).
+   */
+  mitigationLambda?: number;
+  /**
+   * Receives PEFT's lines: `<module>: Intruders: N` or `<module>: No intruders` for each LoRA layer,
+   * then `Enabling new adapter <name>`. Default `console.log` (PEFT prints); `null` silences.
+   */
+  loggingSink?: ((line: string) => void) | null;
+  /**
+   * Keeps each base weight's SVD for later calls (a sweep over `mitigationLambda` pays for it once).
+   * Without one, the SVDs are freed when the call returns.
+   */
+  svdCache?: WeightSvdCache;
+  /** Stops the work between layers (the promise rejects with the signal's reason; nothing is changed). */
+  signal?: AbortSignal;
+  /** Called after each layer: how many are done, of how many, and the one just done. */
+  onProgress?: (done: number, total: number, path: string) => void;
+}
+
+/** {@link IntruderSettings} with PEFT's defaults filled in and checked. */
+export interface ResolvedSettings {
+  topK: number;
+  thresholdEpsilon: number;
+  mitigationLambda: number;
+  log: (line: string) => void;
+}
+
+/** PEFT's defaults and our checks: a clear error naming the value, before any work. */
+export function resolveSettings(options: IntruderSettings): ResolvedSettings {
+  const { topK = 10, thresholdEpsilon = 0.5, mitigationLambda = 0.75, loggingSink } = options;
+  if (!Number.isInteger(topK) || topK < 1)
+    throw new IntruderReductionError(
+      `topK ${JSON.stringify(topK)} is not a positive integer; it is how many leading singular vectors are examined (PEFT's default is 10)`,
+    );
+  if (typeof thresholdEpsilon !== 'number' || !Number.isFinite(thresholdEpsilon))
+    throw new IntruderReductionError(
+      `thresholdEpsilon ${JSON.stringify(thresholdEpsilon)} is not a finite number; it is the cosine below which a direction is an intruder (PEFT's default is 0.5)`,
+    );
+  if (typeof mitigationLambda !== 'number' || !Number.isFinite(mitigationLambda))
+    throw new IntruderReductionError(
+      `mitigationLambda ${JSON.stringify(mitigationLambda)} is not a finite number; it is the fraction of each intruder direction kept (0 removes it, PEFT's default is 0.75)`,
+    );
+  if (loggingSink !== undefined && loggingSink !== null && typeof loggingSink !== 'function')
+    throw new IntruderReductionError('loggingSink must be a function taking one line, or null to silence it');
+  const log = loggingSink === null ? () => {} : (loggingSink ?? ((line: string) => console.log(line)));
+  return { topK, thresholdEpsilon, mitigationLambda, log };
+}
+
+/** Rejects with the signal's reason when it has fired. */
+export function checkAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw signal.reason ?? new Error('aborted');
+}

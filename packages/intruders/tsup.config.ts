@@ -1,0 +1,3 @@
+import { loraBuild } from '../../tsup.shared.js';
+
+export default loraBuild();
