@@ -34,3 +34,5 @@ export function parseFortunes(text) {
     .map((e) => e.replace(/^\n+|\n+$/g, ''))
     .filter((e) => e.trim().length > 0);
 }
+
+export { padBatch, shuffledBatches } from './batches.js';
