@@ -252,6 +252,24 @@ export class SGD implements Optimizer {
 }
 
 /**
+ * The sum of `terms` by `addN` over at most 7 at a time: WebGPU devices get the spec's default of 8
+ * storage buffers per shader stage (tfjs asks for no more), and tfjs' webgpu `AddN` binds every input
+ * in one shader, so an `addN` of 8 or more tensors fails there (LoRA on a real model has dozens).
+ */
+function sumInChunks(terms: tf.Tensor[]): tf.Tensor {
+  let level = terms;
+  while (level.length > 1) {
+    const next: tf.Tensor[] = [];
+    for (let i = 0; i < level.length; i += 7) {
+      const chunk = level.slice(i, i + 7);
+      next.push(chunk.length === 1 ? (chunk[0] as tf.Tensor) : tf.addN(chunk));
+    }
+    level = next;
+  }
+  return level[0] as tf.Tensor;
+}
+
+/**
  * Scales gradients so that their global L2 norm is at most `maxNorm`, as
  * `torch.nn.utils.clip_grad_norm_` (coefficient `maxNorm / (norm + 1e-6)`, applied only when below 1).
  * Returns the new gradients (the old ones are disposed when replaced) and the total norm before clipping.
@@ -267,7 +285,7 @@ export async function clipGradNorm(
 ): Promise<{ grads: Record<string, tf.Tensor>; totalNorm: number }> {
   const names = Object.keys(grads);
   if (names.length === 0) return { grads, totalNorm: 0 };
-  const total = tf.tidy(() => tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(grads[n] as tf.Tensor))))));
+  const total = tf.tidy(() => tf.sqrt(sumInChunks(names.map((n) => tf.sum(tf.square(grads[n] as tf.Tensor))))));
   const totalNorm = (await total.data())[0] as number;
   total.dispose();
   const coef = maxNorm / (totalNorm + 1e-6);
