@@ -3,7 +3,7 @@
 // Llama pretrained on Debian's fortunes, learns the one category it never saw — fortune-cookie
 // predictions — with LoRA; held-out perplexity and generations before and after; the adapter saved
 // in PEFT's format, reloaded, merged, and checked to give the same outputs.
-import { readFile, readdir, rm, stat } from 'node:fs/promises';
+import { readFile, readdir, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
@@ -127,8 +127,9 @@ export async function runDemo(options) {
   });
 
   // PEFT's files, then a fresh base with the adapter read back, then that merged into plain weights.
-  await rm(o.out, { recursive: true, force: true });
-  await saveAdapter(peft, o.out);
+  // force: a second run replaces the adapter the first one saved, and only that (a --out holding
+  // anything else is refused, not deleted)
+  await saveAdapter(peft, o.out, { force: true });
   const probe = padBatch(heldout.slice(0, 8));
   const greedyPrompts = o.prompts.map((p) => tokenizer.encode(p).ids);
   const trained = tf.tidy(() => model.forward(probe.x).logits);

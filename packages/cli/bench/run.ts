@@ -146,7 +146,7 @@ const bytes = readFileSync(base).length;
 const io = { out: () => undefined, err: () => undefined };
 const mergeMs = await median(async () => {
   await runCli(
-    ['merge', '--base', base, '--adapter', join(dir, 'adapter'), '--out', join(dir, 'merged.safetensors')],
+    ['merge', '--base', base, '--adapter', join(dir, 'adapter'), '--out', join(dir, 'merged.safetensors'), '--force'],
     io,
   );
 }, 3);

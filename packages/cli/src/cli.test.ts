@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -128,7 +128,7 @@ describe('lora merge', () => {
     const same = await run('merge', '--base', base, '--adapter', join(FIX, 'peft-tokens-dict'), '--out', base);
     expect([same.code, same.err]).toEqual([
       2,
-      'lora merge: --out is --base: write the merged model somewhere else (the base is read while the output is written)',
+      `lora merge: --out ${base} is --base ${base}: write the output somewhere else (the input is read while the output is written)`,
     ]);
     expect(Buffer.compare(readFileSync(base), readFileSync(join(FIX, 'tokens-base.safetensors')))).toBe(0);
     // an adapter for another model: refused from the headers, before anything is written
@@ -194,6 +194,47 @@ describe('lora merge', () => {
     expect(existsSync(bad)).toBe(false);
     expect(readdirSync(join(bad, '..'))).toEqual([]);
     tf.dispose([...Object.values(base), ...Object.values(want), ...Object.values(merged)]);
+  });
+
+  it('refuses a merge that comes out NaN or infinite, naming the module; --no-safe-merge writes it with a warning', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lora-cli-nan-'));
+    const broken = join(dir, 'broken');
+    mkdirSync(broken);
+    writeFileSync(join(broken, 'adapter_config.json'), readFileSync(join(FIX, 'peft-qv', 'adapter_config.json')));
+    const tensors = read(join(FIX, 'peft-qv', 'adapter_model.safetensors'));
+    const key = 'base_model.model.layers.1.q_proj.lora_B.weight';
+    const values = (await tensors[key]!.data()) as Float32Array;
+    values[3] = Number.POSITIVE_INFINITY;
+    const raw = Object.fromEntries(
+      await Promise.all(
+        Object.entries(tensors).map(async ([k, t]) => [
+          k,
+          {
+            dtype: 'float32' as const,
+            shape: t.shape,
+            values: k === key ? values : ((await t.data()) as Float32Array),
+          },
+        ]),
+      ),
+    );
+    writeFileSync(join(broken, 'adapter_model.safetensors'), await serializeSafetensors(raw));
+    tf.dispose(Object.values(tensors));
+    const out = join(dir, 'merged.safetensors');
+    const args = ['merge', '--base', join(FIX, 'base.safetensors'), '--adapter', broken, '--out', out];
+    const refused = await run(...args);
+    expect(refused.code).toBe(1);
+    expect(refused.err.split('\n').at(-1)).toMatch(
+      /^lora merge: \d+ of the \d+ values of layers\.1\.q_proj\.weight came out NaN or infinite after merging: the adapter seems to be broken; nothing was written \(--no-safe-merge writes it anyway\)$/,
+    );
+    expect(readdirSync(dir)).toEqual(['broken']);
+    const written = await run(...args, '--no-safe-merge');
+    expect(written.code, written.err).toBe(0);
+    expect(written.err).toMatch(
+      /^warning: \d+ of the \d+ values of layers\.1\.q_proj\.weight came out NaN or infinite/m,
+    );
+    const merged = read(out);
+    expect(Array.from(await merged['layers.1.q_proj.weight']!.data()).some((v) => !Number.isFinite(v))).toBe(true);
+    tf.dispose(Object.values(merged));
   });
 
   it('explains missing arguments and unknown commands in one line, with --help on each command', async () => {
@@ -327,7 +368,7 @@ describe('lora combine', () => {
       [['--weights', '1', '--out', out], /^lora combine: combine needs --adapter/],
       [
         ['--adapter', a, '--adapter', b, '--weights', '1,1', '--out', a],
-        /^lora combine: --out .* is one of the --adapter directories/,
+        /^lora combine: --out .* is --adapter .*: write the output somewhere else/,
       ],
     ];
     for (const [args, message] of cases) {
@@ -340,17 +381,25 @@ describe('lora combine', () => {
       ).toHaveLength(1);
       expect(readdirSync(parent), args.join(' ')).toEqual([]);
     }
-    // an existing --out is kept unless --force
+    // an existing --out is kept unless --force, and --force never removes files lora did not write
     mkdirSync(out);
     writeFileSync(join(out, 'keep.txt'), 'x');
     const r = await run('combine', '--adapter', a, '--adapter', b, '--weights', '1,1', '--out', out);
     expect([r.code, r.err]).toEqual([
       2,
-      `lora combine: --out ${out} exists; choose a new directory or pass --force to replace it`,
+      `lora combine: --out ${out} exists; choose a new path or pass --force to replace it`,
+    ]);
+    const foreign = await run('combine', '--adapter', a, '--adapter', b, '--weights', '1,1', '--out', out, '--force');
+    expect([foreign.code, foreign.err]).toEqual([
+      2,
+      `lora combine: --out ${out} holds keep.txt, which is not part of a PEFT adapter directory: lora replaces only a PEFT adapter directory it could have written, even when forced; move those files away or choose another path`,
     ]);
     expect(readdirSync(out)).toEqual(['keep.txt']);
+    rmSync(join(out, 'keep.txt'));
+    expect((await run('combine', '--adapter', a, '--weights', '1', '--out', out)).code).toBe(0);
     const forced = await run('combine', '--adapter', a, '--adapter', b, '--weights', '1,1', '--out', out, '--force');
     expect(forced.code, forced.err).toBe(0);
+    expect(forced.err).toMatch(/wrote .* \(svd, r \d+, 5 modules\)$/);
     expect(readdirSync(out).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
     expect(readdirSync(parent)).toEqual(['mix']);
     expect((await run('combine', '--help')).out).toMatch(/^lora combine --adapter <dir>/);

@@ -2,6 +2,7 @@ import { combineCommand } from './commands/combine';
 import { inspectCommand } from './commands/inspect';
 import { mergeCommand } from './commands/merge';
 import { createRequire } from 'node:module';
+import { OutputError } from '@lora/tensor/node';
 import { type Command, type Io, UsageError } from './shared';
 
 export type { Io } from './shared';
@@ -20,6 +21,9 @@ function mainHelp(): string {
     '',
     'Options for every command:',
     '  --verbose   say which backend started and why the others did not (also LORA_BACKEND=cpu|wasm|tensorflow)',
+    '',
+    'merge and combine replace an existing --out only with --force, only when it is an output of the same',
+    'kind, and by renames: an interrupted run leaves the old output or the new one (lora merge --help).',
   ].join('\n');
 }
 
@@ -57,6 +61,8 @@ export async function runCli(argv: string[], io: Io): Promise<number> {
     );
   } catch (e) {
     io.err(`lora ${command ?? ''}: ${(e as Error).message.split('\n')[0]}`);
-    return e instanceof UsageError ? 2 : 1;
+    // an --out that was refused is a mistake in the call; a disk that is full or read-only is not
+    const refused = e instanceof OutputError && ['exists', 'foreign', 'overlap', 'unsafe-path'].includes(e.code);
+    return e instanceof UsageError || refused ? 2 : 1;
   }
 }

@@ -1,9 +1,15 @@
-import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { lstat, readFile, readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { AdapterFileError, loraConfigFromJson } from '@lora/core';
 import { FileAccessError, initBackend } from '@lora/tensor';
-import { loadSafetensors } from '@lora/tensor/node';
+import {
+  type OutputInput,
+  type OutputKind,
+  type PreparedOutput,
+  loadSafetensors,
+  prepareOutput,
+} from '@lora/tensor/node';
 
 /** Where the command writes: stdout for results, stderr for progress and errors. */
 export interface Io {
@@ -82,22 +88,42 @@ export async function isDir(p: string): Promise<boolean> {
   return (await stat(p).catch(() => null))?.isDirectory() ?? false;
 }
 
+/** What every writing command's help says about `--out` and `--force`. */
+export const OUTPUT_HELP = `Output: --out must not exist (an empty directory counts as absent) unless --force is given, and
+--force replaces only an output of the same kind that lora could have written (a directory holding
+other files is refused, naming them). --out may not be, contain or lie inside an input, nor be the
+current directory, the home directory or /. The output is written beside --out under a hidden
+temporary name (.<out>.<pid>.<hex>.tmp) and renamed into place, the old one removed last: a run that
+fails or is interrupted (Ctrl-C, SIGTERM) leaves the old output as it was and removes its temporaries;
+after a kill (SIGKILL, power cut) the next run writing to --out removes them, and restores the old
+output if the kill came between the two renames of a directory replace. Writability and free space
+are checked before the work starts.`;
+
 /**
- * Fills a temporary directory beside `out`, then moves it into place (replacing `out`): nothing
- * half-written on failure, the temporary directory removed.
+ * Prepares `--out` for a command (see {@link OUTPUT_HELP}): the checks run, the temporary folder
+ * exists, and nothing else has been done; commit or abort the result.
  */
-export async function writeDirAtomic(out: string, fill: (tmp: string) => Promise<void>): Promise<void> {
-  const tmp = join(dirname(out), `.${basename(out)}.tmp-${process.pid}`);
-  await rm(tmp, { recursive: true, force: true });
-  try {
-    await mkdir(tmp, { recursive: true });
-    await fill(tmp);
-    await rm(out, { recursive: true, force: true });
-    await rename(tmp, out);
-  } catch (e) {
-    await rm(tmp, { recursive: true, force: true });
-    throw e;
-  }
+export function prepareOut(
+  out: string,
+  options: { kind: OutputKind; force?: boolean; inputs: OutputInput[]; bytesNeeded?: number },
+  io: Io,
+): Promise<PreparedOutput> {
+  return prepareOutput(out, {
+    ...options,
+    label: '--out',
+    forceHint: 'pass --force',
+    warn: (m) => io.err(`note: ${m}`),
+  });
+}
+
+/** Bytes a file or directory (recursively) holds; 0 when it does not exist. */
+export async function sizeOf(path: string): Promise<number> {
+  const s = await lstat(path).catch(() => null);
+  if (!s) return 0;
+  if (!s.isDirectory()) return s.size;
+  let total = 0;
+  for (const e of await readdir(path)) total += await sizeOf(join(path, e));
+  return total;
 }
 
 /**

@@ -123,7 +123,8 @@ describe('lora merge', () => {
       '--adapter',
       dir,
       '--out',
-      join(dir, 'o.safetensors'),
+      // beside the adapter: an --out inside it is refused before the adapter is read
+      join(mkdtempSync(join(tmpdir(), 'lora-cli-out-')), 'o.safetensors'),
     );
     expect(r.code).toBe(1);
     expect(r.err.split('\n').at(-1)).toBe(

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -384,9 +384,12 @@ describe('adapters made here, saved for PEFT (tools/oracle/check_roundtrip.py)',
     it(`${c.name}: saved, read back by our loader with the same output`, async () => {
       const before = tf.memory().numTensors;
       const dir = join(root, c.name);
-      mkdirSync(dir, { recursive: true });
+      const initialDir = join(root, `${c.name}.initial`);
+      // this case's folders are the test's own (LORA_ROUNDTRIP_DIR may hold an earlier run's)
+      for (const d of [dir, initialDir]) rmSync(d, { recursive: true, force: true });
       const model = c.build();
-      writeFileSync(join(dir, 'base.safetensors'), await serializeSafetensors(model.stateDict()));
+      // written beside the adapter once it is saved (saveAdapter publishes a directory of adapter files only)
+      const baseWeights = await serializeSafetensors(model.stateDict());
       manualSeed(7);
       const [[firstName, first], ...rest] = c.adapters as [
         [string, Partial<LoraConfig>],
@@ -394,7 +397,6 @@ describe('adapters made here, saved for PEFT (tools/oracle/check_roundtrip.py)',
       ];
       const peft = getPeftModel(model, first, { adapterName: firstName });
       for (const [name, config] of rest) peft.addAdapter(name, loraConfig(config));
-      const initialDir = join(dir, 'initial');
       if (c.convert) await saveAdapter(peft, initialDir);
       perturb(peft, 11);
       const names = [...c.adapters.map(([n]) => n), ...((await c.after?.(peft)) ?? [])];
@@ -420,6 +422,7 @@ describe('adapters made here, saved for PEFT (tools/oracle/check_roundtrip.py)',
         saveEmbeddingLayers: c.saveEmbeddingLayers,
         pathInitialModelForWeightConversion: c.convert ? initialDir : undefined,
       });
+      writeFileSync(join(dir, 'base.safetensors'), baseWeights);
       writeFileSync(join(dir, 'io.safetensors'), await serializeSafetensors(io));
       index.push({
         name: c.name,

@@ -67,6 +67,14 @@ await describeEachBackend('safe merge (PEFT safe_merge)', () => {
     await expect(mergeAdapterWeights(files, adapter, { safeMerge: true })).rejects.toThrow(
       /NaNs detected .*\(layers\.1\.mlp\.weight\)/,
     );
+    // 'warn': every broken weight named, the merge kept
+    const warnings: string[] = [];
+    const warned = await mergeAdapterWeights(files, adapter, { safeMerge: 'warn', warn: (m) => warnings.push(m) });
+    expect(warnings).toEqual([
+      "layers.1.mlp.weight has NaN or infinite values after merging: the adapter seems to be broken (kept, as safeMerge is 'warn')",
+    ]);
+    expect((await warned.merged['layers.1.mlp.weight']!.data()).some(Number.isNaN)).toBe(true);
+    tf.dispose(Object.values(warned.merged));
     const unchecked = mergeAdapterWeights(files, adapter);
     expect(Object.keys(unchecked.merged).sort()).toEqual([
       'layers.0.mlp.weight',

@@ -2,11 +2,11 @@
  * File-system helpers for Node: load (single or sharded) and save safetensors, atomically.
  * Import from `@lora/tensor/node`; the main entry stays browser-safe.
  */
-import { randomBytes } from 'node:crypto';
-import { type FileHandle, open, readFile, readdir, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { type FileHandle, open, readFile, readdir, realpath, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, relative, sep } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { FileAccessError, SafetensorsError } from './errors';
+import { OutputError, withTemporaryFile } from './output-writer';
 
 export { openFileBytes } from './file-source';
 import { type SafetensorsEntry, type SafetensorsHeader, parseHeader, readHeaderLength } from './safetensors-format';
@@ -27,14 +27,27 @@ export interface LoadedSafetensors extends ParsedSafetensors {
   indexMetadata?: Record<string, unknown>;
 }
 
-/** A fresh temporary name beside `path` (same folder, so that a rename onto `path` is atomic). */
-function tmpPathFor(path: string): string {
-  return join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-}
+export {
+  OutputError,
+  outputKinds,
+  prepareOutput,
+  removeStaleTemporaries,
+  temporaryPathFor,
+  writeOutput,
+} from './output-writer';
+export type {
+  OutputErrorCode,
+  OutputInput,
+  OutputKind,
+  OutputOptions,
+  PreparedOutput,
+} from './output-writer';
 
 /**
- * Writes bytes to `path` atomically: a temporary file beside it, then a rename. On failure the
- * temporary file is removed and any existing file at `path` is left as it was.
+ * Writes bytes to `path` atomically: a temporary file beside it, then a rename. On failure, SIGINT or
+ * SIGTERM the temporary file is removed and any existing file at `path` is left as it was; temporaries
+ * that killed runs left beside `path` are removed first. (For a command's output, with its checks, use
+ * {@link writeOutput}.)
  *
  * @example
  * ```ts
@@ -42,14 +55,11 @@ function tmpPathFor(path: string): string {
  * ```
  */
 export async function writeFileAtomic(path: string, bytes: Uint8Array | string): Promise<void> {
-  const tmp = tmpPathFor(path);
   try {
-    await writeFile(tmp, bytes, { flag: 'wx' });
-    await rename(tmp, path);
+    await withTemporaryFile(path, (tmp) => writeFile(tmp, bytes, { flag: 'wx' }));
   } catch (e) {
-    await unlink(tmp).catch(() => undefined);
     // the error names the file asked for, not the hidden temporary one
-    throw FileAccessError.from(path, e);
+    throw e instanceof OutputError ? e : FileAccessError.from(path, e);
   }
 }
 
@@ -305,7 +315,6 @@ export async function rewriteSafetensors(
   options: { onProgress?: (bytesDone: number, bytesTotal: number) => void } = {},
 ): Promise<RewriteResult> {
   const source = await openForReading(input);
-  const tmp = tmpPathFor(output);
   let target: FileHandle | null = null;
   try {
     const { header, head, size } = await readOpenHeader(source, input);
@@ -325,72 +334,71 @@ export async function rewriteSafetensors(
         return decodeEntry(await readBytes(entry), { ...entry, begin: 0, end: entry.end - entry.begin }, input);
       },
     };
-    target = await open(tmp, 'wx').catch((e: unknown) => {
-      throw FileAccessError.from(output, e);
-    });
-    await target.write(head, 0, head.length, 0);
-    let written = head.length;
     const replaced: string[] = [];
-    // untouched tensors are copied through one reused buffer, so that copying allocates nothing per tensor
-    const chunk = new Uint8Array(Math.min(COPY_CHUNK, Math.max(1, size)));
-    for (const entry of header.entries) {
-      const values = await replace(entry.name, file);
-      if (values === undefined) {
-        for (let at = entry.begin; at < entry.end; ) {
-          const n = Math.min(chunk.length, entry.end - at);
-          const { bytesRead } = await source.read(chunk, 0, n, at);
-          if (bytesRead !== n)
-            throw new SafetensorsError(
-              { file: input, tensor: entry.name, field: 'data' },
-              `the file ended while reading it (changed while being read?)`,
-            );
-          await target.write(chunk, 0, n, written);
-          written += n;
-          at += n;
+    let written = 0;
+    await withTemporaryFile(output, async (tmp) => {
+      target = await open(tmp, 'wx').catch((e: unknown) => {
+        throw FileAccessError.from(output, e);
+      });
+      await target.write(head, 0, head.length, 0);
+      written = head.length;
+      // untouched tensors are copied through one reused buffer, so that copying allocates nothing per tensor
+      const chunk = new Uint8Array(Math.min(COPY_CHUNK, Math.max(1, size)));
+      for (const entry of header.entries) {
+        const values = await replace(entry.name, file);
+        if (values === undefined) {
+          for (let at = entry.begin; at < entry.end; ) {
+            const n = Math.min(chunk.length, entry.end - at);
+            const { bytesRead } = await source.read(chunk, 0, n, at);
+            if (bytesRead !== n)
+              throw new SafetensorsError(
+                { file: input, tensor: entry.name, field: 'data' },
+                `the file ended while reading it (changed while being read?)`,
+              );
+            await target.write(chunk, 0, n, written);
+            written += n;
+            at += n;
+          }
+          options.onProgress?.(written, size);
+          continue;
         }
+        const numel = entry.shape.reduce((a, b) => a * b, 1);
+        if (values.length !== numel) {
+          throw new SafetensorsError(
+            { file: output, tensor: entry.name, field: 'shape' },
+            `the replacement has ${values.length} values; the tensor's shape [${entry.shape.join(', ')}] holds ${numel}`,
+          );
+        }
+        if (!REWRITABLE.includes(entry.dtype)) {
+          throw new SafetensorsError(
+            { file: output, tensor: entry.name, field: 'dtype' },
+            `a ${entry.dtype} tensor cannot be rewritten; only ${REWRITABLE.join(', ')} can`,
+          );
+        }
+        // floats into float dtypes, integers into integer ones, whatever typed array the caller returned
+        const isFloat = entry.dtype.startsWith('F') || entry.dtype === 'BF16';
+        const typed = isFloat
+          ? values instanceof Float32Array
+            ? values
+            : Float32Array.from(values)
+          : values instanceof Int32Array
+            ? values
+            : Int32Array.from(values);
+        const bytes =
+          entry.dtype === 'F64'
+            ? new Uint8Array(Float64Array.from(typed).buffer)
+            : encodeValues(typed, entry.dtype as WritableDtype);
+        replaced.push(entry.name);
+        await target.write(bytes, 0, bytes.length, written);
+        written += bytes.length;
         options.onProgress?.(written, size);
-        continue;
       }
-      const numel = entry.shape.reduce((a, b) => a * b, 1);
-      if (values.length !== numel) {
-        throw new SafetensorsError(
-          { file: output, tensor: entry.name, field: 'shape' },
-          `the replacement has ${values.length} values; the tensor's shape [${entry.shape.join(', ')}] holds ${numel}`,
-        );
-      }
-      if (!REWRITABLE.includes(entry.dtype)) {
-        throw new SafetensorsError(
-          { file: output, tensor: entry.name, field: 'dtype' },
-          `a ${entry.dtype} tensor cannot be rewritten; only ${REWRITABLE.join(', ')} can`,
-        );
-      }
-      // floats into float dtypes, integers into integer ones, whatever typed array the caller returned
-      const isFloat = entry.dtype.startsWith('F') || entry.dtype === 'BF16';
-      const typed = isFloat
-        ? values instanceof Float32Array
-          ? values
-          : Float32Array.from(values)
-        : values instanceof Int32Array
-          ? values
-          : Int32Array.from(values);
-      const bytes =
-        entry.dtype === 'F64'
-          ? new Uint8Array(Float64Array.from(typed).buffer)
-          : encodeValues(typed, entry.dtype as WritableDtype);
-      replaced.push(entry.name);
-      await target.write(bytes, 0, bytes.length, written);
-      written += bytes.length;
-      options.onProgress?.(written, size);
-    }
-    await target.close();
-    target = null;
-    await rename(tmp, output);
+      await target.close();
+      target = null;
+    });
     return { replaced, bytes: written };
-  } catch (e) {
-    await target?.close().catch(() => undefined);
-    await unlink(tmp).catch(() => undefined);
-    throw e;
   } finally {
+    await (target as FileHandle | null)?.close().catch(() => undefined);
     await source.close();
   }
 }

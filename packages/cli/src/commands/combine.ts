@@ -1,18 +1,21 @@
-import { stat, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { COMBINATION_TYPES, type CombinationType, combineAdapters, loraConfigToJson } from '@lora/core';
 import { serializeSafetensors } from '@lora/tensor';
+import { outputKinds } from '@lora/tensor/node';
 import {
   type AdapterOnDisk,
   type Command,
   type Io,
+  OUTPUT_HELP,
   UsageError,
   numberOption,
   parseCommandArgs,
+  prepareOut,
   readAdapter,
+  sizeOf,
   startBackend,
-  writeDirAtomic,
 } from '../shared';
 
 const HELP = `lora combine --adapter <dir> --adapter <dir> ... --weights W1,W2,... [--type TYPE] --out <dir> [options]
@@ -20,7 +23,7 @@ const HELP = `lora combine --adapter <dir> --adapter <dir> ... --weights W1,W2,.
 Combines PEFT adapters into one, as PEFT's add_weighted_adapter followed by save_pretrained of the new
 adapter, from the adapter files alone (no base model): Linear, Embedding, Conv1d and Conv2d modules,
 rank/alpha patterns, rsLoRA, fan_in_fan_out. Writes adapter_config.json and adapter_model.safetensors in
-PEFT's layout (PeftModel.from_pretrained loads it) into a temporary directory, then moves it into place.
+PEFT's layout (PeftModel.from_pretrained loads it).
 
 Options:
   --adapter DIR           an adapter directory; repeat for each adapter (one adapter: a linear rescale)
@@ -34,11 +37,13 @@ Options:
   --density D             fraction of values kept by ties, magnitude_prune, dare_* and their svd forms (0..1)
   --majority-sign M       total (default) or frequency: how ties elects each entry's sign
   --seed N                seed of dare_*'s random pruning (default 0; PyTorch's masks cannot be reproduced)
-  --force                 replace --out if it exists
+  --force                 replace an existing --out that is a PEFT adapter directory (see Output below)
 
 The pruned svd types (ties_svd, dare_*_svd, magnitude_prune_svd) decompose each full update matrix in
 float64 JavaScript: about 20 s per 1024x1024 module, far longer at 4096x4096. svd decomposes through the
-adapters' factors and stays fast.`;
+adapters' factors and stays fast.
+
+${OUTPUT_HELP}`;
 
 async function combine(args: string[], io: Io): Promise<number> {
   const { values } = parseCommandArgs({
@@ -87,14 +92,23 @@ async function combine(args: string[], io: Io): Promise<number> {
     majoritySignMethod: majority as 'total' | 'frequency' | undefined,
     seed: numberOption(values.seed, '--seed', Number.isSafeInteger, 'an integer'),
   };
-  const out = resolve(values.out);
-  if (dirs.some((d) => resolve(d) === out))
-    throw new UsageError(`--out ${values.out} is one of the --adapter directories; write the combination elsewhere`);
-  if ((await stat(out).catch(() => null)) && !values.force)
-    throw new UsageError(`--out ${values.out} exists; choose a new directory or pass --force to replace it`);
-  await startBackend(io);
+  const out = values.out;
+  // every check on --out before any adapter is read; the inputs' weights bound the output's size (cat sums them)
+  let bytesNeeded = 0;
+  for (const d of dirs) bytesNeeded += await sizeOf(join(d, 'adapter_model.safetensors'));
+  const output = await prepareOut(
+    out,
+    {
+      kind: outputKinds.adapterDirectory,
+      force: values.force ?? false,
+      inputs: dirs.map((d) => ({ path: d, label: '--adapter' })),
+      bytesNeeded,
+    },
+    io,
+  );
   const adapters: AdapterOnDisk[] = [];
   try {
+    await startBackend(io);
     for (const [i, dir] of dirs.entries()) {
       adapters.push(await readAdapter(dir, undefined, io));
       io.err(`read ${dir} (${i + 1}/${dirs.length})`);
@@ -106,21 +120,23 @@ async function combine(args: string[], io: Io): Promise<number> {
       onProgress: (done, total, path) => io.err(`combined module ${done}/${total} ${path}`),
     });
     try {
-      await writeDirAtomic(out, async (tmp) => {
-        await writeFile(
-          join(tmp, 'adapter_model.safetensors'),
-          await serializeSafetensors(mix.tensors, { metadata: { format: 'pt' } }),
-        );
-        await writeFile(join(tmp, 'adapter_config.json'), loraConfigToJson(mix.config));
-      });
+      await writeFile(
+        join(output.target, 'adapter_model.safetensors'),
+        await serializeSafetensors(mix.tensors, { metadata: { format: 'pt' } }),
+      );
+      await writeFile(join(output.target, 'adapter_config.json'), loraConfigToJson(mix.config));
+      await output.commit();
       io.err(
-        `wrote ${values.out} (${dirs.length === 1 ? 'linear' : type}, r ${mix.config.r}, ${Object.keys(mix.tensors).length / 2} modules)`,
+        `wrote ${out} (${dirs.length === 1 ? 'linear' : type}, r ${mix.config.r}, ${Object.keys(mix.tensors).length / 2} modules)`,
       );
     } finally {
       tf.dispose(Object.values(mix.tensors));
     }
     return 0;
+  } catch (e) {
+    throw await output.explain(e);
   } finally {
+    await output.abort();
     tf.dispose(adapters.flatMap((a) => Object.values(a.tensors)));
   }
 }

@@ -1,5 +1,5 @@
-import { cp, readFile, readdir } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { cp, readFile, readdir, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import {
   PEFT_SUFFIX,
@@ -13,17 +13,19 @@ import {
   resolveTargetPaths,
 } from '@lora/core';
 import { FileAccessError, SafetensorsError, describeValue } from '@lora/tensor';
-import { readSafetensorsFileHeader, rewriteSafetensors } from '@lora/tensor/node';
+import { outputKinds, readSafetensorsFileHeader, rewriteSafetensors } from '@lora/tensor/node';
 import {
   type AdapterOnDisk,
   type Command,
   type Io,
+  OUTPUT_HELP,
   UsageError,
   isDir,
   parseCommandArgs,
+  prepareOut,
   readAdapter,
+  sizeOf,
   startBackend,
-  writeDirAtomic,
 } from '../shared';
 
 const HELP = `lora merge --base <model file or dir> --adapter <adapter dir> --out <file or dir> [options]
@@ -35,12 +37,17 @@ PEFT loads it; adapter tensors for other modules are ignored with a warning. A d
 Hugging Face checkpoint: model.safetensors.index.json and its shards, or model.safetensors; its other
 files are copied as they are, and --out is then a directory too. Files are streamed: tensors the adapter does not touch are copied
 byte for byte, each adapted weight is merged and written back in its own dtype (bf16 stays bf16), so memory
-stays near one layer; output is written atomically, and a directory's other files (config.json, tokenizer
-files) are copied. Progress goes to stderr.
+stays near one layer. Progress goes to stderr.
 
 Options:
   --adapter-name NAME   the sub-folder of a multi-adapter directory (PEFT saves non-default adapters there)
-  --safe-merge          refuse to write weights that came out NaN or infinite`;
+  --force               replace an existing --out of the same kind (see Output below)
+  --no-safe-merge       write weights that came out NaN or infinite, with a warning naming each module.
+                        By default (--safe-merge) such a merge is refused and nothing is written: unlike
+                        PEFT's merge_and_unload (safe_merge off), because the command reads every merged
+                        value anyway, so the check costs only a scan, and a broken model is no output.
+
+${OUTPUT_HELP}`;
 
 /**
  * Merges the adapter into one safetensors file, streaming: tensors the adapter does not touch are copied
@@ -54,6 +61,15 @@ async function mergeFile(
   safeMerge: boolean,
   io: Io,
 ): Promise<{ changed: number }> {
+  /** Stops on (or, without safeMerge, warns about) a merged tensor with NaN or infinite values. */
+  const checkFinite = (key: string, values: Float32Array) => {
+    let bad = 0;
+    for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i] as number)) bad++;
+    if (bad === 0) return;
+    const what = `${bad} of the ${values.length} values of ${key} came out NaN or infinite after merging: the adapter seems to be broken`;
+    if (safeMerge) throw new Error(`${what}; nothing was written (--no-safe-merge writes it anyway)`);
+    io.err(`warning: ${what}`);
+  };
   const modules = mergedModulePaths(adapter.tensors);
   const moduleOf = new Map<string, string>();
   for (const p of modules) for (const k of [`${p}.weight`, `${p}.bias`]) moduleOf.set(k, p);
@@ -83,13 +99,21 @@ async function mergeFile(
           const d = await file.read(k);
           base[k] = tf.tensor(d.values, d.shape, d.dtype);
         }
-        const { merged } = await mergeAdapterWeights(
-          base,
-          { config: adapter.config, tensors: own, ...(adapter.file ? { file: adapter.file } : {}) },
-          { safeMerge },
-        );
-        for (const [k, t] of Object.entries(merged)) pending.set(k, (await t.data()) as Float32Array);
-        tf.dispose(Object.values(merged));
+        // checked here rather than by mergeAdapterWeights' safeMerge: the values are read anyway
+        const { merged } = mergeAdapterWeights(base, {
+          config: adapter.config,
+          tensors: own,
+          ...(adapter.file ? { file: adapter.file } : {}),
+        });
+        try {
+          for (const [k, t] of Object.entries(merged)) {
+            const values = (await t.data()) as Float32Array;
+            checkFinite(k, values);
+            pending.set(k, values);
+          }
+        } finally {
+          tf.dispose(Object.values(merged));
+        }
         changed++;
       } finally {
         tf.dispose(Object.values(base));
@@ -120,8 +144,10 @@ async function merge(args: string[], io: Io): Promise<number> {
       adapter: { type: 'string' },
       out: { type: 'string' },
       'adapter-name': { type: 'string' },
-      'safe-merge': { type: 'boolean' },
+      'safe-merge': { type: 'boolean', default: true },
+      force: { type: 'boolean' },
     },
+    allowNegative: true,
   });
   if (values.help) {
     io.out(HELP);
@@ -131,24 +157,37 @@ async function merge(args: string[], io: Io): Promise<number> {
     if (!values[k]) throw new UsageError(`merge needs --${k}; see lora merge --help`);
   const base = values.base as string;
   const out = values.out as string;
-  if (resolve(out) === resolve(base))
-    throw new UsageError(
-      '--out is --base: write the merged model somewhere else (the base is read while the output is written)',
-    );
+  const safeMerge = values['safe-merge'] as boolean;
   const baseIsDir = await isDir(base);
   if (baseIsDir && out.endsWith('.safetensors'))
     throw new UsageError(
       `--base ${base} is a checkpoint directory, so --out must be a directory (it gets the shards, the index and the other files); to merge only the weights file, pass --base ${join(base, 'model.safetensors')}`,
     );
-  await startBackend(io);
-  const read = await readAdapter(values.adapter as string, values['adapter-name'], io);
+  const dir = baseIsDir ? base : dirname(base);
+  const shards = baseIsDir ? await checkpointShards(base) : [basename(base)];
+  // the base's module paths, from the headers (nothing is read or written before every check passed)
+  const headers = new Map<string, Set<string>>();
+  for (const shard of shards)
+    headers.set(shard, new Set((await readSafetensorsFileHeader(join(dir, shard))).entries.map((e) => e.name)));
+  const others = baseIsDir ? (await readdir(base)).filter((f) => !shards.includes(f)) : [];
+  // every check on --out (and its free space: the base's size) before the work
+  const output = await prepareOut(
+    out,
+    {
+      kind: baseIsDir ? outputKinds.modelDirectory({ alsoOwns: others }) : outputKinds.safetensorsFile,
+      force: values.force ?? false,
+      inputs: [
+        { path: base, label: '--base' },
+        { path: values.adapter as string, label: '--adapter' },
+      ],
+      bytesNeeded: baseIsDir ? await sizeOf(base) : (await stat(base)).size,
+    },
+    io,
+  );
+  let read: AdapterOnDisk | undefined;
   try {
-    const dir = baseIsDir ? base : dirname(base);
-    const shards = baseIsDir ? await checkpointShards(base) : [basename(base)];
-    // the base's module paths, from the headers (nothing is read or written before every check passed)
-    const headers = new Map<string, Set<string>>();
-    for (const shard of shards)
-      headers.set(shard, new Set((await readSafetensorsFileHeader(join(dir, shard))).entries.map((e) => e.name)));
+    await startBackend(io);
+    read = await readAdapter(values.adapter as string, values['adapter-name'], io);
     const names = [...headers.values()].flatMap((h) => [...h]);
     const adapter = selectTargeted(read, names, io);
     const wanted = new Set(mergedModulePaths(adapter.tensors).map((p) => `${p}.weight`));
@@ -161,23 +200,24 @@ async function merge(args: string[], io: Io): Promise<number> {
           .join(', ')}: is this the adapter's base model?`,
       );
     if (baseIsDir) {
-      const files = await readdir(base);
-      await writeDirAtomic(out, async (tmp) => {
-        for (const [i, shard] of shards.entries()) {
-          io.err(`merging ${shard} (${i + 1}/${shards.length})`);
-          await mergeFile(join(base, shard), join(tmp, shard), adapter, values['safe-merge'] ?? false, io);
-        }
-        // the checkpoint's other files and folders (config.json, tokenizer files, the index) come along
-        for (const f of files) if (!shards.includes(f)) await cp(join(base, f), join(tmp, f), { recursive: true });
-      });
+      for (const [i, shard] of shards.entries()) {
+        io.err(`merging ${shard} (${i + 1}/${shards.length})`);
+        await mergeFile(join(base, shard), join(output.target, shard), adapter, safeMerge, io);
+      }
+      // the checkpoint's other files and folders (config.json, tokenizer files, the index) come along
+      for (const f of others) await cp(join(base, f), join(output.target, f), { recursive: true });
     } else {
       io.err(`merging ${base}`);
-      await mergeFile(base, out, adapter, values['safe-merge'] ?? false, io);
+      await mergeFile(base, output.target, adapter, safeMerge, io);
     }
-    io.err(`wrote ${out} (${wanted.size} modules merged)`);
+    await output.commit();
+    io.err(`wrote ${out} (${wanted.size} modules merged${output.replaces ? ', the old output replaced' : ''})`);
     return 0;
+  } catch (e) {
+    throw await output.explain(e);
   } finally {
-    tf.dispose(Object.values(read.tensors));
+    await output.abort();
+    if (read) tf.dispose(Object.values(read.tensors));
   }
 }
 
@@ -242,7 +282,7 @@ function selectTargeted(adapter: AdapterOnDisk, baseNames: string[], io: Io): Ad
 /** `lora merge`. */
 export const mergeCommand: Command = {
   name: 'merge',
-  usage: `lora merge --base <file|dir> --adapter <dir> --out <file|dir> [--adapter-name NAME] [--safe-merge]
+  usage: `lora merge --base <file|dir> --adapter <dir> --out <file|dir> [--force] [--adapter-name NAME] [--no-safe-merge]
                                              merge an adapter into a safetensors checkpoint`,
   help: HELP,
   run: merge,

@@ -145,6 +145,13 @@ export interface SaveAdapterOptions {
    * `init_lora_weights: true`, so that loading it never re-decomposes the base weights.
    */
   pathInitialModelForWeightConversion?: string;
+  /**
+   * Replace an existing adapter directory at `dir` (default false: an existing directory that is not
+   * empty is an error). Only a directory holding PEFT adapter files is replaced (its README.md is kept),
+   * and as a whole: adapters it held that are not saved now are gone. A directory holding anything else
+   * is refused even with `force`.
+   */
+  force?: boolean;
   warn?: (message: string) => void;
 }
 
@@ -172,10 +179,18 @@ async function baseVocabSize(
 
 /**
  * Saves adapters in PEFT's layout: the default adapter in `dir`, others in `dir/<name>/`; each as
- * `adapter_config.json` + `adapter_model.safetensors`, written atomically. Node only.
+ * `adapter_config.json` + `adapter_model.safetensors`. Node only.
+ *
+ * The directory is published as one unit (`@lora/tensor/node`'s `writeOutput`): everything is written
+ * into a temporary folder beside `dir` and renamed into place, so that an error, a signal or a kill
+ * leaves the old directory or the complete new one, never a config that does not match its weights.
+ * `dir` must not exist (an empty directory is fine) unless `force`, which replaces only a PEFT adapter
+ * directory (see {@link SaveAdapterOptions.force}); unlike PEFT's `save_pretrained`, which writes into
+ * whatever is there.
  *
  * `saveEmbeddingLayers` and `pathInitialModelForWeightConversion` are PEFT's `save_embedding_layers`
- * and `path_initial_model_for_weight_conversion` (see {@link SaveAdapterOptions}).
+ * and `path_initial_model_for_weight_conversion` (see {@link SaveAdapterOptions}); as PEFT, the latter
+ * rewrites the initial directory's `adapter_config.json` (atomically, once the new adapter is in place).
  *
  * @example
  * ```ts
@@ -196,19 +211,66 @@ export async function saveAdapter(model: PeftModel, dir: string, options: SaveAd
   }
   const nodeName = '@lora/tensor/node';
   const fsName = 'node:fs/promises';
-  const { writeFileAtomic } = (await import(/* @vite-ignore */ nodeName)) as typeof import('@lora/tensor/node');
+  const { writeFileAtomic, prepareOutput, outputKinds } = (await import(
+    /* @vite-ignore */ nodeName
+  )) as typeof import('@lora/tensor/node');
   const fs = (await import(/* @vite-ignore */ fsName)) as typeof import('node:fs/promises');
   const warn = options.warn ?? console.warn;
-  const written: string[] = [];
+  const initialDir = options.pathInitialModelForWeightConversion;
+  // every check on `dir` (exists, holds other files, is the initial adapter's folder, is writable) before the work
+  const output = await prepareOutput(dir, {
+    kind: outputKinds.adapterDirectory,
+    force: options.force ?? false,
+    inputs: initialDir === undefined ? [] : [{ path: initialDir, label: 'pathInitialModelForWeightConversion' }],
+    warn,
+  });
+  try {
+    const files = await encodeAdapters(model, names, options, warn, fs);
+    await output.ensureSpace(files.reduce((n, f) => n + f.weights.length + f.config.length, 0));
+    for (const f of files) {
+      const target = f.name === 'default' ? output.target : `${output.target}/${f.name}`;
+      // not recursive: after a signal has removed the temporary folder, nothing may create it again
+      if (f.name !== 'default') await fs.mkdir(target);
+      await fs.writeFile(`${target}/adapter_model.safetensors`, f.weights);
+      await fs.writeFile(`${target}/adapter_config.json`, f.config);
+    }
+    await output.commit();
+    for (const f of files) {
+      if (initialDir === undefined) continue;
+      // as PEFT: the initial directory gets the trained adapter's config with init_lora_weights true
+      const adapterConfig = model.peftConfig.get(f.name) as LoraConfig;
+      const initialConfig = JSON.parse(loraConfigToJson({ ...adapterConfig, initLoraWeights: true })) as Record<
+        string,
+        unknown
+      >;
+      initialConfig.inference_mode = adapterConfig.inferenceMode;
+      await writeFileAtomic(`${initialDir}/adapter_config.json`, JSON.stringify(initialConfig, null, 2));
+    }
+    return files.map((f) => (f.name === 'default' ? dir : `${dir}/${f.name}`));
+  } catch (e) {
+    throw await output.explain(e);
+  } finally {
+    await output.abort();
+  }
+}
+
+/** Every adapter's two files, in memory: a failed conversion or encoding writes nothing. */
+async function encodeAdapters(
+  model: PeftModel,
+  names: string[],
+  options: SaveAdapterOptions,
+  warn: (message: string) => void,
+  fs: typeof import('node:fs/promises'),
+): Promise<{ name: string; config: string; weights: Uint8Array }[]> {
+  const initialDir = options.pathInitialModelForWeightConversion;
+  const files: { name: string; config: string; weights: Uint8Array }[] = [];
   for (const name of names) {
-    const target = name === 'default' ? dir : `${dir}/${name}`;
     const adapterConfig = model.peftConfig.get(name) as LoraConfig;
     const encodeOptions: SerializeAdapterOptions = { saveEmbeddingLayers: options.saveEmbeddingLayers ?? 'auto', warn };
     const byTargets = embeddingIsTargeted(model.model, adapterConfig) && adapterConfig.trainableTokenIndices === null;
     if (encodeOptions.saveEmbeddingLayers === 'auto' && !byTargets && adapterConfig.baseModelNameOrPath) {
       encodeOptions.baseVocabSize = await baseVocabSize(fs, adapterConfig.baseModelNameOrPath, warn);
     }
-    const initialDir = options.pathInitialModelForWeightConversion;
     if (initialDir !== undefined) {
       checkWeightConversion(adapterConfig, warn);
       let weights: Uint8Array;
@@ -221,23 +283,10 @@ export async function saveAdapter(model: PeftModel, dir: string, options: SaveAd
       }
       encodeOptions.initialAdapter = { weights };
     }
-    // everything is computed before the first file is written: a failed conversion writes nothing
     const { config, weights } = await encodeAdapter(model, name, encodeOptions, true);
-    if (initialDir !== undefined) {
-      // as PEFT: the initial directory gets the trained adapter's config with init_lora_weights true
-      const initialConfig = JSON.parse(loraConfigToJson({ ...adapterConfig, initLoraWeights: true })) as Record<
-        string,
-        unknown
-      >;
-      initialConfig.inference_mode = adapterConfig.inferenceMode;
-      await writeFileAtomic(`${initialDir}/adapter_config.json`, JSON.stringify(initialConfig, null, 2));
-    }
-    await fs.mkdir(target, { recursive: true });
-    await writeFileAtomic(`${target}/adapter_model.safetensors`, weights);
-    await writeFileAtomic(`${target}/adapter_config.json`, config);
-    written.push(target);
+    files.push({ name, config, weights });
   }
-  return written;
+  return files;
 }
 
 /** Options of {@link loadAdapter}. */

@@ -81,7 +81,7 @@ describe('saveEmbeddingLayers', () => {
         baseModelNameOrPath: vocab === null ? join(base, 'absent') : base,
       });
       const warnings: string[] = [];
-      await saveAdapter(peft, out, { warn: (m) => warnings.push(m) });
+      await saveAdapter(peft, out, { force: true, warn: (m) => warnings.push(m) });
       peft.dispose();
       return {
         keys: Object.keys(keysOf(new Uint8Array(readFileSync(join(out, 'adapter_model.safetensors'))))).sort(),

@@ -60,8 +60,15 @@ function need(tensors: Record<string, tf.Tensor>, key: string): tf.Tensor {
 
 /** Options of {@link mergeAdapterWeights}. */
 export interface MergeWeightsOptions {
-  /** Check the merged weights for NaN/Inf (PEFT's `safe_merge`); the function then returns a Promise. */
-  safeMerge?: boolean;
+  /**
+   * Check the merged weights for NaN/Inf; the function then returns a Promise (the check reads the
+   * backend, asynchronously on every backend). `true` is PEFT's `safe_merge`: a non-finite weight is an
+   * error and nothing is returned. `'warn'`: each non-finite weight is named through `warn` and kept.
+   * Default false, as PEFT: no check, and the call stays synchronous (`lora merge` checks by default).
+   */
+  safeMerge?: boolean | 'warn';
+  /** Where `safeMerge: 'warn'` reports (default console.warn). */
+  warn?: (message: string) => void;
   /** Whether a square 2-d weight at `path` is stored [in, out] (fan_in_fan_out); default: the config's `fan_in_fan_out`. */
   fanInFanOut?: (path: string) => boolean;
 }
@@ -99,7 +106,7 @@ export function mergeAdapterWeights(
 export function mergeAdapterWeights(
   base: Record<string, tf.Tensor>,
   adapter: AdapterFiles,
-  options: MergeWeightsOptions & { safeMerge: true },
+  options: MergeWeightsOptions & { safeMerge: true | 'warn' },
 ): Promise<MergedWeights>;
 export function mergeAdapterWeights(
   base: Record<string, tf.Tensor>,
@@ -116,10 +123,15 @@ export function mergeAdapterWeights(
   return (async () => {
     // PEFT's safe_merge: refuse weights that came out NaN or infinite (read from the backend, hence async)
     for (const [k, t] of Object.entries(result.merged)) {
-      if (!(await allFinite([t]))) {
-        tf.dispose(Object.values(result.merged));
-        throw new Error(`NaNs detected in the merged weights. The adapter seems to be broken (${k})`);
+      if (await allFinite([t])) continue;
+      if (options.safeMerge === 'warn') {
+        (options.warn ?? console.warn)(
+          `${k} has NaN or infinite values after merging: the adapter seems to be broken (kept, as safeMerge is 'warn')`,
+        );
+        continue;
       }
+      tf.dispose(Object.values(result.merged));
+      throw new Error(`NaNs detected in the merged weights. The adapter seems to be broken (${k})`);
     }
     return result;
   })();
