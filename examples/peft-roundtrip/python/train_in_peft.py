@@ -62,6 +62,7 @@ def main() -> None:
         # base_model_name_or_path as the repo sees it, not this machine's absolute path
         model.peft_config["default"].base_model_name_or_path = "examples/fortune-llama/model"
         model.save_pretrained(out)
+        (out / "README.md").unlink(missing_ok=True)  # PEFT's model-card template: nothing about this adapter
         p = probe(model, data["probe"])
         save_file(p, out / "probe.safetensors", metadata={"peft": peft.__version__, "torch": torch.__version__})
         (out / "train.json").write_text(

@@ -5,7 +5,7 @@
 //   JS → PEFT: trains each case here (seeded), saves it in PEFT's format into out/js-<case>/ with our
 //              probe beside it; then run python/check_from_js.py, which loads them into PEFT.
 //   node src/main.js [--out DIR]     LORA_BACKEND=wasm|cpu (default wasm)
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
@@ -32,12 +32,13 @@ for (const name of Object.keys(SETTINGS.cases)) {
   );
 }
 
-console.log(`\n@lora → PEFT: trained here (${SETTINGS.training.steps} steps, seed ${SETTINGS.training.seed}), saved into ${values.out}`);
+console.log(
+  `\n@lora → PEFT: trained here (${SETTINGS.training.steps} steps, seed ${SETTINGS.training.seed}), saved into ${values.out}`,
+);
 for (const name of Object.keys(SETTINGS.cases)) {
   const dir = join(values.out, `js-${name}`);
   const { peft, ours, errors, losses } = await checkJsAdapter(name, data);
-  await rm(dir, { recursive: true, force: true });
-  await mkdir(dir, { recursive: true });
+  await rm(dir, { recursive: true, force: true }); // our own output of an earlier run, probe included
   await saveAdapter(peft, dir);
   await writeFile(join(dir, 'probe.safetensors'), await serializeSafetensors({ ...ours }));
   console.log(

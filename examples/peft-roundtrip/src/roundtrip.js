@@ -58,7 +58,9 @@ export function probe(model, docs) {
         docs.map((d) => Array.from({ length: len - 1 }, (_, t) => (t + 1 < d.length ? 1 : 0))),
         [n, len - 1],
       );
-      const lastRows = docs.map((d, i) => tf.reshape(tf.slice(logits, [i, d.length - 1, 0], [1, 1, vocab]), [1, vocab]));
+      const lastRows = docs.map((d, i) =>
+        tf.reshape(tf.slice(logits, [i, d.length - 1, 0], [1, 1, vocab]), [1, vocab]),
+      );
       return {
         loss: /** @type {tf.Scalar} */ (loss),
         logprobs: /** @type {tf.Tensor2D} */ (tf.mul(picked, real)),

@@ -38,7 +38,10 @@ describe('PEFT → @lora: adapters PEFT trained and saved, loaded here', () => {
 describe('@lora → PEFT: adapters trained here, as PEFT computed with them', () => {
   it.each(cases)('js-%s, retrained with the same seed, gives what PEFT computed with it', async (name) => {
     // python/check_from_js.py must have recorded every case of roundtrip.json
-    expect(recorded.cases[name], `expected/python-on-js.json has no '${name}': run python/check_from_js.py`).toBeDefined();
+    expect(
+      recorded.cases[name],
+      `expected/python-on-js.json has no '${name}': run python/check_from_js.py`,
+    ).toBeDefined();
     const before = tf.memory().numTensors;
     const r = await checkJsAdapter(name, data);
     expect(r.losses).toHaveLength(SETTINGS.training.steps);
