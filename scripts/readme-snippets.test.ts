@@ -24,6 +24,7 @@ interface Prelude {
 const NEEDS: Record<string, { setup?: string; teardown?: string; preludes?: Prelude[] }> = {
   'packages/tensor/README.md': { setup: 'const __stopHub = await __h.fakeHub();', teardown: 'await __stopHub();' },
   'packages/models/README.md': { setup: 'const __stopHub = await __h.fakeHub();', teardown: 'await __stopHub();' },
+  'packages/loraga/README.md': { setup: 'await __h.tinyCheckpoint();' },
   'packages/core/README.md': {
     setup: "await __h.tinyCheckpoint(); await __h.peftAdapter('my-peft-adapter', 0);",
     preludes: [

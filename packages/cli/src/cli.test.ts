@@ -67,6 +67,39 @@ describe('lora merge', () => {
     tf.dispose([...Object.values(merged), ...Object.values(want)]);
   });
 
+  it("writes modules_to_save copies and trained biases in place of the base's, as PEFT's merge_and_unload", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lora-cli-'));
+    const want = read(join(FIX, 'merge-replaced-expected.safetensors'));
+    for (const [name, report] of [
+      ['mts', /\(2 modules merged, 2 weights replaced by the adapter's/],
+      ['bias-all', /\(4 modules merged, 9 weights replaced by the adapter's/],
+      ['bias-lora-only', /\(4 modules merged, 4 weights replaced by the adapter's/],
+    ] as const) {
+      const out = join(dir, `${name}.safetensors`);
+      const r = await run(
+        'merge',
+        '--base',
+        join(FIX, 'base.safetensors'),
+        '--adapter',
+        join(FIX, `merge-replaced-${name}`),
+        '--out',
+        out,
+      );
+      expect(r.code, r.err).toBe(0);
+      expect(r.err).toMatch(report);
+      const merged = read(out);
+      const keys = Object.keys(want).filter((k) => k.startsWith(`${name}.`));
+      expect(Object.keys(merged).sort()).toEqual(keys.map((k) => k.slice(name.length + 1)).sort());
+      for (const k of keys)
+        expect(maxRelativeError(await merged[k.slice(name.length + 1)]!.data(), await want[k]!.data()), k).toBeLessThan(
+          1e-5,
+        );
+      tf.dispose(Object.values(merged));
+    }
+    tf.dispose(Object.values(want));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
   it('streams a bf16 checkpoint: stays bf16, untouched tensors keep their bytes, lora_bias merges weight and bias', async () => {
     const base = read(join(FIX, 'base.safetensors'));
     const dir = mkdtempSync(join(tmpdir(), 'lora-cli-bf16-'));

@@ -49,6 +49,7 @@ export {
   mergedModulePaths,
   moduleTensors,
   peftKey,
+  replacedBaseWeights,
   tokenTargets,
 } from './files/peft-keys';
 export type { AdapterTargetKind } from './files/peft-keys';

@@ -252,21 +252,33 @@ export class LlamaForCausalLM extends Module {
   model: LlamaModel;
   lmHead: Linear;
 
-  /** Builds a model with transformers' initialisation (normal(0, initializer_range), zero biases). */
+  /**
+   * Builds a model with transformers' initialisation: every linear and embedding weight drawn
+   * normal(0, initializer_range), biases zero, norms one. The submodules are built without their own
+   * default draws (which transformers' `_init_weights` overwrites anyway) and a tied `lm_head` is not
+   * drawn at all, so each weight is drawn once, from the default generator (`manualSeed`).
+   */
   constructor(config: LlamaConfig, options: { init?: boolean } = {}) {
     super();
     this.config = config;
-    this.model = this.registerModule('model', new LlamaModel(config));
-    this.lmHead = this.registerModule('lm_head', new Linear(config.hiddenSize, config.vocabSize, { bias: false }));
-    if (options.init !== false) this.initWeights();
+    const [model, lmHead] = withoutInit(
+      () => [new LlamaModel(config), new Linear(config.hiddenSize, config.vocabSize, { bias: false })] as const,
+    );
+    this.model = this.registerModule('model', model);
+    this.lmHead = this.registerModule('lm_head', lmHead);
     if (config.tieWordEmbeddings) this.lmHead.setParameter('weight', this.model.embedTokens.weight);
+    if (options.init !== false) this.initWeights();
   }
 
   private initWeights(): void {
     const std = this.config.initializerRange;
     for (const [name, p] of this.namedParameters()) {
       if (name.endsWith('layernorm.weight') || name === 'model.norm.weight') continue;
-      p.assign(name.endsWith('.bias') ? tf.zerosLike(p) : normalInit(p.shape, std));
+      if (name.endsWith('.bias')) continue; // built as zeros
+      // assign shares the drawn tensor's data; tidy drops the drawn tensor's own reference
+      tf.tidy(() => {
+        p.assign(normalInit(p.shape, std));
+      });
     }
   }
 

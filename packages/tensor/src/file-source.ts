@@ -74,13 +74,39 @@ export async function openFiles(files: ModelFiles, options: HubOptions & { what?
         throw FileAccessError.from(path.join(dir, n), e);
       }
     };
+    // File names come from untrusted files (a sharded checkpoint's index): each must stay inside the
+    // directory, also through links (a Hub cache snapshot's links into its blobs folder are fine).
+    const realDir = await fs.realpath(dir);
+    const blobs = await hubBlobsDir(fs, path, realDir);
+    const inside = async (n: string): Promise<string> => {
+      const file = path.join(dir, n);
+      if (n === '' || path.isAbsolute(n) || path.normalize(n).split(/[\\/]/).includes('..'))
+        throw new FileAccessError(file, `'${n}' is not a file name inside the ${what} ${dir}`, 'EACCES');
+      const real = await read(n, () => fs.realpath(file));
+      if (!insideDir(path, real, realDir) && !insideDir(path, real, blobs))
+        throw new FileAccessError(
+          file,
+          `is a link to ${real}, outside the ${what} ${realDir}: copy the file in instead`,
+          'EACCES',
+        );
+      return file;
+    };
     return {
       label: dir,
       has: async (n) => (await fs.stat(path.join(dir, n)).catch(() => null))?.isFile() ?? false,
-      bytes: (n) => read(n, async () => new Uint8Array(await fs.readFile(path.join(dir, n)))),
-      text: (n) => read(n, () => fs.readFile(path.join(dir, n), 'utf8')),
+      bytes: async (n) => {
+        const file = await inside(n);
+        return read(n, async () => new Uint8Array(await fs.readFile(file)));
+      },
+      text: async (n) => {
+        const file = await inside(n);
+        return read(n, () => fs.readFile(file, 'utf8'));
+      },
       list: () => read('', () => fs.readdir(dir)),
-      open: (n) => openFileBytes(path.join(dir, n)),
+      open: async (n) => {
+        const file = await inside(n);
+        return read(n, () => openFileBytes(file));
+      },
     };
   }
   const map = new Map<string, FileContent>();
@@ -111,6 +137,29 @@ export async function openFiles(files: ModelFiles, options: HubOptions & { what?
       return byteSourceOf(typeof c === 'string' ? new TextEncoder().encode(c) : c, `<memory>/${n}`);
     },
   };
+}
+
+type PathModule = Pick<typeof import('node:path'), 'relative' | 'isAbsolute' | 'sep' | 'dirname' | 'basename' | 'join'>;
+
+/** True when `file` lies inside `dir` (both real paths); false for `dir` null. Node's `path` is passed in, so that this module stays browser-safe. */
+export function insideDir(path: PathModule, file: string, dir: string | null): boolean {
+  if (dir === null) return false;
+  const rel = path.relative(dir, file);
+  return rel !== '' && !rel.startsWith(`..${path.sep}`) && rel !== '..' && !path.isAbsolute(rel);
+}
+
+/**
+ * The `blobs` folder of a Hugging Face cache entry when `dir` (a real path) is one of its snapshots
+ * (`models--org--name/snapshots/<rev>`), whose files are links into `models--org--name/blobs`; else null.
+ */
+export async function hubBlobsDir(
+  fs: Pick<typeof import('node:fs/promises'), 'realpath'>,
+  path: PathModule,
+  dir: string,
+): Promise<string | null> {
+  const snapshots = path.dirname(dir);
+  if (path.basename(snapshots) !== 'snapshots') return null;
+  return fs.realpath(path.join(path.dirname(snapshots), 'blobs')).catch(() => null);
 }
 
 /** A {@link ByteSource} over a file on disk, read with a file handle (Node). */

@@ -3,9 +3,11 @@
  * Import from `@lora/tensor/node`; the main entry stays browser-safe.
  */
 import { type FileHandle, open, readFile, readdir, realpath, stat, writeFile } from 'node:fs/promises';
-import { basename, dirname, isAbsolute, join, normalize, relative, sep } from 'node:path';
+import * as pathModule from 'node:path';
+import { basename, dirname, isAbsolute, join, normalize } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { FileAccessError, SafetensorsError } from './errors';
+import { hubBlobsDir, insideDir } from './file-source';
 import { OutputError, withTemporaryFile } from './output-writer';
 
 export { openFileBytes } from './file-source';
@@ -121,7 +123,10 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
       const real = await realpath(file).catch((e: unknown) => {
         throw FileAccessError.from(file, e, `shard (listed in ${basename(indexPath)})`);
       });
-      if (!insideDir(real, realDir) && !insideDir(real, await hubBlobsDir(realDir)))
+      if (
+        !insideDir(pathModule, real, realDir) &&
+        !insideDir(pathModule, real, await hubBlobsDir({ realpath }, pathModule, realDir))
+      )
         indexError(
           indexPath,
           `shard '${shard}' is a link to ${real}, outside the checkpoint directory ${realDir}; copy the file in instead`,
@@ -156,22 +161,6 @@ async function readSharded(indexPath: string): Promise<LoadedSafetensors> {
       ? { indexMetadata: indexMetadata as Record<string, unknown> }
       : {}),
   };
-}
-
-function insideDir(path: string, dir: string | null): boolean {
-  if (dir === null) return false;
-  const rel = relative(dir, path);
-  return rel !== '' && !rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel);
-}
-
-/**
- * The `blobs` folder of a Hugging Face cache entry when `dir` is one of its snapshots
- * (`models--org--name/snapshots/<rev>`), whose files are links into `models--org--name/blobs`; else null.
- */
-async function hubBlobsDir(dir: string): Promise<string | null> {
-  const snapshots = dirname(dir);
-  if (basename(snapshots) !== 'snapshots') return null;
-  return realpath(join(dirname(snapshots), 'blobs')).catch(() => null);
 }
 
 /**

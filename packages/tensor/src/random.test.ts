@@ -48,6 +48,25 @@ describe(`Generator against torch ${fixture.torch}'s CPU generator`, () => {
     expect(Array.from(g.fillUniform(new Float32Array(2)))).toEqual(d);
   });
 
+  it('fills in bulk exactly as it draws one number at a time, across twists and after odd offsets', () => {
+    for (const [seed, skip, n] of [
+      [0, 0, 2000],
+      [7, 5, 623],
+      [123, 623, 1249],
+      [2 ** 31 + 9, 1, 5000],
+    ] as const) {
+      const bulk = new Generator(seed);
+      const scalar = new Generator(seed);
+      for (let i = 0; i < skip; i++) expect(bulk.nextUint32()).toBe(scalar.nextUint32());
+      const got = bulk.fillUniform(new Float32Array(n), -0.5, 0.25);
+      const lo = Math.fround(-0.5);
+      const range = Math.fround(Math.fround(0.25) - lo);
+      const want = Float32Array.from({ length: n }, () => Math.fround(scalar.nextFloat24() * range + lo));
+      expect(got).toEqual(want);
+      expect(bulk.nextUint32()).toBe(scalar.nextUint32());
+    }
+  });
+
   it('rejects shapes that are not lists of non-negative integers', () => {
     expect(() => new Generator(0).rand([2, -1])).toThrow(/shape \[2,-1\] must hold non-negative integers/);
   });

@@ -42,10 +42,18 @@ export class Generator {
 
   private twist(): void {
     const mt = this.mt;
-    for (let i = 0; i < 624; i++) {
-      const y = ((mt[i] as number) & 0x80000000) | ((mt[(i + 1) % 624] as number) & 0x7fffffff);
-      mt[i] = (mt[(i + 397) % 624] as number) ^ (y >>> 1) ^ (y & 1 ? 0x9908b0df : 0);
+    // The three ranges of MT19937's recurrence, without a modulo per element.
+    let i = 0;
+    for (; i < 227; i++) {
+      const y = ((mt[i] as number) & 0x80000000) | ((mt[i + 1] as number) & 0x7fffffff);
+      mt[i] = (mt[i + 397] as number) ^ (y >>> 1) ^ (y & 1 ? 0x9908b0df : 0);
     }
+    for (; i < 623; i++) {
+      const y = ((mt[i] as number) & 0x80000000) | ((mt[i + 1] as number) & 0x7fffffff);
+      mt[i] = (mt[i - 227] as number) ^ (y >>> 1) ^ (y & 1 ? 0x9908b0df : 0);
+    }
+    const y = ((mt[623] as number) & 0x80000000) | ((mt[0] as number) & 0x7fffffff);
+    mt[623] = (mt[396] as number) ^ (y >>> 1) ^ (y & 1 ? 0x9908b0df : 0);
     this.index = 0;
   }
 
@@ -82,7 +90,24 @@ export class Generator {
     const f = Math.fround;
     const lo = f(low);
     const range = f(f(high) - lo);
-    for (let i = 0; i < out.length; i++) out[i] = f(this.nextFloat24() * range + lo);
+    const mt = this.mt;
+    const n = out.length;
+    let i = 0;
+    // nextFloat24 inlined, a twist at a time (this runs for every weight a model draws).
+    while (i < n) {
+      if (this.index >= 624) this.twist();
+      let k = this.index;
+      const end = Math.min(n, i + (624 - k));
+      for (; i < end; i++, k++) {
+        let y = mt[k] as number;
+        y ^= y >>> 11;
+        y ^= (y << 7) & 0x9d2c5680;
+        y ^= (y << 15) & 0xefc60000;
+        y ^= y >>> 18;
+        out[i] = f((y & 0xffffff) * 5.9604644775390625e-8 * range + lo);
+      }
+      this.index = k;
+    }
     return out;
   }
 

@@ -10,6 +10,7 @@ import {
   mergedModulePaths,
   moduleTensors,
   peftKey,
+  replacedBaseWeights,
   resolveTargetPaths,
 } from '@lora/core';
 import { FileAccessError, SafetensorsError, describeValue } from '@lora/tensor';
@@ -73,6 +74,8 @@ async function mergeFile(
   const modules = mergedModulePaths(adapter.tensors);
   const moduleOf = new Map<string, string>();
   for (const p of modules) for (const k of [`${p}.weight`, `${p}.bias`]) moduleOf.set(k, p);
+  // modules_to_save copies, trained biases, saved embedding layers: written in place of the base's
+  const replaced = replacedBaseWeights(adapter.tensors);
   const pending = new Map<string, Float32Array>();
   let present: Set<string> | null = null;
   let changed = 0;
@@ -88,7 +91,23 @@ async function mergeFile(
         return ready;
       }
       const path = moduleOf.get(name);
-      if (path === undefined || (name.endsWith('.bias') && !adapter.tensors[peftKey(path, PEFT_SUFFIX.loraBBias)]))
+      const replacement = replaced.get(name);
+      if (path === undefined && replacement !== undefined) {
+        const t = adapter.tensors[replacement] as tf.Tensor;
+        const entry = file.header.entries.find((e) => e.name === name);
+        if (entry && entry.shape.join(',') !== t.shape.join(','))
+          throw new UsageError(
+            `the adapter's ${replacement} is [${t.shape.join(', ')}] but the base's ${name} is [${entry.shape.join(', ')}]: is this the adapter's base model?`,
+          );
+        const values = (await t.data()) as Float32Array;
+        checkFinite(name, values);
+        changed++;
+        return values;
+      }
+      if (
+        path === undefined ||
+        (name.endsWith('.bias') && !adapter.tensors[peftKey(path, PEFT_SUFFIX.loraBBias)] && replacement === undefined)
+      )
         return undefined;
       // this module's weight (and bias) as tensors; the adapter's tensors for this module alone
       const base: Record<string, tf.Tensor> = {};
@@ -190,7 +209,10 @@ async function merge(args: string[], io: Io): Promise<number> {
     read = await readAdapter(values.adapter as string, values['adapter-name'], io);
     const names = [...headers.values()].flatMap((h) => [...h]);
     const adapter = selectTargeted(read, names, io);
-    const wanted = new Set(mergedModulePaths(adapter.tensors).map((p) => `${p}.weight`));
+    const wanted = new Set([
+      ...mergedModulePaths(adapter.tensors).map((p) => `${p}.weight`),
+      ...replacedBaseWeights(adapter.tensors).keys(),
+    ]);
     const found = new Set(names.filter((n) => wanted.has(n)));
     if (found.size !== wanted.size)
       throw new UsageError(
@@ -211,7 +233,11 @@ async function merge(args: string[], io: Io): Promise<number> {
       await mergeFile(base, output.target, adapter, safeMerge, io);
     }
     await output.commit();
-    io.err(`wrote ${out} (${wanted.size} modules merged${output.replaces ? ', the old output replaced' : ''})`);
+    const modulesMerged = mergedModulePaths(adapter.tensors).length;
+    const weightsReplaced = wanted.size - modulesMerged;
+    io.err(
+      `wrote ${out} (${modulesMerged} modules merged${weightsReplaced ? `, ${weightsReplaced} weights replaced by the adapter's (modules_to_save, trained biases, saved embeddings)` : ''}${output.replaces ? ', the old output replaced' : ''})`,
+    );
     return 0;
   } catch (e) {
     throw await output.explain(e);

@@ -42,3 +42,41 @@ it("merges adapters into weight files by name as PEFT's merge_and_unload does (p
   // a shard without the adapter's modules reports them missing instead of failing
   expect(mergeAdapterWeights({}, emb).missing).toEqual(['embed.weight', 'lin.weight']);
 });
+
+it("writes the adapter's whole tensors in place of the base's (modules_to_save, bias 'all', bias 'lora_only' with lora_bias), as PEFT's merge_and_unload leaves them", async () => {
+  const base = read('base.safetensors');
+  const want = read('merge-replaced-expected.safetensors');
+  const before = tf.memory().numTensors;
+  for (const name of ['mts', 'bias-all', 'bias-lora-only']) {
+    const a = adapter(`merge-replaced-${name}`);
+    const { merged, missing } = mergeAdapterWeights(base, a);
+    expect(missing).toEqual([]);
+    const keys = Object.keys(want).filter((k) => k.startsWith(`${name}.`));
+    expect(keys.length).toBe(Object.keys(base).length);
+    let changed = 0;
+    for (const k of keys) {
+      const key = k.slice(name.length + 1);
+      const got = merged[key] ?? base[key];
+      expect(got, `${name} ${key}`).toBeDefined();
+      const expected = await want[k]!.data();
+      // the tensors PEFT's merged model changed are exactly the ones we return
+      if (maxRelativeError(await base[key]!.data(), expected) > 0) {
+        changed++;
+        expect(merged[key], `${name} ${key} must be merged`).toBeDefined();
+      }
+      expect(maxRelativeError(await got!.data(), expected), `${name} ${key}`).toBeLessThan(1e-5);
+    }
+    expect(changed).toBeGreaterThan(2);
+    tf.dispose([...Object.values(merged), ...Object.values(a.tensors)]);
+  }
+  expect(tf.memory().numTensors).toBe(before);
+  // a whole tensor of another shape names both
+  const a = adapter('merge-replaced-mts');
+  const wrong = { ...base, 'head.weight': tf.zeros([3, 8]) };
+  expect(() => mergeAdapterWeights(wrong, a)).toThrow(
+    /base_model\.model\.head\.weight.*\[4, 8\] replaces the base's 'head\.weight' \[3, 8\]/,
+  );
+  tf.dispose([wrong['head.weight']!, ...Object.values(a.tensors)]);
+  tf.dispose(Object.values(base));
+  tf.dispose(Object.values(want));
+});

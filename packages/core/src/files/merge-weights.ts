@@ -8,6 +8,7 @@ import {
   adapterTargets,
   loraFactorKeys,
   peftKey,
+  replacedBaseWeights,
   tokenTargets,
 } from './peft-keys';
 import { type LoraConfig, moduleScaling } from '../lora-config';
@@ -89,7 +90,9 @@ export interface MergedWeights {
  * s·reshape(B·A)` (convolutions; DoRA rescales each output channel; grouped convolutions cannot be
  * merged, as PEFT), and with `lora_bias`
  * `P.bias ← P.bias + s·b`. Scalings follow the config (α/r or α/√r, rank and alpha patterns).
- * Trainable tokens (`P.token_adapter.trainable_tokens_delta`) replace their rows of `P.weight`.
+ * Trainable tokens (`P.token_adapter.trainable_tokens_delta`) replace their rows of `P.weight`; the
+ * adapter's whole tensors — `modules_to_save` copies, biases trained with `bias: 'all' | 'lora_only'`,
+ * saved embedding layers ({@link replacedBaseWeights}) — replace the base's, as PEFT's merged model holds them.
  * Returns new tensors for the keys of `base` it changed (the caller owns them); modules the adapter
  * has but `base` lacks are listed in `missing` (they may live in another shard).
  *
@@ -197,9 +200,26 @@ function mergeByName(
   const merged: Record<string, tf.Tensor> = {};
   const missing: string[] = [];
   try {
+    // modules_to_save copies, trained biases, saved embedding layers: the adapter's tensor replaces the base's
+    for (const [name, key] of replacedBaseWeights(tensors)) {
+      const w = base[name];
+      if (!w) {
+        missing.push(name);
+        continue;
+      }
+      const t = tensors[key] as tf.Tensor;
+      if (t.shape.join(',') !== w.shape.join(','))
+        throw new SafetensorsError(
+          { file: adapter.file ?? 'adapter_model.safetensors', tensor: key, field: 'shape' },
+          `[${t.shape.join(', ')}] replaces the base's '${name}' [${w.shape.join(', ')}]: was the adapter trained on another base model?`,
+        );
+      merged[name] = t.dtype === w.dtype ? tf.clone(t) : tf.cast(t, w.dtype);
+    }
     for (const [path, kind] of adapterTargets(tensors)) {
       const weightKey = `${path}.weight`;
-      const w = base[weightKey];
+      // a saved embedding layer that LoRA also wraps (`…embed_tokens.base_layer.weight`) is the base it merges into
+      const replaced = merged[weightKey];
+      const w = replaced ?? base[weightKey];
       if (!w) {
         missing.push(weightKey);
         continue;
@@ -238,11 +258,14 @@ function mergeByName(
         // an output channel of a kernel (the norm over the rest of it)
         return doraRescaled(sum, magnitude, fifo ? 1 : 0);
       });
+      replaced?.dispose();
       const loraBias = tensors[peftKey(path, PEFT_SUFFIX.loraBBias)];
       if (loraBias) {
-        const b = base[`${path}.bias`];
+        // on the bias as trained, when the adapter carries one (bias 'all' / 'lora_only')
+        const b = merged[`${path}.bias`] ?? base[`${path}.bias`];
         if (!b) throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
         merged[`${path}.bias`] = tf.tidy(() => tf.add(b, tf.mul(loraBias, s)));
+        if (b !== base[`${path}.bias`]) b.dispose();
       }
     }
     // trainable tokens: the adapter's rows replace the base rows (PEFT's TrainableTokensLayer.merge)

@@ -118,3 +118,25 @@ export function tokenTargets(tensors: Record<string, unknown>): string[] {
 export function mergedModulePaths(tensors: Record<string, { rank: number }>): string[] {
   return [...new Set([...adapterTargets(tensors).keys(), ...tokenTargets(tensors)])];
 }
+
+/**
+ * The base weights an adapter file replaces outright, by the base checkpoint's names (the saved key
+ * without `base_model.model.`, `base_layer.` removed): the trained copies of `modules_to_save`, the
+ * biases trained with the adapter (`bias: 'all' | 'lora_only'`) and saved embedding layers — every
+ * tensor that is neither a LoRA factor, lora_B's bias, DoRA's magnitude nor trainable-token rows. Merging
+ * the adapter writes each of them in place of the base's tensor, as PEFT's `merge_and_unload` leaves the
+ * trained module in the model. Maps the base name to the adapter key.
+ *
+ * @example
+ * ```ts
+ * replacedBaseWeights(tensors); // Map { 'score.weight' => 'base_model.model.score.weight', 'q.bias' => 'base_model.model.q.base_layer.bias' }
+ * ```
+ */
+export function replacedBaseWeights(tensors: Record<string, unknown>): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const key of Object.keys(tensors)) {
+    if (!key.startsWith(PEFT_KEY_PREFIX) || loraModuleOfKey(key) !== undefined || TOKEN_ROWS.test(key)) continue;
+    out.set(key.slice(PEFT_KEY_PREFIX.length).replace(/\.base_layer\.(?=[^.]+$)/, '.'), key);
+  }
+  return out;
+}
