@@ -14,10 +14,10 @@
  */
 
 /** The model folder: config.json, generation_config.json, model.safetensors, tokenizer files. */
-export const modelUrl = new URL('../model/', import.meta.url);
+export const modelUrl = new URL(/* @vite-ignore */ '../model/', import.meta.url);
 
 /** The LoRA task's data: `fortunes.train.txt` and `fortunes.heldout.txt` (fortune's own format). */
-export const dataUrl = new URL('../data/', import.meta.url);
+export const dataUrl = new URL(/* @vite-ignore */ '../data/', import.meta.url);
 
 /** The model's one special token: beginning, end and padding of every entry. */
 export const END_OF_TEXT = '<|endoftext|>';
@@ -34,3 +34,5 @@ export function parseFortunes(text) {
     .map((e) => e.replace(/^\n+|\n+$/g, ''))
     .filter((e) => e.trim().length > 0);
 }
+
+export { padBatch, shuffledBatches } from './batches.js';

@@ -11,8 +11,8 @@ import { WeightSvdCache, reduceIntruderDimension } from '@lora/intruders';
 import { LlamaForCausalLM, loadTokenizer } from '@lora/models';
 import { AdamW, cosineWarmupSchedule, manualSeed, train } from '@lora/nn';
 import { Generator } from '@lora/tensor';
-import { dataUrl, modelUrl, parseFortunes } from '@lora-examples/fortune-llama';
-import { DEFAULTS as DEMO, batches, perplexity } from '@lora-examples/lora-train/src/demo.js';
+import { dataUrl, modelUrl, parseFortunes, shuffledBatches as batches } from '@lora-examples/fortune-llama';
+import { DEFAULTS as DEMO, perplexity } from '@lora-examples/lora-train/src/demo.js';
 
 export const DEFAULTS = {
   /** The demo's LoRA recipe (r 8, alpha 16, all seven projections, AdamW, cosine schedule), trained longer. */

@@ -13,9 +13,9 @@ import { loftqInit, modelBytes, quantizeModel } from '@lora/loftq';
 import { LlamaForCausalLM } from '@lora/models';
 import { AdamW, Linear, cosineWarmupSchedule, manualSeed, train } from '@lora/nn';
 import { Generator } from '@lora/tensor';
-import { dataUrl, modelUrl, parseFortunes } from '@lora-examples/fortune-llama';
+import { dataUrl, modelUrl, padBatch, parseFortunes, shuffledBatches as batches } from '@lora-examples/fortune-llama';
 import { loadTokenizer } from '@lora/models';
-import { batches, padBatch, perplexity } from '@lora-examples/lora-train/src/demo.js';
+import { perplexity } from '@lora-examples/lora-train/src/demo.js';
 
 export const TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
 

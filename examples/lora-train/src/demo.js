@@ -11,7 +11,7 @@ import { getPeftModel, loadAdapter, saveAdapter } from '@lora/core';
 import { LlamaForCausalLM, loadTokenizer } from '@lora/models';
 import { AdamW, cosineWarmupSchedule, manualSeed, train } from '@lora/nn';
 import { Generator, maxRelativeError } from '@lora/tensor';
-import { dataUrl, modelUrl, parseFortunes } from '@lora-examples/fortune-llama';
+import { dataUrl, modelUrl, padBatch, parseFortunes, shuffledBatches } from '@lora-examples/fortune-llama';
 
 /** @typedef {import('@lora/nn').Module} Module */
 /** @typedef {{ forward: LlamaForCausalLM['forward'], generate: LlamaForCausalLM['generate'] }} CausalLM */
@@ -91,7 +91,7 @@ export async function runDemo(options) {
   const perEpoch = Math.ceil(train_.length / o.batchSize);
   const rng = new Generator(o.seed);
   const bar = o.progressBar ?? 'auto';
-  const result = await train(peft, () => batches(train_, o.batchSize, rng), {
+  const result = await train(peft, () => shuffledBatches(train_, o.batchSize, rng), {
     optimizer,
     loss: (b) => /** @type {tf.Scalar} */ (model.forward(b.x, { labels: b.labels }).loss),
     epochs: Math.ceil(o.steps / perEpoch),
@@ -175,44 +175,6 @@ export async function runDemo(options) {
 function count(m) {
   // tied embeddings: the shared table once
   return [...new Set(m.parameters())].reduce((n, p) => n + p.size, 0);
-}
-
-/**
- * Right-padded batch: inputs padded with <|endoftext|>, labels with -100 (ignored); the causal mask
- * keeps the padding out of every real position.
- * @param {number[][]} docs
- */
-export function padBatch(docs) {
-  const len = Math.max(...docs.map((d) => d.length));
-  const ids = docs.map((d) => [...d, ...Array(len - d.length).fill(0)]);
-  const labels = docs.map((d) => [...d, ...Array(len - d.length).fill(-100)]);
-  return {
-    x: tf.tensor2d(ids, [docs.length, len], 'int32'),
-    labels: tf.tensor2d(labels, [docs.length, len], 'int32'),
-    targets: docs.reduce((n, d) => n + d.length - 1, 0),
-  };
-}
-
-/**
- * One epoch of shuffled batches; each batch's tensors are freed when the next one is asked for.
- * @param {number[][]} docs
- * @param {number} size
- * @param {Generator} rng
- */
-export function* batches(docs, size, rng) {
-  const order = docs.map((_, i) => i);
-  for (let i = order.length - 1; i > 0; i--) {
-    const j = Math.floor(rng.nextFloat53() * (i + 1));
-    [order[i], order[j]] = [/** @type {number} */ (order[j]), /** @type {number} */ (order[i])];
-  }
-  for (let i = 0; i < order.length; i += size) {
-    const b = padBatch(order.slice(i, i + size).map((k) => /** @type {number[]} */ (docs[k])));
-    try {
-      yield b;
-    } finally {
-      tf.dispose([b.x, b.labels]);
-    }
-  }
 }
 
 /**

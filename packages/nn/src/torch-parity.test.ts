@@ -224,6 +224,18 @@ await describeEachBackend('optimizers against torch', () => {
     expect((await (clipped.g49 as tf.Tensor).data())[0]).toBeCloseTo(50 / Math.sqrt(squares), 6);
     tf.dispose(Object.values(clipped));
   });
+
+  it('clipGradNorm takes any number of gradients (WebGPU binds at most 8 buffers per shader)', async () => {
+    // 84 gradients, as LoRA on every projection of a 6-layer Llama: one addN of them all fails on webgpu
+    const values = Array.from({ length: 84 }, (_, i) => [((i % 9) - 4) * 0.25, 0.5 + i / 100, -0.125]);
+    const grads = Object.fromEntries(values.map((v, i) => [`p${i}`, tf.tensor1d(v)]));
+    const want = Math.sqrt(values.flat().reduce((s, x) => s + x * x, 0));
+    const { grads: clipped, totalNorm } = await clipGradNorm(grads, 1);
+    expect(Math.abs(totalNorm - want) / want).toBeLessThan(1e-6);
+    const scaled = await (clipped.p83 as tf.Tensor).data();
+    expect(Math.abs((scaled[1] as number) - (values[83]?.[1] as number) / (want + 1e-6))).toBeLessThan(1e-6);
+    tf.dispose(Object.values(clipped));
+  });
 });
 
 describe('names and schedules', () => {

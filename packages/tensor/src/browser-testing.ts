@@ -19,6 +19,30 @@ export function haveChromium(): boolean {
   return existsSync(chromiumPath());
 }
 
+/**
+ * The flags {@link runInChromium} launches Chromium with: headless in a container (as root, no GPU
+ * sandbox, no network chatter) and WebGPU on SwiftShader (`--enable-unsafe-webgpu`). For a test that
+ * drives its own page with playwright-core.
+ *
+ * @example
+ * ```ts
+ * const browser = await chromium.launch({ executablePath: chromiumPath(), args: chromiumArgs() });
+ * ```
+ */
+export function chromiumArgs(): string[] {
+  return [
+    '--no-sandbox',
+    '--disable-gpu-sandbox',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--no-first-run',
+    '--disable-quic',
+    '--disable-dev-shm-usage',
+    '--enable-unsafe-webgpu',
+  ];
+}
+
 /** Options of {@link runInChromium}. */
 export interface ChromiumRunOptions {
   /** The page's script (TypeScript), bundled for the browser. */
@@ -76,17 +100,7 @@ export async function runInChromium<T>(options: ChromiumRunOptions): Promise<{ r
   const { chromium } = await import('playwright-core');
   const browser = await chromium.launch({
     executablePath: chromiumPath(),
-    args: [
-      '--no-sandbox',
-      '--disable-gpu-sandbox',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-      '--disable-quic',
-      '--disable-dev-shm-usage',
-      '--enable-unsafe-webgpu',
-    ],
+    args: chromiumArgs(),
   });
   try {
     const page = await browser.newPage();
