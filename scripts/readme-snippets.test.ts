@@ -27,7 +27,26 @@ const NEEDS: Record<string, { setup?: string; teardown?: string; preludes?: Prel
       "await __h.tinyCheckpoint(); await __h.peftAdapter('experts/sql', 1); await __h.peftAdapter('experts/math', 2); await __h.peftAdapter('experts/chat', 3);",
   },
   'packages/tensor/README.md': { setup: 'const __stopHub = await __h.fakeHub();', teardown: 'await __stopHub();' },
-  'packages/models/README.md': { setup: 'const __stopHub = await __h.fakeHub();', teardown: 'await __stopHub();' },
+  'packages/models/README.md': {
+    setup: 'const __stopHub = await __h.fakeHub();',
+    teardown: 'await __stopHub();',
+    preludes: [
+      {
+        contains: 'model.gradientCheckpointingEnable();',
+        prelude:
+          "const model = await __models.LlamaForCausalLM.fromPretrained('HuggingFaceTB/SmolLM-135M'); const __tf = await import('@tensorflow/tfjs-core'); const batches = [__tf.tensor2d([[1, 5, 9, 12, 7, 3]], [1, 6], 'int32')];",
+      },
+    ],
+  },
+  'packages/nn/README.md': {
+    preludes: [
+      {
+        contains: 'const ac = new AbortController();',
+        prelude:
+          "const model = new Linear(8, 3); const batches = [{ x: tf.randomNormal([16, 8]), y: tf.tensor1d(new Array(16).fill(1), 'int32') }]; const optimizer = new AdamW(model.trainableParameters(), { lr: 1e-2 }); const loss = (b: { x: tf.Tensor; y: tf.Tensor }) => crossEntropy(model.call(b.x) as tf.Tensor, b.y) as tf.Scalar;",
+      },
+    ],
+  },
   'packages/eva/README.md': { setup: 'await __h.tinyCheckpoint();' },
   'packages/loraga/README.md': { setup: 'await __h.tinyCheckpoint();' },
   'packages/core/README.md': {

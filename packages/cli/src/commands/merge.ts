@@ -1,4 +1,4 @@
-import { cp, readFile, readdir, stat } from 'node:fs/promises';
+import { cp, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import {
@@ -13,7 +13,6 @@ import {
   replacedBaseWeights,
   resolveTargetPaths,
 } from '@lora/core';
-import { FileAccessError, SafetensorsError, describeValue } from '@lora/tensor';
 import { outputKinds, readSafetensorsFileHeader, rewriteSafetensors } from '@lora/tensor/node';
 import {
   type AdapterOnDisk,
