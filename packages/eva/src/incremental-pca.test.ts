@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { IncrementalPCA } from '@lora/linalg';
 import { Generator } from '@lora/tensor';
-import { describeEachBackend } from '@lora/tensor/testing';
+import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
 import { expect, it } from 'vitest';
 import { IpcaUpdater, LayerPca } from './incremental-pca';
 
@@ -87,7 +87,10 @@ await describeEachBackend('IpcaUpdater (float32, stacked) against the float64 In
           expect(layer.converged).toEqual(expected);
           previous[i] = Float64Array.from(comps);
         }
-        expect(layers[0]?.components).toEqual(layers[1]?.components);
+        // the two stacked copies see the same data; the tensorflow backend's batched products may round them differently
+        expect(
+          maxRelativeError(layers[0]?.components as Float32Array, layers[1]?.components as Float32Array),
+        ).toBeLessThan(1e-5);
       }
       for (const l of layers) l.dispose();
       updater.dispose();
