@@ -1,19 +1,13 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { chromiumPath, haveChromium, runInChromium } from '@lora/tensor/testing';
+import { requireChromium, runInChromium } from '@lora/tensor/testing';
 import type { LlamaSmokeResult } from '../browser/smoke';
 
 const here = import.meta.dirname;
-// .ci/run installs Chromium: on CI a missing one is a failure, elsewhere the test is skipped with this message
-if (!haveChromium()) {
-  if (process.env.CI)
-    throw new Error(`no Chromium at ${chromiumPath()} on CI; .ci/run installs it (apt-get install chromium)`);
-  console.warn(
-    `[browser test] skipped: no Chromium at ${chromiumPath()} (apt-get install chromium, or set LORA_CHROMIUM)`,
-  );
-}
+// on CI a missing Chromium is a failure (.ci/run installs it), elsewhere the suite is skipped with a message
+const withChromium = requireChromium();
 
-describe.skipIf(!haveChromium())('Arrow on a Llama in a browser bundle (headless Chromium)', () => {
+describe.skipIf(!withChromium)('Arrow on a Llama in a browser bundle (headless Chromium)', () => {
   it("a Llama and its experts from in-memory files give PEFT's routed logits (top-2 with GenKnowSub), on cpu and webgpu", async () => {
     const { result, logs } = await runInChromium<{ results: LlamaSmokeResult[]; errors: string[] }>({
       entry: join(here, '..', 'browser', 'smoke.ts'),

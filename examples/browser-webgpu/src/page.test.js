@@ -9,25 +9,19 @@ import { dirname, join } from 'node:path';
 import { unzipSync } from 'fflate';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readSafetensorsHeader } from '@lora/tensor';
-import { chromiumArgs, chromiumPath, haveChromium } from '@lora/tensor/testing';
+import { chromiumArgs, chromiumPath, requireChromium } from '@lora/tensor/testing';
 
 const root = join(import.meta.dirname, '..');
 const backend = process.env.LORA_PAGE_BACKEND ?? 'webgpu';
 const steps = Number(process.env.LORA_PAGE_STEPS ?? 3);
-// .ci/run installs Chromium: on CI a missing one is a failure, elsewhere the test is skipped with this message
-if (!haveChromium()) {
-  if (process.env.CI)
-    throw new Error(`no Chromium at ${chromiumPath()} on CI; .ci/run installs it (apt-get install chromium)`);
-  console.warn(
-    `[browser test] skipped: no Chromium at ${chromiumPath()} (apt-get install chromium, or set LORA_CHROMIUM)`,
-  );
-}
+// on CI a missing Chromium is a failure (.ci/run installs it), elsewhere the suite is skipped with a message
+const withChromium = requireChromium();
 
 let out = '';
 /** @type {import('vite').PreviewServer | undefined} */
 let server;
 beforeAll(async () => {
-  if (!haveChromium()) return;
+  if (!withChromium) return;
   out = await mkdtemp(join(tmpdir(), 'lora-page-'));
   const { build, preview } = await import('vite');
   const config = { root, configFile: join(root, 'vite.config.js'), logLevel: /** @type {const} */ ('warn') };
@@ -39,7 +33,7 @@ afterAll(async () => {
   if (out) await rm(out, { recursive: true, force: true });
 });
 
-describe.skipIf(!haveChromium())('the page in headless Chromium', () => {
+describe.skipIf(!withChromium)('the page in headless Chromium', () => {
   it(`fine-tunes on ${backend}, draws the loss, samples before and after, and downloads a PEFT adapter`, async () => {
     const url = server?.resolvedUrls?.local[0];
     expect(url, 'vite preview did not start').toBeDefined();

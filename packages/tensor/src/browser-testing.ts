@@ -20,6 +20,26 @@ export function haveChromium(): boolean {
 }
 
 /**
+ * What a browser test does when Chromium is missing: on CI (`CI` set; `.ci/run` installs Chromium) it
+ * throws, elsewhere it warns once that the suite is skipped and how to get Chromium. Returns whether
+ * Chromium is there, for `describe.skipIf(!requireChromium())`.
+ *
+ * @example
+ * ```ts
+ * describe.skipIf(!requireChromium())('in a browser bundle', () => { ... });
+ * ```
+ */
+export function requireChromium(): boolean {
+  if (haveChromium()) return true;
+  if (process.env.CI)
+    throw new Error(`no Chromium at ${chromiumPath()} on CI; .ci/run installs it (apt-get install chromium)`);
+  console.warn(
+    `[browser test] skipped: no Chromium at ${chromiumPath()} (apt-get install chromium, or set LORA_CHROMIUM)`,
+  );
+  return false;
+}
+
+/**
  * The flags {@link runInChromium} launches Chromium with: headless in a container (as root, no GPU
  * sandbox, no network chatter) and WebGPU on SwiftShader (`--enable-unsafe-webgpu`). For a test that
  * drives its own page with playwright-core.

@@ -109,7 +109,7 @@ export async function describeEachBackend(
 
 export { maxRelativeError } from './parity';
 
-export { chromiumArgs, chromiumPath, haveChromium, runInChromium } from './browser-testing';
+export { chromiumArgs, chromiumPath, haveChromium, requireChromium, runInChromium } from './browser-testing';
 export type { ChromiumRunOptions } from './browser-testing';
 export { startFakeHub } from './fake-hub';
 export type { FakeHub, FakeHubFaults, FakeHubRepo, FakeHubRequest } from './fake-hub';
