@@ -26,28 +26,45 @@ const N = Number(env.LORA_BENCH_N ?? 4096);
 const RUNS = Number(env.LORA_BENCH_RUNS ?? 3);
 const backends = (env.LORA_BENCH_BACKENDS ?? 'wasm,webgpu').split(',');
 
-/** @param {() => Promise<unknown>} fn */
+/** The process CPU time of the last {@link timed} call's median run, ms (the figure on a loaded machine). */
+let lastCpuMs = Number.NaN;
+
+/** The median wall time of RUNS runs after a warm-up; the same run's process CPU time in `lastCpuMs`. @param {() => Promise<unknown>} fn */
 async function timed(fn) {
   await fn();
-  const ms = [];
+  /** @type {{ wall: number, cpu: number }[]} */
+  const runs = [];
   for (let i = 0; i < RUNS; i++) {
+    const c = process.cpuUsage();
     const t = performance.now();
     await fn();
-    ms.push(performance.now() - t);
+    const wall = performance.now() - t;
+    const d = process.cpuUsage(c);
+    runs.push({ wall, cpu: (d.user + d.system) / 1000 });
   }
-  return ms.sort((a, b) => a - b)[Math.floor(ms.length / 2)] ?? Number.NaN;
+  runs.sort((a, b) => a.wall - b.wall);
+  const mid = runs[Math.floor(runs.length / 2)];
+  lastCpuMs = mid?.cpu ?? Number.NaN;
+  return mid?.wall ?? Number.NaN;
 }
 
-/** @param {Float32Array} w @param {tf.Tensor} q @param {tf.Tensor} [ba] */
+/**
+ * ||W − Q − B·A|| / ||W||, summed in float64 on the host: a float32 sum over 16.7M squares (tf.norm on wasm)
+ * drifts in the third digit, which would hide the differences this table is about.
+ * @param {Float32Array} w @param {tf.Tensor} q @param {tf.Tensor} [ba]
+ */
 async function relativeError(w, q, ba) {
-  const d = tf.tidy(() => {
-    const wt = tf.tensor2d(w, [N, N]);
-    const e = ba ? tf.sub(tf.sub(wt, q), ba) : tf.sub(wt, q);
-    return tf.div(tf.norm(e), tf.norm(wt));
-  });
-  const v = (await d.data())[0] ?? Number.NaN;
-  d.dispose();
-  return v;
+  const qv = await q.data();
+  const bav = ba ? await ba.data() : null;
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < w.length; i++) {
+    const wi = /** @type {number} */ (w[i]);
+    const e = wi - /** @type {number} */ (qv[i]) - (bav ? /** @type {number} */ (bav[i]) : 0);
+    num += e * e;
+    den += wi * wi;
+  }
+  return Math.sqrt(num / den);
 }
 
 // Bundled into one ES module, tfjs-backend-wasm's Emscripten loader reads the free variable __dirname
@@ -69,7 +86,7 @@ const w = (() => {
   return Float32Array.from(v, (x) => x * 0.02);
 })();
 
-/** @type {Record<string, Record<string, { ms: number, error: number }>>} */
+/** @type {Record<string, Record<string, { ms: number, cpuMs?: number, error: number }>>} */
 const ours = {};
 /** @type {Record<string, number>} values whose backend-packed NF4 code differs from the host quantizer's */
 const mismatches = {};
@@ -133,7 +150,7 @@ for (const name of backends) {
     console.error(`${name}: not available (${/** @type {Error} */ (e).message.split('\n')[0]})`);
     continue;
   }
-  /** @type {Record<string, { ms: number, error: number }>} */
+  /** @type {Record<string, { ms: number, cpuMs?: number, error: number }>} */
   const rows = {};
   const label = `${name}`;
   // host NF4 (the exact quantizer; reads the weight from the host)
@@ -143,7 +160,7 @@ for (const name of backends) {
     q = nf4Dequantize(nf4Quantize({ data: w, shape: [N, N] }));
     await q.data();
   });
-  rows.nf4 = { ms: hostMs, error: await relativeError(w, /** @type {tf.Tensor} */ (q)) };
+  rows.nf4 = { ms: hostMs, cpuMs: lastCpuMs, error: await relativeError(w, /** @type {tf.Tensor} */ (q)) };
   const hostValues = /** @type {Float32Array} */ (await /** @type {tf.Tensor} */ (q).data());
   /** @type {tf.Tensor} */ (q).dispose();
   // NF4 on the backend: pack (quantizeModel's path) and decode (what every forward does)
@@ -155,6 +172,7 @@ for (const name of backends) {
     layer = QuantizedLinear.fromLinear(lin, { bits: 4 });
     await layer.weight.data();
   });
+  const packCpuMs = lastCpuMs;
   const ql = /** @type {QuantizedLinear} */ (/** @type {unknown} */ (layer));
   let decoded = /** @type {tf.Tensor | null} */ (null);
   const decodeMs = await timed(async () => {
@@ -162,8 +180,12 @@ for (const name of backends) {
     decoded = ql.dequantize();
     await decoded.data();
   });
-  rows['nf4 pack (backend)'] = { ms: packMs, error: await relativeError(w, /** @type {tf.Tensor} */ (decoded)) };
-  rows['nf4 decode (backend)'] = { ms: decodeMs, error: Number.NaN };
+  rows['nf4 pack (backend)'] = {
+    ms: packMs,
+    cpuMs: packCpuMs,
+    error: await relativeError(w, /** @type {tf.Tensor} */ (decoded)),
+  };
+  rows['nf4 decode (backend)'] = { ms: decodeMs, cpuMs: lastCpuMs, error: Number.NaN };
   // the backend's codes against the exact host quantizer's: how many values decode differently
   const got = await /** @type {tf.Tensor} */ (decoded).data();
   let differ = 0;
@@ -183,16 +205,17 @@ for (const name of backends) {
         { numBits: 4, reducedRank: 16, numIter: steps, svd: 'randomized', svdOversample: 16 },
       );
     });
+    const cpuMs = lastCpuMs;
     const res = /** @type {Awaited<ReturnType<typeof loftqInit>>} */ (/** @type {unknown} */ (r));
     const ba = tf.matMul(res.loraB, res.loraA);
-    rows[`loftq-t${steps}-lowrank`] = { ms, error: await relativeError(w, res.dequantized, ba) };
+    rows[`loftq-t${steps}-lowrank`] = { ms, cpuMs, error: await relativeError(w, res.dequantized, ba) };
     tf.dispose([ba, res.dequantized, res.loraA, res.loraB]);
   }
   ours[label] = rows;
   console.error(`${label}: ${JSON.stringify(rows)}`);
 }
 
-/** @type {{ peer: string, device: string, rows: Record<string, { ms: number, error: number }> } | null} */
+/** @type {{ peer: string, device: string, rows: Record<string, { ms: number, cpuMs?: number, error: number }> } | null} */
 let peer = null;
 if (env.LORA_BENCH_PEER_FILE) {
   // the peer's JSON line, from a run of loftq_peer.py made before this one (same machine, same call)
@@ -219,8 +242,10 @@ const cases = [
   ['loftq-t5-full', "PEFT's loftq_init T=5 (full SVD)"],
 ];
 const cols = Object.keys(ours);
-const fmt = (/** @type {{ ms: number, error: number } | undefined} */ c) =>
-  c ? `${c.ms.toFixed(0)} ms${Number.isNaN(c.error) ? '' : ` (err ${c.error.toFixed(4)})`}` : '–';
+const fmt = (/** @type {{ ms: number, cpuMs?: number, error: number } | undefined} */ c) =>
+  c
+    ? `${c.ms.toFixed(0)} ms${c.cpuMs === undefined || Number.isNaN(c.cpuMs) ? '' : `, CPU ${c.cpuMs.toFixed(0)} ms`}${Number.isNaN(c.error) ? '' : ` (err ${c.error.toFixed(4)})`}`
+    : '–';
 console.log(
   `\nLoftQ on one ${N} × ${N} weight (4 bits, r 16), median of ${RUNS}${peer ? `; peer: ${peer.peer} on ${peer.device}` : ''}`,
 );
