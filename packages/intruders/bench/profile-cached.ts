@@ -81,7 +81,6 @@ for (const [at, [m, n]] of shapes.entries()) {
   // warm (the JIT has seen the code: a model has dozens of layers); the last of three runs
   let [analysis, tAnalysis] = await cpu(() => analyseMatrix(problem, 10));
   for (let i = 0; i < 2; i++) [analysis, tAnalysis] = await cpu(() => analyseMatrix(problem, 10));
-  console.log('total ms', (globalThis as any).TT, 'ritz ms', (globalThis as any).TR, 'eigh ms', (globalThis as any).TE);
   const [result, tMit] = await cpu(() =>
     reduceMatrix(problem, { topK: 10, thresholdEpsilon: 0.5, mitigationLambda: 0.75 }, analysis),
   );

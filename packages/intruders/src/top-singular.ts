@@ -105,16 +105,17 @@ function dot(a: Float64Array, b: Float64Array, n: number, bOffset = 0): number {
  *
  * The start block holds the coordinate vectors of D's `count + r` largest entries (a direction the
  * rank-r update leaves alone can reach the top `count` only from among them: σ_{i+r}(D) ≤ σ_i(K))
- * and Y's columns: b vectors. Each basis vector q_j in turn is multiplied by KᵀK and orthogonalised
- * against the whole basis (two passes of classical Gram–Schmidt: "twice is enough"); what is left,
- * normalised, joins the basis until it holds `cycleDimension` vectors (default max(6·b, 128)), and
- * the projection coefficients are the entries of H = Qᵀ·KᵀK·Q, so Rayleigh–Ritz is the
- * eigendecomposition of H alone: σ = √λ, v = Q·w, u = K·v/σ (K·v = σ·u exactly). It stops when every
- * returned triplet's residual ‖Kᵀu − σv‖ is below `tol`·σ₁, or when the space is all of R^n2 (then
- * it is a dense decomposition of K). Otherwise the next cycle starts from the b leading Ritz vectors
- * (a thick restart: what was learnt is kept, the space stays bounded), so it converges wherever the
- * `count`-th value is apart from the (b + 1)-th. A cycle costs O((n1 + n2)·r) per product,
- * O(n2·dim²) for re-orthogonalisation and O(dim³) for H's eigendecomposition, dim ≤
+ * and Y's columns: b vectors. Block by block, KᵀK times the newest block is orthogonalised against
+ * the basis (a first pass of Gram–Schmidt over the two latest blocks, where Lanczos puts it, then a
+ * second over the whole basis: full re-orthogonalisation, "twice is enough"); what is left,
+ * normalised, joins the basis until it holds `cycleDimension` vectors (default max(6·b, 128); all of
+ * n2 from three quarters of n2 on). The projection coefficients are the entries of H = Qᵀ·KᵀK·Q, so
+ * Rayleigh–Ritz is the eigendecomposition of H alone: v = Q·w, σ = ‖K·v‖, u = K·v/σ. It stops when
+ * every returned triplet's residual ‖Kᵀu − σv‖ is below `tol`·σ₁, or when the space is all of R^n2
+ * (then it is a dense decomposition of K). Otherwise the next cycle starts from the b leading Ritz
+ * vectors (a thick restart: what was learnt is kept, the space stays bounded), so it converges
+ * wherever the `count`-th value is apart from the (b + 1)-th. A cycle costs O((n1 + n2)·r) per
+ * product, O(n2·dim²) for re-orthogonalisation and O(dim³) for H's eigendecomposition, dim ≤
  * `cycleDimension`. Returns null only past `maxCycles` without convergence.
  */
 export function topSingularTriplets(
@@ -135,7 +136,9 @@ export function topSingularTriplets(
   const lead = Math.min(want + r, order.length);
   const start = order.slice(0, lead).map(coordinate);
   for (let j = 0; j < r; j++) start.push(Float64Array.from({ length: n2 }, (_, i) => k.y[i * r + j] as number));
-  const cap = Math.min(n2, options.cycleDimension ?? Math.max(6 * start.length, 128));
+  // a space past three quarters of n2 costs about what all of it does, and all of it is exact
+  const planned = options.cycleDimension ?? Math.max(6 * start.length, 128);
+  const cap = Math.min(n2, planned >= 0.75 * n2 ? n2 : planned);
   const maxCycles = options.maxCycles ?? 100;
   const basis = new Columns(n2, cap);
   extendByBlock(basis, start, cap);
@@ -210,6 +213,36 @@ function projectOff(w: Float64Array, data: Float64Array, o: number, n: number): 
   return p;
 }
 
+/** w ← w − Σ (q_cᵀw)·q_c over the basis vectors c = j … j + 3 (orthonormal), the four qᵀw added to sum[j …]. */
+function projectOff4(w: Float64Array, data: Float64Array, j: number, n: number, sum: Float64Array): void {
+  const o0 = j * n;
+  const o1 = o0 + n;
+  const o2 = o1 + n;
+  const o3 = o2 + n;
+  let p0 = 0;
+  let p1 = 0;
+  let p2 = 0;
+  let p3 = 0;
+  for (let i = 0; i < n; i++) {
+    const x = w[i] as number;
+    p0 += x * (data[o0 + i] as number);
+    p1 += x * (data[o1 + i] as number);
+    p2 += x * (data[o2 + i] as number);
+    p3 += x * (data[o3 + i] as number);
+  }
+  for (let i = 0; i < n; i++)
+    w[i] =
+      (w[i] as number) -
+      p0 * (data[o0 + i] as number) -
+      p1 * (data[o1 + i] as number) -
+      p2 * (data[o2 + i] as number) -
+      p3 * (data[o3 + i] as number);
+  sum[j] = (sum[j] as number) + p0;
+  sum[j + 1] = (sum[j + 1] as number) + p1;
+  sum[j + 2] = (sum[j + 2] as number) + p2;
+  sum[j + 3] = (sum[j + 3] as number) + p3;
+}
+
 /**
  * Projects the vectors `ws` off the orthonormal `basis` (two passes of modified Gram–Schmidt:
  * "twice is enough"; the loop runs over the basis outside, over the block inside, so each basis
@@ -234,7 +267,12 @@ function extendByBlock(
   const before = ws.map((w) => Math.sqrt(dot(w, w, n)));
   for (let round = 0; round < 2; round++) {
     const data = basis.data;
-    for (let j = round === 0 ? localFrom : 0; j < old; j++)
+    let j = round === 0 ? localFrom : 0;
+    // four basis vectors at a time (classical Gram–Schmidt within the four: one sweep over w for the
+    // four dots, one for the four updates), the rest one by one
+    for (; j + 4 <= old; j += 4)
+      for (let l = 0; l < ws.length; l++) projectOff4(ws[l] as Float64Array, data, j, n, sums[l] as Float64Array);
+    for (; j < old; j++)
       for (let l = 0; l < ws.length; l++) {
         const sum = sums[l] as Float64Array;
         sum[j] = (sum[j] as number) + projectOff(ws[l] as Float64Array, data, j * n, n);
