@@ -306,13 +306,14 @@ function extendByBlock(
 }
 
 /**
- * Rayleigh–Ritz from H = Qᵀ·KᵀK·Q (dim×dim, row-major) = W·Λ·Wᵀ: σ = √λ, v = Q·w, u = K·v/σ; the
+ * Rayleigh–Ritz from H = Qᵀ·KᵀK·Q (dim×dim, row-major) = W·Λ·Wᵀ: v = Q·w, σ = ‖K·v‖, u = K·v/σ; the
  * `count` leading triplets, and the largest residual ‖Kᵀu − σv‖ of the first `check`.
  */
 function ritzTriplets(k: DiagonalPlusLowRank, basis: Columns, hSym: Float64Array, count: number, check: number) {
   const { n1, n2 } = k;
   const dim = basis.count;
-  const { values, vectors } = eigh(matrix64(dim, dim, hSym));
+  // eigenvalues ascending: the leading pairs are the last columns
+  const { vectors } = eigh(matrix64(dim, dim, hSym));
   const take = Math.min(count, dim);
   const s = new Float64Array(take);
   const u: Float64Array[] = [];
