@@ -68,7 +68,7 @@ export async function reduceLayer(
     singularValues: [...analysis.singularValues.subarray(0, examined)],
     method:
       analysis.method.kind === 'krylov'
-        ? `krylov (dimension ${analysis.method.dimension})`
+        ? `krylov (dimension ${analysis.method.dimension}, ${analysis.method.cycles} cycles)`
         : `dense ${analysis.method.size.join('×')}`,
   };
   return {

@@ -26,8 +26,8 @@ export interface MatrixAnalysis {
   /** Their left (m×t) and right (n×t) singular vectors. */
   u: Matrix64;
   v: Matrix64;
-  /** How the triplets were found: block Krylov on the core (with its dimension) or a dense SVD of the core. */
-  method: { kind: 'krylov'; dimension: number } | { kind: 'dense'; size: [number, number] };
+  /** How the triplets were found: block Lanczos on the core (its last space's dimension, the cycles) or a dense SVD of the core. */
+  method: { kind: 'krylov'; dimension: number; cycles: number } | { kind: 'dense'; size: [number, number] };
 }
 
 /** What one layer's reduction found and made. */
@@ -71,21 +71,10 @@ const upload = (a: Matrix64): tf.Tensor2D => tf.tensor2d(Float32Array.from(a.dat
 /** Below this size the core is decomposed densely at once (cheaper than starting a Krylov space). */
 const DENSE_BELOW = 96;
 
-/**
- * The leading `topK` directions of W + ΔW and their cosines with W's left singular vectors — what
- * PEFT gets from its SVDs of W and of W + ΔW — from W's SVD alone:
- *
- * - W + ΔW = [U₀ P]·K·[V₀ Q]ᵀ exactly, with P, Q orthonormal bases of the parts of s·L's and Rᵀ's
- *   columns outside U₀ and V₀ (at most r each; none on the side where W's vectors span the space, so
- *   none at all for a square W), and K = diag(S₀) + X·Yᵀ of size (k + |P|)×(k + |Q|), X = [U₀ P]ᵀ·s·L,
- *   Y = [V₀ Q]ᵀ·Rᵀ. Building it costs O((m + n)·k·r) (products on the backend).
- * - K's leading triplets come from block Krylov iteration (`topSingularTriplets`, products O(k·r)),
- *   run until their residuals are at float32 rounding; when the space it needs grows past a quarter
- *   of K (a spectrum as flat as a random matrix's top), from a dense SVD of K instead, O(k³).
- * - The cosines need no product: U₀ᵀ·u_i is the first k entries of K's left vector i.
- * - The vectors in the full spaces, u = U₀·a + P·b and v = V₀·c + Q·d: O((m + n)·k·topK).
- */
-export async function analyseMatrix(problem: MatrixProblem, topK: number): Promise<MatrixAnalysis> {
+/** K = diag(S₀) + X·Yᵀ and the complements P, Q of {@link analyseMatrix}: O((m + n)·k·r), products on the backend. */
+export async function buildCore(
+  problem: MatrixProblem,
+): Promise<{ core: DiagonalPlusLowRank; p: { basis: Matrix64 } | null; q: { basis: Matrix64 } | null }> {
   const { m, n, weight, left, right, scaling } = problem;
   const r = left.cols;
   const k = weight.S.length;
@@ -122,9 +111,32 @@ export async function analyseMatrix(problem: MatrixProblem, topK: number): Promi
     return out;
   };
   const core: DiagonalPlusLowRank = { n1, n2, d: weight.S, r, x: stack(X0, p?.coef), y: stack(Y0, q?.coef) };
+  return { core, p, q };
+}
+
+/**
+ * The leading `topK` directions of W + ΔW and their cosines with W's left singular vectors — what
+ * PEFT gets from its SVDs of W and of W + ΔW — from W's SVD alone:
+ *
+ * - W + ΔW = [U₀ P]·K·[V₀ Q]ᵀ exactly, with P, Q orthonormal bases of the parts of s·L's and Rᵀ's
+ *   columns outside U₀ and V₀ (at most r each; none on the side where W's vectors span the space, so
+ *   none at all for a square W), and K = diag(S₀) + X·Yᵀ of size (k + |P|)×(k + |Q|), X = [U₀ P]ᵀ·s·L,
+ *   Y = [V₀ Q]ᵀ·Rᵀ. Building it costs O((m + n)·k·r) (products on the backend).
+ * - K's leading triplets come from thick-restarted block Lanczos (`topSingularTriplets`, products
+ *   O(k·r)), run until their residuals are below 1e-7·σ₁, on every spectrum (a flat one, as a random
+ *   base's, takes a larger space or a restart, never a dense SVD of K); only a core under 96 on a
+ *   side, or one that has not converged after 100 cycles, is decomposed densely.
+ * - The cosines need no product: U₀ᵀ·u_i is the first k entries of K's left vector i.
+ * - The vectors in the full spaces, u = U₀·a + P·b and v = V₀·c + Q·d: O((m + n)·k·topK).
+ */
+export async function analyseMatrix(problem: MatrixProblem, topK: number): Promise<MatrixAnalysis> {
+  const { weight } = problem;
+  const k = weight.S.length;
+  const { core, p, q } = await buildCore(problem);
+  const { n1, n2 } = core;
   const t = Math.min(topK, k);
   const small = Math.min(n1, n2) < DENSE_BELOW;
-  const krylov = small ? null : topSingularTriplets(core, t, { maxDimension: Math.max(DENSE_BELOW, n2 / 4) });
+  const krylov = small ? null : topSingularTriplets(core, t);
   const top = krylov ?? (await denseTriplets(core, t));
   const cosine = new Float64Array(t);
   for (let i = 0; i < t; i++) {
@@ -157,12 +169,14 @@ export async function analyseMatrix(problem: MatrixProblem, topK: number): Promi
     singularValues: top.s,
     u: await lift(weight.U, false, p?.basis, top.u),
     v: await lift(weight.Vh, true, q?.basis, top.v),
-    method: krylov ? { kind: 'krylov', dimension: krylov.dimension } : { kind: 'dense', size: [n1, n2] },
+    method: krylov
+      ? { kind: 'krylov', dimension: krylov.dimension, cycles: krylov.cycles }
+      : { kind: 'dense', size: [n1, n2] },
   };
 }
 
 /** K's leading triplets from a dense SVD of K (`@lora/linalg`'s `svd`, on the backend for large ones). */
-async function denseTriplets(core: DiagonalPlusLowRank, t: number) {
+export async function denseTriplets(core: DiagonalPlusLowRank, t: number) {
   const { n1, n2, d, r, x, y } = core;
   const dense = new Float32Array(n1 * n2);
   for (let i = 0; i < n1; i++)
