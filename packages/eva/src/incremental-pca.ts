@@ -8,7 +8,15 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { IncrementalPCA } from '@lora/linalg';
 import { Generator } from '@lora/tensor';
-import { svdExactBatched, svdLowRankBatched } from './low-rank-batched';
+import {
+  type Stack,
+  disposeStack,
+  perMatrix,
+  stackShape,
+  stackValues as stackValuesOf,
+  svdExactBatched,
+  svdLowRankBatched,
+} from './low-rank-batched';
 
 /** Where the incremental PCA runs: float32 on the active backend (default) or float64 on the CPU. */
 export type IpcaPrecision = 'float32' | 'float64';
@@ -216,13 +224,23 @@ export class IpcaUpdater {
     // batch statistics on the backend: column sums, and the centred batch's sums and sums of squares
     // (the sums of the centred values put back what float32 rounding of the mean lost, as PEFT's
     // `correction` does in float64)
-    const X = tf.tidy(() => tf.stack(entries.map((e) => tf.cast(e.x, 'float32'))) as tf.Tensor3D);
+    // on wasm the layers stay separate matrices (see perMatrix): its slices and batched products are slow
+    const separate = perMatrix();
     const { centred, stats } = tf.tidy(() => {
+      if (separate) {
+        const parts = entries.map((e) => {
+          const x = tf.cast(e.x, 'float32');
+          const colSum = tf.sum(x, 0);
+          const c = tf.sub(x, tf.div(colSum, n)) as tf.Tensor2D;
+          return { c, stats: tf.stack([colSum, tf.sum(c, 0), tf.sum(tf.square(c), 0)]) };
+        });
+        return { centred: parts.map((p) => p.c) as Stack, stats: tf.stack(parts.map((p) => p.stats)) };
+      }
+      const X = tf.stack(entries.map((e) => tf.cast(e.x, 'float32'))) as tf.Tensor3D;
       const colSum = tf.sum(X, 1);
       const c = tf.sub(X, tf.expandDims(tf.div(colSum, n), 1));
-      return { centred: c as tf.Tensor3D, stats: tf.stack([colSum, tf.sum(c, 1), tf.sum(tf.square(c), 1)], 1) };
+      return { centred: c as Stack, stats: tf.stack([colSum, tf.sum(c, 1), tf.sum(tf.square(c), 1)], 1) };
     });
-    X.dispose();
     const s = await stats.data();
     stats.dispose();
     const corrections = new Float32Array(L * d);
@@ -259,20 +277,28 @@ export class IpcaUpdater {
       variances.push(variance);
     }
     // the matrix PEFT decomposes: the centred batch, under diag(S)·components and a mean-correction row
-    let M: tf.Tensor3D;
+    let M: Stack;
     if (isFirst) M = centred;
     else {
       const sv = new Float32Array(L * k);
       for (let l = 0; l < L; l++)
         sv.set(Float32Array.from((entries[l] as IpcaEntry).layer.singularValues as Float64Array), l * k);
       M = tf.tidy(() => {
+        if (Array.isArray(centred))
+          return entries.map((e, l) =>
+            tf.concat([
+              tf.mul(e.layer.componentsTensor as tf.Tensor2D, tf.tensor2d(sv.subarray(l * k, (l + 1) * k), [k, 1])),
+              centred[l] as tf.Tensor2D,
+              tf.tensor2d(corrections.subarray(l * d, (l + 1) * d), [1, d]),
+            ]),
+          ) as tf.Tensor2D[];
         const prev = tf.stack(entries.map((e) => e.layer.componentsTensor as tf.Tensor2D));
         const scaled = tf.mul(prev, tf.tensor3d(sv, [L, k, 1]));
         return tf.concat([scaled, centred, tf.tensor3d(corrections, [L, 1, d])], 1) as tf.Tensor3D;
       });
-      centred.dispose();
+      disposeStack(centred);
     }
-    const m = M.shape[1];
+    const m = stackShape(M)[1];
     let result: Awaited<ReturnType<typeof svdExactBatched>>;
     try {
       if (q >= Math.min(m, d)) result = await svdExactBatched(M, k);
@@ -282,19 +308,22 @@ export class IpcaUpdater {
         result = await svdLowRankBatched(M, { q, niter: NITER, k, sketch });
       }
     } finally {
-      M.dispose();
+      disposeStack(M);
     }
-    const rows = await result.Vt.data();
+    const rows = await stackValuesOf(result.Vt);
     const flipped = new Float32Array(rows);
     const signs = new Float32Array(L * k);
     for (let l = 0; l < L; l++) {
       const mine = flipped.subarray(l * k * d, (l + 1) * k * d);
       signs.set(flipRows(mine, k, d), l * k);
     }
-    const signed = tf.tidy(() => tf.mul(result.Vt, tf.tensor3d(signs, [L, k, 1])));
-    result.Vt.dispose();
-    const perLayer = tf.unstack(signed) as tf.Tensor2D[];
-    signed.dispose();
+    const Vt = result.Vt;
+    const perLayer = tf.tidy(() =>
+      Array.isArray(Vt)
+        ? Vt.map((v, l) => tf.mul(v, tf.tensor2d(signs.subarray(l * k, (l + 1) * k), [k, 1])) as tf.Tensor2D)
+        : (tf.unstack(tf.mul(Vt, tf.tensor3d(signs, [L, k, 1]))) as tf.Tensor2D[]),
+    );
+    disposeStack(Vt);
     for (let l = 0; l < L; l++) {
       const layer = (entries[l] as IpcaEntry).layer;
       const S = result.S[l] as Float64Array;
