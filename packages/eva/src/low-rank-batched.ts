@@ -162,6 +162,12 @@ function maxDeviationFromIdentity(g: ArrayLike<number>, o: number, q: number): n
 export interface OrthonormalizeOptions {
   /** Return R (y = Q·R); only the last step of a decomposition needs it. Default true. */
   wantR?: boolean;
+  /**
+   * Stop after one CholeskyQR pass unless it needed a shift (default false: orthonormal to float32
+   * precision). One pass leaves ‖QᵀQ − I‖ ≈ κ(y)²·2⁻²⁴, a well-conditioned basis of the same span:
+   * enough for the bases inside a subspace iteration, which only pass their span on.
+   */
+  onePass?: boolean;
 }
 
 /**
@@ -218,7 +224,7 @@ export async function orthonormalize(
       if (wantR) total[l] = matmul64({ rows: q, cols: q, data: R }, total[l] as Matrix64);
       // this pass leaves Q orthonormal to float32 precision when Q was already close (CholeskyQR2's
       // second pass); a first pass, or one after a shift, needs another
-      if (dev < 0.5 && !shifted) done[l] = true;
+      if ((dev < 0.5 || options.onePass) && !shifted) done[l] = true;
     }
     const next = timesValues(Q, inverses, q, q);
     disposeStack(Q);
@@ -271,16 +277,17 @@ export async function svdLowRankBatched(M: Stack, options: SvdLowRankBatchedOpti
   // A·x and Aᵀ·x with A = M (tall) or Mᵀ (wide), never formed
   const aTimes = (x: Stack | tf.Tensor2D) => stackMatMul(M, x, !tall);
   const aTTimes = (x: Stack) => stackMatMul(M, x, tall);
-  // only the span of each basis matters until the last step: R is wanted from C's factorisation only
-  const basis = { wantR: false };
-  let Q = (await orthonormalize(aTimes(sketch), basis)).Q;
+  // only the span of each basis matters until the last step (one CholeskyQR pass each: one read-back);
+  // the last Q and C are orthonormal to float32 precision, and R is wanted from C's factorisation only
+  const inside = { wantR: false, onePass: true };
+  let Q = (await orthonormalize(aTimes(sketch), niter > 0 ? inside : { wantR: false })).Q;
   for (let i = 0; i < niter; i++) {
     const inner = aTTimes(Q);
     disposeStack(Q);
-    const Z = (await orthonormalize(inner, basis)).Q;
+    const Z = (await orthonormalize(inner, inside)).Q;
     const outer = aTimes(Z);
     disposeStack(Z);
-    Q = (await orthonormalize(outer, basis)).Q;
+    Q = (await orthonormalize(outer, i === niter - 1 ? { wantR: false } : inside)).Q;
   }
   const C = aTTimes(Q);
   const { Q: Qc, R } = await orthonormalize(C);
