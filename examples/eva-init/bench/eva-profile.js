@@ -96,6 +96,13 @@ try {
       try {
         return await forwardFnDefault(m, b);
       } finally {
+        // on webgpu the forward's kernels are only queued: wait for them, so that their GPU time is
+        // the forward's and not the first read-back's
+        const gpu = /** @type {any} */ (tf.backend());
+        if (gpu.device?.queue) {
+          gpu.submitQueue?.();
+          await gpu.device.queue.onSubmittedWorkDone();
+        }
         switchTo('ipca');
       }
     },
