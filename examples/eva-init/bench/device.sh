@@ -20,6 +20,9 @@ case "${1:-bench}" in
     PEFT_TIME_LIMIT=${PEFT_TIME_LIMIT:-60} timeout 90 python3 "$here/peft_eva_bench.py" run $d 2>&1 | grep -v '%|' | tail -3
     timeout 100 $NODE .device/bundle/eva-bench.mjs $d --backend webgpu --time-limit 80 2> "$out/ours-webgpu.log"; echo "webgpu rc=$?"
     tail -3 "$out/ours-webgpu.log"
+    # where a batch goes on webgpu: read-backs, kernels and CPU seconds per phase, 3 batches
+    timeout 45 $NODE .device/bundle/eva-profile.mjs $d --backend webgpu --steps 3 > "$out/profile-webgpu.md" 2> "$out/profile-webgpu.log"
+    echo "profile rc=$?"; cat "$out/profile-webgpu.md"
     if [ -n "${EVA_BENCH_WASM:-}" ]; then
       timeout 120 $NODE .device/bundle/eva-bench.mjs $d --backend wasm --time-limit 50 2> "$out/ours-wasm.log"; echo "wasm rc=$?"
       tail -3 "$out/ours-wasm.log"

@@ -8,7 +8,15 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { IncrementalPCA } from '@lora/linalg';
 import { Generator } from '@lora/tensor';
-import { svdExactBatched, svdLowRankBatched } from './low-rank-batched';
+import {
+  type Stack,
+  disposeStack,
+  perMatrix,
+  stackShape,
+  stackValues as stackValuesOf,
+  svdExactBatched,
+  svdLowRankBatched,
+} from './low-rank-batched';
 
 /** Where the incremental PCA runs: float32 on the active backend (default) or float64 on the CPU. */
 export type IpcaPrecision = 'float32' | 'float64';
@@ -216,16 +224,88 @@ export class IpcaUpdater {
     // batch statistics on the backend: column sums, and the centred batch's sums and sums of squares
     // (the sums of the centred values put back what float32 rounding of the mean lost, as PEFT's
     // `correction` does in float64)
-    const X = tf.tidy(() => tf.stack(entries.map((e) => tf.cast(e.x, 'float32'))) as tf.Tensor3D);
-    const { centred, stats } = tf.tidy(() => {
-      const colSum = tf.sum(X, 1);
-      const c = tf.sub(X, tf.expandDims(tf.div(colSum, n), 1));
-      return { centred: c as tf.Tensor3D, stats: tf.stack([colSum, tf.sum(c, 1), tf.sum(tf.square(c), 1)], 1) };
+    // on wasm the layers stay separate matrices (see perMatrix): its slices and batched products are slow
+    const separate = perMatrix();
+    const { centred, stats, colSums } = tf.tidy(() => {
+      if (separate) {
+        const parts = entries.map((e) => {
+          const x = tf.cast(e.x, 'float32');
+          const colSum = tf.sum(x, 0, true) as tf.Tensor2D;
+          const c = tf.sub(x, tf.div(colSum, n)) as tf.Tensor2D;
+          return { c, colSum, stats: tf.concat([colSum, tf.sum(c, 0, true), tf.sum(tf.square(c), 0, true)]) };
+        });
+        return {
+          centred: parts.map((p) => p.c) as Stack,
+          stats: tf.stack(parts.map((p) => p.stats)),
+          colSums: parts.map((p) => p.colSum) as Stack,
+        };
+      }
+      const X = tf.stack(entries.map((e) => tf.cast(e.x, 'float32'))) as tf.Tensor3D;
+      const colSum = tf.sum(X, 1, true) as tf.Tensor3D;
+      const c = tf.sub(X, tf.div(colSum, n));
+      return {
+        centred: c as Stack,
+        stats: tf.concat([colSum, tf.sum(c, 1, true), tf.sum(tf.square(c), 1, true)], 1),
+        colSums: colSum as Stack,
+      };
     });
-    X.dispose();
-    const s = await stats.data();
-    stats.dispose();
-    const corrections = new Float32Array(L * d);
+    // the statistics are read while the decomposition runs (no read-back of their own); the
+    // mean-correction row PEFT appends, √(seen·n/total)·(last mean − batch mean), is formed on the backend
+    const statsRead = stats.data().finally(() => stats.dispose());
+    statsRead.catch(() => {}); // awaited below; a failure of the decomposition first must not leave it unhandled
+    // the matrix PEFT decomposes: the centred batch, under diag(S)·components and a mean-correction row
+    let M: Stack;
+    if (isFirst) {
+      M = centred;
+      disposeStack(colSums);
+    } else {
+      const sv = new Float32Array(L * k);
+      const lastMeans = new Float32Array(L * d);
+      const factors = new Float32Array(L);
+      for (let l = 0; l < L; l++) {
+        const layer = (entries[l] as IpcaEntry).layer;
+        sv.set(Float32Array.from(layer.singularValues as Float64Array), l * k);
+        lastMeans.set(Float32Array.from(layer.mean as Float64Array), l * d);
+        factors[l] = Math.sqrt((layer.nSeen / (layer.nSeen + n)) * n);
+      }
+      M = tf.tidy(() => {
+        if (Array.isArray(centred)) {
+          const sums = colSums as tf.Tensor2D[];
+          return entries.map((e, l) =>
+            tf.concat([
+              tf.mul(e.layer.componentsTensor as tf.Tensor2D, tf.tensor2d(sv.subarray(l * k, (l + 1) * k), [k, 1])),
+              centred[l] as tf.Tensor2D,
+              tf.mul(
+                factors[l] as number,
+                tf.sub(tf.tensor2d(lastMeans.subarray(l * d, (l + 1) * d), [1, d]), tf.div(sums[l] as tf.Tensor2D, n)),
+              ),
+            ]),
+          ) as tf.Tensor2D[];
+        }
+        const prev = tf.stack(entries.map((e) => e.layer.componentsTensor as tf.Tensor2D));
+        const scaled = tf.mul(prev, tf.tensor3d(sv, [L, k, 1]));
+        const correction = tf.mul(
+          tf.tensor3d(factors, [L, 1, 1]),
+          tf.sub(tf.tensor3d(lastMeans, [L, 1, d]), tf.div(colSums as tf.Tensor3D, n)),
+        );
+        return tf.concat([scaled, centred, correction], 1) as tf.Tensor3D;
+      });
+      disposeStack(centred);
+      disposeStack(colSums);
+    }
+    const m = stackShape(M)[1];
+    let result: Awaited<ReturnType<typeof svdExactBatched>>;
+    try {
+      if (q >= Math.min(m, d)) result = await svdExactBatched(M, k);
+      else {
+        const tall = m >= d;
+        const sketch = this.sketches.get(tall ? d : m, q, isFirst ? 'float32' : 'float64');
+        result = await svdLowRankBatched(M, { q, niter: NITER, k, sketch });
+      }
+    } finally {
+      disposeStack(M);
+    }
+    const [rows, st] = await Promise.all([stackValuesOf(result.Vt), statsRead]);
     const means: Float64Array[] = [];
     const variances: Float64Array[] = [];
     for (let l = 0; l < L; l++) {
@@ -234,11 +314,10 @@ export class IpcaUpdater {
       const total = seen + n;
       const mean = new Float64Array(d);
       const variance = new Float64Array(d);
-      const factor = Math.sqrt((seen / total) * n);
       for (let j = 0; j < d; j++) {
-        const newSum = s[(l * 3 + 0) * d + j] as number;
-        const corr = s[(l * 3 + 1) * d + j] as number;
-        const newUnnormalized = (s[(l * 3 + 2) * d + j] as number) - (corr * corr) / n;
+        const newSum = st[(l * 3 + 0) * d + j] as number;
+        const corr = st[(l * 3 + 1) * d + j] as number;
+        const newUnnormalized = (st[(l * 3 + 2) * d + j] as number) - (corr * corr) / n;
         if (isFirst) {
           mean[j] = newSum / total;
           variance[j] = newUnnormalized / total;
@@ -252,49 +331,24 @@ export class IpcaUpdater {
               newUnnormalized +
               (lastOverNew / total) * (lastMeanTimesSeen / lastOverNew - newSum) ** 2) /
             total;
-          corrections[l * d + j] = factor * (lastMean - newSum / n);
         }
       }
       means.push(mean);
       variances.push(variance);
     }
-    // the matrix PEFT decomposes: the centred batch, under diag(S)·components and a mean-correction row
-    let M: tf.Tensor3D;
-    if (isFirst) M = centred;
-    else {
-      const sv = new Float32Array(L * k);
-      for (let l = 0; l < L; l++)
-        sv.set(Float32Array.from((entries[l] as IpcaEntry).layer.singularValues as Float64Array), l * k);
-      M = tf.tidy(() => {
-        const prev = tf.stack(entries.map((e) => e.layer.componentsTensor as tf.Tensor2D));
-        const scaled = tf.mul(prev, tf.tensor3d(sv, [L, k, 1]));
-        return tf.concat([scaled, centred, tf.tensor3d(corrections, [L, 1, d])], 1) as tf.Tensor3D;
-      });
-      centred.dispose();
-    }
-    const m = M.shape[1];
-    let result: Awaited<ReturnType<typeof svdExactBatched>>;
-    try {
-      if (q >= Math.min(m, d)) result = await svdExactBatched(M, k);
-      else {
-        const tall = m >= d;
-        const sketch = this.sketches.get(tall ? d : m, q, isFirst ? 'float32' : 'float64');
-        result = await svdLowRankBatched(M, { q, niter: NITER, k, sketch });
-      }
-    } finally {
-      M.dispose();
-    }
-    const rows = await result.Vt.data();
     const flipped = new Float32Array(rows);
     const signs = new Float32Array(L * k);
     for (let l = 0; l < L; l++) {
       const mine = flipped.subarray(l * k * d, (l + 1) * k * d);
       signs.set(flipRows(mine, k, d), l * k);
     }
-    const signed = tf.tidy(() => tf.mul(result.Vt, tf.tensor3d(signs, [L, k, 1])));
-    result.Vt.dispose();
-    const perLayer = tf.unstack(signed) as tf.Tensor2D[];
-    signed.dispose();
+    const Vt = result.Vt;
+    const perLayer = tf.tidy(() =>
+      Array.isArray(Vt)
+        ? Vt.map((v, l) => tf.mul(v, tf.tensor2d(signs.subarray(l * k, (l + 1) * k), [k, 1])) as tf.Tensor2D)
+        : (tf.unstack(tf.mul(Vt, tf.tensor3d(signs, [L, k, 1]))) as tf.Tensor2D[]),
+    );
+    disposeStack(Vt);
     for (let l = 0; l < L; l++) {
       const layer = (entries[l] as IpcaEntry).layer;
       const S = result.S[l] as Float64Array;

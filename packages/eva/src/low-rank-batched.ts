@@ -1,129 +1,249 @@
 /**
  * torch.svd_lowrank for a stack of matrices at once, float32 on the active backend: what EVA's
- * incremental PCA spends its time in. Every large product runs on the backend as one batched matMul
- * over all the layers of a shape; only q×q Gram matrices (and the q×q core of the last step) travel to
- * the CPU, where they are factored in float64. Results equal torch's (same sketch, same algorithm) up
- * to float32 rounding: an orthonormal basis of the same subspace gives the same decomposition, so the
- * QR method does not matter.
+ * incremental PCA spends its time in. Every large product runs on the backend, as one batched matMul
+ * over all the layers of a shape (on wasm: matrix by matrix, see {@link perMatrix}); only q×q Gram
+ * matrices (and the q×q core of the last step) travel to the CPU, where they are factored in float64.
+ * Results equal torch's (same sketch, same algorithm) up to float32 rounding: an orthonormal basis of
+ * the same subspace gives the same decomposition, so the QR method does not matter.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { type Matrix64, cholesky, eye64, matmul64, qr, solveTriangular, svd, transpose64 } from '@lora/linalg';
+import { type Matrix64, eye64, matmul64, qr, svd } from '@lora/linalg';
 
 /** What {@link svdLowRankBatched} returns for each matrix of the stack. */
 export interface BatchedComponents {
   /** The singular values, descending (min(q, m, d) of them), float64. */
   S: Float64Array[];
-  /** The first `k` right singular vectors as rows: [L, k, d], float32, unflipped. The caller owns it. */
-  Vt: tf.Tensor3D;
+  /** The first `k` right singular vectors as rows: [L, k, d] (a list on wasm), float32, unflipped. The caller owns it. */
+  Vt: Stack;
 }
 
-/** wasm's matMul with a transposed operand is ~10× slower than transposing the thin factor first. */
-function transposeIsSlow(): boolean {
+/**
+ * wasm runs only plain 2-D matMuls fast (XNNPACK, ~25 GFLOP/s on one core here); its batched (rank-3)
+ * and transposed matMuls take a generic kernel ~10× slower (2.4 GFLOP/s), and splitting a stack into
+ * its matrices (slice) runs at ~0.2 GB/s (measured 2026-12-02). There a stack is kept as a list of
+ * 2-D matrices from the start, and every product is a plain 2-D matMul, the thin operand transposed.
+ */
+export function perMatrix(): boolean {
   return tf.getBackend() === 'wasm';
 }
 
-const swapLast = (x: tf.Tensor) => tf.transpose(x, x.rank === 3 ? [0, 2, 1] : [1, 0]);
+/** L matrices of one shape: one [L, r, c] tensor, or (on wasm, see {@link perMatrix}) L [r, c] tensors. */
+export type Stack = tf.Tensor3D | tf.Tensor2D[];
 
-/** `mᵀ·x` (mT) or `m·x` for a stack m [L, r, c] and x [L, ·, q] or a shared [·, q]. */
-function product(m: tf.Tensor3D, x: tf.Tensor, mT: boolean): tf.Tensor3D {
+/** [L, r, c] of a stack. */
+export function stackShape(s: Stack): [number, number, number] {
+  if (!Array.isArray(s)) return s.shape;
+  const [r, c] = (s[0] as tf.Tensor2D).shape;
+  return [s.length, r, c];
+}
+
+export function disposeStack(s: Stack): void {
+  tf.dispose(s);
+}
+
+/** The values of a stack, matrix after matrix (one read for a tensor; free reads on wasm). */
+export async function stackValues(s: Stack): Promise<Float32Array> {
+  if (!Array.isArray(s)) return (await s.data()) as Float32Array;
+  const [L, r, c] = stackShape(s);
+  const out = new Float32Array(L * r * c);
+  for (let l = 0; l < L; l++) out.set((await (s[l] as tf.Tensor2D).data()) as Float32Array, l * r * c);
+  return out;
+}
+
+/** A stack like `like` (a list when it is one) from values [L, r, c]. */
+function stackFrom(values: Float32Array, shape: [number, number, number], like: Stack): Stack {
+  const [L, r, c] = shape;
+  if (!Array.isArray(like)) return tf.tensor3d(values, shape);
+  return Array.from({ length: L }, (_, l) => tf.tensor2d(values.subarray(l * r * c, (l + 1) * r * c), [r, c]));
+}
+
+/**
+ * `op(m)·x` for each matrix of a stack, op transposing when `transposed`; x is a stack of matching
+ * matrices or one matrix shared by all. Leaves its operands.
+ */
+export function stackMatMul(m: Stack, x: Stack | tf.Tensor2D, transposed: boolean): Stack {
   return tf.tidy(() => {
-    if (!mT) return tf.matMul(m, x) as tf.Tensor3D;
-    if (transposeIsSlow()) return swapLast(tf.matMul(swapLast(x), m)) as tf.Tensor3D;
-    return tf.matMul(m, x, true, false) as tf.Tensor3D;
-  });
+    if (!Array.isArray(m))
+      return (transposed ? tf.matMul(m, x as tf.Tensor, true, false) : tf.matMul(m, x as tf.Tensor)) as tf.Tensor3D;
+    const shared = !Array.isArray(x) ? (x as tf.Tensor2D) : null;
+    const xs = x as tf.Tensor2D[];
+    return m.map((ml, l) => {
+      const xl = shared ?? (xs[l] as tf.Tensor2D);
+      return transposed ? tf.transpose(tf.matMul(tf.transpose(xl), ml)) : tf.matMul(ml, xl);
+    }) as tf.Tensor2D[];
+  }) as Stack;
 }
 
-/** The q×q Gram matrices yᵀ·y of a stack [L, r, q], read to the CPU. */
-async function grams(y: tf.Tensor3D): Promise<Float64Array[]> {
-  const [L, , q] = y.shape;
-  const g = product(y, y, true);
-  const values = await g.data();
-  g.dispose();
-  return Array.from({ length: L }, (_, l) => Float64Array.from(values.subarray(l * q * q, (l + 1) * q * q)));
-}
-
-/** Upper-triangular R with Rᵀ·R = G, or null when G is not positive definite in float64. */
-function choleskyR(g: Float64Array, q: number): Matrix64 | null {
+/** The q×q Gram matrices yᵀ·y of a stack [L, r, q], read to the CPU (one read for a stacked tensor). */
+async function grams(y: Stack): Promise<Float32Array> {
+  if (!Array.isArray(y)) {
+    const g = tf.matMul(y, y, true, false);
+    const values = (await g.data()) as Float32Array;
+    g.dispose();
+    return values;
+  }
+  const g = tf.tidy(() => y.map((yl) => tf.matMul(tf.transpose(yl), yl) as tf.Tensor2D));
   try {
-    return transpose64(cholesky({ rows: q, cols: q, data: g }));
-  } catch {
-    return null;
+    return await stackValues(g);
+  } finally {
+    tf.dispose(g);
   }
 }
 
-function maxDeviationFromIdentity(g: Float64Array, q: number): number {
+/** `y·b` for stacks [L, r, c] and b [L, c, q] given as values. */
+function timesValues(y: Stack, values: Float32Array, c: number, q: number): Stack {
+  if (!Array.isArray(y)) {
+    const b = tf.tensor3d(values, [y.shape[0], c, q]);
+    const out = tf.matMul(y, b) as tf.Tensor3D;
+    b.dispose();
+    return out;
+  }
+  return y.map((yl, l) => {
+    const b = tf.tensor2d(values.subarray(l * c * q, (l + 1) * c * q), [c, q]);
+    const out = tf.matMul(yl, b) as tf.Tensor2D;
+    b.dispose();
+    return out;
+  });
+}
+
+/**
+ * The inverse of the Cholesky factor of the q×q Gram matrix g (at offset o of a stack), shifted by
+ * `shift` on the diagonal: writes R⁻¹ (R = Lᵀ upper triangular, Rᵀ·R = g) into `out` at offset o and
+ * returns R, or returns null when g (shifted) is not positive definite in float64. Two triangular
+ * sweeps of q³/6 multiply-adds each: this runs for every matrix of a stack at every step.
+ */
+function choleskyInverse(
+  g: ArrayLike<number>,
+  o: number,
+  q: number,
+  shift: number,
+  out: Float32Array,
+  wantR: boolean,
+): Float64Array | null {
+  const l = new Float64Array(q * q);
+  for (let j = 0; j < q; j++) {
+    let s = (g[o + j * q + j] as number) + shift;
+    for (let k = 0; k < j; k++) s -= (l[j * q + k] as number) ** 2;
+    if (!(s > 0) || !Number.isFinite(s)) return null;
+    const d = Math.sqrt(s);
+    l[j * q + j] = d;
+    for (let i = j + 1; i < q; i++) {
+      // the Gram matrix is symmetric up to float32 rounding: its lower triangle, as cholesky() reads
+      let t = g[o + i * q + j] as number;
+      for (let k = 0; k < j; k++) t -= (l[i * q + k] as number) * (l[j * q + k] as number);
+      l[i * q + j] = t / d;
+    }
+  }
+  // L⁻¹ by forward substitution, column by column; R⁻¹ = (L⁻¹)ᵀ
+  const inv = new Float64Array(q * q);
+  for (let c = 0; c < q; c++) {
+    inv[c * q + c] = 1 / (l[c * q + c] as number);
+    for (let i = c + 1; i < q; i++) {
+      let t = 0;
+      for (let k = c; k < i; k++) t -= (l[i * q + k] as number) * (inv[k * q + c] as number);
+      inv[i * q + c] = t / (l[i * q + i] as number);
+    }
+  }
+  for (let i = 0; i < q; i++) for (let j = 0; j <= i; j++) out[o + j * q + i] = inv[i * q + j] as number;
+  if (!wantR) return l;
+  const r = new Float64Array(q * q);
+  for (let i = 0; i < q; i++) for (let j = 0; j <= i; j++) r[j * q + i] = l[i * q + j] as number;
+  return r;
+}
+
+function maxDeviationFromIdentity(g: ArrayLike<number>, o: number, q: number): number {
   let dev = 0;
   for (let i = 0; i < q; i++)
-    for (let j = 0; j < q; j++) dev = Math.max(dev, Math.abs((g[i * q + j] as number) - (i === j ? 1 : 0)));
+    for (let j = 0; j < q; j++) dev = Math.max(dev, Math.abs((g[o + i * q + j] as number) - (i === j ? 1 : 0)));
   return dev;
+}
+
+/** Options of {@link orthonormalize}. */
+export interface OrthonormalizeOptions {
+  /** Return R (y = Q·R); only the last step of a decomposition needs it. Default true. */
+  wantR?: boolean;
+  /**
+   * Stop after one CholeskyQR pass unless it needed a shift (default false: orthonormal to float32
+   * precision). One pass leaves ‖QᵀQ − I‖ ≈ κ(y)²·2⁻²⁴, a well-conditioned basis of the same span:
+   * enough for the bases inside a subspace iteration, which only pass their span on.
+   */
+  onePass?: boolean;
 }
 
 /**
  * Orthonormal bases of the columns of each matrix of a stack y [L, r, q] (r ≥ q), with R such that
- * y = Q·R (R upper triangular, float64 on the CPU). Shifted CholeskyQR: each pass factors the Gram
- * matrix (shifted by a small multiple of its trace when rounding made it indefinite) and multiplies by
- * R⁻¹ on the backend; passes repeat until QᵀQ is the identity to float32 precision (two passes for a
- * well-conditioned y, three after a shift). A matrix that will not converge (exactly rank-deficient)
- * is read back and orthonormalised by Householder QR in float64. Takes ownership of y.
+ * y = Q·R (R upper triangular, float64 on the CPU) when asked. Shifted CholeskyQR: each pass factors
+ * the Gram matrix (shifted by a small multiple of its trace when rounding made it indefinite) and
+ * multiplies by R⁻¹ on the backend; passes repeat until QᵀQ is the identity to float32 precision (two
+ * passes for a well-conditioned y, three after a shift). A matrix that will not converge (exactly
+ * rank-deficient) is read back and orthonormalised by Householder QR in float64. Takes ownership of y.
  */
-export async function orthonormalize(y: tf.Tensor3D): Promise<{ Q: tf.Tensor3D; R: Matrix64[] }> {
-  const [L, r, q] = y.shape;
-  const total = Array.from({ length: L }, () => eye64(q));
+export async function orthonormalize(
+  y: Stack,
+  options: OrthonormalizeOptions = {},
+): Promise<{ Q: Stack; R: Matrix64[] }> {
+  const wantR = options.wantR ?? true;
+  const [L, r, q] = stackShape(y);
+  const total = wantR ? Array.from({ length: L }, () => eye64(q)) : [];
   const done = new Array<boolean>(L).fill(false);
   let Q = y;
   for (let pass = 0; pass < 5 && done.some((d) => !d); pass++) {
     const g = await grams(Q);
     const inverses = new Float32Array(L * q * q);
     for (let l = 0; l < L; l++) {
-      const gl = g[l] as Float64Array;
+      const o = l * q * q;
+      const identity = () => {
+        for (let i = 0; i < q; i++) inverses[o + i * q + i] = 1;
+      };
       if (done[l]) {
-        for (let i = 0; i < q; i++) inverses[l * q * q + i * q + i] = 1;
+        identity();
         continue;
       }
-      const dev = maxDeviationFromIdentity(gl, q);
-      let R = dev < 1e-5 ? eye64(q) : choleskyR(gl, q);
+      const dev = maxDeviationFromIdentity(g, o, q);
+      if (dev < 1e-5) {
+        identity();
+        done[l] = true;
+        continue;
+      }
+      let R = choleskyInverse(g, o, q, 0, inverses, wantR);
       let shifted = false;
       if (!R) {
         let trace = 0;
-        for (let i = 0; i < q; i++) trace += gl[i * q + i] as number;
+        for (let i = 0; i < q; i++) trace += g[o + i * q + i] as number;
         for (let s = 1e-6 * trace; !R && s > 0 && s < trace; s *= 100) {
-          const shiftedG = Float64Array.from(gl);
-          for (let i = 0; i < q; i++) shiftedG[i * q + i] = (shiftedG[i * q + i] as number) + s;
-          R = choleskyR(shiftedG, q);
+          R = choleskyInverse(g, o, q, s, inverses, wantR);
           shifted = R !== null;
         }
       }
       if (!R) {
         // exactly rank-deficient (or zero): left to the Householder fallback below
-        for (let i = 0; i < q; i++) inverses[l * q * q + i * q + i] = 1;
+        inverses.fill(0, o, o + q * q);
+        identity();
         continue;
       }
-      total[l] = matmul64(R, total[l] as Matrix64);
+      if (wantR) total[l] = matmul64({ rows: q, cols: q, data: R }, total[l] as Matrix64);
       // this pass leaves Q orthonormal to float32 precision when Q was already close (CholeskyQR2's
       // second pass); a first pass, or one after a shift, needs another
-      if (dev < 0.5 && !shifted) done[l] = true;
-      const inv = solveTriangular(R, eye64(q), { upper: true });
-      inverses.set(Float32Array.from(inv.data), l * q * q);
+      if ((dev < 0.5 || options.onePass) && !shifted) done[l] = true;
     }
-    const rInv = tf.tensor3d(inverses, [L, q, q]);
-    const next = tf.matMul(Q, rInv) as tf.Tensor3D;
-    rInv.dispose();
-    Q.dispose();
+    const next = timesValues(Q, inverses, q, q);
+    disposeStack(Q);
     Q = next;
   }
   if (done.every((d) => d)) return { Q, R: total };
   // Householder in float64 for the matrices CholeskyQR could not orthonormalise; R from the start
-  const values = await Q.data();
+  const values = await stackValues(Q);
   const out = Float32Array.from(values);
   for (let l = 0; l < L; l++) {
     if (done[l]) continue;
     const m: Matrix64 = { rows: r, cols: q, data: Float64Array.from(values.subarray(l * r * q, (l + 1) * r * q)) };
     const f = qr(m);
     out.set(Float32Array.from(f.Q.data), l * r * q);
-    total[l] = matmul64(f.R, total[l] as Matrix64);
+    if (wantR) total[l] = matmul64(f.R, total[l] as Matrix64);
   }
-  Q.dispose();
-  return { Q: tf.tensor3d(out, [L, r, q]), R: total };
+  const result = stackFrom(out, [L, r, q], Q);
+  disposeStack(Q);
+  return { Q: result, R: total };
 }
 
 /** Options of {@link svdLowRankBatched}: torch.svd_lowrank's, with the sketch given. */
@@ -150,21 +270,24 @@ export interface SvdLowRankBatchedOptions {
  * Q = orth(A·R), then niter times Q = orth(A·orth(Aᵀ·Q)), then the SVD of B = Qᵀ·A. That SVD is taken
  * here from C = Aᵀ·Q = Bᵀ: C = Q_c·R_c (CholeskyQR), R_c = U·S·Vᵀ in float64, so B = V·S·(Q_c·U)ᵀ.
  */
-export async function svdLowRankBatched(M: tf.Tensor3D, options: SvdLowRankBatchedOptions): Promise<BatchedComponents> {
-  const [, m, d] = M.shape;
+export async function svdLowRankBatched(M: Stack, options: SvdLowRankBatchedOptions): Promise<BatchedComponents> {
+  const [, m, d] = stackShape(M);
   const { q, niter, k, sketch } = options;
   const tall = m >= d;
   // A·x and Aᵀ·x with A = M (tall) or Mᵀ (wide), never formed
-  const aTimes = (x: tf.Tensor) => product(M, x, !tall);
-  const aTTimes = (x: tf.Tensor) => product(M, x, tall);
-  let Q = (await orthonormalize(aTimes(sketch))).Q;
+  const aTimes = (x: Stack | tf.Tensor2D) => stackMatMul(M, x, !tall);
+  const aTTimes = (x: Stack) => stackMatMul(M, x, tall);
+  // only the span of each basis matters until the last step (one CholeskyQR pass each: one read-back);
+  // the last Q and C are orthonormal to float32 precision, and R is wanted from C's factorisation only
+  const inside = { wantR: false, onePass: true };
+  let Q = (await orthonormalize(aTimes(sketch), niter > 0 ? inside : { wantR: false })).Q;
   for (let i = 0; i < niter; i++) {
     const inner = aTTimes(Q);
-    Q.dispose();
-    const Z = (await orthonormalize(inner)).Q;
+    disposeStack(Q);
+    const Z = (await orthonormalize(inner, inside)).Q;
     const outer = aTimes(Z);
-    Z.dispose();
-    Q = (await orthonormalize(outer)).Q;
+    disposeStack(Z);
+    Q = (await orthonormalize(outer, i === niter - 1 ? { wantR: false } : inside)).Q;
   }
   const C = aTTimes(Q);
   const { Q: Qc, R } = await orthonormalize(C);
@@ -179,10 +302,13 @@ export async function svdLowRankBatched(M: tf.Tensor3D, options: SvdLowRankBatch
       for (let j = 0; j < k; j++)
         rotation[l * q * k + i * k + j] = (tall ? f.U.data[i * q + j] : f.Vh.data[j * q + i]) as number;
   }
-  const W = tf.tensor3d(rotation, [L, q, k]);
-  const basis = tall ? Qc : Q;
-  const Vt = tf.tidy(() => swapLast(tf.matMul(basis, W)) as tf.Tensor3D);
-  tf.dispose([W, Qc, Q]);
+  const V = timesValues(tall ? Qc : Q, rotation, q, k);
+  const Vt: Stack = tf.tidy(() =>
+    Array.isArray(V) ? V.map((v) => tf.transpose(v) as tf.Tensor2D) : (tf.transpose(V, [0, 2, 1]) as tf.Tensor3D),
+  );
+  disposeStack(V);
+  disposeStack(Qc);
+  disposeStack(Q);
   return { S, Vt };
 }
 
@@ -191,9 +317,9 @@ export async function svdLowRankBatched(M: tf.Tensor3D, options: SvdLowRankBatch
  * returns when its sketch spans the whole matrix (q ≥ min(m, d)), which only happens for small
  * matrices. Leaves M to the caller.
  */
-export async function svdExactBatched(M: tf.Tensor3D, k: number): Promise<BatchedComponents> {
-  const [L, m, d] = M.shape;
-  const values = await M.data();
+export async function svdExactBatched(M: Stack, k: number): Promise<BatchedComponents> {
+  const [L, m, d] = stackShape(M);
+  const values = await stackValues(M);
   const S: Float64Array[] = [];
   const rows = new Float32Array(L * k * d);
   for (let l = 0; l < L; l++) {
@@ -201,5 +327,5 @@ export async function svdExactBatched(M: tf.Tensor3D, k: number): Promise<Batche
     S.push(f.S);
     rows.set(Float32Array.from(f.Vh.data.subarray(0, k * d)), l * k * d);
   }
-  return { S, Vt: tf.tensor3d(rows, [L, k, d]) };
+  return { S, Vt: stackFrom(rows, [L, k, d], M) };
 }
