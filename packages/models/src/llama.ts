@@ -480,10 +480,7 @@ export class LlamaForCausalLM extends Module {
       for (const [path, m] of model.namedModules())
         if (m instanceof HalfLinear || m instanceof HalfEmbedding) half.set(`${path}.weight`, m);
       const shapeOf = (k: string): number[] | undefined => {
-        const m = half.get(k);
-        if (m instanceof HalfLinear) return [m.outFeatures, m.inFeatures];
-        if (m instanceof HalfEmbedding) return [m.numEmbeddings, m.embeddingDim];
-        return own[k]?.shape;
+        return half.get(k)?.weightShape ?? own[k]?.shape;
       };
       // Old checkpoints may carry RoPE buffers; tied checkpoints may or may not carry lm_head.
       const ignored = (k: string) =>

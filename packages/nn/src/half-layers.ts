@@ -27,6 +27,8 @@ export interface HalfStorageOptions {
 export interface StoredWeightLayer extends Module {
   /** How the weight is stored (`'bf16'`, `'f16'`, or a quantized format). */
   readonly storageFormat: string;
+  /** The weight's float32 shape (`[out, in]`, `[num, dim]`); the stored parameter has another. */
+  readonly weightShape: number[];
   /** The weight as float32 in its own shape; the caller owns it. */
   decodeWeight(): tf.Tensor;
   /** Stores a float32 weight (rounded to the storage format); the tensor is not taken over. */
@@ -114,6 +116,10 @@ export class HalfLinear extends Linear implements StoredWeightLayer {
 
   get storageFormat(): HalfFormat {
     return this.format;
+  }
+
+  get weightShape(): [number, number] {
+    return [this.outFeatures, this.inFeatures];
   }
 
   /**
@@ -204,6 +210,10 @@ export class HalfEmbedding extends Embedding implements StoredWeightLayer {
 
   get storageFormat(): HalfFormat {
     return this.format;
+  }
+
+  get weightShape(): [number, number] {
+    return [this.numEmbeddings, this.embeddingDim];
   }
 
   /** A table holding `embedding`'s rounded to `format`; `embedding` is left as it was. */
