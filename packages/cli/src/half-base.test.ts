@@ -98,14 +98,14 @@ describe('LoRA over a bf16 checkpoint kept 16-bit', () => {
       { lr: 1e-2 },
     );
     // a first forward builds each model's RoPE rows for these positions (kept, as buffers)
-    for (const m of [peft, peftFloat]) tf.dispose(m.forward(ids).logits);
+    for (const m of [peft, peftFloat]) tf.dispose((m.forward(ids) as { logits: tf.Tensor }).logits);
     const before = tf.memory().numTensors;
     // the same adapter over the float32-loaded model: the same loss (the weights are the same numbers)
     const lossOf = (m: typeof peft) => () =>
       (m.forward(ids, { labels: ids, returnLogits: false }) as { loss: tf.Scalar }).loss;
     const { value, grads } = tf.variableGrads(lossOf(peft));
     const { value: valueFloat, grads: gradsFloat } = tf.variableGrads(lossOf(peftFloat));
-    expect(Math.abs((await value.data())[0] - (await valueFloat.data())[0])).toBeLessThan(1e-6);
+    expect(Math.abs(((await value.data())[0] as number) - ((await valueFloat.data())[0] as number))).toBeLessThan(1e-6);
     expect(Object.keys(grads).length).toBe(trainable.length);
     const names = new Set(trainable.map(([, p]) => p.name));
     for (const k of Object.keys(grads)) expect(names.has(k), k).toBe(true);
