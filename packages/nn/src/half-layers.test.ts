@@ -53,6 +53,24 @@ await describeEachBackend('16-bit weight storage', (backend) => {
           tf.dispose([words, got]);
           expect(tf.memory().numTensors).toBe(before);
         }
+        // every code as the low slot of a word whose high slot is large: the words near ±2³¹, where a
+        // float32 division of the word is off by one (the first slot of a row is the low one)
+        for (const high of [0x7fff, 0x8000, 0xffff, 0x7ffe, 0x0001]) {
+          const pairs = new Uint16Array(2 * 65536);
+          pairs.set(everyCode);
+          pairs.fill(high, 65536);
+          const w2 = tf.tensor2d(
+            packHalfCodes(pairs, 1, 2 * 65536, packing),
+            [1, halfRowWords(2 * 65536, packing)],
+            'int32',
+          );
+          const got2 = decodeHalfWords(w2, 2 * 65536, format, packing);
+          const want2 = new Float32Array(2 * 65536);
+          want2.set(want);
+          want2.fill(want[high] as number, 65536);
+          expect(sameBits((await got2.data()) as Float32Array, want2), `high slot ${high}`).toBe(0);
+          tf.dispose([w2, got2]);
+        }
         const odd = everyCode.subarray(0, 7 * 13);
         const words = tf.tensor2d(packHalfCodes(odd, 7, 13, packing), [7, halfRowWords(13, packing)], 'int32');
         const got = decodeHalfWords(words, 13, format, packing);

@@ -3,8 +3,8 @@
  * float32 on use. tfjs has no 16-bit dtype, so the codes are packed into int32 words, row by row:
  *
  * - `'pairs'`: two codes per word (2 bytes a value, the file's size). Unpacking divides the words by
- *   2¹⁶, which is exact where int32 arithmetic is integer arithmetic: the cpu, wasm and tensorflow
- *   backends.
+ *   2¹⁶ and corrects the quotient with exact int32 multiplication and subtraction (the wasm backend
+ *   divides int32 in float32, one too large near ±2³¹): exact on the cpu, wasm and tensorflow backends.
  * - `'bytes'`: three bytes per word, below 2²⁴ (2.67 bytes a value). webgpu computes int32 arithmetic
  *   in float32, exact only on integers below 2²⁴, so it gets this layout.
  *
@@ -96,9 +96,20 @@ export function decodeHalfWords(words: tf.Tensor, cols: number, format: HalfForm
     const slots: tf.Tensor[] = [];
     let q = words;
     for (let k = 0; k < perWord; k++) {
-      const next = tf.floorDiv(q, radix);
-      slots.push(tf.sub(q, tf.mul(next, radix))); // in [0, 2^bits): floorDiv rounds toward −∞
-      q = next;
+      // The wasm backend divides int32 in float32: above 2²⁴ the quotient may come out one too large
+      // (never too small: q·2¹⁶ is a float32, and rounding is monotone). The remainder, in exact
+      // (wrapping) int32 arithmetic, is then negative: put the one back.
+      // (Only a pair's first division sees values above 2²⁴.)
+      const rough = tf.floorDiv(q, radix);
+      const rem = tf.sub(q, tf.mul(rough, radix));
+      if (packing === 'bytes' || k > 0) {
+        slots.push(rem);
+        q = rough;
+        continue;
+      }
+      const over = tf.cast(tf.less(rem, 0), 'int32');
+      slots.push(tf.add(rem, tf.mul(over, radix))); // in [0, 2^bits)
+      q = tf.sub(rough, over);
     }
     const units = tf.concat(slots, 1);
     const codes =
