@@ -32,7 +32,11 @@ const x = tf.randomNormal([32, cols]);
 const w = decodeHalfWords(words, cols, 'bf16', 'pairs');
 console.log(`${backend}, [${rows}, ${cols}] weight (${rows * cols} values); CPU ms per call, mean of 5`);
 console.log('| step | CPU ms |\n| --- | --- |');
-await cpu('decodeHalfWords (all of it)', () => decodeHalfWords(words, cols, 'bf16', 'pairs'));
+await cpu('decodeHalfWords, ops path (all of it)', () => decodeHalfWords(words, cols, 'bf16', 'pairs', { via: 'ops' }));
+await cpu('decodeHalfWords, host path (cpu, wasm default), bf16', () =>
+  decodeHalfWords(words, cols, 'bf16', 'pairs', { via: 'host' }),
+);
+await cpu('decodeHalfWords, host path, f16', () => decodeHalfWords(words, cols, 'f16', 'pairs', { via: 'host' }));
 await cpu('floorDiv by 2^16 (int32)', () => tf.floorDiv(words, radix));
 await cpu('mul + sub (int32)', () => tf.tidy(() => tf.sub(words, tf.mul(words, radix))));
 await cpu('concat two [rows, W] int32', () => tf.concat([words, words], 1));

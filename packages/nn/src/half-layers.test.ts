@@ -30,8 +30,13 @@ const everyCode = Uint16Array.from({ length: 65536 }, (_, i) => i);
 await describeEachBackend('16-bit weight storage', (backend) => {
   const packings = backend.name === 'webgpu' ? (['bytes'] as const) : (['pairs', 'bytes'] as const);
   for (const packing of packings) {
-    for (const format of ['bf16', 'f16'] as const) {
-      it(`${packing}/${format}: every one of the 65 536 codes decodes to its exact float32 value`, async () => {
+    for (const [format, via] of [
+      ['bf16', 'ops'],
+      ['f16', 'ops'],
+      ['bf16', 'host'],
+      ['f16', 'host'],
+    ] as const) {
+      it(`${packing}/${format} (${via}): every one of the 65 536 codes decodes to its exact float32 value`, async () => {
         // bf16: the code shifted into a float32's top half; f16: sign·2^e·(1+m/1024), subnormals, ±inf, NaN
         const want =
           format === 'bf16' ? bf16ToFloat32(everyCode) : Float32Array.from(everyCode, (c) => f16BitsToNumber(c));
@@ -47,7 +52,7 @@ await describeEachBackend('16-bit weight storage', (backend) => {
             [rows, halfRowWords(cols, packing)],
             'int32',
           );
-          const got = decodeHalfWords(words, cols, format, packing);
+          const got = decodeHalfWords(words, cols, format, packing, { via });
           expect(got.shape).toEqual([rows, cols]);
           expect(sameBits((await got.data()) as Float32Array, want), `${rows}×${cols}`).toBe(0);
           tf.dispose([words, got]);
@@ -64,7 +69,7 @@ await describeEachBackend('16-bit weight storage', (backend) => {
             [1, halfRowWords(2 * 65536, packing)],
             'int32',
           );
-          const got2 = decodeHalfWords(w2, 2 * 65536, format, packing);
+          const got2 = decodeHalfWords(w2, 2 * 65536, format, packing, { via });
           const want2 = new Float32Array(2 * 65536);
           want2.set(want);
           want2.fill(want[high] as number, 65536);
@@ -73,7 +78,7 @@ await describeEachBackend('16-bit weight storage', (backend) => {
         }
         const odd = everyCode.subarray(0, 7 * 13);
         const words = tf.tensor2d(packHalfCodes(odd, 7, 13, packing), [7, halfRowWords(13, packing)], 'int32');
-        const got = decodeHalfWords(words, 13, format, packing);
+        const got = decodeHalfWords(words, 13, format, packing, { via });
         expect(sameBits((await got.data()) as Float32Array, want.subarray(0, 91))).toBe(0);
         tf.dispose([words, got]);
       });

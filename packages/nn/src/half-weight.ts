@@ -88,9 +88,17 @@ export function packHalfCodes(codes: Uint16Array, rows: number, cols: number, pa
  * Decodes `[n, W]` words (all rows of a matrix, or rows gathered from it) to float32 `[n, cols]`.
  * Everything it allocates but the result is freed; the caller owns the result.
  */
-export function decodeHalfWords(words: tf.Tensor, cols: number, format: HalfFormat, packing: HalfPacking): tf.Tensor2D {
+export function decodeHalfWords(
+  words: tf.Tensor,
+  cols: number,
+  format: HalfFormat,
+  packing: HalfPacking,
+  options: { via?: 'ops' | 'host' } = {},
+): tf.Tensor2D {
   const { bits, perWord } = SLOT[packing];
   const n = words.shape[0] as number;
+  const via = options.via ?? (packing === 'pairs' && HOST_BACKENDS.has(tf.getBackend()) ? 'host' : 'ops');
+  if (via === 'host') return decodeOnHost(words, n, cols, format, packing);
   return tf.tidy(() => {
     const radix = tf.scalar(2 ** bits, 'int32');
     const slots: tf.Tensor[] = [];
@@ -122,6 +130,53 @@ export function decodeHalfWords(words: tf.Tensor, cols: number, format: HalfForm
     const table = tf.tensor1d(halfTable(format));
     return tf.reshape(tf.gather(table, tf.reshape(codes, [-1])), [n, cols]) as tf.Tensor2D;
   });
+}
+
+/**
+ * Backends whose tensors live in host memory, where a synchronous read costs a copy: decoding there in
+ * JavaScript (a shift for bf16, a table look-up for f16) is exact and an order of magnitude faster than
+ * the ops path, whose gather from the table dominates on wasm (see bench/half-decode.ts).
+ */
+const HOST_BACKENDS = new Set(['cpu', 'wasm']);
+
+function decodeOnHost(
+  words: tf.Tensor,
+  n: number,
+  cols: number,
+  format: HalfFormat,
+  packing: HalfPacking,
+): tf.Tensor2D {
+  const src = words.dataSync() as Int32Array;
+  const w = halfRowWords(cols, packing);
+  const out = new Float32Array(n * cols);
+  if (packing === 'pairs') {
+    const bitsOut = new Uint32Array(out.buffer);
+    const table = halfTable(format);
+    for (let r = 0; r < n; r++) {
+      const row = r * w;
+      const base = r * cols;
+      const hiCount = cols - w; // the second slot holds positions w … cols − 1
+      if (format === 'bf16') {
+        for (let j = 0; j < w; j++) bitsOut[base + j] = (src[row + j] as number) << 16;
+        for (let j = 0; j < hiCount; j++) bitsOut[base + w + j] = (src[row + j] as number) & 0xffff0000;
+      } else {
+        for (let j = 0; j < w; j++) out[base + j] = table[(src[row + j] as number) & 0xffff] as number;
+        for (let j = 0; j < hiCount; j++) out[base + w + j] = table[(src[row + j] as number) >>> 16] as number;
+      }
+    }
+  } else {
+    const table = halfTable(format);
+    const units = new Uint8Array(2 * cols);
+    for (let r = 0; r < n; r++) {
+      for (let u = 0; u < 2 * cols; u++) {
+        const k = Math.floor(u / w);
+        units[u] = ((src[r * w + (u - k * w)] as number) >>> (8 * k)) & 0xff;
+      }
+      for (let i = 0; i < cols; i++)
+        out[r * cols + i] = table[(units[i] as number) | ((units[cols + i] as number) << 8)] as number;
+    }
+  }
+  return tf.tensor2d(out, [n, cols]);
 }
 
 /** Words `[rows, W]` for a float32 matrix, rounded to `format` on the host (reads the tensor back). */
