@@ -1,20 +1,16 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { HalfEmbedding, HalfLinear, Linear, isStoredWeightLayer } from '@lora/nn';
-import { initBackend, openFiles, parseSafetensors, serializeSafetensors } from '@lora/tensor';
-import { maxRelativeError } from '@lora/tensor/testing';
+import { openFiles, parseSafetensors, serializeSafetensors } from '@lora/tensor';
+import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
 import { LlamaForCausalLM, planCheckpoint } from '@lora/models';
 
 const FIXTURES = join(import.meta.dirname, '..', '__fixtures__');
 /** A Hub cache written by Python's huggingface_hub (tools/oracle/hub_fixtures.py): tiny bf16 and f16 Llamas. */
 const PY_CACHE = join(import.meta.dirname, '..', '..', 'tensor', '__fixtures__', 'hf-cache');
 const offline = { cacheDir: PY_CACHE, localFilesOnly: true };
-
-beforeAll(async () => {
-  await initBackend('cpu');
-});
 
 /** Bytes the model's own tensors hold on the backend (each distinct tensor once; tied weights count once). */
 function modelBytes(model: LlamaForCausalLM): number {
@@ -29,7 +25,7 @@ function modelBytes(model: LlamaForCausalLM): number {
   return bytes;
 }
 
-describe("weightStorage: 'checkpoint' keeps a bf16 / f16 checkpoint's weights 16-bit", () => {
+await describeEachBackend("weightStorage: 'checkpoint' keeps a bf16 / f16 checkpoint's weights 16-bit", () => {
   for (const dtype of ['bf16', 'f16'] as const) {
     const repo = `lora-test/tiny-llama-${dtype}`;
 
