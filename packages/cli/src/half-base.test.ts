@@ -69,6 +69,21 @@ describe('LoRA over a bf16 checkpoint kept 16-bit', () => {
           changed++;
       }
       expect(changed).toBe(7); // q, v, down of two layers, and the embedding
+      // saved as transformers saves the bf16 model: every tensor BF16, PEFT's merged values bit for bit
+      const file = await (merged as LlamaForCausalLM).serializeCheckpoint();
+      const saved = readSafetensorsHeader(file).entries;
+      expect(new Set(saved.map((e) => e.dtype))).toEqual(new Set(['BF16']));
+      expect(saved.length).toBe(Object.keys(got).length);
+      const back = parseSafetensors(file).tensors;
+      for (const [name, t] of Object.entries(back))
+        expect(
+          differingBits(
+            (await t.data()) as Float32Array,
+            (await (want[`${tag}.${name}`] as tf.Tensor).data()) as Float32Array,
+          ),
+          name,
+        ).toBe(0);
+      tf.dispose(Object.values(back));
       tf.dispose([...Object.values(got), ...Object.values(want)]);
       merged.dispose();
       expect(tf.memory().numTensors).toBeLessThanOrEqual(before);

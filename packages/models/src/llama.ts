@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Generator, type HubOptions, type ModelFiles, openFiles } from '@lora/tensor';
+import { Generator, type HubOptions, type ModelFiles, openFiles, serializeSafetensors } from '@lora/tensor';
 import {
   Embedding,
   type HalfFormat,
@@ -532,6 +532,44 @@ export class LlamaForCausalLM extends Module {
       throw new Error(`${source.label}: ${(e as Error).message}`, { cause: e });
     } finally {
       await plan.close();
+    }
+  }
+
+  /**
+   * The model's weights as a `model.safetensors` (transformers' `save_pretrained` names; a tied
+   * `lm_head` left out, as transformers does). A model with 16-bit weights (`weightStorage:
+   * 'checkpoint'`, merged or not) writes them in their dtype, and its float32 tensors (norms, biases) in
+   * the same dtype, as transformers saves a bf16 model: every tensor bf16 (or f16). A float32 model
+   * writes F32. Each 16-bit weight is decoded while the file is built, so memory peaks near the float32
+   * model for the call.
+   *
+   * @example
+   * ```ts
+   * const merged = peft.mergeAndUnload() as LlamaForCausalLM;
+   * await writeFile('out/model.safetensors', await merged.serializeCheckpoint());
+   * ```
+   */
+  async serializeCheckpoint(): Promise<Uint8Array> {
+    const tensors: Record<string, tf.Tensor> = {};
+    const decoded: tf.Tensor[] = [];
+    let format: HalfFormat | null = null;
+    try {
+      for (const [path, m] of this.namedModules()) {
+        for (const [name, p] of m.namedParameters('', false)) {
+          const key = path ? `${path}.${name}` : name;
+          if (this.config.tieWordEmbeddings && key === 'lm_head.weight') continue;
+          if ((m instanceof HalfLinear || m instanceof HalfEmbedding) && name === 'weight') {
+            const w = m.decodeWeight();
+            decoded.push(w);
+            tensors[key] = w;
+            format ??= m.format;
+          } else tensors[key] = p;
+        }
+      }
+      const dtype = format === 'bf16' ? 'BF16' : format === 'f16' ? 'F16' : 'F32';
+      return await serializeSafetensors(tensors, { metadata: { format: 'pt' }, dtype });
+    } finally {
+      tf.dispose(decoded);
     }
   }
 
