@@ -143,6 +143,17 @@ describe('LoRA over a bf16 checkpoint kept 16-bit', () => {
     peftFloat.dispose();
   });
 
+  it('refuses DoRA and base-rewriting initialisations over a 16-bit base, saying what to do', async () => {
+    const base = await LlamaForCausalLM.fromPretrained(REPO, { ...offline, weightStorage: 'checkpoint' });
+    expect(() => getPeftModel(base, { r: 4, targetModules: ['q_proj'], useDora: true })).toThrow(
+      /DoRA over a base stored in bf16 is not supported here \('model.layers.0.self_attn.q_proj' \(HalfLinear, bf16\)\): load the model with weightStorage: 'float32'/,
+    );
+    expect(() => getPeftModel(base, { r: 4, targetModules: ['q_proj'], initLoraWeights: 'pissa' })).toThrow(
+      /init_lora_weights='pissa' reads or rewrites the base weight.*weightStorage: 'float32'/,
+    );
+    base.dispose();
+  });
+
   it("saves a targeted 16-bit embedding's base weight in bf16, as PEFT's save_embedding_layers", async () => {
     const base = await LlamaForCausalLM.fromPretrained(REPO, { ...offline, weightStorage: 'checkpoint' });
     const { model: peft } = await loadAdapter(base, join(MERGE, 'adapter'));

@@ -28,7 +28,7 @@ export function loraDropoutModule(p: number): Module {
 }
 
 /** Initialisations that read or rewrite the base weight, which a 16-bit (or quantized) base keeps encoded. */
-const BASE_WRITING_INITS = /^(pissa(_niter_\d+)?|olora|loftq|lora_ga|corda.*|eva)$/;
+const BASE_WRITING_INITS = /^(pissa(_niter_\d+)?|olora|loftq|lora_ga|corda.*)$/;
 
 function isPromise(v: unknown): v is Promise<void> {
   return typeof (v as { then?: unknown } | undefined)?.then === 'function';
