@@ -5,7 +5,10 @@
  * load the state dict) for comparison, and transformers' `from_pretrained(dtype=float32)` and
  * `(dtype=bfloat16)` as the peer in the same run (PYTHON, or the repository's .venv-oracle).
  * Each load runs in a fresh process; peak RSS is the process's maximum resident set (getrusage),
- * less what it held after imports, before loading.
+ * less what it held after imports, before loading. `weightStorage: 'checkpoint'` (16-bit storage) adds
+ * rows with the bytes the backend holds after loading (`tf.memory().numBytes`), and a second table
+ * times a forward pass ([1, FORWARD_TOKENS] tokens, process CPU time, after one warm-up) on wasm with
+ * float32 and with 16-bit weights, beside transformers' forward in float32 and bfloat16.
  */
 import { spawnSync } from 'node:child_process';
 import * as tf from '@tensorflow/tfjs-core';
@@ -13,7 +16,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type BackendName, Generator, encodeValues, initBackend, parseSafetensors } from '@lora/tensor';
-import { withoutInit } from '@lora/nn';
+import { isStoredWeightLayer, withoutInit } from '@lora/nn';
 import { LlamaForCausalLM, parseLlamaConfig } from '../src/index';
 import { SMOLLM_135M } from './cases';
 
@@ -21,6 +24,8 @@ import { SMOLLM_135M } from './cases';
 const CONFIG = { ...SMOLLM_135M, architectures: ['LlamaForCausalLM'], torch_dtype: 'bfloat16' };
 
 const MiB = 2 ** 20;
+const FORWARD_TOKENS = 32;
+const FORWARD_REPEATS = 2;
 
 /** Writes config.json and a BF16 model.safetensors a tensor at a time (never the whole file in memory). */
 async function generate(dir: string): Promise<void> {
@@ -62,6 +67,10 @@ async function measure(mode: string, backend: BackendName, dir: string): Promise
   const t0 = performance.now();
   let model: LlamaForCausalLM;
   if (mode === 'stream') model = await LlamaForCausalLM.fromPretrained(dir);
+  else if (mode === 'checkpoint' || mode === 'forward-checkpoint' || mode === 'forward-float32')
+    model = await LlamaForCausalLM.fromPretrained(dir, {
+      weightStorage: mode === 'forward-float32' ? 'float32' : 'checkpoint',
+    });
   else {
     // the earlier path: the whole file in memory, every tensor decoded, then the state dict loaded
     const config = parseLlamaConfig(JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')));
@@ -72,11 +81,48 @@ async function measure(mode: string, backend: BackendName, dir: string): Promise
     for (const t of Object.values(tensors)) t.dispose();
   }
   const ms = performance.now() - t0;
-  const params = Object.values(model.stateDict()).reduce((a, t) => a + t.size, 0);
+  const heldMiB = tf.memory().numBytes / MiB;
+  if (mode.startsWith('forward-')) {
+    model.eval();
+    const ids = tf.tensor2d([Array.from({ length: FORWARD_TOKENS }, (_, i) => (i * 7919) % 49152)], undefined, 'int32');
+    const step = async () => {
+      const { logits } = model.forward(ids as tf.Tensor2D);
+      await logits.data();
+      logits.dispose();
+    };
+    await step(); // warm-up
+    const times: number[] = [];
+    for (let i = 0; i < FORWARD_REPEATS; i++) {
+      const c0 = process.cpuUsage();
+      await step();
+      const c = process.cpuUsage(c0);
+      times.push((c.user + c.system) / 1000);
+    }
+    ids.dispose();
+    console.log(JSON.stringify({ cpuMs: Math.min(...times), heldMiB }));
+    model.dispose();
+    return;
+  }
+  // values, not words: a 16-bit layer's parameter holds two codes a word
+  let params = 0;
+  const counted = new Set<object>();
+  for (const [, m] of model.namedModules())
+    for (const [name, p] of m.namedParameters('', false)) {
+      if (counted.has(p)) continue; // a tied head's weight is the embedding's
+      counted.add(p);
+      params += isStoredWeightLayer(m) && name === 'weight' ? m.weightShape.reduce((a, b) => a * b, 1) : p.size;
+    }
   // the wasm backend's heap only grows: its size is what the weights cost there
   const heap = (tf.backend() as unknown as { wasm?: { HEAPU8: Uint8Array } }).wasm?.HEAPU8.length;
   console.log(
-    JSON.stringify({ baseMiB: base, peakMiB: maxRss(), ms, params, ...(heap ? { wasmHeapMiB: heap / MiB } : {}) }),
+    JSON.stringify({
+      baseMiB: base,
+      peakMiB: maxRss(),
+      ms,
+      params,
+      heldMiB,
+      ...(heap ? { wasmHeapMiB: heap / MiB } : {}),
+    }),
   );
   model.dispose();
 }
@@ -106,13 +152,20 @@ if (process.argv[2] === 'measure') {
       ms: number;
       params: number;
       wasmHeapMiB?: number;
+      heldMiB?: number;
+      cpuMs?: number;
     };
+    if (r.cpuMs !== undefined) {
+      forwardRows.push(`| ${label} | ${r.cpuMs.toFixed(0)} | ${r.heldMiB === undefined ? '' : r.heldMiB.toFixed(0)} |`);
+      return;
+    }
     if (r.wasmHeapMiB) console.error(`  wasm heap after loading: ${r.wasmHeapMiB.toFixed(0)} MiB`);
     const over = r.peakMiB - r.baseMiB;
     rows.push(
-      `| ${label} | ${(r.ms / 1000).toFixed(2)} | ${over.toFixed(0)} | ${(over / fileMiB).toFixed(2)} | ${(over / ((r.params * 4) / MiB)).toFixed(2)} |`,
+      `| ${label} | ${(r.ms / 1000).toFixed(2)} | ${over.toFixed(0)} | ${(over / fileMiB).toFixed(2)} | ${(over / ((r.params * 4) / MiB)).toFixed(2)} | ${r.heldMiB === undefined ? '' : r.heldMiB.toFixed(0)} |`,
     );
   };
+  const forwardRows: string[] = [];
   for (const backend of ['cpu', 'wasm']) {
     run(`@lora/models fromPretrained (a tensor at a time), ${backend}`, process.execPath, [
       process.argv[1] as string,
@@ -128,7 +181,22 @@ if (process.argv[2] === 'measure') {
       backend,
       dir,
     ]);
+    run(`@lora/models fromPretrained weightStorage: 'checkpoint' (16-bit), ${backend}`, process.execPath, [
+      process.argv[1] as string,
+      'measure',
+      'checkpoint',
+      backend,
+      dir,
+    ]);
   }
+  for (const storage of ['float32', 'checkpoint'])
+    run(`@lora/models forward, wasm, weightStorage: '${storage}'`, process.execPath, [
+      process.argv[1] as string,
+      'measure',
+      `forward-${storage}`,
+      'wasm',
+      dir,
+    ]);
   const venv = join(import.meta.dirname, '..', '..', '..', '.venv-oracle', 'bin', 'python');
   const python = process.env.PYTHON ?? (existsSync(venv) ? venv : 'python3');
   for (const dtype of ['float32', 'bfloat16'])
@@ -137,11 +205,28 @@ if (process.argv[2] === 'measure') {
       dir,
       dtype,
     ]);
+  for (const dtype of ['float32', 'bfloat16'])
+    run(`transformers forward (dtype=${dtype}), PyTorch CPU`, python, [
+      join(import.meta.dirname, '..', 'bench', 'load_peer.py'),
+      dir,
+      dtype,
+      'forward',
+      String(FORWARD_TOKENS),
+      String(FORWARD_REPEATS),
+    ]);
   const f32MiB = (fileMiB - 0.01) * 2;
   console.log(
     `\n${new Date().toISOString().slice(0, 10)}, Node ${process.version}; SmolLM-135M shape, bf16 file ${fileMiB.toFixed(0)} MiB, float32 weights ${f32MiB.toFixed(0)} MiB\n`,
   );
-  console.log('| loader | load s | peak RSS above baseline, MiB | × file size | × float32 weights |');
-  console.log('| --- | --- | --- | --- | --- |');
+  console.log(
+    '| loader | load s | peak RSS above baseline, MiB | × file size | × float32 weights | backend bytes held after load, MiB |',
+  );
+  console.log('| --- | --- | --- | --- | --- | --- |');
   for (const r of rows) console.log(r);
+  console.log(
+    `\nforward of [1, ${FORWARD_TOKENS}] tokens, logits read back; process CPU time, best of ${FORWARD_REPEATS} after a warm-up\n`,
+  );
+  console.log('| forward | CPU ms | backend bytes held, MiB |');
+  console.log('| --- | --- | --- |');
+  for (const r of forwardRows) console.log(r);
 }

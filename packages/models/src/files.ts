@@ -6,6 +6,7 @@ import {
   type SafetensorsHeader,
   SafetensorsError,
   byteSourceOf,
+  decodeEntry,
   readSafetensorsHeaderFrom,
   streamSafetensors,
 } from '@lora/tensor';
@@ -27,9 +28,22 @@ export interface CheckpointPlan {
    * Decodes the tensors (all, or those named) one at a time and hands each to `onTensor`, which owns it
    * (and disposes it). Memory stays near one tensor beyond what `onTensor` keeps. Runs once.
    */
-  read(onTensor: (name: string, tensor: tf.Tensor) => void, names?: ReadonlySet<string>): Promise<void>;
+  read(
+    onTensor: (name: string, tensor: tf.Tensor) => void,
+    names?: ReadonlySet<string>,
+    options?: CheckpointReadOptions,
+  ): Promise<void>;
   /** Releases the open files (after `read`, or instead of it). */
   close(): Promise<void>;
+}
+
+/** Options of {@link CheckpointPlan.read}. */
+export interface CheckpointReadOptions {
+  /**
+   * Offered each BF16 / F16 tensor's raw codes (row-major, as in the file) before it is widened: return
+   * true to take them (then `onTensor` is not called for it), false to have it decoded as usual.
+   */
+  onHalfCodes?: (name: string, codes: Uint16Array, entry: CheckpointEntry) => boolean;
 }
 
 async function openShard(source: FileSource, name: string): Promise<ByteSource> {
@@ -122,12 +136,29 @@ export async function planCheckpoint(source: FileSource): Promise<CheckpointPlan
   return {
     entries,
     close,
-    async read(onTensor, names) {
+    async read(onTensor, names, options = {}) {
+      const { onHalfCodes } = options;
       for (const f of files) {
         const want = names ? new Set([...f.wanted].filter((n) => names.has(n))) : f.wanted;
         if (want.size === 0) continue;
-        for await (const { entry, tensor } of streamSafetensors(f.bytes, { header: f.header, names: want }))
+        if (!onHalfCodes) {
+          for await (const { entry, tensor } of streamSafetensors(f.bytes, { header: f.header, names: want }))
+            onTensor(entry.name, tf.tensor(tensor.values, tensor.shape, tensor.dtype));
+          continue;
+        }
+        // the same reads as streamSafetensors, with the 16-bit codes offered before they are widened
+        for (const entry of f.header.entries) {
+          if (!want.has(entry.name)) continue;
+          const bytes = await f.bytes.read(entry.begin, entry.end);
+          if (entry.dtype === 'BF16' || entry.dtype === 'F16') {
+            const own = new Uint8Array(bytes.length);
+            own.set(bytes); // aligned, and not a view into a larger read
+            const codes = new Uint16Array(own.buffer);
+            if (onHalfCodes(entry.name, codes, { ...entry, file: f.name })) continue;
+          }
+          const tensor = decodeEntry(bytes, { ...entry, begin: 0, end: bytes.length }, f.bytes.label);
           onTensor(entry.name, tf.tensor(tensor.values, tensor.shape, tensor.dtype));
+        }
       }
     },
   };

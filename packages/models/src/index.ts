@@ -1,9 +1,9 @@
 export { planCheckpoint, readCheckpoint } from './files';
-export type { CheckpointEntry, CheckpointPlan } from './files';
+export type { CheckpointEntry, CheckpointPlan, CheckpointReadOptions } from './files';
 export { parseLlamaConfig } from './llama-config';
 export type { LlamaConfig, RopeParameters } from './llama-config';
 export { KVCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP, LlamaModel } from './llama';
-export type { CausalLMOptions, GenerateOptions } from './llama';
+export type { CausalLMOptions, GenerateOptions, WeightFormats, WeightStorage } from './llama';
 export { llamaKernels } from './llama-kernels';
 export type { LlamaAttentionOptions, LlamaKernels } from './llama-kernels';
 export { applyRope, ropeInverseFrequencies, ropeTables } from './rope';

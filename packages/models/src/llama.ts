@@ -1,7 +1,10 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Generator, type HubOptions, type ModelFiles, openFiles } from '@lora/tensor';
+import { Generator, type HubOptions, type ModelFiles, openFiles, serializeSafetensors } from '@lora/tensor';
 import {
   Embedding,
+  type HalfFormat,
+  HalfEmbedding,
+  HalfLinear,
   Linear,
   Module,
   ModuleList,
@@ -17,6 +20,29 @@ import { planCheckpoint } from './files';
 import { type LlamaConfig, parseLlamaConfig } from './llama-config';
 import { llamaKernels } from './llama-kernels';
 import { ropeInverseFrequencies, ropeTables } from './rope';
+
+/**
+ * How {@link LlamaForCausalLM.fromPretrained} keeps the weights: `'float32'` (the default: every weight
+ * widened to float32) or `'checkpoint'` (the Linear and Embedding weights stored in a BF16 or F16
+ * checkpoint stay in that 16-bit encoding, decoded on use; see `HalfLinear` in `@lora/nn`).
+ */
+export type WeightStorage = 'float32' | 'checkpoint';
+
+/**
+ * The 16-bit encoding to keep a module's weight in, by module path (`'model.layers.0.self_attn.q_proj'`),
+ * or null for float32.
+ */
+export type WeightFormats = (modulePath: string) => HalfFormat | null;
+
+const FLOAT32: WeightFormats = () => null;
+
+function makeLinear(inF: number, outF: number, bias: boolean, format: HalfFormat | null): Linear {
+  return format ? new HalfLinear(inF, outF, { bias, format }) : new Linear(inF, outF, { bias });
+}
+
+function at(prefix: string, name: string): string {
+  return prefix ? `${prefix}.${name}` : name;
+}
 
 /** Keys and values of earlier positions, per layer, for incremental decoding. */
 export class KVCache {
@@ -58,17 +84,18 @@ export class LlamaAttention extends Module {
   vProj: Linear;
   oProj: Linear;
 
-  constructor(config: LlamaConfig) {
+  constructor(config: LlamaConfig, formats: WeightFormats = FLOAT32, prefix = '') {
     super();
     this.config = config;
     const { hiddenSize: h, numAttentionHeads: nh, numKeyValueHeads: nkv, headDim: d, attentionBias } = config;
-    this.qProj = this.registerModule('q_proj', new Linear(h, nh * d, { bias: attentionBias }));
-    this.kProj = this.registerModule('k_proj', new Linear(h, nkv * d, { bias: attentionBias }));
-    this.vProj = this.registerModule('v_proj', new Linear(h, nkv * d, { bias: attentionBias }));
+    const f = (name: string) => formats(at(prefix, name));
+    this.qProj = this.registerModule('q_proj', makeLinear(h, nh * d, attentionBias, f('q_proj')));
+    this.kProj = this.registerModule('k_proj', makeLinear(h, nkv * d, attentionBias, f('k_proj')));
+    this.vProj = this.registerModule('v_proj', makeLinear(h, nkv * d, attentionBias, f('v_proj')));
     // Qwen2 puts a bias on q, k and v only
     this.oProj = this.registerModule(
       'o_proj',
-      new Linear(nh * d, h, { bias: attentionBias && config.modelType === 'llama' }),
+      makeLinear(nh * d, h, attentionBias && config.modelType === 'llama', f('o_proj')),
     );
   }
 
@@ -105,12 +132,14 @@ export class LlamaMLP extends Module {
   upProj: Linear;
   downProj: Linear;
 
-  constructor(config: LlamaConfig) {
+  constructor(config: LlamaConfig, formats: WeightFormats = FLOAT32, prefix = '') {
     super();
     const bias = config.mlpBias;
-    this.gateProj = this.registerModule('gate_proj', new Linear(config.hiddenSize, config.intermediateSize, { bias }));
-    this.upProj = this.registerModule('up_proj', new Linear(config.hiddenSize, config.intermediateSize, { bias }));
-    this.downProj = this.registerModule('down_proj', new Linear(config.intermediateSize, config.hiddenSize, { bias }));
+    const { hiddenSize: h, intermediateSize: i } = config;
+    const f = (name: string) => formats(at(prefix, name));
+    this.gateProj = this.registerModule('gate_proj', makeLinear(h, i, bias, f('gate_proj')));
+    this.upProj = this.registerModule('up_proj', makeLinear(h, i, bias, f('up_proj')));
+    this.downProj = this.registerModule('down_proj', makeLinear(i, h, bias, f('down_proj')));
   }
 
   forward(x: tf.Tensor): tf.Tensor {
@@ -125,10 +154,10 @@ export class LlamaDecoderLayer extends Module {
   inputLayernorm: LlamaRMSNorm;
   postAttentionLayernorm: LlamaRMSNorm;
 
-  constructor(config: LlamaConfig) {
+  constructor(config: LlamaConfig, formats: WeightFormats = FLOAT32, prefix = '') {
     super();
-    this.selfAttn = this.registerModule('self_attn', new LlamaAttention(config));
-    this.mlp = this.registerModule('mlp', new LlamaMLP(config));
+    this.selfAttn = this.registerModule('self_attn', new LlamaAttention(config, formats, at(prefix, 'self_attn')));
+    this.mlp = this.registerModule('mlp', new LlamaMLP(config, formats, at(prefix, 'mlp')));
     this.inputLayernorm = this.registerModule(
       'input_layernorm',
       new LlamaRMSNorm(config.hiddenSize, { eps: config.rmsNormEps }),
@@ -166,13 +195,24 @@ export class LlamaModel extends Module {
   private ropeLength = 0;
   private ropeRows: { past: number; t: number } | null = null;
 
-  constructor(config: LlamaConfig) {
+  constructor(config: LlamaConfig, formats: WeightFormats = FLOAT32, prefix = '') {
     super();
     this.config = config;
-    this.embedTokens = this.registerModule('embed_tokens', new Embedding(config.vocabSize, config.hiddenSize));
+    const embedFormat = formats(at(prefix, 'embed_tokens'));
+    this.embedTokens = this.registerModule(
+      'embed_tokens',
+      embedFormat
+        ? new HalfEmbedding(config.vocabSize, config.hiddenSize, { format: embedFormat })
+        : new Embedding(config.vocabSize, config.hiddenSize),
+    );
     this.layers = this.registerModule(
       'layers',
-      new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new LlamaDecoderLayer(config))),
+      new ModuleList(
+        Array.from(
+          { length: config.numHiddenLayers },
+          (_, i) => new LlamaDecoderLayer(config, formats, at(prefix, `layers.${i}`)),
+        ),
+      ),
     );
     this.norm = this.registerModule('norm', new LlamaRMSNorm(config.hiddenSize, { eps: config.rmsNormEps }));
     this.invFreq = ropeInverseFrequencies(config.headDim, config.rope);
@@ -345,13 +385,27 @@ export class LlamaForCausalLM extends Module {
    * normal(0, initializer_range), biases zero, norms one. The submodules are built without their own
    * default draws (which transformers' `_init_weights` overwrites anyway) and a tied `lm_head` is not
    * drawn at all, so each weight is drawn once, from the default generator (`manualSeed`).
-   * `gradientCheckpointing: true` as {@link gradientCheckpointingEnable}.
+   * `gradientCheckpointing: true` as {@link gradientCheckpointingEnable}. `weightFormats` (with
+   * `init: false`; what `fromPretrained` passes for `weightStorage: 'checkpoint'`) builds the modules it
+   * names as 16-bit layers (`HalfLinear`, `HalfEmbedding`) holding zero codes.
    */
-  constructor(config: LlamaConfig, options: { init?: boolean; gradientCheckpointing?: boolean } = {}) {
+  constructor(
+    config: LlamaConfig,
+    options: { init?: boolean; gradientCheckpointing?: boolean; weightFormats?: WeightFormats } = {},
+  ) {
     super();
     this.config = config;
+    const formats = options.weightFormats ?? FLOAT32;
+    if (options.weightFormats && options.init !== false)
+      throw new Error('LlamaForCausalLM: weightFormats builds 16-bit layers to load into; pass init: false with it');
+    // a tied head shares the embedding's codes, so it is stored as the embedding is
+    const headFormat = formats(config.tieWordEmbeddings ? 'model.embed_tokens' : 'lm_head');
     const [model, lmHead] = withoutInit(
-      () => [new LlamaModel(config), new Linear(config.hiddenSize, config.vocabSize, { bias: false })] as const,
+      () =>
+        [
+          new LlamaModel(config, formats, 'model'),
+          makeLinear(config.hiddenSize, config.vocabSize, false, headFormat),
+        ] as const,
     );
     this.model = this.registerModule('model', model);
     this.lmHead = this.registerModule('lm_head', lmHead);
@@ -381,33 +435,64 @@ export class LlamaForCausalLM extends Module {
    * near the float32 model plus one tensor, never the file plus the model. Names and shapes are checked
    * against the headers before any weight is read.
    *
+   * `weightStorage: 'checkpoint'` keeps the Linear and Embedding weights of a BF16 or F16 checkpoint in
+   * that encoding (`HalfLinear`, `HalfEmbedding` of `@lora/nn`): the model holds about the file's size
+   * instead of twice it, and each weight is decoded to float32 (exactly) when a forward uses it, then
+   * dropped. Compute stays float32, so logits equal the float32-loaded model's; each forward pays for
+   * the decoding (see BENCHMARKS.md). Norm weights and biases stay float32. A weight the checkpoint
+   * stores in F32 (or F64) stays a float32 Linear: `'checkpoint'` keeps each weight as the file does.
+   * The weights are frozen (LoRA trains beside them); merging an adapter rounds the merged weight back
+   * to the 16-bit encoding, as PEFT merging into a bf16 model does.
+   *
    * @example
    * ```ts
    * const model = await LlamaForCausalLM.fromPretrained('HuggingFaceTB/SmolLM-135M', {
    *   onProgress: ({ file, loaded, total }) => console.log(file, loaded, '/', total),
    * });
    * const offline = await LlamaForCausalLM.fromPretrained('HuggingFaceTB/SmolLM-135M', { localFilesOnly: true });
+   * const small = await LlamaForCausalLM.fromPretrained('HuggingFaceTB/SmolLM-135M', { weightStorage: 'checkpoint' });
    * ```
    */
-  static async fromPretrained(files: ModelFiles, options: HubOptions = {}): Promise<LlamaForCausalLM> {
+  static async fromPretrained(
+    files: ModelFiles,
+    options: HubOptions & { weightStorage?: WeightStorage } = {},
+  ): Promise<LlamaForCausalLM> {
+    const storage = options.weightStorage ?? 'float32';
+    if (storage !== 'float32' && storage !== 'checkpoint')
+      throw new Error(
+        `fromPretrained: weightStorage is ${JSON.stringify(storage)}; use 'float32' (the default) or 'checkpoint' (keep BF16 / F16 weights 16-bit)`,
+      );
     const source = await openFiles(files, options);
     const config = parseLlamaConfig(JSON.parse(await source.text('config.json')));
     const plan = await planCheckpoint(source);
     let model: LlamaForCausalLM | undefined;
     try {
-      model = withoutInit(() => new LlamaForCausalLM(config, { init: false }));
+      const weightFormats: WeightFormats = (path) => {
+        const dtype = plan.entries.get(`${path}.weight`)?.dtype;
+        return dtype === 'BF16' ? 'bf16' : dtype === 'F16' ? 'f16' : null;
+      };
+      model = withoutInit(
+        () => new LlamaForCausalLM(config, { init: false, ...(storage === 'checkpoint' ? { weightFormats } : {}) }),
+      );
       const own = model.stateDict();
+      // 16-bit layers by weight name; their parameter holds words, so their shape is the layer's
+      const half = new Map<string, HalfLinear | HalfEmbedding>();
+      for (const [path, m] of model.namedModules())
+        if (m instanceof HalfLinear || m instanceof HalfEmbedding) half.set(`${path}.weight`, m);
+      const shapeOf = (k: string): number[] | undefined => {
+        return half.get(k)?.weightShape ?? own[k]?.shape;
+      };
       // Old checkpoints may carry RoPE buffers; tied checkpoints may or may not carry lm_head.
       const ignored = (k: string) =>
         k.endsWith('rotary_emb.inv_freq') || (config.tieWordEmbeddings && k === 'lm_head.weight');
       const wanted = new Set([...plan.entries.keys()].filter((k) => !ignored(k)));
       // every name and shape checked from the headers, as load_state_dict would, before a byte of data is read
       const errors = [...wanted].flatMap((k) => {
-        const target = own[k];
+        const target = shapeOf(k);
         const shape = (plan.entries.get(k) as { shape: number[] }).shape;
-        return target && target.shape.join(',') !== shape.join(',')
+        return target && target.join(',') !== shape.join(',')
           ? [
-              `size mismatch for ${k}: copying a param with shape [${shape.join(', ')}] from checkpoint, the shape in current model is [${target.shape.join(', ')}]`,
+              `size mismatch for ${k}: copying a param with shape [${shape.join(', ')}] from checkpoint, the shape in current model is [${target.join(', ')}]`,
             ]
           : [];
       });
@@ -419,23 +504,72 @@ export class LlamaForCausalLM extends Module {
       if (errors.length)
         throw new Error(`Error(s) in loading state_dict for LlamaForCausalLM:\n\t${errors.join('\n\t')}`);
       const loaded = model;
-      await plan.read((name, t) => {
-        try {
-          const target = own[name];
-          // a parameter takes the decoded tensor's data as it is (no copy); anything else goes through loadStateDict
-          if (target instanceof tf.Variable)
-            tf.tidy(() => target.assign(t.dtype === target.dtype ? t : tf.cast(t, target.dtype)));
-          else loaded.loadStateDict({ [name]: t }, { strict: false });
-        } finally {
-          t.dispose();
-        }
-      }, wanted);
+      await plan.read(
+        (name, t) => {
+          try {
+            const target = own[name];
+            // a parameter takes the decoded tensor's data as it is (no copy); anything else goes through loadStateDict
+            if (target instanceof tf.Variable)
+              tf.tidy(() => target.assign(t.dtype === target.dtype ? t : tf.cast(t, target.dtype)));
+            else loaded.loadStateDict({ [name]: t }, { strict: false });
+          } finally {
+            t.dispose();
+          }
+        },
+        wanted,
+        {
+          onHalfCodes: (name, codes) => {
+            const layer = half.get(name);
+            if (!layer) return false;
+            layer.setCodes(codes);
+            return true;
+          },
+        },
+      );
       return model;
     } catch (e) {
       model?.dispose();
       throw new Error(`${source.label}: ${(e as Error).message}`, { cause: e });
     } finally {
       await plan.close();
+    }
+  }
+
+  /**
+   * The model's weights as a `model.safetensors` (transformers' `save_pretrained` names; a tied
+   * `lm_head` left out, as transformers does). A model with 16-bit weights (`weightStorage:
+   * 'checkpoint'`, merged or not) writes them in their dtype, and its float32 tensors (norms, biases) in
+   * the same dtype, as transformers saves a bf16 model: every tensor bf16 (or f16). A float32 model
+   * writes F32. Each 16-bit weight is decoded while the file is built, so memory peaks near the float32
+   * model for the call.
+   *
+   * @example
+   * ```ts
+   * const merged = peft.mergeAndUnload() as LlamaForCausalLM;
+   * await writeFile('out/model.safetensors', await merged.serializeCheckpoint());
+   * ```
+   */
+  async serializeCheckpoint(): Promise<Uint8Array> {
+    const tensors: Record<string, tf.Tensor> = {};
+    const decoded: tf.Tensor[] = [];
+    let format: HalfFormat | null = null;
+    try {
+      for (const [path, m] of this.namedModules()) {
+        for (const [name, p] of m.namedParameters('', false)) {
+          const key = path ? `${path}.${name}` : name;
+          if (this.config.tieWordEmbeddings && key === 'lm_head.weight') continue;
+          if ((m instanceof HalfLinear || m instanceof HalfEmbedding) && name === 'weight') {
+            const w = m.decodeWeight();
+            decoded.push(w);
+            tensors[key] = w;
+            format ??= m.format;
+          } else tensors[key] = p;
+        }
+      }
+      const dtype = format === 'bf16' ? 'BF16' : format === 'f16' ? 'F16' : 'F32';
+      return await serializeSafetensors(tensors, { metadata: { format: 'pt' }, dtype });
+    } finally {
+      tf.dispose(decoded);
     }
   }
 

@@ -29,3 +29,15 @@ export { constantWarmupSchedule, cosineWarmupSchedule, linearWarmupSchedule } fr
 export type { Schedule } from './schedule';
 export { checkpointCallback, gradientsFor, train } from './train';
 export type { BatchSource, TrainCallbacks, TrainLogs, TrainOptions, TrainResult } from './train';
+export { HalfEmbedding, HalfLinear, isStoredWeightLayer } from './half-layers';
+export type { HalfStorageOptions, StoredWeightLayer } from './half-layers';
+export {
+  decodeHalfWords,
+  defaultHalfPacking,
+  encodeHalf,
+  halfRowWords,
+  halfTable,
+  packHalfCodes,
+  roundToHalf,
+} from './half-weight';
+export type { HalfFormat, HalfPacking } from './half-weight';

@@ -49,6 +49,11 @@ export function withoutInit<T>(build: () => T): T {
   }
 }
 
+/** Enters (+1) or leaves (−1) {@link withoutInit}'s mode, for a constructor that must call `super` itself. */
+export function skipInitScope(delta: 1 | -1): void {
+  skipInit += delta;
+}
+
 /** True inside {@link withoutInit}: initialisers return zeros. */
 export function initSkipped(): boolean {
   return skipInit > 0;

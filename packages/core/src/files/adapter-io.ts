@@ -9,7 +9,7 @@ import {
   serializeSafetensors,
 } from '@lora/tensor';
 import { AdapterFileError } from '../errors';
-import { type Module, withoutInit } from '@lora/nn';
+import { type Module, type StoredWeightLayer, isStoredWeightLayer, withoutInit } from '@lora/nn';
 import { type LoraConfig, loraConfigFromJson, loraConfigToJson } from '../lora-config';
 import { baseBias } from '../layers/lora-layer';
 import { PEFT_SUFFIX, peftKey } from './peft-keys';
@@ -82,6 +82,30 @@ export interface SerializeAdapterOptions extends EmbeddingLayersOptions {
   initialAdapter?: InitialAdapter;
 }
 
+/**
+ * Weights of 16-bit layers (a base embedding saved with the adapter, from a model loaded with
+ * `weightStorage: 'checkpoint'`) decoded to float32 and written in their own dtype, as PEFT saves a
+ * bf16 model's embedding in bf16. The caller disposes `decoded`.
+ */
+function decodeStoredWeights(
+  model: PeftModel,
+  tensors: Record<string, tf.Tensor>,
+): { decoded: Record<string, tf.Tensor>; dtypes: Record<string, 'BF16' | 'F16'> } {
+  const stored = new Map<tf.Tensor, StoredWeightLayer>();
+  for (const [, m] of model.namedModules())
+    if (isStoredWeightLayer(m)) stored.set(m.getParameter('weight') as tf.Tensor, m);
+  const decoded: Record<string, tf.Tensor> = {};
+  const dtypes: Record<string, 'BF16' | 'F16'> = {};
+  if (stored.size === 0) return { decoded, dtypes };
+  for (const [k, t] of Object.entries(tensors)) {
+    const layer = stored.get(t);
+    if (!layer) continue;
+    decoded[k] = layer.decodeWeight();
+    dtypes[k] = layer.storageFormat === 'f16' ? 'F16' : 'BF16';
+  }
+  return { decoded, dtypes };
+}
+
 async function encodeAdapter(
   model: PeftModel,
   adapterName: string,
@@ -92,11 +116,20 @@ async function encodeAdapter(
   if (!config) throw new Error(`adapter '${adapterName}' does not exist; adapters: ${model.adapters.join(', ')}`);
   const warn = options.warn ?? console.warn;
   const tensors = { ...adapterStateDict(model, adapterName), ...embeddingLayersStateDict(model, adapterName, options) };
-  if (!options.initialAdapter)
-    return {
-      config: loraConfigToJson(config),
-      weights: await serializeSafetensors(tensors, { metadata: { format: 'pt' } }),
-    };
+  if (!options.initialAdapter) {
+    const { decoded, dtypes } = decodeStoredWeights(model, tensors);
+    try {
+      return {
+        config: loraConfigToJson(config),
+        weights: await serializeSafetensors(
+          { ...tensors, ...decoded },
+          { metadata: { format: 'pt' }, ...(Object.keys(dtypes).length ? { dtype: dtypes } : {}) },
+        ),
+      };
+    } finally {
+      tf.dispose(Object.values(decoded));
+    }
+  }
   if (!checked) checkWeightConversion(config, warn);
   const initial = parseSafetensors(options.initialAdapter.weights, { file: 'initial adapter' }).tensors;
   let converted: Record<string, tf.Tensor> = {};
@@ -390,10 +423,26 @@ export async function loadAdapter(
           `${source.label}/adapter_model.safetensors has keys the model has no place for; they were ignored: ${describeValue(unexpectedKeys, 500)}`,
         );
       // every shape checked before the first weight is written
+      // a 16-bit layer's weight (an embedding saved with the adapter) is written through the layer: rounded and packed
+      const stored = new Map<tf.Tensor, StoredWeightLayer>();
+      for (const [, m] of peft.namedModules())
+        if (isStoredWeightLayer(m)) stored.set(m.getParameter('weight') as tf.Tensor, m);
       const writes: [tf.Variable, tf.Tensor][] = [];
+      const storedWrites: [StoredWeightLayer, tf.Tensor][] = [];
       for (const [k, t] of Object.entries(tensors)) {
         const target = own[k] ?? modelWeights[k];
         if (!target) continue;
+        const layer = stored.get(target);
+        if (layer) {
+          const shape = layer.weightShape;
+          if (t.shape.join(',') !== shape.join(','))
+            throw new SafetensorsError(
+              { file: `${source.label}/adapter_model.safetensors`, tensor: k, field: 'shape' },
+              `shape [${t.shape.join(', ')}] does not fit the model's [${shape.join(', ')}]; was the adapter trained on another base model?`,
+            );
+          storedWrites.push([layer, t]);
+          continue;
+        }
         if (t.shape.join(',') !== target.shape.join(',')) {
           throw new SafetensorsError(
             { file: `${source.label}/adapter_model.safetensors`, tensor: k, field: 'shape' },
@@ -403,6 +452,7 @@ export async function loadAdapter(
         writes.push([target as tf.Variable, t]);
       }
       for (const [target, t] of writes) tf.tidy(() => target.assign(t));
+      for (const [layer, t] of storedWrites) layer.setWeight(t);
       result = { missingKeys, unexpectedKeys };
     } catch (e) {
       // nothing of the failed adapter stays: its layers leave the user's model (or the PeftModel)

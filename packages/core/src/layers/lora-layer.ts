@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { addScaled } from '@lora/kernels';
-import { Dropout, Module, ModuleDict } from '@lora/nn';
+import { Dropout, Module, ModuleDict, type StoredWeightLayer, isStoredWeightLayer } from '@lora/nn';
+import { LoraConfigError } from '../errors';
 import { allFinite } from '../all-finite';
 import { runLoraInit } from '../inits/init-registry';
 import { type LoraConfig, loraScaling } from '../lora-config';
@@ -25,6 +26,9 @@ export class Identity extends Module {
 export function loraDropoutModule(p: number): Module {
   return p > 0 ? new Dropout(p) : new Identity();
 }
+
+/** Initialisations that read or rewrite the base weight, which a 16-bit (or quantized) base keeps encoded. */
+const BASE_WRITING_INITS = /^(pissa(_niter_\d+)?|olora|loftq|lora_ga|corda.*)$/;
 
 function isPromise(v: unknown): v is Promise<void> {
   return typeof (v as { then?: unknown } | undefined)?.then === 'function';
@@ -97,6 +101,7 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
    */
   updateLayer(name: string, settings: AdapterSettings, config?: LoraConfig): void | Promise<void> {
     this.checkSettings(name, settings);
+    if (this.storedBase) this.checkStoredBase(settings);
     const request = { config: config ?? configFromSettings(settings), settings };
     const variant = resolveLoraVariant(this, request);
     const activeAt = this.activeAdapters.indexOf(name);
@@ -266,6 +271,33 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
     });
   }
 
+  /** The base layer when it keeps its weight encoded (a 16-bit `HalfLinear` / `HalfEmbedding`), else null. */
+  protected get storedBase(): StoredWeightLayer | null {
+    return isStoredWeightLayer(this.baseLayer) ? this.baseLayer : null;
+  }
+
+  /** DoRA and base-rewriting initialisations need a float32 base weight to read and write. */
+  private checkStoredBase(s: AdapterSettings): void {
+    const base = this.storedBase as StoredWeightLayer;
+    const where = `${s.path ? `'${s.path}'` : 'this layer'} (${base.constructor.name}, ${base.storageFormat})`;
+    if (s.useDora)
+      throw new LoraConfigError(
+        `DoRA over a base stored in ${base.storageFormat} is not supported here (${where}): load the model with weightStorage: 'float32' for DoRA`,
+        { field: 'use_dora' },
+      );
+    const init = s.initLoraWeights;
+    if (typeof init === 'string' && BASE_WRITING_INITS.test(init))
+      throw new LoraConfigError(
+        `init_lora_weights='${init}' reads or rewrites the base weight, which ${where} keeps encoded: load the model with weightStorage: 'float32' for it`,
+        { field: 'init_lora_weights' },
+      );
+  }
+
+  /** The base weight as float32: decoded from a stored base (the caller owns it), or the weight itself. */
+  private baseWeightValue(): tf.Tensor {
+    return this.storedBase?.decodeWeight() ?? this.baseLayer.weight;
+  }
+
   /**
    * The base weight with the merged adapters taken out again, last merged first (what forward sees);
    * the caller owns it.
@@ -274,23 +306,37 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
     return tf.tidy(() =>
       this.mergedAdapters.reduceRight(
         (acc, merged) => this.unmergedWeight(merged, acc),
-        tf.clone(this.baseLayer.weight) as tf.Tensor,
+        this.storedBase ? this.storedBase.decodeWeight() : (tf.clone(this.baseLayer.weight) as tf.Tensor),
       ),
     );
   }
 
-  /** W after merging `name`: W + ΔW, or what the adapter's variant makes of it. */
+  /**
+   * W after merging `name`: W + ΔW, or what the adapter's variant makes of it. Over a 16-bit base,
+   * PEFT's order of roundings: a Linear's plain merge adds the float32 ΔW to W (rounded once, when
+   * stored); a safe merge, and an embedding's merge, round ΔW to the base's dtype first
+   * (`delta_weight.to(orig_dtype)`).
+   */
   protected mergedWeight(name: string, w: tf.Tensor, safe: boolean): tf.Tensor {
     const variant = this.variants.get(name);
     if (variant) return variant.merge(this, name, w, { safe });
-    return tf.add(w, this.getDeltaWeight(name));
+    return tf.add(w, this.storedDelta(name, safe || this.kind !== 'linear'));
   }
 
-  /** W after unmerging `name`: W − ΔW, or what the adapter's variant makes of it. */
+  /** W after unmerging `name`: W − ΔW, or what the adapter's variant makes of it (ΔW rounded to a 16-bit base's dtype first, as PEFT). */
   protected unmergedWeight(name: string, w: tf.Tensor): tf.Tensor {
     const variant = this.variants.get(name);
     if (variant) return variant.unmerge(this, name, w);
-    return tf.sub(w, this.getDeltaWeight(name));
+    return tf.sub(w, this.storedDelta(name, true));
+  }
+
+  /** ΔW, rounded to the stored base's dtype when `round` and the base is stored 16-bit. */
+  private storedDelta(name: string, round: boolean): tf.Tensor {
+    const delta = this.getDeltaWeight(name);
+    if (!round || !this.storedBase) return delta;
+    const rounded = this.storedBase.roundToStorage(delta);
+    delta.dispose();
+    return rounded;
   }
 
   /**
@@ -333,14 +379,16 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
     const bias = this.baseLayer.bias;
     if (loraBias && !bias)
       throw new Error('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.');
-    const weight = tf.tidy(() => this.mergedWeight(name, this.baseLayer.weight, safe));
+    const weight = tf.tidy(() => this.mergedWeight(name, this.baseWeightValue(), safe));
     if (!loraBias || !bias) return [weight];
     return [weight, tf.tidy(() => tf.add(bias, tf.mul(loraBias, this.scaling.get(name) as number)))];
   }
 
   /** Puts the merged weight (and bias) in place, freeing them, and records the adapter as merged. */
   private commitMerge(name: string, [weight, bias]: tf.Tensor[]): void {
-    this.baseLayer.weight.assign(weight as tf.Tensor);
+    // a 16-bit base stores the merged weight rounded to its dtype, as PEFT's in-place add into a bf16 weight
+    if (this.storedBase) this.storedBase.setWeight(weight as tf.Tensor);
+    else this.baseLayer.weight.assign(weight as tf.Tensor);
     weight?.dispose();
     if (bias) {
       this.baseLayer.bias?.assign(bias);
@@ -355,8 +403,15 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
     while (this.mergedAdapters.length) {
       const name = this.mergedAdapters.pop() as string;
       unmerged.push(name);
-      const w = this.baseLayer.weight;
-      tf.tidy(() => w.assign(this.unmergedWeight(name, w)));
+      const stored = this.storedBase;
+      if (stored) {
+        const w = tf.tidy(() => this.unmergedWeight(name, stored.decodeWeight()));
+        stored.setWeight(w);
+        w.dispose();
+      } else {
+        const w = this.baseLayer.weight;
+        tf.tidy(() => w.assign(this.unmergedWeight(name, w)));
+      }
       const loraBias = this.loraBias(name);
       const bias = this.baseLayer.bias;
       if (loraBias && bias)
