@@ -2,7 +2,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { expect, it } from 'vitest';
-import { HalfEmbedding, HalfLinear, Linear, isStoredWeightLayer } from '@lora/nn';
+import { HalfEmbedding, HalfLinear, Linear, defaultHalfPacking, halfRowWords, isStoredWeightLayer } from '@lora/nn';
 import { openFiles, parseSafetensors, serializeSafetensors } from '@lora/tensor';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
 import { LlamaForCausalLM, planCheckpoint } from '@lora/models';
@@ -72,20 +72,28 @@ await describeEachBackend("weightStorage: 'checkpoint' keeps a bf16 / f16 checkp
       const plan = await planCheckpoint(await openFiles(repo, offline));
       let fileHalf = 0;
       let fileOther = 0;
+      // what the backend's packing holds: the file's 2 bytes a value ('pairs'), or 3 bytes a 24-bit word on webgpu ('bytes')
+      let storedHalf = 0;
+      const packing = defaultHalfPacking();
       for (const [name, e] of plan.entries) {
         const n = e.shape.reduce((a, b) => a * b, 1);
         if (name.endsWith('norm.weight'))
           fileOther += 4 * n; // stays float32
-        else fileHalf += 2 * n;
+        else {
+          fileHalf += 2 * n;
+          const cols = e.shape.at(-1) ?? 1;
+          storedHalf += 4 * (n / cols) * halfRowWords(cols, packing);
+        }
       }
+      if (packing === 'pairs') expect(storedHalf).toBe(fileHalf);
       await plan.close();
       const bytes0 = tf.memory().numBytes;
       const model = await LlamaForCausalLM.fromPretrained(repo, { ...offline, weightStorage: 'checkpoint' });
       const held = tf.memory().numBytes - bytes0;
-      // exactly the file's bytes for the 16-bit weights (every row has an even length), float32 norms,
+      // the packing's bytes for the 16-bit weights (the file's own where it is 'pairs': every row has an even length), float32 norms,
       // and the model's RoPE tables (cos, sin: [64 positions, head_dim 8] float32)
-      expect(modelBytes(model)).toBe(fileHalf + fileOther);
-      expect(held).toBe(fileHalf + fileOther + 2 * 64 * 8 * 4);
+      expect(modelBytes(model)).toBe(storedHalf + fileOther);
+      expect(held).toBe(storedHalf + fileOther + 2 * 64 * 8 * 4);
       const float = await LlamaForCausalLM.fromPretrained(repo, offline);
       expect(modelBytes(float)).toBe(2 * fileHalf + fileOther);
       // forward, backward and dispose leave nothing behind (the norms are the trainable float32 weights)
