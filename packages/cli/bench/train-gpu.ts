@@ -77,11 +77,16 @@ const MODELS: Record<string, { config: Record<string, unknown>; batch: number; s
 /** Code paths compared: each is a set of `@lora/kernels` options. */
 const VARIANTS: Record<string, Partial<KernelOptions>> = {
   // what main had before issue 20: explicit transposes, composite ops, tfjs's dispatch path
-  baseline: { transposeFlags: false, fused: false, matmul: 'tfjs', dispatchCache: false },
-  flags: { transposeFlags: true, fused: false, matmul: 'tfjs', dispatchCache: false },
-  fused: { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: false },
-  'fused+cache': { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: true },
-  'fused+cache+tiled': { transposeFlags: true, fused: true, matmul: 'tiled', dispatchCache: true },
+  baseline: { transposeFlags: false, fused: false, matmul: 'tfjs', dispatchCache: false, fusedLora: false },
+  flags: { transposeFlags: true, fused: false, matmul: 'tfjs', dispatchCache: false, fusedLora: false },
+  fused: { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: false, fusedLora: false },
+  // the defaults of rounds 1–2
+  'fused+cache': { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: true, fusedLora: false },
+  'fused+cache+tiled': { transposeFlags: true, fused: true, matmul: 'tiled', dispatchCache: true, fusedLora: false },
+  // round 3: LoRA's B product, scale and add in one dispatch (addLowRank)
+  'fused+cache+lora': { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: true, fusedLora: true },
+  // the defaults now (tiled matmul by shape, fused LoRA)
+  default: {},
 };
 
 const list = (s: string | undefined, all: string[]) => (s ? s.split(',').map((x) => x.trim()) : all);
@@ -179,12 +184,24 @@ interface KernelRow {
 }
 
 async function profileStep(b: Built, opt: AdamW): Promise<{ kernels: KernelRow[]; totalGpuMs: number }> {
-  const info = await tf.profile(async () => {
-    const { value, grads } = tf.variableGrads(() => lossOf(b), b.peft.trainableParameters());
-    opt.step(grads);
-    await value.data();
-    tf.dispose([value, ...Object.values(grads)]);
-  });
+  return summarise(
+    await tf.profile(async () => {
+      const { value, grads } = tf.variableGrads(() => lossOf(b), b.peft.trainableParameters());
+      opt.step(grads);
+      await value.data();
+      tf.dispose([value, ...Object.values(grads)]);
+    }),
+  );
+}
+
+/** The forward + loss alone, profiled the same way: which kernels the forward's dispatches are. */
+async function profileForward(b: Built): Promise<{ kernels: KernelRow[]; totalGpuMs: number }> {
+  return summarise(await tf.profile(() => forwardOnce(b)));
+}
+
+async function summarise(
+  info: Awaited<ReturnType<typeof tf.profile>>,
+): Promise<{ kernels: KernelRow[]; totalGpuMs: number }> {
   const rows = new Map<string, KernelRow>();
   for (const k of info.kernels) {
     const ms = await Promise.resolve(k.kernelTimeMs as number | { error: string });
@@ -215,6 +232,7 @@ interface VariantResult {
   /** Share of dispatches in the timed runs whose bind group came from the cache (null: cache off). */
   bindGroupHitRate: number | null;
   profile?: { kernels: KernelRow[]; totalGpuMs: number };
+  forwardProfile?: { kernels: KernelRow[]; totalGpuMs: number };
 }
 
 async function benchModel(name: string): Promise<VariantResult[]> {
@@ -265,7 +283,10 @@ async function benchModel(name: string): Promise<VariantResult[]> {
       tensorsLeaked: leaked,
       bindGroupHitRate: hits + misses > 0 ? hits / (hits + misses) : null,
     };
-    if (env.LORA_GPU_PROFILE !== '0') r.profile = await profileStep(b, opt);
+    if (env.LORA_GPU_PROFILE !== '0') {
+      r.profile = await profileStep(b, opt);
+      r.forwardProfile = await profileForward(b);
+    }
     opt.dispose();
     out.push(r);
     onVariantDone(r);
@@ -506,6 +527,12 @@ for (const r of benches) {
   console.log(`\nprofile, ${r.model} ${r.variant}: top kernels by GPU time (then calls)\n`);
   console.log('| kernel | calls | GPU ms |\n| --- | --- | --- |');
   for (const k of r.profile.kernels.slice(0, 14)) console.log(`| ${k.name} | ${k.calls} | ${k.gpuMs.toFixed(2)} |`);
+  if (!r.forwardProfile) continue;
+  console.log(
+    `\nforward + loss, ${r.model} ${r.variant}: every kernel (engine kernels: Reshape and the like dispatch nothing), GPU ${r.forwardProfile.totalGpuMs.toFixed(1)} ms\n`,
+  );
+  console.log('| kernel | calls | GPU ms |\n| --- | --- | --- |');
+  for (const k of r.forwardProfile.kernels) console.log(`| ${k.name} | ${k.calls} | ${k.gpuMs.toFixed(2)} |`);
 }
 if (results.matmul) {
   console.log("\nfloat32 matMul, TFLOP/s (pipelined), and the difference from tfjs's result\n");

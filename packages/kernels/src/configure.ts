@@ -23,11 +23,13 @@ export function configureKernels(options: Partial<KernelOptions> = {}): KernelOp
       );
     if (k === 'matmul' && !MATMUL.includes(v as string))
       throw new Error(`configureKernels: matmul must be one of ${MATMUL.join(', ')}; got ${JSON.stringify(v)}`);
-    else if (k !== 'matmul' && typeof v !== 'boolean')
+    if (k !== 'matmul' && typeof v !== 'boolean')
       throw new Error(`configureKernels: ${k} must be true or false, got ${JSON.stringify(v)}`);
   }
   const next = { ...DEFAULT_KERNEL_OPTIONS, ...options };
-  if (next.matmul !== 'tfjs') installMatmulOverride();
+  // an explicit request needs webgpu loaded (installMatmulOverride says so); the default installs
+  // itself when webgpu first runs an op of this package
+  if (next.matmul !== 'tfjs' && (options.matmul !== undefined || tf.getBackend() === 'webgpu')) installMatmulOverride();
   setKernelOptions(next);
   if (tf.getBackend() === 'webgpu') ensureDispatchCache();
   return { ...next };

@@ -17,7 +17,8 @@ export interface KernelOptions {
    * The program webgpu's BatchMatMul runs for large products: tfjs's own (`'tfjs'`) or this
    * package's register-blocked tiled program (`'tiled'`: 128² or 64² tiles by the output's size,
    * tfjs's programs for thin outputs; `'tiled-64'` / `'tiled-128'` force a tile, for measuring).
-   * Default `'tfjs'`.
+   * Default `'tiled'` (on the H200 it took the 123M model's forward from 58.7 to 42.8 ms, the step
+   * unchanged; see BENCHMARKS.md, issue 20).
    */
   matmul: 'tfjs' | 'tiled' | 'tiled-64' | 'tiled-128';
   /**
@@ -26,13 +27,19 @@ export interface KernelOptions {
    * Dawn in Node (see `dispatch-cache.ts`). Default true.
    */
   dispatchCache: boolean;
+  /**
+   * On webgpu with `fused`, a LoRA layer's `base + s·(x·Aᵀ)·Bᵀ` takes its B product, scale and add
+   * in one dispatch (`addLowRank`) instead of a matMul and a scaled add. Default true.
+   */
+  fusedLora: boolean;
 }
 
 export const DEFAULT_KERNEL_OPTIONS: Readonly<KernelOptions> = {
   fused: true,
   transposeFlags: true,
-  matmul: 'tfjs',
+  matmul: 'tiled',
   dispatchCache: true,
+  fusedLora: true,
 };
 let current: KernelOptions = { ...DEFAULT_KERNEL_OPTIONS };
 

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { addLowRank, fusedLoraActive } from '@lora/kernels';
 import { Linear, type Module, ModuleDict, TransposedLinear } from '@lora/nn';
 import type { LoraConfig } from '../lora-config';
 import { PEFT_SUFFIX } from '../files/peft-keys';
@@ -87,6 +88,18 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
   /** B(A(x)), unscaled. */
   lowRankForward(name: string, x: tf.Tensor): tf.Tensor {
     return this.loraB.get(name).call(this.loraA.get(name).call(x)) as tf.Tensor;
+  }
+
+  /**
+   * On webgpu (fused kernels): B's product, the scale and the add into the base output in one
+   * dispatch. Not where lora_B has a bias or hooks (calling it is what runs them).
+   */
+  protected override addScaledLowRank(name: string, x: tf.Tensor, result: tf.Tensor, scale: number): tf.Tensor | null {
+    const b = this.loraB.get(name);
+    if (!fusedLoraActive() || b.bias || b.hasForwardHooks || result.shape.at(-1) !== b.outFeatures) return null;
+    const h = this.loraA.get(name).call(x) as tf.Tensor;
+    if (h.shape.slice(0, -1).join(',') !== result.shape.slice(0, -1).join(',')) return null;
+    return addLowRank(result, h, b.weight, scale);
   }
 
   /**
