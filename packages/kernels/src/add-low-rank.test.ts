@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { assertNoLeaks } from '@lora/tensor';
 import { describeEachBackend } from '@lora/tensor/testing';
 import { addLowRank } from './add-low-rank';
+import { linearLowRank } from './linear-low-rank';
 import { configureKernels } from './configure';
 import { composite, expectClose, expectFusedOnWebgpu, failOnGpuErrors, programsRun, seq } from './kernels.test-util';
 
@@ -75,4 +76,44 @@ describe('addLowRank input checks', () => {
     );
     tf.dispose([base, h, b]);
   });
+});
+
+await describeEachBackend('linearLowRank', (backend) => {
+  failOnGpuErrors();
+  // [rows, in, out, r, matmul option]: the tiled program with the low-rank term (forced 64² tile: test
+  // shapes are too small for 'tiled' to take), its edges (rows, in not multiples of the tile), and the
+  // two-dispatch path (tfjs's matmul; out not a multiple of 4)
+  for (const [rows, inF, o, r, matmul] of [
+    [70, 36, 44, 4, 'tiled-64'],
+    [33, 20, 128, 16, 'tiled-64'],
+    [65, 37, 68, 3, 'tiled-64'],
+    [12, 8, 20, 2, 'tfjs'],
+    [12, 8, 18, 2, 'tiled-64'],
+  ] as [number, number, number, number, 'tiled-64' | 'tfjs'][]) {
+    it(`is x·wᵀ + s·h·bᵀ with the composite's gradients for x [${rows}, ${inF}], out ${o}, r ${r}, matmul ${matmul}`, async () => {
+      const x = seq([rows, inF], 311);
+      const w = seq([o, inF], 313);
+      const h = seq([rows, r], 317);
+      const b = seq([o, r], 331);
+      const dy = seq([rows, o], 337);
+      const f = (xx: tf.Tensor, ww: tf.Tensor, hh: tf.Tensor, bb: tf.Tensor) =>
+        tf.sum(tf.mul(linearLowRank(xx, ww, hh, bb, 0.5), dy));
+      // the oracles first: composite() puts every option back to its default
+      const base = composite(() => tf.matMul(x, w, false, true));
+      const ref = composite(() => tf.grads(f)([x, w, h, b]));
+      configureKernels({ matmul });
+      try {
+        const y = assertNoLeaks(() => linearLowRank(x, w, h, b, 0.5));
+        await expectClose(y, await reference(base, h, b, 0.5), 2e-6);
+        const g = assertNoLeaks(() => tf.grads(f)([x, w, h, b]));
+        for (let i = 0; i < 4; i++) await expectClose(g[i] as tf.Tensor, ref[i] as tf.Tensor, 2e-6);
+        const keys = backend.name === 'webgpu' ? programsRun(() => linearLowRank(x, w, h, b, 0.5)) : [];
+        if (backend.name === 'webgpu')
+          expect(keys.some((k) => k.endsWith('_lowrank'))).toBe(matmul !== 'tfjs' && o % 4 === 0);
+        tf.dispose([x, w, h, b, dy, y, base, ...g, ...ref]);
+      } finally {
+        configureKernels({});
+      }
+    });
+  }
 });

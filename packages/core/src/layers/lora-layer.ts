@@ -82,6 +82,15 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
     return null;
   }
 
+  /**
+   * The whole forward (base layer and adapters) as one fused op where the layer has one (LoraLinear on
+   * webgpu, one plain adapter: `@lora/kernels`' linearLowRank), or null for the general path. Called
+   * only when no adapter is merged, adapters are enabled and the batch is not mixed.
+   */
+  protected fusedForward(_x: tf.Tensor): tf.Tensor | null {
+    return null;
+  }
+
   loraBias(_name: string): tf.Variable | null {
     return null;
   }
@@ -246,6 +255,8 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
       }
     } else if (this.mergedAdapters.length) return this.baseLayer.call(x);
     return tf.tidy(() => {
+      const whole = names ? null : this.fusedForward(x);
+      if (whole) return whole;
       let result = this.baseLayer.call(x) as tf.Tensor;
       for (const name of names ? new Set(names) : this.activeAdapters) {
         if (!this.settings.has(name)) continue;

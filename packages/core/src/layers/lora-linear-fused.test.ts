@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { expect, it, vi } from 'vitest';
 import { configureKernels } from '@lora/kernels';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
-import { FIX, gptNet, readFixture } from '../fixture-nets.test-util';
+import { FIX, baseNet, gptNet, readFixture } from '../fixture-nets.test-util';
 import { loadAdapter } from '@lora/core';
 
 /** The kernels one forward + backward ran, by name. */
@@ -63,4 +63,44 @@ await describeEachBackend("LoraLinear's fused low-rank add", (backend) => {
       tf.dispose(Object.values(expected));
     });
   }
+});
+
+// A plain Linear base (the PEFT fixtures' Net): the whole LoRA Linear is one linearLowRank where the
+// tiled matmul takes the product (forced here: the fixture's products are small), plus the bias.
+await describeEachBackend("LoraLinear's fused forward (base product and low-rank term in one dispatch)", (backend) => {
+  it("peft-qv: PEFT's outputs, and the composite's LoRA gradients, through LoraLinearLowRank on webgpu", async () => {
+    const expected = readFixture('expected.safetensors');
+    const { model: peft } = await loadAdapter(baseNet(), join(FIX, 'peft-qv'), { isTrainable: true });
+    peft.eval();
+    const x = expected.x as tf.Tensor;
+    const params = peft.trainableParameters();
+    const grads = () => {
+      const { value, grads: g } = tf.variableGrads(
+        () => tf.mean(tf.square(peft.call(x) as tf.Tensor)) as tf.Scalar,
+        params,
+      );
+      value.dispose();
+      return g;
+    };
+    configureKernels({ fusedLora: false });
+    const ref = grads();
+    configureKernels({ matmul: 'tiled-64' });
+    try {
+      const before = tf.memory().numTensors;
+      const y = peft.call(x) as tf.Tensor;
+      expect(maxRelativeError(await y.data(), await (expected['peft-qv.out'] as tf.Tensor).data())).toBeLessThan(1e-5);
+      y.dispose();
+      const got = grads();
+      for (const p of params)
+        expect(maxRelativeError(await got[p.name]!.data(), await ref[p.name]!.data()), p.name).toBeLessThan(1e-5);
+      tf.dispose(Object.values(got));
+      expect(tf.memory().numTensors).toBe(before);
+      const ran = await kernelsOf(() => peft.call(x) as tf.Tensor);
+      expect(ran.includes('LoraLinearLowRank')).toBe(backend.name === 'webgpu');
+    } finally {
+      configureKernels({});
+    }
+    tf.dispose([...Object.values(ref), ...Object.values(expected)]);
+    peft.dispose();
+  });
 });
