@@ -5,7 +5,9 @@
 # + LoRA's fused low-rank add (addLowRank, tfjs matmul), and today's defaults (tiled matmul by shape,
 # LoRA Linears through linearLowRank: base product and low-rank term in one dispatch). Prints, per
 # variant, forward / step ms against PEFT, dispatches, host and process CPU time per step, the step's
-# top kernels by GPU time and the forward's kernel list; parity with the cpu backend on a tiny Llama.
+# top kernels by GPU time and the forward's kernel list; parity with the cpu backend on a tiny Llama;
+# then float32 TFLOP/s of the 123M model's products for tfjs's program and the 64² / 128² tiles (which
+# tile chooseTile should take where: the peer times the same products).
 # Each part has its own time limit, so that one that hangs leaves the others' results. In $OUT:
 #   gpu.txt                       nvidia-smi
 #   peer.json, peer.err           PEFT 0.21 / PyTorch CUDA (fp32, TF32 off)
@@ -20,6 +22,6 @@ timeout 80 python3 packages/cli/bench/peer_train_gpu.py > "$OUT/peer.json" 2> "$
 echo "peer exit $?" >> "$OUT/peer.err"
 
 LORA_GPU_TAG=r3 LORA_GPU_VARIANTS="${LORA_GPU_VARIANTS:-fused+cache,fused+cache+tiled,fused+cache+lora,default}" \
-  LORA_GPU_MATMUL="${LORA_GPU_MATMUL:-0}" timeout 150 "$NODE" .device/bundle/train-gpu.mjs > "$OUT/r3.md" 2> "$OUT/r3.err"
+  LORA_GPU_MATMUL="${LORA_GPU_MATMUL:-model}" timeout 160 "$NODE" .device/bundle/train-gpu.mjs > "$OUT/r3.md" 2> "$OUT/r3.err"
 echo "ours exit $?" >> "$OUT/r3.err"
 ls -la "$OUT"

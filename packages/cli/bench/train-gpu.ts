@@ -16,7 +16,7 @@
  *   LORA_DAWN_OPTIONS=backend=opengles LORA_WEBGPU_FEATURE_LEVEL=compatibility LORA_GPU_MODELS=10m ...
  * Environment: LORA_GPU_RUNS (timed runs, median; default 5), LORA_GPU_BATCH / LORA_GPU_SEQ (override
  * the models' 4 × 512 and 4 × 128), LORA_GPU_PROFILE=0 (no profile), LORA_GPU_PARITY=0,
- * LORA_GPU_MATMUL=0 (no matmul table) or a list of sizes, LORA_GPU_SUBMIT_BATCH (tfjs's
+ * LORA_GPU_MATMUL=0 (no matmul table), `model` (the 123M model's products only) or a list of sizes, LORA_GPU_SUBMIT_BATCH (tfjs's
  * WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE, default 15), LORA_GPU_TAG (names the run), OUT (a folder:
  * results-TAG.json is written there), PEER (a peer_train_gpu.py JSON output to print side by side;
  * default $OUT/peer.json).
@@ -474,14 +474,17 @@ onVariantDone = (r) => {
   save();
 };
 for (const m of modelNames) await benchModel(m);
-// LORA_GPU_MATMUL: 0 for none, 'squares' for the squares only, or a list of square sizes
+// LORA_GPU_MATMUL: 0 for none, 'model' for the 123M model's products only, 'squares' for the squares
+// only, or a list of square sizes
 const mm = env.LORA_GPU_MATMUL;
 const mmCases =
   mm === '0'
     ? []
     : mm === undefined
       ? [...MATMUL_CASES, ...squares([1024, 2048, 4096, 8192])]
-      : squares(list(mm === 'squares' ? undefined : mm, ['1024', '2048', '4096', '8192']).map(Number));
+      : mm === 'model'
+        ? MATMUL_CASES
+        : squares(list(mm === 'squares' ? undefined : mm, ['1024', '2048', '4096', '8192']).map(Number));
 if (mmCases.length) {
   results.matmul = await matmulTable(mmCases);
   save();
