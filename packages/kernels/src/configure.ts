@@ -7,7 +7,8 @@ const MATMUL = ['tfjs', 'tiled', 'tiled-64', 'tiled-128'];
 
 /**
  * Chooses code paths (see {@link KernelOptions}); options left out return to their defaults.
- * Returns the options now in force. A matmul other than `'tfjs'` needs the webgpu backend started.
+ * Returns the options now in force. Asking for a matmul other than `'tfjs'` needs the webgpu backend
+ * started (the default `'tiled'` installs itself once webgpu runs).
  *
  * @example
  * ```ts
