@@ -87,6 +87,8 @@ const VARIANTS: Record<string, Partial<KernelOptions>> = {
   'fused+cache+lora': { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: true, fusedLora: true },
   // the defaults now (tiled matmul by shape, fused LoRA)
   default: {},
+  // the same with 64² tiles for products under 256 workgroups of 128² (q/o, down, k/v of the 123M model)
+  'default+wide64': { largeTileGroups: 256 },
 };
 
 const list = (s: string | undefined, all: string[]) => (s ? s.split(',').map((x) => x.trim()) : all);

@@ -24,7 +24,9 @@ export function configureKernels(options: Partial<KernelOptions> = {}): KernelOp
       );
     if (k === 'matmul' && !MATMUL.includes(v as string))
       throw new Error(`configureKernels: matmul must be one of ${MATMUL.join(', ')}; got ${JSON.stringify(v)}`);
-    if (k !== 'matmul' && typeof v !== 'boolean')
+    if (k === 'largeTileGroups' && !(Number.isInteger(v) && (v as number) >= 1))
+      throw new Error(`configureKernels: largeTileGroups must be a positive integer, got ${JSON.stringify(v)}`);
+    if (k !== 'matmul' && k !== 'largeTileGroups' && typeof v !== 'boolean')
       throw new Error(`configureKernels: ${k} must be true or false, got ${JSON.stringify(v)}`);
   }
   const next = { ...DEFAULT_KERNEL_OPTIONS, ...options };

@@ -17,9 +17,9 @@ const FWD = 'LoraLinearLowRank';
 
 /** The tiled program's tile for x·wᵀ with the low-rank term folded in, or null (then two dispatches). */
 function fusedTile(m: number, n: number, k: number) {
-  const choice = optionsRef().matmul;
-  if (choice === 'tfjs' || n % 4 !== 0) return null;
-  return chooseTile(choice, 1, m, n, k);
+  const { matmul, largeTileGroups } = optionsRef();
+  if (matmul === 'tfjs' || n % 4 !== 0) return null;
+  return chooseTile(matmul, 1, m, n, k, largeTileGroups);
 }
 
 const register = once(() => {

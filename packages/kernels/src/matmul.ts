@@ -251,6 +251,7 @@ export function chooseTile(
   m: number,
   n: number,
   k: number,
+  largeTileGroups = 128,
 ): MatmulTile | null {
   if (choice === 'tfjs') return null;
   if (choice === 'tiled-64') return TILES['64'];
@@ -258,7 +259,9 @@ export function chooseTile(
   const groups = (t: MatmulTile) => batch * Math.ceil(m / t.bm) * Math.ceil(n / t.bn);
   // products with a tiny output or a tiny K are better served by tfjs's split-K / small-output programs
   if (m < 32 || n < 32 || k < 16) return null;
-  if (groups(TILES['128']) >= 128) return TILES['128'];
+  // 128² tiles only with enough workgroups to fill the GPU (one 256-thread workgroup per compute unit
+  // leaves it latency-bound); below that, 64² tiles give four times as many
+  if (groups(TILES['128']) >= largeTileGroups) return TILES['128'];
   if (groups(TILES['64']) >= 32) return TILES['64'];
   return null;
 }
@@ -280,7 +283,7 @@ function tiledBatchMatMul(args: BatchMatMulArgs): tf.TensorInfo {
   const batch = Math.max(batchA, batchB);
   // throws tfjs's own error when the batch axes do not broadcast
   const outer = tf.backend_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
-  const tile = chooseTile(optionsRef().matmul, batch, m, n, k);
+  const tile = chooseTile(optionsRef().matmul, batch, m, n, k, optionsRef().largeTileGroups);
   const simpleBatch =
     sizeOf(outer) === batch && (batchA === batch || batchA === 1) && (batchB === batch || batchB === 1);
   if (tile === null || k !== kb || a.dtype !== 'float32' || b.dtype !== 'float32' || !simpleBatch)

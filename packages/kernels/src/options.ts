@@ -22,6 +22,12 @@ export interface KernelOptions {
    */
   matmul: 'tfjs' | 'tiled' | 'tiled-64' | 'tiled-128';
   /**
+   * With `matmul: 'tiled'`: the fewest workgroups a product must give in 128² tiles to get them
+   * (else 64² tiles, where it gives ≥ 32). A GPU with many compute units wants more (an H200 has 132).
+   * Default 128.
+   */
+  largeTileGroups: number;
+  /**
    * On webgpu, dispatches reuse uniform buffers (by content) and bind groups (by pipeline and
    * buffers) instead of making both anew each time, which is most of a dispatch's host time through
    * Dawn in Node (see `dispatch-cache.ts`). Default true.
@@ -38,6 +44,7 @@ export const DEFAULT_KERNEL_OPTIONS: Readonly<KernelOptions> = {
   fused: true,
   transposeFlags: true,
   matmul: 'tiled',
+  largeTileGroups: 128,
   dispatchCache: true,
   fusedLora: true,
 };
