@@ -15,44 +15,56 @@ import {
 
 const FWD = 'LoraAddLowRank';
 
+/** Rows of the output each thread computes (one column of each): the r values of B's row are read once for all of them. */
+const ROWS = 4;
+
 /**
- * out = base + scale·h·bᵀ over flat [rows, o] (base), [rows, r] (h), [o, r] (b): one thread per `c`
- * consecutive outputs of a row, the r-long dot products from h's row and b's rows (r is LoRA's rank,
- * a few dozen at most: the products cost less than reading base). The sum is taken first and scaled
- * once, as PEFT's `result + lora_B(lora_A(x)) * scaling` does.
+ * out = base + scale·h·bᵀ over flat [rows, o] (base), [rows, r] (h), [o, r] (b). A thread computes one
+ * column of {@link ROWS} consecutive rows: neighbouring threads take neighbouring columns, so the
+ * reads of base and the writes are coalesced and a warp's reads of b stay within a few cache lines
+ * (b's rows of neighbouring columns are adjacent), while h's values are the same for the whole warp.
+ * The r-long sum (r is LoRA's rank) is taken first and scaled once, as PEFT's
+ * `result + lora_B(lora_A(x)) * scaling` does.
  */
 function program(rows: number, o: number): WebGPUProgramLike {
-  const c = o % 4 === 0 ? 4 : 1;
-  const size = (rows * o) / c;
+  const blocks = Math.ceil(rows / ROWS);
+  const size = blocks * o;
   const wg = 64;
-  const bRow =
-    c === 4
-      ? 'vec4<f32>(B[col * uniforms.r + k], B[(col + 1) * uniforms.r + k], B[(col + 2) * uniforms.r + k], B[(col + 3) * uniforms.r + k])'
-      : 'B[col * uniforms.r + k]';
-  const zero = c === 4 ? 'vec4<f32>(0.0)' : '0.0';
+  const acc = Array.from({ length: ROWS }, (_, i) => `var acc${i} = 0.0;`).join(' ');
+  const hRow = Array.from(
+    { length: ROWS },
+    (_, i) => `let h${i} = min(row0 + ${i}, uniforms.rows - 1) * uniforms.r;`,
+  ).join(' ');
+  const fmas = Array.from({ length: ROWS }, (_, i) => `acc${i} = fma(H[h${i} + k], bv, acc${i});`).join(' ');
+  const writes = Array.from(
+    { length: ROWS },
+    (_, i) => `if (row0 + ${i} < uniforms.rows) {
+            let e = (row0 + ${i}) * uniforms.o + col;
+            setOutputAtIndex(e, base[e] + acc${i} * uniforms.scale);
+          }`,
+  ).join('\n          ');
   return {
     outputShape: [rows * o],
-    shaderKey: `${FWD}_c${c}`,
+    shaderKey: `${FWD}_rows${ROWS}`,
     dispatchLayout: { x: [0] },
     dispatch: [Math.ceil(size / wg), 1, 1],
     variableNames: ['base', 'H', 'B'],
-    variableComponents: [c, 1, 1],
-    outputComponent: c,
     workgroupSize: [wg, 1, 1],
     size: true,
-    uniforms: 'o : i32, r : i32, scale : f32,',
+    uniforms: 'o : i32, r : i32, rows : i32, threads : i32, scale : f32,',
     getUserCode: () => `
       fn main(index : i32) {
-        if (index < uniforms.size) {
-          let e = index * ${c};
-          let row = e / uniforms.o;
-          let col = e % uniforms.o;
-          let h0 = row * uniforms.r;
-          var acc = ${zero};
+        if (index < uniforms.threads) {
+          let col = index % uniforms.o;
+          let row0 = (index / uniforms.o) * ${ROWS};
+          ${hRow}
+          ${acc}
+          let b0 = col * uniforms.r;
           for (var k = 0; k < uniforms.r; k = k + 1) {
-            acc = fma(${c === 4 ? 'vec4<f32>(H[h0 + k])' : 'H[h0 + k]'}, ${bRow}, acc);
+            let bv = B[b0 + k];
+            ${fmas}
           }
-          setOutputAtIndex(index, base[index] + acc * uniforms.scale);
+          ${writes}
         }
       }`,
   };
@@ -66,6 +78,8 @@ const register = once(() => {
     const out = backend.runWebGPUProgram(program(rows, o), [flat(base), flat(h), flat(b)], 'float32', [
       { type: 'int32', data: [o] },
       { type: 'int32', data: [r] },
+      { type: 'int32', data: [rows] },
+      { type: 'int32', data: [Math.ceil(rows / ROWS) * o] },
       { type: 'float32', data: [attrs.scale as number] },
     ]);
     return reshaped(out, base.shape);
