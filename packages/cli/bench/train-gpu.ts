@@ -16,7 +16,7 @@
  *   LORA_DAWN_OPTIONS=backend=opengles LORA_WEBGPU_FEATURE_LEVEL=compatibility LORA_GPU_MODELS=10m ...
  * Environment: LORA_GPU_RUNS (timed runs, median; default 5), LORA_GPU_BATCH / LORA_GPU_SEQ (override
  * the models' 4 × 512 and 4 × 128), LORA_GPU_PROFILE=0 (no profile), LORA_GPU_PARITY=0,
- * LORA_GPU_MATMUL=0 (no matmul table) or a list of sizes, LORA_GPU_SUBMIT_BATCH (tfjs's
+ * LORA_GPU_MATMUL=0 (no matmul table), `model` (the 123M model's products only) or a list of sizes, LORA_GPU_SUBMIT_BATCH (tfjs's
  * WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE, default 15), LORA_GPU_TAG (names the run), OUT (a folder:
  * results-TAG.json is written there), PEER (a peer_train_gpu.py JSON output to print side by side;
  * default $OUT/peer.json).
@@ -77,11 +77,18 @@ const MODELS: Record<string, { config: Record<string, unknown>; batch: number; s
 /** Code paths compared: each is a set of `@lora/kernels` options. */
 const VARIANTS: Record<string, Partial<KernelOptions>> = {
   // what main had before issue 20: explicit transposes, composite ops, tfjs's dispatch path
-  baseline: { transposeFlags: false, fused: false, matmul: 'tfjs', dispatchCache: false },
-  flags: { transposeFlags: true, fused: false, matmul: 'tfjs', dispatchCache: false },
-  fused: { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: false },
-  'fused+cache': { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: true },
-  'fused+cache+tiled': { transposeFlags: true, fused: true, matmul: 'tiled', dispatchCache: true },
+  baseline: { transposeFlags: false, fused: false, matmul: 'tfjs', dispatchCache: false, fusedLora: false },
+  flags: { transposeFlags: true, fused: false, matmul: 'tfjs', dispatchCache: false, fusedLora: false },
+  fused: { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: false, fusedLora: false },
+  // the defaults of rounds 1–2
+  'fused+cache': { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: true, fusedLora: false },
+  'fused+cache+tiled': { transposeFlags: true, fused: true, matmul: 'tiled', dispatchCache: true, fusedLora: false },
+  // round 3: LoRA's B product, scale and add in one dispatch (addLowRank)
+  'fused+cache+lora': { transposeFlags: true, fused: true, matmul: 'tfjs', dispatchCache: true, fusedLora: true },
+  // the defaults now (tiled matmul by shape, fused LoRA)
+  default: {},
+  // the same with 64² tiles for products under 256 workgroups of 128² (q/o, down, k/v of the 123M model)
+  'default+wide64': { largeTileGroups: 256 },
 };
 
 const list = (s: string | undefined, all: string[]) => (s ? s.split(',').map((x) => x.trim()) : all);
@@ -179,12 +186,24 @@ interface KernelRow {
 }
 
 async function profileStep(b: Built, opt: AdamW): Promise<{ kernels: KernelRow[]; totalGpuMs: number }> {
-  const info = await tf.profile(async () => {
-    const { value, grads } = tf.variableGrads(() => lossOf(b), b.peft.trainableParameters());
-    opt.step(grads);
-    await value.data();
-    tf.dispose([value, ...Object.values(grads)]);
-  });
+  return summarise(
+    await tf.profile(async () => {
+      const { value, grads } = tf.variableGrads(() => lossOf(b), b.peft.trainableParameters());
+      opt.step(grads);
+      await value.data();
+      tf.dispose([value, ...Object.values(grads)]);
+    }),
+  );
+}
+
+/** The forward + loss alone, profiled the same way: which kernels the forward's dispatches are. */
+async function profileForward(b: Built): Promise<{ kernels: KernelRow[]; totalGpuMs: number }> {
+  return summarise(await tf.profile(() => forwardOnce(b)));
+}
+
+async function summarise(
+  info: Awaited<ReturnType<typeof tf.profile>>,
+): Promise<{ kernels: KernelRow[]; totalGpuMs: number }> {
   const rows = new Map<string, KernelRow>();
   for (const k of info.kernels) {
     const ms = await Promise.resolve(k.kernelTimeMs as number | { error: string });
@@ -215,6 +234,7 @@ interface VariantResult {
   /** Share of dispatches in the timed runs whose bind group came from the cache (null: cache off). */
   bindGroupHitRate: number | null;
   profile?: { kernels: KernelRow[]; totalGpuMs: number };
+  forwardProfile?: { kernels: KernelRow[]; totalGpuMs: number };
 }
 
 async function benchModel(name: string): Promise<VariantResult[]> {
@@ -265,7 +285,10 @@ async function benchModel(name: string): Promise<VariantResult[]> {
       tensorsLeaked: leaked,
       bindGroupHitRate: hits + misses > 0 ? hits / (hits + misses) : null,
     };
-    if (env.LORA_GPU_PROFILE !== '0') r.profile = await profileStep(b, opt);
+    if (env.LORA_GPU_PROFILE !== '0') {
+      r.profile = await profileStep(b, opt);
+      r.forwardProfile = await profileForward(b);
+    }
     opt.dispose();
     out.push(r);
     onVariantDone(r);
@@ -295,7 +318,7 @@ async function parity(): Promise<{ variant: string; lossRel: number; gradRel: nu
   const rows = [];
   // the tiny model's products are too small for 'tiled' to take: one more run forces the 64² tile on all
   const forced: Record<string, Partial<KernelOptions>> = {
-    'fused+cache, every product tiled-64': { matmul: 'tiled-64' },
+    'default, every product tiled-64 (LoRA Linears through linearLowRank)': { matmul: 'tiled-64' },
   };
   for (const variant of [...variantNames, ...Object.keys(forced)]) {
     configureKernels((VARIANTS[variant] ?? forced[variant]) as Partial<KernelOptions>);
@@ -453,14 +476,17 @@ onVariantDone = (r) => {
   save();
 };
 for (const m of modelNames) await benchModel(m);
-// LORA_GPU_MATMUL: 0 for none, 'squares' for the squares only, or a list of square sizes
+// LORA_GPU_MATMUL: 0 for none, 'model' for the 123M model's products only, 'squares' for the squares
+// only, or a list of square sizes
 const mm = env.LORA_GPU_MATMUL;
 const mmCases =
   mm === '0'
     ? []
     : mm === undefined
       ? [...MATMUL_CASES, ...squares([1024, 2048, 4096, 8192])]
-      : squares(list(mm === 'squares' ? undefined : mm, ['1024', '2048', '4096', '8192']).map(Number));
+      : mm === 'model'
+        ? MATMUL_CASES
+        : squares(list(mm === 'squares' ? undefined : mm, ['1024', '2048', '4096', '8192']).map(Number));
 if (mmCases.length) {
   results.matmul = await matmulTable(mmCases);
   save();
@@ -506,6 +532,12 @@ for (const r of benches) {
   console.log(`\nprofile, ${r.model} ${r.variant}: top kernels by GPU time (then calls)\n`);
   console.log('| kernel | calls | GPU ms |\n| --- | --- | --- |');
   for (const k of r.profile.kernels.slice(0, 14)) console.log(`| ${k.name} | ${k.calls} | ${k.gpuMs.toFixed(2)} |`);
+  if (!r.forwardProfile) continue;
+  console.log(
+    `\nforward + loss, ${r.model} ${r.variant}: every kernel (engine kernels: Reshape and the like dispatch nothing), GPU ${r.forwardProfile.totalGpuMs.toFixed(1)} ms\n`,
+  );
+  console.log('| kernel | calls | GPU ms |\n| --- | --- | --- |');
+  for (const k of r.forwardProfile.kernels) console.log(`| ${k.name} | ${k.calls} | ${k.gpuMs.toFixed(2)} |`);
 }
 if (results.matmul) {
   console.log("\nfloat32 matMul, TFLOP/s (pipelined), and the difference from tfjs's result\n");

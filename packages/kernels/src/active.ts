@@ -1,11 +1,18 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ensureDispatchCache } from './dispatch-cache';
+import { installMatmulOverride } from './matmul';
 import { optionsRef } from './options';
+
+/** Once webgpu is active: the dispatch cache, and the matmul override when the options want it (the default). */
+function ensureWebgpu(): void {
+  ensureDispatchCache();
+  if (optionsRef().matmul !== 'tfjs') installMatmulOverride();
+}
 
 /** True when the active backend is webgpu and fused kernels are on: the ops then run their WGSL kernels. */
 export function fusedActive(): boolean {
   if (tf.getBackend() !== 'webgpu') return false;
-  ensureDispatchCache();
+  ensureWebgpu();
   return optionsRef().fused;
 }
 
@@ -21,6 +28,6 @@ export function fusedActive(): boolean {
  */
 export function preferTransposeFlags(): boolean {
   if (tf.getBackend() !== 'webgpu') return false;
-  ensureDispatchCache();
+  ensureWebgpu();
   return optionsRef().transposeFlags;
 }

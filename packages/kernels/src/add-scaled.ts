@@ -59,6 +59,12 @@ const register = once(() => {
   });
 });
 
+/** `x·scale` in one webgpu dispatch, the scale a uniform (for fused kernels' gradients; webgpu only). */
+export function scaledOnWebgpu(x: tf.Tensor, scale: number): tf.Tensor {
+  register();
+  return runKernel(SCALE, { x }, { scale });
+}
+
 /**
  * `a + b·scale` for tensors of one shape (how a LoRA layer adds `s·B(A(x))` to the base output). On
  * webgpu with fused kernels: one dispatch, the scale a uniform (no scalar tensor uploaded per call),

@@ -7,7 +7,8 @@ const MATMUL = ['tfjs', 'tiled', 'tiled-64', 'tiled-128'];
 
 /**
  * Chooses code paths (see {@link KernelOptions}); options left out return to their defaults.
- * Returns the options now in force. A matmul other than `'tfjs'` needs the webgpu backend started.
+ * Returns the options now in force. Asking for a matmul other than `'tfjs'` needs the webgpu backend
+ * started (the default `'tiled'` installs itself once webgpu runs).
  *
  * @example
  * ```ts
@@ -23,11 +24,15 @@ export function configureKernels(options: Partial<KernelOptions> = {}): KernelOp
       );
     if (k === 'matmul' && !MATMUL.includes(v as string))
       throw new Error(`configureKernels: matmul must be one of ${MATMUL.join(', ')}; got ${JSON.stringify(v)}`);
-    else if (k !== 'matmul' && typeof v !== 'boolean')
+    if (k === 'largeTileGroups' && !(Number.isInteger(v) && (v as number) >= 1))
+      throw new Error(`configureKernels: largeTileGroups must be a positive integer, got ${JSON.stringify(v)}`);
+    if (k !== 'matmul' && k !== 'largeTileGroups' && typeof v !== 'boolean')
       throw new Error(`configureKernels: ${k} must be true or false, got ${JSON.stringify(v)}`);
   }
   const next = { ...DEFAULT_KERNEL_OPTIONS, ...options };
-  if (next.matmul !== 'tfjs') installMatmulOverride();
+  // an explicit request needs webgpu loaded (installMatmulOverride says so); the default installs
+  // itself when webgpu first runs an op of this package
+  if (next.matmul !== 'tfjs' && (options.matmul !== undefined || tf.getBackend() === 'webgpu')) installMatmulOverride();
   setKernelOptions(next);
   if (tf.getBackend() === 'webgpu') ensureDispatchCache();
   return { ...next };

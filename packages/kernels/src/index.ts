@@ -6,6 +6,8 @@ export type { KernelOptions } from './options';
 export { rmsNorm } from './rms-norm';
 export { swiglu } from './swiglu';
 export { addScaled } from './add-scaled';
+export { addLowRank, fusedLoraActive } from './add-low-rank';
+export { linearLowRank } from './linear-low-rank';
 export { applyRope, ropeHeads } from './rope';
 export { maskedSoftmax } from './masked-softmax';
 export { softmaxCrossEntropy } from './cross-entropy';

@@ -98,6 +98,13 @@ describe('chooseTile', () => {
     expect(chooseTile('tiled', 1, 2048, 16, 1024)).toBeNull();
     expect(chooseTile('tfjs', 1, 2048, 2048, 2048)).toBeNull();
   });
+  it('gives a 128-workgroup product 64² tiles when largeTileGroups asks for more', () => {
+    // q/o of the 123M model: 16 × 8 workgroups of 128²
+    expect(chooseTile('tiled', 1, 2048, 1024, 1024)?.bm).toBe(128);
+    expect(chooseTile('tiled', 1, 2048, 1024, 1024, 256)?.bm).toBe(64);
+    expect(chooseTile('tiled', 1, 2048, 2816, 1024, 256)?.bm).toBe(128);
+    expect(() => configureKernels({ largeTileGroups: 0 })).toThrow(/largeTileGroups must be a positive integer, got 0/);
+  });
   it('rejects an unknown program by name', () => {
     expect(() => configureKernels({ matmul: 'fast' as 'tfjs' })).toThrow(
       /matmul must be one of tfjs, tiled, tiled-64, tiled-128; got "fast"/,

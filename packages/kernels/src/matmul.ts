@@ -37,6 +37,7 @@ export function tiledMatmulProgram(
   workgroupStorage = 16384,
   vec4A = false,
   vec4B = false,
+  lowRank = false,
 ): WebGPUProgramLike {
   const { bm, bn, bk, tm, tn } = tile;
   const wgx = bn / tn;
@@ -136,6 +137,26 @@ export function tiledMatmulProgram(
   }
   const inner = [`for (var kb = 0; kb < ${bk}; kb = kb + ${UNROLL}) {`, ...body.map((l) => `  ${l}`), '}'];
   const accs = Array.from({ length: tm * tn4 }, (_, i) => `acc${i}`);
+  // LoRA's low-rank term folded in before the writes (a K-extension of the product by r): acc +=
+  // (s·H[row, k])·LB[col..col+3, k] over k < r; needs n % 4 == 0 so that a vec4 of columns is in range
+  const lowRankLoop: string[] = [];
+  if (lowRank) {
+    lowRankLoop.push('for (var k = 0; k < uniforms.r; k = k + 1) {');
+    for (let q = 0; q < tn4; q++)
+      lowRankLoop.push(`  let cq${q} = min(n0 + (${q * wgx} + tx) * 4, uniforms.n - 4) * uniforms.r + k;
+  let lb${q} = vec4<f32>(LB[cq${q}], LB[cq${q} + uniforms.r], LB[cq${q} + 2 * uniforms.r], LB[cq${q} + 3 * uniforms.r]);`);
+    for (let p = 0; p < tm4; p++)
+      for (let i = 0; i < 4; i++) {
+        lowRankLoop.push(
+          `  let hv${p}_${i} = uniforms.scale * H[min(m0 + (${p * wgy} + ty) * 4 + ${i}, uniforms.m - 1) * uniforms.r + k];`,
+        );
+        for (let q = 0; q < tn4; q++) {
+          const acc = (p * 4 + i) * tn4 + q;
+          lowRankLoop.push(`  acc${acc} = fma(vec4<f32>(hv${p}_${i}), lb${q}, acc${acc});`);
+        }
+      }
+    lowRankLoop.push('}');
+  }
   const writes: string[] = [];
   for (let p = 0; p < tm4; p++)
     for (let i = 0; i < 4; i++)
@@ -188,13 +209,13 @@ export function tiledMatmulProgram(
       }`;
   return {
     outputShape: [batch, m, n],
-    shaderKey: `LoraMatmulTiled_${bm}_${bn}_${bk}_${tm}_${tn}_${transposeA}_${transposeB}_${pad ? 'pad' : 'nopad'}_${vecPath ? 'vec4' : 'scalar'}`,
+    shaderKey: `LoraMatmulTiled_${bm}_${bn}_${bk}_${tm}_${tn}_${transposeA}_${transposeB}_${pad ? 'pad' : 'nopad'}_${vecPath ? 'vec4' : 'scalar'}${lowRank ? '_lowrank' : ''}`,
     dispatchLayout: { x: [2], y: [1], z: [0] },
     dispatch: [Math.ceil(n / bn), Math.ceil(m / bm), batch],
-    variableNames: ['A', 'B'],
-    variableComponents: [vec4A ? 4 : 1, vec4B ? 4 : 1],
+    variableNames: lowRank ? ['A', 'B', 'H', 'LB'] : ['A', 'B'],
+    variableComponents: lowRank ? [vec4A ? 4 : 1, vec4B ? 4 : 1, 1, 1] : [vec4A ? 4 : 1, vec4B ? 4 : 1],
     workgroupSize: [wgx, wgy, 1],
-    uniforms: 'm : i32, n : i32, k : i32, batchA : i32, batchB : i32,',
+    uniforms: `m : i32, n : i32, k : i32, batchA : i32, batchB : i32,${lowRank ? ' r : i32, scale : f32,' : ''}`,
     getUserCode: () => `
     var<workgroup> As : array<vec4<f32>, ${bk * bm4}>;
     var<workgroup> Bs : array<vec4<f32>, ${bk * bn4}>;
@@ -211,6 +232,7 @@ export function tiledMatmulProgram(
       ${Array.from({ length: tm4 }, (_, p) => `var a${p} : vec4<f32>;`).join(' ')}
       ${Array.from({ length: tn4 }, (_, q) => `var b${q} : vec4<f32>;`).join(' ')}
       ${loop}
+      ${lowRankLoop.join('\n      ')}
       ${writes.join('\n      ')}
     }`,
   };
@@ -229,6 +251,7 @@ export function chooseTile(
   m: number,
   n: number,
   k: number,
+  largeTileGroups = 128,
 ): MatmulTile | null {
   if (choice === 'tfjs') return null;
   if (choice === 'tiled-64') return TILES['64'];
@@ -236,7 +259,9 @@ export function chooseTile(
   const groups = (t: MatmulTile) => batch * Math.ceil(m / t.bm) * Math.ceil(n / t.bn);
   // products with a tiny output or a tiny K are better served by tfjs's split-K / small-output programs
   if (m < 32 || n < 32 || k < 16) return null;
-  if (groups(TILES['128']) >= 128) return TILES['128'];
+  // 128² tiles only with enough workgroups to fill the GPU (one 256-thread workgroup per compute unit
+  // leaves it latency-bound); below that, 64² tiles give four times as many
+  if (groups(TILES['128']) >= largeTileGroups) return TILES['128'];
   if (groups(TILES['64']) >= 32) return TILES['64'];
   return null;
 }
@@ -258,7 +283,7 @@ function tiledBatchMatMul(args: BatchMatMulArgs): tf.TensorInfo {
   const batch = Math.max(batchA, batchB);
   // throws tfjs's own error when the batch axes do not broadcast
   const outer = tf.backend_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
-  const tile = chooseTile(optionsRef().matmul, batch, m, n, k);
+  const tile = chooseTile(optionsRef().matmul, batch, m, n, k, optionsRef().largeTileGroups);
   const simpleBatch =
     sizeOf(outer) === batch && (batchA === batch || batchA === 1) && (batchB === batch || batchB === 1);
   if (tile === null || k !== kb || a.dtype !== 'float32' || b.dtype !== 'float32' || !simpleBatch)

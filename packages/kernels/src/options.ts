@@ -17,22 +17,36 @@ export interface KernelOptions {
    * The program webgpu's BatchMatMul runs for large products: tfjs's own (`'tfjs'`) or this
    * package's register-blocked tiled program (`'tiled'`: 128² or 64² tiles by the output's size,
    * tfjs's programs for thin outputs; `'tiled-64'` / `'tiled-128'` force a tile, for measuring).
-   * Default `'tfjs'`.
+   * Default `'tiled'` (on the H200 it took the 123M model's forward from 58.7 to 42.8 ms, the step
+   * unchanged; see BENCHMARKS.md, issue 20).
    */
   matmul: 'tfjs' | 'tiled' | 'tiled-64' | 'tiled-128';
+  /**
+   * With `matmul: 'tiled'`: the fewest workgroups a product must give in 128² tiles to get them
+   * (else 64² tiles, where it gives ≥ 32). A GPU with many compute units wants more (an H200 has 132).
+   * Default 128.
+   */
+  largeTileGroups: number;
   /**
    * On webgpu, dispatches reuse uniform buffers (by content) and bind groups (by pipeline and
    * buffers) instead of making both anew each time, which is most of a dispatch's host time through
    * Dawn in Node (see `dispatch-cache.ts`). Default true.
    */
   dispatchCache: boolean;
+  /**
+   * On webgpu with `fused`, a LoRA layer's `base + s·(x·Aᵀ)·Bᵀ` takes its B product, scale and add
+   * in one dispatch (`addLowRank`) instead of a matMul and a scaled add. Default true.
+   */
+  fusedLora: boolean;
 }
 
 export const DEFAULT_KERNEL_OPTIONS: Readonly<KernelOptions> = {
   fused: true,
   transposeFlags: true,
-  matmul: 'tfjs',
+  matmul: 'tiled',
+  largeTileGroups: 128,
   dispatchCache: true,
+  fusedLora: true,
 };
 let current: KernelOptions = { ...DEFAULT_KERNEL_OPTIONS };
 

@@ -1,8 +1,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { describe, expect, it } from 'vitest';
+import { chooseAuto } from './backend';
 import {
   BackendUnavailableError,
   assertNoLeaks,
+  autoOrder,
   describeAdapter,
   getBackendInfo,
   initBackend,
@@ -27,9 +29,10 @@ describe('initBackend', () => {
     expect(tf.getBackend()).toBe(info.name);
   });
 
-  it('lists every backend with an adapter or a reason and a hint', async () => {
+  it("lists every backend with an adapter or a reason and a hint, in 'auto''s order", async () => {
     const rows = await listBackends();
-    expect(rows.map((r) => r.name)).toEqual(['tensorflow', 'webgpu', 'wasm', 'cpu']);
+    const tfGpu = rows.find((r) => r.name === 'tensorflow')?.adapter?.includes('CUDA') === true;
+    expect(rows.map((r) => r.name)).toEqual(autoOrder({ tensorflowGpu: tfGpu }, 'node'));
     for (const r of rows) {
       if (r.available) expect(r.adapter).toBeTruthy();
       else expect(r.reason && r.hint).toBeTruthy();
@@ -77,5 +80,60 @@ describe('assertNoLeaks', () => {
     );
     await expect(assertNoLeaks(async () => ({ t: tf.tidy(() => tf.neg(a)) }), 'async')).resolves.toBeTruthy();
     tf.disposeVariables();
+  });
+});
+
+describe("'auto''s order (probes stood in for: nothing here depends on what is installed)", () => {
+  type Name = 'cpu' | 'wasm' | 'webgpu' | 'tensorflow';
+  /** A machine: which backends start, whether TensorFlow sees a CUDA GPU, whether the adapter is software. */
+  async function pick(present: Name[], machine: { tensorflowGpu?: boolean; failsToStart?: Name[] } = {}) {
+    const probed: Name[] = [];
+    const chosen = await chooseAuto(
+      async (name) => {
+        probed.push(name);
+        return present.includes(name)
+          ? {
+              ok: true as const,
+              adapter: name,
+              software: false,
+              gpu: name === 'tensorflow' ? machine.tensorflowGpu === true : undefined,
+              activate: async () => undefined,
+            }
+          : { ok: false as const, reason: `${name} absent`, hint: '' };
+      },
+      async (name) => {
+        if (machine.failsToStart?.includes(name)) throw new Error(`${name} would not start`);
+        return { name, adapter: name, software: false, platform: 'node' as const };
+      },
+      'node',
+    );
+    return { chosen: 'name' in chosen ? chosen.name : chosen.skipped, probed };
+  }
+
+  it('puts TensorFlow on CUDA first, then a hardware webgpu adapter, then TensorFlow on the CPU, wasm, cpu', async () => {
+    expect(autoOrder({ tensorflowGpu: true }, 'node')).toEqual(['tensorflow', 'webgpu', 'wasm', 'cpu']);
+    expect(autoOrder({ tensorflowGpu: false }, 'node')).toEqual(['webgpu', 'tensorflow', 'wasm', 'cpu']);
+    expect(autoOrder({}, 'browser')).toEqual(['webgpu', 'wasm', 'cpu']);
+    const all: Name[] = ['cpu', 'wasm', 'webgpu', 'tensorflow'];
+    expect((await pick(all, { tensorflowGpu: true })).chosen).toBe('tensorflow');
+    // a CPU-only tfjs-node must not win over a real GPU
+    expect((await pick(all, { tensorflowGpu: false })).chosen).toBe('webgpu');
+    expect((await pick(['cpu', 'wasm', 'tensorflow'])).chosen).toBe('tensorflow');
+    expect((await pick(['cpu', 'wasm'])).chosen).toBe('wasm');
+    expect((await pick(['cpu'])).chosen).toBe('cpu');
+  });
+
+  it('probes each backend once, and goes on when one fails to start', async () => {
+    const { chosen, probed } = await pick(['cpu', 'wasm', 'webgpu', 'tensorflow'], { failsToStart: ['webgpu'] });
+    expect(chosen).toBe('tensorflow');
+    expect(probed).toEqual(['tensorflow', 'webgpu']);
+    const none = await pick([]);
+    expect(none.chosen).toEqual([
+      'webgpu: webgpu absent',
+      'tensorflow: tensorflow absent',
+      'wasm: wasm absent',
+      'cpu: cpu absent',
+    ]);
+    expect(none.probed).toEqual(['tensorflow', 'webgpu', 'wasm', 'cpu']);
   });
 });

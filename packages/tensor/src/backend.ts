@@ -80,8 +80,11 @@ export interface BackendAvailability {
 }
 
 type Probe =
-  /** `activate` starts the backend and may return a fuller adapter description than the probe had. */
-  | { ok: true; adapter: string; software: boolean; activate: () => Promise<string | undefined> }
+  /**
+   * `activate` starts the backend and may return a fuller adapter description than the probe had;
+   * `gpu` (tensorflow only) says that TensorFlow computes on a CUDA device (tfjs-node-gpu with a GPU).
+   */
+  | { ok: true; adapter: string; software: boolean; gpu?: boolean; activate: () => Promise<string | undefined> }
   | { ok: false; reason: string; hint: string };
 
 const TFJS = '4.22.0';
@@ -206,10 +209,23 @@ async function probeTensorflow(options: InitBackendOptions): Promise<Probe> {
       hint,
     };
   }
+  // findBackend makes the backend without making it active: the binding then says whether TensorFlow
+  // found a CUDA device (only tfjs-node-gpu's library can), which decides where 'auto' puts it
+  let gpu = false;
+  try {
+    gpu = (tf.findBackend('tensorflow') as { isUsingGpuDevice?: boolean } | null)?.isUsingGpuDevice === true;
+  } catch (e) {
+    return {
+      ok: false,
+      reason: `the tensorflow backend failed to start: ${(e as Error).message.split('\n')[0]}`,
+      hint,
+    };
+  }
   return {
     ok: true,
-    adapter: 'TensorFlow C library (tfjs-node)',
+    adapter: `TensorFlow C library (tfjs-node, ${gpu ? 'CUDA' : 'CPU'})`,
     software: false,
+    gpu,
     activate: async () => {
       await setTfBackend('tensorflow');
       const binding = (tf.backend() as { binding?: { TF_Version?: string; isUsingGpuDevice?: () => boolean } }).binding;
@@ -445,9 +461,70 @@ async function probe(
 
 const ALL: readonly BackendName[] = ['cpu', 'wasm', 'webgpu', 'tensorflow'];
 
-/** The order `'auto'` tries backends in, on this platform. */
-export function autoOrder(): BackendName[] {
-  return isNode() ? ['tensorflow', 'webgpu', 'wasm', 'cpu'] : ['webgpu', 'wasm', 'cpu'];
+/** What `'auto'` has learnt from its first probe, which decides its order. */
+export interface AutoFacts {
+  /** The tensorflow backend is present and computes on a CUDA device (tfjs-node-gpu with a GPU). */
+  tensorflowGpu?: boolean;
+}
+
+/**
+ * The order `'auto'` tries backends in, fastest first, from measurements (BENCHMARKS.md, issue 20):
+ * in Node, TensorFlow on a CUDA GPU (tfjs-node-gpu), then webgpu on a hardware adapter (on an H200
+ * far ahead of any CPU backend), then TensorFlow on the CPU (tfjs-node: half wasm's CPU time on a
+ * 135M LoRA step, 2 cores), then wasm, then cpu; in a browser webgpu (hardware), wasm, cpu. `'auto'` skips a
+ * software webgpu adapter whatever the order.
+ *
+ * @example
+ * ```ts
+ * autoOrder({ tensorflowGpu: false }, 'node'); // ['webgpu', 'tensorflow', 'wasm', 'cpu']
+ * ```
+ */
+export function autoOrder(
+  facts: AutoFacts = {},
+  platform: 'node' | 'browser' = isNode() ? 'node' : 'browser',
+): BackendName[] {
+  if (platform === 'browser') return ['webgpu', 'wasm', 'cpu'];
+  return facts.tensorflowGpu ? ['tensorflow', 'webgpu', 'wasm', 'cpu'] : ['webgpu', 'tensorflow', 'wasm', 'cpu'];
+}
+
+/**
+ * `'auto'`'s choice with the probes passed in (tests pass stand-ins): probes tensorflow first in Node
+ * (it decides the order), then each backend of {@link autoOrder} until one starts. Each backend is
+ * probed at most once. Returns the backend started, or the reasons each one was skipped.
+ */
+export async function chooseAuto(
+  probeOf: (name: BackendName) => Promise<Probe>,
+  start: (name: BackendName, p: Extract<Probe, { ok: true }>) => Promise<BackendInfo>,
+  platform: 'node' | 'browser',
+): Promise<BackendInfo | { skipped: string[] }> {
+  const seen = new Map<BackendName, Probe>();
+  const get = async (name: BackendName) => {
+    let p = seen.get(name);
+    if (!p) {
+      p = await probeOf(name);
+      seen.set(name, p);
+    }
+    return p;
+  };
+  let facts: AutoFacts = {};
+  if (platform === 'node') {
+    const t = await get('tensorflow');
+    facts = { tensorflowGpu: t.ok && t.gpu === true };
+  }
+  const skipped: string[] = [];
+  for (const candidate of autoOrder(facts, platform)) {
+    const p = await get(candidate);
+    if (!p.ok) {
+      skipped.push(`${candidate}: ${p.reason}`);
+      continue;
+    }
+    try {
+      return await start(candidate, p);
+    } catch (e) {
+      skipped.push(`${candidate}: ${(e as Error).message}`);
+    }
+  }
+  return { skipped };
 }
 
 async function finish(
@@ -466,9 +543,10 @@ async function finish(
 /**
  * Chooses where tensors live, starts that backend, registers gradients, and says what it chose.
  *
- * `'auto'` tries, in Node: `tensorflow` (when tfjs-node or tfjs-node-gpu is installed), then `webgpu`
- * on a hardware adapter, then `wasm`, then `cpu`; in a browser: `webgpu` on a hardware adapter,
- * then `wasm`, then `cpu`. A backend named explicitly that cannot start throws a
+ * `'auto'` takes the fastest backend present ({@link autoOrder}): in Node, `tensorflow` when
+ * tfjs-node-gpu finds a CUDA GPU, then `webgpu` on a hardware adapter, then `tensorflow` on the CPU
+ * (tfjs-node), then `wasm`, then `cpu`; in a browser: `webgpu` on a hardware adapter, then `wasm`,
+ * then `cpu`. A backend named explicitly that cannot start throws a
  * {@link BackendUnavailableError} saying what to install or set.
  *
  * @example
@@ -494,22 +572,15 @@ export async function initBackend(
     if (!p.ok) throw new BackendUnavailableError(name, p.reason, p.hint);
     return finish(name, p, options);
   }
-  const skipped: string[] = [];
-  for (const candidate of autoOrder()) {
-    const p = await probe(candidate, options, options.webgpu?.allowSoftware ?? false, true);
-    if (!p.ok) {
-      skipped.push(`${candidate}: ${p.reason}`);
-      continue;
-    }
-    try {
-      return await finish(candidate, p, options);
-    } catch (e) {
-      skipped.push(`${candidate}: ${(e as Error).message}`);
-    }
-  }
+  const chosen = await chooseAuto(
+    (candidate) => probe(candidate, options, options.webgpu?.allowSoftware ?? false, true),
+    (candidate, p) => finish(candidate, p, options),
+    isNode() ? 'node' : 'browser',
+  );
+  if ('name' in chosen) return chosen;
   throw new BackendUnavailableError(
     'auto',
-    `no backend could start (${skipped.join('; ')})`,
+    `no backend could start (${chosen.skipped.join('; ')})`,
     `Install @tensorflow/tfjs-backend-cpu@${TFJS} at least.`,
   );
 }
@@ -524,13 +595,16 @@ export async function initBackend(
  * ```
  */
 export async function listBackends(options: InitBackendOptions = {}): Promise<BackendAvailability[]> {
-  const order = isNode()
-    ? (['tensorflow', 'webgpu', 'wasm', 'cpu'] as const)
-    : (['webgpu', 'wasm', 'cpu', 'tensorflow'] as const);
+  // quiet, as 'auto' probes: a missing Vulkan loader is a reason in the table, not Dawn's stderr noise
+  const probes = new Map<BackendName, Probe>();
+  const tensorflow = await probe('tensorflow', options, true, true);
+  probes.set('tensorflow', tensorflow);
+  // the order 'auto' tries them in, then what it never tries here
+  const auto = autoOrder({ tensorflowGpu: tensorflow.ok && tensorflow.gpu === true });
+  const order = [...auto, ...ALL.filter((n) => !auto.includes(n))];
   const rows: BackendAvailability[] = [];
   for (const name of order) {
-    // quiet, as 'auto' probes: a missing Vulkan loader is a reason in the table, not Dawn's stderr noise
-    const p = await probe(name, options, true, true);
+    const p = probes.get(name) ?? (await probe(name, options, true, true));
     rows.push(
       p.ok
         ? { name, available: true, adapter: p.adapter, software: p.software }

@@ -77,6 +77,24 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
   abstract lowRankForward(name: string, x: tf.Tensor): tf.Tensor;
   abstract dropout(name: string): Module;
 
+  /**
+   * `result + scale·lowRankForward(name, x)` in one fused op where the layer has one (LoraLinear on
+   * webgpu: `@lora/kernels`' addLowRank), or null: the caller then takes the composite path. The
+   * fused result must equal the composite's to float32 rounding.
+   */
+  protected addScaledLowRank(_name: string, _x: tf.Tensor, _result: tf.Tensor, _scale: number): tf.Tensor | null {
+    return null;
+  }
+
+  /**
+   * The whole forward (base layer and adapters) as one fused op where the layer has one (LoraLinear on
+   * webgpu, one plain adapter: `@lora/kernels`' linearLowRank), or null for the general path. Called
+   * only when no adapter is merged, adapters are enabled and the batch is not mixed.
+   */
+  protected fusedForward(_x: tf.Tensor): tf.Tensor | null {
+    return null;
+  }
+
   loraBias(_name: string): tf.Variable | null {
     return null;
   }
@@ -242,6 +260,8 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
       }
     } else if (this.mergedAdapters.length) return this.baseLayer.call(x);
     return tf.tidy(() => {
+      const whole = names ? null : this.fusedForward(x);
+      if (whole) return whole;
       let result = this.baseLayer.call(x) as tf.Tensor;
       for (const name of names ? new Set(names) : this.activeAdapters) {
         if (!this.settings.has(name)) continue;
@@ -259,7 +279,13 @@ export abstract class LoraLayerBase<B extends BaseWithWeight = BaseWithWeight> e
           continue;
         }
         const scale = this.scaling.get(name) as number;
-        const lora = this.lowRankForward(name, this.dropout(name).call(x) as tf.Tensor);
+        const dropped = this.dropout(name).call(x) as tf.Tensor;
+        const fused = rows ? null : this.addScaledLowRank(name, dropped, result, scale);
+        if (fused) {
+          result = fused;
+          continue;
+        }
+        const lora = this.lowRankForward(name, dropped);
         // result + s·lora: one dispatch on webgpu (@lora/kernels), tf.add(result, tf.mul(lora, s)) elsewhere
         result = rows
           ? tf.add(result, tf.mul(tf.mul(lora, scale), rows))

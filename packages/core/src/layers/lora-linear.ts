@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { addLowRank, fusedLoraActive, linearLowRank } from '@lora/kernels';
 import { Linear, type Module, ModuleDict, TransposedLinear } from '@lora/nn';
 import type { LoraConfig } from '../lora-config';
 import { PEFT_SUFFIX } from '../files/peft-keys';
@@ -87,6 +88,38 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
   /** B(A(x)), unscaled. */
   lowRankForward(name: string, x: tf.Tensor): tf.Tensor {
     return this.loraB.get(name).call(this.loraA.get(name).call(x)) as tf.Tensor;
+  }
+
+  /**
+   * On webgpu (fused kernels): B's product, the scale and the add into the base output in one
+   * dispatch. Not where lora_B has a bias or hooks (calling it is what runs them).
+   */
+  protected override addScaledLowRank(name: string, x: tf.Tensor, result: tf.Tensor, scale: number): tf.Tensor | null {
+    const b = this.loraB.get(name);
+    if (!fusedLoraActive() || b.bias || b.hasForwardHooks || result.shape.at(-1) !== b.outFeatures) return null;
+    const h = this.loraA.get(name).call(x) as tf.Tensor;
+    if (h.shape.slice(0, -1).join(',') !== result.shape.slice(0, -1).join(',')) return null;
+    return addLowRank(result, h, b.weight, scale);
+  }
+
+  /**
+   * On webgpu (fused kernels), one active plain adapter: the base product and `s·B(A(x))` in one
+   * dispatch where the tiled matmul takes the product (`linearLowRank`; a base bias is one add more).
+   * Not for a `[in, out]` base, a base with hooks, lora_B with a bias or hooks, or a variant (DoRA, Arrow).
+   */
+  protected override fusedForward(x: tf.Tensor): tf.Tensor | null {
+    if (this.activeAdapters.length !== 1 || !fusedLoraActive()) return null;
+    const name = this.activeAdapters[0] as string;
+    const base = this.baseLayer;
+    const b = this.settings.has(name) && this.loraB.has(name) ? this.loraB.get(name) : null;
+    // a Linear exactly (a subclass may compute its forward otherwise, e.g. from quantized weights)
+    const plain = base instanceof Linear && Object.getPrototypeOf(base) === Linear.prototype;
+    if (!b || this.variantOf(name) || !plain || base.hasForwardHooks) return null;
+    if (b.bias || b.hasForwardHooks || x.shape.at(-1) !== base.inFeatures) return null;
+    const h = this.loraA.get(name).call(this.dropout(name).call(x) as tf.Tensor) as tf.Tensor;
+    const y = linearLowRank(x, base.weight, h, b.weight, this.scaling.get(name) as number);
+    // the base's bias after the low-rank term: PEFT adds it inside base(x), a float32 rounding apart
+    return base.bias ? tf.add(y, base.bias) : y;
   }
 
   /**
