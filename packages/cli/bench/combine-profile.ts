@@ -71,7 +71,7 @@ if (process.env.PRUNE === 'tensor') {
     for (const t of deltas) v.push((await t.data()) as Float32Array);
     return v;
   });
-  const pruned = await phase('TIES trim, quickselect threshold + mask (host)', () =>
+  const pruned = await phase('TIES trim, histogram threshold + mask (host)', () =>
     values.map((v) => magnitudePruneArray(v, 0.5)),
   );
   const m = await phase('sign election + disjoint merge (host)', () =>
