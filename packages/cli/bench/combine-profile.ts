@@ -41,16 +41,25 @@ const sources = [a, b].map((x) => ({ a: x.tensors[key('A')] as tf.Tensor2D, b: x
 const scaling = 2;
 const deltas = await phase('B·A of both (on the backend)', async () => {
   const d = sources.map((s) => tf.tidy(() => tf.mul(tf.matMul(s.b, s.a), scaling)));
-  for (const t of d) await t.data();
+  await Promise.all(d.map((t) => t.data()));
   return d;
 });
+let mismatches = '';
 let merged: tf.Tensor2D;
 if (process.env.PRUNE === 'tensor') {
   const pruned = await phase('TIES trim, magnitude threshold + mask (backend)', async () => {
     const p = await magnitudePruneTensor(deltas, 0.5);
-    for (const t of p) await t.data();
+    await Promise.all(p.map((t) => t.data()));
     return p;
   });
+  // the backend's trim against the host's on the same ΔW, entry by entry (not timed)
+  let bad = 0;
+  for (const [i, t] of deltas.entries()) {
+    const want = magnitudePruneArray((await t.data()) as Float32Array, 0.5);
+    const got = await (pruned[i] as tf.Tensor).data();
+    for (let j = 0; j < want.length; j++) if ((got[j] as number) !== (want[j] as number)) bad++;
+  }
+  mismatches = `, backend trim against the host's: ${bad} of ${2 * 4096 * 4096} entries differ`;
   merged = await phase('sign election + disjoint merge (backend)', async () => {
     const m = tf.tidy(() => {
       const stacked = tf.stack(pruned);
@@ -99,6 +108,6 @@ await phase('serialize 64 modules of A, B', () => serializeSafetensors(out, { me
 tf.dispose([merged, top.U, top.S, top.Vh, factors.a, factors.b]);
 tf.dispose([...Object.values(a.tensors), ...Object.values(b.tensors)]);
 
-console.log(`\n${new Date().toISOString()}, backend ${tf.getBackend()}, iterations ${top.iterations}\n`);
+console.log(`\n${new Date().toISOString()}, backend ${tf.getBackend()}, iterations ${top.iterations}${mismatches}\n`);
 console.log('| phase | wall ms | CPU ms |\n| --- | ---: | ---: |');
 for (const [n, w, c] of rows) console.log(`| ${n} | ${w.toFixed(0)} | ${c.toFixed(0)} |`);
