@@ -202,17 +202,21 @@ function randomPrune(t: tf.Tensor, density: number, g: Generator): tf.Tensor {
 /**
  * PEFT's merge functions (`task_arithmetic`, `magnitude_prune`, `ties`, `dare_linear`, `dare_ties`)
  * over task tensors with per-task weights; `kind` names the merge (an `*_svd` type's merge is its prefix).
+ * `where`: on float32 arrays on the host (the CPU backends' choice) or with tensor ops (a GPU's); the
+ * same result either way.
+ * @internal exported for the test that runs both
  */
-async function mergeTaskTensors(
+export async function mergeTaskTensors(
   tensors: tf.Tensor[],
   weights: number[],
   kind: CombinationType,
   o: WeightedAdapterOptions,
   g: Generator,
+  where: 'host' | 'backend' = tf.getBackend() === 'webgpu' ? 'backend' : 'host',
 ): Promise<tf.Tensor> {
   const density = o.density as number;
   const first = tensors[0] as tf.Tensor;
-  if (tf.getBackend() !== 'webgpu') {
+  if (where === 'host') {
     // the same merge on float32 arrays: the CPU backends' topk and scatterND crawl at millions of
     // entries (tfjs-node's topk of 8M out of 16M: a minute); a GPU keeps its tensors
     const values: Float32Array[] = [];
@@ -234,14 +238,16 @@ async function mergeTaskTensors(
     return tf.tidy(() => {
       const weighted = pruned.map((t, i) => tf.mul(t, weights[i] as number));
       if (!kind.includes('ties')) return tf.addN(weighted);
-      // TIES: elect a sign per entry from the unweighted pruned tensors; average the weighted entries that agree
-      const stacked = tf.stack(pruned);
-      const signs = tf.sign(stacked);
-      const votes = o.majoritySignMethod === 'frequency' ? tf.sum(signs, 0) : tf.sum(stacked, 0);
+      // TIES: elect a sign per entry from the unweighted pruned tensors; average the weighted entries that
+      // agree. Sums over the adapters are elementwise additions: a reduction over a stacked axis would
+      // transpose it innermost first (tfjs-webgpu reduces the innermost axis only), a copy of every tensor
+      const total = (ts: tf.Tensor[]) => (ts.length === 1 ? (ts[0] as tf.Tensor) : tf.addN(ts));
+      const signs = pruned.map((t) => tf.sign(t));
+      const votes = total(o.majoritySignMethod === 'frequency' ? signs : pruned);
       const elected = tf.where(tf.greaterEqual(votes, 0), tf.onesLike(votes), tf.neg(tf.onesLike(votes)));
       // sign == elected, as 0/1 in float32 arithmetic (tfjs-webgpu mishandles reductions of a cast bool)
-      const agree = tf.relu(tf.mul(signs, elected));
-      return tf.div(tf.sum(tf.mul(tf.stack(weighted), agree), 0), tf.maximum(tf.sum(agree, 0), 1));
+      const agree = signs.map((s) => tf.relu(tf.mul(s, elected)));
+      return tf.div(total(weighted.map((w, i) => tf.mul(w, agree[i] as tf.Tensor))), tf.maximum(total(agree), 1));
     });
   } finally {
     if (pruned !== tensors) tf.dispose(pruned);

@@ -17,8 +17,20 @@ const INF_BITS = 0x7f800000;
 /** Thresholds counted per tensor in one read-back: each round narrows the cut's bit range 16-fold. */
 const PER_ROUND = 15;
 
+/**
+ * Rows for the magnitudes as a matrix: tfjs-webgpu reduces each output row in one workgroup, so a
+ * count over all n entries at once would run on one of the GPU's cores; a divisor of n near √n (at most
+ * 4096) spreads it over that many rows, summed again in a small second step.
+ */
+function rowsFor(n: number): number {
+  let r = Math.min(4096, Math.floor(Math.sqrt(n)));
+  while (r > 1 && n % r !== 0) r--;
+  return r;
+}
+
 interface Search {
-  abs: tf.Tensor;
+  /** |t| as rows × (n / rows) */
+  abs: tf.Tensor2D;
   ones: tf.Tensor;
   zeros: tf.Tensor;
   k: number;
@@ -57,11 +69,13 @@ export async function magnitudePruneTensor(tensors: tf.Tensor[], density: number
         searches.push(null);
         continue;
       }
-      const abs = tf.tidy(() => tf.abs(tf.reshape(t, [-1])));
+      const rows = rowsFor(n);
+      const shape: [number, number] = [rows, n / rows];
+      const abs = tf.tidy(() => tf.abs(tf.reshape(t, shape))) as tf.Tensor2D;
       searches.push({
         abs,
-        ones: tf.ones([n], dtype),
-        zeros: tf.zeros([n], dtype),
+        ones: tf.ones(shape, dtype),
+        zeros: tf.zeros(shape, dtype),
         k,
         lo: -1,
         hi: INF_BITS,
@@ -73,11 +87,15 @@ export async function magnitudePruneTensor(tensors: tf.Tensor[], density: number
       const open = searches.filter((s): s is Search => s !== null && s.hi - s.lo > 1);
       if (open.length === 0) break;
       const asked = open.map(candidates);
+      // per tensor: each threshold's count row by row, then the rows of all its thresholds summed in one reduction
       const counts = tf.tidy(() =>
-        tf.stack(
-          open.flatMap((s, i) =>
-            (asked[i] as number[]).map((b) => tf.sum(tf.where(tf.greater(s.abs, fromBits(b)), s.ones, s.zeros))),
-          ),
+        tf.concat(
+          open.map((s, i) => {
+            const perRow = (asked[i] as number[]).map((b) =>
+              tf.sum(tf.where(tf.greater(s.abs, fromBits(b)), s.ones, s.zeros), 1),
+            );
+            return tf.sum(tf.stack(perRow), 1);
+          }),
         ),
       );
       const got = await counts.data();
@@ -110,11 +128,12 @@ export async function magnitudePruneTensor(tensors: tf.Tensor[], density: number
           const keep = tf.where(tf.greaterEqual(s.abs, cut), s.ones, s.zeros);
           return tf.mul(t, tf.cast(tf.reshape(keep, t.shape), t.dtype));
         }
-        const keepAbove = tf.where(tf.greater(s.abs, cut), tf.onesLike(s.abs), tf.zerosLike(s.abs));
-        const equal = tf.where(tf.equal(s.abs, cut), tf.onesLike(s.abs), tf.zerosLike(s.abs));
-        // the first `need` entries equal to the cut, in index order
+        const abs = tf.reshape(s.abs, [-1]);
+        const keepAbove = tf.where(tf.greater(abs, cut), tf.onesLike(abs), tf.zerosLike(abs));
+        const equal = tf.where(tf.equal(abs, cut), tf.onesLike(abs), tf.zerosLike(abs));
+        // the first `need` entries equal to the cut, in index order (a cumulative sum over the flat tensor)
         const rank = tf.cumsum(equal);
-        const keepEqual = tf.mul(equal, tf.where(tf.lessEqual(rank, need), tf.onesLike(s.abs), tf.zerosLike(s.abs)));
+        const keepEqual = tf.mul(equal, tf.where(tf.lessEqual(rank, need), tf.onesLike(abs), tf.zerosLike(abs)));
         return tf.mul(t, tf.reshape(tf.add(keepAbove, keepEqual), t.shape));
       });
     });
