@@ -61,14 +61,14 @@ if (process.env.PRUNE === 'tensor') {
   }
   mismatches = `, backend trim against the host's: ${bad} of ${2 * 4096 * 4096} entries differ`;
   merged = await phase('sign election + disjoint merge (backend)', async () => {
+    // what mergeTaskTensors does on webgpu after the trim (core's adapter-combination.ts)
     const m = tf.tidy(() => {
-      const stacked = tf.stack(pruned);
-      const signs = tf.sign(stacked);
-      const votes = tf.sum(stacked, 0);
+      const signs = pruned.map((t) => tf.sign(t));
+      const votes = tf.addN(pruned);
       const elected = tf.where(tf.greaterEqual(votes, 0), tf.onesLike(votes), tf.neg(tf.onesLike(votes)));
-      const agree = tf.relu(tf.mul(signs, elected));
-      const w = tf.stack(pruned.map((t, i) => tf.mul(t, [0.7, 1.3][i] as number)));
-      return tf.div(tf.sum(tf.mul(w, agree), 0), tf.maximum(tf.sum(agree, 0), 1));
+      const agree = signs.map((x) => tf.relu(tf.mul(x, elected)));
+      const weighted = pruned.map((t, i) => tf.mul(tf.mul(t, [0.7, 1.3][i] as number), agree[i] as tf.Tensor));
+      return tf.div(tf.addN(weighted), tf.maximum(tf.addN(agree), 1));
     }) as tf.Tensor2D;
     await m.data();
     return m;
