@@ -9,6 +9,8 @@ import { initBackend, maxRelativeError, parseSafetensors } from '@lora/tensor';
 import { AdamW, type Module, manualSeed, withoutInit } from '@lora/nn';
 import { getPeftModel, loadAdapter, serializeAdapter } from '@lora/core';
 import { Net } from '../src/fixture-net.test-util';
+import { magnitudePruneTensor } from '../src/combination/magnitude-prune';
+import { magnitudePruneArray } from '../src/combination/merge-arrays';
 
 /** What the page reports per backend (read by src/browser.test.ts). */
 export interface SmokeResult {
@@ -19,7 +21,27 @@ export interface SmokeResult {
   lossFirst: number;
   lossLast: number;
   reloadRelErr: number;
+  /** Entries where the backend's TIES trim (what webgpu runs) differs from the float32-array one. */
+  pruneMismatches: number;
   leaked: number;
+}
+
+/** The backend's magnitude pruning against the host's, on a random tensor and on one with many ties at the cut. */
+async function pruneMismatches(): Promise<number> {
+  const random = Float32Array.from({ length: 300 * 200 }, (_, i) => (Math.sin(i * 12.9898) * 43758.5453) % 1);
+  const tied = Float32Array.from({ length: 999 }, (_, i) => ((i * 7) % 4) * (i % 3 === 0 ? -1 : 1));
+  let bad = 0;
+  for (const density of [0.2, 0.5, 0.77]) {
+    const inputs = [tf.tensor2d(random, [300, 200]), tf.tensor1d(tied)];
+    const out = await magnitudePruneTensor(inputs, density);
+    for (const [i, x] of [random, tied].entries()) {
+      const want = magnitudePruneArray(x, density);
+      const got = await (out[i] as tf.Tensor).data();
+      for (let j = 0; j < want.length; j++) if ((got[j] as number) !== (want[j] as number)) bad++;
+    }
+    tf.dispose([...inputs, ...out]);
+  }
+  return bad;
 }
 
 const bytes = async (url: string) => new Uint8Array(await (await fetch(url)).arrayBuffer());
@@ -80,6 +102,7 @@ async function run(backend: 'cpu' | 'webgpu'): Promise<SmokeResult> {
   });
   const yBack = back.call(want.x) as tf.Tensor;
   const reloadRelErr = maxRelativeError(await yBack.data(), await yFresh.data());
+  const pruneBad = await pruneMismatches();
   tf.dispose([y, yFresh, yBack, target, ...Object.values(want)]);
   opt.dispose();
   fresh.dispose();
@@ -92,6 +115,7 @@ async function run(backend: 'cpu' | 'webgpu'): Promise<SmokeResult> {
     lossFirst: losses[0] as number,
     lossLast: losses.at(-1) as number,
     reloadRelErr,
+    pruneMismatches: pruneBad,
     leaked: tf.memory().numTensors - before,
   };
 }

@@ -15,7 +15,12 @@ describe.skipIf(!withChromium)('@lora/core in a browser bundle (headless Chromiu
     });
     console.log(
       JSON.stringify(
-        result.results.map((r) => ({ backend: r.backend, output: r.outputRelErr, merged: r.mergedRelErr })),
+        result.results.map((r) => ({
+          backend: r.backend,
+          output: r.outputRelErr,
+          merged: r.mergedRelErr,
+          pruneMismatches: r.pruneMismatches,
+        })),
       ),
     );
     expect(
@@ -27,6 +32,7 @@ describe.skipIf(!withChromium)('@lora/core in a browser bundle (headless Chromiu
       expect(r.mergedRelErr, r.backend).toBeLessThan(1e-5);
       expect(r.lossLast, r.backend).toBeLessThan(r.lossFirst);
       expect(r.reloadRelErr, r.backend).toBeLessThan(1e-6);
+      expect(r.pruneMismatches, r.backend).toBe(0);
       expect(r.leaked, r.backend).toBe(0);
     }
     // a backend that started must not fail; only webgpu may be missing (no adapter in this browser)

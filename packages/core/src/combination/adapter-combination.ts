@@ -13,6 +13,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
 import { type Matrix64, type SvdTensors, matrix64, svd, svdFlip, svdOfLowRankSum, svdTruncated } from '@lora/linalg';
 import type { LoraConfig } from '../lora-config';
+import { magnitudePruneTensor } from './magnitude-prune';
 import { mergeArrays } from './merge-arrays';
 
 /** Combination types of PEFT's `add_weighted_adapter`. */
@@ -190,66 +191,6 @@ export interface SourceFactors {
   weight: number;
 }
 
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-/** The float32 with bit pattern b (non-negative floats are ordered as their bit patterns). */
-function fromBits(b: number): number {
-  u32[0] = b;
-  return f32[0] as number;
-}
-function toBits(x: number): number {
-  f32[0] = x;
-  return u32[0] as number;
-}
-
-/**
- * Keeps the `floor(density·n)` largest magnitudes of t (PEFT's `magnitude_based_pruning`), with tensor
- * ops only: the k-th largest |x| is found by bisection of float32 bit patterns, each step one count on
- * the backend (a GPU's topk of millions is no option, nor reading them back); entries equal to it are
- * kept in index order, as merge-arrays.ts does.
- */
-async function magnitudePrune(t: tf.Tensor, density: number): Promise<tf.Tensor> {
-  if (density >= 1) return tf.clone(t);
-  const n = t.size;
-  const k = Math.floor(density * n);
-  if (k === 0) return tf.zerosLike(t);
-  const abs = tf.tidy(() => tf.abs(tf.reshape(t, [-1])));
-  try {
-    // counts from comparisons (no subtraction: a GPU may flush the difference of near values to zero)
-    const above = async (x: number) => {
-      const c = tf.tidy(() => tf.sum(tf.where(tf.greater(abs, x), tf.onesLike(abs), tf.zerosLike(abs))));
-      const v = (await c.data())[0] as number;
-      c.dispose();
-      return v;
-    };
-    const top = tf.max(abs);
-    let hi = toBits((await top.data())[0] as number);
-    top.dispose();
-    let cut = 0;
-    if ((await above(0)) >= k) {
-      // above(fromBits(lo)) ≥ k > above(fromBits(hi)): the cut is fromBits(hi) when they meet
-      let lo = 0;
-      while (hi - lo > 1) {
-        const mid = lo + Math.floor((hi - lo) / 2);
-        if ((await above(fromBits(mid))) < k) hi = mid;
-        else lo = mid;
-      }
-      cut = fromBits(hi);
-    }
-    const strictly = await above(cut);
-    return tf.tidy(() => {
-      const keepAbove = tf.where(tf.greater(abs, cut), tf.onesLike(abs), tf.zerosLike(abs));
-      const equal = tf.where(tf.equal(abs, cut), tf.onesLike(abs), tf.zerosLike(abs));
-      // the first (k − strictly) entries equal to the cut
-      const rank = tf.cumsum(equal);
-      const keepEqual = tf.mul(equal, tf.where(tf.lessEqual(rank, k - strictly), tf.onesLike(abs), tf.zerosLike(abs)));
-      return tf.mul(t, tf.reshape(tf.add(keepAbove, keepEqual), t.shape));
-    });
-  } finally {
-    abs.dispose();
-  }
-}
-
 /** Random prune with rescale (PEFT's `prune(t, d, 'random', rescale=True)`), from a seeded generator. */
 function randomPrune(t: tf.Tensor, density: number, g: Generator): tf.Tensor {
   if (density >= 1) return tf.clone(t);
@@ -261,17 +202,21 @@ function randomPrune(t: tf.Tensor, density: number, g: Generator): tf.Tensor {
 /**
  * PEFT's merge functions (`task_arithmetic`, `magnitude_prune`, `ties`, `dare_linear`, `dare_ties`)
  * over task tensors with per-task weights; `kind` names the merge (an `*_svd` type's merge is its prefix).
+ * `where`: on float32 arrays on the host (the CPU backends' choice) or with tensor ops (a GPU's); the
+ * same result either way.
+ * @internal exported for the test that runs both
  */
-async function mergeTaskTensors(
+export async function mergeTaskTensors(
   tensors: tf.Tensor[],
   weights: number[],
   kind: CombinationType,
   o: WeightedAdapterOptions,
   g: Generator,
+  where: 'host' | 'backend' = tf.getBackend() === 'webgpu' ? 'backend' : 'host',
 ): Promise<tf.Tensor> {
   const density = o.density as number;
   const first = tensors[0] as tf.Tensor;
-  if (tf.getBackend() !== 'webgpu') {
+  if (where === 'host') {
     // the same merge on float32 arrays: the CPU backends' topk and scatterND crawl at millions of
     // entries (tfjs-node's topk of 8M out of 16M: a minute); a GPU keeps its tensors
     const values: Float32Array[] = [];
@@ -287,26 +232,22 @@ async function mergeTaskTensors(
   let pruned = tensors;
   if (kind.startsWith('dare')) pruned = tensors.map((t) => randomPrune(t, density, g));
   else if (kind.startsWith('ties') || kind.startsWith('magnitude_prune')) {
-    pruned = [];
-    try {
-      for (const t of tensors) pruned.push(await magnitudePrune(t, density));
-    } catch (e) {
-      tf.dispose(pruned);
-      throw e;
-    }
+    pruned = await magnitudePruneTensor(tensors, density);
   }
   try {
     return tf.tidy(() => {
       const weighted = pruned.map((t, i) => tf.mul(t, weights[i] as number));
       if (!kind.includes('ties')) return tf.addN(weighted);
-      // TIES: elect a sign per entry from the unweighted pruned tensors; average the weighted entries that agree
-      const stacked = tf.stack(pruned);
-      const signs = tf.sign(stacked);
-      const votes = o.majoritySignMethod === 'frequency' ? tf.sum(signs, 0) : tf.sum(stacked, 0);
+      // TIES: elect a sign per entry from the unweighted pruned tensors; average the weighted entries that
+      // agree. Sums over the adapters are elementwise additions: a reduction over a stacked axis would
+      // transpose it innermost first (tfjs-webgpu reduces the innermost axis only), a copy of every tensor
+      const total = (ts: tf.Tensor[]) => (ts.length === 1 ? (ts[0] as tf.Tensor) : tf.addN(ts));
+      const signs = pruned.map((t) => tf.sign(t));
+      const votes = total(o.majoritySignMethod === 'frequency' ? signs : pruned);
       const elected = tf.where(tf.greaterEqual(votes, 0), tf.onesLike(votes), tf.neg(tf.onesLike(votes)));
       // sign == elected, as 0/1 in float32 arithmetic (tfjs-webgpu mishandles reductions of a cast bool)
-      const agree = tf.relu(tf.mul(signs, elected));
-      return tf.div(tf.sum(tf.mul(tf.stack(weighted), agree), 0), tf.maximum(tf.sum(agree, 0), 1));
+      const agree = signs.map((s) => tf.relu(tf.mul(s, elected)));
+      return tf.div(total(weighted.map((w, i) => tf.mul(w, agree[i] as tf.Tensor))), tf.maximum(total(agree), 1));
     });
   } finally {
     if (pruned !== tensors) tf.dispose(pruned);

@@ -19,6 +19,15 @@ describe('merge on float32 arrays', () => {
       for (const d of [0, 0.01, 0.3, 0.5, 0.999, 1])
         expect(Array.from(magnitudePruneArray(x, d)), `${n} ${d}`).toEqual(Array.from(pruneBySort(x, d)));
     }
+    // magnitudes over 60 decades, with the cut inside one histogram bucket of many near values, and in a view
+    const wide = g.fillNormal(new Float32Array(20_000));
+    for (let i = 0; i < wide.length; i++)
+      wide[i] = (wide[i] as number) * 10 ** ((i % 61) - 30) * (i % 7 === 0 ? 1 : 1e-3);
+    const near = Float32Array.from({ length: 5000 }, (_, i) => (i % 2 ? -1 : 1) * (1 + ((i * 37) % 101) * 2 ** -23));
+    const view = new Float32Array(wide.buffer, 4 * 100, 3000);
+    for (const x of [wide, near, view])
+      for (const d of [0.001, 0.37, 0.5, 0.9])
+        expect(Array.from(magnitudePruneArray(x, d)), `${x.length} ${d}`).toEqual(Array.from(pruneBySort(x, d)));
     const tied = Float32Array.from([1, -2, 2, 0, 2, -2, 3, 0.5]);
     expect(Array.from(magnitudePruneArray(tied, 0.5))).toEqual([0, -2, 2, 0, 2, 0, 3, 0]);
     expect(Array.from(magnitudePruneArray(new Float32Array(10), 0.5))).toEqual(Array(10).fill(0));
