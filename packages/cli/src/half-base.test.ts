@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { getPeftModel, loadAdapter, serializeAdapter } from '@lora/core';
+import { reduceIntruderDimension } from '@lora/intruders';
 import { LlamaForCausalLM } from '@lora/models';
 import { AdamW, HalfEmbedding, HalfLinear, type Module, isStoredWeightLayer } from '@lora/nn';
 import { initBackend, parseSafetensors, readSafetensorsHeader } from '@lora/tensor';
@@ -152,6 +153,29 @@ describe('LoRA over a bf16 checkpoint kept 16-bit', () => {
       /init_lora_weights='pissa' reads or rewrites the base weight.*weightStorage: 'float32'/,
     );
     base.dispose();
+  });
+
+  it('refuses what would read the packed codes as float weights, naming the layer and the fix', async () => {
+    const base = await LlamaForCausalLM.fromPretrained(REPO, { ...offline, weightStorage: 'checkpoint' });
+    const before = tf.memory().numTensors;
+    expect(() => getPeftModel(base, { r: 4, targetModules: ['q_proj'], trainableTokenIndices: [1, 2] })).toThrow(
+      /trainable_token_indices for adapter 'default' needs the base weight as float32, but this HalfEmbedding keeps it encoded \(bf16\): load the model with weightStorage: 'float32'/,
+    );
+    expect(() => getPeftModel(base, { r: 4, targetModules: ['q_proj'], modulesToSave: ['o_proj'] })).toThrow(
+      /modules_to_save needs the base weight as float32, but this HalfLinear keeps it encoded \(bf16\)/,
+    );
+    // the rank check sees the layer's float shape, not the packed words' [out, in / 2]
+    const q = base.model.layers.at(0).selfAttn.qProj as HalfLinear;
+    const entries = q.outFeatures * q.inFeatures;
+    expect(() => getPeftModel(base, { r: entries + 1, targetModules: ['q_proj'] })).toThrow(
+      new RegExp(`more than the ${entries} entries of the weight .*\\[${q.outFeatures}, ${q.inFeatures}\\]`),
+    );
+    expect(tf.memory().numTensors).toBe(before);
+    const peft = getPeftModel(base, { r: 4, targetModules: ['q_proj'] });
+    await expect(reduceIntruderDimension(peft)).rejects.toThrow(
+      /reduceIntruderDimension on 'model.layers.0.self_attn.q_proj' needs the base weight as float32.*weightStorage: 'float32'/,
+    );
+    peft.dispose();
   });
 
   it("saves a targeted 16-bit embedding's base weight in bf16, as PEFT's save_embedding_layers", async () => {

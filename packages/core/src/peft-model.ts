@@ -1,4 +1,4 @@
-import { Module } from '@lora/nn';
+import { Embedding, Linear, Module, isStoredWeightLayer } from '@lora/nn';
 import type { AdapterSettings } from './layers/adapter-settings';
 import { PEFT_SUFFIX } from './files/peft-keys';
 import { dispatchLoraLayer } from './layers/dispatch';
@@ -29,7 +29,14 @@ const MAX_FACTOR_VALUES = 2 ** 29;
  */
 function checkRank(path: string, module: Module, r: number, fromPattern: boolean): void {
   const base = (isTunerLayer(module) ? module.baseLayer : module) as Module & { weight?: { shape: number[] } };
-  const shape = base.weight?.shape;
+  // a 16-bit layer's weight parameter holds packed words: its float shape is the layer's own
+  const floatShape =
+    base instanceof Linear
+      ? [base.outFeatures, base.inFeatures]
+      : base instanceof Embedding
+        ? [base.numEmbeddings, base.embeddingDim]
+        : undefined;
+  const shape: number[] | undefined = floatShape && isStoredWeightLayer(base) ? floatShape : base.weight?.shape;
   if (!shape || shape.length < 2) return;
   const out = shape[0] as number;
   const inF = shape.slice(1).reduce((a, b) => a * b, 1);

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { PeftModel, TunerLayer } from '@lora/core';
+import { storedWeightRefusal } from '@lora/nn';
 import { IntruderReductionError } from './errors';
 import { factorLayout } from './layouts';
 import { type IntruderSettings, checkAborted, resolveSettings } from './options';
@@ -97,6 +98,8 @@ export async function reduceIntruderDimension(
       throw new IntruderReductionError(
         `'${path}' has merged adapters (${layer.mergedAdapters.join(', ')}): its weight is not the base weight; call peft.unmergeAdapter() first`,
       );
+    const refused = storedWeightRefusal(layer.baseLayer, `reduceIntruderDimension on '${path}'`);
+    if (refused) throw new IntruderReductionError(refused);
     const w = layer.baseLayer.weight;
     const a = layer.factorA(oldName);
     const b = layer.factorB(oldName);

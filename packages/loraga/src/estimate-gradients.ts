@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type LoraConfig, type LoraConfigFields, checkLoraConfig, loraConfig } from '@lora/core';
-import { type Module, type Parameter, gradientsFor } from '@lora/nn';
+import { type Module, type Parameter, gradientsFor, storedWeightRefusal } from '@lora/nn';
 import { type StoredGradient, disposeStored } from './gradient-store';
 import { type LoraGaTarget, loraGaTargets } from './targets';
 
@@ -73,6 +73,10 @@ export async function accumulateGradients(
   options: EstimateGradientsOptions = {},
 ): Promise<AccumulatedGradients> {
   const targets = loraGaTargets(model, config);
+  for (const { path, module } of targets) {
+    const refused = storedWeightRefusal(module, `LoRA-GA's gradient estimate on '${path}'`);
+    if (refused) throw new Error(refused);
+  }
   const offload = options.offload ?? false;
   const sums = targets.map((target): Sum => ({ target, count: 0 }));
   // a weight shared by several targets (tied) is differentiated once

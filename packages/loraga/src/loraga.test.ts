@@ -12,7 +12,7 @@ import {
   loraConfig,
   saveAdapter,
 } from '@lora/core';
-import { Linear, Module, manualSeed, withoutInit } from '@lora/nn';
+import { HalfLinear, Linear, Module, manualSeed, withoutInit } from '@lora/nn';
 import { initBackend, serializeSafetensors } from '@lora/tensor';
 import { maxRelativeError } from '@lora/tensor/testing';
 import {
@@ -93,6 +93,24 @@ describe("errors, worded as PEFT's", () => {
       'trainStep never called backward(loss)',
     );
     quant.dispose();
+    net.dispose();
+  });
+
+  it("a 16-bit target (weightStorage: 'checkpoint') is refused before any backward, naming it and the fix", async () => {
+    const net = fresh();
+    const half = HalfLinear.fromLinear(net.q_proj as Linear, { format: 'bf16' });
+    net.setSubmodule('q_proj', half).dispose();
+    const before = tf.memory().numTensors;
+    let backwards = 0;
+    await expect(
+      preprocessLoraga(net, config({ targetModules: ['q_proj'] }), async () => {
+        backwards++;
+      }),
+    ).rejects.toThrow(
+      /LoRA-GA's gradient estimate on 'q_proj' needs the base weight as float32, but this HalfLinear keeps it encoded \(bf16\): load the model with weightStorage: 'float32'/,
+    );
+    expect(backwards).toBe(0);
+    expect(tf.memory().numTensors).toBe(before);
     net.dispose();
   });
 

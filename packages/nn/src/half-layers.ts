@@ -48,6 +48,22 @@ export function isStoredWeightLayer(m: unknown): m is StoredWeightLayer {
   );
 }
 
+/**
+ * Why `what` cannot run on `m`, when `m` keeps its weight encoded ({@link StoredWeightLayer}): the message
+ * to throw, naming the layer and the fix; null for a layer whose weight is plain float32. Code that reads
+ * or writes `m.weight` as float values calls this first.
+ *
+ * @example
+ * ```ts
+ * const why = storedWeightRefusal(layer, `trainable_token_indices on '${path}'`);
+ * if (why) throw new Error(why);
+ * ```
+ */
+export function storedWeightRefusal(m: unknown, what: string): string | null {
+  if (!isStoredWeightLayer(m)) return null;
+  return `${what} needs the base weight as float32, but this ${(m as object).constructor.name} keeps it encoded (${m.storageFormat}): load the model with weightStorage: 'float32' for it`;
+}
+
 function zeroWords(rows: number, cols: number, packing: HalfPacking): tf.Tensor2D {
   return tf.zeros([rows, halfRowWords(cols, packing)], 'int32') as tf.Tensor2D;
 }

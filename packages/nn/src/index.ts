@@ -29,7 +29,7 @@ export { constantWarmupSchedule, cosineWarmupSchedule, linearWarmupSchedule } fr
 export type { Schedule } from './schedule';
 export { checkpointCallback, gradientsFor, train } from './train';
 export type { BatchSource, TrainCallbacks, TrainLogs, TrainOptions, TrainResult } from './train';
-export { HalfEmbedding, HalfLinear, isStoredWeightLayer } from './half-layers';
+export { HalfEmbedding, HalfLinear, isStoredWeightLayer, storedWeightRefusal } from './half-layers';
 export type { HalfStorageOptions, StoredWeightLayer } from './half-layers';
 export {
   decodeHalfWords,

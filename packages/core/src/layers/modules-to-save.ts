@@ -9,11 +9,14 @@ import {
   ModuleDict,
   RMSNorm,
   TransposedLinear,
+  storedWeightRefusal,
   withoutInit,
 } from '@lora/nn';
 
 /** A fresh layer of the same kind and shape as `m`, with a copy of its weights. */
 function copyLayer(m: Module): Module {
+  const refused = storedWeightRefusal(m, 'modules_to_save');
+  if (refused) throw new Error(refused);
   let copy: Module;
   if (m instanceof Linear) copy = withoutInit(() => new Linear(m.inFeatures, m.outFeatures, { bias: m.bias !== null }));
   else if (m instanceof TransposedLinear) copy = withoutInit(() => new TransposedLinear(m.nf, m.nx));

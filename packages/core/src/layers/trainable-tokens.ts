@@ -1,7 +1,7 @@
 import { LoraConfigError } from '../errors';
 import { TargetModuleError } from '../targets';
 import * as tf from '@tensorflow/tfjs-core';
-import { Embedding, Linear, Module, ModuleDict, ParameterDict, embedding, linear } from '@lora/nn';
+import { Embedding, Linear, Module, ModuleDict, ParameterDict, embedding, linear, storedWeightRefusal } from '@lora/nn';
 import { allFinite } from '../all-finite';
 import type { LoraConfig } from '../lora-config';
 import { inputEmbeddingsPath, tiedModulePaths } from '../model-embeddings';
@@ -128,6 +128,8 @@ export class TrainableTokensLayer extends Module {
       }
     }
     if (this.tokenIndices.has(name)) return;
+    const refused = storedWeightRefusal(this.baseLayer, `trainable_token_indices for adapter '${name}'`);
+    if (refused) throw new LoraConfigError(refused);
     const originals = tf.tidy(() => tf.gather(this.baseLayer.weight, tf.tensor1d(indices, 'int32')));
     this.tokenIndices.set(name, [...indices]);
     this.trainableTokensDelta.set(name, tf.clone(originals));
