@@ -1,4 +1,5 @@
 export { autoOrder, describeAdapter, getBackendInfo, initBackend, listBackends } from './backend';
+export type { AutoFacts } from './backend';
 export type {
   BackendAvailability,
   BackendInfo,
