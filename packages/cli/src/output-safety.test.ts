@@ -9,6 +9,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
+  type FSWatcher,
   existsSync,
   linkSync,
   mkdirSync,
@@ -18,6 +19,7 @@ import {
   realpathSync,
   rmSync,
   statSync,
+  watch,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -126,14 +128,24 @@ interface Run {
   ms: number;
 }
 
+/** When a trial's kill is sent. */
+interface Kill {
+  afterMs: number;
+  signal: NodeJS.Signals;
+  /**
+   * Timed from the moment a temporary (a name {@link TEMP} matches) appears in this folder, instead of
+   * from the `mark` line: that moment is when the writer has begun to write, so a kill soon after it
+   * lands mid-write however fast the machine is.
+   */
+  fromTemporaryIn?: string;
+}
+
 /**
  * Runs the child; with `kill`, sends the signal `afterMs` after the child prints a line `mark` matches
- * (timed from there, not from the spawn: how long Node takes to boot varies most with the machine's load).
+ * (timed from there, not from the spawn: how long Node takes to boot varies most with the machine's load),
+ * or after a temporary appears in `kill.fromTemporaryIn`.
  */
-function runChild(
-  args: string[],
-  options: { cwd?: string; mark?: RegExp; kill?: { afterMs: number; signal: NodeJS.Signals } } = {},
-): Promise<Run> {
+function runChild(args: string[], options: { cwd?: string; mark?: RegExp; kill?: Kill } = {}): Promise<Run> {
   return new Promise((done, fail) => {
     const t0 = performance.now();
     const child = spawn(process.execPath, ['--import', join(CACHE, 'register.mjs'), join(CACHE, 'child.js'), ...args], {
@@ -144,18 +156,30 @@ function runChild(
     let err = '';
     let markMs: number | null = null;
     let timer: ReturnType<typeof setTimeout> | undefined;
+    const kill = options.kill;
+    const arm = () => {
+      if (kill && timer === undefined) timer = setTimeout(() => child.kill(kill.signal), kill.afterMs);
+    };
+    let watcher: FSWatcher | undefined;
+    if (kill?.fromTemporaryIn)
+      watcher = watch(kill.fromTemporaryIn, (_event, name) => {
+        if (name && TEMP.test(name)) {
+          arm();
+          watcher?.close();
+        }
+      });
     child.stderr.on('data', (d) => {
       err += d;
       if (markMs === null && options.mark?.test(err)) {
         markMs = performance.now() - t0;
-        const kill = options.kill;
-        if (kill) timer = setTimeout(() => child.kill(kill.signal), kill.afterMs);
+        if (!kill?.fromTemporaryIn) arm();
       }
     });
     // a child that hangs fails the trial instead of the whole suite
     const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
     child.on('error', fail);
     child.on('close', (code, signal) => {
+      watcher?.close();
       clearTimeout(timer);
       clearTimeout(guard);
       done({ code, signal, err: err.replace(/^started\n/, ''), markMs, ms: performance.now() - t0 });
@@ -426,7 +450,17 @@ interface Tally {
  */
 async function killTrials(
   s: Scenario,
-  options: { existing: boolean; signals: NodeJS.Signals[]; trials: number; seed: number },
+  options: {
+    existing: boolean;
+    signals: NodeJS.Signals[];
+    trials: number;
+    seed: number;
+    /**
+     * Time the kills from the first temporary the writer creates, at seeded moments within this many
+     * ms of it, instead of across the calibrated run.
+     */
+    afterTemporaryMs?: number;
+  },
 ): Promise<{ failures: string[]; tally: Tally }> {
   const want = expected.get(s.name) as Expected;
   const failures: string[] = [];
@@ -436,9 +470,10 @@ async function killTrials(
     const next = uniform(options.seed + k);
     for (let i = 0; i < options.trials; i++) {
       // any moment of the command's own run, and a little after it (then the new output is complete)
-      const afterMs = next() * 1.15 * want.workMs;
+      const fromTemporary = options.afterTemporaryMs !== undefined;
+      const afterMs = next() * (fromTemporary ? (options.afterTemporaryMs as number) : 1.15 * want.workMs);
       jobs.push(async () => {
-        const label = `${signal} #${i} ${afterMs.toFixed(0)} ms after '${s.mark.source}'`;
+        const label = `${signal} #${i} ${afterMs.toFixed(0)} ms after ${fromTemporary ? 'the first temporary' : `'${s.mark.source}'`}`;
         const dir = join(
           root,
           'trials',
@@ -447,7 +482,10 @@ async function killTrials(
         mkdirSync(dir, { recursive: true });
         const out = join(dir, s.outName);
         if (options.existing) linkCopy(want.pristine, out);
-        const run = await runChild(s.args(out, 'new', options.existing), { mark: s.mark, kill: { afterMs, signal } });
+        const run = await runChild(s.args(out, 'new', options.existing), {
+          mark: s.mark,
+          kill: { afterMs, signal, ...(fromTemporary ? { fromTemporaryIn: dir } : {}) },
+        });
         if (run.code !== null && run.code !== 0) failures.push(`${label}: exit ${run.code}: ${run.err}`);
         if (run.signal && s.working.test(run.err)) tally.killedWhileWorking++;
         const left = readdirSync(dir).filter((e) => e !== s.outName);
@@ -503,14 +541,24 @@ describe('killed while replacing an existing output (--force)', () => {
 
   it('saveAdapter into a new directory: a SIGKILL leaves no directory or the complete one, never weights without a config', async () => {
     const s = scenarios.find((x) => x.name.startsWith('saveAdapter')) as Scenario;
-    const { failures, tally } = await killTrials(s, {
+    // across the whole run (most land before the write begins: building the files takes longer than writing them)
+    const across = await killTrials(s, {
       existing: false,
       signals: ['SIGKILL'],
-      trials: Math.ceil(TRIALS / 2),
+      trials: Math.ceil(TRIALS / 4),
       seed: 17,
     });
-    expect(failures).toEqual([]);
-    expect(tally.leftovers).toBeGreaterThan(0);
+    // and within a few ms of the temporary directory's creation: mid-write
+    const midWrite = await killTrials(s, {
+      existing: false,
+      signals: ['SIGKILL'],
+      trials: Math.ceil(TRIALS / 4),
+      seed: 19,
+      afterTemporaryMs: 8,
+    });
+    expect([...across.failures, ...midWrite.failures]).toEqual([]);
+    // the kills did land while the temporary was being written (else the test would prove nothing)
+    expect(midWrite.tally.leftovers).toBeGreaterThan(0);
   }, 600_000);
 });
 
