@@ -47,7 +47,10 @@ for f in os.listdir(BASE):
 
 
 def fresh():
-    return LlamaForCausalLM.from_pretrained(BASE).eval()
+    model = LlamaForCausalLM.from_pretrained(BASE).eval()
+    # a path relative to the fixtures, not this machine's, goes into adapter_config.json
+    model.name_or_path = "../tiny-llama"
+    return model
 
 
 def make_adapter(name, seed, alpha, structured=True, scale=0.15, **kw):

@@ -21,6 +21,8 @@ OUT = os.path.join(HERE, "..", "..", "packages", "models", "__fixtures__", "half
 def load():
     model = LlamaForCausalLM.from_pretrained(SNAP, dtype=torch.bfloat16)
     assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    # the Hub id the snapshot stands for, not this machine's path, goes into adapter_config.json
+    model.name_or_path = "lora-test/tiny-llama-bf16"
     return model
 
 

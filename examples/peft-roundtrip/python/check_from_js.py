@@ -4,7 +4,7 @@ the probe JS computed with the same adapter, and records PEFT's outputs as
 expected/python-on-js-<case>.safetensors (src/roundtrip.test.js checks JS against them).
 
     npm start -w @lora-examples/peft-roundtrip        # -> examples/peft-roundtrip/out/js-<case>/
-    /work/main/.venv-oracle/bin/python examples/peft-roundtrip/python/check_from_js.py [OUT_DIR]
+    .venv-oracle/bin/python examples/peft-roundtrip/python/check_from_js.py [OUT_DIR]
 """
 
 import hashlib

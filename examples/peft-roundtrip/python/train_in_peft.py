@@ -2,7 +2,7 @@
 float32), saves the adapter with save_pretrained and the probe's outputs beside it, into
 expected/peft-<case>/. src/roundtrip.test.js loads those adapters and must give the same outputs.
 
-    /work/main/.venv-oracle/bin/python examples/peft-roundtrip/python/train_in_peft.py
+    .venv-oracle/bin/python examples/peft-roundtrip/python/train_in_peft.py
 """
 
 import json

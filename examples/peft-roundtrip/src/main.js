@@ -49,4 +49,4 @@ for (const name of Object.keys(SETTINGS.cases)) {
   tf.dispose(Object.values(ours));
   peft.dispose();
 }
-console.log(`\nnext: /work/main/.venv-oracle/bin/python examples/peft-roundtrip/python/check_from_js.py ${values.out}`);
+console.log(`\nnext: .venv-oracle/bin/python examples/peft-roundtrip/python/check_from_js.py ${values.out}`);

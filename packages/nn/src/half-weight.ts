@@ -23,14 +23,30 @@ export type HalfFormat = 'bf16' | 'f16';
 /** How codes are packed into int32 words (see the module's comment). */
 export type HalfPacking = 'pairs' | 'bytes';
 
-/** The packing exact on the active backend: `'bytes'` on webgpu, `'pairs'` elsewhere. */
+/**
+ * The packing exact on the active backend: `'bytes'` on webgpu, `'pairs'` elsewhere.
+ *
+ * @example
+ * ```ts
+ * await initBackend('wasm');
+ * defaultHalfPacking(); // 'pairs'
+ * ```
+ */
 export function defaultHalfPacking(): HalfPacking {
   return tf.getBackend() === 'webgpu' ? 'bytes' : 'pairs';
 }
 
 const SLOT = { pairs: { bits: 16, perWord: 2 }, bytes: { bits: 8, perWord: 3 } } as const;
 
-/** Units a row of `cols` codes takes, and words a row. */
+/**
+ * Int32 words one packed row of `cols` codes takes.
+ *
+ * @example
+ * ```ts
+ * halfRowWords(576, 'pairs'); // 288: two codes a word
+ * halfRowWords(576, 'bytes'); // 384: 1152 bytes, three a word
+ * ```
+ */
 export function halfRowWords(cols: number, packing: HalfPacking): number {
   const units = packing === 'pairs' ? cols : 2 * cols;
   return Math.ceil(units / SLOT[packing].perWord);
@@ -38,7 +54,15 @@ export function halfRowWords(cols: number, packing: HalfPacking): number {
 
 const tables: Partial<Record<HalfFormat, Float32Array>> = {};
 
-/** Every code's float32 value (host memory, built once per format). */
+/**
+ * Every code's float32 value (host memory, built once per format and shared: do not write into it).
+ *
+ * @example
+ * ```ts
+ * halfTable('bf16')[0x3f80]; // 1
+ * halfTable('f16')[0x3c00]; // 1
+ * ```
+ */
 export function halfTable(format: HalfFormat): Float32Array {
   let t = tables[format];
   if (!t) {
@@ -50,12 +74,30 @@ export function halfTable(format: HalfFormat): Float32Array {
   return t;
 }
 
-/** Rounds float32 values to codes (round to nearest even, as torch's `.to(torch.bfloat16 / float16)`). */
+/**
+ * Rounds float32 values to codes (round to nearest even, as torch's `.to(torch.bfloat16 / float16)`).
+ *
+ * @example
+ * ```ts
+ * encodeHalf(new Float32Array([1, -2]), 'bf16'); // Uint16Array [0x3f80, 0xc000]
+ * ```
+ */
 export function encodeHalf(values: Float32Array, format: HalfFormat): Uint16Array {
   return format === 'bf16' ? float32ToBf16(values) : float32ToF16(values);
 }
 
-/** Packs a row-major `[rows, cols]` matrix of codes into `[rows, W]` int32 words (on the host). */
+/**
+ * Packs a row-major `[rows, cols]` matrix of codes into `[rows, W]` int32 words (on the host), W =
+ * {@link halfRowWords}`(cols, packing)`. Throws when `codes` does not hold `rows · cols` values.
+ *
+ * @example
+ * ```ts
+ * const codes = encodeHalf(new Float32Array([1, 2, 3, 4, 5, 6]), 'bf16');
+ * const words = tf.tensor2d(packHalfCodes(codes, 2, 3, 'pairs'), [2, halfRowWords(3, 'pairs')], 'int32');
+ * decodeHalfWords(words, 3, 'bf16', 'pairs').print(); // [[1, 2, 3], [4, 5, 6]]
+ * words.dispose();
+ * ```
+ */
 export function packHalfCodes(codes: Uint16Array, rows: number, cols: number, packing: HalfPacking): Int32Array {
   if (codes.length !== rows * cols)
     throw new Error(`packHalfCodes: ${codes.length} codes do not fill [${rows}, ${cols}] (${rows * cols} values)`);
@@ -86,7 +128,17 @@ export function packHalfCodes(codes: Uint16Array, rows: number, cols: number, pa
 
 /**
  * Decodes `[n, W]` words (all rows of a matrix, or rows gathered from it) to float32 `[n, cols]`.
- * Everything it allocates but the result is freed; the caller owns the result.
+ * Everything it allocates but the result is freed; the caller owns the result. `via: 'host'` decodes
+ * in JavaScript (the default on cpu and wasm for `'pairs'`), `'ops'` with tensor ops on the backend.
+ *
+ * @example
+ * ```ts
+ * const codes = encodeHalf(new Float32Array([0.5, -1]), 'f16');
+ * const words = tf.tensor2d(packHalfCodes(codes, 1, 2, 'bytes'), [1, halfRowWords(2, 'bytes')], 'int32');
+ * const w = decodeHalfWords(words, 2, 'f16', 'bytes'); // [[0.5, -1]]
+ * words.dispose();
+ * w.dispose();
+ * ```
  */
 export function decodeHalfWords(
   words: tf.Tensor,
@@ -186,7 +238,17 @@ export function packHalfTensor(w: tf.Tensor2D, format: HalfFormat, packing: Half
   return tf.tensor2d(packHalfCodes(codes, rows, cols, packing), [rows, halfRowWords(cols, packing)], 'int32');
 }
 
-/** Rounds a float32 tensor to the nearest bf16 / f16 value (as float32), on the host. The caller owns the result. */
+/**
+ * Rounds a float32 tensor to the nearest bf16 / f16 value (as float32), on the host. The caller owns the result.
+ *
+ * @example
+ * ```ts
+ * const x = tf.tensor1d([1.00390625]);
+ * const r = roundToHalf(x, 'bf16'); // [1]: bf16 has 8 significant bits, the tie goes to even
+ * x.dispose();
+ * r.dispose();
+ * ```
+ */
 export function roundToHalf(t: tf.Tensor, format: HalfFormat): tf.Tensor {
   const codes = encodeHalf(t.dataSync() as Float32Array, format);
   const table = halfTable(format);

@@ -210,7 +210,8 @@ async function probeTensorflow(options: InitBackendOptions): Promise<Probe> {
     };
   }
   // findBackend makes the backend without making it active: the binding then says whether TensorFlow
-  // found a CUDA device (only tfjs-node-gpu's library can), which decides where 'auto' puts it
+  // found a CUDA device (only tfjs-node-gpu's library can), which decides where 'auto' puts it. tfjs
+  // keeps the backend it makes in its registry: later calls and setBackend reuse that one
   let gpu = false;
   try {
     gpu = (tf.findBackend('tensorflow') as { isUsingGpuDevice?: boolean } | null)?.isUsingGpuDevice === true;

@@ -4,7 +4,7 @@ import { expect, it, vi } from 'vitest';
 import { configureKernels } from '@lora/kernels';
 import { describeEachBackend, maxRelativeError } from '@lora/tensor/testing';
 import { FIX, baseNet, gptNet, readFixture } from '../fixture-nets.test-util';
-import { loadAdapter } from '@lora/core';
+import { type LoraLinear, loadAdapter } from '@lora/core';
 
 /** The kernels one forward + backward ran, by name. */
 async function kernelsOf(f: () => tf.TensorContainer): Promise<string[]> {
@@ -63,6 +63,37 @@ await describeEachBackend("LoraLinear's fused low-rank add", (backend) => {
       tf.dispose(Object.values(expected));
     });
   }
+});
+
+// lora_A (and hooks on it) runs once a forward whichever path takes the low-rank term
+await describeEachBackend('LoraLinear runs lora_A once a forward', () => {
+  it('fifo-plain: a forward hook on every lora_A sees one call a forward, and the output is unchanged', async () => {
+    const expected = readFixture('fifo-expected.safetensors');
+    const warn = vi.spyOn(console, 'warn').mockImplementation(() => undefined);
+    const { model: peft } = await loadAdapter(gptNet(), join(FIX, 'fifo-plain'));
+    warn.mockRestore();
+    peft.eval();
+    const x = expected.x as tf.Tensor;
+    const plain = peft.call(x) as tf.Tensor;
+    const calls = new Map<string, number>();
+    const handles = [...peft.loraLayers()].map(([path, layer]) =>
+      (layer as LoraLinear).loraA.get('default').registerForwardHook(() => {
+        calls.set(path, (calls.get(path) ?? 0) + 1);
+        return undefined;
+      }),
+    );
+    const before = tf.memory().numTensors;
+    const hooked = peft.call(x) as tf.Tensor;
+    expect(calls.size).toBeGreaterThan(0);
+    for (const [path, n] of calls) expect(n, path).toBe(1);
+    expect(maxRelativeError(await hooked.data(), await plain.data())).toBeLessThan(1e-6);
+    hooked.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+    for (const h of handles) h.remove();
+    plain.dispose();
+    peft.dispose();
+    tf.dispose(Object.values(expected));
+  });
 });
 
 // A plain Linear base (the PEFT fixtures' Net): the whole LoRA Linear is one linearLowRank where the

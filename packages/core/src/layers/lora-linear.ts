@@ -97,8 +97,12 @@ export class LoraLinear extends LoraLayerBase<Linear | TransposedLinear> {
   protected override addScaledLowRank(name: string, x: tf.Tensor, result: tf.Tensor, scale: number): tf.Tensor | null {
     const b = this.loraB.get(name);
     if (!fusedLoraActive() || b.bias || b.hasForwardHooks || result.shape.at(-1) !== b.outFeatures) return null;
+    // decided before lora_A runs, so that declining never runs it (and its hooks) a second time
+    if (x.shape.slice(0, -1).join(',') !== result.shape.slice(0, -1).join(',')) return null;
     const h = this.loraA.get(name).call(x) as tf.Tensor;
-    if (h.shape.slice(0, -1).join(',') !== result.shape.slice(0, -1).join(',')) return null;
+    // a hook on lora_A may reshape its output: then B's product the composite way, from this h
+    if (h.shape.slice(0, -1).join(',') !== result.shape.slice(0, -1).join(','))
+      return tf.add(result, tf.mul(b.call(h) as tf.Tensor, scale));
     return addLowRank(result, h, b.weight, scale);
   }
 
