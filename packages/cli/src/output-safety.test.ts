@@ -1,6 +1,6 @@
 /**
- * The kill suite: every writing command (`lora merge` of a file and of a sharded directory, `lora
- * combine`) and `saveAdapter`, run as child processes and killed with SIGINT and with SIGKILL at 20
+ * The kill suite: the writing commands (`lora merge` of a file and of a sharded directory, `lora
+ * combine`, `lora loftq`, `lora reduce-intruders`) and `saveAdapter`, run as child processes and killed with SIGINT and with SIGKILL at 20
  * seeded random moments each while they replace an existing output; and run against outputs they
  * must refuse (an existing one without --force, one holding other files, a parent of an input, `.`,
  * a read-only folder). Every input stays byte-identical, the final path holds the complete old or
@@ -41,6 +41,12 @@ const CONCURRENCY = 2;
 /** The base checkpoint: LAYERS float32 weights of WIDTH², about 48 MB, so that a merge works for over a second. */
 const LAYERS = 12;
 const WIDTH = 1024;
+/**
+ * The smaller checkpoint of `lora loftq` and `lora reduce-intruders` (a full SVD or a quantization of
+ * each weight: work of about a second on the 48 MB base would take a minute).
+ */
+const SMALL_LAYERS = 4;
+const SMALL_WIDTH = 128;
 
 let root: string;
 let inputs: string;
@@ -48,7 +54,11 @@ const hashesBefore = new Map<string, string>();
 
 // ---- files and hashes ----
 
-/** A stable hash of a file, or of a directory's files and names (a mix of two versions hashes differently). */
+/**
+ * A stable hash of a file, or of a directory's files and names (a mix of two versions hashes differently).
+ * An adapter_config.json's `base_model_name_or_path` is left out: `lora loftq`'s adapter names the
+ * directory it was written to (as PEFT's LoftQ workflow saves it), which differs from trial to trial.
+ */
 function hashOf(path: string): string | null {
   if (!existsSync(path)) return null;
   const h = createHash('sha256');
@@ -58,7 +68,9 @@ function hashOf(path: string): string | null {
         h.update(`${relative(path, join(p, e))}\n`);
         walk(join(p, e));
       }
-    } else h.update(readFileSync(p));
+    } else if (p.endsWith('adapter_config.json'))
+      h.update(readFileSync(p, 'utf8').replace(/("base_model_name_or_path":\s*)"[^"]*"/, '$1"…"'));
+    else h.update(readFileSync(p));
   };
   walk(path);
   return h.digest('hex');
@@ -99,13 +111,13 @@ const raw = (shape: number[], seed: number, scale = 0.05) => ({
   values: randomValues(shape[0]! * shape[1]!, seed, scale),
 });
 
-/** A PEFT adapter directory with rank `r` on every `layers.N.proj`. */
-async function writeAdapter(dir: string, r: number, seed: number): Promise<void> {
+/** A PEFT adapter directory with rank `r` on every `layers.N.proj` (of `layers` layers `width` wide). */
+async function writeAdapter(dir: string, r: number, seed: number, layers = LAYERS, width = WIDTH): Promise<void> {
   mkdirSync(dir, { recursive: true });
   const tensors: Record<string, ReturnType<typeof raw>> = {};
-  for (let i = 0; i < LAYERS; i++) {
-    tensors[`base_model.model.layers.${i}.proj.lora_A.weight`] = raw([r, WIDTH], seed * 1000 + 2 * i);
-    tensors[`base_model.model.layers.${i}.proj.lora_B.weight`] = raw([WIDTH, r], seed * 1000 + 2 * i + 1);
+  for (let i = 0; i < layers; i++) {
+    tensors[`base_model.model.layers.${i}.proj.lora_A.weight`] = raw([r, width], seed * 1000 + 2 * i);
+    tensors[`base_model.model.layers.${i}.proj.lora_B.weight`] = raw([width, r], seed * 1000 + 2 * i + 1);
   }
   writeFileSync(
     join(dir, 'adapter_model.safetensors'),
@@ -271,6 +283,48 @@ const scenarios: Scenario[] = [
     input: () => join(inputs, 'combine-1'),
   },
   {
+    name: 'lora loftq',
+    outName: 'quantized',
+    args: (out, which, force) =>
+      cli(
+        'loftq',
+        '--base',
+        join(inputs, 'small'),
+        '--target',
+        'proj',
+        '--rank',
+        '4',
+        '--svd',
+        'randomized',
+        '--iter',
+        which === 'new' ? '2' : '1',
+        '--out',
+        out,
+        ...forceFlag(force),
+      ),
+    working: /^LoftQ on /m,
+    mark: STARTED,
+    input: () => join(inputs, 'small'),
+  },
+  {
+    name: 'lora reduce-intruders',
+    outName: 'reduced',
+    args: (out, which, force) =>
+      cli(
+        'reduce-intruders',
+        '--base',
+        join(inputs, 'small', 'model.safetensors'),
+        '--adapter',
+        join(inputs, `small-adapter-${which}`),
+        '--out',
+        out,
+        ...forceFlag(force),
+      ),
+    working: /^reducing intruder dimensions /m,
+    mark: STARTED,
+    input: () => join(inputs, 'small-adapter-old'),
+  },
+  {
     name: 'saveAdapter (three adapters)',
     outName: 'adapter',
     args: (out, which, force) => ['save-adapter', out, which === 'new' ? '2' : '1', ...forceFlag(force)],
@@ -388,6 +442,17 @@ beforeAll(async () => {
   await writeAdapter(join(inputs, 'combine-1'), 64, 3);
   await writeAdapter(join(inputs, 'combine-2'), 64, 4);
   await writeAdapter(join(inputs, 'initial'), 8, 5);
+  mkdirSync(join(inputs, 'small'));
+  const small: Record<string, ReturnType<typeof raw>> = {};
+  for (let i = 0; i < SMALL_LAYERS; i++) small[`layers.${i}.proj.weight`] = raw([SMALL_WIDTH, SMALL_WIDTH], 70 + i);
+  writeFileSync(
+    join(inputs, 'small', 'model.safetensors'),
+    await serializeSafetensors(small, { metadata: { format: 'pt' } }),
+  );
+  writeFileSync(join(inputs, 'small', 'config.json'), '{"model_type": "net"}');
+  writeFileSync(join(inputs, 'small', 'tokenizer.json'), '{}');
+  await writeAdapter(join(inputs, 'small-adapter-old'), 8, 6, SMALL_LAYERS, SMALL_WIDTH);
+  await writeAdapter(join(inputs, 'small-adapter-new'), 8, 7, SMALL_LAYERS, SMALL_WIDTH);
   writeFileSync(join(inputs, 'notes.txt'), 'a file of the user, beside the inputs');
   for (const e of readdirSync(inputs)) hashesBefore.set(e, hashOf(join(inputs, e)) as string);
 

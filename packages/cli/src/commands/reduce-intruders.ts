@@ -133,6 +133,8 @@ async function reduceInto(
   const adapterDir = values.adapter as string;
   const checkpoint = await openCheckpoint(values.base as string);
   try {
+    // the backend before the adapter's tensors: reading them makes tensors
+    await startBackend(io);
     const adapter = await readAdapter(adapterDir, values['adapter-name'], io);
     try {
       // every weight the adapter needs is in the base before any work
@@ -144,7 +146,9 @@ async function reduceInto(
             .map((p) => `${p}.weight`)
             .join(', ')}: is this the adapter's base model?`,
         );
-      await startBackend(io);
+      io.err(
+        `reducing intruder dimensions of ${adapterTargets(adapter.tensors).size} modules of ${adapterDir}: top-k ${topK ?? 10}, epsilon ${thresholdEpsilon ?? 0.5}, lambda ${mitigationLambda ?? 0.75}`,
+      );
       let lastReport = Date.now();
       const { tensors, layers } = await reduceIntruderTensors(adapter, (name) => checkpoint.read(name), {
         ...(topK !== undefined ? { topK } : {}),
