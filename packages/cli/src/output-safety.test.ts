@@ -1,6 +1,6 @@
 /**
  * The kill suite: the writing commands (`lora merge` of a file and of a sharded directory, `lora
- * combine`, `lora loftq`, `lora reduce-intruders`) and `saveAdapter`, run as child processes and killed with SIGINT and with SIGKILL at 20
+ * combine`, `lora loftq`, `lora reduce-intruders`, `lora eva`) and `saveAdapter`, run as child processes and killed with SIGINT and with SIGKILL at 20
  * seeded random moments each while they replace an existing output; and run against outputs they
  * must refuse (an existing one without --force, one holding other files, a parent of an input, `.`,
  * a read-only folder). Every input stays byte-identical, the final path holds the complete old or
@@ -10,6 +10,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   type FSWatcher,
+  copyFileSync,
   existsSync,
   linkSync,
   mkdirSync,
@@ -28,11 +29,13 @@ import type * as tf from '@tensorflow/tfjs-core';
 import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getPeftModel, loraConfig, loraConfigToJson, saveAdapter } from '@lora/core';
-import { Linear, Module, withoutInit } from '@lora/nn';
+import { LlamaForCausalLM, parseLlamaConfig } from '@lora/models';
+import { Linear, Module, manualSeed, withoutInit } from '@lora/nn';
 import { initBackend, serializeSafetensors } from '@lora/tensor';
 import { OutputError } from '@lora/tensor/node';
 import { runCli } from './cli';
 
+const TOKENIZER = join(import.meta.dirname, '..', '..', 'models', '__fixtures__', 'tokenizer');
 const CACHE = join(import.meta.dirname, '..', 'node_modules', '.cache', 'lora-output-safety');
 /** Kills per signal and command (LORA_KILL_TRIALS overrides, e.g. for a quick local run). */
 const TRIALS = Number(process.env.LORA_KILL_TRIALS ?? 20);
@@ -325,6 +328,30 @@ const scenarios: Scenario[] = [
     input: () => join(inputs, 'small-adapter-old'),
   },
   {
+    name: 'lora eva',
+    outName: 'eva-adapter',
+    args: (out, which, force) =>
+      cli(
+        'eva',
+        '--model',
+        join(inputs, 'tiny-llama'),
+        '--data',
+        join(inputs, 'eva-data.txt'),
+        '--r',
+        which === 'new' ? '4' : '2',
+        '--target-modules',
+        'q_proj,v_proj',
+        '--batch-size',
+        '3',
+        '--out',
+        out,
+        ...forceFlag(force),
+      ),
+    working: /^EVA batch /m,
+    mark: STARTED,
+    input: () => join(inputs, 'tiny-llama'),
+  },
+  {
     name: 'saveAdapter (three adapters)',
     outName: 'adapter',
     args: (out, which, force) => ['save-adapter', out, which === 'new' ? '2' : '1', ...forceFlag(force)],
@@ -453,6 +480,32 @@ beforeAll(async () => {
   writeFileSync(join(inputs, 'small', 'tokenizer.json'), '{}');
   await writeAdapter(join(inputs, 'small-adapter-old'), 8, 6, SMALL_LAYERS, SMALL_WIDTH);
   await writeAdapter(join(inputs, 'small-adapter-new'), 8, 7, SMALL_LAYERS, SMALL_WIDTH);
+  // lora eva's model (a random tiny Llama with a real tokenizer) and text
+  const llama = join(inputs, 'tiny-llama');
+  mkdirSync(llama);
+  const llamaConfig = {
+    model_type: 'llama',
+    vocab_size: 300,
+    hidden_size: 32,
+    intermediate_size: 64,
+    num_hidden_layers: 2,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    max_position_embeddings: 64,
+    rms_norm_eps: 1e-5,
+  };
+  manualSeed(0);
+  const m = new LlamaForCausalLM(parseLlamaConfig(llamaConfig));
+  writeFileSync(join(llama, 'config.json'), JSON.stringify(llamaConfig));
+  writeFileSync(join(llama, 'model.safetensors'), await serializeSafetensors(m.stateDict(), { metadata: { format: 'pt' } }));
+  m.dispose();
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(TOKENIZER, f), join(llama, f));
+  writeFileSync(
+    join(inputs, 'eva-data.txt'),
+    Array.from({ length: 12 }, (_, i) => `line ${i}: low-rank adapters start from the directions their layer sees.`).join(
+      '\n',
+    ),
+  );
   writeFileSync(join(inputs, 'notes.txt'), 'a file of the user, beside the inputs');
   for (const e of readdirSync(inputs)) hashesBefore.set(e, hashOf(join(inputs, e)) as string);
 
@@ -697,7 +750,7 @@ describe('outputs that are refused before any work', () => {
           args: withInput(s.args(inputs, 'new', true)),
           code: isSave ? 1 : 2,
           message:
-            /contains (--base|--adapter|pathInitialModelForWeightConversion) .*: replacing it would remove the input/,
+            /contains (--base|--adapter|--model|--data|pathInitialModelForWeightConversion) .*: replacing it would remove the input/,
         },
         {
           what: '".", --force',
