@@ -497,14 +497,18 @@ beforeAll(async () => {
   manualSeed(0);
   const m = new LlamaForCausalLM(parseLlamaConfig(llamaConfig));
   writeFileSync(join(llama, 'config.json'), JSON.stringify(llamaConfig));
-  writeFileSync(join(llama, 'model.safetensors'), await serializeSafetensors(m.stateDict(), { metadata: { format: 'pt' } }));
+  writeFileSync(
+    join(llama, 'model.safetensors'),
+    await serializeSafetensors(m.stateDict(), { metadata: { format: 'pt' } }),
+  );
   m.dispose();
   for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(TOKENIZER, f), join(llama, f));
   writeFileSync(
     join(inputs, 'eva-data.txt'),
-    Array.from({ length: 12 }, (_, i) => `line ${i}: low-rank adapters start from the directions their layer sees.`).join(
-      '\n',
-    ),
+    Array.from(
+      { length: 12 },
+      (_, i) => `line ${i}: low-rank adapters start from the directions their layer sees.`,
+    ).join('\n'),
   );
   writeFileSync(join(inputs, 'notes.txt'), 'a file of the user, beside the inputs');
   for (const e of readdirSync(inputs)) hashesBefore.set(e, hashOf(join(inputs, e)) as string);
