@@ -274,7 +274,7 @@ const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...bo
 const name = (s: string) => [...uleb(s.length), ...[...s].map((ch) => ch.charCodeAt(0))];
 
 /** The module's bytes. @internal */
-export function gemvModuleBytes(): Uint8Array {
+export function gemvModuleBytes(): Uint8Array<ArrayBuffer> {
   const types = [2, 0x60, 7, ...new Array<number>(7).fill(I32), 0, 0x60, 8, ...new Array<number>(8).fill(I32), 0];
   const imports = [1, ...name('env'), ...name('memory'), 0x02, 0x00, 0x00];
   const funcs = [2, 0, 1];
