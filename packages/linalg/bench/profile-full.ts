@@ -3,18 +3,32 @@
  * active backend (LORA_BACKEND, default wasm), its process CPU time split by stage (onProgress), then
  * numpy's float32 gesdd on one thread over the same matrix in the same run (CPU time, `time.process_time`).
  * For a loaded machine: CPU seconds are the figures, wall seconds are printed beside them.
+ * PEER=0 skips numpy; PYTHON names the interpreter; LORA_WASM_DIR: where the .wasm binaries are (bundled runs).
  */
 import { spawnSync } from 'node:child_process';
 import { loadavg } from 'node:os';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '@lora/tensor';
 import { svd } from '../src/index';
+import { heapGemv } from '../src/wasm-gemv';
 
 const m = Number(process.argv[2] ?? 1024);
 const n = Number(process.argv[3] ?? m);
 const runs = Number(process.argv[4] ?? 3);
-const info = await initBackend((process.env.LORA_BACKEND ?? 'wasm') as 'wasm');
+// bundled for the GPU machine (no node_modules there): the backend is bundled in, and LORA_WASM_DIR
+// names the directory that holds tfjs-backend-wasm's .wasm binaries
+const wasmDir = process.env.LORA_WASM_DIR;
+// tfjs-backend-wasm's Node loader reads __dirname, which an ES module bundle does not define
+const g = globalThis as { __dirname?: string };
+g.__dirname ??= wasmDir ?? dirname(fileURLToPath(import.meta.url));
+const info = await initBackend((process.env.LORA_BACKEND ?? 'wasm') as 'wasm', {
+  importers: { '@tensorflow/tfjs-backend-wasm': () => import('@tensorflow/tfjs-backend-wasm') },
+  ...(wasmDir ? { wasm: { wasmPaths: `${wasmDir.replace(/\/$/, '')}/` } } : {}),
+});
 tf.env().set('PROD', true);
+console.log(`${info.name} (${info.adapter}); heap matrix–vector kernels: ${heapGemv() ? 'yes' : 'no'}; Node ${process.version}`);
 // the same Gaussian matrix on both sides (a fixed LCG + Box–Muller), written for the peer
 const data = new Float32Array(m * n);
 let s = 12345;
