@@ -28,7 +28,9 @@ const info = await initBackend((process.env.LORA_BACKEND ?? 'wasm') as 'wasm', {
   ...(wasmDir ? { wasm: { wasmPaths: `${wasmDir.replace(/\/$/, '')}/` } } : {}),
 });
 tf.env().set('PROD', true);
-console.log(`${info.name} (${info.adapter}); heap matrix–vector kernels: ${heapGemv() ? 'yes' : 'no'}; Node ${process.version}`);
+console.log(
+  `${info.name} (${info.adapter}); heap matrix–vector kernels: ${heapGemv() ? 'yes' : 'no'}; Node ${process.version}`,
+);
 // the same Gaussian matrix on both sides (a fixed LCG + Box–Muller), written for the peer
 const data = new Float32Array(m * n);
 let s = 12345;
@@ -101,8 +103,11 @@ print(repr(list(s64[:]))[:0] + ",".join(repr(float(x)) for x in s64))
     const [times, s64] = res.stdout.trim().split('\n');
     const want = (s64 as string).split(',').map(Number);
     let err = 0;
-    for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs((sigma?.[i] ?? Number.NaN) - (want[i] as number)));
-    console.log(`numpy f32 gesdd, 1 thread, CPU (wall) s: ${times}; ours max Δσ/σ₁ ${(err / (want[0] as number)).toExponential(1)}`);
+    for (let i = 0; i < want.length; i++)
+      err = Math.max(err, Math.abs((sigma?.[i] ?? Number.NaN) - (want[i] as number)));
+    console.log(
+      `numpy f32 gesdd, 1 thread, CPU (wall) s: ${times}; ours max Δσ/σ₁ ${(err / (want[0] as number)).toExponential(1)}`,
+    );
   }
 }
 a.dispose();

@@ -349,7 +349,10 @@ export function heapGemv(): HeapGemv | null {
           free: (p) => free(p),
           offsetOf: (t) => {
             const off = map.get(t.dataId)?.memoryOffset;
-            if (off === undefined || t.dtype !== 'float32') throw new Error('heapGemv: not a float32 tensor on this heap');
+            if (off === undefined || t.dtype !== 'float32')
+              throw new Error(
+                `heapGemv: expected a float32 tensor held by this wasm backend, got ${t.dtype}${off === undefined ? ' (not on this heap)' : ''}`,
+              );
             return off;
           },
         };
