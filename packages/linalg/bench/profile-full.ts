@@ -92,9 +92,18 @@ for _ in range(${Math.max(1, runs)}):
 print(" ".join(f"{c:.3f}({w:.3f})" for c, w in best))
 print(repr(list(s64[:]))[:0] + ",".join(repr(float(x)) for x in s64))
 `;
+  // one BLAS thread; numpy's own kernel choice (a machine-wide OPENBLAS_CORETYPE would pin an older one)
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    OPENBLAS_NUM_THREADS: '1',
+    OMP_NUM_THREADS: '1',
+    MKL_NUM_THREADS: '1',
+  };
+  delete env.OPENBLAS_CORETYPE;
+  delete env.OPENBLAS_L2_SIZE;
   const res = spawnSync(process.env.PYTHON ?? 'python3', ['-c', py], {
     input: Buffer.from(data.buffer),
-    env: { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1', MKL_NUM_THREADS: '1' },
+    env,
     encoding: 'utf8',
     maxBuffer: 1 << 28,
   });

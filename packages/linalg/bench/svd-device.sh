@@ -9,6 +9,8 @@ set -uo pipefail
 source .device/setup.sh
 out=${OUT_13:-/tmp/out13}
 mkdir -p "$out"
+# numpy's own kernel choice is the fair peer (a machine-wide OPENBLAS_CORETYPE would pin an older one)
+unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 {
   date -u; nproc; lscpu | grep -m1 'Model name'; python3 -c 'import numpy; print("numpy", numpy.__version__)'
