@@ -28,7 +28,7 @@ export interface Bidiagonal {
 interface Trailing {
   /** Tᵀ·v for v of length rows (returns length cols) */
   tv(v: Float64Array): Promise<Float64Array>;
-  /** T·u for u of length cols (returns length rows) */
+  /** T·u for u of length cols (returns length rows; entries before u's first nonzero may be left out) */
   tu(u: Float64Array): Promise<Float64Array>;
   dispose(): void;
 }
@@ -87,7 +87,8 @@ function heapTrailing(t: tf.Tensor2D): Trailing | null {
       const heap = new Float32Array(k.memory.buffer, ptr, rows + cols);
       heap.set(u, rows);
       const c0 = first(u);
-      k.gemv(k.offsetOf(t), rows, cols, cols, ptr + 4 * rows, ptr, 0, c0);
+      // the panel reads rows from u's first nonzero on (i + 1 for the right reflector i)
+      k.gemv(k.offsetOf(t), rows, cols, cols, ptr + 4 * rows, ptr, Math.min(c0, rows), c0);
       return Float64Array.from(heap.subarray(0, rows));
     },
     dispose: () => k.free(ptr),
