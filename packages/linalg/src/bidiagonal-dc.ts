@@ -26,6 +26,25 @@ export interface ArrowSvd {
   w: Float64Array;
 }
 
+/** a ← aᵀ for a square n×n array, by 32×32 blocks. */
+function transposeInPlace(a: Float64Array, n: number): void {
+  const B = 32;
+  for (let i0 = 0; i0 < n; i0 += B) {
+    const i1 = Math.min(i0 + B, n);
+    for (let j0 = i0; j0 < n; j0 += B) {
+      const j1 = Math.min(j0 + B, n);
+      for (let i = i0; i < i1; i++) {
+        const ri = i * n;
+        for (let j = j0 === i0 ? i + 1 : j0; j < j1; j++) {
+          const x = a[ri + j] as number;
+          a[ri + j] = a[j * n + i] as number;
+          a[j * n + i] = x;
+        }
+      }
+    }
+  }
+}
+
 /**
  * SVD of M = e_s·zᵀ + diag(d), with d[s] = 0 and every other d ≥ 0: row s is z, the rest is diagonal.
  * Deflates, as dlasd2 does, the coordinates whose z is negligible and pairs of nearly equal d (a
@@ -100,7 +119,10 @@ export function arrowSvd(d: Float64Array, z: Float64Array, s: number): ArrowSvd 
     Z2[t] = (Z[t] as number) ** 2;
   }
   const roots: SecularRoot[] = [];
-  for (let i = 0; i < K; i++) roots.push(secularRoot(D, Z2, i));
+  let zsum = 0;
+  for (let t = 0; t < K; t++) zsum += Z2[t] as number;
+  const work = { zz: zsum, delta: new Float64Array(K) };
+  for (let i = 0; i < K; i++) roots.push(secularRoot(D, Z2, i, work));
   // Gu–Eisenstat: the ẑ for which the computed σ are exact, so that the vectors come out orthogonal
   const zh = new Float64Array(K);
   const last = roots[K - 1] as SecularRoot;
@@ -129,12 +151,13 @@ export function arrowSvd(d: Float64Array, z: Float64Array, s: number): ArrowSvd 
   cols.sort((a, b) => b.value - a.value);
   const vi = new Float64Array(K);
   const ui = new Float64Array(K);
+  // u and w are filled column by column as column-major arrays (contiguous writes), then transposed
   cols.forEach((col, c) => {
     sigma[c] = col.value;
     if (col.root < 0) {
       const x = deflated[col.defl] as { j: number; sign: number };
-      u[x.j * n + c] = x.sign;
-      w[x.j * n + c] = 1;
+      u[c * n + x.j] = x.sign;
+      w[c * n + x.j] = 1;
       return;
     }
     // v ∝ (D² − σ²)⁻¹·ẑ, u ∝ M·v: [−1, D₁·v₁, D₂·v₂, …]
@@ -154,12 +177,15 @@ export function arrowSvd(d: Float64Array, z: Float64Array, s: number): ArrowSvd 
     }
     vn = 1 / Math.sqrt(vn);
     un = 1 / Math.sqrt(un);
+    const co = c * n;
     for (let t = 0; t < K; t++) {
       const row = kept[t] as number;
-      u[row * n + c] = (ui[t] as number) * un;
-      w[row * n + c] = (vi[t] as number) * vn;
+      u[co + row] = (ui[t] as number) * un;
+      w[co + row] = (vi[t] as number) * vn;
     }
   });
+  transposeInPlace(u, n);
+  transposeInPlace(w, n);
   // undo the deflating rotations, last first: u ← L·u and w ← R·w
   for (let q = rotations.length - 1; q >= 0; q--) {
     const { a, b, c, sn, both } = rotations[q] as (typeof rotations)[number];
@@ -251,9 +277,29 @@ function timesRows(
   y0: number,
   cols: number,
 ) {
+  // four rows of y per pass over out's row, added in the same order as one at a time
   for (let i = 0; i < p; i++) {
     const o = (r0 + i) * cols;
-    for (let t = 0; t < p; t++) {
+    let t = 0;
+    for (; t + 4 <= p; t += 4) {
+      const f0 = x[i * p + t] as number;
+      const f1 = x[i * p + t + 1] as number;
+      const f2 = x[i * p + t + 2] as number;
+      const f3 = x[i * p + t + 3] as number;
+      const y0o = (y0 + t) * cols;
+      const y1o = y0o + cols;
+      const y2o = y1o + cols;
+      const y3o = y2o + cols;
+      for (let c = 0; c < cols; c++) {
+        let acc = out[o + c] as number;
+        acc += f0 * (y[y0o + c] as number);
+        acc += f1 * (y[y1o + c] as number);
+        acc += f2 * (y[y2o + c] as number);
+        acc += f3 * (y[y3o + c] as number);
+        out[o + c] = acc;
+      }
+    }
+    for (; t < p; t++) {
       const f = x[i * p + t] as number;
       if (f === 0) continue;
       const yo = (y0 + t) * cols;

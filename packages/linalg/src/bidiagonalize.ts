@@ -10,6 +10,7 @@ import type { ReflectorBlock } from './block-reflectors';
 import { makeReflector } from './householder';
 import { dotColumns, subtractColumns } from './panel-kernels';
 import { readBlock, subBlock } from './tensor-blocks';
+import { heapGemv } from './wasm-gemv';
 
 /** A tall matrix reduced to upper-bidiagonal form: A = Q·B·Pᵀ. */
 export interface Bidiagonal {
@@ -27,7 +28,7 @@ export interface Bidiagonal {
 interface Trailing {
   /** Tᵀ·v for v of length rows (returns length cols) */
   tv(v: Float64Array): Promise<Float64Array>;
-  /** T·u for u of length cols (returns length rows) */
+  /** T·u for u of length cols (returns length rows; entries before u's first nonzero may be left out) */
   tu(u: Float64Array): Promise<Float64Array>;
   dispose(): void;
 }
@@ -41,10 +42,12 @@ function tensorTrailing(t: tf.Tensor2D): Trailing {
   const [rows, cols] = t.shape;
   const wasm = tf.getBackend() === 'wasm';
   const tt = wasm ? (tf.transpose(t) as tf.Tensor2D) : null;
+  // wasm and cpu compute eagerly: reading back synchronously saves the promise machinery, 2n times
+  const sync = wasm || tf.getBackend() === 'cpu';
   const run = async (x: tf.Tensor2D, f: (x: tf.Tensor2D) => tf.Tensor) => {
     const y = f(x);
     x.dispose();
-    const out = Float64Array.from((await y.data()) as Float32Array);
+    const out = Float64Array.from((sync ? y.dataSync() : await y.data()) as Float32Array);
     y.dispose();
     return out;
   };
@@ -55,6 +58,40 @@ function tensorTrailing(t: tf.Tensor2D): Trailing {
         ? run(tf.tensor2d(Float32Array.from(u), [1, cols]), (x) => tf.matMul(x, tt))
         : run(tf.tensor2d(Float32Array.from(u), [cols, 1]), (x) => tf.matMul(t, x)),
     dispose: () => tt?.dispose(),
+  };
+}
+
+/**
+ * On wasm, the products read T where it lies on the backend's heap ({@link heapGemv}): no transpose,
+ * no packing, no tensors per column. Null where those kernels are not available.
+ */
+function heapTrailing(t: tf.Tensor2D): Trailing | null {
+  const k = heapGemv();
+  if (!k) return null;
+  const [rows, cols] = t.shape;
+  const ptr = k.malloc(4 * (rows + cols));
+  // the vectors' zero prefixes (rows before the reflector's first, columns up to the row's) are skipped
+  const first = (w: Float64Array) => {
+    let i = 0;
+    while (i < w.length && w[i] === 0) i++;
+    return i;
+  };
+  return {
+    tv: async (v) => {
+      const heap = new Float32Array(k.memory.buffer, ptr, rows + cols);
+      heap.set(v);
+      k.gemvT(k.offsetOf(t), rows, cols, cols, ptr, ptr + 4 * rows, first(v));
+      return Float64Array.from(heap.subarray(rows));
+    },
+    tu: async (u) => {
+      const heap = new Float32Array(k.memory.buffer, ptr, rows + cols);
+      heap.set(u, rows);
+      const c0 = first(u);
+      // the panel reads rows from u's first nonzero on (i + 1 for the right reflector i)
+      k.gemv(k.offsetOf(t), rows, cols, cols, ptr + 4 * rows, ptr, Math.min(c0, rows), c0);
+      return Float64Array.from(heap.subarray(0, rows));
+    },
+    dispose: () => k.free(ptr),
   };
 }
 
@@ -234,7 +271,7 @@ export async function bidiagonalize(a: tf.Tensor2D, options: BlockedOptions = {}
         r = whole.slice(0, b * cols);
       } else {
         r = await readBlock(t, 0, 0, b, cols);
-        trailing = tensorTrailing(t);
+        trailing = heapTrailing(t) ?? tensorTrailing(t);
       }
       let out: Awaited<ReturnType<typeof panel>>;
       try {

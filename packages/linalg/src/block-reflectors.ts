@@ -115,3 +115,26 @@ export async function applyBlock(c: tf.Tensor2D, block: ReflectorBlock, transpos
   tf.dispose([v, vt, t, c]);
   return out;
 }
+
+/**
+ * The same product on the transpose: with D = Cᵀ, D ← D·(I − V·Tᵀ·Vᵀ) (`transpose` false: Cᵀ of
+ * H₀·…·H₍b₋₁₎·C) or D·(I − V·T·Vᵀ) (true), on columns offset.. of D. On wasm this is the cheaper form:
+ * XNNPACK packs the right operand of every product, and here that is V or Vᵀ (rows×b), not the whole
+ * matrix. Returns a new tensor; D is disposed.
+ */
+export async function applyBlockRight(d: tf.Tensor2D, block: ReflectorBlock, transpose: boolean): Promise<tf.Tensor2D> {
+  const { v, vt, t } = await blockTensors(block, !transpose);
+  const [rowsD, colsD] = d.shape;
+  const { offset, rows } = block;
+  const out = tf.tidy(() => {
+    const part = offset === 0 && rows === colsD ? d : subBlock(d, 0, offset, rowsD, rows);
+    const updated = tf.sub(part, tf.matMul(tf.matMul(tf.matMul(part, v), t), vt));
+    const parts: tf.Tensor2D[] = [];
+    if (offset > 0) parts.push(subBlock(d, 0, 0, rowsD, offset));
+    parts.push(updated as tf.Tensor2D);
+    if (offset + rows < colsD) parts.push(subBlock(d, 0, offset + rows, rowsD, colsD - offset - rows));
+    return (parts.length === 1 ? parts[0] : tf.concat(parts, 1)) as tf.Tensor2D;
+  });
+  tf.dispose([v, vt, t, d]);
+  return out;
+}

@@ -30,15 +30,21 @@ export function squaredGap(d: Float64Array, root: SecularRoot, j: number): numbe
 
 /**
  * Solves for root i (0-based) of the secular equation with poles d (ascending, d[0] = 0) and squared
- * weights z2 (all positive), K = d.length.
+ * weights z2 (all positive), K = d.length. `work` (for the K roots of one equation): Σ z2 and a
+ * scratch array of length K, so that they are not made again for each root.
  */
-export function secularRoot(d: Float64Array, z2: Float64Array, i: number): SecularRoot {
+export function secularRoot(
+  d: Float64Array,
+  z2: Float64Array,
+  i: number,
+  work?: { zz: number; delta: Float64Array },
+): SecularRoot {
   const K = d.length;
   let origin: number;
   let lo: number;
   let hi: number;
-  let zz = 0;
-  for (let j = 0; j < K; j++) zz += z2[j] as number;
+  let zz = work?.zz ?? 0;
+  if (!work) for (let j = 0; j < K; j++) zz += z2[j] as number;
   if (i < K - 1) {
     // Which half of (dᵢ², dᵢ₊₁²) holds the root decides the origin: g is increasing, so g(mid) ≥ 0
     // puts the root in the left half.
@@ -67,7 +73,7 @@ export function secularRoot(d: Float64Array, z2: Float64Array, i: number): Secul
   }
   const o = d[origin] as number;
   // poles relative to the origin: δⱼ = dⱼ² − d_o², computed as a product of a difference and a sum
-  const delta = new Float64Array(K);
+  const delta = work?.delta ?? new Float64Array(K);
   for (let j = 0; j < K; j++) {
     const dj = d[j] as number;
     delta[j] = (dj - o) * (dj + o);

@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { bidiagonalDc } from './bidiagonal-dc';
 import { type Bidiagonal, type BlockedOptions, bidiagonalize } from './bidiagonalize';
-import { type ReflectorBlock, applyBlock, joinBlocks } from './block-reflectors';
+import { type ReflectorBlock, applyBlock, applyBlockRight, joinBlocks } from './block-reflectors';
 import { type LongRunOptions, checkpoints } from './long-run';
 import { applyReflectorLeft, makeReflector } from './householder';
 import { readBlock, subBlock } from './tensor-blocks';
@@ -71,6 +71,64 @@ export async function qrBlocked(
   return { r, blocks };
 }
 
+/**
+ * The same QR of A = wᵀ from w itself (n×m, m ≥ n), as an LQ factorisation w = L·Q with the same
+ * reflectors: the panel's columns of A are rows of w (contiguous reads), and every trailing update
+ * multiplies by the reflectors on the right ({@link applyBlockRight}), the cheap form on wasm.
+ * @internal
+ */
+export async function lqBlocked(
+  w: tf.Tensor2D,
+  options: BlockedOptions = {},
+): Promise<{ r: Float64Array; blocks: ReflectorBlock[] }> {
+  const [n, m] = w.shape;
+  const nb = options.block ?? 32;
+  const r = new Float64Array(n * n);
+  const blocks: ReflectorBlock[] = [];
+  let t: tf.Tensor2D = w; // (n − k) × (m − k): Aᵀ's trailing block
+  try {
+    for (let k = 0; k < n; ) {
+      const rows = m - k;
+      const cols = n - k;
+      const b = Math.min(nb, cols);
+      const p = await readBlock(t, 0, 0, b, rows); // row-major b×rows = A's panel, column-major
+      const taus = new Float64Array(b);
+      for (let i = 0; i < b; i++) {
+        const off = i * rows + i;
+        const { tau, beta } = makeReflector(p, off, rows - i);
+        taus[i] = tau;
+        p[off] = 1;
+        applyReflectorLeft(p, off, rows - i, tau, p, (i + 1) * rows + i, rows, b - i - 1);
+        p[off] = beta;
+      }
+      const v = new Float32Array(rows * b);
+      for (let i = 0; i < b; i++) {
+        for (let q = 0; q < i; q++) r[(k + q) * n + k + i] = p[i * rows + q] as number;
+        r[(k + i) * n + k + i] = p[i * rows + i] as number;
+        v[i * rows + i] = 1;
+        for (let q = i + 1; q < rows; q++) v[i * rows + q] = p[i * rows + q] as number;
+      }
+      blocks.push({ offset: k, rows, v, taus });
+      if (b < cols) {
+        const rest = subBlock(t, b, 0, cols - b, rows);
+        const updated = await applyBlockRight(rest, { offset: 0, rows, v, taus }, true);
+        const tv = await readBlock(updated, 0, 0, cols - b, b); // (cols−b)×b: R's rows k..k+b, transposed
+        for (let i = 0; i < b; i++)
+          for (let j = 0; j < cols - b; j++) r[(k + i) * n + k + b + j] = tv[j * b + i] as number;
+        const next = subBlock(updated, 0, b, cols - b, rows - b);
+        updated.dispose();
+        if (t !== w) t.dispose();
+        t = next;
+      }
+      k += b;
+      await options.between?.(k, n);
+    }
+  } finally {
+    if (t !== w) t.dispose();
+  }
+  return { r, blocks };
+}
+
 /** C (rows×cols) padded with zero rows (or, with `identity`, the identity's) to `to` rows. */
 function padRows(c: tf.Tensor2D, to: number, identity: boolean): tf.Tensor2D {
   const [rows, cols] = c.shape;
@@ -83,6 +141,20 @@ function padRows(c: tf.Tensor2D, to: number, identity: boolean): tf.Tensor2D {
     return tf.concat([top, bottom], 0);
   }) as tf.Tensor2D;
   c.dispose();
+  return out;
+}
+
+/** The same padding on D = Cᵀ (cols×rows): to Cᵀ padded to `to` columns (blockdiag(Cᵀ, I) with `identity`). */
+function padCols(d: tf.Tensor2D, to: number, identity: boolean): tf.Tensor2D {
+  const [cols, rows] = d.shape;
+  if (rows === to) return d;
+  const out = tf.tidy(() => {
+    const top = tf.concat([d, tf.zeros([cols, to - rows])], 1);
+    if (!identity) return top;
+    const bottom = tf.concat([tf.zeros([to - cols, rows]), tf.eye(to - cols, to - rows)], 1);
+    return tf.concat([top, bottom], 0);
+  }) as tf.Tensor2D;
+  d.dispose();
   return out;
 }
 
@@ -120,6 +192,23 @@ export async function applyAll(
   return out;
 }
 
+/** Dᵀ ← B₀·B₁·…·Dᵀ (D = Cᵀ held transposed), last block first; D and each intermediate stay held. */
+async function applyAllRight(
+  d: tf.Tensor2D,
+  blocks: ReflectorBlock[],
+  held: Held,
+  step: () => Promise<void>,
+): Promise<tf.Tensor2D> {
+  let out = d;
+  for (let i = blocks.length - 1; i >= 0; i--) {
+    const next = await applyBlockRight(out, blocks[i] as ReflectorBlock, false);
+    held.release(out);
+    out = held.take(next);
+    await step();
+  }
+  return out;
+}
+
 /** Options of the blocked SVD. */
 export interface BlockedSvdOptions extends LongRunOptions {
   fullMatrices?: boolean;
@@ -144,17 +233,28 @@ export async function svdBlocked(
   const held = new Held();
   const block = options.block ?? 32;
   try {
-    const a = wide ? held.take(tf.transpose(input) as tf.Tensor2D) : input;
-    const [m, n] = a.shape;
+    const [m, n] = wide ? [n0, m0] : [m0, n0];
+    // on wasm the reflectors are applied from the right to transposes (see applyBlockRight)
+    const byRight = tf.getBackend() === 'wasm';
+    const tall = () => (wide ? held.take(tf.transpose(input) as tf.Tensor2D) : input);
     let qrBlocks: ReflectorBlock[] = [];
     let bd: Bidiagonal;
     if (m >= QR_FIRST_RATIO * n) {
-      const qrd = await qrBlocked(a, { block, between: (done, total) => check('qr', done, total) });
+      const between = (done: number, total: number) => check('qr', done, total);
+      let qrd: Awaited<ReturnType<typeof qrBlocked>>;
+      if (byRight) {
+        const w = wide ? input : held.take(tf.transpose(input) as tf.Tensor2D);
+        qrd = await lqBlocked(w, { block, between });
+        if (w !== input) {
+          held.release(w);
+          w.dispose();
+        }
+      } else qrd = await qrBlocked(tall(), { block, between });
       qrBlocks = qrd.blocks;
       const r = held.take(tf.tensor2d(Float32Array.from(qrd.r), [n, n]));
       bd = await bidiagonalize(r, { block, between: (done, total) => check('bidiagonalize', done, total) });
     } else {
-      bd = await bidiagonalize(a, { block, between: (done, total) => check('bidiagonalize', done, total) });
+      bd = await bidiagonalize(tall(), { block, between: (done, total) => check('bidiagonalize', done, total) });
     }
     let joined = 0;
     const dc = await bidiagonalDc(bd.d, bd.e, {
@@ -184,6 +284,30 @@ export async function svdBlocked(
       }
       return out;
     };
+    if (byRight) {
+      // Uᵀ and Vᵀ: each block multiplies them from the right
+      const growT = (d: tf.Tensor2D, cols: number, identity: boolean) => {
+        const out = padCols(d, cols, identity);
+        if (out !== d) {
+          held.release(d);
+          held.take(out);
+        }
+        return out;
+      };
+      const flip = (x: tf.Tensor2D) => {
+        const out = held.take(tf.transpose(x) as tf.Tensor2D);
+        held.release(x);
+        x.dispose();
+        return out;
+      };
+      let ut = await applyAllRight(growT(flip(ub), bd.m, full && !qrBlocks.length), qBlocks, held, step);
+      if (qrBlocks.length) ut = await applyAllRight(growT(ut, m, full), qrBlocks, held, step);
+      const vt = await applyAllRight(flip(wb), pBlocks, held, step);
+      // tall: U = (Uᵀ)ᵀ, Vh = Vᵀ; wide (decomposed transposed): U = (Vᵀ)ᵀ, Vh = Uᵀ
+      const [leftT, vh] = wide ? [vt, ut] : [ut, vt];
+      held.release(vh);
+      return { U: tf.transpose(leftT) as tf.Tensor2D, S: tf.tensor1d(Float32Array.from(dc.sigma)), Vh: vh };
+    }
     let u = await applyAll(grow(ub, bd.m, full && !qrBlocks.length), qBlocks, held, step);
     if (qrBlocks.length) u = await applyAll(grow(u, m, full), qrBlocks, held, step);
     const v = await applyAll(wb, pBlocks, held, step);
