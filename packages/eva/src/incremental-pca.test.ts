@@ -40,15 +40,19 @@ function cos(a: ArrayLike<number>, b: ArrayLike<number>, row: number, d: number)
   return xy / Math.sqrt(xx * yy);
 }
 
-await describeEachBackend('IpcaUpdater (float32, stacked) against the float64 IncrementalPCA PEFT matches', () => {
-  for (const [label, n, d, k] of [
-    ['tall (rows ≥ features)', 50, 40, 6],
-    ['wide (rows < features)', 30, 64, 6],
-    ['exact (sketch spans the matrix)', 40, 10, 6],
+await describeEachBackend('IpcaUpdater (float32, stacked) against the float64 IncrementalPCA PEFT matches', (backend) => {
+  for (const [label, n, d, k, onBackend] of [
+    ['tall (rows ≥ features)', 50, 40, 6, false],
+    ['wide (rows < features)', 30, 64, 6, false],
+    ['exact (sketch spans the matrix)', 40, 10, 6, false],
+    ['tall, q×q work on the backend', 50, 40, 6, true],
+    ['wide, q×q work on the backend', 30, 64, 6, true],
   ] as const) {
     it(`${label}: components, singular values, explained variance and convergence over 4 batches`, async () => {
+      // the backend path runs on cpu and webgpu (webgpu's default); the host path everywhere
+      if (onBackend && !['cpu', 'webgpu'].includes(backend.name)) return;
       const before = tf.memory().numTensors;
-      const updater = new IpcaUpdater({ tau: 0.99 });
+      const updater = new IpcaUpdater({ tau: 0.99, factorOnBackend: onBackend || (backend.name === 'webgpu' && n === 40) });
       // two layers fed the same batches go through one stacked update; a third gets other data
       const layers = [new LayerPca('x', k), new LayerPca('y', k), new LayerPca('z', k)];
       const refs = [0, 1, 2].map(() => new IncrementalPCA({ nComponents: k, lowRank: true, lowRankSeed: 42 }));
@@ -63,6 +67,7 @@ await describeEachBackend('IpcaUpdater (float32, stacked) against the float64 In
         for (const [i, ref] of refs.entries()) await ref.partialFit(xs[i] as tf.Tensor2D);
         tf.dispose(xs);
         for (const [i, layer] of layers.entries()) {
+          await layer.componentRows();
           const ref = refs[i] as IncrementalPCA;
           const comps = ref.components?.data as Float64Array;
           for (let r = 0; r < k; r++)
