@@ -104,7 +104,10 @@ const out = {
   loadSeconds,
   ranks,
 };
-writeFileSync(join(dir, `ours-${backend}${values.factor === 'host' ? '-host' : ''}.json`), JSON.stringify(out, null, 1));
+writeFileSync(
+  join(dir, `ours-${backend}${values.factor === 'host' ? '-host' : ''}.json`),
+  JSON.stringify(out, null, 1),
+);
 console.log(JSON.stringify({ ...out, ranks: undefined }));
 peft.dispose();
 tf.dispose(Object.values(t));

@@ -74,8 +74,7 @@ export class LayerPca {
 
   /** The [k, d] component rows on the CPU, read from the backend when only there; null before the first update. */
   async componentRows(): Promise<Float32Array | Float64Array | null> {
-    if (this.components === null && this.tensor !== null)
-      this.components = (await this.tensor.data()) as Float32Array;
+    if (this.components === null && this.tensor !== null) this.components = (await this.tensor.data()) as Float32Array;
     return this.components;
   }
 
@@ -151,7 +150,10 @@ function flipRows(rows: Float32Array, k: number, d: number): Float32Array {
  * row's largest |entry| made positive (the first such entry, as torch's argmax), and each row's
  * cosine with the same row of `prev` (when given). Inside a tidy.
  */
-function flipAndCompare(Vt: tf.Tensor3D, prev: tf.Tensor2D[] | null): { flipped: tf.Tensor3D; cosines: tf.Tensor2D | null } {
+function flipAndCompare(
+  Vt: tf.Tensor3D,
+  prev: tf.Tensor2D[] | null,
+): { flipped: tf.Tensor3D; cosines: tf.Tensor2D | null } {
   const d = Vt.shape[2];
   const at = tf.argMax(tf.abs(Vt), 2) as tf.Tensor2D;
   const picked = tf.sum(tf.mul(tf.oneHot(at, d, 1, 0, 'float32'), Vt), 2, true);
@@ -350,7 +352,7 @@ export class IpcaUpdater {
     }
     const m = stackShape(M)[1];
     if (this.onBackend && !Array.isArray(M) && q < Math.min(m, d)) {
-      const sketch = this.sketches.get(m >= d ? d : m, q, isFirst ? 'float32' : 'float64');
+      const sketch = this.sketches.get(Math.min(m, d), q, isFirst ? 'float32' : 'float64');
       const prev = isFirst ? null : entries.map((e) => e.layer.componentsTensor as tf.Tensor2D);
       const { flipped, report } = tf.tidy(() => {
         const { S, Vt } = svdLowRankOnBackend(M as tf.Tensor3D, { q, niter: NITER, k, sketch });

@@ -356,7 +356,7 @@ export function svdLowRankOnBackend(
   options: SvdLowRankBatchedOptions,
 ): { S: tf.Tensor2D; Vt: tf.Tensor3D } {
   const [, m, d] = M.shape;
-  const { q, niter, k, sketch } = options;
+  const { niter, k, sketch } = options;
   const tall = m >= d;
   return tf.tidy(() => {
     const aTimes = (x: tf.Tensor) => (tall ? tf.matMul(M, x) : tf.matMul(M, x, true, false)) as tf.Tensor3D;

@@ -113,9 +113,15 @@ await describeEachBackend('q×q factorisations on the backend (CholeskyQR, Jacob
       const [L, q, k] = [2, 12, 6];
       // a decaying spectrum, as a PCA's: columns scaled 1 … 1/50 after a mix
       const M = tf.tidy(() =>
-        tf.matMul(tf.tensor3d(illConditioned(L, m, d, 50, 5), [L, m, d]), tf.tensor2d(illConditioned(1, d, d, 1, 6), [d, d])),
+        tf.matMul(
+          tf.tensor3d(illConditioned(L, m, d, 50, 5), [L, m, d]),
+          tf.tensor2d(illConditioned(1, d, d, 1, 6), [d, d]),
+        ),
       ) as tf.Tensor3D;
-      const sketch = tf.tensor2d(new Generator(42).fillNormal(new Float32Array((m >= d ? d : m) * q)), [m >= d ? d : m, q]);
+      const sketch = tf.tensor2d(new Generator(42).fillNormal(new Float32Array(Math.min(m, d) * q)), [
+        Math.min(m, d),
+        q,
+      ]);
       const before = tf.memory().numTensors;
       const mine = svdLowRankOnBackend(M, { q, niter: 4, k, sketch });
       expect(tf.memory().numTensors).toBe(before + 2);
@@ -126,7 +132,9 @@ await describeEachBackend('q×q factorisations on the backend (CholeskyQR, Jacob
       expect(mine.Vt.shape).toEqual([L, k, d]);
       for (let l = 0; l < L; l++) {
         for (let i = 0; i < q; i++)
-          expect(Math.abs((s[l * q + i] as number) / ((host.S[l] as Float64Array)[i] as number) - 1)).toBeLessThan(1e-4);
+          expect(Math.abs((s[l * q + i] as number) / ((host.S[l] as Float64Array)[i] as number) - 1)).toBeLessThan(
+            1e-4,
+          );
         for (let i = 0; i < k; i++) {
           let dot = 0;
           for (let j = 0; j < d; j++) dot += (vt[(l * k + i) * d + j] as number) * (ref[(l * k + i) * d + j] as number);

@@ -47,9 +47,13 @@ export function choleskyInverseStack(G: tf.Tensor3D): tf.Tensor3D {
 export function jacobiSvdStack(R: tf.Tensor3D, left: boolean): { W: tf.Tensor3D; S: tf.Tensor2D } {
   register();
   const [L, q] = R.shape;
-  const packed = tf.engine().runKernel(JACOBI, { R } as unknown as tf.NamedTensorMap, {
-    left,
-  } as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+  const packed = tf.engine().runKernel(
+    JACOBI,
+    { R } as unknown as tf.NamedTensorMap,
+    {
+      left,
+    } as unknown as tf.NamedAttrMap,
+  ) as tf.Tensor2D;
   const out = tf.tidy(() => ({
     W: tf.reshape(tf.slice(packed, [0, 2 * q * q], [L, q * q]), [L, q, q]) as tf.Tensor3D,
     S: tf.slice(packed, [0, 3 * q * q], [L, q]) as tf.Tensor2D,
@@ -72,7 +76,8 @@ function choleskyInverseValues(g: ArrayLike<number>, L: number, q: number): Floa
     let ok = false;
     for (const f of SHIFTS) {
       const sh = f * tr;
-      for (let i = 0; i < q; i++) for (let j = 0; j <= i; j++) a[i * q + j] = (g[o + i * q + j] as number) + (i === j ? sh : 0);
+      for (let i = 0; i < q; i++)
+        for (let j = 0; j <= i; j++) a[i * q + j] = (g[o + i * q + j] as number) + (i === j ? sh : 0);
       ok = true;
       for (let j = 0; j < q; j++) {
         const s = a[j * q + j] as number;
@@ -82,7 +87,8 @@ function choleskyInverseValues(g: ArrayLike<number>, L: number, q: number): Floa
         dg[j] = d;
         for (let i = j + 1; i < q; i++) a[i * q + j] = (a[i * q + j] as number) / d;
         for (let i = j + 1; i < q; i++)
-          for (let c = j + 1; c <= i; c++) a[i * q + c] = (a[i * q + c] as number) - (a[i * q + j] as number) * (a[c * q + j] as number);
+          for (let c = j + 1; c <= i; c++)
+            a[i * q + c] = (a[i * q + c] as number) - (a[i * q + j] as number) * (a[c * q + j] as number);
       }
       if (ok) break;
     }
@@ -163,7 +169,14 @@ function rotatePair(a: Float32Array, v: Float32Array, q: number, i: number, j: n
   return true;
 }
 
-function writeSorted(out: Float32Array, base: number, a: Float32Array, v: Float32Array, q: number, left: boolean): void {
+function writeSorted(
+  out: Float32Array,
+  base: number,
+  a: Float32Array,
+  v: Float32Array,
+  q: number,
+  left: boolean,
+): void {
   const sig = new Float32Array(q);
   for (let j = 0; j < q; j++) {
     let s = 0;
@@ -199,7 +212,12 @@ interface WebGPUProgram {
   getUserCode(): string;
 }
 interface WebGPUBackend {
-  runWebGPUProgram(p: WebGPUProgram, inputs: tf.TensorInfo[], dtype: tf.DataType, uniforms?: { type: 'int32'; data: number[] }[]): tf.TensorInfo;
+  runWebGPUProgram(
+    p: WebGPUProgram,
+    inputs: tf.TensorInfo[],
+    dtype: tf.DataType,
+    uniforms?: { type: 'int32'; data: number[] }[],
+  ): tf.TensorInfo;
 }
 
 const WG = 64;
@@ -394,14 +412,23 @@ interface CpuBackend {
 }
 
 function checkCount(L: number): void {
-  if (L > MAX_MATRICES) throw new Error(`@lora/eva: a stack of ${L} matrices is over the ${MAX_MATRICES} one dispatch holds; split it`);
+  if (L > MAX_MATRICES)
+    throw new Error(`@lora/eva: a stack of ${L} matrices is over the ${MAX_MATRICES} one dispatch holds; split it`);
 }
 
 let registered = false;
 function register(): void {
   if (registered) return;
   registered = true;
-  const add = (kernelName: string, backendName: string, kernelFunc: (a: { inputs: Record<string, tf.TensorInfo>; backend: unknown; attrs: Record<string, unknown> }) => tf.TensorInfo) => {
+  const add = (
+    kernelName: string,
+    backendName: string,
+    kernelFunc: (a: {
+      inputs: Record<string, tf.TensorInfo>;
+      backend: unknown;
+      attrs: Record<string, unknown>;
+    }) => tf.TensorInfo,
+  ) => {
     if (!tf.getKernel(kernelName, backendName))
       tf.registerKernel({ kernelName, backendName, kernelFunc: kernelFunc as unknown as tf.KernelFunc });
   };
@@ -409,7 +436,9 @@ function register(): void {
     const G = inputs.G as tf.TensorInfo;
     const [L, q] = G.shape as [number, number, number];
     checkCount(L);
-    return (backend as WebGPUBackend).runWebGPUProgram(choleskyProgram(L, q), [G], 'float32', [{ type: 'int32', data: [L] }]);
+    return (backend as WebGPUBackend).runWebGPUProgram(choleskyProgram(L, q), [G], 'float32', [
+      { type: 'int32', data: [L] },
+    ]);
   });
   add(JACOBI, 'webgpu', ({ inputs, backend, attrs }) => {
     const R = inputs.R as tf.TensorInfo;
@@ -429,6 +458,10 @@ function register(): void {
     const R = inputs.R as tf.TensorInfo;
     const [L, q] = R.shape as [number, number, number];
     const b = backend as CpuBackend;
-    return b.makeTensorInfo([L, 3 * q * q + q], 'float32', jacobiValues(b.readSync(R.dataId), L, q, attrs.left as boolean));
+    return b.makeTensorInfo(
+      [L, 3 * q * q + q],
+      'float32',
+      jacobiValues(b.readSync(R.dataId), L, q, attrs.left as boolean),
+    );
   });
 }
