@@ -212,6 +212,7 @@ interface WebGPUProgram {
   getUserCode(): string;
 }
 interface WebGPUBackend {
+  device?: { limits?: { maxComputeWorkgroupStorageSize?: number } };
   runWebGPUProgram(
     p: WebGPUProgram,
     inputs: tf.TensorInfo[],
@@ -227,10 +228,22 @@ const MATRIX = 'i32(workgroupId.x)';
 /** One workgroup a matrix, in one dispatch dimension. */
 const MAX_MATRICES = 65_535;
 
-function choleskyProgram(L: number, q: number): WebGPUProgram {
+/**
+ * Whether a program keeps its q×q working matrices (`count` of them) in workgroup memory: much
+ * faster than storage-buffer round trips between barriers, when the device allows that much.
+ */
+function fitsShared(backend: WebGPUBackend, q: number, count: number): boolean {
+  const limit = backend.device?.limits?.maxComputeWorkgroupStorageSize ?? 16_384;
+  return (count * q * q + q + 4) * 4 <= limit;
+}
+
+function choleskyProgram(L: number, q: number, shared: boolean): WebGPUProgram {
+  // the factor is built in place (lower triangle) in workgroup memory, or in the output itself
+  const A = (e: string) => (shared ? `wa[${e}]` : `result[o + ${e}]`);
+  const barrier = shared ? 'workgroupBarrier();' : 'storageBarrier();';
   return {
     outputShape: [L, q, q],
-    shaderKey: `${CHOL}_${q}`,
+    shaderKey: `${CHOL}_${q}_${shared ? 's' : 'g'}`,
     dispatchLayout: { x: [0] },
     dispatch: [L, 1, 1],
     variableNames: ['G'],
@@ -241,6 +254,7 @@ function choleskyProgram(L: number, q: number): WebGPUProgram {
       var<workgroup> dg : array<f32, ${q}>;
       var<workgroup> fail : u32;
       var<workgroup> tr : f32;
+      ${shared ? `var<workgroup> wa : array<f32, ${q * q}>;` : ''}
       fn main(index : i32) {
         let lid = i32(localId.x);
         let m = min(${MATRIX}, uniforms.count - 1);
@@ -260,30 +274,26 @@ function choleskyProgram(L: number, q: number): WebGPUProgram {
           for (var e = lid; e < Q * Q; e = e + ${WG}) {
             let i = e / Q;
             let j = e % Q;
-            if (j <= i) { result[o + e] = G[o + e] + select(0.0, sh, i == j); }
+            if (j <= i) { ${A('e')} = G[o + e] + select(0.0, sh, i == j); }
           }
           if (lid == 0) { fail = 0u; }
-          storageBarrier();
+          ${barrier}
           workgroupBarrier();
           for (var j = 0; j < Q; j = j + 1) {
-            let s = result[o + j * Q + j];
+            let s = ${A('j * Q + j')};
             let good = s > 0.0 && s < 3.4e38;
             if (lid == 0 && !good) { fail = 1u; }
             let d = sqrt(select(1.0, s, good));
             if (lid == 0) { dg[j] = d; }
-            for (var i = j + 1 + lid; i < Q; i = i + ${WG}) {
-              { result[o + i * Q + j] = result[o + i * Q + j] / d; }
-            }
-            storageBarrier();
+            for (var i = j + 1 + lid; i < Q; i = i + ${WG}) { ${A('i * Q + j')} = ${A('i * Q + j')} / d; }
+            ${barrier}
             let rem = Q - j - 1;
             for (var e = lid; e < rem * rem; e = e + ${WG}) {
               let i = j + 1 + e / rem;
               let c = j + 1 + e % rem;
-              if (c <= i) {
-                result[o + i * Q + c] = result[o + i * Q + c] - result[o + i * Q + j] * result[o + c * Q + j];
-              }
+              if (c <= i) { ${A('i * Q + c')} = ${A('i * Q + c')} - ${A('i * Q + j')} * ${A('c * Q + j')}; }
             }
-            storageBarrier();
+            ${barrier}
           }
           let failed = workgroupUniformLoad(&fail);
           if (failed == 0u) { ok = true; break; }
@@ -295,27 +305,38 @@ function choleskyProgram(L: number, q: number): WebGPUProgram {
           }
           return;
         }
+        // column c of L⁻¹ (forward substitution) is row c of R⁻¹ = (L⁻¹)ᵀ: thread c writes row c only
         for (var c = lid; c < Q; c = c + ${WG}) {
           result[o + c * Q + c] = 1.0 / dg[c];
           for (var i = c + 1; i < Q; i = i + 1) {
             var t = 0.0;
-            for (var k = c; k < i; k = k + 1) { t = t - result[o + i * Q + k] * result[o + c * Q + k]; }
+            for (var k = c; k < i; k = k + 1) { t = t - ${A('i * Q + k')} * result[o + c * Q + k]; }
             result[o + c * Q + i] = t / dg[i];
           }
+          ${shared ? 'for (var k = 0; k < c; k = k + 1) { result[o + c * Q + k] = 0.0; }' : ''}
         }
-        storageBarrier();
+        ${
+          shared
+            ? ''
+            : `storageBarrier();
         for (var e = lid; e < Q * Q; e = e + ${WG}) {
           if (e % Q < e / Q) { result[o + e] = 0.0; }
+        }`
         }
       }`,
   };
 }
 
-function jacobiProgram(L: number, q: number, left: boolean): WebGPUProgram {
+function jacobiProgram(L: number, q: number, left: boolean, shared: boolean): WebGPUProgram {
   const size = 3 * q * q + q;
+  // the matrix being rotated and the accumulated rotations: in workgroup memory, or in the output's
+  // first two q×q blocks
+  const A = (e: string) => (shared ? `wa[${e}]` : `result[base + ${e}]`);
+  const V = (e: string) => (shared ? `wv[${e}]` : `result[vb + ${e}]`);
+  const barrier = shared ? 'workgroupBarrier();' : 'storageBarrier();';
   return {
     outputShape: [L, size],
-    shaderKey: `${JACOBI}_${q}_${left ? 'u' : 'v'}`,
+    shaderKey: `${JACOBI}_${q}_${left ? 'u' : 'v'}_${shared ? 's' : 'g'}`,
     dispatchLayout: { x: [0] },
     dispatch: [L, 1, 1],
     variableNames: ['R'],
@@ -326,16 +347,22 @@ function jacobiProgram(L: number, q: number, left: boolean): WebGPUProgram {
       const N = ${q - 1};
       var<workgroup> rotated : u32;
       var<workgroup> sig : array<f32, ${q}>;
+      ${
+        shared
+          ? `var<workgroup> wa : array<f32, ${q * q}>;
+      var<workgroup> wv : array<f32, ${q * q}>;`
+          : ''
+      }
       fn main(index : i32) {
         let lid = i32(localId.x);
         let m = min(${MATRIX}, uniforms.count - 1);
         let base = m * ${size};
         let vb = base + Q * Q;
         for (var e = lid; e < Q * Q; e = e + ${WG}) {
-          result[base + e] = R[m * Q * Q + e];
-          result[vb + e] = select(0.0, 1.0, e / Q == e % Q);
+          ${A('e')} = R[m * Q * Q + e];
+          ${V('e')} = select(0.0, 1.0, e / Q == e % Q);
         }
-        storageBarrier();
+        ${barrier}
         for (var sweep = 0; sweep < ${MAX_SWEEPS}; sweep = sweep + 1) {
           if (lid == 0) { rotated = 0u; }
           workgroupBarrier();
@@ -348,8 +375,8 @@ function jacobiProgram(L: number, q: number, left: boolean): WebGPUProgram {
               var beta = 0.0;
               var gamma = 0.0;
               for (var k = 0; k < Q; k = k + 1) {
-                let x = result[base + k * Q + i];
-                let y = result[base + k * Q + j];
+                let x = ${A('k * Q + i')};
+                let y = ${A('k * Q + j')};
                 alpha = alpha + x * x;
                 beta = beta + y * y;
                 gamma = gamma + x * y;
@@ -361,25 +388,25 @@ function jacobiProgram(L: number, q: number, left: boolean): WebGPUProgram {
                 let c = 1.0 / sqrt(1.0 + t * t);
                 let s = c * t;
                 for (var k = 0; k < Q; k = k + 1) {
-                  let x = result[base + k * Q + i];
-                  let y = result[base + k * Q + j];
-                  result[base + k * Q + i] = c * x - s * y;
-                  result[base + k * Q + j] = s * x + c * y;
-                  let vx = result[vb + k * Q + i];
-                  let vy = result[vb + k * Q + j];
-                  result[vb + k * Q + i] = c * vx - s * vy;
-                  result[vb + k * Q + j] = s * vx + c * vy;
+                  let x = ${A('k * Q + i')};
+                  let y = ${A('k * Q + j')};
+                  ${A('k * Q + i')} = c * x - s * y;
+                  ${A('k * Q + j')} = s * x + c * y;
+                  let vx = ${V('k * Q + i')};
+                  let vy = ${V('k * Q + j')};
+                  ${V('k * Q + i')} = c * vx - s * vy;
+                  ${V('k * Q + j')} = s * vx + c * vy;
                 }
               }
             }
-            storageBarrier();
+            ${barrier}
           }
           let any = workgroupUniformLoad(&rotated);
           if (any == 0u) { break; }
         }
         for (var j = lid; j < Q; j = j + ${WG}) {
           var s = 0.0;
-          for (var k = 0; k < Q; k = k + 1) { let x = result[base + k * Q + j]; s = s + x * x; }
+          for (var k = 0; k < Q; k = k + 1) { let x = ${A('k * Q + j')}; s = s + x * x; }
           sig[j] = sqrt(s);
         }
         workgroupBarrier();
@@ -393,11 +420,7 @@ function jacobiProgram(L: number, q: number, left: boolean): WebGPUProgram {
           result[base + 3 * Q * Q + rank] = sj;
           let inv = select(0.0, 1.0 / sj, sj > 0.0);
           for (var k = 0; k < Q; k = k + 1) {
-            ${
-              left
-                ? 'result[base + 2 * Q * Q + k * Q + rank] = result[base + k * Q + j] * inv;'
-                : 'result[base + 2 * Q * Q + k * Q + rank] = result[vb + k * Q + j];'
-            }
+            result[base + 2 * Q * Q + k * Q + rank] = ${left ? `${A('k * Q + j')} * inv` : V('k * Q + j')};
           }
         }
       }`,
@@ -409,6 +432,12 @@ function jacobiProgram(L: number, q: number, left: boolean): WebGPUProgram {
 interface CpuBackend {
   readSync(dataId: tf.DataId): ArrayLike<number>;
   makeTensorInfo(shape: number[], dtype: tf.DataType, values: Float32Array): tf.TensorInfo;
+}
+
+/** fitsShared, unless LORA_EVA_SHARED=0 (the storage-buffer programs, for tests). */
+function shared(backend: unknown, q: number, count: number): boolean {
+  const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
+  return env?.LORA_EVA_SHARED !== '0' && fitsShared(backend as WebGPUBackend, q, count);
 }
 
 function checkCount(L: number): void {
@@ -436,7 +465,7 @@ function register(): void {
     const G = inputs.G as tf.TensorInfo;
     const [L, q] = G.shape as [number, number, number];
     checkCount(L);
-    return (backend as WebGPUBackend).runWebGPUProgram(choleskyProgram(L, q), [G], 'float32', [
+    return (backend as WebGPUBackend).runWebGPUProgram(choleskyProgram(L, q, shared(backend, q, 1)), [G], 'float32', [
       { type: 'int32', data: [L] },
     ]);
   });
@@ -444,9 +473,12 @@ function register(): void {
     const R = inputs.R as tf.TensorInfo;
     const [L, q] = R.shape as [number, number, number];
     checkCount(L);
-    return (backend as WebGPUBackend).runWebGPUProgram(jacobiProgram(L, q, attrs.left as boolean), [R], 'float32', [
-      { type: 'int32', data: [L] },
-    ]);
+    return (backend as WebGPUBackend).runWebGPUProgram(
+      jacobiProgram(L, q, attrs.left as boolean, shared(backend, q, 2)),
+      [R],
+      'float32',
+      [{ type: 'int32', data: [L] }],
+    );
   });
   add(CHOL, 'cpu', ({ inputs, backend }) => {
     const G = inputs.G as tf.TensorInfo;
