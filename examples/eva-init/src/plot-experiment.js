@@ -42,7 +42,7 @@ function curve(init) {
 const out = join(dirname(file), 'loss');
 await plotLines(
   {
-    title: `fortune-llama on fortune-cookie entries: LoRA r=${r} on every projection (${result.backend}, mean of ${seeds.length} seeds${seeds.length > 1 ? ', band: lowest to highest seed' : ''}, 5-step trailing mean)`,
+    title: `fortune-llama, LoRA r=${r} on every projection (${result.backend}): mean of ${seeds.length} seed${seeds.length > 1 ? 's, lowest to highest shaded' : ''}, 5-step trailing mean`,
     x: 'step',
     y: 'training loss',
     series: [

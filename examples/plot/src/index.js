@@ -24,7 +24,7 @@ export function lineChartSpec(chart) {
   const order = chart.series.map((s) => s.name);
   const x = { field: 'x', type: 'quantitative', title: chart.x };
   const y = { field: 'y', type: 'quantitative', title: chart.y, scale: chart.logY ? { type: 'log' } : { zero: false } };
-  const color = { field: 'series', type: 'nominal', title: null, sort: order };
+  const color = { field: 'series', type: 'nominal', title: null, sort: order, legend: { labelLimit: 0 } };
   const head = {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: chart.title,
@@ -41,7 +41,7 @@ export function lineChartSpec(chart) {
       {
         data: { values: bands },
         mark: { type: 'area', opacity: 0.2 },
-        encoding: { x, y: { ...y, field: 'lo' }, y2: { field: 'hi' }, color: { ...color, legend: null } },
+        encoding: { x, y: { ...y, field: 'lo' }, y2: { field: 'hi' }, color },
       },
       { data: { values }, ...line },
     ],
