@@ -188,6 +188,17 @@ class Sketches {
   }
 }
 
+/** See {@link IpcaUpdaterOptions.maxStackValues}. */
+function defaultMaxStackValues(): number {
+  const base = 2 ** 25;
+  if (tf.getBackend() !== 'webgpu') return base;
+  const limits = (
+    tf.backend() as { device?: { limits?: { maxStorageBufferBindingSize?: number; maxBufferSize?: number } } }
+  ).device?.limits;
+  const bytes = Math.min(limits?.maxStorageBufferBindingSize ?? 0, limits?.maxBufferSize ?? 0);
+  return Math.max(base, Math.min(2 ** 28, Math.floor(bytes / 4)));
+}
+
 /** One layer's batch for {@link IpcaUpdater.update}: its prepared inputs [n, d] (the caller keeps them). */
 export interface IpcaEntry {
   layer: LayerPca;
@@ -199,7 +210,11 @@ export interface IpcaUpdaterOptions {
   precision?: IpcaPrecision;
   /** The convergence threshold on each component's cosine with its previous value (EVA's tau). */
   tau: number;
-  /** Most float32 values one stacked update may hold; larger groups are split. Default 2^25 (128 MB, under WebGPU's default binding limit). */
+  /**
+   * Most float32 values one stacked update may hold; larger groups are split. Default 2^25 (128 MB,
+   * WebGPU's default binding limit), or on webgpu what the device's `maxStorageBufferBindingSize`
+   * and `maxBufferSize` allow, up to 2^28 (1 GiB): fewer, larger stacks dispatch fewer kernels.
+   */
   maxStackValues?: number;
   /**
    * Keep the randomized SVD's q×q factorisations, the sign fix and the convergence test on the
@@ -226,7 +241,7 @@ export class IpcaUpdater {
   constructor(options: IpcaUpdaterOptions) {
     this.precision = options.precision ?? 'float32';
     this.tau = options.tau;
-    this.maxStackValues = options.maxStackValues ?? 2 ** 25;
+    this.maxStackValues = options.maxStackValues ?? defaultMaxStackValues();
     const wanted = options.factorOnBackend ?? tf.getBackend() === 'webgpu';
     if (wanted && !factorsOnBackend())
       throw new Error(
