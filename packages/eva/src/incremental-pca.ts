@@ -315,11 +315,15 @@ export class IpcaUpdater {
         };
       }
       const X = tf.stack(entries.map((e) => tf.cast(e.x, 'float32'))) as tf.Tensor3D;
-      const colSum = tf.sum(X, 1, true) as tf.Tensor3D;
+      // sums over the rows as products with a row of ones: a reduction over the middle axis of a stack
+      // transposes it first (1 ms a sum on the H200 for the 123M benchmark's stacks)
+      const ones = tf.ones([1, n]);
+      const rowSum = (t: tf.Tensor) => tf.matMul(ones, t) as tf.Tensor3D;
+      const colSum = rowSum(X);
       const c = tf.sub(X, tf.div(colSum, n));
       return {
         centred: c as Stack,
-        stats: tf.concat([colSum, tf.sum(c, 1, true), tf.sum(tf.square(c), 1, true)], 1),
+        stats: tf.concat([colSum, rowSum(c), rowSum(tf.square(c))], 1),
         colSums: colSum as Stack,
       };
     });

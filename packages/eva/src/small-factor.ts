@@ -305,23 +305,19 @@ function choleskyProgram(L: number, q: number, shared: boolean): WebGPUProgram {
           }
           return;
         }
-        // column c of L⁻¹ (forward substitution) is row c of R⁻¹ = (L⁻¹)ᵀ: thread c writes row c only
+        // column c of L⁻¹ (forward substitution) is row c of R⁻¹ = (L⁻¹)ᵀ: thread c writes row c only,
+        // into the upper triangle (L is in the strictly lower one, its diagonal in dg)
         for (var c = lid; c < Q; c = c + ${WG}) {
-          result[o + c * Q + c] = 1.0 / dg[c];
+          ${A('c * Q + c')} = 1.0 / dg[c];
           for (var i = c + 1; i < Q; i = i + 1) {
             var t = 0.0;
-            for (var k = c; k < i; k = k + 1) { t = t - ${A('i * Q + k')} * result[o + c * Q + k]; }
-            result[o + c * Q + i] = t / dg[i];
+            for (var k = c; k < i; k = k + 1) { t = t - ${A('i * Q + k')} * ${A('c * Q + k')}; }
+            ${A('c * Q + i')} = t / dg[i];
           }
-          ${shared ? 'for (var k = 0; k < c; k = k + 1) { result[o + c * Q + k] = 0.0; }' : ''}
         }
-        ${
-          shared
-            ? ''
-            : `storageBarrier();
+        ${barrier}
         for (var e = lid; e < Q * Q; e = e + ${WG}) {
-          if (e % Q < e / Q) { result[o + e] = 0.0; }
-        }`
+          ${shared ? 'result[o + e] = select(0.0, wa[e], e % Q >= e / Q);' : 'if (e % Q < e / Q) { result[o + e] = 0.0; }'}
         }
       }`,
   };
