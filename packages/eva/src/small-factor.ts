@@ -232,9 +232,9 @@ const MAX_MATRICES = 65_535;
  * Whether a program keeps its q×q working matrices (`count` of them) in workgroup memory: much
  * faster than storage-buffer round trips between barriers, when the device allows that much.
  */
-function fitsShared(backend: WebGPUBackend, q: number, count: number): boolean {
+function fitsShared(backend: WebGPUBackend, q: number, count: number, extra: number): boolean {
   const limit = backend.device?.limits?.maxComputeWorkgroupStorageSize ?? 16_384;
-  return (count * q * q + q + 4) * 4 <= limit;
+  return (count * q * q + q + 4 + extra) * 4 <= limit;
 }
 
 function choleskyProgram(L: number, q: number, shared: boolean): WebGPUProgram {
@@ -323,26 +323,42 @@ function choleskyProgram(L: number, q: number, shared: boolean): WebGPUProgram {
   };
 }
 
+/** Threads of the Jacobi program: each of the q/2 pairs of a round gets JWG / (q/2) of them (a power of 2). */
+const JWG = 256;
+
+function jacobiThreadsPerPair(q: number): number {
+  let t = 1;
+  while (t * 2 * (q / 2) <= JWG) t *= 2;
+  return t;
+}
+
 function jacobiProgram(L: number, q: number, left: boolean, shared: boolean): WebGPUProgram {
   const size = 3 * q * q + q;
   // the matrix being rotated and the accumulated rotations: in workgroup memory, or in the output's
   // first two q×q blocks
   const A = (e: string) => (shared ? `wa[${e}]` : `result[base + ${e}]`);
   const V = (e: string) => (shared ? `wv[${e}]` : `result[vb + ${e}]`);
-  const barrier = shared ? 'workgroupBarrier();' : 'storageBarrier();';
+  const barrier = shared ? 'workgroupBarrier();' : 'storageBarrier(); workgroupBarrier();';
+  // T threads share a pair: each sums the dot products over every T-th row, the partial sums are
+  // added up through workgroup memory, and each rotates its own rows
+  const T = jacobiThreadsPerPair(q);
+  const groups = JWG / T;
+  const passes = Math.ceil(q / 2 / groups);
   return {
     outputShape: [L, size],
     shaderKey: `${JACOBI}_${q}_${left ? 'u' : 'v'}_${shared ? 's' : 'g'}`,
     dispatchLayout: { x: [0] },
     dispatch: [L, 1, 1],
     variableNames: ['R'],
-    workgroupSize: [WG, 1, 1],
+    workgroupSize: [JWG, 1, 1],
     uniforms: 'count : i32,',
     getUserCode: () => `
       const Q = ${q};
       const N = ${q - 1};
+      const T = ${T};
       var<workgroup> rotated : u32;
       var<workgroup> sig : array<f32, ${q}>;
+      var<workgroup> part : array<vec3<f32>, ${JWG}>;
       ${
         shared
           ? `var<workgroup> wa : array<f32, ${q * q}>;
@@ -354,7 +370,9 @@ function jacobiProgram(L: number, q: number, left: boolean, shared: boolean): We
         let m = min(${MATRIX}, uniforms.count - 1);
         let base = m * ${size};
         let vb = base + Q * Q;
-        for (var e = lid; e < Q * Q; e = e + ${WG}) {
+        let sub = lid % T;
+        let p0 = lid / T;
+        for (var e = lid; e < Q * Q; e = e + ${JWG}) {
           ${A('e')} = R[m * Q * Q + e];
           ${V('e')} = select(0.0, 1.0, e / Q == e % Q);
         }
@@ -363,27 +381,34 @@ function jacobiProgram(L: number, q: number, left: boolean, shared: boolean): We
           if (lid == 0) { rotated = 0u; }
           workgroupBarrier();
           for (var r = 0; r < N; r = r + 1) {
-            for (var p = lid; p < Q / 2; p = p + ${WG}) {
+            for (var pp = 0; pp < ${passes}; pp = pp + 1) {
+              let p = pp * ${groups} + p0;
+              let live = p < Q / 2;
               var i = N;
               var j = r;
               if (p > 0) { i = (r + p) % N; j = (r - p + N) % N; }
-              var alpha = 0.0;
-              var beta = 0.0;
-              var gamma = 0.0;
-              for (var k = 0; k < Q; k = k + 1) {
-                let x = ${A('k * Q + i')};
-                let y = ${A('k * Q + j')};
-                alpha = alpha + x * x;
-                beta = beta + y * y;
-                gamma = gamma + x * y;
+              var acc = vec3<f32>(0.0, 0.0, 0.0);
+              if (live) {
+                for (var k = sub; k < Q; k = k + T) {
+                  let x = ${A('k * Q + i')};
+                  let y = ${A('k * Q + j')};
+                  acc = acc + vec3<f32>(x * x, y * y, x * y);
+                }
               }
-              if (abs(gamma) > ${jacobiTolerance(q).toExponential()} * sqrt(alpha * beta)) {
+              part[lid] = acc;
+              workgroupBarrier();
+              var tot = vec3<f32>(0.0, 0.0, 0.0);
+              for (var u = 0; u < T; u = u + 1) { tot = tot + part[p0 * T + u]; }
+              let alpha = tot.x;
+              let beta = tot.y;
+              let gamma = tot.z;
+              if (live && abs(gamma) > ${jacobiTolerance(q).toExponential()} * sqrt(alpha * beta)) {
                 rotated = 1u;
                 let zeta = (beta - alpha) / (2.0 * gamma);
                 let t = select(-1.0, 1.0, zeta >= 0.0) / (abs(zeta) + sqrt(1.0 + zeta * zeta));
                 let c = 1.0 / sqrt(1.0 + t * t);
                 let s = c * t;
-                for (var k = 0; k < Q; k = k + 1) {
+                for (var k = sub; k < Q; k = k + T) {
                   let x = ${A('k * Q + i')};
                   let y = ${A('k * Q + j')};
                   ${A('k * Q + i')} = c * x - s * y;
@@ -394,19 +419,19 @@ function jacobiProgram(L: number, q: number, left: boolean, shared: boolean): We
                   ${V('k * Q + j')} = s * vx + c * vy;
                 }
               }
+              ${barrier}
             }
-            ${barrier}
           }
           let any = workgroupUniformLoad(&rotated);
           if (any == 0u) { break; }
         }
-        for (var j = lid; j < Q; j = j + ${WG}) {
+        for (var j = lid; j < Q; j = j + ${JWG}) {
           var s = 0.0;
           for (var k = 0; k < Q; k = k + 1) { let x = ${A('k * Q + j')}; s = s + x * x; }
           sig[j] = sqrt(s);
         }
         workgroupBarrier();
-        for (var j = lid; j < Q; j = j + ${WG}) {
+        for (var j = lid; j < Q; j = j + ${JWG}) {
           let sj = sig[j];
           var rank = 0;
           for (var i = 0; i < Q; i = i + 1) {
@@ -423,17 +448,15 @@ function jacobiProgram(L: number, q: number, left: boolean, shared: boolean): We
   };
 }
 
-// ---------------------------------------------------------------------------------------------
-
 interface CpuBackend {
   readSync(dataId: tf.DataId): ArrayLike<number>;
   makeTensorInfo(shape: number[], dtype: tf.DataType, values: Float32Array): tf.TensorInfo;
 }
 
 /** fitsShared, unless LORA_EVA_SHARED=0 (the storage-buffer programs, for tests). */
-function shared(backend: unknown, q: number, count: number): boolean {
+function shared(backend: unknown, q: number, count: number, extra = 0): boolean {
   const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
-  return env?.LORA_EVA_SHARED !== '0' && fitsShared(backend as WebGPUBackend, q, count);
+  return env?.LORA_EVA_SHARED !== '0' && fitsShared(backend as WebGPUBackend, q, count, extra);
 }
 
 function checkCount(L: number): void {
@@ -470,7 +493,7 @@ function register(): void {
     const [L, q] = R.shape as [number, number, number];
     checkCount(L);
     return (backend as WebGPUBackend).runWebGPUProgram(
-      jacobiProgram(L, q, attrs.left as boolean, shared(backend, q, 2)),
+      jacobiProgram(L, q, attrs.left as boolean, shared(backend, q, 2, 4 * JWG)),
       [R],
       'float32',
       [{ type: 'int32', data: [L] }],
