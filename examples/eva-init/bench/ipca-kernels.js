@@ -21,7 +21,7 @@ const { values } = parseArgs({
     rows: { type: 'string', default: '2048' },
     steps: { type: 'string', default: '4' },
     scale: { type: 'string', default: '1' },
-    modes: { type: 'string', default: 'backend,host' },
+    modes: { type: 'string', default: 'host,backend' },
   },
 });
 const backend = /** @type {'webgpu' | 'wasm' | 'cpu'} */ (values.backend);
@@ -34,6 +34,10 @@ const shapes = [
   { count: Math.max(1, Math.round(36 / scale)), d: 768 },
   { count: Math.max(1, Math.round(12 / scale)), d: 2560 },
 ];
+const limits = /** @type {any} */ (tf.backend()).device?.limits;
+console.log(
+  `device limits: maxComputeWorkgroupStorageSize ${limits?.maxComputeWorkgroupStorageSize}, maxStorageBufferBindingSize ${limits?.maxStorageBufferBindingSize}, maxBufferSize ${limits?.maxBufferSize}`,
+);
 console.log(
   `backend ${info.name} (${info.adapter}); ${shapes.map((s) => `${s.count} × [${n}, ${s.d}]`).join(' + ')}; k ${k}`,
 );
