@@ -20,6 +20,14 @@ case "${1:-bench}" in
     PEFT_TIME_LIMIT=${PEFT_TIME_LIMIT:-60} timeout 90 python3 "$here/peft_eva_bench.py" run $d 2>&1 | grep -v '%|' | tail -3
     timeout 100 $NODE .device/bundle/eva-bench.mjs $d --backend webgpu --time-limit 80 2> "$out/ours-webgpu.log"; echo "webgpu rc=$?"
     tail -3 "$out/ours-webgpu.log"
+    # the previous path (q×q factorisations on the host, a read-back per CholeskyQR pass), 10 batches
+    if [ -n "${EVA_BENCH_HOST:-}" ]; then
+      timeout 40 $NODE .device/bundle/eva-bench.mjs $d --backend webgpu --max-steps 10 --time-limit 20 --factor host \
+        2> "$out/ours-webgpu-host.log"; echo "webgpu host path rc=$?"
+    fi
+    # the PCA update alone at these shapes, kernel by kernel (GPU timestamps)
+    timeout 45 $NODE .device/bundle/ipca-kernels.mjs --steps 3 --modes backend > "$out/ipca-kernels.md" 2> "$out/ipca-kernels.log"
+    echo "ipca-kernels rc=$?"; cat "$out/ipca-kernels.md"
     # where a batch goes on webgpu: read-backs, kernels and CPU seconds per phase, 3 batches
     timeout 45 $NODE .device/bundle/eva-profile.mjs $d --backend webgpu --steps 3 > "$out/profile-webgpu.md" 2> "$out/profile-webgpu.log"
     echo "profile rc=$?"; cat "$out/profile-webgpu.md"

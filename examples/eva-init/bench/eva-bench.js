@@ -4,7 +4,7 @@
 // forward, the whole EVA call). Writes DIR/ours-<backend>.json and prints it.
 //
 //   node eva-bench.js DIR [--backend webgpu|wasm|cpu] [--time-limit SECONDS] [--precision float32|float64]
-//                         [--max-passes N] [--max-steps N]
+//                         [--max-passes N] [--max-steps N] [--factor auto|backend|host]
 // Bundled for the GPU machine with ../../../../shared/device/pack (see README.md).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -26,6 +26,9 @@ const { positionals, values } = parseArgs({
     'max-passes': { type: 'string', default: '1000' },
     // stop after this many batches (both sides time the same first batches; 0: until convergence)
     'max-steps': { type: 'string', default: process.env.EVA_BENCH_STEPS ?? '0' },
+    // where the randomized SVD's q×q factorisations run: 'backend' (webgpu's default), 'host' (CPU,
+    // float64: a read-back per CholeskyQR pass), 'auto' (the backend's default)
+    factor: { type: 'string', default: 'auto' },
   },
 });
 const dir = positionals[0];
@@ -69,6 +72,7 @@ try {
     progressBar: false,
     precision: /** @type {'float32'} */ (values.precision),
     maxPasses: Number(values['max-passes']),
+    ...(values.factor === 'auto' ? {} : { factorOnBackend: values.factor === 'backend' }),
     signal: AbortSignal.any(signals),
     onProgress: (p) => {
       steps = p.step;
@@ -89,7 +93,7 @@ const seconds = (performance.now() - t0) / 1000;
 const cpu = process.cpuUsage(c0);
 if (process.stderr.isTTY) process.stderr.write('\n');
 const out = {
-  impl: '@lora/eva',
+  impl: values.factor === 'host' ? '@lora/eva (q×q on the host)' : '@lora/eva',
   backend: `${info.name} (${info.adapter})`,
   seconds,
   cpuSeconds: (cpu.user + cpu.system) / 1e6,
@@ -100,7 +104,10 @@ const out = {
   loadSeconds,
   ranks,
 };
-writeFileSync(join(dir, `ours-${backend}.json`), JSON.stringify(out, null, 1));
+writeFileSync(
+  join(dir, `ours-${backend}${values.factor === 'host' ? '-host' : ''}.json`),
+  JSON.stringify(out, null, 1),
+);
 console.log(JSON.stringify({ ...out, ranks: undefined }));
 peft.dispose();
 tf.dispose(Object.values(t));

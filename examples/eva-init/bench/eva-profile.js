@@ -4,7 +4,7 @@
 // forward passes (hooks and input gathering included) and of the rest (the incremental-PCA updates,
 // the convergence test) apart. Process CPU seconds, not wall time (this machine is shared).
 //
-//   node eva-profile.js DIR [--backend wasm|cpu|webgpu] [--steps N] [--rows R]
+//   node eva-profile.js DIR [--backend wasm|cpu|webgpu] [--steps N] [--rows R] [--factor auto|backend|host]
 //   (--rows: keep the first R sequences of each batch, to keep a run short)
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -22,6 +22,7 @@ const { positionals, values } = parseArgs({
     backend: { type: 'string', default: 'wasm' },
     steps: { type: 'string', default: '3' },
     rows: { type: 'string', default: '0' },
+    factor: { type: 'string', default: 'auto' },
   },
 });
 const dir = positionals[0];
@@ -91,6 +92,7 @@ try {
   await initializeLoraEvaWeights(peft, batches, {
     progressBar: false,
     signal: controller.signal,
+    ...(values.factor === 'auto' ? {} : { factorOnBackend: values.factor === 'backend' }),
     forwardFn: async (m, b) => {
       switchTo('forward');
       try {
@@ -119,7 +121,7 @@ switchTo('other');
 const n = marks.length;
 const per = (/** @type {number} */ x) => (x / n).toFixed(3);
 console.log(
-  `backend ${backend}; ${n} batches of ${rows || settings.batch_size}x${settings.seq_len}; process CPU seconds`,
+  `backend ${backend}, q×q factorisations: ${values.factor}; ${n} batches of ${rows || settings.batch_size}x${settings.seq_len}; process CPU seconds`,
 );
 console.log('| phase | read-backs / batch | kernels / batch | CPU s / batch | wall s / batch |');
 console.log('|---|---:|---:|---:|---:|');

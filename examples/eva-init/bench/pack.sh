@@ -15,7 +15,8 @@ cd "$root"
 out=${1:-.bench/eva-device}
 npx turbo run build --filter=@lora-examples/eva-init... --output-logs=errors-only
 mkdir -p "$out"
-for entry in examples/eva-init/bench/eva-bench.js examples/eva-init/bench/eva-profile.js examples/eva-init/src/experiment.js; do
+for entry in examples/eva-init/bench/eva-bench.js examples/eva-init/bench/eva-profile.js examples/eva-init/bench/ipca-kernels.js \
+  examples/eva-init/src/experiment.js; do
   name=$(basename "${entry%.*}")
   [ "$name" = experiment ] && name=eva-experiment
   npx esbuild "$entry" --bundle --platform=node --format=esm --target=node20 \

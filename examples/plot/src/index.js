@@ -7,7 +7,8 @@ import * as vega from 'vega';
 import { compile } from 'vega-lite';
 
 /**
- * @typedef {{ name: string, points: Array<[number, number]> }} Series
+ * @typedef {{ name: string, points: Array<[number, number]>, band?: Array<[number, number, number]> }} Series
+ *   `band`: an optional shaded range [x, low, high] around the line (e.g. the spread over seeds)
  * @typedef {{
  *   title: string, x: string, y: string, series: Series[],
  *   logY?: boolean, width?: number, height?: number, points?: boolean
@@ -20,19 +21,30 @@ import { compile } from 'vega-lite';
  */
 export function lineChartSpec(chart) {
   const values = chart.series.flatMap((s) => s.points.map(([x, y]) => ({ series: s.name, x, y })));
-  return {
+  const order = chart.series.map((s) => s.name);
+  const x = { field: 'x', type: 'quantitative', title: chart.x };
+  const y = { field: 'y', type: 'quantitative', title: chart.y, scale: chart.logY ? { type: 'log' } : { zero: false } };
+  const color = { field: 'series', type: 'nominal', title: null, sort: order, legend: { labelLimit: 0 } };
+  const head = {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: chart.title,
     width: chart.width ?? 560,
     height: chart.height ?? 320,
     background: 'white',
-    data: { values },
-    mark: { type: 'line', point: chart.points ?? false },
-    encoding: {
-      x: { field: 'x', type: 'quantitative', title: chart.x },
-      y: { field: 'y', type: 'quantitative', title: chart.y, scale: chart.logY ? { type: 'log' } : { zero: false } },
-      color: { field: 'series', type: 'nominal', title: null, sort: chart.series.map((s) => s.name) },
-    },
+  };
+  const line = { mark: { type: 'line', point: chart.points ?? false }, encoding: { x, y, color } };
+  const bands = chart.series.flatMap((s) => (s.band ?? []).map(([bx, lo, hi]) => ({ series: s.name, x: bx, lo, hi })));
+  if (bands.length === 0) return { ...head, data: { values }, ...line };
+  return {
+    ...head,
+    layer: [
+      {
+        data: { values: bands },
+        mark: { type: 'area', opacity: 0.2 },
+        encoding: { x, y: { ...y, field: 'lo' }, y2: { field: 'hi' }, color },
+      },
+      { data: { values }, ...line },
+    ],
   };
 }
 

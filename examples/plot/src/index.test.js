@@ -43,3 +43,36 @@ test('a line chart becomes an SVG with one path per series and a PNG', async () 
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a band shades a range around its line', async () => {
+  const chart = {
+    title: 'loss',
+    x: 'step',
+    y: 'loss',
+    series: [
+      {
+        name: 'a',
+        points: [
+          [0, 3],
+          [1, 2],
+        ],
+        band: [
+          [0, 2.5, 3.5],
+          [1, 1.5, 2.5],
+        ],
+      },
+    ],
+  };
+  const spec = lineChartSpec(chart);
+  assert.equal(spec.layer.length, 2);
+  assert.equal(spec.layer[0].data.values.length, 2);
+  const dir = await mkdtemp(join(tmpdir(), 'plot-'));
+  try {
+    const { svg } = await plotLines(chart, join(dir, 'band'));
+    const text = await readFile(svg, 'utf8');
+    assert.equal((text.match(/class="mark-area role-mark/g) ?? []).length, 1);
+    assert.equal((text.match(/class="mark-line role-mark/g) ?? []).length, 1);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

@@ -14,6 +14,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { FIX, evaBatches, evaNet, readFixture, readJson, startTestBackend } from './eva-nets.test-util';
 import { type EvaReport, getEvaStateDict, initializeLoraEvaWeights } from './index';
 import type { IpcaPrecision } from './incremental-pca';
+import { factorsOnBackend } from './small-factor';
 
 interface CaseResult {
   lora: Record<string, unknown>;
@@ -97,9 +98,14 @@ describe('getEvaStateDict matches PEFT 0.21 on the EvaNet fixtures', () => {
 
 describe('initializeLoraEvaWeights matches PEFT 0.21 on the EvaNet fixtures', () => {
   for (const name of CASES)
-    for (const precision of ['float32', 'float64'] as IpcaPrecision[]) {
+    for (const mode of ['float32', 'float32, q×q on the backend', 'float64'] as const) {
+      const precision: IpcaPrecision = mode === 'float64' ? 'float64' : 'float32';
       if (precision === 'float64' && name !== 'rho2' && name !== 'labels') continue;
-      it(`${name} (${precision}): rank and alpha patterns, target modules, scalings, A rows, B = 0, saved files`, async () => {
+      // the q×q factorisations on the backend (webgpu's default) run on cpu and webgpu only:
+      // LORA_EVA_BACKEND=cpu or webgpu runs these cases (the default wasm has no such path)
+      const factorOnBackend = mode === 'float32, q×q on the backend';
+      it(`${name} (${mode}): rank and alpha patterns, target modules, scalings, A rows, B = 0, saved files`, async (ctx) => {
+        if (factorOnBackend && !factorsOnBackend()) ctx.skip();
         const r = readJson<CaseResult>(`${name}/result.json`);
         const batches = evaBatches(r.labels);
         const peft = getPeftModel(evaNet(), caseConfig(r));
@@ -108,6 +114,7 @@ describe('initializeLoraEvaWeights matches PEFT 0.21 on the EvaNet fixtures', ()
         const result = await initializeLoraEvaWeights(peft, batches, {
           progressBar: false,
           precision,
+          factorOnBackend: precision === 'float32' ? factorOnBackend : undefined,
           warn: (m) => warnings.push(m),
           onComplete: (rep) => {
             report = rep;

@@ -32,6 +32,7 @@ import {
 } from './prepare';
 import { type EvaProgress, evaProgressBar, wantsBar } from './progress';
 import { rankDistribution, roundHalfEven } from './rank-distribution';
+import { factorsOnBackend } from './small-factor';
 
 /** Components per target layer, `[rank, in_features]`, by module name in the model given (PEFT's eva_state_dict). */
 export type EvaStateDict = Record<string, tf.Tensor2D>;
@@ -85,6 +86,13 @@ export interface GetEvaStateDictOptions<B> {
   maxPasses?: number;
   /** `'float32'` (default): the incremental PCA on the active backend; `'float64'`: on the CPU, PEFT's arithmetic exactly. */
   precision?: IpcaPrecision;
+  /**
+   * With `'float32'`: run the randomized SVD's small q×q factorisations, the sign fix and the
+   * convergence test on the backend, so that each batch reads back once (default: on webgpu, where a
+   * read-back drains the GPU queue); false runs them on the CPU in float64 (a read-back at each
+   * CholeskyQR pass). Only the cpu and webgpu backends can run them.
+   */
+  factorOnBackend?: boolean;
   /**
    * Stop each forward pass once every layer still collecting inputs has had its input (default true):
    * the layers after it and the head are not run. Set false when a target layer runs more than once per forward.
@@ -352,6 +360,11 @@ export async function getEvaStateDict<B = unknown>(
     budget += r;
   }
 
+  if (options.factorOnBackend && options.precision !== 'float64' && !factorsOnBackend())
+    throw new EvaError(
+      'bad-model',
+      `factorOnBackend needs the webgpu or cpu backend; the active one is '${tf.getBackend()}' (leave factorOnBackend unset there)`,
+    );
   if (options.signal?.aborted) throw abortReason(options.signal);
   const stream = new BatchStream(dataloader, maxPasses);
   const first = await stream.next();
@@ -372,7 +385,11 @@ export async function getEvaStateDict<B = unknown>(
     for (const list of captures.values()) for (const c of list) c.x.dispose();
     captures.clear();
   };
-  const updater = new IpcaUpdater({ precision: options.precision, tau: eva.tau });
+  const updater = new IpcaUpdater({
+    precision: options.precision,
+    tau: eva.tau,
+    factorOnBackend: options.precision === 'float64' ? false : options.factorOnBackend,
+  });
   const pcas = new Map<string, LayerPca>();
   const bar = wantsBar(options.progressBar) ? evaProgressBar() : null;
 
@@ -503,7 +520,7 @@ export async function getEvaStateDict<B = unknown>(
         dropCaptures();
       }
       step++;
-      if ([...pcas.values()].every((p) => p.components !== null))
+      if ([...pcas.values()].every((p) => p.fitted))
         rankDist = rankDistribution({
           layerHookMap,
           explainedVarianceRatio: new Map([...pcas].map(([n, p]) => [n, p.explainedVarianceRatio as Float64Array])),
@@ -565,15 +582,15 @@ export async function getEvaStateDict<B = unknown>(
     try {
       for (const [name, rank] of rankDist) {
         const pca = pcas.get(hookOf.get(name) as string) as LayerPca;
-        if (pca.components === null)
+        const comps = await pca.componentRows();
+        if (comps === null)
           throw new EvaError(
             'no-layer-inputs',
             `layer ${name} never had a batch with at least ${pca.k} rows (its most components) to fit; give larger batches or lower r·rho`,
           );
-        const d = pca.components.length / pca.k;
+        const d = comps.length / pca.k;
         if (!pca.converged.slice(0, rank).every(Boolean)) unconverged.push(name);
         const rows = new Float32Array(rank * d);
-        const comps = pca.components;
         for (let i = 0; i < rank; i++) {
           // whitening divides each component by √(its singular value) once (PEFT divides in place on a
           // view its equal-input layers share, so there each group member divides the shared rows again)

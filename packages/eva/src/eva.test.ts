@@ -16,6 +16,7 @@ import {
   initializeLoraEvaWeights,
   prepareLayerInputsFnLanguageModeling,
 } from './index';
+import { factorsOnBackend } from './small-factor';
 
 beforeAll(async () => {
   await startTestBackend();
@@ -347,6 +348,38 @@ describe('bad input: clear errors, and the model as it was', () => {
       rho: 0.2,
     };
     await expect(initializeLoraEvaWeights(peft, [])).rejects.toThrow('`rho` must be >= 1.0');
+    peft.dispose();
+    net.dispose();
+  });
+
+  it('factorOnBackend where the backend cannot run it (wasm) is refused before anything runs', async (ctx) => {
+    if (factorsOnBackend()) ctx.skip();
+    const peft = evaPeft();
+    const batches = evaBatches(false);
+    let asked = 0;
+    const loader = function* () {
+      for (const b of batches) {
+        asked++;
+        yield b;
+      }
+    };
+    const err = await initializeLoraEvaWeights(peft, loader, { factorOnBackend: true, progressBar: false }).catch(
+      (e) => e,
+    );
+    expect(err).toBeInstanceOf(EvaError);
+    expect((err as EvaError).code).toBe('bad-model');
+    expect((err as Error).message).toContain(`the active one is '${tf.getBackend()}'`);
+    expect(asked).toBe(0);
+    // the float64 path never factors on the backend: the option does not apply there
+    const net = evaNet();
+    await expect(
+      getEvaStateDict(net, [], {
+        peftConfig: { r: 4, targetModules: ALL, initLoraWeights: 'eva' },
+        precision: 'float64',
+        factorOnBackend: true,
+      }),
+    ).rejects.toThrow('dataloader is empty');
+    tf.dispose(batches.flatMap((b) => Object.values(b)));
     peft.dispose();
     net.dispose();
   });

@@ -16,7 +16,9 @@ import {
   stackValues as stackValuesOf,
   svdExactBatched,
   svdLowRankBatched,
+  svdLowRankOnBackend,
 } from './low-rank-batched';
+import { factorsOnBackend } from './small-factor';
 
 /** Where the incremental PCA runs: float32 on the active backend (default) or float64 on the CPU. */
 export type IpcaPrecision = 'float32' | 'float64';
@@ -39,7 +41,10 @@ export class LayerPca {
   nSeen = 0;
   mean: Float64Array | null = null;
   variance: Float64Array | null = null;
-  /** [k, d] rows (unit, sign-fixed), or null before the first update. */
+  /**
+   * [k, d] rows (unit, sign-fixed), or null before the first update and while they are only on the
+   * backend (see {@link LayerPca.componentRows}).
+   */
   components: Float32Array | Float64Array | null = null;
   singularValues: Float64Array | null = null;
   explainedVarianceRatio: Float64Array | null = null;
@@ -60,6 +65,25 @@ export class LayerPca {
   /** The components as a backend tensor (kept by this object). */
   get componentsTensor(): tf.Tensor2D | null {
     return this.tensor;
+  }
+
+  /** Whether an update has set components. */
+  get fitted(): boolean {
+    return this.components !== null || this.tensor !== null;
+  }
+
+  /** The [k, d] component rows on the CPU, read from the backend when only there; null before the first update. */
+  async componentRows(): Promise<Float32Array | Float64Array | null> {
+    if (this.components === null && this.tensor !== null) this.components = (await this.tensor.data()) as Float32Array;
+    return this.components;
+  }
+
+  /** @internal components left on the backend, with each one's cosine to the previous update's (null on the first). */
+  setComponentsOnBackend(tensor: tf.Tensor2D, cosines: ArrayLike<number> | null, tau: number): void {
+    this.components = null;
+    this.tensor?.dispose();
+    this.tensor = tensor;
+    if (cosines) this.converged = Array.from({ length: this.k }, (_, i) => (cosines[i] as number) >= tau);
   }
 
   /** @internal */
@@ -121,6 +145,26 @@ function flipRows(rows: Float32Array, k: number, d: number): Float32Array {
   return signs;
 }
 
+/**
+ * {@link flipRows} and {@link rowCosines} on the backend for a stack of components [L, k, d]: each
+ * row's largest |entry| made positive (the first such entry, as torch's argmax), and each row's
+ * cosine with the same row of `prev` (when given). Inside a tidy.
+ */
+function flipAndCompare(
+  Vt: tf.Tensor3D,
+  prev: tf.Tensor2D[] | null,
+): { flipped: tf.Tensor3D; cosines: tf.Tensor2D | null } {
+  const d = Vt.shape[2];
+  const at = tf.argMax(tf.abs(Vt), 2) as tf.Tensor2D;
+  const picked = tf.sum(tf.mul(tf.oneHot(at, d, 1, 0, 'float32'), Vt), 2, true);
+  const flipped = tf.mul(Vt, tf.sub(1, tf.mul(2, tf.cast(tf.less(picked, 0), 'float32')))) as tf.Tensor3D;
+  if (!prev) return { flipped, cosines: null };
+  const p = tf.stack(prev) as tf.Tensor3D;
+  const dot = tf.sum(tf.mul(flipped, p), 2);
+  const norms = tf.sqrt(tf.mul(tf.sum(tf.square(flipped), 2), tf.sum(tf.square(p), 2)));
+  return { flipped, cosines: tf.div(dot, tf.maximum(norms, 1e-8)) as tf.Tensor2D };
+}
+
 /** Cache of PEFT's sketches: `manual_seed(42); randn(cols, q)` in float32 (first batch) or float64 (later). */
 class Sketches {
   private readonly cache = new Map<string, tf.Tensor2D>();
@@ -144,6 +188,17 @@ class Sketches {
   }
 }
 
+/** See {@link IpcaUpdaterOptions.maxStackValues}. */
+function defaultMaxStackValues(): number {
+  const base = 2 ** 25;
+  if (tf.getBackend() !== 'webgpu') return base;
+  const limits = (
+    tf.backend() as { device?: { limits?: { maxStorageBufferBindingSize?: number; maxBufferSize?: number } } }
+  ).device?.limits;
+  const bytes = Math.min(limits?.maxStorageBufferBindingSize ?? 0, limits?.maxBufferSize ?? 0);
+  return Math.max(base, Math.min(2 ** 28, Math.floor(bytes / 4)));
+}
+
 /** One layer's batch for {@link IpcaUpdater.update}: its prepared inputs [n, d] (the caller keeps them). */
 export interface IpcaEntry {
   layer: LayerPca;
@@ -155,8 +210,20 @@ export interface IpcaUpdaterOptions {
   precision?: IpcaPrecision;
   /** The convergence threshold on each component's cosine with its previous value (EVA's tau). */
   tau: number;
-  /** Most float32 values one stacked update may hold; larger groups are split. Default 2^25 (128 MB, under WebGPU's default binding limit). */
+  /**
+   * Most float32 values one stacked update may hold; larger groups are split. Default 2^25 (128 MB,
+   * WebGPU's default binding limit), or on webgpu what the device's `maxStorageBufferBindingSize`
+   * and `maxBufferSize` allow, up to 2^28 (1 GiB): fewer, larger stacks dispatch fewer kernels.
+   */
   maxStackValues?: number;
+  /**
+   * Keep the randomized SVD's q×q factorisations, the sign fix and the convergence test on the
+   * backend, so that a batch's update reads back once (its statistics, singular values and cosines
+   * in one read) instead of at every CholeskyQR pass. Default: on webgpu, where each read-back waits
+   * for the queue to drain; elsewhere the q×q work runs on the CPU in float64 (on wasm and cpu a
+   * read is a copy). Only the cpu and webgpu backends can run it.
+   */
+  factorOnBackend?: boolean;
 }
 
 /**
@@ -169,11 +236,18 @@ export class IpcaUpdater {
   readonly precision: IpcaPrecision;
   private readonly tau: number;
   private readonly maxStackValues: number;
+  private readonly onBackend: boolean;
 
   constructor(options: IpcaUpdaterOptions) {
     this.precision = options.precision ?? 'float32';
     this.tau = options.tau;
-    this.maxStackValues = options.maxStackValues ?? 2 ** 25;
+    this.maxStackValues = options.maxStackValues ?? defaultMaxStackValues();
+    const wanted = options.factorOnBackend ?? tf.getBackend() === 'webgpu';
+    if (wanted && !factorsOnBackend())
+      throw new Error(
+        `factorOnBackend needs the webgpu or cpu backend; the active one is '${tf.getBackend()}' (leave factorOnBackend unset there)`,
+      );
+    this.onBackend = wanted;
   }
 
   async update(entries: IpcaEntry[]): Promise<void> {
@@ -241,18 +315,20 @@ export class IpcaUpdater {
         };
       }
       const X = tf.stack(entries.map((e) => tf.cast(e.x, 'float32'))) as tf.Tensor3D;
-      const colSum = tf.sum(X, 1, true) as tf.Tensor3D;
+      // sums over the rows as products with a row of ones: a reduction over the middle axis of a stack
+      // transposes it first (1 ms a sum on the H200 for the 123M benchmark's stacks)
+      const ones = tf.ones([1, n]);
+      const rowSum = (t: tf.Tensor) => tf.matMul(ones, t) as tf.Tensor3D;
+      const colSum = rowSum(X);
       const c = tf.sub(X, tf.div(colSum, n));
       return {
         centred: c as Stack,
-        stats: tf.concat([colSum, tf.sum(c, 1, true), tf.sum(tf.square(c), 1, true)], 1),
+        stats: tf.concat([colSum, rowSum(c), rowSum(tf.square(c))], 1),
         colSums: colSum as Stack,
       };
     });
     // the statistics are read while the decomposition runs (no read-back of their own); the
     // mean-correction row PEFT appends, √(seen·n/total)·(last mean − batch mean), is formed on the backend
-    const statsRead = stats.data().finally(() => stats.dispose());
-    statsRead.catch(() => {}); // awaited below; a failure of the decomposition first must not leave it unhandled
     // the matrix PEFT decomposes: the centred batch, under diag(S)·components and a mean-correction row
     let M: Stack;
     if (isFirst) {
@@ -294,6 +370,50 @@ export class IpcaUpdater {
       disposeStack(colSums);
     }
     const m = stackShape(M)[1];
+    if (this.onBackend && !Array.isArray(M) && q < Math.min(m, d)) {
+      const sketch = this.sketches.get(Math.min(m, d), q, isFirst ? 'float32' : 'float64');
+      const prev = isFirst ? null : entries.map((e) => e.layer.componentsTensor as tf.Tensor2D);
+      const { flipped, report } = tf.tidy(() => {
+        const { S, Vt } = svdLowRankOnBackend(M as tf.Tensor3D, { q, niter: NITER, k, sketch });
+        const out = flipAndCompare(Vt, prev);
+        // one read: the batch statistics, the singular values and the cosines with the previous components
+        const parts = [tf.reshape(stats, [-1]), tf.reshape(S, [-1])];
+        if (out.cosines) parts.push(tf.reshape(out.cosines, [-1]));
+        return { flipped: out.flipped, report: tf.concat(parts) };
+      });
+      disposeStack(M);
+      stats.dispose();
+      let values: Float32Array;
+      try {
+        values = (await report.data()) as Float32Array;
+      } catch (e) {
+        tf.dispose(flipped);
+        throw e;
+      } finally {
+        report.dispose();
+      }
+      const perLayer = tf.tidy(() => tf.unstack(flipped) as tf.Tensor2D[]);
+      flipped.dispose();
+      const sOffset = L * 3 * d;
+      const cOffset = sOffset + L * q;
+      this.commit(
+        entries,
+        n,
+        d,
+        isFirst,
+        values,
+        (l) => Float64Array.from(values.subarray(sOffset + l * q, sOffset + (l + 1) * q)),
+        (l, layer) =>
+          layer.setComponentsOnBackend(
+            perLayer[l] as tf.Tensor2D,
+            isFirst ? null : values.subarray(cOffset + l * k, cOffset + (l + 1) * k),
+            this.tau,
+          ),
+      );
+      return;
+    }
+    const statsRead = stats.data().finally(() => stats.dispose());
+    statsRead.catch(() => {}); // awaited below; a failure of the decomposition first must not leave it unhandled
     let result: Awaited<ReturnType<typeof svdExactBatched>>;
     try {
       if (q >= Math.min(m, d)) result = await svdExactBatched(M, k);
@@ -306,8 +426,47 @@ export class IpcaUpdater {
       disposeStack(M);
     }
     const [rows, st] = await Promise.all([stackValuesOf(result.Vt), statsRead]);
-    const means: Float64Array[] = [];
-    const variances: Float64Array[] = [];
+    const flipped = new Float32Array(rows);
+    const signs = new Float32Array(L * k);
+    for (let l = 0; l < L; l++) {
+      const mine = flipped.subarray(l * k * d, (l + 1) * k * d);
+      signs.set(flipRows(mine, k, d), l * k);
+    }
+    const Vt = result.Vt;
+    const perLayer = tf.tidy(() =>
+      Array.isArray(Vt)
+        ? Vt.map((v, l) => tf.mul(v, tf.tensor2d(signs.subarray(l * k, (l + 1) * k), [k, 1])) as tf.Tensor2D)
+        : (tf.unstack(tf.mul(Vt, tf.tensor3d(signs, [L, k, 1]))) as tf.Tensor2D[]),
+    );
+    disposeStack(Vt);
+    this.commit(
+      entries,
+      n,
+      d,
+      isFirst,
+      st as Float32Array,
+      (l) => result.S[l] as Float64Array,
+      (l, layer) =>
+        layer.setComponents(flipped.slice(l * k * d, (l + 1) * k * d), d, perLayer[l] as tf.Tensor2D, this.tau),
+    );
+  }
+
+  /**
+   * The host side of an update: running mean and variance in float64 from the batch statistics `st`
+   * ([L, 3, d]: column sums, sums and sums of squares of the centred batch), singular values and
+   * explained variance, then the components by `setComponents`.
+   */
+  private commit(
+    entries: IpcaEntry[],
+    n: number,
+    d: number,
+    isFirst: boolean,
+    st: Float32Array,
+    singular: (l: number) => Float64Array,
+    setComponents: (l: number, layer: LayerPca) => void,
+  ): void {
+    const L = entries.length;
+    const k = (entries[0] as IpcaEntry).layer.k;
     for (let l = 0; l < L; l++) {
       const layer = (entries[l] as IpcaEntry).layer;
       const seen = layer.nSeen;
@@ -333,35 +492,16 @@ export class IpcaUpdater {
             total;
         }
       }
-      means.push(mean);
-      variances.push(variance);
-    }
-    const flipped = new Float32Array(rows);
-    const signs = new Float32Array(L * k);
-    for (let l = 0; l < L; l++) {
-      const mine = flipped.subarray(l * k * d, (l + 1) * k * d);
-      signs.set(flipRows(mine, k, d), l * k);
-    }
-    const Vt = result.Vt;
-    const perLayer = tf.tidy(() =>
-      Array.isArray(Vt)
-        ? Vt.map((v, l) => tf.mul(v, tf.tensor2d(signs.subarray(l * k, (l + 1) * k), [k, 1])) as tf.Tensor2D)
-        : (tf.unstack(tf.mul(Vt, tf.tensor3d(signs, [L, k, 1]))) as tf.Tensor2D[]),
-    );
-    disposeStack(Vt);
-    for (let l = 0; l < L; l++) {
-      const layer = (entries[l] as IpcaEntry).layer;
-      const S = result.S[l] as Float64Array;
-      const total = layer.nSeen + n;
+      const S = singular(l);
       let totalSquares = 0;
-      for (const v of variances[l] as Float64Array) totalSquares += v * total;
+      for (const v of variance) totalSquares += v * total;
       layer.nSeen = total;
-      layer.mean = means[l] as Float64Array;
-      layer.variance = variances[l] as Float64Array;
+      layer.mean = mean;
+      layer.variance = variance;
       layer.singularValues = S.slice(0, k);
       layer.explainedVarianceRatio = S.slice(0, k).map((v) => (v * v) / totalSquares);
       layer.updates++;
-      layer.setComponents(flipped.slice(l * k * d, (l + 1) * k * d), d, perLayer[l] as tf.Tensor2D, this.tau);
+      setComponents(l, layer);
     }
   }
 

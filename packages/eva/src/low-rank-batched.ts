@@ -8,6 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { type Matrix64, eye64, matmul64, qr, svd } from '@lora/linalg';
+import { choleskyInverseStack, jacobiSvdStack } from './small-factor';
 
 /** What {@link svdLowRankBatched} returns for each matrix of the stack. */
 export interface BatchedComponents {
@@ -328,4 +329,48 @@ export async function svdExactBatched(M: Stack, k: number): Promise<BatchedCompo
     rows.set(Float32Array.from(f.Vh.data.subarray(0, k * d)), l * k * d);
   }
   return { S, Vt: stackFrom(rows, [L, k, d], M) };
+}
+
+/**
+ * `passes` shifted CholeskyQR passes over each matrix of a stack y [L, r, q], on the backend: the
+ * Gram matrix, the inverse of its (shifted) Cholesky factor and the product, with no read-back.
+ * One pass leaves a well-conditioned basis of the same span (what a subspace iteration passes on);
+ * three leave Q orthonormal to float32 precision after a shift (two without one). Leaves y.
+ */
+export function orthonormalizeOnBackend(y: tf.Tensor3D, passes: number): tf.Tensor3D {
+  return tf.tidy(() => {
+    let Q = y;
+    for (let p = 0; p < passes; p++) Q = tf.matMul(Q, choleskyInverseStack(tf.matMul(Q, Q, true, false)));
+    return Q;
+  });
+}
+
+/**
+ * {@link svdLowRankBatched} with every step on the backend and nothing read back: the bases by
+ * {@link orthonormalizeOnBackend}, the q×q core by a one-sided Jacobi SVD in one dispatch for the
+ * whole stack. Returns the singular values [L, q] and the first k rows of Vᵀ [L, k, d] as tensors
+ * (the caller owns them). Needs {@link factorsOnBackend}; leaves M.
+ */
+export function svdLowRankOnBackend(
+  M: tf.Tensor3D,
+  options: SvdLowRankBatchedOptions,
+): { S: tf.Tensor2D; Vt: tf.Tensor3D } {
+  const [, m, d] = M.shape;
+  const { niter, k, sketch } = options;
+  const tall = m >= d;
+  return tf.tidy(() => {
+    const aTimes = (x: tf.Tensor) => (tall ? tf.matMul(M, x) : tf.matMul(M, x, true, false)) as tf.Tensor3D;
+    const aTTimes = (x: tf.Tensor) => (tall ? tf.matMul(M, x, true, false) : tf.matMul(M, x)) as tf.Tensor3D;
+    let Q = orthonormalizeOnBackend(aTimes(sketch), niter > 0 ? 1 : 3);
+    for (let i = 0; i < niter; i++) {
+      const Z = orthonormalizeOnBackend(aTTimes(Q), 1);
+      Q = orthonormalizeOnBackend(aTimes(Z), i === niter - 1 ? 3 : 1);
+    }
+    const C = aTTimes(Q);
+    const Qc = orthonormalizeOnBackend(C, 3);
+    // C = Q_c·R_c with R_c = Q_cᵀ·C; R_c = U·S·Vᵀ (tall: Vt = (Q_c·U)ᵀ; wide: Vt = (Q·V)ᵀ)
+    const { W, S } = jacobiSvdStack(tf.matMul(Qc, C, true, false) as tf.Tensor3D, tall);
+    const V = tf.matMul(tall ? Qc : Q, tf.slice(W, [0, 0, 0], [-1, -1, k]));
+    return { S, Vt: tf.transpose(V, [0, 2, 1]) as tf.Tensor3D };
+  });
 }
