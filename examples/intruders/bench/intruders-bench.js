@@ -133,6 +133,8 @@ if (process.env.OUT)
         worst,
         worstAt,
         stats,
+        methods: Object.fromEntries(cold.report.layers.map((l) => [l.path, l.method])),
+        methodsCached: Object.fromEntries(wCached.report.layers.map((l) => [l.path, l.method])),
       },
       null,
       1,

@@ -1,7 +1,9 @@
+import type { Matrix64 } from '@lora/linalg';
 import type * as tf from '@tensorflow/tfjs-core';
 import { type FactorLayout, factorsToMatrices, matricesToFactors } from './layouts';
 import type { ResolvedSettings } from './options';
-import { analyseMatrix, reduceMatrix } from './reduce-matrix';
+import { analyseFromSum, decides, type SumTriplets, sumTriplets } from './analyse-sum';
+import { analyseMatrix, type MatrixAnalysis, thresholdAndMitigate } from './reduce-matrix';
 import type { WeightSvdCache } from './weight-svd-cache';
 
 /** What intruder reduction found on one layer (returned by both entry points, in PEFT's layer order). */
@@ -16,7 +18,12 @@ export interface IntruderLayerReport {
   cosine: number[];
   /** W + ΔW's leading singular values. */
   singularValues: number[];
-  /** How the leading directions were found (block Krylov on the core and its dimension, or a dense SVD of the core). */
+  /**
+   * Whether `cosine` holds upper bounds (each below `thresholdEpsilon`: the layer's intruders were
+   * certified without W's SVD) rather than the cosines themselves; `exactCosines` makes them exact.
+   */
+  cosineBound: boolean;
+  /** How the leading directions and cosines were found (see the README's cost table). */
   method: string;
 }
 
@@ -46,15 +53,15 @@ export async function reduceLayer(
 ): Promise<{ report: IntruderLayerReport; factors: { a: Float32Array; b: Float32Array } | null }> {
   const { layout, scaling } = input;
   const { left, right } = factorsToMatrices(layout, input.a, input.b);
-  const weight = await cache.svdOf(input.weightKey, input.weightVersion, input.weightMatrix);
-  const problem = { m: layout.m, n: layout.n, weight, left, right, scaling };
+  const epsilon = settings.thresholdEpsilon;
   const analysis = await cache.analysisOf(
     `${input.weightKey}|${input.path}|${scaling}`,
     [...(input.weightVersion ? [input.weightVersion] : []), ...input.factorVersions],
     settings.topK,
-    () => analyseMatrix(problem, settings.topK),
+    () => analyseLayer(input, left, right, settings, cache),
+    (a) => decides(a, settings.topK, epsilon) && (!settings.exactCosines || !a.cosineBound),
   );
-  const result = await reduceMatrix(problem, settings, analysis);
+  const result = thresholdAndMitigate({ left, right, scaling }, settings, analysis);
   const module = `base_model.model.${input.path}`;
   settings.log(
     result.intruders.length ? `${module}: Intruders: ${result.intruders.length}` : `${module}: No intruders`,
@@ -66,13 +73,68 @@ export async function reduceLayer(
     intruders: result.intruders,
     cosine: [...analysis.cosine.subarray(0, examined)],
     singularValues: [...analysis.singularValues.subarray(0, examined)],
-    method:
-      analysis.method.kind === 'krylov'
-        ? `krylov (dimension ${analysis.method.dimension}, ${analysis.method.cycles} cycles)`
-        : `dense ${analysis.method.size.join('×')}`,
+    cosineBound: analysis.cosineBound,
+    method: describe(analysis.method),
   };
   return {
     report,
     factors: result.factors ? matricesToFactors(layout, result.factors.left, result.factors.right) : null,
   };
+}
+
+function describe(method: MatrixAnalysis['method']): string {
+  switch (method.kind) {
+    case 'krylov':
+      return `krylov (dimension ${method.dimension}, ${method.cycles} cycles)`;
+    case 'dense':
+      return `dense ${method.size.join('×')}`;
+    case 'sum':
+      return `sum (${method.iterations} iterations), cosines from W's SVD`;
+    case 'certified':
+      return `certified (${method.iterations} iterations, Lanczos ${method.lanczosSteps} steps), no SVD of W`;
+  }
+}
+
+/**
+ * One layer's analysis, the cheapest way that gives PEFT's decision: W + ΔW's leading triplets from
+ * W + ΔW itself on the backend; then, if W's SVD is not held and m ≤ n, the cosine bounds of
+ * `certify.ts`, accepted when they make every direction an intruder; otherwise W's SVD (computed
+ * once, cached) and the exact cosines. Where subspace iteration stalls (a cluster at the topK-th
+ * value), the core path of `reduce-matrix.ts` (float64 block Lanczos on W's SVD) instead.
+ */
+async function analyseLayer(
+  input: LayerInput,
+  left: Matrix64,
+  right: Matrix64,
+  settings: ResolvedSettings,
+  cache: WeightSvdCache,
+): Promise<MatrixAnalysis> {
+  const { m, n } = input.layout;
+  const t = Math.min(settings.topK, m, n);
+  const held = cache.has(input.weightKey, input.weightVersion);
+  let top: SumTriplets | null = null;
+  const w = input.weightMatrix();
+  try {
+    top = await sumTriplets(w, left, right, input.scaling, t);
+    if (top.converged && m <= n && !held && !settings.exactCosines) {
+      const certified = await analyseFromSum(top, w, null, settings.thresholdEpsilon);
+      if (certified) {
+        top.uTensor.dispose();
+        top = null;
+        return certified;
+      }
+    }
+  } catch (err) {
+    top?.uTensor.dispose();
+    throw err;
+  } finally {
+    w.dispose();
+  }
+  try {
+    const weight = await cache.svdOf(input.weightKey, input.weightVersion, input.weightMatrix);
+    if (top.converged) return (await analyseFromSum(top, null, weight, settings.thresholdEpsilon)) as MatrixAnalysis;
+    return await analyseMatrix({ m, n, weight, left, right, scaling: input.scaling }, settings.topK);
+  } finally {
+    top.uTensor.dispose();
+  }
 }

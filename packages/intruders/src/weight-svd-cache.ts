@@ -53,6 +53,12 @@ export class WeightSvdCache {
     return this.entries.size;
   }
 
+  /** Whether the SVD for `key` at `version` is held (or being computed). @internal */
+  has(key: string, version: object | null): boolean {
+    const found = this.entries.get(key);
+    return !!found && found.version === version;
+  }
+
   /**
    * The SVD of `matrix` (a 2-d view of the weight), computed on the first call for `key` and reused
    * while `version` stays the same object. The cache owns what it returns.
@@ -77,7 +83,8 @@ export class WeightSvdCache {
   /**
    * The leading directions of W + ΔW for one layer and adapter (what does not depend on the threshold
    * or λ), reused while every object or string in `versions` (the weight's and the factors' data, or
-   * their hashes) is the same and `topK` is no larger than before.
+   * their hashes) is the same, `topK` is no larger than before and `usable` accepts it (an analysis
+   * with bounds for the cosines decides only thresholds above them).
    * @internal
    */
   async analysisOf(
@@ -85,14 +92,18 @@ export class WeightSvdCache {
     versions: readonly (object | string)[],
     topK: number,
     compute: () => Promise<MatrixAnalysis>,
+    usable: (analysis: MatrixAnalysis) => boolean = () => true,
   ): Promise<MatrixAnalysis> {
     const same = (e: AnalysisEntry) =>
       e.versions.length === versions.length && e.versions.every((v, i) => v === versions[i]);
     const held = this.analyses.get(key) ?? [];
     const found = held.find((e) => same(e) && e.topK >= topK);
     if (found) {
-      this.stats.analysisHits++;
-      return found.value;
+      const value = await found.value.catch(() => null);
+      if (value && usable(value)) {
+        this.stats.analysisHits++;
+        return value;
+      }
     }
     const value = compute();
     this.stats.analysesComputed++;
