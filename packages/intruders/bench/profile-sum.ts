@@ -38,13 +38,26 @@ const cpu = async <T>(f: () => Promise<T> | T): Promise<[T, number]> => {
 const r = 16;
 const cache = new WeightSvdCache();
 console.log(`backend ${backend}; process CPU seconds per phase`);
-console.log('| W (m×n) | W + ΔW top 10 (iterations) | bounds (steps) | max bound | W SVD | exact cosines | max cosine |');
+console.log(
+  '| W (m×n) | W + ΔW top 10 (iterations) | bounds (steps) | max bound | W SVD | exact cosines | max cosine |',
+);
 console.log('| --- | --- | --- | --- | --- | --- | --- |');
 for (const [at, [m, n]] of shapes.entries()) {
-  const w = tf.tensor2d(Float32Array.from({ length: m * n }, () => 0.02 * gauss()), [m, n]);
-  const left = matrix64(m, r, Float64Array.from({ length: m * r }, () => 0.05 * gauss()));
+  const w = tf.tensor2d(
+    Float32Array.from({ length: m * n }, () => 0.02 * gauss()),
+    [m, n],
+  );
+  const left = matrix64(
+    m,
+    r,
+    Float64Array.from({ length: m * r }, () => 0.05 * gauss()),
+  );
   const bound = 1 / Math.sqrt(n);
-  const right = matrix64(r, n, Float64Array.from({ length: r * n }, () => bound * (2 * uniform() - 1)));
+  const right = matrix64(
+    r,
+    n,
+    Float64Array.from({ length: r * n }, () => bound * (2 * uniform() - 1)),
+  );
   await cpu(() => sumTriplets(w, left, right, 2, 10).then((t) => t.uTensor.dispose())); // warm-up
   const [top, tTop] = await cpu(() => sumTriplets(w, left, right, 2, 10));
   const steps = certifySteps(0.5);

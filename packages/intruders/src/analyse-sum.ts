@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type Matrix64, matrix64, svdTruncated } from '@lora/linalg';
-import { CERTIFY_MARGIN, certifySteps, cosineUpperBounds } from './certify';
+import { CERTIFY_MARGIN, certifySteps, cosineUpperBounds, gramFloorHolds, tallCosineBounds } from './certify';
 import type { MatrixAnalysis } from './reduce-matrix';
 import type { WeightSvd } from './weight-svd-cache';
 
@@ -35,7 +35,10 @@ export async function sumTriplets(
     tf.add(
       w,
       tf.matMul(
-        tf.tensor2d(Float32Array.from(left.data, (x) => x * scaling), [m, left.cols]),
+        tf.tensor2d(
+          Float32Array.from(left.data, (x) => x * scaling),
+          [m, left.cols],
+        ),
         tf.tensor2d(Float32Array.from(right.data), [right.rows, n]),
       ),
     ),
@@ -77,7 +80,8 @@ export async function exactCosines(weight: WeightSvd, u: tf.Tensor2D): Promise<F
 /**
  * The analysis of one layer from W + ΔW's own leading triplets ({@link sumTriplets}), with cosines
  * that are either exact (from W's SVD, `weight`) or, when `weight` is not given, upper bounds
- * ({@link cosineUpperBounds}, m ≤ n only) accepted only if they decide every examined direction as
+ * ({@link cosineUpperBounds} for m ≤ n, {@link tallCosineBounds} with a certified floor on W's
+ * smallest singular value for m > n) accepted only if they decide every examined direction as
  * an intruder with {@link CERTIFY_MARGIN} to spare. Returns null when that certificate fails (the
  * caller then asks for W's SVD).
  */
@@ -90,10 +94,20 @@ export async function analyseFromSum(
   const t = top.s.length;
   const method = { kind: 'sum' as const, iterations: top.iterations };
   if (weight)
-    return { cosine: await exactCosines(weight, top.uTensor), cosineBound: false, singularValues: top.s, u: top.u, v: top.v, method };
+    return {
+      cosine: await exactCosines(weight, top.uTensor),
+      cosineBound: false,
+      singularValues: top.s,
+      u: top.u,
+      v: top.v,
+      method,
+    };
   if (!w) throw new Error('analyseFromSum: neither W nor its SVD');
   const steps = certifySteps(epsilon);
-  const bounds = await cosineUpperBounds(w, top.uTensor, steps);
+  const [m, n] = w.shape;
+  const bounds =
+    m <= n ? await cosineUpperBounds(w, top.uTensor, steps) : await tallBounds(w, top.uTensor, steps, epsilon);
+  if (!bounds) return null;
   for (let i = 0; i < t; i++) if (!((bounds[i] as number) < epsilon - CERTIFY_MARGIN)) return null;
   return {
     cosine: bounds,
@@ -101,8 +115,33 @@ export async function analyseFromSum(
     singularValues: top.s,
     u: top.u,
     v: top.v,
-    method: { kind: 'certified', iterations: top.iterations, lanczosSteps: Math.min(steps, w.shape[0]) },
+    method: { kind: 'certified', iterations: top.iterations, lanczosSteps: Math.min(steps, m, n) },
   };
+}
+
+/**
+ * The tall case's bounds ({@link tallCosineBounds}), with the floor on λ_min(WᵀW) they need certified
+ * by a Cholesky factorisation; null when a bound is not below ε − margin or the floor does not hold.
+ */
+async function tallBounds(
+  w: tf.Tensor2D,
+  u: tf.Tensor2D,
+  steps: number,
+  epsilon: number,
+): Promise<Float64Array | null> {
+  const target = (epsilon - CERTIFY_MARGIN) ** 2;
+  if (!(target > 0)) return null;
+  const { upper, floorNeeded, smallestNode, largestNode } = await tallCosineBounds(w, u, steps, target);
+  if (upper.some((x) => !(x < target))) return null;
+  // twice the floor the bottom term needs, so that it stays at half the target
+  const gamma = 2 * Math.max(0, ...floorNeeded);
+  if (gamma > 0) {
+    if (!(gamma < smallestNode)) return null;
+    if (!(await gramFloorHolds(w, gamma, largestNode))) return null;
+  }
+  return upper.map((x, i) =>
+    Math.sqrt(Math.min(1, Math.max(x, gamma > 0 ? ((floorNeeded[i] as number) * target) / gamma : 0))),
+  );
 }
 
 /** Whether a (possibly bound-based) analysis decides every examined direction for `epsilon`. */

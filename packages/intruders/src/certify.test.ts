@@ -2,8 +2,10 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type Matrix64, matmul64, matrix64, qr, transpose64 } from '@lora/linalg';
 import { assertNoLeaks, initBackend } from '@lora/tensor';
+import { analyseFromSum, sumTriplets } from './analyse-sum';
 import { atomBound, CERTIFY_MARGIN, cosineUpperBounds } from './certify';
 import { resolveSettings } from './options';
+import type { MatrixAnalysis } from './reduce-matrix';
 import { reduceLayer } from './reduce-layer';
 import { randomMatrix, referenceReduction } from './reference.test-util';
 import { WeightSvdCache } from './weight-svd-cache';
@@ -56,10 +58,13 @@ describe('atomBound (Chebyshev–Markov–Stieltjes on the Gauss rule)', () => {
       const spike = Math.floor(rand() * n);
       const norm0 = Math.sqrt(c.reduce((s, x, i) => s + (i === spike ? 0 : x * x), 0));
       const target = 0.25 + (rand() - 0.5) * 0.02;
-      for (let i = 0; i < n; i++) c[i] = i === spike ? Math.sqrt(target) : ((c[i] as number) / norm0) * Math.sqrt(1 - target);
+      for (let i = 0; i < n; i++)
+        c[i] = i === spike ? Math.sqrt(target) : ((c[i] as number) / norm0) * Math.sqrt(1 - target);
       // atoms: mass per distinct value
       const mass = new Map<number, number>();
-      lambda.forEach((l, i) => mass.set(l, (mass.get(l) ?? 0) + (c[i] as number) ** 2));
+      lambda.forEach((l, i) => {
+        mass.set(l, (mass.get(l) ?? 0) + (c[i] as number) ** 2);
+      });
       const heaviest = Math.max(...mass.values());
       for (const steps of [2, 5, 12, 30]) {
         const { alpha, beta } = lanczos(lambda, c, steps);
@@ -87,7 +92,8 @@ describe('cosineUpperBounds on the backend', () => {
     for (let i = 0; i < m; i++)
       for (let j = 0; j < n; j++) {
         let acc = 0;
-        for (let c = 0; c < m; c++) acc += (u0.data[i * m + c] as number) * (s[c] as number) * (v0.data[j * m + c] as number);
+        for (let c = 0; c < m; c++)
+          acc += (u0.data[i * m + c] as number) * (s[c] as number) * (v0.data[j * m + c] as number);
         w.data[i * n + j] = acc;
       }
     // three unit vectors: spread, one with a 0.7 component on u₀_5, one equal to u₀_0
@@ -119,12 +125,35 @@ describe('cosineUpperBounds on the backend', () => {
     tf.dispose([wt, st]);
   });
 
-  it('refuses a tall W (its left null space is not among W’s singular vectors)', async () => {
+  it('refuses a tall W there (its left null space is not among W’s singular vectors)', async () => {
     const wt = tf.zeros([5, 3]) as tf.Tensor2D;
     const st = tf.zeros([5, 1]) as tf.Tensor2D;
     await expect(cosineUpperBounds(wt, st, 4)).rejects.toThrow(/m ≤ n/);
     tf.dispose([wt, st]);
   });
+
+  for (const [m, n] of [
+    [300, 200],
+    [200, 300],
+  ] as const)
+    it(`certifies a random ${m}×${n} W with a random r 16 adapter (as the benchmark's), bounds above PEFT's cosines`, async () => {
+      const w = randomMatrix(m, n, 21, 0.02);
+      const left = randomMatrix(m, 16, 22, 0.05);
+      const right = randomMatrix(16, n, 23, 1 / Math.sqrt(n));
+      const ref = referenceReduction(w, left, right, 2, { topK: 10, thresholdEpsilon: 0.5, mitigationLambda: 0.75 });
+      expect(ref.intruders.length).toBe(10);
+      await assertNoLeaks(async () => {
+        const wt = tf.tensor2d(Float32Array.from(w.data), [m, n]);
+        const top = await sumTriplets(wt, left, right, 2, 10);
+        const got = await analyseFromSum(top, wt, null, 0.5);
+        tf.dispose([wt, top.uTensor]);
+        expect(got?.cosineBound).toBe(true);
+        for (const [i, c] of (got as MatrixAnalysis).cosine.entries()) {
+          expect(c).toBeGreaterThanOrEqual((ref.cosine[i] as number) - 1e-5);
+          expect(c).toBeLessThan(0.5 - CERTIFY_MARGIN);
+        }
+      });
+    });
 });
 
 /**
@@ -133,9 +162,10 @@ describe('cosineUpperBounds on the backend', () => {
  * exactly e0 with u₀_a and √((1 − e0²)/3) with the three others — a cosine placed where we want it.
  */
 function placed(m: number, n: number, e0: number) {
-  const u0 = orthonormal(m, m, 11);
-  const v0 = orthonormal(n, m, 12);
-  const s0 = Array.from({ length: m }, (_, j) => 2 - (1.5 * j) / m);
+  const k = Math.min(m, n);
+  const u0 = orthonormal(m, k, 11);
+  const v0 = orthonormal(n, k, 12);
+  const s0 = Array.from({ length: k }, (_, j) => 2 - (1.5 * j) / k);
   const atoms = [3, 10, 20, 40];
   const x = Math.sqrt((1 - e0 * e0) / 3);
   const q = [e0, x, x, x];
@@ -148,7 +178,8 @@ function placed(m: number, n: number, e0: number) {
   for (let i = 0; i < m; i++)
     for (let j = 0; j < n; j++) {
       let acc = 0;
-      for (let c = 0; c < m; c++) acc += (u0.data[i * m + c] as number) * (s0[c] as number) * (v0.data[j * m + c] as number);
+      for (let c = 0; c < k; c++)
+        acc += (u0.data[i * k + c] as number) * (s0[c] as number) * (v0.data[j * k + c] as number);
       w.data[i * n + j] = acc;
     }
   // L = Ũ·diag(σ) − U₄·diag(s₀_4) (m×4), R = V₄ᵀ (4×n)
@@ -158,11 +189,11 @@ function placed(m: number, n: number, e0: number) {
     for (let i = 0; i < m; i++) {
       let ut = 0;
       atoms.forEach((a2, l) => {
-        ut += (u0.data[i * m + a2] as number) * h(l, c);
+        ut += (u0.data[i * k + a2] as number) * h(l, c);
       });
-      left.data[i * 4 + c] = (sigma[c] as number) * ut - (s0[at] as number) * (u0.data[i * m + at] as number);
+      left.data[i * 4 + c] = (sigma[c] as number) * ut - (s0[at] as number) * (u0.data[i * k + at] as number);
     }
-    for (let j = 0; j < n; j++) right.data[c * n + j] = v0.data[j * m + at] as number;
+    for (let j = 0; j < n; j++) right.data[c * n + j] = v0.data[j * k + at] as number;
   });
   return { w, left, right };
 }
@@ -182,7 +213,13 @@ async function layerOf(w: Matrix64, left: Matrix64, right: Matrix64, epsilon: nu
     b: Float32Array.from(left.data),
     scaling: 1,
   };
-  const settings = resolveSettings({ topK: 1, thresholdEpsilon: epsilon, mitigationLambda: 0.5, loggingSink: null, exactCosines });
+  const settings = resolveSettings({
+    topK: 1,
+    thresholdEpsilon: epsilon,
+    mitigationLambda: 0.5,
+    loggingSink: null,
+    exactCosines,
+  });
   const out = await reduceLayer(input, settings, cache);
   const computed = cache.stats.computed;
   cache.dispose();
@@ -190,15 +227,17 @@ async function layerOf(w: Matrix64, left: Matrix64, right: Matrix64, epsilon: nu
 }
 
 describe('the certified path decides as PEFT does near the threshold', () => {
-  // m ≥ 128 so that W + ΔW's triplets come from subspace iteration, as on real layers
-  const [m, n] = [130, 150];
-  for (const [e0, epsilon, intruder, certified] of [
-    [0.9 + 1e-4, 0.9, false, false],
-    [0.9 - 1e-4, 0.9, true, false],
-    [0.9 - 2 * CERTIFY_MARGIN, 0.9, true, true],
-    [0.85, 0.9, true, true],
+  // min(m, n) ≥ 128 so that W + ΔW's triplets come from subspace iteration, as on real layers; wide and tall
+  for (const [m, n, e0, epsilon, intruder, certified] of [
+    [130, 150, 0.9 + 1e-4, 0.9, false, false],
+    [130, 150, 0.9 - 1e-4, 0.9, true, false],
+    [130, 150, 0.9 - 2 * CERTIFY_MARGIN, 0.9, true, true],
+    [130, 150, 0.85, 0.9, true, true],
+    [150, 130, 0.9 + 1e-4, 0.9, false, false],
+    [150, 130, 0.9 - 1e-4, 0.9, true, false],
+    [150, 130, 0.85, 0.9, true, true],
   ] as const)
-    it(`cosine ${e0} against ε ${epsilon}: ${intruder ? 'an intruder' : 'not one'}, ${certified ? 'certified without' : 'decided from'} W's SVD`, async () => {
+    it(`${m}×${n}, cosine ${e0} against ε ${epsilon}: ${intruder ? 'an intruder' : 'not one'}, ${certified ? 'certified without' : 'decided from'} W's SVD`, async () => {
       const { w, left, right } = placed(m, n, e0);
       const ref = referenceReduction(w, left, right, 1, { topK: 1, thresholdEpsilon: epsilon, mitigationLambda: 0.5 });
       expect(ref.cosine[0]).toBeCloseTo(e0, 9);

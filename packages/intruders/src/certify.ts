@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { eigh, matrix64 } from '@lora/linalg';
+import { cholesky, eigh, matrix64 } from '@lora/linalg';
 
 /**
  * How far below the threshold a cosine's upper bound must lie for a direction to be called an
@@ -24,8 +24,30 @@ export async function cosineUpperBounds(w: tf.Tensor2D, starts: tf.Tensor2D, ste
   const [m, t] = starts.shape;
   const n = w.shape[1];
   if (m > n) throw new Error(`cosineUpperBounds: W is ${m}×${n}; the bound needs m ≤ n`);
-  const count = Math.max(1, Math.min(steps, m));
   const wT = tf.transpose(w) as tf.Tensor2D;
+  try {
+    const { alpha, beta } = await lanczosColumns((q) => tf.matMul(w, tf.matMul(wT, q)) as tf.Tensor2D, starts, steps);
+    const out = new Float64Array(t);
+    for (let c = 0; c < t; c++) out[c] = Math.sqrt(Math.min(1, atomBound(alpha[c] as number[], beta[c] as number[])));
+    return out;
+  } finally {
+    wT.dispose();
+  }
+}
+
+/**
+ * `steps` steps of Lanczos on the symmetric operator `apply` (n×n, on the backend) from each column of
+ * `starts` (n×t, unit columns), all columns at once, each against its own basis with full
+ * re-orthogonalisation (twice); one read-back at the end. Returns, per column, α₀…α_{N−1} and
+ * β₀…β_{N−1} (β_j couples steps j and j + 1).
+ */
+async function lanczosColumns(
+  apply: (q: tf.Tensor2D) => tf.Tensor2D,
+  starts: tf.Tensor2D,
+  steps: number,
+): Promise<{ alpha: number[][]; beta: number[][] }> {
+  const [n, t] = starts.shape;
+  const count = Math.max(1, Math.min(steps, n));
   const basis: tf.Tensor2D[] = [tf.clone(starts)];
   const alphas: tf.Tensor1D[] = [];
   const betas: tf.Tensor1D[] = [];
@@ -33,10 +55,9 @@ export async function cosineUpperBounds(w: tf.Tensor2D, starts: tf.Tensor2D, ste
     for (let j = 0; j < count; j++) {
       const q = basis[j] as tf.Tensor2D;
       const next = tf.tidy(() => {
-        let z = tf.matMul(w, tf.matMul(wT, q)) as tf.Tensor2D;
+        let z = apply(q);
         const alpha = tf.sum(tf.mul(q, z), 0) as tf.Tensor1D;
-        // full re-orthogonalisation, twice ("twice is enough"), each column against its own basis
-        const stacked = tf.stack(basis) as tf.Tensor3D; // [j + 1, m, t]
+        const stacked = tf.stack(basis) as tf.Tensor3D; // [j + 1, n, t]
         for (let pass = 0; pass < 2; pass++) {
           const coef = tf.sum(tf.mul(stacked, tf.expandDims(z, 0)), 1, true); // [j + 1, 1, t]
           z = tf.sub(z, tf.sum(tf.mul(stacked, coef), 0)) as tf.Tensor2D;
@@ -52,29 +73,24 @@ export async function cosineUpperBounds(w: tf.Tensor2D, starts: tf.Tensor2D, ste
     const both = tf.tidy(() => tf.stack([tf.stack(alphas), tf.stack(betas)]));
     const values = (await both.data()) as Float32Array;
     both.dispose();
-    const out = new Float64Array(t);
+    const alpha: number[][] = [];
+    const beta: number[][] = [];
     for (let c = 0; c < t; c++) {
-      const a = Array.from({ length: count }, (_, j) => values[j * t + c] as number);
-      const b = Array.from({ length: count }, (_, j) => values[(count + j) * t + c] as number);
-      out[c] = Math.sqrt(Math.min(1, atomBound(a, b)));
+      alpha.push(Array.from({ length: count }, (_, j) => values[j * t + c] as number));
+      beta.push(Array.from({ length: count }, (_, j) => values[(count + j) * t + c] as number));
     }
-    return out;
+    return { alpha, beta };
   } finally {
-    tf.dispose([wT, ...basis, ...alphas, ...betas]);
+    tf.dispose([...basis, ...alphas, ...betas]);
   }
 }
 
 /**
- * The largest mass any single point can carry in a unit measure whose Lanczos (Jacobi) coefficients
- * are α₀…α_{N−1}, β₀…β_{N−1} (β_j couples steps j and j + 1; β_{N−1} is the last residual): the
- * N-point Gauss rule's nodes x₁ < … < x_N and weights w_ν (squared first components of the
- * eigenvectors of the Jacobi matrix T_N), then by Chebyshev–Markov–Stieltjes
- * Σ_{ν<l} w_ν ≤ F(x_l − 0) ≤ F(x_l) ≤ Σ_{ν≤l} w_ν, so a point at x_l carries at most w_l, one in
- * (x_l, x_{l+1}) at most w_l + w_{l+1}, one below x₁ at most w₁, one above x_N at most w_N. When a β_j
- * vanishes (relative to the largest |α|) the measure is the (j + 1)-point rule itself and the bound is
- * its largest weight.
+ * The Gauss rule of the measure with Lanczos coefficients α, β: nodes ascending, weights (squared
+ * first components of T_N's eigenvectors), and whether the Krylov space was invariant (a β_j ≤
+ * 1e-6 of the largest coefficient: the measure is then the rule itself, truncated there).
  */
-export function atomBound(alpha: readonly number[], beta: readonly number[]): number {
+export function gaussRule(alpha: readonly number[], beta: readonly number[]) {
   const scale = Math.max(...alpha.map(Math.abs), ...beta.map(Math.abs), Number.MIN_VALUE);
   let size = alpha.length;
   let invariant = false;
@@ -93,11 +109,112 @@ export function atomBound(alpha: readonly number[], beta: readonly number[]): nu
     }
   }
   // eigenvalues ascending; the weight of node ν is the squared first component of its eigenvector
-  const { vectors } = eigh(t);
+  const { values, vectors } = eigh(t);
+  const nodes = Array.from({ length: size }, (_, c) => values[c] as number);
   const weights = Array.from({ length: size }, (_, c) => (vectors.data[c] as number) ** 2);
-  if (invariant || size === 1) return Math.max(...weights);
+  return { nodes, weights, invariant };
+}
+
+/**
+ * The tall case (m > n), where W·Wᵀ's null space hides among W's smallest singular directions: with
+ * z_i = Wᵀ·u_i, ⟨u_i, u₀_j⟩ = ⟨z_i, v₀_j⟩ / s₀_j, so c_j² = ‖z_i‖²·ν_j / s₀_j² for ν, the spectral
+ * measure of z_i/‖z_i‖ with respect to WᵀW (n×n: V₀ is all of R^n). Lanczos on WᵀW gives ν's Gauss
+ * rule; by Chebyshev–Markov–Stieltjes an atom in (x_l, x_{l+1}] weighs at most w_l + w_{l+1} and sits
+ * above x_l, one at or below x₁ at most w₁ and sits at or above λ_min(WᵀW). So
+ * max_j c_j² ≤ ‖z‖²·max(w₁/γ, max_l (w_l + w_{l+1})/x_l) for any γ ≤ λ_min(WᵀW). Returns, per
+ * column, the bound without the bottom term and the γ the bottom term needs to stay below `target`
+ * (a cosine²); the caller certifies that γ with a Cholesky factorisation of WᵀW − γ·I.
+ */
+export async function tallCosineBounds(
+  w: tf.Tensor2D,
+  starts: tf.Tensor2D,
+  steps: number,
+  target: number,
+): Promise<{ upper: Float64Array; floorNeeded: Float64Array; smallestNode: number; largestNode: number }> {
+  const t = starts.shape[1];
+  const wT = tf.transpose(w) as tf.Tensor2D;
+  const z = tf.matMul(wT, starts) as tf.Tensor2D;
+  try {
+    const norms = tf.norm(z, 'euclidean', 0);
+    const zUnit = tf.tidy(() => tf.div(z, tf.maximum(norms, 1e-30))) as tf.Tensor2D;
+    const zn = Float64Array.from(await norms.data());
+    norms.dispose();
+    let lanczos: { alpha: number[][]; beta: number[][] };
+    try {
+      lanczos = await lanczosColumns((q) => tf.matMul(wT, tf.matMul(w, q)) as tf.Tensor2D, zUnit, steps);
+    } finally {
+      zUnit.dispose();
+    }
+    const upper = new Float64Array(t);
+    const floorNeeded = new Float64Array(t);
+    let smallestNode = Number.POSITIVE_INFINITY;
+    let largestNode = 0;
+    for (let c = 0; c < t; c++) {
+      const z2 = (zn[c] as number) ** 2;
+      const { nodes, weights, invariant } = gaussRule(lanczos.alpha[c] as number[], lanczos.beta[c] as number[]);
+      smallestNode = Math.min(smallestNode, nodes[0] as number);
+      largestNode = Math.max(largestNode, nodes[nodes.length - 1] as number);
+      let worst = 0;
+      if (invariant)
+        nodes.forEach((x, l) => {
+          worst = Math.max(worst, x > 0 ? ((weights[l] as number) * z2) / x : Number.POSITIVE_INFINITY);
+        });
+      else
+        for (let l = 0; l + 1 < nodes.length; l++) {
+          const x = nodes[l] as number;
+          worst = Math.max(
+            worst,
+            x > 0 ? (((weights[l] as number) + (weights[l + 1] as number)) * z2) / x : Number.POSITIVE_INFINITY,
+          );
+        }
+      upper[c] = worst;
+      // an invariant space has no mass below x₁; otherwise w₁·‖z‖²/γ < target needs γ > w₁·‖z‖²/target
+      floorNeeded[c] = invariant ? 0 : ((weights[0] as number) * z2) / target;
+    }
+    return { upper, floorNeeded, smallestNode, largestNode };
+  } finally {
+    tf.dispose([wT, z]);
+  }
+}
+
+/**
+ * Whether λ_min(WᵀW) ≥ γ: WᵀW on the backend (n×n, float32), then a float64 Cholesky factorisation of
+ * WᵀW − (γ + 10⁻³·λ_max)·I on the host, which succeeds only for a positive definite matrix (the
+ * 10⁻³·λ_max margin is far above the Gram's float32 rounding, ~√m·2⁻²⁴·λ_max). O(m·n²) on the
+ * backend, n³/6 on the host.
+ */
+export async function gramFloorHolds(w: tf.Tensor2D, gamma: number, lambdaMax: number): Promise<boolean> {
+  const gram = tf.matMul(w, w, true, false);
+  const values = await gram.data();
+  gram.dispose();
+  const n = w.shape[1];
+  const a = matrix64(n, n, Float64Array.from(values));
+  const shift = gamma + 1e-3 * lambdaMax;
+  for (let i = 0; i < n; i++) a.data[i * n + i] = (a.data[i * n + i] as number) - shift;
+  try {
+    cholesky(a);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The largest mass any single point can carry in a unit measure whose Lanczos (Jacobi) coefficients
+ * are α₀…α_{N−1}, β₀…β_{N−1} (β_j couples steps j and j + 1; β_{N−1} is the last residual): the
+ * N-point Gauss rule's nodes x₁ < … < x_N and weights w_ν (squared first components of the
+ * eigenvectors of the Jacobi matrix T_N), then by Chebyshev–Markov–Stieltjes
+ * Σ_{ν<l} w_ν ≤ F(x_l − 0) ≤ F(x_l) ≤ Σ_{ν≤l} w_ν, so a point at x_l carries at most w_l, one in
+ * (x_l, x_{l+1}) at most w_l + w_{l+1}, one below x₁ at most w₁, one above x_N at most w_N. When a β_j
+ * vanishes (relative to the largest |α|) the measure is the (j + 1)-point rule itself and the bound is
+ * its largest weight.
+ */
+export function atomBound(alpha: readonly number[], beta: readonly number[]): number {
+  const { weights, invariant } = gaussRule(alpha, beta);
+  if (invariant || weights.length === 1) return Math.max(...weights);
   let worst = 0;
-  for (let l = 0; l + 1 < size; l++) worst = Math.max(worst, (weights[l] as number) + (weights[l + 1] as number));
+  for (let l = 0; l + 1 < weights.length; l++)
+    worst = Math.max(worst, (weights[l] as number) + (weights[l + 1] as number));
   return worst;
 }
 

@@ -75,7 +75,11 @@ for (const net of ['net', 'gpt'] as const) {
         tf.dispose(Object.values(expected));
         // with exactCosines, every cosine is PEFT's (W's SVD on every layer), and the counts stay
         peft.deleteAdapter('intruder_reduced');
-        const exact = await reduceIntruderDimension(peft, { ...optionsOf(record), loggingSink: null, exactCosines: true });
+        const exact = await reduceIntruderDimension(peft, {
+          ...optionsOf(record),
+          loggingSink: null,
+          exactCosines: true,
+        });
         expect(Object.fromEntries(exact.layers.map((l) => [l.path, l.intruders.length]))).toEqual(record.intruders);
         const expected2 = readFixture(`${net}/${setting}.safetensors`);
         for (const l of exact.layers) {

@@ -282,7 +282,12 @@ describe('WeightSvdCache', () => {
     const peft = await fixtureModel();
     const cache = new WeightSvdCache();
     // exactCosines: every layer through W's SVD (without it, certified layers need none)
-    const first = await reduceIntruderDimension(peft, { ...quiet, svdCache: cache, newAdapterName: 'r1', exactCosines: true });
+    const first = await reduceIntruderDimension(peft, {
+      ...quiet,
+      svdCache: cache,
+      newAdapterName: 'r1',
+      exactCosines: true,
+    });
     expect(cache.stats.computed).toBe(5);
     const count = tf.memory().numTensors;
     // another λ: no SVD, no analysis again (they do not depend on λ or the threshold)

@@ -97,7 +97,7 @@ function describe(method: MatrixAnalysis['method']): string {
 
 /**
  * One layer's analysis, the cheapest way that gives PEFT's decision: W + ΔW's leading triplets from
- * W + ΔW itself on the backend; then, if W's SVD is not held and m ≤ n, the cosine bounds of
+ * W + ΔW itself on the backend; then, if W's SVD is not held, the cosine bounds of
  * `certify.ts`, accepted when they make every direction an intruder; otherwise W's SVD (computed
  * once, cached) and the exact cosines. Where subspace iteration stalls (a cluster at the topK-th
  * value), the core path of `reduce-matrix.ts` (float64 block Lanczos on W's SVD) instead.
@@ -116,7 +116,7 @@ async function analyseLayer(
   const w = input.weightMatrix();
   try {
     top = await sumTriplets(w, left, right, input.scaling, t);
-    if (top.converged && m <= n && !held && !settings.exactCosines) {
+    if (top.converged && !held && !settings.exactCosines) {
       const certified = await analyseFromSum(top, w, null, settings.thresholdEpsilon);
       if (certified) {
         top.uTensor.dispose();
