@@ -184,7 +184,8 @@ export async function tallCosineBounds(
  * backend, n³/6 on the host.
  */
 export async function gramFloorHolds(w: tf.Tensor2D, gamma: number, lambdaMax: number): Promise<boolean> {
-  const gram = tf.matMul(w, w, true, false);
+  // (Wᵀ)·W with Wᵀ formed: a product with a transposed operand is slow on wasm
+  const gram = tf.tidy(() => tf.matMul(tf.transpose(w), w));
   const values = await gram.data();
   gram.dispose();
   const n = w.shape[1];
