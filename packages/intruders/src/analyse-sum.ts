@@ -90,6 +90,7 @@ export async function analyseFromSum(
   w: tf.Tensor2D | null,
   weight: WeightSvd | null,
   epsilon: number,
+  floor?: KnownFloor,
 ): Promise<MatrixAnalysis | null> {
   const t = top.s.length;
   const method = { kind: 'sum' as const, iterations: top.iterations };
@@ -106,7 +107,7 @@ export async function analyseFromSum(
   const steps = certifySteps(epsilon);
   const [m, n] = w.shape;
   const bounds =
-    m <= n ? await cosineUpperBounds(w, top.uTensor, steps) : await tallBounds(w, top.uTensor, steps, epsilon);
+    m <= n ? await cosineUpperBounds(w, top.uTensor, steps) : await tallBounds(w, top.uTensor, steps, epsilon, floor);
   if (!bounds) return null;
   for (let i = 0; i < t; i++) if (!((bounds[i] as number) < epsilon - CERTIFY_MARGIN)) return null;
   return {
@@ -128,6 +129,7 @@ async function tallBounds(
   u: tf.Tensor2D,
   steps: number,
   epsilon: number,
+  floor?: KnownFloor,
 ): Promise<Float64Array | null> {
   const target = (epsilon - CERTIFY_MARGIN) ** 2;
   if (!(target > 0)) return null;
@@ -135,13 +137,23 @@ async function tallBounds(
   if (upper.some((x) => !(x < target))) return null;
   // twice the floor the bottom term needs, so that it stays at half the target
   const gamma = 2 * Math.max(0, ...floorNeeded);
-  if (gamma > 0) {
+  if (gamma > 0 && gamma > (floor?.known ?? 0)) {
     if (!(gamma < smallestNode)) return null;
-    if (!(await gramFloorHolds(w, gamma, largestNode))) return null;
+    // first a generous floor (half the smallest Ritz value, itself ≥ λ_min), which later adapters can reuse
+    const generous = Math.max(gamma, smallestNode / 2);
+    if (await gramFloorHolds(w, generous, largestNode)) floor?.record(generous);
+    else if (generous > gamma && (await gramFloorHolds(w, gamma, largestNode))) floor?.record(gamma);
+    else return null;
   }
   return upper.map((x, i) =>
     Math.sqrt(Math.min(1, Math.max(x, gamma > 0 ? ((floorNeeded[i] as number) * target) / gamma : 0))),
   );
+}
+
+/** A floor on λ_min(WᵀW) already certified for this weight (0: none), and where to keep a new one. */
+export interface KnownFloor {
+  known: number;
+  record(floor: number): void;
 }
 
 /** Whether a (possibly bound-based) analysis decides every examined direction for `epsilon`. */

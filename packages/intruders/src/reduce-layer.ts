@@ -117,7 +117,10 @@ async function analyseLayer(
   try {
     top = await sumTriplets(w, left, right, input.scaling, t);
     if (top.converged && !held && !settings.exactCosines) {
-      const certified = await analyseFromSum(top, w, null, settings.thresholdEpsilon);
+      const certified = await analyseFromSum(top, w, null, settings.thresholdEpsilon, {
+        known: cache.floorOf(input.weightKey, input.weightVersion),
+        record: (floor) => cache.recordFloor(input.weightKey, input.weightVersion, floor),
+      });
       if (certified) {
         top.uTensor.dispose();
         top = null;
