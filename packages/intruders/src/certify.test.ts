@@ -5,7 +5,7 @@ import { assertNoLeaks, initBackend } from '@lora/tensor';
 import { analyseFromSum, sumTriplets } from './analyse-sum';
 import { atomBound, CERTIFY_MARGIN, cosineUpperBounds } from './certify';
 import { resolveSettings } from './options';
-import type { MatrixAnalysis } from './reduce-matrix';
+import { type MatrixAnalysis, thresholdAndMitigate } from './reduce-matrix';
 import { reduceLayer } from './reduce-layer';
 import { randomMatrix, referenceReduction } from './reference.test-util';
 import { WeightSvdCache } from './weight-svd-cache';
@@ -152,6 +152,20 @@ describe('cosineUpperBounds on the backend', () => {
           expect(c).toBeGreaterThanOrEqual((ref.cosine[i] as number) - 1e-5);
           expect(c).toBeLessThan(0.5 - CERTIFY_MARGIN);
         }
+        // W + ΔW's triplets from block Krylov on the backend give PEFT's new ΔW
+        const settings = { topK: 10, thresholdEpsilon: 0.5, mitigationLambda: 0.75 };
+        const red = thresholdAndMitigate({ left, right, scaling: 2 }, settings, got as MatrixAnalysis);
+        expect(red.intruders).toEqual(ref.intruders);
+        const f = red.factors as { left: Matrix64; right: Matrix64 };
+        const mine = matmul64(f.left, f.right);
+        let diff = 0;
+        let top2 = 0;
+        mine.data.forEach((x, i) => {
+          const want = (ref.delta.data[i] as number) / 2;
+          diff = Math.max(diff, Math.abs(x - want));
+          top2 = Math.max(top2, Math.abs(want));
+        });
+        expect(diff / top2).toBeLessThan(1e-4);
       });
     });
 });
