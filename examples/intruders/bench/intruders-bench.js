@@ -17,7 +17,7 @@
  * On the GPU machine: bundled by ../shared/device/pack, LORA_BACKEND=webgpu (see bench/device.sh).
  * OUT, when set, gets bench-<model>.json.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -72,6 +72,10 @@ const sweep = await timed('λ sweep', { newAdapterName: 'ours_half', mitigationL
 
 // parity with PEFT: counts per layer, and the new ΔW = B·A of each layer (relative to its largest entry)
 const reduced = await loadSafetensors(join(dir, 'peft-reduced.safetensors'));
+// PEFT's algorithm in float64 (peer_intruders.py --reference64), where the peer wrote it
+const ref64 = existsSync(join(dir, 'ref64.safetensors')) ? await loadSafetensors(join(dir, 'ref64.safetensors')) : null;
+/** @type {Record<string, { ours: number; peft: number; oursVs64?: number; peftVs64?: number }>} */
+const perLayer = {};
 let countsEqual = 0;
 let worst = 0;
 let worstAt = '';
@@ -88,11 +92,28 @@ for (const r of cold.report.layers) {
   if (!layer || !pa || !pb) throw new Error(`${r.path}: missing from PEFT's output`);
   const ours = tf.tidy(() => tf.matMul(layer.factorB('ours'), layer.factorA('ours')));
   const theirs = tf.tidy(() => tf.matMul(/** @type {tf.Tensor2D} */ (pb), /** @type {tf.Tensor2D} */ (pa)));
-  const e = maxRelativeError(await ours.data(), await theirs.data());
+  const oursValues = await ours.data();
+  const theirsValues = await theirs.data();
+  const e = maxRelativeError(oursValues, theirsValues);
   if (e > worst) [worst, worstAt] = [e, r.path];
+  perLayer[r.path] = { ours: e, peft: 0 };
+  const exact = ref64?.tensors[`${r.path}.BA`];
+  if (exact) {
+    const exactValues = await exact.data();
+    perLayer[r.path] = {
+      ours: e,
+      peft: 0,
+      oursVs64: maxRelativeError(oursValues, exactValues),
+      peftVs64: maxRelativeError(theirsValues, exactValues),
+    };
+  }
   tf.dispose([ours, theirs]);
 }
 tf.dispose(Object.values(reduced.tensors));
+if (ref64) tf.dispose(Object.values(ref64.tensors));
+const with64 = Object.entries(perLayer).filter(([, v]) => v.oursVs64 !== undefined);
+const worstOf = (/** @type {'oursVs64' | 'peftVs64'} */ key) =>
+  with64.reduce((best, [p, v]) => ((v[key] ?? 0) > best[1] ? [p, v[key] ?? 0] : best), ['', 0]);
 
 const total = cold.report.layers.reduce((s, l) => s + l.intruders.length, 0);
 const fmt = (/** @type {number[]} */ xs) => xs.map((x) => x.toFixed(2)).join(', ');
@@ -114,6 +135,17 @@ const table = [
     ([name, s, runs]) => `| ${name} | ${Number(s).toFixed(2)} | ${(Number(s) / peer.median_s).toFixed(2)}× | ${runs} |`,
   ),
   '',
+  ...(with64.length
+    ? [
+        `against PEFT's algorithm in float64 (peer, ${with64.length} layers): ours max relative error ${worstOf('oursVs64')[1].toExponential(2)} (${worstOf('oursVs64')[0]}), PEFT's float32 ${worstOf('peftVs64')[1].toExponential(2)} (${worstOf('peftVs64')[0]}); W + ΔW's σ₉…σ₁₂ at ${worstAt}: ${(
+          peer.svals64?.[worstAt] ?? []
+        )
+          .slice(8, 12)
+          .map((/** @type {number} */ x) => x.toFixed(5))
+          .join(', ')}`,
+        '',
+      ]
+    : []),
   `parity: intruder counts equal on ${countsEqual}/${cold.report.layers.length} layers (PEFT ${peer.total_intruders} in all, ours ${total}); new ΔW max relative error ${worst.toExponential(2)} (${worstAt}); W SVDs computed ${stats.computed}, methods ${[...new Set(cold.report.layers.map((l) => l.method.replace(/\d+/g, '#')))].join(', ')}`,
 ];
 console.log(table.join('\n'));
@@ -133,6 +165,7 @@ if (process.env.OUT)
         worst,
         worstAt,
         stats,
+        perLayer,
         methods: Object.fromEntries(cold.report.layers.map((l) => [l.path, l.method])),
         methodsCached: Object.fromEntries(wCached.report.layers.map((l) => [l.path, l.method])),
       },

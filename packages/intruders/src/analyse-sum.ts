@@ -131,7 +131,9 @@ export async function analyseFromSum(
   const steps = certifySteps(epsilon);
   const [m, n] = w.shape;
   const bounds =
-    m <= n ? await cosineUpperBounds(w, top.uTensor, steps) : await tallBounds(w, top.uTensor, steps, epsilon, floor);
+    m <= n
+      ? await cosineUpperBounds(w, top.uTensor, steps, epsilon - CERTIFY_MARGIN)
+      : await tallBounds(w, top.uTensor, steps, epsilon, floor);
   if (!bounds) return null;
   for (let i = 0; i < t; i++) if (!((bounds[i] as number) < epsilon - CERTIFY_MARGIN)) return null;
   return {

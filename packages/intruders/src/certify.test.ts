@@ -241,7 +241,7 @@ async function layerOf(w: Matrix64, left: Matrix64, right: Matrix64, epsilon: nu
 }
 
 describe('the certified path decides as PEFT does near the threshold', () => {
-  // min(m, n) ≥ 128 so that W + ΔW's triplets come from subspace iteration, as on real layers; wide and tall
+  // min(m, n) ≥ 128 so that W + ΔW's triplets come from block Krylov, as on real layers; wide and tall
   for (const [m, n, e0, epsilon, intruder, certified] of [
     [130, 150, 0.9 + 1e-4, 0.9, false, false],
     [130, 150, 0.9 - 1e-4, 0.9, true, false],

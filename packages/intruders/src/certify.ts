@@ -20,13 +20,28 @@ export const CERTIFY_MARGIN = 1e-3;
  * (W's left singular vectors span all of R^m); for a tall W, W·Wᵀ's null space is not in U₀ and the
  * bound does not apply. See the README's "Intruders without W's SVD".
  */
-export async function cosineUpperBounds(w: tf.Tensor2D, starts: tf.Tensor2D, steps: number): Promise<Float64Array> {
+export async function cosineUpperBounds(
+  w: tf.Tensor2D,
+  starts: tf.Tensor2D,
+  steps: number,
+  target?: number,
+): Promise<Float64Array> {
   const [m, t] = starts.shape;
   const n = w.shape[1];
   if (m > n) throw new Error(`cosineUpperBounds: W is ${m}×${n}; the bound needs m ≤ n`);
   const wT = tf.transpose(w) as tf.Tensor2D;
   try {
-    const { alpha, beta } = await lanczosColumns((q) => tf.matMul(w, tf.matMul(wT, q)) as tf.Tensor2D, starts, steps);
+    // with a target (a cosine), stop early once every bound is below it
+    const enough =
+      target === undefined
+        ? undefined
+        : (a: number[][], b: number[][]) => a.every((ac, c) => Math.sqrt(atomBound(ac, b[c] as number[])) < target);
+    const { alpha, beta } = await lanczosColumns(
+      (q) => tf.matMul(w, tf.matMul(wT, q)) as tf.Tensor2D,
+      starts,
+      steps,
+      enough,
+    );
     const out = new Float64Array(t);
     for (let c = 0; c < t; c++) out[c] = Math.sqrt(Math.min(1, atomBound(alpha[c] as number[], beta[c] as number[])));
     return out;
@@ -45,12 +60,26 @@ async function lanczosColumns(
   apply: (q: tf.Tensor2D) => tf.Tensor2D,
   starts: tf.Tensor2D,
   steps: number,
+  enough?: (alpha: number[][], beta: number[][]) => boolean,
 ): Promise<{ alpha: number[][]; beta: number[][] }> {
   const [n, t] = starts.shape;
   const count = Math.max(1, Math.min(steps, n));
   const basis: tf.Tensor2D[] = [tf.clone(starts)];
   const alphas: tf.Tensor1D[] = [];
   const betas: tf.Tensor1D[] = [];
+  const read = async (): Promise<[number[][], number[][]]> => {
+    const done = alphas.length;
+    const both = tf.tidy(() => tf.stack([tf.stack(alphas), tf.stack(betas)]));
+    const values = (await both.data()) as Float32Array;
+    both.dispose();
+    const alpha: number[][] = [];
+    const beta: number[][] = [];
+    for (let c = 0; c < t; c++) {
+      alpha.push(Array.from({ length: done }, (_, j) => values[j * t + c] as number));
+      beta.push(Array.from({ length: done }, (_, j) => values[(done + j) * t + c] as number));
+    }
+    return [alpha, beta];
+  };
   try {
     for (let j = 0; j < count; j++) {
       const q = basis[j] as tf.Tensor2D;
@@ -69,21 +98,17 @@ async function lanczosColumns(
       alphas.push(next.alpha);
       betas.push(next.beta);
       basis.push(next.q1);
+      // from 16 steps on, every 8: stop once the caller's bounds are decided (one read-back each)
+      if (enough && j + 1 < count && j + 1 >= 16 && (j + 1) % 8 === 0 && enough(...(await read())))
+        return toObject(await read());
     }
-    const both = tf.tidy(() => tf.stack([tf.stack(alphas), tf.stack(betas)]));
-    const values = (await both.data()) as Float32Array;
-    both.dispose();
-    const alpha: number[][] = [];
-    const beta: number[][] = [];
-    for (let c = 0; c < t; c++) {
-      alpha.push(Array.from({ length: count }, (_, j) => values[j * t + c] as number));
-      beta.push(Array.from({ length: count }, (_, j) => values[(count + j) * t + c] as number));
-    }
-    return { alpha, beta };
+    return toObject(await read());
   } finally {
     tf.dispose([...basis, ...alphas, ...betas]);
   }
 }
+
+const toObject = ([alpha, beta]: [number[][], number[][]]) => ({ alpha, beta });
 
 /**
  * The Gauss rule of the measure with Lanczos coefficients α, β: nodes ascending, weights (squared

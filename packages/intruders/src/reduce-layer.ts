@@ -1,5 +1,5 @@
 import type { Matrix64 } from '@lora/linalg';
-import type * as tf from '@tensorflow/tfjs-core';
+import * as tf from '@tensorflow/tfjs-core';
 import { type FactorLayout, factorsToMatrices, matricesToFactors } from './layouts';
 import type { ResolvedSettings } from './options';
 import { analyseFromSum, decides, type SumTriplets, sumTriplets } from './analyse-sum';
@@ -89,9 +89,9 @@ function describe(method: MatrixAnalysis['method']): string {
     case 'dense':
       return `dense ${method.size.join('×')}`;
     case 'sum':
-      return `sum (${method.iterations} iterations), cosines from W's SVD`;
+      return `sum (${method.iterations} products), cosines from W's SVD`;
     case 'certified':
-      return `certified (${method.iterations} iterations, Lanczos ${method.lanczosSteps} steps), no SVD of W`;
+      return `certified (${method.iterations} products, Lanczos ≤ ${method.lanczosSteps} steps), no SVD of W`;
   }
 }
 
@@ -99,7 +99,7 @@ function describe(method: MatrixAnalysis['method']): string {
  * One layer's analysis, the cheapest way that gives PEFT's decision: W + ΔW's leading triplets from
  * W + ΔW itself on the backend; then, if W's SVD is not held, the cosine bounds of
  * `certify.ts`, accepted when they make every direction an intruder; otherwise W's SVD (computed
- * once, cached) and the exact cosines. Where subspace iteration stalls (a cluster at the topK-th
+ * once, cached) and the exact cosines. Where block Krylov stalls (a cluster at the topK-th
  * value), the core path of `reduce-matrix.ts` (float64 block Lanczos on W's SVD) instead.
  */
 async function analyseLayer(
@@ -112,6 +112,12 @@ async function analyseLayer(
   const { m, n } = input.layout;
   const t = Math.min(settings.topK, m, n);
   const held = cache.has(input.weightKey, input.weightVersion);
+  // with W's SVD held on a CPU backend, the core path's products (O((k + r)·r) each, on the host) cost
+  // less than products with W + ΔW (O(m·n)); on a GPU the latter are nearly free and the host work is less
+  if (held && ['cpu', 'wasm'].includes(tf.getBackend())) {
+    const weight = await cache.svdOf(input.weightKey, input.weightVersion, input.weightMatrix);
+    return analyseMatrix({ m, n, weight, left, right, scaling: input.scaling }, settings.topK);
+  }
   let top: SumTriplets | null = null;
   const w = input.weightMatrix();
   try {
