@@ -3,7 +3,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { type Matrix64, matmul64, matrix64, qr, transpose64 } from '@lora/linalg';
 import { assertNoLeaks, initBackend } from '@lora/tensor';
 import { analyseFromSum, sumTriplets } from './analyse-sum';
-import { atomBound, CERTIFY_MARGIN, cosineUpperBounds } from './certify';
+import { atomBound, CERTIFY_MARGIN, cosineUpperBounds, positiveDefinite } from './certify';
 import { resolveSettings } from './options';
 import { type MatrixAnalysis, thresholdAndMitigate } from './reduce-matrix';
 import { reduceLayer } from './reduce-layer';
@@ -79,6 +79,30 @@ describe('atomBound (Chebyshev–Markov–Stieltjes on the Gauss rule)', () => {
     const { alpha, beta } = lanczos(lambda, c, 6);
     expect(alpha.length).toBe(3);
     expect(atomBound(alpha, beta)).toBeCloseTo(0.64 ** 2, 10);
+  });
+});
+
+describe('positiveDefinite (block Cholesky, Schur complements on the backend)', () => {
+  it('tells a shift just below λ_min from one just above, over several blocks, and frees what it allocates', async () => {
+    const n = 300;
+    const q = orthonormal(n, n, 31);
+    const lambda = Array.from({ length: n }, (_, i) => 0.05 + (2 * i) / n);
+    const a = matrix64(n, n);
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j < n; j++) {
+        let acc = 0;
+        for (let c = 0; c < n; c++)
+          acc += (q.data[i * n + c] as number) * (lambda[c] as number) * (q.data[j * n + c] as number);
+        a.data[i * n + j] = acc;
+      }
+    const at = tf.tensor2d(Float32Array.from(a.data), [n, n]);
+    const before = tf.memory().numTensors;
+    expect(await positiveDefinite(at, 0.049, 64)).toBe(true);
+    expect(await positiveDefinite(at, 0.051, 64)).toBe(false);
+    expect(await positiveDefinite(at, 0.04, 512)).toBe(true);
+    expect(await positiveDefinite(at, 1, 64)).toBe(false);
+    expect(tf.memory().numTensors).toBe(before);
+    at.dispose();
   });
 });
 

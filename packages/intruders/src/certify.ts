@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { cholesky, eigh, matrix64 } from '@lora/linalg';
+import { cholesky, eigh, type Matrix64, matrix64 } from '@lora/linalg';
 
 /**
  * How far below the threshold a cosine's upper bound must lie for a direction to be called an
@@ -203,25 +203,61 @@ export async function tallCosineBounds(
 }
 
 /**
- * Whether λ_min(WᵀW) ≥ γ: WᵀW on the backend (n×n, float32), then a float64 Cholesky factorisation of
- * WᵀW − (γ + 10⁻³·λ_max)·I on the host, which succeeds only for a positive definite matrix (the
- * 10⁻³·λ_max margin is far above the Gram's float32 rounding, ~√m·2⁻²⁴·λ_max). O(m·n²) on the
- * backend, n³/6 on the host.
+ * Whether λ_min(WᵀW) ≥ γ: WᵀW on the backend (n×n, float32), then whether WᵀW − (γ + 10⁻³·λ_max)·I
+ * is positive definite ({@link positiveDefinite}). The 10⁻³·λ_max margin is far above the float32
+ * rounding of the Gram and of the Schur complements (~n·2⁻²⁴·λ_max).
  */
 export async function gramFloorHolds(w: tf.Tensor2D, gamma: number, lambdaMax: number): Promise<boolean> {
   // (Wᵀ)·W with Wᵀ formed: a product with a transposed operand is slow on wasm
-  const gram = tf.tidy(() => tf.matMul(tf.transpose(w), w));
-  const values = await gram.data();
-  gram.dispose();
-  const n = w.shape[1];
-  const a = matrix64(n, n, Float64Array.from(values));
-  const shift = gamma + 1e-3 * lambdaMax;
-  for (let i = 0; i < n; i++) a.data[i * n + i] = (a.data[i * n + i] as number) - shift;
+  const gram = tf.tidy(() => tf.matMul(tf.transpose(w), w)) as tf.Tensor2D;
   try {
-    cholesky(a);
-    return true;
-  } catch {
-    return false;
+    return await positiveDefinite(gram, gamma + 1e-3 * lambdaMax);
+  } finally {
+    gram.dispose();
+  }
+}
+
+/**
+ * Whether the symmetric A − shift·I (A n×n on the backend) is positive definite, by block Cholesky:
+ * [[A₁₁, A₂₁ᵀ], [A₂₁, A₂₂]] is positive definite iff A₁₁ = L·Lᵀ is (a float64 Cholesky factorisation
+ * on the host of a `block`² read-back) and the Schur complement A₂₂ − (A₂₁·L⁻ᵀ)·(A₂₁·L⁻ᵀ)ᵀ is
+ * (formed on the backend). O(n³/3) on the backend, n/`block` read-backs of `block`², O(n·block²) on
+ * the host.
+ */
+export async function positiveDefinite(a: tf.Tensor2D, shift: number, block = 256): Promise<boolean> {
+  let s = tf.tidy(() => tf.sub(a, tf.mul(tf.eye(a.shape[0]), shift))) as tf.Tensor2D;
+  try {
+    for (;;) {
+      const n = s.shape[0];
+      const bs = Math.min(block, n);
+      const head = tf.slice(s, [0, 0], [bs, bs]);
+      const values = await head.data();
+      head.dispose();
+      let l: Matrix64;
+      try {
+        l = cholesky(matrix64(bs, bs, Float64Array.from(values)));
+      } catch {
+        return false;
+      }
+      if (bs === n) return true;
+      // L⁻ᵀ on the host (L lower triangular): columns of L⁻¹ by forward substitution
+      const inv = new Float64Array(bs * bs);
+      for (let c = 0; c < bs; c++)
+        for (let i = c; i < bs; i++) {
+          let acc = i === c ? 1 : 0;
+          for (let k = c; k < i; k++) acc -= (l.data[i * bs + k] as number) * (inv[k * bs + c] as number);
+          inv[i * bs + c] = acc / (l.data[i * bs + i] as number);
+        }
+      const next = tf.tidy(() => {
+        const linvT = tf.transpose(tf.tensor2d(Float32Array.from(inv), [bs, bs]));
+        const p = tf.matMul(tf.slice(s, [bs, 0], [n - bs, bs]), linvT);
+        return tf.sub(tf.slice(s, [bs, bs], [n - bs, n - bs]), tf.matMul(p, tf.transpose(p)));
+      }) as tf.Tensor2D;
+      s.dispose();
+      s = next;
+    }
+  } finally {
+    s.dispose();
   }
 }
 

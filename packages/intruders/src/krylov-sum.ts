@@ -84,7 +84,8 @@ export async function krylovTriplets(
     // Rayleigh–Ritz on the columns whose products are known (0 … to − 1): H is to×to
     // no new direction (the space is invariant, or all of Rⁿ), or no more products to take
     const done = basis.count === to || to >= maxDimension;
-    if (to >= t && (done || to >= 2 * start.length)) {
+    // from the third block on (an eigendecomposition of H per check: tens of ms at d ≈ 200)
+    if (to >= t && (done || to >= 3 * start.length)) {
       const ritz = ritzFromCoefficients(h, known, cap, to, t);
       if (!best || ritz.worst < best.worst) best = ritz;
       if (ritz.worst <= tol * ((ritz.theta[0] as number) || 1) || done) break;
