@@ -116,6 +116,19 @@ const worstOf = (/** @type {'oursVs64' | 'peftVs64'} */ key) =>
   with64.reduce((best, [p, v]) => ((v[key] ?? 0) > best[1] ? [p, v[key] ?? 0] : best), ['', 0]);
 
 const total = cold.report.layers.reduce((s, l) => s + l.intruders.length, 0);
+/** wall seconds per phase, summed over layers (`seconds` of each layer's report) */
+const phaseSums = (/** @type {typeof cold} */ run) => {
+  /** @type {Record<string, number>} */
+  const sums = { analysis: 0, mitigation: 0 };
+  for (const l of run.report.layers) {
+    sums.analysis += l.seconds.analysis;
+    sums.mitigation += l.seconds.mitigation;
+    for (const [k, v] of Object.entries(l.seconds.phases)) sums[k] = (sums[k] ?? 0) + v;
+  }
+  return Object.entries(sums)
+    .map(([k, v]) => `${k} ${v.toFixed(2)}`)
+    .join(', ');
+};
 const fmt = (/** @type {number[]} */ xs) => xs.map((x) => x.toFixed(2)).join(', ');
 /** @type {[string, number, string][]} */
 const rows = [
@@ -146,6 +159,8 @@ const table = [
         '',
       ]
     : []),
+  `phases (wall s summed over layers; the rest of a run is reading factors and writing the new adapter): cold: ${phaseSums(cold)}; 2nd adapter: ${phaseSums(wCached)}; λ sweep: ${phaseSums(sweep)}`,
+  '',
   `parity: intruder counts equal on ${countsEqual}/${cold.report.layers.length} layers (PEFT ${peer.total_intruders} in all, ours ${total}); new ΔW max relative error ${worst.toExponential(2)} (${worstAt}); W SVDs computed ${stats.computed}, methods ${[...new Set(cold.report.layers.map((l) => l.method.replace(/\d+/g, '#')))].join(', ')}`,
 ];
 console.log(table.join('\n'));

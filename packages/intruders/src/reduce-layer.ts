@@ -25,6 +25,11 @@ export interface IntruderLayerReport {
   cosineBound: boolean;
   /** How the leading directions and cosines were found (see the README's cost table). */
   method: string;
+  /**
+   * Wall seconds of this layer's analysis (≈ 0 when it came from the cache) and mitigation, and of the
+   * analysis' phases computed in this call (`triplets`, `bounds`, `svd`, `cosines`, `core`).
+   */
+  seconds: { analysis: number; mitigation: number; phases: Record<string, number> };
 }
 
 /** One layer, ready to reduce: its layout, where W's SVD comes from, A's and B's values, s. */
@@ -54,14 +59,18 @@ export async function reduceLayer(
   const { layout, scaling } = input;
   const { left, right } = factorsToMatrices(layout, input.a, input.b);
   const epsilon = settings.thresholdEpsilon;
+  const phases: Record<string, number> = {};
+  const t0 = performance.now();
   const analysis = await cache.analysisOf(
     `${input.weightKey}|${input.path}|${scaling}`,
     [...(input.weightVersion ? [input.weightVersion] : []), ...input.factorVersions],
     settings.topK,
-    () => analyseLayer(input, left, right, settings, cache),
+    () => analyseLayer(input, left, right, settings, cache, phases),
     (a) => decides(a, settings.topK, epsilon) && (!settings.exactCosines || !a.cosineBound),
   );
+  const t1 = performance.now();
   const result = thresholdAndMitigate({ left, right, scaling }, settings, analysis);
+  const t2 = performance.now();
   const module = `base_model.model.${input.path}`;
   settings.log(
     result.intruders.length ? `${module}: Intruders: ${result.intruders.length}` : `${module}: No intruders`,
@@ -75,6 +84,7 @@ export async function reduceLayer(
     singularValues: [...analysis.singularValues.subarray(0, examined)],
     cosineBound: analysis.cosineBound,
     method: describe(analysis.method),
+    seconds: { analysis: (t1 - t0) / 1000, mitigation: (t2 - t1) / 1000, phases },
   };
   return {
     report,
@@ -108,25 +118,37 @@ async function analyseLayer(
   right: Matrix64,
   settings: ResolvedSettings,
   cache: WeightSvdCache,
+  phases: Record<string, number>,
 ): Promise<MatrixAnalysis> {
   const { m, n } = input.layout;
+  const timed = async <T>(name: string, f: () => Promise<T>): Promise<T> => {
+    const start = performance.now();
+    try {
+      return await f();
+    } finally {
+      phases[name] = (phases[name] ?? 0) + (performance.now() - start) / 1000;
+    }
+  };
   const t = Math.min(settings.topK, m, n);
   const held = cache.has(input.weightKey, input.weightVersion);
   // with W's SVD held on a CPU backend, the core path's products (O((k + r)·r) each, on the host) cost
   // less than products with W + ΔW (O(m·n)); on a GPU the latter are nearly free and the host work is less
   if (held && ['cpu', 'wasm'].includes(tf.getBackend())) {
-    const weight = await cache.svdOf(input.weightKey, input.weightVersion, input.weightMatrix);
-    return analyseMatrix({ m, n, weight, left, right, scaling: input.scaling }, settings.topK);
+    const weight = await timed('svd', () => cache.svdOf(input.weightKey, input.weightVersion, input.weightMatrix));
+    return timed('core', () => analyseMatrix({ m, n, weight, left, right, scaling: input.scaling }, settings.topK));
   }
   let top: SumTriplets | null = null;
   const w = input.weightMatrix();
   try {
-    top = await sumTriplets(w, left, right, input.scaling, t);
+    top = await timed('triplets', () => sumTriplets(w, left, right, input.scaling, t));
     if (top.converged && !held && !settings.exactCosines) {
-      const certified = await analyseFromSum(top, w, null, settings.thresholdEpsilon, {
-        known: cache.floorOf(input.weightKey, input.weightVersion),
-        record: (floor) => cache.recordFloor(input.weightKey, input.weightVersion, floor),
-      });
+      const found = top;
+      const certified = await timed('bounds', () =>
+        analyseFromSum(found, w, null, settings.thresholdEpsilon, {
+          known: cache.floorOf(input.weightKey, input.weightVersion),
+          record: (floor) => cache.recordFloor(input.weightKey, input.weightVersion, floor),
+        }),
+      );
       if (certified) {
         top.uTensor.dispose();
         top = null;
@@ -140,9 +162,15 @@ async function analyseLayer(
     w.dispose();
   }
   try {
-    const weight = await cache.svdOf(input.weightKey, input.weightVersion, input.weightMatrix);
-    if (top.converged) return (await analyseFromSum(top, null, weight, settings.thresholdEpsilon)) as MatrixAnalysis;
-    return await analyseMatrix({ m, n, weight, left, right, scaling: input.scaling }, settings.topK);
+    const weight = await timed('svd', () => cache.svdOf(input.weightKey, input.weightVersion, input.weightMatrix));
+    const found = top;
+    if (found.converged)
+      return (await timed('cosines', () =>
+        analyseFromSum(found, null, weight, settings.thresholdEpsilon),
+      )) as MatrixAnalysis;
+    return await timed('core', () =>
+      analyseMatrix({ m, n, weight, left, right, scaling: input.scaling }, settings.topK),
+    );
   } finally {
     top.uTensor.dispose();
   }
