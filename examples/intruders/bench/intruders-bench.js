@@ -112,19 +112,28 @@ for (const r of cold.report.layers) {
 tf.dispose(Object.values(reduced.tensors));
 if (ref64) tf.dispose(Object.values(ref64.tensors));
 const with64 = Object.entries(perLayer).filter(([, v]) => v.oursVs64 !== undefined);
-const worstOf = (/** @type {'oursVs64' | 'peftVs64'} */ key) =>
-  with64.reduce((best, [p, v]) => ((v[key] ?? 0) > best[1] ? [p, v[key] ?? 0] : best), ['', 0]);
+/** @returns {[string, number]} the layer with the largest error against the float64 reference, and the error */
+const worstOf = (/** @type {'oursVs64' | 'peftVs64'} */ key) => {
+  /** @type {[string, number]} */
+  let best = ['', 0];
+  for (const [p, v] of with64) if ((v[key] ?? 0) > best[1]) best = [p, v[key] ?? 0];
+  return best;
+};
 
 const total = cold.report.layers.reduce((s, l) => s + l.intruders.length, 0);
 /** wall seconds per phase, summed over layers (`seconds` of each layer's report) */
 const phaseSums = (/** @type {typeof cold} */ run) => {
+  let analysis = 0;
+  let mitigation = 0;
   /** @type {Record<string, number>} */
-  const sums = { analysis: 0, mitigation: 0 };
+  const sums = {};
   for (const l of run.report.layers) {
-    sums.analysis += l.seconds.analysis;
-    sums.mitigation += l.seconds.mitigation;
+    analysis += l.seconds.analysis;
+    mitigation += l.seconds.mitigation;
     for (const [k, v] of Object.entries(l.seconds.phases)) sums[k] = (sums[k] ?? 0) + v;
   }
+  sums.analysis = analysis;
+  sums.mitigation = mitigation;
   return Object.entries(sums)
     .map(([k, v]) => `${k} ${v.toFixed(2)}`)
     .join(', ');
