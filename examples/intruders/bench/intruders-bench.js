@@ -142,8 +142,8 @@ const fmt = (/** @type {number[]} */ xs) => xs.map((x) => x.toFixed(2)).join(', 
 /** @type {[string, number, string][]} */
 const rows = [
   ['PEFT `reduce_intruder_dimension` (median)', peer.median_s, `runs ${fmt(peer.runs_s)}; CPU ${fmt(peer.cpu_s)}`],
-  ['ours, cold (W SVDs computed)', cold.seconds, `CPU ${cold.cpuSeconds.toFixed(2)}`],
-  ['ours, W cached (2nd adapter, same base)', wCached.seconds, `CPU ${wCached.cpuSeconds.toFixed(2)}`],
+  ['ours, cold (fresh cache)', cold.seconds, `CPU ${cold.cpuSeconds.toFixed(2)}`],
+  ['ours, 2nd adapter on the same base (same cache)', wCached.seconds, `CPU ${wCached.cpuSeconds.toFixed(2)}`],
   ['ours, λ sweep (2nd λ, same adapter)', sweep.seconds, `CPU ${sweep.cpuSeconds.toFixed(2)}`],
 ];
 const table = [
