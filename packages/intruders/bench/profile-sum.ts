@@ -60,6 +60,7 @@ for (const [at, [m, n]] of shapes.entries()) {
   );
   await cpu(() => sumTriplets(w, left, right, 2, 10).then((t) => t.uTensor.dispose())); // warm-up
   const [top, tTop] = await cpu(() => sumTriplets(w, left, right, 2, 10));
+  console.error(`${m}x${n}: products ${top.iterations}, converged ${top.converged}`);
   const steps = certifySteps(0.5);
   const [certified, tBound] = await cpu(() => analyseFromSum(top, w, null, 0.5));
   const bounds = certified ? Math.max(...certified.cosine).toFixed(3) : 'not certified';

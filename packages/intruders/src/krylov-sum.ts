@@ -21,8 +21,8 @@ export interface KrylovTriplets {
  * Gram–Schmidt, the first over the last two blocks as Lanczos has it) — the projection coefficients
  * are H = Qᵀ·GᵀG·Q, so Rayleigh–Ritz is the eigendecomposition of H alone, and a Ritz pair's
  * residual ‖GᵀG·v − θ·v‖ is read off the coefficients beyond the space. Stops once every one of the
- * t leading pairs has a residual ≤ `tol`·θ₁ (default 1e-6: the products are float32) or the space
- * holds `maxDimension` vectors. Then v = Q·y on the host, G·v on the backend: σ = ‖G·v‖, u = G·v/σ.
+ * t leading pairs has a residual ≤ `tol`·θ₁ (default 1e-6), or ≤ 1e-5·θ₁ and no longer halving from
+ * one block to the next (the float32 products' floor), or the space holds `maxDimension` vectors. Then v = Q·y on the host, G·v on the backend: σ = ‖G·v‖, u = G·v/σ.
  * The start block is `start` (the rows of the LoRA factor R, which hold ΔW's right space, and a few
  * seeded random vectors).
  */
@@ -87,8 +87,12 @@ export async function krylovTriplets(
     // from the third block on (an eigendecomposition of H per check: tens of ms at d ≈ 200)
     if (to >= t && (done || to >= 3 * start.length)) {
       const ritz = ritzFromCoefficients(h, known, cap, to, t);
+      const previousWorst = best?.worst ?? Number.POSITIVE_INFINITY;
       if (!best || ritz.worst < best.worst) best = ritz;
-      if (ritz.worst <= tol * ((ritz.theta[0] as number) || 1) || done) break;
+      const theta1 = (ritz.theta[0] as number) || 1;
+      // converged; or within 1e-5 and no longer halving (the float32 products' floor)
+      if (ritz.worst <= tol * theta1 || (ritz.worst <= 1e-5 * theta1 && ritz.worst > 0.5 * previousWorst) || done)
+        break;
     }
   }
   if (!best) throw new Error('krylovTriplets: the start block is empty');
