@@ -1,6 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type Matrix64, matrix64, svdTruncated } from '@lora/linalg';
-import { krylovTriplets } from './krylov-sum';
 import { CERTIFY_MARGIN, certifySteps, cosineUpperBounds, gramFloorHolds, tallCosineBounds } from './certify';
 import type { MatrixAnalysis } from './reduce-matrix';
 import type { WeightSvd } from './weight-svd-cache';
@@ -18,11 +17,11 @@ export interface SumTriplets {
 
 /**
  * The `t` leading singular triplets of G = W + s·L·R (W m×n on the backend, L m×r, R r×n): G is
- * formed on the backend (one product of rank r); from 128 on a side its leading triplets come from
- * block Krylov on GᵀG ({@link krylovTriplets}: one product and one read-back per block, the basis in
- * float64 on the host; the start block is R's rows — ΔW's right space — and a few seeded random
- * vectors), below that from `@lora/linalg`'s `svdTruncated` (a full SVD at those sizes).
- * `converged` false: the residual stayed above the tolerance (a cluster at the t-th value); the
+ * formed on the backend (one product of rank r) and `@lora/linalg`'s `svdTruncated` (block subspace
+ * iteration with Rayleigh–Ritz, products with G on the backend, float32, residual ≤ 5e-6·σ₁; a full
+ * SVD below 128 on a side) takes its leading triplets. (Block Krylov with the basis in float64 on the
+ * host, commit 73a3bf5, took fewer products but was slower on the H200: the host Gram–Schmidt.)
+ * `converged` false: the residual stalled above the tolerance (a cluster at the t-th value); the
  * caller then takes the exact path.
  */
 export async function sumTriplets(
@@ -45,28 +44,6 @@ export async function sumTriplets(
       ),
     ),
   ) as tf.Tensor2D;
-  if (Math.min(m, n) >= 128) {
-    const gT = tf.transpose(g) as tf.Tensor2D;
-    try {
-      const r = right.rows;
-      const start = Array.from({ length: r }, (_, c) => right.data.slice(c * n, (c + 1) * n));
-      let seed = 0x2545f491;
-      const uniform = () => {
-        seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
-        return (seed + 0.5) / 4294967296;
-      };
-      for (let c = 0; c < Math.max(8, t + 4 - r); c++)
-        start.push(
-          Float64Array.from(
-            { length: n },
-            () => Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform()),
-          ),
-        );
-      return await krylovTriplets(g, gT, start, t);
-    } finally {
-      tf.dispose([g, gT]);
-    }
-  }
   let parts: Awaited<ReturnType<typeof svdTruncated>> | undefined;
   try {
     parts = await svdTruncated(g, { rank: t });

@@ -176,7 +176,7 @@ describe('cosineUpperBounds on the backend', () => {
           expect(c).toBeGreaterThanOrEqual((ref.cosine[i] as number) - 1e-5);
           expect(c).toBeLessThan(0.5 - CERTIFY_MARGIN);
         }
-        // W + ΔW's triplets from block Krylov on the backend give PEFT's new ΔW
+        // W + ΔW's triplets from subspace iteration on the backend give PEFT's new ΔW
         const settings = { topK: 10, thresholdEpsilon: 0.5, mitigationLambda: 0.75 };
         const red = thresholdAndMitigate({ left, right, scaling: 2 }, settings, got as MatrixAnalysis);
         expect(red.intruders).toEqual(ref.intruders);
@@ -265,7 +265,7 @@ async function layerOf(w: Matrix64, left: Matrix64, right: Matrix64, epsilon: nu
 }
 
 describe('the certified path decides as PEFT does near the threshold', () => {
-  // min(m, n) ≥ 128 so that W + ΔW's triplets come from block Krylov, as on real layers; wide and tall
+  // min(m, n) ≥ 128 so that W + ΔW's triplets come from subspace iteration, as on real layers; wide and tall
   for (const [m, n, e0, epsilon, intruder, certified] of [
     [130, 150, 0.9 + 1e-4, 0.9, false, false],
     [130, 150, 0.9 - 1e-4, 0.9, true, false],

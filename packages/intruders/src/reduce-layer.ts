@@ -99,9 +99,9 @@ function describe(method: MatrixAnalysis['method']): string {
     case 'dense':
       return `dense ${method.size.join('×')}`;
     case 'sum':
-      return `sum (${method.iterations} products), cosines from W's SVD`;
+      return `sum (${method.iterations} iterations), cosines from W's SVD`;
     case 'certified':
-      return `certified (${method.iterations} products, Lanczos ≤ ${method.lanczosSteps} steps), no SVD of W`;
+      return `certified (${method.iterations} iterations, Lanczos ≤ ${method.lanczosSteps} steps), no SVD of W`;
   }
 }
 
@@ -109,7 +109,7 @@ function describe(method: MatrixAnalysis['method']): string {
  * One layer's analysis, the cheapest way that gives PEFT's decision: W + ΔW's leading triplets from
  * W + ΔW itself on the backend; then, if W's SVD is not held, the cosine bounds of
  * `certify.ts`, accepted when they make every direction an intruder; otherwise W's SVD (computed
- * once, cached) and the exact cosines. Where block Krylov stalls (a cluster at the topK-th
+ * once, cached) and the exact cosines. Where subspace iteration stalls (a cluster at the topK-th
  * value), the core path of `reduce-matrix.ts` (float64 block Lanczos on W's SVD) instead.
  */
 async function analyseLayer(

@@ -33,7 +33,7 @@ export interface MatrixAnalysis {
   v: Matrix64;
   /**
    * How the triplets were found: block Lanczos on the core (its last space's dimension, the cycles), a
-   * dense SVD of the core, or block Krylov on W + ΔW itself (its block products) with exact cosines
+   * dense SVD of the core, or subspace iteration on W + ΔW itself (its iterations) with exact cosines
    * from W's SVD ('sum') or certified bounds without it ('certified', with the Lanczos steps).
    */
   method:
