@@ -69,8 +69,8 @@ function applyKt(k: DiagonalPlusLowRank, u: Float64Array, out: Float64Array): vo
   applyK({ n1: k.n2, n2: k.n1, d: k.d, r: k.r, x: k.y, y: k.x }, u, out);
 }
 
-/** Vectors of one length stored one after another in a growing Float64Array (contiguous, for speed). @internal */
-export class Columns {
+/** Vectors of one length stored one after another in a growing Float64Array (contiguous, for speed). */
+class Columns {
   data: Float64Array;
   count = 0;
   constructor(
@@ -254,7 +254,7 @@ function projectOff4(w: Float64Array, data: Float64Array, j: number, n: number, 
  * first pass runs over basis vectors from that index on only (Lanczos: KᵀK times a block lies in the
  * span of it and its two neighbours) and the second over all (full re-orthogonalisation).
  */
-export function extendByBlock(
+function extendByBlock(
   basis: Columns,
   ws: Float64Array[],
   cap: number,
