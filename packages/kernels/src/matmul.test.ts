@@ -4,7 +4,8 @@ import { assertNoLeaks } from '@lora/tensor';
 import { describeEachBackend } from '@lora/tensor/testing';
 import { configureKernels } from './configure';
 import { expectClose, failOnGpuErrors, programsRun, seq } from './kernels.test-util';
-import { chooseTile } from './matmul';
+import { TILES, chooseTile } from './matmul';
+import type { KernelOptions } from './options';
 
 /** float64 op(A)·op(B) over a (broadcast) batch. */
 function reference(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean, av: Float32Array, bv: Float32Array) {
@@ -67,6 +68,48 @@ await describeEachBackend('tiled matmul', (backend) => {
         tf.dispose([a, b, y]);
       });
 
+  // the program's variations (subgroup layout, two slabs, vec4 stores) and the medium tiles: the same
+  // float64 reference; every variation's shader key is checked so that a silent fallback fails
+  const variations: [string, Partial<KernelOptions>, [number[], number[], boolean, boolean]][] = [
+    ['tiled-64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[0]],
+    ['tiled-64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[1]],
+    ['tiled-64', { matmulDoubleBuffer: true }, cases[4]],
+    ['tiled-64', { matmulVec4Store: true }, [[70, 36], [36, 44], false, false]], // n % 4 = 0, ragged rows
+    ['tiled-64', { matmulVec4Store: true, matmulWarpLayout: true }, cases[2]], // scalar path, n % 4 ≠ 0
+    ['tiled-128x64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[5]],
+    ['tiled-64x128', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[1]],
+    ['tiled-128', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[0]],
+  ];
+  for (const [tile, features, [sa, sb, ta, tb]] of variations)
+    it.runIf(backend.name === 'webgpu')(
+      `${tile} ${Object.keys(features).join('+')}: [${sa}]${ta ? 'ᵀ' : ''} · [${sb}]${tb ? 'ᵀ' : ''}`,
+      async () => {
+        configureKernels({ matmul: tile as KernelOptions['matmul'], ...features });
+        const a = seq(sa, 83);
+        const b = seq(sb, 89);
+        const y = assertNoLeaks(() => tf.matMul(a, b, ta, tb));
+        const [program] = programsRun(() => tf.matMul(a, b, ta, tb));
+        const [m, k] = ta ? [sa.at(-1), sa.at(-2)] : [sa.at(-2), sa.at(-1)];
+        const n = tb ? (sb.at(-2) as number) : (sb.at(-1) as number);
+        const vec = (ta ? (m as number) : (k as number)) % 4 === 0 && (tb ? (k as number) : n) % 4 === 0;
+        const t = TILES[tile.slice(6) as keyof typeof TILES];
+        expect(program).toMatch(new RegExp(`^LoraMatmulTiled_${t.bm}_${t.bn}_`));
+        expect(program?.includes('_warp')).toBe(!!features.matmulWarpLayout);
+        // two slabs only on the vec4 path, and where workgroup memory holds them
+        const storage = (tf.backend() as unknown as { device: { limits: Record<string, number> } }).device.limits
+          .maxComputeWorkgroupStorageSize as number;
+        const fits = 2 * 16 * t.bk * (t.bm / 4 + t.bn / 4) <= storage;
+        expect(program?.includes('_double')).toBe(!!features.matmulDoubleBuffer && vec && fits);
+        expect(program?.includes('_v4out')).toBe(!!features.matmulVec4Store && n % 4 === 0);
+        await expectClose(
+          y,
+          reference(a, b, ta, tb, (await a.data()) as Float32Array, (await b.data()) as Float32Array),
+          1e-6,
+        );
+        tf.dispose([a, b, y]);
+      },
+    );
+
   it.runIf(backend.name === 'webgpu')('gives tfjs back what it does not take, and trains through matMul', async () => {
     configureKernels({ matmul: 'tiled' });
     const a = seq([512, 96], 97);
@@ -105,9 +148,26 @@ describe('chooseTile', () => {
     expect(chooseTile('tiled', 1, 2048, 2816, 1024, 256)?.bm).toBe(128);
     expect(() => configureKernels({ largeTileGroups: 0 })).toThrow(/largeTileGroups must be a positive integer, got 0/);
   });
+  it('with a medium tile: q/o and down get 128×64, p·v (64 wide) is not overhung by a 128² tile', () => {
+    // the 123M model at 4 × 512 tokens, largeTileGroups 256
+    const pick = (b: number, m: number, n: number, k: number) => {
+      const t = chooseTile('tiled', b, m, n, k, 256, '128x64');
+      return t ? `${t.bm}x${t.bn}` : null;
+    };
+    expect(pick(1, 2048, 1024, 1024)).toBe('128x64'); // q/o: 128 workgroups of 128²
+    expect(pick(1, 2048, 1024, 2816)).toBe('128x64'); // down
+    expect(pick(1, 2048, 2816, 1024)).toBe('128x128'); // gate/up: 352
+    expect(pick(1, 2048, 256, 1024)).toBe('64x64'); // k/v: 64 of 128×64
+    expect(pick(16, 2048, 64, 512)).toBe('128x64'); // p·v
+    expect(pick(16, 2048, 512, 64)).toBe('128x128'); // q·kᵀ
+    expect(chooseTile('tiled', 1, 2048, 1024, 1024, 256)?.bm).toBe(64); // without one, as before
+  });
   it('rejects an unknown program by name', () => {
     expect(() => configureKernels({ matmul: 'fast' as 'tfjs' })).toThrow(
-      /matmul must be one of tfjs, tiled, tiled-64, tiled-128; got "fast"/,
+      /matmul must be one of tfjs, tiled, tiled-64, tiled-128, tiled-128x64, tiled-64x128; got "fast"/,
+    );
+    expect(() => configureKernels({ mediumTile: '96' as 'none' })).toThrow(
+      /mediumTile must be one of none, 128x64, 64x128; got "96"/,
     );
   });
 });

@@ -14,10 +14,28 @@ export interface MatmulTile {
 /** k steps unrolled in the inner loop: enough for the GPU, small enough for shader compilers (llvmpipe on CI). */
 const UNROLL = 4;
 
-export const TILES: Record<'64' | '128', MatmulTile> = {
+export const TILES: Record<'64' | '128' | '128x64' | '64x128', MatmulTile> = {
   '64': { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
   '128': { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 },
+  // twice the workgroups of a 128² tile, the same 8-row (8-column) register blocks along the long side
+  '128x64': { bm: 128, bn: 64, bk: 16, tm: 8, tn: 4 },
+  '64x128': { bm: 64, bn: 128, bk: 16, tm: 4, tn: 8 },
 };
+
+/**
+ * Variations of the tiled program (each gives the same sums in the same order, so the same results):
+ * `warp` lays each 32-thread subgroup over 8 columns × 4 rows of register blocks instead of one
+ * 16 × 2 strip, so that a k step reads fewer distinct workgroup-memory vec4s per subgroup; `double`
+ * keeps two slabs in workgroup memory, one multiplied while the next is stored (one barrier per slab
+ * instead of two); `vec4Store` writes the output as vec4s where N is a multiple of 4.
+ */
+export interface MatmulFeatures {
+  warp: boolean;
+  double: boolean;
+  vec4Store: boolean;
+}
+
+export const NO_FEATURES: Readonly<MatmulFeatures> = { warp: false, double: false, vec4Store: false };
 
 /**
  * out[b] = op(A[b])·op(B[b]) for A [batchA, M, K] (or [batchA, K, M] with transposeA) and B
@@ -38,22 +56,29 @@ export function tiledMatmulProgram(
   vec4A = false,
   vec4B = false,
   lowRank = false,
+  features: Readonly<MatmulFeatures> = NO_FEATURES,
 ): WebGPUProgramLike {
   const { bm, bn, bk, tm, tn } = tile;
   const wgx = bn / tn;
   const wgy = bm / tm;
   const threads = wgx * wgy;
+  const warp = features.warp && wgx % 8 === 0 && wgy % 4 === 0;
   // An operand read along k (A plain, B transposed) is stored one k-row per thread of a warp: rows
   // one vec4 longer than the tile put those stores in different memory banks, where there is room.
   const wantPadA = transposeA ? 0 : 1;
   const wantPadB = transposeB ? 1 : 0;
   const bytes = (pa: number, pb: number) => 16 * bk * (bm / 4 + pa + bn / 4 + pb);
-  const pad = bytes(wantPadA, wantPadB) <= workgroupStorage;
+  const vecPath = vec4A && vec4B;
+  // two slabs (vec4 path only) where they fit, then padding where it still fits
+  const double = features.double && vecPath && 2 * bytes(0, 0) <= workgroupStorage;
+  const slabs = double ? 2 : 1;
+  const pad = slabs * bytes(wantPadA, wantPadB) <= workgroupStorage;
   const bm4 = bm / 4 + (pad ? wantPadA : 0);
   const bn4 = bn / 4 + (pad ? wantPadB : 0);
   const tm4 = tm / 4;
   const tn4 = tn / 4;
   const [batch, m, n] = outShape;
+  const vec4Store = features.vec4Store && n % 4 === 0;
 
   // scalar staging (any shape): element e of the slab, the operand's contiguous axis fastest
   const scalarA = transposeA
@@ -87,15 +112,15 @@ export function tiledMatmulProgram(
       fetch.push(`{ let kk = ${v} / ${bm / 4}; let mq = ${v} % ${bm / 4}; let gk = k1 + kk; let gm = m0 + 4 * mq;
         ra${j} = vec4<f32>(0.0);
         if (gk < uniforms.k && gm < uniforms.m) { ra${j} = A[(aBase + gk * uniforms.m + gm) / 4]; } }`);
-      store.push(`{ let kk = ${v} / ${bm / 4}; let mq = ${v} % ${bm / 4}; As[kk * ${bm4} + mq] = ra${j}; }`);
+      store.push(`{ let kk = ${v} / ${bm / 4}; let mq = ${v} % ${bm / 4}; As[sa + kk * ${bm4} + mq] = ra${j}; }`);
     } else {
       // rows of m, k contiguous: a vec4 is four k of one m, stored down a column
       fetch.push(`{ let mm = ${v} / ${bk / 4}; let kq = ${v} % ${bk / 4}; let gm = m0 + mm; let gk = k1 + 4 * kq;
         ra${j} = vec4<f32>(0.0);
         if (gm < uniforms.m && gk < uniforms.k) { ra${j} = A[(aBase + gm * uniforms.k + gk) / 4]; } }`);
       store.push(`{ let mm = ${v} / ${bk / 4}; let kq = ${v} % ${bk / 4}; let col = mm / 4; let lane = mm % 4;
-        As[(4 * kq) * ${bm4} + col][lane] = ra${j}.x; As[(4 * kq + 1) * ${bm4} + col][lane] = ra${j}.y;
-        As[(4 * kq + 2) * ${bm4} + col][lane] = ra${j}.z; As[(4 * kq + 3) * ${bm4} + col][lane] = ra${j}.w; }`);
+        As[sa + (4 * kq) * ${bm4} + col][lane] = ra${j}.x; As[sa + (4 * kq + 1) * ${bm4} + col][lane] = ra${j}.y;
+        As[sa + (4 * kq + 2) * ${bm4} + col][lane] = ra${j}.z; As[sa + (4 * kq + 3) * ${bm4} + col][lane] = ra${j}.w; }`);
     }
   }
   for (let j = 0; j < loadsB; j++) {
@@ -105,16 +130,15 @@ export function tiledMatmulProgram(
         rb${j} = vec4<f32>(0.0);
         if (gn < uniforms.n && gk < uniforms.k) { rb${j} = B[(bBase + gn * uniforms.k + gk) / 4]; } }`);
       store.push(`{ let nn = ${v} / ${bk / 4}; let kq = ${v} % ${bk / 4}; let col = nn / 4; let lane = nn % 4;
-        Bs[(4 * kq) * ${bn4} + col][lane] = rb${j}.x; Bs[(4 * kq + 1) * ${bn4} + col][lane] = rb${j}.y;
-        Bs[(4 * kq + 2) * ${bn4} + col][lane] = rb${j}.z; Bs[(4 * kq + 3) * ${bn4} + col][lane] = rb${j}.w; }`);
+        Bs[sb + (4 * kq) * ${bn4} + col][lane] = rb${j}.x; Bs[sb + (4 * kq + 1) * ${bn4} + col][lane] = rb${j}.y;
+        Bs[sb + (4 * kq + 2) * ${bn4} + col][lane] = rb${j}.z; Bs[sb + (4 * kq + 3) * ${bn4} + col][lane] = rb${j}.w; }`);
     } else {
       fetch.push(`{ let kk = ${v} / ${bn / 4}; let nq = ${v} % ${bn / 4}; let gk = k1 + kk; let gn = n0 + 4 * nq;
         rb${j} = vec4<f32>(0.0);
         if (gk < uniforms.k && gn < uniforms.n) { rb${j} = B[(bBase + gk * uniforms.n + gn) / 4]; } }`);
-      store.push(`{ let kk = ${v} / ${bn / 4}; let nq = ${v} % ${bn / 4}; Bs[kk * ${bn4} + nq] = rb${j}; }`);
+      store.push(`{ let kk = ${v} / ${bn / 4}; let nq = ${v} % ${bn / 4}; Bs[sb + kk * ${bn4} + nq] = rb${j}; }`);
     }
   }
-  const vecPath = vec4A && vec4B;
   // the scalar path mixes: a vec4 operand still stages through scalar reads of its vec4 array
   const scalarRead = (name: 'A' | 'B', vec: boolean) =>
     vec ? (idx: string) => `${name}[(${idx}) / 4][(${idx}) % 4]` : (idx: string) => `${name}[${idx}]`;
@@ -126,8 +150,8 @@ export function tiledMatmulProgram(
   // the inner products of a slab, UNROLL k at a time: per k, TM/4 vec4s of A, TN/4 of B, TM×TN/4 vec4 FMAs
   const body: string[] = [];
   for (let u = 0; u < UNROLL; u++) {
-    for (let p = 0; p < tm4; p++) body.push(`a${p} = As[(kb + ${u}) * ${bm4} + ${p * wgy} + ty];`);
-    for (let q = 0; q < tn4; q++) body.push(`b${q} = Bs[(kb + ${u}) * ${bn4} + ${q * wgx} + tx];`);
+    for (let p = 0; p < tm4; p++) body.push(`a${p} = As[ao + (kb + ${u}) * ${bm4} + ${p * wgy} + ty];`);
+    for (let q = 0; q < tn4; q++) body.push(`b${q} = Bs[bo + (kb + ${u}) * ${bn4} + ${q * wgx} + tx];`);
     for (let p = 0; p < tm4; p++)
       for (let i = 0; i < 4; i++)
         for (let q = 0; q < tn4; q++) {
@@ -165,7 +189,11 @@ export function tiledMatmulProgram(
         writes.push(`{
           let row = m0 + (${p * wgy} + ty) * 4 + ${i};
           let col = n0 + (${q * wgx} + tx) * 4;
-          if (row < uniforms.m) {
+          ${
+            vec4Store
+              ? // n is a multiple of 4: a vec4 of columns is in range or wholly out
+                `if (row < uniforms.m && col < uniforms.n) { result[((batch * uniforms.m + row) * uniforms.n + col) / 4] = acc${acc}; }`
+              : `if (row < uniforms.m) {
             let o = (batch * uniforms.m + row) * uniforms.n + col;
             let v = acc${acc};
             if (col + 3 < uniforms.n) { result[o] = v.x; result[o + 1] = v.y; result[o + 2] = v.z; result[o + 3] = v.w; }
@@ -174,17 +202,33 @@ export function tiledMatmulProgram(
               if (col + 1 < uniforms.n) { result[o + 1] = v.y; }
               if (col + 2 < uniforms.n) { result[o + 2] = v.z; }
             }
+          }`
           }
         }`);
       }
-  const loop = vecPath
+  const slabA = bk * bm4;
+  const slabB = bk * bn4;
+  const loop = !vecPath
     ? `
+      let ao = 0; let bo = 0;
+      for (var k0 = 0; k0 < uniforms.k; k0 = k0 + ${bk}) {
+        for (var e = tid; e < ${bm * bk}; e = e + ${threads}) { ${scalarAFixed} }
+        for (var e = tid; e < ${bn * bk}; e = e + ${threads}) { ${scalarBFixed} }
+        workgroupBarrier();
+        ${inner.join('\n        ')}
+        workgroupBarrier();
+      }`
+    : `
       ${Array.from({ length: loadsA }, (_, j) => `var ra${j} : vec4<f32>;`).join(' ')}
       ${Array.from({ length: loadsB }, (_, j) => `var rb${j} : vec4<f32>;`).join(' ')}
       var k1 = 0;
       ${fetch.join('\n      ')}
-      ${store.join('\n      ')}
+      {
+        let sa = 0; let sb = 0;
+        ${store.join('\n        ')}
+      }
       workgroupBarrier();
+      var cur = 0;
       for (var k0 = 0; k0 < uniforms.k; k0 = k0 + ${bk}) {
         k1 = k0 + ${bk};
         let more = k1 < uniforms.k;
@@ -192,37 +236,51 @@ export function tiledMatmulProgram(
         if (more) {
           ${fetch.join('\n          ')}
         }
+        let ao = cur * ${slabA}; let bo = cur * ${slabB};
         ${inner.join('\n        ')}
-        workgroupBarrier();
+        ${
+          double
+            ? `// the other slab was last read before the previous barrier: store into it at once
         if (more) {
+          let sa = (1 - cur) * ${slabA}; let sb = (1 - cur) * ${slabB};
           ${store.join('\n          ')}
         }
         workgroupBarrier();
-      }`
-    : `
-      for (var k0 = 0; k0 < uniforms.k; k0 = k0 + ${bk}) {
-        for (var e = tid; e < ${bm * bk}; e = e + ${threads}) { ${scalarAFixed} }
-        for (var e = tid; e < ${bn * bk}; e = e + ${threads}) { ${scalarBFixed} }
-        workgroupBarrier();
-        ${inner.join('\n        ')}
-        workgroupBarrier();
+        cur = 1 - cur;`
+            : `workgroupBarrier();
+        if (more) {
+          let sa = 0; let sb = 0;
+          ${store.join('\n          ')}
+        }
+        workgroupBarrier();`
+        }
       }`;
   return {
     outputShape: [batch, m, n],
-    shaderKey: `LoraMatmulTiled_${bm}_${bn}_${bk}_${tm}_${tn}_${transposeA}_${transposeB}_${pad ? 'pad' : 'nopad'}_${vecPath ? 'vec4' : 'scalar'}${lowRank ? '_lowrank' : ''}`,
+    shaderKey: `LoraMatmulTiled_${bm}_${bn}_${bk}_${tm}_${tn}_${transposeA}_${transposeB}_${pad ? 'pad' : 'nopad'}_${vecPath ? 'vec4' : 'scalar'}${lowRank ? '_lowrank' : ''}${warp ? '_warp' : ''}${double ? '_double' : ''}${vec4Store ? '_v4out' : ''}`,
     dispatchLayout: { x: [2], y: [1], z: [0] },
     dispatch: [Math.ceil(n / bn), Math.ceil(m / bm), batch],
     variableNames: lowRank ? ['A', 'B', 'H', 'LB'] : ['A', 'B'],
     variableComponents: lowRank ? [vec4A ? 4 : 1, vec4B ? 4 : 1, 1, 1] : [vec4A ? 4 : 1, vec4B ? 4 : 1],
-    workgroupSize: [wgx, wgy, 1],
+    workgroupSize: warp ? [threads, 1, 1] : [wgx, wgy, 1],
+    ...(vec4Store ? { outputComponent: 4 } : {}),
     uniforms: `m : i32, n : i32, k : i32, batchA : i32, batchB : i32,${lowRank ? ' r : i32, scale : f32,' : ''}`,
     getUserCode: () => `
-    var<workgroup> As : array<vec4<f32>, ${bk * bm4}>;
-    var<workgroup> Bs : array<vec4<f32>, ${bk * bn4}>;
+    var<workgroup> As : array<vec4<f32>, ${slabs * slabA}>;
+    var<workgroup> Bs : array<vec4<f32>, ${slabs * slabB}>;
     fn main() {
-      let tx = i32(localId.x);
+      ${
+        warp
+          ? `// a subgroup of 32 covers 8 × 4 register blocks (loads stay by linear index)
+      let tid = i32(localId.x);
+      let lane = tid % 32;
+      let wq = tid / 32;
+      let tx = (wq % ${wgx / 8}) * 8 + lane % 8;
+      let ty = (wq / ${wgx / 8}) * 4 + lane / 8;`
+          : `let tx = i32(localId.x);
       let ty = i32(localId.y);
-      let tid = ty * ${wgx} + tx;
+      let tid = ty * ${wgx} + tx;`
+      }
       let n0 = i32(workgroupId.x) * ${bn};
       let m0 = i32(workgroupId.y) * ${bm};
       let batch = i32(workgroupId.z);
@@ -252,18 +310,38 @@ export function chooseTile(
   n: number,
   k: number,
   largeTileGroups = 128,
+  mediumTile: KernelOptions['mediumTile'] = 'none',
 ): MatmulTile | null {
   if (choice === 'tfjs') return null;
   if (choice === 'tiled-64') return TILES['64'];
   if (choice === 'tiled-128') return TILES['128'];
+  if (choice === 'tiled-128x64') return TILES['128x64'];
+  if (choice === 'tiled-64x128') return TILES['64x128'];
   const groups = (t: MatmulTile) => batch * Math.ceil(m / t.bm) * Math.ceil(n / t.bn);
   // products with a tiny output or a tiny K are better served by tfjs's split-K / small-output programs
   if (m < 32 || n < 32 || k < 16) return null;
-  // 128² tiles only with enough workgroups to fill the GPU (one 256-thread workgroup per compute unit
-  // leaves it latency-bound); below that, 64² tiles give four times as many
-  if (groups(TILES['128']) >= largeTileGroups) return TILES['128'];
+  if (mediumTile === 'none') {
+    // 128² tiles only with enough workgroups to fill the GPU (one 256-thread workgroup per compute unit
+    // leaves it latency-bound); below that, 64² tiles give four times as many
+    if (groups(TILES['128']) >= largeTileGroups) return TILES['128'];
+    if (groups(TILES['64']) >= 32) return TILES['64'];
+    return null;
+  }
+  // with a medium tile: the largest tile that gives enough workgroups and wastes at most a quarter
+  // of its rows and columns past the output's edge (p·v's 64 columns in a 128-wide tile waste half)
+  const fits = (t: MatmulTile) =>
+    m / (Math.ceil(m / t.bm) * t.bm) >= 0.75 && n / (Math.ceil(n / t.bn) * t.bn) >= 0.75;
+  const medium = TILES[mediumTile];
+  if (groups(TILES['128']) >= largeTileGroups && fits(TILES['128'])) return TILES['128'];
+  if (groups(medium) >= largeTileGroups / 2 && fits(medium)) return medium;
   if (groups(TILES['64']) >= 32) return TILES['64'];
   return null;
+}
+
+/** The program variations in force (see {@link MatmulFeatures}). */
+export function matmulFeatures(): MatmulFeatures {
+  const o = optionsRef();
+  return { warp: o.matmulWarpLayout, double: o.matmulDoubleBuffer, vec4Store: o.matmulVec4Store };
 }
 
 let original: tf.KernelFunc | null = null;
@@ -283,7 +361,8 @@ function tiledBatchMatMul(args: BatchMatMulArgs): tf.TensorInfo {
   const batch = Math.max(batchA, batchB);
   // throws tfjs's own error when the batch axes do not broadcast
   const outer = tf.backend_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
-  const tile = chooseTile(optionsRef().matmul, batch, m, n, k, optionsRef().largeTileGroups);
+  const options = optionsRef();
+  const tile = chooseTile(options.matmul, batch, m, n, k, options.largeTileGroups, options.mediumTile);
   const simpleBatch =
     sizeOf(outer) === batch && (batchA === batch || batchA === 1) && (batchB === batch || batchB === 1);
   if (tile === null || k !== kb || a.dtype !== 'float32' || b.dtype !== 'float32' || !simpleBatch)
@@ -292,7 +371,17 @@ function tiledBatchMatMul(args: BatchMatMulArgs): tf.TensorInfo {
   // vec4 reads need the operand's contiguous axis (and so every batch's offset) to be a multiple of 4
   const vec4A = (transposeA ? m : k) % 4 === 0;
   const vec4B = (transposeB ? k : n) % 4 === 0;
-  const program = tiledMatmulProgram([batch, m, n], transposeA, transposeB, tile, storage, vec4A, vec4B);
+  const program = tiledMatmulProgram(
+    [batch, m, n],
+    transposeA,
+    transposeB,
+    tile,
+    storage,
+    vec4A,
+    vec4B,
+    false,
+    matmulFeatures(),
+  );
   const out = backend.runWebGPUProgram(
     program,
     [

@@ -20,13 +20,32 @@ export interface KernelOptions {
    * Default `'tiled'` (on the H200 it took the 123M model's forward from 58.7 to 42.8 ms, the step
    * unchanged; see BENCHMARKS.md, issue 20).
    */
-  matmul: 'tfjs' | 'tiled' | 'tiled-64' | 'tiled-128';
+  matmul: 'tfjs' | 'tiled' | 'tiled-64' | 'tiled-128' | 'tiled-128x64' | 'tiled-64x128';
   /**
    * With `matmul: 'tiled'`: the fewest workgroups a product must give in 128² tiles to get them
    * (else 64² tiles, where it gives ≥ 32). A GPU with many compute units wants more (an H200 has 132).
    * Default 128.
    */
   largeTileGroups: number;
+  /**
+   * With `matmul: 'tiled'`: a tile between 64² and 128² (`'128x64'`: 128 rows × 64 columns, or
+   * `'64x128'`) for products that give too few workgroups in 128² tiles (at least
+   * `largeTileGroups / 2` in the medium tile), and for outputs a 128² tile would overhang by more than
+   * a quarter (attention's 64-wide p·v). `'none'`: 128² or 64² only (round 3's choice). Default `'none'`.
+   */
+  mediumTile: 'none' | '128x64' | '64x128';
+  /**
+   * The tiled program lays each 32-thread subgroup over 8 × 4 register blocks (fewer distinct
+   * workgroup-memory reads per k step) instead of a 16 × 2 strip. Same results. Default false.
+   */
+  matmulWarpLayout: boolean;
+  /**
+   * The tiled program keeps two slabs of A and B in workgroup memory where they fit: one barrier per
+   * slab instead of two. Same results. Default false.
+   */
+  matmulDoubleBuffer: boolean;
+  /** The tiled program writes its output as vec4s where N is a multiple of 4. Same results. Default false. */
+  matmulVec4Store: boolean;
   /**
    * On webgpu, dispatches reuse uniform buffers (by content) and bind groups (by pipeline and
    * buffers) instead of making both anew each time, which is most of a dispatch's host time through
@@ -45,6 +64,10 @@ export const DEFAULT_KERNEL_OPTIONS: Readonly<KernelOptions> = {
   transposeFlags: true,
   matmul: 'tiled',
   largeTileGroups: 128,
+  mediumTile: 'none',
+  matmulWarpLayout: false,
+  matmulDoubleBuffer: false,
+  matmulVec4Store: false,
   dispatchCache: true,
   fusedLora: true,
 };
