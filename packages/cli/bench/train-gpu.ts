@@ -16,7 +16,8 @@
  *   LORA_DAWN_OPTIONS=backend=opengles LORA_WEBGPU_FEATURE_LEVEL=compatibility LORA_GPU_MODELS=10m ...
  * Environment: LORA_GPU_RUNS (timed runs, median; default 5), LORA_GPU_BATCH / LORA_GPU_SEQ (override
  * the models' 4 × 512 and 4 × 128), LORA_GPU_PROFILE=0 (no profile), LORA_GPU_PARITY=0,
- * LORA_GPU_MATMUL=0 (no matmul table), `model` (the 123M model's products only) or a list of sizes, LORA_GPU_SUBMIT_BATCH (tfjs's
+ * LORA_GPU_MATMUL=0 (no matmul table), `model` (the 123M model's products only) or a list of sizes,
+ * LORA_GPU_MM_PROGRAMS (the table's programs, names of MM_PROGRAMS; default all), LORA_GPU_SUBMIT_BATCH (tfjs's
  * WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE, default 15), LORA_GPU_TAG (names the run), OUT (a folder:
  * results-TAG.json is written there), PEER (a peer_train_gpu.py JSON output to print side by side;
  * default $OUT/peer.json).
@@ -74,6 +75,36 @@ const MODELS: Record<string, { config: Record<string, unknown>; batch: number; s
   },
 };
 
+/** Round 3's matmul choices, whatever the defaults are now. */
+const R3_MATMUL: Partial<KernelOptions> = {
+  matmul: 'tiled',
+  largeTileGroups: 128,
+  mediumTile: 'none',
+  matmulWarpLayout: false,
+  matmulDoubleBuffer: false,
+  matmulVec4Store: false,
+};
+const R4_FEATURES: Partial<KernelOptions> = { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true };
+
+/**
+ * The matmul programs of the throughput table (`LORA_GPU_MM_PROGRAMS`, default all): tfjs's, a tile
+ * forced with round 3's program or with some of round 4's variations, or a tile policy.
+ */
+const MM_PROGRAMS: Record<string, Partial<KernelOptions>> = {
+  tfjs: { matmul: 'tfjs' },
+  'tiled-64': { ...R3_MATMUL, matmul: 'tiled-64' },
+  'tiled-128': { ...R3_MATMUL, matmul: 'tiled-128' },
+  '128+warp': { ...R3_MATMUL, matmul: 'tiled-128', matmulWarpLayout: true },
+  '128+double': { ...R3_MATMUL, matmul: 'tiled-128', matmulDoubleBuffer: true },
+  '128+v4out': { ...R3_MATMUL, matmul: 'tiled-128', matmulVec4Store: true },
+  '128+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128' },
+  '128x64+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128x64' },
+  '64x128+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-64x128' },
+  '64+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-64' },
+  'r3 policy': R3_MATMUL,
+  'r4 policy': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256 },
+};
+
 /** Code paths compared: each is a set of `@lora/kernels` options. */
 const VARIANTS: Record<string, Partial<KernelOptions>> = {
   // what main had before issue 20: explicit transposes, composite ops, tfjs's dispatch path
@@ -89,6 +120,15 @@ const VARIANTS: Record<string, Partial<KernelOptions>> = {
   default: {},
   // the same with 64² tiles for products under 256 workgroups of 128² (q/o, down, k/v of the 123M model)
   'default+wide64': { largeTileGroups: 256 },
+  // round 3's default spelled out (whatever the defaults become)
+  r3: R3_MATMUL,
+  // round 4: the tiled program's variations, one at a time and together, then with the 128×64 tile
+  'r4-warp': { ...R3_MATMUL, matmulWarpLayout: true },
+  'r4-double': { ...R3_MATMUL, matmulDoubleBuffer: true },
+  'r4-all': { ...R3_MATMUL, ...R4_FEATURES },
+  'r4-medium': { ...R3_MATMUL, mediumTile: '128x64', largeTileGroups: 256 },
+  'r4-all+medium': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256 },
+  'r4-all+medium64x128': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '64x128', largeTileGroups: 256 },
 };
 
 const list = (s: string | undefined, all: string[]) => (s ? s.split(',').map((x) => x.trim()) : all);
@@ -96,6 +136,10 @@ const variantNames = list(env.LORA_GPU_VARIANTS, Object.keys(VARIANTS));
 const modelNames = env.LORA_GPU_MODELS === 'none' ? [] : list(env.LORA_GPU_MODELS, ['123m', '10m']);
 for (const v of variantNames) if (!VARIANTS[v]) throw new Error(`unknown variant '${v}': ${Object.keys(VARIANTS)}`);
 for (const m of modelNames) if (!MODELS[m]) throw new Error(`unknown model '${m}': ${Object.keys(MODELS)}`);
+const mmProgramNames = list(env.LORA_GPU_MM_PROGRAMS, Object.keys(MM_PROGRAMS));
+if (mmProgramNames[0] !== 'tfjs') mmProgramNames.unshift('tfjs'); // the reference for the differences
+for (const p of mmProgramNames)
+  if (!MM_PROGRAMS[p]) throw new Error(`unknown matmul program '${p}': ${Object.keys(MM_PROGRAMS)}`);
 
 const backendName = (env.LORA_BENCH_BACKEND ?? 'webgpu') as BackendName;
 const importers = {
@@ -319,6 +363,7 @@ async function parity(): Promise<{ variant: string; lossRel: number; gradRel: nu
   // the tiny model's products are too small for 'tiled' to take: one more run forces the 64² tile on all
   const forced: Record<string, Partial<KernelOptions>> = {
     'default, every product tiled-64 (LoRA Linears through linearLowRank)': { matmul: 'tiled-64' },
+    'round 4 variations, every product tiled-128x64': { ...R4_FEATURES, matmul: 'tiled-128x64' },
   };
   for (const variant of [...variantNames, ...Object.keys(forced)]) {
     configureKernels((VARIANTS[variant] ?? forced[variant]) as Partial<KernelOptions>);
@@ -407,8 +452,8 @@ async function matmulTable(
     const flops = flopsOf(c);
     const reps = Math.max(2, Math.min(30, Math.round(2e12 / flops)));
     let reference: Float32Array | null = null;
-    for (const program of ['tfjs', 'tiled-64', 'tiled-128'] as const) {
-      configureKernels({ matmul: program });
+    for (const program of mmProgramNames) {
+      configureKernels(MM_PROGRAMS[program] as Partial<KernelOptions>);
       const product = () => tf.matMul(a, b, c.transposeA, c.transposeB);
       const run = async () => {
         let last: tf.Tensor | null = null;
@@ -541,15 +586,16 @@ for (const r of benches) {
 }
 if (results.matmul) {
   console.log("\nfloat32 matMul, TFLOP/s (pipelined), and the difference from tfjs's result\n");
-  console.log('| product | tfjs | tiled-64 | tiled-128 | PyTorch (TF32 off) | max rel. Δ tiled-64 / -128 |');
-  console.log('| --- | --- | --- | --- | --- | --- |');
   const rows = results.matmul as { label: string; program: string; tflops: number; relErr: number | null }[];
+  const programs = [...new Set(rows.map((r) => r.program))];
+  console.log(`| product | ${programs.join(' | ')} | PyTorch (TF32 off) | max rel. Δ from tfjs (worst program) |`);
+  console.log(`| --- | ${programs.map(() => '---').join(' | ')} | --- | --- |`);
   for (const label of [...new Set(rows.map((r) => r.label))]) {
     const of = (p: string) => rows.find((r) => r.label === label && r.program === p);
     const torch = (peer?.matmul ?? []).find((r: { label: string }) => r.label === label)?.tflops;
-    const err = (p: string) => of(p)?.relErr?.toExponential(1) ?? '–';
+    const errs = rows.filter((r) => r.label === label && r.relErr !== null).map((r) => r.relErr as number);
     console.log(
-      `| ${label} | ${of('tfjs')?.tflops.toFixed(2)} | ${of('tiled-64')?.tflops.toFixed(2)} | ${of('tiled-128')?.tflops.toFixed(2)} | ${torch === undefined ? '–' : torch.toFixed(2)} | ${err('tiled-64')} / ${err('tiled-128')} |`,
+      `| ${label} | ${programs.map((p) => of(p)?.tflops.toFixed(2) ?? '–').join(' | ')} | ${torch === undefined ? '–' : torch.toFixed(2)} | ${errs.length ? Math.max(...errs).toExponential(1) : '–'} |`,
     );
   }
 }
