@@ -79,6 +79,9 @@ await describeEachBackend('tiled matmul', (backend) => {
     ['tiled-128x64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[5]],
     ['tiled-64x128', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[1]],
     ['tiled-128', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[0]],
+    // 32-deep slabs: K = 64 is two slabs, K = 36 a ragged one
+    ['tiled-64', { matmulDepth: 32, matmulWarpLayout: true, matmulDoubleBuffer: true }, cases[4]],
+    ['tiled-128x64', { matmulDepth: 32, matmulVec4Store: true }, cases[0]],
   ];
   for (const [tile, features, [sa, sb, ta, tb]] of variations)
     it.runIf(backend.name === 'webgpu')(
@@ -93,12 +96,12 @@ await describeEachBackend('tiled matmul', (backend) => {
         const n = tb ? (sb.at(-2) as number) : (sb.at(-1) as number);
         const vec = (ta ? (m as number) : (k as number)) % 4 === 0 && (tb ? (k as number) : n) % 4 === 0;
         const t = TILES[tile.slice(6) as keyof typeof TILES];
-        expect(program).toMatch(new RegExp(`^LoraMatmulTiled_${t.bm}_${t.bn}_`));
+        expect(program).toMatch(new RegExp(`^LoraMatmulTiled_${t.bm}_${t.bn}_${features.matmulDepth ?? 16}_`));
         expect(program?.includes('_warp')).toBe(!!features.matmulWarpLayout);
         // two slabs only on the vec4 path, and where workgroup memory holds them
         const storage = (tf.backend() as unknown as { device: { limits: Record<string, number> } }).device.limits
           .maxComputeWorkgroupStorageSize as number;
-        const fits = 2 * 16 * t.bk * (t.bm / 4 + t.bn / 4) <= storage;
+        const fits = 2 * 16 * (features.matmulDepth ?? 16) * (t.bm / 4 + t.bn / 4) <= storage;
         expect(program?.includes('_double')).toBe(!!features.matmulDoubleBuffer && vec && fits);
         expect(program?.includes('_v4out')).toBe(!!features.matmulVec4Store && n % 4 === 0);
         await expectClose(
@@ -169,5 +172,6 @@ describe('chooseTile', () => {
     expect(() => configureKernels({ mediumTile: '96' as 'none' })).toThrow(
       /mediumTile must be one of none, 128x64, 64x128; got "96"/,
     );
+    expect(() => configureKernels({ matmulDepth: 8 as 16 })).toThrow(/matmulDepth must be 16 or 32, got 8/);
   });
 });

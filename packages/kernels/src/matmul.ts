@@ -27,12 +27,14 @@ export const TILES: Record<'64' | '128' | '128x64' | '64x128', MatmulTile> = {
  * `warp` lays each 32-thread subgroup over 8 columns × 4 rows of register blocks instead of one
  * 16 × 2 strip, so that a k step reads fewer distinct workgroup-memory vec4s per subgroup; `double`
  * keeps two slabs in workgroup memory, one multiplied while the next is stored (one barrier per slab
- * instead of two); `vec4Store` writes the output as vec4s where N is a multiple of 4.
+ * instead of two); `vec4Store` writes the output as vec4s where N is a multiple of 4; `depth`, when
+ * set, replaces the tile's slab depth BK (16 or 32: fewer barriers per K, more workgroup memory).
  */
 export interface MatmulFeatures {
   warp: boolean;
   double: boolean;
   vec4Store: boolean;
+  depth?: number;
 }
 
 export const NO_FEATURES: Readonly<MatmulFeatures> = { warp: false, double: false, vec4Store: false };
@@ -58,7 +60,8 @@ export function tiledMatmulProgram(
   lowRank = false,
   features: Readonly<MatmulFeatures> = NO_FEATURES,
 ): WebGPUProgramLike {
-  const { bm, bn, bk, tm, tn } = tile;
+  const { bm, bn, tm, tn } = tile;
+  const bk = features.depth ?? tile.bk;
   const wgx = bn / tn;
   const wgy = bm / tm;
   const threads = wgx * wgy;
@@ -341,7 +344,7 @@ export function chooseTile(
 /** The program variations in force (see {@link MatmulFeatures}). */
 export function matmulFeatures(): MatmulFeatures {
   const o = optionsRef();
-  return { warp: o.matmulWarpLayout, double: o.matmulDoubleBuffer, vec4Store: o.matmulVec4Store };
+  return { warp: o.matmulWarpLayout, double: o.matmulDoubleBuffer, vec4Store: o.matmulVec4Store, depth: o.matmulDepth };
 }
 
 let original: tf.KernelFunc | null = null;

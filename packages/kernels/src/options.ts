@@ -47,6 +47,12 @@ export interface KernelOptions {
   /** The tiled program writes its output as vec4s where N is a multiple of 4. Same results. Default false. */
   matmulVec4Store: boolean;
   /**
+   * The K-depth of the tiled program's workgroup-memory slabs (16 or 32): 32 halves the barriers per
+   * product and doubles the workgroup memory (two slabs of a 128² tile then no longer fit in 48 KiB,
+   * so `matmulDoubleBuffer` falls back to one). Same results. Default 16.
+   */
+  matmulDepth: 16 | 32;
+  /**
    * On webgpu, dispatches reuse uniform buffers (by content) and bind groups (by pipeline and
    * buffers) instead of making both anew each time, which is most of a dispatch's host time through
    * Dawn in Node (see `dispatch-cache.ts`). Default true.
@@ -68,6 +74,7 @@ export const DEFAULT_KERNEL_OPTIONS: Readonly<KernelOptions> = {
   matmulWarpLayout: false,
   matmulDoubleBuffer: false,
   matmulVec4Store: false,
+  matmulDepth: 16,
   dispatchCache: true,
   fusedLora: true,
 };
