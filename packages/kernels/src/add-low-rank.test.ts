@@ -95,6 +95,8 @@ await describeEachBackend('linearLowRank', (backend) => {
     [70, 36, 44, 4, 'tiled-64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }],
     [130, 40, 68, 3, 'tiled-128x64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }],
     [65, 72, 68, 16, 'tiled-64', { matmulDepth: 32, matmulVec4Store: true }],
+    // split-K (2 workgroups, K = 1024 in 4 runs): the low-rank term in the first run only
+    [70, 1024, 44, 4, 'tiled-64', { matmulSplitK: true, matmulVec4Store: true }],
   ] as [number, number, number, number, 'tiled-64' | 'tiled-128x64' | 'tfjs', Partial<KernelOptions>?][]) {
     it(`is x·wᵀ + s·h·bᵀ with the composite's gradients for x [${rows}, ${inF}], out ${o}, r ${r}, matmul ${matmul}${features ? ` ${Object.keys(features).join('+')}` : ''}`, async () => {
       const x = seq([rows, inF], 311);
@@ -116,6 +118,8 @@ await describeEachBackend('linearLowRank', (backend) => {
         const keys = backend.name === 'webgpu' ? programsRun(() => linearLowRank(x, w, h, b, 0.5)) : [];
         if (backend.name === 'webgpu')
           expect(keys.some((k) => k.includes('_lowrank'))).toBe(matmul !== 'tfjs' && o % 4 === 0);
+        if (backend.name === 'webgpu' && features?.matmulSplitK)
+          expect(keys.some((k) => k.includes('_split4'))).toBe(true);
         if (backend.name === 'webgpu' && features?.matmulWarpLayout)
           expect(keys.some((k) => k.includes('_lowrank_warp'))).toBe(true);
         tf.dispose([x, w, h, b, dy, y, base, ...g, ...ref]);

@@ -70,18 +70,23 @@ await describeEachBackend('tiled matmul', (backend) => {
 
   // the program's variations (subgroup layout, two slabs, vec4 stores) and the medium tiles: the same
   // float64 reference; every variation's shader key is checked so that a silent fallback fails
-  const variations: [string, Partial<KernelOptions>, [number[], number[], boolean, boolean]][] = [
-    ['tiled-64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[0]],
-    ['tiled-64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[1]],
-    ['tiled-64', { matmulDoubleBuffer: true }, cases[4]],
+  type Case = [number[], number[], boolean, boolean];
+  const c = (i: number) => cases[i] as Case;
+  const variations: [string, Partial<KernelOptions>, Case][] = [
+    ['tiled-64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, c(0)],
+    ['tiled-64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, c(1)],
+    ['tiled-64', { matmulDoubleBuffer: true }, c(4)],
     ['tiled-64', { matmulVec4Store: true }, [[70, 36], [36, 44], false, false]], // n % 4 = 0, ragged rows
-    ['tiled-64', { matmulVec4Store: true, matmulWarpLayout: true }, cases[2]], // scalar path, n % 4 ≠ 0
-    ['tiled-128x64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[5]],
-    ['tiled-64x128', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[1]],
-    ['tiled-128', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, cases[0]],
+    ['tiled-64', { matmulVec4Store: true, matmulWarpLayout: true }, c(2)], // scalar path, n % 4 ≠ 0
+    ['tiled-128x64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, c(5)],
+    ['tiled-64x128', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, c(1)],
+    ['tiled-128', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }, c(0)],
     // 32-deep slabs: K = 64 is two slabs, K = 36 a ragged one
-    ['tiled-64', { matmulDepth: 32, matmulWarpLayout: true, matmulDoubleBuffer: true }, cases[4]],
-    ['tiled-128x64', { matmulDepth: 32, matmulVec4Store: true }, cases[0]],
+    ['tiled-64', { matmulDepth: 32, matmulWarpLayout: true, matmulDoubleBuffer: true }, c(4)],
+    ['tiled-128x64', { matmulDepth: 32, matmulVec4Store: true }, c(0)],
+    // split-K: a 2-workgroup output over K = 1024 in 4 runs (vec4 path, two slabs) and K = 1030 (scalar path)
+    ['tiled-64', { matmulSplitK: true, matmulDoubleBuffer: true, matmulVec4Store: true }, [[70, 1024], [44, 1024], false, true]],
+    ['tiled-64', { matmulSplitK: true }, [[2, 40, 1030], [1030, 36], false, false]],
   ];
   for (const [tile, features, [sa, sb, ta, tb]] of variations)
     it.runIf(backend.name === 'webgpu')(
@@ -92,6 +97,8 @@ await describeEachBackend('tiled matmul', (backend) => {
         const b = seq(sb, 89);
         const y = assertNoLeaks(() => tf.matMul(a, b, ta, tb));
         const [program] = programsRun(() => tf.matMul(a, b, ta, tb));
+        // the partial outputs of a split product are freed with it
+        if (features.matmulSplitK) assertNoLeaks(() => tf.dispose(tf.matMul(a, b, ta, tb)));
         const [m, k] = ta ? [sa.at(-1), sa.at(-2)] : [sa.at(-2), sa.at(-1)];
         const n = tb ? (sb.at(-2) as number) : (sb.at(-1) as number);
         const vec = (ta ? (m as number) : (k as number)) % 4 === 0 && (tb ? (k as number) : n) % 4 === 0;
@@ -104,6 +111,8 @@ await describeEachBackend('tiled matmul', (backend) => {
         const fits = 2 * 16 * (features.matmulDepth ?? 16) * (t.bm / 4 + t.bn / 4) <= storage;
         expect(program?.includes('_double')).toBe(!!features.matmulDoubleBuffer && vec && fits);
         expect(program?.includes('_v4out')).toBe(!!features.matmulVec4Store && n % 4 === 0);
+        expect(program?.includes('_split4')).toBe(!!features.matmulSplitK);
+        if (features.matmulSplitK) expect(programsRun(() => tf.matMul(a, b, ta, tb))[1]).toMatch(/^LoraMatmulSplitSum_4/);
         await expectClose(
           y,
           reference(a, b, ta, tb, (await a.data()) as Float32Array, (await b.data()) as Float32Array),
@@ -158,6 +167,9 @@ describe('chooseTile', () => {
       return t ? `${t.bm}x${t.bn}` : null;
     };
     expect(pick(1, 2048, 1024, 1024)).toBe('128x64'); // q/o: 128 workgroups of 128²
+    // with split-K, k/v keeps the 128×64 tile (64 workgroups, K split in two)
+    expect(chooseTile('tiled', 1, 2048, 256, 1024, 256, '128x64', true)?.bn).toBe(64);
+    expect(chooseTile('tiled', 1, 2048, 256, 1024, 256, '128x64', true)?.bm).toBe(128);
     expect(pick(1, 2048, 1024, 2816)).toBe('128x64'); // down
     expect(pick(1, 2048, 2816, 1024)).toBe('128x128'); // gate/up: 352
     expect(pick(1, 2048, 256, 1024)).toBe('64x64'); // k/v: 64 of 128×64

@@ -1,6 +1,13 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type KernelOptions, optionsRef } from './options';
-import { type WebGPUBackendLike, type WebGPUProgramLike, flat, sizeOf } from './webgpu-program';
+import {
+  type UniformValue,
+  type WebGPUBackendLike,
+  type WebGPUProgramLike,
+  elementwiseProgram,
+  flat,
+  sizeOf,
+} from './webgpu-program';
 
 /** A register-blocked tile: a BM×BN block of the output per workgroup, TM×TN per thread, K in steps of BK. */
 export interface MatmulTile {
@@ -35,6 +42,8 @@ export interface MatmulFeatures {
   double: boolean;
   vec4Store: boolean;
   depth?: number;
+  /** K split over this many workgroups per output tile (their partial outputs then summed): 1 = none. */
+  splitK?: number;
 }
 
 export const NO_FEATURES: Readonly<MatmulFeatures> = { warp: false, double: false, vec4Store: false };
@@ -82,25 +91,26 @@ export function tiledMatmulProgram(
   const tn4 = tn / 4;
   const [batch, m, n] = outShape;
   const vec4Store = features.vec4Store && n % 4 === 0;
+  const splits = features.splitK ?? 1;
 
   // scalar staging (any shape): element e of the slab, the operand's contiguous axis fastest
   const scalarA = transposeA
     ? `let kk = e / ${bm}; let mm = e % ${bm}; let gm = m0 + mm; let gk = k0 + kk;
        var v = 0.0;
-       if (gm < uniforms.m && gk < uniforms.k) { v = A[aBase + gk * uniforms.m + gm]; }
+       if (gm < uniforms.m && gk < kEnd) { v = A[aBase + gk * uniforms.m + gm]; }
        As[kk * ${bm4} + mm / 4][mm % 4] = v;`
     : `let mm = e / ${bk}; let kk = e % ${bk}; let gm = m0 + mm; let gk = k0 + kk;
        var v = 0.0;
-       if (gm < uniforms.m && gk < uniforms.k) { v = A[aBase + gm * uniforms.k + gk]; }
+       if (gm < uniforms.m && gk < kEnd) { v = A[aBase + gm * uniforms.k + gk]; }
        As[kk * ${bm4} + mm / 4][mm % 4] = v;`;
   const scalarB = transposeB
     ? `let nn = e / ${bk}; let kk = e % ${bk}; let gn = n0 + nn; let gk = k0 + kk;
        var v = 0.0;
-       if (gn < uniforms.n && gk < uniforms.k) { v = B[bBase + gn * uniforms.k + gk]; }
+       if (gn < uniforms.n && gk < kEnd) { v = B[bBase + gn * uniforms.k + gk]; }
        Bs[kk * ${bn4} + nn / 4][nn % 4] = v;`
     : `let kk = e / ${bn}; let nn = e % ${bn}; let gn = n0 + nn; let gk = k0 + kk;
        var v = 0.0;
-       if (gn < uniforms.n && gk < uniforms.k) { v = B[bBase + gk * uniforms.n + gn]; }
+       if (gn < uniforms.n && gk < kEnd) { v = B[bBase + gk * uniforms.n + gn]; }
        Bs[kk * ${bn4} + nn / 4][nn % 4] = v;`;
 
   // vec4 staging: each thread fetches `loadsA` (`loadsB`) vec4s of a slab into registers, then stores them
@@ -114,13 +124,13 @@ export function tiledMatmulProgram(
       // rows of k, m contiguous: a vec4 is four m of one k
       fetch.push(`{ let kk = ${v} / ${bm / 4}; let mq = ${v} % ${bm / 4}; let gk = k1 + kk; let gm = m0 + 4 * mq;
         ra${j} = vec4<f32>(0.0);
-        if (gk < uniforms.k && gm < uniforms.m) { ra${j} = A[(aBase + gk * uniforms.m + gm) / 4]; } }`);
+        if (gk < kEnd && gm < uniforms.m) { ra${j} = A[(aBase + gk * uniforms.m + gm) / 4]; } }`);
       store.push(`{ let kk = ${v} / ${bm / 4}; let mq = ${v} % ${bm / 4}; As[sa + kk * ${bm4} + mq] = ra${j}; }`);
     } else {
       // rows of m, k contiguous: a vec4 is four k of one m, stored down a column
       fetch.push(`{ let mm = ${v} / ${bk / 4}; let kq = ${v} % ${bk / 4}; let gm = m0 + mm; let gk = k1 + 4 * kq;
         ra${j} = vec4<f32>(0.0);
-        if (gm < uniforms.m && gk < uniforms.k) { ra${j} = A[(aBase + gm * uniforms.k + gk) / 4]; } }`);
+        if (gm < uniforms.m && gk < kEnd) { ra${j} = A[(aBase + gm * uniforms.k + gk) / 4]; } }`);
       store.push(`{ let mm = ${v} / ${bk / 4}; let kq = ${v} % ${bk / 4}; let col = mm / 4; let lane = mm % 4;
         As[sa + (4 * kq) * ${bm4} + col][lane] = ra${j}.x; As[sa + (4 * kq + 1) * ${bm4} + col][lane] = ra${j}.y;
         As[sa + (4 * kq + 2) * ${bm4} + col][lane] = ra${j}.z; As[sa + (4 * kq + 3) * ${bm4} + col][lane] = ra${j}.w; }`);
@@ -131,14 +141,14 @@ export function tiledMatmulProgram(
     if (transposeB) {
       fetch.push(`{ let nn = ${v} / ${bk / 4}; let kq = ${v} % ${bk / 4}; let gn = n0 + nn; let gk = k1 + 4 * kq;
         rb${j} = vec4<f32>(0.0);
-        if (gn < uniforms.n && gk < uniforms.k) { rb${j} = B[(bBase + gn * uniforms.k + gk) / 4]; } }`);
+        if (gn < uniforms.n && gk < kEnd) { rb${j} = B[(bBase + gn * uniforms.k + gk) / 4]; } }`);
       store.push(`{ let nn = ${v} / ${bk / 4}; let kq = ${v} % ${bk / 4}; let col = nn / 4; let lane = nn % 4;
         Bs[sb + (4 * kq) * ${bn4} + col][lane] = rb${j}.x; Bs[sb + (4 * kq + 1) * ${bn4} + col][lane] = rb${j}.y;
         Bs[sb + (4 * kq + 2) * ${bn4} + col][lane] = rb${j}.z; Bs[sb + (4 * kq + 3) * ${bn4} + col][lane] = rb${j}.w; }`);
     } else {
       fetch.push(`{ let kk = ${v} / ${bn / 4}; let nq = ${v} % ${bn / 4}; let gk = k1 + kk; let gn = n0 + 4 * nq;
         rb${j} = vec4<f32>(0.0);
-        if (gk < uniforms.k && gn < uniforms.n) { rb${j} = B[(bBase + gk * uniforms.n + gn) / 4]; } }`);
+        if (gk < kEnd && gn < uniforms.n) { rb${j} = B[(bBase + gk * uniforms.n + gn) / 4]; } }`);
       store.push(`{ let kk = ${v} / ${bn / 4}; let nq = ${v} % ${bn / 4}; Bs[sb + kk * ${bn4} + nq] = rb${j}; }`);
     }
   }
@@ -195,9 +205,9 @@ export function tiledMatmulProgram(
           ${
             vec4Store
               ? // n is a multiple of 4: a vec4 of columns is in range or wholly out
-                `if (row < uniforms.m && col < uniforms.n) { result[((batch * uniforms.m + row) * uniforms.n + col) / 4] = acc${acc}; }`
+                `if (row < uniforms.m && col < uniforms.n) { result[((zi * uniforms.m + row) * uniforms.n + col) / 4] = acc${acc}; }`
               : `if (row < uniforms.m) {
-            let o = (batch * uniforms.m + row) * uniforms.n + col;
+            let o = (zi * uniforms.m + row) * uniforms.n + col;
             let v = acc${acc};
             if (col + 3 < uniforms.n) { result[o] = v.x; result[o + 1] = v.y; result[o + 2] = v.z; result[o + 3] = v.w; }
             else {
@@ -214,7 +224,8 @@ export function tiledMatmulProgram(
   const loop = !vecPath
     ? `
       let ao = 0; let bo = 0;
-      for (var k0 = 0; k0 < uniforms.k; k0 = k0 + ${bk}) {
+      for (var kk0 = 0; kk0 < kLen; kk0 = kk0 + ${bk}) {
+        let k0 = kStart + kk0;
         for (var e = tid; e < ${bm * bk}; e = e + ${threads}) { ${scalarAFixed} }
         for (var e = tid; e < ${bn * bk}; e = e + ${threads}) { ${scalarBFixed} }
         workgroupBarrier();
@@ -224,7 +235,7 @@ export function tiledMatmulProgram(
     : `
       ${Array.from({ length: loadsA }, (_, j) => `var ra${j} : vec4<f32>;`).join(' ')}
       ${Array.from({ length: loadsB }, (_, j) => `var rb${j} : vec4<f32>;`).join(' ')}
-      var k1 = 0;
+      var k1 = kStart;
       ${fetch.join('\n      ')}
       {
         let sa = 0; let sb = 0;
@@ -232,9 +243,9 @@ export function tiledMatmulProgram(
       }
       workgroupBarrier();
       var cur = 0;
-      for (var k0 = 0; k0 < uniforms.k; k0 = k0 + ${bk}) {
-        k1 = k0 + ${bk};
-        let more = k1 < uniforms.k;
+      for (var kk0 = 0; kk0 < kLen; kk0 = kk0 + ${bk}) {
+        k1 = kStart + kk0 + ${bk};
+        let more = k1 < kEnd;
         // the next slab into registers while this one is multiplied
         if (more) {
           ${fetch.join('\n          ')}
@@ -259,10 +270,10 @@ export function tiledMatmulProgram(
         }
       }`;
   return {
-    outputShape: [batch, m, n],
-    shaderKey: `LoraMatmulTiled_${bm}_${bn}_${bk}_${tm}_${tn}_${transposeA}_${transposeB}_${pad ? 'pad' : 'nopad'}_${vecPath ? 'vec4' : 'scalar'}${lowRank ? '_lowrank' : ''}${warp ? '_warp' : ''}${double ? '_double' : ''}${vec4Store ? '_v4out' : ''}`,
+    outputShape: [batch * splits, m, n],
+    shaderKey: `LoraMatmulTiled_${bm}_${bn}_${bk}_${tm}_${tn}_${transposeA}_${transposeB}_${pad ? 'pad' : 'nopad'}_${vecPath ? 'vec4' : 'scalar'}${lowRank ? '_lowrank' : ''}${warp ? '_warp' : ''}${double ? '_double' : ''}${vec4Store ? '_v4out' : ''}${splits > 1 ? `_split${splits}` : ''}`,
     dispatchLayout: { x: [2], y: [1], z: [0] },
-    dispatch: [Math.ceil(n / bn), Math.ceil(m / bm), batch],
+    dispatch: [Math.ceil(n / bn), Math.ceil(m / bm), batch * splits],
     variableNames: lowRank ? ['A', 'B', 'H', 'LB'] : ['A', 'B'],
     variableComponents: lowRank ? [vec4A ? 4 : 1, vec4B ? 4 : 1, 1, 1] : [vec4A ? 4 : 1, vec4B ? 4 : 1],
     workgroupSize: warp ? [threads, 1, 1] : [wgx, wgy, 1],
@@ -286,14 +297,25 @@ export function tiledMatmulProgram(
       }
       let n0 = i32(workgroupId.x) * ${bn};
       let m0 = i32(workgroupId.y) * ${bm};
-      let batch = i32(workgroupId.z);
+      // split-K: workgroup z is batch · splits + split; each split sums its own run of K into its own output slice
+      let zi = i32(workgroupId.z);
+      let batch = zi / ${splits};
+      let split = zi % ${splits};
+      ${
+        splits === 1
+          ? 'let kStart = 0; let kEnd = uniforms.k; let kLen = uniforms.k;'
+          : `// every split runs the same (uniform) number of slabs, past kEnd reading zeros: the loop holds barriers
+      let kLen = ((uniforms.k + ${splits * bk - 1}) / ${splits * bk}) * ${bk};
+      let kStart = split * kLen;
+      let kEnd = min(kStart + kLen, uniforms.k);`
+      }
       let aBase = select(batch, 0, uniforms.batchA == 1) * uniforms.m * uniforms.k;
       let bBase = select(batch, 0, uniforms.batchB == 1) * uniforms.k * uniforms.n;
       ${accs.map((a) => `var ${a} = vec4<f32>(0.0);`).join(' ')}
       ${Array.from({ length: tm4 }, (_, p) => `var a${p} : vec4<f32>;`).join(' ')}
       ${Array.from({ length: tn4 }, (_, q) => `var b${q} : vec4<f32>;`).join(' ')}
       ${loop}
-      ${lowRankLoop.join('\n      ')}
+      ${lowRank && splits > 1 ? `if (split == 0) { ${lowRankLoop.join('\n      ')} }` : lowRankLoop.join('\n      ')}
       ${writes.join('\n      ')}
     }`,
   };
@@ -314,6 +336,7 @@ export function chooseTile(
   k: number,
   largeTileGroups = 128,
   mediumTile: KernelOptions['mediumTile'] = 'none',
+  splitK = false,
 ): MatmulTile | null {
   if (choice === 'tfjs') return null;
   if (choice === 'tiled-64') return TILES['64'];
@@ -337,8 +360,53 @@ export function chooseTile(
   const medium = TILES[mediumTile];
   if (groups(TILES['128']) >= largeTileGroups && fits(TILES['128'])) return TILES['128'];
   if (groups(medium) >= largeTileGroups / 2 && fits(medium)) return medium;
+  // with split-K, a long K keeps the medium tile: splitting K gives the workgroups (k/v's 1024 × 256)
+  if (splitK && k >= 1024 && groups(medium) >= 16 && fits(medium)) return medium;
   if (groups(TILES['64']) >= 32) return TILES['64'];
   return null;
+}
+
+/**
+ * How many runs of K a product's tile is split over (1: none): with `matmulSplitK`, a product giving
+ * fewer than 96 workgroups gets enough splits for about 128 (at most 4, each at least 256 deep).
+ */
+export function chooseSplitK(batch: number, m: number, n: number, k: number, tile: MatmulTile): number {
+  if (!optionsRef().matmulSplitK) return 1;
+  const groups = batch * Math.ceil(m / tile.bm) * Math.ceil(n / tile.bn);
+  if (groups >= 96) return 1;
+  let splits = Math.min(4, Math.ceil(128 / groups));
+  while (splits > 1 && k / splits < 256) splits--;
+  return splits;
+}
+
+/**
+ * Runs a tiled program made with `splitK = splits` (its output `[batch · splits, m, n]`), then, when
+ * split, sums each batch's partial outputs in one more dispatch; returns `[batch, m, n]`.
+ */
+export function runTiled(
+  backend: WebGPUBackendLike,
+  program: WebGPUProgramLike,
+  inputs: tf.TensorInfo[],
+  uniforms: UniformValue[],
+  splits: number,
+  [batch, m, n]: [number, number, number],
+): tf.TensorInfo {
+  const partial = backend.runWebGPUProgram(program, inputs, 'float32', uniforms);
+  if (splits === 1) return partial;
+  const c = (m * n) % 4 === 0 ? 4 : 1;
+  const terms = Array.from({ length: splits - 1 }, (_, j) => ` + P[(b * ${splits} + ${j + 1}) * mn + r]`).join('');
+  const sum = elementwiseProgram(
+    `LoraMatmulSplitSum_${splits}`,
+    [batch * m * n],
+    ['P'],
+    c,
+    'mn : i32,',
+    `let mn = uniforms.mn; let b = index / mn; let r = index % mn;
+        setOutputAtIndex(index, P[b * ${splits} * mn + r]${terms});`,
+  );
+  const out = backend.runWebGPUProgram(sum, [flat(partial)], 'float32', [{ type: 'int32', data: [(m * n) / c] }]);
+  backend.disposeData(partial.dataId);
+  return out;
 }
 
 /** The program variations in force (see {@link MatmulFeatures}). */
@@ -365,7 +433,16 @@ function tiledBatchMatMul(args: BatchMatMulArgs): tf.TensorInfo {
   // throws tfjs's own error when the batch axes do not broadcast
   const outer = tf.backend_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
   const options = optionsRef();
-  const tile = chooseTile(options.matmul, batch, m, n, k, options.largeTileGroups, options.mediumTile);
+  const tile = chooseTile(
+    options.matmul,
+    batch,
+    m,
+    n,
+    k,
+    options.largeTileGroups,
+    options.mediumTile,
+    options.matmulSplitK,
+  );
   const simpleBatch =
     sizeOf(outer) === batch && (batchA === batch || batchA === 1) && (batchB === batch || batchB === 1);
   if (tile === null || k !== kb || a.dtype !== 'float32' || b.dtype !== 'float32' || !simpleBatch)
@@ -374,24 +451,18 @@ function tiledBatchMatMul(args: BatchMatMulArgs): tf.TensorInfo {
   // vec4 reads need the operand's contiguous axis (and so every batch's offset) to be a multiple of 4
   const vec4A = (transposeA ? m : k) % 4 === 0;
   const vec4B = (transposeB ? k : n) % 4 === 0;
-  const program = tiledMatmulProgram(
-    [batch, m, n],
-    transposeA,
-    transposeB,
-    tile,
-    storage,
-    vec4A,
-    vec4B,
-    false,
-    matmulFeatures(),
-  );
-  const out = backend.runWebGPUProgram(
+  const splits = chooseSplitK(batch, m, n, k, tile);
+  const program = tiledMatmulProgram([batch, m, n], transposeA, transposeB, tile, storage, vec4A, vec4B, false, {
+    ...matmulFeatures(),
+    splitK: splits,
+  });
+  const out = runTiled(
+    backend,
     program,
     [
       flat(a, [batchA, transposeA ? k : m, transposeA ? m : k]),
       flat(b, [batchB, transposeB ? n : k, transposeB ? k : n]),
     ],
-    'float32',
     [
       { type: 'int32', data: [m] },
       { type: 'int32', data: [n] },
@@ -399,6 +470,8 @@ function tiledBatchMatMul(args: BatchMatMulArgs): tf.TensorInfo {
       { type: 'int32', data: [batchA] },
       { type: 'int32', data: [batchB] },
     ],
+    splits,
+    [batch, m, n],
   );
   return { dataId: out.dataId, shape: [...outer, m, n], dtype: 'float32' };
 }

@@ -53,6 +53,13 @@ export interface KernelOptions {
    */
   matmulDepth: 16 | 32;
   /**
+   * Products that give the tiled program too few workgroups (under 96; e.g. the 123M model's k/v
+   * projections, 2048 × 256 with K = 1024) split K over up to 4 workgroups per tile and sum the
+   * partial outputs in one more dispatch; with a `mediumTile`, such products keep the medium tile.
+   * Sums in another order: results differ from the unsplit program by float32 rounding. Default false.
+   */
+  matmulSplitK: boolean;
+  /**
    * On webgpu, dispatches reuse uniform buffers (by content) and bind groups (by pipeline and
    * buffers) instead of making both anew each time, which is most of a dispatch's host time through
    * Dawn in Node (see `dispatch-cache.ts`). Default true.
@@ -75,6 +82,7 @@ export const DEFAULT_KERNEL_OPTIONS: Readonly<KernelOptions> = {
   matmulDoubleBuffer: false,
   matmulVec4Store: false,
   matmulDepth: 16,
+  matmulSplitK: false,
   dispatchCache: true,
   fusedLora: true,
 };
