@@ -83,6 +83,8 @@ const R3_MATMUL: Partial<KernelOptions> = {
   matmulWarpLayout: false,
   matmulDoubleBuffer: false,
   matmulVec4Store: false,
+  matmulDepth: 16,
+  matmulSplitK: false,
 };
 const R4_FEATURES: Partial<KernelOptions> = { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true };
 
@@ -101,8 +103,13 @@ const MM_PROGRAMS: Record<string, Partial<KernelOptions>> = {
   '128x64+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128x64' },
   '64x128+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-64x128' },
   '64+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-64' },
+  '128+k32': { ...R3_MATMUL, matmul: 'tiled-128', matmulDepth: 32 },
+  '128+all+k32': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128', matmulDepth: 32 },
+  '128x64+all+k32': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128x64', matmulDepth: 32 },
   'r3 policy': R3_MATMUL,
   'r4 policy': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256 },
+  'r4 policy+split': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256, matmulSplitK: true },
+  'r4 policy+k32': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256, matmulDepth: 32 },
 };
 
 /** Code paths compared: each is a set of `@lora/kernels` options. */
@@ -129,6 +136,14 @@ const VARIANTS: Record<string, Partial<KernelOptions>> = {
   'r4-medium': { ...R3_MATMUL, mediumTile: '128x64', largeTileGroups: 256 },
   'r4-all+medium': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256 },
   'r4-all+medium64x128': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '64x128', largeTileGroups: 256 },
+  'r4-all+medium+split': {
+    ...R3_MATMUL,
+    ...R4_FEATURES,
+    mediumTile: '128x64',
+    largeTileGroups: 256,
+    matmulSplitK: true,
+  },
+  'r4-all+medium+k32': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256, matmulDepth: 32 },
 };
 
 const list = (s: string | undefined, all: string[]) => (s ? s.split(',').map((x) => x.trim()) : all);
@@ -364,6 +379,7 @@ async function parity(): Promise<{ variant: string; lossRel: number; gradRel: nu
   const forced: Record<string, Partial<KernelOptions>> = {
     'default, every product tiled-64 (LoRA Linears through linearLowRank)': { matmul: 'tiled-64' },
     'round 4 variations, every product tiled-128x64': { ...R4_FEATURES, matmul: 'tiled-128x64' },
+    'split-K, every product tiled-64': { matmul: 'tiled-64', matmulSplitK: true },
   };
   for (const variant of [...variantNames, ...Object.keys(forced)]) {
     configureKernels((VARIANTS[variant] ?? forced[variant]) as Partial<KernelOptions>);

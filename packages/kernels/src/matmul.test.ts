@@ -85,7 +85,11 @@ await describeEachBackend('tiled matmul', (backend) => {
     ['tiled-64', { matmulDepth: 32, matmulWarpLayout: true, matmulDoubleBuffer: true }, c(4)],
     ['tiled-128x64', { matmulDepth: 32, matmulVec4Store: true }, c(0)],
     // split-K: a 2-workgroup output over K = 1024 in 4 runs (vec4 path, two slabs) and K = 1030 (scalar path)
-    ['tiled-64', { matmulSplitK: true, matmulDoubleBuffer: true, matmulVec4Store: true }, [[70, 1024], [44, 1024], false, true]],
+    [
+      'tiled-64',
+      { matmulSplitK: true, matmulDoubleBuffer: true, matmulVec4Store: true },
+      [[70, 1024], [44, 1024], false, true],
+    ],
     ['tiled-64', { matmulSplitK: true }, [[2, 40, 1030], [1030, 36], false, false]],
   ];
   for (const [tile, features, [sa, sb, ta, tb]] of variations)
@@ -112,7 +116,8 @@ await describeEachBackend('tiled matmul', (backend) => {
         expect(program?.includes('_double')).toBe(!!features.matmulDoubleBuffer && vec && fits);
         expect(program?.includes('_v4out')).toBe(!!features.matmulVec4Store && n % 4 === 0);
         expect(program?.includes('_split4')).toBe(!!features.matmulSplitK);
-        if (features.matmulSplitK) expect(programsRun(() => tf.matMul(a, b, ta, tb))[1]).toMatch(/^LoraMatmulSplitSum_4/);
+        if (features.matmulSplitK)
+          expect(programsRun(() => tf.matMul(a, b, ta, tb))[1]).toMatch(/^LoraMatmulSplitSum_4/);
         await expectClose(
           y,
           reference(a, b, ta, tb, (await a.data()) as Float32Array, (await b.data()) as Float32Array),

@@ -355,8 +355,7 @@ export function chooseTile(
   }
   // with a medium tile: the largest tile that gives enough workgroups and wastes at most a quarter
   // of its rows and columns past the output's edge (p·v's 64 columns in a 128-wide tile waste half)
-  const fits = (t: MatmulTile) =>
-    m / (Math.ceil(m / t.bm) * t.bm) >= 0.75 && n / (Math.ceil(n / t.bn) * t.bn) >= 0.75;
+  const fits = (t: MatmulTile) => m / (Math.ceil(m / t.bm) * t.bm) >= 0.75 && n / (Math.ceil(n / t.bn) * t.bn) >= 0.75;
   const medium = TILES[mediumTile];
   if (groups(TILES['128']) >= largeTileGroups && fits(TILES['128'])) return TILES['128'];
   if (groups(medium) >= largeTileGroups / 2 && fits(medium)) return medium;
