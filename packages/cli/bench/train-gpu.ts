@@ -17,7 +17,8 @@
  * Environment: LORA_GPU_RUNS (timed runs, median; default 5), LORA_GPU_BATCH / LORA_GPU_SEQ (override
  * the models' 4 × 512 and 4 × 128), LORA_GPU_PROFILE=0 (no profile), LORA_GPU_PARITY=0,
  * LORA_GPU_MATMUL=0 (no matmul table), `model` (the 123M model's products only) or a list of sizes,
- * LORA_GPU_MM_PROGRAMS (the table's programs, names of MM_PROGRAMS; default all), LORA_GPU_SUBMIT_BATCH (tfjs's
+ * LORA_GPU_MM_PROGRAMS (the table's programs, names of MM_PROGRAMS; default all), LORA_GPU_MM_FLOPS (work
+ * per timed run of the table, default 2e12, at most 30 products), LORA_GPU_SUBMIT_BATCH (tfjs's
  * WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE, default 15), LORA_GPU_TAG (names the run), OUT (a folder:
  * results-TAG.json is written there), PEER (a peer_train_gpu.py JSON output to print side by side;
  * default $OUT/peer.json).
@@ -103,6 +104,7 @@ const MM_PROGRAMS: Record<string, Partial<KernelOptions>> = {
   '128x64+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128x64' },
   '64x128+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-64x128' },
   '64+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-64' },
+  '64+all+split': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-64', matmulSplitK: true },
   '128+k32': { ...R3_MATMUL, matmul: 'tiled-128', matmulDepth: 32 },
   '128+all+k32': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128', matmulDepth: 32 },
   '128x64+all+k32': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128x64', matmulDepth: 32 },
@@ -441,6 +443,12 @@ export const MATMUL_CASES: MatmulCase[] = [
   },
   { label: 'q·kᵀ 16×(2048×64)·(512×64)ᵀ', a: [16, 2048, 64], b: [16, 512, 64], transposeA: false, transposeB: true },
   { label: 'p·v 16×(2048×512)·(512×64)', a: [16, 2048, 512], b: [16, 512, 64], transposeA: false, transposeB: false },
+  // LoRA's thin products (r 16): x·Aᵀ in the forward, then dy·B, dyᵀ·h and dhᵀ·x in the backward
+  { label: 'x·Aᵀ 2048×1024·(16×1024)ᵀ', a: [2048, 1024], b: [16, 1024], transposeA: false, transposeB: true },
+  { label: 'x·Aᵀ down 2048×2816·(16×2816)ᵀ', a: [2048, 2816], b: [16, 2816], transposeA: false, transposeB: true },
+  { label: 'dy·B 2048×1024·1024×16', a: [2048, 1024], b: [1024, 16], transposeA: false, transposeB: false },
+  { label: 'dyᵀ·h (2048×1024)ᵀ·2048×16', a: [2048, 1024], b: [2048, 16], transposeA: true, transposeB: false },
+  { label: 'dhᵀ·x (2048×16)ᵀ·2048×1024', a: [2048, 16], b: [2048, 1024], transposeA: true, transposeB: false },
 ];
 const squares = (sizes: number[]): MatmulCase[] =>
   sizes.map((n) => ({ label: `${n}² square`, a: [n, n], b: [n, n], transposeA: false, transposeB: false }));
@@ -460,13 +468,13 @@ function flopsOf(c: MatmulCase): number {
  */
 async function matmulTable(
   cases: MatmulCase[],
-): Promise<{ label: string; program: string; tflops: number; relErr: number | null }[]> {
+): Promise<{ label: string; program: string; tflops: number; relErr: number | null; gpuUs: number }[]> {
   const rows = [];
   for (const c of cases) {
     const a = tf.randomNormal(c.a, 0, 1, 'float32', 4);
     const b = tf.randomNormal(c.b, 0, 1, 'float32', 5);
     const flops = flopsOf(c);
-    const reps = Math.max(2, Math.min(30, Math.round(2e12 / flops)));
+    const reps = Math.max(2, Math.min(30, Math.round(Number(env.LORA_GPU_MM_FLOPS ?? 2e12) / flops)));
     let reference: Float32Array | null = null;
     for (const program of mmProgramNames) {
       configureKernels(MM_PROGRAMS[program] as Partial<KernelOptions>);
@@ -505,7 +513,24 @@ async function matmulTable(
           relErr = num / den;
         }
       }
-      rows.push({ label: c.label, program, tflops: (flops * reps) / (median(t) / 1000) / 1e12, relErr });
+      // GPU time of one product from the adapter's timestamps (what a forward pays for it, host aside)
+      const gpu: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const info = await tf.profile(() => tf.dispose(product()));
+        let ms = 0;
+        for (const k of info.kernels) {
+          const v = await Promise.resolve(k.kernelTimeMs as number | { error: string });
+          if (typeof v === 'number') ms += v;
+        }
+        gpu.push(ms);
+      }
+      rows.push({
+        label: c.label,
+        program,
+        tflops: (flops * reps) / (median(t) / 1000) / 1e12,
+        relErr,
+        gpuUs: 1000 * median(gpu),
+      });
     }
     tf.dispose([a, b]);
   }
@@ -602,7 +627,13 @@ for (const r of benches) {
 }
 if (results.matmul) {
   console.log("\nfloat32 matMul, TFLOP/s (pipelined), and the difference from tfjs's result\n");
-  const rows = results.matmul as { label: string; program: string; tflops: number; relErr: number | null }[];
+  const rows = results.matmul as {
+    label: string;
+    program: string;
+    tflops: number;
+    relErr: number | null;
+    gpuUs: number;
+  }[];
   const programs = [...new Set(rows.map((r) => r.program))];
   console.log(`| product | ${programs.join(' | ')} | PyTorch (TF32 off) | max rel. Δ from tfjs (worst program) |`);
   console.log(`| --- | ${programs.map(() => '---').join(' | ')} | --- | --- |`);
@@ -613,5 +644,12 @@ if (results.matmul) {
     console.log(
       `| ${label} | ${programs.map((p) => of(p)?.tflops.toFixed(2) ?? '–').join(' | ')} | ${torch === undefined ? '–' : torch.toFixed(2)} | ${errs.length ? Math.max(...errs).toExponential(1) : '–'} |`,
     );
+  }
+  console.log("\nGPU µs of one product (tf.profile's timestamps; median of 3), each program\n");
+  console.log(`| product | ${programs.join(' | ')} |`);
+  console.log(`| --- | ${programs.map(() => '---').join(' | ')} |`);
+  for (const label of [...new Set(rows.map((r) => r.label))]) {
+    const of = (p: string) => rows.find((r) => r.label === label && r.program === p);
+    console.log(`| ${label} | ${programs.map((p) => of(p)?.gpuUs.toFixed(1) ?? '–').join(' | ')} |`);
   }
 }
