@@ -86,6 +86,7 @@ const R3_MATMUL: Partial<KernelOptions> = {
   matmulVec4Store: false,
   matmulDepth: 16,
   matmulSplitK: false,
+  thinTiles: false,
 };
 const R4_FEATURES: Partial<KernelOptions> = { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true };
 
@@ -111,6 +112,14 @@ const MM_PROGRAMS: Record<string, Partial<KernelOptions>> = {
   'r3 policy': R3_MATMUL,
   'r4 policy': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256 },
   'r4 policy+split': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256, matmulSplitK: true },
+  'r4 policy+split+thin': {
+    ...R3_MATMUL,
+    ...R4_FEATURES,
+    mediumTile: '128x64',
+    largeTileGroups: 256,
+    matmulSplitK: true,
+    thinTiles: true,
+  },
   'r4 policy+k32': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256, matmulDepth: 32 },
 };
 
@@ -144,6 +153,14 @@ const VARIANTS: Record<string, Partial<KernelOptions>> = {
     mediumTile: '128x64',
     largeTileGroups: 256,
     matmulSplitK: true,
+  },
+  'r4-all+medium+split+thin': {
+    ...R3_MATMUL,
+    ...R4_FEATURES,
+    mediumTile: '128x64',
+    largeTileGroups: 256,
+    matmulSplitK: true,
+    thinTiles: true,
   },
   'r4-all+medium+k32': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256, matmulDepth: 32 },
 };

@@ -127,6 +127,38 @@ await describeEachBackend('tiled matmul', (backend) => {
       },
     );
 
+  // thin tiles with split-K ('tiled' chooses them): LoRA's x·Aᵀ, dy·B, dyᵀ·h and dhᵀ·x shapes at r 16
+  const thin: [string, Case][] = [
+    ['64_16', [[300, 512], [16, 512], false, true]],
+    ['64_16', [[300, 512], [512, 16], false, false]],
+    ['64_16', [[512, 300], [512, 16], true, false]],
+    ['16_64', [[512, 16], [512, 300], true, false]],
+  ];
+  for (const [tile, [sa, sb, ta, tb]] of thin)
+    it.runIf(backend.name === 'webgpu')(
+      `thin ${tile}, K split: [${sa}]${ta ? 'ᵀ' : ''} · [${sb}]${tb ? 'ᵀ' : ''}`,
+      async () => {
+        configureKernels({ matmul: 'tiled', thinTiles: true, matmulSplitK: true, matmulVec4Store: true });
+        const a = seq(sa, 83);
+        const b = seq(sb, 89);
+        const y = assertNoLeaks(() => tf.matMul(a, b, ta, tb));
+        const programs = programsRun(() => tf.matMul(a, b, ta, tb));
+        // 5 workgroups of the thin tile, K = 512: two runs of 256
+        expect(programs).toEqual([
+          expect.stringMatching(new RegExp(`^LoraMatmulTiled_${tile}_16_4_4_.*_split2$`)),
+          expect.stringMatching(/^LoraMatmulSplitSum_2/),
+        ]);
+        await expectClose(
+          y,
+          reference(a, b, ta, tb, (await a.data()) as Float32Array, (await b.data()) as Float32Array),
+          1e-6,
+        );
+        configureKernels({ matmul: 'tiled', matmulSplitK: true });
+        expect(programsRun(() => tf.matMul(a, b, ta, tb)).some((k) => k.startsWith('LoraMatmulTiled'))).toBe(false);
+        tf.dispose([a, b, y]);
+      },
+    );
+
   it.runIf(backend.name === 'webgpu')('gives tfjs back what it does not take, and trains through matMul', async () => {
     configureKernels({ matmul: 'tiled' });
     const a = seq([512, 96], 97);

@@ -21,12 +21,15 @@ export interface MatmulTile {
 /** k steps unrolled in the inner loop: enough for the GPU, small enough for shader compilers (llvmpipe on CI). */
 const UNROLL = 4;
 
-export const TILES: Record<'64' | '128' | '128x64' | '64x128', MatmulTile> = {
+export const TILES: Record<'64' | '128' | '128x64' | '64x128' | '64x16' | '16x64', MatmulTile> = {
   '64': { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
   '128': { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 },
   // twice the workgroups of a 128² tile, the same 8-row (8-column) register blocks along the long side
   '128x64': { bm: 128, bn: 64, bk: 16, tm: 8, tn: 4 },
   '64x128': { bm: 64, bn: 128, bk: 16, tm: 4, tn: 8 },
+  // thin outputs (LoRA's rank-wide products): 64 threads, 4 × 4 each, K split over workgroups
+  '64x16': { bm: 64, bn: 16, bk: 16, tm: 4, tn: 4 },
+  '16x64': { bm: 16, bn: 64, bk: 16, tm: 4, tn: 4 },
 };
 
 /**
@@ -337,6 +340,7 @@ export function chooseTile(
   largeTileGroups = 128,
   mediumTile: KernelOptions['mediumTile'] = 'none',
   splitK = false,
+  thinTiles = false,
 ): MatmulTile | null {
   if (choice === 'tfjs') return null;
   if (choice === 'tiled-64') return TILES['64'];
@@ -344,6 +348,10 @@ export function chooseTile(
   if (choice === 'tiled-128x64') return TILES['128x64'];
   if (choice === 'tiled-64x128') return TILES['64x128'];
   const groups = (t: MatmulTile) => batch * Math.ceil(m / t.bm) * Math.ceil(n / t.bn);
+  // with thinTiles, a rank-wide output over a long K (LoRA's x·Aᵀ, dy·B, dyᵀ·h, dhᵀ·x) gets a thin
+  // tile; chooseSplitK then splits its K
+  if (thinTiles && Math.min(m, n) <= 64 && Math.max(m, n) >= 256 && k >= 256)
+    return n <= m ? TILES['64x16'] : TILES['16x64'];
   // products with a tiny output or a tiny K are better served by tfjs's split-K / small-output programs
   if (m < 32 || n < 32 || k < 16) return null;
   if (mediumTile === 'none') {
@@ -367,13 +375,15 @@ export function chooseTile(
 
 /**
  * How many runs of K a product's tile is split over (1: none): with `matmulSplitK`, a product giving
- * fewer than 96 workgroups gets enough splits for about 128 (at most 4, each at least 256 deep).
+ * fewer than 96 workgroups gets enough splits for about 128 (at most 4, 8 for a thin tile; each at
+ * least 256 deep).
  */
 export function chooseSplitK(batch: number, m: number, n: number, k: number, tile: MatmulTile): number {
   if (!optionsRef().matmulSplitK) return 1;
   const groups = batch * Math.ceil(m / tile.bm) * Math.ceil(n / tile.bn);
   if (groups >= 96) return 1;
-  let splits = Math.min(4, Math.ceil(128 / groups));
+  // thin tiles (64 threads) take up to 8 splits
+  let splits = Math.min(tile.bm * tile.bn <= 1024 ? 8 : 4, Math.ceil(128 / groups));
   while (splits > 1 && k / splits < 256) splits--;
   return splits;
 }
@@ -441,6 +451,7 @@ function tiledBatchMatMul(args: BatchMatMulArgs): tf.TensorInfo {
     options.largeTileGroups,
     options.mediumTile,
     options.matmulSplitK,
+    options.thinTiles,
   );
   const simpleBatch =
     sizeOf(outer) === batch && (batchA === batch || batchA === 1) && (batchB === batch || batchB === 1);

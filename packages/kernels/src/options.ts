@@ -60,6 +60,12 @@ export interface KernelOptions {
    */
   matmulSplitK: boolean;
   /**
+   * With `matmul: 'tiled'`: rank-wide products over a long K (one side ≤ 64, the other ≥ 256, K ≥ 256:
+   * LoRA's x·Aᵀ, dy·B, dyᵀ·h, dhᵀ·x) take a 64 × 16 (or 16 × 64) tile of the tiled program, their K
+   * split with `matmulSplitK`, instead of tfjs's programs. Default false.
+   */
+  thinTiles: boolean;
+  /**
    * On webgpu, dispatches reuse uniform buffers (by content) and bind groups (by pipeline and
    * buffers) instead of making both anew each time, which is most of a dispatch's host time through
    * Dawn in Node (see `dispatch-cache.ts`). Default true.
@@ -83,6 +89,7 @@ export const DEFAULT_KERNEL_OPTIONS: Readonly<KernelOptions> = {
   matmulVec4Store: false,
   matmulDepth: 16,
   matmulSplitK: false,
+  thinTiles: false,
   dispatchCache: true,
   fusedLora: true,
 };
