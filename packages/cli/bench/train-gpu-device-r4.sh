@@ -21,7 +21,7 @@ LORA_GPU_TAG=r4mm LORA_GPU_MODELS=none LORA_GPU_PARITY=0 LORA_GPU_MATMUL=model L
   OUT="$J" timeout 80 "$NODE" .device/bundle/train-gpu-r4.mjs > "$DEST/r4mm.md" 2>> "$DEST/err.txt"
 echo "r4mm exit $? $(date -u +%T)" >> "$DEST/err.txt"
 LORA_GPU_TAG=r4 LORA_GPU_MODELS="${MODELS:-123m,10m}" LORA_GPU_MATMUL=0 \
-  LORA_GPU_VARIANTS="${VARIANTS:-r3,r4-warp,r4-all,r4-medium,r4-all+medium,r4-all+medium+split,r4-all+medium+split+thin,r4-all+medium+k32}" \
+  LORA_GPU_VARIANTS="${VARIANTS:-r3,r4-all,r4-all+medium,r4-all+medium+split,r4-all+medium+split+thin,r4-all+medium+k32}" \
   OUT="$J" timeout 100 "$NODE" .device/bundle/train-gpu-r4.mjs > "$DEST/r4.md" 2>> "$DEST/err.txt"
 echo "r4 exit $? $(date -u +%T)" >> "$DEST/err.txt"
 if [ "${LORA_R4_PROBE:-1}" != 0 ]; then
