@@ -107,6 +107,8 @@ const MM_PROGRAMS: Record<string, Partial<KernelOptions>> = {
   '64+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-64' },
   '64+all+split': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-64', matmulSplitK: true },
   '128+k32': { ...R3_MATMUL, matmul: 'tiled-128', matmulDepth: 32 },
+  '128+warp+k32': { ...R3_MATMUL, matmul: 'tiled-128', matmulWarpLayout: true, matmulDepth: 32 },
+  '128+warp+double': { ...R3_MATMUL, matmul: 'tiled-128', matmulWarpLayout: true, matmulDoubleBuffer: true },
   '128+all+k32': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128', matmulDepth: 32 },
   '128x64+all+k32': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128x64', matmulDepth: 32 },
   'r3 policy': R3_MATMUL,
@@ -144,6 +146,9 @@ const VARIANTS: Record<string, Partial<KernelOptions>> = {
   'r4-warp': { ...R3_MATMUL, matmulWarpLayout: true },
   'r4-double': { ...R3_MATMUL, matmulDoubleBuffer: true },
   'r4-all': { ...R3_MATMUL, ...R4_FEATURES },
+  'r4-k32': { ...R3_MATMUL, matmulDepth: 32 },
+  'r4-warp+k32': { ...R3_MATMUL, matmulWarpLayout: true, matmulDepth: 32 },
+  'r4-warp+double': { ...R3_MATMUL, matmulWarpLayout: true, matmulDoubleBuffer: true },
   'r4-medium': { ...R3_MATMUL, mediumTile: '128x64', largeTileGroups: 256 },
   'r4-all+medium': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256 },
   'r4-all+medium64x128': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '64x128', largeTileGroups: 256 },
@@ -530,16 +535,19 @@ async function matmulTable(
           relErr = num / den;
         }
       }
-      // GPU time of one product from the adapter's timestamps (what a forward pays for it, host aside)
+      // GPU time of one product from the adapter's timestamps (what a forward pays for it, host aside):
+      // Dawn quantizes timestamps to 65.5 µs, so each profile spans `PROFILED` products and averages them
       const gpu: number[] = [];
       for (let i = 0; i < 3; i++) {
-        const info = await tf.profile(() => tf.dispose(product()));
+        const info = await tf.profile(() => {
+          for (let j = 0; j < PROFILED; j++) tf.dispose(product());
+        });
         let ms = 0;
         for (const k of info.kernels) {
           const v = await Promise.resolve(k.kernelTimeMs as number | { error: string });
           if (typeof v === 'number') ms += v;
         }
-        gpu.push(ms);
+        gpu.push(ms / PROFILED);
       }
       rows.push({
         label: c.label,
@@ -556,6 +564,7 @@ async function matmulTable(
 }
 
 const TAG = env.LORA_GPU_TAG ?? 'default';
+const PROFILED = Number(env.LORA_GPU_MM_PROFILED ?? 10);
 if (env.LORA_GPU_SUBMIT_BATCH) tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', Number(env.LORA_GPU_SUBMIT_BATCH));
 const results: Record<string, unknown> = {
   tag: TAG,
@@ -662,7 +671,9 @@ if (results.matmul) {
       `| ${label} | ${programs.map((p) => of(p)?.tflops.toFixed(2) ?? '–').join(' | ')} | ${torch === undefined ? '–' : torch.toFixed(2)} | ${errs.length ? Math.max(...errs).toExponential(1) : '–'} |`,
     );
   }
-  console.log("\nGPU µs of one product (tf.profile's timestamps; median of 3), each program\n");
+  console.log(
+    `\nGPU µs of one product (tf.profile's timestamps over ${PROFILED} products, averaged; median of 3), each program\n`,
+  );
   console.log(`| product | ${programs.join(' | ')} |`);
   console.log(`| --- | ${programs.map(() => '---').join(' | ')} |`);
   for (const label of [...new Set(rows.map((r) => r.label))]) {
