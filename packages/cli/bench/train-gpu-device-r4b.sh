@@ -16,10 +16,10 @@ timeout 80 python3 packages/cli/bench/peer_train_gpu.py > "$DEST/peer.json" 2>> 
 echo "peer exit $? $(date -u +%T)" >> "$DEST/err.txt"
 export PEER="$DEST/peer.json"
 LORA_GPU_TAG=r4bmm LORA_GPU_MODELS=none LORA_GPU_PARITY=0 LORA_GPU_MATMUL=model LORA_GPU_MM_FLOPS=1e12 \
-  LORA_GPU_MM_PROGRAMS="${MM_PROGRAMS:-tiled-128,128+k32,128+warp,128+warp+k32,128+double,128+warp+double,128+all,128+all+k32,r3 policy}" \
+  LORA_GPU_MM_PROGRAMS="${MM_PROGRAMS:-tiled-128,128+k32,128+warp,128+warp+k32,128+double,128+warp+double,128+all,128+all+k32,r3 policy,r3 policy+thinrows,k32 policy+thinrows,64+all+split,r4 policy+split+thin}" \
   OUT="$J" timeout 90 "$NODE" .device/bundle/train-gpu-r4b.mjs > "$DEST/r4bmm.md" 2>> "$DEST/err.txt"
 echo "r4bmm exit $? $(date -u +%T)" >> "$DEST/err.txt"
-V="r3,r4-k32,r4-warp+k32,r4-warp+double,r4-all"
+V="r3,r3+thinrows,r4-k32,r4-k32+thinrows,r4-warp+k32+thinrows,r4-all"
 LORA_GPU_TAG=r4b LORA_GPU_MODELS="${MODELS:-123m,10m}" LORA_GPU_MATMUL=0 LORA_GPU_RUNS=7 \
   LORA_GPU_VARIANTS="${VARIANTS:-$V,$V}" \
   OUT="$J" timeout 120 "$NODE" .device/bundle/train-gpu-r4b.mjs > "$DEST/r4b.md" 2>> "$DEST/err.txt"

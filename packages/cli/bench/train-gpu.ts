@@ -87,6 +87,7 @@ const R3_MATMUL: Partial<KernelOptions> = {
   matmulDepth: 16,
   matmulSplitK: false,
   thinTiles: false,
+  thinRows: false,
 };
 const R4_FEATURES: Partial<KernelOptions> = { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true };
 
@@ -112,6 +113,8 @@ const MM_PROGRAMS: Record<string, Partial<KernelOptions>> = {
   '128+all+k32': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128', matmulDepth: 32 },
   '128x64+all+k32': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128x64', matmulDepth: 32 },
   'r3 policy': R3_MATMUL,
+  'r3 policy+thinrows': { ...R3_MATMUL, thinRows: true },
+  'k32 policy+thinrows': { ...R3_MATMUL, matmulDepth: 32, thinRows: true },
   'r4 policy': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256 },
   'r4 policy+split': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256, matmulSplitK: true },
   'r4 policy+split+thin': {
@@ -147,6 +150,9 @@ const VARIANTS: Record<string, Partial<KernelOptions>> = {
   'r4-double': { ...R3_MATMUL, matmulDoubleBuffer: true },
   'r4-all': { ...R3_MATMUL, ...R4_FEATURES },
   'r4-k32': { ...R3_MATMUL, matmulDepth: 32 },
+  'r3+thinrows': { ...R3_MATMUL, thinRows: true },
+  'r4-k32+thinrows': { ...R3_MATMUL, matmulDepth: 32, thinRows: true },
+  'r4-warp+k32+thinrows': { ...R3_MATMUL, matmulWarpLayout: true, matmulDepth: 32, thinRows: true },
   'r4-warp+k32': { ...R3_MATMUL, matmulWarpLayout: true, matmulDepth: 32 },
   'r4-warp+double': { ...R3_MATMUL, matmulWarpLayout: true, matmulDoubleBuffer: true },
   'r4-medium': { ...R3_MATMUL, mediumTile: '128x64', largeTileGroups: 256 },

@@ -160,6 +160,27 @@ await describeEachBackend('tiled matmul', (backend) => {
       },
     );
 
+  // the thin-rows program (x·Aᵀ at r 16, 3, 64; batched rows; ragged row counts)
+  const thinRows: Case[] = [
+    [[300, 512], [16, 512], false, true],
+    [[2, 130, 260], [3, 260], false, true],
+    [[257, 256], [64, 256], false, true],
+  ];
+  for (const [sa, sb, ta, tb] of thinRows)
+    it.runIf(backend.name === 'webgpu')(`thin rows: [${sa}] · [${sb}]ᵀ`, async () => {
+      configureKernels({ matmul: 'tiled', thinRows: true });
+      const a = seq(sa, 83);
+      const b = seq(sb, 89);
+      const y = assertNoLeaks(() => tf.matMul(a, b, ta, tb));
+      expect(programsRun(() => tf.matMul(a, b, ta, tb))).toEqual([`LoraMatmulThinRows_${sb[0]}`]);
+      await expectClose(
+        y,
+        reference(a, b, ta, tb, (await a.data()) as Float32Array, (await b.data()) as Float32Array),
+        1e-6,
+      );
+      tf.dispose([a, b, y]);
+    });
+
   it.runIf(backend.name === 'webgpu')('gives tfjs back what it does not take, and trains through matMul', async () => {
     configureKernels({ matmul: 'tiled' });
     const a = seq([512, 96], 97);

@@ -324,6 +324,84 @@ export function tiledMatmulProgram(
   };
 }
 
+/** Rows and threads along K per row of {@link thinRowsProgram}'s workgroups. */
+const THIN_ROWS = 16;
+const THIN_LANES = 16;
+/** Output columns reduced per round of workgroup memory. */
+const THIN_CHUNK = 8;
+
+/**
+ * out[M, N] = A[M, K]·B[N, K]ᵀ for a thin N (≤ 64: LoRA's x·Aᵀ), K a multiple of 4: each workgroup
+ * takes 16 rows, 16 threads along K per row each summing every 16th vec4 of K for all N columns in
+ * registers; the 16 partial sums of an output are then added in workgroup memory, 8 columns a round.
+ * One dispatch, no partial outputs in memory.
+ */
+export function thinRowsProgram(m: number, n: number): WebGPUProgramLike {
+  const accs = Array.from({ length: n }, (_, c) => `acc${c}`);
+  const dots = accs.map((a, c) => `${a} = ${a} + dot(xv, B[(${c} * uniforms.k + k) / 4]);`);
+  const rounds: string[] = [];
+  const stride = THIN_ROWS * THIN_LANES + 1; // one more than the threads: no bank conflicts in the sums
+  for (let c0 = 0; c0 < n; c0 += THIN_CHUNK) {
+    const cols = Math.min(THIN_CHUNK, n - c0);
+    rounds.push(`
+      ${Array.from({ length: cols }, (_, j) => `red[${j * stride} + tid] = acc${c0 + j};`).join(' ')}
+      workgroupBarrier();
+      if (lane < ${cols}) {
+        var s = 0.0;
+        for (var l = 0; l < ${THIN_LANES}; l = l + 1) { s = s + red[lane * ${stride} + rl * ${THIN_LANES} + l]; }
+        if (row < uniforms.m) { result[row * ${n} + ${c0} + lane] = s; }
+      }
+      workgroupBarrier();`);
+  }
+  return {
+    outputShape: [m, n],
+    shaderKey: `LoraMatmulThinRows_${n}`,
+    dispatchLayout: { x: [1], y: [0] },
+    dispatch: [Math.ceil(m / THIN_ROWS), 1, 1],
+    variableNames: ['A', 'B'],
+    variableComponents: [4, 4],
+    workgroupSize: [THIN_ROWS * THIN_LANES, 1, 1],
+    uniforms: 'm : i32, k : i32,',
+    getUserCode: () => `
+    var<workgroup> red : array<f32, ${THIN_CHUNK * stride}>;
+    fn main() {
+      let tid = i32(localId.x);
+      let lane = tid % ${THIN_LANES};
+      let rl = tid / ${THIN_LANES};
+      let row = i32(workgroupId.x) * ${THIN_ROWS} + rl;
+      let rr = min(row, uniforms.m - 1);
+      ${accs.map((a) => `var ${a} = 0.0;`).join(' ')}
+      for (var k = lane * 4; k < uniforms.k; k = k + ${4 * THIN_LANES}) {
+        let xv = A[(rr * uniforms.k + k) / 4];
+        ${dots.join('\n        ')}
+      }
+      ${rounds.join('\n')}
+    }`,
+  };
+}
+
+/** Whether {@link thinRowsProgram} takes op(A)·op(B) (with `thinRows` on; batch folded into rows). */
+export function takesThinRows(
+  n: number,
+  k: number,
+  batchB: number,
+  transposeA: boolean,
+  transposeB: boolean,
+  rows: number,
+): boolean {
+  return (
+    optionsRef().thinRows &&
+    !transposeA &&
+    transposeB &&
+    batchB === 1 &&
+    n <= 64 &&
+    k % 4 === 0 &&
+    k >= 256 &&
+    rows >= 256 &&
+    Math.ceil(rows / THIN_ROWS) <= 65535
+  );
+}
+
 interface BatchMatMulArgs {
   inputs: { a: tf.TensorInfo; b: tf.TensorInfo };
   backend: WebGPUBackendLike;
@@ -442,6 +520,23 @@ function tiledBatchMatMul(args: BatchMatMulArgs): tf.TensorInfo {
   // throws tfjs's own error when the batch axes do not broadcast
   const outer = tf.backend_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
   const options = optionsRef();
+  if (
+    options.matmul === 'tiled' &&
+    a.dtype === 'float32' &&
+    b.dtype === 'float32' &&
+    k === kb &&
+    sizeOf(outer) === batch &&
+    (batchA === batch || batchA === 1) &&
+    takesThinRows(n, k, batchB, transposeA, transposeB, batchA * m)
+  ) {
+    // B is shared by every batch: A's batches are just more rows (a broadcast A is one batch of rows)
+    const rows = batchA * m;
+    const out = backend.runWebGPUProgram(thinRowsProgram(rows, n), [flat(a, [rows, k]), flat(b, [n, k])], 'float32', [
+      { type: 'int32', data: [rows] },
+      { type: 'int32', data: [k] },
+    ]);
+    return { dataId: out.dataId, shape: [...outer, m, n], dtype: 'float32' };
+  }
   const tile = chooseTile(
     options.matmul,
     batch,

@@ -66,6 +66,13 @@ export interface KernelOptions {
    */
   thinTiles: boolean;
   /**
+   * With `matmul: 'tiled'`: x·Aᵀ-shaped products (A plain, B transposed and shared by every batch,
+   * N ≤ 64, K ≥ 256 a multiple of 4, at least 256 rows: LoRA's x·Aᵀ) take a thin-output program that
+   * splits K over 16 threads per row and adds their partial sums in workgroup memory: one dispatch.
+   * Default false.
+   */
+  thinRows: boolean;
+  /**
    * On webgpu, dispatches reuse uniform buffers (by content) and bind groups (by pipeline and
    * buffers) instead of making both anew each time, which is most of a dispatch's host time through
    * Dawn in Node (see `dispatch-cache.ts`). Default true.
@@ -90,6 +97,7 @@ export const DEFAULT_KERNEL_OPTIONS: Readonly<KernelOptions> = {
   matmulDepth: 16,
   matmulSplitK: false,
   thinTiles: false,
+  thinRows: false,
   dispatchCache: true,
   fusedLora: true,
 };
