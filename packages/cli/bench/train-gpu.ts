@@ -496,8 +496,9 @@ function flopsOf(c: MatmulCase): number {
  */
 async function matmulTable(
   cases: MatmulCase[],
+  rows: { label: string; program: string; tflops: number; relErr: number | null; gpuUs: number }[] = [],
+  onCase: () => void = () => undefined,
 ): Promise<{ label: string; program: string; tflops: number; relErr: number | null; gpuUs: number }[]> {
-  const rows = [];
   for (const c of cases) {
     const a = tf.randomNormal(c.a, 0, 1, 'float32', 4);
     const b = tf.randomNormal(c.b, 0, 1, 'float32', 5);
@@ -564,6 +565,7 @@ async function matmulTable(
       });
     }
     tf.dispose([a, b]);
+    onCase();
   }
   configureKernels({});
   return rows;
@@ -606,7 +608,10 @@ const mmCases =
         ? MATMUL_CASES
         : squares(list(mm === 'squares' ? undefined : mm, ['1024', '2048', '4096', '8192']).map(Number));
 if (mmCases.length) {
-  results.matmul = await matmulTable(mmCases);
+  // kept as it grows: a run stopped by its time limit still leaves the cases it measured
+  const rows: Awaited<ReturnType<typeof matmulTable>> = [];
+  results.matmul = rows;
+  await matmulTable(mmCases, rows, save);
   save();
 }
 configureKernels({});
