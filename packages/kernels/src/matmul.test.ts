@@ -139,7 +139,13 @@ await describeEachBackend('tiled matmul', (backend) => {
     it.runIf(backend.name === 'webgpu')(
       `thin ${tile}, K split: [${sa}]${ta ? 'ᵀ' : ''} · [${sb}]${tb ? 'ᵀ' : ''}`,
       async () => {
-        configureKernels({ matmul: 'tiled', thinTiles: true, matmulSplitK: true, matmulVec4Store: true });
+        configureKernels({
+          matmul: 'tiled',
+          thinTiles: true,
+          matmulSplitK: true,
+          matmulVec4Store: true,
+          thinRows: false,
+        });
         const a = seq(sa, 83);
         const b = seq(sb, 89);
         const y = assertNoLeaks(() => tf.matMul(a, b, ta, tb));

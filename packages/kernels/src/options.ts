@@ -69,7 +69,8 @@ export interface KernelOptions {
    * With `matmul: 'tiled'`: x·Aᵀ-shaped products (A plain, B transposed and shared by every batch,
    * N ≤ 64, K ≥ 256 a multiple of 4, at least 256 rows: LoRA's x·Aᵀ) take a thin-output program that
    * splits K over 16 threads per row and adds their partial sums in workgroup memory: one dispatch.
-   * Default false.
+   * Default true (on the H200: LoRA's x·Aᵀ at the 123M model's shapes 46 → 20 µs and 118 → 52 µs a
+   * product, the forward's GPU time 1–2 ms less; see BENCHMARKS.md, issue 20 round 4).
    */
   thinRows: boolean;
   /**
@@ -97,7 +98,7 @@ export const DEFAULT_KERNEL_OPTIONS: Readonly<KernelOptions> = {
   matmulDepth: 16,
   matmulSplitK: false,
   thinTiles: false,
-  thinRows: false,
+  thinRows: true,
   dispatchCache: true,
   fusedLora: true,
 };
