@@ -16,7 +16,9 @@
  *   LORA_DAWN_OPTIONS=backend=opengles LORA_WEBGPU_FEATURE_LEVEL=compatibility LORA_GPU_MODELS=10m ...
  * Environment: LORA_GPU_RUNS (timed runs, median; default 5), LORA_GPU_BATCH / LORA_GPU_SEQ (override
  * the models' 4 × 512 and 4 × 128), LORA_GPU_PROFILE=0 (no profile), LORA_GPU_PARITY=0,
- * LORA_GPU_MATMUL=0 (no matmul table), `model` (the 123M model's products only) or a list of sizes, LORA_GPU_SUBMIT_BATCH (tfjs's
+ * LORA_GPU_MATMUL=0 (no matmul table), `model` (the 123M model's products only) or a list of sizes,
+ * LORA_GPU_MM_PROGRAMS (the table's programs, names of MM_PROGRAMS; default all), LORA_GPU_MM_FLOPS (work
+ * per timed run of the table, default 2e12, at most 30 products), LORA_GPU_SUBMIT_BATCH (tfjs's
  * WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE, default 15), LORA_GPU_TAG (names the run), OUT (a folder:
  * results-TAG.json is written there), PEER (a peer_train_gpu.py JSON output to print side by side;
  * default $OUT/peer.json).
@@ -74,6 +76,58 @@ const MODELS: Record<string, { config: Record<string, unknown>; batch: number; s
   },
 };
 
+/** Round 3's matmul choices, whatever the defaults are now. */
+const R3_MATMUL: Partial<KernelOptions> = {
+  matmul: 'tiled',
+  largeTileGroups: 128,
+  mediumTile: 'none',
+  matmulWarpLayout: false,
+  matmulDoubleBuffer: false,
+  matmulVec4Store: false,
+  matmulDepth: 16,
+  matmulSplitK: false,
+  thinTiles: false,
+  thinRows: false,
+};
+const R4_FEATURES: Partial<KernelOptions> = { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true };
+
+/**
+ * The matmul programs of the throughput table (`LORA_GPU_MM_PROGRAMS`, default all): tfjs's, a tile
+ * forced with round 3's program or with some of round 4's variations, or a tile policy.
+ */
+const MM_PROGRAMS: Record<string, Partial<KernelOptions>> = {
+  tfjs: { matmul: 'tfjs' },
+  'tiled-64': { ...R3_MATMUL, matmul: 'tiled-64' },
+  'tiled-128': { ...R3_MATMUL, matmul: 'tiled-128' },
+  '128+warp': { ...R3_MATMUL, matmul: 'tiled-128', matmulWarpLayout: true },
+  '128+double': { ...R3_MATMUL, matmul: 'tiled-128', matmulDoubleBuffer: true },
+  '128+v4out': { ...R3_MATMUL, matmul: 'tiled-128', matmulVec4Store: true },
+  '128+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128' },
+  '128x64+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128x64' },
+  '64x128+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-64x128' },
+  '64+all': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-64' },
+  '64+all+split': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-64', matmulSplitK: true },
+  '128+k32': { ...R3_MATMUL, matmul: 'tiled-128', matmulDepth: 32 },
+  '128+warp+k32': { ...R3_MATMUL, matmul: 'tiled-128', matmulWarpLayout: true, matmulDepth: 32 },
+  '128+warp+double': { ...R3_MATMUL, matmul: 'tiled-128', matmulWarpLayout: true, matmulDoubleBuffer: true },
+  '128+all+k32': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128', matmulDepth: 32 },
+  '128x64+all+k32': { ...R3_MATMUL, ...R4_FEATURES, matmul: 'tiled-128x64', matmulDepth: 32 },
+  'r3 policy': R3_MATMUL,
+  'r3 policy+thinrows': { ...R3_MATMUL, thinRows: true },
+  'k32 policy+thinrows': { ...R3_MATMUL, matmulDepth: 32, thinRows: true },
+  'r4 policy': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256 },
+  'r4 policy+split': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256, matmulSplitK: true },
+  'r4 policy+split+thin': {
+    ...R3_MATMUL,
+    ...R4_FEATURES,
+    mediumTile: '128x64',
+    largeTileGroups: 256,
+    matmulSplitK: true,
+    thinTiles: true,
+  },
+  'r4 policy+k32': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256, matmulDepth: 32 },
+};
+
 /** Code paths compared: each is a set of `@lora/kernels` options. */
 const VARIANTS: Record<string, Partial<KernelOptions>> = {
   // what main had before issue 20: explicit transposes, composite ops, tfjs's dispatch path
@@ -89,6 +143,37 @@ const VARIANTS: Record<string, Partial<KernelOptions>> = {
   default: {},
   // the same with 64² tiles for products under 256 workgroups of 128² (q/o, down, k/v of the 123M model)
   'default+wide64': { largeTileGroups: 256 },
+  // round 3's default spelled out (whatever the defaults become)
+  r3: R3_MATMUL,
+  // round 4: the tiled program's variations, one at a time and together, then with the 128×64 tile
+  'r4-warp': { ...R3_MATMUL, matmulWarpLayout: true },
+  'r4-double': { ...R3_MATMUL, matmulDoubleBuffer: true },
+  'r4-all': { ...R3_MATMUL, ...R4_FEATURES },
+  'r4-k32': { ...R3_MATMUL, matmulDepth: 32 },
+  'r3+thinrows': { ...R3_MATMUL, thinRows: true },
+  'r4-k32+thinrows': { ...R3_MATMUL, matmulDepth: 32, thinRows: true },
+  'r4-warp+k32+thinrows': { ...R3_MATMUL, matmulWarpLayout: true, matmulDepth: 32, thinRows: true },
+  'r4-warp+k32': { ...R3_MATMUL, matmulWarpLayout: true, matmulDepth: 32 },
+  'r4-warp+double': { ...R3_MATMUL, matmulWarpLayout: true, matmulDoubleBuffer: true },
+  'r4-medium': { ...R3_MATMUL, mediumTile: '128x64', largeTileGroups: 256 },
+  'r4-all+medium': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256 },
+  'r4-all+medium64x128': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '64x128', largeTileGroups: 256 },
+  'r4-all+medium+split': {
+    ...R3_MATMUL,
+    ...R4_FEATURES,
+    mediumTile: '128x64',
+    largeTileGroups: 256,
+    matmulSplitK: true,
+  },
+  'r4-all+medium+split+thin': {
+    ...R3_MATMUL,
+    ...R4_FEATURES,
+    mediumTile: '128x64',
+    largeTileGroups: 256,
+    matmulSplitK: true,
+    thinTiles: true,
+  },
+  'r4-all+medium+k32': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256, matmulDepth: 32 },
 };
 
 const list = (s: string | undefined, all: string[]) => (s ? s.split(',').map((x) => x.trim()) : all);
@@ -96,6 +181,10 @@ const variantNames = list(env.LORA_GPU_VARIANTS, Object.keys(VARIANTS));
 const modelNames = env.LORA_GPU_MODELS === 'none' ? [] : list(env.LORA_GPU_MODELS, ['123m', '10m']);
 for (const v of variantNames) if (!VARIANTS[v]) throw new Error(`unknown variant '${v}': ${Object.keys(VARIANTS)}`);
 for (const m of modelNames) if (!MODELS[m]) throw new Error(`unknown model '${m}': ${Object.keys(MODELS)}`);
+const mmProgramNames = list(env.LORA_GPU_MM_PROGRAMS, Object.keys(MM_PROGRAMS));
+if (mmProgramNames[0] !== 'tfjs') mmProgramNames.unshift('tfjs'); // the reference for the differences
+for (const p of mmProgramNames)
+  if (!MM_PROGRAMS[p]) throw new Error(`unknown matmul program '${p}': ${Object.keys(MM_PROGRAMS)}`);
 
 const backendName = (env.LORA_BENCH_BACKEND ?? 'webgpu') as BackendName;
 const importers = {
@@ -319,6 +408,8 @@ async function parity(): Promise<{ variant: string; lossRel: number; gradRel: nu
   // the tiny model's products are too small for 'tiled' to take: one more run forces the 64² tile on all
   const forced: Record<string, Partial<KernelOptions>> = {
     'default, every product tiled-64 (LoRA Linears through linearLowRank)': { matmul: 'tiled-64' },
+    'round 4 variations, every product tiled-128x64': { ...R4_FEATURES, matmul: 'tiled-128x64' },
+    'split-K, every product tiled-64': { matmul: 'tiled-64', matmulSplitK: true },
   };
   for (const variant of [...variantNames, ...Object.keys(forced)]) {
     configureKernels((VARIANTS[variant] ?? forced[variant]) as Partial<KernelOptions>);
@@ -380,6 +471,12 @@ export const MATMUL_CASES: MatmulCase[] = [
   },
   { label: 'q·kᵀ 16×(2048×64)·(512×64)ᵀ', a: [16, 2048, 64], b: [16, 512, 64], transposeA: false, transposeB: true },
   { label: 'p·v 16×(2048×512)·(512×64)', a: [16, 2048, 512], b: [16, 512, 64], transposeA: false, transposeB: false },
+  // LoRA's thin products (r 16): x·Aᵀ in the forward, then dy·B, dyᵀ·h and dhᵀ·x in the backward
+  { label: 'x·Aᵀ 2048×1024·(16×1024)ᵀ', a: [2048, 1024], b: [16, 1024], transposeA: false, transposeB: true },
+  { label: 'x·Aᵀ down 2048×2816·(16×2816)ᵀ', a: [2048, 2816], b: [16, 2816], transposeA: false, transposeB: true },
+  { label: 'dy·B 2048×1024·1024×16', a: [2048, 1024], b: [1024, 16], transposeA: false, transposeB: false },
+  { label: 'dyᵀ·h (2048×1024)ᵀ·2048×16', a: [2048, 1024], b: [2048, 16], transposeA: true, transposeB: false },
+  { label: 'dhᵀ·x (2048×16)ᵀ·2048×1024', a: [2048, 16], b: [2048, 1024], transposeA: true, transposeB: false },
 ];
 const squares = (sizes: number[]): MatmulCase[] =>
   sizes.map((n) => ({ label: `${n}² square`, a: [n, n], b: [n, n], transposeA: false, transposeB: false }));
@@ -399,16 +496,17 @@ function flopsOf(c: MatmulCase): number {
  */
 async function matmulTable(
   cases: MatmulCase[],
-): Promise<{ label: string; program: string; tflops: number; relErr: number | null }[]> {
-  const rows = [];
+  rows: { label: string; program: string; tflops: number; relErr: number | null; gpuUs: number }[] = [],
+  onCase: () => void = () => undefined,
+): Promise<{ label: string; program: string; tflops: number; relErr: number | null; gpuUs: number }[]> {
   for (const c of cases) {
     const a = tf.randomNormal(c.a, 0, 1, 'float32', 4);
     const b = tf.randomNormal(c.b, 0, 1, 'float32', 5);
     const flops = flopsOf(c);
-    const reps = Math.max(2, Math.min(30, Math.round(2e12 / flops)));
+    const reps = Math.max(2, Math.min(30, Math.round(Number(env.LORA_GPU_MM_FLOPS ?? 2e12) / flops)));
     let reference: Float32Array | null = null;
-    for (const program of ['tfjs', 'tiled-64', 'tiled-128'] as const) {
-      configureKernels({ matmul: program });
+    for (const program of mmProgramNames) {
+      configureKernels(MM_PROGRAMS[program] as Partial<KernelOptions>);
       const product = () => tf.matMul(a, b, c.transposeA, c.transposeB);
       const run = async () => {
         let last: tf.Tensor | null = null;
@@ -444,15 +542,37 @@ async function matmulTable(
           relErr = num / den;
         }
       }
-      rows.push({ label: c.label, program, tflops: (flops * reps) / (median(t) / 1000) / 1e12, relErr });
+      // GPU time of one product from the adapter's timestamps (what a forward pays for it, host aside):
+      // Dawn quantizes timestamps to 65.5 µs, so each profile spans `PROFILED` products and averages them
+      const gpu: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const info = await tf.profile(() => {
+          for (let j = 0; j < PROFILED; j++) tf.dispose(product());
+        });
+        let ms = 0;
+        for (const k of info.kernels) {
+          const v = await Promise.resolve(k.kernelTimeMs as number | { error: string });
+          if (typeof v === 'number') ms += v;
+        }
+        gpu.push(ms / PROFILED);
+      }
+      rows.push({
+        label: c.label,
+        program,
+        tflops: (flops * reps) / (median(t) / 1000) / 1e12,
+        relErr,
+        gpuUs: 1000 * median(gpu),
+      });
     }
     tf.dispose([a, b]);
+    onCase();
   }
   configureKernels({});
   return rows;
 }
 
 const TAG = env.LORA_GPU_TAG ?? 'default';
+const PROFILED = Number(env.LORA_GPU_MM_PROFILED ?? 10);
 if (env.LORA_GPU_SUBMIT_BATCH) tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', Number(env.LORA_GPU_SUBMIT_BATCH));
 const results: Record<string, unknown> = {
   tag: TAG,
@@ -488,7 +608,10 @@ const mmCases =
         ? MATMUL_CASES
         : squares(list(mm === 'squares' ? undefined : mm, ['1024', '2048', '4096', '8192']).map(Number));
 if (mmCases.length) {
-  results.matmul = await matmulTable(mmCases);
+  // kept as it grows: a run stopped by its time limit still leaves the cases it measured
+  const rows: Awaited<ReturnType<typeof matmulTable>> = [];
+  results.matmul = rows;
+  await matmulTable(mmCases, rows, save);
   save();
 }
 configureKernels({});
@@ -541,15 +664,31 @@ for (const r of benches) {
 }
 if (results.matmul) {
   console.log("\nfloat32 matMul, TFLOP/s (pipelined), and the difference from tfjs's result\n");
-  console.log('| product | tfjs | tiled-64 | tiled-128 | PyTorch (TF32 off) | max rel. Δ tiled-64 / -128 |');
-  console.log('| --- | --- | --- | --- | --- | --- |');
-  const rows = results.matmul as { label: string; program: string; tflops: number; relErr: number | null }[];
+  const rows = results.matmul as {
+    label: string;
+    program: string;
+    tflops: number;
+    relErr: number | null;
+    gpuUs: number;
+  }[];
+  const programs = [...new Set(rows.map((r) => r.program))];
+  console.log(`| product | ${programs.join(' | ')} | PyTorch (TF32 off) | max rel. Δ from tfjs (worst program) |`);
+  console.log(`| --- | ${programs.map(() => '---').join(' | ')} | --- | --- |`);
   for (const label of [...new Set(rows.map((r) => r.label))]) {
     const of = (p: string) => rows.find((r) => r.label === label && r.program === p);
     const torch = (peer?.matmul ?? []).find((r: { label: string }) => r.label === label)?.tflops;
-    const err = (p: string) => of(p)?.relErr?.toExponential(1) ?? '–';
+    const errs = rows.filter((r) => r.label === label && r.relErr !== null).map((r) => r.relErr as number);
     console.log(
-      `| ${label} | ${of('tfjs')?.tflops.toFixed(2)} | ${of('tiled-64')?.tflops.toFixed(2)} | ${of('tiled-128')?.tflops.toFixed(2)} | ${torch === undefined ? '–' : torch.toFixed(2)} | ${err('tiled-64')} / ${err('tiled-128')} |`,
+      `| ${label} | ${programs.map((p) => of(p)?.tflops.toFixed(2) ?? '–').join(' | ')} | ${torch === undefined ? '–' : torch.toFixed(2)} | ${errs.length ? Math.max(...errs).toExponential(1) : '–'} |`,
     );
+  }
+  console.log(
+    `\nGPU µs of one product (tf.profile's timestamps over ${PROFILED} products, averaged; median of 3), each program\n`,
+  );
+  console.log(`| product | ${programs.join(' | ')} |`);
+  console.log(`| --- | ${programs.map(() => '---').join(' | ')} |`);
+  for (const label of [...new Set(rows.map((r) => r.label))]) {
+    const of = (p: string) => rows.find((r) => r.label === label && r.program === p);
+    console.log(`| ${label} | ${programs.map((p) => of(p)?.gpuUs.toFixed(1) ?? '–').join(' | ')} |`);
   }
 }

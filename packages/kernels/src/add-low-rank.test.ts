@@ -4,6 +4,7 @@ import { assertNoLeaks } from '@lora/tensor';
 import { describeEachBackend } from '@lora/tensor/testing';
 import { addLowRank } from './add-low-rank';
 import { linearLowRank } from './linear-low-rank';
+import type { KernelOptions } from './options';
 import { configureKernels } from './configure';
 import { composite, expectClose, expectFusedOnWebgpu, failOnGpuErrors, programsRun, seq } from './kernels.test-util';
 
@@ -84,14 +85,20 @@ await describeEachBackend('linearLowRank', (backend) => {
   // [rows, in, out, r, matmul option]: the tiled program with the low-rank term (forced 64² tile: test
   // shapes are too small for 'tiled' to take), its edges (rows, in not multiples of the tile), and the
   // two-dispatch path (tfjs's matmul; out not a multiple of 4)
-  for (const [rows, inF, o, r, matmul] of [
+  for (const [rows, inF, o, r, matmul, features] of [
     [70, 36, 44, 4, 'tiled-64'],
     [33, 20, 128, 16, 'tiled-64'],
     [65, 37, 68, 3, 'tiled-64'],
     [12, 8, 20, 2, 'tfjs'],
     [12, 8, 18, 2, 'tiled-64'],
-  ] as [number, number, number, number, 'tiled-64' | 'tfjs'][]) {
-    it(`is x·wᵀ + s·h·bᵀ with the composite's gradients for x [${rows}, ${inF}], out ${o}, r ${r}, matmul ${matmul}`, async () => {
+    // round 4's variations of the program (subgroup layout, two slabs, vec4 stores, 32-deep slabs)
+    [70, 36, 44, 4, 'tiled-64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }],
+    [130, 40, 68, 3, 'tiled-128x64', { matmulWarpLayout: true, matmulDoubleBuffer: true, matmulVec4Store: true }],
+    [65, 72, 68, 16, 'tiled-64', { matmulDepth: 32, matmulVec4Store: true }],
+    // split-K (2 workgroups, K = 1024 in 4 runs): the low-rank term in the first run only
+    [70, 1024, 44, 4, 'tiled-64', { matmulSplitK: true, matmulVec4Store: true }],
+  ] as [number, number, number, number, 'tiled-64' | 'tiled-128x64' | 'tfjs', Partial<KernelOptions>?][]) {
+    it(`is x·wᵀ + s·h·bᵀ with the composite's gradients for x [${rows}, ${inF}], out ${o}, r ${r}, matmul ${matmul}${features ? ` ${Object.keys(features).join('+')}` : ''}`, async () => {
       const x = seq([rows, inF], 311);
       const w = seq([o, inF], 313);
       const h = seq([rows, r], 317);
@@ -102,7 +109,7 @@ await describeEachBackend('linearLowRank', (backend) => {
       // the oracles first: composite() puts every option back to its default
       const base = composite(() => tf.matMul(x, w, false, true));
       const ref = composite(() => tf.grads(f)([x, w, h, b]));
-      configureKernels({ matmul });
+      configureKernels({ matmul, ...features });
       try {
         const y = assertNoLeaks(() => linearLowRank(x, w, h, b, 0.5));
         await expectClose(y, await reference(base, h, b, 0.5), 2e-6);
@@ -110,7 +117,11 @@ await describeEachBackend('linearLowRank', (backend) => {
         for (let i = 0; i < 4; i++) await expectClose(g[i] as tf.Tensor, ref[i] as tf.Tensor, 2e-6);
         const keys = backend.name === 'webgpu' ? programsRun(() => linearLowRank(x, w, h, b, 0.5)) : [];
         if (backend.name === 'webgpu')
-          expect(keys.some((k) => k.endsWith('_lowrank'))).toBe(matmul !== 'tfjs' && o % 4 === 0);
+          expect(keys.some((k) => k.includes('_lowrank'))).toBe(matmul !== 'tfjs' && o % 4 === 0);
+        if (backend.name === 'webgpu' && features?.matmulSplitK)
+          expect(keys.some((k) => k.includes('_split4'))).toBe(true);
+        if (backend.name === 'webgpu' && features?.matmulWarpLayout)
+          expect(keys.some((k) => k.includes('_lowrank_warp'))).toBe(true);
         tf.dispose([x, w, h, b, dy, y, base, ...g, ...ref]);
       } finally {
         configureKernels({});

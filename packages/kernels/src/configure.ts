@@ -3,7 +3,8 @@ import { ensureDispatchCache } from './dispatch-cache';
 import { installMatmulOverride } from './matmul';
 import { DEFAULT_KERNEL_OPTIONS, type KernelOptions, setKernelOptions } from './options';
 
-const MATMUL = ['tfjs', 'tiled', 'tiled-64', 'tiled-128'];
+const MATMUL = ['tfjs', 'tiled', 'tiled-64', 'tiled-128', 'tiled-128x64', 'tiled-64x128'];
+const MEDIUM = ['none', '128x64', '64x128'];
 
 /**
  * Chooses code paths (see {@link KernelOptions}); options left out return to their defaults.
@@ -26,7 +27,12 @@ export function configureKernels(options: Partial<KernelOptions> = {}): KernelOp
       throw new Error(`configureKernels: matmul must be one of ${MATMUL.join(', ')}; got ${JSON.stringify(v)}`);
     if (k === 'largeTileGroups' && !(Number.isInteger(v) && (v as number) >= 1))
       throw new Error(`configureKernels: largeTileGroups must be a positive integer, got ${JSON.stringify(v)}`);
-    if (k !== 'matmul' && k !== 'largeTileGroups' && typeof v !== 'boolean')
+    if (k === 'mediumTile' && !MEDIUM.includes(v as string))
+      throw new Error(`configureKernels: mediumTile must be one of ${MEDIUM.join(', ')}; got ${JSON.stringify(v)}`);
+    if (k === 'matmulDepth' && v !== 16 && v !== 32)
+      throw new Error(`configureKernels: matmulDepth must be 16 or 32, got ${JSON.stringify(v)}`);
+    const nonBoolean = ['matmul', 'largeTileGroups', 'mediumTile', 'matmulDepth'];
+    if (!nonBoolean.includes(k) && typeof v !== 'boolean')
       throw new Error(`configureKernels: ${k} must be true or false, got ${JSON.stringify(v)}`);
   }
   const next = { ...DEFAULT_KERNEL_OPTIONS, ...options };

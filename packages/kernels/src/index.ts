@@ -14,7 +14,7 @@ export { softmaxCrossEntropy } from './cross-entropy';
 export { adamwScalars, adamwUpdate, adamwUpdateInPlace, inPlaceWriteCount } from './adamw';
 export type { AdamWHyper } from './adamw';
 export { chooseTile, tiledMatmulProgram } from './matmul';
-export type { MatmulTile } from './matmul';
+export type { MatmulFeatures, MatmulTile } from './matmul';
 export { countDispatches } from './dispatch-count';
 export { gatheredLowRank } from './gathered-low-rank';
 export { topkSoftmax } from './topk-softmax';

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { addLowRank, fusedLoraActive } from './add-low-rank';
 import { scaledOnWebgpu } from './add-scaled';
-import { chooseTile, tiledMatmulProgram } from './matmul';
+import { chooseSplitK, chooseTile, matmulFeatures, runTiled, tiledMatmulProgram } from './matmul';
 import { optionsRef } from './options';
 import {
   type WebGPUBackendLike,
@@ -17,9 +17,9 @@ const FWD = 'LoraLinearLowRank';
 
 /** The tiled program's tile for x·wᵀ with the low-rank term folded in, or null (then two dispatches). */
 function fusedTile(m: number, n: number, k: number) {
-  const { matmul, largeTileGroups } = optionsRef();
+  const { matmul, largeTileGroups, mediumTile, matmulSplitK } = optionsRef();
   if (matmul === 'tfjs' || n % 4 !== 0) return null;
-  return chooseTile(matmul, 1, m, n, k, largeTileGroups);
+  return chooseTile(matmul, 1, m, n, k, largeTileGroups, mediumTile, matmulSplitK);
 }
 
 const register = once(() => {
@@ -32,11 +32,15 @@ const register = once(() => {
     if (!tile) throw new Error(`${FWD}: no tile for [${m}, ${k}]·[${n}, ${k}]ᵀ (the op checks this first)`);
     const storage = (backend as WebGPUBackendLike).device.limits.maxComputeWorkgroupStorageSize ?? 16384;
     const vec4 = k % 4 === 0;
-    const program = tiledMatmulProgram([1, m, n], false, true, tile, storage, vec4, vec4, true);
-    const out = backend.runWebGPUProgram(
+    const splits = chooseSplitK(1, m, n, k, tile);
+    const program = tiledMatmulProgram([1, m, n], false, true, tile, storage, vec4, vec4, true, {
+      ...matmulFeatures(),
+      splitK: splits,
+    });
+    const out = runTiled(
+      backend as WebGPUBackendLike,
       program,
       [flat(x, [1, m, k]), flat(w, [1, n, k]), flat(h), flat(b)],
-      'float32',
       [
         { type: 'int32', data: [m] },
         { type: 'int32', data: [n] },
@@ -46,6 +50,8 @@ const register = once(() => {
         { type: 'int32', data: [r] },
         { type: 'float32', data: [attrs.scale as number] },
       ],
+      splits,
+      [1, m, n],
     );
     return reshaped(out, [...x.shape.slice(0, -1), n]);
   });
