@@ -1,16 +1,16 @@
-import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getPeftModel, saveAdapter } from '@lora/core';
-import { LlamaForCausalLM, loadTokenizer, parseLlamaConfig } from '@lora/models';
+import { LlamaForCausalLM, loadTokenizer } from '@lora/models';
 import { manualSeed } from '@lora/nn';
-import { initBackend, serializeSafetensors } from '@lora/tensor';
+import { initBackend } from '@lora/tensor';
 import { createArrowModel } from '@lora/arrow';
 import { runCli } from '@lora/cli';
+import { writeTinyLlama } from './tiny-llama.test-util';
 
 // a tiny Llama with the models package's 300-token BPE tokenizer, and PEFT-layout experts for it
-const TOKENIZER = join(import.meta.dirname, '..', '..', 'models', '__fixtures__', 'tokenizer');
 const dir = mkdtempSync(join(tmpdir(), 'lora-cli-arrow-'));
 const base = join(dir, 'base');
 const expert = (name: string) => join(dir, name);
@@ -37,26 +37,7 @@ async function saveExpert(name: string, seed: number, r = 4, targetModules = ['q
 
 beforeAll(async () => {
   await initBackend('cpu');
-  const config = {
-    architectures: ['LlamaForCausalLM'],
-    model_type: 'llama',
-    vocab_size: 300,
-    hidden_size: 32,
-    intermediate_size: 64,
-    num_hidden_layers: 2,
-    num_attention_heads: 4,
-    num_key_value_heads: 2,
-    max_position_embeddings: 64,
-    rms_norm_eps: 1e-5,
-    bos_token_id: 1,
-    eos_token_id: 2,
-  };
-  manualSeed(0);
-  const model = new LlamaForCausalLM(parseLlamaConfig(config));
-  cpSync(TOKENIZER, base, { recursive: true });
-  writeFileSync(join(base, 'config.json'), JSON.stringify(config));
-  writeFileSync(join(base, 'model.safetensors'), await serializeSafetensors(model.stateDict()));
-  model.dispose();
+  await writeTinyLlama(base, { config: { architectures: ['LlamaForCausalLM'], bos_token_id: 1, eos_token_id: 2 } });
   for (const [i, name] of ['sql', 'math', 'chat', 'wiki'].entries()) await saveExpert(name, i + 1);
   await saveExpert('rank8', 9, 8);
   await saveExpert('q-only', 10, 4, ['q_proj']);

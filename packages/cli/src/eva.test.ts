@@ -1,16 +1,14 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { copyFile } from 'node:fs/promises';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadAdapter } from '@lora/core';
-import { LlamaForCausalLM, parseLlamaConfig } from '@lora/models';
-import { manualSeed } from '@lora/nn';
-import { initBackend, parseSafetensors, serializeSafetensors } from '@lora/tensor';
+import { LlamaForCausalLM } from '@lora/models';
+import { initBackend, parseSafetensors } from '@lora/tensor';
 import { runCli } from '@lora/cli';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { writeTinyLlama } from './tiny-llama.test-util';
 
-const TOKENIZER = join(import.meta.dirname, '..', '..', 'models', '__fixtures__', 'tokenizer');
 const TEXT = [
   'Low-rank adapters fine-tune large language models cheaply.',
   'LoRA trains two small matrices per layer.',
@@ -33,27 +31,7 @@ beforeAll(async () => {
   await initBackend('cpu');
   work = mkdtempSync(join(tmpdir(), 'lora-eva-cli-'));
   model = join(work, 'tiny-llama');
-  mkdirSync(model);
-  const config = {
-    model_type: 'llama',
-    vocab_size: 300,
-    hidden_size: 32,
-    intermediate_size: 64,
-    num_hidden_layers: 2,
-    num_attention_heads: 4,
-    num_key_value_heads: 2,
-    max_position_embeddings: 64,
-    rms_norm_eps: 1e-5,
-  };
-  manualSeed(0);
-  const m = new LlamaForCausalLM(parseLlamaConfig(config));
-  writeFileSync(join(model, 'config.json'), JSON.stringify(config));
-  writeFileSync(
-    join(model, 'model.safetensors'),
-    await serializeSafetensors(m.stateDict(), { metadata: { format: 'pt' } }),
-  );
-  m.dispose();
-  for (const f of ['tokenizer.json', 'tokenizer_config.json']) await copyFile(join(TOKENIZER, f), join(model, f));
+  await writeTinyLlama(model);
   writeFileSync(join(work, 'data.txt'), `${TEXT.join('\n')}\n\n${TEXT.slice(0, 3).join('\n')}\n`);
 });
 

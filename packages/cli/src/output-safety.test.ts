@@ -10,7 +10,6 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   type FSWatcher,
-  copyFileSync,
   existsSync,
   linkSync,
   mkdirSync,
@@ -29,13 +28,12 @@ import type * as tf from '@tensorflow/tfjs-core';
 import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getPeftModel, loraConfig, loraConfigToJson, saveAdapter } from '@lora/core';
-import { LlamaForCausalLM, parseLlamaConfig } from '@lora/models';
-import { Linear, Module, manualSeed, withoutInit } from '@lora/nn';
+import { Linear, Module, withoutInit } from '@lora/nn';
 import { initBackend, serializeSafetensors } from '@lora/tensor';
 import { OutputError } from '@lora/tensor/node';
 import { runCli } from './cli';
+import { writeTinyLlama } from './tiny-llama.test-util';
 
-const TOKENIZER = join(import.meta.dirname, '..', '..', 'models', '__fixtures__', 'tokenizer');
 const CACHE = join(import.meta.dirname, '..', 'node_modules', '.cache', 'lora-output-safety');
 /** Kills per signal and command (LORA_KILL_TRIALS overrides, e.g. for a quick local run). */
 const TRIALS = Number(process.env.LORA_KILL_TRIALS ?? 20);
@@ -481,28 +479,7 @@ beforeAll(async () => {
   await writeAdapter(join(inputs, 'small-adapter-old'), 8, 6, SMALL_LAYERS, SMALL_WIDTH);
   await writeAdapter(join(inputs, 'small-adapter-new'), 8, 7, SMALL_LAYERS, SMALL_WIDTH);
   // lora eva's model (a random tiny Llama with a real tokenizer) and text
-  const llama = join(inputs, 'tiny-llama');
-  mkdirSync(llama);
-  const llamaConfig = {
-    model_type: 'llama',
-    vocab_size: 300,
-    hidden_size: 32,
-    intermediate_size: 64,
-    num_hidden_layers: 2,
-    num_attention_heads: 4,
-    num_key_value_heads: 2,
-    max_position_embeddings: 64,
-    rms_norm_eps: 1e-5,
-  };
-  manualSeed(0);
-  const m = new LlamaForCausalLM(parseLlamaConfig(llamaConfig));
-  writeFileSync(join(llama, 'config.json'), JSON.stringify(llamaConfig));
-  writeFileSync(
-    join(llama, 'model.safetensors'),
-    await serializeSafetensors(m.stateDict(), { metadata: { format: 'pt' } }),
-  );
-  m.dispose();
-  for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(TOKENIZER, f), join(llama, f));
+  await writeTinyLlama(join(inputs, 'tiny-llama'));
   writeFileSync(
     join(inputs, 'eva-data.txt'),
     Array.from(
