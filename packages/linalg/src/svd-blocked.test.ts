@@ -50,18 +50,18 @@ await describeEachBackend('svd on the backend (float32, blocked Householder + di
       if (name === 'tiny_30x20' || name === 'huge_30x20') continue; // outside float32's range
       await expectFloat32Svd(a, battery.vector(`${name}.s`), name);
     }
-  });
+  }, 300_000);
 
   it('meets it on larger matrices: Hilbert, graded, clustered, rank-deficient, tall (QR first) and wide', async () => {
     for (const { name, a, s } of largeBattery()) await expectFloat32Svd(a, s, name);
-  });
+  }, 300_000);
 
   it('returns full matrices when asked, tall and wide, with and without QR first', async () => {
     for (const name of ['gauss_tall_120x40', 'gauss_wide_30x90', 'gauss_tall_300x20'])
       await expectFloat32Svd(battery.get(`${name}.a`), battery.vector(`${name}.s`), name, true);
     const wide = largeBattery().find((x) => x.name === 'sines_150x400');
     if (wide) await expectFloat32Svd(wide.a, wide.s, wide.name, true);
-  });
+  }, 300_000);
 
   it('reports progress by stage, stops on an aborted signal leaving no tensor, and names bad input', async () => {
     const { a } = largeBattery().find((x) => x.name === 'tall_graded_600x150') as { a: Matrix64 };
@@ -93,5 +93,5 @@ await describeEachBackend('svd on the backend (float32, blocked Householder + di
     await expect(svd(bad, { method: 'nope' as 'auto' })).rejects.toThrow(LinalgError);
     bad.dispose();
     expect(tf.memory().numTensors).toBe(start);
-  });
+  }, 300_000);
 });
