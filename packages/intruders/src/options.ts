@@ -27,13 +27,6 @@ export interface IntruderSettings {
    * Without one, the SVDs are freed when the call returns.
    */
   svdCache?: WeightSvdCache;
-  /**
-   * Report every cosine exactly (default false). Without it, a layer of m ≤ n whose leading
-   * directions are all provably intruders is decided without W's SVD and reports upper bounds for
-   * their cosines (`cosineBound` in the layer's report); the intruders and the new factors are the
-   * same either way.
-   */
-  exactCosines?: boolean;
   /** Stops the work between layers (the promise rejects with the signal's reason; nothing is changed). */
   signal?: AbortSignal;
   /** Called after each layer: how many are done, of how many, and the one just done. */
@@ -45,13 +38,12 @@ export interface ResolvedSettings {
   topK: number;
   thresholdEpsilon: number;
   mitigationLambda: number;
-  exactCosines: boolean;
   log: (line: string) => void;
 }
 
 /** PEFT's defaults and our checks: a clear error naming the value, before any work. */
 export function resolveSettings(options: IntruderSettings): ResolvedSettings {
-  const { topK = 10, thresholdEpsilon = 0.5, mitigationLambda = 0.75, loggingSink, exactCosines = false } = options;
+  const { topK = 10, thresholdEpsilon = 0.5, mitigationLambda = 0.75, loggingSink } = options;
   if (!Number.isInteger(topK) || topK < 1)
     throw new IntruderReductionError(
       `topK ${JSON.stringify(topK)} is not a positive integer; it is how many leading singular vectors are examined (PEFT's default is 10)`,
@@ -67,9 +59,7 @@ export function resolveSettings(options: IntruderSettings): ResolvedSettings {
   if (loggingSink !== undefined && loggingSink !== null && typeof loggingSink !== 'function')
     throw new IntruderReductionError('loggingSink must be a function taking one line, or null to silence it');
   const log = loggingSink === null ? () => {} : (loggingSink ?? ((line: string) => console.log(line)));
-  if (typeof exactCosines !== 'boolean')
-    throw new IntruderReductionError(`exactCosines ${JSON.stringify(exactCosines)} must be true or false`);
-  return { topK, thresholdEpsilon, mitigationLambda, exactCosines, log };
+  return { topK, thresholdEpsilon, mitigationLambda, log };
 }
 
 /** Rejects with the signal's reason when it has fired. */
