@@ -6,6 +6,24 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Generator } from '@lora/tensor';
 import { type Matrix64, eigh, qr, svd, svdLowRank } from '../src/index';
 
+/**
+ * The environment for a numpy / torch peer on `threads` BLAS threads. A machine-wide
+ * OPENBLAS_CORETYPE (or L2 size) would pin an older kernel: numpy's own choice is the fair peer.
+ */
+export function blasEnv(threads: number): NodeJS.ProcessEnv {
+  const n = String(threads);
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    OPENBLAS_NUM_THREADS: n,
+    OMP_NUM_THREADS: n,
+    MKL_NUM_THREADS: n,
+    LORA_PEER_THREADS: n,
+  };
+  delete env.OPENBLAS_CORETYPE;
+  delete env.OPENBLAS_L2_SIZE;
+  return env;
+}
+
 export interface Row {
   name: string;
   ours: number;

@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { type BackendInfo, parseSafetensors } from '@lora/tensor';
 import { type LinalgProgress, svd, svdTruncated } from '../src/index';
+import { blasEnv } from './cases';
 import { waitForQuiet } from './quiet';
 
 const ALL = 'full_1024,full_2048,full_4096,full_4096x11008,trunc_4096,trunc_4096x11008,ties_4096';
@@ -230,18 +231,8 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
     for (const threads of [...new Set(threadCounts)]) {
       await waitForQuiet();
       console.error(`timing the peers with ${threads} thread(s)…`);
-      const env: NodeJS.ProcessEnv = {
-        OPENBLAS_NUM_THREADS: String(threads),
-        OMP_NUM_THREADS: String(threads),
-        MKL_NUM_THREADS: String(threads),
-        LORA_PEER_THREADS: String(threads),
-      };
-      // a machine-wide OPENBLAS_CORETYPE would pin an older kernel; numpy's own choice is the fair peer
-      const clean = { ...process.env, ...env };
-      delete clean.OPENBLAS_CORETYPE;
-      delete clean.OPENBLAS_L2_SIZE;
       const res = spawnSync(python, [peersScript, 'time', dir, cases.join(',')], {
-        env: clean,
+        env: blasEnv(threads),
         encoding: 'utf8',
         stdio: ['ignore', 'pipe', 'inherit'],
       });

@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '@lora/tensor';
 import { svd } from '../src/index';
+import { blasEnv } from './cases';
 import { heapGemv } from '../src/wasm-gemv';
 
 const m = Number(process.argv[2] ?? 1024);
@@ -92,15 +93,7 @@ for _ in range(${Math.max(1, runs)}):
 print(" ".join(f"{c:.3f}({w:.3f})" for c, w in best))
 print(repr(list(s64[:]))[:0] + ",".join(repr(float(x)) for x in s64))
 `;
-  // one BLAS thread; numpy's own kernel choice (a machine-wide OPENBLAS_CORETYPE would pin an older one)
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    OPENBLAS_NUM_THREADS: '1',
-    OMP_NUM_THREADS: '1',
-    MKL_NUM_THREADS: '1',
-  };
-  delete env.OPENBLAS_CORETYPE;
-  delete env.OPENBLAS_L2_SIZE;
+  const env = blasEnv(1);
   const res = spawnSync(process.env.PYTHON ?? 'python3', ['-c', py], {
     input: Buffer.from(data.buffer),
     env,

@@ -6,7 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { initBackend } from '@lora/tensor';
-import { type Row, cpuRows, lowRankRow } from './cases';
+import { type Row, blasEnv, cpuRows, lowRankRow } from './cases';
 
 if (process.env.BENCH_SUITE === 'large') {
   // BENCH_SUITE=large: SVDs at the size of real models (bench/large.ts)
@@ -34,16 +34,10 @@ if (!only || only.test('svdLowRank')) rows.push(await lowRankRow());
 let peers: Record<string, number | string> = {};
 const python = process.env.PYTHON ?? 'python3';
 console.error(`timing numpy/LAPACK (${python}, OPENBLAS_NUM_THREADS=1)…`);
-const env: NodeJS.ProcessEnv = {
-  ...process.env,
-  OPENBLAS_NUM_THREADS: '1',
-  OMP_NUM_THREADS: '1',
-  MKL_NUM_THREADS: '1',
-};
-// The machine-wide OPENBLAS_CORETYPE pins an older kernel; numpy's own choice is the fair peer.
-delete env.OPENBLAS_CORETYPE;
-delete env.OPENBLAS_L2_SIZE;
-const res = spawnSync(python, [join(import.meta.dirname, '..', 'bench', 'peers.py')], { env, encoding: 'utf8' });
+const res = spawnSync(python, [join(import.meta.dirname, '..', 'bench', 'peers.py')], {
+  env: blasEnv(1),
+  encoding: 'utf8',
+});
 if (res.status === 0) peers = JSON.parse(res.stdout.trim().split('\n').at(-1) as string);
 else console.error(`no numpy peer: ${res.error?.message ?? res.stderr.trim().split('\n').at(-1)}`);
 
