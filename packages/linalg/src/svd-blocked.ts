@@ -16,6 +16,38 @@ import { readBlock, subBlock } from './tensor-blocks';
 const QR_FIRST_RATIO = 1.6;
 
 /**
+ * Householder QR of one column-major `rows × b` panel `p` (overwritten): R's rows k … k + b − 1 of the
+ * panel's columns go into `r` (n × n, row-major), and the reflectors come back as unit lower vectors
+ * `v` (column-major) with their `taus`.
+ */
+function factorPanel(
+  p: Float64Array,
+  rows: number,
+  b: number,
+  r: Float64Array,
+  n: number,
+  k: number,
+): { v: Float32Array; taus: Float64Array } {
+  const taus = new Float64Array(b);
+  for (let i = 0; i < b; i++) {
+    const off = i * rows + i;
+    const { tau, beta } = makeReflector(p, off, rows - i);
+    taus[i] = tau;
+    p[off] = 1;
+    applyReflectorLeft(p, off, rows - i, tau, p, (i + 1) * rows + i, rows, b - i - 1);
+    p[off] = beta;
+  }
+  const v = new Float32Array(rows * b);
+  for (let i = 0; i < b; i++) {
+    for (let q = 0; q < i; q++) r[(k + q) * n + k + i] = p[i * rows + q] as number;
+    r[(k + i) * n + k + i] = p[i * rows + i] as number;
+    v[i * rows + i] = 1;
+    for (let q = i + 1; q < rows; q++) v[i * rows + q] = p[i * rows + q] as number;
+  }
+  return { v, taus };
+}
+
+/**
  * Blocked Householder QR of a tall m×n tensor: R (n×n, row-major float64) and Q as reflector blocks.
  * @internal
  */
@@ -34,22 +66,7 @@ export async function qrBlocked(
       const cols = n - k;
       const b = Math.min(nb, cols);
       const p = await readBlock(t, 0, 0, rows, b, true); // column-major rows×b
-      const taus = new Float64Array(b);
-      for (let i = 0; i < b; i++) {
-        const off = i * rows + i;
-        const { tau, beta } = makeReflector(p, off, rows - i);
-        taus[i] = tau;
-        p[off] = 1;
-        applyReflectorLeft(p, off, rows - i, tau, p, (i + 1) * rows + i, rows, b - i - 1);
-        p[off] = beta;
-      }
-      const v = new Float32Array(rows * b);
-      for (let i = 0; i < b; i++) {
-        for (let q = 0; q < i; q++) r[(k + q) * n + k + i] = p[i * rows + q] as number;
-        r[(k + i) * n + k + i] = p[i * rows + i] as number;
-        v[i * rows + i] = 1;
-        for (let q = i + 1; q < rows; q++) v[i * rows + q] = p[i * rows + q] as number;
-      }
+      const { v, taus } = factorPanel(p, rows, b, r, n, k);
       blocks.push({ offset: k, rows, v, taus });
       if (b < cols) {
         const rest = subBlock(t, 0, b, rows, cols - b);
@@ -92,22 +109,7 @@ export async function lqBlocked(
       const cols = n - k;
       const b = Math.min(nb, cols);
       const p = await readBlock(t, 0, 0, b, rows); // row-major b×rows = A's panel, column-major
-      const taus = new Float64Array(b);
-      for (let i = 0; i < b; i++) {
-        const off = i * rows + i;
-        const { tau, beta } = makeReflector(p, off, rows - i);
-        taus[i] = tau;
-        p[off] = 1;
-        applyReflectorLeft(p, off, rows - i, tau, p, (i + 1) * rows + i, rows, b - i - 1);
-        p[off] = beta;
-      }
-      const v = new Float32Array(rows * b);
-      for (let i = 0; i < b; i++) {
-        for (let q = 0; q < i; q++) r[(k + q) * n + k + i] = p[i * rows + q] as number;
-        r[(k + i) * n + k + i] = p[i * rows + i] as number;
-        v[i * rows + i] = 1;
-        for (let q = i + 1; q < rows; q++) v[i * rows + q] = p[i * rows + q] as number;
-      }
+      const { v, taus } = factorPanel(p, rows, b, r, n, k);
       blocks.push({ offset: k, rows, v, taus });
       if (b < cols) {
         const rest = subBlock(t, b, 0, cols - b, rows);
