@@ -138,6 +138,8 @@ interface Run {
   err: string;
   /** When the child printed the line `options.mark` matches, ms after the spawn. */
   markMs: number | null;
+  /** When a line `working` matches appeared (ms from the spawn), if one did and `working` was given. */
+  workingMs: number | null;
   ms: number;
 }
 
@@ -158,7 +160,10 @@ interface Kill {
  * (timed from there, not from the spawn: how long Node takes to boot varies most with the machine's load),
  * or after a temporary appears in `kill.fromTemporaryIn`.
  */
-function runChild(args: string[], options: { cwd?: string; mark?: RegExp; kill?: Kill } = {}): Promise<Run> {
+function runChild(
+  args: string[],
+  options: { cwd?: string; mark?: RegExp; working?: RegExp; kill?: Kill } = {},
+): Promise<Run> {
   return new Promise((done, fail) => {
     const t0 = performance.now();
     const child = spawn(process.execPath, ['--import', join(CACHE, 'register.mjs'), join(CACHE, 'child.js'), ...args], {
@@ -168,6 +173,7 @@ function runChild(args: string[], options: { cwd?: string; mark?: RegExp; kill?:
     });
     let err = '';
     let markMs: number | null = null;
+    let workingMs: number | null = null;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const kill = options.kill;
     const arm = () => {
@@ -183,6 +189,7 @@ function runChild(args: string[], options: { cwd?: string; mark?: RegExp; kill?:
       });
     child.stderr.on('data', (d) => {
       err += d;
+      if (workingMs === null && options.working?.test(err)) workingMs = performance.now() - t0;
       if (markMs === null && options.mark?.test(err)) {
         markMs = performance.now() - t0;
         if (!kill?.fromTemporaryIn) arm();
@@ -195,7 +202,7 @@ function runChild(args: string[], options: { cwd?: string; mark?: RegExp; kill?:
       watcher?.close();
       clearTimeout(timer);
       clearTimeout(guard);
-      done({ code, signal, err: err.replace(/^started\n/, ''), markMs, ms: performance.now() - t0 });
+      done({ code, signal, err: err.replace(/^started\n/, ''), markMs, workingMs, ms: performance.now() - t0 });
     });
   });
 }
@@ -366,6 +373,8 @@ interface Expected {
   pristine: string;
   /** How long the command ran after its `mark` line, in the calibration run. */
   workMs: number;
+  /** How long it ran after its `working` line, in the calibration run. */
+  afterWorkingMs: number;
 }
 const expected = new Map<string, Expected>();
 
@@ -501,8 +510,9 @@ beforeAll(async () => {
       const out = join(dir, 'calibration');
       mkdirSync(out);
       linkCopy(pristine, join(out, s.outName));
-      const fresh = await runChild(s.args(join(out, s.outName), 'new', true), { mark: s.mark });
+      const fresh = await runChild(s.args(join(out, s.outName), 'new', true), { mark: s.mark, working: s.working });
       if (fresh.code !== 0) throw new Error(`${s.name} (new output): ${fresh.err}`);
+      if (fresh.workingMs === null) throw new Error(`${s.name}: no line matching ${s.working} in ${fresh.err}`);
       expect(readdirSync(out)).toEqual([s.outName]);
       return [
         s.name,
@@ -511,6 +521,7 @@ beforeAll(async () => {
           new: hashOf(join(out, s.outName)),
           pristine,
           workMs: fresh.ms - (fresh.markMs ?? 0),
+          afterWorkingMs: fresh.ms - fresh.workingMs,
         },
       ] as const;
     }),
@@ -543,9 +554,12 @@ interface Tally {
 }
 
 /**
- * Runs `s` killed with each signal at `trials` seeded moments, from a little before its work starts
- * to a little after it ends (as the calibration run timed it), over the old output (`existing`) or
- * into a new path. Returns what went wrong, and where the kills landed.
+ * Runs `s` killed with each signal at `trials` seeded moments, over the old output (`existing`) or
+ * into a new path. A quarter of each signal's moments (at least one) are timed from the command's
+ * `working` line, within 3/4 of what remained of the calibration run after it, so that some kills land
+ * while it works however the load of the machine shifts its start-up; the others from its `mark`
+ * line, from a little before its work starts to a little after it ends. Returns what went wrong,
+ * and where the kills landed.
  */
 async function killTrials(
   s: Scenario,
@@ -567,12 +581,22 @@ async function killTrials(
   const jobs: (() => Promise<void>)[] = [];
   for (const [k, signal] of options.signals.entries()) {
     const next = uniform(options.seed + k);
+    const fromWorking = Math.ceil(options.trials / 4);
     for (let i = 0; i < options.trials; i++) {
-      // any moment of the command's own run, and a little after it (then the new output is complete)
       const fromTemporary = options.afterTemporaryMs !== undefined;
-      const afterMs = next() * (fromTemporary ? (options.afterTemporaryMs as number) : 1.15 * want.workMs);
+      const timedFromWorking = !fromTemporary && i < fromWorking;
+      // any moment of the command's work (from its `working` line), or of its own run and a little
+      // after it (then the new output is complete)
+      const afterMs =
+        next() *
+        (fromTemporary
+          ? (options.afterTemporaryMs as number)
+          : timedFromWorking
+            ? 0.75 * want.afterWorkingMs
+            : 1.15 * want.workMs);
+      const mark = timedFromWorking ? s.working : s.mark;
       jobs.push(async () => {
-        const label = `${signal} #${i} ${afterMs.toFixed(0)} ms after ${fromTemporary ? 'the first temporary' : `'${s.mark.source}'`}`;
+        const label = `${signal} #${i} ${afterMs.toFixed(0)} ms after ${fromTemporary ? 'the first temporary' : `'${mark.source}'`}`;
         const dir = join(
           root,
           'trials',
@@ -582,7 +606,7 @@ async function killTrials(
         const out = join(dir, s.outName);
         if (options.existing) linkCopy(want.pristine, out);
         const run = await runChild(s.args(out, 'new', options.existing), {
-          mark: s.mark,
+          mark,
           kill: { afterMs, signal, ...(fromTemporary ? { fromTemporaryIn: dir } : {}) },
         });
         if (run.code !== null && run.code !== 0) failures.push(`${label}: exit ${run.code}: ${run.err}`);
@@ -617,7 +641,9 @@ async function killTrials(
     }
   }
   await pool(jobs);
-  console.log(`${s.name}, ${options.existing ? 'over the old output' : 'into a new path'}: ${JSON.stringify(tally)}`);
+  console.log(
+    `${s.name}, ${options.existing ? 'over the old output' : 'into a new path'}: ${JSON.stringify(tally)} (calibrated: ${want.workMs.toFixed(0)} ms after '${s.mark.source}', ${want.afterWorkingMs.toFixed(0)} after '${s.working.source}')`,
+  );
   return { failures, tally };
 }
 
