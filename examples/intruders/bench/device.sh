@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 ||
 HERE=$(dirname "$0")
 part() { # tag layers bundle peer-limit ours-limit
   local D; D=$(mktemp -d)
-  timeout "$4" python3 "$HERE/peer_intruders.py" --model 123m --layers "$2" --runs 2 --dir "$D" --device cuda \
+  timeout "$4" python3 "$HERE/peer_intruders.py" --model 123m --layers "$2" --runs 2 --dir "$D" --device cuda ${PEER_ARGS:-} \
     > "$OUT/$1-peer.json" 2> "$OUT/$1-peer.err"
   echo "peer exit $?" >> "$OUT/$1-peer.err"
   mkdir -p "$OUT/$1"
@@ -37,7 +37,7 @@ if [ -e .device/bundle/intruders-experiment.mjs ]; then
   echo "experiment exit $?" >> "$OUT/c-experiment.log"
   [ -e "$OUT/lambda.json" ] && mv "$OUT/lambda.json" "$OUT/c-lambda.json"
 fi
-[ -e .device/bundle/intruders-bench.mjs ] && part a "${LAYERS_A:-1}" intruders-bench 60 "${LIMIT_A:-130}"
+[ -e .device/bundle/intruders-bench.mjs ] && part a "${LAYERS_A:-1}" intruders-bench "${PEER_LIMIT_A:-60}" "${LIMIT_A:-130}"
 [ -e .device/bundle/intruders-bench-linalg13.mjs ] && part b "${LAYERS_B:-8}" intruders-bench-linalg13 90 "${LIMIT_B:-140}"
 # the two tables stay readable; everything else goes into one archive (the call returns at most 8 files)
 ls -la "$OUT"

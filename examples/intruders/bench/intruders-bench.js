@@ -17,7 +17,7 @@
  * On the GPU machine: bundled by ../shared/device/pack, LORA_BACKEND=webgpu (see bench/device.sh).
  * OUT, when set, gets bench-<model>.json.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -72,6 +72,10 @@ const sweep = await timed('λ sweep', { newAdapterName: 'ours_half', mitigationL
 
 // parity with PEFT: counts per layer, and the new ΔW = B·A of each layer (relative to its largest entry)
 const reduced = await loadSafetensors(join(dir, 'peft-reduced.safetensors'));
+// PEFT's algorithm in float64 (peer_intruders.py --reference64), where the peer wrote it
+const ref64 = existsSync(join(dir, 'ref64.safetensors')) ? await loadSafetensors(join(dir, 'ref64.safetensors')) : null;
+/** @type {Record<string, { ours: number; peft: number; oursVs64?: number; peftVs64?: number }>} */
+const perLayer = {};
 let countsEqual = 0;
 let worst = 0;
 let worstAt = '';
@@ -88,19 +92,58 @@ for (const r of cold.report.layers) {
   if (!layer || !pa || !pb) throw new Error(`${r.path}: missing from PEFT's output`);
   const ours = tf.tidy(() => tf.matMul(layer.factorB('ours'), layer.factorA('ours')));
   const theirs = tf.tidy(() => tf.matMul(/** @type {tf.Tensor2D} */ (pb), /** @type {tf.Tensor2D} */ (pa)));
-  const e = maxRelativeError(await ours.data(), await theirs.data());
+  const oursValues = await ours.data();
+  const theirsValues = await theirs.data();
+  const e = maxRelativeError(oursValues, theirsValues);
   if (e > worst) [worst, worstAt] = [e, r.path];
+  perLayer[r.path] = { ours: e, peft: 0 };
+  const exact = ref64?.tensors[`${r.path}.BA`];
+  if (exact) {
+    const exactValues = await exact.data();
+    perLayer[r.path] = {
+      ours: e,
+      peft: 0,
+      oursVs64: maxRelativeError(oursValues, exactValues),
+      peftVs64: maxRelativeError(theirsValues, exactValues),
+    };
+  }
   tf.dispose([ours, theirs]);
 }
 tf.dispose(Object.values(reduced.tensors));
+if (ref64) tf.dispose(Object.values(ref64.tensors));
+const with64 = Object.entries(perLayer).filter(([, v]) => v.oursVs64 !== undefined);
+/** @returns {[string, number]} the layer with the largest error against the float64 reference, and the error */
+const worstOf = (/** @type {'oursVs64' | 'peftVs64'} */ key) => {
+  /** @type {[string, number]} */
+  let best = ['', 0];
+  for (const [p, v] of with64) if ((v[key] ?? 0) > best[1]) best = [p, v[key] ?? 0];
+  return best;
+};
 
 const total = cold.report.layers.reduce((s, l) => s + l.intruders.length, 0);
+/** wall seconds per phase, summed over layers (`seconds` of each layer's report) */
+const phaseSums = (/** @type {typeof cold} */ run) => {
+  let analysis = 0;
+  let mitigation = 0;
+  /** @type {Record<string, number>} */
+  const sums = {};
+  for (const l of run.report.layers) {
+    analysis += l.seconds.analysis;
+    mitigation += l.seconds.mitigation;
+    for (const [k, v] of Object.entries(l.seconds.phases)) sums[k] = (sums[k] ?? 0) + v;
+  }
+  sums.analysis = analysis;
+  sums.mitigation = mitigation;
+  return Object.entries(sums)
+    .map(([k, v]) => `${k} ${v.toFixed(2)}`)
+    .join(', ');
+};
 const fmt = (/** @type {number[]} */ xs) => xs.map((x) => x.toFixed(2)).join(', ');
 /** @type {[string, number, string][]} */
 const rows = [
   ['PEFT `reduce_intruder_dimension` (median)', peer.median_s, `runs ${fmt(peer.runs_s)}; CPU ${fmt(peer.cpu_s)}`],
-  ['ours, cold (W SVDs computed)', cold.seconds, `CPU ${cold.cpuSeconds.toFixed(2)}`],
-  ['ours, W cached (2nd adapter, same base)', wCached.seconds, `CPU ${wCached.cpuSeconds.toFixed(2)}`],
+  ['ours, cold (fresh cache)', cold.seconds, `CPU ${cold.cpuSeconds.toFixed(2)}`],
+  ['ours, 2nd adapter on the same base (same cache)', wCached.seconds, `CPU ${wCached.cpuSeconds.toFixed(2)}`],
   ['ours, λ sweep (2nd λ, same adapter)', sweep.seconds, `CPU ${sweep.cpuSeconds.toFixed(2)}`],
 ];
 const table = [
@@ -113,6 +156,19 @@ const table = [
   ...rows.map(
     ([name, s, runs]) => `| ${name} | ${Number(s).toFixed(2)} | ${(Number(s) / peer.median_s).toFixed(2)}× | ${runs} |`,
   ),
+  '',
+  ...(with64.length
+    ? [
+        `against PEFT's algorithm in float64 (peer, ${with64.length} layers): ours max relative error ${worstOf('oursVs64')[1].toExponential(2)} (${worstOf('oursVs64')[0]}), PEFT's float32 ${worstOf('peftVs64')[1].toExponential(2)} (${worstOf('peftVs64')[0]}); W + ΔW's σ₉…σ₁₂ at ${worstAt}: ${(
+          peer.svals64?.[worstAt] ?? []
+        )
+          .slice(8, 12)
+          .map((/** @type {number} */ x) => x.toFixed(5))
+          .join(', ')}`,
+        '',
+      ]
+    : []),
+  `phases (wall s summed over layers; the rest of a run is reading factors and writing the new adapter): cold: ${phaseSums(cold)}; 2nd adapter: ${phaseSums(wCached)}; λ sweep: ${phaseSums(sweep)}`,
   '',
   `parity: intruder counts equal on ${countsEqual}/${cold.report.layers.length} layers (PEFT ${peer.total_intruders} in all, ours ${total}); new ΔW max relative error ${worst.toExponential(2)} (${worstAt}); W SVDs computed ${stats.computed}, methods ${[...new Set(cold.report.layers.map((l) => l.method.replace(/\d+/g, '#')))].join(', ')}`,
 ];
@@ -133,6 +189,9 @@ if (process.env.OUT)
         worst,
         worstAt,
         stats,
+        perLayer,
+        methods: Object.fromEntries(cold.report.layers.map((l) => [l.path, l.method])),
+        methodsCached: Object.fromEntries(wCached.report.layers.map((l) => [l.path, l.method])),
       },
       null,
       1,

@@ -17,6 +17,7 @@ prints peer.json. CUDA's solver is warmed up on a small SVD first, so its one-ti
 import argparse
 import json
 import os
+import sys
 import platform
 import statistics
 import time
@@ -60,6 +61,36 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def reference64(model, counts, svals, out_dir):
+    """PEFT's algorithm in float64 (untimed) where all top_k directions are intruders: ref64.safetensors."""
+    # untimed: the same reduction in float64 where PEFT found all top_k (10) directions intruders,
+    # so the intruder set is known without W's SVD; the rank-r step from the stacked factors' QR
+    ref = {}
+    lam, top_k = 0.75, 10
+    with torch.no_grad():
+        for n, m in model.named_modules():
+            if not (hasattr(m, "lora_B") and "default" in m.lora_B):
+                continue
+            path = n.removeprefix("base_model.model.")
+            w = m.base_layer.weight.double()
+            s = m.scaling["default"]
+            b = m.lora_B["default"].weight.double()
+            a = m.lora_A["default"].weight.double()
+            u, sv, vh = torch.linalg.svd(w + s * (b @ a), full_matrices=False)
+            svals[path] = sv[:12].tolist()
+            if counts.get(path) != top_k:
+                continue
+            left = torch.cat([b, ((lam - 1) / s) * u[:, :top_k] * sv[:top_k]], dim=1)
+            right = torch.cat([a, vh[:top_k]], dim=0)
+            q1, r1 = torch.linalg.qr(left)
+            q2, r2 = torch.linalg.qr(right.T)
+            uc, sc, vch = torch.linalg.svd(r1 @ r2.T)
+            r = b.shape[1]
+            ba = (q1 @ uc[:, :r]) @ torch.diag(sc[:r]) @ (vch[:r] @ q2.T)
+            ref[f"{path}.BA"] = ba.float().cpu().contiguous()
+    save_file(ref, os.path.join(out_dir, "ref64.safetensors"))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", choices=["123m", "fortune"], default="123m")
@@ -69,6 +100,9 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--b-std", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--reference64", action="store_true",
+                   help="after the timed runs, PEFT's algorithm in float64 (W + ΔW's SVD in float64, the mitigation "
+                        "from stacked factors) for every layer whose top_k directions are all intruders: ref64.safetensors")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,7 +146,14 @@ def main():
             save_file(tensors, os.path.join(args.dir, "peft-reduced.safetensors"))
         model.set_adapter("default")
         model.delete_adapter(name)
+    svals = {}
+    try:
+        if args.reference64:
+            reference64(model, counts, svals, args.dir)
+    except Exception as err:  # the timed results above still get written
+        print(f"reference64 failed: {err!r}", file=sys.stderr)
     record = {
+        "svals64": svals,
         "peer": f"PEFT {peft.__version__} / PyTorch {torch.__version__} / transformers {transformers.__version__}",
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),

@@ -1,3 +1,4 @@
+import * as tf from '@tensorflow/tfjs-core';
 import { IntruderReductionError } from './errors';
 import type { WeightSvdCache } from './weight-svd-cache';
 
@@ -27,6 +28,20 @@ export interface IntruderSettings {
    * Without one, the SVDs are freed when the call returns.
    */
   svdCache?: WeightSvdCache;
+  /**
+   * Report every cosine exactly (default false). Without it, a layer of m ≤ n whose leading
+   * directions are all provably intruders is decided without W's SVD and reports upper bounds for
+   * their cosines (`cosineBound` in the layer's report); the intruders and the new factors are the
+   * same either way.
+   */
+  exactCosines?: boolean;
+  /**
+   * Whether to try that certificate before W's SVD (default: on a GPU backend, not on `cpu` or
+   * `wasm`). It replaces W's SVD with a few dozen products with the m×n W + ΔW and Wᵀ: nearly free on a
+   * GPU, but on a CPU backend each costs O(m·n) of host time and the one SVD of W, kept by
+   * `svdCache` for later calls, is cheaper. The intruders and the new factors are the same either way.
+   */
+  certify?: boolean;
   /** Stops the work between layers (the promise rejects with the signal's reason; nothing is changed). */
   signal?: AbortSignal;
   /** Called after each layer: how many are done, of how many, and the one just done. */
@@ -38,12 +53,22 @@ export interface ResolvedSettings {
   topK: number;
   thresholdEpsilon: number;
   mitigationLambda: number;
+  exactCosines: boolean;
+  /** {@link IntruderSettings.certify}, with its default for the backend active when the call began. */
+  certify: boolean;
   log: (line: string) => void;
 }
 
 /** PEFT's defaults and our checks: a clear error naming the value, before any work. */
 export function resolveSettings(options: IntruderSettings): ResolvedSettings {
-  const { topK = 10, thresholdEpsilon = 0.5, mitigationLambda = 0.75, loggingSink } = options;
+  const {
+    topK = 10,
+    thresholdEpsilon = 0.5,
+    mitigationLambda = 0.75,
+    loggingSink,
+    exactCosines = false,
+    certify = !['cpu', 'wasm'].includes(tf.getBackend()),
+  } = options;
   if (!Number.isInteger(topK) || topK < 1)
     throw new IntruderReductionError(
       `topK ${JSON.stringify(topK)} is not a positive integer; it is how many leading singular vectors are examined (PEFT's default is 10)`,
@@ -59,7 +84,11 @@ export function resolveSettings(options: IntruderSettings): ResolvedSettings {
   if (loggingSink !== undefined && loggingSink !== null && typeof loggingSink !== 'function')
     throw new IntruderReductionError('loggingSink must be a function taking one line, or null to silence it');
   const log = loggingSink === null ? () => {} : (loggingSink ?? ((line: string) => console.log(line)));
-  return { topK, thresholdEpsilon, mitigationLambda, log };
+  if (typeof exactCosines !== 'boolean')
+    throw new IntruderReductionError(`exactCosines ${JSON.stringify(exactCosines)} must be true or false`);
+  if (typeof certify !== 'boolean')
+    throw new IntruderReductionError(`certify ${JSON.stringify(certify)} must be true or false`);
+  return { topK, thresholdEpsilon, mitigationLambda, exactCosines, certify, log };
 }
 
 /** Rejects with the signal's reason when it has fired. */

@@ -107,9 +107,15 @@ describe('reduceIntruderTensors: inputs that do not fit', () => {
     const adapter = adapterOf('gpt');
     const base = readFixture('gpt/base.safetensors');
     const cache = new WeightSvdCache();
-    const one = await reduceIntruderTensors(adapter, base, { loggingSink: null, svdCache: cache });
-    const two = await reduceIntruderTensors(adapter, base, { loggingSink: null, svdCache: cache, mitigationLambda: 0 });
-    expect(cache.stats).toMatchObject({ computed: 3, hits: 3, analysisHits: 3 });
+    const exactCosines = true;
+    const one = await reduceIntruderTensors(adapter, base, { loggingSink: null, svdCache: cache, exactCosines });
+    const two = await reduceIntruderTensors(adapter, base, {
+      loggingSink: null,
+      svdCache: cache,
+      mitigationLambda: 0,
+      exactCosines,
+    });
+    expect(cache.stats).toMatchObject({ computed: 3, hits: 0, analysisHits: 3 });
     cache.dispose();
     tf.dispose([
       ...Object.values(one.tensors),

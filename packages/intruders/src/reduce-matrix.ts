@@ -19,15 +19,28 @@ export interface MatrixProblem {
 
 /** W + ΔW's leading directions and how close each is to W's: what the thresholds are applied to. */
 export interface MatrixAnalysis {
-  /** For each leading direction i < min(topK, k): max_j |⟨u_i(W + ΔW), u_j(W)⟩|. */
+  /**
+   * For each leading direction i < min(topK, k): max_j |⟨u_i(W + ΔW), u_j(W)⟩| — or, when
+   * `cosineBound` is true, an upper bound on it (found without W's SVD, below the threshold).
+   */
   cosine: Float64Array;
+  /** Whether `cosine` holds upper bounds (the certified path) rather than the cosines themselves. */
+  cosineBound: boolean;
   /** W + ΔW's singular values of those directions. */
   singularValues: Float64Array;
   /** Their left (m×t) and right (n×t) singular vectors. */
   u: Matrix64;
   v: Matrix64;
-  /** How the triplets were found: block Lanczos on the core (its last space's dimension, the cycles) or a dense SVD of the core. */
-  method: { kind: 'krylov'; dimension: number; cycles: number } | { kind: 'dense'; size: [number, number] };
+  /**
+   * How the triplets were found: block Lanczos on the core (its last space's dimension, the cycles), a
+   * dense SVD of the core, or subspace iteration on W + ΔW itself (its iterations) with exact cosines
+   * from W's SVD ('sum') or certified bounds without it ('certified', with the Lanczos steps).
+   */
+  method:
+    | { kind: 'krylov'; dimension: number; cycles: number }
+    | { kind: 'dense'; size: [number, number] }
+    | { kind: 'sum'; iterations: number }
+    | { kind: 'certified'; iterations: number; lanczosSteps: number };
 }
 
 /** What one layer's reduction found and made. */
@@ -166,6 +179,7 @@ export async function analyseMatrix(problem: MatrixProblem, topK: number): Promi
   };
   return {
     cosine,
+    cosineBound: false,
     singularValues: top.s,
     u: await lift(weight.U, false, p?.basis, top.u),
     v: await lift(weight.Vh, true, q?.basis, top.v),
@@ -252,6 +266,15 @@ export async function reduceMatrix(
   known?: MatrixAnalysis,
 ): Promise<MatrixReduction> {
   const analysis = known ?? (await analyseMatrix(problem, settings.topK));
+  return thresholdAndMitigate(problem, settings, analysis);
+}
+
+/** PEFT's threshold on an analysis, then {@link mitigate} of the intruders found (none: null factors). */
+export function thresholdAndMitigate(
+  problem: Pick<MatrixProblem, 'left' | 'right' | 'scaling'>,
+  settings: { topK: number; thresholdEpsilon: number; mitigationLambda: number },
+  analysis: MatrixAnalysis,
+): MatrixReduction {
   const examined = Math.min(settings.topK, analysis.cosine.length);
   const intruders = [...analysis.cosine.subarray(0, examined).keys()].filter(
     (i) => (analysis.cosine[i] as number) < settings.thresholdEpsilon,

@@ -45,12 +45,34 @@ export class WeightSvdCache {
   private readonly entries = new Map<string, Entry>();
   /** Per layer, one entry per set of factors seen (several adapters on one base do not evict each other). */
   private readonly analyses = new Map<string, AnalysisEntry[]>();
+  /** Per tall weight, the largest certified lower bound on λ_min(WᵀW). */
+  private readonly floors = new Map<string, { version: object | null; floor: number }>();
   /** Lookups answered from the cache, and decompositions computed (for tests and logs). */
   readonly stats = { hits: 0, computed: 0, analysisHits: 0, analysesComputed: 0 };
 
   /** Entries held. */
   get size(): number {
     return this.entries.size;
+  }
+
+  /**
+   * A certified lower bound on λ_min(WᵀW) for a tall weight (0: none yet), kept so that later
+   * adapters on the same base skip the Cholesky factorisation that certifies it. @internal
+   */
+  floorOf(key: string, version: object | null): number {
+    const found = this.floors.get(key);
+    return found && found.version === version ? found.floor : 0;
+  }
+
+  /** Records a certified floor (the largest one is kept). @internal */
+  recordFloor(key: string, version: object | null, floor: number): void {
+    if (floor > this.floorOf(key, version)) this.floors.set(key, { version, floor });
+  }
+
+  /** Whether the SVD for `key` at `version` is held (or being computed). @internal */
+  has(key: string, version: object | null): boolean {
+    const found = this.entries.get(key);
+    return !!found && found.version === version;
   }
 
   /**
@@ -77,7 +99,8 @@ export class WeightSvdCache {
   /**
    * The leading directions of W + ΔW for one layer and adapter (what does not depend on the threshold
    * or λ), reused while every object or string in `versions` (the weight's and the factors' data, or
-   * their hashes) is the same and `topK` is no larger than before.
+   * their hashes) is the same, `topK` is no larger than before and `usable` accepts it (an analysis
+   * with bounds for the cosines decides only thresholds above them).
    * @internal
    */
   async analysisOf(
@@ -85,14 +108,18 @@ export class WeightSvdCache {
     versions: readonly (object | string)[],
     topK: number,
     compute: () => Promise<MatrixAnalysis>,
+    usable: (analysis: MatrixAnalysis) => boolean = () => true,
   ): Promise<MatrixAnalysis> {
     const same = (e: AnalysisEntry) =>
       e.versions.length === versions.length && e.versions.every((v, i) => v === versions[i]);
     const held = this.analyses.get(key) ?? [];
     const found = held.find((e) => same(e) && e.topK >= topK);
     if (found) {
-      this.stats.analysisHits++;
-      return found.value;
+      const value = await found.value.catch(() => null);
+      if (value && usable(value)) {
+        this.stats.analysisHits++;
+        return value;
+      }
     }
     const value = compute();
     this.stats.analysesComputed++;
@@ -122,6 +149,7 @@ export class WeightSvdCache {
   dispose(): void {
     for (const [key, entry] of [...this.entries]) this.evict(key, entry);
     this.analyses.clear();
+    this.floors.clear();
   }
 }
 
