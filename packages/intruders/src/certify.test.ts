@@ -241,7 +241,7 @@ async function layerOf(
   left: Matrix64,
   right: Matrix64,
   epsilon: number,
-  { exactCosines = false, certify = true as boolean | undefined } = {},
+  { exactCosines = false, certify = true as boolean | 'default' } = {},
 ) {
   const { rows: m, cols: n } = w;
   const cache = new WeightSvdCache();
@@ -264,7 +264,7 @@ async function layerOf(
     loggingSink: null,
     exactCosines,
     // the tests run on the cpu backend, where the default is not to try the certificate
-    ...(certify === undefined ? {} : { certify }),
+    ...(certify === 'default' ? {} : { certify }),
   });
   const out = await reduceLayer(input, settings, cache);
   const computed = cache.stats.computed;
@@ -319,7 +319,7 @@ describe('whether the certificate is tried', () => {
     const { w, left, right } = placed(130, 150, 0.85);
     await assertNoLeaks(async () => {
       const tried = await layerOf(w, left, right, 0.9);
-      const byDefault = await layerOf(w, left, right, 0.9, { certify: undefined });
+      const byDefault = await layerOf(w, left, right, 0.9, { certify: 'default' });
       expect(tried.report.cosineBound).toBe(true);
       expect(tried.computed).toBe(0);
       expect(byDefault.report.cosineBound).toBe(false);
