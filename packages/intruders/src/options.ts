@@ -42,6 +42,14 @@ export interface IntruderSettings {
    * `svdCache` for later calls, is cheaper. The intruders and the new factors are the same either way.
    */
   certify?: boolean;
+  /**
+   * How many layers are analysed at once (default: 4 on a GPU backend, 1 on `cpu` and `wasm`). On a
+   * GPU a layer's work waits on read-backs (the subspace iteration and the Lanczos steps read a few
+   * numbers each); other layers' work fills those waits. The results, PEFT's log lines and
+   * `onProgress` calls come in layer order whatever the value; each layer in flight holds its W + ΔW
+   * (m·n floats) on the backend.
+   */
+  concurrency?: number;
   /** Stops the work between layers (the promise rejects with the signal's reason; nothing is changed). */
   signal?: AbortSignal;
   /** Called after each layer: how many are done, of how many, and the one just done. */
@@ -56,6 +64,7 @@ export interface ResolvedSettings {
   exactCosines: boolean;
   /** {@link IntruderSettings.certify}, with its default for the backend active when the call began. */
   certify: boolean;
+  concurrency: number;
   log: (line: string) => void;
 }
 
@@ -68,6 +77,7 @@ export function resolveSettings(options: IntruderSettings): ResolvedSettings {
     loggingSink,
     exactCosines = false,
     certify = !['cpu', 'wasm'].includes(tf.getBackend()),
+    concurrency = ['cpu', 'wasm'].includes(tf.getBackend()) ? 1 : 4,
   } = options;
   if (!Number.isInteger(topK) || topK < 1)
     throw new IntruderReductionError(
@@ -88,7 +98,11 @@ export function resolveSettings(options: IntruderSettings): ResolvedSettings {
     throw new IntruderReductionError(`exactCosines ${JSON.stringify(exactCosines)} must be true or false`);
   if (typeof certify !== 'boolean')
     throw new IntruderReductionError(`certify ${JSON.stringify(certify)} must be true or false`);
-  return { topK, thresholdEpsilon, mitigationLambda, exactCosines, certify, log };
+  if (!Number.isInteger(concurrency) || concurrency < 1)
+    throw new IntruderReductionError(
+      `concurrency ${JSON.stringify(concurrency)} is not a positive integer; it is how many layers are analysed at once (1 analyses them one by one)`,
+    );
+  return { topK, thresholdEpsilon, mitigationLambda, exactCosines, certify, concurrency, log };
 }
 
 /** Rejects with the signal's reason when it has fired. */

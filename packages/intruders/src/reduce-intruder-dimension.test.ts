@@ -224,6 +224,8 @@ describe('reduceIntruderDimension: refusals leave the model as it was', () => {
       [{ topK: 2.5 }, /topK 2.5/],
       [{ thresholdEpsilon: Number.NaN }, /thresholdEpsilon null is not a finite number/],
       [{ mitigationLambda: '0.5' }, /mitigationLambda "0.5" is not a finite number/],
+      [{ concurrency: 0 }, /concurrency 0 is not a positive integer; it is how many layers are analysed at once/],
+      [{ certify: 1 }, /certify 1 must be true or false/],
     ];
     for (const [options, message] of cases) {
       const e = await reduceIntruderDimension(peft, { ...quiet, ...options }).catch((x: unknown) => x);
@@ -272,6 +274,56 @@ describe('reduceIntruderDimension: refusals leave the model as it was', () => {
     expect((e as Error).message).toBe('stop');
     expect(peft.adapters).toEqual(['default']);
     expect(peft.activeAdapters).toEqual(['default']);
+    expect(tf.memory().numTensors).toBe(count);
+    peft.dispose();
+  });
+});
+
+describe('reduceIntruderDimension: layers analysed at once', () => {
+  it('gives the same log lines, in layer order, the same reports and the same new factors as one at a time', async () => {
+    const runs = [];
+    for (const concurrency of [1, 3]) {
+      const peft = await fixtureModel('gpt');
+      randomise(peft, 'default', 0.3, 5);
+      const lines: string[] = [];
+      const progress: string[] = [];
+      const report = await reduceIntruderDimension(peft, {
+        concurrency,
+        certify: true,
+        loggingSink: (l) => lines.push(l),
+        onProgress: (done, total, path) => progress.push(`${done}/${total} ${path}`),
+      });
+      const deltas: Float32Array[] = [];
+      for (const [, layer] of peft.loraLayers()) {
+        const d = getDeltaWeight(layer, 'intruder_reduced');
+        deltas.push((await d.data()) as Float32Array);
+        d.dispose();
+      }
+      runs.push({ lines, progress, layers: report.layers.map((l) => [l.path, l.intruders, l.cosine]), deltas });
+      peft.dispose();
+    }
+    const [one, three] = runs as [(typeof runs)[0], (typeof runs)[0]];
+    expect(one.lines.length).toBeGreaterThan(3);
+    expect(three.lines).toEqual(one.lines);
+    expect(three.progress).toEqual(one.progress);
+    expect(three.layers).toEqual(one.layers);
+    expect(three.deltas).toEqual(one.deltas);
+  });
+
+  it('stops on an abort with layers in flight: nothing added, nothing leaked', async () => {
+    const peft = await fixtureModel();
+    const count = tf.memory().numTensors;
+    const controller = new AbortController();
+    const e = await reduceIntruderDimension(peft, {
+      ...quiet,
+      concurrency: 3,
+      signal: controller.signal,
+      onProgress: (done) => {
+        if (done === 1) controller.abort(new Error('stop'));
+      },
+    }).catch((x: unknown) => x);
+    expect((e as Error).message).toBe('stop');
+    expect(peft.adapters).toEqual(['default']);
     expect(tf.memory().numTensors).toBe(count);
     peft.dispose();
   });

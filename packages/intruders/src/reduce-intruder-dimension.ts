@@ -4,6 +4,7 @@ import { storedWeightRefusal } from '@lora/nn';
 import { IntruderReductionError } from './errors';
 import { factorLayout } from './layouts';
 import { type IntruderSettings, checkAborted, resolveSettings } from './options';
+import { runInOrder } from './in-order';
 import { type IntruderLayerReport, type LayerInput, reduceLayer } from './reduce-layer';
 import { WeightSvdCache } from './weight-svd-cache';
 
@@ -132,14 +133,23 @@ export async function reduceIntruderDimension(
   const results: { layer: TunerLayer; factors: { a: Float32Array; b: Float32Array } | null }[] = [];
   const reports: IntruderLayerReport[] = [];
   try {
-    for (const [i, [path, layer, input]] of layers.entries()) {
-      checkAborted(options.signal);
-      const [aValues, bValues] = await Promise.all([layer.factorA(oldName).data(), layer.factorB(oldName).data()]);
-      const { report, factors } = await reduceLayer({ ...input, a: aValues, b: bValues }, settings, cache);
-      reports.push(report);
-      results.push({ layer, factors });
-      options.onProgress?.(i + 1, layers.length, path);
-    }
+    await runInOrder(
+      layers.length,
+      settings.concurrency,
+      async (i) => {
+        const [, layer, input] = layers[i] as (typeof layers)[number];
+        const [aValues, bValues] = await Promise.all([layer.factorA(oldName).data(), layer.factorB(oldName).data()]);
+        return reduceLayer({ ...input, a: aValues, b: bValues }, settings, cache);
+      },
+      (i, { report, factors, line }) => {
+        const [path, layer] = layers[i] as (typeof layers)[number];
+        settings.log(line);
+        reports.push(report);
+        results.push({ layer, factors });
+        options.onProgress?.(i + 1, layers.length, path);
+      },
+      options.signal,
+    );
     checkAborted(options.signal);
   } finally {
     if (!options.svdCache) cache.dispose();

@@ -3,6 +3,7 @@ import { type AdapterFiles, adapterTargets, loraFactorKeys, moduleScaling } from
 import { IntruderReductionError } from './errors';
 import { factorLayout } from './layouts';
 import { type IntruderSettings, checkAborted, resolveSettings } from './options';
+import { runInOrder } from './in-order';
 import { type IntruderLayerReport, reduceLayer } from './reduce-layer';
 import { WeightSvdCache, contentKey } from './weight-svd-cache';
 
@@ -70,8 +71,8 @@ export async function reduceIntruderTensors(
   const out: Record<string, tf.Tensor> = {};
   const layers: IntruderLayerReport[] = [];
   try {
-    for (const [i, [path, kind]] of targets.entries()) {
-      checkAborted(options.signal);
+    const start = async (i: number) => {
+      const [path, kind] = targets[i] as (typeof targets)[number];
       const [aKey, bKey] = loraFactorKeys(path, kind === 'embedding');
       const a = tensors[aKey];
       const b = tensors[bKey];
@@ -108,7 +109,7 @@ export async function reduceIntruderTensors(
       );
       const [aValues, bValues] = (await Promise.all([a.data(), b.data()])) as [Float32Array, Float32Array];
       const weightKey = await contentKey(w.values, w.shape);
-      const { report, factors } = await reduceLayer(
+      const reduced = await reduceLayer(
         {
           path,
           layout,
@@ -123,13 +124,23 @@ export async function reduceIntruderTensors(
         settings,
         cache,
       );
-      layers.push(report);
-      if (factors) {
-        out[aKey] = tf.tensor(factors.a, a.shape);
-        out[bKey] = tf.tensor(factors.b, b.shape);
-      }
-      options.onProgress?.(i + 1, targets.length, path);
-    }
+      return { ...reduced, path, aKey, bKey, aShape: a.shape, bShape: b.shape };
+    };
+    await runInOrder(
+      targets.length,
+      settings.concurrency,
+      start,
+      (i, { report, factors, line, path, aKey, bKey, aShape, bShape }) => {
+        settings.log(line);
+        layers.push(report);
+        if (factors) {
+          out[aKey] = tf.tensor(factors.a, aShape);
+          out[bKey] = tf.tensor(factors.b, bShape);
+        }
+        options.onProgress?.(i + 1, targets.length, path);
+      },
+      options.signal,
+    );
     checkAborted(options.signal);
   } catch (e) {
     tf.dispose(Object.values(out));

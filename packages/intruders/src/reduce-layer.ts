@@ -48,14 +48,15 @@ export interface LayerInput {
 }
 
 /**
- * PEFT's per-layer step, logged as PEFT logs it: the new A and B values (in their own shapes), or
- * null when there are no intruders (PEFT copies the old factors).
+ * PEFT's per-layer step: the new A and B values (in their own shapes), or null when there are no
+ * intruders (PEFT copies the old factors), and the line PEFT logs for the layer (the caller logs it,
+ * in layer order).
  */
 export async function reduceLayer(
   input: LayerInput,
   settings: ResolvedSettings,
   cache: WeightSvdCache,
-): Promise<{ report: IntruderLayerReport; factors: { a: Float32Array; b: Float32Array } | null }> {
+): Promise<{ report: IntruderLayerReport; factors: { a: Float32Array; b: Float32Array } | null; line: string }> {
   const { layout, scaling } = input;
   const { left, right } = factorsToMatrices(layout, input.a, input.b);
   const epsilon = settings.thresholdEpsilon;
@@ -72,9 +73,7 @@ export async function reduceLayer(
   const result = thresholdAndMitigate({ left, right, scaling }, settings, analysis);
   const t2 = performance.now();
   const module = `base_model.model.${input.path}`;
-  settings.log(
-    result.intruders.length ? `${module}: Intruders: ${result.intruders.length}` : `${module}: No intruders`,
-  );
+  const line = result.intruders.length ? `${module}: Intruders: ${result.intruders.length}` : `${module}: No intruders`;
   const examined = Math.min(settings.topK, analysis.cosine.length);
   const report: IntruderLayerReport = {
     path: input.path,
@@ -89,6 +88,7 @@ export async function reduceLayer(
   return {
     report,
     factors: result.factors ? matricesToFactors(layout, result.factors.left, result.factors.right) : null,
+    line,
   };
 }
 
