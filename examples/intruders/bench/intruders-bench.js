@@ -47,13 +47,16 @@ await loadAdapter(peft, peer.adapter_dir, { adapterName: 'second' });
 log(`loaded in ${((performance.now() - t) / 1000).toFixed(1)} s`);
 
 const cache = new WeightSvdCache();
-/** @param {string} label @param {import('@lora/intruders').ReduceIntruderDimensionOptions} options */
-async function timed(label, options) {
+/**
+ * @param {string} label @param {import('@lora/intruders').ReduceIntruderDimensionOptions} options
+ * @param {WeightSvdCache} [svdCache] the shared cache unless given
+ */
+async function timed(label, options, svdCache = cache) {
   const start = performance.now();
   const cpu0 = process.cpuUsage();
   const report = await reduceIntruderDimension(peft, {
     ...options,
-    svdCache: cache,
+    svdCache,
     loggingSink: null,
     // every layer, so that a run cut short by its time limit still says how far it got
     onProgress: (done, total, path) =>
@@ -69,6 +72,18 @@ const cold = await timed('cold', { newAdapterName: 'ours' });
 const stats = { ...cache.stats };
 const wCached = await timed('W cached', { oldAdapterName: 'second', newAdapterName: 'ours_second' });
 const sweep = await timed('λ sweep', { newAdapterName: 'ours_half', mitigationLambda: 0.5 });
+// cold again with fresh caches, the shaders compiled: the default (layers analysed at once on a GPU) and one at a time
+/** @param {string} label @param {import('@lora/intruders').ReduceIntruderDimensionOptions} options */
+const coldAgain = async (label, options) => {
+  const fresh = new WeightSvdCache();
+  try {
+    return await timed(label, options, fresh);
+  } finally {
+    fresh.dispose();
+  }
+};
+const coldWarm = await coldAgain('cold again', { newAdapterName: 'ours_again' });
+const coldOne = await coldAgain('cold again, concurrency 1', { newAdapterName: 'ours_one', concurrency: 1 });
 
 // parity with PEFT: counts per layer, and the new ΔW = B·A of each layer (relative to its largest entry)
 const reduced = await loadSafetensors(join(dir, 'peft-reduced.safetensors'));
@@ -145,6 +160,8 @@ const rows = [
   ['ours, cold (fresh cache)', cold.seconds, `CPU ${cold.cpuSeconds.toFixed(2)}`],
   ['ours, 2nd adapter on the same base (same cache)', wCached.seconds, `CPU ${wCached.cpuSeconds.toFixed(2)}`],
   ['ours, λ sweep (2nd λ, same adapter)', sweep.seconds, `CPU ${sweep.cpuSeconds.toFixed(2)}`],
+  ['ours, cold again (fresh cache, shaders compiled)', coldWarm.seconds, `CPU ${coldWarm.cpuSeconds.toFixed(2)}`],
+  ['ours, cold again, one layer at a time (`concurrency: 1`)', coldOne.seconds, `CPU ${coldOne.cpuSeconds.toFixed(2)}`],
 ];
 const table = [
   `### intruder reduction, ${peer.model === '123m' ? `123M-shaped Llama, ${peer.layers} decoder layers` : 'fortune-llama'}, r 16 on all seven targets (${cold.report.layers.length} layers)`,
@@ -168,7 +185,7 @@ const table = [
         '',
       ]
     : []),
-  `phases (wall s summed over layers; the rest of a run is reading factors and writing the new adapter): cold: ${phaseSums(cold)}; 2nd adapter: ${phaseSums(wCached)}; λ sweep: ${phaseSums(sweep)}`,
+  `phases (wall s summed over layers; the rest of a run is reading factors and writing the new adapter): cold: ${phaseSums(cold)}; 2nd adapter: ${phaseSums(wCached)}; λ sweep: ${phaseSums(sweep)}; cold, one at a time: ${phaseSums(coldOne)} (with layers at once the phases overlap, so their sums exceed the wall time)`,
   '',
   `parity: intruder counts equal on ${countsEqual}/${cold.report.layers.length} layers (PEFT ${peer.total_intruders} in all, ours ${total}); new ΔW max relative error ${worst.toExponential(2)} (${worstAt}); W SVDs computed ${stats.computed}, methods ${[...new Set(cold.report.layers.map((l) => l.method.replace(/\d+/g, '#')))].join(', ')}`,
 ];
