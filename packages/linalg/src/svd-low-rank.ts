@@ -120,6 +120,86 @@ function invertUpper(r: Float64Array, k: number): Float64Array {
   return inv;
 }
 
+/** The largest |GᵢⱼG − δᵢⱼ| of a k×k Gram matrix QᵀQ read back (row-major): how far Q is from orthonormal. */
+export function orthogonalityDeviation(g: ArrayLike<number>, k: number, offset = 0): number {
+  let dev = 0;
+  for (let i = 0; i < k; i++)
+    for (let j = 0; j < k; j++) dev = Math.max(dev, Math.abs((g[offset + i * k + j] as number) - (i === j ? 1 : 0)));
+  return dev;
+}
+
+/** QᵀQ on the backend (Qᵀ formed first where a product with a transposed operand is slow). */
+function gramTensor(q: tf.Tensor2D, explicitTranspose: boolean): tf.Tensor2D {
+  return tf.tidy(() => (explicitTranspose ? tf.matMul(tf.transpose(q), q) : tf.matMul(q, q, true, false)));
+}
+
+/**
+ * CholeskyQR2 on the backend whose final orthogonality check is left to the caller: Q = X·R⁻¹ with
+ * R = R₂·R₁ upper triangular on the host (so X = Q·R), from two k×k Gram matrices read back; `check`
+ * is QᵀQ on the backend, not read, for the caller to read with a later read-back and test with
+ * {@link orthogonalityDeviation} (above 1e-5: Q is not to be trusted). `alongside`, when given, is
+ * read back with the first Gram matrix, in the same round trip (`alongsideValues`). Null when a
+ * Cholesky factorisation fails. The caller keeps x (and `alongside`).
+ * @internal
+ */
+export async function choleskyQr2Deferred(
+  x: tf.Tensor2D,
+  explicitTranspose: boolean,
+  alongside?: tf.Tensor,
+): Promise<{ q: tf.Tensor2D; r: Float64Array; check: tf.Tensor2D; alongsideValues?: Float32Array } | null> {
+  const [m, k] = x.shape;
+  if (k > m) return null;
+  let alongsideValues: Float32Array | undefined;
+  let q: tf.Tensor2D = x;
+  let r: Float64Array | null = null;
+  for (let pass = 0; pass < 2; pass++) {
+    let values: Float32Array;
+    if (pass === 0 && alongside) {
+      const g = gramTensor(q, explicitTranspose);
+      const both = tf.tidy(() => tf.concat([tf.reshape(g, [-1]), tf.reshape(alongside, [-1])]));
+      g.dispose();
+      const all = (await both.data()) as Float32Array;
+      both.dispose();
+      values = all.subarray(0, k * k);
+      alongsideValues = all.slice(k * k);
+    } else {
+      const g = gramTensor(q, explicitTranspose);
+      values = (await g.data()) as Float32Array;
+      g.dispose();
+    }
+    const rPass = choleskyUpper(Float64Array.from(values), k);
+    if (!rPass?.every(Number.isFinite)) {
+      if (q !== x) q.dispose();
+      return null;
+    }
+    const inverse = Float32Array.from(invertUpper(rPass, k));
+    const rInv = tf.tensor2d(inverse, [k, k]);
+    const next = tf.matMul(q, rInv) as tf.Tensor2D;
+    rInv.dispose();
+    if (q !== x) q.dispose();
+    q = next;
+    r = r ? multiplyUpper(rPass, r, k) : rPass;
+  }
+  return {
+    q,
+    r: r as Float64Array,
+    check: gramTensor(q, explicitTranspose),
+    ...(alongsideValues ? { alongsideValues } : {}),
+  };
+}
+
+/** The product of two upper-triangular k×k matrices (row-major, float64). */
+function multiplyUpper(a: Float64Array, b: Float64Array, k: number): Float64Array {
+  const c = new Float64Array(k * k);
+  for (let i = 0; i < k; i++)
+    for (let j = i; j < k; j++) {
+      let s = 0;
+      for (let p = i; p <= j; p++) s += (a[i * k + p] as number) * (b[p * k + j] as number);
+      c[i * k + j] = s;
+    }
+  return c;
+}
+
 /**
  * CholeskyQR2 on the backend: Q = X·R⁻¹ with RᵀR = XᵀX, twice. Only k×k Gram matrices travel to
  * the CPU (for a float64 Cholesky), so a GPU keeps the tall sketch. In float32 this is reliable up to
@@ -127,36 +207,15 @@ function invertUpper(r: Float64Array, k: number): Float64Array {
  * it returns null and the caller falls back to Householder. The caller keeps ownership of x.
  */
 async function choleskyQr2(x: tf.Tensor2D, explicitTranspose: boolean): Promise<tf.Tensor2D | null> {
-  const [m, k] = x.shape;
-  if (k > m) return null;
-  const gram = async (q: tf.Tensor2D) => {
-    const g = tf.tidy(() => (explicitTranspose ? tf.matMul(tf.transpose(q), q) : tf.matMul(q, q, true, false)));
-    const values = Float64Array.from((await g.data()) as Float32Array);
-    g.dispose();
-    return values;
-  };
-  let q: tf.Tensor2D = x;
-  for (let pass = 0; pass < 2; pass++) {
-    const r = choleskyUpper(await gram(q), k);
-    if (!r?.every(Number.isFinite)) {
-      if (q !== x) q.dispose();
-      return null;
-    }
-    const rInv = tf.tensor2d(Float32Array.from(invertUpper(r, k)), [k, k]);
-    const next = tf.matMul(q, rInv) as tf.Tensor2D;
-    rInv.dispose();
-    if (q !== x) q.dispose();
-    q = next;
-  }
-  const g = await gram(q);
-  let dev = 0;
-  for (let i = 0; i < k; i++)
-    for (let j = 0; j < k; j++) dev = Math.max(dev, Math.abs((g[i * k + j] as number) - (i === j ? 1 : 0)));
-  if (!(dev < 1e-5)) {
-    q.dispose();
+  const done = await choleskyQr2Deferred(x, explicitTranspose);
+  if (!done) return null;
+  const g = await done.check.data();
+  done.check.dispose();
+  if (!(orthogonalityDeviation(g, x.shape[1]) < 1e-5)) {
+    done.q.dispose();
     return null;
   }
-  return q;
+  return done.q;
 }
 
 /**

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { Generator } from '@lora/tensor';
 import { type Matrix64, LinalgError, matrix64, svd, svdTruncated } from '@lora/linalg';
 import { describeEachBackend } from '@lora/tensor/testing';
@@ -88,6 +88,53 @@ await describeEachBackend('svdTruncated on tensors', () => {
     for (let i = 0; i < 16; i++)
       expect(Math.abs((S[i] as number) - (exact.S[i] as number))).toBeLessThan(1e-5 * (exact.S[0] as number));
     expect(truncationError(U, S, Vh, exact, 16)).toBeLessThan(1e-5);
+  });
+
+  it('reads back six small matrices an iteration (CholeskyQR2 checks ride along with other reads)', async () => {
+    const t = tf.tensor2d(Float32Array.from(a.data), [a.rows, a.cols]);
+    const reads = vi.spyOn(tf.Tensor.prototype, 'data');
+    try {
+      const r = await svdTruncated(t, { rank: 16 });
+      // the random start's checked CholeskyQR2 (three), then six an iteration: two Gram matrices of a·z
+      // (the first with z's check), Qᵀ·a·z, the residuals with Q's check, two Gram matrices of aᵀ·U
+      expect(reads.mock.calls.length).toBeLessThanOrEqual(6 * r.iterations + 3);
+      expect([r.converged, r.checked]).toEqual([true, 0]);
+      tf.dispose([r.U, r.S, r.Vh]);
+    } finally {
+      reads.mockRestore();
+      t.dispose();
+    }
+  });
+
+  it('takes the checked path where CholeskyQR2 fails in float32 (a graded spectrum), with the same accuracy', async () => {
+    // singular values 10^(−8·i/23): across the 24 columns the iteration carries, a·z is far too
+    // ill-conditioned for a Cholesky of its float32 Gram matrix
+    const g = new Generator(5);
+    const q1 = svd({ rows: 240, cols: 160, data: g.fillNormal64(new Float64Array(240 * 160)) }).U;
+    const q2 = svd({ rows: 200, cols: 160, data: g.fillNormal64(new Float64Array(200 * 160)) }).U;
+    const sigma = Float64Array.from({ length: 160 }, (_, i) => 10 ** ((-8 * i) / 23));
+    const graded = new Float64Array(240 * 200);
+    for (let i = 0; i < 240; i++)
+      for (let j = 0; j < 200; j++) {
+        let v = 0;
+        for (let p = 0; p < 160; p++)
+          v += (q1.data[i * 160 + p] as number) * (sigma[p] as number) * (q2.data[j * 160 + p] as number);
+        graded[i * 200 + j] = v;
+      }
+    const m = { rows: 240, cols: 200, data: Float64Array.from(Float32Array.from(graded)) };
+    const want = svd(m);
+    const t = tf.tensor2d(Float32Array.from(m.data), [240, 200]);
+    const before = tf.memory().numTensors;
+    const r = await svdTruncated(t, { rank: 8 });
+    expect(r.checked).toBeGreaterThan(0);
+    expect(tf.memory().numTensors).toBe(before + 3);
+    const S = Float64Array.from(await r.S.data());
+    const U = matrix64(240, 8, await r.U.data());
+    const Vh = matrix64(8, 200, await r.Vh.data());
+    tf.dispose([t, r.U, r.S, r.Vh]);
+    for (let i = 0; i < 8; i++)
+      expect(Math.abs((S[i] as number) - (want.S[i] as number))).toBeLessThan(1e-5 * (want.S[0] as number));
+    expect(truncationError(U, S, Vh, want, 8)).toBeLessThan(1e-4);
   });
 
   it('decomposes small matrices whole, stops on an aborted signal, and reports progress', async () => {

@@ -5,7 +5,7 @@ import { type LongRunOptions, checkpoints } from './long-run';
 import { type Matrix64, assertFiniteTensor, isMatrix64 } from './matrix64';
 import { type SvdTensors, svd } from './svd';
 import { type Svd64, svd64 } from './svd-float64';
-import { orthonormalizeTensor } from './svd-low-rank';
+import { choleskyQr2Deferred, orthogonalityDeviation, orthonormalizeTensor } from './svd-low-rank';
 
 /** Options of {@link svdTruncated}. */
 export interface SvdTruncatedOptions extends LongRunOptions {
@@ -34,6 +34,12 @@ export interface SvdTruncatedTensors extends SvdTensors {
   residual: number;
   /** Whether `residual ≤ tol` (false: stopped at `maxIterations` or where float32 rounding stalled it). */
   converged: boolean;
+  /**
+   * Orthonormalisations that took the checked path (CholeskyQR2 failed or strayed from orthonormal in
+   * float32, so the basis was made again with its result read back, or by Householder): each costs a
+   * few more read-backs. 0 for a well-conditioned iteration.
+   */
+  checked: number;
 }
 
 function truncate64(r: Svd64, k: number): Svd64 {
@@ -111,7 +117,7 @@ async function truncatedTensor(
   const width = Math.min(k + oversample, m, n);
   if (Math.min(m, n) < 128 || 2 * width > Math.min(m, n)) {
     const whole = await svd(a, { signal: options.signal, onProgress: options.onProgress });
-    return { ...truncateTensors(whole, k), iterations: 0, residual: 0, converged: true };
+    return { ...truncateTensors(whole, k), iterations: 0, residual: 0, converged: true, checked: 0 };
   }
   await assertFiniteTensor(a, 'svdTruncated');
   const check = checkpoints(options);
@@ -123,41 +129,97 @@ async function truncatedTensor(
       : tf.matMul(a, x, true, false)) as tf.Tensor2D;
   const g = new Generator(options.seed ?? 0);
   let z = await orthonormalizeTensor(tf.tensor2d(g.fillNormal(new Float32Array(n * width)), [n, width]), slowFlags);
+  // z's orthogonality (QᵀQ, unread) when z came from an unchecked CholeskyQR2: read with the next
+  // iteration's first Gram matrix, so that checking costs no round trip of its own
+  let zCheck: tf.Tensor2D | null = null;
   let best: { U: tf.Tensor2D; S: Float64Array; V: tf.Tensor2D; residual: number } | null = null;
   let iterations = 0;
+  let checked = 0;
   let sinceBetter = 0;
   // tensors of the current iteration not yet owned by `best` or `z`: freed if anything throws
   let pending: tf.Tensor[] = [];
+  /**
+   * Rayleigh–Ritz on span(z) from Q, an orthonormal basis of a·z, and R = Qᵀ·a·z (read back):
+   * R = Ur·S·Vrᵀ, so U = Q·Ur, V = z·Vr and a·V = U·S; then x = aᵀ·U and the residual norms
+   * ‖xᵢ − σᵢvᵢ‖ on the backend, unread.
+   */
+  const ritz = (q: tf.Tensor2D, r: Float64Array) => {
+    const small = svd64({ rows: width, cols: width, data: r }, false, 'svdTruncated');
+    const { u, v } = tf.tidy(() => ({
+      u: tf.matMul(q, tf.tensor2d(Float32Array.from(small.U.data), [width, width])) as tf.Tensor2D,
+      v: tf.matMul(z, tf.tensor2d(Float32Array.from(small.Vh.data), [width, width]), false, true) as tf.Tensor2D,
+    }));
+    const x = aT(u);
+    const norms = tf.tidy(() => {
+      const scaled = tf.mul(tf.slice(v, [0, 0], [n, k]), tf.tensor1d(Float32Array.from(small.S.subarray(0, k))));
+      return tf.norm(tf.sub(tf.slice(x, [0, 0], [n, k]), scaled), 'euclidean', 0);
+    });
+    return { u, v, x, norms, sigma: small.S };
+  };
+  /** Qᵀ·y on the backend, read back: the Rayleigh–Ritz core (the projection onto the Q formed, rounding included). */
+  const projection = async (q: tf.Tensor2D, y: tf.Tensor2D) => {
+    const rT = slowFlags ? tf.tidy(() => tf.matMul(tf.transpose(q), y)) : tf.matMul(q, y, true, false);
+    const r = Float64Array.from((await rT.data()) as Float32Array);
+    rT.dispose();
+    return r;
+  };
+  /** Q and Qᵀ·y by the checked path (CholeskyQR2 with its check, or Householder where it fails). */
+  const checkedFactor = async (y: tf.Tensor2D) => {
+    const q = await orthonormalizeTensor(tf.clone(y), slowFlags);
+    return { q, r: await projection(q, y) };
+  };
   try {
     while (iterations < maxIterations) {
       iterations++;
-      // Rayleigh–Ritz on span(z): a·z = Q·R, R = Ur·S·Vrᵀ, so U = Q·Ur, V = z·Vr and a·V = U·S exactly
       const y = tf.matMul(a, z) as tf.Tensor2D;
       pending.push(y);
-      const q = await orthonormalizeTensor(tf.clone(y), slowFlags);
-      pending.push(q);
-      const rT = slowFlags ? tf.tidy(() => tf.matMul(tf.transpose(q), y)) : tf.matMul(q, y, true, false);
-      pending.push(rT);
-      const rv = Float64Array.from((await rT.data()) as Float32Array);
-      const small = svd64({ rows: width, cols: width, data: rv }, false, 'svdTruncated');
-      const { u, v } = tf.tidy(() => ({
-        u: tf.matMul(q, tf.tensor2d(Float32Array.from(small.U.data), [width, width])) as tf.Tensor2D,
-        v: tf.matMul(z, tf.tensor2d(Float32Array.from(small.Vh.data), [width, width]), false, true) as tf.Tensor2D,
-      }));
-      tf.dispose(pending);
-      pending = [u, v];
-      const x = aT(u);
-      pending.push(x);
-      const sigma = small.S;
+      // a·z = Q·R by CholeskyQR2, its check deferred to the residuals' read-back; z's check read here
+      const fast = await choleskyQr2Deferred(y, slowFlags, zCheck ?? undefined);
+      if (fast) pending.push(fast.q, fast.check);
+      if (zCheck) {
+        const zValues = fast?.alongsideValues ?? ((await zCheck.data()) as Float32Array);
+        zCheck.dispose();
+        zCheck = null;
+        if (!(orthogonalityDeviation(zValues, width) < 1e-5)) {
+          checked++;
+          // z was not orthonormal (an ill-conditioned x): orthonormalize it the checked way, and redo
+          tf.dispose(pending);
+          pending = [];
+          z = await orthonormalizeTensor(z, slowFlags);
+          iterations--;
+          continue;
+        }
+      }
+      let factor = fast ? { q: fast.q, r: await projection(fast.q, y) } : await checkedFactor(y);
+      if (!fast) {
+        checked++;
+        pending.push(factor.q);
+      }
+      let step = ritz(factor.q, factor.r);
+      pending.push(step.u, step.v, step.x, step.norms);
+      let res: Float32Array;
+      if (fast) {
+        const both = tf.tidy(() => tf.concat([step.norms, tf.reshape(fast.check, [-1])]));
+        const values = (await both.data()) as Float32Array;
+        both.dispose();
+        res = values.subarray(0, k);
+        if (!(orthogonalityDeviation(values, width, k) < 1e-5)) {
+          // Q strayed from orthonormal: this iteration again by the checked path
+          checked++;
+          tf.dispose([step.u, step.v, step.x, step.norms]);
+          factor = await checkedFactor(y);
+          pending.push(factor.q);
+          step = ritz(factor.q, factor.r);
+          pending.push(step.u, step.v, step.x, step.norms);
+          res = (await step.norms.data()) as Float32Array;
+        }
+      } else res = (await step.norms.data()) as Float32Array;
+      const { u, v, x, sigma } = step;
       const s1 = sigma[0] as number;
-      const norms = tf.tidy(() => {
-        const scaled = tf.mul(tf.slice(v, [0, 0], [n, k]), tf.tensor1d(Float32Array.from(sigma.subarray(0, k))));
-        return tf.norm(tf.sub(tf.slice(x, [0, 0], [n, k]), scaled), 'euclidean', 0);
-      });
-      const res = (await norms.data()) as Float32Array;
-      norms.dispose();
       let worst = 0;
       if (s1 > 0) for (let i = 0; i < k; i++) worst = Math.max(worst, (res[i] as number) / s1);
+      // everything of this iteration but u, v (kept by `best` or freed below) and x (the next z's input)
+      tf.dispose(pending.filter((t) => t !== u && t !== v && t !== x));
       pending = [x];
       if (!best || worst < best.residual * 0.95) {
         if (best) tf.dispose([best.U, best.V]);
@@ -170,15 +232,24 @@ async function truncatedTensor(
       await check('iterate', iterations, maxIterations);
       // converged, or float32 rounding has stopped the residual from falling
       if (worst <= tol || sinceBetter >= 4) break;
-      pending = [];
       z.dispose();
-      z = await orthonormalizeTensor(x, slowFlags);
+      const next = await choleskyQr2Deferred(x, slowFlags);
+      pending = [];
+      if (next) {
+        x.dispose();
+        z = next.q;
+        zCheck = next.check;
+      } else {
+        checked++;
+        z = await orthonormalizeTensor(x, slowFlags);
+      }
     }
   } catch (err) {
     if (best) tf.dispose([best.U, best.V]);
     throw err;
   } finally {
     tf.dispose(pending);
+    zCheck?.dispose();
     z.dispose();
   }
   const b = best as NonNullable<typeof best>;
@@ -188,5 +259,5 @@ async function truncatedTensor(
     Vh: tf.transpose(tf.slice(b.V, [0, 0], [n, k])) as tf.Tensor2D,
   }));
   tf.dispose([b.U, b.V]);
-  return { ...out, iterations, residual: b.residual, converged: b.residual <= tol };
+  return { ...out, iterations, residual: b.residual, converged: b.residual <= tol, checked };
 }
