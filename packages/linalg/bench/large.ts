@@ -23,6 +23,27 @@ import { waitForQuiet } from './quiet';
 
 const ALL = 'full_1024,full_2048,full_4096,full_4096x11008,trunc_4096,trunc_4096x11008,ties_4096';
 
+/**
+ * Counts the programs a webgpu backend runs (every runWebGPUProgram call: our WGSL and tfjs's ops
+ * alike), for the table's note; null on other backends.
+ */
+function programCounter(): { reset(): void; count(): number } | null {
+  const backend = tf.backend() as unknown as { runWebGPUProgram?: (...args: unknown[]) => unknown };
+  const run = backend.runWebGPUProgram;
+  if (typeof run !== 'function') return null;
+  let count = 0;
+  backend.runWebGPUProgram = function (this: unknown, ...args: unknown[]) {
+    count++;
+    return run.apply(this, args);
+  };
+  return {
+    reset: () => {
+      count = 0;
+    },
+    count: () => count,
+  };
+}
+
 /** Where the bench keeps its matrices and finds its peer script; how it starts its backend. */
 export interface LargeBenchOptions {
   dir: string;
@@ -51,6 +72,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
 
   const info = await init();
   tf.env().set('PROD', true);
+  const programs = programCounter();
   const limitS = Number(process.env.BENCH_CASE_LIMIT_S ?? 0);
 
   /** Options for one of our calls: the time limit's signal, and a stage timer fed by onProgress. */
@@ -128,6 +150,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
           runs,
           () => {
             w = watched();
+            programs?.reset();
             return svd(a, { method: 'backend', signal: w.signal, onProgress: w.onProgress });
           },
           (x) => tf.dispose([x.U, x.S, x.Vh]),
@@ -169,7 +192,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
         ms,
         cpu,
         load,
-        note: `max Δσ/σ₁ ${serr.toExponential(1)}, reconstruction ${rec.toExponential(1)} (${w.summary()})`,
+        note: `max Δσ/σ₁ ${serr.toExponential(1)}, reconstruction ${rec.toExponential(1)}${programs ? `, ${programs.count()} programs` : ''} (${w.summary()})`,
       };
     } else {
       for (const k of name.startsWith('ties') ? [16] : [16, 64]) {

@@ -52,7 +52,11 @@ export interface JacobiSvdOptions extends LongRunOptions {
   sortColumns?: boolean;
   /** Sweeps before it stops unconverged. Default 20. */
   maxSweeps?: number;
-  /** From this aspect ratio on, a blocked Householder QR comes first and R is decomposed. Default 1.6. */
+  /**
+   * From this aspect ratio on, a blocked Householder QR comes first and R is decomposed. Default
+   * Infinity (never): the QR's panels are factored on the host, one read-back each, which costs
+   * more on a GPU than the Jacobi sweeps' extra rows.
+   */
   qrFirstRatio?: number;
 }
 
@@ -496,6 +500,7 @@ async function jacobiCore(
     }
   }
   jacobiStats.off = off;
+  await check('vectors', 0, 1);
 
   // σₖ = ‖aₖ‖/‖vₖ‖ (vₖ drifts from unit norm by rounding; A₀·vₖ = aₖ), sorted descending; uₖ = aₖ/‖aₖ‖.
   // The input's columns are those that started below n (the padding's never mix with them).
@@ -520,7 +525,9 @@ async function jacobiCore(
   const floor = (sorted[0] as number) * NEGLIGIBLE;
   const deficient = [...sorted.keys()].filter((k) => !((sorted[k] as number) > floor));
   const idx = tf.tensor1d(Int32Array.from(order), 'int32');
-  const invA = tf.tensor1d(Float32Array.from(order, (i, k) => ((sorted[k] as number) > floor ? 1 / (an[i] as number) : 0)));
+  const invA = tf.tensor1d(
+    Float32Array.from(order, (i, k) => ((sorted[k] as number) > floor ? 1 / (an[i] as number) : 0)),
+  );
   const invV = tf.tensor1d(Float32Array.from(order, (i) => 1 / (vn[i] as number)));
   const out = tf.tidy(() => ({
     U: tf.mul(tf.gather(tf.slice(xEnd, [0, 0], [m, N]), idx, 1), invA) as tf.Tensor2D,
@@ -590,7 +597,7 @@ export async function svdJacobi(
     const tall = wide ? held.take(tf.transpose(input) as tf.Tensor2D) : input;
     let qrBlocks: ReflectorBlock[] = [];
     let core: tf.Tensor2D = tall;
-    if (m >= (options.qrFirstRatio ?? 1.6) * n) {
+    if (m >= (options.qrFirstRatio ?? Number.POSITIVE_INFINITY) * n) {
       const qrd = await qrBlocked(tall, { between: (done, total) => check('qr', done, total) });
       qrBlocks = joinBlocks(qrd.blocks, 128);
       core = held.take(tf.tensor2d(Float32Array.from(qrd.r), [n, n]));
