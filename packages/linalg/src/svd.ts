@@ -38,7 +38,8 @@ export interface SvdTensors {
  * bidiagonalisation and implicit-shift QR; tall matrices QR-factored first) and gives Matrix64s
  * synchronously. A tensor gives float32 tensors on the active backend: from 128 on a side it is
  * decomposed there in float32 (blocked Householder bidiagonalisation with large matrix products,
- * the bidiagonal problem by divide and conquer, singular values within about 1e-6·σ₁), cancellable
+ * the bidiagonal problem by divide and conquer; on webgpu, unless `fullMatrices`, blocked one-sided
+ * Jacobi in WGSL; singular values within about 1e-6·σ₁), cancellable
  * with `signal` and reporting `onProgress`; smaller ones in float64 on the CPU (see `method`).
  *
  * @example
