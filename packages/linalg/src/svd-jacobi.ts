@@ -48,6 +48,8 @@ export interface JacobiSvdOptions extends LongRunOptions {
   block?: number;
   /** Cyclic Jacobi sweeps (at most) on each pair's Gram matrix at each step. Default 2. */
   innerSweeps?: number;
+  /** Whether U's columns for zero singular values are completed to an orthonormal basis. Default true. */
+  complete?: boolean;
   /** Whether each sweep takes the columns in decreasing norm. Default true. */
   sortColumns?: boolean;
   /** Sweeps before it stops unconverged. Default 30. */
@@ -440,7 +442,7 @@ async function jacobiCore(
   const scale = amax > 0 ? 2 ** -Math.round(Math.log2(amax)) : 1;
   let x = held.take(
     tf.tidy(() => {
-      const top = tf.pad(tf.mul(a, scale), [
+      const top = tf.pad(tf.mul(tf.cast(a, 'float32'), scale), [
         [0, 0],
         [0, N - n],
       ]);
@@ -542,46 +544,54 @@ async function jacobiCore(
   }));
   tf.dispose([idx, invA, invV]);
   let U = out.U;
-  if (deficient.length) {
-    const completed = completeColumns(Float64Array.from(await U.data()), m, n, deficient);
-    U.dispose();
-    U = tf.tensor2d(completed, [m, n]);
+  if (deficient.length && options.complete !== false) {
+    held.take(U);
+    held.take(out.V);
+    U = await completeColumns(U, deficient, options, check, held);
+    held.release(out.V);
   }
   return { U, S: tf.tensor1d(sorted.map((s) => s / scale)), V: out.V };
 }
 
 /**
- * Replaces the columns `deficient` of the row-major m×n `u` (orthonormal elsewhere) by unit vectors
- * orthogonal to all the others, from the coordinate vectors (Gram–Schmidt twice, in float64): the
- * left vectors of zero singular values, as LAPACK gives orthonormal U for rank-deficient input.
+ * U with its columns `deficient` (zero singular values) replaced by orthonormal vectors orthogonal to
+ * all the others, as LAPACK's U is for rank-deficient input: Gaussian vectors projected twice onto
+ * the complement of the kept columns, then orthonormalised by this same Jacobi SVD (their left
+ * vectors). `u` (held) is disposed; the result is not held.
  */
-function completeColumns(u: Float64Array, m: number, n: number, deficient: number[]): Float32Array {
+async function completeColumns(
+  u: tf.Tensor2D,
+  deficient: number[],
+  options: JacobiSvdOptions,
+  check: (stage: string, done: number, total: number) => Promise<void>,
+  held: Held,
+): Promise<tf.Tensor2D> {
+  const [m, n] = u.shape;
   const bad = new Set(deficient);
   const kept = [...Array(n).keys()].filter((k) => !bad.has(k));
-  const v = new Float64Array(m);
-  let next = 0;
-  for (const k of deficient) {
-    for (;;) {
-      if (next >= m) throw new Error(`svd: cannot complete U (${m}×${n}) to an orthonormal basis`);
-      v.fill(0);
-      v[next++] = 1;
-      for (let pass = 0; pass < 2; pass++)
-        for (const j of kept) {
-          let d = 0;
-          for (let r = 0; r < m; r++) d += (u[r * n + j] as number) * (v[r] as number);
-          for (let r = 0; r < m; r++) v[r] = (v[r] as number) - d * (u[r * n + j] as number);
-        }
-      let s = 0;
-      for (let r = 0; r < m; r++) s += (v[r] as number) ** 2;
-      if (s > 0.25) {
-        const f = 1 / Math.sqrt(s);
-        for (let r = 0; r < m; r++) u[r * n + k] = (v[r] as number) * f;
-        kept.push(k);
-        break;
+  const c = held.take(
+    tf.tidy(() => {
+      let r = tf.randomNormal([m, deficient.length], 0, 1, 'float32', 13) as tf.Tensor2D;
+      if (kept.length) {
+        const uk = tf.gather(u, kept, 1);
+        for (let pass = 0; pass < 2; pass++) r = tf.sub(r, tf.matMul(uk, tf.matMul(uk, r, true, false)));
       }
-    }
+      return r;
+    }),
+  );
+  const basis = await jacobiCore(c, { ...options, complete: false }, check, held);
+  tf.dispose([basis.S, basis.V]);
+  // kept columns from u, the deficient ones from the basis, in their places
+  const place = new Int32Array(n);
+  for (const [k, col] of kept.entries()) place[col] = k;
+  for (const [j, col] of deficient.entries()) place[col] = kept.length + j;
+  const out = tf.tidy(() => tf.gather(tf.concat([tf.gather(u, kept, 1), basis.U], 1), place, 1) as tf.Tensor2D);
+  for (const t of [u, c]) {
+    held.release(t);
+    t.dispose();
   }
-  return Float32Array.from(u);
+  basis.U.dispose();
+  return out;
 }
 
 /**
