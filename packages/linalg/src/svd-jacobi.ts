@@ -434,6 +434,10 @@ async function jacobiCore(
   const maxSweeps = options.maxSweeps ?? 30;
   // a pair counts as orthogonal below √m·2⁻²³, about the rounding of a float32 dot product of length m
   const tol = Math.max(Math.sqrt(m), 4) * 2 ** -23;
+  // and the sweeps stop once no pair was off by more than twice that: the rotations of such a sweep are
+  // at the rounding's level (a sweep after it would find the largest cosine just under tol, and only
+  // confirm), and they leave every pair as orthogonal as the rounding allows
+  const stop = 2 * tol;
 
   // scaled by a power of two so that the largest entry is near 1: the Gram entries neither overflow nor underflow
   const amaxT = tf.tidy(() => tf.max(tf.abs(a)));
@@ -488,7 +492,7 @@ async function jacobiCore(
       stats.dispose();
       off = 0;
       for (let i = 0; i < steps * pairs; i++) off = Math.max(off, values[i] as number);
-      if (sortColumns && off > tol) {
+      if (sortColumns && off > stop) {
         const norm2 = values.subarray(steps * pairs);
         const perm = Array.from({ length: N }, (_, i) => i).sort(
           (i, j) => (norm2[j] as number) - (norm2[i] as number) || i - j,
@@ -505,7 +509,7 @@ async function jacobiCore(
       }
       jacobiStats.sweeps = sweep + 1;
       await check('jacobi', sweep + 1, maxSweeps);
-      if (off <= tol) break;
+      if (off <= stop) break;
     }
   }
   jacobiStats.off = off;
