@@ -48,8 +48,8 @@ await describeEachBackend('svd by blocked one-sided Jacobi (WGSL)', (backend) =>
       await expectJacobi(gaussian(96, 40, 2), 'gauss 96×40 (padded to 64 columns)', { block: 16 });
       await expectJacobi(gaussian(40, 96, 3), 'gauss 40×96 (decomposed transposed)', { block: 16 });
       // 11 steps a sweep: V is the product of some hundred J, whose rounding must not add up
-    await expectJacobi(gaussian(192, 192, 9), 'gauss 192², b 16', { block: 16 });
-    await expectJacobi(gaussian(130, 130, 4), 'gauss 130² (padded to 192)', { block: 32 });
+      await expectJacobi(gaussian(192, 192, 9), 'gauss 192², b 16', { block: 16 });
+      await expectJacobi(gaussian(130, 130, 4), 'gauss 130² (padded to 192)', { block: 32 });
       // sweeps stop when converged, and each is three programs a step
       expect(jacobiStats.off).toBeLessThanOrEqual(2 * Math.sqrt(130) * 2 ** -23);
       expect(jacobiStats.dispatches).toBe(jacobiStats.sweeps * 3 * (192 / 32 - 1));
