@@ -51,7 +51,7 @@ await describeEachBackend('svd by blocked one-sided Jacobi (WGSL)', (backend) =>
       await expectJacobi(gaussian(192, 192, 9), 'gauss 192², b 16', { block: 16 });
       await expectJacobi(gaussian(130, 130, 4), 'gauss 130² (padded to 192)', { block: 32 });
       // sweeps stop when converged, and each is three programs a step
-      expect(jacobiStats.off).toBeLessThanOrEqual(2 * Math.sqrt(130) * 2 ** -23);
+      expect(jacobiStats.off).toBeLessThanOrEqual(8 * Math.sqrt(130) * 2 ** -25);
       expect(jacobiStats.dispatches).toBe(jacobiStats.sweeps * 3 * (192 / 32 - 1));
       expect(jacobiStats.sweeps).toBeLessThan(15);
     },
