@@ -8,7 +8,7 @@
  * accumulated into J), and [Aᵢ Aⱼ; Vᵢ Vⱼ] ← [Aᵢ Aⱼ; Vᵢ Vⱼ]·J in place. One read-back a sweep (the
  * largest cosine between two columns met in it, and the columns' norms, by which the next sweep
  * orders them). The per-op host overhead of the Householder path (tens of thousands of small tfjs
- * ops) is gone: a Gaussian 1024² SVD is 11 sweeps, 1119 programs in all (1023 of them these three).
+ * ops) is gone: a Gaussian 1024² SVD is 10 sweeps, 1020 programs in all (930 of them these three).
  *
  * This package does not import the webgpu backend: the program interface is typed here, as in
  * @lora/eva's small-factor.ts.
