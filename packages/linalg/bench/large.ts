@@ -9,7 +9,9 @@
  * BENCH_OURS=0 times the peers only; BENCH_RUNS sets the runs of each full SVD (default 3 up to 2048², 1 above; the median is kept);
  * BENCH_CASE_LIMIT_S stops one of our decompositions after that many seconds (through its AbortSignal: the
  * table then says "> N s"), so that one slow case cannot take a bounded run (the GPU machine's) with it.
- * Each of our SVDs also reports where its time went, stage by stage (its onProgress).
+ * Each of our SVDs also reports where its time went, stage by stage (its onProgress), and on webgpu how many
+ * programs it ran and its Jacobi sweeps. BENCH_JACOBI (JSON, e.g. '{"innerSweeps":1}') runs the Jacobi SVD
+ * with those options instead of svd's defaults (webgpu only), to tune it on the GPU machine.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -17,11 +19,33 @@ import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { type BackendInfo, parseSafetensors } from '@lora/tensor';
-import { type LinalgProgress, svd, svdTruncated } from '../src/index';
+import { type LinalgProgress, type SvdOptions, svd, svdTruncated } from '../src/index';
+import { type JacobiSvdOptions, jacobiStats, svdJacobi } from '../src/svd-jacobi';
 import { blasEnv } from './cases';
 import { waitForQuiet } from './quiet';
 
 const ALL = 'full_1024,full_2048,full_4096,full_4096x11008,trunc_4096,trunc_4096x11008,ties_4096';
+
+/**
+ * Counts the programs a webgpu backend runs (every runWebGPUProgram call: our WGSL and tfjs's ops
+ * alike), for the table's note; null on other backends.
+ */
+function programCounter(): { reset(): void; count(): number } | null {
+  const backend = tf.backend() as unknown as { runWebGPUProgram?: (...args: unknown[]) => unknown };
+  const run = backend.runWebGPUProgram;
+  if (typeof run !== 'function') return null;
+  let count = 0;
+  backend.runWebGPUProgram = function (this: unknown, ...args: unknown[]) {
+    count++;
+    return run.apply(this, args);
+  };
+  return {
+    reset: () => {
+      count = 0;
+    },
+    count: () => count,
+  };
+}
 
 /** Where the bench keeps its matrices and finds its peer script; how it starts its backend. */
 export interface LargeBenchOptions {
@@ -51,6 +75,10 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
 
   const info = await init();
   tf.env().set('PROD', true);
+  const programs = programCounter();
+  const jacobi = process.env.BENCH_JACOBI ? (JSON.parse(process.env.BENCH_JACOBI) as JacobiSvdOptions) : null;
+  const fullSvd = (a: tf.Tensor2D, o: SvdOptions = {}) =>
+    jacobi && info.name === 'webgpu' ? svdJacobi(a, { ...jacobi, ...o }) : svd(a, { method: 'backend', ...o });
   const limitS = Number(process.env.BENCH_CASE_LIMIT_S ?? 0);
 
   /** Options for one of our calls: the time limit's signal, and a stage timer fed by onProgress. */
@@ -118,7 +146,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
     if (name.startsWith('full')) {
       const runs = Number(process.env.BENCH_RUNS ?? (m * n > 2048 * 2048 ? 1 : 3));
       if (runs > 1) {
-        const warm = await svd(a, { method: 'backend' }); // first call: kernels compiled, weights packed
+        const warm = await fullSvd(a); // first call: kernels compiled, weights packed
         tf.dispose([warm.U, warm.S, warm.Vh]);
       }
       let w = watched();
@@ -128,7 +156,8 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
           runs,
           () => {
             w = watched();
-            return svd(a, { method: 'backend', signal: w.signal, onProgress: w.onProgress });
+            programs?.reset();
+            return fullSvd(a, { signal: w.signal, onProgress: w.onProgress });
           },
           (x) => tf.dispose([x.U, x.S, x.Vh]),
         );
@@ -169,7 +198,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
         ms,
         cpu,
         load,
-        note: `max Δσ/σ₁ ${serr.toExponential(1)}, reconstruction ${rec.toExponential(1)} (${w.summary()})`,
+        note: `max Δσ/σ₁ ${serr.toExponential(1)}, reconstruction ${rec.toExponential(1)}${programs ? `, ${programs.count()} programs, ${jacobiStats.sweeps} sweeps` : ''} (${w.summary()})`,
       };
     } else {
       for (const k of name.startsWith('ties') ? [16] : [16, 64]) {

@@ -4,6 +4,7 @@ import type { LongRunOptions } from './long-run';
 import { type Matrix64, assertFiniteTensor, isMatrix64, matrix64ToTensor, tensorToMatrix64 } from './matrix64';
 import { svdBlocked } from './svd-blocked';
 import { type Svd64, svd64 } from './svd-float64';
+import { jacobiOnBackend, svdJacobi } from './svd-jacobi';
 
 /** Options for {@link svd}. `signal`, `onProgress` and `method` apply to tensors only. */
 export interface SvdOptions extends LongRunOptions {
@@ -11,7 +12,8 @@ export interface SvdOptions extends LongRunOptions {
   fullMatrices?: boolean;
   /**
    * How a tensor is decomposed. `'backend'`: in float32 on the active backend (blocked Householder
-   * bidiagonalisation, divide and conquer; singular values within about 1e-6·σ₁ of the exact ones).
+   * bidiagonalisation, divide and conquer; on webgpu, unless `fullMatrices`, blocked one-sided
+   * Jacobi in WGSL; singular values within about 1e-6·σ₁ of the exact ones).
    * `'float64'`: on the CPU in float64 (the accuracy reference; seconds at 512², minutes past 1024²).
    * `'auto'` (default): `'backend'` once min(m, n) reaches 128, `'float64'` below.
    */
@@ -36,7 +38,8 @@ export interface SvdTensors {
  * bidiagonalisation and implicit-shift QR; tall matrices QR-factored first) and gives Matrix64s
  * synchronously. A tensor gives float32 tensors on the active backend: from 128 on a side it is
  * decomposed there in float32 (blocked Householder bidiagonalisation with large matrix products,
- * the bidiagonal problem by divide and conquer, singular values within about 1e-6·σ₁), cancellable
+ * the bidiagonal problem by divide and conquer; on webgpu, unless `fullMatrices`, blocked one-sided
+ * Jacobi in WGSL; singular values within about 1e-6·σ₁), cancellable
  * with `signal` and reporting `onProgress`; smaller ones in float64 on the CPU (see `method`).
  *
  * @example
@@ -63,6 +66,9 @@ export function svd(a: Matrix64 | tf.Tensor2D, options: SvdOptions = {}): Svd64 
       return { U: matrix64ToTensor(r.U), S: tf.tensor1d(Float32Array.from(r.S)), Vh: matrix64ToTensor(r.Vh) };
     }
     await assertFiniteTensor(a, 'svd');
+    // on webgpu the thin SVD is a blocked one-sided Jacobi in a few WGSL programs a step, where the
+    // Householder path's thousands of small ops a panel cost more in dispatch than in arithmetic
+    if (jacobiOnBackend() && !options.fullMatrices) return svdJacobi(a, options);
     return svdBlocked(a, options);
   })();
 }

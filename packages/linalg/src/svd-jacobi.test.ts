@@ -1,0 +1,148 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { expect, it } from 'vitest';
+import { type Matrix64, matrix64, svd, transpose64 } from '@lora/linalg';
+import { Generator } from '@lora/tensor';
+import { describeEachBackend } from '@lora/tensor/testing';
+import { orthogonalityError, reconstruct, relFro } from './fixtures.test-util';
+import { withSpectrum } from './large-matrices.test-util';
+import { type JacobiSvdOptions, jacobiStats, svdJacobi } from './svd-jacobi';
+
+const gaussian = (m: number, n: number, seed: number) =>
+  matrix64(m, n, Float64Array.from(new Generator(seed).fillNormal(new Float32Array(m * n))));
+const f32 = (a: Matrix64) => tf.tensor2d(Float32Array.from(a.data), [a.rows, a.cols]);
+
+/**
+ * The Jacobi SVD of `a` against the float64 path's: S within 1e-5·σ₁ and descending, U·S·Vh = A and
+ * orthonormal U and V within 1e-5 (as svd's float32 contract), only U, S, Vh left behind.
+ */
+async function expectJacobi(a: Matrix64, label: string, options: JacobiSvdOptions = {}) {
+  const exact = svd(a).S;
+  const t = f32(a);
+  const before = tf.memory().numTensors;
+  const r = await svdJacobi(t, options);
+  expect(tf.memory().numTensors, `${label}: only U, S, Vh are new`).toBe(before + 3);
+  const k = Math.min(a.rows, a.cols);
+  expect([r.U.shape, r.S.shape, r.Vh.shape], label).toEqual([[a.rows, k], [k], [k, a.cols]]);
+  const U = matrix64(a.rows, k, await r.U.data());
+  const Vh = matrix64(k, a.cols, await r.Vh.data());
+  const S = Float64Array.from(await r.S.data());
+  tf.dispose([t, r.U, r.S, r.Vh]);
+  const s1 = exact[0] as number;
+  for (let i = 0; i < k; i++) {
+    expect(Math.abs((S[i] as number) - (exact[i] as number)), `${label} σ${i}`).toBeLessThanOrEqual(1e-5 * s1);
+    if (i > 0) expect(S[i], `${label}: descending`).toBeLessThanOrEqual(S[i - 1] as number);
+  }
+  expect(orthogonalityError(U), `${label}: UᵀU = I`).toBeLessThan(1e-5);
+  expect(orthogonalityError(transpose64(Vh)), `${label}: VᵀV = I`).toBeLessThan(1e-5);
+  expect(relFro(reconstruct(U, S, Vh), a.data), `${label}: U·S·Vh = A`).toBeLessThan(1e-5);
+}
+
+await describeEachBackend('svd by blocked one-sided Jacobi (WGSL)', (backend) => {
+  const onWebgpu = backend.name === 'webgpu';
+
+  it.runIf(onWebgpu)(
+    'decomposes square, tall, wide and padded matrices with blocks of 16 and 32',
+    async () => {
+      await expectJacobi(gaussian(64, 64, 1), 'gauss 64², b 32', { block: 32 });
+      await expectJacobi(gaussian(64, 64, 1), 'gauss 64², b 16', { block: 16 });
+      await expectJacobi(gaussian(96, 40, 2), 'gauss 96×40 (padded to 64 columns)', { block: 16 });
+      await expectJacobi(gaussian(40, 96, 3), 'gauss 40×96 (decomposed transposed)', { block: 16 });
+      // 11 steps a sweep: V is the product of some hundred J, whose rounding must not add up
+      await expectJacobi(gaussian(192, 192, 9), 'gauss 192², b 16', { block: 16 });
+      await expectJacobi(gaussian(130, 130, 4), 'gauss 130² (padded to 192)', { block: 32 });
+      // sweeps stop when converged, and each is three programs a step
+      expect(jacobiStats.off).toBeLessThanOrEqual(8 * Math.sqrt(130) * 2 ** -25);
+      expect(jacobiStats.dispatches).toBe(jacobiStats.sweeps * 3 * (192 / 32 - 1));
+      expect(jacobiStats.sweeps).toBeLessThan(15);
+    },
+    120_000,
+  );
+
+  it.runIf(onWebgpu)(
+    'keeps its accuracy on graded and rank-deficient spectra, and completes U',
+    async () => {
+      const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+      await expectJacobi(
+        withSpectrum(
+          96,
+          96,
+          range(96).map((i) => 10 ** ((-10 * i) / 95)),
+        ),
+        'graded 1 … 1e-10',
+        { block: 16 },
+      );
+      await expectJacobi(
+        withSpectrum(
+          80,
+          70,
+          range(12).map((i) => 3 - i / 6),
+        ),
+        'rank 12',
+        { block: 16 },
+      );
+      // exact zero columns: σ = 0, and U's columns for them orthonormal-completed
+      const z = gaussian(70, 50, 5);
+      for (let i = 0; i < 70; i++) for (const c of [3, 17, 18]) z.data[i * 50 + c] = 0;
+      await expectJacobi(z, 'three zero columns', { block: 16 });
+      const zero = await svdJacobi(tf.zeros([40, 24]) as tf.Tensor2D, { block: 16 });
+      expect(Array.from(await zero.S.data())).toEqual(new Array(24).fill(0));
+      expect(orthogonalityError(matrix64(40, 24, await zero.U.data()))).toBeLessThan(1e-6);
+      tf.dispose([zero.U, zero.S, zero.Vh]);
+    },
+    120_000,
+  );
+
+  it.runIf(onWebgpu)(
+    'takes a QR first when asked, and scales huge and tiny entries',
+    async () => {
+      await expectJacobi(gaussian(150, 40, 6), 'tall, QR first', { block: 16, qrFirstRatio: 1.6 });
+      const big = gaussian(48, 48, 7);
+      await expectJacobi(
+        matrix64(
+          48,
+          48,
+          big.data.map((v) => v * 1e25),
+        ),
+        'entries near 1e25',
+        { block: 16 },
+      );
+      await expectJacobi(
+        matrix64(
+          48,
+          48,
+          big.data.map((v) => v * 1e-25),
+        ),
+        'entries near 1e-25',
+        { block: 16 },
+      );
+    },
+    120_000,
+  );
+
+  it.runIf(onWebgpu)(
+    'is what svd runs on webgpu; stops on an aborted signal leaving no tensor',
+    async () => {
+      const t = f32(gaussian(130, 130, 8));
+      const stages: string[] = [];
+      const r = await svd(t, { method: 'backend', onProgress: (p) => stages.push(p.stage) });
+      tf.dispose([r.U, r.S, r.Vh]);
+      expect(stages.filter((s) => s === 'jacobi').length).toBe(jacobiStats.sweeps);
+      expect(stages.at(-1)).toBe('vectors');
+      const before = tf.memory().numTensors;
+      for (const stage of ['jacobi', 'vectors']) {
+        const controller = new AbortController();
+        const run = svd(t, {
+          method: 'backend',
+          signal: controller.signal,
+          onProgress: (p) => {
+            if (p.stage === stage) controller.abort(new Error(`stop in ${stage}`));
+          },
+        });
+        await expect(run).rejects.toThrow(`stop in ${stage}`);
+        expect(tf.memory().numTensors, stage).toBe(before);
+      }
+      t.dispose();
+    },
+    120_000,
+  );
+});

@@ -1,0 +1,682 @@
+/**
+ * The float32 SVD of large tensors on webgpu by blocked one-sided Jacobi: the columns of A (with
+ * V = I stacked under them) are rotated in blocks of b until every pair is orthogonal; then
+ * σₖ = ‖aₖ‖/‖vₖ‖, uₖ = aₖ/‖aₖ‖ and vₖ/‖vₖ‖ the right vectors. Each step of a sweep pairs all blocks at
+ * once (round-robin order) and costs three WGSL programs, whatever the size: the pairs' 2b×2b Gram
+ * matrices in partial sums over row chunks (enough workgroups to fill the device), their
+ * diagonalisation by two-sided cyclic Jacobi in workgroup memory (one workgroup a pair, the rotations
+ * accumulated into J), and [Aᵢ Aⱼ; Vᵢ Vⱼ] ← [Aᵢ Aⱼ; Vᵢ Vⱼ]·J in place. One read-back a sweep (the
+ * largest cosine between two columns met in it, and the columns' norms, by which the next sweep
+ * orders them). The per-op host overhead of the Householder path (tens of thousands of small tfjs
+ * ops) is gone: a Gaussian 1024² SVD is 10 sweeps, 1020 programs in all (930 of them these three).
+ *
+ * This package does not import the webgpu backend: the program interface is typed here, as in
+ * @lora/eva's small-factor.ts.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { type ReflectorBlock, joinBlocks } from './block-reflectors';
+import { type LongRunOptions, checkpoints } from './long-run';
+import { Held, applyAll, qrBlocked } from './svd-blocked';
+
+interface WebGPUProgram {
+  outputShape: number[];
+  shaderKey: string;
+  dispatchLayout: { x: number[] };
+  dispatch: [number, number, number];
+  variableNames: string[];
+  workgroupSize: [number, number, number];
+  uniforms?: string;
+  getUserCode(): string;
+}
+interface Uniform {
+  type: 'int32' | 'float32';
+  data: number[];
+}
+interface WebGPUBackend {
+  device?: { limits?: { maxComputeWorkgroupStorageSize?: number } };
+  runWebGPUProgram(
+    p: WebGPUProgram,
+    inputs: tf.TensorInfo[],
+    dtype: tf.DataType,
+    uniforms?: Uniform[],
+    output?: tf.TensorInfo,
+  ): tf.TensorInfo;
+}
+
+/** Options of the Jacobi SVD. */
+export interface JacobiSvdOptions extends LongRunOptions {
+  /** Columns a block (16 or 32; default 32 where workgroup memory holds 26 KiB, else 16). */
+  block?: number;
+  /** Cyclic Jacobi sweeps (at most) on each pair's Gram matrix at each step. Default 2. */
+  innerSweeps?: number;
+  /** Whether each J is made orthogonal to first order before it is applied. Default true. */
+  polish?: boolean;
+  /** Whether U's columns for zero singular values are completed to an orthonormal basis. Default true. */
+  complete?: boolean;
+  /** Whether each sweep takes the columns in decreasing norm. Default true. */
+  sortColumns?: boolean;
+  /** Sweeps before it stops unconverged. Default 30. */
+  maxSweeps?: number;
+  /**
+   * From this aspect ratio on, a blocked Householder QR comes first and R is decomposed. Default
+   * Infinity (never): the QR's panels are factored on the host, one read-back each, which costs
+   * more on a GPU than the Jacobi sweeps' extra rows.
+   */
+  qrFirstRatio?: number;
+}
+
+/** Whether the active backend runs {@link svdJacobi}. */
+export function jacobiOnBackend(): boolean {
+  return tf.getBackend() === 'webgpu';
+}
+
+/** Gram rows a tile (Gram program) and the workgroups a program aims for (partial sums over rows). */
+const GRAM_TILE = 32;
+const TARGET_WORKGROUPS = 1024;
+const JACOBI_WG = 256;
+/**
+ * Cyclic Jacobi sweeps (at most) on a pair's Gram matrix at each step; a pair stops as soon as a
+ * sweep rotates nothing. Clustered spectra want more (clustered_256: 23 outer sweeps with one, 15 with
+ * two, 12 with four); Gaussian matrices hardly (512²: 10 outer sweeps with one or two), and each inner
+ * sweep is 2·(2b − 1) barriers of a workgroup that has the GPU nearly to itself.
+ */
+const INNER_SWEEPS = 2;
+/** Columns whose norm is below this fraction of the largest are treated as zero (their Gram entries underflow). */
+const NEGLIGIBLE = 2 ** -60;
+
+/** Workgroup memory the Jacobi program takes at b = 32 (G packed, J, the rotations and their pairs, a reduction). */
+const JACOBI_STORAGE_32 = (2080 + 4096 + 64 + 64 + JACOBI_WG + 2) * 4;
+
+function storageLimit(backend: WebGPUBackend): number {
+  return backend.device?.limits?.maxComputeWorkgroupStorageSize ?? 16_384;
+}
+
+/**
+ * WGSL shared by the programs: the round-robin pairing of the `nb` blocks (step r of nb − 1 pairs
+ * block nb − 1 with r, and r + p with r − p, mod nb − 1) and the column of A for the pair's
+ * column a (the first b from block x, the next b from block y).
+ */
+function pairing(b: number): string {
+  return `
+      const B = ${b};
+      const Q = ${2 * b};
+      fn pairBlocks(r : i32, p : i32) -> vec2<i32> {
+        let n1 = uniforms.nb - 1;
+        if (p == 0) { return vec2<i32>(n1, r); }
+        return vec2<i32>((r + p) % n1, (r - p + n1) % n1);
+      }
+      fn colOf(a : i32, blocks : vec2<i32>) -> i32 {
+        return select(blocks.y * B + a - B, blocks.x * B + a, a < B);
+      }`;
+}
+
+const UNIFORMS =
+  'nb : i32, step : i32, rows : i32, cols : i32, chunkRows : i32, chunks : i32, tol : f32, pairs : i32, inner : i32, polish : i32,';
+
+/**
+ * Partial Gram matrices: workgroup (p, c) sums Σ x·xᵀ over its chunk of rows of the pair's 2b
+ * columns, each thread a 4×4 block of the 2b×2b result; result[(p·chunks + c)·Q² …].
+ */
+function gramProgram(b: number, pairs: number, chunks: number): WebGPUProgram {
+  const q = 2 * b;
+  const t4 = q / 4;
+  const wg = t4 * t4;
+  return {
+    outputShape: [pairs * chunks * q * q],
+    shaderKey: `LoraJacobiGram_${b}`,
+    dispatchLayout: { x: [0] },
+    dispatch: [pairs, chunks, 1],
+    variableNames: ['X'],
+    workgroupSize: [wg, 1, 1],
+    uniforms: UNIFORMS,
+    getUserCode: () => `
+      ${pairing(b)}
+      const TR = ${GRAM_TILE};
+      const T4 = ${t4};
+      var<workgroup> tile : array<f32, ${GRAM_TILE * q}>;
+      fn main(index : i32) {
+        let lid = i32(localId.x);
+        let p = i32(workgroupId.x);
+        let c = i32(workgroupId.y);
+        let blocks = pairBlocks(uniforms.step, p);
+        let r0 = c * uniforms.chunkRows;
+        let r1 = min(r0 + uniforms.chunkRows, uniforms.rows);
+        let ta = (lid / T4) * 4;
+        let tc = (lid % T4) * 4;
+        var acc0 = vec4<f32>(0.0);
+        var acc1 = vec4<f32>(0.0);
+        var acc2 = vec4<f32>(0.0);
+        var acc3 = vec4<f32>(0.0);
+        for (var it = 0; it < uniforms.chunkRows / TR; it = it + 1) {
+          let t0 = r0 + it * TR;
+          for (var e = lid; e < TR * Q; e = e + ${wg}) {
+            let r = t0 + e / Q;
+            var v = 0.0;
+            if (r < r1) { v = X[r * uniforms.cols + colOf(e % Q, blocks)]; }
+            tile[e] = v;
+          }
+          workgroupBarrier();
+          for (var r = 0; r < TR; r = r + 1) {
+            let o = r * Q;
+            let x = vec4<f32>(tile[o + ta], tile[o + ta + 1], tile[o + ta + 2], tile[o + ta + 3]);
+            let y = vec4<f32>(tile[o + tc], tile[o + tc + 1], tile[o + tc + 2], tile[o + tc + 3]);
+            acc0 = acc0 + x.x * y;
+            acc1 = acc1 + x.y * y;
+            acc2 = acc2 + x.z * y;
+            acc3 = acc3 + x.w * y;
+          }
+          workgroupBarrier();
+        }
+        let o = (p * uniforms.chunks + c) * Q * Q + ta * Q + tc;
+        for (var j = 0; j < 4; j = j + 1) {
+          result[o + j] = acc0[j];
+          result[o + Q + j] = acc1[j];
+          result[o + 2 * Q + j] = acc2[j];
+          result[o + 3 * Q + j] = acc3[j];
+        }
+      }`,
+  };
+}
+
+/**
+ * One workgroup a pair: G = Σ of its partial Gram matrices, the largest |gᵢⱼ|/√(gᵢᵢ·gⱼⱼ) written to
+ * result[pairs·Q² + step·pairs + p]; unless that is below tol, G is diagonalised by cyclic Jacobi and
+ * the accumulated rotations J written to result[p·Q² …]. G is kept as its upper triangle (so that
+ * G and J fit in 32 KiB of workgroup memory at Q = 64); each round of the round-robin order rotates
+ * Q/2 disjoint pairs at once, every 2×2 block of G (G ← RᵀGR) and every row of J (J ← J·R) owned by
+ * one thread, so that a round is two barriers. J's columns are then normalised and its rounding
+ * taken out to first order (J ← J·(I − (JᵀJ − I)/2)): V is the product of some thousand such J at
+ * 4096², and without this its loss of orthogonality (3× larger at 512²) dominates U·S·Vh − A.
+ */
+function jacobiProgram(b: number, pairs: number): WebGPUProgram {
+  const q = 2 * b;
+  const wg = JACOBI_WG;
+  return {
+    outputShape: [pairs * q * q],
+    shaderKey: `LoraJacobiRotate_${b}`,
+    dispatchLayout: { x: [0] },
+    dispatch: [pairs, 1, 1],
+    variableNames: ['P'],
+    workgroupSize: [wg, 1, 1],
+    uniforms: UNIFORMS,
+    getUserCode: () => `
+      ${pairing(b)}
+      const H = ${b};
+      var<workgroup> g : array<f32, ${(q * (q + 1)) / 2}>;
+      var<workgroup> jm : array<f32, ${q * q}>;
+      var<workgroup> cs : array<vec2<f32>, ${b}>;
+      var<workgroup> pr : array<vec2<i32>, ${b}>;
+      var<workgroup> red : array<f32, ${wg}>;
+      var<workgroup> rotated : u32;
+      var<workgroup> offv : f32;
+      fn pairOf(r : i32, p : i32) -> vec2<i32> {
+        let n1 = Q - 1;
+        if (p == 0) { return vec2<i32>(n1, r); }
+        return vec2<i32>((r + p) % n1, (r - p + n1) % n1);
+      }
+      // (i, j) of the symmetric G in its packed upper triangle
+      fn pk(i : i32, j : i32) -> i32 {
+        let a = min(i, j);
+        return a * (2 * Q - a + 1) / 2 + max(i, j) - a;
+      }
+      fn main(index : i32) {
+        let lid = i32(localId.x);
+        let p = i32(workgroupId.x);
+        let tol = uniforms.tol;
+        for (var e = lid; e < Q * Q; e = e + ${wg}) {
+          let i = e / Q;
+          let j = e % Q;
+          if (j >= i) {
+            var s = 0.0;
+            for (var c = 0; c < uniforms.chunks; c = c + 1) { s = s + P[(p * uniforms.chunks + c) * Q * Q + e]; }
+            g[pk(i, j)] = s;
+          }
+          jm[e] = select(0.0, 1.0, i == j);
+        }
+        workgroupBarrier();
+        var mx = 0.0;
+        for (var e = lid; e < Q * Q; e = e + ${wg}) {
+          let i = e / Q;
+          let j = e % Q;
+          if (j > i) {
+            let d = sqrt(g[pk(i, i)]) * sqrt(g[pk(j, j)]);
+            if (d > 0.0) { mx = max(mx, abs(g[pk(i, j)]) / d); }
+          }
+        }
+        red[lid] = mx;
+        workgroupBarrier();
+        for (var s = ${wg / 2}; s > 0; s = s >> 1u) {
+          if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+          workgroupBarrier();
+        }
+        if (lid == 0) {
+          offv = red[0];
+          result[uniforms.pairs * Q * Q + uniforms.step * uniforms.pairs + p] = red[0];
+        }
+        let off = workgroupUniformLoad(&offv);
+        if (off <= tol) { return; }
+        for (var sweep = 0; sweep < uniforms.inner; sweep = sweep + 1) {
+          if (lid == 0) { rotated = 0u; }
+          workgroupBarrier();
+          for (var r = 0; r < Q - 1; r = r + 1) {
+            if (lid < H) {
+              let ij = pairOf(r, lid);
+              let a = g[pk(ij.x, ij.x)];
+              let bb = g[pk(ij.y, ij.y)];
+              let x = g[pk(ij.x, ij.y)];
+              var c = 1.0;
+              var s = 0.0;
+              if (abs(x) > tol * sqrt(a) * sqrt(bb)) {
+                rotated = 1u;
+                let zeta = (bb - a) / (2.0 * x);
+                var t = 0.5 / zeta;
+                if (abs(zeta) < 1e15) {
+                  t = select(-1.0, 1.0, zeta >= 0.0) / (abs(zeta) + sqrt(1.0 + zeta * zeta));
+                }
+                c = 1.0 / sqrt(1.0 + t * t);
+                s = c * t;
+                // sqrt and division may be a few ulp off, always the same way: unless c² + s² is brought
+                // back to 1 (one Newton step), the columns' norms drift by that much at every rotation
+                let f = 1.5 - 0.5 * (c * c + s * s);
+                c = c * f;
+                s = s * f;
+              }
+              cs[lid] = vec2<f32>(c, s);
+              pr[lid] = ij;
+            }
+            workgroupBarrier();
+            // the 2×2 block of G on the rows of pair p1 and the columns of pair p2 ← R₁ᵀ·block·R₂
+            for (var e = lid; e < H * H; e = e + ${wg}) {
+              let p1 = e / H;
+              let p2 = e % H;
+              let r1 = cs[p1];
+              let r2 = cs[p2];
+              if (p1 <= p2 && (r1.y != 0.0 || r2.y != 0.0)) {
+                let a = pr[p1];
+                let d = pr[p2];
+                let ii = pk(a.x, d.x);
+                let ij = pk(a.x, d.y);
+                let ji = pk(a.y, d.x);
+                let jj = pk(a.y, d.y);
+                let b00 = g[ii];
+                let b01 = g[ij];
+                let b10 = g[ji];
+                let b11 = g[jj];
+                // columns: (i₂, j₂) ← (c₂·i₂ − s₂·j₂, s₂·i₂ + c₂·j₂)
+                let c00 = r2.x * b00 - r2.y * b01;
+                let c01 = r2.y * b00 + r2.x * b01;
+                let c10 = r2.x * b10 - r2.y * b11;
+                let c11 = r2.y * b10 + r2.x * b11;
+                // rows: (i₁, j₁) ← (c₁·i₁ − s₁·j₁, s₁·i₁ + c₁·j₁)
+                g[ii] = r1.x * c00 - r1.y * c10;
+                g[ij] = r1.x * c01 - r1.y * c11;
+                g[jj] = r1.y * c01 + r1.x * c11;
+                if (p1 != p2) { g[ji] = r1.y * c00 + r1.x * c10; }
+              }
+            }
+            for (var e = lid; e < Q * H; e = e + ${wg}) {
+              let k = e / H;
+              let pp = e % H;
+              let rot = cs[pp];
+              if (rot.y != 0.0) {
+                let ij = pr[pp];
+                let vi = jm[k * Q + ij.x];
+                let vj = jm[k * Q + ij.y];
+                jm[k * Q + ij.x] = rot.x * vi - rot.y * vj;
+                jm[k * Q + ij.y] = rot.y * vi + rot.x * vj;
+              }
+            }
+            workgroupBarrier();
+          }
+          if (workgroupUniformLoad(&rotated) == 0u) { break; }
+        }
+        // J's columns back to unit norm: what rounding leaves of its orthogonality is then second order in σ
+        if (lid < Q) {
+          var ss = 0.0;
+          for (var r = 0; r < Q; r = r + 1) { ss = ss + jm[r * Q + lid] * jm[r * Q + lid]; }
+          let f = 1.0 / sqrt(ss);
+          for (var r = 0; r < Q; r = r + 1) { jm[r * Q + lid] = jm[r * Q + lid] * f; }
+        }
+        workgroupBarrier();
+        if (uniforms.polish != 0) {
+          // and what is left of JᵀJ − I = F (every rotation's rounding) taken out to first order,
+          // J ← J·(I − F/2): F in G's place (no longer needed), then each row of J by ${wg / q} threads
+          for (var e = lid; e < Q * Q; e = e + ${wg}) {
+            let a = e / Q;
+            let c = e % Q;
+            if (c >= a) {
+              var t = 0.0;
+              for (var r = 0; r < Q; r = r + 1) { t = t + jm[r * Q + a] * jm[r * Q + c]; }
+              g[pk(a, c)] = t - select(0.0, 1.0, a == c);
+            }
+          }
+          workgroupBarrier();
+          let k = lid / ${wg / q};
+          let c0 = (lid % ${wg / q}) * ${(q * q) / wg};
+          var row : array<f32, ${q}>;
+          for (var a = 0; a < Q; a = a + 1) { row[a] = jm[k * Q + a]; }
+          workgroupBarrier();
+          for (var j = 0; j < ${(q * q) / wg}; j = j + 1) {
+            let c = c0 + j;
+            var t = 0.0;
+            for (var a = 0; a < Q; a = a + 1) { t = t + row[a] * g[pk(a, c)]; }
+            jm[k * Q + c] = row[c] - 0.5 * t;
+          }
+          workgroupBarrier();
+        }
+        for (var e = lid; e < Q * Q; e = e + ${wg}) { result[p * Q * Q + e] = jm[e]; }
+      }`,
+  };
+}
+
+/**
+ * [Aᵢ Aⱼ] ← [Aᵢ Aⱼ]·J in place over all rows of X (A and V), for the pairs whose J was computed;
+ * workgroup (p, t) takes rows t·chunkRows …, in tiles of 2048/Q rows, each thread 2 rows × 4 columns.
+ */
+function rotateProgram(b: number, pairs: number, rowGroups: number, shape: number[]): WebGPUProgram {
+  const q = 2 * b;
+  const tile = 2048 / q;
+  const c4 = q / 4;
+  const wg = (tile / 2) * c4;
+  return {
+    outputShape: shape,
+    shaderKey: `LoraJacobiApply_${b}`,
+    dispatchLayout: { x: [0] },
+    dispatch: [pairs, rowGroups, 1],
+    variableNames: ['J'],
+    workgroupSize: [wg, 1, 1],
+    uniforms: UNIFORMS,
+    getUserCode: () => `
+      ${pairing(b)}
+      const TR = ${tile};
+      const C4 = ${c4};
+      var<workgroup> jm : array<f32, ${q * q}>;
+      var<workgroup> tile : array<f32, ${tile * q}>;
+      var<workgroup> flag : f32;
+      fn main(index : i32) {
+        let lid = i32(localId.x);
+        let p = i32(workgroupId.x);
+        let t = i32(workgroupId.y);
+        if (lid == 0) { flag = J[uniforms.pairs * Q * Q + uniforms.step * uniforms.pairs + p]; }
+        let off = workgroupUniformLoad(&flag);
+        if (off <= uniforms.tol) { return; }
+        for (var e = lid; e < Q * Q; e = e + ${wg}) { jm[e] = J[p * Q * Q + e]; }
+        let blocks = pairBlocks(uniforms.step, p);
+        let rr = (lid / C4) * 2;
+        let cc = (lid % C4) * 4;
+        let col = colOf(cc, blocks);
+        for (var it = 0; it < uniforms.chunkRows / TR; it = it + 1) {
+          let t0 = t * uniforms.chunkRows + it * TR;
+          for (var e = lid; e < TR * Q; e = e + ${wg}) {
+            let r = t0 + e / Q;
+            var v = 0.0;
+            if (r < uniforms.rows) { v = result[r * uniforms.cols + colOf(e % Q, blocks)]; }
+            tile[e] = v;
+          }
+          workgroupBarrier();
+          var acc0 = vec4<f32>(0.0);
+          var acc1 = vec4<f32>(0.0);
+          for (var a = 0; a < Q; a = a + 1) {
+            let jv = vec4<f32>(jm[a * Q + cc], jm[a * Q + cc + 1], jm[a * Q + cc + 2], jm[a * Q + cc + 3]);
+            acc0 = acc0 + tile[rr * Q + a] * jv;
+            acc1 = acc1 + tile[(rr + 1) * Q + a] * jv;
+          }
+          let r = t0 + rr;
+          for (var j = 0; j < 4; j = j + 1) {
+            if (r < uniforms.rows) { result[r * uniforms.cols + col + j] = acc0[j]; }
+            if (r + 1 < uniforms.rows) { result[(r + 1) * uniforms.cols + col + j] = acc1[j]; }
+          }
+          workgroupBarrier();
+        }
+      }`,
+  };
+}
+
+/** Rows a workgroup takes (a multiple of `tile`) so that about TARGET_WORKGROUPS / pairs groups cover `rows`. */
+function chunking(rows: number, pairs: number, tile: number): { chunkRows: number; chunks: number } {
+  const want = Math.max(1, Math.min(Math.ceil(TARGET_WORKGROUPS / pairs), Math.ceil(rows / tile)));
+  const chunkRows = Math.ceil(rows / want / tile) * tile;
+  return { chunkRows, chunks: Math.ceil(rows / chunkRows) };
+}
+
+/** Count of the programs the last {@link svdJacobi} ran (for the benchmark's report). @internal */
+export const jacobiStats = { dispatches: 0, sweeps: 0, off: Number.NaN };
+
+/**
+ * The Jacobi core on a tall m×n (m ≥ n) float32 tensor: the thin U (m×n), S (n, descending) and
+ * V (n×n). Leaves `a` to the caller.
+ */
+async function jacobiCore(
+  a: tf.Tensor2D,
+  options: JacobiSvdOptions,
+  check: (stage: string, done: number, total: number) => Promise<void>,
+  held: Held,
+): Promise<{ U: tf.Tensor2D; S: tf.Tensor1D; V: tf.Tensor2D }> {
+  const backend = tf.backend() as unknown as WebGPUBackend;
+  const [m, n] = a.shape;
+  const b = options.block ?? (storageLimit(backend) >= JACOBI_STORAGE_32 ? 32 : 16);
+  if (b !== 16 && b !== 32) throw new Error(`svd: Jacobi block ${b} is not 16 or 32`);
+  const q = 2 * b;
+  const N = Math.ceil(n / q) * q;
+  const nb = N / b;
+  const pairs = nb / 2;
+  const steps = nb - 1;
+  const M = m + N;
+  const maxSweeps = options.maxSweeps ?? 30;
+  // a pair is rotated while its cosine is above √m·2⁻²⁵ (rounding leaves the computed cosines of
+  // orthogonal columns well below that: 512² and the battery converge in no more sweeps than with
+  // √m·2⁻²³, and 4× as orthogonal), and the sweeps stop once no pair was off by more than twice that:
+  // such a sweep's rotations are at the rounding's level, and a sweep after it would only confirm
+  const tol = Math.max(Math.sqrt(m), 4) * 2 ** -25;
+  const stop = 2 * tol;
+
+  // scaled by a power of two so that the largest entry is near 1: the Gram entries neither overflow nor underflow
+  const amaxT = tf.tidy(() => tf.max(tf.abs(a)));
+  const amax = (await amaxT.data())[0] as number;
+  amaxT.dispose();
+  const scale = amax > 0 ? 2 ** -Math.round(Math.log2(amax)) : 1;
+  let x = held.take(
+    tf.tidy(() => {
+      const top = tf.pad(tf.mul(tf.cast(a, 'float32'), scale), [
+        [0, 0],
+        [0, N - n],
+      ]);
+      return tf.concat([top, tf.eye(N)], 0) as tf.Tensor2D;
+    }),
+  );
+  const gram = chunking(m, pairs, GRAM_TILE);
+  const apply = chunking(M, pairs, 2048 / q);
+  const partials = held.take(tf.zeros([pairs * gram.chunks * q * q]));
+  const jbuf = held.take(tf.zeros([pairs * q * q + steps * pairs]));
+  // one entry a field: the backend aligns a longer entry as a vector
+  const uniforms = (step: number, rows: number, c: { chunkRows: number; chunks: number }): Uniform[] => [
+    ...[nb, step, rows, N, c.chunkRows, c.chunks].map((v): Uniform => ({ type: 'int32', data: [v] })),
+    { type: 'float32', data: [tol] },
+    { type: 'int32', data: [pairs] },
+    { type: 'int32', data: [options.innerSweeps ?? INNER_SWEEPS] },
+    { type: 'int32', data: [options.polish === false ? 0 : 1] },
+  ];
+  const gramP = gramProgram(b, pairs, gram.chunks);
+  const jacobiP = jacobiProgram(b, pairs);
+  const applyP = rotateProgram(b, pairs, apply.chunks, [M, N]);
+  jacobiStats.dispatches = 0;
+  jacobiStats.sweeps = 0;
+  const sortColumns = options.sortColumns ?? true;
+  // origin[k]: the column of the input now at column k (the sweeps reorder them)
+  let origin = Int32Array.from({ length: N }, (_, i) => i);
+  let off = Number.POSITIVE_INFINITY;
+  let lastOff = Number.POSITIVE_INFINITY;
+  if (steps > 0) {
+    for (let sweep = 0; sweep < maxSweeps; sweep++) {
+      for (let step = 0; step < steps; step++) {
+        // each call gets a fresh program object: the backend writes its dispatch and pipeline into it
+        backend.runWebGPUProgram({ ...gramP }, [x], 'float32', uniforms(step, m, gram), partials);
+        backend.runWebGPUProgram({ ...jacobiP }, [partials], 'float32', uniforms(step, m, gram), jbuf);
+        backend.runWebGPUProgram({ ...applyP }, [jbuf], 'float32', uniforms(step, M, apply), x);
+        jacobiStats.dispatches += 3;
+      }
+      // the sweep's largest cosine, and the columns' norms: the next sweep takes them in decreasing
+      // order (de Rijk), which a graded spectrum needs to converge in fewer sweeps
+      const xNow = x;
+      const stats = tf.tidy(() =>
+        tf.concat([tf.slice(jbuf, pairs * q * q, steps * pairs), tf.sum(tf.square(tf.slice(xNow, [0, 0], [m, N])), 0)]),
+      );
+      const values = (await stats.data()) as Float32Array;
+      stats.dispose();
+      off = 0;
+      for (let i = 0; i < steps * pairs; i++) off = Math.max(off, values[i] as number);
+      if (sortColumns && off > stop) {
+        const norm2 = values.subarray(steps * pairs);
+        const perm = Array.from({ length: N }, (_, i) => i).sort(
+          (i, j) => (norm2[j] as number) - (norm2[i] as number) || i - j,
+        );
+        if (perm.some((v, i) => v !== i)) {
+          const idx = tf.tensor1d(Int32Array.from(perm), 'int32');
+          const next = held.take(tf.gather(x, idx, 1) as tf.Tensor2D);
+          idx.dispose();
+          held.release(x);
+          x.dispose();
+          x = next;
+          origin = Int32Array.from(perm, (i) => origin[i] as number);
+        }
+      }
+      jacobiStats.sweeps = sweep + 1;
+      await check('jacobi', sweep + 1, maxSweeps);
+      // or once they stall within 4× of it (rounding, not convergence, sets the cosines)
+      if (off <= stop || (off <= 4 * stop && off > 0.5 * lastOff)) break;
+      lastOff = off;
+    }
+  }
+  jacobiStats.off = off;
+  await check('vectors', 0, 1);
+
+  // σₖ = ‖aₖ‖/‖vₖ‖ (vₖ drifts from unit norm by rounding; A₀·vₖ = aₖ), sorted descending; uₖ = aₖ/‖aₖ‖.
+  // The input's columns are those that started below n (the padding's never mix with them).
+  const xEnd = x;
+  const norms = tf.tidy(() =>
+    tf.sqrt(
+      tf.concat([
+        tf.sum(tf.square(tf.slice(xEnd, [0, 0], [m, N])), 0),
+        tf.sum(tf.square(tf.slice(xEnd, [m, 0], [n, N])), 0),
+      ]),
+    ),
+  );
+  const both = (await norms.data()) as Float32Array;
+  norms.dispose();
+  const an = both.subarray(0, N);
+  const vn = both.subarray(N);
+  const sig = Float32Array.from(an, (s, k) => s / (vn[k] as number));
+  const order = [...origin.keys()]
+    .filter((k) => (origin[k] as number) < n)
+    .sort((i, j) => (sig[j] as number) - (sig[i] as number) || (origin[i] as number) - (origin[j] as number));
+  const sorted = Float32Array.from(order, (i) => sig[i] as number);
+  const floor = (sorted[0] as number) * NEGLIGIBLE;
+  const deficient = [...sorted.keys()].filter((k) => !((sorted[k] as number) > floor));
+  const idx = tf.tensor1d(Int32Array.from(order), 'int32');
+  const invA = tf.tensor1d(
+    Float32Array.from(order, (i, k) => ((sorted[k] as number) > floor ? 1 / (an[i] as number) : 0)),
+  );
+  const invV = tf.tensor1d(Float32Array.from(order, (i) => 1 / (vn[i] as number)));
+  const out = tf.tidy(() => ({
+    U: tf.mul(tf.gather(tf.slice(xEnd, [0, 0], [m, N]), idx, 1), invA) as tf.Tensor2D,
+    V: tf.mul(tf.gather(tf.slice(xEnd, [m, 0], [n, N]), idx, 1), invV) as tf.Tensor2D,
+  }));
+  tf.dispose([idx, invA, invV]);
+  let U = out.U;
+  if (deficient.length && options.complete !== false) {
+    held.take(U);
+    held.take(out.V);
+    U = await completeColumns(U, deficient, options, check, held);
+    held.release(out.V);
+  }
+  return { U, S: tf.tensor1d(sorted.map((s) => s / scale)), V: out.V };
+}
+
+/**
+ * U with its columns `deficient` (zero singular values) replaced by orthonormal vectors orthogonal to
+ * all the others, as LAPACK's U is for rank-deficient input: Gaussian vectors projected twice onto
+ * the complement of the kept columns, then orthonormalised by this same Jacobi SVD (their left
+ * vectors). `u` (held) is disposed; the result is not held.
+ */
+async function completeColumns(
+  u: tf.Tensor2D,
+  deficient: number[],
+  options: JacobiSvdOptions,
+  check: (stage: string, done: number, total: number) => Promise<void>,
+  held: Held,
+): Promise<tf.Tensor2D> {
+  const [m, n] = u.shape;
+  const bad = new Set(deficient);
+  const kept = [...Array(n).keys()].filter((k) => !bad.has(k));
+  const c = held.take(
+    tf.tidy(() => {
+      let r = tf.randomNormal([m, deficient.length], 0, 1, 'float32', 13) as tf.Tensor2D;
+      if (kept.length) {
+        const uk = tf.gather(u, kept, 1);
+        for (let pass = 0; pass < 2; pass++) r = tf.sub(r, tf.matMul(uk, tf.matMul(uk, r, true, false)));
+      }
+      return r;
+    }),
+  );
+  const basis = await jacobiCore(c, { ...options, complete: false }, check, held);
+  tf.dispose([basis.S, basis.V]);
+  // kept columns from u, the deficient ones from the basis, in their places
+  const place = new Int32Array(n);
+  for (const [k, col] of kept.entries()) place[col] = k;
+  for (const [j, col] of deficient.entries()) place[col] = kept.length + j;
+  const out = tf.tidy(() => tf.gather(tf.concat([tf.gather(u, kept, 1), basis.U], 1), place, 1) as tf.Tensor2D);
+  for (const t of [u, c]) {
+    held.release(t);
+    t.dispose();
+  }
+  basis.U.dispose();
+  return out;
+}
+
+/**
+ * Thin SVD of a 2-D float32 tensor on webgpu by blocked one-sided Jacobi (see the file's comment).
+ * Wide input is decomposed transposed; much taller than wide input is QR-factored first (blocked
+ * Householder), and R decomposed. Progress stages: 'qr' (when QR comes first), 'jacobi' (a sweep
+ * each), 'vectors'. Leaves `input` to the caller.
+ * @internal
+ */
+export async function svdJacobi(
+  input: tf.Tensor2D,
+  options: JacobiSvdOptions = {},
+): Promise<{ U: tf.Tensor2D; S: tf.Tensor1D; Vh: tf.Tensor2D }> {
+  const check = checkpoints(options);
+  const [m0, n0] = input.shape;
+  const wide = m0 < n0;
+  const [m, n] = wide ? [n0, m0] : [m0, n0];
+  const held = new Held();
+  try {
+    const tall = wide ? held.take(tf.transpose(input) as tf.Tensor2D) : input;
+    let qrBlocks: ReflectorBlock[] = [];
+    let core: tf.Tensor2D = tall;
+    if (m >= (options.qrFirstRatio ?? Number.POSITIVE_INFINITY) * n) {
+      const qrd = await qrBlocked(tall, { between: (done, total) => check('qr', done, total) });
+      qrBlocks = joinBlocks(qrd.blocks, 128);
+      core = held.take(tf.tensor2d(Float32Array.from(qrd.r), [n, n]));
+    }
+    const r = await jacobiCore(core, options, check, held);
+    held.take(r.V);
+    let u = held.take(r.U);
+    const S = held.take(r.S);
+    if (qrBlocks.length) {
+      // U = Q·[U_R; 0]
+      const grown = held.take(tf.tidy(() => tf.concat([u, tf.zeros([m - n, n])], 0) as tf.Tensor2D));
+      held.release(u);
+      u.dispose();
+      let done = 0;
+      u = await applyAll(grown, qrBlocks, held, () => check('vectors', ++done, qrBlocks.length));
+    }
+    // a wide input was decomposed transposed: aᵀ = U·S·Vᵀ, so a = V·S·Uᵀ
+    const [left, right] = wide ? [r.V, u] : [u, r.V];
+    const Vh = tf.transpose(right) as tf.Tensor2D;
+    held.release(left);
+    held.release(S);
+    return { U: left, S, Vh };
+  } finally {
+    held.dispose();
+  }
+}
