@@ -7,6 +7,7 @@
  * check the programs against). float32 throughout.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { WebGPUBackendLike, WebGPUProgramLike } from '@lora/tensor';
 
 const CHOL = 'LoraEvaCholeskyInverse';
 const JACOBI = 'LoraEvaJacobiSvd';
@@ -201,25 +202,8 @@ function writeSorted(
 // WGSL programs (tfjs-backend-webgpu's program interface: the backend writes the bindings `result`
 // and one read-only array per input, and calls `main(index)`; `localId`, `workgroupId` are set).
 
-interface WebGPUProgram {
-  outputShape: number[];
-  shaderKey: string;
-  dispatchLayout: { x: number[] };
-  dispatch: [number, number, number];
-  variableNames: string[];
-  workgroupSize: [number, number, number];
-  uniforms?: string;
-  getUserCode(): string;
-}
-interface WebGPUBackend {
-  device?: { limits?: { maxComputeWorkgroupStorageSize?: number } };
-  runWebGPUProgram(
-    p: WebGPUProgram,
-    inputs: tf.TensorInfo[],
-    dtype: tf.DataType,
-    uniforms?: { type: 'int32'; data: number[] }[],
-  ): tf.TensorInfo;
-}
+type WebGPUProgram = WebGPUProgramLike;
+type WebGPUBackend = WebGPUBackendLike;
 
 const WG = 64;
 

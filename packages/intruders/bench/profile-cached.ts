@@ -7,36 +7,12 @@
  *                                                CYCLE_DIM, TOL: topSingularTriplets options)
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { matrix64 } from '@lora/linalg';
-import { initBackend } from '@lora/tensor';
+import { cpu, randomLayer, setUp } from './profile-setup';
 import { analyseMatrix, buildCore, denseTriplets, reduceMatrix } from '../src/reduce-matrix';
 import { topSingularTriplets } from '../src/top-singular';
 import { WeightSvdCache } from '../src/weight-svd-cache';
 
-const importers = {
-  '@tensorflow/tfjs-backend-cpu': () => import('@tensorflow/tfjs-backend-cpu'),
-  '@tensorflow/tfjs-backend-wasm': () => import('@tensorflow/tfjs-backend-wasm'),
-  '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu'),
-};
-const backend = (process.env.LORA_BACKEND ?? 'wasm') as 'wasm';
-await initBackend(backend, { importers });
-const shapes = (process.env.SHAPES ?? '1024x1024,256x1024,2816x1024,1024x2816')
-  .split(',')
-  .map((s) => s.split('x').map(Number) as [number, number]);
-
-let seed = 12345;
-const uniform = () => {
-  seed = (seed * 1103515245 + 12345) % 2147483648;
-  return (seed + 0.5) / 2147483648;
-};
-const gauss = () => Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
-
-const cpu = async <T>(f: () => Promise<T> | T): Promise<[T, number]> => {
-  const c0 = process.cpuUsage();
-  const value = await f();
-  const used = process.cpuUsage(c0);
-  return [value, (used.user + used.system) / 1e6];
-};
+const { backend, shapes } = await setUp();
 
 const r = 16;
 const cache = new WeightSvdCache();
@@ -44,22 +20,10 @@ console.log(`backend ${backend}; process CPU seconds per phase`);
 console.log('| W (m×n) | W SVD (cold) | core K | K triplets | how | analysis (core + triplets + lift) | mitigation |');
 console.log('| --- | --- | --- | --- | --- | --- | --- |');
 for (const [at, [m, n]] of shapes.entries()) {
-  const w = tf.tensor2d(
-    Float32Array.from({ length: m * n }, () => 0.02 * gauss()),
-    [m, n],
-  );
+  const layer = randomLayer(m, n, r);
+  const w = tf.tensor2d(layer.w, [m, n]);
   const [weight, tSvd] = await cpu(() => cache.svdOf(`${m}x${n}#${at}`, null, () => w));
-  const left = matrix64(
-    m,
-    r,
-    Float64Array.from({ length: m * r }, () => 0.05 * gauss()),
-  );
-  const bound = 1 / Math.sqrt(n);
-  const right = matrix64(
-    r,
-    n,
-    Float64Array.from({ length: r * n }, () => bound * (2 * uniform() - 1)),
-  );
+  const { left, right } = layer;
   const problem = { m, n, weight, left, right, scaling: 2 };
   const [{ core }, tCore] = await cpu(() => buildCore(problem));
   const t = Math.min(10, weight.S.length);

@@ -7,34 +7,13 @@
  *   (LORA_BACKEND, default wasm; SHAPES=1024x1024,…; NO_SVD=1 skips W's SVD)
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { matrix64 } from '@lora/linalg';
-import { initBackend } from '@lora/tensor';
+import { cpu, randomLayer, setUp } from './profile-setup';
 import { analyseFromSum, sumTriplets } from '../src/analyse-sum';
 import { certifySteps } from '../src/certify';
 import { WeightSvdCache } from '../src/weight-svd-cache';
 
-const importers = {
-  '@tensorflow/tfjs-backend-cpu': () => import('@tensorflow/tfjs-backend-cpu'),
-  '@tensorflow/tfjs-backend-wasm': () => import('@tensorflow/tfjs-backend-wasm'),
-  '@tensorflow/tfjs-backend-webgpu': () => import('@tensorflow/tfjs-backend-webgpu'),
-};
-const backend = (process.env.LORA_BACKEND ?? 'wasm') as 'wasm';
-await initBackend(backend, { importers });
-const shapes = (process.env.SHAPES ?? '1024x1024,256x1024,2816x1024,1024x2816')
-  .split(',')
-  .map((s) => s.split('x').map(Number) as [number, number]);
-let seed = 12345;
-const uniform = () => {
-  seed = (seed * 1103515245 + 12345) % 2147483648;
-  return (seed + 0.5) / 2147483648;
-};
-const gauss = () => Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
-const cpu = async <T>(f: () => Promise<T> | T): Promise<[T, number]> => {
-  const c0 = process.cpuUsage();
-  const value = await f();
-  const used = process.cpuUsage(c0);
-  return [value, (used.user + used.system) / 1e6];
-};
+const { backend, shapes } = await setUp();
+
 const r = 16;
 const cache = new WeightSvdCache();
 console.log(`backend ${backend}; process CPU seconds per phase`);
@@ -43,21 +22,9 @@ console.log(
 );
 console.log('| --- | --- | --- | --- | --- | --- | --- |');
 for (const [at, [m, n]] of shapes.entries()) {
-  const w = tf.tensor2d(
-    Float32Array.from({ length: m * n }, () => 0.02 * gauss()),
-    [m, n],
-  );
-  const left = matrix64(
-    m,
-    r,
-    Float64Array.from({ length: m * r }, () => 0.05 * gauss()),
-  );
-  const bound = 1 / Math.sqrt(n);
-  const right = matrix64(
-    r,
-    n,
-    Float64Array.from({ length: r * n }, () => bound * (2 * uniform() - 1)),
-  );
+  const layer = randomLayer(m, n, r);
+  const w = tf.tensor2d(layer.w, [m, n]);
+  const { left, right } = layer;
   await cpu(() => sumTriplets(w, left, right, 2, 10).then((t) => t.uTensor.dispose())); // warm-up
   const [top, tTop] = await cpu(() => sumTriplets(w, left, right, 2, 10));
   console.error(`${m}x${n}: products ${top.iterations}, converged ${top.converged}`);

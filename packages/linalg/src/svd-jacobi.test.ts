@@ -120,7 +120,7 @@ await describeEachBackend('svd by blocked one-sided Jacobi (WGSL)', (backend) =>
   );
 
   it.runIf(onWebgpu)(
-    'is what svd runs on webgpu; stops on an aborted signal leaving no tensor',
+    'is what svd runs on webgpu, one progress report a sweep (aborts in each stage: svd-blocked.test.ts)',
     async () => {
       const t = f32(gaussian(130, 130, 8));
       const stages: string[] = [];
@@ -128,19 +128,6 @@ await describeEachBackend('svd by blocked one-sided Jacobi (WGSL)', (backend) =>
       tf.dispose([r.U, r.S, r.Vh]);
       expect(stages.filter((s) => s === 'jacobi').length).toBe(jacobiStats.sweeps);
       expect(stages.at(-1)).toBe('vectors');
-      const before = tf.memory().numTensors;
-      for (const stage of ['jacobi', 'vectors']) {
-        const controller = new AbortController();
-        const run = svd(t, {
-          method: 'backend',
-          signal: controller.signal,
-          onProgress: (p) => {
-            if (p.stage === stage) controller.abort(new Error(`stop in ${stage}`));
-          },
-        });
-        await expect(run).rejects.toThrow(`stop in ${stage}`);
-        expect(tf.memory().numTensors, stage).toBe(before);
-      }
       t.dispose();
     },
     120_000,

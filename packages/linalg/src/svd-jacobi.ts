@@ -14,34 +14,14 @@
  * @lora/eva's small-factor.ts.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { WebGPUBackendLike, WebGPUProgramLike, WebGPUUniform } from '@lora/tensor';
 import { type ReflectorBlock, joinBlocks } from './block-reflectors';
 import { type LongRunOptions, checkpoints } from './long-run';
 import { Held, applyAll, qrBlocked } from './svd-blocked';
 
-interface WebGPUProgram {
-  outputShape: number[];
-  shaderKey: string;
-  dispatchLayout: { x: number[] };
-  dispatch: [number, number, number];
-  variableNames: string[];
-  workgroupSize: [number, number, number];
-  uniforms?: string;
-  getUserCode(): string;
-}
-interface Uniform {
-  type: 'int32' | 'float32';
-  data: number[];
-}
-interface WebGPUBackend {
-  device?: { limits?: { maxComputeWorkgroupStorageSize?: number } };
-  runWebGPUProgram(
-    p: WebGPUProgram,
-    inputs: tf.TensorInfo[],
-    dtype: tf.DataType,
-    uniforms?: Uniform[],
-    output?: tf.TensorInfo,
-  ): tf.TensorInfo;
-}
+type WebGPUProgram = WebGPUProgramLike;
+type Uniform = WebGPUUniform;
+type WebGPUBackend = WebGPUBackendLike;
 
 /** Options of the Jacobi SVD. */
 export interface JacobiSvdOptions extends LongRunOptions {

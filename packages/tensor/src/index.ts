@@ -46,3 +46,4 @@ export type { DownloadProgress, HubOptions } from './hub-options';
 export { openFiles } from './file-source';
 export type { FileContent, FileSource, ModelFiles } from './file-source';
 export { maxRelativeError } from './parity';
+export type { WebGPUBackendLike, WebGPUProgramLike, WebGPUUniform } from './webgpu-program';
