@@ -119,6 +119,19 @@ await describeEachBackend('svd by blocked one-sided Jacobi (WGSL)', (backend) =>
     120_000,
   );
 
+  it.runIf(onWebgpu)('refuses a block size it has no program for, naming it, and leaves nothing', async () => {
+    const t = f32(gaussian(64, 64, 1));
+    const before = tf.memory().numTensors;
+    await expect(svdJacobi(t, { block: 24 })).rejects.toThrow(
+      expect.objectContaining({
+        name: 'LinalgError',
+        message: expect.stringMatching(/Jacobi block 24 is not 16 or 32/),
+      }),
+    );
+    expect(tf.memory().numTensors).toBe(before);
+    t.dispose();
+  });
+
   it.runIf(onWebgpu)(
     'is what svd runs on webgpu, one progress report a sweep (aborts in each stage: svd-blocked.test.ts)',
     async () => {

@@ -16,6 +16,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackendLike, WebGPUProgramLike, WebGPUUniform } from '@lora/tensor';
 import { type ReflectorBlock, joinBlocks } from './block-reflectors';
+import { LinalgError } from './errors';
 import { type LongRunOptions, checkpoints } from './long-run';
 import { Held, applyAll, qrBlocked } from './svd-blocked';
 
@@ -439,9 +440,9 @@ async function jacobiCore(
   const backend = tf.backend() as unknown as WebGPUBackend;
   const [m, n] = a.shape;
   const b = options.block ?? 16;
-  if (b !== 16 && b !== 32) throw new Error(`svd: Jacobi block ${b} is not 16 or 32`);
+  if (b !== 16 && b !== 32) throw new LinalgError(`svd: Jacobi block ${b} is not 16 or 32 (the columns of a block)`);
   if (b === 32 && storageLimit(backend) < JACOBI_STORAGE_32)
-    throw new Error(
+    throw new LinalgError(
       `svd: Jacobi block 32 needs ${JACOBI_STORAGE_32} bytes of workgroup memory; this device has ${storageLimit(backend)} (use block 16)`,
     );
   const q = 2 * b;
