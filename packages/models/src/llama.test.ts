@@ -124,6 +124,23 @@ await describeEachBackend('Llama training and sampling', () => {
     model.dispose();
   });
 
+  it('continues prompts of different lengths, each as it would be alone (greedy), in their order', async () => {
+    const model = await LlamaForCausalLM.fromPretrained(join(FIXTURES, 'llama-gqa'));
+    const prompts = [[5, 9, 13], [7, 2, 11, 4, 8], [3], [6, 1, 12]];
+    await model.generate([[5]], { maxNewTokens: 1 }); // the model's own caches (RoPE tables) made once
+    const before = tf.memory().numTensors;
+    const tokens: number[] = [];
+    const together = await model.generate(prompts, { maxNewTokens: 5, onToken: (t) => tokens.push(t) });
+    expect(tf.memory().numTensors).toBe(before);
+    const alone = [];
+    for (const p of prompts) alone.push(...(await model.generate([p], { maxNewTokens: 5 })));
+    expect(together).toEqual(alone);
+    expect(together.map((s) => s.length)).toEqual([8, 10, 6, 8]);
+    // onToken follows the first prompt only
+    expect(tokens).toEqual((alone[0] as number[]).slice(3));
+    model.dispose();
+  });
+
   it('samples reproducibly with a seed; top-k 1 is greedy', async () => {
     const model = await LlamaForCausalLM.fromPretrained(join(FIXTURES, 'llama-gqa'));
     const prompt = [[5, 9, 13]];

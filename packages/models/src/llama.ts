@@ -678,9 +678,35 @@ export class LlamaForCausalLM extends Module {
    * Continues each sequence by up to `maxNewTokens` tokens with a KV cache: greedy by default,
    * sampling with temperature / top-k / top-p when `temperature > 0`. Stops a sequence at an
    * end-of-sequence token. Returns prompt + new tokens, as transformers' `generate`.
+   *
+   * Prompts of different lengths need no padding: they are continued in groups of one length, each
+   * group batched (greedy results are each prompt's own; sampling draws each group from `seed`, and
+   * `onToken` follows the first prompt).
+   *
+   * @example
+   * ```ts
+   * const ids = [tokenizer.encode('Your lucky').ids, tokenizer.encode('Today is a').ids];
+   * const [a, b] = await model.generate(ids, { maxNewTokens: 20 });
+   * ```
    */
   async generate(inputIds: tf.Tensor2D | number[][], options: GenerateOptions = {}): Promise<number[][]> {
     const prompt = Array.isArray(inputIds) ? inputIds : ((await inputIds.array()) as number[][]);
+    const lengths = [...new Set(prompt.map((row) => row.length))];
+    if (lengths.length > 1) {
+      const out: number[][] = new Array(prompt.length);
+      for (const length of lengths) {
+        const rows = prompt.flatMap((row, i) => (row.length === length ? [i] : []));
+        const { onToken, ...rest } = options;
+        const got = await this.generate(
+          rows.map((i) => prompt[i] as number[]),
+          rows[0] === 0 && onToken ? { ...rest, onToken } : rest,
+        );
+        rows.forEach((i, j) => {
+          out[i] = got[j] as number[];
+        });
+      }
+      return out;
+    }
     const maxNew = options.maxNewTokens ?? 20;
     const eos = new Set(options.eosTokenId === undefined ? this.config.eosTokenId : [options.eosTokenId].flat());
     const sample = (options.temperature ?? 0) > 0;
