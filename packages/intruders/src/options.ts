@@ -68,6 +68,11 @@ export interface ResolvedSettings {
   log: (line: string) => void;
 }
 
+/** Whether the active backend computes on the host (`cpu`, `wasm`), where products with W cost O(m·n) of host time. */
+export function onCpuBackend(): boolean {
+  return ['cpu', 'wasm'].includes(tf.getBackend());
+}
+
 /** PEFT's defaults and our checks: a clear error naming the value, before any work. */
 export function resolveSettings(options: IntruderSettings): ResolvedSettings {
   const {
@@ -76,8 +81,8 @@ export function resolveSettings(options: IntruderSettings): ResolvedSettings {
     mitigationLambda = 0.75,
     loggingSink,
     exactCosines = false,
-    certify = !['cpu', 'wasm'].includes(tf.getBackend()),
-    concurrency = ['cpu', 'wasm'].includes(tf.getBackend()) ? 1 : 4,
+    certify = !onCpuBackend(),
+    concurrency = onCpuBackend() ? 1 : 4,
   } = options;
   if (!Number.isInteger(topK) || topK < 1)
     throw new IntruderReductionError(

@@ -1,7 +1,7 @@
 import type { Matrix64 } from '@lora/linalg';
-import * as tf from '@tensorflow/tfjs-core';
+import type * as tf from '@tensorflow/tfjs-core';
 import { type FactorLayout, factorsToMatrices, matricesToFactors } from './layouts';
-import type { ResolvedSettings } from './options';
+import { type ResolvedSettings, onCpuBackend } from './options';
 import { analyseFromSum, decides, type SumTriplets, sumTriplets } from './analyse-sum';
 import { analyseMatrix, type MatrixAnalysis, thresholdAndMitigate } from './reduce-matrix';
 import type { WeightSvdCache } from './weight-svd-cache';
@@ -136,7 +136,7 @@ async function analyseLayer(
   // on a CPU backend, unless the certificate is to be tried, W's SVD and the core path's products
   // (O((k + r)·r) each, on the host) cost less than products with W + ΔW (O(m·n)); on a GPU the latter
   // are nearly free and the host work is less
-  if (!certify && ['cpu', 'wasm'].includes(tf.getBackend())) {
+  if (!certify && onCpuBackend()) {
     const weight = await timed('svd', () => cache.svdOf(input.weightKey, input.weightVersion, input.weightMatrix));
     return timed('core', () => analyseMatrix({ m, n, weight, left, right, scaling: input.scaling }, settings.topK));
   }

@@ -134,8 +134,8 @@ function gramTensor(q: tf.Tensor2D, explicitTranspose: boolean): tf.Tensor2D {
 }
 
 /**
- * CholeskyQR2 on the backend whose final orthogonality check is left to the caller: Q = X·R⁻¹ with
- * R = R₂·R₁ upper triangular on the host (so X = Q·R), from two k×k Gram matrices read back; `check`
+ * CholeskyQR2 on the backend whose final orthogonality check is left to the caller: Q = X·R₁⁻¹·R₂⁻¹
+ * from two k×k Gram matrices read back (their Cholesky factors R₁, R₂ in float64 on the host); `check`
  * is QᵀQ on the backend, not read, for the caller to read with a later read-back and test with
  * {@link orthogonalityDeviation} (above 1e-5: Q is not to be trusted). `alongside`, when given, is
  * read back with the first Gram matrix, in the same round trip (`alongsideValues`). Null when a
@@ -146,58 +146,35 @@ export async function choleskyQr2Deferred(
   x: tf.Tensor2D,
   explicitTranspose: boolean,
   alongside?: tf.Tensor,
-): Promise<{ q: tf.Tensor2D; r: Float64Array; check: tf.Tensor2D; alongsideValues?: Float32Array } | null> {
+): Promise<{ q: tf.Tensor2D; check: tf.Tensor2D; alongsideValues?: Float32Array } | null> {
   const [m, k] = x.shape;
   if (k > m) return null;
   let alongsideValues: Float32Array | undefined;
   let q: tf.Tensor2D = x;
-  let r: Float64Array | null = null;
   for (let pass = 0; pass < 2; pass++) {
-    let values: Float32Array;
-    if (pass === 0 && alongside) {
-      const g = gramTensor(q, explicitTranspose);
-      const both = tf.tidy(() => tf.concat([tf.reshape(g, [-1]), tf.reshape(alongside, [-1])]));
-      g.dispose();
-      const all = (await both.data()) as Float32Array;
-      both.dispose();
-      values = all.subarray(0, k * k);
-      alongsideValues = all.slice(k * k);
-    } else {
-      const g = gramTensor(q, explicitTranspose);
-      values = (await g.data()) as Float32Array;
-      g.dispose();
-    }
-    const rPass = choleskyUpper(Float64Array.from(values), k);
+    const g = gramTensor(q, explicitTranspose);
+    // the first Gram matrix carries `alongside` in the same read-back
+    const read =
+      pass === 0 && alongside ? tf.tidy(() => tf.concat([tf.reshape(g, [-1]), tf.reshape(alongside, [-1])])) : g;
+    const all = (await read.data()) as Float32Array;
+    tf.dispose([g, read]);
+    if (read !== g) alongsideValues = all.slice(k * k);
+    const rPass = choleskyUpper(Float64Array.from(all.subarray(0, k * k)), k);
     if (!rPass?.every(Number.isFinite)) {
       if (q !== x) q.dispose();
       return null;
     }
-    const inverse = Float32Array.from(invertUpper(rPass, k));
-    const rInv = tf.tensor2d(inverse, [k, k]);
+    const rInv = tf.tensor2d(Float32Array.from(invertUpper(rPass, k)), [k, k]);
     const next = tf.matMul(q, rInv) as tf.Tensor2D;
     rInv.dispose();
     if (q !== x) q.dispose();
     q = next;
-    r = r ? multiplyUpper(rPass, r, k) : rPass;
   }
   return {
     q,
-    r: r as Float64Array,
     check: gramTensor(q, explicitTranspose),
     ...(alongsideValues ? { alongsideValues } : {}),
   };
-}
-
-/** The product of two upper-triangular k×k matrices (row-major, float64). */
-function multiplyUpper(a: Float64Array, b: Float64Array, k: number): Float64Array {
-  const c = new Float64Array(k * k);
-  for (let i = 0; i < k; i++)
-    for (let j = i; j < k; j++) {
-      let s = 0;
-      for (let p = i; p <= j; p++) s += (a[i * k + p] as number) * (b[p * k + j] as number);
-      c[i * k + j] = s;
-    }
-  return c;
 }
 
 /**
