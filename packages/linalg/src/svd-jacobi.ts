@@ -8,10 +8,11 @@
  * accumulated into J), and [Aᵢ Aⱼ; Vᵢ Vⱼ] ← [Aᵢ Aⱼ; Vᵢ Vⱼ]·J in place. One read-back a sweep (the
  * largest cosine between two columns met in it, and the columns' norms, by which the next sweep
  * orders them). The per-op host overhead of the Householder path (tens of thousands of small tfjs
- * ops) is gone: a Gaussian 1024² SVD is 10 sweeps, 1020 programs in all (930 of them these three).
+ * ops) is gone: a Gaussian 1024² SVD takes 11 sweeps and about 2,200 programs with the default
+ * 16-column blocks (10 sweeps, 1,020 programs with 32-column blocks; H200 figures in BENCHMARKS.md).
  *
- * This package does not import the webgpu backend: the program interface is typed here, as in
- * @lora/eva's small-factor.ts.
+ * This package does not import the webgpu backend: the program interface is @lora/tensor's
+ * `WebGPUProgramLike` (types only), as in @lora/eva's small-factor.ts.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackendLike, WebGPUProgramLike, WebGPUUniform } from '@lora/tensor';
