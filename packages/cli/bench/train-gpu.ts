@@ -115,6 +115,8 @@ const MM_PROGRAMS: Record<string, Partial<KernelOptions>> = {
   'r3 policy': R3_MATMUL,
   'r3 policy+thinrows': { ...R3_MATMUL, thinRows: true },
   'k32 policy+thinrows': { ...R3_MATMUL, matmulDepth: 32, thinRows: true },
+  // round 5: 32-deep slabs from K = 2048 on, 16-deep below
+  'auto policy+thinrows': { ...R3_MATMUL, matmulDepth: 'auto', thinRows: true },
   'r4 policy': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256 },
   'r4 policy+split': { ...R3_MATMUL, ...R4_FEATURES, mediumTile: '128x64', largeTileGroups: 256, matmulSplitK: true },
   'r4 policy+split+thin': {
@@ -151,6 +153,9 @@ const VARIANTS: Record<string, Partial<KernelOptions>> = {
   'r4-all': { ...R3_MATMUL, ...R4_FEATURES },
   'r4-k32': { ...R3_MATMUL, matmulDepth: 32 },
   'r3+thinrows': { ...R3_MATMUL, thinRows: true },
+  // round 5: the slab depth by K (32 from K = 2048 on: down's x·Wᵀ, dy·W of gate/up and of the LM head)
+  'r5-auto': { ...R3_MATMUL, matmulDepth: 'auto', thinRows: true },
+  'r5-auto+warp': { ...R3_MATMUL, matmulDepth: 'auto', thinRows: true, matmulWarpLayout: true },
   'r4-k32+thinrows': { ...R3_MATMUL, matmulDepth: 32, thinRows: true },
   'r4-warp+k32+thinrows': { ...R3_MATMUL, matmulWarpLayout: true, matmulDepth: 32, thinRows: true },
   'r4-warp+k32': { ...R3_MATMUL, matmulWarpLayout: true, matmulDepth: 32 },

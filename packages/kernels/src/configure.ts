@@ -29,8 +29,8 @@ export function configureKernels(options: Partial<KernelOptions> = {}): KernelOp
       throw new Error(`configureKernels: largeTileGroups must be a positive integer, got ${JSON.stringify(v)}`);
     if (k === 'mediumTile' && !MEDIUM.includes(v as string))
       throw new Error(`configureKernels: mediumTile must be one of ${MEDIUM.join(', ')}; got ${JSON.stringify(v)}`);
-    if (k === 'matmulDepth' && v !== 16 && v !== 32)
-      throw new Error(`configureKernels: matmulDepth must be 16 or 32, got ${JSON.stringify(v)}`);
+    if (k === 'matmulDepth' && v !== 16 && v !== 32 && v !== 'auto')
+      throw new Error(`configureKernels: matmulDepth must be 16, 32 or 'auto', got ${JSON.stringify(v)}`);
     const nonBoolean = ['matmul', 'largeTileGroups', 'mediumTile', 'matmulDepth'];
     if (!nonBoolean.includes(k) && typeof v !== 'boolean')
       throw new Error(`configureKernels: ${k} must be true or false, got ${JSON.stringify(v)}`);

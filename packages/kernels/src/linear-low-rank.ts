@@ -34,7 +34,7 @@ const register = once(() => {
     const vec4 = k % 4 === 0;
     const splits = chooseSplitK(1, m, n, k, tile);
     const program = tiledMatmulProgram([1, m, n], false, true, tile, storage, vec4, vec4, true, {
-      ...matmulFeatures(),
+      ...matmulFeatures(k),
       splitK: splits,
     });
     const out = runTiled(

@@ -496,10 +496,14 @@ export function runTiled(
   return out;
 }
 
-/** The program variations in force (see {@link MatmulFeatures}). */
-export function matmulFeatures(): MatmulFeatures {
+/** K from which `matmulDepth: 'auto'` takes 32-deep slabs. */
+export const LONG_K = 2048;
+
+/** The program variations in force (see {@link MatmulFeatures}) for a product over `k`. */
+export function matmulFeatures(k: number): MatmulFeatures {
   const o = optionsRef();
-  return { warp: o.matmulWarpLayout, double: o.matmulDoubleBuffer, vec4Store: o.matmulVec4Store, depth: o.matmulDepth };
+  const depth = o.matmulDepth === 'auto' ? (k >= LONG_K ? 32 : 16) : o.matmulDepth;
+  return { warp: o.matmulWarpLayout, double: o.matmulDoubleBuffer, vec4Store: o.matmulVec4Store, depth };
 }
 
 let original: tf.KernelFunc | null = null;
@@ -558,7 +562,7 @@ function tiledBatchMatMul(args: BatchMatMulArgs): tf.TensorInfo {
   const vec4B = (transposeB ? k : n) % 4 === 0;
   const splits = chooseSplitK(batch, m, n, k, tile);
   const program = tiledMatmulProgram([batch, m, n], transposeA, transposeB, tile, storage, vec4A, vec4B, false, {
-    ...matmulFeatures(),
+    ...matmulFeatures(k),
     splitK: splits,
   });
   const out = runTiled(

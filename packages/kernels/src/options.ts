@@ -47,11 +47,15 @@ export interface KernelOptions {
   /** The tiled program writes its output as vec4s where N is a multiple of 4. Same results. Default false. */
   matmulVec4Store: boolean;
   /**
-   * The K-depth of the tiled program's workgroup-memory slabs (16 or 32): 32 halves the barriers per
-   * product and doubles the workgroup memory (two slabs of a 128² tile then no longer fit in 48 KiB,
-   * so `matmulDoubleBuffer` falls back to one). Same results. Default 16.
+   * The K-depth of the tiled program's workgroup-memory slabs: 16, 32, or `'auto'` (32 for products
+   * with K ≥ 2048, else 16). 32 halves the barriers per product and doubles the workgroup memory (two
+   * slabs of a 128² tile then no longer fit in 48 KiB, so `matmulDoubleBuffer` falls back to one). On
+   * the H200 32 was faster for every long-K product measured (the 123M model's down projection, K =
+   * 2816: 446 → 413 µs; dy·W of gate/up, K = 2816: 478 → 393; of the LM head, K = 32000: 5 479 →
+   * 4 319) and slower for every K = 1024 one (the LM head's x·Wᵀ: 3 755 → 4 601 µs); `'auto'` takes
+   * each where it was faster. Same results. Default 16.
    */
-  matmulDepth: 16 | 32;
+  matmulDepth: 16 | 32 | 'auto';
   /**
    * Products that give the tiled program too few workgroups (under 96; e.g. the 123M model's k/v
    * projections, 2048 × 256 with K = 1024) split K over up to 4 workgroups per tile and sum the
