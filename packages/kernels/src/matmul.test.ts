@@ -113,7 +113,8 @@ await describeEachBackend('tiled matmul', (backend) => {
         const n = tb ? (sb.at(-2) as number) : (sb.at(-1) as number);
         const vec = (ta ? (m as number) : (k as number)) % 4 === 0 && (tb ? (k as number) : n) % 4 === 0;
         const t = TILES[tile.slice(6) as keyof typeof TILES];
-        const depth = wantDepth ?? (o.matmulDepth as number);
+        // the other cases have K < 2048: 'auto' (the default) is 16 there
+        const depth = wantDepth ?? (o.matmulDepth === 'auto' ? 16 : o.matmulDepth);
         expect(program).toMatch(new RegExp(`^LoraMatmulTiled_${t.bm}_${t.bn}_${depth}_`));
         expect(program?.includes('_warp')).toBe(o.matmulWarpLayout);
         // two slabs only on the vec4 path, and where workgroup memory holds them
