@@ -12,6 +12,7 @@
 # Each part has its own time limits, so that one that runs long leaves the others' results. In $OUT:
 #   {a,b}-bench.md (the tables), intruders.tgz (gpu.txt, {a,b}-peer.json, {a,b}-peer.err, {a,b}-bench.err
 #   with per-layer progress, {a,b}-bench-123m.json)
+# NODE_FLAGS go to node for our side (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof": NODE_OPTIONS refuses --cpu-prof).
 # Run from the repository root:  bash examples/intruders/bench/device.sh  (or from a copy of this
 # folder: it finds peer_intruders.py beside itself)
 set -uo pipefail
@@ -25,7 +26,7 @@ part() { # tag layers bundle peer-limit ours-limit
     > "$OUT/$1-peer.json" 2> "$OUT/$1-peer.err"
   echo "peer exit $?" >> "$OUT/$1-peer.err"
   mkdir -p "$OUT/$1"
-  OUT="$OUT/$1" LORA_BACKEND=webgpu timeout "$5" "$NODE" ".device/bundle/$3.mjs" "$D" > "$OUT/$1-bench.md" 2> "$OUT/$1-bench.err"
+  OUT="$OUT/$1" LORA_BACKEND=webgpu timeout "$5" "$NODE" ${NODE_FLAGS:-} ".device/bundle/$3.mjs" "$D" > "$OUT/$1-bench.md" 2> "$OUT/$1-bench.err"
   echo "bench exit $?" >> "$OUT/$1-bench.err"
   mv "$OUT/$1"/* "$OUT/" 2>/dev/null; rmdir "$OUT/$1" 2>/dev/null
   for f in "$OUT"/bench-123m.json; do [ -e "$f" ] && mv "$f" "$OUT/$1-bench-123m.json"; done

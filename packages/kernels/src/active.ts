@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { ensureDispatchCache } from './dispatch-cache';
+import { ensureDispatchCache } from '@lora/tensor';
 import { installMatmulOverride } from './matmul';
 import { optionsRef } from './options';
 

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { ensureDispatchCache } from './dispatch-cache';
+import { ensureDispatchCache, setDispatchCache } from '@lora/tensor';
 import { installMatmulOverride } from './matmul';
 import { DEFAULT_KERNEL_OPTIONS, type KernelOptions, setKernelOptions } from './options';
 
@@ -40,6 +40,7 @@ export function configureKernels(options: Partial<KernelOptions> = {}): KernelOp
   // itself when webgpu first runs an op of this package
   if (next.matmul !== 'tfjs' && (options.matmul !== undefined || tf.getBackend() === 'webgpu')) installMatmulOverride();
   setKernelOptions(next);
+  setDispatchCache(next.dispatchCache);
   if (tf.getBackend() === 'webgpu') ensureDispatchCache();
   return { ...next };
 }

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, expect, it } from 'vitest';
 import { describeEachBackend } from '@lora/tensor/testing';
 import { configureKernels } from './configure';
-import { dispatchCacheStats } from './dispatch-cache';
+import { dispatchCacheStats } from '@lora/tensor';
 import { expectClose, failOnGpuErrors, seq } from './kernels.test-util';
 import { rmsNorm } from './rms-norm';
 

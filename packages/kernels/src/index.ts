@@ -1,7 +1,8 @@
 export { configureKernels } from './configure';
 export { fusedActive, preferTransposeFlags } from './active';
 export { kernelOptions } from './options';
-export { dispatchCacheStats } from './dispatch-cache';
+// the dispatch cache lives in @lora/tensor (initBackend('webgpu') installs it); re-exported for existing users
+export { dispatchCacheStats } from '@lora/tensor';
 export type { KernelOptions } from './options';
 export { rmsNorm } from './rms-norm';
 export { swiglu } from './swiglu';

@@ -81,7 +81,8 @@ export interface KernelOptions {
   /**
    * On webgpu, dispatches reuse uniform buffers (by content) and bind groups (by pipeline and
    * buffers) instead of making both anew each time, which is most of a dispatch's host time through
-   * Dawn in Node (see `dispatch-cache.ts`). Default true.
+   * Dawn in Node (`@lora/tensor`'s dispatch cache, which `initBackend('webgpu')` installs; this option
+   * sets `setDispatchCache`). Default true.
    */
   dispatchCache: boolean;
   /**

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { importOptional, isNode } from './environment';
 import { BackendUnavailableError } from './errors';
 import { guardWasmHeap, withXnnpackErrors } from './wasm-memory';
+import { ensureDispatchCache } from './webgpu-dispatch-cache';
 
 /** The backends `@lora` can run on. */
 export type BackendName = 'cpu' | 'wasm' | 'webgpu' | 'tensorflow';
@@ -437,6 +438,8 @@ async function probeWebgpu(options: InitBackendOptions, allowSoftware: boolean, 
       }
       webgpuGpu = gpu;
       await setTfBackend('webgpu');
+      // every dispatch then reuses uniform buffers and bind groups (see webgpu-dispatch-cache.ts)
+      ensureDispatchCache();
       return undefined;
     },
   };

@@ -47,3 +47,4 @@ export { openFiles } from './file-source';
 export type { FileContent, FileSource, ModelFiles } from './file-source';
 export { maxRelativeError } from './parity';
 export type { WebGPUBackendLike, WebGPUProgramLike, WebGPUUniform } from './webgpu-program';
+export { dispatchCacheStats, ensureDispatchCache, setDispatchCache } from './webgpu-dispatch-cache';

@@ -7,15 +7,20 @@
  * step, so this version keeps uniform buffers by content and bind groups by (pipeline, buffers): after
  * the first step most dispatches create nothing.
  *
- * Written against tfjs-backend-webgpu 4.22's backend (which `@lora/tensor` pins): the same uniform
+ * Written against tfjs-backend-webgpu 4.22's backend (which this package pins): the same uniform
  * block (NaN, Infinity, each input's and the output's shape and strides, the output size, the
  * program's own fields, laid out by WGSL's alignment rules), the same command encoder, compute pass
  * and submit batching, the same bookkeeping of buffers in flight. Profiling (`tf.profile`'s timed
  * passes) and pixel programs go through tfjs's own code.
+ *
+ * `initBackend('webgpu')` installs it, so that every dispatch on webgpu takes it: tfjs's own ops,
+ * `@lora/kernels`' programs, and the programs of packages that do not use `@lora/kernels`
+ * (`@lora/linalg`'s Jacobi SVD, the subspace iterations of `@lora/intruders`). Before, it was
+ * installed only once a `@lora/kernels` op ran, and intruder reduction on the H200 spent a third of
+ * its host time making uniform buffers and bind groups.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { optionsRef } from './options';
-import type { UniformValue, WebGPUProgramLike } from './webgpu-program';
+import type { WebGPUProgramLike, WebGPUUniform as UniformValue } from './webgpu-program';
 
 interface GPUObjects {
   createBuffer(d: { size: number; usage: number; mappedAtCreation?: boolean }): GPUBufferLike;
@@ -52,10 +57,39 @@ interface Backend {
   submitQueue(): void;
   recordAndSubmit(program: Program, output: tf.TensorInfo, inputs: tf.TensorInfo[], uniforms?: UniformValue[]): void;
 }
-type Program = WebGPUProgramLike & { pipeline: { getBindGroupLayout(i: number): unknown }; pixelsOpType?: unknown };
+type Program = WebGPUProgramLike & {
+  pipeline: { getBindGroupLayout(i: number): unknown };
+  pixelsOpType?: unknown;
+  size?: boolean;
+  outputComponent?: number;
+};
 
-/** Counts of the cache's hits and misses since it was installed (for the bench). */
+/**
+ * Counts of the dispatch cache's hits and misses since it was installed (for benchmarks).
+ *
+ * @example
+ * ```ts
+ * const before = { ...dispatchCacheStats };
+ * // … a training step on webgpu …
+ * const hits = dispatchCacheStats.bindGroupHits - before.bindGroupHits;
+ * ```
+ */
 export const dispatchCacheStats = { bindGroupHits: 0, bindGroupMisses: 0, uniformHits: 0, uniformMisses: 0 };
+
+let enabled = true;
+
+/**
+ * Turns the webgpu dispatch cache on or off (on by default; `@lora/kernels`' `dispatchCache` option
+ * sets it). Off, every dispatch takes tfjs-backend-webgpu's own path. Same results either way.
+ *
+ * @example
+ * ```ts
+ * setDispatchCache(false); // measure tfjs's own dispatch path
+ * ```
+ */
+export function setDispatchCache(on: boolean): void {
+  enabled = on;
+}
 
 const MAX_UNIFORMS = 8192;
 const MAX_BIND_GROUPS = 32768;
@@ -244,8 +278,15 @@ function orderBufferPool(manager: BufferManagerLike): void {
 }
 
 /**
- * Wraps the active webgpu backend's `recordAndSubmit` with the cache (once per backend); the
- * `dispatchCache` option chooses per dispatch between it and tfjs's own path.
+ * Wraps the active webgpu backend's `recordAndSubmit` with the cache (once per backend; nothing on
+ * other backends); {@link setDispatchCache} chooses per dispatch between it and tfjs's own path.
+ * `initBackend('webgpu')` calls it; call it yourself after `tf.setBackend('webgpu')`.
+ *
+ * @example
+ * ```ts
+ * await tf.setBackend('webgpu');
+ * ensureDispatchCache();
+ * ```
  */
 export function ensureDispatchCache(): void {
   const backend = tf.backend() as unknown as Backend;
@@ -255,7 +296,7 @@ export function ensureDispatchCache(): void {
   const cache = new DispatchCache(backend);
   const own = backend.recordAndSubmit;
   backend.recordAndSubmit = function (program, output, inputs, uniforms) {
-    if (optionsRef().dispatchCache && cache.record(program, output, inputs, uniforms)) return;
+    if (enabled && cache.record(program, output, inputs, uniforms)) return;
     own.call(this, program, output, inputs, uniforms);
   };
 }
