@@ -10,7 +10,9 @@
  * BENCH_CASE_LIMIT_S stops one of our decompositions after that many seconds (through its AbortSignal: the
  * table then says "> N s"), so that one slow case cannot take a bounded run (the GPU machine's) with it.
  * Each of our SVDs also reports where its time went, stage by stage (its onProgress), and on webgpu how many
- * programs it ran and its Jacobi sweeps. BENCH_JACOBI (JSON, e.g. '{"innerSweeps":1}') runs the Jacobi SVD
+ * programs it ran, its Jacobi sweeps and serial inner sweeps (Σ over steps of the most inner sweeps a pair took:
+ * what bounds the per-pair Jacobi programs). BENCH_JACOBI (JSON, any JacobiSvdOptions, e.g. '{"innerSweeps":1}',
+ * '{"fused":true}', '{"innerExit":false}', '{"innerSweeps":3,"singleSweepAbove":0.01}') runs the Jacobi SVD
  * with those options instead of svd's defaults (webgpu only), to tune it on the GPU machine.
  */
 import { spawnSync } from 'node:child_process';
@@ -198,7 +200,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
         ms,
         cpu,
         load,
-        note: `max Δσ/σ₁ ${serr.toExponential(1)}, reconstruction ${rec.toExponential(1)}${programs ? `, ${programs.count()} programs, ${jacobiStats.sweeps} sweeps` : ''} (${w.summary()})`,
+        note: `max Δσ/σ₁ ${serr.toExponential(1)}, reconstruction ${rec.toExponential(1)}${programs ? `, ${programs.count()} programs, ${jacobiStats.sweeps} sweeps, ${jacobiStats.serialInnerSweeps} serial inner sweeps` : ''} (${w.summary()})`,
       };
     } else {
       for (const k of name.startsWith('ties') ? [16] : [16, 64]) {

@@ -119,6 +119,128 @@ await describeEachBackend('svd by blocked one-sided Jacobi (WGSL)', (backend) =>
     120_000,
   );
 
+  it.runIf(onWebgpu)(
+    'fused (one program a step) meets the same contract: Gaussian, graded, clustered, rank-deficient, tall, wide, b 32',
+    async () => {
+      const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+      const variants: [string, JacobiSvdOptions][] = [
+        ['fused', {}],
+        ['fused, 1 inner sweep', { innerSweeps: 1 }],
+        ['fused, 1 inner sweep, merged rounds, unchecked', { innerSweeps: 1, mergedRounds: true, checkBelow: 0 }],
+      ];
+      for (const [tag, variant] of variants) {
+        const o: JacobiSvdOptions = { fused: true, block: 16, ...variant };
+        await expectJacobi(gaussian(192, 192, 9), `gauss 192², ${tag}`, o);
+        // one program a step, and the stats rows below V are read back as the split path's
+        expect(jacobiStats.dispatches).toBe(jacobiStats.sweeps * (192 / 16 - 1));
+        expect(jacobiStats.off).toBeLessThanOrEqual(8 * Math.sqrt(192) * 2 ** -25);
+        expect(jacobiStats.serialInnerSweeps).toBeGreaterThan(0);
+        expect(jacobiStats.serialInnerSweeps).toBeLessThanOrEqual(jacobiStats.sweeps * 11 * (o.innerSweeps ?? 2));
+        await expectJacobi(
+          withSpectrum(
+            96,
+            96,
+            range(96).map((i) => 10 ** ((-10 * i) / 95)),
+          ),
+          `graded 1 … 1e-10, ${tag}`,
+          o,
+        );
+        await expectJacobi(
+          withSpectrum(128, 128, [
+            ...range(24).map(() => 3),
+            ...range(40).map((i) => 2 + 1e-6 * i),
+            ...range(24).map(() => 1),
+            ...range(40).map((i) => 0.5 ** i),
+          ]),
+          `clustered 128², ${tag}`,
+          o,
+        );
+        await expectJacobi(
+          withSpectrum(
+            80,
+            70,
+            range(12).map((i) => 3 - i / 6),
+          ),
+          `rank 12, ${tag}`,
+          o,
+        );
+        const z = gaussian(70, 50, 5);
+        for (let i = 0; i < 70; i++) for (const c of [3, 17, 18]) z.data[i * 50 + c] = 0;
+        await expectJacobi(z, `three zero columns, ${tag}`, o);
+        await expectJacobi(gaussian(150, 40, 6), `tall 150×40, ${tag}`, o);
+        await expectJacobi(gaussian(40, 96, 3), `wide 40×96, ${tag}`, o);
+        // fewer rows than the pair's 32 columns: the Gram tile's rows past m are zero
+        await expectJacobi(gaussian(20, 20, 12), `20² (padded to 32), ${tag}`, o);
+      }
+      await expectJacobi(gaussian(130, 130, 4), 'gauss 130² (padded to 192), fused, b 32', { fused: true, block: 32 });
+      expect(jacobiStats.dispatches).toBe(jacobiStats.sweeps * (192 / 32 - 1));
+    },
+    300_000,
+  );
+
+  it.runIf(onWebgpu)(
+    'innerExit, singleSweepAbove, mergedRounds and checkBelow change how many sweeps run, not the contract',
+    async () => {
+      const a = gaussian(128, 128, 10);
+      const stats = async (label: string, o: JacobiSvdOptions) => {
+        await expectJacobi(a, label, { block: 16, ...o });
+        return { ...jacobiStats };
+      };
+      const old = await stats('inner sweeps until one rotates nothing', { innerExit: false, checkBelow: 0 });
+      const exit = await stats('inner sweeps until G is diagonal', { checkBelow: 0 });
+      // the same rotations: the same outer sweeps, and never more inner ones
+      expect(exit.sweeps).toBe(old.sweeps);
+      expect(exit.innerSweeps).toBeLessThan(old.innerSweeps);
+      expect(exit.serialInnerSweeps).toBeLessThanOrEqual(old.serialInnerSweeps);
+      // every pair above a cosine of 0 (all that rotate) takes one sweep of the three allowed
+      const one = await stats('single sweeps', { innerSweeps: 3, singleSweepAbove: 0, checkBelow: 0 });
+      expect(one.serialInnerSweeps).toBeLessThanOrEqual(one.sweeps * 7);
+      const three = await stats('three inner sweeps', { innerSweeps: 3, checkBelow: 0 });
+      expect(three.serialInnerSweeps).toBeGreaterThan(one.serialInnerSweeps);
+      // one barrier a round, G in two copies: the same rotations, so the same counts
+      const merged = await stats('merged rounds', { mergedRounds: true, checkBelow: 0 });
+      expect([merged.sweeps, merged.innerSweeps]).toEqual([exit.sweeps, exit.innerSweeps]);
+      // (the default) a check of all cosines at once after a sweep that met them below 1e-2: one sweep
+      // fewer here, as orthogonal
+      const checked = await stats('checked', {});
+      expect(checked.sweeps).toBe(exit.sweeps - 1);
+      expect(checked.checks.at(-1)).toBeLessThanOrEqual(2 * Math.sqrt(128) * 2 ** -25);
+      expect(checked.off).toBe(checked.checks.at(-1));
+      const t = f32(a);
+      const before = tf.memory().numTensors;
+      await expect(svdJacobi(t, { innerSweeps: 0 })).rejects.toThrow(/innerSweeps 0 is not a positive integer/);
+      await expect(svdJacobi(t, { block: 32, mergedRounds: true })).rejects.toThrow(
+        expect.objectContaining({ name: 'LinalgError', message: expect.stringMatching(/mergedRounds needs block 16/) }),
+      );
+      expect(tf.memory().numTensors).toBe(before);
+      t.dispose();
+    },
+    120_000,
+  );
+
+  it.runIf(onWebgpu)('fused: one progress report a sweep, and an abort in each stage leaves no tensor', async () => {
+    const t = f32(gaussian(96, 96, 8));
+    const before = tf.memory().numTensors;
+    for (const stage of ['jacobi', 'vectors']) {
+      const controller = new AbortController();
+      const run = svdJacobi(t, {
+        fused: true,
+        signal: controller.signal,
+        onProgress: (p) => {
+          if (p.stage === stage) controller.abort(new Error(`stop in ${stage}`));
+        },
+      });
+      await expect(run).rejects.toThrow(`stop in ${stage}`);
+      expect(tf.memory().numTensors, stage).toBe(before);
+    }
+    const stages: string[] = [];
+    const r = await svdJacobi(t, { fused: true, onProgress: (p) => stages.push(p.stage) });
+    tf.dispose([r.U, r.S, r.Vh]);
+    expect(stages.filter((s) => s === 'jacobi').length).toBe(jacobiStats.sweeps);
+    expect(tf.memory().numTensors).toBe(before);
+    t.dispose();
+  });
+
   it.runIf(onWebgpu)('refuses a block size it has no program for, naming it, and leaves nothing', async () => {
     const t = f32(gaussian(64, 64, 1));
     const before = tf.memory().numTensors;

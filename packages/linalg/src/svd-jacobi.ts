@@ -10,6 +10,9 @@
  * orders them). The per-op host overhead of the Householder path (tens of thousands of small tfjs
  * ops) is gone: a Gaussian 1024² SVD takes 11 sweeps and about 2,200 programs with the default
  * 16-column blocks (10 sweeps, 1,020 programs with 32-column blocks; H200 figures in BENCHMARKS.md).
+ * With `fused`, a step is one program instead (a workgroup a pair does all three, reading and
+ * rotating its columns in global memory): a third of the programs, for sizes where a program's fixed
+ * cost outweighs the Gram matrix's and the rotation's parallelism.
  *
  * This package does not import the webgpu backend: the program interface is @lora/tensor's
  * `WebGPUProgramLike` (types only), as in @lora/eva's small-factor.ts.
@@ -35,12 +38,58 @@ export interface JacobiSvdOptions extends LongRunOptions {
   block?: number;
   /** Cyclic Jacobi sweeps (at most) on each pair's Gram matrix at each step. Default 2. */
   innerSweeps?: number;
+  /**
+   * Whether a pair's inner sweeps stop as soon as its Gram matrix is diagonal to tolerance (one
+   * barrier after each sweep tests what the next sweep would), rather than after a sweep that rotated
+   * nothing (a whole sweep, 2·(2b − 1) barriers, of no rotation). The same rotations either way, so the
+   * same result and outer sweeps; fewer inner sweeps once the pairs converge quadratically (the last
+   * few outer sweeps). Default true; false is the earlier behaviour, for the benchmark.
+   */
+  innerExit?: boolean;
+  /**
+   * A pair whose largest cosine at its step is above this takes one inner sweep only, the others up
+   * to `innerSweeps` (adaptive inner sweeps: far from orthogonal, the other pairs' rotations undo
+   * most of what a second sweep would do). Default 2 (never: every pair up to `innerSweeps`).
+   * @example svdJacobi(a, { innerSweeps: 3, singleSweepAbove: 1e-3 })
+   */
+  singleSweepAbove?: number;
+  /**
+   * Whether each step is one WGSL program instead of three: one workgroup a pair computes its Gram
+   * matrix from the columns, diagonalises it and rotates its columns (A's and V's rows) in place, with
+   * no partial Gram matrices or J in global memory and no program boundary between them. Fewer,
+   * longer programs with less parallelism in the Gram matrix and the rotation (a workgroup a pair);
+   * meant for sizes where per-program cost dominates (512² … 2048²). Same rotations, so the same
+   * sweeps as the three-program path to rounding. Default false.
+   * @example svdJacobi(a, { fused: true, innerSweeps: 1 })
+   */
+  fused?: boolean;
+  /**
+   * Whether each round of a pair's inner sweep is one barrier instead of two: every thread computes
+   * the (at most two) rotations it applies itself, from G as the round found it, and writes its 2×2
+   * block of the rotated G into a second copy of G, so that no barrier is needed between computing
+   * the rotations and applying them. The same rotations; block 16 only. Default false.
+   * @example svdJacobi(a, { fused: true, mergedRounds: true })
+   */
+  mergedRounds?: boolean;
   /** Whether each J is made orthogonal to first order before it is applied. Default true. */
   polish?: boolean;
   /** Whether U's columns for zero singular values are completed to an orthonormal basis. Default true. */
   complete?: boolean;
   /** Whether each sweep takes the columns in decreasing norm. Default true. */
   sortColumns?: boolean;
+  /**
+   * After a sweep whose largest cosine (between two columns, as it met them) is at most this, the
+   * columns' cosines are measured all at once, from one Gram matrix AᵀA (a matrix product, no
+   * rotation), and the sweeps stop if every one is at the stopping level (√m·2⁻²⁴). Jacobi converges
+   * quadratically, so such a sweep usually leaves the columns orthogonal to rounding, and the sweep
+   * the default rule waits for (to see every cosine at that level) only confirms it: this saves that
+   * sweep for a matrix product, with the same guarantee: on the battery and Gaussian 512² one sweep
+   * fewer in every case but one (where the sweep after 0.1 met them all orthogonal), at most two
+   * checks. The product costs less than one sweep's Gram matrices (m·N² against 2·m·N² multiply–adds,
+   * in one program). Default 1e-2; 0 turns it off (the earlier behaviour, for the benchmark).
+   * @example svdJacobi(a, { checkBelow: 0 })
+   */
+  checkBelow?: number;
   /** Sweeps before it stops unconverged. Default 30. */
   maxSweeps?: number;
   /**
@@ -67,6 +116,8 @@ const JACOBI_WG = 256;
  * sweep is 2·(2b − 1) barriers of a workgroup that has the GPU nearly to itself.
  */
 const INNER_SWEEPS = 2;
+/** The largest cosine of a sweep after which all cosines are checked at once (option checkBelow). */
+const CHECK_BELOW = 1e-2;
 /** Columns whose norm is below this fraction of the largest are treated as zero (their Gram entries underflow). */
 const NEGLIGIBLE = 2 ** -60;
 
@@ -97,7 +148,7 @@ function pairing(b: number): string {
 }
 
 const UNIFORMS =
-  'nb : i32, step : i32, rows : i32, cols : i32, chunkRows : i32, chunks : i32, tol : f32, pairs : i32, inner : i32, polish : i32,';
+  'nb : i32, step : i32, rows : i32, cols : i32, chunkRows : i32, chunks : i32, tol : f32, pairs : i32, inner : i32, polish : i32, stats : i32, allRows : i32, split : f32, innerExit : i32,';
 
 /**
  * Partial Gram matrices: workgroup (p, c) sums Σ x·xᵀ over its chunk of rows of the pair's 2b
@@ -165,30 +216,16 @@ function gramProgram(b: number, pairs: number, chunks: number): WebGPUProgram {
 }
 
 /**
- * One workgroup a pair: G = Σ of its partial Gram matrices, the largest |gᵢⱼ|/√(gᵢᵢ·gⱼⱼ) written to
- * result[pairs·Q² + step·pairs + p]; unless that is below tol, G is diagonalised by cyclic Jacobi and
- * the accumulated rotations J written to result[p·Q² …]. G is kept as its upper triangle (so that
- * G and J fit in 32 KiB of workgroup memory at Q = 64); each round of the round-robin order rotates
- * Q/2 disjoint pairs at once, every 2×2 block of G (G ← RᵀGR) and every row of J (J ← J·R) owned by
- * one thread, so that a round is two barriers. J's columns are then normalised and its rounding
- * taken out to first order (J ← J·(I − (JᵀJ − I)/2)): V is the product of some thousand such J at
- * 4096², and without this its loss of orthogonality (3× larger at 512²) dominates U·S·Vh − A.
+ * The workgroup memory and helpers of the per-pair Jacobi (both {@link jacobiProgram} and
+ * {@link fusedProgram}): G packed as its upper triangle (so that G and J fit in 32 KiB of workgroup
+ * memory at Q = 64), J, a round's rotations and their index pairs, a reduction.
  */
-function jacobiProgram(b: number, pairs: number): WebGPUProgram {
+function pairDecls(b: number, wg: number, merged: boolean): string {
   const q = 2 * b;
-  const wg = JACOBI_WG;
-  return {
-    outputShape: [pairs * q * q],
-    shaderKey: `LoraJacobiRotate_${b}`,
-    dispatchLayout: { x: [0] },
-    dispatch: [pairs, 1, 1],
-    variableNames: ['P'],
-    workgroupSize: [wg, 1, 1],
-    uniforms: UNIFORMS,
-    getUserCode: () => `
-      ${pairing(b)}
+  return `
       const H = ${b};
-      var<workgroup> g : array<f32, ${(q * (q + 1)) / 2}>;
+      const GP = ${(q * (q + 1)) / 2};
+      var<workgroup> g : array<f32, ${merged ? 'GP * 2' : 'GP'}>;
       var<workgroup> jm : array<f32, ${q * q}>;
       var<workgroup> cs : array<vec2<f32>, ${b}>;
       var<workgroup> pr : array<vec2<i32>, ${b}>;
@@ -205,21 +242,42 @@ function jacobiProgram(b: number, pairs: number): WebGPUProgram {
         let a = min(i, j);
         return a * (2 * Q - a + 1) / 2 + max(i, j) - a;
       }
-      fn main(index : i32) {
-        let lid = i32(localId.x);
-        let p = i32(workgroupId.x);
-        let tol = uniforms.tol;
-        for (var e = lid; e < Q * Q; e = e + ${wg}) {
-          let i = e / Q;
-          let j = e % Q;
-          if (j >= i) {
-            var s = 0.0;
-            for (var c = 0; c < uniforms.chunks; c = c + 1) { s = s + P[(p * uniforms.chunks + c) * Q * Q + e]; }
-            g[pk(i, j)] = s;
+      // the rotation (c, s) of columns ij.x, ij.y of G (at g[base …]) that zeroes their entry; (1, 0) below tol
+      fn rotationOf(ij : vec2<i32>, base : i32, tol : f32) -> vec2<f32> {
+        let a = g[base + pk(ij.x, ij.x)];
+        let bb = g[base + pk(ij.y, ij.y)];
+        let x = g[base + pk(ij.x, ij.y)];
+        var c = 1.0;
+        var s = 0.0;
+        if (abs(x) > tol * sqrt(a) * sqrt(bb)) {
+          let zeta = (bb - a) / (2.0 * x);
+          var t = 0.5 / zeta;
+          if (abs(zeta) < 1e15) {
+            t = select(-1.0, 1.0, zeta >= 0.0) / (abs(zeta) + sqrt(1.0 + zeta * zeta));
           }
-          jm[e] = select(0.0, 1.0, i == j);
+          c = 1.0 / sqrt(1.0 + t * t);
+          s = c * t;
+          // sqrt and division may be a few ulp off, always the same way: unless c² + s² is brought
+          // back to 1 (one Newton step), the columns' norms drift by that much at every rotation
+          let f = 1.5 - 0.5 * (c * c + s * s);
+          c = c * f;
+          s = s * f;
         }
-        workgroupBarrier();
+        return vec2<f32>(c, s);
+      }`;
+}
+
+/**
+ * WGSL from G in `g` (and J = I in `jm`) to the pair's J in `jm`: the largest cosine written to
+ * result[stats + step·pairs + p]; unless that is below tol, cyclic Jacobi sweeps on G (at most
+ * `inner`, one when the cosine is above `split`), their count written to
+ * result[stats + (steps + step)·pairs + p] (the benchmark's serial-work figure); then J's columns
+ * normalised and, with `polish`, its rounding taken out to first order. Returns early (J = I not
+ * written) when the pair is already orthogonal.
+ */
+function pairJacobi(b: number, wg: number, merged: boolean): string {
+  const q = 2 * b;
+  return `
         var mx = 0.0;
         for (var e = lid; e < Q * Q; e = e + ${wg}) {
           let i = e / Q;
@@ -235,16 +293,68 @@ function jacobiProgram(b: number, pairs: number): WebGPUProgram {
           if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
           workgroupBarrier();
         }
+        let statOff = uniforms.stats + uniforms.step * uniforms.pairs + p;
+        let statSweeps = statOff + (uniforms.nb - 1) * uniforms.pairs;
         if (lid == 0) {
           offv = red[0];
-          result[uniforms.pairs * Q * Q + uniforms.step * uniforms.pairs + p] = red[0];
+          result[statOff] = red[0];
+          result[statSweeps] = 0.0;
         }
         let off = workgroupUniformLoad(&offv);
         if (off <= tol) { return; }
-        for (var sweep = 0; sweep < uniforms.inner; sweep = sweep + 1) {
+        // far from orthogonal, the other pairs' rotations undo most of what a second sweep would do here
+        let inner = select(uniforms.inner, 1, off > uniforms.split);
+        var swept = 0;
+        // where G is in g: it alternates between two copies when the rounds are merged
+        var gb = 0;
+        for (var sweep = 0; sweep < inner; sweep = sweep + 1) {
           if (lid == 0) { rotated = 0u; }
           workgroupBarrier();
-          for (var r = 0; r < Q - 1; r = r + 1) {
+${
+  merged
+    ? `          for (var r = 0; r < Q - 1; r = r + 1) {
+            // this thread's 2×2 block of G is on the rows of pair p1 and the columns of pair p2, and its
+            // entries of J in pair p2's columns: it computes those two rotations itself, from the G of
+            // the round's start (at gb), and writes the block's new values into the other copy
+            let p1 = lid / H;
+            let p2 = lid % H;
+            let a = pairOf(r, p1);
+            let d = pairOf(r, p2);
+            let r1 = rotationOf(a, gb, tol);
+            let r2 = rotationOf(d, gb, tol);
+            if (r2.y != 0.0) { rotated = 1u; }
+            let nb2 = GP - gb;
+            if (p1 <= p2) {
+              let ii = pk(a.x, d.x);
+              let ij = pk(a.x, d.y);
+              let ji = pk(a.y, d.x);
+              let jj = pk(a.y, d.y);
+              let b00 = g[gb + ii];
+              let b01 = g[gb + ij];
+              let b10 = g[gb + ji];
+              let b11 = g[gb + jj];
+              let c00 = r2.x * b00 - r2.y * b01;
+              let c01 = r2.y * b00 + r2.x * b01;
+              let c10 = r2.x * b10 - r2.y * b11;
+              let c11 = r2.y * b10 + r2.x * b11;
+              g[nb2 + ii] = r1.x * c00 - r1.y * c10;
+              g[nb2 + ij] = r1.x * c01 - r1.y * c11;
+              g[nb2 + jj] = r1.y * c01 + r1.x * c11;
+              if (p1 != p2) { g[nb2 + ji] = r1.y * c00 + r1.x * c10; }
+            }
+            if (r2.y != 0.0) {
+              for (var k = lid / H; k < Q; k = k + ${wg} / H) {
+                let vi = jm[k * Q + d.x];
+                let vj = jm[k * Q + d.y];
+                jm[k * Q + d.x] = r2.x * vi - r2.y * vj;
+                jm[k * Q + d.y] = r2.y * vi + r2.x * vj;
+              }
+            }
+            workgroupBarrier();
+            gb = nb2;
+          }
+`
+    : `          for (var r = 0; r < Q - 1; r = r + 1) {
             if (lid < H) {
               let ij = pairOf(r, lid);
               let a = g[pk(ij.x, ij.x)];
@@ -314,8 +424,25 @@ function jacobiProgram(b: number, pairs: number): WebGPUProgram {
             }
             workgroupBarrier();
           }
+`
+}
+          swept = sweep + 1;
+          if (uniforms.innerExit != 0 && sweep + 1 < inner) {
+            // whether the next sweep would rotate anything (the test it makes, on the G it starts from):
+            // one barrier here instead of a sweep of ${2 * (q - 1)} that rotates nothing
+            if (lid == 0) { rotated = 0u; }
+            workgroupBarrier();
+            for (var e = lid; e < Q * Q; e = e + ${wg}) {
+              let i = e / Q;
+              let j = e % Q;
+              if (j > i && abs(g[gb + pk(i, j)]) > tol * sqrt(g[gb + pk(i, i)]) * sqrt(g[gb + pk(j, j)])) {
+                rotated = 1u;
+              }
+            }
+          }
           if (workgroupUniformLoad(&rotated) == 0u) { break; }
         }
+        if (lid == 0) { result[statSweeps] = f32(swept); }
         // J's columns back to unit norm: what rounding leaves of its orthogonality is then second order in σ
         if (lid < Q) {
           var ss = 0.0;
@@ -349,8 +476,141 @@ function jacobiProgram(b: number, pairs: number): WebGPUProgram {
             jm[k * Q + c] = row[c] - 0.5 * t;
           }
           workgroupBarrier();
+        }`;
+}
+
+/**
+ * One workgroup a pair: G = Σ of its partial Gram matrices, then {@link pairJacobi}, and J written to
+ * result[p·Q² …]. Each round of the round-robin order rotates Q/2 disjoint pairs at once, every 2×2
+ * block of G (G ← RᵀGR) and every row of J (J ← J·R) owned by one thread, so that a round is two
+ * barriers. J's columns are then normalised and its rounding taken out to first order
+ * (J ← J·(I − (JᵀJ − I)/2)): V is the product of some thousand such J at 4096², and without this its
+ * loss of orthogonality (3× larger at 512²) dominates U·S·Vh − A.
+ */
+function jacobiProgram(b: number, pairs: number, merged: boolean): WebGPUProgram {
+  const q = 2 * b;
+  const wg = JACOBI_WG;
+  return {
+    outputShape: [pairs * q * q],
+    shaderKey: `LoraJacobiRotate_${b}${merged ? '_merged' : ''}`,
+    dispatchLayout: { x: [0] },
+    dispatch: [pairs, 1, 1],
+    variableNames: ['P'],
+    workgroupSize: [wg, 1, 1],
+    uniforms: UNIFORMS,
+    getUserCode: () => `
+      ${pairing(b)}
+      ${pairDecls(b, wg, merged)}
+      fn main(index : i32) {
+        let lid = i32(localId.x);
+        let p = i32(workgroupId.x);
+        let tol = uniforms.tol;
+        for (var e = lid; e < Q * Q; e = e + ${wg}) {
+          let i = e / Q;
+          let j = e % Q;
+          if (j >= i) {
+            var s = 0.0;
+            for (var c = 0; c < uniforms.chunks; c = c + 1) { s = s + P[(p * uniforms.chunks + c) * Q * Q + e]; }
+            g[pk(i, j)] = s;
+          }
+          jm[e] = select(0.0, 1.0, i == j);
         }
+        workgroupBarrier();
+        ${pairJacobi(b, wg, merged)}
         for (var e = lid; e < Q * Q; e = e + ${wg}) { result[p * Q * Q + e] = jm[e]; }
+      }`,
+  };
+}
+
+/**
+ * A whole step in one program, one workgroup a pair (option `fused`): the pair's Gram matrix over all
+ * m rows of A (tiles of Q rows staged in `jm`, the next tile's loads in flight while this one is
+ * summed, each thread an S×S block of G), {@link pairJacobi}, then [Aᵢ Aⱼ; Vᵢ Vⱼ] ← [Aᵢ Aⱼ; Vᵢ Vⱼ]·J
+ * in place, a row a thread (its Q entries in registers, so no barrier: each row is read and written
+ * by the same thread; J's entries are read by all threads at once, a broadcast). The pair's largest
+ * cosine and inner sweeps go to X's rows below M (result[stats …]). Two programs fewer a step than
+ * the split path, and no partial Gram matrices or J in global memory; the price is that the Gram and
+ * the rotation are spread over `pairs` workgroups only.
+ */
+function fusedProgram(b: number, pairs: number, shape: number[], merged: boolean): WebGPUProgram {
+  const q = 2 * b;
+  const wg = JACOBI_WG;
+  // each thread sums an S×S block of the Q×Q Gram matrix, (Q/S)² = wg threads
+  const s = q / Math.sqrt(wg);
+  const per = (q * q) / wg;
+  return {
+    outputShape: shape,
+    shaderKey: `LoraJacobiFused_${b}${merged ? '_merged' : ''}`,
+    dispatchLayout: { x: [0] },
+    dispatch: [pairs, 1, 1],
+    variableNames: [],
+    workgroupSize: [wg, 1, 1],
+    uniforms: UNIFORMS,
+    getUserCode: () => `
+      ${pairing(b)}
+      ${pairDecls(b, wg, merged)}
+      const S = ${s};
+      const PER = ${per};
+      fn main(index : i32) {
+        let lid = i32(localId.x);
+        let p = i32(workgroupId.x);
+        let tol = uniforms.tol;
+        let blocks = pairBlocks(uniforms.step, p);
+        let ta = (lid / ${q / s}) * S;
+        let tc = (lid % ${q / s}) * S;
+        var acc : array<f32, ${s * s}>;
+        for (var k = 0; k < S * S; k = k + 1) { acc[k] = 0.0; }
+        // the first tile's entries, thread lid taking entries lid, lid + wg, … of the Q×Q tile
+        var pre : array<f32, PER>;
+        for (var k = 0; k < PER; k = k + 1) {
+          let e = lid + k * ${wg};
+          let r = e / Q;
+          var v = 0.0;
+          if (r < uniforms.rows) { v = result[r * uniforms.cols + colOf(e % Q, blocks)]; }
+          pre[k] = v;
+        }
+        for (var t0 = 0; t0 < uniforms.rows; t0 = t0 + Q) {
+          for (var k = 0; k < PER; k = k + 1) { jm[lid + k * ${wg}] = pre[k]; }
+          workgroupBarrier();
+          for (var k = 0; k < PER; k = k + 1) {
+            let e = lid + k * ${wg};
+            let r = t0 + Q + e / Q;
+            var v = 0.0;
+            if (r < uniforms.rows) { v = result[r * uniforms.cols + colOf(e % Q, blocks)]; }
+            pre[k] = v;
+          }
+          for (var r = 0; r < Q; r = r + 1) {
+            let o = r * Q;
+            for (var i = 0; i < S; i = i + 1) {
+              let x = jm[o + ta + i];
+              for (var j = 0; j < S; j = j + 1) { acc[i * S + j] = acc[i * S + j] + x * jm[o + tc + j]; }
+            }
+          }
+          workgroupBarrier();
+        }
+        for (var i = 0; i < S; i = i + 1) {
+          for (var j = 0; j < S; j = j + 1) {
+            if (tc + j >= ta + i) { g[pk(ta + i, tc + j)] = acc[i * S + j]; }
+          }
+        }
+        for (var e = lid; e < Q * Q; e = e + ${wg}) { jm[e] = select(0.0, 1.0, e / Q == e % Q); }
+        workgroupBarrier();
+        ${pairJacobi(b, wg, merged)}
+        var row : array<f32, ${q}>;
+        for (var r = lid; r < uniforms.allRows; r = r + ${wg}) {
+          for (var a = 0; a < Q; a = a + 1) { row[a] = result[r * uniforms.cols + colOf(a, blocks)]; }
+          for (var c = 0; c < Q; c = c + 4) {
+            var o = vec4<f32>(0.0);
+            for (var a = 0; a < Q; a = a + 1) {
+              o = o + row[a] * vec4<f32>(jm[a * Q + c], jm[a * Q + c + 1], jm[a * Q + c + 2], jm[a * Q + c + 3]);
+            }
+            let col = colOf(c, blocks);
+            result[r * uniforms.cols + col] = o.x;
+            result[r * uniforms.cols + col + 1] = o.y;
+            result[r * uniforms.cols + col + 2] = o.z;
+            result[r * uniforms.cols + col + 3] = o.w;
+          }
+        }
       }`,
   };
 }
@@ -383,7 +643,7 @@ function rotateProgram(b: number, pairs: number, rowGroups: number, shape: numbe
         let lid = i32(localId.x);
         let p = i32(workgroupId.x);
         let t = i32(workgroupId.y);
-        if (lid == 0) { flag = J[uniforms.pairs * Q * Q + uniforms.step * uniforms.pairs + p]; }
+        if (lid == 0) { flag = J[uniforms.stats + uniforms.step * uniforms.pairs + p]; }
         let off = workgroupUniformLoad(&flag);
         if (off <= uniforms.tol) { return; }
         for (var e = lid; e < Q * Q; e = e + ${wg}) { jm[e] = J[p * Q * Q + e]; }
@@ -426,7 +686,19 @@ function chunking(rows: number, pairs: number, tile: number): { chunkRows: numbe
 }
 
 /** Count of the programs the last {@link svdJacobi} ran (for the benchmark's report). @internal */
-export const jacobiStats = { dispatches: 0, sweeps: 0, off: Number.NaN };
+export const jacobiStats = {
+  dispatches: 0,
+  sweeps: 0,
+  off: Number.NaN,
+  /** inner sweeps of all pairs at all steps */
+  innerSweeps: 0,
+  /** Σ over steps of the most inner sweeps a pair of the step took (what bounds the Jacobi programs' time) */
+  serialInnerSweeps: 0,
+  /** each sweep's largest cosine */
+  offs: [] as number[],
+  /** the largest cosine each check (option checkBelow) found */
+  checks: [] as number[],
+};
 
 /**
  * The Jacobi core on a tall m×n (m ≥ n) float32 tensor: the thin U (m×n), S (n, descending) and
@@ -446,13 +718,28 @@ async function jacobiCore(
     throw new LinalgError(
       `svd: Jacobi block 32 needs ${JACOBI_STORAGE_32} bytes of workgroup memory; this device has ${storageLimit(backend)} (use block 16)`,
     );
+  if (options.mergedRounds && b !== 16)
+    throw new LinalgError(
+      `svd: Jacobi mergedRounds needs block 16 (a thread a 2×2 block of G, and two copies of G in workgroup memory); got block ${b}: use block 16 or mergedRounds false`,
+    );
+  const innerSweeps = options.innerSweeps ?? INNER_SWEEPS;
+  if (!(Number.isInteger(innerSweeps) && innerSweeps >= 1))
+    throw new LinalgError(
+      `svd: Jacobi innerSweeps ${innerSweeps} is not a positive integer (the cyclic sweeps a pair's Gram matrix takes at most a step)`,
+    );
   const q = 2 * b;
   const N = Math.ceil(n / q) * q;
   const nb = N / b;
   const pairs = nb / 2;
   const steps = nb - 1;
   const M = m + N;
+  const fused = options.fused ?? false;
+  const merged = options.mergedRounds ?? false;
+  // each (step, pair)'s largest cosine, then its inner sweeps
+  const statSize = 2 * steps * pairs;
+  const statRows = Math.ceil(statSize / N);
   const maxSweeps = options.maxSweeps ?? 30;
+  const checkBelow = options.checkBelow ?? CHECK_BELOW;
   // a pair is rotated while its cosine is above √m·2⁻²⁵ (rounding leaves the computed cosines of
   // orthogonal columns well below that: 512² and the battery converge in no more sweeps than with
   // √m·2⁻²³, and 4× as orthogonal), and the sweeps stop once no pair was off by more than twice that:
@@ -471,26 +758,46 @@ async function jacobiCore(
         [0, 0],
         [0, N - n],
       ]);
-      return tf.concat([top, tf.eye(N)], 0) as tf.Tensor2D;
+      // the fused program keeps each pair's largest cosine and inner sweeps in rows of its own below M
+      const parts = [top, tf.eye(N)];
+      if (fused) parts.push(tf.zeros([statRows, N]));
+      return tf.concat(parts, 0) as tf.Tensor2D;
     }),
   );
   const gram = chunking(m, pairs, GRAM_TILE);
   const apply = chunking(M, pairs, 2048 / q);
-  const partials = held.take(tf.zeros([pairs * gram.chunks * q * q]));
-  const jbuf = held.take(tf.zeros([pairs * q * q + steps * pairs]));
+  // the split path's buffers: partial Gram matrices; each pair's J, then the stats
+  const bufs = fused
+    ? null
+    : {
+        partials: held.take(tf.zeros([pairs * gram.chunks * q * q])),
+        jbuf: held.take(tf.zeros([pairs * q * q + statSize])),
+      };
+  const statsAt = fused ? M * N : pairs * q * q;
+  const split = options.singleSweepAbove ?? 2;
   // one entry a field: the backend aligns a longer entry as a vector
   const uniforms = (step: number, rows: number, c: { chunkRows: number; chunks: number }): Uniform[] => [
     ...[nb, step, rows, N, c.chunkRows, c.chunks].map((v): Uniform => ({ type: 'int32', data: [v] })),
     { type: 'float32', data: [tol] },
     { type: 'int32', data: [pairs] },
-    { type: 'int32', data: [options.innerSweeps ?? INNER_SWEEPS] },
+    { type: 'int32', data: [innerSweeps] },
     { type: 'int32', data: [options.polish === false ? 0 : 1] },
+    { type: 'int32', data: [statsAt] },
+    { type: 'int32', data: [M] },
+    // a cosine is at most 1: 2 is "never"
+    { type: 'float32', data: [Math.min(split, 2)] },
+    { type: 'int32', data: [options.innerExit === false ? 0 : 1] },
   ];
   const gramP = gramProgram(b, pairs, gram.chunks);
-  const jacobiP = jacobiProgram(b, pairs);
+  const jacobiP = jacobiProgram(b, pairs, merged);
   const applyP = rotateProgram(b, pairs, apply.chunks, [M, N]);
+  const fusedP = fusedProgram(b, pairs, [M + statRows, N], merged);
   jacobiStats.dispatches = 0;
   jacobiStats.sweeps = 0;
+  jacobiStats.innerSweeps = 0;
+  jacobiStats.serialInnerSweeps = 0;
+  jacobiStats.offs = [];
+  jacobiStats.checks = [];
   const sortColumns = options.sortColumns ?? true;
   // origin[k]: the column of the input now at column k (the sweeps reorder them)
   let origin = Int32Array.from({ length: N }, (_, i) => i);
@@ -500,23 +807,45 @@ async function jacobiCore(
     for (let sweep = 0; sweep < maxSweeps; sweep++) {
       for (let step = 0; step < steps; step++) {
         // each call gets a fresh program object: the backend writes its dispatch and pipeline into it
-        backend.runWebGPUProgram({ ...gramP }, [x], 'float32', uniforms(step, m, gram), partials);
-        backend.runWebGPUProgram({ ...jacobiP }, [partials], 'float32', uniforms(step, m, gram), jbuf);
-        backend.runWebGPUProgram({ ...applyP }, [jbuf], 'float32', uniforms(step, M, apply), x);
-        jacobiStats.dispatches += 3;
+        if (bufs) {
+          const { partials, jbuf } = bufs;
+          backend.runWebGPUProgram({ ...gramP }, [x], 'float32', uniforms(step, m, gram), partials);
+          backend.runWebGPUProgram({ ...jacobiP }, [partials], 'float32', uniforms(step, m, gram), jbuf);
+          backend.runWebGPUProgram({ ...applyP }, [jbuf], 'float32', uniforms(step, M, apply), x);
+          jacobiStats.dispatches += 3;
+        } else {
+          backend.runWebGPUProgram({ ...fusedP }, [], 'float32', uniforms(step, m, gram), x);
+          jacobiStats.dispatches += 1;
+        }
       }
       // the sweep's largest cosine, and the columns' norms: the next sweep takes them in decreasing
       // order (de Rijk), which a graded spectrum needs to converge in fewer sweeps
       const xNow = x;
       const stats = tf.tidy(() =>
-        tf.concat([tf.slice(jbuf, pairs * q * q, steps * pairs), tf.sum(tf.square(tf.slice(xNow, [0, 0], [m, N])), 0)]),
+        tf.concat([
+          bufs
+            ? tf.slice(bufs.jbuf, statsAt, statSize)
+            : tf.slice(tf.reshape(tf.slice(xNow, [M, 0], [statRows, N]), [-1]), 0, statSize),
+          tf.sum(tf.square(tf.slice(xNow, [0, 0], [m, N])), 0),
+        ]),
       );
       const values = (await stats.data()) as Float32Array;
       stats.dispose();
       off = 0;
       for (let i = 0; i < steps * pairs; i++) off = Math.max(off, values[i] as number);
+      jacobiStats.offs.push(off);
+      // the Jacobi programs' serial work: a step takes as long as its pair with the most inner sweeps
+      for (let step = 0; step < steps; step++) {
+        let most = 0;
+        for (let p = 0; p < pairs; p++) {
+          const k = values[steps * pairs + step * pairs + p] as number;
+          jacobiStats.innerSweeps += k;
+          most = Math.max(most, k);
+        }
+        jacobiStats.serialInnerSweeps += most;
+      }
       if (sortColumns && off > stop) {
-        const norm2 = values.subarray(steps * pairs);
+        const norm2 = values.subarray(statSize);
         const perm = Array.from({ length: N }, (_, i) => i).sort(
           (i, j) => (norm2[j] as number) - (norm2[i] as number) || i - j,
         );
@@ -534,6 +863,23 @@ async function jacobiCore(
       await check('jacobi', sweep + 1, maxSweeps);
       // or once they stall within 4× of it (rounding, not convergence, sets the cosines)
       if (off <= stop || (off <= 4 * stop && off > 0.5 * lastOff)) break;
+      if (off <= checkBelow) {
+        // every pair's cosine now (padding columns are zero: 0/0 is taken as 0)
+        const xCheck = x;
+        const cosT = tf.tidy(() => {
+          const top = tf.slice(xCheck, [0, 0], [m, N]);
+          const d = tf.sqrt(tf.sum(tf.square(top), 0)) as tf.Tensor1D;
+          const cos = tf.divNoNan(tf.abs(tf.matMul(top, top, true, false)), tf.outerProduct(d, d));
+          return tf.max(tf.mul(cos, tf.sub(1, tf.eye(N))));
+        });
+        const now = (await cosT.data())[0] as number;
+        cosT.dispose();
+        jacobiStats.checks.push(now);
+        if (now <= stop) {
+          off = now;
+          break;
+        }
+      }
       lastOff = off;
     }
   }
