@@ -3,7 +3,7 @@
 #  1. torch CUDA's float32 SVD (torch.linalg.svd, thin, median of 3 after a warm call) at 1024² and 2048², once;
 #  2. ours on webgpu (bench/large-gpu.ts, BENCH_PEERS=0) at 1024² and 2048² with svd's defaults and each of the
 #     Jacobi variants below (BENCH_JACOBI), interleaved: every variant once, then every variant again at 1024²;
-#  3. 4096² once with the defaults and the fused, merged, checked single-sweep variant, if its matrix is already in
+#  3. 4096² once with the defaults and the fused, merged single-sweep variant, if its matrix is already in
 #     packages/linalg/.bench/large (making it takes a float64 SVD of 4096²) and time is left.
 # Each invocation is under `timeout` and skipped when the 150 s would not hold it.
 # Needs .device/bundle/large-gpu.mjs built from this tree (`../shared/device/pack packages/linalg/bench/large-gpu.ts`). Writes "$OUT"/{torch.json,<round>-<variant>.{md,err},summary.md}.
@@ -15,17 +15,18 @@ dir=packages/linalg/.bench/large
 budget=150
 left() { echo $((budget - SECONDS)); }
 
-# variant name → BENCH_JACOBI ('' = svd's own call, i.e. the defaults: block 16, innerSweeps 2, innerExit)
+# variant name → BENCH_JACOBI ('' = svd's own call, i.e. today's defaults: block 16, innerSweeps 2, innerExit,
+# checkBelow 0.01; 'before' = the defaults before session 9)
 declare -A jacobi=(
   [default]=''
-  [noexit]='{"innerExit":false}'
+  [before]='{"innerExit":false,"checkBelow":0}'
   [i1]='{"innerSweeps":1}'
   [fused]='{"fused":true}'
   [fused-merged]='{"fused":true,"mergedRounds":true}'
   [fused-i1]='{"fused":true,"innerSweeps":1}'
-  [fused-i1-merged-check]='{"fused":true,"innerSweeps":1,"mergedRounds":true,"checkBelow":0.01}'
+  [fused-i1-merged]='{"fused":true,"innerSweeps":1,"mergedRounds":true}'
 )
-order=(default noexit i1 fused fused-merged fused-i1 fused-i1-merged-check)
+order=(default before i1 fused fused-merged fused-i1 fused-i1-merged)
 
 timeout 40 python3 packages/linalg/bench/peers_large.py make "$dir" full_1024,full_2048 2> "$out/make.err"
 timeout 30 python3 - "$dir" > "$out/torch.json" 2> "$out/torch.err" <<'PY'
@@ -61,7 +62,7 @@ ours() {
 for v in "${order[@]}"; do ours r1 "$v" full_1024,full_2048 3 25; done
 for v in "${order[@]}"; do ours r2 "$v" full_1024 3 12; done
 if [ -f "$dir/full_4096.safetensors" ]; then
-  for v in default fused-i1-merged-check; do ours r3 "$v" full_4096 1 20; done
+  for v in default fused-i1-merged; do ours r3 "$v" full_4096 1 20; done
 fi
 
 # one table: the median wall time of each (round, variant, case), its notes, and the ratio to torch CUDA
