@@ -64,6 +64,45 @@ await describeEachBackend('webgpu dispatch cache', (backend) => {
     },
   );
 
+  it.runIf(backend.name === 'webgpu')(
+    'uploads host values into pooled buffers without a staging buffer each, with the same values',
+    async () => {
+      const device = (tf.backend() as unknown as { device: { createBuffer: (...a: unknown[]) => unknown } }).device;
+      const own = device.createBuffer;
+      let created = 0;
+      device.createBuffer = function (...args: unknown[]) {
+        created++;
+        return own.apply(this, args);
+      };
+      try {
+        const run = async (cached: boolean) => {
+          setDispatchCache(cached);
+          const out: number[][] = [];
+          for (let i = 0; i < 3; i++) {
+            // float32, int32 and bool host tensors of one size, each uploaded by its first use
+            const f = tf.tensor1d([1.5, -2, 3.25, i]);
+            const n = tf.tensor1d([7, -8, 9, i], 'int32');
+            const m = tf.tensor1d([true, false, true, i % 2 === 0], 'bool');
+            const before = created;
+            const y = tf.tidy(() => tf.add(tf.where(m, f, tf.neg(f)), tf.cast(n, 'float32')));
+            out.push([...((await y.data()) as Float32Array), created - before]);
+            tf.dispose([f, n, m, y]);
+          }
+          return out;
+        };
+        const plain = await run(false);
+        const cached = await run(true);
+        for (let i = 0; i < 3; i++) expect(cached[i]?.slice(0, 4)).toEqual(plain[i]?.slice(0, 4));
+        // tfjs's path makes a staging buffer per upload (three here); the written path none once the pool has buffers
+        expect(plain[2]?.[4]).toBeGreaterThanOrEqual(3);
+        expect(cached[2]?.[4]).toBe(0);
+      } finally {
+        device.createBuffer = own;
+        setDispatchCache(true);
+      }
+    },
+  );
+
   it.runIf(backend.name === 'webgpu')('is off with setDispatchCache(false): no hits, no misses', async () => {
     const x = values(64, 2);
     setDispatchCache(false);

@@ -38,13 +38,18 @@ interface PassLike {
 }
 interface TensorDataLike {
   resource: unknown;
+  values?: ArrayLike<number> | null;
+  dtype?: string;
+  shape?: number[];
 }
 interface BufferManagerLike {
   freeBuffers: Map<string, object[]>;
   releaseBuffer(buffer: { size: number; usage: number }, reuse?: boolean): void;
+  acquireBuffer?(size: number, usage: number): unknown;
 }
 interface Backend {
-  device: GPUObjects;
+  device: GPUObjects & { queue?: { writeBuffer(buffer: unknown, offset: number, data: ArrayBufferView): void } };
+  uploadToGPU?(dataId: tf.DataId): void;
   bufferManager: BufferManagerLike;
   tensorMap: { get(id: tf.DataId): TensorDataLike };
   commandQueueOwnedIds: WeakSet<object>;
@@ -92,6 +97,8 @@ export function setDispatchCache(on: boolean): void {
 }
 
 const MAX_UNIFORMS = 8192;
+const GPU_BUFFER_STORAGE = 0x80;
+const GPU_BUFFER_COPY_SRC = 0x4;
 const MAX_BIND_GROUPS = 32768;
 const GPU_BUFFER_UNIFORM = 0x40;
 const GPU_BUFFER_COPY_DST = 0x8;
@@ -299,4 +306,43 @@ export function ensureDispatchCache(): void {
     if (enabled && cache.record(program, output, inputs, uniforms)) return;
     own.call(this, program, output, inputs, uniforms);
   };
+  const ownUpload = backend.uploadToGPU;
+  if (typeof ownUpload === 'function' && typeof backend.bufferManager?.acquireBuffer === 'function')
+    backend.uploadToGPU = function (dataId) {
+      if (!(enabled && uploadByWrite(this, dataId))) ownUpload.call(this, dataId);
+    };
+}
+
+/**
+ * A tensor's host values to the GPU through `queue.writeBuffer` into a buffer from tfjs's pool,
+ * where tfjs 4.22 creates a mapped staging buffer for every upload that finds a pooled buffer (a
+ * `createBuffer` each, the largest host cost of intruder reduction's small uploads). The write lands
+ * in queue order before any command recorded after it, and a pooled buffer is not referenced by
+ * commands still being recorded (tfjs frees those buffers only after they are submitted). False
+ * when tfjs's own path should take it (already uploaded, no values, another dtype, empty).
+ */
+function uploadByWrite(b: Backend, dataId: tf.DataId): boolean {
+  const d = b.tensorMap.get(dataId);
+  const queue = b.device.queue;
+  if (d.resource != null || !d.values || !queue || !d.shape) return false;
+  const kind = d.dtype;
+  if (kind !== 'float32' && kind !== 'int32' && kind !== 'bool') return false;
+  const count = d.shape.reduce((x, y) => x * y, 1);
+  if (count === 0 || d.values.length !== count) return false;
+  const data =
+    kind === 'float32'
+      ? d.values instanceof Float32Array
+        ? d.values
+        : Float32Array.from(d.values)
+      : d.values instanceof Int32Array
+        ? d.values
+        : Int32Array.from(d.values);
+  const buffer = (b.bufferManager.acquireBuffer as (size: number, usage: number) => unknown)(
+    4 * count,
+    GPU_BUFFER_STORAGE | GPU_BUFFER_COPY_SRC | GPU_BUFFER_COPY_DST,
+  );
+  queue.writeBuffer(buffer, 0, data);
+  d.values = null;
+  d.resource = buffer;
+  return true;
 }
