@@ -143,33 +143,58 @@ function idOf(o: object): number {
 }
 
 class DispatchCache {
-  private readonly uniformBuffers = new Map<string, GPUBufferLike>();
+  private readonly uniformBuffers = new Map<string, { buffer: GPUBufferLike; size: number }>();
   private readonly bindGroups = new Map<string, unknown>();
   private readonly layouts = new WeakMap<object, unknown>();
   private retired: GPUBufferLike[] = [];
 
   constructor(private readonly backend: Backend) {}
 
-  /** The uniform block of a dispatch, as a cached buffer keyed by its contents. */
-  private uniformBuffer(fields: UniformValue[]): { buffer: GPUBufferLike; size: number } {
+  /**
+   * The uniform block of a dispatch, as a cached buffer keyed by what decides its contents: the
+   * inputs' and output's shapes (the strides follow from them), the output size and the program's
+   * own fields. The block itself is built only on a miss.
+   */
+  private uniformBuffer(
+    program: Program,
+    output: tf.TensorInfo,
+    inputs: tf.TensorInfo[],
+    own: UniformValue[] | undefined,
+  ): { buffer: GPUBufferLike; size: number } {
+    // shapes are digits and commas, the other parts start with a letter: no two dispatches whose
+    // blocks differ share a key
     let key = '';
-    for (const f of fields) key += `${f.type[0]}${f.data.join(',')};`;
-    const lengths = fields.map((f) => f.data.length);
-    const { offsets, size } = layout(lengths);
+    for (const t of inputs) key += `${t.shape.join(',')};`;
+    key += `${output.shape.join(',')};`;
+    const size = program.size ? program.outputShape.reduce((x, y) => x * y, 1) / (program.outputComponent || 1) : -1;
+    if (program.size) key += `s${size};`;
+    if (own) for (const f of own) key += `${f.type[0]}${f.data.join(',')};`;
     const cached = this.uniformBuffers.get(key);
     if (cached) {
       dispatchCacheStats.uniformHits++;
-      return { buffer: cached, size };
+      return cached;
     }
     dispatchCacheStats.uniformMisses++;
+    const fields: UniformValue[] = [
+      { type: 'float32', data: [Number.NaN] },
+      { type: 'float32', data: [Number.POSITIVE_INFINITY] },
+    ];
+    for (const t of [...inputs, output]) {
+      fields.push({ type: 'int32', data: t.shape.length ? t.shape : [1] });
+      const st = strides(t.shape);
+      fields.push({ type: 'int32', data: st.length ? st : [1] });
+    }
+    if (program.size) fields.push({ type: 'int32', data: [size] });
+    if (own) for (const f of own) fields.push(f.data.length ? f : { ...f, data: [1] });
+    const { offsets, size: bytesSize } = layout(fields.map((f) => f.data.length));
     if (this.uniformBuffers.size >= MAX_UNIFORMS) {
       // retired buffers may still be bound by recorded commands: destroyed after the next submit
-      this.retired.push(...this.uniformBuffers.values());
+      for (const u of this.uniformBuffers.values()) this.retired.push(u.buffer);
       this.uniformBuffers.clear();
       this.bindGroups.clear();
     }
     const buffer = this.backend.device.createBuffer({
-      size,
+      size: bytesSize,
       usage: GPU_BUFFER_UNIFORM | GPU_BUFFER_COPY_DST,
       mappedAtCreation: true,
     });
@@ -179,8 +204,9 @@ class DispatchCache {
       new View(bytes, offsets[i], f.data.length).set(f.data);
     });
     buffer.unmap();
-    this.uniformBuffers.set(key, buffer);
-    return { buffer, size };
+    const entry = { buffer, size: bytesSize };
+    this.uniformBuffers.set(key, entry);
+    return entry;
   }
 
   /** Records one dispatch; false when it must go through tfjs's own path instead. */
@@ -194,21 +220,7 @@ class DispatchCache {
       if (!(typeof GPUBuffer !== 'undefined' && r instanceof GPUBuffer)) return false;
       buffers.push(r);
     }
-    const fields: UniformValue[] = [
-      { type: 'float32', data: [Number.NaN] },
-      { type: 'float32', data: [Number.POSITIVE_INFINITY] },
-    ];
-    for (const t of [...inputs, output]) {
-      fields.push({ type: 'int32', data: t.shape.length ? t.shape : [1] });
-      const s = strides(t.shape);
-      fields.push({ type: 'int32', data: s.length ? s : [1] });
-    }
-    if (program.size) {
-      const size = program.outputShape.reduce((x, y) => x * y, 1);
-      fields.push({ type: 'int32', data: [program.outputComponent ? size / program.outputComponent : size] });
-    }
-    if (own) for (const f of own) fields.push(f.data.length ? f : { ...f, data: [1] });
-    const uniform = this.uniformBuffer(fields);
+    const uniform = this.uniformBuffer(program, output, inputs, own);
     let key = `${idOf(program.pipeline)}:${idOf(uniform.buffer)}`;
     for (const buf of buffers) key += `,${idOf(buf)}`;
     let group = this.bindGroups.get(key);
