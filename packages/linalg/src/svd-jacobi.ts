@@ -526,8 +526,8 @@ function jacobiProgram(b: number, pairs: number, merged: boolean): WebGPUProgram
  * A whole step in one program, one workgroup a pair (option `fused`): the pair's Gram matrix over all
  * m rows of A (tiles of Q rows staged in `jm`, the next tile's loads in flight while this one is
  * summed, each thread an S×S block of G), {@link pairJacobi}, then [Aᵢ Aⱼ; Vᵢ Vⱼ] ← [Aᵢ Aⱼ; Vᵢ Vⱼ]·J
- * in place, a row a thread (its Q entries in registers, so no barrier: each row is read and written
- * by the same thread; J's entries are read by all threads at once, a broadcast). The pair's largest
+ * in place, in tiles of Q rows staged in `jm` in the same way (each thread one column of J in
+ * registers; a warp reads one row of the tile at once, a broadcast). The pair's largest
  * cosine and inner sweeps go to X's rows below M (result[stats …]). Two programs fewer a step than
  * the split path, and no partial Gram matrices or J in global memory; the price is that the Gram and
  * the rotation are spread over `pairs` workgroups only.
@@ -596,20 +596,41 @@ function fusedProgram(b: number, pairs: number, shape: number[], merged: boolean
         for (var e = lid; e < Q * Q; e = e + ${wg}) { jm[e] = select(0.0, 1.0, e / Q == e % Q); }
         workgroupBarrier();
         ${pairJacobi(b, wg, merged)}
-        var row : array<f32, ${q}>;
-        for (var r = lid; r < uniforms.allRows; r = r + ${wg}) {
-          for (var a = 0; a < Q; a = a + 1) { row[a] = result[r * uniforms.cols + colOf(a, blocks)]; }
-          for (var c = 0; c < Q; c = c + 4) {
-            var o = vec4<f32>(0.0);
-            for (var a = 0; a < Q; a = a + 1) {
-              o = o + row[a] * vec4<f32>(jm[a * Q + c], jm[a * Q + c + 1], jm[a * Q + c + 2], jm[a * Q + c + 3]);
-            }
-            let col = colOf(c, blocks);
-            result[r * uniforms.cols + col] = o.x;
-            result[r * uniforms.cols + col + 1] = o.y;
-            result[r * uniforms.cols + col + 2] = o.z;
-            result[r * uniforms.cols + col + 3] = o.w;
+        // J's column c of this thread in registers; jm then stages Q rows of X at a time, loaded and
+        // written back coalesced (a warp's lanes take consecutive columns), the next tile's loads in
+        // flight while this one is rotated
+        let c = lid % Q;
+        let rg = lid / Q;
+        let col = colOf(c, blocks);
+        var jc : array<f32, ${q}>;
+        for (var a = 0; a < Q; a = a + 1) { jc[a] = jm[a * Q + c]; }
+        for (var k = 0; k < PER; k = k + 1) {
+          let e = lid + k * ${wg};
+          let r = e / Q;
+          var v = 0.0;
+          if (r < uniforms.allRows) { v = result[r * uniforms.cols + colOf(e % Q, blocks)]; }
+          pre[k] = v;
+        }
+        workgroupBarrier();
+        for (var t0 = 0; t0 < uniforms.allRows; t0 = t0 + Q) {
+          for (var k = 0; k < PER; k = k + 1) { jm[lid + k * ${wg}] = pre[k]; }
+          workgroupBarrier();
+          for (var k = 0; k < PER; k = k + 1) {
+            let e = lid + k * ${wg};
+            let r = t0 + Q + e / Q;
+            var v = 0.0;
+            if (r < uniforms.allRows) { v = result[r * uniforms.cols + colOf(e % Q, blocks)]; }
+            pre[k] = v;
           }
+          for (var rr = rg; rr < Q; rr = rr + ${wg / q}) {
+            let r = t0 + rr;
+            if (r < uniforms.allRows) {
+              var o = 0.0;
+              for (var a = 0; a < Q; a = a + 1) { o = o + jm[rr * Q + a] * jc[a]; }
+              result[r * uniforms.cols + col] = o;
+            }
+          }
+          workgroupBarrier();
         }
       }`,
   };
