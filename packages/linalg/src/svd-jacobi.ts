@@ -509,8 +509,16 @@ function jacobiProgram(b: number, pairs: number, merged: boolean): WebGPUProgram
           let i = e / Q;
           let j = e % Q;
           if (j >= i) {
-            var s = 0.0;
-            for (var c = 0; c < uniforms.chunks; c = c + 1) { s = s + P[(p * uniforms.chunks + c) * Q * Q + e]; }
+            // four partial sums at a time: four loads in flight rather than one after another
+            let base = p * uniforms.chunks * Q * Q + e;
+            var s4 = vec4<f32>(0.0);
+            var c = 0;
+            for (; c + 4 <= uniforms.chunks; c = c + 4) {
+              let o = base + c * Q * Q;
+              s4 = s4 + vec4<f32>(P[o], P[o + Q * Q], P[o + 2 * Q * Q], P[o + 3 * Q * Q]);
+            }
+            var s = (s4.x + s4.y) + (s4.z + s4.w);
+            for (; c < uniforms.chunks; c = c + 1) { s = s + P[base + c * Q * Q]; }
             g[pk(i, j)] = s;
           }
           jm[e] = select(0.0, 1.0, i == j);
