@@ -245,14 +245,17 @@ function pairDecls(b: number, wg: number, merged: boolean): string {
         let a = min(i, j);
         return a * (2 * Q - a + 1) / 2 + max(i, j) - a;
       }
-      // the rotation (c, s) of columns ij.x, ij.y of G (at g[base …]) that zeroes their entry; (1, 0) below tol
-      fn rotationOf(ij : vec2<i32>, base : i32, tol : f32) -> vec2<f32> {
+      // the rotation (c, s) of columns ij.x, ij.y of G (at g[base …]) that zeroes their entry, and 1 when
+      // it rotates; (1, 0, 0) below tol
+      fn rotationOf(ij : vec2<i32>, base : i32, tol : f32) -> vec3<f32> {
         let a = g[base + pk(ij.x, ij.x)];
         let bb = g[base + pk(ij.y, ij.y)];
         let x = g[base + pk(ij.x, ij.y)];
         var c = 1.0;
         var s = 0.0;
+        var turned = 0.0;
         if (abs(x) > tol * sqrt(a) * sqrt(bb)) {
+          turned = 1.0;
           let zeta = (bb - a) / (2.0 * x);
           var t = 0.5 / zeta;
           if (abs(zeta) < 1e15) {
@@ -266,7 +269,7 @@ function pairDecls(b: number, wg: number, merged: boolean): string {
           c = c * f;
           s = s * f;
         }
-        return vec2<f32>(c, s);
+        return vec3<f32>(c, s, turned);
       }`;
 }
 
@@ -360,27 +363,9 @@ ${
     : `          for (var r = 0; r < Q - 1; r = r + 1) {
             if (lid < H) {
               let ij = pairOf(r, lid);
-              let a = g[pk(ij.x, ij.x)];
-              let bb = g[pk(ij.y, ij.y)];
-              let x = g[pk(ij.x, ij.y)];
-              var c = 1.0;
-              var s = 0.0;
-              if (abs(x) > tol * sqrt(a) * sqrt(bb)) {
-                rotated = 1u;
-                let zeta = (bb - a) / (2.0 * x);
-                var t = 0.5 / zeta;
-                if (abs(zeta) < 1e15) {
-                  t = select(-1.0, 1.0, zeta >= 0.0) / (abs(zeta) + sqrt(1.0 + zeta * zeta));
-                }
-                c = 1.0 / sqrt(1.0 + t * t);
-                s = c * t;
-                // sqrt and division may be a few ulp off, always the same way: unless c² + s² is brought
-                // back to 1 (one Newton step), the columns' norms drift by that much at every rotation
-                let f = 1.5 - 0.5 * (c * c + s * s);
-                c = c * f;
-                s = s * f;
-              }
-              cs[lid] = vec2<f32>(c, s);
+              let rot = rotationOf(ij, 0, tol);
+              if (rot.z != 0.0) { rotated = 1u; }
+              cs[lid] = rot.xy;
               pr[lid] = ij;
             }
             workgroupBarrier();
