@@ -9,26 +9,17 @@
 # Run from the repository root:  bash packages/cli/bench/train-gpu-device-r4.sh
 set -uo pipefail
 DEST="${DEST:-${OUT_20:-${OUT:?set OUT_20 or OUT to the folder for the results}}}"
-mkdir -p "$DEST"
 source .device/setup.sh
+ROUND=r4 MM_LIMIT=80 VARIANTS_LIMIT=100 RUNS=5 DEST="$DEST" \
+  MM_PROGRAMS="${MM_PROGRAMS:-tiled-64,tiled-128,128+warp,128+double,128+v4out,128+all,128+all+k32,128x64+all,64+all+split,r3 policy,r4 policy,r4 policy+split,r4 policy+split+thin}" \
+  VARIANTS="${VARIANTS:-r3,r4-all,r4-all+medium,r4-all+medium+split,r4-all+medium+split+thin,r4-all+medium+k32}" \
+  bash "$(dirname "$0")/train-gpu-device-round.sh"
 J=$(mktemp -d)
-{ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv; date -u; } > "$DEST/err.txt" 2>&1 || true
-timeout 80 python3 packages/cli/bench/peer_train_gpu.py > "$DEST/peer.json" 2>> "$DEST/err.txt"
-echo "peer exit $? $(date -u +%T)" >> "$DEST/err.txt"
-export PEER="$DEST/peer.json"
-LORA_GPU_TAG=r4mm LORA_GPU_MODELS=none LORA_GPU_PARITY=0 LORA_GPU_MATMUL=model LORA_GPU_MM_FLOPS=1e12 \
-  LORA_GPU_MM_PROGRAMS="${MM_PROGRAMS:-tiled-64,tiled-128,128+warp,128+double,128+v4out,128+all,128+all+k32,128x64+all,64+all+split,r3 policy,r4 policy,r4 policy+split,r4 policy+split+thin}" \
-  OUT="$J" timeout 80 "$NODE" .device/bundle/train-gpu-r4.mjs > "$DEST/r4mm.md" 2>> "$DEST/err.txt"
-echo "r4mm exit $? $(date -u +%T)" >> "$DEST/err.txt"
-LORA_GPU_TAG=r4 LORA_GPU_MODELS="${MODELS:-123m,10m}" LORA_GPU_MATMUL=0 \
-  LORA_GPU_VARIANTS="${VARIANTS:-r3,r4-all,r4-all+medium,r4-all+medium+split,r4-all+medium+split+thin,r4-all+medium+k32}" \
-  OUT="$J" timeout 100 "$NODE" .device/bundle/train-gpu-r4.mjs > "$DEST/r4.md" 2>> "$DEST/err.txt"
-echo "r4 exit $? $(date -u +%T)" >> "$DEST/err.txt"
 if [ "${LORA_R4_PROBE:-1}" != 0 ]; then
   LORA_DAWN_OPTIONS="enable-dawn-features=disable_robustness" LORA_GPU_TAG=r4nr LORA_GPU_MODELS=none LORA_GPU_PARITY=0 \
     LORA_GPU_MATMUL=model LORA_GPU_MM_FLOPS=1e12 LORA_GPU_MM_PROGRAMS="tiled-128,128+all,r4 policy" \
     OUT="$J" timeout 30 "$NODE" .device/bundle/train-gpu-r4.mjs > "$DEST/r4nr.md" 2>> "$DEST/err.txt"
   echo "r4nr exit $? $(date -u +%T)" >> "$DEST/err.txt"
 fi
-for f in "$J"/results-*.json; do [ -f "$f" ] && { cat "$f"; echo; }; done > "$DEST/results.jsonl"
+for f in "$J"/results-*.json; do [ -f "$f" ] && { cat "$f"; echo; }; done >> "$DEST/results.jsonl"
 ls -la "$DEST"
