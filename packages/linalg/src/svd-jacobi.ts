@@ -534,6 +534,14 @@ function fusedProgram(b: number, pairs: number, shape: number[], merged: boolean
   // each thread sums an S×S block of the Q×Q Gram matrix, (Q/S)² = wg threads
   const s = q / Math.sqrt(wg);
   const per = (q * q) / wg;
+  // this thread's PER elements of the Q-row tile of X from row `first…` into `pre` (zero past `limit` rows)
+  const prefetch = (first: string, limit: 'rows' | 'allRows') => `for (var k = 0; k < PER; k = k + 1) {
+          let e = lid + k * ${wg};
+          let r = ${first}e / Q;
+          var v = 0.0;
+          if (r < uniforms.${limit}) { v = result[r * uniforms.cols + colOf(e % Q, blocks)]; }
+          pre[k] = v;
+        }`;
   return {
     outputShape: shape,
     shaderKey: `LoraJacobiFused_${b}${merged ? '_merged' : ''}`,
@@ -558,23 +566,11 @@ function fusedProgram(b: number, pairs: number, shape: number[], merged: boolean
         for (var k = 0; k < S * S; k = k + 1) { acc[k] = 0.0; }
         // the first tile's entries, thread lid taking entries lid, lid + wg, … of the Q×Q tile
         var pre : array<f32, PER>;
-        for (var k = 0; k < PER; k = k + 1) {
-          let e = lid + k * ${wg};
-          let r = e / Q;
-          var v = 0.0;
-          if (r < uniforms.rows) { v = result[r * uniforms.cols + colOf(e % Q, blocks)]; }
-          pre[k] = v;
-        }
+        ${prefetch('', 'rows')}
         for (var t0 = 0; t0 < uniforms.rows; t0 = t0 + Q) {
           for (var k = 0; k < PER; k = k + 1) { jm[lid + k * ${wg}] = pre[k]; }
           workgroupBarrier();
-          for (var k = 0; k < PER; k = k + 1) {
-            let e = lid + k * ${wg};
-            let r = t0 + Q + e / Q;
-            var v = 0.0;
-            if (r < uniforms.rows) { v = result[r * uniforms.cols + colOf(e % Q, blocks)]; }
-            pre[k] = v;
-          }
+          ${prefetch('t0 + Q + ', 'rows')}
           for (var r = 0; r < Q; r = r + 1) {
             let o = r * Q;
             for (var i = 0; i < S; i = i + 1) {
@@ -600,24 +596,12 @@ function fusedProgram(b: number, pairs: number, shape: number[], merged: boolean
         let col = colOf(c, blocks);
         var jc : array<f32, ${q}>;
         for (var a = 0; a < Q; a = a + 1) { jc[a] = jm[a * Q + c]; }
-        for (var k = 0; k < PER; k = k + 1) {
-          let e = lid + k * ${wg};
-          let r = e / Q;
-          var v = 0.0;
-          if (r < uniforms.allRows) { v = result[r * uniforms.cols + colOf(e % Q, blocks)]; }
-          pre[k] = v;
-        }
+        ${prefetch('', 'allRows')}
         workgroupBarrier();
         for (var t0 = 0; t0 < uniforms.allRows; t0 = t0 + Q) {
           for (var k = 0; k < PER; k = k + 1) { jm[lid + k * ${wg}] = pre[k]; }
           workgroupBarrier();
-          for (var k = 0; k < PER; k = k + 1) {
-            let e = lid + k * ${wg};
-            let r = t0 + Q + e / Q;
-            var v = 0.0;
-            if (r < uniforms.allRows) { v = result[r * uniforms.cols + colOf(e % Q, blocks)]; }
-            pre[k] = v;
-          }
+          ${prefetch('t0 + Q + ', 'allRows')}
           for (var rr = rg; rr < Q; rr = rr + ${wg / q}) {
             let r = t0 + rr;
             if (r < uniforms.allRows) {
