@@ -187,7 +187,7 @@ await describeEachBackend('svd by blocked one-sided Jacobi (WGSL)', (backend) =>
         return { ...jacobiStats };
       };
       const old = await stats('inner sweeps until one rotates nothing', { innerExit: false, checkBelow: 0 });
-      const exit = await stats('inner sweeps until G is diagonal', { checkBelow: 0 });
+      const exit = await stats('inner sweeps until G is diagonal', { innerExit: true, checkBelow: 0 });
       // the same rotations: the same outer sweeps, and never more inner ones
       expect(exit.sweeps).toBe(old.sweeps);
       expect(exit.innerSweeps).toBeLessThan(old.innerSweeps);
@@ -198,11 +198,14 @@ await describeEachBackend('svd by blocked one-sided Jacobi (WGSL)', (backend) =>
       const three = await stats('three inner sweeps', { innerSweeps: 3, checkBelow: 0 });
       expect(three.serialInnerSweeps).toBeGreaterThan(one.serialInnerSweeps);
       // one barrier a round, G in two copies: the same rotations, so the same counts
-      const merged = await stats('merged rounds', { mergedRounds: true, checkBelow: 0 });
+      const merged = await stats('merged rounds', { mergedRounds: true, innerExit: true, checkBelow: 0 });
       expect([merged.sweeps, merged.innerSweeps]).toEqual([exit.sweeps, exit.innerSweeps]);
-      // (the default) a check of all cosines at once after a sweep that met them below 1e-2: one sweep
-      // fewer here, as orthogonal
-      const checked = await stats('checked', {});
+      // a check of all cosines at once after a sweep that met them below 1e-2: one sweep fewer here,
+      // as orthogonal
+      const checked = await stats('checked', { innerExit: true, checkBelow: 1e-2 });
+      // the defaults: the earlier rules
+      const plain = await stats('defaults', {});
+      expect([plain.sweeps, plain.innerSweeps]).toEqual([old.sweeps, old.innerSweeps]);
       expect(checked.sweeps).toBe(exit.sweeps - 1);
       expect(checked.checks.at(-1)).toBeLessThanOrEqual(2 * Math.sqrt(128) * 2 ** -25);
       expect(checked.off).toBe(checked.checks.at(-1));

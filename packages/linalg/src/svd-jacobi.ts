@@ -43,7 +43,9 @@ export interface JacobiSvdOptions extends LongRunOptions {
    * barrier after each sweep tests what the next sweep would), rather than after a sweep that rotated
    * nothing (a whole sweep, 2·(2b − 1) barriers, of no rotation). The same rotations either way, so the
    * same result and outer sweeps; fewer inner sweeps once the pairs converge quadratically (the last
-   * few outer sweeps). Default true; false is the earlier behaviour, for the benchmark.
+   * few outer sweeps). Default false: on the H200 (2026-12-03, torch CUDA in the same call) the old
+   * rule with `checkBelow: 0` took 106–109 ms at 1024² and 371 ms at 2048², this option with
+   * `checkBelow: 0.01` 117–135 ms and 428 ms (the extra barrier a sweep costs more than it saves).
    */
   innerExit?: boolean;
   /**
@@ -89,8 +91,8 @@ export interface JacobiSvdOptions extends LongRunOptions {
    * sweep for a matrix product, with the same guarantee: on the battery and Gaussian 512² one sweep
    * fewer in every case but one (where the sweep after 0.1 met them all orthogonal), at most two
    * checks. The product costs less than one sweep's Gram matrices (m·N² against 2·m·N² multiply–adds,
-   * in one program). Default 1e-2; 0 turns it off (the earlier behaviour, for the benchmark).
-   * @example svdJacobi(a, { checkBelow: 0 })
+   * in one program). Default 0 (off): on the H200 it did not pay (see `innerExit`).
+   * @example svdJacobi(a, { checkBelow: 1e-2 })
    */
   checkBelow?: number;
   /** Sweeps before it stops unconverged. Default 30. */
@@ -119,8 +121,8 @@ const JACOBI_WG = 256;
  * sweep is 2·(2b − 1) barriers of a workgroup that has the GPU nearly to itself.
  */
 const INNER_SWEEPS = 2;
-/** The largest cosine of a sweep after which all cosines are checked at once (option checkBelow). */
-const CHECK_BELOW = 1e-2;
+/** The largest cosine of a sweep after which all cosines are checked at once (option checkBelow; 0: never). */
+const CHECK_BELOW = 0;
 /** Columns whose norm is below this fraction of the largest are treated as zero (their Gram entries underflow). */
 const NEGLIGIBLE = 2 ** -60;
 
@@ -787,7 +789,7 @@ async function jacobiCore(
     { type: 'int32', data: [M] },
     // a cosine is at most 1: 2 is "never"
     { type: 'float32', data: [Math.min(split, 2)] },
-    { type: 'int32', data: [options.innerExit === false ? 0 : 1] },
+    { type: 'int32', data: [options.innerExit === true ? 1 : 0] },
   ];
   const gramP = gramProgram(b, pairs, gram.chunks);
   const jacobiP = jacobiProgram(b, pairs, merged);
