@@ -10,36 +10,13 @@
  * defines `fn main(index : i32)` for a flat dispatch layout.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { WebGPUBackendLike as TensorWebGPUBackend, WebGPUProgramLike, WebGPUUniform } from '@lora/tensor';
 
-export interface UniformValue {
-  type: 'float32' | 'int32' | 'uint32';
-  data: number[];
-}
+export type { WebGPUProgramLike };
+export type UniformValue = WebGPUUniform;
 
-export interface WebGPUProgramLike {
-  outputShape: number[];
-  shaderKey: string;
-  dispatchLayout: { x: number[]; y?: number[]; z?: number[] };
-  dispatch: [number, number, number];
-  variableNames: string[];
-  workgroupSize: [number, number, number];
-  /** Adds `uniforms.size` (the output size, divided by `outputComponent`). */
-  size?: boolean;
-  /** Extra uniform fields, e.g. `'eps : f32, rows : i32,'`, filled in order by the uniform data. */
-  uniforms?: string;
-  outputComponent?: number;
-  variableComponents?: number[];
-  getUserCode(): string;
-}
-
-export interface WebGPUBackendLike {
-  runWebGPUProgram(
-    program: WebGPUProgramLike,
-    inputs: tf.TensorInfo[],
-    outputDtype: tf.DataType,
-    uniforms?: UniformValue[],
-    output?: tf.TensorInfo,
-  ): tf.TensorInfo;
+/** @lora/tensor's backend interface, with what this package's kernels also use. */
+export interface WebGPUBackendLike extends TensorWebGPUBackend {
   makeTensorInfo(shape: number[], dtype: tf.DataType): tf.TensorInfo;
   disposeData(dataId: tf.DataId): boolean;
   device: { limits: Record<string, number> };

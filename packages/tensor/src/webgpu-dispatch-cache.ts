@@ -62,12 +62,7 @@ interface Backend {
   submitQueue(): void;
   recordAndSubmit(program: Program, output: tf.TensorInfo, inputs: tf.TensorInfo[], uniforms?: UniformValue[]): void;
 }
-type Program = WebGPUProgramLike & {
-  pipeline: { getBindGroupLayout(i: number): unknown };
-  pixelsOpType?: unknown;
-  size?: boolean;
-  outputComponent?: number;
-};
+type Program = WebGPUProgramLike & { pipeline: { getBindGroupLayout(i: number): unknown }; pixelsOpType?: unknown };
 
 /**
  * Counts of the dispatch cache's hits and misses since it was installed (for benchmarks).

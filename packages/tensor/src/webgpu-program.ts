@@ -21,12 +21,16 @@ import type * as tf from '@tensorflow/tfjs-core';
 export interface WebGPUProgramLike {
   outputShape: number[];
   shaderKey: string;
-  dispatchLayout: { x: number[] };
+  dispatchLayout: { x: number[]; y?: number[]; z?: number[] };
   dispatch: [number, number, number];
   variableNames: string[];
   workgroupSize: [number, number, number];
+  /** Adds `uniforms.size` (the output size, divided by `outputComponent`). */
+  size?: boolean;
   /** Extra uniform fields, e.g. `'rows : i32,'`, filled in order by the uniform values. */
   uniforms?: string;
+  outputComponent?: number;
+  variableComponents?: number[];
   getUserCode(): string;
 }
 
