@@ -112,8 +112,7 @@ export async function analyseFromSum(
       ? await cosineUpperBounds(w, top.uTensor, steps, epsilon - CERTIFY_MARGIN)
       : await tallBounds(w, top.uTensor, steps, epsilon, floor);
   if (!bounds) return null;
-  for (let i = 0; i < t; i++) if (!((bounds[i] as number) < epsilon - CERTIFY_MARGIN)) return null;
-  return {
+  const certified: MatrixAnalysis = {
     cosine: bounds,
     cosineBound: true,
     singularValues: top.s,
@@ -121,6 +120,7 @@ export async function analyseFromSum(
     v: top.v,
     method: { kind: 'certified', iterations: top.iterations, lanczosSteps: Math.min(steps, m, n) },
   };
+  return decides(certified, t, epsilon) ? certified : null;
 }
 
 /**

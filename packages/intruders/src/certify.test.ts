@@ -10,6 +10,14 @@ import { reduceLayer } from './reduce-layer';
 import { randomMatrix, referenceReduction } from './reference.test-util';
 import { WeightSvdCache } from './weight-svd-cache';
 
+/** q·diag(d): each column c of q times d[c]. */
+function scaleColumns(q: Matrix64, d: readonly number[]): Matrix64 {
+  const out = matrix64(q.rows, q.cols, Float64Array.from(q.data));
+  for (let i = 0; i < q.rows; i++)
+    for (let c = 0; c < q.cols; c++) out.data[i * q.cols + c] = (q.data[i * q.cols + c] as number) * (d[c] as number);
+  return out;
+}
+
 beforeAll(async () => {
   await initBackend('cpu');
 });
@@ -87,14 +95,7 @@ describe('positiveDefinite (block Cholesky, Schur complements on the backend)', 
     const n = 300;
     const q = orthonormal(n, n, 31);
     const lambda = Array.from({ length: n }, (_, i) => 0.05 + (2 * i) / n);
-    const a = matrix64(n, n);
-    for (let i = 0; i < n; i++)
-      for (let j = 0; j < n; j++) {
-        let acc = 0;
-        for (let c = 0; c < n; c++)
-          acc += (q.data[i * n + c] as number) * (lambda[c] as number) * (q.data[j * n + c] as number);
-        a.data[i * n + j] = acc;
-      }
+    const a = matmul64(scaleColumns(q, lambda), q, { transposeB: true });
     const at = tf.tensor2d(Float32Array.from(a.data), [n, n]);
     const before = tf.memory().numTensors;
     expect(await positiveDefinite(at, 0.049, 64)).toBe(true);
@@ -112,14 +113,7 @@ describe('cosineUpperBounds on the backend', () => {
     const u0 = orthonormal(m, m, 3);
     const v0 = orthonormal(n, m, 4);
     const s = Array.from({ length: m }, (_, j) => 2 * 0.97 ** j);
-    const w = matrix64(m, n);
-    for (let i = 0; i < m; i++)
-      for (let j = 0; j < n; j++) {
-        let acc = 0;
-        for (let c = 0; c < m; c++)
-          acc += (u0.data[i * m + c] as number) * (s[c] as number) * (v0.data[j * m + c] as number);
-        w.data[i * n + j] = acc;
-      }
+    const w = matmul64(scaleColumns(u0, s), v0, { transposeB: true });
     // three unit vectors: spread, one with a 0.7 component on u₀_5, one equal to u₀_0
     const starts = matrix64(m, 3, randomMatrix(m, 3, 9, 1).data);
     for (let i = 0; i < m; i++) {

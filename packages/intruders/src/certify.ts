@@ -99,8 +99,10 @@ async function lanczosColumns(
       betas.push(next.beta);
       basis.push(next.q1);
       // from 16 steps on, every 8: stop once the caller's bounds are decided (one read-back each)
-      if (enough && j + 1 < count && j + 1 >= 16 && (j + 1) % 8 === 0 && enough(...(await read())))
-        return toObject(await read());
+      if (enough && j + 1 < count && j + 1 >= 16 && (j + 1) % 8 === 0) {
+        const found = await read();
+        if (enough(...found)) return toObject(found);
+      }
     }
     return toObject(await read());
   } finally {
@@ -240,7 +242,9 @@ export async function positiveDefinite(a: tf.Tensor2D, shift: number, block = 25
         return false;
       }
       if (bs === n) return true;
-      // L⁻ᵀ on the host (L lower triangular): columns of L⁻¹ by forward substitution
+      // L⁻¹ on the host (L lower triangular) by forward substitution, one column at a time over its
+      // lower triangle only (a third of solveTriangular's work with an identity right-hand side);
+      // transposed to L⁻ᵀ on the backend
       const inv = new Float64Array(bs * bs);
       for (let c = 0; c < bs; c++)
         for (let i = c; i < bs; i++) {

@@ -29,8 +29,9 @@ export interface IntruderSettings {
    */
   svdCache?: WeightSvdCache;
   /**
-   * Report every cosine exactly (default false). Without it, a layer of m ≤ n whose leading
-   * directions are all provably intruders is decided without W's SVD and reports upper bounds for
+   * Report every cosine exactly (default false). Without it, a layer whose leading directions are
+   * all provably intruders (a tall one also needs its floor on λ_min(WᵀW) certified) is decided
+   * without W's SVD and reports upper bounds for
    * their cosines (`cosineBound` in the layer's report); the intruders and the new factors are the
    * same either way.
    */

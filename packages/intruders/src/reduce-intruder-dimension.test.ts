@@ -264,14 +264,20 @@ describe('reduceIntruderDimension: refusals leave the model as it was', () => {
     const peft = await fixtureModel();
     const count = tf.memory().numTensors;
     const controller = new AbortController();
+    let reports = 0;
+    let layers = 0;
     const e = await reduceIntruderDimension(peft, {
       ...quiet,
       signal: controller.signal,
-      onProgress: (done) => {
+      onProgress: (done, total) => {
+        reports++;
+        layers = total;
         if (done === 2) controller.abort(new Error('stop'));
       },
     }).catch((x: unknown) => x);
     expect((e as Error).message).toBe('stop');
+    // no layer analysed after the abort
+    expect([reports, layers > 2]).toEqual([2, true]);
     expect(peft.adapters).toEqual(['default']);
     expect(peft.activeAdapters).toEqual(['default']);
     expect(tf.memory().numTensors).toBe(count);
@@ -314,15 +320,22 @@ describe('reduceIntruderDimension: layers analysed at once', () => {
     const peft = await fixtureModel();
     const count = tf.memory().numTensors;
     const controller = new AbortController();
+    let reports = 0;
+    let layers = 0;
     const e = await reduceIntruderDimension(peft, {
       ...quiet,
       concurrency: 3,
       signal: controller.signal,
-      onProgress: (done) => {
+      onProgress: (done, total) => {
+        reports++;
+        layers = total;
         if (done === 1) controller.abort(new Error('stop'));
       },
     }).catch((x: unknown) => x);
     expect((e as Error).message).toBe('stop');
+    // at most the layers already in flight finish after the abort, and the others never start
+    expect(reports).toBeLessThanOrEqual(3);
+    expect(layers).toBeGreaterThan(3);
     expect(peft.adapters).toEqual(['default']);
     expect(tf.memory().numTensors).toBe(count);
     peft.dispose();

@@ -1,5 +1,5 @@
 import type { Matrix64 } from '@lora/linalg';
-import type * as tf from '@tensorflow/tfjs-core';
+import * as tf from '@tensorflow/tfjs-core';
 import { type FactorLayout, factorsToMatrices, matricesToFactors } from './layouts';
 import { type ResolvedSettings, onCpuBackend } from './options';
 import { analyseFromSum, decides, type SumTriplets, sumTriplets } from './analyse-sum';
@@ -141,32 +141,21 @@ async function analyseLayer(
     return timed('core', () => analyseMatrix({ m, n, weight, left, right, scaling: input.scaling }, settings.topK));
   }
   let top: SumTriplets | null = null;
+  // W once: the triplets, the bounds, and (cloned: the cache frees what it decomposes) W's SVD
   const w = input.weightMatrix();
   try {
     top = await timed('triplets', () => sumTriplets(w, left, right, input.scaling, t));
-    if (top.converged && certify) {
-      const found = top;
+    const found = top;
+    if (found.converged && certify) {
       const certified = await timed('bounds', () =>
         analyseFromSum(found, w, null, settings.thresholdEpsilon, {
           known: cache.floorOf(input.weightKey, input.weightVersion),
           record: (floor) => cache.recordFloor(input.weightKey, input.weightVersion, floor),
         }),
       );
-      if (certified) {
-        top.uTensor.dispose();
-        top = null;
-        return certified;
-      }
+      if (certified) return certified;
     }
-  } catch (err) {
-    top?.uTensor.dispose();
-    throw err;
-  } finally {
-    w.dispose();
-  }
-  try {
-    const weight = await timed('svd', () => cache.svdOf(input.weightKey, input.weightVersion, input.weightMatrix));
-    const found = top;
+    const weight = await timed('svd', () => cache.svdOf(input.weightKey, input.weightVersion, () => tf.clone(w)));
     if (found.converged)
       return (await timed('cosines', () =>
         analyseFromSum(found, null, weight, settings.thresholdEpsilon),
@@ -175,6 +164,7 @@ async function analyseLayer(
       analyseMatrix({ m, n, weight, left, right, scaling: input.scaling }, settings.topK),
     );
   } finally {
-    top.uTensor.dispose();
+    top?.uTensor.dispose();
+    w.dispose();
   }
 }
