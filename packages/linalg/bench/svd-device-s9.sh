@@ -15,18 +15,20 @@ dir=packages/linalg/.bench/large
 budget=150
 left() { echo $((budget - SECONDS)); }
 
-# variant name → BENCH_JACOBI ('' = svd's own call, i.e. today's defaults: block 16, innerSweeps 2, innerExit,
-# checkBelow 0.01; 'before' = the defaults before session 9)
+# variant name → BENCH_JACOBI ('' = svd's own call, i.e. today's defaults: block 16, innerSweeps 2, innerExit
+# off, checkBelow 0; 'exit-check' = innerExit and checkBelow 0.01, which were the defaults in the 2026-12-03 19:19
+# call, where this variant was named 'default' and today's defaults 'before'; the fused and i1 variants ran on
+# those defaults there)
 declare -A jacobi=(
   [default]=''
-  [before]='{"innerExit":false,"checkBelow":0}'
+  [exit-check]='{"innerExit":true,"checkBelow":0.01}'
   [i1]='{"innerSweeps":1}'
   [fused]='{"fused":true}'
   [fused-merged]='{"fused":true,"mergedRounds":true}'
   [fused-i1]='{"fused":true,"innerSweeps":1}'
   [fused-i1-merged]='{"fused":true,"innerSweeps":1,"mergedRounds":true}'
 )
-order=(default before i1 fused fused-merged fused-i1 fused-i1-merged)
+order=(default exit-check i1 fused fused-merged fused-i1 fused-i1-merged)
 
 timeout 40 python3 packages/linalg/bench/peers_large.py make "$dir" full_1024,full_2048 2> "$out/make.err"
 timeout 30 python3 - "$dir" > "$out/torch.json" 2> "$out/torch.err" <<'PY'

@@ -32,7 +32,7 @@ type WebGPUBackend = WebGPUBackendLike;
 export interface JacobiSvdOptions extends LongRunOptions {
   /**
    * Columns a block (16 or 32; default 16). On the H200, 16-column blocks were faster at both sizes
-   * measured (1024²: 365 ms against 406; 4096²: 2.51 s against 2.87): twice the block pairs a step keep
+   * measured before the dispatch cache (1024²: 365 ms against 406; 4096²: 2.51 s against 2.87): twice the block pairs a step keep
    * more of the GPU busy, which outweighs twice the steps. 32 needs 26 KiB of workgroup memory.
    */
   block?: number;
@@ -64,7 +64,7 @@ export interface JacobiSvdOptions extends LongRunOptions {
    * longer programs with less parallelism in the Gram matrix and the rotation (a workgroup a pair);
    * meant for sizes where per-program cost dominates (512² … 2048²). The same algorithm, so the same
    * sweeps give or take one (its Gram matrices are summed in another order): Gaussian 1024² 10 sweeps,
-   * 630 programs against 1,890. Default false.
+   * 758 programs against 2,025 (H200, 2026-12-03: 150–169 ms against 106–135 ms, so not the default). Default false.
    * @example svdJacobi(a, { fused: true, innerSweeps: 1 })
    */
   fused?: boolean;
@@ -794,7 +794,7 @@ async function jacobiCore(
   const gramP = gramProgram(b, pairs, gram.chunks);
   const jacobiP = jacobiProgram(b, pairs, merged);
   const applyP = rotateProgram(b, pairs, apply.chunks, [M, N]);
-  const fusedP = fusedProgram(b, pairs, [M + statRows, N], merged);
+  const fusedP = fused ? fusedProgram(b, pairs, [M + statRows, N], merged) : null;
   jacobiStats.dispatches = 0;
   jacobiStats.sweeps = 0;
   jacobiStats.innerSweeps = 0;
@@ -817,7 +817,7 @@ async function jacobiCore(
           backend.runWebGPUProgram({ ...applyP }, [jbuf], 'float32', uniforms(step, M, apply), x);
           jacobiStats.dispatches += 3;
         } else {
-          backend.runWebGPUProgram({ ...fusedP }, [], 'float32', uniforms(step, m, gram), x);
+          backend.runWebGPUProgram({ ...(fusedP as WebGPUProgram) }, [], 'float32', uniforms(step, m, gram), x);
           jacobiStats.dispatches += 1;
         }
       }
