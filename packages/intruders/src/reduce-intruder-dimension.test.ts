@@ -263,18 +263,7 @@ describe('reduceIntruderDimension: refusals leave the model as it was', () => {
   it('stops on an abort between layers: nothing added, nothing leaked', async () => {
     const peft = await fixtureModel();
     const count = tf.memory().numTensors;
-    const controller = new AbortController();
-    let reports = 0;
-    let layers = 0;
-    const e = await reduceIntruderDimension(peft, {
-      ...quiet,
-      signal: controller.signal,
-      onProgress: (done, total) => {
-        reports++;
-        layers = total;
-        if (done === 2) controller.abort(new Error('stop'));
-      },
-    }).catch((x: unknown) => x);
+    const { e, reports, layers } = await abortAfter(peft, 2, 1);
     expect((e as Error).message).toBe('stop');
     // no layer analysed after the abort
     expect([reports, layers > 2]).toEqual([2, true]);
@@ -284,6 +273,24 @@ describe('reduceIntruderDimension: refusals leave the model as it was', () => {
     peft.dispose();
   });
 });
+
+/** Runs the reduction with `concurrency`, aborted once `at` layers are done; what it threw and how many layers it reported. */
+async function abortAfter(peft: Parameters<typeof reduceIntruderDimension>[0], at: number, concurrency: number) {
+  const controller = new AbortController();
+  let reports = 0;
+  let layers = 0;
+  const e = await reduceIntruderDimension(peft, {
+    ...quiet,
+    concurrency,
+    signal: controller.signal,
+    onProgress: (done, total) => {
+      reports++;
+      layers = total;
+      if (done === at) controller.abort(new Error('stop'));
+    },
+  }).catch((x: unknown) => x);
+  return { e, reports, layers };
+}
 
 describe('reduceIntruderDimension: layers analysed at once', () => {
   it('gives the same log lines, in layer order, the same reports and the same new factors as one at a time', async () => {
@@ -319,19 +326,7 @@ describe('reduceIntruderDimension: layers analysed at once', () => {
   it('stops on an abort with layers in flight: nothing added, nothing leaked', async () => {
     const peft = await fixtureModel();
     const count = tf.memory().numTensors;
-    const controller = new AbortController();
-    let reports = 0;
-    let layers = 0;
-    const e = await reduceIntruderDimension(peft, {
-      ...quiet,
-      concurrency: 3,
-      signal: controller.signal,
-      onProgress: (done, total) => {
-        reports++;
-        layers = total;
-        if (done === 1) controller.abort(new Error('stop'));
-      },
-    }).catch((x: unknown) => x);
+    const { e, reports, layers } = await abortAfter(peft, 1, 3);
     expect((e as Error).message).toBe('stop');
     // at most the layers already in flight finish after the abort, and the others never start
     expect(reports).toBeLessThanOrEqual(3);
