@@ -4,8 +4,9 @@
 # files (intruders-bench.js bundled into .device/bundle/intruders-bench.mjs), on the 123M Llama shape
 # (hidden 1024, intermediate 2816, 16 / 4 heads, vocab 32000), r 16 on all seven targets.
 #   part A  LAYERS_A decoder layers (default 1), our bundle as built from main's @lora/linalg
-#   part B  LAYERS_B decoder layers (default 8), only if .device/bundle/intruders-bench-linalg13.mjs is
-#           there: the same entry bundled with issue 13's @lora/linalg (float32 SVD on the backend)
+#   part B  LAYERS_B decoder layers (default 8), only if .device/bundle/intruders-bench-b.mjs is there:
+#           the same entry bundled from another build (e.g. the commit before a change), for a
+#           comparison in the same call
 #   part C  (first) only if .device/bundle/intruders-experiment.mjs is there: the λ experiment
 #           (experiment-device.js) on webgpu, writing c-lambda.json; needs examples/fortune-llama (on
 #           main) and pretrain.heldout.txt beside this script (from examples/intruders/data/)
@@ -39,7 +40,7 @@ if [ -e .device/bundle/intruders-experiment.mjs ]; then
   [ -e "$OUT/lambda.json" ] && mv "$OUT/lambda.json" "$OUT/c-lambda.json"
 fi
 [ -e .device/bundle/intruders-bench.mjs ] && part a "${LAYERS_A:-1}" intruders-bench "${PEER_LIMIT_A:-60}" "${LIMIT_A:-130}"
-[ -e .device/bundle/intruders-bench-linalg13.mjs ] && part b "${LAYERS_B:-8}" intruders-bench-linalg13 90 "${LIMIT_B:-140}"
+[ -e .device/bundle/intruders-bench-b.mjs ] && part b "${LAYERS_B:-8}" intruders-bench-b "${PEER_LIMIT_B:-90}" "${LIMIT_B:-140}"
 # the two tables stay readable; everything else goes into one archive (the call returns at most 8 files)
 ls -la "$OUT"
 (cd "$OUT" && tar czf intruders.tgz --remove-files $(ls | grep -v -e '-bench.md$' -e '^c-lambda.json$'))

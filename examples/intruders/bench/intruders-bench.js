@@ -18,13 +18,14 @@
  * OUT, when set, gets bench-<model>.json.
  */
 import { existsSync, writeFileSync } from 'node:fs';
+import { PerformanceObserver } from 'node:perf_hooks';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadAdapter } from '@lora/core';
 import { WeightSvdCache, reduceIntruderDimension } from '@lora/intruders';
 import { LlamaForCausalLM } from '@lora/models';
-import { initBackend, maxRelativeError } from '@lora/tensor';
+import { dispatchCacheStats, initBackend, maxRelativeError } from '@lora/tensor';
 import { loadSafetensors } from '@lora/tensor/node';
 
 const dir = process.argv[2] ?? process.env.INTRUDERS_DIR;
@@ -46,6 +47,25 @@ const { model: peft } = await loadAdapter(base, peer.adapter_dir);
 await loadAdapter(peft, peer.adapter_dir, { adapterName: 'second' });
 log(`loaded in ${((performance.now() - t) / 1000).toFixed(1)} s`);
 
+// what a run costs besides its own work: garbage collection (ms, from 'gc' entries), shader
+// pipelines compiled (tfjs-webgpu's pipeline cache), the dispatch cache's misses, the JS heap
+let gcMs = 0;
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) gcMs += e.duration;
+}).observe({ entryTypes: ['gc'] });
+const pipelines = () => {
+  const b = /** @type {{ pipelineCache?: object }} */ (/** @type {unknown} */ (tf.backend()));
+  return b.pipelineCache ? Object.keys(b.pipelineCache).length : 0;
+};
+const overheads = () => ({
+  gcMs,
+  pipelines: pipelines(),
+  bindGroupMisses: dispatchCacheStats.bindGroupMisses,
+  bindGroupHits: dispatchCacheStats.bindGroupHits,
+  uniformMisses: dispatchCacheStats.uniformMisses,
+  heapMB: process.memoryUsage().heapUsed / 2 ** 20,
+});
+
 const cache = new WeightSvdCache();
 /**
  * @param {string} label @param {import('@lora/intruders').ReduceIntruderDimensionOptions} options
@@ -54,6 +74,7 @@ const cache = new WeightSvdCache();
 async function timed(label, options, svdCache = cache) {
   const start = performance.now();
   const cpu0 = process.cpuUsage();
+  const o0 = overheads();
   const report = await reduceIntruderDimension(peft, {
     ...options,
     svdCache,
@@ -65,8 +86,19 @@ async function timed(label, options, svdCache = cache) {
   const seconds = (performance.now() - start) / 1000;
   const used = process.cpuUsage(cpu0);
   const cpuSeconds = (used.user + used.system) / 1e6;
-  log(`${label}: ${seconds.toFixed(2)} s (process CPU ${cpuSeconds.toFixed(2)} s)`);
-  return { label, seconds, cpuSeconds, report };
+  const o1 = overheads();
+  const overhead = {
+    gcMs: o1.gcMs - o0.gcMs,
+    pipelinesCompiled: o1.pipelines - o0.pipelines,
+    bindGroupMisses: o1.bindGroupMisses - o0.bindGroupMisses,
+    bindGroupHits: o1.bindGroupHits - o0.bindGroupHits,
+    uniformMisses: o1.uniformMisses - o0.uniformMisses,
+    heapMB: o1.heapMB,
+  };
+  log(
+    `${label}: ${seconds.toFixed(2)} s (process CPU ${cpuSeconds.toFixed(2)} s; GC ${overhead.gcMs.toFixed(0)} ms, ${overhead.pipelinesCompiled} pipelines compiled, bind groups ${overhead.bindGroupMisses} made / ${overhead.bindGroupHits} reused, ${overhead.uniformMisses} uniform blocks made, heap ${overhead.heapMB.toFixed(0)} MB)`,
+  );
+  return { label, seconds, cpuSeconds, report, overhead };
 }
 const cold = await timed('cold', { newAdapterName: 'ours' });
 const stats = { ...cache.stats };
@@ -198,6 +230,7 @@ if (process.env.OUT)
         peer,
         backend: info,
         rows,
+        overheads: Object.fromEntries([cold, wCached, sweep, coldWarm, coldOne].map((r) => [r.label, r.overhead])),
         cold: cold.seconds,
         wCached: wCached.seconds,
         sweep: sweep.seconds,

@@ -46,7 +46,7 @@ export async function sumTriplets(
   ) as tf.Tensor2D;
   let parts: Awaited<ReturnType<typeof svdTruncated>> | undefined;
   try {
-    parts = await svdTruncated(g, { rank: t });
+    parts = await svdTruncated(g, { rank: t, extraction: 'gram' });
   } finally {
     g.dispose();
   }

@@ -36,8 +36,9 @@ export async function cosineUpperBounds(
       target === undefined
         ? undefined
         : (a: number[][], b: number[][]) => a.every((ac, c) => Math.sqrt(atomBound(ac, b[c] as number[])) < target);
+    // rows q (t×m): q·W·Wᵀ, Wᵀ formed (a product with a transposed operand is slow on wasm)
     const { alpha, beta } = await lanczosColumns(
-      (q) => tf.matMul(w, tf.matMul(wT, q)) as tf.Tensor2D,
+      (q) => tf.matMul(tf.matMul(q, w), wT) as tf.Tensor2D,
       starts,
       steps,
       enough,
@@ -51,20 +52,24 @@ export async function cosineUpperBounds(
 }
 
 /**
- * `steps` steps of Lanczos on the symmetric operator `apply` (n×n, on the backend) from each column of
+ * `steps` steps of Lanczos on a symmetric operator M (n×n, on the backend) from each column of
  * `starts` (n×t, unit columns), all columns at once, each against its own basis with full
- * re-orthogonalisation (twice); one read-back at the end. Returns, per column, α₀…α_{N−1} and
- * β₀…β_{N−1} (β_j couples steps j and j + 1).
+ * re-orthogonalisation (twice); `applyRows(q)` is q·M for the t vectors as the rows of q (t×n). The
+ * vectors are kept as rows, the basis as one [t, j + 1, n] tensor grown by a slice a step, so that a
+ * projection onto each column's own basis is one batched product. One read-back at the end (or every
+ * 8 steps from 16 on, with `enough`). Returns, per column, α₀…α_{N−1} and β₀…β_{N−1} (β_j couples steps
+ * j and j + 1).
  */
 async function lanczosColumns(
-  apply: (q: tf.Tensor2D) => tf.Tensor2D,
+  applyRows: (q: tf.Tensor2D) => tf.Tensor2D,
   starts: tf.Tensor2D,
   steps: number,
   enough?: (alpha: number[][], beta: number[][]) => boolean,
 ): Promise<{ alpha: number[][]; beta: number[][] }> {
   const [n, t] = starts.shape;
   const count = Math.max(1, Math.min(steps, n));
-  const basis: tf.Tensor2D[] = [tf.clone(starts)];
+  let q = tf.transpose(starts) as tf.Tensor2D; // [t, n]
+  let stacked = tf.expandDims(q, 1) as tf.Tensor3D; // [t, 1, n]
   const alphas: tf.Tensor1D[] = [];
   const betas: tf.Tensor1D[] = [];
   const read = async (): Promise<[number[][], number[][]]> => {
@@ -82,22 +87,30 @@ async function lanczosColumns(
   };
   try {
     for (let j = 0; j < count; j++) {
-      const q = basis[j] as tf.Tensor2D;
+      const basis = stacked;
+      const current = q;
       const next = tf.tidy(() => {
-        let z = apply(q);
-        const alpha = tf.sum(tf.mul(q, z), 0) as tf.Tensor1D;
-        const stacked = tf.stack(basis) as tf.Tensor3D; // [j + 1, n, t]
+        let z = applyRows(current);
+        const alpha = tf.sum(tf.mul(current, z), 1) as tf.Tensor1D;
         for (let pass = 0; pass < 2; pass++) {
-          const coef = tf.sum(tf.mul(stacked, tf.expandDims(z, 0)), 1, true); // [j + 1, 1, t]
-          z = tf.sub(z, tf.sum(tf.mul(stacked, coef), 0)) as tf.Tensor2D;
+          // each row's coefficients on its own basis, [t, j + 1, 1], then z − basisᵀ·coef
+          const coef = tf.matMul(basis, tf.expandDims(z, 2));
+          z = tf.sub(z, tf.reshape(tf.matMul(coef, basis, true, false), [t, n])) as tf.Tensor2D;
         }
-        const beta = tf.norm(z, 'euclidean', 0) as tf.Tensor1D;
-        const q1 = tf.div(z, tf.maximum(beta, 1e-30)) as tf.Tensor2D;
-        return { alpha, beta, q1 };
-      });
+        const beta = tf.norm(z, 'euclidean', 1) as tf.Tensor1D;
+        const q1 = tf.div(z, tf.expandDims(tf.maximum(beta, 1e-30), 1)) as tf.Tensor2D;
+        // the last step's vector joins no basis: its β is all that is read of it
+        const grown = j + 1 < count ? (tf.concat([basis, tf.expandDims(q1, 1)], 1) as tf.Tensor3D) : undefined;
+        return grown ? { alpha, beta, q1, grown } : { alpha, beta, q1 };
+      }) as { alpha: tf.Tensor1D; beta: tf.Tensor1D; q1: tf.Tensor2D; grown?: tf.Tensor3D };
       alphas.push(next.alpha);
       betas.push(next.beta);
-      basis.push(next.q1);
+      current.dispose();
+      q = next.q1;
+      if (next.grown) {
+        basis.dispose();
+        stacked = next.grown;
+      }
       // from 16 steps on, every 8: stop once the caller's bounds are decided (one read-back each)
       if (enough && j + 1 < count && j + 1 >= 16 && (j + 1) % 8 === 0) {
         const found = await read();
@@ -106,7 +119,7 @@ async function lanczosColumns(
     }
     return toObject(await read());
   } finally {
-    tf.dispose([...basis, ...alphas, ...betas]);
+    tf.dispose([stacked, q, ...alphas, ...betas]);
   }
 }
 
@@ -168,7 +181,7 @@ export async function tallCosineBounds(
     norms.dispose();
     let lanczos: { alpha: number[][]; beta: number[][] };
     try {
-      lanczos = await lanczosColumns((q) => tf.matMul(wT, tf.matMul(w, q)) as tf.Tensor2D, zUnit, steps);
+      lanczos = await lanczosColumns((q) => tf.matMul(tf.matMul(q, wT), w) as tf.Tensor2D, zUnit, steps);
     } finally {
       zUnit.dispose();
     }
@@ -226,7 +239,7 @@ export async function gramFloorHolds(w: tf.Tensor2D, gamma: number, lambdaMax: n
  * (formed on the backend). O(n³/3) on the backend, n/`block` read-backs of `block`², O(n·block²) on
  * the host.
  */
-export async function positiveDefinite(a: tf.Tensor2D, shift: number, block = 256): Promise<boolean> {
+export async function positiveDefinite(a: tf.Tensor2D, shift: number, block = 128): Promise<boolean> {
   let s = tf.tidy(() => tf.sub(a, tf.mul(tf.eye(a.shape[0]), shift))) as tf.Tensor2D;
   try {
     for (;;) {

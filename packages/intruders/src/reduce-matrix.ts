@@ -1,6 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { type Matrix64, matrix64, svd, transpose64 } from '@lora/linalg';
-import { svdOfProduct } from './product-svd';
+import { type Matrix64, matrix64, svd, svdOfLowRankProduct, transpose64 } from '@lora/linalg';
 import { type DiagonalPlusLowRank, topSingularTriplets } from './top-singular';
 import type { WeightSvd } from './weight-svd-cache';
 
@@ -219,8 +218,9 @@ export async function denseTriplets(core: DiagonalPlusLowRank, t: number) {
 /**
  * PEFT's mitigation of the intruders found by {@link analyseMatrix}: W_mitigated = W + ΔW +
  * (λ − 1)·Σ_I σ_i·u_i·v_iᵀ, then (W_mitigated − W)/s = L·R + ((λ − 1)/s)·Σ_I σ_i·u_i·v_iᵀ, which has
- * rank ≤ r + |I|: its SVD comes exactly from QR of the stacked factors (`svdOfProduct`,
- * O((m + n)·(r + |I|)²)) instead of PEFT's dense SVD, then rank r again with √S on each side.
+ * rank ≤ r + |I|: its leading r triplets come exactly from Householder QR of the stacked factors
+ * (`svdOfLowRankProduct` with `rank: r`, O((m + n)·(r + |I|)²) in float64) instead of PEFT's dense
+ * SVD, then √S on each side.
  */
 export function mitigate(
   problem: Pick<MatrixProblem, 'left' | 'right' | 'scaling'>,
@@ -247,7 +247,7 @@ export function mitigate(
   intruders.forEach((at, j) => {
     for (let i = 0; i < n; i++) stackedRight.data[(r + j) * n + i] = analysis.v.data[i * t + at] as number;
   });
-  const mitigated = svdOfProduct(stackedLeft, stackedRight);
+  const mitigated = svdOfLowRankProduct(stackedLeft, stackedRight, { rank: r });
   // rank r again, √S on each side (PEFT's split); fewer than r values (a tiny layer) leave zero columns
   const newLeft = matrix64(m, r);
   const newRight = matrix64(r, n);

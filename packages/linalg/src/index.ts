@@ -13,7 +13,7 @@ export { norm } from './norm';
 export { svdFlip } from './svd-flip';
 export { svdLowRank } from './svd-low-rank';
 export { svdOfLowRankProduct, svdOfLowRankSum } from './svd-low-rank-product';
-export type { LowRankTerm } from './svd-low-rank-product';
+export type { LowRankSvdOptions, LowRankTerm } from './svd-low-rank-product';
 export { svdTruncated } from './svd-truncated';
 export type { SvdTruncatedOptions, SvdTruncatedTensors } from './svd-truncated';
 export type { LinalgProgress, LongRunOptions } from './long-run';

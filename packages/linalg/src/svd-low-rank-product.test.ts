@@ -54,6 +54,32 @@ describe('svdOfLowRankSum (float64)', () => {
     ).toBeLessThan(1e-13);
   });
 
+  it('with `rank`, the leading triplets only: the same as the full result truncated', () => {
+    const terms = [
+      { b: gauss(60, 6), a: gauss(6, 45), weight: 0.7 },
+      { b: gauss(60, 4), a: gauss(4, 45), weight: 1.3 },
+    ];
+    const all = svdOfLowRankSum(terms);
+    const top = svdOfLowRankSum(terms, { rank: 4 });
+    expect([top.U.rows, top.U.cols, top.S.length, top.Vh.rows, top.Vh.cols]).toEqual([60, 4, 4, 4, 45]);
+    expect(Array.from(top.S)).toEqual(Array.from(all.S.subarray(0, 4)));
+    // the rank-4 truncations agree (vectors are sign-ambiguous: compare products)
+    const trunc = (r: typeof all) =>
+      reconstruct(
+        matrix64(60, 4, Array.from({ length: 240 }, (_, i) => r.U.data[Math.floor(i / 4) * r.U.cols + (i % 4)] as number)),
+        r.S.subarray(0, 4),
+        matrix64(4, 45, r.Vh.data.subarray(0, 4 * 45)),
+      );
+    expect(relFro(trunc(top), trunc(all))).toBeLessThan(1e-13);
+    expect(orthogonalityError(top.U)).toBeLessThan(1e-13);
+    expect(orthogonalityError(transpose64(top.Vh))).toBeLessThan(1e-13);
+    // more than there are: all of them; not a positive integer: a clear error
+    expect(svdOfLowRankProduct(terms[0]?.b as Matrix64, terms[0]?.a as Matrix64, { rank: 50 }).S.length).toBe(6);
+    expect(() => svdOfLowRankSum(terms, { rank: 0 })).toThrow(
+      'svdOfLowRankSum: rank 0 must be a positive integer (or left out for all triplets)',
+    );
+  });
+
   it('handles a sum of lower rank than its factors, and more factor columns than rows', () => {
     const b = gauss(25, 4);
     const a = gauss(4, 18);

@@ -88,8 +88,11 @@ export function svdLowRank(
   return isMatrix64(a) ? lowRank64(a, options) : lowRankTensor(a, options);
 }
 
-/** Upper-triangular R with Rᵀ·R = G (Cholesky in float64), or null when G is not positive definite. */
-function choleskyUpper(g: Float64Array, k: number): Float64Array | null {
+/**
+ * Upper-triangular R with Rᵀ·R = G (Cholesky in float64), or null when G is not positive definite.
+ * @internal
+ */
+export function choleskyUpper(g: Float64Array, k: number): Float64Array | null {
   const r = new Float64Array(k * k);
   for (let j = 0; j < k; j++) {
     let d = g[j * k + j] as number;
@@ -106,8 +109,11 @@ function choleskyUpper(g: Float64Array, k: number): Float64Array | null {
   return r;
 }
 
-/** Inverse of an upper-triangular k×k matrix (row-major, float64). */
-function invertUpper(r: Float64Array, k: number): Float64Array {
+/**
+ * Inverse of an upper-triangular k×k matrix (row-major, float64).
+ * @internal
+ */
+export function invertUpper(r: Float64Array, k: number): Float64Array {
   const inv = new Float64Array(k * k);
   for (let j = 0; j < k; j++) {
     inv[j * k + j] = 1 / (r[j * k + j] as number);
@@ -128,8 +134,11 @@ export function orthogonalityDeviation(g: ArrayLike<number>, k: number, offset =
   return dev;
 }
 
-/** QᵀQ on the backend (Qᵀ formed first where a product with a transposed operand is slow). */
-function gramTensor(q: tf.Tensor2D, explicitTranspose: boolean): tf.Tensor2D {
+/**
+ * QᵀQ on the backend (Qᵀ formed first where a product with a transposed operand is slow).
+ * @internal
+ */
+export function gramTensor(q: tf.Tensor2D, explicitTranspose: boolean): tf.Tensor2D {
   return tf.tidy(() => (explicitTranspose ? tf.matMul(tf.transpose(q), q) : tf.matMul(q, q, true, false)));
 }
 

@@ -69,6 +69,9 @@ describe('svdTruncated (float64)', () => {
     expect(() => svdTruncated(a, { rank: 281 })).toThrow(LinalgError);
     expect(() => svdTruncated(a, { rank: 2, tol: 0 })).toThrow('svdTruncated: tol 0 must be positive');
     expect(() => svdTruncated(a, { rank: 2, oversample: -1 })).toThrow('oversample -1 must be a non-negative integer');
+    expect(() => svdTruncated(a, { rank: 2, extraction: 'lu' as 'qr' })).toThrow(
+      `svdTruncated: extraction "lu" must be 'qr' or 'gram'`,
+    );
   });
 });
 
@@ -125,16 +128,86 @@ await describeEachBackend('svdTruncated on tensors', () => {
     const want = svd(m);
     const t = tf.tensor2d(Float32Array.from(m.data), [240, 200]);
     const before = tf.memory().numTensors;
-    const r = await svdTruncated(t, { rank: 8 });
-    expect(r.checked).toBeGreaterThan(0);
+    // the Gram extraction cannot reach the tolerance here (σ₈ ≈ 4·10⁻³·σ₁): it hands over to the QR one
+    for (const extraction of ['qr', 'gram'] as const) {
+      const r = await svdTruncated(t, { rank: 8, extraction });
+      expect(r.checked).toBeGreaterThan(0);
+      expect(r.converged).toBe(true);
+      expect(tf.memory().numTensors).toBe(before + 3);
+      const S = Float64Array.from(await r.S.data());
+      const U = matrix64(240, 8, await r.U.data());
+      const Vh = matrix64(8, 200, await r.Vh.data());
+      tf.dispose([r.U, r.S, r.Vh]);
+      for (let i = 0; i < 8; i++)
+        expect(Math.abs((S[i] as number) - (want.S[i] as number))).toBeLessThan(1e-5 * (want.S[0] as number));
+      expect(truncationError(U, S, Vh, want, 8)).toBeLessThan(1e-4);
+    }
+    t.dispose();
+  });
+
+  it("with extraction 'gram', one read-back an iteration, the same top 16 to 1e-5, and leaks nothing", async () => {
+    const t = tf.tensor2d(Float32Array.from(a.data), [a.rows, a.cols]);
+    const before = tf.memory().numTensors;
+    const reads = vi.spyOn(tf.Tensor.prototype, 'data');
+    let r: Awaited<ReturnType<typeof svdTruncated>>;
+    try {
+      r = await svdTruncated(t, { rank: 16, extraction: 'gram' });
+      // the finiteness check, the random start's checked CholeskyQR2 (three), then one an iteration (the
+      // last one's residuals are read alone only when the iterations run out: not here)
+      expect(reads.mock.calls.length).toBe(r.iterations + 4);
+    } finally {
+      reads.mockRestore();
+    }
     expect(tf.memory().numTensors).toBe(before + 3);
+    expect([r.converged, r.checked]).toEqual([true, 0]);
+    expect(r.residual).toBeLessThanOrEqual(5e-6);
+    const U = matrix64(320, 16, await r.U.data());
+    const Vh = matrix64(16, 280, await r.Vh.data());
     const S = Float64Array.from(await r.S.data());
-    const U = matrix64(240, 8, await r.U.data());
-    const Vh = matrix64(8, 200, await r.Vh.data());
     tf.dispose([t, r.U, r.S, r.Vh]);
-    for (let i = 0; i < 8; i++)
-      expect(Math.abs((S[i] as number) - (want.S[i] as number))).toBeLessThan(1e-5 * (want.S[0] as number));
-    expect(truncationError(U, S, Vh, want, 8)).toBeLessThan(1e-4);
+    for (let i = 0; i < 16; i++)
+      expect(Math.abs((S[i] as number) - (exact.S[i] as number))).toBeLessThan(1e-5 * (exact.S[0] as number));
+    expect(truncationError(U, S, Vh, exact, 16)).toBeLessThan(1e-5);
+    // U's columns orthonormal to float32's reach, as the QR extraction's are
+    let dev = 0;
+    for (let i = 0; i < 16; i++)
+      for (let j = 0; j < 16; j++) {
+        let d = 0;
+        for (let p = 0; p < 320; p++) d += (U.data[p * 16 + i] as number) * (U.data[p * 16 + j] as number);
+        dev = Math.max(dev, Math.abs(d - (i === j ? 1 : 0)));
+      }
+    expect(dev).toBeLessThan(1e-5);
+  });
+
+  it("with extraction 'gram' on a flat top (a random weight plus a rank-16 update), as the QR extraction", async () => {
+    const g = new Generator(11);
+    const m = 300;
+    const n = 260;
+    const w = g.fillNormal64(new Float64Array(m * n));
+    const l = g.fillNormal64(new Float64Array(m * 16));
+    const rr = g.fillNormal64(new Float64Array(16 * n));
+    const sum = new Float64Array(m * n);
+    for (let i = 0; i < m; i++)
+      for (let j = 0; j < n; j++) {
+        let v = w[i * n + j] as number;
+        for (let p = 0; p < 16; p++) v += 0.3 * (l[i * 16 + p] as number) * (rr[p * n + j] as number);
+        sum[i * n + j] = v;
+      }
+    const x = { rows: m, cols: n, data: Float64Array.from(Float32Array.from(sum)) };
+    const want = svd(x);
+    const t = tf.tensor2d(Float32Array.from(x.data), [m, n]);
+    const [byGram, byQr] = [await svdTruncated(t, { rank: 10, extraction: 'gram' }), await svdTruncated(t, { rank: 10 })];
+    expect([byGram.converged, byGram.checked, byQr.converged]).toEqual([true, 0, true]);
+    for (const r of [byGram, byQr]) {
+      const S = Float64Array.from(await r.S.data());
+      for (let i = 0; i < 10; i++)
+        expect(Math.abs((S[i] as number) - (want.S[i] as number))).toBeLessThan(1e-5 * (want.S[0] as number));
+      expect(
+        truncationError(matrix64(m, 10, await r.U.data()), S, matrix64(10, n, await r.Vh.data()), want, 10),
+      ).toBeLessThan(1e-5);
+      tf.dispose([r.U, r.S, r.Vh]);
+    }
+    t.dispose();
   });
 
   it('decomposes small matrices whole, stops on an aborted signal, and reports progress', async () => {

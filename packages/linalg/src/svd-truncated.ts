@@ -6,6 +6,7 @@ import { type Matrix64, assertFiniteTensor, isMatrix64 } from './matrix64';
 import { type SvdTensors, svd } from './svd';
 import { type Svd64, svd64 } from './svd-float64';
 import { choleskyQr2Deferred, orthogonalityDeviation, orthonormalizeTensor } from './svd-low-rank';
+import { truncatedByGram } from './svd-truncated-gram';
 
 /** Options of {@link svdTruncated}. */
 export interface SvdTruncatedOptions extends LongRunOptions {
@@ -24,6 +25,16 @@ export interface SvdTruncatedOptions extends LongRunOptions {
   maxIterations?: number;
   /** Seed of the random start. Default 0. */
   seed?: number;
+  /**
+   * How each iteration extracts its Ritz triplets. `'qr'` (default): a·z = Q·R by CholeskyQR2 and
+   * the SVD of R = Qᵀ·a·z, six small read-backs an iteration. `'gram'`: the generalized Rayleigh–Ritz
+   * step of the pencil ((a·z)ᵀ(a·z), zᵀz), one read-back an iteration (the residuals ride along with the
+   * next iteration's Gram matrices) — for a GPU, where each read-back is a round trip and the products
+   * are nearly free. Its Ritz values carry ≈ 2⁻²⁴·σ₁² of rounding, so residuals below ≈ 2⁻²⁴·σ₁²/σₖ are
+   * out of its reach: where it has not converged (a steeply decaying top), the iteration goes on from
+   * its subspace with `'qr'` (counted in `checked`), and the result meets `tol` either way.
+   */
+  extraction?: 'qr' | 'gram';
 }
 
 /** Result of {@link svdTruncated} on a tensor: the caller owns U, S and Vh. */
@@ -100,6 +111,9 @@ export function svdTruncated(
   const maxIterations = options.maxIterations ?? 300;
   if (!Number.isInteger(maxIterations) || maxIterations < 1)
     throw new LinalgError(`svdTruncated: maxIterations ${maxIterations} must be a positive integer`);
+  const extraction = options.extraction ?? 'qr';
+  if (extraction !== 'qr' && extraction !== 'gram')
+    throw new LinalgError(`svdTruncated: extraction ${JSON.stringify(extraction)} must be 'qr' or 'gram'`);
   if (isMatrix64(a)) return truncate64(svd64(a, false, 'svdTruncated'), rank);
   return truncatedTensor(a, rank, oversample, tol, maxIterations, options);
 }
@@ -128,13 +142,26 @@ async function truncatedTensor(
       ? tf.tidy(() => tf.transpose(tf.matMul(tf.transpose(x), a)))
       : tf.matMul(a, x, true, false)) as tf.Tensor2D;
   const g = new Generator(options.seed ?? 0);
-  let z = await orthonormalizeTensor(tf.tensor2d(g.fillNormal(new Float32Array(n * width)), [n, width]), slowFlags);
+  const randomStart = () =>
+    orthonormalizeTensor(tf.tensor2d(g.fillNormal(new Float32Array(n * width)), [n, width]), slowFlags);
+  let z = await randomStart();
+  let iterations = 0;
+  let checked = 0;
+  if (options.extraction === 'gram') {
+    const byGram = await truncatedByGram(a, z, k, tol, maxIterations, aT, slowFlags, check);
+    if (byGram && (byGram.residual <= tol || byGram.iterations >= maxIterations)) return finish(byGram, m, n, k, tol);
+    // not converged (or a rank-deficient top): on with the QR extraction, from its subspace
+    iterations = byGram?.iterations ?? 0;
+    checked = (byGram?.checked ?? 0) + 1;
+    if (byGram) {
+      byGram.U.dispose();
+      z = await orthonormalizeTensor(byGram.V, slowFlags);
+    } else z = await randomStart();
+  }
   // z's orthogonality (QᵀQ, unread) when z came from an unchecked CholeskyQR2: read with the next
   // iteration's first Gram matrix, so that checking costs no round trip of its own
   let zCheck: tf.Tensor2D | null = null;
   let best: { U: tf.Tensor2D; S: Float64Array; V: tf.Tensor2D; residual: number } | null = null;
-  let iterations = 0;
-  let checked = 0;
   let sinceBetter = 0;
   // tensors of the current iteration not yet owned by `best` or `z`: freed if anything throws
   let pending: tf.Tensor[] = [];
@@ -252,12 +279,28 @@ async function truncatedTensor(
     zCheck?.dispose();
     z.dispose();
   }
-  const b = best as NonNullable<typeof best>;
+  return finish({ ...(best as NonNullable<typeof best>), iterations, checked }, m, n, k, tol);
+}
+
+/** The first k triplets of the best iteration as the caller's tensors (U, V freed). */
+function finish(
+  b: { U: tf.Tensor2D; S: Float64Array; V: tf.Tensor2D; residual: number; iterations: number; checked: number },
+  m: number,
+  n: number,
+  k: number,
+  tol: number,
+): SvdTruncatedTensors {
   const out = tf.tidy(() => ({
     U: tf.slice(b.U, [0, 0], [m, k]) as tf.Tensor2D,
     S: tf.tensor1d(Float32Array.from(b.S.subarray(0, k))),
     Vh: tf.transpose(tf.slice(b.V, [0, 0], [n, k])) as tf.Tensor2D,
   }));
   tf.dispose([b.U, b.V]);
-  return { ...out, iterations, residual: b.residual, converged: b.residual <= tol, checked };
+  return {
+    ...out,
+    iterations: b.iterations,
+    residual: b.residual,
+    converged: b.residual <= tol,
+    checked: b.checked,
+  };
 }

@@ -1,0 +1,207 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { eigh } from './eigh';
+import { LinalgError } from './errors';
+import { matrix64 } from './matrix64';
+import { choleskyUpper, gramTensor, invertUpper, orthonormalizeTensor } from './svd-low-rank';
+
+/** What {@link truncatedByGram} hands back: the best triplets seen (width columns, on the backend). */
+export interface GramIterationResult {
+  U: tf.Tensor2D;
+  S: Float64Array;
+  V: tf.Tensor2D;
+  residual: number;
+  iterations: number;
+  /** Bases made orthonormal again because their Gram matrix had drifted (see below). */
+  checked: number;
+}
+
+/**
+ * Below this ratio of the smallest to the largest diagonal entry of z's Cholesky factor (a condition
+ * number of zᵀz above about 400) z is made orthonormal again before its Rayleigh–Ritz step.
+ */
+const DRIFT = 0.05;
+
+/**
+ * The generalized Rayleigh–Ritz step from two Gram matrices read back in float32: with z (n×w) and
+ * y = a·z, the pencil (yᵀy, zᵀz) = (Gy, Gz). Gz = RᵀR (float64 Cholesky), M = R⁻ᵀ·Gy·R⁻¹ = E·Λ·Eᵀ,
+ * C = R⁻¹·E (so Cᵀ·Gz·C = I and Cᵀ·Gy·C = Λ), columns in descending order, σ = √λ. Null when Gz is not
+ * positive definite or too far from orthonormal (then z is made orthonormal again).
+ */
+function generalizedRitz(gz: ArrayLike<number>, gy: ArrayLike<number>, w: number) {
+  const r = choleskyUpper(Float64Array.from(gz), w);
+  if (!r) return null;
+  let lo = Number.POSITIVE_INFINITY;
+  let hi = 0;
+  for (let i = 0; i < w; i++) {
+    const d = r[i * w + i] as number;
+    lo = Math.min(lo, d);
+    hi = Math.max(hi, d);
+  }
+  if (!(lo >= DRIFT * hi)) return null;
+  const inv = invertUpper(r, w);
+  // M = R⁻ᵀ·Gy·R⁻¹: first T = Gy·R⁻¹, then R⁻ᵀ·T (R⁻¹ upper triangular), symmetrised
+  const t = new Float64Array(w * w);
+  for (let i = 0; i < w; i++)
+    for (let j = 0; j < w; j++) {
+      let acc = 0;
+      for (let p = 0; p <= j; p++) acc += (gy[i * w + p] as number) * (inv[p * w + j] as number);
+      t[i * w + j] = acc;
+    }
+  const m = new Float64Array(w * w);
+  for (let i = 0; i < w; i++)
+    for (let j = 0; j < w; j++) {
+      let acc = 0;
+      for (let p = 0; p <= i; p++) acc += (inv[p * w + i] as number) * (t[p * w + j] as number);
+      m[i * w + j] = acc;
+    }
+  for (let i = 0; i < w; i++)
+    for (let j = 0; j < i; j++) {
+      const mean = ((m[i * w + j] as number) + (m[j * w + i] as number)) / 2;
+      m[i * w + j] = mean;
+      m[j * w + i] = mean;
+    }
+  const { values, vectors } = eigh(matrix64(w, w, m));
+  // C = R⁻¹·E with E's columns reversed (descending eigenvalues)
+  const c = new Float64Array(w * w);
+  for (let i = 0; i < w; i++)
+    for (let col = 0; col < w; col++) {
+      const e = w - 1 - col;
+      let acc = 0;
+      for (let p = i; p < w; p++) acc += (inv[i * w + p] as number) * (vectors.data[p * w + e] as number);
+      c[i * w + col] = acc;
+    }
+  const sigma = Float64Array.from({ length: w }, (_, col) => Math.sqrt(Math.max(0, values[w - 1 - col] as number)));
+  return { c, sigma };
+}
+
+/**
+ * Subspace iteration for the leading `k` triplets of `a` (m×n, float32 on the backend) with one
+ * read-back an iteration: from z (n×w, near-orthonormal columns), y = a·z; zᵀz and yᵀy come back in
+ * one read (with the previous iteration's residual norms), the Rayleigh–Ritz step is the pencil's
+ * ({@link generalizedRitz}) in float64 on the host, then on the backend v = z·C, u = y·C·Σ⁻¹,
+ * x = aᵀ·u, the residuals ‖xᵢ − σᵢvᵢ‖ (read with the next iteration's Gram matrices: convergence is
+ * known one iteration late, which costs a product, not a round trip) and the next z = x·Σ⁻¹, whose
+ * columns are ≈ the new Ritz vectors: near-orthonormal without a QR. Where zᵀz drifts (condition above
+ * about 400) z is made orthonormal by CholeskyQR2 / Householder and the iteration taken again.
+ *
+ * The Ritz values come from yᵀy, so their rounding is ≈ 2⁻²⁴·σ₁² and the residuals reachable are
+ * ≈ 2⁻²⁴·σ₁²/σₖ: as good as the QR extraction's where σₖ is not far below σ₁, worse for a steeply
+ * decaying top (the caller then goes on with the QR extraction). Returns null when the top-k is
+ * rank-deficient (some σᵢ, i < k, below 10⁻⁶·σ₁: the u of a vanishing σ is not defined by y·C/σ).
+ * Consumes z; `aT(x)` is aᵀ·x.
+ */
+export async function truncatedByGram(
+  a: tf.Tensor2D,
+  start: tf.Tensor2D,
+  k: number,
+  tol: number,
+  maxIterations: number,
+  aT: (x: tf.Tensor2D) => tf.Tensor2D,
+  explicitTranspose: boolean,
+  check: (stage: string, done: number, total: number) => Promise<void>,
+): Promise<GramIterationResult | null> {
+  const n = a.shape[1];
+  const w = start.shape[1];
+  let z = start;
+  let y: tf.Tensor2D | null = null;
+  let prev: { u: tf.Tensor2D; v: tf.Tensor2D; sigma: Float64Array; norms: tf.Tensor } | null = null;
+  let best: { U: tf.Tensor2D; S: Float64Array; V: tf.Tensor2D; residual: number } | null = null;
+  let iterations = 0;
+  let checked = 0;
+  let sinceBetter = 0;
+  let fresh = true;
+  /** The previous iteration's triplets judged by their residual norms; true: stop. */
+  const judge = (res: ArrayLike<number>): boolean => {
+    const p = prev as NonNullable<typeof prev>;
+    prev = null;
+    p.norms.dispose();
+    const s1 = p.sigma[0] as number;
+    let worst = 0;
+    if (s1 > 0) for (let i = 0; i < k; i++) worst = Math.max(worst, (res[i] as number) / s1);
+    if (!best || worst < best.residual * 0.95) {
+      if (best) tf.dispose([best.U, best.V]);
+      best = { U: p.u, S: p.sigma, V: p.v, residual: worst };
+      sinceBetter = 0;
+    } else {
+      tf.dispose([p.u, p.v]);
+      sinceBetter++;
+    }
+    return worst <= tol || sinceBetter >= 4;
+  };
+  try {
+    for (;;) {
+      if (iterations >= maxIterations) {
+        if (prev) judge((await (prev as { norms: tf.Tensor }).norms.data()) as Float32Array);
+        break;
+      }
+      iterations++;
+      const yNow = tf.matMul(a, z) as tf.Tensor2D;
+      y = yNow;
+      const zNow = z;
+      const before = prev as { norms: tf.Tensor } | null;
+      const read = tf.tidy(() =>
+        tf.concat([
+          tf.reshape(gramTensor(zNow, explicitTranspose), [-1]),
+          tf.reshape(gramTensor(yNow, explicitTranspose), [-1]),
+          ...(before ? [before.norms] : []),
+        ]),
+      );
+      const values = (await read.data()) as Float32Array;
+      read.dispose();
+      if (prev && judge(values.subarray(2 * w * w))) break;
+      await check('iterate', iterations, maxIterations);
+      const ritz = generalizedRitz(values.subarray(0, w * w), values.subarray(w * w, 2 * w * w), w);
+      if (!ritz) {
+        // z drifted from orthonormal: make it orthonormal, and take this iteration again
+        if (fresh) throw new LinalgError('svdTruncated: the Gram matrix of an orthonormal basis failed its Cholesky (a bug)');
+        checked++;
+        yNow.dispose();
+        y = null;
+        z = await orthonormalizeTensor(z, explicitTranspose);
+        fresh = true;
+        iterations--;
+        continue;
+      }
+      fresh = false;
+      const { c, sigma } = ritz;
+      const s1 = sigma[0] as number;
+      if (!(s1 > 0) || sigma.subarray(0, k).some((s) => !(s > 1e-6 * s1))) {
+        const held = best as { U: tf.Tensor2D; V: tf.Tensor2D } | null;
+        if (held) tf.dispose([held.U, held.V]);
+        best = null;
+        return null;
+      }
+      // beyond the k returned, a tiny σ is clamped (its column of the next z is then small, and the
+      // drift check catches it)
+      const inverse = Float32Array.from(sigma, (s) => 1 / Math.max(s, 1e-6 * s1));
+      const cScaled = new Float32Array(w * w);
+      for (let i = 0; i < w; i++)
+        for (let j = 0; j < w; j++) cScaled[i * w + j] = (c[i * w + j] as number) * (inverse[j] as number);
+      const step = tf.tidy(() => {
+        const u = tf.matMul(yNow, tf.tensor2d(cScaled, [w, w])) as tf.Tensor2D;
+        const v = tf.matMul(zNow, tf.tensor2d(Float32Array.from(c), [w, w])) as tf.Tensor2D;
+        const x = aT(u);
+        const scaled = tf.mul(tf.slice(v, [0, 0], [n, k]), tf.tensor1d(Float32Array.from(sigma.subarray(0, k))));
+        const norms = tf.norm(tf.sub(tf.slice(x, [0, 0], [n, k]), scaled), 'euclidean', 0);
+        return { u, v, norms, next: tf.mul(x, tf.tensor1d(inverse)) as tf.Tensor2D };
+      });
+      yNow.dispose();
+      y = null;
+      zNow.dispose();
+      z = step.next;
+      prev = { u: step.u, v: step.v, sigma, norms: step.norms };
+    }
+  } catch (err) {
+    const held = best as { U: tf.Tensor2D; V: tf.Tensor2D } | null;
+    if (held) tf.dispose([held.U, held.V]);
+    throw err;
+  } finally {
+    const left = prev as { u: tf.Tensor2D; v: tf.Tensor2D; norms: tf.Tensor } | null;
+    if (left) tf.dispose([left.u, left.v, left.norms]);
+    y?.dispose();
+    z.dispose();
+  }
+  if (!best) return null;
+  const b = best as NonNullable<typeof best>;
+  return { U: b.U, S: b.S, V: b.V, residual: b.residual, iterations, checked };
+}
