@@ -57,7 +57,30 @@ const pipelines = () => {
   const b = /** @type {{ pipelineCache?: object }} */ (/** @type {unknown} */ (tf.backend()));
   return b.pipelineCache ? Object.keys(b.pipelineCache).length : 0;
 };
+// the device's object creations, counted and timed (webgpu only): buffers, bind groups, pipelines
+/** @type {Record<string, { calls: number; ms: number }>} */
+const made = {};
+const device = /** @type {Record<string, unknown> | undefined} */ (
+  /** @type {{ device?: Record<string, unknown> }} */ (/** @type {unknown} */ (tf.backend())).device
+);
+if (device)
+  for (const name of ['createBuffer', 'createBindGroup', 'createComputePipeline']) {
+    const f = /** @type {(...args: unknown[]) => unknown} */ (device[name]);
+    if (typeof f !== 'function') continue;
+    const entry = (made[name] = { calls: 0, ms: 0 });
+    device[name] = (/** @type {unknown[]} */ ...args) => {
+      const t0 = performance.now();
+      try {
+        return f.apply(device, args);
+      } finally {
+        entry.calls++;
+        entry.ms += performance.now() - t0;
+      }
+    };
+  }
+const madeNow = () => Object.fromEntries(Object.entries(made).map(([k, v]) => [k, { ...v }]));
 const overheads = () => ({
+  made: madeNow(),
   gcMs,
   pipelines: pipelines(),
   bindGroupMisses: dispatchCacheStats.bindGroupMisses,
@@ -94,9 +117,19 @@ async function timed(label, options, svdCache = cache) {
     bindGroupHits: o1.bindGroupHits - o0.bindGroupHits,
     uniformMisses: o1.uniformMisses - o0.uniformMisses,
     heapMB: o1.heapMB,
+    /** @type {Record<string, { calls: number; ms: number }>} */
+    made: Object.fromEntries(
+      Object.entries(o1.made).map(([k, v]) => [
+        k,
+        { calls: v.calls - (o0.made[k]?.calls ?? 0), ms: v.ms - (o0.made[k]?.ms ?? 0) },
+      ]),
+    ),
   };
+  const madeText = Object.entries(overhead.made)
+    .map(([k, v]) => `${k} ${v.calls} (${v.ms.toFixed(0)} ms)`)
+    .join(', ');
   log(
-    `${label}: ${seconds.toFixed(2)} s (process CPU ${cpuSeconds.toFixed(2)} s; GC ${overhead.gcMs.toFixed(0)} ms, ${overhead.pipelinesCompiled} pipelines compiled, bind groups ${overhead.bindGroupMisses} made / ${overhead.bindGroupHits} reused, ${overhead.uniformMisses} uniform blocks made, heap ${overhead.heapMB.toFixed(0)} MB)`,
+    `${label}: ${seconds.toFixed(2)} s (process CPU ${cpuSeconds.toFixed(2)} s; GC ${overhead.gcMs.toFixed(0)} ms, ${overhead.pipelinesCompiled} pipelines compiled, bind groups ${overhead.bindGroupMisses} made / ${overhead.bindGroupHits} reused, ${overhead.uniformMisses} uniform blocks made, heap ${overhead.heapMB.toFixed(0)} MB${madeText ? `; ${madeText}` : ''})`,
   );
   return { label, seconds, cpuSeconds, report, overhead };
 }
