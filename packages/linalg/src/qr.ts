@@ -35,7 +35,11 @@ export interface QrTensors {
  * {@link applyQ}.
  * @internal
  */
-export function householderFactor(a: Float64Array, m: number, n: number): { w: Float64Array; taus: Float64Array; k: number } {
+export function householderFactor(
+  a: Float64Array,
+  m: number,
+  n: number,
+): { w: Float64Array; taus: Float64Array; k: number } {
   const w = a;
   const k = Math.min(m, n);
   const taus = new Float64Array(k);

@@ -66,7 +66,11 @@ describe('svdOfLowRankSum (float64)', () => {
     // the rank-4 truncations agree (vectors are sign-ambiguous: compare products)
     const trunc = (r: typeof all) =>
       reconstruct(
-        matrix64(60, 4, Array.from({ length: 240 }, (_, i) => r.U.data[Math.floor(i / 4) * r.U.cols + (i % 4)] as number)),
+        matrix64(
+          60,
+          4,
+          Array.from({ length: 240 }, (_, i) => r.U.data[Math.floor(i / 4) * r.U.cols + (i % 4)] as number),
+        ),
         r.S.subarray(0, 4),
         matrix64(4, 45, r.Vh.data.subarray(0, 4 * 45)),
       );

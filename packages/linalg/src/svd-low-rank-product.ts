@@ -62,7 +62,9 @@ function lowRankSum64(terms: LowRankTerm<Matrix64>[], options: LowRankSvdOptions
   });
   const full = Math.min(m, n, R);
   if (options.rank !== undefined && !(Number.isInteger(options.rank) && options.rank >= 1))
-    throw new LinalgError(`svdOfLowRankSum: rank ${String(options.rank)} must be a positive integer (or left out for all triplets)`);
+    throw new LinalgError(
+      `svdOfLowRankSum: rank ${String(options.rank)} must be a positive integer (or left out for all triplets)`,
+    );
   const k = Math.min(full, options.rank ?? full);
   if (k === 0)
     return {
@@ -91,7 +93,11 @@ function lowRankSum64(terms: LowRankTerm<Matrix64>[], options: LowRankSvdOptions
     for (let i = 0; i < kk; i++) for (let j = i; j < R; j++) r[i * R + j] = w[j * rows + i] as number;
     return { rows: kk, cols: R, data: r };
   };
-  const core = svd64(matmul64(upper(qb.w, m, qb.k), upper(qa.w, n, qa.k), { transposeB: true }), false, 'svdOfLowRankSum');
+  const core = svd64(
+    matmul64(upper(qb.w, m, qb.k), upper(qa.w, n, qa.k), { transposeB: true }),
+    false,
+    'svdOfLowRankSum',
+  );
   // U = Q_b·Uc[:, :k] and V = Q_a·Vc[:, :k], from the reflectors
   const c = core.U.cols;
   const uc = new Float64Array(qb.k * k);

@@ -153,7 +153,8 @@ export async function truncatedByGram(
       const ritz = generalizedRitz(values.subarray(0, w * w), values.subarray(w * w, 2 * w * w), w);
       if (!ritz) {
         // z drifted from orthonormal: make it orthonormal, and take this iteration again
-        if (fresh) throw new LinalgError('svdTruncated: the Gram matrix of an orthonormal basis failed its Cholesky (a bug)');
+        if (fresh)
+          throw new LinalgError('svdTruncated: the Gram matrix of an orthonormal basis failed its Cholesky (a bug)');
         checked++;
         yNow.dispose();
         y = null;

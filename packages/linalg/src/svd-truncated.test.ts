@@ -196,7 +196,10 @@ await describeEachBackend('svdTruncated on tensors', () => {
     const x = { rows: m, cols: n, data: Float64Array.from(Float32Array.from(sum)) };
     const want = svd(x);
     const t = tf.tensor2d(Float32Array.from(x.data), [m, n]);
-    const [byGram, byQr] = [await svdTruncated(t, { rank: 10, extraction: 'gram' }), await svdTruncated(t, { rank: 10 })];
+    const [byGram, byQr] = [
+      await svdTruncated(t, { rank: 10, extraction: 'gram' }),
+      await svdTruncated(t, { rank: 10 }),
+    ];
     expect([byGram.converged, byGram.checked, byQr.converged]).toEqual([true, 0, true]);
     for (const r of [byGram, byQr]) {
       const S = Float64Array.from(await r.S.data());
