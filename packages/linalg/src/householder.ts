@@ -114,3 +114,48 @@ export function accumulateReflectors(w: Float64Array, m: number, taus: Float64Ar
   }
   return q;
 }
+
+/**
+ * Householder reflectors of a column-major m×n array, in place (R on and above the diagonal, the
+ * reflectors' tails below, LAPACK's geqrf layout), and their τ. Q itself is not formed: see
+ * {@link applyQ}.
+ * @internal
+ */
+export function householderFactor(
+  a: Float64Array,
+  m: number,
+  n: number,
+): { w: Float64Array; taus: Float64Array; k: number } {
+  const w = a;
+  const k = Math.min(m, n);
+  const taus = new Float64Array(k);
+  for (let j = 0; j < k; j++) {
+    const off = j * m + j;
+    const { tau, beta } = makeReflector(w, off, m - j);
+    taus[j] = tau;
+    // apply to the trailing columns, with v[0] = 1 in place of the diagonal for the duration
+    w[off] = 1;
+    applyReflectorLeft(w, off, m - j, tau, w, (j + 1) * m + j, m, n - j - 1);
+    w[off] = beta;
+  }
+  return { w, taus, k };
+}
+
+/**
+ * Q·X for the Q of {@link householderFactor} (m×k) and X given as its first k rows (k×p, row-major):
+ * an m×p column-major result, O(m·k·p) — for p < k less than forming Q (O(m·k²)) and multiplying.
+ * @internal
+ */
+export function applyQ(w: Float64Array, m: number, taus: Float64Array, x: Float64Array, p: number): Float64Array {
+  const k = taus.length;
+  const y = new Float64Array(m * p);
+  for (let c = 0; c < p; c++) for (let i = 0; i < k; i++) y[c * m + i] = x[i * p + c] as number;
+  for (let j = k - 1; j >= 0; j--) {
+    const off = j * m + j;
+    const saved = w[off] as number;
+    w[off] = 1;
+    applyReflectorLeft(w, off, m - j, taus[j] as number, y, j, m, p);
+    w[off] = saved;
+  }
+  return y;
+}

@@ -9,7 +9,7 @@ import { bidiagonalDc } from './bidiagonal-dc';
 import { type Bidiagonal, type BlockedOptions, bidiagonalize } from './bidiagonalize';
 import { type ReflectorBlock, applyBlock, applyBlockRight, joinBlocks } from './block-reflectors';
 import { type LongRunOptions, checkpoints } from './long-run';
-import { applyReflectorLeft, makeReflector } from './householder';
+import { householderFactor } from './householder';
 import { readBlock, subBlock } from './tensor-blocks';
 
 /** Below this aspect ratio a tall matrix is bidiagonalised directly; above it, QR first. */
@@ -28,15 +28,7 @@ function factorPanel(
   n: number,
   k: number,
 ): { v: Float32Array; taus: Float64Array } {
-  const taus = new Float64Array(b);
-  for (let i = 0; i < b; i++) {
-    const off = i * rows + i;
-    const { tau, beta } = makeReflector(p, off, rows - i);
-    taus[i] = tau;
-    p[off] = 1;
-    applyReflectorLeft(p, off, rows - i, tau, p, (i + 1) * rows + i, rows, b - i - 1);
-    p[off] = beta;
-  }
+  const { taus } = householderFactor(p, rows, b);
   const v = new Float32Array(rows * b);
   for (let i = 0; i < b; i++) {
     for (let q = 0; q < i; q++) r[(k + q) * n + k + i] = p[i * rows + q] as number;

@@ -9,7 +9,7 @@ import {
   matrix64ToTensor,
   tensorToMatrix64,
 } from './matrix64';
-import { applyQ, householderFactor } from './qr';
+import { applyQ, householderFactor } from './householder';
 import type { SvdTensors } from './svd';
 import { type Svd64, svd64 } from './svd-float64';
 
