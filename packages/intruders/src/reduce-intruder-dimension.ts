@@ -133,12 +133,15 @@ export async function reduceIntruderDimension(
   const results: { layer: TunerLayer; factors: { a: Float32Array; b: Float32Array } | null }[] = [];
   const reports: IntruderLayerReport[] = [];
   try {
+    // every layer's A and B read back at once (in a few large reads), not two round trips a layer
+    const factorValues = await readAll(layers.flatMap(([, layer]) => [layer.factorA(oldName), layer.factorB(oldName)]));
+    checkAborted(options.signal);
     await runInOrder(
       layers.length,
       settings.concurrency,
       async (i) => {
-        const [, layer, input] = layers[i] as (typeof layers)[number];
-        const [aValues, bValues] = await Promise.all([layer.factorA(oldName).data(), layer.factorB(oldName).data()]);
+        const [, , input] = layers[i] as (typeof layers)[number];
+        const [aValues, bValues] = [factorValues[2 * i], factorValues[2 * i + 1]] as [Float32Array, Float32Array];
         return reduceLayer({ ...input, a: aValues, b: bValues }, settings, cache);
       },
       (i, { report, factors, line }) => {
@@ -202,4 +205,38 @@ export async function reduceIntruderDimension(
     throw e;
   }
   return { adapterName: newName, layers: reports };
+}
+
+/** Below this many values a read joins others (about 32 MiB of float32 a read). */
+const READ_CHUNK = 2 ** 23;
+
+/**
+ * The values of each tensor, read back in as few round trips as fit {@link READ_CHUNK}: consecutive
+ * tensors flattened and concatenated on the backend, one read each group, split on the host.
+ */
+async function readAll(tensors: tf.Tensor[]): Promise<Float32Array[]> {
+  const out: Float32Array[] = [];
+  for (let from = 0; from < tensors.length; ) {
+    let to = from;
+    let size = 0;
+    while (to < tensors.length && (to === from || size + (tensors[to] as tf.Tensor).size <= READ_CHUNK))
+      size += (tensors[to++] as tf.Tensor).size;
+    const group = tensors.slice(from, to);
+    const joined = tf.tidy(() =>
+      group.length === 1 ? tf.reshape(group[0] as tf.Tensor, [-1]) : tf.concat(group.map((t) => tf.reshape(t, [-1]))),
+    );
+    let values: Float32Array;
+    try {
+      values = (await joined.data()) as Float32Array;
+    } finally {
+      joined.dispose();
+    }
+    let at = 0;
+    for (const t of group) {
+      out.push(values.subarray(at, at + t.size));
+      at += t.size;
+    }
+    from = to;
+  }
+  return out;
 }
