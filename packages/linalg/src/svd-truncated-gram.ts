@@ -16,8 +16,8 @@ export interface GramIterationResult {
 }
 
 /**
- * Below this ratio of the smallest to the largest diagonal entry of z's Cholesky factor (a condition
- * number of zᵀz above about 400) z is made orthonormal again before its Rayleigh–Ritz step.
+ * Below this ratio of the smallest to the largest diagonal entry of z's Cholesky factor (which implies
+ * a condition number of zᵀz of at least 400) z is made orthonormal again before its Rayleigh–Ritz step.
  */
 const DRIFT = 0.05;
 
@@ -81,14 +81,14 @@ function generalizedRitz(gz: ArrayLike<number>, gy: ArrayLike<number>, w: number
  * ({@link generalizedRitz}) in float64 on the host, then on the backend v = z·C, u = y·C·Σ⁻¹,
  * x = aᵀ·u, the residuals ‖xᵢ − σᵢvᵢ‖ (read with the next iteration's Gram matrices: convergence is
  * known one iteration late, which costs a product, not a round trip) and the next z = x·Σ⁻¹, whose
- * columns are ≈ the new Ritz vectors: near-orthonormal without a QR. Where zᵀz drifts (condition above
- * about 400) z is made orthonormal by CholeskyQR2 / Householder and the iteration taken again.
+ * columns are ≈ the new Ritz vectors: near-orthonormal without a QR. Where zᵀz drifts ({@link DRIFT})
+ * z is made orthonormal by CholeskyQR2 / Householder and the iteration taken again.
  *
- * The Ritz values come from yᵀy, so their rounding is ≈ 2⁻²⁴·σ₁² and the residuals reachable are
- * ≈ 2⁻²⁴·σ₁²/σₖ: as good as the QR extraction's where σₖ is not far below σ₁, worse for a steeply
- * decaying top (the caller then goes on with the QR extraction). Returns null when the top-k is
- * rank-deficient (some σᵢ, i < k, below 10⁻⁶·σ₁: the u of a vanishing σ is not defined by y·C/σ).
- * Consumes z; `aT(x)` is aᵀ·x.
+ * The Ritz values come from float32 Gram matrices; as z's columns approach the Ritz vectors their
+ * rounding is relative to σᵢσⱼ rather than σ₁², and the residuals reach the QR extraction's on the
+ * package's test spectra (down to σₖ ≈ 4·10⁻³·σ₁). Where they stall above `tol` the caller goes on
+ * with the QR extraction. Returns `{ deficient: true }` when the top-k is rank-deficient (some σᵢ,
+ * i < k, below 10⁻⁶·σ₁: the u of a vanishing σ is not defined by y·C/σ). Consumes z; `aT(x)` is aᵀ·x.
  */
 export async function truncatedByGram(
   a: tf.Tensor2D,
@@ -99,7 +99,7 @@ export async function truncatedByGram(
   aT: (x: tf.Tensor2D) => tf.Tensor2D,
   explicitTranspose: boolean,
   check: (stage: string, done: number, total: number) => Promise<void>,
-): Promise<GramIterationResult | null> {
+): Promise<GramIterationResult | { deficient: true; iterations: number; checked: number }> {
   const n = a.shape[1];
   const w = start.shape[1];
   let z = start;
@@ -170,7 +170,7 @@ export async function truncatedByGram(
         const held = best as { U: tf.Tensor2D; V: tf.Tensor2D } | null;
         if (held) tf.dispose([held.U, held.V]);
         best = null;
-        return null;
+        return { deficient: true, iterations, checked };
       }
       // beyond the k returned, a tiny σ is clamped (its column of the next z is then small, and the
       // drift check catches it)
@@ -202,7 +202,8 @@ export async function truncatedByGram(
     y?.dispose();
     z.dispose();
   }
-  if (!best) return null;
-  const b = best as NonNullable<typeof best>;
+  // every exit of the loop above judges an iteration first, so `best` is set
+  const b = best as { U: tf.Tensor2D; S: Float64Array; V: tf.Tensor2D; residual: number } | null;
+  if (!b) throw new LinalgError('svdTruncated: the Gram extraction ended without judging an iteration (a bug)');
   return { U: b.U, S: b.S, V: b.V, residual: b.residual, iterations, checked };
 }

@@ -128,7 +128,8 @@ await describeEachBackend('svdTruncated on tensors', () => {
     const want = svd(m);
     const t = tf.tensor2d(Float32Array.from(m.data), [240, 200]);
     const before = tf.memory().numTensors;
-    // the Gram extraction cannot reach the tolerance here (σ₈ ≈ 4·10⁻³·σ₁): it hands over to the QR one
+    // the Gram extraction reaches the tolerance here too (σ₈ ≈ 4·10⁻³·σ₁), its z made orthonormal again
+    // where it drifted (`checked`)
     for (const extraction of ['qr', 'gram'] as const) {
       const r = await svdTruncated(t, { rank: 8, extraction });
       expect(r.checked).toBeGreaterThan(0);
@@ -211,6 +212,52 @@ await describeEachBackend('svdTruncated on tensors', () => {
       tf.dispose([r.U, r.S, r.Vh]);
     }
     t.dispose();
+  });
+
+  it("with extraction 'gram', hands over to the QR extraction where it stalls or the top is rank-deficient", async () => {
+    const t = tf.tensor2d(Float32Array.from(a.data), [a.rows, a.cols]);
+    const before = tf.memory().numTensors;
+    const reads = vi.spyOn(tf.Tensor.prototype, 'data');
+    let stalled: Awaited<ReturnType<typeof svdTruncated>>;
+    try {
+      // a tolerance float32 cannot meet: the Gram extraction stalls, then the QR one (six reads an iteration)
+      stalled = await svdTruncated(t, { rank: 16, extraction: 'gram', tol: 1e-9, maxIterations: 80 });
+      expect(reads.mock.calls.length).toBeGreaterThan(stalled.iterations + 8);
+    } finally {
+      reads.mockRestore();
+    }
+    expect([stalled.converged, stalled.checked >= 1]).toEqual([false, true]);
+    expect(stalled.residual).toBeLessThan(1e-6);
+    expect(tf.memory().numTensors).toBe(before + 3);
+    const S = Float64Array.from(await stalled.S.data());
+    for (let i = 0; i < 16; i++)
+      expect(Math.abs((S[i] as number) - (exact.S[i] as number))).toBeLessThan(1e-5 * (exact.S[0] as number));
+    tf.dispose([stalled.U, stalled.S, stalled.Vh, t]);
+
+    // rank 5, 8 asked for: σ₆…σ₈ = 0, whose u the Gram extraction cannot form
+    const g = new Generator(21);
+    const l = g.fillNormal64(new Float64Array(240 * 5));
+    const rr = g.fillNormal64(new Float64Array(5 * 200));
+    const low = new Float64Array(240 * 200);
+    for (let i = 0; i < 240; i++)
+      for (let j = 0; j < 200; j++) {
+        let v = 0;
+        for (let p = 0; p < 5; p++) v += (l[i * 5 + p] as number) * (rr[p * 200 + j] as number);
+        low[i * 200 + j] = v;
+      }
+    const x = { rows: 240, cols: 200, data: Float64Array.from(Float32Array.from(low)) };
+    const want = svd(x);
+    const lt = tf.tensor2d(Float32Array.from(x.data), [240, 200]);
+    const r = await svdTruncated(lt, { rank: 8, extraction: 'gram' });
+    expect(r.checked).toBeGreaterThanOrEqual(1);
+    expect(tf.memory().numTensors).toBe(before + 3); // t freed, lt and r held
+    const S8 = Float64Array.from(await r.S.data());
+    const U = matrix64(240, 8, await r.U.data());
+    const Vh = matrix64(8, 200, await r.Vh.data());
+    tf.dispose([lt, r.U, r.S, r.Vh]);
+    for (let i = 0; i < 8; i++)
+      expect(Math.abs((S8[i] as number) - (want.S[i] as number))).toBeLessThan(1e-5 * (want.S[0] as number));
+    expect(truncationError(U, S8, Vh, want, 8)).toBeLessThan(1e-4);
   });
 
   it('decomposes small matrices whole, stops on an aborted signal, and reports progress', async () => {

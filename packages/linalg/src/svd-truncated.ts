@@ -6,7 +6,7 @@ import { type Matrix64, assertFiniteTensor, isMatrix64 } from './matrix64';
 import { type SvdTensors, svd } from './svd';
 import { type Svd64, svd64 } from './svd-float64';
 import { choleskyQr2Deferred, orthogonalityDeviation, orthonormalizeTensor } from './svd-low-rank';
-import { truncatedByGram } from './svd-truncated-gram';
+import { type GramIterationResult, truncatedByGram } from './svd-truncated-gram';
 
 /** Options of {@link svdTruncated}. */
 export interface SvdTruncatedOptions extends LongRunOptions {
@@ -30,9 +30,12 @@ export interface SvdTruncatedOptions extends LongRunOptions {
    * the SVD of R = Qᵀ·a·z, six small read-backs an iteration. `'gram'`: the generalized Rayleigh–Ritz
    * step of the pencil ((a·z)ᵀ(a·z), zᵀz), one read-back an iteration (the residuals ride along with the
    * next iteration's Gram matrices) — for a GPU, where each read-back is a round trip and the products
-   * are nearly free. Its Ritz values carry ≈ 2⁻²⁴·σ₁² of rounding, so residuals below ≈ 2⁻²⁴·σ₁²/σₖ are
-   * out of its reach: where it has not converged (a steeply decaying top), the iteration goes on from
-   * its subspace with `'qr'` (counted in `checked`), and the result meets `tol` either way.
+   * are nearly free. Its Ritz values come from float32 Gram matrices: where their rounding keeps the
+   * residuals from falling below `tol` (they stall for 4 iterations), the iteration goes on from its
+   * subspace with `'qr'` and returns the better of the two; where σᵢ < 10⁻⁶·σ₁ for some i < rank (a
+   * rank-deficient top, whose u is not y·c/σ), `'qr'` starts anew. Each hand-over counts in `checked`,
+   * `iterations` counts both; `converged` says whether `tol` was met (not when `maxIterations` ran out).
+   * Its residuals are read one iteration late, so it runs one product more than it uses.
    */
   extraction?: 'qr' | 'gram';
 }
@@ -147,16 +150,26 @@ async function truncatedTensor(
   let z = await randomStart();
   let iterations = 0;
   let checked = 0;
+  // the Gram extraction's best triplets where the QR extraction takes over from them (kept: the better
+  // of the two is returned)
+  let handed: GramIterationResult | null = null;
   if (options.extraction === 'gram') {
     const byGram = await truncatedByGram(a, z, k, tol, maxIterations, aT, slowFlags, check);
-    if (byGram && (byGram.residual <= tol || byGram.iterations >= maxIterations)) return finish(byGram, m, n, k, tol);
-    // not converged (or a rank-deficient top): on with the QR extraction, from its subspace
-    iterations = byGram?.iterations ?? 0;
-    checked = (byGram?.checked ?? 0) + 1;
-    if (byGram) {
-      byGram.U.dispose();
-      z = await orthonormalizeTensor(byGram.V, slowFlags);
-    } else z = await randomStart();
+    if (!('deficient' in byGram) && (byGram.residual <= tol || byGram.iterations >= maxIterations))
+      return finish(byGram, m, n, k, tol);
+    // not converged: on with the QR extraction from its subspace; a rank-deficient top: from a new start
+    iterations = byGram.iterations;
+    checked = byGram.checked + 1;
+    if ('deficient' in byGram) z = await randomStart();
+    else {
+      handed = byGram;
+      try {
+        z = await orthonormalizeTensor(tf.clone(byGram.V), slowFlags);
+      } catch (err) {
+        tf.dispose([byGram.U, byGram.V]);
+        throw err;
+      }
+    }
   }
   // z's orthogonality (QᵀQ, unread) when z came from an unchecked CholeskyQR2: read with the next
   // iteration's first Gram matrix, so that checking costs no round trip of its own
@@ -273,13 +286,20 @@ async function truncatedTensor(
     }
   } catch (err) {
     if (best) tf.dispose([best.U, best.V]);
+    if (handed) tf.dispose([handed.U, handed.V]);
     throw err;
   } finally {
     tf.dispose(pending);
     zCheck?.dispose();
     z.dispose();
   }
-  return finish({ ...(best as NonNullable<typeof best>), iterations, checked }, m, n, k, tol);
+  const fromQr = best as NonNullable<typeof best>;
+  if (handed && handed.residual < fromQr.residual) {
+    tf.dispose([fromQr.U, fromQr.V]);
+    return finish({ ...handed, iterations, checked }, m, n, k, tol);
+  }
+  if (handed) tf.dispose([handed.U, handed.V]);
+  return finish({ ...fromQr, iterations, checked }, m, n, k, tol);
 }
 
 /** The first k triplets of the best iteration as the caller's tensors (U, V freed). */
