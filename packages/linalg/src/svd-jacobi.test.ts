@@ -96,6 +96,22 @@ await describeEachBackend('svd by blocked one-sided Jacobi (WGSL)', (backend) =>
     'takes a QR first when asked, and scales huge and tiny entries',
     async () => {
       await expectJacobi(gaussian(150, 40, 6), 'tall, QR first', { block: 16, qrFirstRatio: 1.6 });
+      // CholeskyQR2 first; then, too ill-conditioned for it in float32 (κ 10⁶), the Householder QR instead
+      await expectJacobi(gaussian(150, 40, 6), 'tall, CholeskyQR2 first', {
+        block: 16,
+        qrFirstRatio: 1.6,
+        qrMethod: 'cholesky',
+      });
+      const graded = withSpectrum(
+        150,
+        40,
+        Array.from({ length: 40 }, (_, i) => 10 ** (-6 * (i / 39))),
+      );
+      await expectJacobi(graded, 'tall, graded: CholeskyQR2 refused', {
+        block: 16,
+        qrFirstRatio: 1.6,
+        qrMethod: 'cholesky',
+      });
       const big = gaussian(48, 48, 7);
       await expectJacobi(
         matrix64(

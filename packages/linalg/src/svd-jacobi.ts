@@ -19,6 +19,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackendLike, WebGPUProgramLike, WebGPUUniform } from '@lora/tensor';
+import { choleskyQr2Blocked } from './cholesky-qr-blocked';
 import { type ReflectorBlock, joinBlocks } from './block-reflectors';
 import { LinalgError } from './errors';
 import { type LongRunOptions, checkpoints } from './long-run';
@@ -103,6 +104,14 @@ export interface JacobiSvdOptions extends LongRunOptions {
    * more on a GPU than the Jacobi sweeps' extra rows.
    */
   qrFirstRatio?: number;
+  /**
+   * How that QR is made: `'householder'` (default; blocked Householder, panels on the host) or
+   * `'cholesky'`: CholeskyQR2 with a blocked Cholesky, everything of size m·n on the backend (three
+   * Gram products, two blocked solves, n/256 read-backs of 256² a Cholesky), then U = Q·U_R as one
+   * product. It holds in float32 for κ up to about 10³; past that (a Cholesky fails, or QᵀQ strays
+   * from I by more than 10⁻⁵) the Householder QR is taken instead.
+   */
+  qrMethod?: 'householder' | 'cholesky';
 }
 
 /** Whether the active backend runs {@link svdJacobi}. */
@@ -991,17 +1000,35 @@ export async function svdJacobi(
   try {
     const tall = wide ? held.take(tf.transpose(input) as tf.Tensor2D) : input;
     let qrBlocks: ReflectorBlock[] = [];
+    let qFactor: tf.Tensor2D | null = null;
     let core: tf.Tensor2D = tall;
+    const qrMethod = options.qrMethod ?? 'householder';
+    if (qrMethod !== 'householder' && qrMethod !== 'cholesky')
+      throw new LinalgError(`svd: qrMethod ${JSON.stringify(qrMethod)} must be 'householder' or 'cholesky'`);
     if (m >= (options.qrFirstRatio ?? Number.POSITIVE_INFINITY) * n) {
-      const qrd = await qrBlocked(tall, { between: (done, total) => check('qr', done, total) });
-      qrBlocks = joinBlocks(qrd.blocks, 128);
-      core = held.take(tf.tensor2d(Float32Array.from(qrd.r), [n, n]));
+      const byCholesky = qrMethod === 'cholesky' ? await choleskyQr2Blocked(tall) : null;
+      await check('qr', 1, 1);
+      if (byCholesky) {
+        qFactor = held.take(byCholesky.q);
+        core = held.take(byCholesky.r);
+      } else {
+        const qrd = await qrBlocked(tall, { between: (done, total) => check('qr', done, total) });
+        qrBlocks = joinBlocks(qrd.blocks, 128);
+        core = held.take(tf.tensor2d(Float32Array.from(qrd.r), [n, n]));
+      }
     }
     const r = await jacobiCore(core, options, check, held);
     held.take(r.V);
     let u = held.take(r.U);
     const S = held.take(r.S);
-    if (qrBlocks.length) {
+    if (qFactor) {
+      // U = Q·U_R
+      const product = held.take(tf.matMul(qFactor, u) as tf.Tensor2D);
+      held.release(u);
+      u.dispose();
+      u = product;
+      await check('vectors', 1, 1);
+    } else if (qrBlocks.length) {
       // U = Q·[U_R; 0]
       const grown = held.take(tf.tidy(() => tf.concat([u, tf.zeros([m - n, n])], 0) as tf.Tensor2D));
       held.release(u);
