@@ -15,11 +15,13 @@ async function blockedCholesky(
   const n = g.shape[0];
   const rows: tf.Tensor2D[] = [];
   const diagInv: tf.Tensor2D[] = [];
-  let s = tf.clone(g);
+  // the Schur complement left to factor (null once every block is done)
+  let s: tf.Tensor2D | null = tf.clone(g);
   try {
     for (let at = 0; at < n; at += block) {
       const b = Math.min(block, n - at);
-      const head = tf.slice(s, [0, 0], [b, b]);
+      const current: tf.Tensor2D = s as tf.Tensor2D;
+      const head = tf.slice(current, [0, 0], [b, b]);
       const values = await head.data();
       head.dispose();
       const r11 = choleskyUpper(Float64Array.from(values), b);
@@ -31,7 +33,6 @@ async function blockedCholesky(
       const inv = tf.tensor2d(Float32Array.from(invertUpper(r11, b)), [b, b]);
       diagInv.push(inv);
       const rest = n - at - b;
-      const current = s;
       const step = tf.tidy(() => {
         if (rest === 0) return { row: tf.concat(at ? [tf.zeros([b, at]), r11T] : [r11T], 1) as tf.Tensor2D };
         // R₁₂ = R₁₁⁻ᵀ·G₁₂; then the Schur complement G₂₂ − R₁₂ᵀ·R₁₂
@@ -43,7 +44,7 @@ async function blockedCholesky(
       r11T.dispose();
       rows.push(step.row);
       current.dispose();
-      s = step.next ?? tf.zeros([0, 0]);
+      s = step.next ?? null;
     }
     const r = (rows.length === 1 ? tf.clone(rows[0] as tf.Tensor2D) : tf.concat(rows, 0)) as tf.Tensor2D;
     tf.dispose(rows);
@@ -52,7 +53,7 @@ async function blockedCholesky(
     tf.dispose([...rows, ...diagInv]);
     throw err;
   } finally {
-    s.dispose();
+    s?.dispose();
   }
 }
 
@@ -63,7 +64,7 @@ async function blockedCholesky(
 function solveRight(x: tf.Tensor2D, r: tf.Tensor2D, diagInv: tf.Tensor2D[], block: number): tf.Tensor2D {
   const m = x.shape[0];
   return tf.tidy(() => {
-    const cols: tf.Tensor2D[] = [];
+    // the columns of Q made so far
     let done: tf.Tensor2D | undefined;
     for (let j = 0; j < diagInv.length; j++) {
       const inv = diagInv[j] as tf.Tensor2D;
@@ -72,11 +73,10 @@ function solveRight(x: tf.Tensor2D, r: tf.Tensor2D, diagInv: tf.Tensor2D[], bloc
       let xj = tf.slice(x, [0, at], [m, b]) as tf.Tensor2D;
       if (done) xj = tf.sub(xj, tf.matMul(done, tf.slice(r, [0, at], [at, b]))) as tf.Tensor2D;
       const qj = tf.matMul(xj, inv) as tf.Tensor2D;
-      cols.push(qj);
       done = done ? (tf.concat([done, qj], 1) as tf.Tensor2D) : qj;
     }
-    return (cols.length === 1 ? (cols[0] as tf.Tensor2D) : tf.concat(cols, 1)) as tf.Tensor2D;
-  }) as tf.Tensor2D;
+    return done as tf.Tensor2D;
+  });
 }
 
 /**

@@ -1007,10 +1007,10 @@ export async function svdJacobi(
       throw new LinalgError(`svd: qrMethod ${JSON.stringify(qrMethod)} must be 'householder' or 'cholesky'`);
     if (m >= (options.qrFirstRatio ?? Number.POSITIVE_INFINITY) * n) {
       const byCholesky = qrMethod === 'cholesky' ? await choleskyQr2Blocked(tall) : null;
-      await check('qr', 1, 1);
       if (byCholesky) {
         qFactor = held.take(byCholesky.q);
         core = held.take(byCholesky.r);
+        await check('qr', 1, 1);
       } else {
         const qrd = await qrBlocked(tall, { between: (done, total) => check('qr', done, total) });
         qrBlocks = joinBlocks(qrd.blocks, 128);

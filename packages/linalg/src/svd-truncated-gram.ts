@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { eigh } from './eigh';
 import { LinalgError } from './errors';
-import { matrix64 } from './matrix64';
+import { matmul64, matrix64 } from './matrix64';
 import { choleskyUpper, gramTensor, invertUpper, orthonormalizeTensor } from './svd-low-rank';
 
 /** What {@link truncatedByGram} hands back: the best triplets seen (width columns, on the backend). */
@@ -39,21 +39,9 @@ function generalizedRitz(gz: ArrayLike<number>, gy: ArrayLike<number>, w: number
   }
   if (!(lo >= DRIFT * hi)) return null;
   const inv = invertUpper(r, w);
-  // M = R⁻ᵀ·Gy·R⁻¹: first T = Gy·R⁻¹, then R⁻ᵀ·T (R⁻¹ upper triangular), symmetrised
-  const t = new Float64Array(w * w);
-  for (let i = 0; i < w; i++)
-    for (let j = 0; j < w; j++) {
-      let acc = 0;
-      for (let p = 0; p <= j; p++) acc += (gy[i * w + p] as number) * (inv[p * w + j] as number);
-      t[i * w + j] = acc;
-    }
-  const m = new Float64Array(w * w);
-  for (let i = 0; i < w; i++)
-    for (let j = 0; j < w; j++) {
-      let acc = 0;
-      for (let p = 0; p <= i; p++) acc += (inv[p * w + i] as number) * (t[p * w + j] as number);
-      m[i * w + j] = acc;
-    }
+  // M = R⁻ᵀ·Gy·R⁻¹, symmetrised
+  const rInv = matrix64(w, w, invertUpper(r, w));
+  const m = matmul64(rInv, matmul64(matrix64(w, w, Float64Array.from(gy)), rInv), { transposeA: true }).data;
   for (let i = 0; i < w; i++)
     for (let j = 0; j < i; j++) {
       const mean = ((m[i * w + j] as number) + (m[j * w + i] as number)) / 2;
@@ -61,15 +49,10 @@ function generalizedRitz(gz: ArrayLike<number>, gy: ArrayLike<number>, w: number
       m[j * w + i] = mean;
     }
   const { values, vectors } = eigh(matrix64(w, w, m));
-  // C = R⁻¹·E with E's columns reversed (descending eigenvalues)
+  // C = R⁻¹·E, then its columns reversed (descending eigenvalues)
+  const ce = matmul64(rInv, vectors).data;
   const c = new Float64Array(w * w);
-  for (let i = 0; i < w; i++)
-    for (let col = 0; col < w; col++) {
-      const e = w - 1 - col;
-      let acc = 0;
-      for (let p = i; p < w; p++) acc += (inv[i * w + p] as number) * (vectors.data[p * w + e] as number);
-      c[i * w + col] = acc;
-    }
+  for (let i = 0; i < w; i++) for (let col = 0; col < w; col++) c[i * w + col] = ce[i * w + (w - 1 - col)] as number;
   const sigma = Float64Array.from({ length: w }, (_, col) => Math.sqrt(Math.max(0, values[w - 1 - col] as number)));
   return { c, sigma };
 }

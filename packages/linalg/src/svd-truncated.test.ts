@@ -3,7 +3,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { Generator } from '@lora/tensor';
 import { type Matrix64, LinalgError, matrix64, svd, svdTruncated } from '@lora/linalg';
 import { describeEachBackend } from '@lora/tensor/testing';
-import { reconstruct } from './fixtures.test-util';
+import { orthogonalityError, reconstruct } from './fixtures.test-util';
 
 /**
  * What ties_svd decomposes: a weighted sum of two rank-16 updates with 70% of its entries pruned by
@@ -55,6 +55,17 @@ function truncationError(
   return err / top;
 }
 
+/** `run()`'s result and how many times tensors were read back (`data()`) while it ran. */
+async function countingReads<T>(run: () => Promise<T>): Promise<[T, number]> {
+  const reads = vi.spyOn(tf.Tensor.prototype, 'data');
+  try {
+    const out = await run();
+    return [out, reads.mock.calls.length];
+  } finally {
+    reads.mockRestore();
+  }
+}
+
 const a = prunedSum(320, 280, 3);
 const exact = svd(a);
 
@@ -95,18 +106,12 @@ await describeEachBackend('svdTruncated on tensors', () => {
 
   it('reads back six small matrices an iteration (CholeskyQR2 checks ride along with other reads)', async () => {
     const t = tf.tensor2d(Float32Array.from(a.data), [a.rows, a.cols]);
-    const reads = vi.spyOn(tf.Tensor.prototype, 'data');
-    try {
-      const r = await svdTruncated(t, { rank: 16 });
-      // the random start's checked CholeskyQR2 (three), then six an iteration: two Gram matrices of a·z
-      // (the first with z's check), Qᵀ·a·z, the residuals with Q's check, two Gram matrices of aᵀ·U
-      expect(reads.mock.calls.length).toBeLessThanOrEqual(6 * r.iterations + 3);
-      expect([r.converged, r.checked]).toEqual([true, 0]);
-      tf.dispose([r.U, r.S, r.Vh]);
-    } finally {
-      reads.mockRestore();
-      t.dispose();
-    }
+    const [r, reads] = await countingReads(() => svdTruncated(t, { rank: 16 }));
+    // the random start's checked CholeskyQR2 (three), then six an iteration: two Gram matrices of a·z
+    // (the first with z's check), Qᵀ·a·z, the residuals with Q's check, two Gram matrices of aᵀ·U
+    expect(reads).toBeLessThanOrEqual(6 * r.iterations + 3);
+    expect([r.converged, r.checked]).toEqual([true, 0]);
+    tf.dispose([r.U, r.S, r.Vh, t]);
   });
 
   it('takes the checked path where CholeskyQR2 fails in float32 (a graded spectrum), with the same accuracy', async () => {
@@ -149,16 +154,10 @@ await describeEachBackend('svdTruncated on tensors', () => {
   it("with extraction 'gram', one read-back an iteration, the same top 16 to 1e-5, and leaks nothing", async () => {
     const t = tf.tensor2d(Float32Array.from(a.data), [a.rows, a.cols]);
     const before = tf.memory().numTensors;
-    const reads = vi.spyOn(tf.Tensor.prototype, 'data');
-    let r: Awaited<ReturnType<typeof svdTruncated>>;
-    try {
-      r = await svdTruncated(t, { rank: 16, extraction: 'gram' });
-      // the finiteness check, the random start's checked CholeskyQR2 (three), then one an iteration (the
-      // last one's residuals are read alone only when the iterations run out: not here)
-      expect(reads.mock.calls.length).toBe(r.iterations + 4);
-    } finally {
-      reads.mockRestore();
-    }
+    const [r, reads] = await countingReads(() => svdTruncated(t, { rank: 16, extraction: 'gram' }));
+    // the finiteness check, the random start's checked CholeskyQR2 (three), then one an iteration (the
+    // last one's residuals are read alone only when the iterations run out: not here)
+    expect(reads).toBe(r.iterations + 4);
     expect(tf.memory().numTensors).toBe(before + 3);
     expect([r.converged, r.checked]).toEqual([true, 0]);
     expect(r.residual).toBeLessThanOrEqual(5e-6);
@@ -170,14 +169,7 @@ await describeEachBackend('svdTruncated on tensors', () => {
       expect(Math.abs((S[i] as number) - (exact.S[i] as number))).toBeLessThan(1e-5 * (exact.S[0] as number));
     expect(truncationError(U, S, Vh, exact, 16)).toBeLessThan(1e-5);
     // U's columns orthonormal to float32's reach, as the QR extraction's are
-    let dev = 0;
-    for (let i = 0; i < 16; i++)
-      for (let j = 0; j < 16; j++) {
-        let d = 0;
-        for (let p = 0; p < 320; p++) d += (U.data[p * 16 + i] as number) * (U.data[p * 16 + j] as number);
-        dev = Math.max(dev, Math.abs(d - (i === j ? 1 : 0)));
-      }
-    expect(dev).toBeLessThan(1e-5);
+    expect(orthogonalityError(U)).toBeLessThan(1e-5);
   });
 
   it("with extraction 'gram' on a flat top (a random weight plus a rank-16 update), as the QR extraction", async () => {
@@ -217,15 +209,11 @@ await describeEachBackend('svdTruncated on tensors', () => {
   it("with extraction 'gram', hands over to the QR extraction where it stalls or the top is rank-deficient", async () => {
     const t = tf.tensor2d(Float32Array.from(a.data), [a.rows, a.cols]);
     const before = tf.memory().numTensors;
-    const reads = vi.spyOn(tf.Tensor.prototype, 'data');
-    let stalled: Awaited<ReturnType<typeof svdTruncated>>;
-    try {
-      // a tolerance float32 cannot meet: the Gram extraction stalls, then the QR one (six reads an iteration)
-      stalled = await svdTruncated(t, { rank: 16, extraction: 'gram', tol: 1e-9, maxIterations: 80 });
-      expect(reads.mock.calls.length).toBeGreaterThan(stalled.iterations + 8);
-    } finally {
-      reads.mockRestore();
-    }
+    // a tolerance float32 cannot meet: the Gram extraction stalls, then the QR one (six reads an iteration)
+    const [stalled, reads] = await countingReads(() =>
+      svdTruncated(t, { rank: 16, extraction: 'gram', tol: 1e-9, maxIterations: 80 }),
+    );
+    expect(reads).toBeGreaterThan(stalled.iterations + 8);
     expect([stalled.converged, stalled.checked >= 1]).toEqual([false, true]);
     expect(stalled.residual).toBeLessThan(1e-6);
     expect(tf.memory().numTensors).toBe(before + 3);
