@@ -38,7 +38,6 @@ function generalizedRitz(gz: ArrayLike<number>, gy: ArrayLike<number>, w: number
     hi = Math.max(hi, d);
   }
   if (!(lo >= DRIFT * hi)) return null;
-  const inv = invertUpper(r, w);
   // M = R⁻ᵀ·Gy·R⁻¹, symmetrised
   const rInv = matrix64(w, w, invertUpper(r, w));
   const m = matmul64(rInv, matmul64(matrix64(w, w, Float64Array.from(gy)), rInv), { transposeA: true }).data;
