@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { cholesky, eigh, type Matrix64, matrix64 } from '@lora/linalg';
+import { cholesky, type Matrix64, matrix64, tridiagonalEigenFirst } from '@lora/linalg';
 
 /**
  * How far below the threshold a cosine's upper bound must lie for a direction to be called an
@@ -70,18 +70,23 @@ async function lanczosColumns(
   const count = Math.max(1, Math.min(steps, n));
   let q = tf.transpose(starts) as tf.Tensor2D; // [t, n]
   let stacked = tf.expandDims(q, 1) as tf.Tensor3D; // [t, 1, n]
-  const alphas: tf.Tensor1D[] = [];
-  const betas: tf.Tensor1D[] = [];
+  // per step: the first pass's coefficients on the basis q₀…q_j ([t, j + 1]; the last is α_j = q_jᵀ·M·q_j)
+  // and ‖z‖² after re-orthogonalisation (β_j²), kept on the backend until a read
+  const coefs: tf.Tensor2D[] = [];
+  const squares: tf.Tensor1D[] = [];
+  const tiny = tf.scalar(1e-30);
   const read = async (): Promise<[number[][], number[][]]> => {
-    const done = alphas.length;
-    const both = tf.tidy(() => tf.stack([tf.stack(alphas), tf.stack(betas)]));
+    const done = coefs.length;
+    const both = tf.tidy(() => tf.concat([tf.reshape(tf.concat(coefs, 1), [-1]), tf.reshape(tf.stack(squares), [-1])]));
     const values = (await both.data()) as Float32Array;
     both.dispose();
+    // row c of the [t, done·(done + 1)/2] coefficients, then the [done, t] squares
+    const width = (done * (done + 1)) / 2;
     const alpha: number[][] = [];
     const beta: number[][] = [];
     for (let c = 0; c < t; c++) {
-      alpha.push(Array.from({ length: done }, (_, j) => values[j * t + c] as number));
-      beta.push(Array.from({ length: done }, (_, j) => values[(done + j) * t + c] as number));
+      alpha.push(Array.from({ length: done }, (_, j) => values[c * width + (j * (j + 1)) / 2 + j] as number));
+      beta.push(Array.from({ length: done }, (_, j) => Math.sqrt(values[t * width + j * t + c] as number)));
     }
     return [alpha, beta];
   };
@@ -91,20 +96,22 @@ async function lanczosColumns(
       const current = q;
       const next = tf.tidy(() => {
         let z = applyRows(current);
-        const alpha = tf.sum(tf.mul(current, z), 1) as tf.Tensor1D;
+        let first: tf.Tensor | undefined;
         for (let pass = 0; pass < 2; pass++) {
           // each row's coefficients on its own basis, [t, j + 1, 1], then z − basisᵀ·coef
           const coef = tf.matMul(basis, tf.expandDims(z, 2));
+          first ??= coef;
           z = tf.sub(z, tf.reshape(tf.matMul(coef, basis, true, false), [t, n])) as tf.Tensor2D;
         }
-        const beta = tf.norm(z, 'euclidean', 1) as tf.Tensor1D;
-        const q1 = tf.div(z, tf.expandDims(tf.maximum(beta, 1e-30), 1)) as tf.Tensor2D;
+        const square = tf.sum(tf.square(z), 1) as tf.Tensor1D;
+        const q1 = tf.div(z, tf.expandDims(tf.sqrt(tf.maximum(square, tiny)), 1)) as tf.Tensor2D;
+        const coef = tf.reshape(first as tf.Tensor, [t, j + 1]) as tf.Tensor2D;
         // the last step's vector joins no basis: its β is all that is read of it
         const grown = j + 1 < count ? (tf.concat([basis, tf.expandDims(q1, 1)], 1) as tf.Tensor3D) : undefined;
-        return grown ? { alpha, beta, q1, grown } : { alpha, beta, q1 };
-      }) as { alpha: tf.Tensor1D; beta: tf.Tensor1D; q1: tf.Tensor2D; grown?: tf.Tensor3D };
-      alphas.push(next.alpha);
-      betas.push(next.beta);
+        return grown ? { coef, square, q1, grown } : { coef, square, q1 };
+      }) as { coef: tf.Tensor2D; square: tf.Tensor1D; q1: tf.Tensor2D; grown?: tf.Tensor3D };
+      coefs.push(next.coef);
+      squares.push(next.square);
       current.dispose();
       q = next.q1;
       if (next.grown) {
@@ -119,7 +126,7 @@ async function lanczosColumns(
     }
     return toObject(await read());
   } finally {
-    tf.dispose([stacked, q, ...alphas, ...betas]);
+    tf.dispose([stacked, q, tiny, ...coefs, ...squares]);
   }
 }
 
@@ -140,18 +147,11 @@ export function gaussRule(alpha: readonly number[], beta: readonly number[]) {
       invariant = true;
       break;
     }
-  const t = matrix64(size, size);
-  for (let j = 0; j < size; j++) {
-    t.data[j * size + j] = alpha[j] as number;
-    if (j + 1 < size) {
-      t.data[j * size + j + 1] = beta[j] as number;
-      t.data[(j + 1) * size + j] = beta[j] as number;
-    }
-  }
   // eigenvalues ascending; the weight of node ν is the squared first component of its eigenvector
-  const { values, vectors } = eigh(t);
-  const nodes = Array.from({ length: size }, (_, c) => values[c] as number);
-  const weights = Array.from({ length: size }, (_, c) => (vectors.data[c] as number) ** 2);
+  // (Golub–Welsch: only the first components are followed, O(N²))
+  const { values, first } = tridiagonalEigenFirst(alpha.slice(0, size), beta.slice(0, size - 1), 'gaussRule');
+  const nodes = Array.from(values);
+  const weights = Array.from(first, (x) => x * x);
   return { nodes, weights, invariant };
 }
 

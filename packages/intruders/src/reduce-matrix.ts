@@ -247,7 +247,7 @@ export function mitigate(
   intruders.forEach((at, j) => {
     for (let i = 0; i < n; i++) stackedRight.data[(r + j) * n + i] = analysis.v.data[i * t + at] as number;
   });
-  const mitigated = svdOfLowRankProduct(stackedLeft, stackedRight, { rank: r });
+  const mitigated = svdOfLowRankProduct(stackedLeft, stackedRight, { rank: r, qrMethod: 'cholesky' });
   // rank r again, √S on each side (PEFT's split); fewer than r values (a tiny layer) leave zero columns
   const newLeft = matrix64(m, r);
   const newRight = matrix64(r, n);

@@ -10,6 +10,7 @@ import {
   solveTriangular,
   svd,
   transpose64,
+  tridiagonalEigenFirst,
 } from '@lora/linalg';
 import { orthogonalityError, readFixture, reconstruct, relFro } from './fixtures.test-util';
 
@@ -110,6 +111,55 @@ describe('eigh (float64) against LAPACK', () => {
     );
     expect(values[0]).toBeCloseTo(1, 14);
     expect(values[1]).toBeCloseTo(3, 14);
+  });
+});
+
+describe('tridiagonalEigenFirst (the Gauss rule of a Jacobi matrix)', () => {
+  it('gives the Gauss–Legendre rule: nodes 0, ±√(3/5), weights 4/9 and 5/18', () => {
+    // the Jacobi matrix of the uniform measure on [−1, 1] (total mass 1): β_k = k/√(4k² − 1)
+    const beta = [1, 2].map((k) => k / Math.sqrt(4 * k * k - 1));
+    const { values, first } = tridiagonalEigenFirst([0, 0, 0], beta);
+    const nodes = [-Math.sqrt(3 / 5), 0, Math.sqrt(3 / 5)];
+    const weights = [5 / 18, 4 / 9, 5 / 18];
+    nodes.forEach((x, i) => expect(Math.abs((values[i] as number) - x)).toBeLessThan(1e-15));
+    weights.forEach((w, i) => expect(Math.abs((first[i] as number) ** 2 - w)).toBeLessThan(1e-15));
+  });
+
+  it("matches eigh's values and first vector entries on random tridiagonals, and leaves its inputs", () => {
+    let seed = 5;
+    const rand = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed / 2 ** 31 - 0.5;
+    };
+    for (const n of [1, 2, 7, 32, 48]) {
+      const diag = Array.from({ length: n }, rand);
+      const off = Array.from({ length: n - 1 }, () => 0.1 + Math.abs(rand()));
+      const dense = matrix64(n, n);
+      for (let i = 0; i < n; i++) {
+        dense.data[i * n + i] = diag[i] as number;
+        if (i + 1 < n) {
+          dense.data[i * n + i + 1] = off[i] as number;
+          dense.data[(i + 1) * n + i] = off[i] as number;
+        }
+      }
+      const full = eigh(dense);
+      const before = [...diag, ...off];
+      const { values, first } = tridiagonalEigenFirst(diag, off);
+      expect([...diag, ...off]).toEqual(before);
+      let total = 0;
+      for (let c = 0; c < n; c++) {
+        expect(Math.abs((values[c] as number) - (full.values[c] as number))).toBeLessThan(1e-13);
+        expect(Math.abs((first[c] as number) ** 2 - (full.vectors.data[c] as number) ** 2)).toBeLessThan(1e-13);
+        total += (first[c] as number) ** 2;
+      }
+      expect(Math.abs(total - 1)).toBeLessThan(1e-13);
+    }
+  });
+
+  it('refuses an off-diagonal too short for the diagonal', () => {
+    expect(() => tridiagonalEigenFirst([1, 2, 3], [0.5])).toThrow(
+      'eigh: a tridiagonal of 3 needs 2 off-diagonal entries, got 1',
+    );
   });
 });
 

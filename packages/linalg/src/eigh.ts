@@ -102,7 +102,17 @@ export function symmetricEigen(
     }
   }
 
-  // Implicit symmetric QR on the tridiagonal (diag, off).
+  tridiagonalQr(diag, off, z, n, fn);
+  return { values: diag, vectors: z };
+}
+
+/**
+ * Implicit symmetric QR with Wilkinson shifts on the tridiagonal (diag, off) in place: diag ends as
+ * the eigenvalues ascending. Each rotation is applied to the columns of z (n columns of `ld` entries
+ * each, column-major), so z = I gives the eigenvectors and z = e₁ᵀ (`ld` 1) only their first entries.
+ */
+function tridiagonalQr(diag: Float64Array, off: Float64Array, z: Float64Array | null, ld: number, fn: string): void {
+  const n = diag.length;
   const maxSteps = 50 * n + 100;
   let steps = 0;
   let q = n - 1;
@@ -136,7 +146,7 @@ export function symmetricEigen(
       diag[k] = c * c * ak + 2 * c * s * bk + s * s * ak1;
       diag[k + 1] = s * s * ak - 2 * c * s * bk + c * c * ak1;
       off[k] = c * s * (ak1 - ak) + (c * c - s * s) * bk;
-      if (z) rotateColumns(z, n, k, k + 1, c, s);
+      if (z) rotateColumns(z, ld, k, k + 1, c, s);
       if (k < q - 1) {
         x = off[k] as number;
         zz = s * (off[k + 1] as number);
@@ -152,10 +162,32 @@ export function symmetricEigen(
       const t = diag[i] as number;
       diag[i] = diag[best] as number;
       diag[best] = t;
-      if (z) swapColumns(z, n, i, best);
+      if (z) swapColumns(z, ld, i, best);
     }
   }
-  return { values: diag, vectors: z };
+}
+
+/**
+ * Eigenvalues (ascending) of the symmetric tridiagonal matrix with diagonal `diag` and off-diagonal
+ * `off`, and the first entry of each unit eigenvector: the Gauss rule of a Jacobi matrix (nodes, and
+ * weights = first entries squared, Golub–Welsch) in O(n²), where the full eigendecomposition costs
+ * O(n³). The inputs are not changed.
+ * @internal
+ */
+export function tridiagonalEigenFirst(
+  diag: ArrayLike<number>,
+  off: ArrayLike<number>,
+  fn = 'eigh',
+): { values: Float64Array; first: Float64Array } {
+  const n = diag.length;
+  if (off.length < n - 1)
+    throw new LinalgError(`${fn}: a tridiagonal of ${n} needs ${n - 1} off-diagonal entries, got ${off.length}`);
+  const d = Float64Array.from(diag);
+  const e = Float64Array.from({ length: Math.max(n - 1, 0) }, (_, i) => off[i] as number);
+  const first = new Float64Array(n);
+  if (n > 0) first[0] = 1;
+  tridiagonalQr(d, e, first, 1, fn);
+  return { values: d, first };
 }
 
 /**

@@ -5,7 +5,7 @@ export { qr } from './qr';
 export type { Qr64, QrOptions, QrTensors } from './qr';
 export { svd } from './svd';
 export type { Svd64, SvdOptions, SvdTensors } from './svd';
-export { eigh } from './eigh';
+export { eigh, tridiagonalEigenFirst } from './eigh';
 export type { Eigh64, EighOptions, EighTensors } from './eigh';
 export { cholesky, solveTriangular } from './cholesky';
 export type { SolveTriangularOptions } from './cholesky';

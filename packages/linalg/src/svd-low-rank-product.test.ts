@@ -84,6 +84,65 @@ describe('svdOfLowRankSum (float64)', () => {
     );
   });
 
+  it("with qrMethod 'cholesky', the same triplets; where its factor is ill-conditioned, the Householder path's", () => {
+    const check = (terms: { b: Matrix64; a: Matrix64; weight?: number }[], rank: number, tol: number) => {
+      const { sum, exact } = reference(terms);
+      const fast = svdOfLowRankSum(terms, { rank, qrMethod: 'cholesky' });
+      const house = svdOfLowRankSum(terms, { rank });
+      expect(fast.S.length).toBe(rank);
+      for (let i = 0; i < rank; i++)
+        expect(Math.abs((fast.S[i] as number) - (exact.S[i] as number))).toBeLessThan(tol * (exact.S[0] as number));
+      expect(orthogonalityError(fast.U)).toBeLessThan(tol);
+      expect(orthogonalityError(transpose64(fast.Vh))).toBeLessThan(tol);
+      // the rank-`rank` truncation of the sum, against the Householder path's
+      const full = svdOfLowRankSum(terms);
+      const truncated = (r: typeof full) =>
+        reconstruct(
+          matrix64(
+            r.U.rows,
+            rank,
+            Array.from(
+              { length: r.U.rows * rank },
+              (_, i) => r.U.data[Math.floor(i / rank) * r.U.cols + (i % rank)] as number,
+            ),
+          ),
+          r.S.subarray(0, rank),
+          matrix64(rank, r.Vh.cols, r.Vh.data.subarray(0, rank * r.Vh.cols)),
+        );
+      expect(relFro(truncated(fast), truncated(house))).toBeLessThan(tol);
+      expect(sum.rows).toBe(fast.U.rows);
+      return { fast, house };
+    };
+    // well-conditioned stacked factors of very different column scales (as [L, f·U_I] in intruder
+    // mitigation): the Cholesky path runs (its rounding differs from Householder's in the last bits)
+    const l = gauss(300, 6);
+    const big = scaled(gauss(300, 3), 40);
+    const left = matrix64(
+      300,
+      9,
+      Array.from({ length: 2700 }, (_, i) => {
+        const row = Math.floor(i / 9);
+        const col = i % 9;
+        return col < 6 ? (l.data[row * 6 + col] as number) : (big.data[row * 3 + col - 6] as number);
+      }),
+    );
+    const { fast, house } = check([{ b: left, a: gauss(9, 120) }], 6, 1e-11);
+    expect(Array.from(fast.S)).not.toEqual(Array.from(house.S));
+    // nearly dependent columns (κ ≈ 10⁷: a Cholesky QR would lose orthogonality to ~10⁻²) and a
+    // zero column: refused, the Householder path's exact result
+    const near = gauss(200, 5);
+    for (let i = 0; i < 200; i++) near.data[i * 5 + 4] = (near.data[i * 5 + 3] as number) * (1 + 1e-7 * ((i % 7) - 3));
+    check([{ b: near, a: gauss(5, 80) }], 5, 1e-11);
+    const zero = gauss(150, 4);
+    for (let i = 0; i < 150; i++) zero.data[i * 4 + 2] = 0;
+    const withZero = svdOfLowRankSum([{ b: zero, a: gauss(4, 60) }], { rank: 3, qrMethod: 'cholesky' });
+    expect(withZero.S.every(Number.isFinite)).toBe(true);
+    expect(orthogonalityError(withZero.U)).toBeLessThan(1e-12);
+    expect(() => svdOfLowRankSum([{ b: zero, a: gauss(4, 60) }], { qrMethod: 'qr' as 'cholesky' })).toThrow(
+      `svdOfLowRankSum: qrMethod "qr" must be 'householder' or 'cholesky'`,
+    );
+  });
+
   it('handles a sum of lower rank than its factors, and more factor columns than rows', () => {
     const b = gauss(25, 4);
     const a = gauss(4, 18);
