@@ -240,7 +240,13 @@ export async function gramFloorHolds(w: tf.Tensor2D, gamma: number, lambdaMax: n
  * the host.
  */
 export async function positiveDefinite(a: tf.Tensor2D, shift: number, block = 128): Promise<boolean> {
-  let s = tf.tidy(() => tf.sub(a, tf.mul(tf.eye(a.shape[0]), shift))) as tf.Tensor2D;
+  const size = a.shape[0];
+  // shift·I made on the backend (tf.eye fills n² entries on the host and uploads them; tfjs-wasm's float32 oneHot writes int32 bits, so int32 and a cast)
+  let s = tf.tidy(() => {
+    const eye =
+      size < 2 ? tf.eye(size) : tf.cast(tf.oneHot(tf.range(0, size, 1, 'int32') as tf.Tensor1D, size), 'float32');
+    return tf.sub(a, tf.mul(eye, shift));
+  }) as tf.Tensor2D;
   try {
     for (;;) {
       const n = s.shape[0];

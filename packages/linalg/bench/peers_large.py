@@ -8,7 +8,7 @@
                                               (make also writes LAPACK's singular values of each full case, DIR/<case>.lapack.json;
                                               LORA_PEER_SKIP_FULL=1: no full SVD in the truncated cases)
 
-CASES is a comma-separated subset of: full_1024, full_2048, full_4096, full_4096x11008, trunc_4096, trunc_4096x11008,
+CASES is a comma-separated subset of: full_1024, full_1024x2816, full_2048, full_4096, full_4096x11008, trunc_4096, trunc_4096x11008,
 ties_4096. Peers: numpy (LAPACK gesdd, float32 = what torch/PEFT run on float32, and float64), torch.linalg.svd,
 scipy.sparse.linalg.svds (ARPACK) and torch.svd_lowrank for the truncated cases; on a CUDA machine torch on cuda.
 """
@@ -21,6 +21,7 @@ import numpy as np
 
 CASES = {
     "full_1024": ("gauss", 1024, 1024),
+    "full_1024x2816": ("gauss", 1024, 2816),
     "full_2048": ("gauss", 2048, 2048),
     "full_4096": ("gauss", 4096, 4096),
     "full_4096x11008": ("gauss", 4096, 11008),

@@ -121,7 +121,11 @@ export async function choleskyQr2Blocked(
       }
     }
     const finalQ = q;
-    const deviation = tf.tidy(() => tf.max(tf.abs(tf.sub(gram(finalQ), tf.eye(n)))));
+    // I made on the backend (tf.eye fills n² entries on the host and uploads them; tfjs-wasm's float32 oneHot writes int32 bits, so int32 and a cast)
+    const deviation = tf.tidy(() => {
+      const eye = n < 2 ? tf.eye(n) : tf.cast(tf.oneHot(tf.range(0, n, 1, 'int32') as tf.Tensor1D, n), 'float32');
+      return tf.max(tf.abs(tf.sub(gram(finalQ), eye)));
+    });
     const dev = (await deviation.data())[0] as number;
     deviation.dispose();
     if (!(dev <= tolerance)) return null;

@@ -19,7 +19,13 @@ async function expectJacobi(a: Matrix64, label: string, options: JacobiSvdOption
   const exact = svd(a).S;
   const t = f32(a);
   const before = tf.memory().numTensors;
-  const r = await svdJacobi(t, options);
+  const stages = new Set<string>();
+  const r = await svdJacobi(t, {
+    ...options,
+    onProgress: (p) => {
+      stages.add(p.stage);
+    },
+  });
   expect(tf.memory().numTensors, `${label}: only U, S, Vh are new`).toBe(before + 3);
   const k = Math.min(a.rows, a.cols);
   expect([r.U.shape, r.S.shape, r.Vh.shape], label).toEqual([[a.rows, k], [k], [k, a.cols]]);
@@ -35,6 +41,7 @@ async function expectJacobi(a: Matrix64, label: string, options: JacobiSvdOption
   expect(orthogonalityError(U), `${label}: UᵀU = I`).toBeLessThan(1e-5);
   expect(orthogonalityError(transpose64(Vh)), `${label}: VᵀV = I`).toBeLessThan(1e-5);
   expect(relFro(reconstruct(U, S, Vh), a.data), `${label}: U·S·Vh = A`).toBeLessThan(1e-5);
+  return stages;
 }
 
 await describeEachBackend('svd by blocked one-sided Jacobi (WGSL)', (backend) => {
@@ -95,23 +102,29 @@ await describeEachBackend('svd by blocked one-sided Jacobi (WGSL)', (backend) =>
   it.runIf(onWebgpu)(
     'takes a QR first when asked, and scales huge and tiny entries',
     async () => {
-      await expectJacobi(gaussian(150, 40, 6), 'tall, QR first', { block: 16, qrFirstRatio: 1.6 });
-      // CholeskyQR2 first; then, too ill-conditioned for it in float32 (κ 10⁶), the Householder QR instead
-      await expectJacobi(gaussian(150, 40, 6), 'tall, CholeskyQR2 first', {
-        block: 16,
-        qrFirstRatio: 1.6,
-        qrMethod: 'cholesky',
-      });
+      // by default from m ≥ 2n: CholeskyQR2 first
+      expect(await expectJacobi(gaussian(150, 40, 6), 'tall, CholeskyQR2 first', { block: 16 })).toContain('qr');
+      expect(await expectJacobi(gaussian(40, 150, 6), 'wide, CholeskyQR2 first', { block: 16 })).toContain('qr');
+      // below the ratio, or with the ratio at Infinity: no QR
+      expect(await expectJacobi(gaussian(150, 80, 6), 'tall, under 2', { block: 16 })).not.toContain('qr');
+      expect(
+        await expectJacobi(gaussian(150, 40, 6), 'tall, no QR', { block: 16, qrFirstRatio: Number.POSITIVE_INFINITY }),
+      ).not.toContain('qr');
+      // the blocked Householder QR when asked
+      expect(
+        await expectJacobi(gaussian(150, 40, 6), 'tall, Householder QR first', {
+          block: 16,
+          qrFirstRatio: 1.6,
+          qrMethod: 'householder',
+        }),
+      ).toContain('qr');
+      // too ill-conditioned for CholeskyQR2 in float32 (κ 10⁶): refused, the sweeps on the tall matrix itself
       const graded = withSpectrum(
         150,
         40,
         Array.from({ length: 40 }, (_, i) => 10 ** (-6 * (i / 39))),
       );
-      await expectJacobi(graded, 'tall, graded: CholeskyQR2 refused', {
-        block: 16,
-        qrFirstRatio: 1.6,
-        qrMethod: 'cholesky',
-      });
+      expect(await expectJacobi(graded, 'tall, graded: CholeskyQR2 refused', { block: 16 })).not.toContain('qr');
       const big = gaussian(48, 48, 7);
       await expectJacobi(
         matrix64(

@@ -99,17 +99,17 @@ export interface JacobiSvdOptions extends LongRunOptions {
   /** Sweeps before it stops unconverged. Default 30. */
   maxSweeps?: number;
   /**
-   * From this aspect ratio on, a blocked Householder QR comes first and R is decomposed. Default
-   * Infinity (never): the QR's panels are factored on the host, one read-back each, which costs
-   * more on a GPU than the Jacobi sweeps' extra rows.
+   * From this aspect ratio on (m ≥ ratio·n for the tall orientation), a QR comes first and R (n×n) is
+   * decomposed, so that the sweeps work on n rows instead of m. Default 2. Infinity: never.
    */
   qrFirstRatio?: number;
   /**
-   * How that QR is made: `'householder'` (default; blocked Householder, panels on the host) or
-   * `'cholesky'`: CholeskyQR2 with a blocked Cholesky, everything of size m·n on the backend (three
-   * Gram products, two blocked solves, n/256 read-backs of 256² a Cholesky), then U = Q·U_R as one
-   * product. It holds in float32 for κ up to about 10³; past that (a Cholesky fails, or QᵀQ strays
-   * from I by more than 10⁻⁵) the Householder QR is taken instead.
+   * How that QR is made: `'cholesky'` (default): CholeskyQR2 with a blocked Cholesky, everything of
+   * size m·n on the backend (three Gram products, two blocked solves, n/256 read-backs of 256² a
+   * Cholesky), then U = Q·U_R as one product. It holds in float32 for κ up to about 10³; past that (a
+   * Cholesky fails, or QᵀQ strays from I by more than 10⁻⁵) the sweeps run on the tall matrix itself,
+   * as with no QR. `'householder'`: blocked Householder, its panels factored on the host, one
+   * read-back each (on the H200 it cost more than the sweeps' extra rows: BENCHMARKS.md).
    */
   qrMethod?: 'householder' | 'cholesky';
 }
@@ -983,8 +983,8 @@ async function completeColumns(
 
 /**
  * Thin SVD of a 2-D float32 tensor on webgpu by blocked one-sided Jacobi (see the file's comment).
- * Wide input is decomposed transposed; much taller than wide input is QR-factored first (blocked
- * Householder), and R decomposed. Progress stages: 'qr' (when QR comes first), 'jacobi' (a sweep
+ * Wide input is decomposed transposed; input at least twice as tall as wide is QR-factored first
+ * (CholeskyQR2 on the backend, see `qrMethod`), and R decomposed. Progress stages: 'qr' (when QR comes first), 'jacobi' (a sweep
  * each), 'vectors'. Leaves `input` to the caller.
  * @internal
  */
@@ -1002,16 +1002,16 @@ export async function svdJacobi(
     let qrBlocks: ReflectorBlock[] = [];
     let qFactor: tf.Tensor2D | null = null;
     let core: tf.Tensor2D = tall;
-    const qrMethod = options.qrMethod ?? 'householder';
+    const qrMethod = options.qrMethod ?? 'cholesky';
     if (qrMethod !== 'householder' && qrMethod !== 'cholesky')
       throw new LinalgError(`svd: qrMethod ${JSON.stringify(qrMethod)} must be 'householder' or 'cholesky'`);
-    if (m >= (options.qrFirstRatio ?? Number.POSITIVE_INFINITY) * n) {
+    if (m >= (options.qrFirstRatio ?? 2) * n) {
       const byCholesky = qrMethod === 'cholesky' ? await choleskyQr2Blocked(tall) : null;
       if (byCholesky) {
         qFactor = held.take(byCholesky.q);
         core = held.take(byCholesky.r);
         await check('qr', 1, 1);
-      } else {
+      } else if (qrMethod === 'householder') {
         const qrd = await qrBlocked(tall, { between: (done, total) => check('qr', done, total) });
         qrBlocks = joinBlocks(qrd.blocks, 128);
         core = held.take(tf.tensor2d(Float32Array.from(qrd.r), [n, n]));
