@@ -5,6 +5,7 @@
  * (ARPACK) and torch.svd_lowrank, all on the same matrices (bench/peers_large.py makes them into
  * .bench/large/). Each timing waits for the CPUs to be idle first. Prints markdown tables.
  *
+ * BENCH_TF_FLAGS (JSON) sets tfjs flags before our runs;
  * BENCH_CASES picks cases (see peers_large.py); BENCH_PEERS=0 skips the peers; PYTHON names the interpreter;
  * BENCH_OURS=0 times the peers only; BENCH_RUNS sets the runs of each full SVD (default 3 up to 2048², 1 above; the median is kept);
  * BENCH_CASE_LIMIT_S stops one of our decompositions after that many seconds (through its AbortSignal: the
@@ -77,6 +78,11 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
 
   const info = await init();
   tf.env().set('PROD', true);
+  // BENCH_TF_FLAGS (JSON): tfjs flags for the run, e.g. '{"WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE":60}'
+  for (const [flag, value] of Object.entries(
+    JSON.parse(process.env.BENCH_TF_FLAGS ?? '{}') as Record<string, number | boolean>,
+  ))
+    tf.env().set(flag, value);
   const programs = programCounter();
   const jacobi = process.env.BENCH_JACOBI ? (JSON.parse(process.env.BENCH_JACOBI) as JacobiSvdOptions) : null;
   const fullSvd = (a: tf.Tensor2D, o: SvdOptions = {}) =>

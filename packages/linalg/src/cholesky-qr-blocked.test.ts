@@ -4,6 +4,7 @@ import { matrix64 } from '@lora/linalg';
 import { Generator } from '@lora/tensor';
 import { describeEachBackend } from '@lora/tensor/testing';
 import { choleskyQr2Blocked } from './cholesky-qr-blocked';
+import { choleskyUpper, invertUpper } from './svd-low-rank';
 import { orthogonalityError, relFro } from './fixtures.test-util';
 import { withSpectrum } from './large-matrices.test-util';
 
@@ -42,4 +43,46 @@ await describeEachBackend('CholeskyQR2 with a blocked Cholesky', () => {
     expect(tf.memory().numTensors).toBe(before);
     tf.dispose([t, wide]);
   });
+});
+
+it('factors a block on the host: Rᵀ·R = G, R·R⁻¹ = I at the blocked Cholesky’s sizes; null where G is not positive definite', () => {
+  for (const k of [1, 2, 7, 64, 129]) {
+    const gen = new Generator(k);
+    const a = Float64Array.from(gen.fillNormal(new Float32Array(k * k)));
+    // G = AᵀA + k·I: positive definite, with a spread of eigenvalues
+    const g = new Float64Array(k * k);
+    for (let i = 0; i < k; i++)
+      for (let j = 0; j < k; j++) {
+        let s = i === j ? k : 0;
+        for (let p = 0; p < k; p++) s += (a[p * k + i] as number) * (a[p * k + j] as number);
+        g[i * k + j] = s;
+      }
+    const r = choleskyUpper(g, k) as Float64Array;
+    expect(r, `k ${k}`).not.toBeNull();
+    const inv = invertUpper(r, k);
+    let gErr = 0;
+    let iErr = 0;
+    let gMax = 0;
+    for (let i = 0; i < k; i++)
+      for (let j = 0; j < k; j++) {
+        if (i > j) {
+          expect(r[i * k + j]).toBe(0);
+          expect(inv[i * k + j]).toBe(0);
+        }
+        let s = 0;
+        let t = 0;
+        for (let p = 0; p < k; p++) {
+          s += (r[p * k + i] as number) * (r[p * k + j] as number);
+          t += (r[i * k + p] as number) * (inv[p * k + j] as number);
+        }
+        gMax = Math.max(gMax, Math.abs(g[i * k + j] as number));
+        gErr = Math.max(gErr, Math.abs(s - (g[i * k + j] as number)));
+        iErr = Math.max(iErr, Math.abs(t - (i === j ? 1 : 0)));
+      }
+    expect(gErr / gMax, `k ${k}: RᵀR = G`).toBeLessThan(1e-13);
+    expect(iErr, `k ${k}: R·R⁻¹ = I`).toBeLessThan(1e-12);
+  }
+  // indefinite: the second pivot is 1 − 4 < 0
+  expect(choleskyUpper(Float64Array.from([1, 2, 2, 1]), 2)).toBeNull();
+  expect(choleskyUpper(Float64Array.from([Number.NaN]), 1)).toBeNull();
 });

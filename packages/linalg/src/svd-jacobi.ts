@@ -1006,6 +1006,7 @@ export async function svdJacobi(
     if (qrMethod !== 'householder' && qrMethod !== 'cholesky')
       throw new LinalgError(`svd: qrMethod ${JSON.stringify(qrMethod)} must be 'householder' or 'cholesky'`);
     if (m >= (options.qrFirstRatio ?? 2) * n) {
+      await check('qr', 0, 1);
       const byCholesky = qrMethod === 'cholesky' ? await choleskyQr2Blocked(tall) : null;
       if (byCholesky) {
         qFactor = held.take(byCholesky.q);

@@ -114,16 +114,23 @@ export function choleskyUpper(g: Float64Array, k: number): Float64Array | null {
  * @internal
  */
 export function invertUpper(r: Float64Array, k: number): Float64Array {
-  const inv = new Float64Array(k * k);
-  for (let j = 0; j < k; j++) {
-    inv[j * k + j] = 1 / (r[j * k + j] as number);
-    for (let i = j - 1; i >= 0; i--) {
-      let s = 0;
-      for (let p = i + 1; p <= j; p++) s += (r[i * k + p] as number) * (inv[p * k + j] as number);
-      inv[i * k + j] = -s / (r[i * k + i] as number);
+  // back substitution by rows, X = R⁻¹ from the last row up: Xᵢ = (eᵢ − Σ_{p>i} Rᵢₚ·Xₚ) / Rᵢᵢ, each
+  // update a contiguous stretch of a row (a column-by-column sweep strides k entries a step and is
+  // slower from k ≈ 256, where CholeskyQR2's blocked Cholesky calls this)
+  const x = new Float64Array(k * k);
+  for (let i = k - 1; i >= 0; i--) {
+    const row = i * k;
+    x[row + i] = 1;
+    for (let p = i + 1; p < k; p++) {
+      const f = r[row + p] as number;
+      if (f === 0) continue;
+      const from = p * k;
+      for (let c = p; c < k; c++) x[row + c] = (x[row + c] as number) - f * (x[from + c] as number);
     }
+    const s = 1 / (r[row + i] as number);
+    for (let c = i; c < k; c++) x[row + c] = (x[row + c] as number) * s;
   }
-  return inv;
+  return x;
 }
 
 /** The largest |GᵢⱼG − δᵢⱼ| of a k×k Gram matrix QᵀQ read back (row-major): how far Q is from orthonormal. */
