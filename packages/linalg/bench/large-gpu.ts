@@ -10,6 +10,8 @@ import { initBackend } from '@lora/tensor';
 import { largeBench } from './large';
 
 const root = process.env.LORA_ROOT ?? process.cwd();
+// the runs of a case back to back after one wait for idle CPUs, as torch CUDA's are (see large.ts)
+process.env.BENCH_QUIET_EACH ??= '0';
 await largeBench({
   dir: join(root, 'packages', 'linalg', '.bench', 'large'),
   peersScript: join(root, 'packages', 'linalg', 'bench', 'peers_large.py'),

@@ -5,7 +5,8 @@
  * (ARPACK) and torch.svd_lowrank, all on the same matrices (bench/peers_large.py makes them into
  * .bench/large/). Each timing waits for the CPUs to be idle first. Prints markdown tables.
  *
- * BENCH_TF_FLAGS (JSON) sets tfjs flags before our runs;
+ * BENCH_TF_FLAGS (JSON) sets tfjs flags before our runs; BENCH_QUIET_EACH=0 waits for idle CPUs once a case
+ * (before its warm-up) instead of before every run (the default here; large-gpu.ts defaults to 0);
  * BENCH_CASES picks cases (see peers_large.py); BENCH_PEERS=0 skips the peers; PYTHON names the interpreter;
  * BENCH_OURS=0 times the peers only; BENCH_RUNS sets the runs of each full SVD (default 3 up to 2048², 1 above; the median is kept);
  * BENCH_CASE_LIMIT_S stops one of our decompositions after that many seconds (through its AbortSignal: the
@@ -88,6 +89,10 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
   const fullSvd = (a: tf.Tensor2D, o: SvdOptions = {}) =>
     jacobi && info.name === 'webgpu' ? svdJacobi(a, { ...jacobi, ...o }) : svd(a, { method: 'backend', ...o });
   const limitS = Number(process.env.BENCH_CASE_LIMIT_S ?? 0);
+  // BENCH_QUIET_EACH=0: wait for idle CPUs once, before the warm-up, then time the runs back to back, as
+  // the peers are timed; a GPU left idle for the wait clocks down (the H200, 2026-12-04: the Jacobi SVD
+  // at 1024² took 256–354 ms after each 3 s wait, 88–101 ms back to back)
+  const quietEach = process.env.BENCH_QUIET_EACH !== '0';
 
   /** Options for one of our calls: the time limit's signal, and a stage timer fed by onProgress. */
   function watched() {
@@ -131,7 +136,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
     const times: [number, number, number][] = [];
     let last: T | undefined;
     for (let i = 0; i < runs; i++) {
-      await waitForQuiet();
+      if (quietEach || i === 0) await waitForQuiet();
       if (last !== undefined) done(last);
       const load = loadavg()[0] as number;
       const c0 = process.cpuUsage();
@@ -154,6 +159,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
     if (name.startsWith('full')) {
       const runs = Number(process.env.BENCH_RUNS ?? (m * n > 2048 * 2048 ? 1 : 3));
       if (runs > 1) {
+        if (!quietEach) await waitForQuiet();
         const warm = await fullSvd(a); // first call: kernels compiled, weights packed
         tf.dispose([warm.U, warm.S, warm.Vh]);
       }

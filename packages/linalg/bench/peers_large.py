@@ -124,12 +124,14 @@ def main():
             row[f"{key} cpu"] = CPU["last"]
 
         if kind == "gauss":
-            put("numpy f32", lambda: np.linalg.svd(a, full_matrices=False), runs)
-            if not big or os.environ.get("LORA_PEER_F64") == "1":
-                a64 = a.astype(np.float64)
-                put("numpy f64", lambda: np.linalg.svd(a64, full_matrices=False), runs)
             at = torch.from_numpy(a)
-            put("torch cpu", lambda: torch.linalg.svd(at, full_matrices=False), runs)
+            # LORA_PEER_CPU=0: torch CUDA only (a GPU call's time is short; the CPU peers of 4096x11008 take 30 s)
+            if os.environ.get("LORA_PEER_CPU", "1") != "0":
+                put("numpy f32", lambda: np.linalg.svd(a, full_matrices=False), runs)
+                if not big or os.environ.get("LORA_PEER_F64") == "1":
+                    a64 = a.astype(np.float64)
+                    put("numpy f64", lambda: np.linalg.svd(a64, full_matrices=False), runs)
+                put("torch cpu", lambda: torch.linalg.svd(at, full_matrices=False), runs)
             if cuda:
                 ag = at.cuda()
                 torch.linalg.svd(ag, full_matrices=False)
