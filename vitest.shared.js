@@ -19,7 +19,9 @@ export function loraProject(name) {
       include: ['src/**/*.test.ts'],
       // Dawn's native addon and the wasm backend are happier in processes than in worker threads.
       pool: 'forks',
-      testTimeout: 60_000,
+      // a guard against hangs, not a timing: under the full CI's load (2 cores, load 13–16) tests that take
+      // 10 s alone have taken over 60 s (Arrow's first webgpu tests, 2026-12-04)
+      testTimeout: 180_000,
       hookTimeout: 120_000,
       // tfjs-core's ESM uses extensionless imports; vite inlines it so that gradient registration loads.
       server: { deps: { inline: [/@tensorflow\/tfjs-core/] } },
