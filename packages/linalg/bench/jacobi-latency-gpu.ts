@@ -1,7 +1,7 @@
 /**
  * Where the Jacobi SVD's time goes at 1024² on webgpu (issue 13: 4.7–6.1× torch CUDA there in
  * `large-gpu.ts` runs on 2026-12-04, 1.9–2.5× in one call on 2026-12-03, with the same programs):
- * the cost of one read-back (a scalar op, then `data()`), of a chain of small dependent dispatches
+ * the cost of one read-back (a sum of 4096 floats on the GPU, then `data()`), of a chain of small dependent dispatches
  * read once, and of `svdJacobi` itself sweep by sweep (the time between its progress reports), with
  * the defaults and with `innerSweeps: 1` and `block: 32`. No peer: `large-gpu.ts` times torch. Bundle
  * with `../shared/device/pack packages/linalg/bench/jacobi-latency-gpu.ts`; on the GPU machine:

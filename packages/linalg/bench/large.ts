@@ -126,17 +126,21 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
   }
   const ours: Record<string, Record<string, Ours>> = {};
 
-  /** Median wall time of `runs` runs of fn (each after waiting for idle CPUs); returns the last result too. */
-  /** Median wall time (and this process's CPU time in that run: the machine may be shared) of `runs` runs. */
+  /**
+   * Median wall time (and this process's CPU time in that run: the machine may be shared) of `runs` runs of
+   * fn, each after waiting for idle CPUs (with BENCH_QUIET_EACH=0 only the first, and none where the caller
+   * `waited` before its warm-up); returns the last result too.
+   */
   async function timed<T>(
     runs: number,
     fn: () => Promise<T>,
     done: (r: T) => void,
+    waited = false,
   ): Promise<{ ms: number; cpu: number; load: number; last: T }> {
     const times: [number, number, number][] = [];
     let last: T | undefined;
     for (let i = 0; i < runs; i++) {
-      if (quietEach || i === 0) await waitForQuiet();
+      if (quietEach || (i === 0 && !waited)) await waitForQuiet();
       if (last !== undefined) done(last);
       const load = loadavg()[0] as number;
       const c0 = process.cpuUsage();
@@ -158,8 +162,10 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
     const row: Record<string, Ours> = {};
     if (name.startsWith('full')) {
       const runs = Number(process.env.BENCH_RUNS ?? (m * n > 2048 * 2048 ? 1 : 3));
+      // one wait before the warm-up, none between it and the timed runs (BENCH_QUIET_EACH=0)
+      const waitOnce = runs > 1 && !quietEach;
       if (runs > 1) {
-        if (!quietEach) await waitForQuiet();
+        if (waitOnce) await waitForQuiet();
         const warm = await fullSvd(a); // first call: kernels compiled, weights packed
         tf.dispose([warm.U, warm.S, warm.Vh]);
       }
@@ -174,6 +180,7 @@ export async function largeBench({ dir, peersScript, init }: LargeBenchOptions):
             return fullSvd(a, { signal: w.signal, onProgress: w.onProgress });
           },
           (x) => tf.dispose([x.U, x.S, x.Vh]),
+          waitOnce,
         );
       } catch (e) {
         if (!stopped(e)) throw e;

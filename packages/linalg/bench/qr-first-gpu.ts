@@ -59,6 +59,7 @@ await time('svdJacobi(R), n×n', async () => {
   console.log(JSON.stringify({ sweeps: jacobiStats.sweeps, dispatches: jacobiStats.dispatches }));
   return [s.U, s.S, s.Vh];
 });
+// the product U = Q·U_R takes, with R standing in for U_R (the same shapes)
 await time('Q·U (m×n by n×n)', async () => [tf.matMul(qr.q, qr.r)]);
 await time('svdJacobi(X), default (QR first)', async () => {
   const stages = new Map<string, number>();
